@@ -1,0 +1,88 @@
+//! Validation errors: each names the resource kind, the resource and the field path.
+
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceKind {
+    Listener,
+    RouteConfiguration,
+    Cluster,
+    ClusterLoadAssignment,
+}
+
+impl ResourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Listener => "listener",
+            ResourceKind::RouteConfiguration => "route configuration",
+            ResourceKind::Cluster => "cluster",
+            ResourceKind::ClusterLoadAssignment => "cluster load assignment",
+        }
+    }
+
+    /// The xDS type URL of this kind.
+    pub fn type_url(self) -> &'static str {
+        match self {
+            ResourceKind::Listener => crate::type_url::LISTENER,
+            ResourceKind::RouteConfiguration => crate::type_url::ROUTE_CONFIGURATION,
+            ResourceKind::Cluster => crate::type_url::CLUSTER,
+            ResourceKind::ClusterLoadAssignment => crate::type_url::CLUSTER_LOAD_ASSIGNMENT,
+        }
+    }
+}
+
+/// One problem in one resource.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{} '{}': {}: {}", kind.as_str(), name, field, message)]
+pub struct ResourceError {
+    pub kind: ResourceKind,
+    /// The resource's name.
+    pub name: String,
+    /// Dotted field path inside the resource, e.g. `virtual_hosts[0].routes[2].route.cluster`.
+    pub field: String,
+    /// Lowercase, no trailing period.
+    pub message: String,
+}
+
+impl ResourceError {
+    pub fn new(
+        kind: ResourceKind,
+        name: impl Into<String>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        ResourceError {
+            kind,
+            name: name.into(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every problem found in a resource set; never empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidSnapshot {
+    pub errors: Vec<ResourceError>,
+}
+
+impl InvalidSnapshot {
+    /// Errors that concern one resource kind (for a per-type NACK).
+    pub fn for_kind(&self, kind: ResourceKind) -> impl Iterator<Item = &ResourceError> {
+        self.errors.iter().filter(move |e| e.kind == kind)
+    }
+}
+
+impl fmt::Display for InvalidSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for InvalidSnapshot {}

@@ -1,0 +1,36 @@
+//! Envoy v3 resources → legate's validated, immutable runtime snapshot.
+//!
+//! This is the only door from the wire format into the proxy. Every field legate honours
+//! is checked once here; every field that would change behaviour but that legate does not
+//! implement is refused with an error naming the resource and the field path, so a control
+//! plane written for Envoy never gets silently different behaviour. The crate does no I/O
+//! and has no async: it is cheap to unit-test and to fuzz.
+//!
+//! Entry point: [`build`] takes a full [`Resources`] set and returns a [`Snapshot`] or an
+//! [`InvalidSnapshot`] listing every problem. Route matching on the validated model lives in
+//! [`router`], so the request path never touches protos.
+
+mod types;
+pub use types::*;
+
+mod error;
+pub use error::{InvalidSnapshot, ResourceError, ResourceKind};
+
+mod validate;
+pub use validate::{Resources, build};
+
+pub mod router;
+
+/// Type URLs of the resources legate consumes.
+pub mod type_url {
+    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    pub const ROUTE_CONFIGURATION: &str =
+        "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    pub const CLUSTER_LOAD_ASSIGNMENT: &str =
+        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    pub const HTTP_CONNECTION_MANAGER: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+    pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+    pub const HTTP_PROTOCOL_OPTIONS: &str =
+        "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+}

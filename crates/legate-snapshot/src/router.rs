@@ -1,0 +1,1 @@
+//! Route selection on the validated model.
