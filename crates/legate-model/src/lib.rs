@@ -1,1 +1,60 @@
-//! placeholder
+//! legate's mesh authoring format and its compiler to Envoy v3 resources.
+//!
+//! Operators describe a mesh in YAML: listeners, route configs with virtual hosts and routes,
+//! and clusters with their endpoints (`examples/mesh-reference.yaml` documents every field).
+//! This crate is the single owner of that format. The proxy's static mode and the control
+//! plane both read meshes here and [`compile`] them into the Envoy resources that
+//! `legate_snapshot::build` validates, so there is one authoring format and one compiler.
+//!
+//! Reading a mesh is two steps, both reporting `file:line:column: field.path: message`:
+//! - [`parse_mesh`] (or [`parse_yaml`] for a document that embeds a mesh) turns the text into
+//!   a [`Mesh`]; serde stops at the first error, unknown fields included.
+//! - [`validate`] (or [`validate_at`] for an embedded mesh) runs the semantic checks —
+//!   references between resources, duplicate names, addresses, regexes, header names,
+//!   statuses, conflicting choices — and returns every problem, each located in the text by
+//!   walking the YAML node tree along its field path.
+//!
+//! [`load`] does both. [`Mesh::check`] runs the same checks on a mesh built in code, without
+//! positions.
+//!
+//! ```
+//! let text = "\
+//! listeners: [{name: out, address: '127.0.0.1:0', route_config: rc}]
+//! route_configs:
+//!   - name: rc
+//!     virtual_hosts: [{name: all, domains: ['*'], routes: [{forward: {cluster: web}}]}]
+//! clusters: [{name: web, endpoints: [{address: '127.0.0.1:8080'}]}]
+//! ";
+//! let mesh = legate_model::load(text, "mesh.yaml").expect("valid mesh");
+//! let resources = legate_model::compile(&mesh);
+//! assert_eq!(resources.clusters.len(), 1);
+//! assert_eq!(resources.load_assignments.len(), 1);
+//! ```
+
+mod compile;
+mod error;
+mod locate;
+mod model;
+mod parse;
+mod validate;
+
+pub use compile::compile;
+pub use error::{ConfigError, Problem};
+pub use model::*;
+pub use parse::parse_yaml;
+pub use validate::{validate, validate_at};
+
+/// Parse a mesh document, without the semantic checks of [`validate`].
+pub fn parse_mesh(text: &str, source: &str) -> Result<Mesh, ConfigError> {
+    parse_yaml(text, source)
+}
+
+/// Parse and validate a mesh document, returning every error found.
+///
+/// A parse error stops there (a single error); otherwise every semantic problem is
+/// returned, in document order of the checks.
+pub fn load(text: &str, source: &str) -> Result<Mesh, Vec<ConfigError>> {
+    let mesh = parse_mesh(text, source).map_err(|e| vec![e])?;
+    validate(&mesh, text, source)?;
+    Ok(mesh)
+}

@@ -1,1 +1,257 @@
-//! placeholder
+//! legate's data plane: listeners, routing, the cluster manager, load balancing and
+//! upstream connection pools.
+//!
+//! [`Dataplane::apply`] takes a validated [`Snapshot`] and makes it live in one step: new
+//! listeners are bound first (a bind failure rejects the whole snapshot), clusters that
+//! persist keep their pools and host state, and the new view is published through one
+//! `ArcSwap`. A request loads that view once and keeps it to its end. Listeners that
+//! disappear or move stop accepting and drain their connections in the background.
+
+mod body;
+mod cluster;
+mod connector;
+mod error;
+mod headers;
+pub mod lb;
+mod listener;
+mod metrics;
+mod service;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use legate_snapshot::{Listener, RouteConfig, Snapshot};
+use legate_telemetry::{ByCodeClass, Counter, Registry};
+
+pub use body::{RequestBody, ResponseBody};
+pub use cluster::ClusterRuntime;
+pub use error::ProxyError;
+pub use metrics::Metrics;
+
+use listener::ListenerHandle;
+
+/// What a listener serves: its definition and its resolved routes.
+#[derive(Debug)]
+pub(crate) struct ListenerView {
+    pub(crate) config: Arc<Listener>,
+    pub(crate) routes: Arc<RouteConfig>,
+    pub(crate) requests: ByCodeClass,
+}
+
+/// Everything a request needs, swapped as one unit.
+#[derive(Debug)]
+pub struct Active {
+    pub snapshot: Arc<Snapshot>,
+    pub clusters: HashMap<Arc<str>, Arc<ClusterRuntime>>,
+    pub(crate) listeners: HashMap<Arc<str>, Arc<ListenerView>>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) active: ArcSwap<Active>,
+    pub(crate) metrics: Metrics,
+    local_replies: Vec<(ProxyError, Arc<Counter>)>,
+}
+
+impl Shared {
+    pub(crate) fn local_reply(&self, e: ProxyError) -> &Counter {
+        self.local_replies
+            .iter()
+            .find(|(k, _)| *k == e)
+            .map(|(_, c)| &**c)
+            .unwrap_or(&self.local_replies[0].1)
+    }
+}
+
+/// Why a snapshot could not be made live.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("listener '{name}': cannot bind {address}: {source}")]
+    Bind {
+        name: String,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listener '{name}': route configuration '{route}' is missing")]
+    MissingRoutes { name: String, route: String },
+}
+
+/// Settings of the data plane that do not come from xDS.
+#[derive(Clone, Debug)]
+pub struct DataplaneOptions {
+    /// How long a stopped listener lets its connections finish.
+    pub drain_timeout: Duration,
+}
+
+/// The running data plane.
+pub struct Dataplane {
+    shared: Arc<Shared>,
+    options: DataplaneOptions,
+    listeners: tokio::sync::Mutex<HashMap<Arc<str>, ListenerHandle>>,
+    applied: Mutex<bool>,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane").finish_non_exhaustive()
+    }
+}
+
+impl Dataplane {
+    pub fn new(registry: Arc<Registry>, options: DataplaneOptions) -> Self {
+        let metrics = Metrics::new(registry);
+        let local_replies = [
+            ProxyError::NoRoute,
+            ProxyError::ClusterNotFound,
+            ProxyError::NoHealthyUpstream,
+            ProxyError::ConnectFailure,
+            ProxyError::UpstreamTimeout,
+            ProxyError::UpstreamReset,
+            ProxyError::ProtocolError,
+            ProxyError::BadRequest,
+            ProxyError::UpgradeNotAllowed,
+        ]
+        .into_iter()
+        .map(|e| (e, metrics.local_replies.get_or_create(&[e.code()])))
+        .collect();
+        let active = Active {
+            snapshot: Arc::new(Snapshot::empty()),
+            clusters: HashMap::new(),
+            listeners: HashMap::new(),
+        };
+        Dataplane {
+            shared: Arc::new(Shared {
+                active: ArcSwap::from_pointee(active),
+                metrics,
+                local_replies,
+            }),
+            options,
+            listeners: tokio::sync::Mutex::new(HashMap::new()),
+            applied: Mutex::new(false),
+        }
+    }
+
+    /// The live view.
+    pub fn active(&self) -> Arc<Active> {
+        self.shared.active.load_full()
+    }
+
+    /// Whether a snapshot has been applied (the proxy is ready).
+    pub fn is_ready(&self) -> bool {
+        *self.applied.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Bound addresses of the live listeners, by name.
+    pub async fn listener_addresses(&self) -> Vec<(Arc<str>, SocketAddr)> {
+        let listeners = self.listeners.lock().await;
+        let mut out: Vec<_> = listeners
+            .iter()
+            .map(|(name, h)| (name.clone(), h.local_addr))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Make `snapshot` live. On error nothing changes.
+    pub async fn apply(&self, snapshot: Arc<Snapshot>) -> Result<(), ApplyError> {
+        let mut listeners = self.listeners.lock().await;
+        let old = self.shared.active.load_full();
+
+        // Resolve every listener's routes before touching anything.
+        let mut views = HashMap::new();
+        for l in &snapshot.listeners {
+            let routes = snapshot
+                .route_config_for(l)
+                .ok_or_else(|| ApplyError::MissingRoutes {
+                    name: l.name.to_string(),
+                    route: match &l.routes {
+                        legate_snapshot::RouteSource::Rds(n) => n.to_string(),
+                        legate_snapshot::RouteSource::Inline(rc) => rc.name.to_string(),
+                    },
+                })?
+                .clone();
+            let requests = ByCodeClass::new(&self.shared.metrics.downstream_requests, &[&l.name]);
+            views.insert(
+                l.name.clone(),
+                Arc::new(ListenerView {
+                    config: l.clone(),
+                    routes,
+                    requests,
+                }),
+            );
+        }
+
+        // Bind what is new or moved; a failure leaves the old state untouched.
+        let mut bound = Vec::new();
+        for l in &snapshot.listeners {
+            let same = listeners
+                .get(&l.name)
+                .is_some_and(|h| h.config.address == l.address && h.config.codec == l.codec);
+            if same {
+                continue;
+            }
+            let socket = listener::bind(l.address).map_err(|source| ApplyError::Bind {
+                name: l.name.to_string(),
+                address: l.address,
+                source,
+            })?;
+            bound.push((l.clone(), socket));
+        }
+
+        let clusters =
+            cluster::reconcile(&old.clusters, snapshot.clusters.values(), &self.shared.metrics)
+                .await;
+        let new_names: std::collections::HashSet<&Arc<str>> =
+            snapshot.listeners.iter().map(|l| &l.name).collect();
+        self.shared.active.store(Arc::new(Active {
+            snapshot: snapshot.clone(),
+            clusters,
+            listeners: views.clone(),
+        }));
+
+        // Retire listeners that went away or are replaced by a new bind.
+        let replaced: Vec<Arc<str>> = bound.iter().map(|(l, _)| l.name.clone()).collect();
+        let retired: Vec<Arc<str>> = listeners
+            .keys()
+            .filter(|n| !new_names.contains(n) || replaced.contains(n))
+            .cloned()
+            .collect();
+        for name in retired {
+            if let Some(h) = listeners.remove(&name) {
+                tracing::info!(listener = %name, address = %h.local_addr, "draining listener");
+                h.stop(self.options.drain_timeout);
+            }
+        }
+        for (config, socket) in bound {
+            let Some(view) = views.get(&config.name).cloned() else {
+                continue;
+            };
+            let handle = listener::spawn(self.shared.clone(), view, socket);
+            tracing::info!(listener = %config.name, address = %handle.local_addr, "listening");
+            listeners.insert(config.name.clone(), handle);
+        }
+        // Keep handles' config current for listeners that stayed.
+        for (name, h) in listeners.iter_mut() {
+            if let Some(v) = views.get(name) {
+                h.config = v.config.clone();
+            }
+        }
+        *self.applied.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        Ok(())
+    }
+
+    /// Stop accepting on every listener and wait, at most `drain_timeout`, for in-flight
+    /// requests to finish.
+    pub async fn shutdown(&self) {
+        let mut listeners = self.listeners.lock().await;
+        let waits: Vec<_> = listeners
+            .drain()
+            .map(|(_, h)| h.stop(self.options.drain_timeout))
+            .collect();
+        for w in waits {
+            let _ = w.await;
+        }
+    }
+}

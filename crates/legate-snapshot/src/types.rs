@@ -63,8 +63,8 @@ pub struct Listener {
     pub idle_timeout: Option<Duration>,
     /// From HCM `generate_request_id` (default true).
     pub generate_request_id: bool,
-    /// From HCM `xff_num_trusted_hops`/`use_remote_address`: whether we append the peer to
-    /// `x-forwarded-for`. Always true for legate; kept for the config dump.
+    /// Whether to append the peer address to `x-forwarded-for`: as in Envoy, true when HCM
+    /// `use_remote_address` is true and `skip_xff_append` is false.
     pub append_x_forwarded_for: bool,
 }
 
@@ -99,6 +99,12 @@ pub struct RouteConfig {
     pub request_headers_to_add: Vec<HeaderValueOption>,
     pub request_headers_to_remove: Vec<Arc<str>>,
     pub response_headers_to_remove: Vec<Arc<str>>,
+    /// Domain lookup table derived from `virtual_hosts` (see [`crate::router::DomainIndex`]):
+    /// built by [`RouteConfig::new`], or on first lookup when the struct is written out by
+    /// hand. Never compared nor serialized; rebuild it (`DomainIndex::default()`) after
+    /// changing `virtual_hosts` in place.
+    #[serde(skip)]
+    pub domain_index: crate::router::DomainIndex,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -164,7 +170,10 @@ pub enum HeaderMatchRule {
     Present(bool),
     String(StringMatcher),
     /// `range_match`: value parses as an integer in `[start, end)`.
-    Range { start: i64, end: i64 },
+    Range {
+        start: i64,
+        end: i64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -255,7 +264,10 @@ impl Serialize for Regex {
 pub enum RouteAction {
     Forward(ForwardAction),
     /// `direct_response`: answer locally.
-    Direct { status: u16, body: Bytes },
+    Direct {
+        status: u16,
+        body: Bytes,
+    },
     /// `redirect`: answer with a redirect.
     Redirect(RedirectAction),
 }
@@ -271,10 +283,12 @@ pub struct ForwardAction {
     /// Whole-request timeout; `None` means disabled (Envoy's `timeout: 0s`). Envoy's default
     /// when the field is unset is 15 s, applied during validation.
     pub timeout: Option<Duration>,
-    /// `idle_timeout` of the stream on this route.
+    /// `idle_timeout` of the stream on this route: `None` when unset (the listener's
+    /// `stream_idle_timeout` applies), `Some(Duration::ZERO)` when set to 0 (disabled).
     pub idle_timeout: Option<Duration>,
-    /// Upgrade types allowed on this route beyond the listener's (`upgrade_configs`),
-    /// with `enabled` false entries disabling a listener-level upgrade.
+    /// Per-route overrides from `upgrade_configs` (lowercase type, enabled). As in Envoy, an
+    /// upgrade passes only when the listener lists its type and this route does not disable
+    /// it; a route cannot enable a type the listener does not list.
     pub upgrades: Vec<(Arc<str>, bool)>,
 }
 
@@ -409,9 +423,11 @@ pub enum Discovery {
         /// From `dns_lookup_family`.
         family: DnsFamily,
     },
-    /// EDS: endpoints from the ClusterLoadAssignment named `service_name` (the cluster
-    /// name when empty).
-    Eds { service_name: Arc<str> },
+    /// EDS: endpoints from the ClusterLoadAssignment named `service_name`. Validation stores
+    /// the effective name: `eds_cluster_config.service_name`, or the cluster name when empty.
+    Eds {
+        service_name: Arc<str>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -483,7 +499,10 @@ pub struct Endpoint {
 pub enum EndpointAddress {
     Socket(SocketAddr),
     /// A name to resolve (STRICT_DNS only).
-    Dns { host: Arc<str>, port: u16 },
+    Dns {
+        host: Arc<str>,
+        port: u16,
+    },
 }
 
 impl fmt::Display for EndpointAddress {

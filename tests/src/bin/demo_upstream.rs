@@ -1,1 +1,87 @@
-fn main() {}
+//! `legate-demo-upstream`: the upstream used by legate's end-to-end tests and demos.
+//!
+//! Prints exactly one line, `listening on ADDR`, once the socket is bound; then answers every
+//! request with a JSON echo unless the query asks otherwise (see `legate_tests::demo`).
+//! Exits 0 on SIGTERM or Ctrl-C.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use legate_tests::demo::{self, DemoConfig, Protocol};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "legate-demo-upstream",
+    about = "Echoing HTTP upstream for legate's tests"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Name reported in the echo and in the `x-upstream` header.
+    #[arg(long, default_value = "demo")]
+    name: String,
+    /// Version reported in the echo and in the `x-upstream-version` header.
+    #[arg(long, default_value = "v1")]
+    version: String,
+    /// HTTP versions served: `auto` is HTTP/1.1 plus h2 with prior knowledge.
+    #[arg(long, value_enum, default_value_t = Protocol::Auto)]
+    protocol: Protocol,
+    /// Once listening, write the bound address to this file.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Extra delay before every answer (e.g. `200ms`): makes a slow host.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    delay: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+
+    if let Some(path) = &args.ready_file {
+        // Write then rename, so a reader never sees a partial address.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, addr.to_string())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    }
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on {addr}").context("writing to stdout")?;
+        stdout.flush().context("flushing stdout")?;
+    }
+
+    let config = DemoConfig {
+        name: args.name,
+        version: args.version,
+        protocol: args.protocol,
+        base_delay: args.delay,
+    };
+    demo::serve(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            eprintln!("demo-upstream: cannot listen for SIGTERM: {error}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,1091 @@
+//! [`Mesh`] → Envoy v3 resources.
+//!
+//! The output is written for two consumers at once: real Envoy (which wants a stat prefix,
+//! typed config on every filter, the router as the last HTTP filter) and gRPC's xDS client
+//! (which only takes EDS clusters, with a weight on every locality). legate's own snapshot
+//! validator accepts both shapes. Routes always come over RDS and static endpoints over EDS,
+//! both from the ADS stream, so a control plane can update them without touching listeners.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy as XdsLbPolicy,
+};
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::socket_address::{PortSpecifier, Protocol};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address as XdsAddress, AggregatedConfigSource, ApiVersion, ConfigSource, DataSource,
+    HeaderValue, HeaderValueOption, Http1ProtocolOptions, Http2ProtocolOptions,
+    HttpProtocolOptions as XdsCommonHttpProtocolOptions, SocketAddress, address, data_source,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment as XdsClusterLoadAssignment, Endpoint as XdsEndpoint, LbEndpoint,
+    LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, Listener as XdsListener, filter,
+};
+use envoy_types::pb::envoy::config::route::v3::redirect_action::{
+    PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier,
+};
+use envoy_types::pb::envoy::config::route::v3::route_action::{
+    ClusterSpecifier, HostRewriteSpecifier,
+};
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
+use envoy_types::pb::envoy::config::route::v3::{
+    DirectResponseAction, HeaderMatcher, QueryParameterMatcher,
+    RedirectAction as XdsRedirectAction, Route as XdsRoute, RouteAction,
+    RouteConfiguration as XdsRouteConfiguration, RouteMatch as XdsRouteMatch,
+    VirtualHost as XdsVirtualHost, WeightedCluster, header_matcher, query_parameter_matcher,
+    route,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    CodecType, RouteSpecifier, StripPortMode, UpgradeConfig,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_filter,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration as PbDuration, UInt32Value};
+use legate_snapshot::{Resources, type_url};
+use prost::Message;
+
+use crate::{
+    Cluster, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DNS_REFRESH_RATE, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_REDIRECT_STATUS, Discovery, Endpoint, Forward, HeaderToAdd, LbPolicy, Listener,
+    ListenerProtocol, Mesh, Redirect, Route, RouteConfig, RouteMatch, UpstreamProtocol,
+    VirtualHost,
+};
+
+/// Well-known extension names.
+pub(crate) mod names {
+    pub(crate) const HTTP_CONNECTION_MANAGER: &str =
+        "envoy.filters.network.http_connection_manager";
+    pub(crate) const ROUTER: &str = "envoy.filters.http.router";
+    pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+}
+
+/// Compile a mesh into the Envoy resources a state-of-the-world client would hold.
+///
+/// Resources come out in the mesh's order: one Listener per listener, one
+/// RouteConfiguration per route config, one Cluster per cluster, and one
+/// ClusterLoadAssignment per `static` cluster (served over EDS). The mesh should have passed
+/// [`Mesh::check`] (or [`validate`](crate::validate)); an unchecked mesh still compiles, but
+/// to resources that Envoy or `legate_snapshot::build` may refuse.
+pub fn compile(mesh: &Mesh) -> Resources {
+    let mut out = Resources {
+        listeners: mesh.listeners.iter().map(listener).collect(),
+        route_configs: mesh.route_configs.iter().map(route_config).collect(),
+        clusters: Vec::with_capacity(mesh.clusters.len()),
+        load_assignments: Vec::new(),
+    };
+    for c in &mesh.clusters {
+        let (xds, cla) = cluster(c);
+        out.clusters.push(xds);
+        out.load_assignments.extend(cla);
+    }
+    out
+}
+
+fn any<M: Message>(type_url: &str, message: &M) -> Any {
+    Any {
+        type_url: type_url.to_owned(),
+        value: message.encode_to_vec(),
+    }
+}
+
+fn duration(d: Duration) -> PbDuration {
+    PbDuration {
+        // Validation bounds durations to 10 000 years, far inside i64.
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn ads() -> ConfigSource {
+    ConfigSource {
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        resource_api_version: ApiVersion::V3.into(),
+        ..Default::default()
+    }
+}
+
+fn socket_address(host: &str, port: u16) -> XdsAddress {
+    XdsAddress {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            protocol: Protocol::Tcp.into(),
+            address: host.to_owned(),
+            port_specifier: Some(PortSpecifier::PortValue(port.into())),
+            ..Default::default()
+        })),
+    }
+}
+
+/// `ip:port`, `[v6]:port` or `host:port` → host and port. A malformed address (only in an
+/// unchecked mesh) keeps its text as the host, for the consumer to refuse.
+fn split_address(a: &str) -> (String, u16) {
+    if let Ok(s) = a.parse::<SocketAddr>() {
+        return (s.ip().to_string(), s.port());
+    }
+    match a.rsplit_once(':') {
+        Some((host, port)) => (host.to_owned(), port.parse().unwrap_or(0)),
+        None => (a.to_owned(), 0),
+    }
+}
+
+fn listener(l: &Listener) -> XdsListener {
+    let hcm = HttpConnectionManager {
+        stat_prefix: l.name.clone(),
+        codec_type: match l.protocol {
+            ListenerProtocol::Auto => CodecType::Auto,
+            ListenerProtocol::Http1 => CodecType::Http1,
+            ListenerProtocol::Http2 => CodecType::Http2,
+        }
+        .into(),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: l.route_config.clone(),
+        })),
+        // Envoy requires the router, with its typed config, as the last filter.
+        http_filters: vec![HttpFilter {
+            name: names::ROUTER.to_owned(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                type_url::ROUTER,
+                &Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        // Domains are written without ports; clients send `Host: name:port`.
+        strip_port_mode: Some(StripPortMode::StripAnyHostPort(true)),
+        upgrade_configs: if l.websocket {
+            vec![UpgradeConfig {
+                upgrade_type: "websocket".to_owned(),
+                ..Default::default()
+            }]
+        } else {
+            Vec::new()
+        },
+        stream_idle_timeout: l.stream_idle_timeout.map(duration),
+        ..Default::default()
+    };
+    let (host, port) = split_address(&l.address);
+    XdsListener {
+        name: l.name.clone(),
+        address: Some(socket_address(&host, port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: names::HTTP_CONNECTION_MANAGER.to_owned(),
+                config_type: Some(filter::ConfigType::TypedConfig(any(
+                    type_url::HTTP_CONNECTION_MANAGER,
+                    &hcm,
+                ))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn route_config(rc: &RouteConfig) -> XdsRouteConfiguration {
+    XdsRouteConfiguration {
+        name: rc.name.clone(),
+        virtual_hosts: rc.virtual_hosts.iter().map(virtual_host).collect(),
+        ..Default::default()
+    }
+}
+
+fn virtual_host(vh: &VirtualHost) -> XdsVirtualHost {
+    XdsVirtualHost {
+        name: vh.name.clone(),
+        domains: vh.domains.clone(),
+        routes: vh.routes.iter().map(route).collect(),
+        request_headers_to_add: headers_to_add(&vh.request_headers_to_add),
+        ..Default::default()
+    }
+}
+
+fn headers_to_add(headers: &[HeaderToAdd]) -> Vec<HeaderValueOption> {
+    headers
+        .iter()
+        .map(|h| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: h.name.clone(),
+                // Values are literal in a mesh; Envoy reads `%...%` as a substitution command.
+                value: h.value.replace('%', "%%"),
+                ..Default::default()
+            }),
+            append_action: if h.append {
+                HeaderAppendAction::AppendIfExistsOrAdd
+            } else {
+                HeaderAppendAction::OverwriteIfExistsOrAdd
+            }
+            .into(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn route(r: &Route) -> XdsRoute {
+    let action = if let Some(f) = &r.forward {
+        Some(route::Action::Route(forward(f)))
+    } else if let Some(d) = &r.direct_response {
+        Some(route::Action::DirectResponse(DirectResponseAction {
+            status: d.status,
+            body: d.body.as_ref().map(|b| DataSource {
+                specifier: Some(data_source::Specifier::InlineString(b.clone())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    } else {
+        r.redirect
+            .as_ref()
+            .map(|rd| route::Action::Redirect(redirect(rd)))
+    };
+    XdsRoute {
+        name: r.name.clone().unwrap_or_default(),
+        r#match: Some(route_match(&r.matcher)),
+        action,
+        request_headers_to_add: headers_to_add(&r.request_headers_to_add),
+        ..Default::default()
+    }
+}
+
+fn regex(pattern: &str) -> RegexMatcher {
+    // No engine: Envoy's default, RE2.
+    RegexMatcher {
+        regex: pattern.to_owned(),
+        engine_type: None,
+    }
+}
+
+/// The one string rule set (validation guarantees at most one), in a fixed order.
+fn string_matcher(
+    exact: &Option<String>,
+    prefix: &Option<String>,
+    suffix: &Option<String>,
+    contains: &Option<String>,
+    re: &Option<String>,
+) -> Option<StringMatcher> {
+    let pattern = if let Some(v) = exact {
+        MatchPattern::Exact(v.clone())
+    } else if let Some(v) = prefix {
+        MatchPattern::Prefix(v.clone())
+    } else if let Some(v) = suffix {
+        MatchPattern::Suffix(v.clone())
+    } else if let Some(v) = contains {
+        MatchPattern::Contains(v.clone())
+    } else {
+        MatchPattern::SafeRegex(regex(re.as_deref()?))
+    };
+    Some(StringMatcher {
+        ignore_case: false,
+        match_pattern: Some(pattern),
+    })
+}
+
+fn route_match(m: &RouteMatch) -> XdsRouteMatch {
+    let path = if let Some(p) = &m.path {
+        PathSpecifier::Path(p.clone())
+    } else if let Some(r) = &m.regex {
+        PathSpecifier::SafeRegex(regex(r))
+    } else if let Some(p) = &m.separated_prefix {
+        PathSpecifier::PathSeparatedPrefix(p.clone())
+    } else {
+        PathSpecifier::Prefix(m.prefix.clone().unwrap_or_else(|| "/".to_owned()))
+    };
+    XdsRouteMatch {
+        path_specifier: Some(path),
+        case_sensitive: m.case_sensitive.map(|value| BoolValue { value }),
+        headers: m
+            .headers
+            .iter()
+            .map(|h| HeaderMatcher {
+                name: h.name.clone(),
+                invert_match: h.invert,
+                header_match_specifier: match h.present {
+                    Some(present) => {
+                        Some(header_matcher::HeaderMatchSpecifier::PresentMatch(present))
+                    }
+                    None => string_matcher(&h.exact, &h.prefix, &h.suffix, &h.contains, &h.regex)
+                        .map(header_matcher::HeaderMatchSpecifier::StringMatch),
+                },
+                ..Default::default()
+            })
+            .collect(),
+        query_parameters: m
+            .query
+            .iter()
+            .map(|q| QueryParameterMatcher {
+                name: q.name.clone(),
+                query_parameter_match_specifier: match q.present {
+                    Some(present) => Some(
+                        query_parameter_matcher::QueryParameterMatchSpecifier::PresentMatch(
+                            present,
+                        ),
+                    ),
+                    None => string_matcher(&q.exact, &q.prefix, &q.suffix, &q.contains, &q.regex)
+                        .map(query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch),
+                },
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn forward(f: &Forward) -> RouteAction {
+    let target = match &f.cluster {
+        Some(name) => ClusterSpecifier::Cluster(name.clone()),
+        None => ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: f
+                .weighted
+                .iter()
+                .map(|w| ClusterWeight {
+                    name: w.cluster.clone(),
+                    weight: Some(UInt32Value { value: w.weight }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+    };
+    let host_rewrite = match (&f.host_rewrite, f.auto_host_rewrite) {
+        (Some(host), _) => Some(HostRewriteSpecifier::HostRewriteLiteral(host.clone())),
+        (None, true) => Some(HostRewriteSpecifier::AutoHostRewrite(BoolValue {
+            value: true,
+        })),
+        (None, false) => None,
+    };
+    RouteAction {
+        cluster_specifier: Some(target),
+        prefix_rewrite: f.prefix_rewrite.clone().unwrap_or_default(),
+        host_rewrite_specifier: host_rewrite,
+        timeout: f.timeout.map(duration),
+        ..Default::default()
+    }
+}
+
+fn redirect(r: &Redirect) -> XdsRedirectAction {
+    let status = match r.status.unwrap_or(DEFAULT_REDIRECT_STATUS) {
+        302 => RedirectResponseCode::Found,
+        303 => RedirectResponseCode::SeeOther,
+        307 => RedirectResponseCode::TemporaryRedirect,
+        308 => RedirectResponseCode::PermanentRedirect,
+        _ => RedirectResponseCode::MovedPermanently,
+    };
+    let path = if let Some(p) = &r.path {
+        Some(PathRewriteSpecifier::PathRedirect(p.clone()))
+    } else {
+        r.prefix_rewrite
+            .as_ref()
+            .map(|p| PathRewriteSpecifier::PrefixRewrite(p.clone()))
+    };
+    XdsRedirectAction {
+        scheme_rewrite_specifier: r
+            .scheme
+            .as_ref()
+            .map(|s| SchemeRewriteSpecifier::SchemeRedirect(s.clone())),
+        host_redirect: r.host.clone().unwrap_or_default(),
+        port_redirect: r.port.map(u32::from).unwrap_or(0),
+        path_rewrite_specifier: path,
+        response_code: status.into(),
+        strip_query: r.strip_query,
+    }
+}
+
+fn cluster(c: &Cluster) -> (XdsCluster, Option<XdsClusterLoadAssignment>) {
+    let protocol_options = HttpProtocolOptions {
+        common_http_protocol_options: Some(XdsCommonHttpProtocolOptions {
+            idle_timeout: Some(duration(c.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT))),
+            max_requests_per_connection: c
+                .max_requests_per_connection
+                .filter(|&n| n > 0)
+                .map(|value| UInt32Value { value }),
+            ..Default::default()
+        }),
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(match c.protocol {
+                    UpstreamProtocol::Http1 => {
+                        ProtocolConfig::HttpProtocolOptions(Http1ProtocolOptions::default())
+                    }
+                    UpstreamProtocol::Http2 => {
+                        ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default())
+                    }
+                }),
+            },
+        )),
+        ..Default::default()
+    };
+    let mut xds = XdsCluster {
+        name: c.name.clone(),
+        connect_timeout: Some(duration(
+            c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        )),
+        lb_policy: match c.lb_policy {
+            LbPolicy::RoundRobin => XdsLbPolicy::RoundRobin,
+            LbPolicy::LeastRequest => XdsLbPolicy::LeastRequest,
+            LbPolicy::Random => XdsLbPolicy::Random,
+        }
+        .into(),
+        typed_extension_protocol_options: HashMap::from([(
+            names::HTTP_PROTOCOL_OPTIONS.to_owned(),
+            any(type_url::HTTP_PROTOCOL_OPTIONS, &protocol_options),
+        )]),
+        ..Default::default()
+    };
+    let assignment = load_assignment(&c.name, &c.endpoints);
+    match c.discovery {
+        // Served over EDS rather than inline: gRPC's xDS client takes only EDS clusters,
+        // and a control plane can then move endpoints without resending the cluster.
+        Discovery::Static => {
+            xds.cluster_discovery_type =
+                Some(ClusterDiscoveryType::Type(DiscoveryType::Eds.into()));
+            xds.eds_cluster_config = Some(EdsClusterConfig {
+                eds_config: Some(ads()),
+                service_name: c.name.clone(),
+            });
+            (xds, Some(assignment))
+        }
+        Discovery::StrictDns => {
+            xds.cluster_discovery_type =
+                Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns.into()));
+            // Deprecated in favour of the `envoy.clusters.dns` extension, which Envoy 1.40
+            // still maps this field onto; the plain field is what every consumer reads.
+            #[allow(deprecated)]
+            {
+                xds.dns_refresh_rate = Some(duration(
+                    c.dns_refresh_rate.unwrap_or(DEFAULT_DNS_REFRESH_RATE),
+                ));
+            }
+            xds.load_assignment = Some(assignment);
+            (xds, None)
+        }
+    }
+}
+
+/// All endpoints in one locality. The locality carries weight 1: gRPC's xDS client drops a
+/// locality without a positive weight, and Envoy ignores locality weights unless locality
+/// weighted balancing is on.
+fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> XdsClusterLoadAssignment {
+    let lb_endpoints: Vec<LbEndpoint> = endpoints
+        .iter()
+        .map(|e| {
+            let (host, port) = split_address(&e.address);
+            LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(XdsEndpoint {
+                    address: Some(socket_address(&host, port)),
+                    ..Default::default()
+                })),
+                load_balancing_weight: Some(UInt32Value { value: e.weight }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    XdsClusterLoadAssignment {
+        cluster_name: cluster.to_owned(),
+        endpoints: if lb_endpoints.is_empty() {
+            Vec::new()
+        } else {
+            vec![LocalityLbEndpoints {
+                lb_endpoints,
+                load_balancing_weight: Some(UInt32Value { value: 1 }),
+                ..Default::default()
+            }]
+        },
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint;
+    use envoy_types::pb::envoy::config::route::v3::route::Action;
+
+    use super::*;
+
+    const REFERENCE: &str = include_str!("../../../examples/mesh-reference.yaml");
+
+    fn reference() -> Resources {
+        match crate::load(REFERENCE, "mesh-reference.yaml") {
+            Ok(mesh) => compile(&mesh),
+            Err(errors) => panic!(
+                "{}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        }
+    }
+
+    fn decode<M: Message + Default>(a: &Any, type_url: &str) -> M {
+        assert_eq!(a.type_url, type_url);
+        M::decode(&a.value[..]).expect("decodes")
+    }
+
+    fn hcm(l: &XdsListener) -> HttpConnectionManager {
+        let [chain] = &l.filter_chains[..] else {
+            panic!("one filter chain expected")
+        };
+        let [f] = &chain.filters[..] else {
+            panic!("one filter expected")
+        };
+        assert_eq!(f.name, names::HTTP_CONNECTION_MANAGER);
+        let Some(filter::ConfigType::TypedConfig(a)) = &f.config_type else {
+            panic!("typed config expected")
+        };
+        decode(a, type_url::HTTP_CONNECTION_MANAGER)
+    }
+
+    fn pb(secs: i64, nanos: i32) -> Option<PbDuration> {
+        Some(PbDuration {
+            seconds: secs,
+            nanos,
+        })
+    }
+
+    fn routes(r: &Resources) -> &[XdsRoute] {
+        &r.route_configs[0].virtual_hosts[0].routes
+    }
+
+    fn route_action(r: &XdsRoute) -> &RouteAction {
+        match &r.action {
+            Some(Action::Route(a)) => a,
+            other => panic!("forward expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reference_compiles_to_every_resource() {
+        let r = reference();
+        let names = |v: Vec<&str>| v.join(",");
+        assert_eq!(
+            names(r.listeners.iter().map(|l| &l.name[..]).collect()),
+            "outbound,admin-only"
+        );
+        assert_eq!(
+            names(r.route_configs.iter().map(|l| &l.name[..]).collect()),
+            "outbound,internal"
+        );
+        assert_eq!(
+            names(r.clusters.iter().map(|l| &l.name[..]).collect()),
+            "payments-v1,payments-v2,api"
+        );
+        // Static clusters only: DNS clusters carry their endpoints inline.
+        assert_eq!(
+            names(
+                r.load_assignments
+                    .iter()
+                    .map(|l| &l.cluster_name[..])
+                    .collect()
+            ),
+            "payments-v1,payments-v2"
+        );
+    }
+
+    #[test]
+    fn listener_runs_an_hcm_over_rds() {
+        let r = reference();
+        let l = &r.listeners[0];
+        assert_eq!(l.address, Some(socket_address("127.0.0.1", 15001)));
+        let h = hcm(l);
+        assert_eq!(h.stat_prefix, "outbound");
+        assert_eq!(h.codec_type, i32::from(CodecType::Auto));
+        let Some(RouteSpecifier::Rds(rds)) = &h.route_specifier else {
+            panic!("rds expected")
+        };
+        assert_eq!(rds.route_config_name, "outbound");
+        let source = rds.config_source.as_ref().expect("config source");
+        assert_eq!(
+            source.config_source_specifier,
+            Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {}))
+        );
+        assert_eq!(source.resource_api_version, i32::from(ApiVersion::V3));
+        let router = h.http_filters.last().expect("filters");
+        assert_eq!(router.name, names::ROUTER);
+        let Some(http_filter::ConfigType::TypedConfig(a)) = &router.config_type else {
+            panic!("router typed config expected")
+        };
+        let _: Router = decode(a, type_url::ROUTER);
+        assert_eq!(
+            h.strip_port_mode,
+            Some(StripPortMode::StripAnyHostPort(true))
+        );
+        assert_eq!(h.upgrade_configs.len(), 1);
+        assert_eq!(h.upgrade_configs[0].upgrade_type, "websocket");
+        assert_eq!(h.stream_idle_timeout, pb(300, 0));
+
+        let h = hcm(&r.listeners[1]);
+        assert_eq!(h.codec_type, i32::from(CodecType::Http1));
+        assert!(h.upgrade_configs.is_empty());
+        assert_eq!(h.stream_idle_timeout, None);
+        assert_eq!(r.listeners[1].address, Some(socket_address("127.0.0.1", 0)));
+    }
+
+    #[test]
+    fn routes_carry_matches_and_actions() {
+        let r = reference();
+        let vh = &r.route_configs[0].virtual_hosts[0];
+        assert_eq!(
+            vh.domains,
+            ["payments", "payments.internal", "*.payments.internal"]
+        );
+        let [add] = &vh.request_headers_to_add[..] else {
+            panic!("one header")
+        };
+        assert_eq!(
+            add.append_action,
+            i32::from(HeaderAppendAction::OverwriteIfExistsOrAdd)
+        );
+        let rs = routes(&r);
+        assert_eq!(rs.len(), 7);
+
+        // The canary.
+        let canary = &rs[0];
+        assert_eq!(canary.name, "payments-canary");
+        let m = canary.r#match.as_ref().expect("match");
+        assert_eq!(
+            m.path_specifier,
+            Some(PathSpecifier::Prefix("/payments/".into()))
+        );
+        assert_eq!(m.case_sensitive, Some(BoolValue { value: true }));
+        let exact = |v: &str| StringMatcher {
+            ignore_case: false,
+            match_pattern: Some(MatchPattern::Exact(v.into())),
+        };
+        assert_eq!(
+            m.headers[0].header_match_specifier,
+            Some(header_matcher::HeaderMatchSpecifier::StringMatch(exact(
+                "1"
+            )))
+        );
+        assert!(!m.headers[0].invert_match);
+        assert_eq!(
+            m.headers[1].header_match_specifier,
+            Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true))
+        );
+        assert!(m.headers[1].invert_match);
+        assert_eq!(m.headers[2].name, ":method");
+        assert_eq!(
+            m.headers[2].header_match_specifier,
+            Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                StringMatcher {
+                    ignore_case: false,
+                    match_pattern: Some(MatchPattern::SafeRegex(regex("GET|HEAD"))),
+                }
+            ))
+        );
+        assert_eq!(m.query_parameters[0].name, "version");
+        let a = route_action(canary);
+        assert_eq!(
+            a.cluster_specifier,
+            Some(ClusterSpecifier::Cluster("payments-v2".into()))
+        );
+        assert_eq!(a.prefix_rewrite, "/");
+        assert_eq!(
+            a.host_rewrite_specifier,
+            Some(HostRewriteSpecifier::HostRewriteLiteral(
+                "payments.internal".into()
+            ))
+        );
+        assert_eq!(a.timeout, pb(5, 0));
+        let values: Vec<(&str, &str, i32)> = canary
+            .request_headers_to_add
+            .iter()
+            .map(|h| {
+                let hv = h.header.as_ref().expect("header");
+                (&hv.key[..], &hv.value[..], h.append_action)
+            })
+            .collect();
+        let append = i32::from(HeaderAppendAction::AppendIfExistsOrAdd);
+        assert_eq!(
+            values,
+            [
+                ("x-canary-route", "yes", append),
+                ("x-canary-share", "100%%", append)
+            ]
+        );
+
+        // Weighted.
+        let a = route_action(&rs[1]);
+        let Some(ClusterSpecifier::WeightedClusters(w)) = &a.cluster_specifier else {
+            panic!("weighted expected")
+        };
+        let split: Vec<(&str, Option<u32>)> = w
+            .clusters
+            .iter()
+            .map(|c| (&c.name[..], c.weight.as_ref().map(|w| w.value)))
+            .collect();
+        assert_eq!(
+            split,
+            [("payments-v1", Some(90)), ("payments-v2", Some(10))]
+        );
+        assert_eq!(a.timeout, pb(2, 500_000_000));
+
+        // Separated prefix, auto host rewrite, disabled timeout.
+        assert_eq!(
+            rs[2]
+                .r#match
+                .as_ref()
+                .and_then(|m| m.path_specifier.clone()),
+            Some(PathSpecifier::PathSeparatedPrefix("/api".into()))
+        );
+        let a = route_action(&rs[2]);
+        assert_eq!(
+            a.host_rewrite_specifier,
+            Some(HostRewriteSpecifier::AutoHostRewrite(BoolValue {
+                value: true
+            }))
+        );
+        assert_eq!(a.timeout, pb(0, 0));
+        assert_eq!(a.prefix_rewrite, "");
+
+        // Regex, case-insensitive; no timeout set means Envoy's default.
+        let m = rs[3].r#match.as_ref().expect("match");
+        assert_eq!(
+            m.path_specifier,
+            Some(PathSpecifier::SafeRegex(regex("/orders/[0-9]+")))
+        );
+        assert_eq!(m.case_sensitive, Some(BoolValue { value: false }));
+        assert_eq!(route_action(&rs[3]).timeout, None);
+
+        // Direct response.
+        let Some(Action::DirectResponse(d)) = &rs[4].action else {
+            panic!("direct response expected")
+        };
+        assert_eq!(d.status, 200);
+        assert_eq!(
+            d.body.as_ref().and_then(|b| b.specifier.clone()),
+            Some(data_source::Specifier::InlineString("pong\n".into()))
+        );
+        assert_eq!(
+            rs[4]
+                .r#match
+                .as_ref()
+                .and_then(|m| m.path_specifier.clone()),
+            Some(PathSpecifier::Path("/ping".into()))
+        );
+
+        // Redirects.
+        let Some(Action::Redirect(rd)) = &rs[5].action else {
+            panic!("redirect expected")
+        };
+        assert_eq!(
+            rd,
+            &XdsRedirectAction {
+                path_rewrite_specifier: Some(PathRewriteSpecifier::PathRedirect("/new".into())),
+                response_code: RedirectResponseCode::MovedPermanently.into(),
+                ..Default::default()
+            }
+        );
+        let Some(Action::Redirect(rd)) = &rs[6].action else {
+            panic!("redirect expected")
+        };
+        assert_eq!(
+            rd,
+            &XdsRedirectAction {
+                scheme_rewrite_specifier: Some(SchemeRewriteSpecifier::SchemeRedirect(
+                    "https".into()
+                )),
+                host_redirect: "docs.example.com".into(),
+                port_redirect: 8443,
+                path_rewrite_specifier: Some(PathRewriteSpecifier::PrefixRewrite("/v2/".into())),
+                response_code: RedirectResponseCode::PermanentRedirect.into(),
+                strip_query: true,
+            }
+        );
+
+        // A route without `match` matches everything.
+        let internal = &r.route_configs[1].virtual_hosts[0].routes[0];
+        assert_eq!(
+            internal
+                .r#match
+                .as_ref()
+                .and_then(|m| m.path_specifier.clone()),
+            Some(PathSpecifier::Prefix("/".into()))
+        );
+    }
+
+    fn protocol_options(c: &XdsCluster) -> HttpProtocolOptions {
+        let a = c
+            .typed_extension_protocol_options
+            .get(names::HTTP_PROTOCOL_OPTIONS)
+            .expect("protocol options");
+        decode(a, type_url::HTTP_PROTOCOL_OPTIONS)
+    }
+
+    fn endpoints(cla: &XdsClusterLoadAssignment) -> Vec<(XdsAddress, u32)> {
+        let [locality] = &cla.endpoints[..] else {
+            panic!("one locality expected")
+        };
+        // gRPC's xDS client ignores localities without a positive weight.
+        assert_eq!(
+            locality.load_balancing_weight,
+            Some(UInt32Value { value: 1 })
+        );
+        locality
+            .lb_endpoints
+            .iter()
+            .map(|e: &LbEndpoint| {
+                let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                    panic!("endpoint expected")
+                };
+                (
+                    ep.address.clone().expect("address"),
+                    e.load_balancing_weight.as_ref().map_or(0, |w| w.value),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn static_clusters_use_eds() {
+        let r = reference();
+        let c = &r.clusters[0];
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(ClusterDiscoveryType::Type(DiscoveryType::Eds.into()))
+        );
+        assert_eq!(
+            c.eds_cluster_config,
+            Some(EdsClusterConfig {
+                eds_config: Some(ads()),
+                service_name: "payments-v1".into(),
+            })
+        );
+        assert_eq!(c.load_assignment, None);
+        assert_eq!(c.connect_timeout, pb(1, 0));
+        assert_eq!(c.lb_policy, i32::from(XdsLbPolicy::RoundRobin));
+        let o = protocol_options(c);
+        let common = o.common_http_protocol_options.expect("common options");
+        assert_eq!(common.idle_timeout, pb(60, 0));
+        assert_eq!(common.max_requests_per_connection, None);
+        assert_eq!(
+            o.upstream_protocol_options,
+            Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(ProtocolConfig::HttpProtocolOptions(
+                        Http1ProtocolOptions::default()
+                    )),
+                }
+            ))
+        );
+
+        let cla = &r.load_assignments[0];
+        assert_eq!(cla.cluster_name, "payments-v1");
+        assert_eq!(
+            endpoints(cla),
+            [
+                (socket_address("127.0.0.1", 8081), 1),
+                (socket_address("127.0.0.1", 8082), 2)
+            ]
+        );
+        assert_eq!(
+            endpoints(&r.load_assignments[1]),
+            [(socket_address("::1", 8083), 1)]
+        );
+        assert_eq!(
+            r.clusters[1].lb_policy,
+            i32::from(XdsLbPolicy::LeastRequest)
+        );
+        // Defaults.
+        assert_eq!(r.clusters[1].connect_timeout, pb(5, 0));
+        let common = protocol_options(&r.clusters[1])
+            .common_http_protocol_options
+            .expect("common options");
+        assert_eq!(common.idle_timeout, pb(3600, 0));
+    }
+
+    #[test]
+    fn dns_clusters_carry_endpoints_inline() {
+        let r = reference();
+        let c = &r.clusters[2];
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns.into()))
+        );
+        assert_eq!(c.eds_cluster_config, None);
+        #[allow(deprecated)]
+        let refresh = c.dns_refresh_rate;
+        assert_eq!(refresh, pb(5, 0));
+        assert_eq!(c.lb_policy, i32::from(XdsLbPolicy::Random));
+        let cla = c.load_assignment.as_ref().expect("inline endpoints");
+        assert_eq!(cla.cluster_name, "api");
+        assert_eq!(
+            endpoints(cla),
+            [
+                (socket_address("api.internal", 8080), 1),
+                (socket_address("api-backup.internal", 8080), 3)
+            ]
+        );
+        let o = protocol_options(c);
+        assert_eq!(
+            o.common_http_protocol_options
+                .and_then(|c| c.max_requests_per_connection),
+            Some(UInt32Value { value: 1000 })
+        );
+        assert_eq!(
+            o.upstream_protocol_options,
+            Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                        Http2ProtocolOptions::default()
+                    )),
+                }
+            ))
+        );
+    }
+
+    #[test]
+    fn empty_static_cluster_has_no_locality() {
+        let mesh = crate::parse_mesh("clusters: [{name: empty}]", "m.yaml").expect("parses");
+        let r = compile(&mesh);
+        assert!(r.load_assignments[0].endpoints.is_empty());
+    }
+
+    /// The compiled reference passes legate's own validator, and means what the mesh says.
+    #[test]
+    fn reference_builds_a_snapshot() {
+        use std::sync::Arc;
+
+        use legate_snapshot as snap;
+
+        let snapshot = match snap::build("v1", &reference()) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        let names: Vec<&str> = snapshot.listeners.iter().map(|l| &*l.name).collect();
+        assert_eq!(names, ["admin-only", "outbound"]);
+        let l = &snapshot.listeners[1];
+        assert_eq!(l.address, "127.0.0.1:15001".parse().expect("address"));
+        assert_eq!(&*l.stat_prefix, "outbound");
+        assert_eq!(l.codec, snap::Codec::Auto);
+        assert_eq!(l.routes, snap::RouteSource::Rds(Arc::from("outbound")));
+        assert!(l.strip_any_host_port);
+        assert_eq!(l.upgrades, [Arc::from("websocket")]);
+        assert_eq!(l.stream_idle_timeout, Some(Duration::from_secs(300)));
+        assert!(snapshot.listeners[0].upgrades.is_empty());
+        assert_eq!(snapshot.listeners[0].codec, snap::Codec::Http1);
+
+        let rc = snapshot.route_config_for(l).expect("route config");
+        let vh = &rc.virtual_hosts[0];
+        assert_eq!(vh.routes.len(), 7);
+        let snap::RouteAction::Forward(f) = &vh.routes[0].action else {
+            panic!("forward expected")
+        };
+        assert_eq!(
+            f.target,
+            snap::ClusterTarget::Single(Arc::from("payments-v2"))
+        );
+        assert_eq!(f.prefix_rewrite.as_deref(), Some("/"));
+        assert_eq!(
+            f.host_rewrite,
+            snap::HostRewrite::Literal(Arc::from("payments.internal"))
+        );
+        assert_eq!(f.timeout, Some(Duration::from_secs(5)));
+        // `%` written in the mesh arrives as a literal `%`.
+        let share = &vh.routes[0].request_headers_to_add[1];
+        assert_eq!((&*share.name, &*share.value), ("x-canary-share", "100%"));
+        assert_eq!(share.append, snap::HeaderAppend::AppendIfExistsOrAdd);
+        assert_eq!(
+            vh.request_headers_to_add[0].append,
+            snap::HeaderAppend::OverwriteIfExistsOrAdd
+        );
+        let snap::RouteAction::Forward(f) = &vh.routes[1].action else {
+            panic!("forward expected")
+        };
+        let snap::ClusterTarget::Weighted { clusters, total } = &f.target else {
+            panic!("weighted expected")
+        };
+        assert_eq!(*total, 100);
+        assert_eq!(clusters.len(), 2);
+        let timeout = |i: usize| match &vh.routes[i].action {
+            snap::RouteAction::Forward(f) => f.timeout,
+            other => panic!("forward expected, got {other:?}"),
+        };
+        assert_eq!(timeout(2), None, "0s disables the timeout");
+        assert_eq!(timeout(3), Some(Duration::from_secs(15)), "Envoy's default");
+        assert_eq!(
+            vh.routes[2].matcher.path,
+            snap::PathMatch::SeparatedPrefix(Arc::from("/api"))
+        );
+        assert!(!vh.routes[3].matcher.case_sensitive);
+        assert!(matches!(
+            vh.routes[4].action,
+            snap::RouteAction::Direct { status: 200, .. }
+        ));
+        let snap::RouteAction::Redirect(rd) = &vh.routes[6].action else {
+            panic!("redirect expected")
+        };
+        assert_eq!(rd.status, 308);
+        assert_eq!(rd.port, Some(8443));
+
+        let c = &snapshot.clusters["payments-v1"];
+        assert_eq!(
+            c.discovery,
+            snap::Discovery::Eds {
+                service_name: Arc::from("payments-v1")
+            }
+        );
+        assert_eq!(c.lb_policy, snap::LbPolicy::RoundRobin);
+        assert_eq!(c.protocol, snap::UpstreamProtocol::Http1);
+        assert_eq!(c.connect_timeout, Duration::from_secs(1));
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(c.max_requests_per_connection, None);
+        let eps: Vec<(String, u32)> = c
+            .load_assignment
+            .endpoints()
+            .map(|e| (e.address.to_string(), e.weight))
+            .collect();
+        assert_eq!(
+            eps,
+            [("127.0.0.1:8081".into(), 1), ("127.0.0.1:8082".into(), 2)]
+        );
+        assert_eq!(c.load_assignment.localities[0].weight, Some(1));
+
+        let c = &snapshot.clusters["payments-v2"];
+        assert!(matches!(c.lb_policy, snap::LbPolicy::LeastRequest { .. }));
+        assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(c.idle_timeout, Some(DEFAULT_IDLE_TIMEOUT));
+
+        let c = &snapshot.clusters["api"];
+        assert!(matches!(
+            c.discovery,
+            snap::Discovery::StrictDns { refresh_rate, .. } if refresh_rate == Duration::from_secs(5)
+        ));
+        assert_eq!(c.lb_policy, snap::LbPolicy::Random);
+        assert_eq!(c.protocol, snap::UpstreamProtocol::Http2);
+        assert_eq!(c.max_requests_per_connection, Some(1000));
+        let eps: Vec<String> = c
+            .load_assignment
+            .endpoints()
+            .map(|e| e.address.to_string())
+            .collect();
+        assert_eq!(eps, ["api.internal:8080", "api-backup.internal:8080"]);
+    }
+
+    #[test]
+    fn mesh_round_trips_through_yaml() {
+        let mesh = crate::load(REFERENCE, "ref.yaml").expect("loads");
+        let text = serde_yaml_ng::to_string(&mesh).expect("serializes");
+        let again = crate::load(&text, "again.yaml").expect("reloads");
+        assert_eq!(mesh, again);
+        // Defaults are not written back.
+        assert!(!text.contains("websocket: true"), "{text}");
+    }
+}

@@ -1,0 +1,374 @@
+//! The mesh document as written: plain serde types, every struct `deny_unknown_fields`.
+//!
+//! Choices that are "exactly one of" (route action, path match, string match) are separate
+//! optional fields rather than serde enums: serde would answer a mistake with a generic
+//! "data did not match any variant", while [`Mesh::check`] names the conflicting fields and
+//! [`validate`](crate::validate) points at their line. Defaults the compiler applies are
+//! `None` here, so a mesh serializes back to what its author wrote.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Upstream connect timeout when a cluster does not set one.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upstream connection idle timeout when a cluster does not set one (Envoy's default).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// STRICT_DNS re-resolution interval when a cluster does not set one (Envoy's default).
+pub const DEFAULT_DNS_REFRESH_RATE: Duration = Duration::from_secs(5);
+/// Redirect status when a redirect does not set one (Envoy's default).
+pub const DEFAULT_REDIRECT_STATUS: u32 = 301;
+
+/// A whole mesh: what one proxy (or every proxy of a control plane) serves.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mesh {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<Listener>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route_configs: Vec<RouteConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<Cluster>,
+}
+
+/// A TCP listener serving HTTP with the routes of one route config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Unique among listeners; also the stats prefix.
+    pub name: String,
+    /// `ip:port`; port 0 asks the OS for one.
+    pub address: String,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub protocol: ListenerProtocol,
+    /// Name of an entry in [`Mesh::route_configs`].
+    pub route_config: String,
+    /// Let `Upgrade: websocket` requests through.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub websocket: bool,
+    /// Envoy's default (5 minutes) when unset; `0s` disables.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stream_idle_timeout: Option<Duration>,
+}
+
+/// Downstream HTTP versions a listener speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerProtocol {
+    /// HTTP/1.1, or HTTP/2 with prior knowledge, told apart by the connection preface.
+    #[default]
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique among route configs.
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualHost {
+    /// Unique within its route config.
+    pub name: String,
+    /// Host names this virtual host answers: exact, `*.suffix`, `prefix.*` or `*`. Each
+    /// domain may appear once per route config.
+    pub domains: Vec<String>,
+    /// Headers added to every request forwarded through this virtual host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_add: Vec<HeaderToAdd>,
+    /// Tried in order; the first match wins.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// A match and exactly one action: `forward`, `direct_response` or `redirect`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Matches every path when left out.
+    #[serde(rename = "match", default, skip_serializing_if = "is_default")]
+    pub matcher: RouteMatch,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<Forward>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    /// Headers added to requests this route forwards, after the virtual host's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_add: Vec<HeaderToAdd>,
+}
+
+/// At most one of `prefix`, `path`, `regex`, `separated_prefix`; none means `prefix: /`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The exact path, without the query string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A regular expression that must match the whole path (RE2 syntax).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// The prefix, then the end of the path or a `/`: `/api` matches `/api` and `/api/x`,
+    /// not `/apix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub separated_prefix: Option<String>,
+    /// Envoy's default (true) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case_sensitive: Option<bool>,
+    /// All must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+    /// All must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<QueryMatch>,
+}
+
+// The rule fields are repeated in both matchers rather than shared through
+// `#[serde(flatten)]`: flatten buffers the mapping, which loses `deny_unknown_fields` and the
+// position of errors inside it.
+
+/// A request header rule: `name` and exactly one of `exact`, `prefix`, `suffix`, `contains`,
+/// `regex`, `present`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    /// A header name, or one of the pseudo-headers `:authority`, `:method`, `:path`,
+    /// `:scheme`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains: Option<String>,
+    /// Must match the whole value (RE2 syntax).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// `true`: present with any value; `false`: absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+    /// Match when the rule does not.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub invert: bool,
+}
+
+/// A query parameter rule: `name` and exactly one of `exact`, `prefix`, `suffix`,
+/// `contains`, `regex`, `present`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryMatch {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains: Option<String>,
+    /// Must match the whole value (RE2 syntax).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// `true`: present with any value; `false`: absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+/// Send the request upstream, to `cluster` or split over `weighted`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weighted: Vec<WeightedTarget>,
+    /// Replaces the matched prefix (or the whole path of a `path` match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
+    /// Host/:authority sent upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_rewrite: Option<String>,
+    /// Send the chosen endpoint's host name (DNS clusters) or address as Host.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub auto_host_rewrite: bool,
+    /// Whole-request timeout; Envoy's default (15 s) when unset, `0s` disables it.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedTarget {
+    pub cluster: String,
+    /// Relative to the sum of the list; zero takes no traffic, but not all may be zero.
+    pub weight: u32,
+}
+
+/// Answer locally.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    /// 200 to 599.
+    pub status: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// Answer with a redirect to the same URL with the given parts replaced.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Replaces the whole path; not with `prefix_rewrite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Replaces the matched prefix; not with `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub strip_query: bool,
+    /// 301 (default), 302, 303, 307 or 308.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u32>,
+}
+
+/// A header added to forwarded requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderToAdd {
+    pub name: String,
+    pub value: String,
+    /// `true` (Envoy's default): add a value beside existing ones; `false`: replace them.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub append: bool,
+}
+
+/// A named set of upstream endpoints and how to connect to them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Unique among clusters.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub discovery: Discovery,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub lb_policy: LbPolicy,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub protocol: UpstreamProtocol,
+    /// [`DEFAULT_CONNECT_TIMEOUT`] when unset.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connect_timeout: Option<Duration>,
+    /// Upstream connection idle timeout; [`DEFAULT_IDLE_TIMEOUT`] when unset, `0s` disables.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// Requests per upstream connection before it is closed; unset or 0 is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    /// `strict_dns` only; [`DEFAULT_DNS_REFRESH_RATE`] when unset.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dns_refresh_rate: Option<Duration>,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Where a cluster's endpoints come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Discovery {
+    /// Fixed `ip:port` endpoints, served to proxies over EDS.
+    #[default]
+    Static,
+    /// `host:port` endpoints, each name re-resolved periodically; every address becomes a
+    /// host.
+    StrictDns,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    #[default]
+    RoundRobin,
+    /// The less loaded of two random endpoints.
+    LeastRequest,
+    Random,
+}
+
+/// The HTTP version spoken to a cluster's endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// Cleartext HTTP/2 with prior knowledge.
+    Http2,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// `ip:port` for `static` clusters, `host:port` for `strict_dns`.
+    pub address: String,
+    /// At least 1.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub weight: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> u32 {
+    1
+}
+
+// serde's `skip_serializing_if` passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+    *t == T::default()
+}

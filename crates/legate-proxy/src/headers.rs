@@ -1,0 +1,200 @@
+//! Header handling on the way through: hop-by-hop removal, forwarding headers, request ids
+//! and the configured additions and removals.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use legate_snapshot::{HeaderAppend, HeaderValueOption};
+
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Remove hop-by-hop headers, including any named by `Connection`. When `keep_upgrade`,
+/// `Connection: upgrade` and `Upgrade` survive so an upgrade can pass through.
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    if let Some(conn) = h.get(header::CONNECTION) {
+        if conn.as_bytes() != b"keep-alive" && conn.as_bytes() != b"close" {
+            let named: Vec<HeaderName> = conn
+                .to_str()
+                .unwrap_or("")
+                .split(',')
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+                .collect();
+            for n in named {
+                h.remove(n);
+            }
+        }
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::TRANSFER_ENCODING);
+    h.remove(header::TE);
+    h.remove(header::TRAILER);
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+}
+
+/// Append the peer to `x-forwarded-for`.
+pub(crate) fn append_forwarded_for(h: &mut HeaderMap, peer: IpAddr) {
+    let mut buf = [0u8; 64];
+    let ip = format_ip(peer, &mut buf);
+    let value = match h.get(&X_FORWARDED_FOR) {
+        Some(prev) if !prev.is_empty() => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ip.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+        _ => HeaderValue::from_str(ip).ok(),
+    };
+    if let Some(v) = value {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// Listeners are plaintext, so the downstream scheme is `http`.
+pub(crate) fn set_forwarded_proto(h: &mut HeaderMap) {
+    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+}
+
+fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let n = cursor.position() as usize;
+    std::str::from_utf8(&buf[..n]).unwrap_or("")
+}
+
+/// Ensure an `x-request-id`, generating a random UUIDv4 when absent.
+pub(crate) fn ensure_request_id(h: &mut HeaderMap) {
+    if h.contains_key(&X_REQUEST_ID) {
+        return;
+    }
+    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let s = id.hyphenated().encode_lower(&mut buf);
+    if let Ok(v) = HeaderValue::from_str(s) {
+        h.insert(X_REQUEST_ID.clone(), v);
+    }
+}
+
+/// Apply configured removals then additions, Envoy's `*_headers_to_remove` /
+/// `*_headers_to_add`.
+pub(crate) fn apply(h: &mut HeaderMap, remove: &[std::sync::Arc<str>], add: &[HeaderValueOption]) {
+    for name in remove {
+        h.remove(&**name);
+    }
+    for opt in add {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(opt.name.as_bytes()),
+            HeaderValue::from_str(&opt.value),
+        ) else {
+            continue;
+        };
+        match opt.append {
+            HeaderAppend::AppendIfExistsOrAdd => {
+                h.append(name, value);
+            }
+            HeaderAppend::AddIfAbsent => {
+                if !h.contains_key(&name) {
+                    h.insert(name, value);
+                }
+            }
+            HeaderAppend::OverwriteIfExistsOrAdd => {
+                h.insert(name, value);
+            }
+            HeaderAppend::OverwriteIfExists => {
+                if h.contains_key(&name) {
+                    h.insert(name, value);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-keep"]);
+    }
+
+    #[test]
+    fn upgrade_survives_when_upgrading() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::UPGRADE).map(|v| v.as_bytes()), Some(&b"websocket"[..]));
+        assert_eq!(h.get(header::CONNECTION).map(|v| v.as_bytes()), Some(&b"upgrade"[..]));
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, "10.1.2.3".parse().expect("ip"));
+        append_forwarded_for(&mut h, "::1".parse().expect("ip"));
+        set_forwarded_proto(&mut h);
+        assert_eq!(h.get(&X_FORWARDED_FOR).expect("xff"), "10.1.2.3, ::1");
+        assert_eq!(h.get(&X_FORWARDED_PROTO).expect("xfp"), "http");
+    }
+
+    #[test]
+    fn request_id_generated_once() {
+        let mut h = HeaderMap::new();
+        ensure_request_id(&mut h);
+        let id = h.get(&X_REQUEST_ID).expect("id").clone();
+        assert_eq!(id.len(), 36);
+        assert_eq!(id.as_bytes()[14], b'4');
+        ensure_request_id(&mut h);
+        assert_eq!(h.get(&X_REQUEST_ID), Some(&id));
+    }
+
+    #[test]
+    fn add_and_remove_follow_append_action() {
+        let opt = |name: &str, value: &str, append| HeaderValueOption {
+            name: name.into(),
+            value: value.into(),
+            append,
+        };
+        let mut h = HeaderMap::new();
+        h.insert("a", HeaderValue::from_static("1"));
+        h.insert("gone", HeaderValue::from_static("1"));
+        apply(
+            &mut h,
+            &["gone".into()],
+            &[
+                opt("a", "2", HeaderAppend::AppendIfExistsOrAdd),
+                opt("b", "1", HeaderAppend::AddIfAbsent),
+                opt("b", "2", HeaderAppend::AddIfAbsent),
+                opt("c", "1", HeaderAppend::OverwriteIfExists),
+                opt("a", "3", HeaderAppend::OverwriteIfExistsOrAdd),
+            ],
+        );
+        assert_eq!(h.get_all("a").iter().count(), 1);
+        assert_eq!(h.get("a").expect("a"), "3");
+        assert_eq!(h.get("b").expect("b"), "1");
+        assert!(!h.contains_key("c"));
+        assert!(!h.contains_key("gone"));
+    }
+}

@@ -1,0 +1,322 @@
+//! The request path: route, pick a cluster and a host, forward, stream the answer back.
+//!
+//! One `Arc<Active>` is loaded per request and used to its end, so a config swap in the
+//! middle of a request never mixes two configurations. Nothing here parses configuration
+//! or takes a lock.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use legate_snapshot::router::RequestView;
+use legate_snapshot::{
+    ClusterTarget, ForwardAction, HostRewrite, RedirectAction, Route, RouteAction,
+    UpstreamProtocol, VirtualHost,
+};
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::error::ProxyError;
+use crate::headers;
+use crate::{Active, ListenerView, Shared};
+
+/// What a connection knows about where it was accepted.
+pub(crate) struct ConnCtx {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) listener: Arc<ListenerView>,
+    pub(crate) peer: SocketAddr,
+}
+
+pub(crate) async fn handle(
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let active = ctx.shared.active.load_full();
+    // Prefer the listener's current routes; a listener being drained keeps the view it had.
+    let view = active
+        .listeners
+        .get(&ctx.listener.config.name)
+        .filter(|v| v.config.address == ctx.listener.config.address)
+        .unwrap_or(&ctx.listener)
+        .clone();
+    let res = match route_and_forward(&ctx, &active, &view, req).await {
+        Ok(res) => res,
+        Err(e) => {
+            ctx.shared.local_reply(e).inc();
+            e.response()
+        }
+    };
+    view.requests.record(res.status().as_u16());
+    Ok(res)
+}
+
+async fn route_and_forward(
+    ctx: &ConnCtx,
+    active: &Active,
+    view: &ListenerView,
+    mut req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    // Owned (a reference-counted copy), so the request can be taken apart later.
+    let host_value = request_host(&req).ok_or(ProxyError::BadRequest)?;
+    let host = host_value.to_str().map_err(|_| ProxyError::BadRequest)?;
+    let vhost = view
+        .routes
+        .select_virtual_host(host, view.config.strip_any_host_port)
+        .ok_or(ProxyError::NoRoute)?;
+    let path = req.uri().path();
+    let request_view = RequestView {
+        host,
+        path,
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    let route = vhost.select_route(&request_view).ok_or(ProxyError::NoRoute)?;
+    match &route.action {
+        RouteAction::Direct { status, body } => {
+            let mut res = Response::new(ResponseBody::full(body.clone()));
+            *res.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            finish_response_headers(res.headers_mut(), view, vhost, route, None);
+            Ok(res)
+        }
+        RouteAction::Redirect(r) => Ok(redirect(r, &req, host)),
+        RouteAction::Forward(fwd) => {
+            let random = match &fwd.target {
+                ClusterTarget::Single(_) => 0,
+                ClusterTarget::Weighted { .. } => fastrand::u64(..),
+            };
+            let picked = fwd.target.pick(random).ok_or(ProxyError::ClusterNotFound)?;
+            let (cluster_name, weighted) = (picked.name, picked.weighted);
+            let cluster = active
+                .clusters
+                .get(cluster_name)
+                .ok_or(ProxyError::ClusterNotFound)?;
+            let upgrade = upgrade_type(&req, view, fwd)?;
+            let on_downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+            let (parts, body) = req.into_parts();
+            let host_entry = cluster.pick().ok_or(ProxyError::NoHealthyUpstream)?;
+            let active_req = host_entry.start_request();
+
+            // Build the upstream request from the downstream one.
+            let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let path_and_query = match fwd.rewrite_path(&route.matcher.path, original) {
+                Some(rewritten) => {
+                    PathAndQuery::try_from(rewritten).map_err(|_| ProxyError::BadRequest)?
+                }
+                None => parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            };
+            let uri = Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(host_entry.authority.clone())
+                .path_and_query(path_and_query)
+                .build()
+                .map_err(|_| ProxyError::BadRequest)?;
+            let mut headers = parts.headers;
+            headers::strip_hop_by_hop(&mut headers, upgrade);
+            if view.config.append_x_forwarded_for {
+                headers::append_forwarded_for(&mut headers, ctx.peer.ip());
+            }
+            headers::set_forwarded_proto(&mut headers);
+            if view.config.generate_request_id {
+                headers::ensure_request_id(&mut headers);
+            }
+            let new_host = match (&fwd.host_rewrite, weighted.and_then(|w| w.host_rewrite.as_ref())) {
+                (_, Some(literal)) => HeaderValue::from_str(literal).ok(),
+                (HostRewrite::Keep, None) => Some(host_value.clone()),
+                (HostRewrite::Literal(l), None) => HeaderValue::from_str(l.as_ref()).ok(),
+                (HostRewrite::Auto, None) => match &host_entry.hostname {
+                    Some(name) => HeaderValue::from_str(name).ok(),
+                    None => HeaderValue::from_str(host_entry.authority.as_str()).ok(),
+                },
+                (HostRewrite::Header(h), None) => headers
+                    .get(h.as_ref())
+                    .cloned()
+                    .or_else(|| Some(host_value.clone())),
+            };
+            if let Some(h) = new_host {
+                headers.insert(header::HOST, h);
+            }
+            let rc = &view.routes;
+            if let Some(w) = weighted {
+                headers::apply(&mut headers, &w.request_headers_to_remove, &w.request_headers_to_add);
+            }
+            headers::apply(&mut headers, &route.request_headers_to_remove, &route.request_headers_to_add);
+            headers::apply(&mut headers, &vhost.request_headers_to_remove, &vhost.request_headers_to_add);
+            headers::apply(&mut headers, &rc.request_headers_to_remove, &rc.request_headers_to_add);
+
+            let body = if upgrade {
+                RequestBody::Empty
+            } else {
+                RequestBody::Incoming(body)
+            };
+            let mut upstream_req = Request::new(body);
+            *upstream_req.method_mut() = parts.method;
+            *upstream_req.uri_mut() = uri;
+            *upstream_req.version_mut() = match cluster.config().protocol {
+                UpstreamProtocol::Http1 => Version::HTTP_11,
+                UpstreamProtocol::Http2 => Version::HTTP_2,
+            };
+            *upstream_req.headers_mut() = headers;
+
+            let started = Instant::now();
+            let fut = cluster.client.request(upstream_req);
+            let result = match fwd.timeout {
+                Some(t) => match tokio::time::timeout(t, fut).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(ProxyError::UpstreamTimeout),
+                },
+                None => fut.await,
+            };
+            let mut res = match result {
+                Ok(res) => res,
+                Err(e) => {
+                    let err = ProxyError::from_client(&e);
+                    tracing::debug!(cluster = %cluster_name, host = %host_entry.addr, error = %e, "upstream request failed");
+                    return Err(err);
+                }
+            };
+            cluster.stats.latency.observe(started.elapsed());
+            cluster.stats.requests.record(res.status().as_u16());
+
+            if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(down) = on_downstream_upgrade {
+                    let up = hyper::upgrade::on(&mut res);
+                    tokio::spawn(async move {
+                        let _active = active_req;
+                        match tokio::try_join!(down, up) {
+                            Ok((down, up)) => {
+                                let mut down = TokioIo::new(down);
+                                let mut up = TokioIo::new(up);
+                                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                            }
+                            Err(error) => tracing::debug!(%error, "upgrade failed"),
+                        }
+                    });
+                    let (mut parts, _) = res.into_parts();
+                    parts.headers.remove(header::TRANSFER_ENCODING);
+                    return Ok(Response::from_parts(parts, ResponseBody::empty()));
+                }
+            }
+
+            let (mut parts, body) = res.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers, false);
+            finish_response_headers(&mut parts.headers, view, vhost, route, weighted);
+            parts.version = Version::HTTP_11;
+            Ok(Response::from_parts(
+                parts,
+                ResponseBody::Upstream {
+                    body,
+                    active: Some(active_req),
+                },
+            ))
+        }
+    }
+}
+
+fn finish_response_headers(
+    h: &mut http::HeaderMap,
+    view: &ListenerView,
+    vhost: &VirtualHost,
+    route: &Route,
+    weighted: Option<&legate_snapshot::WeightedCluster>,
+) {
+    if let Some(w) = weighted {
+        headers::apply(h, &w.response_headers_to_remove, &w.response_headers_to_add);
+    }
+    headers::apply(h, &route.response_headers_to_remove, &route.response_headers_to_add);
+    headers::apply(h, &vhost.response_headers_to_remove, &vhost.response_headers_to_add);
+    let rc = &view.routes;
+    headers::apply(h, &rc.response_headers_to_remove, &rc.response_headers_to_add);
+}
+
+/// `Host`, or `:authority` for HTTP/2 requests that carry no `Host`.
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if let Some(h) = req.headers().get(header::HOST) {
+        return Some(h.clone());
+    }
+    req.uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+}
+
+/// Whether this request upgrades, and whether that is allowed. `h2c` upgrades are never
+/// passed on (the hop-by-hop strip drops them).
+fn upgrade_type(
+    req: &Request<Incoming>,
+    view: &ListenerView,
+    fwd: &ForwardAction,
+) -> Result<bool, ProxyError> {
+    if req.version() != Version::HTTP_11 {
+        return Ok(false);
+    }
+    let Some(up) = req.headers().get(header::UPGRADE) else {
+        return Ok(false);
+    };
+    let Ok(up) = up.to_str() else {
+        return Err(ProxyError::BadRequest);
+    };
+    if up.eq_ignore_ascii_case("h2c") {
+        return Ok(false);
+    }
+    // As in Envoy: the listener must list the type and the route must not disable it.
+    let listener_allows = view
+        .config
+        .upgrades
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(up));
+    let route_disables = fwd
+        .upgrades
+        .iter()
+        .any(|(t, enabled)| !enabled && t.eq_ignore_ascii_case(up));
+    if listener_allows && !route_disables {
+        Ok(true)
+    } else {
+        Err(ProxyError::UpgradeNotAllowed)
+    }
+}
+
+fn redirect(r: &RedirectAction, req: &Request<Incoming>, host: &str) -> Response<ResponseBody> {
+    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let (host_only, port) = match host.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || host.starts_with('[') => {
+            (h, p.parse::<u16>().ok())
+        }
+        _ => (host, None),
+    };
+    let new_host = r.host.as_deref().unwrap_or(host_only);
+    let port = r.port.or(port);
+    let path = req.uri().path();
+    let new_path: String = match (&r.path, &r.prefix_rewrite) {
+        (Some(p), _) => p.to_string(),
+        (None, Some(_prefix)) => path.to_owned(),
+        (None, None) => path.to_owned(),
+    };
+    let mut location = format!("{scheme}://{new_host}");
+    if let Some(p) = port {
+        let default = if scheme == "https" { 443 } else { 80 };
+        if p != default {
+            location.push_str(&format!(":{p}"));
+        }
+    }
+    location.push_str(&new_path);
+    if !r.strip_query {
+        if let Some(q) = req.uri().query() {
+            location.push('?');
+            location.push_str(q);
+        }
+    }
+    let mut res = Response::new(ResponseBody::empty());
+    *res.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}

@@ -1,0 +1,155 @@
+//! The admin server: readiness, health, config dump, cluster and listener state, and
+//! Prometheus metrics. Plain HTTP/1.1 on its own address (loopback by default).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use legate_proxy::Dataplane;
+use legate_telemetry::Registry;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::bootstrap::Node;
+
+pub(crate) struct AdminState {
+    pub(crate) dataplane: Arc<Dataplane>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) node: Node,
+}
+
+/// Serve the admin API on `listener` until the task is dropped.
+pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(%error, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(state.clone(), req));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn handle(
+    state: Arc<AdminState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into()));
+    }
+    let res = match req.uri().path() {
+        "/ready" => {
+            if state.dataplane.is_ready() {
+                text(StatusCode::OK, "ready\n".into())
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no configuration yet\n".into())
+            }
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/config_dump" => {
+            let active = state.dataplane.active();
+            json_response(&json!({
+                "version": active.snapshot.version,
+                "node": state.node,
+                "snapshot": &*active.snapshot,
+            }))
+        }
+        "/clusters" => {
+            let active = state.dataplane.active();
+            let mut names: Vec<_> = active.clusters.keys().cloned().collect();
+            names.sort();
+            let clusters: Vec<_> = names
+                .iter()
+                .filter_map(|n| active.clusters.get(n))
+                .map(|c| {
+                    let hosts: Vec<_> = c
+                        .hosts()
+                        .hosts
+                        .iter()
+                        .map(|h| {
+                            json!({
+                                "address": h.addr.to_string(),
+                                "hostname": h.hostname.as_deref(),
+                                "weight": h.weight,
+                                "health": h.health,
+                                "active_requests": h.active_requests(),
+                            })
+                        })
+                        .collect();
+                    json!({
+                        "name": c.config().name,
+                        "lb_policy": c.config().lb_policy,
+                        "protocol": c.config().protocol,
+                        "hosts": hosts,
+                    })
+                })
+                .collect();
+            json_response(&json!({ "clusters": clusters }))
+        }
+        "/listeners" => {
+            let list: Vec<_> = state
+                .dataplane
+                .listener_addresses()
+                .await
+                .into_iter()
+                .map(|(name, addr)| json!({"name": name, "address": addr.to_string()}))
+                .collect();
+            json_response(&serde_json::Value::Array(list))
+        }
+        "/stats/prometheus" | "/metrics" => {
+            let mut res = Response::new(Full::new(Bytes::from(state.registry.render())));
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            res
+        }
+        "/" => text(
+            StatusCode::OK,
+            "legate admin: /ready /healthz /config_dump /clusters /listeners /stats/prometheus\n"
+                .into(),
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    };
+    Ok(res)
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+fn json_response(v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// Bind the admin address.
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

@@ -1,0 +1,785 @@
+//! Child processes under test: the `legate` binary and the demo upstream.
+//!
+//! Each handle owns exactly one child and kills it by its PID when dropped (never by name).
+//! Both children's stdout and stderr are captured; when a test panics while a handle is alive,
+//! the handle prints the captured output, so the failure shows what the process said.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+use crate::client::{HttpClient, HttpResponse};
+use crate::demo::{Counters, Protocol};
+use crate::metrics::Metrics;
+
+/// How long `legate` gets to become ready.
+pub const LEGATE_START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the demo upstream gets to print its `listening on` line.
+pub const UPSTREAM_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Captured output lines kept per process (the most recent ones).
+const LOG_LINES_KEPT: usize = 4000;
+
+// ---------------------------------------------------------------------------------------------
+// Locating binaries
+
+/// The directory cargo put this package's binaries in: the test executable lives in
+/// `<target>/<profile>/deps/`, the binaries one level up.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|error| {
+        panic!("cannot locate the running test executable (needed to find binaries): {error}")
+    });
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    }
+}
+
+/// The `legate` binary: `$LEGATE_BIN` if set, else `<target>/<profile>/legate`.
+pub fn legate_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("LEGATE_BIN") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "LEGATE_BIN is set to {}, which is not a file",
+            path.display()
+        );
+        return path;
+    }
+    let path = bin_dir().join("legate");
+    assert!(
+        path.is_file(),
+        "the legate binary was not found at {}: it belongs to another package, so `cargo test \
+         -p legate-tests` does not build it. Run `cargo build -p legate` first (the Makefile \
+         does), or point LEGATE_BIN at a binary",
+        path.display()
+    );
+    path
+}
+
+/// The `legate-demo-upstream` binary of this package.
+pub fn demo_upstream_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("CARGO_BIN_EXE_legate-demo-upstream") {
+        let path = PathBuf::from(path);
+        if path.is_file() {
+            return path;
+        }
+    }
+    let path = bin_dir().join("legate-demo-upstream");
+    assert!(
+        path.is_file(),
+        "the demo upstream binary was not found at {}: run `cargo build -p legate-tests --bins` \
+         (cargo builds it automatically for this package's integration tests)",
+        path.display()
+    );
+    path
+}
+
+// ---------------------------------------------------------------------------------------------
+// Temporary directories
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh directory under the system temp dir, removed on drop unless a test is panicking
+/// (then it is kept, and its path printed, for inspection).
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}-{nanos}",
+            std::process::id(),
+            UNIQUE.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|error| panic!("cannot create {}: {error}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `contents` to `name` inside the directory and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.path.join(name);
+        std::fs::write(&path, contents)
+            .unwrap_or_else(|error| panic!("cannot write {}: {error}", path.display()));
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("(kept {} for inspection)", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Captured output
+
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<VecDeque<String>>>);
+
+impl Log {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn push(&self, line: String) {
+        let mut lines = self.lock();
+        if lines.len() == LOG_LINES_KEPT {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    fn text(&self) -> String {
+        let lines = self.lock();
+        let mut out = String::new();
+        if lines.len() == LOG_LINES_KEPT {
+            out.push_str("[earlier lines dropped]\n");
+        }
+        for line in lines.iter() {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Drains `reader` line by line into the log on a thread; `on_line` sees each line first.
+    fn capture(
+        &self,
+        reader: impl Read + Send + 'static,
+        stream: &'static str,
+        mut on_line: impl FnMut(&str) + Send + 'static,
+    ) {
+        let log = self.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(reader);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf);
+                        let line = line.trim_end_matches(['\n', '\r']);
+                        on_line(line);
+                        log.push(format!("[{stream}] {line}"));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One spawned child, killed by PID on drop.
+struct ChildProcess {
+    label: String,
+    command_line: String,
+    child: Mutex<Child>,
+    log: Log,
+    /// Set once the output was already shown in a panic message.
+    log_shown: bool,
+}
+
+impl ChildProcess {
+    /// Spawns `program args` with stdout and stderr captured; `on_stdout` sees stdout lines.
+    fn spawn(
+        label: &str,
+        program: &Path,
+        args: &[OsString],
+        on_stdout: impl FnMut(&str) + Send + 'static,
+    ) -> ChildProcess {
+        let command_line = std::iter::once(program.as_os_str().to_owned())
+            .chain(args.iter().cloned())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {label} ({command_line}): {error}"));
+        let log = Log::default();
+        if let Some(stdout) = child.stdout.take() {
+            log.capture(stdout, "stdout", on_stdout);
+        }
+        if let Some(stderr) = child.stderr.take() {
+            log.capture(stderr, "stderr", |_| {});
+        }
+        let age = std::fs::metadata(program)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .map(|age| format!(" (binary built {}s ago)", age.as_secs()))
+            .unwrap_or_default();
+        ChildProcess {
+            label: format!("{label} (pid {})", child.id()),
+            command_line: format!("{command_line}{age}"),
+            child: Mutex::new(child),
+            log,
+            log_shown: false,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Child> {
+        self.child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn pid(&self) -> u32 {
+        self.lock().id()
+    }
+
+    fn try_wait(&self) -> Option<ExitStatus> {
+        self.lock().try_wait().ok().flatten()
+    }
+
+    /// Everything the process printed so far (both streams, interleaved by arrival).
+    fn output(&self) -> String {
+        self.log.text()
+    }
+
+    /// A block describing the process for failure messages.
+    fn describe(&self) -> String {
+        let state = match self.try_wait() {
+            Some(status) => format!("exited: {status}"),
+            None => "still running".to_owned(),
+        };
+        format!(
+            "{} [{state}]\ncommand: {}\n----- output -----\n{}------------------",
+            self.label,
+            self.command_line,
+            self.output()
+        )
+    }
+
+    fn sigterm(&self) {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap_or_else(|error| panic!("cannot run `kill -TERM {pid}`: {error}"));
+        assert!(
+            status.success(),
+            "`kill -TERM {pid}` failed ({status}) for {}",
+            self.label
+        );
+    }
+
+    async fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let mut child = self
+            .child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // `Child::kill` sends SIGKILL to this child's PID only.
+        if child.try_wait().ok().flatten().is_none() {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        drop(child);
+        if std::thread::panicking() && !self.log_shown {
+            eprintln!("\n===== {} =====\n{}", self.label, self.describe());
+        }
+    }
+}
+
+/// Reads `/proc/PID/status` field `field` (e.g. `VmHWM`), in bytes.
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("cannot read {path}: {error}"));
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("{path} has no {field} line:\n{status}"));
+    let kib: u64 = line
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("cannot parse {field} in {path}: {line:?}"));
+    kib * 1024
+}
+
+// ---------------------------------------------------------------------------------------------
+// The demo upstream
+
+/// A `legate-demo-upstream` process.
+pub struct Upstream {
+    process: ChildProcess,
+    addr: SocketAddr,
+    name: String,
+}
+
+impl Upstream {
+    /// Starts the demo upstream on `127.0.0.1:0` and waits for its `listening on` line.
+    pub async fn start(name: &str, version: &str, protocol: Protocol) -> Upstream {
+        Upstream::start_with_args(name, version, protocol, &[]).await
+    }
+
+    /// [`start`](Self::start) with extra command-line arguments (e.g. `["--delay", "300ms"]`).
+    pub async fn start_with_args(
+        name: &str,
+        version: &str,
+        protocol: Protocol,
+        extra_args: &[&str],
+    ) -> Upstream {
+        let mut args: Vec<OsString> = [
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            name,
+            "--version",
+            version,
+            "--protocol",
+            protocol.as_arg(),
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        args.extend(extra_args.iter().map(OsString::from));
+
+        let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+        let mut tx = Some(tx);
+        let mut process = ChildProcess::spawn(
+            &format!("demo upstream {name:?}"),
+            &demo_upstream_bin(),
+            &args,
+            move |line| {
+                if let Some(addr) = line.strip_prefix("listening on ")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            },
+        );
+        let addr = match tokio::time::timeout(UPSTREAM_START_TIMEOUT, rx).await {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(_)) => {
+                // Give the process a moment to be reaped so the status is shown.
+                let _ = process.wait_exit(Duration::from_millis(500)).await;
+                process.log_shown = true;
+                panic!(
+                    "demo upstream closed stdout without printing `listening on ADDR`\n{}",
+                    process.describe()
+                )
+            }
+            Err(_) => {
+                process.log_shown = true;
+                panic!(
+                    "demo upstream printed no `listening on ADDR` line within {:?}\n{}",
+                    UPSTREAM_START_TIMEOUT,
+                    process.describe()
+                )
+            }
+        };
+        let addr: SocketAddr = addr.parse().unwrap_or_else(|error| {
+            panic!("demo upstream printed an unparsable address {addr:?}: {error}")
+        });
+        Upstream {
+            process,
+            addr,
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// `http://ADDR{path}` straight to this upstream (not through legate).
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The upstream's own `/counters` (queried directly; not counted by it).
+    pub async fn counters(&self) -> Counters {
+        let response = HttpClient::http1().get(&self.url("/counters")).await;
+        serde_json::from_slice(&response.body).unwrap_or_else(|error| {
+            panic!(
+                "bad /counters answer from {} ({error}): {}",
+                self.name,
+                response.describe()
+            )
+        })
+    }
+
+    /// Requests this upstream has seen (excluding `/counters`).
+    pub async fn requests(&self) -> u64 {
+        self.counters().await.requests
+    }
+
+    pub fn sigterm(&self) {
+        self.process.sigterm();
+    }
+
+    /// Waits for the process to exit; panics (showing its output) after `timeout`.
+    pub async fn wait_exit(&self, timeout: Duration) -> ExitStatus {
+        match self.process.wait_exit(timeout).await {
+            Some(status) => status,
+            None => panic!(
+                "demo upstream did not exit within {timeout:?}\n{}",
+                self.process.describe()
+            ),
+        }
+    }
+
+    /// Peak resident memory (`VmHWM`) in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        proc_status_bytes(self.pid(), "VmHWM")
+    }
+
+    /// What the process printed so far.
+    pub fn output(&self) -> String {
+        self.process.output()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// legate
+
+#[derive(Debug, Deserialize)]
+struct ListenerInfo {
+    name: String,
+    address: String,
+}
+
+/// A running `legate` process started from a bootstrap file.
+pub struct Legate {
+    process: ChildProcess,
+    admin: SocketAddr,
+    config_path: PathBuf,
+    // Dropped after the process (field order), so the files outlive it.
+    dir: TempDir,
+}
+
+impl Legate {
+    /// Writes `config_yaml` to a temp file and starts
+    /// `legate --config FILE --admin-address 127.0.0.1:0 --admin-address-path PATH`, then waits
+    /// (up to [`LEGATE_START_TIMEOUT`]) for the admin address file and `GET /ready` = 200.
+    pub async fn start(config_yaml: &str) -> Legate {
+        Legate::start_with_args(config_yaml, &[]).await
+    }
+
+    /// [`start`](Self::start) with extra command-line arguments (e.g. `--node-id`).
+    pub async fn start_with_args(config_yaml: &str, extra_args: &[&str]) -> Legate {
+        let dir = TempDir::new("legate-test");
+        let config_path = dir.write("legate.yaml", config_yaml);
+        let admin_path = dir.path().join("admin-address");
+        let mut args: Vec<OsString> = vec![
+            "--config".into(),
+            config_path.clone().into(),
+            "--admin-address".into(),
+            "127.0.0.1:0".into(),
+            "--admin-address-path".into(),
+            admin_path.clone().into(),
+        ];
+        args.extend(extra_args.iter().map(OsString::from));
+        let mut process = ChildProcess::spawn("legate", &legate_bin(), &args, |_| {});
+
+        let client = HttpClient::http1().with_timeout(Duration::from_secs(2));
+        let deadline = Instant::now() + LEGATE_START_TIMEOUT;
+        let mut admin: Option<SocketAddr> = None;
+        let mut last = "the admin address file was never written".to_owned();
+        let failure = loop {
+            if let Some(status) = process.try_wait() {
+                break format!("legate exited during startup ({status})");
+            }
+            if admin.is_none()
+                && let Ok(text) = std::fs::read_to_string(&admin_path)
+            {
+                match text.trim().parse() {
+                    Ok(addr) => admin = Some(addr),
+                    Err(_) => {
+                        last = format!(
+                            "the admin address file {} holds {text:?}, not an address",
+                            admin_path.display()
+                        )
+                    }
+                }
+            }
+            if let Some(addr) = admin {
+                match client.try_get(&format!("http://{addr}/ready")).await {
+                    Ok(response) if response.status == 200 => {
+                        return Legate {
+                            process,
+                            admin: addr,
+                            config_path,
+                            dir,
+                        };
+                    }
+                    Ok(response) => last = format!("GET /ready answered {}", response.describe()),
+                    Err(error) => last = format!("GET /ready failed: {error:#}"),
+                }
+            }
+            if Instant::now() >= deadline {
+                break format!("legate was not ready within {LEGATE_START_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        process.log_shown = true;
+        panic!(
+            "{failure}; last observation: {last}\n{}\n----- config {} -----\n{config_yaml}",
+            process.describe(),
+            config_path.display()
+        );
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// The bootstrap file legate was started with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The temp directory holding the config and the admin address file.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `http://ADMIN{path}`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// `GET` on the admin API, panicking (with legate's output) on a transport error.
+    pub async fn admin_get(&self, path: &str) -> HttpResponse {
+        match HttpClient::http1()
+            .with_timeout(Duration::from_secs(10))
+            .try_get(&self.admin_url(path))
+            .await
+        {
+            Ok(response) => response,
+            Err(error) => panic!(
+                "admin request GET {path} failed: {error:#}\n{}",
+                self.process.describe()
+            ),
+        }
+    }
+
+    /// `GET path` on the admin API, asserting 200 and returning its JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let response = self.admin_get(path).await;
+        assert_eq!(
+            response.status,
+            200,
+            "admin GET {path}: {}",
+            response.describe()
+        );
+        response.json()
+    }
+
+    /// The bound address of the listener called `name`, from `GET /listeners`.
+    pub async fn listener_addr(&self, name: &str) -> SocketAddr {
+        let response = self.admin_get("/listeners").await;
+        assert_eq!(
+            response.status,
+            200,
+            "admin GET /listeners: {}",
+            response.describe()
+        );
+        let listeners: Vec<ListenerInfo> =
+            serde_json::from_slice(&response.body).unwrap_or_else(|error| {
+                panic!(
+                    "GET /listeners is not a JSON list of {{name, address}} ({error}): {}",
+                    response.describe()
+                )
+            });
+        let listener = listeners
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no listener named {name:?} in GET /listeners: {}",
+                    response.text()
+                )
+            });
+        let addr: SocketAddr = listener.address.parse().unwrap_or_else(|error| {
+            panic!(
+                "listener {name:?} has an unparsable address {:?}: {error}",
+                listener.address
+            )
+        });
+        assert_ne!(
+            addr.port(),
+            0,
+            "listener {name:?} reports port 0: /listeners must show the bound port"
+        );
+        addr
+    }
+
+    /// `http://LISTENER{path}` for the listener called `name`.
+    pub async fn url(&self, listener: &str, path: &str) -> String {
+        format!("http://{}{path}", self.listener_addr(listener).await)
+    }
+
+    /// A scrape of `/stats/prometheus`, parsed.
+    pub async fn metrics(&self) -> Metrics {
+        let response = self.admin_get("/stats/prometheus").await;
+        assert_eq!(
+            response.status,
+            200,
+            "admin GET /stats/prometheus: {}",
+            response.describe()
+        );
+        Metrics::parse(&response.text())
+    }
+
+    pub fn sigterm(&self) {
+        self.process.sigterm();
+    }
+
+    /// Whether the process has exited, without waiting.
+    pub fn try_exit_status(&self) -> Option<ExitStatus> {
+        self.process.try_wait()
+    }
+
+    /// Waits for legate to exit; panics (showing its output) after `timeout`.
+    pub async fn wait_exit(&self, timeout: Duration) -> ExitStatus {
+        match self.process.wait_exit(timeout).await {
+            Some(status) => status,
+            None => panic!(
+                "legate did not exit within {timeout:?}\n{}",
+                self.process.describe()
+            ),
+        }
+    }
+
+    /// Peak resident memory (`VmHWM` from `/proc/PID/status`) in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        proc_status_bytes(self.pid(), "VmHWM")
+    }
+
+    /// What legate printed so far.
+    pub fn output(&self) -> String {
+        self.process.output()
+    }
+
+    /// The process description (state, command line, output) for assertion messages.
+    pub fn describe(&self) -> String {
+        self.process.describe()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One-shot runs
+
+/// The result of a finished one-shot run.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `legate ARGS` to completion (killing it and panicking after `timeout`).
+pub fn run_legate(args: &[&str], timeout: Duration) -> Finished {
+    let bin = legate_bin();
+    let mut child = Command::new(&bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {} {args:?}: {error}", bin.display()));
+    let stdout = read_all_on_thread(child.stdout.take());
+    let stderr = read_all_on_thread(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().ok().flatten() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`legate {}` did not finish within {timeout:?}",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Finished {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+fn read_all_on_thread(
+    reader: Option<impl Read + Send + 'static>,
+) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut reader) = reader {
+            let _ = reader.read_to_end(&mut bytes);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// An address on 127.0.0.1 where nothing listens (bound, then released).
+pub fn closed_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap_or_else(|error| panic!("cannot bind 127.0.0.1:0: {error}"));
+    listener
+        .local_addr()
+        .unwrap_or_else(|error| panic!("cannot read a bound address: {error}"))
+}

@@ -1,0 +1,223 @@
+//! The admin API of `legate`: readiness, config dump, clusters, listeners and metrics.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use legate_tests::client::{self, HttpClient};
+use legate_tests::config::{cluster, single_vhost};
+use legate_tests::metrics::promtool_check_metrics;
+use legate_tests::{Legate, Protocol, Upstream, eventually};
+
+async fn payments_setup() -> (Upstream, Legate) {
+    let payments = Upstream::start("payments", "v1", Protocol::Auto).await;
+    let routes = r#"
+        - match: {prefix: /payments/}
+          forward: {cluster: payments, prefix_rewrite: /, timeout: 2s}
+        - match: {path: /ping}
+          direct_response: {status: 200, body: "pong\n"}
+    "#;
+    let legate = Legate::start(&single_vhost(
+        routes,
+        &[cluster("payments", &[payments.addr()])],
+    ))
+    .await;
+    (payments, legate)
+}
+
+#[tokio::test]
+async fn ready_and_healthz() {
+    let (_payments, legate) = payments_setup().await;
+    legate.admin_get("/ready").await.assert_status(200);
+    legate.admin_get("/healthz").await.assert_status(200);
+}
+
+#[tokio::test]
+async fn config_dump_has_version_snapshot_and_node() {
+    let (_payments, legate) = payments_setup().await;
+    let dump = legate.admin_json("/config_dump").await;
+    let version = dump["version"]
+        .as_str()
+        .unwrap_or_else(|| panic!("config_dump has no string \"version\": {dump:#}"));
+    assert!(!version.is_empty(), "empty config version: {dump:#}");
+    assert!(
+        dump["snapshot"].is_object(),
+        "config_dump has no \"snapshot\" object: {dump:#}"
+    );
+    assert_eq!(dump["node"]["id"], "test", "{dump:#}");
+    assert_eq!(dump["node"]["cluster"], "tests", "{dump:#}");
+    let text = dump["snapshot"].to_string();
+    assert!(
+        text.contains("payments"),
+        "the snapshot should mention cluster payments: {dump:#}"
+    );
+
+    // Nothing changed, so the version did not either.
+    let again = legate.admin_json("/config_dump").await;
+    assert_eq!(again["version"], dump["version"]);
+}
+
+#[tokio::test]
+async fn clusters_lists_hosts() {
+    let (payments, legate) = payments_setup().await;
+    let clusters = legate.admin_json("/clusters").await;
+    let list = clusters["clusters"]
+        .as_array()
+        .unwrap_or_else(|| panic!("/clusters has no \"clusters\" list: {clusters:#}"));
+    let entry = list
+        .iter()
+        .find(|c| c["name"] == "payments")
+        .unwrap_or_else(|| panic!("cluster payments missing from /clusters: {clusters:#}"));
+    let hosts = entry["hosts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("cluster payments has no hosts list: {clusters:#}"));
+    assert_eq!(hosts.len(), 1, "{clusters:#}");
+    let host = &hosts[0];
+    assert_eq!(
+        host["address"],
+        payments.addr().to_string().as_str(),
+        "{clusters:#}"
+    );
+    assert_eq!(host["weight"], 1, "{clusters:#}");
+    assert_eq!(host["health"], "healthy", "{clusters:#}");
+    assert_eq!(host["active_requests"], 0, "{clusters:#}");
+}
+
+#[tokio::test]
+async fn listeners_report_bound_addresses() {
+    let (_payments, legate) = payments_setup().await;
+    let listeners = legate.admin_json("/listeners").await;
+    let list = listeners
+        .as_array()
+        .unwrap_or_else(|| panic!("/listeners is not a JSON list: {listeners:#}"));
+    assert_eq!(list.len(), 1, "{listeners:#}");
+    assert_eq!(list[0]["name"], "outbound");
+    let addr: SocketAddr = list[0]["address"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("listener address is not ip:port: {listeners:#}"));
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+    assert_ne!(addr.port(), 0);
+    let pong = client::get(&format!("http://{addr}/ping")).await;
+    pong.assert_status(200);
+    assert_eq!(pong.text(), "pong\n");
+}
+
+#[tokio::test]
+async fn prometheus_metrics_count_requests() {
+    let (_payments, legate) = payments_setup().await;
+    let base = legate.url("outbound", "").await;
+    let http = HttpClient::http1();
+    http.get(&format!("{base}/payments/a"))
+        .await
+        .assert_status(200);
+    http.get(&format!("{base}/payments/b?status=503"))
+        .await
+        .assert_status(503);
+    http.get(&format!("{base}/nowhere"))
+        .await
+        .assert_status(404);
+
+    let metrics = eventually(Duration::from_secs(3), "metrics settle", || async {
+        let m = legate.metrics().await;
+        let downstream = m.get_or_zero(
+            "legate_downstream_requests_total",
+            &[("listener", "outbound")],
+        );
+        if downstream == 3.0 {
+            Ok(m)
+        } else {
+            Err(format!("downstream requests total = {downstream}"))
+        }
+    })
+    .await;
+    let down = |class: &str| {
+        metrics.value(
+            "legate_downstream_requests_total",
+            &[("listener", "outbound"), ("code_class", class)],
+        )
+    };
+    assert_eq!(down("2xx"), 1.0);
+    assert_eq!(down("5xx"), 1.0);
+    assert_eq!(down("4xx"), 1.0);
+    let up = |class: &str| {
+        metrics.value(
+            "legate_upstream_requests_total",
+            &[("cluster", "payments"), ("code_class", class)],
+        )
+    };
+    assert_eq!(up("2xx"), 1.0);
+    assert_eq!(up("5xx"), 1.0);
+    assert_eq!(
+        metrics.value(
+            "legate_upstream_request_duration_seconds_count",
+            &[("cluster", "payments")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        metrics.value(
+            "legate_upstream_request_duration_seconds_bucket",
+            &[("cluster", "payments"), ("le", "+Inf")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        metrics.value("legate_local_replies_total", &[("reason", "no-route")]),
+        1.0
+    );
+    assert_eq!(
+        metrics.value(
+            "legate_upstream_connections_open",
+            &[("cluster", "payments")]
+        ),
+        1.0
+    );
+    assert!(
+        metrics
+            .get(
+                "legate_downstream_connections_active",
+                &[("listener", "outbound")]
+            )
+            .is_some(),
+        "legate_downstream_connections_active{{listener=\"outbound\"}} missing:\n{}",
+        metrics.text
+    );
+    let types = metrics.types();
+    for (family, kind) in [
+        ("legate_downstream_requests_total", "counter"),
+        ("legate_upstream_requests_total", "counter"),
+        ("legate_upstream_request_duration_seconds", "histogram"),
+        ("legate_upstream_connections_open", "gauge"),
+        ("legate_downstream_connections_active", "gauge"),
+        ("legate_local_replies_total", "counter"),
+    ] {
+        assert_eq!(
+            types.get(family).map(String::as_str),
+            Some(kind),
+            "# TYPE of {family}; scrape:\n{}",
+            metrics.text
+        );
+    }
+}
+
+#[tokio::test]
+async fn prometheus_output_passes_promtool() {
+    let (_payments, legate) = payments_setup().await;
+    let base = legate.url("outbound", "").await;
+    client::get(&format!("{base}/payments/x"))
+        .await
+        .assert_status(200);
+    client::get(&format!("{base}/nowhere"))
+        .await
+        .assert_status(404);
+    let response = legate.admin_get("/stats/prometheus").await;
+    response.assert_status(200);
+    let content_type = response.header("content-type").unwrap_or_default();
+    assert!(
+        content_type.starts_with("text/plain"),
+        "Prometheus text should be served as text/plain, got {content_type:?}"
+    );
+    if let Err(problems) = promtool_check_metrics(&response.text()) {
+        panic!("{problems}\n----- scrape -----\n{}", response.text());
+    }
+}
