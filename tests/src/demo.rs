@@ -209,7 +209,7 @@ struct State {
 }
 
 /// Serves connections from `listener` until `shutdown` completes, then gives in-flight
-/// connections [`SHUTDOWN_GRACE`] to finish.
+/// connections `SHUTDOWN_GRACE` to finish.
 pub async fn serve(
     listener: TcpListener,
     config: DemoConfig,

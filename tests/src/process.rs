@@ -185,7 +185,7 @@ impl Log {
                 match reader.read_until(b'\n', &mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
-                        let line = String::from_utf8_lossy(&buf);
+                        let line = strip_ansi(&String::from_utf8_lossy(&buf));
                         let line = line.trim_end_matches(['\n', '\r']);
                         on_line(line);
                         log.push(format!("[{stream}] {line}"));
@@ -194,6 +194,26 @@ impl Log {
             }
         });
     }
+}
+
+/// Removes terminal colour sequences (`ESC [ ... letter`) so captured logs read as text.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('\u{40}'..='\u{7e}').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// One spawned child, killed by PID on drop.
@@ -221,6 +241,7 @@ impl ChildProcess {
             .join(" ");
         let mut child = Command::new(program)
             .args(args)
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -352,6 +373,7 @@ pub struct Upstream {
     process: ChildProcess,
     addr: SocketAddr,
     name: String,
+    protocol: Protocol,
 }
 
 impl Upstream {
@@ -423,6 +445,7 @@ impl Upstream {
             process,
             addr,
             name: name.to_owned(),
+            protocol,
         }
     }
 
@@ -443,9 +466,21 @@ impl Upstream {
         format!("http://{}{path}", self.addr)
     }
 
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// A client that speaks this upstream's protocol (h2c for an `http2` upstream).
+    pub fn client(&self) -> HttpClient {
+        match self.protocol {
+            Protocol::Http2 => HttpClient::h2c(),
+            Protocol::Auto | Protocol::Http1 => HttpClient::http1(),
+        }
+    }
+
     /// The upstream's own `/counters` (queried directly; not counted by it).
     pub async fn counters(&self) -> Counters {
-        let response = HttpClient::http1().get(&self.url("/counters")).await;
+        let response = self.client().get(&self.url("/counters")).await;
         serde_json::from_slice(&response.body).unwrap_or_else(|error| {
             panic!(
                 "bad /counters answer from {} ({error}): {}",
@@ -488,6 +523,17 @@ impl Upstream {
 
 // ---------------------------------------------------------------------------------------------
 // legate
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn strips_ansi() {
+        assert_eq!(
+            super::strip_ansi("\u{1b}[2mtime\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m x"),
+            "time  INFO x"
+        );
+    }
+}
 
 #[derive(Debug, Deserialize)]
 struct ListenerInfo {

@@ -168,6 +168,9 @@ fn listener(l: &Listener) -> XdsListener {
             ))),
             ..Default::default()
         }],
+        // The ambassador is the first proxy the request meets: the peer is the client, so
+        // it is appended to x-forwarded-for (Envoy does this only with use_remote_address).
+        use_remote_address: Some(BoolValue { value: true }),
         // Domains are written without ports; clients send `Host: name:port`.
         strip_port_mode: Some(StripPortMode::StripAnyHostPort(true)),
         upgrade_configs: if l.websocket {
@@ -680,13 +683,13 @@ mod tests {
             Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true))
         );
         assert!(m.headers[1].invert_match);
-        assert_eq!(m.headers[2].name, ":method");
+        assert_eq!(m.headers[2].name, "x-client");
         assert_eq!(
             m.headers[2].header_match_specifier,
             Some(header_matcher::HeaderMatchSpecifier::StringMatch(
                 StringMatcher {
                     ignore_case: false,
-                    match_pattern: Some(MatchPattern::SafeRegex(regex("GET|HEAD"))),
+                    match_pattern: Some(MatchPattern::SafeRegex(regex("curl/.*|wget/.*"))),
                 }
             ))
         );
@@ -1077,6 +1080,79 @@ mod tests {
             .map(|e| e.address.to_string())
             .collect();
         assert_eq!(eps, ["api.internal:8080", "api-backup.internal:8080"]);
+    }
+
+    /// Corners of the format that pass [`Mesh::check`] must pass the snapshot validator too.
+    #[test]
+    fn corner_cases_build_a_snapshot() {
+        let body = "x".repeat(4096);
+        let text = format!(
+            "\
+listeners:
+  - {{name: a, address: '[::1]:0', route_config: rc, protocol: http2, stream_idle_timeout: 0s}}
+  - {{name: b, address: '0.0.0.0:15002', route_config: empty}}
+route_configs:
+  - name: empty
+    virtual_hosts: []
+  - name: rc
+    virtual_hosts:
+      - name: v6
+        domains: ['[::1]', 'foo-*', '*-bar.example', EXAMPLE.com]
+      - name: vh
+        domains: ['*']
+        routes:
+          - match:
+              path: /exact
+              headers:
+                - {{name: ':authority', suffix: .internal}}
+                - {{name: x-absent, present: false}}
+                - {{name: X-Upper, contains: a}}
+              query:
+                - {{name: q, regex: '[0-9]+'}}
+                - {{name: p, present: true}}
+                - {{name: e, exact: ''}}
+            forward: {{cluster: dns, prefix_rewrite: /other}}
+          - match: {{separated_prefix: /sep, case_sensitive: false}}
+            forward:
+              weighted: [{{cluster: s, weight: 0}}, {{cluster: dns, weight: 1}}]
+          - match: {{prefix: /r}}
+            redirect: {{prefix_rewrite: /s, status: 307}}
+          - match: {{separated_prefix: /h}}
+            redirect: {{host: other.example}}
+          - match: {{prefix: /p}}
+            redirect: {{port: 8080, status: 302}}
+          - match: {{prefix: /q}}
+            redirect: {{strip_query: true, status: 303}}
+          - match: {{prefix: /big}}
+            direct_response: {{status: 599, body: '{body}'}}
+          - direct_response: {{status: 204}}
+clusters:
+  - name: s
+    idle_timeout: 0s
+    max_requests_per_connection: 1
+  - name: dns
+    discovery: strict_dns
+    dns_refresh_rate: 1ms
+    lb_policy: least_request
+    endpoints:
+      - address: 10.1.2.3:80
+      - address: under_score.example.:80
+        weight: 100
+"
+        );
+        let mesh = match crate::load(&text, "corners.yaml") {
+            Ok(m) => m,
+            Err(errors) => panic!("{errors:?}"),
+        };
+        let snapshot = match legate_snapshot::build("v1", &compile(&mesh)) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(snapshot.clusters["s"].idle_timeout, None, "0s disables");
+        assert_eq!(
+            snapshot.listeners[0].stream_idle_timeout, None,
+            "0s disables"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub fn parse_yaml<T: DeserializeOwned>(text: &str, source: &str) -> Result<T, Co
             Some(l) => (l.line(), l.column()),
             None => Locator::new(text).position(&path),
         };
-        let message = bare_message(&inner, location.as_ref());
+        let message = bare_message(&inner, location.as_ref(), &path);
         // serde points at the mapping holding a repeated key; point at the repeat, and name
         // it in the path as an unknown field is.
         if let Some(key) = message
@@ -48,9 +48,14 @@ pub fn parse_yaml<T: DeserializeOwned>(text: &str, source: &str) -> Result<T, Co
     })
 }
 
-/// serde_yaml_ng's message without the parts [`ConfigError`] carries separately: it prefixes
-/// its own idea of the path and appends the position.
-fn bare_message(e: &serde_yaml_ng::Error, location: Option<&serde_yaml_ng::Location>) -> String {
+/// serde_yaml_ng's message without the parts [`ConfigError`] carries separately: it appends
+/// the position, and prefixes its own record of the path (the same as `path`, or a parent of
+/// it).
+fn bare_message(
+    e: &serde_yaml_ng::Error,
+    location: Option<&serde_yaml_ng::Location>,
+    path: &str,
+) -> String {
     let mut message = e.to_string();
     if let Some(l) = location {
         let suffix = format!(" at line {} column {}", l.line(), l.column());
@@ -59,15 +64,12 @@ fn bare_message(e: &serde_yaml_ng::Error, location: Option<&serde_yaml_ng::Locat
             message.replace_range(i..i + suffix.len(), "");
         }
     }
-    // The prefix is the path up to the first ": ", and a path has no spaces.
-    if let Some((head, rest)) = message.split_once(": ") {
-        let looks_like_path = !head.is_empty()
-            && head
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.[]-".contains(c));
-        if looks_like_path && !rest.is_empty() {
-            message = rest.to_owned();
-        }
+    if let Some((head, rest)) = message.split_once(": ")
+        && !head.is_empty()
+        && !rest.is_empty()
+        && path.starts_with(head)
+    {
+        message = rest.to_owned();
     }
     message
 }

@@ -19,8 +19,6 @@ use crate::{
 const MAX_DIRECT_RESPONSE_BODY: usize = 4096;
 /// The largest `google.protobuf.Duration` (10 000 years).
 const MAX_DURATION_SECS: u64 = 315_576_000_000;
-/// Pseudo-headers a header match may name.
-const PSEUDO_HEADERS: [&str; 4] = [":authority", ":method", ":path", ":scheme"];
 
 impl Mesh {
     /// Every semantic problem, with field paths relative to the mesh and no positions.
@@ -279,6 +277,7 @@ impl<'m> Checker<'m> {
         for &(name, value) in &set {
             let field = format!("{path}.{name}");
             match name {
+                "regex" if value.is_empty() => self.report(field, "regex is empty"),
                 "regex" => {
                     if let Err(e) = regex::Regex::new(value) {
                         self.report(field, format!("invalid regex: {}", regex_error(&e)));
@@ -313,9 +312,19 @@ impl<'m> Checker<'m> {
     }
 
     fn header_match(&mut self, path: &str, h: &HeaderMatch) {
-        if !PSEUDO_HEADERS.contains(&&h.name[..])
-            && http::HeaderName::from_bytes(h.name.as_bytes()).is_err()
-        {
+        // legate's request view exposes `:authority` (the Host) but no other pseudo-header.
+        if h.name.starts_with(':') {
+            if !h.name.eq_ignore_ascii_case(":authority") {
+                self.report(
+                    format!("{path}.name"),
+                    format!(
+                        "matching on pseudo-header `{}` is not supported by legate (only \
+                         `:authority`)",
+                        h.name
+                    ),
+                );
+            }
+        } else if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
             self.report(
                 format!("{path}.name"),
                 format!("`{}` is not a valid header name", h.name),
@@ -385,6 +394,7 @@ impl<'m> Checker<'m> {
         }
         for (name, value) in strings {
             match (name, value) {
+                ("regex", Some("")) => self.report(format!("{path}.regex"), "regex is empty"),
                 ("regex", Some(re)) => {
                     if let Err(e) = regex::Regex::new(re) {
                         self.report(
@@ -951,7 +961,8 @@ route_configs:
                 - {name: 'bad header', exact: x}
                 - {name: x-a}
                 - {name: x-b, exact: '1', prefix: '1'}
-                - {name: ':method', regex: '(GET'}
+                - {name: x-m, regex: '(GET'}
+                - {name: ':method', regex: ''}
                 - {name: x-c, present: false, invert: true}
               query:
                 - {name: debug, present: false}
@@ -975,15 +986,20 @@ route_configs:
                  needs one of `exact`, `prefix`, `suffix`, `contains`, `regex`, `present`",
                 "17:19: route_configs[0].virtual_hosts[0].routes[2].match.headers[2]: a match \
                  takes one rule, found `exact` and `prefix`",
-                "18:44: route_configs[0].virtual_hosts[0].routes[2].match.headers[3].regex: \
+                "18:38: route_configs[0].virtual_hosts[0].routes[2].match.headers[3].regex: \
                  invalid regex: unclosed group",
-                "21:42: route_configs[0].virtual_hosts[0].routes[2].match.query[0].present: a \
+                "19:26: route_configs[0].virtual_hosts[0].routes[2].match.headers[4].name: \
+                 matching on pseudo-header `:method` is not supported by legate (only \
+                 `:authority`)",
+                "19:44: route_configs[0].virtual_hosts[0].routes[2].match.headers[4].regex: \
+                 regex is empty",
+                "22:42: route_configs[0].virtual_hosts[0].routes[2].match.query[0].present: a \
                  query parameter match can require presence only (`present: true`)",
-                "22:26: route_configs[0].virtual_hosts[0].routes[2].match.query[1].name: query \
+                "23:26: route_configs[0].virtual_hosts[0].routes[2].match.query[1].name: query \
                  parameter name is empty",
-                "22:40: route_configs[0].virtual_hosts[0].routes[2].match.query[1].contains: \
+                "23:40: route_configs[0].virtual_hosts[0].routes[2].match.query[1].contains: \
                  empty `contains` matches everything; use `present: true`",
-                "24:39: route_configs[0].virtual_hosts[0].routes[3].match.separated_prefix: \
+                "25:39: route_configs[0].virtual_hosts[0].routes[3].match.separated_prefix: \
                  `/api/` ends with `/`; a separated prefix is matched up to a `/`, so write it \
                  without one (or use `prefix`)",
             ]

@@ -8,18 +8,13 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use legate_snapshot::{Cluster, Discovery, DnsFamily, EndpointAddress, UpstreamProtocol};
+use legate_snapshot::{Cluster, Discovery, DnsFamily, EndpointAddress};
 use legate_telemetry::{ByCodeClass, Gauge, Histogram};
 use tokio::task::JoinHandle;
 
-use crate::body::RequestBody;
-use crate::connector::CountingConnector;
 use crate::lb::{Host, HostSet};
 use crate::metrics::Metrics;
-
-pub(crate) type UpstreamClient = Client<CountingConnector, RequestBody>;
+use crate::pool::Pool;
 
 /// Per-cluster metric handles, resolved once when the cluster is created.
 #[derive(Debug)]
@@ -34,7 +29,7 @@ pub struct ClusterRuntime {
     config: Arc<Cluster>,
     hosts: ArcSwap<HostSet>,
     cursor: AtomicUsize,
-    pub(crate) client: UpstreamClient,
+    pub(crate) pool: Arc<Pool>,
     pub(crate) stats: ClusterStats,
     dns: Option<JoinHandle<()>>,
 }
@@ -78,19 +73,7 @@ impl ClusterRuntime {
             latency: metrics.upstream_latency.get_or_create(&[name]),
             open_connections: metrics.upstream_connections_open.get_or_create(&[name]),
         };
-        let connector =
-            CountingConnector::new(config.connect_timeout, stats.open_connections.clone());
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.idle_timeout)
-            .pool_max_idle_per_host(usize::MAX)
-            .set_host(false);
-        if config.protocol == UpstreamProtocol::Http2 {
-            builder.http2_only(true);
-        }
-        let client = builder.build(connector);
+        let pool = Arc::new(Pool::new(&config, stats.open_connections.clone()));
         let initial = match config.discovery {
             Discovery::StrictDns { .. } => HostSet::default(),
             _ => host_set_from_config(&config, None),
@@ -111,7 +94,7 @@ impl ClusterRuntime {
                 config,
                 hosts: ArcSwap::from_pointee(initial),
                 cursor: AtomicUsize::new(fastrand::usize(..1024)),
-                client,
+                pool,
                 stats,
                 dns,
             }
@@ -146,7 +129,7 @@ impl ClusterRuntime {
             config,
             hosts: ArcSwap::new(self.hosts.load_full()),
             cursor: AtomicUsize::new(0),
-            client: self.client.clone(),
+            pool: self.pool.clone(),
             stats: ClusterStats {
                 requests: self.stats.requests.clone(),
                 latency: self.stats.latency.clone(),
@@ -182,12 +165,12 @@ fn reuse_or_new(
     weight: u32,
     health: legate_snapshot::HealthStatus,
 ) -> Arc<Host> {
-    if let Some(old) = old {
-        if let Some(h) = old.hosts.iter().find(|h| {
+    if let Some(old) = old
+        && let Some(h) = old.hosts.iter().find(|h| {
             h.addr == addr && h.weight == weight && h.health == health && h.hostname == hostname
-        }) {
-            return h.clone();
-        }
+        })
+    {
+        return h.clone();
     }
     Arc::new(Host::new(addr, hostname, weight, health))
 }
@@ -231,7 +214,10 @@ async fn resolve_loop(
                 .map(|(a, h, w, s)| reuse_or_new(Some(&old), a, Some(h), w, s))
                 .collect();
             let changed = set.len() != old.hosts.len()
-                || set.iter().zip(old.hosts.iter()).any(|(a, b)| !Arc::ptr_eq(a, b));
+                || set
+                    .iter()
+                    .zip(old.hosts.iter())
+                    .any(|(a, b)| !Arc::ptr_eq(a, b));
             if changed {
                 rt.hosts.store(Arc::new(HostSet::new(set)));
             }

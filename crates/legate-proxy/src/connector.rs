@@ -46,8 +46,7 @@ impl tower_service::Service<Uri> for CountingConnector {
         let open = self.open.clone();
         Box::pin(async move {
             let io = fut.await?;
-            open.inc();
-            Ok(CountedIo { io, open })
+            Ok(CountedIo::new(io, open))
         })
     }
 }
@@ -56,6 +55,14 @@ impl tower_service::Service<Uri> for CountingConnector {
 pub(crate) struct CountedIo {
     io: TokioIo<TcpStream>,
     open: Arc<Gauge>,
+}
+
+impl CountedIo {
+    /// Count `io` as an open connection until it is dropped.
+    pub(crate) fn new(io: TokioIo<TcpStream>, open: Arc<Gauge>) -> Self {
+        open.inc();
+        CountedIo { io, open }
+    }
 }
 
 impl Drop for CountedIo {

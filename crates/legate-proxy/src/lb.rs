@@ -194,7 +194,11 @@ impl HostSet {
             return -active;
         }
         let bias = f64::from(bias_milli) / 1000.0;
-        let denom = if bias == 1.0 { active } else { active.powf(bias) };
+        let denom = if bias == 1.0 {
+            active
+        } else {
+            active.powf(bias)
+        };
         f64::from(host.weight) / denom
     }
 }
@@ -315,6 +319,9 @@ mod tests {
         assert_eq!(counts(&set, LbPolicy::RoundRobin, 10), vec![0, 10, 0]);
         hs[1] = Arc::new(Host::new(hs[1].addr, None, 1, HealthStatus::Unhealthy));
         let set = HostSet::new(hs);
-        assert!(set.pick(&LbPolicy::RoundRobin, &AtomicUsize::new(0)).is_none());
+        assert!(
+            set.pick(&LbPolicy::RoundRobin, &AtomicUsize::new(0))
+                .is_none()
+        );
     }
 }

@@ -15,6 +15,7 @@ mod headers;
 pub mod lb;
 mod listener;
 mod metrics;
+mod pool;
 mod service;
 
 use std::collections::HashMap;
@@ -200,9 +201,12 @@ impl Dataplane {
             bound.push((l.clone(), socket));
         }
 
-        let clusters =
-            cluster::reconcile(&old.clusters, snapshot.clusters.values(), &self.shared.metrics)
-                .await;
+        let clusters = cluster::reconcile(
+            &old.clusters,
+            snapshot.clusters.values(),
+            &self.shared.metrics,
+        )
+        .await;
         let new_names: std::collections::HashSet<&Arc<str>> =
             snapshot.listeners.iter().map(|l| &l.name).collect();
         self.shared.active.store(Arc::new(Active {

@@ -1,15 +1,18 @@
 //! Listener lifecycle: bind, accept, serve HTTP connections, and drain on stop.
 //! Kept apart from routing: a listener knows only its name, socket and codec.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use legate_snapshot::{Codec, Listener};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -62,15 +65,84 @@ pub(crate) fn spawn(
     }
 }
 
-fn builder(codec: Codec) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1().timer(TokioTimer::new()).keep_alive(true);
-    b.http2().timer(TokioTimer::new());
-    match codec {
-        Codec::Auto => b,
-        Codec::Http1 => b.http1_only(),
-        Codec::Http2 => b.http2_only(),
+/// The HTTP server for a listener's codec. hyper-util's auto builder detects HTTP/2 by its
+/// preface; a single-protocol listener uses hyper's own builder so the other protocol is
+/// really refused (the auto builder's `*_only` settings do not apply with upgrades on).
+#[derive(Clone)]
+enum Server {
+    Auto(auto::Builder<TokioExecutor>),
+    Http1(http1::Builder),
+    Http2(http2::Builder<TokioExecutor>),
+}
+
+impl Server {
+    fn new(codec: Codec) -> Self {
+        match codec {
+            Codec::Auto => {
+                let mut b = auto::Builder::new(TokioExecutor::new());
+                b.http1().timer(TokioTimer::new()).keep_alive(true);
+                b.http2().timer(TokioTimer::new());
+                Server::Auto(b)
+            }
+            Codec::Http1 => {
+                let mut b = http1::Builder::new();
+                b.timer(TokioTimer::new()).keep_alive(true);
+                Server::Http1(b)
+            }
+            Codec::Http2 => {
+                let mut b = http2::Builder::new(TokioExecutor::new());
+                b.timer(TokioTimer::new());
+                Server::Http2(b)
+            }
+        }
     }
+
+    /// Serve one connection until it ends, shutting it down gracefully once `drain` flips.
+    async fn serve(&self, stream: TcpStream, ctx: Arc<ConnCtx>, drain: watch::Receiver<bool>) {
+        let peer = ctx.peer;
+        let svc = service_fn(move |req| service::handle(ctx.clone(), req));
+        let io = TokioIo::new(stream);
+        let res = match self {
+            Server::Auto(b) => {
+                let conn = b.serve_connection_with_upgrades(io, svc);
+                drive(conn, drain, |c| c.graceful_shutdown()).await
+            }
+            Server::Http1(b) => {
+                let conn = b.serve_connection(io, svc).with_upgrades();
+                drive(conn, drain, |c| c.graceful_shutdown()).await
+            }
+            Server::Http2(b) => {
+                let conn = b.serve_connection(io, svc);
+                drive(conn, drain, |c| c.graceful_shutdown()).await
+            }
+        };
+        if let Err(error) = res {
+            tracing::debug!(%error, %peer, "downstream connection ended with an error");
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn drive<C, E, F>(
+    conn: C,
+    mut drain: watch::Receiver<bool>,
+    shutdown: F,
+) -> Result<(), BoxError>
+where
+    C: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+    F: FnOnce(Pin<&mut C>),
+{
+    tokio::pin!(conn);
+    let res = tokio::select! {
+        res = conn.as_mut() => res,
+        () = async { let _ = drain.wait_for(|d| *d).await; } => {
+            shutdown(conn.as_mut());
+            conn.as_mut().await
+        }
+    };
+    res.map_err(Into::into)
 }
 
 async fn accept_loop(
@@ -80,7 +152,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<Option<Duration>>,
 ) {
     let name = view.config.name.clone();
-    let builder = Arc::new(builder(view.config.codec));
+    let server = Arc::new(Server::new(view.config.codec));
     let active_gauge = shared
         .metrics
         .downstream_connections_active
@@ -115,26 +187,14 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 accepted.inc();
                 let ctx = Arc::new(ConnCtx { shared: shared.clone(), listener: view.clone(), peer });
-                let builder = builder.clone();
+                let server = server.clone();
                 let gauge = active_gauge.clone();
                 let conn_tx = conn_tx.clone();
-                let mut drain_rx = drain_rx.clone();
+                let drain_rx = drain_rx.clone();
                 tokio::spawn(async move {
                     let _alive = conn_tx;
                     gauge.inc();
-                    let svc = service_fn(move |req| service::handle(ctx.clone(), req));
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    tokio::pin!(conn);
-                    let res = tokio::select! {
-                        res = conn.as_mut() => res,
-                        () = async { let _ = drain_rx.wait_for(|d| *d).await; } => {
-                            conn.as_mut().graceful_shutdown();
-                            conn.as_mut().await
-                        }
-                    };
-                    if let Err(error) = res {
-                        tracing::debug!(%error, %peer, "downstream connection ended with an error");
-                    }
+                    server.serve(stream, ctx, drain_rx).await;
                     gauge.dec();
                 });
             }
@@ -144,7 +204,10 @@ async fn accept_loop(
     drop(socket);
     let _ = drain_tx.send(true);
     drop(conn_tx);
-    if tokio::time::timeout(drain_for, conn_rx.recv()).await.is_err() {
+    if tokio::time::timeout(drain_for, conn_rx.recv())
+        .await
+        .is_err()
+    {
         tracing::info!(listener = %name, "drain timeout reached with connections still open");
     }
 }

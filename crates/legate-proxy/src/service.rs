@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -75,7 +75,9 @@ async fn route_and_forward(
         query: req.uri().query(),
         headers: req.headers(),
     };
-    let route = vhost.select_route(&request_view).ok_or(ProxyError::NoRoute)?;
+    let route = vhost
+        .select_route(&request_view)
+        .ok_or(ProxyError::NoRoute)?;
     match &route.action {
         RouteAction::Direct { status, body } => {
             let mut res = Response::new(ResponseBody::full(body.clone()));
@@ -83,7 +85,7 @@ async fn route_and_forward(
             finish_response_headers(res.headers_mut(), view, vhost, route, None);
             Ok(res)
         }
-        RouteAction::Redirect(r) => Ok(redirect(r, &req, host)),
+        RouteAction::Redirect(r) => Ok(redirect(r, &route.matcher.path, &req, host)),
         RouteAction::Forward(fwd) => {
             let random = match &fwd.target {
                 ClusterTarget::Single(_) => 0,
@@ -113,12 +115,6 @@ async fn route_and_forward(
                     .cloned()
                     .unwrap_or_else(|| PathAndQuery::from_static("/")),
             };
-            let uri = Uri::builder()
-                .scheme(Scheme::HTTP)
-                .authority(host_entry.authority.clone())
-                .path_and_query(path_and_query)
-                .build()
-                .map_err(|_| ProxyError::BadRequest)?;
             let mut headers = parts.headers;
             headers::strip_hop_by_hop(&mut headers, upgrade);
             if view.config.append_x_forwarded_for {
@@ -128,7 +124,10 @@ async fn route_and_forward(
             if view.config.generate_request_id {
                 headers::ensure_request_id(&mut headers);
             }
-            let new_host = match (&fwd.host_rewrite, weighted.and_then(|w| w.host_rewrite.as_ref())) {
+            let new_host = match (
+                &fwd.host_rewrite,
+                weighted.and_then(|w| w.host_rewrite.as_ref()),
+            ) {
                 (_, Some(literal)) => HeaderValue::from_str(literal).ok(),
                 (HostRewrite::Keep, None) => Some(host_value.clone()),
                 (HostRewrite::Literal(l), None) => HeaderValue::from_str(l.as_ref()).ok(),
@@ -141,16 +140,53 @@ async fn route_and_forward(
                     .cloned()
                     .or_else(|| Some(host_value.clone())),
             };
-            if let Some(h) = new_host {
-                headers.insert(header::HOST, h);
-            }
+            let protocol = cluster.config().protocol;
+            // HTTP/1.1 dials the URI's authority (the host address) and sends `Host`;
+            // HTTP/2 dials the host address itself and sends the URI's authority as
+            // `:authority`, which replaces `Host`.
+            let authority = match protocol {
+                UpstreamProtocol::Http1 => {
+                    if let Some(h) = new_host {
+                        headers.insert(header::HOST, h);
+                    }
+                    host_entry.authority.clone()
+                }
+                UpstreamProtocol::Http2 => {
+                    headers.remove(header::HOST);
+                    new_host
+                        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                        .unwrap_or_else(|| host_entry.authority.clone())
+                }
+            };
+            let uri = Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority)
+                .path_and_query(path_and_query)
+                .build()
+                .map_err(|_| ProxyError::BadRequest)?;
             let rc = &view.routes;
             if let Some(w) = weighted {
-                headers::apply(&mut headers, &w.request_headers_to_remove, &w.request_headers_to_add);
+                headers::apply(
+                    &mut headers,
+                    &w.request_headers_to_remove,
+                    &w.request_headers_to_add,
+                );
             }
-            headers::apply(&mut headers, &route.request_headers_to_remove, &route.request_headers_to_add);
-            headers::apply(&mut headers, &vhost.request_headers_to_remove, &vhost.request_headers_to_add);
-            headers::apply(&mut headers, &rc.request_headers_to_remove, &rc.request_headers_to_add);
+            headers::apply(
+                &mut headers,
+                &route.request_headers_to_remove,
+                &route.request_headers_to_add,
+            );
+            headers::apply(
+                &mut headers,
+                &vhost.request_headers_to_remove,
+                &vhost.request_headers_to_add,
+            );
+            headers::apply(
+                &mut headers,
+                &rc.request_headers_to_remove,
+                &rc.request_headers_to_add,
+            );
 
             let body = if upgrade {
                 RequestBody::Empty
@@ -160,34 +196,28 @@ async fn route_and_forward(
             let mut upstream_req = Request::new(body);
             *upstream_req.method_mut() = parts.method;
             *upstream_req.uri_mut() = uri;
-            *upstream_req.version_mut() = match cluster.config().protocol {
+            *upstream_req.version_mut() = match protocol {
                 UpstreamProtocol::Http1 => Version::HTTP_11,
                 UpstreamProtocol::Http2 => Version::HTTP_2,
             };
             *upstream_req.headers_mut() = headers;
 
             let started = Instant::now();
-            let fut = cluster.client.request(upstream_req);
-            let result = match fwd.timeout {
+            let fut = cluster.pool.send(host_entry.addr, upstream_req);
+            let mut res = match fwd.timeout {
                 Some(t) => match tokio::time::timeout(t, fut).await {
-                    Ok(r) => r,
+                    Ok(r) => r?,
                     Err(_) => return Err(ProxyError::UpstreamTimeout),
                 },
-                None => fut.await,
-            };
-            let mut res = match result {
-                Ok(res) => res,
-                Err(e) => {
-                    let err = ProxyError::from_client(&e);
-                    tracing::debug!(cluster = %cluster_name, host = %host_entry.addr, error = %e, "upstream request failed");
-                    return Err(err);
-                }
+                None => fut.await?,
             };
             cluster.stats.latency.observe(started.elapsed());
             cluster.stats.requests.record(res.status().as_u16());
 
-            if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-                if let Some(down) = on_downstream_upgrade {
+            if res.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(down) = on_downstream_upgrade
+            {
+                {
                     let up = hyper::upgrade::on(&mut res);
                     tokio::spawn(async move {
                         let _active = active_req;
@@ -231,10 +261,22 @@ fn finish_response_headers(
     if let Some(w) = weighted {
         headers::apply(h, &w.response_headers_to_remove, &w.response_headers_to_add);
     }
-    headers::apply(h, &route.response_headers_to_remove, &route.response_headers_to_add);
-    headers::apply(h, &vhost.response_headers_to_remove, &vhost.response_headers_to_add);
+    headers::apply(
+        h,
+        &route.response_headers_to_remove,
+        &route.response_headers_to_add,
+    );
+    headers::apply(
+        h,
+        &vhost.response_headers_to_remove,
+        &vhost.response_headers_to_add,
+    );
     let rc = &view.routes;
-    headers::apply(h, &rc.response_headers_to_remove, &rc.response_headers_to_add);
+    headers::apply(
+        h,
+        &rc.response_headers_to_remove,
+        &rc.response_headers_to_add,
+    );
 }
 
 /// `Host`, or `:authority` for HTTP/2 requests that carry no `Host`.
@@ -283,12 +325,15 @@ fn upgrade_type(
     }
 }
 
-fn redirect(r: &RedirectAction, req: &Request<Incoming>, host: &str) -> Response<ResponseBody> {
+fn redirect(
+    r: &RedirectAction,
+    matched: &legate_snapshot::PathMatch,
+    req: &Request<Incoming>,
+    host: &str,
+) -> Response<ResponseBody> {
     let scheme = r.scheme.as_deref().unwrap_or("http");
     let (host_only, port) = match host.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || host.starts_with('[') => {
-            (h, p.parse::<u16>().ok())
-        }
+        Some((h, p)) if !h.ends_with(']') || host.starts_with('[') => (h, p.parse::<u16>().ok()),
         _ => (host, None),
     };
     let new_host = r.host.as_deref().unwrap_or(host_only);
@@ -296,7 +341,13 @@ fn redirect(r: &RedirectAction, req: &Request<Incoming>, host: &str) -> Response
     let path = req.uri().path();
     let new_path: String = match (&r.path, &r.prefix_rewrite) {
         (Some(p), _) => p.to_string(),
-        (None, Some(_prefix)) => path.to_owned(),
+        (None, Some(prefix)) => match matched {
+            legate_snapshot::PathMatch::Prefix(p)
+            | legate_snapshot::PathMatch::SeparatedPrefix(p) => {
+                format!("{prefix}{}", path.get(p.len()..).unwrap_or(""))
+            }
+            _ => prefix.to_string(),
+        },
         (None, None) => path.to_owned(),
     };
     let mut location = format!("{scheme}://{new_host}");
@@ -307,11 +358,11 @@ fn redirect(r: &RedirectAction, req: &Request<Incoming>, host: &str) -> Response
         }
     }
     location.push_str(&new_path);
-    if !r.strip_query {
-        if let Some(q) = req.uri().query() {
-            location.push('?');
-            location.push_str(q);
-        }
+    if !r.strip_query
+        && let Some(q) = req.uri().query()
+    {
+        location.push('?');
+        location.push_str(q);
     }
     let mut res = Response::new(ResponseBody::empty());
     *res.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);

@@ -109,7 +109,10 @@ impl Histogram {
         }
         cumulative += self.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
         let sep = if labels.is_empty() { "" } else { "," };
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+        );
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
         let _ = writeln!(out, "{name}_count{} {cumulative}", braces(labels));

@@ -57,7 +57,10 @@ async fn handle(
             if state.dataplane.is_ready() {
                 text(StatusCode::OK, "ready\n".into())
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no configuration yet\n".into())
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: no configuration yet\n".into(),
+                )
             }
         }
         "/healthz" => text(StatusCode::OK, "ok\n".into()),

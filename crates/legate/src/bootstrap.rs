@@ -134,7 +134,10 @@ impl Bootstrap {
                 };
                 (file, resources)
             }
-            None => (BootstrapFile::default(), legate_snapshot::Resources::default()),
+            None => (
+                BootstrapFile::default(),
+                legate_snapshot::Resources::default(),
+            ),
         };
         if args.config.is_none() {
             return Err(BootstrapError::Invalid(

@@ -1,0 +1,3 @@
+//! legate's xDS v3 client. Work in progress.
+
+pub mod cache;

@@ -1,0 +1,526 @@
+//! The client's resource state, independent of the wire variant (state-of-the-world or
+//! delta): what is accepted per type, what is subscribed, what is warming, and how a
+//! proposed update is validated before it is accepted.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant, SystemTime};
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as XdsClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener as XdsListener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration as XdsRouteConfiguration;
+use envoy_types::pb::envoy::service::discovery::v3::Resource as XdsResourceWrapper;
+use envoy_types::pb::google::protobuf::Any;
+use legate_snapshot::{
+    Cluster, Discovery, LoadAssignment, Listener, ResourceKind, Resources, RouteConfig,
+    RouteSource, Snapshot,
+};
+use prost::Message;
+
+/// The kinds in the order a client should warm them: clusters, their endpoints, listeners,
+/// their routes.
+pub const KINDS: [ResourceKind; 4] = [
+    ResourceKind::Cluster,
+    ResourceKind::ClusterLoadAssignment,
+    ResourceKind::Listener,
+    ResourceKind::RouteConfiguration,
+];
+
+const RESOURCE_WRAPPER: &str = "type.googleapis.com/envoy.service.discovery.v3.Resource";
+
+/// The kind a type URL names, if legate consumes it.
+pub fn kind_of(type_url: &str) -> Option<ResourceKind> {
+    KINDS.into_iter().find(|k| k.type_url() == type_url)
+}
+
+/// LDS and CDS are wildcard subscriptions; RDS and EDS follow what is referenced.
+pub fn is_wildcard(kind: ResourceKind) -> bool {
+    matches!(kind, ResourceKind::Listener | ResourceKind::Cluster)
+}
+
+/// A decoded resource.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decoded {
+    Listener(XdsListener),
+    RouteConfiguration(XdsRouteConfiguration),
+    Cluster(XdsCluster),
+    ClusterLoadAssignment(XdsClusterLoadAssignment),
+}
+
+impl Decoded {
+    /// Decode `any` as `kind`, unwrapping a `discovery.v3.Resource` envelope if present.
+    /// Returns the resource's own name with it.
+    pub fn decode(kind: ResourceKind, any: &Any) -> Result<(String, Decoded), String> {
+        if any.type_url == RESOURCE_WRAPPER {
+            let wrapper = XdsResourceWrapper::decode(any.value.as_slice())
+                .map_err(|e| format!("cannot decode resource wrapper: {e}"))?;
+            let inner = wrapper
+                .resource
+                .ok_or_else(|| format!("resource wrapper '{}' has no resource", wrapper.name))?;
+            return Decoded::decode(kind, &inner);
+        }
+        if any.type_url != kind.type_url() {
+            return Err(format!(
+                "type_url '{}' in a response for {}",
+                any.type_url,
+                kind.type_url()
+            ));
+        }
+        let bytes = any.value.as_slice();
+        let err = |e: prost::DecodeError| format!("cannot decode {}: {e}", kind.as_str());
+        Ok(match kind {
+            ResourceKind::Listener => {
+                let r = XdsListener::decode(bytes).map_err(err)?;
+                (r.name.clone(), Decoded::Listener(r))
+            }
+            ResourceKind::RouteConfiguration => {
+                let r = XdsRouteConfiguration::decode(bytes).map_err(err)?;
+                (r.name.clone(), Decoded::RouteConfiguration(r))
+            }
+            ResourceKind::Cluster => {
+                let r = XdsCluster::decode(bytes).map_err(err)?;
+                (r.name.clone(), Decoded::Cluster(r))
+            }
+            ResourceKind::ClusterLoadAssignment => {
+                let r = XdsClusterLoadAssignment::decode(bytes).map_err(err)?;
+                (r.cluster_name.clone(), Decoded::ClusterLoadAssignment(r))
+            }
+        })
+    }
+
+    /// Validate this resource on its own (references are checked with the whole set).
+    fn check(&self) -> Result<(), Vec<legate_snapshot::ResourceError>> {
+        match self {
+            Decoded::Listener(r) => Listener::try_from(r).map(drop),
+            Decoded::RouteConfiguration(r) => RouteConfig::try_from(r).map(drop),
+            Decoded::Cluster(r) => Cluster::try_from(r).map(drop),
+            Decoded::ClusterLoadAssignment(r) => LoadAssignment::try_from(r).map(drop),
+        }
+    }
+}
+
+/// One accepted resource.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stored {
+    pub version: String,
+    pub any: Any,
+    pub decoded: Decoded,
+}
+
+/// The last rejected update of a type.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Nack {
+    pub version_info: String,
+    pub nonce: String,
+    pub message: String,
+    #[serde(with = "unix_seconds")]
+    pub at: SystemTime,
+}
+
+/// What `/config_dump` and the metrics show per type.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct TypeStatus {
+    pub type_url: String,
+    /// SotW `version_info` of the last accepted response (delta: `system_version_info`).
+    pub version_info: String,
+    #[serde(with = "unix_seconds_opt")]
+    pub last_update: Option<SystemTime>,
+    pub last_nack: Option<Nack>,
+    pub resources: usize,
+    pub accepted: u64,
+    pub rejected: u64,
+}
+
+/// Accepted state of one type.
+#[derive(Debug, Default)]
+pub struct TypeState {
+    pub resources: BTreeMap<String, Stored>,
+    /// Last accepted `version_info`.
+    pub version_info: String,
+    /// Last nonce received.
+    pub nonce: String,
+    /// Names subscribed (RDS and EDS only).
+    pub subscribed: BTreeSet<String>,
+    pub status: TypeStatus,
+}
+
+/// An update that passed validation and may be committed.
+#[derive(Debug)]
+pub struct Proposal {
+    pub kind: ResourceKind,
+    pub resources: BTreeMap<String, Stored>,
+    pub version_info: String,
+    pub nonce: String,
+}
+
+/// A full resource set ready to build, and what in it is still warming.
+#[derive(Debug)]
+pub struct Assembled {
+    pub resources: Resources,
+    /// RDS/EDS names referenced but not received, whose initial fetch timeout has not
+    /// expired yet.
+    pub warming: Vec<(ResourceKind, String)>,
+}
+
+/// The whole client state.
+#[derive(Debug)]
+pub struct XdsState {
+    pub types: BTreeMap<ResourceKind, TypeState>,
+    static_resources: Resources,
+    initial_fetch_timeout: Duration,
+    /// When each RDS/EDS name was first wanted, for the initial fetch timeout.
+    wanted_since: HashMap<(ResourceKind, String), Instant>,
+}
+
+impl XdsState {
+    pub fn new(static_resources: Resources, initial_fetch_timeout: Duration) -> Self {
+        let types = KINDS
+            .into_iter()
+            .map(|k| {
+                let state = TypeState {
+                    status: TypeStatus {
+                        type_url: k.type_url().to_owned(),
+                        ..TypeStatus::default()
+                    },
+                    ..TypeState::default()
+                };
+                (k, state)
+            })
+            .collect();
+        XdsState {
+            types,
+            static_resources,
+            initial_fetch_timeout,
+            wanted_since: HashMap::new(),
+        }
+    }
+
+    pub fn get(&self, kind: ResourceKind) -> &TypeState {
+        // Every kind is inserted in `new`.
+        &self.types[&kind]
+    }
+
+    fn get_mut(&mut self, kind: ResourceKind) -> &mut TypeState {
+        self.types.entry(kind).or_default()
+    }
+
+    /// Validate the new full set of `kind` resources (after merging the response into
+    /// what was accepted). The error is the NACK message.
+    pub fn propose(
+        &self,
+        kind: ResourceKind,
+        resources: BTreeMap<String, Stored>,
+        version_info: String,
+        nonce: String,
+    ) -> Result<Proposal, String> {
+        let mut errors: Vec<String> = Vec::new();
+        for (name, stored) in &resources {
+            if let Err(es) = stored.decoded.check() {
+                errors.extend(es.iter().map(ToString::to_string));
+            }
+            if self.static_name_taken(kind, name) {
+                errors.push(format!(
+                    "{} '{name}': conflicts with a static resource of the same name",
+                    kind.as_str()
+                ));
+            }
+        }
+        if errors.is_empty() {
+            // The whole set must still be consistent with this update in place.
+            let mut types = self.snapshot_of_types();
+            types.insert(kind, &resources);
+            let assembled = self.assemble_from(&types, true);
+            if let Err(e) = legate_snapshot::build("candidate", &assembled.resources) {
+                errors.extend(e.errors.iter().map(ToString::to_string));
+            }
+        }
+        if errors.is_empty() {
+            Ok(Proposal {
+                kind,
+                resources,
+                version_info,
+                nonce,
+            })
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    fn static_name_taken(&self, kind: ResourceKind, name: &str) -> bool {
+        let s = &self.static_resources;
+        match kind {
+            ResourceKind::Listener => s.listeners.iter().any(|r| r.name == name),
+            ResourceKind::RouteConfiguration => s.route_configs.iter().any(|r| r.name == name),
+            ResourceKind::Cluster => s.clusters.iter().any(|r| r.name == name),
+            ResourceKind::ClusterLoadAssignment => {
+                s.load_assignments.iter().any(|r| r.cluster_name == name)
+            }
+        }
+    }
+
+    fn snapshot_of_types(&self) -> BTreeMap<ResourceKind, &BTreeMap<String, Stored>> {
+        self.types.iter().map(|(k, t)| (*k, &t.resources)).collect()
+    }
+
+    /// Accept a proposal.
+    pub fn commit(&mut self, p: Proposal) {
+        let t = self.get_mut(p.kind);
+        t.resources = p.resources;
+        t.version_info = p.version_info.clone();
+        t.nonce = p.nonce;
+        t.status.version_info = p.version_info;
+        t.status.last_update = Some(SystemTime::now());
+        t.status.resources = t.resources.len();
+        t.status.accepted += 1;
+    }
+
+    /// Record a rejected response.
+    pub fn reject(&mut self, kind: ResourceKind, version_info: String, nonce: String, message: String) {
+        let t = self.get_mut(kind);
+        t.nonce = nonce.clone();
+        t.status.rejected += 1;
+        t.status.last_nack = Some(Nack {
+            version_info,
+            nonce,
+            message,
+            at: SystemTime::now(),
+        });
+    }
+
+    /// RDS names referenced by accepted listeners and EDS names by accepted clusters
+    /// (static ones included), i.e. what should be subscribed.
+    pub fn wanted(&self, kind: ResourceKind) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        match kind {
+            ResourceKind::RouteConfiguration => {
+                let dynamic = self.get(ResourceKind::Listener).resources.values().filter_map(|s| {
+                    match &s.decoded {
+                        Decoded::Listener(l) => Some(l),
+                        _ => None,
+                    }
+                });
+                for l in dynamic.chain(self.static_resources.listeners.iter()) {
+                    if let Ok(v) = Listener::try_from(l) {
+                        if let RouteSource::Rds(name) = &v.routes {
+                            if !self.static_resources.route_configs.iter().any(|r| *r.name == **name) {
+                                out.insert(name.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+            ResourceKind::ClusterLoadAssignment => {
+                let dynamic = self.get(ResourceKind::Cluster).resources.values().filter_map(|s| {
+                    match &s.decoded {
+                        Decoded::Cluster(c) => Some(c),
+                        _ => None,
+                    }
+                });
+                for c in dynamic.chain(self.static_resources.clusters.iter()) {
+                    if let Ok(v) = Cluster::try_from(c) {
+                        if let Discovery::Eds { service_name } = &v.discovery {
+                            if !self
+                                .static_resources
+                                .load_assignments
+                                .iter()
+                                .any(|r| *r.cluster_name == **service_name)
+                            {
+                                out.insert(service_name.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// Update the subscription of `kind` to `wanted`, dropping resources no longer wanted.
+    /// Returns (added, removed) names; both empty when nothing changed.
+    pub fn resubscribe(&mut self, kind: ResourceKind) -> (Vec<String>, Vec<String>) {
+        let wanted = self.wanted(kind);
+        let now = Instant::now();
+        let t = self.get_mut(kind);
+        let added: Vec<String> = wanted.difference(&t.subscribed).cloned().collect();
+        let removed: Vec<String> = t.subscribed.difference(&wanted).cloned().collect();
+        t.resources.retain(|name, _| wanted.contains(name));
+        t.status.resources = t.resources.len();
+        t.subscribed = wanted;
+        for name in &added {
+            self.wanted_since.entry((kind, name.clone())).or_insert(now);
+        }
+        for name in &removed {
+            self.wanted_since.remove(&(kind, name.clone()));
+        }
+        (added, removed)
+    }
+
+    /// The full set to run: static plus accepted dynamic resources, with references that
+    /// have not arrived handled as Envoy does once their initial fetch timeout passed
+    /// (a missing route configuration serves as an empty one, a missing load assignment
+    /// as no endpoints). Routes delivered over RDS do not require their clusters to exist
+    /// (Envoy's `validate_clusters` default for RDS): such requests get a 503.
+    pub fn assemble(&self) -> Assembled {
+        self.assemble_from(&self.snapshot_of_types(), false)
+    }
+
+    fn assemble_from(
+        &self,
+        types: &BTreeMap<ResourceKind, &BTreeMap<String, Stored>>,
+        ignore_warming: bool,
+    ) -> Assembled {
+        let mut r = self.static_resources.clone();
+        let empty = BTreeMap::new();
+        let of = |k| types.get(&k).copied().unwrap_or(&empty);
+        for s in of(ResourceKind::Cluster).values() {
+            if let Decoded::Cluster(c) = &s.decoded {
+                r.clusters.push(c.clone());
+            }
+        }
+        for s in of(ResourceKind::ClusterLoadAssignment).values() {
+            if let Decoded::ClusterLoadAssignment(c) = &s.decoded {
+                r.load_assignments.push(c.clone());
+            }
+        }
+        for s in of(ResourceKind::Listener).values() {
+            if let Decoded::Listener(l) = &s.decoded {
+                r.listeners.push(l.clone());
+            }
+        }
+        for s in of(ResourceKind::RouteConfiguration).values() {
+            if let Decoded::RouteConfiguration(rc) = &s.decoded {
+                let mut rc = rc.clone();
+                if rc.validate_clusters.is_none() {
+                    rc.validate_clusters = Some(false);
+                }
+                r.route_configs.push(rc);
+            }
+        }
+        let mut warming = Vec::new();
+        let now = Instant::now();
+        // Missing RDS: warm, then serve an empty route configuration.
+        let have_routes: BTreeSet<String> = r.route_configs.iter().map(|x| x.name.clone()).collect();
+        let mut missing_routes = BTreeSet::new();
+        for l in &r.listeners {
+            if let Ok(v) = Listener::try_from(l) {
+                if let RouteSource::Rds(name) = &v.routes {
+                    if !have_routes.contains(&**name) {
+                        missing_routes.insert(name.to_string());
+                    }
+                }
+            }
+        }
+        for name in missing_routes {
+            if !ignore_warming && !self.expired(ResourceKind::RouteConfiguration, &name, now) {
+                warming.push((ResourceKind::RouteConfiguration, name.clone()));
+            }
+            r.route_configs.push(XdsRouteConfiguration {
+                name,
+                validate_clusters: Some(false),
+                ..XdsRouteConfiguration::default()
+            });
+        }
+        // Missing EDS: warm, then serve no endpoints.
+        let have_cla: BTreeSet<String> =
+            r.load_assignments.iter().map(|x| x.cluster_name.clone()).collect();
+        let mut missing_cla = BTreeSet::new();
+        for c in &r.clusters {
+            if let Ok(v) = Cluster::try_from(c) {
+                if let Discovery::Eds { service_name } = &v.discovery {
+                    if !have_cla.contains(&**service_name) {
+                        missing_cla.insert(service_name.to_string());
+                    }
+                }
+            }
+        }
+        for name in missing_cla {
+            if !ignore_warming && !self.expired(ResourceKind::ClusterLoadAssignment, &name, now) {
+                warming.push((ResourceKind::ClusterLoadAssignment, name.clone()));
+            }
+            r.load_assignments.push(XdsClusterLoadAssignment {
+                cluster_name: name,
+                ..XdsClusterLoadAssignment::default()
+            });
+        }
+        Assembled {
+            resources: r,
+            warming,
+        }
+    }
+
+    fn expired(&self, kind: ResourceKind, name: &str, now: Instant) -> bool {
+        match self.wanted_since.get(&(kind, name.to_owned())) {
+            Some(since) => now.duration_since(*since) >= self.initial_fetch_timeout,
+            // Not subscribed yet: it will be; count from now.
+            None => false,
+        }
+    }
+
+    /// The earliest moment a warming name times out.
+    pub fn next_warming_deadline(&self, warming: &[(ResourceKind, String)]) -> Option<Instant> {
+        warming
+            .iter()
+            .filter_map(|(k, n)| self.wanted_since.get(&(*k, n.clone())))
+            .map(|since| *since + self.initial_fetch_timeout)
+            .min()
+    }
+
+    /// A version string for a built snapshot: the accepted versions per type.
+    pub fn combined_version(&self) -> String {
+        let mut parts = Vec::new();
+        for k in KINDS {
+            let t = self.get(k);
+            if !t.version_info.is_empty() {
+                parts.push(format!("{}={}", short(k), t.version_info));
+            }
+        }
+        if parts.is_empty() {
+            "static".to_owned()
+        } else {
+            parts.join(",")
+        }
+    }
+
+    /// Build the snapshot for the assembled set.
+    pub fn build(&self, assembled: &Assembled) -> Result<Snapshot, legate_snapshot::InvalidSnapshot> {
+        legate_snapshot::build(self.combined_version(), &assembled.resources)
+    }
+
+    /// Status per type, for `/config_dump` and metrics.
+    pub fn status(&self) -> Vec<TypeStatus> {
+        KINDS.into_iter().map(|k| self.get(k).status.clone()).collect()
+    }
+}
+
+fn short(k: ResourceKind) -> &'static str {
+    match k {
+        ResourceKind::Listener => "lds",
+        ResourceKind::RouteConfiguration => "rds",
+        ResourceKind::Cluster => "cds",
+        ResourceKind::ClusterLoadAssignment => "eds",
+    }
+}
+
+mod unix_seconds {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    pub(super) fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        s.serialize_f64(secs)
+    }
+}
+
+mod unix_seconds_opt {
+    use std::time::SystemTime;
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => super::unix_seconds::serialize(t, s),
+            None => s.serialize_none(),
+        }
+    }
+}
