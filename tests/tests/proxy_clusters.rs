@@ -207,6 +207,54 @@ async fn keep_alive_reuses_one_upstream_connection() {
     );
 }
 
+/// `idle_timeout` closes pooled upstream connections that carried no request for that
+/// long, for both HTTP/1.1 and HTTP/2 clusters; the next request opens a new one.
+#[tokio::test]
+async fn idle_upstream_connections_are_closed() {
+    for protocol in ["http1", "http2"] {
+        let a = Upstream::start("a", "v1", Protocol::Auto).await;
+        let legate = Legate::start(&forward_all(
+            cluster("a", &[a.addr()])
+                .protocol(protocol)
+                .idle_timeout("300ms"),
+        ))
+        .await;
+        let url = legate.url("outbound", "/idle").await;
+        let http = HttpClient::http1();
+        http.get(&url).await.assert_status(200);
+        let open = legate
+            .metrics()
+            .await
+            .value("legate_upstream_connections_open", &[("cluster", "a")]);
+        assert_eq!(
+            open, 1.0,
+            "{protocol}: one pooled connection after a request"
+        );
+        eventually(
+            Duration::from_secs(5),
+            "idle upstream connection closed",
+            || async {
+                let open = legate
+                    .metrics()
+                    .await
+                    .value("legate_upstream_connections_open", &[("cluster", "a")]);
+                if open == 0.0 {
+                    Ok(())
+                } else {
+                    Err(format!("{protocol}: {open} open"))
+                }
+            },
+        )
+        .await;
+        http.get(&url).await.assert_status(200);
+        assert_eq!(
+            a.counters().await.connections,
+            2,
+            "{protocol}: a new connection after idle"
+        );
+    }
+}
+
 #[tokio::test]
 async fn connect_failure_answers_503() {
     let dead = closed_port();
