@@ -10,9 +10,9 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as XdsCl
 use envoy_types::pb::envoy::config::listener::v3::Listener as XdsListener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration as XdsRouteConfiguration;
 use envoy_types::pb::envoy::service::discovery::v3::Resource as XdsResourceWrapper;
-use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::protobuf::{Any, BoolValue};
 use legate_snapshot::{
-    Cluster, Discovery, LoadAssignment, Listener, ResourceKind, Resources, RouteConfig,
+    Cluster, Discovery, Listener, LoadAssignment, ResourceKind, Resources, RouteConfig,
     RouteSource, Snapshot,
 };
 use prost::Message;
@@ -40,6 +40,7 @@ pub fn is_wildcard(kind: ResourceKind) -> bool {
 
 /// A decoded resource.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // stored once per resource in maps, never moved in bulk
 pub enum Decoded {
     Listener(XdsListener),
     RouteConfiguration(XdsRouteConfiguration),
@@ -262,6 +263,39 @@ impl XdsState {
         self.types.iter().map(|(k, t)| (*k, &t.resources)).collect()
     }
 
+    /// A proposal that skips validation, for state restored from the cache (validated as a
+    /// whole when its snapshot is built).
+    pub fn propose_unchecked(
+        &self,
+        kind: ResourceKind,
+        resources: BTreeMap<String, Stored>,
+        version_info: String,
+    ) -> Proposal {
+        Proposal {
+            kind,
+            resources,
+            version_info,
+            nonce: String::new(),
+        }
+    }
+
+    /// A copy of one type's state, to restore if what follows a commit fails.
+    pub fn save(&self, kind: ResourceKind) -> TypeState {
+        let t = self.get(kind);
+        TypeState {
+            resources: t.resources.clone(),
+            version_info: t.version_info.clone(),
+            nonce: t.nonce.clone(),
+            subscribed: t.subscribed.clone(),
+            status: t.status.clone(),
+        }
+    }
+
+    /// Put back a type's state saved with [`XdsState::save`].
+    pub fn restore(&mut self, kind: ResourceKind, saved: TypeState) {
+        *self.get_mut(kind) = saved;
+    }
+
     /// Accept a proposal.
     pub fn commit(&mut self, p: Proposal) {
         let t = self.get_mut(p.kind);
@@ -275,7 +309,13 @@ impl XdsState {
     }
 
     /// Record a rejected response.
-    pub fn reject(&mut self, kind: ResourceKind, version_info: String, nonce: String, message: String) {
+    pub fn reject(
+        &mut self,
+        kind: ResourceKind,
+        version_info: String,
+        nonce: String,
+        message: String,
+    ) {
         let t = self.get_mut(kind);
         t.nonce = nonce.clone();
         t.status.rejected += 1;
@@ -288,52 +328,42 @@ impl XdsState {
     }
 
     /// RDS names referenced by accepted listeners and EDS names by accepted clusters
-    /// (static ones included), i.e. what should be subscribed.
+    /// (static ones included) and not provided statically, i.e. what should be subscribed.
     pub fn wanted(&self, kind: ResourceKind) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
+        let st = &self.static_resources;
         match kind {
             ResourceKind::RouteConfiguration => {
-                let dynamic = self.get(ResourceKind::Listener).resources.values().filter_map(|s| {
-                    match &s.decoded {
+                let dynamic = self
+                    .get(ResourceKind::Listener)
+                    .resources
+                    .values()
+                    .filter_map(|s| match &s.decoded {
                         Decoded::Listener(l) => Some(l),
                         _ => None,
-                    }
-                });
-                for l in dynamic.chain(self.static_resources.listeners.iter()) {
-                    if let Ok(v) = Listener::try_from(l) {
-                        if let RouteSource::Rds(name) = &v.routes {
-                            if !self.static_resources.route_configs.iter().any(|r| *r.name == **name) {
-                                out.insert(name.to_string());
-                            }
-                        }
-                    }
-                }
+                    });
+                dynamic
+                    .chain(st.listeners.iter())
+                    .filter_map(rds_name)
+                    .filter(|n| !st.route_configs.iter().any(|r| r.name == *n))
+                    .collect()
             }
             ResourceKind::ClusterLoadAssignment => {
-                let dynamic = self.get(ResourceKind::Cluster).resources.values().filter_map(|s| {
-                    match &s.decoded {
+                let dynamic = self
+                    .get(ResourceKind::Cluster)
+                    .resources
+                    .values()
+                    .filter_map(|s| match &s.decoded {
                         Decoded::Cluster(c) => Some(c),
                         _ => None,
-                    }
-                });
-                for c in dynamic.chain(self.static_resources.clusters.iter()) {
-                    if let Ok(v) = Cluster::try_from(c) {
-                        if let Discovery::Eds { service_name } = &v.discovery {
-                            if !self
-                                .static_resources
-                                .load_assignments
-                                .iter()
-                                .any(|r| *r.cluster_name == **service_name)
-                            {
-                                out.insert(service_name.to_string());
-                            }
-                        }
-                    }
-                }
+                    });
+                dynamic
+                    .chain(st.clusters.iter())
+                    .filter_map(eds_name)
+                    .filter(|n| !st.load_assignments.iter().any(|r| r.cluster_name == *n))
+                    .collect()
             }
-            _ => {}
+            _ => BTreeSet::new(),
         }
-        out
     }
 
     /// Update the subscription of `kind` to `wanted`, dropping resources no longer wanted.
@@ -392,7 +422,7 @@ impl XdsState {
             if let Decoded::RouteConfiguration(rc) = &s.decoded {
                 let mut rc = rc.clone();
                 if rc.validate_clusters.is_none() {
-                    rc.validate_clusters = Some(false);
+                    rc.validate_clusters = Some(BoolValue { value: false });
                 }
                 r.route_configs.push(rc);
             }
@@ -400,15 +430,12 @@ impl XdsState {
         let mut warming = Vec::new();
         let now = Instant::now();
         // Missing RDS: warm, then serve an empty route configuration.
-        let have_routes: BTreeSet<String> = r.route_configs.iter().map(|x| x.name.clone()).collect();
+        let have_routes: BTreeSet<String> =
+            r.route_configs.iter().map(|x| x.name.clone()).collect();
         let mut missing_routes = BTreeSet::new();
-        for l in &r.listeners {
-            if let Ok(v) = Listener::try_from(l) {
-                if let RouteSource::Rds(name) = &v.routes {
-                    if !have_routes.contains(&**name) {
-                        missing_routes.insert(name.to_string());
-                    }
-                }
+        for name in r.listeners.iter().filter_map(rds_name) {
+            if !have_routes.contains(&name) {
+                missing_routes.insert(name);
             }
         }
         for name in missing_routes {
@@ -417,21 +444,20 @@ impl XdsState {
             }
             r.route_configs.push(XdsRouteConfiguration {
                 name,
-                validate_clusters: Some(false),
+                validate_clusters: Some(BoolValue { value: false }),
                 ..XdsRouteConfiguration::default()
             });
         }
         // Missing EDS: warm, then serve no endpoints.
-        let have_cla: BTreeSet<String> =
-            r.load_assignments.iter().map(|x| x.cluster_name.clone()).collect();
+        let have_cla: BTreeSet<String> = r
+            .load_assignments
+            .iter()
+            .map(|x| x.cluster_name.clone())
+            .collect();
         let mut missing_cla = BTreeSet::new();
-        for c in &r.clusters {
-            if let Ok(v) = Cluster::try_from(c) {
-                if let Discovery::Eds { service_name } = &v.discovery {
-                    if !have_cla.contains(&**service_name) {
-                        missing_cla.insert(service_name.to_string());
-                    }
-                }
+        for name in r.clusters.iter().filter_map(eds_name) {
+            if !have_cla.contains(&name) {
+                missing_cla.insert(name);
             }
         }
         for name in missing_cla {
@@ -483,13 +509,35 @@ impl XdsState {
     }
 
     /// Build the snapshot for the assembled set.
-    pub fn build(&self, assembled: &Assembled) -> Result<Snapshot, legate_snapshot::InvalidSnapshot> {
+    pub fn build(
+        &self,
+        assembled: &Assembled,
+    ) -> Result<Snapshot, legate_snapshot::InvalidSnapshot> {
         legate_snapshot::build(self.combined_version(), &assembled.resources)
     }
 
     /// Status per type, for `/config_dump` and metrics.
     pub fn status(&self) -> Vec<TypeStatus> {
-        KINDS.into_iter().map(|k| self.get(k).status.clone()).collect()
+        KINDS
+            .into_iter()
+            .map(|k| self.get(k).status.clone())
+            .collect()
+    }
+}
+
+/// The RDS route configuration a listener names, if it uses RDS.
+fn rds_name(l: &XdsListener) -> Option<String> {
+    match Listener::try_from(l).ok()?.routes {
+        RouteSource::Rds(name) => Some(name.to_string()),
+        RouteSource::Inline(_) => None,
+    }
+}
+
+/// The ClusterLoadAssignment an EDS cluster needs.
+fn eds_name(c: &XdsCluster) -> Option<String> {
+    match Cluster::try_from(c).ok()?.discovery {
+        Discovery::Eds { service_name } => Some(service_name.to_string()),
+        _ => None,
     }
 }
 
@@ -506,7 +554,10 @@ mod unix_seconds {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     pub(super) fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let secs = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
         s.serialize_f64(secs)
     }
 }
@@ -522,5 +573,186 @@ mod unix_seconds_opt {
             Some(t) => super::unix_seconds::serialize(t, s),
             None => s.serialize_none(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESH: &str = r#"
+listeners:
+  - {name: out, address: 127.0.0.1:0, route_config: routes-a}
+route_configs:
+  - name: routes-a
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - match: {prefix: /}
+            forward: {cluster: web}
+  - name: routes-b
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - match: {prefix: /}
+            forward: {cluster: web}
+clusters:
+  - name: web
+    endpoints: [{address: 127.0.0.1:8080}]
+"#;
+
+    fn resources() -> Resources {
+        let mesh = legate_model::parse_mesh(MESH, "test").expect("mesh");
+        legate_model::compile(&mesh)
+    }
+
+    fn stored<M: Message>(kind: ResourceKind, m: &M) -> (String, Stored) {
+        let any = Any {
+            type_url: kind.type_url().to_owned(),
+            value: m.encode_to_vec(),
+        };
+        let (name, decoded) = Decoded::decode(kind, &any).expect("decode");
+        (
+            name,
+            Stored {
+                version: "1".to_owned(),
+                any,
+                decoded,
+            },
+        )
+    }
+
+    fn accept<M: Message>(state: &mut XdsState, kind: ResourceKind, items: &[M]) {
+        let set = items.iter().map(|m| stored(kind, m)).collect();
+        let p = state
+            .propose(kind, set, "1".to_owned(), "n".to_owned())
+            .expect("valid");
+        state.commit(p);
+    }
+
+    #[test]
+    fn subscriptions_follow_references_and_warming_ends_when_resources_arrive() {
+        let r = resources();
+        let mut state = XdsState::new(Resources::default(), Duration::from_secs(60));
+        accept(&mut state, ResourceKind::Cluster, &r.clusters);
+        let (added, removed) = state.resubscribe(ResourceKind::ClusterLoadAssignment);
+        assert_eq!((added, removed), (vec!["web".to_owned()], vec![]));
+        accept(&mut state, ResourceKind::Listener, &r.listeners);
+        let (added, _) = state.resubscribe(ResourceKind::RouteConfiguration);
+        assert_eq!(added, vec!["routes-a".to_owned()]);
+        // Neither the endpoints nor the routes are here yet: both warm.
+        let a = state.assemble();
+        assert_eq!(
+            a.warming,
+            vec![
+                (ResourceKind::RouteConfiguration, "routes-a".to_owned()),
+                (ResourceKind::ClusterLoadAssignment, "web".to_owned()),
+            ]
+        );
+        accept(
+            &mut state,
+            ResourceKind::ClusterLoadAssignment,
+            &r.load_assignments,
+        );
+        accept(
+            &mut state,
+            ResourceKind::RouteConfiguration,
+            &r.route_configs[..1],
+        );
+        let a = state.assemble();
+        assert!(a.warming.is_empty(), "{:?}", a.warming);
+        let snapshot = state.build(&a).expect("builds");
+        assert_eq!(snapshot.listeners.len(), 1);
+        assert_eq!(snapshot.version, "cds=1,eds=1,lds=1,rds=1");
+    }
+
+    #[test]
+    fn unsubscribed_resources_are_dropped() {
+        let r = resources();
+        let mut state = XdsState::new(Resources::default(), Duration::from_secs(60));
+        accept(&mut state, ResourceKind::Cluster, &r.clusters);
+        accept(&mut state, ResourceKind::Listener, &r.listeners);
+        state.resubscribe(ResourceKind::RouteConfiguration);
+        accept(
+            &mut state,
+            ResourceKind::RouteConfiguration,
+            &r.route_configs[..1],
+        );
+        let mut moved = r.listeners[0].clone();
+        // Point the listener at routes-b: routes-a is unsubscribed and forgotten.
+        let hcm_any = match &moved.filter_chains[0].filters[0].config_type {
+            Some(
+                envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(a),
+            ) => a.clone(),
+            _ => panic!("typed config"),
+        };
+        use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+            HttpConnectionManager, http_connection_manager::RouteSpecifier,
+        };
+        let mut hcm = HttpConnectionManager::decode(hcm_any.value.as_slice()).expect("hcm");
+        if let Some(RouteSpecifier::Rds(rds)) = &mut hcm.route_specifier {
+            rds.route_config_name = "routes-b".to_owned();
+        }
+        moved.filter_chains[0].filters[0].config_type = Some(
+            envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(Any {
+                type_url: hcm_any.type_url,
+                value: hcm.encode_to_vec(),
+            }),
+        );
+        accept(&mut state, ResourceKind::Listener, &[moved]);
+        let (added, removed) = state.resubscribe(ResourceKind::RouteConfiguration);
+        assert_eq!(added, vec!["routes-b".to_owned()]);
+        assert_eq!(removed, vec!["routes-a".to_owned()]);
+        assert!(
+            state
+                .get(ResourceKind::RouteConfiguration)
+                .resources
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn invalid_update_is_refused_with_resource_and_field() {
+        let r = resources();
+        let state = XdsState::new(Resources::default(), Duration::from_secs(60));
+        let mut bad = r.clusters[0].clone();
+        bad.lb_policy = 5; // MAGLEV
+        let set = [stored(ResourceKind::Cluster, &bad)].into_iter().collect();
+        let err = state
+            .propose(ResourceKind::Cluster, set, "2".to_owned(), "n2".to_owned())
+            .expect_err("maglev is refused");
+        assert!(err.contains("cluster 'web'"), "{err}");
+        assert!(err.contains("lb_policy"), "{err}");
+    }
+
+    #[test]
+    fn missing_references_serve_empty_after_the_fetch_timeout() {
+        let r = resources();
+        let mut state = XdsState::new(Resources::default(), Duration::ZERO);
+        accept(&mut state, ResourceKind::Cluster, &r.clusters);
+        state.resubscribe(ResourceKind::ClusterLoadAssignment);
+        accept(&mut state, ResourceKind::Listener, &r.listeners);
+        state.resubscribe(ResourceKind::RouteConfiguration);
+        let a = state.assemble();
+        assert!(a.warming.is_empty());
+        let snapshot = state.build(&a).expect("builds with empty stand-ins");
+        let web = snapshot.clusters.get("web").expect("cluster");
+        assert_eq!(web.load_assignment.endpoints().count(), 0);
+        assert!(snapshot.route_configs.contains_key("routes-a"));
+    }
+
+    #[test]
+    fn names_clashing_with_static_resources_are_refused() {
+        let r = resources();
+        let state = XdsState::new(r.clone(), Duration::from_secs(60));
+        let set = [stored(ResourceKind::Cluster, &r.clusters[0])]
+            .into_iter()
+            .collect();
+        let err = state
+            .propose(ResourceKind::Cluster, set, "1".to_owned(), "n".to_owned())
+            .expect_err("clash");
+        assert!(err.contains("static"), "{err}");
     }
 }

@@ -22,6 +22,7 @@ pub(crate) struct AdminState {
     pub(crate) dataplane: Arc<Dataplane>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) node: Node,
+    pub(crate) xds: Option<legate_xds::XdsHandle>,
 }
 
 /// Serve the admin API on `listener` until the task is dropped.
@@ -66,9 +67,11 @@ async fn handle(
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/config_dump" => {
             let active = state.dataplane.active();
+            let xds = state.xds.as_ref().map(|x| x.status());
             json_response(&json!({
                 "version": active.snapshot.version,
                 "node": state.node,
+                "xds": xds,
                 "snapshot": &*active.snapshot,
             }))
         }

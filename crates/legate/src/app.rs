@@ -3,12 +3,83 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
 use anyhow::Context;
+use envoy_types::pb::envoy::config::core::v3::{Locality, Node as XdsNode, node};
+use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use legate_proxy::{Dataplane, DataplaneOptions};
+use legate_snapshot::Snapshot;
 use legate_telemetry::Registry;
+use legate_xds::{SnapshotSink, XdsOptions};
 
 use crate::admin::{self, AdminState};
-use crate::bootstrap::Bootstrap;
+use crate::bootstrap::{Bootstrap, Node};
+
+/// The data plane as the xDS client's sink.
+struct DataplaneSink(Arc<Dataplane>);
+
+impl SnapshotSink for DataplaneSink {
+    fn apply(
+        &self,
+        snapshot: Arc<Snapshot>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move { self.0.apply(snapshot).await.map_err(|e| e.to_string()) })
+    }
+}
+
+/// Capabilities legate announces to control planes.
+const CLIENT_FEATURES: &[&str] = &[
+    // Accepts resources wrapped in discovery.v3.Resource in state-of-the-world responses.
+    "xds.config.resource-in-sotw",
+];
+
+/// The node identity sent on every ADS stream.
+fn node_proto(node: &Node) -> XdsNode {
+    XdsNode {
+        id: node.id.clone(),
+        cluster: node.cluster.clone(),
+        metadata: (!node.metadata.is_empty()).then(|| Struct {
+            fields: node
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_value(v)))
+                .collect(),
+        }),
+        locality: node.locality.as_ref().map(|l| Locality {
+            region: l.region.clone(),
+            zone: l.zone.clone(),
+            sub_zone: l.sub_zone.clone(),
+        }),
+        user_agent_name: "legate".to_owned(),
+        user_agent_version_type: Some(node::UserAgentVersionType::UserAgentVersion(
+            env!("CARGO_PKG_VERSION").to_owned(),
+        )),
+        client_features: CLIENT_FEATURES.iter().map(|f| (*f).to_owned()).collect(),
+        ..XdsNode::default()
+    }
+}
+
+fn json_to_value(v: &serde_json::Value) -> Value {
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(json_to_value).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(Struct {
+            fields: o
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_value(v)))
+                .collect(),
+        }),
+    };
+    Value { kind: Some(kind) }
+}
 
 /// A started proxy.
 pub struct App {
@@ -30,23 +101,48 @@ pub async fn build(bootstrap: Bootstrap) -> anyhow::Result<App> {
         .await
         .with_context(|| format!("cannot bind admin address {}", bootstrap.admin_address))?;
     let admin_address = admin_listener.local_addr()?;
+    let xds = match &bootstrap.xds {
+        Some(x) => {
+            let options = XdsOptions {
+                servers: x.servers.clone(),
+                mode: x.mode,
+                node: node_proto(&bootstrap.node),
+                initial_fetch_timeout: x.initial_fetch_timeout,
+                backoff_base: Duration::from_millis(250),
+                backoff_max: x.backoff_max,
+                keepalive_interval: Duration::from_secs(30),
+                cache_dir: x.cache_dir.clone(),
+                static_resources: bootstrap.static_resources.clone(),
+            };
+            tracing::info!(servers = ?x.servers, mode = x.mode.as_str(), "starting the xDS client");
+            Some(legate_xds::start(
+                options,
+                Arc::new(DataplaneSink(dataplane.clone())),
+                &registry,
+            ))
+        }
+        None => None,
+    };
     let state = Arc::new(AdminState {
         dataplane: dataplane.clone(),
         registry,
         node: bootstrap.node.clone(),
+        xds,
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, state));
     tracing::info!(address = %admin_address, "admin server listening");
 
-    let snapshot = legate_snapshot::build(
-        static_version(&bootstrap.static_resources),
-        &bootstrap.static_resources,
-    )
-    .map_err(|e| anyhow::anyhow!("invalid static resources: {e}"))?;
-    dataplane
-        .apply(Arc::new(snapshot))
-        .await
-        .context("cannot start the static configuration")?;
+    if bootstrap.xds.is_none() {
+        let snapshot = legate_snapshot::build(
+            static_version(&bootstrap.static_resources),
+            &bootstrap.static_resources,
+        )
+        .map_err(|e| anyhow::anyhow!("invalid static resources: {e}"))?;
+        dataplane
+            .apply(Arc::new(snapshot))
+            .await
+            .context("cannot start the static configuration")?;
+    }
 
     if let Some(path) = &bootstrap.admin_address_path {
         let tmp = path.with_extension("tmp");

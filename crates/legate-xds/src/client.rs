@@ -1,0 +1,927 @@
+//! The ADS stream loop: connect, subscribe, validate, ACK or NACK, apply, cache, reconnect.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use legate_snapshot::ResourceKind;
+use legate_telemetry::{Counter, Family, Gauge, Registry};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cache::{self, CachedConfig, CachedResource, CachedType};
+use crate::state::{Decoded, KINDS, Stored, XdsState, is_wildcard, kind_of};
+use crate::{Mode, SnapshotSink, XdsOptions};
+
+/// gRPC code Envoy puts in a NACK's `error_detail` (INTERNAL).
+const NACK_CODE: i32 = 13;
+
+/// What `/config_dump` shows of the client.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct XdsStatus {
+    pub connected: bool,
+    pub server: Option<String>,
+    pub mode: &'static str,
+    /// Where the live configuration came from: `xds`, `cache`, `static` or `none`.
+    pub source: &'static str,
+    pub types: Vec<crate::state::TypeStatus>,
+}
+
+struct Metrics {
+    connected: Arc<Gauge>,
+    updates: Arc<Family<Counter>>,
+    since_update: Arc<Gauge>,
+    cache_failures: Arc<Family<Counter>>,
+    restarts: Arc<Counter>,
+}
+
+impl Metrics {
+    fn new(registry: &Registry) -> Self {
+        let connected = registry
+            .family::<Gauge>(
+                "legate_xds_connected",
+                "Whether an ADS stream to a control plane is up (1) or not (0).",
+                &[],
+            )
+            .get_or_create(&[]);
+        let since_update = registry
+            .family::<Gauge>(
+                "legate_xds_seconds_since_last_update",
+                "Seconds since the last accepted xDS update (-1 before the first).",
+                &[],
+            )
+            .get_or_create(&[]);
+        since_update.set(-1);
+        let restarts = registry
+            .family::<Counter>(
+                "legate_xds_stream_restarts_total",
+                "ADS streams that ended and were retried.",
+                &[],
+            )
+            .get_or_create(&[]);
+        Metrics {
+            connected,
+            updates: registry.family(
+                "legate_xds_updates_total",
+                "xDS responses accepted or rejected, by type.",
+                &["type_url", "result"],
+            ),
+            since_update,
+            cache_failures: registry.family(
+                "legate_xds_cache_load_failures_total",
+                "Disk cache files refused at start, by reason.",
+                &["reason"],
+            ),
+            restarts,
+        }
+    }
+}
+
+/// Shared between the client task, the cold-start task and the admin server.
+struct Shared {
+    options: XdsOptions,
+    sink: Arc<dyn SnapshotSink>,
+    status: Mutex<XdsStatus>,
+    metrics: Metrics,
+    /// Serialises snapshot applications from the stream and from the cache.
+    apply_lock: tokio::sync::Mutex<()>,
+    /// Set once a snapshot from the control plane is live; the cache is then never used.
+    applied_from_xds: AtomicBool,
+    last_update: Mutex<Option<Instant>>,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl Shared {
+    fn set_status(&self, f: impl FnOnce(&mut XdsStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
+/// A running client.
+#[derive(Clone)]
+pub struct XdsHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for XdsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdsHandle").finish_non_exhaustive()
+    }
+}
+
+impl XdsHandle {
+    pub fn status(&self) -> XdsStatus {
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Resolves once a configuration (from the control plane or the cache) is live.
+    pub async fn wait_ready(&self) {
+        let mut rx = self.shared.ready.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+}
+
+/// Start the client: the stream loop, the cold-start fallback and the staleness gauge.
+pub fn start(options: XdsOptions, sink: Arc<dyn SnapshotSink>, registry: &Registry) -> XdsHandle {
+    let (ready, _) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(Shared {
+        status: Mutex::new(XdsStatus {
+            connected: false,
+            server: None,
+            mode: options.mode.as_str(),
+            source: "none",
+            types: Vec::new(),
+        }),
+        metrics: Metrics::new(registry),
+        options,
+        sink,
+        apply_lock: tokio::sync::Mutex::new(()),
+        applied_from_xds: AtomicBool::new(false),
+        last_update: Mutex::new(None),
+        ready,
+    });
+    tokio::spawn(run(shared.clone()));
+    tokio::spawn(cold_start(shared.clone()));
+    tokio::spawn(staleness(shared.clone()));
+    XdsHandle { shared }
+}
+
+async fn staleness(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let last = *shared
+            .last_update
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(t) = last {
+            shared
+                .metrics
+                .since_update
+                .set(i64::try_from(t.elapsed().as_secs()).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// If no control plane delivered a configuration within the initial fetch timeout, serve
+/// the last good one from the disk cache, or else the static resources alone (if any).
+async fn cold_start(shared: Arc<Shared>) {
+    tokio::time::sleep(shared.options.initial_fetch_timeout).await;
+    let _guard = shared.apply_lock.lock().await;
+    if shared.applied_from_xds.load(Ordering::Acquire) {
+        return;
+    }
+    if let Some(dir) = shared.options.cache_dir.clone()
+        && serve_cache(&shared, dir).await
+    {
+        return;
+    }
+    let s = &shared.options.static_resources;
+    if s.listeners.is_empty() && s.clusters.is_empty() {
+        return;
+    }
+    let state = XdsState::new(s.clone(), shared.options.initial_fetch_timeout);
+    let applied = match state.build(&state.assemble()) {
+        Ok(snapshot) => shared.sink.apply(Arc::new(snapshot)).await,
+        Err(e) => Err(e.to_string()),
+    };
+    match applied {
+        Ok(()) => {
+            tracing::warn!("no control plane answered: serving the static resources alone");
+            shared.set_status(|st| st.source = "static");
+            let _ = shared.ready.send(true);
+        }
+        Err(error) => tracing::error!(%error, "cannot apply the static resources"),
+    }
+}
+
+/// Load and apply the cache; false when there is none or it is refused.
+async fn serve_cache(shared: &Arc<Shared>, dir: std::path::PathBuf) -> bool {
+    let node_id = shared.options.node.id.clone();
+    let cached = match tokio::task::spawn_blocking(move || cache::load(&dir, &node_id)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(cache::CacheError::Missing { .. })) => {
+            tracing::info!("no control plane yet and no xDS cache: waiting for a control plane");
+            return false;
+        }
+        Ok(Err(error)) => {
+            shared
+                .metrics
+                .cache_failures
+                .get_or_create(&[error.reason()])
+                .inc();
+            tracing::error!(%error, "xDS cache refused; waiting for a control plane");
+            return false;
+        }
+        Err(error) => {
+            tracing::error!(%error, "xDS cache load task failed");
+            return false;
+        }
+    };
+    let mut state = XdsState::new(
+        shared.options.static_resources.clone(),
+        shared.options.initial_fetch_timeout,
+    );
+    let built = restore(&mut state, &cached).and_then(|()| {
+        // Everything referenced was cached with it; nothing is left to warm.
+        state.build(&state.assemble()).map_err(|e| e.to_string())
+    });
+    let snapshot = match built {
+        Ok(s) => s,
+        Err(error) => {
+            shared
+                .metrics
+                .cache_failures
+                .get_or_create(&["invalid"])
+                .inc();
+            tracing::error!(%error, "xDS cache refused: its resources do not validate; waiting for a control plane");
+            return false;
+        }
+    };
+    match shared.sink.apply(Arc::new(snapshot)).await {
+        Ok(()) => {
+            tracing::warn!(
+                version = %state.combined_version(),
+                "no control plane answered: serving the last good configuration from the cache"
+            );
+            shared.set_status(|s| {
+                s.source = "cache";
+                s.types = state.status();
+            });
+            let _ = shared.ready.send(true);
+            true
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot apply the cached configuration");
+            false
+        }
+    }
+}
+
+/// Load a cache file into a fresh state, as accepted resources.
+fn restore(state: &mut XdsState, cached: &CachedConfig) -> Result<(), String> {
+    for t in &cached.types {
+        let Some(kind) = kind_of(&t.type_url) else {
+            return Err(format!("unknown type_url '{}' in cache", t.type_url));
+        };
+        let mut resources = BTreeMap::new();
+        for r in &t.resources {
+            let (name, decoded) = Decoded::decode(kind, &r.resource)?;
+            resources.insert(
+                name,
+                Stored {
+                    version: r.version.clone(),
+                    any: r.resource.clone(),
+                    decoded,
+                },
+            );
+        }
+        let p = state.propose_unchecked(kind, resources, t.version_info.clone());
+        state.commit(p);
+    }
+    state.resubscribe(ResourceKind::RouteConfiguration);
+    state.resubscribe(ResourceKind::ClusterLoadAssignment);
+    Ok(())
+}
+
+/// The stream loop: one stream at a time, failing over across servers with backoff.
+async fn run(shared: Arc<Shared>) {
+    let opts = &shared.options;
+    let mut state = XdsState::new(opts.static_resources.clone(), opts.initial_fetch_timeout);
+    if opts.servers.is_empty() {
+        return;
+    }
+    let mut backoff = Backoff::new(opts.backoff_base, opts.backoff_max);
+    let mut idx = 0usize;
+    loop {
+        let url = opts.servers[idx % opts.servers.len()].clone();
+        let mut session = Session {
+            shared: &shared,
+            state: &mut state,
+            url: url.clone(),
+            received: false,
+            started: Instant::now(),
+            warming_deadline: None,
+            initial_done: false,
+            seen: Default::default(),
+            last_resubscribe: BTreeMap::new(),
+        };
+        let result = match opts.mode {
+            Mode::Sotw => session.run_sotw().await,
+            Mode::Delta => session.run_delta().await,
+        };
+        let received = session.received;
+        shared.metrics.connected.set(0);
+        shared.set_status(|s| {
+            s.connected = false;
+            s.server = None;
+        });
+        match result {
+            Ok(()) => tracing::info!(server = %url, "ADS stream closed by the server"),
+            Err(error) => tracing::warn!(server = %url, %error, "ADS stream failed"),
+        }
+        shared.metrics.restarts.inc();
+        if received {
+            // The stream worked: start the backoff over and retry the same server first.
+            backoff.reset();
+        } else {
+            idx += 1;
+        }
+        tokio::time::sleep(backoff.next()).await;
+    }
+}
+
+/// Capped exponential backoff with full jitter.
+struct Backoff {
+    base: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(base: Duration, max: Duration) -> Self {
+        Backoff {
+            base,
+            max,
+            current: base,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.current = self.base;
+    }
+
+    fn next(&mut self) -> Duration {
+        let ceiling = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let millis = u64::try_from(ceiling.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Duration::from_millis(fastrand::u64(millis / 2..=millis))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("cannot connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("stream error: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("{0}")]
+    Other(String),
+}
+
+struct Session<'a> {
+    shared: &'a Arc<Shared>,
+    state: &'a mut XdsState,
+    url: String,
+    received: bool,
+    started: Instant,
+    warming_deadline: Option<Instant>,
+    /// Whether the first full configuration (CDS and LDS answered) arrived on this client.
+    initial_done: bool,
+    seen: std::collections::BTreeSet<ResourceKind>,
+    /// Subscription changes (added, removed) not yet sent, for delta.
+    last_resubscribe: BTreeMap<ResourceKind, (Vec<String>, Vec<String>)>,
+}
+
+impl Session<'_> {
+    async fn channel(&self) -> Result<Channel, StreamError> {
+        let opts = &self.shared.options;
+        let endpoint = Endpoint::from_shared(self.url.clone())?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(opts.keepalive_interval)
+            .keep_alive_timeout(opts.keepalive_interval.max(Duration::from_secs(1)))
+            .keep_alive_while_idle(true);
+        Ok(endpoint.connect().await?)
+    }
+
+    fn connected(&self) {
+        self.shared.metrics.connected.set(1);
+        let url = self.url.clone();
+        self.shared.set_status(|s| {
+            s.connected = true;
+            s.server = Some(url);
+        });
+        tracing::info!(server = %self.url, mode = self.shared.options.mode.as_str(), "ADS stream up");
+    }
+
+    fn names(&self, kind: ResourceKind) -> Vec<String> {
+        if is_wildcard(kind) {
+            Vec::new()
+        } else {
+            self.state.get(kind).subscribed.iter().cloned().collect()
+        }
+    }
+
+    fn subscribed_anything(&self, kind: ResourceKind) -> bool {
+        is_wildcard(kind) || !self.state.get(kind).subscribed.is_empty()
+    }
+
+    // ---- state of the world -------------------------------------------------------------
+
+    async fn run_sotw(&mut self) -> Result<(), StreamError> {
+        let channel = self.channel().await?;
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let (tx, rx) = mpsc::channel::<DiscoveryRequest>(64);
+        let mut first = true;
+        for kind in KINDS {
+            if !self.subscribed_anything(kind) {
+                continue;
+            }
+            // On reconnect, the last accepted version with an empty nonce, as Envoy does.
+            let req = DiscoveryRequest {
+                version_info: self.state.get(kind).version_info.clone(),
+                node: first.then(|| self.shared.options.node.clone()),
+                resource_names: self.names(kind),
+                type_url: kind.type_url().to_owned(),
+                ..Default::default()
+            };
+            first = false;
+            send(&tx, req)?;
+        }
+        let mut stream = client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        self.connected();
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                msg = stream.message() => match msg? {
+                    Some(resp) => {
+                        self.received = true;
+                        self.on_sotw(&tx, resp).await?;
+                    }
+                    None => return Ok(()),
+                },
+                () = sleep_until(deadline) => self.on_deadline().await,
+            }
+        }
+    }
+
+    async fn on_sotw(
+        &mut self,
+        tx: &mpsc::Sender<DiscoveryRequest>,
+        resp: DiscoveryResponse,
+    ) -> Result<(), StreamError> {
+        let Some(kind) = kind_of(&resp.type_url) else {
+            tracing::warn!(type_url = %resp.type_url, "ignoring a response of a type legate does not consume");
+            return Ok(());
+        };
+        let mut errors = Vec::new();
+        let mut incoming = BTreeMap::new();
+        for any in &resp.resources {
+            match Decoded::decode(kind, any) {
+                Ok((name, decoded)) => {
+                    let stored = Stored {
+                        version: resp.version_info.clone(),
+                        any: any.clone(),
+                        decoded,
+                    };
+                    if incoming.insert(name.clone(), stored).is_some() {
+                        errors.push(format!(
+                            "{} '{name}': sent twice in one response",
+                            kind.as_str()
+                        ));
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        // LDS and CDS responses are the whole set; RDS and EDS responses carry the
+        // requested resources, and one that is absent is not removed by omission.
+        let proposed = if is_wildcard(kind) {
+            incoming
+        } else {
+            let t = self.state.get(kind);
+            let mut all = t.resources.clone();
+            for (name, s) in incoming {
+                if t.subscribed.contains(&name) {
+                    all.insert(name, s);
+                }
+            }
+            all
+        };
+        let outcome = if errors.is_empty() {
+            self.accept(
+                kind,
+                proposed,
+                resp.version_info.clone(),
+                resp.nonce.clone(),
+            )
+            .await
+        } else {
+            Err(errors.join("; "))
+        };
+        match outcome {
+            Ok(changed) => {
+                send(
+                    tx,
+                    DiscoveryRequest {
+                        version_info: resp.version_info,
+                        resource_names: self.names(kind),
+                        type_url: resp.type_url,
+                        response_nonce: resp.nonce,
+                        ..Default::default()
+                    },
+                )?;
+                for k in changed {
+                    let t = self.state.get(k);
+                    send(
+                        tx,
+                        DiscoveryRequest {
+                            version_info: t.version_info.clone(),
+                            resource_names: self.names(k),
+                            type_url: k.type_url().to_owned(),
+                            response_nonce: t.nonce.clone(),
+                            ..Default::default()
+                        },
+                    )?;
+                }
+            }
+            Err(message) => {
+                self.reject(kind, &resp.version_info, &resp.nonce, &message);
+                send(
+                    tx,
+                    DiscoveryRequest {
+                        version_info: self.state.get(kind).version_info.clone(),
+                        resource_names: self.names(kind),
+                        type_url: resp.type_url,
+                        response_nonce: resp.nonce,
+                        error_detail: Some(RpcStatus {
+                            code: NACK_CODE,
+                            message,
+                            details: Vec::new(),
+                        }),
+                        ..Default::default()
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- delta -------------------------------------------------------------------------
+
+    async fn run_delta(&mut self) -> Result<(), StreamError> {
+        let channel = self.channel().await?;
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
+        let mut first = true;
+        for kind in KINDS {
+            if !self.subscribed_anything(kind) {
+                continue;
+            }
+            let t = self.state.get(kind);
+            let req = DeltaDiscoveryRequest {
+                node: first.then(|| self.shared.options.node.clone()),
+                type_url: kind.type_url().to_owned(),
+                resource_names_subscribe: self.names(kind),
+                initial_resource_versions: t
+                    .resources
+                    .iter()
+                    .map(|(n, s)| (n.clone(), s.version.clone()))
+                    .collect(),
+                ..Default::default()
+            };
+            first = false;
+            send(&tx, req)?;
+        }
+        let mut stream = client
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        self.connected();
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                msg = stream.message() => match msg? {
+                    Some(resp) => {
+                        self.received = true;
+                        self.on_delta(&tx, resp).await?;
+                    }
+                    None => return Ok(()),
+                },
+                () = sleep_until(deadline) => self.on_deadline().await,
+            }
+        }
+    }
+
+    async fn on_delta(
+        &mut self,
+        tx: &mpsc::Sender<DeltaDiscoveryRequest>,
+        resp: DeltaDiscoveryResponse,
+    ) -> Result<(), StreamError> {
+        let Some(kind) = kind_of(&resp.type_url) else {
+            tracing::warn!(type_url = %resp.type_url, "ignoring a response of a type legate does not consume");
+            return Ok(());
+        };
+        let mut errors = Vec::new();
+        let t = self.state.get(kind);
+        let mut proposed = t.resources.clone();
+        for r in &resp.resources {
+            let Some(any) = &r.resource else {
+                errors.push(format!(
+                    "{} '{}': resource has no body",
+                    kind.as_str(),
+                    r.name
+                ));
+                continue;
+            };
+            match Decoded::decode(kind, any) {
+                Ok((name, decoded)) => {
+                    if !r.name.is_empty() && r.name != name {
+                        errors.push(format!(
+                            "{} '{}': resource is named '{name}' inside",
+                            kind.as_str(),
+                            r.name
+                        ));
+                        continue;
+                    }
+                    if !is_wildcard(kind) && !t.subscribed.contains(&name) {
+                        continue;
+                    }
+                    proposed.insert(
+                        name,
+                        Stored {
+                            version: r.version.clone(),
+                            any: any.clone(),
+                            decoded,
+                        },
+                    );
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        for name in &resp.removed_resources {
+            proposed.remove(name);
+        }
+        let outcome = if errors.is_empty() {
+            self.accept(
+                kind,
+                proposed,
+                resp.system_version_info.clone(),
+                resp.nonce.clone(),
+            )
+            .await
+        } else {
+            Err(errors.join("; "))
+        };
+        match outcome {
+            Ok(changed) => {
+                send(
+                    tx,
+                    DeltaDiscoveryRequest {
+                        type_url: resp.type_url,
+                        response_nonce: resp.nonce,
+                        ..Default::default()
+                    },
+                )?;
+                for (k, added, removed) in changed
+                    .into_iter()
+                    .filter_map(|k| self.pending_changes(k).map(|(a, r)| (k, a, r)))
+                {
+                    send(
+                        tx,
+                        DeltaDiscoveryRequest {
+                            type_url: k.type_url().to_owned(),
+                            resource_names_subscribe: added,
+                            resource_names_unsubscribe: removed,
+                            ..Default::default()
+                        },
+                    )?;
+                }
+            }
+            Err(message) => {
+                self.reject(kind, &resp.system_version_info, &resp.nonce, &message);
+                send(
+                    tx,
+                    DeltaDiscoveryRequest {
+                        type_url: resp.type_url,
+                        response_nonce: resp.nonce,
+                        error_detail: Some(RpcStatus {
+                            code: NACK_CODE,
+                            message,
+                            details: Vec::new(),
+                        }),
+                        ..Default::default()
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The initial fetch timeout or a warming deadline passed: apply what there is.
+    async fn on_deadline(&mut self) {
+        self.warming_deadline = None;
+        if !self.initial_done
+            && Instant::now() >= self.started + self.shared.options.initial_fetch_timeout
+        {
+            tracing::info!("initial fetch timeout: applying the configuration received so far");
+        }
+        if let Err(error) = self.try_apply().await {
+            tracing::error!(%error, "cannot apply the configuration after the fetch timeout");
+        }
+        self.initial_done = true;
+    }
+
+    fn pending_changes(&mut self, kind: ResourceKind) -> Option<(Vec<String>, Vec<String>)> {
+        let (added, removed) = self.last_resubscribe.remove(&kind)?;
+        Some((added, removed))
+    }
+
+    // ---- shared by both variants ---------------------------------------------------------
+
+    /// Validate and commit an update of `kind`, re-derive subscriptions, and apply the
+    /// result unless something is still warming. Returns the kinds whose subscription
+    /// changed. On error nothing changed and the message is the NACK text.
+    async fn accept(
+        &mut self,
+        kind: ResourceKind,
+        proposed: BTreeMap<String, Stored>,
+        version_info: String,
+        nonce: String,
+    ) -> Result<Vec<ResourceKind>, String> {
+        let proposal = self.state.propose(kind, proposed, version_info, nonce)?;
+        let dependent = match kind {
+            ResourceKind::Listener => Some(ResourceKind::RouteConfiguration),
+            ResourceKind::Cluster => Some(ResourceKind::ClusterLoadAssignment),
+            _ => None,
+        };
+        let saved = (
+            self.state.save(kind),
+            dependent.map(|d| (d, self.state.save(d))),
+        );
+        self.state.commit(proposal);
+        let mut changed = Vec::new();
+        let mut resubscribed = None;
+        if let Some(dep) = dependent {
+            let (added, removed) = self.state.resubscribe(dep);
+            if !added.is_empty() || !removed.is_empty() {
+                changed.push(dep);
+                resubscribed = Some((dep, added, removed));
+            }
+        }
+        self.seen.insert(kind);
+        if let Err(message) = self.try_apply().await {
+            // Not live (a listener could not bind, say): undo and NACK.
+            self.state.restore(kind, saved.0);
+            if let Some((dep, t)) = saved.1 {
+                self.state.restore(dep, t);
+            }
+            return Err(message);
+        }
+        if let Some((dep, added, removed)) = resubscribed {
+            self.last_resubscribe.insert(dep, (added, removed));
+        }
+        self.shared
+            .metrics
+            .updates
+            .get_or_create(&[kind.type_url(), "accepted"])
+            .inc();
+        *self
+            .shared
+            .last_update
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        self.shared.metrics.since_update.set(0);
+        let types = self.state.status();
+        self.shared.set_status(|s| s.types = types);
+        Ok(changed)
+    }
+
+    fn reject(&mut self, kind: ResourceKind, version: &str, nonce: &str, message: &str) {
+        tracing::warn!(type_url = kind.type_url(), version, %message, "rejecting xDS update");
+        self.state.reject(
+            kind,
+            version.to_owned(),
+            nonce.to_owned(),
+            message.to_owned(),
+        );
+        self.shared
+            .metrics
+            .updates
+            .get_or_create(&[kind.type_url(), "rejected"])
+            .inc();
+        let types = self.state.status();
+        self.shared.set_status(|s| s.types = types);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        match (self.warming_deadline, self.initial_done) {
+            (Some(d), _) => Some(d),
+            (None, false) => Some(self.started + self.shared.options.initial_fetch_timeout),
+            (None, true) => None,
+        }
+    }
+
+    /// Apply the assembled state if it is complete. Before the first configuration is
+    /// live, wait for both CDS and LDS (or the initial fetch timeout), so a proxy that
+    /// serves from its cache is not briefly left with only half a configuration.
+    async fn try_apply(&mut self) -> Result<(), String> {
+        let now = Instant::now();
+        if !self.initial_done {
+            let both = self.seen.contains(&ResourceKind::Cluster)
+                && self.seen.contains(&ResourceKind::Listener);
+            let timed_out = now >= self.started + self.shared.options.initial_fetch_timeout;
+            if !both && !timed_out && !self.shared.applied_from_xds.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            self.initial_done = true;
+        }
+        let assembled = self.state.assemble();
+        if !assembled.warming.is_empty() {
+            self.warming_deadline = self.state.next_warming_deadline(&assembled.warming);
+            tracing::debug!(warming = ?assembled.warming, "waiting for referenced resources");
+            return Ok(());
+        }
+        let snapshot = self.state.build(&assembled).map_err(|e| e.to_string())?;
+        let _guard = self.shared.apply_lock.lock().await;
+        self.shared.sink.apply(Arc::new(snapshot)).await?;
+        self.shared.applied_from_xds.store(true, Ordering::Release);
+        let _ = self.shared.ready.send(true);
+        self.shared.set_status(|s| s.source = "xds");
+        drop(_guard);
+        self.write_cache();
+        Ok(())
+    }
+
+    fn write_cache(&self) {
+        let Some(dir) = self.shared.options.cache_dir.clone() else {
+            return;
+        };
+        let config = CachedConfig {
+            node_id: self.shared.options.node.id.clone(),
+            types: KINDS
+                .into_iter()
+                .map(|k| {
+                    let t = self.state.get(k);
+                    CachedType {
+                        type_url: k.type_url().to_owned(),
+                        version_info: t.version_info.clone(),
+                        resources: t
+                            .resources
+                            .iter()
+                            .map(|(name, s)| CachedResource {
+                                name: name.clone(),
+                                version: s.version.clone(),
+                                resource: s.any.clone(),
+                            })
+                            .collect(),
+                    }
+                })
+                .collect(),
+            written_at: SystemTime::now(),
+        };
+        // Small and rare: written inline so the cache always matches the last apply.
+        if let Err(error) = cache::write(&dir, &config) {
+            tracing::warn!(%error, "cannot write the xDS cache");
+        }
+    }
+}
+
+fn send<T>(tx: &mpsc::Sender<T>, req: T) -> Result<(), StreamError> {
+    tx.try_send(req)
+        .map_err(|_| StreamError::Other("request queue to the control plane is full".to_owned()))
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let seen: Vec<Duration> = (0..6).map(|_| b.next()).collect();
+        for (i, d) in seen.iter().enumerate() {
+            let ceiling = Duration::from_millis((100u64 << i).min(800));
+            assert!(
+                *d <= ceiling && *d >= ceiling / 2,
+                "{i}: {d:?} vs {ceiling:?}"
+            );
+        }
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(100));
+    }
+}
