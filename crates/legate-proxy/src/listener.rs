@@ -35,7 +35,8 @@ impl ListenerHandle {
     }
 }
 
-/// Bind a listening socket (address reuse on, so a restart rebinds at once).
+/// Bind a listening socket. Address reuse lets a restart rebind at once; port reuse lets a
+/// listener be re-created on the same address (new codec) while the old socket drains.
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -43,6 +44,9 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if addr.port() != 0 {
+        socket.set_reuseport(true)?;
+    }
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
