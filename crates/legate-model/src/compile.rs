@@ -78,21 +78,36 @@ pub(crate) mod names {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 }
 
-/// Compile a mesh into the Envoy resources a state-of-the-world client would hold.
+/// Compile a mesh into the Envoy resources a state-of-the-world client (legate or Envoy)
+/// would hold.
 ///
-/// Resources come out in the mesh's order: one Listener per listener, one
+/// The low-level layer comes out in the mesh's order: one Listener per listener, one
 /// RouteConfiguration per route config, one Cluster per cluster, and one
-/// ClusterLoadAssignment per `static` cluster (served over EDS). The mesh should have passed
-/// [`Mesh::check`] (or [`validate`](crate::validate)); an unchecked mesh still compiles, but
-/// to resources that Envoy or `legate_snapshot::build` may refuse.
+/// ClusterLoadAssignment per `static` cluster (served over EDS). The services layer follows,
+/// as [`Mesh::expand`] spells it: the outbound Listener (unless `listeners` has one of its
+/// name), its RouteConfiguration with one route per service (plus its canary rules), and a
+/// Cluster per version, sorted by name. The mesh should have passed [`Mesh::check`] (or
+/// [`validate`](crate::validate)); an unchecked mesh still compiles, but to resources that
+/// Envoy or `legate_snapshot::build` may refuse.
 pub fn compile(mesh: &Mesh) -> Resources {
+    let generated = crate::services::generate(mesh);
     let mut out = Resources {
-        listeners: mesh.listeners.iter().map(listener).collect(),
-        route_configs: mesh.route_configs.iter().map(route_config).collect(),
-        clusters: Vec::with_capacity(mesh.clusters.len()),
+        listeners: mesh
+            .listeners
+            .iter()
+            .chain(&generated.listener)
+            .map(listener)
+            .collect(),
+        route_configs: mesh
+            .route_configs
+            .iter()
+            .chain(&generated.route_config)
+            .map(route_config)
+            .collect(),
+        clusters: Vec::with_capacity(mesh.clusters.len() + generated.clusters.len()),
         load_assignments: Vec::new(),
     };
-    for c in &mesh.clusters {
+    for c in mesh.clusters.iter().chain(&generated.clusters) {
         let (xds, cla) = cluster(c);
         out.clusters.push(xds);
         out.load_assignments.extend(cla);
@@ -100,14 +115,14 @@ pub fn compile(mesh: &Mesh) -> Resources {
     out
 }
 
-fn any<M: Message>(type_url: &str, message: &M) -> Any {
+pub(crate) fn any<M: Message>(type_url: &str, message: &M) -> Any {
     Any {
         type_url: type_url.to_owned(),
         value: message.encode_to_vec(),
     }
 }
 
-fn duration(d: Duration) -> PbDuration {
+pub(crate) fn duration(d: Duration) -> PbDuration {
     PbDuration {
         // Validation bounds durations to 10 000 years, far inside i64.
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
@@ -115,7 +130,7 @@ fn duration(d: Duration) -> PbDuration {
     }
 }
 
-fn ads() -> ConfigSource {
+pub(crate) fn ads() -> ConfigSource {
     ConfigSource {
         config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
         resource_api_version: ApiVersion::V3.into(),
@@ -123,7 +138,7 @@ fn ads() -> ConfigSource {
     }
 }
 
-fn socket_address(host: &str, port: u16) -> XdsAddress {
+pub(crate) fn socket_address(host: &str, port: u16) -> XdsAddress {
     XdsAddress {
         address: Some(address::Address::SocketAddress(SocketAddress {
             protocol: Protocol::Tcp.into(),
@@ -136,13 +151,25 @@ fn socket_address(host: &str, port: u16) -> XdsAddress {
 
 /// `ip:port`, `[v6]:port` or `host:port` → host and port. A malformed address (only in an
 /// unchecked mesh) keeps its text as the host, for the consumer to refuse.
-fn split_address(a: &str) -> (String, u16) {
+pub(crate) fn split_address(a: &str) -> (String, u16) {
     if let Ok(s) = a.parse::<SocketAddr>() {
         return (s.ip().to_string(), s.port());
     }
     match a.rsplit_once(':') {
         Some((host, port)) => (host.to_owned(), port.parse().unwrap_or(0)),
         None => (a.to_owned(), 0),
+    }
+}
+
+/// The router, typed config included: Envoy and gRPC both want it as the last HTTP filter.
+pub(crate) fn router_filter() -> HttpFilter {
+    HttpFilter {
+        name: names::ROUTER.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(
+            type_url::ROUTER,
+            &Router::default(),
+        ))),
+        ..Default::default()
     }
 }
 
@@ -160,14 +187,7 @@ fn listener(l: &Listener) -> XdsListener {
             route_config_name: l.route_config.clone(),
         })),
         // Envoy requires the router, with its typed config, as the last filter.
-        http_filters: vec![HttpFilter {
-            name: names::ROUTER.to_owned(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(any(
-                type_url::ROUTER,
-                &Router::default(),
-            ))),
-            ..Default::default()
-        }],
+        http_filters: vec![router_filter()],
         // The ambassador is the first proxy the request meets: the peer is the client, so
         // it is appended to x-forwarded-for (Envoy does this only with use_remote_address).
         use_remote_address: Some(BoolValue { value: true }),
@@ -241,7 +261,7 @@ fn headers_to_add(headers: &[HeaderToAdd]) -> Vec<HeaderValueOption> {
         .collect()
 }
 
-fn route(r: &Route) -> XdsRoute {
+pub(crate) fn route(r: &Route) -> XdsRoute {
     let action = if let Some(f) = &r.forward {
         Some(route::Action::Route(forward(f)))
     } else if let Some(d) = &r.direct_response {
@@ -483,7 +503,7 @@ fn cluster(c: &Cluster) -> (XdsCluster, Option<XdsClusterLoadAssignment>) {
 /// All endpoints in one locality. The locality carries weight 1: gRPC's xDS client drops a
 /// locality without a positive weight, and Envoy ignores locality weights unless locality
 /// weighted balancing is on.
-fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> XdsClusterLoadAssignment {
+pub(crate) fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> XdsClusterLoadAssignment {
     let lb_endpoints: Vec<LbEndpoint> = endpoints
         .iter()
         .map(|e| {

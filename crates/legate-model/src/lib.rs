@@ -1,10 +1,23 @@
 //! legate's mesh authoring format and its compiler to Envoy v3 resources.
 //!
-//! Operators describe a mesh in YAML: listeners, route configs with virtual hosts and routes,
-//! and clusters with their endpoints (`examples/mesh-reference.yaml` documents every field).
+//! Operators describe a mesh in YAML, in two layers that may share a document:
+//! - the low-level layer: listeners, route configs with virtual hosts and routes, and
+//!   clusters with their endpoints (`examples/mesh-reference.yaml` documents every field);
+//! - the services layer: [`Service`]s with weighted versions, a route prefix, canary rules and
+//!   policies, and the [`Proxy`] section for the outbound listener every proxy node gets
+//!   (`examples/mesh-services.yaml`). It expands into low-level resources
+//!   ([`Mesh::expand`]): a cluster per version, a route per service.
+//!
 //! This crate is the single owner of that format. The proxy's static mode and the control
 //! plane both read meshes here and [`compile`] them into the Envoy resources that
 //! `legate_snapshot::build` validates, so there is one authoring format and one compiler.
+//! [`compile_for_grpc`] is the second target: the API listeners, route configs and EDS
+//! clusters gRPC's xDS clients need to resolve `xds:///<service>` (not valid for legate).
+//!
+//! The control plane's admin API edits the services layer with [`set_weights`],
+//! [`apply_service`] and [`remove_service`], which validate the whole mesh and leave it
+//! unchanged on error. A directory of mesh files is read with [`load_files`] (or merged in
+//! code with [`Mesh::merge`]).
 //!
 //! Reading a mesh is two steps, both reporting `file:line:column: field.path: message`:
 //! - [`parse_mesh`] (or [`parse_yaml`] for a document that embeds a mesh) turns the text into
@@ -33,15 +46,21 @@
 
 mod compile;
 mod error;
+mod grpc;
 mod locate;
+mod merge;
 mod model;
 mod parse;
+mod services;
 mod validate;
 
 pub use compile::compile;
 pub use error::{ConfigError, Problem};
+pub use grpc::{check_for_grpc, compile_for_grpc};
+pub use merge::{MergeConflict, load_files};
 pub use model::*;
 pub use parse::parse_yaml;
+pub use services::{apply_service, remove_service, set_weights};
 pub use validate::{validate, validate_at};
 
 /// Parse a mesh document, without the semantic checks of [`validate`].

@@ -20,6 +20,11 @@ pub const DEFAULT_DNS_REFRESH_RATE: Duration = Duration::from_secs(5);
 pub const DEFAULT_REDIRECT_STATUS: u32 = 301;
 
 /// A whole mesh: what one proxy (or every proxy of a control plane) serves.
+///
+/// Two layers, which may be mixed in one document: the low-level `listeners`,
+/// `route_configs` and `clusters` (Envoy's resources, nearly one to one), and the `services`
+/// layer with its `proxy` section, which [`compile`](crate::compile) expands into the same
+/// resources (see [`Mesh::expand`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mesh {
@@ -29,6 +34,14 @@ pub struct Mesh {
     pub route_configs: Vec<RouteConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clusters: Vec<Cluster>,
+    /// Services reached through the proxies' outbound listener (and by gRPC clients as
+    /// `xds:///<name>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
+    /// The outbound listener for `services`; its defaults apply when services exist and this
+    /// is left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<Proxy>,
 }
 
 /// A TCP listener serving HTTP with the routes of one route config.
@@ -348,6 +361,201 @@ pub struct Endpoint {
     /// At least 1.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub weight: u32,
+}
+
+/// Name of the outbound listener when `proxy.listener.name` is not set.
+pub const DEFAULT_PROXY_LISTENER: &str = "outbound";
+/// Address of the outbound listener when `proxy.listener.address` is not set.
+pub const DEFAULT_PROXY_ADDRESS: &str = "127.0.0.1:15001";
+/// Name of the services' route config when `proxy.route_config` is not set.
+pub const DEFAULT_PROXY_ROUTE_CONFIG: &str = "outbound";
+/// What a service's route prefix is replaced with when `route.rewrite` is not set.
+pub const DEFAULT_SERVICE_REWRITE: &str = "/";
+
+/// An upstream service: one or more versions of the same backend, the route clients reach it
+/// by, and the policies pushed for it.
+///
+/// Each version becomes a cluster named `<service>-<version>`; a service written with
+/// `endpoints` instead of `versions` becomes one cluster named `<service>`. The cluster
+/// settings (`protocol` to `dns_refresh_rate`) mean what they mean on a [`Cluster`] and apply
+/// to every version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Unique among services; lowercase letters, digits and `-` (a DNS label), since gRPC
+    /// clients dial it as `xds:///<name>`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub protocol: UpstreamProtocol,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub lb_policy: LbPolicy,
+    /// [`DEFAULT_CONNECT_TIMEOUT`] when unset.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connect_timeout: Option<Duration>,
+    /// [`DEFAULT_IDLE_TIMEOUT`] when unset, `0s` disables.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// Unset or 0 is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub discovery: Discovery,
+    /// `strict_dns` only; [`DEFAULT_DNS_REFRESH_RATE`] when unset.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dns_refresh_rate: Option<Duration>,
+    /// The endpoints of a single-version service; not with `versions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<Endpoint>>,
+    /// Versions sharing the traffic by weight; not with `endpoints`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<Version>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub route: ServiceRoute,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub policies: Policies,
+}
+
+/// One version of a service, with its share of the traffic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Version {
+    /// Unique within the service; a DNS label like the service name.
+    pub name: String,
+    /// Relative to the sum over the service's versions; 0 takes no traffic (but keeps its
+    /// cluster), not all may be 0.
+    pub weight: u32,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// How clients reach a service through the outbound listener.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRoute {
+    /// Path prefix; `/<service>/` when unset. Unique among services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Replaces the prefix before the request goes upstream; [`DEFAULT_SERVICE_REWRITE`] when
+    /// unset. Writing the prefix itself keeps the path as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<String>,
+    /// Whole-request timeout; Envoy's default (15 s) when unset, `0s` disables it.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Requests matching a rule go to its version whatever the weights; tried in order,
+    /// before the weighted split.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canary: Vec<CanaryRule>,
+}
+
+/// Send requests whose headers all match to one version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryRule {
+    /// At least one; the same rules as a route's `match.headers`.
+    pub headers: Vec<HeaderMatch>,
+    /// One of the service's `versions`.
+    pub version: String,
+}
+
+/// Per-service policies, pushed by the control plane with the routes and clusters.
+//
+// Retries, circuit breakers and outlier detection are to come here, each as its own
+// optional field; until then `deny_unknown_fields` refuses them rather than ignoring them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policies {
+    /// Added to every request sent to the service (through its canary rules too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_add: Vec<HeaderToAdd>,
+}
+
+/// The outbound listener every proxy node gets, serving the services' routes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proxy {
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub listener: ProxyListener,
+    /// Name of the generated route config; [`DEFAULT_PROXY_ROUTE_CONFIG`] when unset. No
+    /// entry of `route_configs` may have it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_config: Option<String>,
+}
+
+impl Proxy {
+    /// The listener's name, default applied.
+    pub fn listener_name(&self) -> &str {
+        self.listener
+            .name
+            .as_deref()
+            .unwrap_or(DEFAULT_PROXY_LISTENER)
+    }
+
+    /// The listener's address, default applied.
+    pub fn address(&self) -> &str {
+        self.listener
+            .address
+            .as_deref()
+            .unwrap_or(DEFAULT_PROXY_ADDRESS)
+    }
+
+    /// The route config's name, default applied.
+    pub fn route_config_name(&self) -> &str {
+        self.route_config
+            .as_deref()
+            .unwrap_or(DEFAULT_PROXY_ROUTE_CONFIG)
+    }
+}
+
+/// The outbound [`Listener`], its name, address and route config defaulted. When `listeners`
+/// already has one of that name, that one is used as written and this is ignored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyListener {
+    /// [`DEFAULT_PROXY_LISTENER`] when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `ip:port`; [`DEFAULT_PROXY_ADDRESS`] when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub protocol: ListenerProtocol,
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub websocket: bool,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stream_idle_timeout: Option<Duration>,
+}
+
+impl Default for ProxyListener {
+    fn default() -> Self {
+        ProxyListener {
+            name: None,
+            address: None,
+            protocol: ListenerProtocol::default(),
+            websocket: true,
+            stream_idle_timeout: None,
+        }
+    }
 }
 
 fn yes() -> bool {

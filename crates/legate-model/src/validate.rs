@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use crate::locate::Locator;
 use crate::{
-    ConfigError, DirectResponse, Discovery, Forward, HeaderMatch, HeaderToAdd, Listener, Mesh,
-    Problem, QueryMatch, Redirect, Route, RouteConfig, RouteMatch, VirtualHost,
+    ConfigError, DirectResponse, Discovery, Endpoint, Forward, HeaderMatch, HeaderToAdd, Listener,
+    ListenerProtocol, Mesh, Problem, QueryMatch, Redirect, Route, RouteConfig, RouteMatch, Service,
+    VirtualHost,
 };
 
 /// Envoy's default `max_direct_response_body_size_bytes`.
@@ -28,8 +29,11 @@ impl Mesh {
     ///
     /// [`load`]: crate::load
     pub fn check(&self) -> Result<(), Vec<Problem>> {
+        let generated = crate::services::generate(self);
         let mut c = Checker {
             mesh: self,
+            generated_route_config: generated.route_config.map(|rc| rc.name),
+            generated_clusters: generated.clusters.into_iter().map(|c| c.name).collect(),
             problems: Vec::new(),
         };
         c.mesh();
@@ -81,6 +85,9 @@ pub fn validate_at(
 
 struct Checker<'m> {
     mesh: &'m Mesh,
+    /// What the services layer adds, which low-level listeners and routes may name.
+    generated_route_config: Option<String>,
+    generated_clusters: HashSet<String>,
     problems: Vec<Problem>,
 }
 
@@ -119,6 +126,8 @@ impl<'m> Checker<'m> {
         for (i, c) in mesh.clusters.iter().enumerate() {
             self.cluster(&format!("clusters[{i}]"), c);
         }
+        self.services();
+        self.proxy(&bound);
     }
 
     /// Names must be non-empty and unique; the duplicate is reported, naming the first.
@@ -165,6 +174,7 @@ impl<'m> Checker<'m> {
             .route_configs
             .iter()
             .any(|rc| rc.name == l.route_config)
+            && self.generated_route_config.as_ref() != Some(&l.route_config)
         {
             self.report(
                 format!("{path}.route_config"),
@@ -469,7 +479,9 @@ impl<'m> Checker<'m> {
     }
 
     fn cluster_ref(&mut self, path: &str, name: &str) {
-        if !self.mesh.clusters.iter().any(|c| c.name == name) {
+        if !self.mesh.clusters.iter().any(|c| c.name == name)
+            && !self.generated_clusters.contains(name)
+        {
             self.report(path, format!("unknown cluster `{name}`"));
         }
     }
@@ -589,15 +601,34 @@ impl<'m> Checker<'m> {
     }
 
     fn cluster(&mut self, path: &str, c: &crate::Cluster) {
-        match c.connect_timeout {
+        self.cluster_settings(
+            path,
+            c.discovery,
+            c.connect_timeout,
+            c.idle_timeout,
+            c.dns_refresh_rate,
+        );
+        self.endpoints(&format!("{path}.endpoints"), c.discovery, &c.endpoints);
+    }
+
+    /// The settings clusters and services share, as fields of `path`.
+    fn cluster_settings(
+        &mut self,
+        path: &str,
+        discovery: Discovery,
+        connect_timeout: Option<Duration>,
+        idle_timeout: Option<Duration>,
+        dns_refresh_rate: Option<Duration>,
+    ) {
+        match connect_timeout {
             Some(Duration::ZERO) => self.report(
                 format!("{path}.connect_timeout"),
                 "connect timeout must be greater than 0s",
             ),
             t => self.duration(&format!("{path}.connect_timeout"), t),
         }
-        self.duration(&format!("{path}.idle_timeout"), c.idle_timeout);
-        match (c.discovery, c.dns_refresh_rate) {
+        self.duration(&format!("{path}.idle_timeout"), idle_timeout);
+        match (discovery, dns_refresh_rate) {
             (Discovery::Static, Some(_)) => self.report(
                 format!("{path}.dns_refresh_rate"),
                 "`dns_refresh_rate` applies to `strict_dns` clusters only",
@@ -608,11 +639,15 @@ impl<'m> Checker<'m> {
             ),
             (_, rate) => self.duration(&format!("{path}.dns_refresh_rate"), rate),
         }
+    }
+
+    /// An endpoint list at `path`.
+    fn endpoints(&mut self, path: &str, discovery: Discovery, endpoints: &[Endpoint]) {
         let mut seen = HashSet::new();
         let mut total: u64 = 0;
-        for (i, e) in c.endpoints.iter().enumerate() {
-            let epath = format!("{path}.endpoints[{i}]");
-            let checked = match c.discovery {
+        for (i, e) in endpoints.iter().enumerate() {
+            let epath = format!("{path}[{i}]");
+            let checked = match discovery {
                 Discovery::Static => check_socket_address(&e.address),
                 Discovery::StrictDns => check_dns_address(&e.address),
             };
@@ -634,10 +669,261 @@ impl<'m> Checker<'m> {
         }
         if total > u64::from(u32::MAX) {
             self.report(
-                format!("{path}.endpoints"),
+                path,
                 format!("endpoint weights add up to {total}, more than {}", u32::MAX),
             );
         }
+    }
+
+    fn services(&mut self) {
+        let mesh = self.mesh;
+        self.unique_names(
+            "services",
+            "service",
+            mesh.services.iter().map(|s| &s.name[..]),
+        );
+        // Cluster names and prefixes already taken, with who took them. A service whose name
+        // is a duplicate (reported above) takes none: its clash is that one.
+        let mut clusters: HashMap<String, String> = mesh
+            .clusters
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    "the name of an entry in `clusters`".to_owned(),
+                )
+            })
+            .collect();
+        let mut prefixes: HashMap<String, &str> = HashMap::new();
+        let mut names = HashSet::new();
+        for (i, s) in mesh.services.iter().enumerate() {
+            let path = format!("services[{i}]");
+            let owned = self.service(&path, s);
+            if s.name.is_empty() || !names.insert(&s.name[..]) {
+                continue;
+            }
+            for (name_path, cluster) in owned {
+                match clusters.get(&cluster) {
+                    Some(owner) => {
+                        self.report(
+                            name_path,
+                            format!("cluster name `{cluster}` is also {owner}"),
+                        );
+                    }
+                    None => {
+                        let owner = format!("generated by service `{}`", s.name);
+                        clusters.insert(cluster, owner);
+                    }
+                }
+            }
+            let prefix = s.prefix();
+            if let Some(other) = prefixes.insert(prefix.clone(), &s.name) {
+                self.report(
+                    format!("{path}.route.prefix"),
+                    format!("prefix `{prefix}` is also the prefix of service `{other}`"),
+                );
+            }
+        }
+    }
+
+    /// Checks one service; returns its clusters' names, each with the path of the name that
+    /// makes it (the service's or a version's).
+    fn service(&mut self, path: &str, s: &Service) -> Vec<(String, String)> {
+        if !s.name.is_empty()
+            && let Err(m) = check_label("service", &s.name)
+        {
+            self.report(format!("{path}.name"), m);
+        }
+        self.cluster_settings(
+            path,
+            s.discovery,
+            s.connect_timeout,
+            s.idle_timeout,
+            s.dns_refresh_rate,
+        );
+        let mut owned = Vec::new();
+        match (&s.endpoints, s.versions.is_empty()) {
+            (Some(_), false) => self.report(
+                path,
+                "a service takes one of `endpoints` and `versions`, found both",
+            ),
+            (None, true) => self.report(
+                path,
+                "a service needs `endpoints` (a single version) or `versions`",
+            ),
+            (Some(endpoints), true) => {
+                self.endpoints(&format!("{path}.endpoints"), s.discovery, endpoints);
+                owned.push((format!("{path}.name"), s.name.clone()));
+            }
+            (None, false) => {}
+        }
+        if !s.versions.is_empty() {
+            let vpath = format!("{path}.versions");
+            self.unique_names(&vpath, "version", s.versions.iter().map(|v| &v.name[..]));
+            let mut seen = HashSet::new();
+            let mut total: u64 = 0;
+            for (j, v) in s.versions.iter().enumerate() {
+                let p = format!("{vpath}[{j}]");
+                if !v.name.is_empty() {
+                    if let Err(m) = check_label("version", &v.name) {
+                        self.report(format!("{p}.name"), m);
+                    }
+                    if seen.insert(&v.name) {
+                        owned.push((format!("{p}.name"), s.version_cluster(&v.name)));
+                    }
+                }
+                self.endpoints(&format!("{p}.endpoints"), s.discovery, &v.endpoints);
+                total += u64::from(v.weight);
+            }
+            if total == 0 {
+                self.report(
+                    vpath,
+                    "version weights are all zero: no version would get traffic",
+                );
+            } else if total > u64::from(u32::MAX) {
+                self.report(
+                    vpath,
+                    format!("version weights add up to {total}, more than {}", u32::MAX),
+                );
+            }
+        }
+        self.service_route(&format!("{path}.route"), s);
+        self.headers_to_add(
+            &format!("{path}.policies.request_headers_to_add"),
+            &s.policies.request_headers_to_add,
+        );
+        owned
+    }
+
+    fn service_route(&mut self, path: &str, s: &Service) {
+        let r = &s.route;
+        for (field, value) in [("prefix", &r.prefix), ("rewrite", &r.rewrite)] {
+            let Some(value) = value else { continue };
+            let field = format!("{path}.{field}");
+            if !value.starts_with('/') {
+                self.report(field, format!("`{value}` does not start with `/`"));
+            } else if value.contains(['?', '#']) {
+                self.report(
+                    field,
+                    format!("`{value}` contains `?` or `#`, which never occur in a path"),
+                );
+            } else if let Err(m) = check_value(value) {
+                self.report(field, m);
+            }
+        }
+        self.duration(&format!("{path}.timeout"), r.timeout);
+        for (k, rule) in r.canary.iter().enumerate() {
+            let cpath = format!("{path}.canary[{k}]");
+            if rule.headers.is_empty() {
+                self.report(
+                    format!("{cpath}.headers"),
+                    "a canary rule needs at least one header match (without one it would take \
+                     all the traffic)",
+                );
+            }
+            for (h, m) in rule.headers.iter().enumerate() {
+                self.header_match(&format!("{cpath}.headers[{h}]"), m);
+            }
+            if s.versions.is_empty() {
+                self.report(
+                    format!("{cpath}.version"),
+                    format!(
+                        "service `{}` has a single version (`endpoints`); canary rules need \
+                         `versions`",
+                        s.name
+                    ),
+                );
+            } else if !s.versions.iter().any(|v| v.name == rule.version) {
+                let known: Vec<&str> = s.versions.iter().map(|v| &v.name[..]).collect();
+                self.report(
+                    format!("{cpath}.version"),
+                    format!(
+                        "service `{}` has no version `{}` (it has {})",
+                        s.name,
+                        rule.version,
+                        backticked(&known)
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The outbound listener and route config the services layer adds.
+    fn proxy(&mut self, bound: &HashMap<SocketAddr, &str>) {
+        let mesh = self.mesh;
+        let Some(proxy) = mesh.proxy_in_effect() else {
+            return;
+        };
+        let rc = proxy.route_config_name();
+        if rc.is_empty() {
+            self.report("proxy.route_config", "route config name is empty");
+        }
+        for (k, other) in mesh.route_configs.iter().enumerate() {
+            if other.name == rc {
+                self.report(
+                    format!("route_configs[{k}].name"),
+                    format!(
+                        "route config name `{rc}` is taken by the services' route config \
+                         (set `proxy.route_config` to another name)"
+                    ),
+                );
+            }
+        }
+        let name = proxy.listener_name();
+        let l = &proxy.listener;
+        if name.is_empty() {
+            self.report("proxy.listener.name", "listener name is empty");
+        } else if let Some(k) = mesh.listeners.iter().position(|other| other.name == name) {
+            let written = &mesh.listeners[k];
+            if written.route_config != rc {
+                self.report(
+                    format!("listeners[{k}].route_config"),
+                    format!(
+                        "listener `{name}` stands for the services' outbound listener but \
+                         routes with `{}`; the services' routes are in `{rc}` (or set \
+                         `proxy.listener.name` to another name)",
+                        written.route_config
+                    ),
+                );
+            }
+            // That listener is used as written; settings here would be silently ignored.
+            let set = l.address.is_some()
+                || l.protocol != ListenerProtocol::default()
+                || !l.websocket
+                || l.stream_idle_timeout.is_some();
+            if set {
+                self.report(
+                    "proxy.listener",
+                    format!(
+                        "listener `{name}` is defined in `listeners`, which is used as \
+                         written; set its address and options there"
+                    ),
+                );
+            }
+            return;
+        }
+        let address = proxy.address();
+        match address.parse::<SocketAddr>() {
+            Err(_) => self.report(
+                "proxy.listener.address",
+                format!("`{address}` is not an ip:port address"),
+            ),
+            Ok(addr) if addr.port() != 0 => {
+                if let Some(other) = bound.get(&addr) {
+                    let default = if l.address.is_none() {
+                        " (the default; set `proxy.listener.address`)"
+                    } else {
+                        ""
+                    };
+                    self.report(
+                        "proxy.listener.address",
+                        format!("address {addr}{default} is also used by listener `{other}`"),
+                    );
+                }
+            }
+            Ok(_) => {}
+        }
+        self.duration("proxy.listener.stream_idle_timeout", l.stream_idle_timeout);
     }
 
     fn duration(&mut self, path: &str, d: Option<Duration>) {
@@ -650,7 +936,7 @@ impl<'m> Checker<'m> {
 }
 
 /// `a`, `b` → "`a` and `b`".
-fn backticked(names: &[&str]) -> String {
+pub(crate) fn backticked(names: &[&str]) -> String {
     let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
     match quoted.split_last() {
         Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
@@ -667,6 +953,25 @@ fn regex_error(e: &regex::Error) -> String {
         .find_map(|l| l.strip_prefix("error: "))
         .unwrap_or(text.lines().next().unwrap_or_default())
         .to_owned()
+}
+
+/// Service and version names become cluster names, gRPC targets (`xds:///<name>`) and stat
+/// names: a DNS label keeps them valid in all three.
+fn check_label(what: &str, name: &str) -> Result<(), String> {
+    let valid = name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid {what} name (lowercase letters, digits and `-`, at most \
+             63, not starting or ending with `-`)"
+        ))
+    }
 }
 
 fn check_value(value: &str) -> Result<(), String> {
@@ -1155,6 +1460,230 @@ mesh:
                 message: "unknown route config `other`".into(),
             }]
         );
+    }
+
+    #[test]
+    fn services() {
+        let text = "\
+services:
+  - name: Payments
+    versions:
+      - {name: v1, weight: 0, endpoints: [{address: 'localhost:80'}]}
+      - {name: v1, weight: 0}
+      - {name: v_2, weight: 0}
+    route:
+      prefix: payments
+      rewrite: ''
+      canary:
+        - {version: v3, headers: []}
+  - name: orders
+    endpoints: []
+    versions: [{name: a, weight: 1}]
+  - name: orders
+    endpoints: [{address: 127.0.0.1:80}]
+  - name: bare
+    route: {prefix: /orders/}
+  - name: single
+    connect_timeout: 0s
+    endpoints: [{address: 127.0.0.1:80, weight: 0}]
+    route:
+      canary:
+        - version: v1
+          headers: [{name: x-canary}]
+    policies:
+      request_headers_to_add: [{name: Host, value: x}]
+  - name: dns
+    discovery: strict_dns
+    dns_refresh_rate: 0s
+    endpoints: [{address: 'dns:80'}, {address: 'bad host:80'}]
+";
+        assert_eq!(
+            problems(text),
+            [
+                "15:11: services[2].name: duplicate service name `orders` (first at index 1)",
+                "2:11: services[0].name: `Payments` is not a valid service name (lowercase \
+                 letters, digits and `-`, at most 63, not starting or ending with `-`)",
+                "5:16: services[0].versions[1].name: duplicate version name `v1` (first at \
+                 index 0)",
+                "4:53: services[0].versions[0].endpoints[0].address: `localhost:80` is not an \
+                 ip:port address (static clusters take IP addresses; use `discovery: \
+                 strict_dns` for host names)",
+                "6:16: services[0].versions[2].name: `v_2` is not a valid version name \
+                 (lowercase letters, digits and `-`, at most 63, not starting or ending with \
+                 `-`)",
+                "3:5: services[0].versions: version weights are all zero: no version would \
+                 get traffic",
+                "8:15: services[0].route.prefix: `payments` does not start with `/`",
+                "9:16: services[0].route.rewrite: `` does not start with `/`",
+                "11:34: services[0].route.canary[0].headers: a canary rule needs at least one \
+                 header match (without one it would take all the traffic)",
+                "11:21: services[0].route.canary[0].version: service `Payments` has no \
+                 version `v3` (it has `v1`, `v1` and `v_2`)",
+                "12:5: services[1]: a service takes one of `endpoints` and `versions`, found \
+                 both",
+                "17:5: services[3]: a service needs `endpoints` (a single version) or \
+                 `versions`",
+                "18:21: services[3].route.prefix: prefix `/orders/` is also the prefix of \
+                 service `orders`",
+                "20:22: services[4].connect_timeout: connect timeout must be greater than 0s",
+                "21:49: services[4].endpoints[0].weight: endpoint weight must be at least 1",
+                "25:21: services[4].route.canary[0].headers[0]: a match needs one of `exact`, \
+                 `prefix`, `suffix`, `contains`, `regex`, `present`",
+                "24:20: services[4].route.canary[0].version: service `single` has a single \
+                 version (`endpoints`); canary rules need `versions`",
+                "27:39: services[4].policies.request_headers_to_add[0].name: `Host` cannot be \
+                 added (Envoy does not modify pseudo-headers or host; use `host_rewrite`)",
+                "30:23: services[5].dns_refresh_rate: DNS refresh rate must be at least 1ms",
+                "31:48: services[5].endpoints[1].address: `bad host` is not a valid DNS name",
+            ]
+        );
+    }
+
+    #[test]
+    fn generated_names_and_references() {
+        let text = "\
+listeners:
+  - {name: edge, address: '127.0.0.1:15001', route_config: outbound}
+  - {name: ops, address: '127.0.0.1:15002', route_config: ops}
+route_configs:
+  - name: outbound
+    virtual_hosts: []
+  - name: ops
+    virtual_hosts:
+      - name: all
+        domains: ['*']
+        routes:
+          - forward: {cluster: web-v1}
+          - forward: {cluster: web-v9}
+clusters:
+  - name: web-v2
+services:
+  - name: web
+    versions:
+      - {name: v1, weight: 1}
+      - {name: v2, weight: 1}
+  - name: web-v1
+    endpoints: []
+  - name: a-b
+    versions: [{name: c, weight: 1}]
+  - name: a
+    versions: [{name: b-c, weight: 1}]
+";
+        assert_eq!(
+            problems(text),
+            [
+                "13:32: route_configs[1].virtual_hosts[0].routes[1].forward.cluster: unknown \
+                 cluster `web-v9`",
+                "20:16: services[0].versions[1].name: cluster name `web-v2` is also the name \
+                 of an entry in `clusters`",
+                "21:11: services[1].name: cluster name `web-v1` is also generated by service \
+                 `web`",
+                "26:23: services[3].versions[0].name: cluster name `a-b-c` is also generated \
+                 by service `a-b`",
+                "5:11: route_configs[0].name: route config name `outbound` is taken by the \
+                 services' route config (set `proxy.route_config` to another name)",
+                "1:1: proxy.listener.address: address 127.0.0.1:15001 (the default; set \
+                 `proxy.listener.address`) is also used by listener `edge`",
+            ]
+        );
+    }
+
+    #[test]
+    fn proxy_section() {
+        // The mesh-reference layout (an `outbound` listener with its own route config), plus
+        // services: the services' routes would be unreachable.
+        let text = "\
+listeners:
+  - {name: outbound, address: '127.0.0.1:15001', route_config: mine}
+route_configs: [{name: mine, virtual_hosts: []}]
+services: [{name: web, endpoints: []}]
+";
+        assert_eq!(
+            problems(text),
+            [
+                "2:64: listeners[0].route_config: listener `outbound` stands for the services' \
+              outbound listener but routes with `mine`; the services' routes are in \
+              `outbound` (or set `proxy.listener.name` to another name)"
+            ]
+        );
+        let text = "\
+listeners:
+  - {name: outbound, address: '127.0.0.1:15001', route_config: outbound}
+proxy:
+  listener: {address: '127.0.0.1:15009', protocol: http2}
+";
+        assert_eq!(
+            problems(text),
+            [
+                "4:13: proxy.listener: listener `outbound` is defined in `listeners`, which is \
+              used as written; set its address and options there"
+            ]
+        );
+        let text = "\
+proxy:
+  listener:
+    name: ''
+  route_config: ''
+";
+        assert_eq!(
+            problems(text),
+            [
+                "4:17: proxy.route_config: route config name is empty",
+                "3:11: proxy.listener.name: listener name is empty",
+            ]
+        );
+        let text = "\
+proxy:
+  listener: {address: 'localhost:15001', stream_idle_timeout: 400000000000s}
+";
+        assert_eq!(
+            problems(text),
+            [
+                "2:23: proxy.listener.address: `localhost:15001` is not an ip:port address",
+                "2:63: proxy.listener.stream_idle_timeout: duration is longer than 10000 years",
+            ]
+        );
+        // A written listener of another name on the proxy's address.
+        let text = "\
+listeners: [{name: l, address: '127.0.0.1:15009', route_config: outbound}]
+proxy:
+  listener: {address: '127.0.0.1:15009'}
+";
+        assert_eq!(
+            problems(text),
+            [
+                "3:23: proxy.listener.address: address 127.0.0.1:15009 is also used by \
+              listener `l`"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_services_are_parse_errors() {
+        for (text, expected) in [
+            (
+                "services:\n  - name: a\n    endpoints: []\n    policies:\n      retries: 3\n",
+                "m.yaml:5:7: services[0].policies.retries: unknown field `retries`, expected \
+                 `request_headers_to_add`",
+            ),
+            (
+                "services:\n  - name: a\n    versions: [{name: v1, wieght: 1}]\n",
+                "m.yaml:3:27: services[0].versions[0].wieght: unknown field `wieght`, expected \
+                 one of `name`, `weight`, `endpoints`",
+            ),
+            (
+                "services:\n  - name: a\n    versions: [{name: v1}]\n",
+                "m.yaml:3:16: services[0].versions[0]: missing field `weight`",
+            ),
+            (
+                "proxy:\n  listener: {port: 1}\n",
+                "m.yaml:2:14: proxy.listener.port: unknown field `port`, expected one of \
+                 `name`, `address`, `protocol`, `websocket`, `stream_idle_timeout`",
+            ),
+        ] {
+            let e = parse_mesh(text, "m.yaml").expect_err("should fail");
+            assert_eq!(e.to_string(), expected);
+        }
     }
 
     #[test]
