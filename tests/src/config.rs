@@ -136,22 +136,57 @@ pub fn bootstrap_with_drain(
         "node: {{id: test, cluster: tests}}\n\
          admin: {{address: 127.0.0.1:0}}\n\
          drain_timeout: {drain_timeout}\n\
-         mesh:\n  listeners:\n"
+         mesh:\n"
     );
-    out.push_str(&indent(listeners, 4));
-    out.push_str("  route_configs:\n");
-    out.push_str(&indent(route_configs, 4));
-    if clusters.is_empty() {
-        out.push_str("  clusters: []\n");
+    out.push_str(&indent(&mesh(listeners, route_configs, clusters), 2));
+    out
+}
+
+/// A mesh document (the authoring format alone, as the control plane and
+/// [`crate::xds_server::mesh_resources`] read it) from its three lists, each given as YAML
+/// list items (any indentation; see [`indent`]).
+pub fn mesh(listeners: &str, route_configs: &str, clusters: &[ClusterSpec]) -> String {
+    let mut out = "listeners:\n".to_owned();
+    if listeners.trim().is_empty() {
+        out = "listeners: []\n".to_owned();
     } else {
-        out.push_str("  clusters:\n");
+        out.push_str(&indent(listeners, 2));
+    }
+    if route_configs.trim().is_empty() {
+        out.push_str("route_configs: []\n");
+    } else {
+        out.push_str("route_configs:\n");
+        out.push_str(&indent(route_configs, 2));
+    }
+    if clusters.is_empty() {
+        out.push_str("clusters: []\n");
+    } else {
+        out.push_str("clusters:\n");
         for cluster in clusters {
-            out.push_str("    ");
+            out.push_str("  ");
             out.push_str(&cluster.yaml());
             out.push('\n');
         }
     }
     out
+}
+
+/// A mesh with one listener `outbound` (protocol `auto`, route config `outbound`) whose
+/// single virtual host `all` matches every domain, with `routes` (YAML list items).
+pub fn single_vhost_mesh(routes: &str, clusters: &[ClusterSpec]) -> String {
+    let (listeners, route_configs) = single_vhost_parts(routes, "auto");
+    mesh(&listeners, &route_configs, clusters)
+}
+
+fn single_vhost_parts(routes: &str, protocol: &str) -> (String, String) {
+    let listeners = format!(
+        "- {{name: outbound, address: 127.0.0.1:0, protocol: {protocol}, route_config: outbound}}"
+    );
+    let route_configs = format!(
+        "- name: outbound\n  virtual_hosts:\n    - name: all\n      domains: [\"*\"]\n      routes:\n{}",
+        indent(routes, 8)
+    );
+    (listeners, route_configs)
 }
 
 /// The common case: one listener `outbound` (protocol `auto`) whose route config `outbound`
@@ -162,13 +197,7 @@ pub fn single_vhost(routes: &str, clusters: &[ClusterSpec]) -> String {
 
 /// [`single_vhost`] with the listener's protocol chosen (`auto`, `http1`, `http2`).
 pub fn single_vhost_on(routes: &str, clusters: &[ClusterSpec], protocol: &str) -> String {
-    let listeners = format!(
-        "- {{name: outbound, address: 127.0.0.1:0, protocol: {protocol}, route_config: outbound}}"
-    );
-    let route_configs = format!(
-        "- name: outbound\n  virtual_hosts:\n    - name: all\n      domains: [\"*\"]\n      routes:\n{}",
-        indent(routes, 8)
-    );
+    let (listeners, route_configs) = single_vhost_parts(routes, protocol);
     bootstrap(&listeners, &route_configs, clusters)
 }
 

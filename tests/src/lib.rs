@@ -6,6 +6,9 @@
 //! - [`Legate`] runs the `legate` binary from a bootstrap YAML (see [`config`] for builders)
 //!   and exposes its admin API; listener ports are discovered from `GET /listeners`.
 //! - [`client`] is a bounded-time HTTP/1.1 and h2c client; [`metrics`] reads Prometheus text.
+//! - [`xds_server::XdsServer`] is a scriptable ADS control plane (SotW and delta) on a real
+//!   socket; [`XdsFlags`] starts `legate` against it without a bootstrap file, and
+//!   [`both_modes!`] runs one scenario once per ADS variant.
 //!
 //! Every child is killed by its own PID when its handle drops, and its captured output is
 //! printed if the test is failing. Everything binds `127.0.0.1:0`, so tests run in parallel.
@@ -15,6 +18,7 @@ pub mod config;
 pub mod demo;
 pub mod metrics;
 pub mod process;
+pub mod xds_server;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -22,7 +26,8 @@ use std::time::{Duration, Instant};
 pub use client::{HttpClient, HttpResponse, get, get_h2, request, request_h2};
 pub use demo::{Counters, Echo, Protocol};
 pub use metrics::Metrics;
-pub use process::{Legate, Upstream, closed_port, run_legate};
+pub use process::{Legate, Upstream, WaitFor, XdsFlags, closed_port, run_legate};
+pub use xds_server::{Mode, XdsServer};
 
 /// Polls `check` every 50 ms until it returns `Ok`, for at most `timeout`; then panics with
 /// `what` and the last `Err` message. For state that settles shortly after a response (metrics
@@ -44,4 +49,30 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Turns `async fn NAME(mode: Mode)` scenarios into two tests each, `NAME::sotw` and
+/// `NAME::delta`, so every xDS scenario runs over both ADS variants without copies.
+///
+/// ```ignore
+/// async fn initial_config(mode: Mode) { /* ... */ }
+/// both_modes!(initial_config);
+/// ```
+#[macro_export]
+macro_rules! both_modes {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sotw() {
+                    super::$name($crate::xds_server::Mode::Sotw).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn delta() {
+                    super::$name($crate::xds_server::Mode::Delta).await
+                }
+            }
+        )+
+    };
 }

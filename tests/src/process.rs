@@ -19,6 +19,7 @@ use serde::Deserialize;
 use crate::client::{HttpClient, HttpResponse};
 use crate::demo::{Counters, Protocol};
 use crate::metrics::Metrics;
+use crate::xds_server::Mode;
 
 /// How long `legate` gets to become ready.
 pub const LEGATE_START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -541,13 +542,22 @@ struct ListenerInfo {
     address: String,
 }
 
-/// A running `legate` process started from a bootstrap file.
+/// A running `legate` process.
 pub struct Legate {
     process: ChildProcess,
     admin: SocketAddr,
-    config_path: PathBuf,
+    config_path: Option<PathBuf>,
     // Dropped after the process (field order), so the files outlive it.
     dir: TempDir,
+}
+
+/// What [`Legate::launch`] waits for before returning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitFor {
+    /// The admin address file and `GET /ready` = 200.
+    Ready,
+    /// Only the admin address file (for tests of a proxy that must not become ready).
+    Admin,
 }
 
 impl Legate {
@@ -560,17 +570,41 @@ impl Legate {
 
     /// [`start`](Self::start) with extra command-line arguments (e.g. `--node-id`).
     pub async fn start_with_args(config_yaml: &str, extra_args: &[&str]) -> Legate {
+        Legate::launch(Some(config_yaml), extra_args, WaitFor::Ready).await
+    }
+
+    /// Starts a legate configured by xDS alone (no `--config`): see [`XdsFlags`]. Waits for
+    /// `/ready`.
+    pub async fn start_xds(flags: &XdsFlags) -> Legate {
+        let args = flags.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Legate::launch(None, &args, WaitFor::Ready).await
+    }
+
+    /// [`start_xds`](Self::start_xds) but returns once the admin server listens, ready or not.
+    pub async fn spawn_xds(flags: &XdsFlags) -> Legate {
+        let args = flags.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Legate::launch(None, &args, WaitFor::Admin).await
+    }
+
+    /// Starts `legate [--config FILE] --admin-address 127.0.0.1:0 --admin-address-path PATH
+    /// EXTRA...` and waits (up to [`LEGATE_START_TIMEOUT`]) for what `wait` says.
+    pub async fn launch(config_yaml: Option<&str>, extra_args: &[&str], wait: WaitFor) -> Legate {
         let dir = TempDir::new("legate-test");
-        let config_path = dir.write("legate.yaml", config_yaml);
+        let config_path = config_yaml.map(|yaml| dir.write("legate.yaml", yaml));
         let admin_path = dir.path().join("admin-address");
-        let mut args: Vec<OsString> = vec![
-            "--config".into(),
-            config_path.clone().into(),
+        let mut args: Vec<OsString> = Vec::new();
+        if let Some(path) = &config_path {
+            args.push("--config".into());
+            args.push(path.clone().into());
+        }
+        args.extend([
             "--admin-address".into(),
             "127.0.0.1:0".into(),
             "--admin-address-path".into(),
             admin_path.clone().into(),
-        ];
+        ]);
         args.extend(extra_args.iter().map(OsString::from));
         let mut process = ChildProcess::spawn("legate", &legate_bin(), &args, |_| {});
 
@@ -596,6 +630,14 @@ impl Legate {
                 }
             }
             if let Some(addr) = admin {
+                if wait == WaitFor::Admin {
+                    return Legate {
+                        process,
+                        admin: addr,
+                        config_path,
+                        dir,
+                    };
+                }
                 match client.try_get(&format!("http://{addr}/ready")).await {
                     Ok(response) if response.status == 200 => {
                         return Legate {
@@ -615,10 +657,13 @@ impl Legate {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         process.log_shown = true;
+        let config = match (&config_path, config_yaml) {
+            (Some(path), Some(yaml)) => format!("\n----- config {} -----\n{yaml}", path.display()),
+            _ => String::new(),
+        };
         panic!(
-            "{failure}; last observation: {last}\n{}\n----- config {} -----\n{config_yaml}",
+            "{failure}; last observation: {last}\n{}{config}",
             process.describe(),
-            config_path.display()
         );
     }
 
@@ -630,9 +675,9 @@ impl Legate {
         self.process.pid()
     }
 
-    /// The bootstrap file legate was started with.
-    pub fn config_path(&self) -> &Path {
-        &self.config_path
+    /// The bootstrap file legate was started with, if any.
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config_path.as_deref()
     }
 
     /// The temp directory holding the config and the admin address file.
@@ -711,9 +756,43 @@ impl Legate {
         addr
     }
 
+    /// The bound address of the listener called `name`, or `None` when `GET /listeners`
+    /// does not list it (for listeners that come and go with xDS updates).
+    pub async fn try_listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        let response = self.admin_get("/listeners").await;
+        let listeners: Vec<ListenerInfo> = serde_json::from_slice(&response.body).ok()?;
+        listeners
+            .iter()
+            .find(|l| l.name == name)
+            .and_then(|l| l.address.parse().ok())
+    }
+
     /// `http://LISTENER{path}` for the listener called `name`.
     pub async fn url(&self, listener: &str, path: &str) -> String {
         format!("http://{}{path}", self.listener_addr(listener).await)
+    }
+
+    /// The status of `GET /ready`.
+    pub async fn ready_status(&self) -> u16 {
+        self.admin_get("/ready").await.status.as_u16()
+    }
+
+    /// Waits until `GET /ready` answers 200; panics (showing legate's output) after `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.ready_status().await;
+            if status == 200 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "legate was not ready within {timeout:?} (GET /ready = {status})\n{}",
+                    self.process.describe()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// A scrape of `/stats/prometheus`, parsed.
@@ -761,6 +840,101 @@ impl Legate {
     /// The process description (state, command line, output) for assertion messages.
     pub fn describe(&self) -> String {
         self.process.describe()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flags of an xDS-configured legate
+
+/// Command-line flags for a legate configured by xDS alone: node, control planes, mode,
+/// cache directory, initial fetch timeout and backoff cap. Defaults suit tests: node
+/// `test`/`tests`, a 1 s initial fetch timeout, a 1 s backoff cap and no cache.
+#[derive(Clone, Debug)]
+pub struct XdsFlags {
+    pub node_id: String,
+    pub node_cluster: String,
+    /// `http://127.0.0.1:PORT`, tried in order.
+    pub servers: Vec<String>,
+    pub mode: Mode,
+    pub cache_dir: Option<PathBuf>,
+    pub initial_fetch_timeout: String,
+    pub backoff_max: String,
+    pub extra: Vec<String>,
+}
+
+impl XdsFlags {
+    pub fn new(server_url: &str, mode: Mode) -> XdsFlags {
+        XdsFlags {
+            node_id: "test".to_owned(),
+            node_cluster: "tests".to_owned(),
+            servers: vec![server_url.to_owned()],
+            mode,
+            cache_dir: None,
+            initial_fetch_timeout: "1s".to_owned(),
+            backoff_max: "1s".to_owned(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// Adds a failover server after the others.
+    pub fn server(mut self, url: &str) -> Self {
+        self.servers.push(url.to_owned());
+        self
+    }
+
+    pub fn node(mut self, id: &str, cluster: &str) -> Self {
+        self.node_id = id.to_owned();
+        self.node_cluster = cluster.to_owned();
+        self
+    }
+
+    pub fn cache_dir(mut self, dir: &Path) -> Self {
+        self.cache_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    pub fn initial_fetch_timeout(mut self, timeout: &str) -> Self {
+        self.initial_fetch_timeout = timeout.to_owned();
+        self
+    }
+
+    pub fn backoff_max(mut self, max: &str) -> Self {
+        self.backoff_max = max.to_owned();
+        self
+    }
+
+    /// Any other flag (e.g. `--log-level`).
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.extra.push(arg.to_owned());
+        self
+    }
+
+    /// The flags, in order.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--node-id".to_owned(),
+            self.node_id.clone(),
+            "--node-cluster".to_owned(),
+            self.node_cluster.clone(),
+        ];
+        for server in &self.servers {
+            args.push("--xds-server".to_owned());
+            args.push(server.clone());
+        }
+        args.extend([
+            "--xds-mode".to_owned(),
+            self.mode.as_arg().to_owned(),
+            "--initial-fetch-timeout".to_owned(),
+            self.initial_fetch_timeout.clone(),
+            "--xds-backoff-max".to_owned(),
+            self.backoff_max.clone(),
+        ]);
+        if let Some(dir) = &self.cache_dir {
+            args.push("--cache-dir".to_owned());
+            args.push(dir.display().to_string());
+        }
+        args.extend(self.extra.iter().cloned());
+        args
     }
 }
 

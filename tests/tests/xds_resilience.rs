@@ -1,0 +1,481 @@
+//! legate's xDS client when the control plane misbehaves or goes away: stream resumption,
+//! outages, failover between servers, and the last-known-good disk cache. Each scenario runs
+//! over state of the world and over delta (`both_modes!`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use legate_tests::client::HttpClient;
+use legate_tests::config::{ClusterSpec, cluster, single_vhost_mesh};
+use legate_tests::process::TempDir;
+use legate_tests::xds_server::{ALL_TYPES, Behavior, CDS, EDS, LDS, RDS, short};
+use legate_tests::{
+    HttpResponse, Legate, Mode, Protocol, Upstream, XdsFlags, XdsServer, both_modes, closed_port,
+    eventually,
+};
+
+/// Upper bound of every wait on the server or the proxy.
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn upstream(name: &str) -> Upstream {
+    Upstream::start(name, "v1", Protocol::Auto).await
+}
+
+/// A mesh whose listener `outbound` forwards every path to `target`.
+fn forward_mesh(target: &str, clusters: &[ClusterSpec]) -> String {
+    single_vhost_mesh(
+        &format!("- match: {{prefix: /}}\n  forward: {{cluster: {target}, timeout: 5s}}"),
+        clusters,
+    )
+}
+
+/// Upstreams `a` and `b`, and the two clusters over them.
+async fn two_upstreams() -> (Upstream, Upstream, [ClusterSpec; 2]) {
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let clusters = [cluster("a", &[a.addr()]), cluster("b", &[b.addr()])];
+    (a, b, clusters)
+}
+
+/// Waits until `GET path` on listener `outbound` is answered 200 by upstream `name`.
+async fn expect_upstream(legate: &Legate, path: &str, name: &str) -> HttpResponse {
+    let http = HttpClient::http1().with_timeout(Duration::from_secs(3));
+    eventually(WAIT, &format!("GET {path} answered by {name}"), || async {
+        let Some(addr) = legate.try_listener_addr("outbound").await else {
+            return Err("no listener outbound".to_owned());
+        };
+        match http.try_get(&format!("http://{addr}{path}")).await {
+            Ok(r) if r.status == 200 && r.upstream() == Some(name) => Ok(r),
+            Ok(r) => Err(r.describe()),
+            Err(error) => Err(format!("{error:#}")),
+        }
+    })
+    .await
+}
+
+/// Sends requests for `duration`, each asserted 200 from `name`.
+async fn keeps_serving(legate: &Legate, name: &str, duration: Duration, why: &str) {
+    let url = legate.url("outbound", "/steady").await;
+    let http = HttpClient::http1().with_timeout(Duration::from_secs(3));
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < duration {
+        let r = match http.try_get(&url).await {
+            Ok(r) => r,
+            Err(error) => panic!(
+                "{why}: request {n} failed: {error:#}\n{}",
+                legate.describe()
+            ),
+        };
+        assert!(
+            r.status == 200 && r.upstream() == Some(name),
+            "{why}: request {n} should be answered by {name}: {}",
+            r.describe()
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until `/config_dump`'s `xds` object satisfies `ok`; returns it.
+async fn expect_xds(
+    legate: &Legate,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    eventually(WAIT, &format!("config_dump xds: {what}"), || async {
+        let dump = legate.admin_json("/config_dump").await;
+        let xds = dump["xds"].clone();
+        if ok(&xds) {
+            Ok(xds)
+        } else {
+            Err(format!("{xds:#}"))
+        }
+    })
+    .await
+}
+
+/// Waits until metric `name` (no labels) equals `value`.
+async fn expect_metric(legate: &Legate, name: &str, labels: &[(&str, &str)], value: f64) {
+    eventually(WAIT, &format!("{name}{labels:?} = {value}"), || async {
+        let got = legate.metrics().await.get_or_zero(name, labels);
+        if got == value {
+            Ok(())
+        } else {
+            Err(format!("{got}"))
+        }
+    })
+    .await;
+}
+
+both_modes!(
+    reconnect_resumes_from_accepted_state,
+    outage_keeps_serving_and_reconnects,
+    failover_when_first_server_is_down,
+    failover_when_first_server_goes_away,
+    refused_streams_are_retried_with_capped_backoff,
+    cold_start_from_cache_then_reconcile,
+    corrupt_cache_is_refused,
+    cache_of_another_node_is_refused,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Streams and servers
+
+async fn reconnect_resumes_from_accepted_state(mode: Mode) {
+    let (_a, _b, clusters) = two_upstreams().await;
+    let server = XdsServer::start().await;
+    server.set_mesh(&forward_mesh("a", &clusters));
+    let legate = Legate::start_xds(&XdsFlags::new(&server.url(), mode)).await;
+    expect_upstream(&legate, "/", "a").await;
+    let old = server.streams()[0].id;
+
+    let cursor = server.cursor();
+    assert_eq!(server.drop_streams(), 1);
+    let new = server.wait_for_new_stream(old, WAIT).await;
+    for type_url in ALL_TYPES {
+        let first = server
+            .wait_for_request_after(
+                cursor,
+                WAIT,
+                &format!("the first {} request on the new stream", short(type_url)),
+                |r| r.stream == new && r.type_url == type_url,
+            )
+            .await;
+        assert!(first.error.is_none(), "{}", first.describe());
+        match mode {
+            Mode::Sotw => {
+                // The last accepted version, and an empty nonce (nothing to answer yet).
+                assert_eq!(
+                    Some(first.version_info.clone()),
+                    server.version(type_url),
+                    "{}",
+                    first.describe()
+                );
+                assert_eq!(first.response_nonce, "", "{}", first.describe());
+                let names: &[&str] = match type_url {
+                    EDS => &["a", "b"],
+                    RDS => &["outbound"],
+                    _ => &[],
+                };
+                let mut got = first.resource_names.clone();
+                got.sort();
+                assert_eq!(got, names, "{}", first.describe());
+            }
+            Mode::Delta => {
+                // Every accepted resource with its version.
+                assert_eq!(
+                    first.initial_resource_versions,
+                    server.resource_versions(type_url),
+                    "{}",
+                    first.describe()
+                );
+                assert_eq!(first.response_nonce, "", "{}", first.describe());
+                if type_url == CDS || type_url == LDS {
+                    assert!(first.subscribe.is_empty(), "{}", first.describe());
+                }
+            }
+        }
+    }
+    keeps_serving(
+        &legate,
+        "a",
+        Duration::from_millis(300),
+        "after a reconnect",
+    )
+    .await;
+
+    // The new stream carries updates.
+    let pushes = server.set_mesh(&forward_mesh("b", &clusters));
+    server.wait_all_acked(&pushes, WAIT).await;
+    expect_upstream(&legate, "/", "b").await;
+    assert!(
+        legate
+            .metrics()
+            .await
+            .value("legate_xds_stream_restarts_total", &[])
+            >= 1.0
+    );
+}
+
+async fn outage_keeps_serving_and_reconnects(mode: Mode) {
+    let (_a, _b, clusters) = two_upstreams().await;
+    let server = XdsServer::start().await;
+    server.set_mesh(&forward_mesh("a", &clusters));
+    let legate = Legate::start_xds(&XdsFlags::new(&server.url(), mode)).await;
+    expect_upstream(&legate, "/", "a").await;
+    expect_metric(&legate, "legate_xds_connected", &[], 1.0).await;
+
+    server.shutdown().await;
+    expect_metric(&legate, "legate_xds_connected", &[], 0.0).await;
+    expect_xds(&legate, "disconnected", |x| x["connected"] == false).await;
+    keeps_serving(
+        &legate,
+        "a",
+        Duration::from_millis(1500),
+        "with the control plane down",
+    )
+    .await;
+    legate.admin_get("/ready").await.assert_status(200);
+
+    // It comes back with a change, which reaches the proxy.
+    server.set_mesh(&forward_mesh("b", &clusters));
+    server.restart().await;
+    server.wait_for_streams(1, WAIT).await;
+    expect_upstream(&legate, "/", "b").await;
+    expect_metric(&legate, "legate_xds_connected", &[], 1.0).await;
+    let xds = expect_xds(&legate, "connected", |x| x["connected"] == true).await;
+    assert_eq!(xds["source"], "xds", "{xds:#}");
+    assert!(
+        legate
+            .metrics()
+            .await
+            .value("legate_xds_stream_restarts_total", &[])
+            >= 1.0
+    );
+}
+
+async fn failover_when_first_server_is_down(mode: Mode) {
+    let (_a, _b, clusters) = two_upstreams().await;
+    let server = XdsServer::start().await;
+    server.set_mesh(&forward_mesh("a", &clusters));
+    let dead = format!("http://{}", closed_port());
+    let legate = Legate::start_xds(&XdsFlags::new(&dead, mode).server(&server.url())).await;
+    expect_upstream(&legate, "/", "a").await;
+    let xds = expect_xds(&legate, "on the second server", |x| {
+        x["connected"] == true && x["server"] == server.url().as_str()
+    })
+    .await;
+    assert_eq!(xds["source"], "xds", "{xds:#}");
+}
+
+async fn failover_when_first_server_goes_away(mode: Mode) {
+    let (_a, _b, clusters) = two_upstreams().await;
+    let first = XdsServer::start().await;
+    let second = XdsServer::start().await;
+    first.set_mesh(&forward_mesh("a", &clusters));
+    second.set_mesh(&forward_mesh("b", &clusters));
+    let legate = Legate::start_xds(&XdsFlags::new(&first.url(), mode).server(&second.url())).await;
+    expect_upstream(&legate, "/", "a").await;
+    assert_eq!(second.stream_attempts(), 0, "the first server is preferred");
+
+    first.shutdown().await;
+    expect_upstream(&legate, "/", "b").await;
+    expect_xds(&legate, "on the second server", |x| {
+        x["connected"] == true && x["server"] == second.url().as_str()
+    })
+    .await;
+    assert_eq!(second.connected_streams(), 1);
+}
+
+async fn refused_streams_are_retried_with_capped_backoff(mode: Mode) {
+    let (_a, _b, clusters) = two_upstreams().await;
+    let server = XdsServer::start().await;
+    server.set_mesh(&forward_mesh("a", &clusters));
+    server.set_behavior(Behavior::Refuse);
+    // Backoff: 250 ms base, doubling, capped at 1 s (--xds-backoff-max), with jitter.
+    let legate = Legate::spawn_xds(&XdsFlags::new(&server.url(), mode).backoff_max("1s")).await;
+    eventually(WAIT, "a first stream attempt", || async {
+        match server.stream_attempts() {
+            0 => Err("none".to_owned()),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let times = server.attempt_times();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    // Jittered waits in [c/2, c] for c = 250 ms, 500 ms, then 1 s: about 5 to 8 retries in 4 s.
+    assert!(
+        (4..=10).contains(&gaps.len()),
+        "expected 4 to 10 retries within 4 s with a 250 ms base and a 1 s cap: {gaps:?}"
+    );
+    let slack = Duration::from_millis(400);
+    assert!(
+        gaps[0] <= Duration::from_millis(250) + slack,
+        "the first retry comes after the 250 ms base (with jitter): {gaps:?}"
+    );
+    assert!(
+        gaps.iter().all(|g| *g >= Duration::from_millis(100)),
+        "no retry comes sooner than half the base: {gaps:?}"
+    );
+    assert!(
+        gaps.iter().all(|g| *g <= Duration::from_secs(1) + slack),
+        "no wait exceeds the 1 s cap: {gaps:?}"
+    );
+    assert_eq!(legate.ready_status().await, 503, "nothing served yet");
+
+    // Streams are accepted again: the next retry (within the cap) gets the configuration.
+    server.set_behavior(Behavior::Serve);
+    let serving = Instant::now();
+    legate.wait_ready(WAIT).await;
+    assert!(
+        serving.elapsed() <= Duration::from_secs(1) + Duration::from_millis(1500),
+        "ready {:?} after the server accepted streams again; the backoff cap is 1 s",
+        serving.elapsed()
+    );
+    expect_upstream(&legate, "/", "a").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The disk cache
+
+fn cache_file(dir: &Path) -> PathBuf {
+    dir.join("xds-cache.bin")
+}
+
+/// Runs a legate (node `node_id`) against `server` until its cache file holds the
+/// configuration, then stops it.
+async fn seed_cache(mode: Mode, server: &XdsServer, dir: &Path, node_id: &str) {
+    let legate = Legate::start_xds(
+        &XdsFlags::new(&server.url(), mode)
+            .node(node_id, "tests")
+            .cache_dir(dir),
+    )
+    .await;
+    expect_upstream(&legate, "/", "a").await;
+    let file = cache_file(dir);
+    eventually(WAIT, "the cache file is written", || async {
+        match std::fs::metadata(&file) {
+            Ok(m) if m.len() > 0 => Ok(()),
+            Ok(_) => Err("empty".to_owned()),
+            Err(error) => Err(format!("{}: {error}", file.display())),
+        }
+    })
+    .await;
+    drop(legate);
+}
+
+/// Lines of legate's output that mention the cache file.
+fn cache_log_lines(legate: &Legate) -> Vec<String> {
+    legate
+        .output()
+        .lines()
+        .filter(|l| l.contains("xds-cache.bin"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Starts a legate on `dir` that must refuse its cache (`reason`): not ready, counted, one
+/// log line (returned); then the control plane comes up and the proxy serves.
+async fn refused_cache_then_control_plane(
+    mode: Mode,
+    server: &XdsServer,
+    dir: &Path,
+    node_id: &str,
+    reason: &str,
+) -> String {
+    let legate = Legate::spawn_xds(
+        &XdsFlags::new(&server.url(), mode)
+            .node(node_id, "tests")
+            .cache_dir(dir),
+    )
+    .await;
+    expect_metric(
+        &legate,
+        "legate_xds_cache_load_failures_total",
+        &[("reason", reason)],
+        1.0,
+    )
+    .await;
+    // Past the 1 s initial fetch timeout, with nothing to serve: still not ready.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ready = legate.admin_get("/ready").await;
+    assert_eq!(
+        ready.status,
+        503,
+        "a refused cache must not make legate ready: {}",
+        ready.describe()
+    );
+    let lines = cache_log_lines(&legate);
+    assert_eq!(
+        lines.len(),
+        1,
+        "one clear log line about the refused cache, got: {lines:#?}\n{}",
+        legate.output()
+    );
+    let xds = legate.admin_json("/config_dump").await["xds"].clone();
+    assert_eq!(xds["source"], "none", "{xds:#}");
+
+    server.restart().await;
+    legate.wait_ready(WAIT).await;
+    expect_upstream(&legate, "/", "a").await;
+    expect_xds(&legate, "served from xds", |x| x["source"] == "xds").await;
+    lines.into_iter().next().unwrap_or_default()
+}
+
+async fn cold_start_from_cache_then_reconcile(mode: Mode) {
+    let (a, _b, clusters) = two_upstreams().await;
+    let server = XdsServer::start().await;
+    server.set_mesh(&forward_mesh("a", &clusters));
+    let dir = TempDir::new("legate-xds-cache");
+    seed_cache(mode, &server, dir.path(), "test").await;
+    let before = a.requests().await;
+
+    // No control plane: after the initial fetch timeout, the cache serves.
+    server.shutdown().await;
+    let started = Instant::now();
+    let legate = Legate::start_xds(&XdsFlags::new(&server.url(), mode).cache_dir(dir.path())).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "ready after {:?}, before the 1 s initial fetch timeout: the cache must wait for a \
+         control plane first",
+        started.elapsed()
+    );
+    expect_upstream(&legate, "/", "a").await;
+    assert!(a.requests().await > before);
+    let xds = expect_xds(&legate, "served from the cache", |x| x["source"] == "cache").await;
+    assert_eq!(xds["connected"], false, "{xds:#}");
+    assert_eq!(
+        legate
+            .metrics()
+            .await
+            .get_or_zero("legate_xds_cache_load_failures_total", &[]),
+        0.0
+    );
+
+    // It keeps retrying; when the control plane is back, its configuration wins.
+    server.set_mesh(&forward_mesh("b", &clusters));
+    server.restart().await;
+    expect_upstream(&legate, "/", "b").await;
+    expect_xds(&legate, "served from xds", |x| {
+        x["source"] == "xds" && x["connected"] == true
+    })
+    .await;
+}
+
+async fn corrupt_cache_is_refused(mode: Mode) {
+    let (_a, _b, clusters) = two_upstreams().await;
+    let server = XdsServer::start().await;
+    server.set_mesh(&forward_mesh("a", &clusters));
+    let dir = TempDir::new("legate-xds-cache");
+    seed_cache(mode, &server, dir.path(), "test").await;
+
+    // Flip one byte of the payload (the last byte of the file).
+    let file = cache_file(dir.path());
+    let mut bytes = std::fs::read(&file).expect("read the cache file");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&file, &bytes).expect("write the cache file");
+
+    server.shutdown().await;
+    let line =
+        refused_cache_then_control_plane(mode, &server, dir.path(), "test", "checksum").await;
+    assert!(line.contains("checksum"), "{line}");
+}
+
+async fn cache_of_another_node_is_refused(mode: Mode) {
+    let (_a, _b, clusters) = two_upstreams().await;
+    let server = XdsServer::start().await;
+    server.set_mesh(&forward_mesh("a", &clusters));
+    let dir = TempDir::new("legate-xds-cache");
+    seed_cache(mode, &server, dir.path(), "node-a").await;
+
+    server.shutdown().await;
+    let line =
+        refused_cache_then_control_plane(mode, &server, dir.path(), "node-b", "wrong_node").await;
+    assert!(
+        line.contains("node-a"),
+        "the log line names the cache's node: {line}"
+    );
+}
