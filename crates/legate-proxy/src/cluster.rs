@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -31,7 +31,7 @@ pub struct ClusterRuntime {
     cursor: AtomicUsize,
     pub(crate) pool: Arc<Pool>,
     pub(crate) stats: ClusterStats,
-    dns: Option<JoinHandle<()>>,
+    dns: OnceLock<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for ClusterRuntime {
@@ -44,7 +44,7 @@ impl std::fmt::Debug for ClusterRuntime {
 
 impl Drop for ClusterRuntime {
     fn drop(&mut self) {
-        if let Some(task) = &self.dns {
+        if let Some(task) = self.dns.get() {
             task.abort();
         }
     }
@@ -78,27 +78,25 @@ impl ClusterRuntime {
             Discovery::StrictDns { .. } => HostSet::default(),
             _ => host_set_from_config(&config, None),
         };
-        Arc::new_cyclic(|weak: &std::sync::Weak<ClusterRuntime>| {
-            let dns = match config.discovery {
-                Discovery::StrictDns {
-                    refresh_rate,
-                    family,
-                } => Some(tokio::spawn(resolve_loop(
-                    weak.clone(),
-                    refresh_rate,
-                    family,
-                ))),
-                _ => None,
-            };
-            ClusterRuntime {
-                config,
-                hosts: ArcSwap::from_pointee(initial),
-                cursor: AtomicUsize::new(fastrand::usize(..1024)),
-                pool,
-                stats,
-                dns,
-            }
-        })
+        let rt = Arc::new(ClusterRuntime {
+            config,
+            hosts: ArcSwap::from_pointee(initial),
+            cursor: AtomicUsize::new(fastrand::usize(..1024)),
+            pool,
+            stats,
+            dns: OnceLock::new(),
+        });
+        // Spawned only once the Arc exists: the task holds a Weak and stops when the
+        // cluster is dropped.
+        if let Discovery::StrictDns {
+            refresh_rate,
+            family,
+        } = rt.config.discovery
+        {
+            let task = tokio::spawn(resolve_loop(Arc::downgrade(&rt), refresh_rate, family));
+            let _ = rt.dns.set(task);
+        }
+        rt
     }
 
     /// Whether a new definition can reuse this runtime (pool, stats, DNS task): everything
@@ -135,7 +133,7 @@ impl ClusterRuntime {
                 latency: self.stats.latency.clone(),
                 open_connections: self.stats.open_connections.clone(),
             },
-            dns: None,
+            dns: OnceLock::new(),
         })
     }
 }
@@ -270,7 +268,7 @@ pub(crate) async fn reconcile(
             Some(prev) if prev.can_reuse_for(config) => prev.with_config(config.clone()),
             _ => {
                 let rt = ClusterRuntime::new(config.clone(), metrics);
-                if rt.dns.is_some() {
+                if rt.dns.get().is_some() {
                     fresh_dns.push(rt.clone());
                 }
                 rt
