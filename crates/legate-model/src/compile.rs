@@ -960,7 +960,7 @@ mod tests {
         assert_eq!(
             o.common_http_protocol_options
                 .and_then(|c| c.max_requests_per_connection),
-            Some(UInt32Value { value: 1000 })
+            None
         );
         assert_eq!(
             o.upstream_protocol_options,
@@ -1093,7 +1093,7 @@ mod tests {
         ));
         assert_eq!(c.lb_policy, snap::LbPolicy::Random);
         assert_eq!(c.protocol, snap::UpstreamProtocol::Http2);
-        assert_eq!(c.max_requests_per_connection, Some(1000));
+        assert_eq!(c.max_requests_per_connection, None);
         let eps: Vec<String> = c
             .load_assignment
             .endpoints()
@@ -1149,7 +1149,6 @@ route_configs:
 clusters:
   - name: s
     idle_timeout: 0s
-    max_requests_per_connection: 1
   - name: dns
     discovery: strict_dns
     dns_refresh_rate: 1ms

@@ -601,6 +601,12 @@ impl<'m> Checker<'m> {
     }
 
     fn cluster(&mut self, path: &str, c: &crate::Cluster) {
+        if c.max_requests_per_connection.is_some_and(|n| n > 0) {
+            self.report(
+                format!("{path}.max_requests_per_connection"),
+                "not supported by legate yet (a limit of requests per upstream connection is not enforced)",
+            );
+        }
         self.cluster_settings(
             path,
             c.discovery,
@@ -733,6 +739,12 @@ impl<'m> Checker<'m> {
             && let Err(m) = check_label("service", &s.name)
         {
             self.report(format!("{path}.name"), m);
+        }
+        if s.max_requests_per_connection.is_some_and(|n| n > 0) {
+            self.report(
+                format!("{path}.max_requests_per_connection"),
+                "not supported by legate yet (a limit of requests per upstream connection is not enforced)",
+            );
         }
         self.cluster_settings(
             path,

@@ -227,6 +227,14 @@ pub(super) fn cluster(x: &XdsCluster) -> Result<Cluster, Vec<ResourceError>> {
             max_requests_per_connection: max_requests_per_connection.as_ref(),
         },
     );
+    if http.max_requests_per_connection.is_some() {
+        // hyper-util's HTTP/1.1 pool cannot retire a connection after N requests; refuse
+        // rather than ignore a limit the operator relies on.
+        cx.err(
+            "max_requests_per_connection",
+            "not supported by legate yet (a limit of requests per upstream connection is not enforced)",
+        );
+    }
 
     let cluster = Cluster {
         name: Arc::from(name.as_str()),

@@ -1030,7 +1030,7 @@ fn cluster_options_convert() {
                     &HttpProtocolOptions {
                         common_http_protocol_options: Some(CoreHttpProtocolOptions {
                             idle_timeout: dur(0),
-                            max_requests_per_connection: u32v(100),
+                            max_requests_per_connection: u32v(0),
                             ..Default::default()
                         }),
                         upstream_protocol_options: Some(
@@ -1048,7 +1048,7 @@ fn cluster_options_convert() {
         |c| {
             assert_eq!(c.protocol, UpstreamProtocol::Http2);
             assert_eq!(c.idle_timeout, None);
-            assert_eq!(c.max_requests_per_connection, Some(100));
+            assert_eq!(c.max_requests_per_connection, None);
         },
     );
     // ... and the deprecated way.
@@ -1059,12 +1059,11 @@ fn cluster_options_convert() {
                 idle_timeout: dur(90),
                 ..Default::default()
             });
-            c.max_requests_per_connection = u32v(7);
         },
         |c| {
             assert_eq!(c.protocol, UpstreamProtocol::Http2);
             assert_eq!(c.idle_timeout, Some(Duration::from_secs(90)));
-            assert_eq!(c.max_requests_per_connection, Some(7));
+            assert_eq!(c.max_requests_per_connection, None);
         },
     );
     // A plaintext transport socket is what legate does anyway.
@@ -2351,4 +2350,20 @@ fn snapshot_serializes_without_the_index() {
     let mut other = (*s.route_configs["rc1"]).clone();
     other.domain_index = Default::default();
     assert_eq!(other, *s.route_configs["rc1"]);
+}
+
+#[test]
+fn a_requests_per_connection_limit_is_refused_not_ignored() {
+    let mut c = XdsCluster {
+        name: "capped".to_owned(),
+        ..Default::default()
+    };
+    c.max_requests_per_connection = Some(UInt32Value { value: 7 });
+    let errors = Cluster::try_from(&c).expect_err("a limit legate cannot enforce");
+    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter()
+            .any(|e| e.starts_with("cluster 'capped': max_requests_per_connection: not supported")),
+        "{text:?}"
+    );
 }
