@@ -1,0 +1,26 @@
+//! legate-cp: the control plane's xDS server core.
+//!
+//! Drives a fleet of proxies (legate, Envoy, gRPC's xDS clients) over Envoy's xDS v3
+//! protocol, in go-control-plane's shape, small:
+//!
+//! - [`resources`]: what one node is served ([`NodeSnapshot`]): the four resource types
+//!   encoded as `Any`, with content-hash versions that are stable across runs.
+//! - [`cache`]: snapshots by node selector (id, then cluster, then default) and a watch per
+//!   connected node that always holds its latest snapshot ([`SnapshotCache`]).
+//! - [`server`]: the gRPC services, ADS state-of-the-world and delta plus per-type LDS, RDS,
+//!   CDS and EDS ([`XdsServer`]); one task per stream, pushes in warm order.
+//! - [`registry`]: who is connected, what they were sent, ACKed and NACKed
+//!   ([`NodeRegistry`]), for the admin API.
+//!
+//! The protocol rules, and the peers' quirks they satisfy, are written down next to the code
+//! (`server::sotw`, `server::delta`) and summarised in this crate's README.
+
+pub mod cache;
+pub mod registry;
+pub mod resources;
+pub mod server;
+
+pub use cache::{NodeKey, Selectors, SnapshotCache, SnapshotWatch};
+pub use registry::{NodeRegistry, NodeStatus, StreamMode};
+pub use resources::{NodeSnapshot, Resource, TypeSnapshot};
+pub use server::XdsServer;

@@ -1,0 +1,284 @@
+//! What one node is served: the four resource types as `Any`s, each with a content version.
+//!
+//! Versions are content hashes, never counters: a resource's version is the SHA-256 of its
+//! canonical encoding (module `canonical`: map entries sorted by key), a type's `version_info` hashes its sorted
+//! (name, version) pairs, and the snapshot's version hashes the four type versions. The same
+//! resources therefore carry the same versions in every run of legate-cp, so a restart pushes
+//! nothing new and a delta client's `initial_resource_versions` match.
+
+mod canonical;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
+use envoy_types::pb::envoy::config::listener::v3::Listener as XdsListener;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager as XdsHttpConnectionManager, http_connection_manager::RouteSpecifier,
+};
+use envoy_types::pb::google::protobuf::Any;
+use legate_snapshot::{ResourceKind, Resources, type_url};
+use prost::{Message, Name};
+use sha2::{Digest, Sha256};
+
+/// The order in which a changed snapshot is pushed, so clients can warm: clusters before the
+/// endpoints they need, listeners after the clusters their routes name, routes last.
+pub const WARM_ORDER: [ResourceKind; 4] = [
+    ResourceKind::Cluster,
+    ResourceKind::ClusterLoadAssignment,
+    ResourceKind::Listener,
+    ResourceKind::RouteConfiguration,
+];
+
+/// The kind a type URL names, if it is one of the four we serve.
+pub fn kind_of_type_url(url: &str) -> Option<ResourceKind> {
+    WARM_ORDER.into_iter().find(|kind| kind.type_url() == url)
+}
+
+/// Listeners and clusters may be subscribed to as a wildcard ("all of them").
+pub fn supports_wildcard(kind: ResourceKind) -> bool {
+    matches!(kind, ResourceKind::Listener | ResourceKind::Cluster)
+}
+
+/// One encoded resource and its content version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    /// First 16 hex digits of the SHA-256 of `any.value`.
+    pub version: String,
+    pub any: Any,
+}
+
+/// All resources of one type, by name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TypeSnapshot {
+    version_info: String,
+    resources: BTreeMap<String, Resource>,
+}
+
+impl TypeSnapshot {
+    fn new(resources: BTreeMap<String, Resource>) -> Self {
+        let mut hasher = Sha256::new();
+        for (name, resource) in &resources {
+            // Length-prefixed, so no two different sets hash the same input.
+            hasher.update((name.len() as u64).to_be_bytes());
+            hasher.update(name.as_bytes());
+            hasher.update(resource.version.as_bytes());
+        }
+        TypeSnapshot {
+            version_info: short_hex(&hasher.finalize()),
+            resources,
+        }
+    }
+
+    /// The type's `version_info`: a hash over its sorted (name, version) pairs.
+    pub fn version_info(&self) -> &str {
+        &self.version_info
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Resource> {
+        self.resources.get(name)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.resources.contains_key(name)
+    }
+
+    /// Resources in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Resource)> {
+        self.resources.iter().map(|(n, r)| (n.as_str(), r))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.resources.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.resources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+}
+
+/// Everything served to one node, immutable once built; shared as `Arc<NodeSnapshot>`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeSnapshot {
+    /// Indexed by [`index`].
+    types: [TypeSnapshot; 4],
+    version: String,
+    /// Cluster name → the ClusterLoadAssignment name it loads (EDS service name or its name).
+    eds_of_cluster: BTreeMap<String, String>,
+    /// Listener name → the RouteConfiguration names its HTTP connection managers load by RDS.
+    rds_of_listener: BTreeMap<String, Vec<String>>,
+}
+
+fn index(kind: ResourceKind) -> usize {
+    match kind {
+        ResourceKind::Listener => 0,
+        ResourceKind::RouteConfiguration => 1,
+        ResourceKind::Cluster => 2,
+        ResourceKind::ClusterLoadAssignment => 3,
+    }
+}
+
+impl NodeSnapshot {
+    /// Encodes every resource canonically (maps sorted by key) and computes the versions.
+    /// Resources are not validated here. A name given twice keeps its first resource, as
+    /// `legate_snapshot::build` does.
+    pub fn from_resources(resources: &Resources) -> Self {
+        let Resources {
+            listeners,
+            route_configs,
+            clusters,
+            load_assignments,
+        } = resources;
+        let mut types: [TypeSnapshot; 4] = Default::default();
+        types[index(ResourceKind::Listener)] =
+            encode_all(type_url::LISTENER, listeners, |l| &l.name);
+        types[index(ResourceKind::RouteConfiguration)] =
+            encode_all(type_url::ROUTE_CONFIGURATION, route_configs, |r| &r.name);
+        types[index(ResourceKind::Cluster)] = encode_all(type_url::CLUSTER, clusters, |c| &c.name);
+        types[index(ResourceKind::ClusterLoadAssignment)] =
+            encode_all(type_url::CLUSTER_LOAD_ASSIGNMENT, load_assignments, |c| {
+                &c.cluster_name
+            });
+
+        let mut hasher = Sha256::new();
+        for kind in WARM_ORDER {
+            hasher.update(types[index(kind)].version_info.as_bytes());
+            hasher.update([0]);
+        }
+        let version = short_hex(&hasher.finalize());
+
+        let mut eds_of_cluster = BTreeMap::new();
+        for cluster in clusters.iter().rev() {
+            eds_of_cluster.insert(cluster.name.clone(), eds_name(cluster));
+        }
+        let mut rds_of_listener = BTreeMap::new();
+        for listener in listeners.iter().rev() {
+            rds_of_listener.insert(listener.name.clone(), rds_names(listener));
+        }
+
+        NodeSnapshot {
+            types,
+            version,
+            eds_of_cluster,
+            rds_of_listener,
+        }
+    }
+
+    /// A snapshot with no resources at all.
+    pub fn empty() -> Self {
+        Self::from_resources(&Resources::default())
+    }
+
+    /// The resources of one type.
+    pub fn get(&self, kind: ResourceKind) -> &TypeSnapshot {
+        &self.types[index(kind)]
+    }
+
+    /// The resources of the type a type URL names, if we serve it.
+    pub fn by_type_url(&self, url: &str) -> Option<&TypeSnapshot> {
+        kind_of_type_url(url).map(|kind| self.get(kind))
+    }
+
+    /// A hash over the four types' versions; delta responses carry it as
+    /// `system_version_info`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The ClusterLoadAssignment name a cluster loads over EDS (for a non-EDS cluster, its
+    /// own name, which no one subscribes to).
+    pub fn eds_name_of_cluster(&self, cluster: &str) -> Option<&str> {
+        self.eds_of_cluster.get(cluster).map(String::as_str)
+    }
+
+    /// The RouteConfiguration names a listener loads over RDS.
+    pub fn rds_names_of_listener(&self, listener: &str) -> &[String] {
+        self.rds_of_listener
+            .get(listener)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+}
+
+fn encode_all<M: Message + Name>(
+    type_url: &str,
+    messages: &[M],
+    name: impl Fn(&M) -> &String,
+) -> TypeSnapshot {
+    let mut resources = BTreeMap::new();
+    for message in messages {
+        resources
+            .entry(name(message).clone())
+            .or_insert_with(|| encode(type_url, message));
+    }
+    TypeSnapshot::new(resources)
+}
+
+fn encode<M: Message + Name>(type_url: &str, message: &M) -> Resource {
+    let value = canonical::canonicalize(&M::full_name(), &message.encode_to_vec());
+    Resource {
+        version: short_hex(&Sha256::digest(&value)),
+        any: Any {
+            type_url: type_url.to_owned(),
+            value,
+        },
+    }
+}
+
+fn eds_name(cluster: &XdsCluster) -> String {
+    cluster
+        .eds_cluster_config
+        .as_ref()
+        .map(|eds| eds.service_name.as_str())
+        .filter(|name| !name.is_empty())
+        .unwrap_or(&cluster.name)
+        .to_owned()
+}
+
+/// RDS names of every HTTP connection manager in a listener (filter chains, the default
+/// filter chain and an `api_listener`).
+fn rds_names(listener: &XdsListener) -> Vec<String> {
+    let filters = listener
+        .filter_chains
+        .iter()
+        .chain(listener.default_filter_chain.as_ref())
+        .flat_map(|chain| &chain.filters)
+        .filter_map(|filter| match &filter.config_type {
+            Some(
+                envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any),
+            ) => Some(any),
+            _ => None,
+        });
+    let api = listener
+        .api_listener
+        .as_ref()
+        .and_then(|api| api.api_listener.as_ref());
+    let mut names: Vec<String> = filters
+        .chain(api)
+        .filter(|any| any.type_url == type_url::HTTP_CONNECTION_MANAGER)
+        .filter_map(|any| XdsHttpConnectionManager::decode(any.value.as_slice()).ok())
+        .filter_map(|hcm| match hcm.route_specifier {
+            Some(RouteSpecifier::Rds(rds)) => Some(rds.route_config_name),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The first 16 hex digits of a digest.
+fn short_hex(digest: &[u8]) -> String {
+    let mut out = String::with_capacity(16);
+    for byte in digest.iter().take(8) {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

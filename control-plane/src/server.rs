@@ -1,0 +1,403 @@
+//! The xDS v3 gRPC services: ADS (state of the world and delta) and the per-type LDS, RDS,
+//! CDS and EDS services for clients that do not aggregate.
+//!
+//! Every stream runs as its own task with its own protocol state (`sotw` or `delta`) and
+//! reads two inputs: the client's requests and the cache's watch for its node. One turn of
+//! its loop takes every request already received, applies them, then answers from the latest
+//! snapshot in warm order (CDS, EDS, LDS, RDS). Responses go through a small channel into the
+//! gRPC response body; a client that stops reading blocks only its own task, and since a
+//! watch keeps only the newest snapshot, nothing queues up behind it.
+
+mod delta;
+mod sotw;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
+use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::{
+    ClusterDiscoveryService, ClusterDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::{
+    EndpointDiscoveryService, EndpointDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_server::{
+    ListenerDiscoveryService, ListenerDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::{
+    RouteDiscoveryService, RouteDiscoveryServiceServer,
+};
+use futures_util::{FutureExt, StreamExt};
+use legate_snapshot::ResourceKind;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{Router, TcpIncoming};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cache::SnapshotCache;
+use crate::registry::{NodeRegistry, StreamHandle, StreamMode};
+use crate::resources::{NodeSnapshot, kind_of_type_url};
+
+/// Responses buffered per stream beyond what HTTP/2 flow control holds. Small on purpose: a
+/// stream that cannot send waits, and then answers from the newest snapshot.
+const RESPONSE_BUFFER: usize = 4;
+
+/// The identifier put in every response's `control_plane`, unless changed.
+pub const DEFAULT_IDENTIFIER: &str = "legate-cp";
+
+/// The xDS server: cheap to clone, every clone serves the same cache and registry.
+#[derive(Clone, Debug)]
+pub struct XdsServer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    cache: Arc<SnapshotCache>,
+    registry: Arc<NodeRegistry>,
+    identifier: String,
+}
+
+/// The response body of every streaming method.
+pub type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
+
+impl XdsServer {
+    pub fn new(cache: Arc<SnapshotCache>, registry: Arc<NodeRegistry>) -> Self {
+        Self::with_identifier(cache, registry, DEFAULT_IDENTIFIER)
+    }
+
+    /// `identifier` is sent as `control_plane.identifier` (Envoy logs it).
+    pub fn with_identifier(
+        cache: Arc<SnapshotCache>,
+        registry: Arc<NodeRegistry>,
+        identifier: impl Into<String>,
+    ) -> Self {
+        XdsServer {
+            shared: Arc::new(Shared {
+                cache,
+                registry,
+                identifier: identifier.into(),
+            }),
+        }
+    }
+
+    pub fn cache(&self) -> &Arc<SnapshotCache> {
+        &self.shared.cache
+    }
+
+    pub fn registry(&self) -> &Arc<NodeRegistry> {
+        &self.shared.registry
+    }
+
+    pub fn ads_service(&self) -> AggregatedDiscoveryServiceServer<XdsServer> {
+        AggregatedDiscoveryServiceServer::new(self.clone())
+    }
+
+    pub fn lds_service(&self) -> ListenerDiscoveryServiceServer<XdsServer> {
+        ListenerDiscoveryServiceServer::new(self.clone())
+    }
+
+    pub fn rds_service(&self) -> RouteDiscoveryServiceServer<XdsServer> {
+        RouteDiscoveryServiceServer::new(self.clone())
+    }
+
+    pub fn cds_service(&self) -> ClusterDiscoveryServiceServer<XdsServer> {
+        ClusterDiscoveryServiceServer::new(self.clone())
+    }
+
+    pub fn eds_service(&self) -> EndpointDiscoveryServiceServer<XdsServer> {
+        EndpointDiscoveryServiceServer::new(self.clone())
+    }
+
+    /// Adds ADS and the four per-type services to a tonic server.
+    pub fn add_services(&self, builder: &mut tonic::transport::Server) -> Router {
+        builder
+            .add_service(self.ads_service())
+            .add_service(self.lds_service())
+            .add_service(self.rds_service())
+            .add_service(self.cds_service())
+            .add_service(self.eds_service())
+    }
+
+    /// Serves every xDS service on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let mut builder = tonic::transport::Server::builder();
+        self.add_services(&mut builder)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+            .await
+    }
+
+    fn spawn_sotw(
+        &self,
+        scope: Option<ResourceKind>,
+        requests: Streaming<DiscoveryRequest>,
+    ) -> ResponseStream<DiscoveryResponse> {
+        let protocol = sotw::Sotw::new(scope, self.control_plane());
+        self.spawn(protocol, requests)
+    }
+
+    fn spawn_delta(
+        &self,
+        scope: Option<ResourceKind>,
+        requests: Streaming<DeltaDiscoveryRequest>,
+    ) -> ResponseStream<DeltaDiscoveryResponse> {
+        let protocol = delta::Delta::new(scope, self.control_plane());
+        self.spawn(protocol, requests)
+    }
+
+    fn control_plane(&self) -> Option<ControlPlane> {
+        Some(ControlPlane {
+            identifier: self.shared.identifier.clone(),
+        })
+    }
+
+    fn spawn<P: Protocol>(
+        &self,
+        protocol: P,
+        requests: Streaming<P::Request>,
+    ) -> ResponseStream<P::Response> {
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        tokio::spawn(run(Arc::clone(&self.shared), protocol, requests, tx));
+        ReceiverStream::new(rx)
+    }
+}
+
+/// What differs between state of the world and delta; the stream loop is shared.
+trait Protocol: Send + 'static {
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: Send + 'static;
+    const MODE: StreamMode;
+
+    fn node(request: &Self::Request) -> Option<&Node>;
+
+    /// Applies one request (subscription change, ACK or NACK). An error ends the stream.
+    fn handle(&mut self, request: Self::Request, stream: &StreamHandle) -> Result<(), Status>;
+
+    /// Everything that should be sent now, in warm order.
+    fn respond(&mut self, snapshot: &NodeSnapshot, stream: &StreamHandle) -> Vec<Self::Response>;
+}
+
+async fn run<P: Protocol>(
+    shared: Arc<Shared>,
+    mut protocol: P,
+    mut requests: Streaming<P::Request>,
+    tx: mpsc::Sender<Result<P::Response, Status>>,
+) {
+    let first = tokio::select! {
+        first = requests.message() => first,
+        () = tx.closed() => return,
+    };
+    let first = match first {
+        Ok(Some(first)) => first,
+        Ok(None) => return,
+        Err(status) => {
+            tracing::debug!(%status, "xds stream failed before its first request");
+            return;
+        }
+    };
+    let node = P::node(&first).cloned().unwrap_or_default();
+    let stream = shared.registry.register(&node, P::MODE);
+    let mut snapshots = shared.cache.watch(&node);
+    tracing::info!(
+        node.id = %node.id,
+        node.cluster = %node.cluster,
+        user_agent = %node.user_agent_name,
+        mode = ?P::MODE,
+        stream = stream.id(),
+        "xds stream opened"
+    );
+
+    let mut received = vec![first];
+    let mut open = true;
+    let mut shown_version: Option<String> = None;
+    let reason = loop {
+        // Everything the client already sent is applied before answering, so a burst of
+        // requests gets one answer per type, in warm order.
+        while open {
+            match requests.next().now_or_never() {
+                Some(Some(Ok(request))) => received.push(request),
+                Some(Some(Err(status))) => {
+                    tracing::debug!(%status, "xds request stream failed");
+                    open = false;
+                }
+                Some(None) => open = false,
+                None => break,
+            }
+        }
+        if let Err(status) = received
+            .drain(..)
+            .try_for_each(|request| protocol.handle(request, &stream))
+        {
+            let reason = format!("refused a request: {}", status.message());
+            let _ = tx.send(Err(status)).await;
+            break reason;
+        }
+
+        let snapshot = snapshots.borrow_and_update().clone();
+        let version = snapshot.as_ref().map(|s| s.version().to_owned());
+        if version != shown_version {
+            stream.snapshot(version.as_deref());
+            shown_version = version;
+        }
+        if let Some(snapshot) = snapshot {
+            for response in protocol.respond(&snapshot, &stream) {
+                if tx.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+        }
+        if !open {
+            break "client closed its side".to_owned();
+        }
+        if tx.is_closed() {
+            break "client went away".to_owned();
+        }
+
+        tokio::select! {
+            request = requests.next() => match request {
+                Some(Ok(request)) => received.push(request),
+                Some(Err(status)) => break format!("request stream failed: {status}"),
+                None => break "client closed its side".to_owned(),
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break "snapshot cache dropped".to_owned();
+                }
+            }
+            () = tx.closed() => break "client went away".to_owned(),
+        }
+    };
+    tracing::info!(node.id = %node.id, stream = stream.id(), reason, "xds stream closed");
+}
+
+/// Which type a request is for: `scope` is the type of a per-type service (whose requests may
+/// leave `type_url` empty), `None` for ADS. `Ok(None)`: a type we do not serve, ignored.
+fn resolve_kind(
+    scope: Option<ResourceKind>,
+    type_url: &str,
+) -> Result<Option<ResourceKind>, Status> {
+    match scope {
+        Some(kind) if type_url.is_empty() || type_url == kind.type_url() => Ok(Some(kind)),
+        Some(kind) => Err(Status::invalid_argument(format!(
+            "this service serves only {}, not {type_url}",
+            kind.type_url()
+        ))),
+        None => {
+            let kind = kind_of_type_url(type_url);
+            if kind.is_none() {
+                tracing::warn!(
+                    type_url,
+                    "ignoring a request for a type legate-cp does not serve"
+                );
+            }
+            Ok(kind)
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Ok(Response::new(self.spawn_sotw(None, request.into_inner())))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(Response::new(self.spawn_delta(None, request.into_inner())))
+    }
+}
+
+/// A per-type service: the same stream handlers, restricted to one type. The unary Fetch
+/// methods are not offered: every peer we serve streams.
+macro_rules! per_type_service {
+    ($service:ident, $kind:expr, $stream_ty:ident, $stream:ident, $delta_ty:ident, $delta:ident, $fetch:ident) => {
+        #[tonic::async_trait]
+        impl $service for XdsServer {
+            type $stream_ty = ResponseStream<DiscoveryResponse>;
+            type $delta_ty = ResponseStream<DeltaDiscoveryResponse>;
+
+            async fn $stream(
+                &self,
+                request: Request<Streaming<DiscoveryRequest>>,
+            ) -> Result<Response<Self::$stream_ty>, Status> {
+                Ok(Response::new(
+                    self.spawn_sotw(Some($kind), request.into_inner()),
+                ))
+            }
+
+            async fn $delta(
+                &self,
+                request: Request<Streaming<DeltaDiscoveryRequest>>,
+            ) -> Result<Response<Self::$delta_ty>, Status> {
+                Ok(Response::new(
+                    self.spawn_delta(Some($kind), request.into_inner()),
+                ))
+            }
+
+            async fn $fetch(
+                &self,
+                _request: Request<DiscoveryRequest>,
+            ) -> Result<Response<DiscoveryResponse>, Status> {
+                Err(Status::unimplemented(
+                    "legate-cp serves xDS over streams only",
+                ))
+            }
+        }
+    };
+}
+
+per_type_service!(
+    ListenerDiscoveryService,
+    ResourceKind::Listener,
+    StreamListenersStream,
+    stream_listeners,
+    DeltaListenersStream,
+    delta_listeners,
+    fetch_listeners
+);
+per_type_service!(
+    RouteDiscoveryService,
+    ResourceKind::RouteConfiguration,
+    StreamRoutesStream,
+    stream_routes,
+    DeltaRoutesStream,
+    delta_routes,
+    fetch_routes
+);
+per_type_service!(
+    ClusterDiscoveryService,
+    ResourceKind::Cluster,
+    StreamClustersStream,
+    stream_clusters,
+    DeltaClustersStream,
+    delta_clusters,
+    fetch_clusters
+);
+per_type_service!(
+    EndpointDiscoveryService,
+    ResourceKind::ClusterLoadAssignment,
+    StreamEndpointsStream,
+    stream_endpoints,
+    DeltaEndpointsStream,
+    delta_endpoints,
+    fetch_endpoints
+);
