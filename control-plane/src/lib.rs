@@ -15,10 +15,13 @@
 //! The protocol rules, and the peers' quirks they satisfy, are written down next to the code
 //! (`server::sotw`, `server::delta`) and summarised in this crate's README.
 
+pub mod admin_json;
+pub mod app;
 pub mod cache;
 pub mod registry;
 pub mod resources;
 pub mod server;
+pub mod store;
 
 pub use cache::{NodeKey, Selectors, SnapshotCache, SnapshotWatch};
 pub use registry::{NodeRegistry, NodeStatus, StreamMode};

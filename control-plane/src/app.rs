@@ -1,0 +1,454 @@
+//! The `legate-cp` program: mesh files (watched) plus persisted admin changes → compiled
+//! snapshots in the cache → xDS streams; and the admin API over gRPC and JSON.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use legate_model::{Mesh, Service};
+use legate_proto::admin::admin_server::{Admin, AdminServer};
+use legate_proto::admin::{
+    ApplyRequest, ApplyResponse, GetNodeRequest, GetNodeResponse, ListNodesRequest,
+    ListNodesResponse, Nack as PbNack, NodeStatus as PbNodeStatus, Resource as PbResource,
+    SetWeightsRequest, TypeStatus as PbTypeStatus,
+};
+use tonic::{Request, Response, Status};
+
+use crate::store::{self, Overlay, StoreError};
+use crate::{NodeRegistry, NodeSnapshot, SnapshotCache};
+
+/// How `legate-cp` runs.
+#[derive(Clone, Debug)]
+pub struct CpOptions {
+    /// A mesh file or a directory of them.
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    /// Nodes in this cluster are gRPC xDS clients and get API listeners per service.
+    pub grpc_cluster: String,
+    /// How often mesh files are checked for changes.
+    pub watch_interval: Duration,
+}
+
+struct State {
+    base: Mesh,
+    overlay: Overlay,
+    effective: Mesh,
+    files: Vec<(String, SystemTime, u64)>,
+}
+
+/// The control plane's configuration side.
+pub struct ControlPlane {
+    pub cache: Arc<SnapshotCache>,
+    pub registry: Arc<NodeRegistry>,
+    options: CpOptions,
+    state: Mutex<State>,
+}
+
+fn signature(files: &[(String, String)]) -> Vec<(String, SystemTime, u64)> {
+    files
+        .iter()
+        .map(|(name, text)| {
+            let modified = std::fs::metadata(name)
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            (name.clone(), modified, text.len() as u64)
+        })
+        .collect()
+}
+
+impl ControlPlane {
+    /// Load mesh files and persisted changes, and publish the first snapshots. A bad file
+    /// here is fatal (there is no last good configuration yet).
+    pub fn load(options: CpOptions) -> Result<Arc<Self>, StoreError> {
+        let files = store::read_mesh_files(&options.config)?;
+        let base = store::load_mesh(&files)?;
+        let overlay = store::load_overlay(&options.data_dir)?;
+        let effective = store::effective(&base, &overlay)?;
+        let cp = Arc::new(ControlPlane {
+            cache: Arc::new(SnapshotCache::new()),
+            registry: Arc::new(NodeRegistry::new()),
+            state: Mutex::new(State {
+                base,
+                overlay,
+                effective: effective.clone(),
+                files: signature(&files),
+            }),
+            options,
+        });
+        cp.publish(&effective).map_err(StoreError::Other)?;
+        Ok(cp)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Compile `mesh` for proxies (default) and for gRPC clients (their cluster), checking
+    /// the proxy resources with legate's own validation first.
+    fn publish(&self, mesh: &Mesh) -> Result<(), String> {
+        let resources = legate_model::compile(mesh);
+        legate_snapshot::build("candidate", &resources).map_err(|e| e.to_string())?;
+        let grpc = legate_model::compile_for_grpc(mesh);
+        self.cache
+            .set_default(NodeSnapshot::from_resources(&resources));
+        self.cache.set_for_cluster(
+            self.options.grpc_cluster.clone(),
+            NodeSnapshot::from_resources(&grpc),
+        );
+        Ok(())
+    }
+
+    /// Poll the mesh files; a valid change is published, an invalid one is logged with
+    /// file, line and column and the last good configuration stays.
+    pub async fn watch_files(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.options.watch_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_error: Option<String> = None;
+        loop {
+            tick.tick().await;
+            let files = match store::read_mesh_files(&self.options.config) {
+                Ok(f) => f,
+                Err(e) => {
+                    let msg = e.to_string();
+                    if last_error.as_deref() != Some(&msg) {
+                        tracing::error!(error = %msg, "cannot read mesh files; keeping the last good configuration");
+                        last_error = Some(msg);
+                    }
+                    continue;
+                }
+            };
+            let sig = signature(&files);
+            if sig == self.state().files {
+                continue;
+            }
+            let result = store::load_mesh(&files).and_then(|base| {
+                let overlay = self.state().overlay.clone();
+                let effective = store::effective(&base, &overlay)?;
+                self.publish(&effective).map_err(StoreError::Other)?;
+                Ok((base, effective))
+            });
+            let mut st = self.state();
+            st.files = sig;
+            match result {
+                Ok((base, effective)) => {
+                    st.base = base;
+                    st.effective = effective;
+                    last_error = None;
+                    tracing::info!("mesh files changed: new configuration pushed");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "mesh files refused; keeping the last good configuration");
+                    last_error = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Validate `change` on a copy of the effective mesh, persist, publish. On error nothing
+    /// changes.
+    fn change(
+        &self,
+        change: impl FnOnce(&mut Mesh, &mut Overlay) -> Result<Vec<String>, String>,
+    ) -> Result<(u64, Vec<String>), String> {
+        let mut st = self.state();
+        let mut overlay = st.overlay.clone();
+        let mut mesh = st.effective.clone();
+        let changes = change(&mut mesh, &mut overlay)?;
+        let effective = store::effective(&st.base, &overlay).map_err(|e| e.to_string())?;
+        // Check it compiles and validates before persisting anything.
+        legate_snapshot::build("candidate", &legate_model::compile(&effective))
+            .map_err(|e| e.to_string())?;
+        overlay.generation += 1;
+        store::save_overlay(&self.options.data_dir, &overlay).map_err(|e| e.to_string())?;
+        self.publish(&effective)?;
+        st.overlay = overlay;
+        st.effective = effective;
+        Ok((st.overlay.generation, changes))
+    }
+
+    /// Insert or replace the services of a mesh document.
+    pub fn apply(&self, document: &str, source: &str) -> Result<(u64, Vec<String>), String> {
+        let doc: Mesh = legate_model::parse_yaml(document, source).map_err(|e| e.to_string())?;
+        if doc.services.is_empty() {
+            return Err(format!("{source}: no services to apply"));
+        }
+        if !doc.listeners.is_empty() || !doc.clusters.is_empty() || !doc.route_configs.is_empty() {
+            return Err(format!(
+                "{source}: only services can be applied through the admin API; edit mesh files for listeners, routes and clusters"
+            ));
+        }
+        self.change(|mesh, overlay| {
+            let mut changes = Vec::new();
+            for svc in doc.services {
+                let existed = mesh.services.iter().any(|s| s.name == svc.name);
+                legate_model::apply_service(mesh, svc.clone()).map_err(|ps| {
+                    ps.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })?;
+                changes.push(format!(
+                    "service {} {}",
+                    svc.name,
+                    if existed { "updated" } else { "created" }
+                ));
+                overlay.services.insert(svc.name.clone(), svc);
+            }
+            Ok(changes)
+        })
+    }
+
+    /// Set a service's version weights.
+    pub fn set_weights(
+        &self,
+        service: &str,
+        weights: &[(String, u32)],
+    ) -> Result<(u64, Vec<String>), String> {
+        self.change(|mesh, overlay| {
+            legate_model::set_weights(mesh, service, weights).map_err(|p| p.to_string())?;
+            let svc: Service = mesh
+                .services
+                .iter()
+                .find(|s| s.name == service)
+                .cloned()
+                .ok_or_else(|| format!("unknown service '{service}'"))?;
+            let desc: Vec<String> = weights.iter().map(|(v, w)| format!("{v}={w}")).collect();
+            overlay.services.insert(service.to_owned(), svc);
+            Ok(vec![format!(
+                "service {service} weights {}",
+                desc.join(" ")
+            )])
+        })
+    }
+
+    /// The resources a node (id, cluster) is served.
+    pub fn node_resources(&self, id: &str, cluster: &str) -> Option<Vec<PbResource>> {
+        let node = envoy_types::pb::envoy::config::core::v3::Node {
+            id: id.to_owned(),
+            cluster: cluster.to_owned(),
+            ..Default::default()
+        };
+        let snapshot = self.cache.snapshot_for(&node)?;
+        let mut out = Vec::new();
+        for kind in legate_xds_kinds() {
+            for (name, r) in snapshot.get(kind).iter() {
+                out.push(PbResource {
+                    type_url: kind.type_url().to_owned(),
+                    name: name.to_owned(),
+                    version: r.version.clone(),
+                    json: render(kind, &r.any),
+                });
+            }
+        }
+        Some(out)
+    }
+
+    pub fn nodes(&self) -> Vec<PbNodeStatus> {
+        self.registry
+            .nodes()
+            .into_iter()
+            .map(|n| {
+                let newest = n.streams.iter().max_by_key(|s| s.connected_since_unix_ms);
+                PbNodeStatus {
+                    id: n.id.clone(),
+                    cluster: n.cluster.clone(),
+                    user_agent: newest
+                        .map(|s| s.user_agent_name.clone())
+                        .unwrap_or_default(),
+                    streams: u32::try_from(n.streams.len()).unwrap_or(u32::MAX),
+                    mode: newest
+                        .map(|s| match s.mode {
+                            crate::StreamMode::Sotw => "sotw",
+                            crate::StreamMode::Delta => "delta",
+                        })
+                        .unwrap_or_default()
+                        .to_owned(),
+                    connected_since_unix_ms: newest
+                        .map(|s| i64::try_from(s.connected_since_unix_ms).unwrap_or(i64::MAX))
+                        .unwrap_or(0),
+                    types: newest
+                        .map(|s| {
+                            s.types
+                                .iter()
+                                .map(|t| PbTypeStatus {
+                                    type_url: t.type_url.clone(),
+                                    sent_version: t.sent_version.clone().unwrap_or_default(),
+                                    acked_version: t.acked_version.clone().unwrap_or_default(),
+                                    last_nack: t.last_nack.as_ref().map(|k| PbNack {
+                                        version: k.version.clone(),
+                                        message: k.message.clone(),
+                                        at_unix_ms: i64::try_from(k.at_unix_ms).unwrap_or(i64::MAX),
+                                    }),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+}
+
+fn legate_xds_kinds() -> [legate_snapshot::ResourceKind; 4] {
+    use legate_snapshot::ResourceKind::*;
+    [Cluster, ClusterLoadAssignment, Listener, RouteConfiguration]
+}
+
+/// A readable JSON rendering: legate's validated model where it applies, else the proto's
+/// debug form.
+fn render(
+    kind: legate_snapshot::ResourceKind,
+    any: &envoy_types::pb::google::protobuf::Any,
+) -> String {
+    use legate_snapshot::ResourceKind;
+    use prost::Message;
+    let bytes = any.value.as_slice();
+    let value = match kind {
+        ResourceKind::Cluster => {
+            envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(bytes)
+                .ok()
+                .and_then(|c| legate_snapshot::Cluster::try_from(&c).ok())
+                .and_then(|c| serde_json::to_value(c).ok())
+        }
+        ResourceKind::RouteConfiguration => {
+            envoy_types::pb::envoy::config::route::v3::RouteConfiguration::decode(bytes)
+                .ok()
+                .and_then(|c| legate_snapshot::RouteConfig::try_from(&c).ok())
+                .and_then(|c| serde_json::to_value(c).ok())
+        }
+        ResourceKind::Listener => {
+            envoy_types::pb::envoy::config::listener::v3::Listener::decode(bytes)
+                .ok()
+                .and_then(|c| legate_snapshot::Listener::try_from(&c).ok())
+                .and_then(|c| serde_json::to_value(c).ok())
+        }
+        ResourceKind::ClusterLoadAssignment => {
+            envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(bytes)
+                .ok()
+                .and_then(|c| legate_snapshot::LoadAssignment::try_from(&c).ok())
+                .and_then(|c| serde_json::to_value(c).ok())
+        }
+    };
+    value.map(|v| v.to_string()).unwrap_or_else(|| {
+        serde_json::Value::String(format!("{} bytes of {}", any.value.len(), any.type_url))
+            .to_string()
+    })
+}
+
+/// The gRPC admin service.
+#[derive(Clone)]
+pub struct AdminService(pub Arc<ControlPlane>);
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn list_nodes(
+        &self,
+        _: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        Ok(Response::new(ListNodesResponse {
+            nodes: self.0.nodes(),
+        }))
+    }
+
+    async fn get_node(
+        &self,
+        req: Request<GetNodeRequest>,
+    ) -> Result<Response<GetNodeResponse>, Status> {
+        let req = req.into_inner();
+        if req.node_id.is_empty() {
+            return Err(Status::invalid_argument("node_id is required"));
+        }
+        let cluster = if req.node_cluster.is_empty() {
+            self.0
+                .registry
+                .nodes()
+                .into_iter()
+                .find(|n| n.id == req.node_id)
+                .map(|n| n.cluster)
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "unknown node '{}': not connected (pass its cluster to see what it would get)",
+                        req.node_id
+                    ))
+                })?
+        } else {
+            req.node_cluster
+        };
+        let resources = self
+            .0
+            .node_resources(&req.node_id, &cluster)
+            .ok_or_else(|| {
+                Status::not_found(format!("no configuration for node '{}'", req.node_id))
+            })?;
+        Ok(Response::new(GetNodeResponse {
+            node_id: req.node_id,
+            resources,
+        }))
+    }
+
+    async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
+        let req = req.into_inner();
+        let source = if req.source.is_empty() {
+            "request".to_owned()
+        } else {
+            req.source
+        };
+        let (generation, changes) = self
+            .0
+            .apply(&req.document, &source)
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(ApplyResponse {
+            generation,
+            changes,
+        }))
+    }
+
+    async fn set_weights(
+        &self,
+        req: Request<SetWeightsRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let req = req.into_inner();
+        let mut weights: Vec<(String, u32)> = req.weights.into_iter().collect();
+        weights.sort();
+        let (generation, changes) = self.0.set_weights(&req.service, &weights).map_err(|e| {
+            if e.contains("unknown service") {
+                Status::not_found(e)
+            } else {
+                Status::invalid_argument(e)
+            }
+        })?;
+        Ok(Response::new(ApplyResponse {
+            generation,
+            changes,
+        }))
+    }
+}
+
+/// Serve the admin API: gRPC (`legate.admin.v1.Admin`) and JSON over HTTP/1.1 under `/v1/`.
+pub async fn serve_admin(
+    cp: Arc<ControlPlane>,
+    listener: tokio::net::TcpListener,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_service(AdminServer::new(AdminService(cp.clone())))
+        .add_service(crate::admin_json::JsonApi(cp))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+        .await
+}
+
+/// Weights from `{"v1": 90, "v2": 10}`.
+pub fn parse_weights(body: &[u8]) -> Result<Vec<(String, u32)>, String> {
+    let map: HashMap<String, u32> = serde_json::from_slice(body)
+        .map_err(|e| format!("body must be a JSON object of version to weight: {e}"))?;
+    let mut w: Vec<(String, u32)> = map.into_iter().collect();
+    w.sort();
+    Ok(w)
+}
+
+/// Bind helper used by the binary.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}

@@ -1,0 +1,118 @@
+//! `legate-cp`: the control plane. Serves xDS v3 (ADS state-of-the-world and delta, plus
+//! LDS/RDS/CDS/EDS) compiled from mesh files, and an admin API (gRPC + JSON) that
+//! `legatectl` drives.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use legate_cp::XdsServer;
+use legate_cp::app::{ControlPlane, CpOptions, bind, serve_admin};
+use tracing_subscriber::EnvFilter;
+
+/// legate-cp: turns a declarative mesh into Envoy xDS for a fleet of proxies.
+#[derive(Debug, Parser)]
+#[command(name = "legate-cp", version, about)]
+struct Args {
+    /// A mesh file, or a directory of `*.yaml` mesh files (watched for changes).
+    #[arg(long, short = 'c', value_name = "PATH")]
+    config: PathBuf,
+    /// xDS gRPC address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15010")]
+    xds_address: SocketAddr,
+    /// Admin API address (gRPC for legatectl, JSON under /v1/).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15011")]
+    admin_address: SocketAddr,
+    /// Where admin changes are persisted.
+    #[arg(long, value_name = "DIR", default_value = "legate-cp-data")]
+    data_dir: PathBuf,
+    /// Nodes of this cluster are gRPC xDS clients and get one API listener per service.
+    #[arg(long, value_name = "NAME", default_value = "grpc")]
+    grpc_cluster: String,
+    /// Write `xds=ADDR` and `admin=ADDR` lines to this file once both listen.
+    #[arg(long, value_name = "FILE")]
+    address_file: Option<PathBuf>,
+    /// Log filter in RUST_LOG syntax (default info).
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = match &args.log_level {
+        Some(f) => EnvFilter::new(f),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("legate-cp: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let cp = ControlPlane::load(CpOptions {
+        config: args.config.clone(),
+        data_dir: args.data_dir.clone(),
+        grpc_cluster: args.grpc_cluster.clone(),
+        watch_interval: Duration::from_millis(250),
+    })
+    .map_err(|e| e.to_string())?;
+    let xds_listener = bind(args.xds_address)
+        .await
+        .map_err(|e| format!("cannot bind xDS address {}: {e}", args.xds_address))?;
+    let admin_listener = bind(args.admin_address)
+        .await
+        .map_err(|e| format!("cannot bind admin address {}: {e}", args.admin_address))?;
+    let xds_addr = xds_listener.local_addr().map_err(|e| e.to_string())?;
+    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(xds = %xds_addr, admin = %admin_addr, "legate-cp listening");
+    if let Some(path) = &args.address_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("xds={xds_addr}\nadmin={admin_addr}\n"))
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    tokio::spawn(cp.clone().watch_files());
+    let server = XdsServer::new(cp.cache.clone(), cp.registry.clone());
+    let xds = tokio::spawn(server.serve(xds_listener, shutdown()));
+    let admin = tokio::spawn(serve_admin(cp, admin_listener));
+    tokio::select! {
+        r = xds => r.map_err(|e| e.to_string())?.map_err(|e| format!("xDS server: {e}"))?,
+        r = admin => r.map_err(|e| e.to_string())?.map_err(|e| format!("admin server: {e}"))?,
+    }
+    tracing::info!("legate-cp stopped");
+    Ok(())
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

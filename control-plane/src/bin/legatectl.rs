@@ -1,0 +1,334 @@
+//! `legatectl`: the command-line client of legate-cp's admin API.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use legate_proto::admin::admin_client::AdminClient;
+use legate_proto::admin::{
+    ApplyRequest, GetNodeRequest, ListNodesRequest, NodeStatus, SetWeightsRequest,
+};
+use tonic::transport::Channel;
+
+/// Drive a legate control plane: list proxies, read a node's configuration, apply service
+/// changes and shift traffic between versions.
+#[derive(Debug, Parser)]
+#[command(name = "legatectl", version, about)]
+struct Cli {
+    /// Admin API of legate-cp (gRPC).
+    #[arg(
+        long,
+        env = "LEGATE_CP_ADMIN",
+        default_value = "http://127.0.0.1:15010",
+        global = true
+    )]
+    server: String,
+
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Connected proxies and which version of each resource type they ACKed.
+    Status,
+    /// Read something from the control plane.
+    Get {
+        #[command(subcommand)]
+        what: GetWhat,
+    },
+    /// Add or replace services from a mesh document.
+    Apply {
+        /// The mesh file (YAML) holding `services:`.
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Set route weights between a service's versions, e.g. `set-weights payments v1=90 v2=10`.
+    SetWeights {
+        service: String,
+        /// `VERSION=WEIGHT`, one per version of the service.
+        #[arg(required = true, value_name = "VERSION=WEIGHT")]
+        weights: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GetWhat {
+    /// The effective configuration a node receives.
+    Node {
+        id: String,
+        /// The node's cluster, when it has no snapshot of its own.
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("legatectl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let channel = Channel::from_shared(cli.server.clone())
+        .map_err(|e| format!("bad --server '{}': {e}", cli.server))?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach legate-cp at {}: {e}", cli.server))?;
+    let mut client = AdminClient::new(channel);
+    let status = |s: tonic::Status| s.message().to_owned();
+    match cli.command {
+        Command::Status => {
+            let nodes = client
+                .list_nodes(ListNodesRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .nodes;
+            match cli.output {
+                Output::Json => print_json(&nodes_json(&nodes)),
+                Output::Table => print_status(&nodes),
+            }
+        }
+        Command::Get {
+            what: GetWhat::Node { id, cluster },
+        } => {
+            let res = client
+                .get_node(GetNodeRequest {
+                    node_id: id,
+                    node_cluster: cluster.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            match cli.output {
+                Output::Json => {
+                    let resources: Vec<serde_json::Value> = res
+                        .resources
+                        .iter()
+                        .map(|r| {
+                            serde_json::json!({
+                                "type_url": r.type_url,
+                                "name": r.name,
+                                "version": r.version,
+                                "resource": serde_json::from_str::<serde_json::Value>(&r.json)
+                                    .unwrap_or(serde_json::Value::Null),
+                            })
+                        })
+                        .collect();
+                    print_json(
+                        &serde_json::json!({"node_id": res.node_id, "resources": resources}),
+                    );
+                }
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = res
+                        .resources
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                short_type(&r.type_url).to_owned(),
+                                r.name.clone(),
+                                r.version.clone(),
+                            ]
+                        })
+                        .collect();
+                    print_table(&["TYPE", "NAME", "VERSION"], &rows);
+                }
+            }
+        }
+        Command::Apply { file } => {
+            let document = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let res = client
+                .apply(ApplyRequest {
+                    document,
+                    source: file.display().to_string(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_change(cli.output, res.generation, &res.changes);
+        }
+        Command::SetWeights { service, weights } => {
+            let mut map = HashMap::new();
+            for w in &weights {
+                let (version, weight) = w
+                    .split_once('=')
+                    .ok_or_else(|| format!("'{w}': expected VERSION=WEIGHT"))?;
+                let weight: u32 = weight
+                    .parse()
+                    .map_err(|_| format!("'{w}': weight must be a whole number"))?;
+                if map.insert(version.to_owned(), weight).is_some() {
+                    return Err(format!("version '{version}' given twice"));
+                }
+            }
+            let res = client
+                .set_weights(SetWeightsRequest {
+                    service,
+                    weights: map,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_change(cli.output, res.generation, &res.changes);
+        }
+    }
+    Ok(())
+}
+
+fn print_change(output: Output, generation: u64, changes: &[String]) {
+    match output {
+        Output::Json => {
+            print_json(&serde_json::json!({"generation": generation, "changes": changes}))
+        }
+        Output::Table => {
+            for c in changes {
+                println!("{c}");
+            }
+            println!("generation {generation}");
+        }
+    }
+}
+
+const TYPES: [&str; 4] = ["cds", "eds", "lds", "rds"];
+
+fn short_type(type_url: &str) -> &str {
+    match type_url.rsplit('.').next() {
+        Some("Cluster") => "cds",
+        Some("ClusterLoadAssignment") => "eds",
+        Some("Listener") => "lds",
+        Some("RouteConfiguration") => "rds",
+        _ => type_url,
+    }
+}
+
+fn print_status(nodes: &[NodeStatus]) {
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            let mut row = vec![
+                n.id.clone(),
+                n.cluster.clone(),
+                n.user_agent.clone(),
+                n.streams.to_string(),
+                n.mode.clone(),
+            ];
+            for t in TYPES {
+                let cell = n
+                    .types
+                    .iter()
+                    .find(|s| short_type(&s.type_url) == t)
+                    .map(|s| {
+                        if s.acked_version.is_empty() {
+                            "-".to_owned()
+                        } else if s.acked_version == s.sent_version {
+                            s.acked_version.clone()
+                        } else {
+                            format!("{} (sent {})", s.acked_version, s.sent_version)
+                        }
+                    })
+                    .unwrap_or_else(|| "-".to_owned());
+                row.push(cell);
+            }
+            let nack = n
+                .types
+                .iter()
+                .filter_map(|t| t.last_nack.as_ref().map(|k| (t, k)))
+                .max_by_key(|(_, k)| k.at_unix_ms)
+                .map(|(t, k)| format!("{}: {}", short_type(&t.type_url), k.message))
+                .unwrap_or_else(|| "-".to_owned());
+            row.push(nack);
+            row
+        })
+        .collect();
+    print_table(
+        &[
+            "NODE",
+            "CLUSTER",
+            "AGENT",
+            "STREAMS",
+            "MODE",
+            "CDS",
+            "EDS",
+            "LDS",
+            "RDS",
+            "LAST NACK",
+        ],
+        &rows,
+    );
+}
+
+fn nodes_json(nodes: &[NodeStatus]) -> serde_json::Value {
+    let list: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|n| {
+            let types: Vec<serde_json::Value> = n
+                .types
+                .iter()
+                .map(|t| {
+                    serde_json::json!({
+                        "type_url": t.type_url,
+                        "sent_version": t.sent_version,
+                        "acked_version": t.acked_version,
+                        "last_nack": t.last_nack.as_ref().map(|k| serde_json::json!({
+                            "version": k.version, "message": k.message, "at_unix_ms": k.at_unix_ms,
+                        })),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "id": n.id, "cluster": n.cluster, "user_agent": n.user_agent,
+                "streams": n.streams, "mode": n.mode,
+                "connected_since_unix_ms": n.connected_since_unix_ms, "types": types,
+            })
+        })
+        .collect();
+    serde_json::json!({ "nodes": list })
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

@@ -1,0 +1,310 @@
+//! legate-cp end to end: the real control plane binary serving the real legate proxy and a
+//! real Envoy, driven by the real legatectl; mesh-file edits, persistence and bad input.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use legate_tests::client::HttpClient;
+use legate_tests::peers::{Envoy, EnvoyAds};
+use legate_tests::process::{TempDir, bin_dir};
+use legate_tests::xds_server::Mode;
+use legate_tests::{Legate, Protocol, Upstream, XdsFlags, eventually};
+
+fn mesh(v1: SocketAddr, v2: SocketAddr) -> String {
+    format!(
+        r#"
+proxy:
+  listener: {{name: outbound, address: 127.0.0.1:0, protocol: auto}}
+services:
+  - name: payments
+    versions:
+      - {{name: v1, weight: 100, endpoints: [{{address: {v1}}}]}}
+      - {{name: v2, weight: 0, endpoints: [{{address: {v2}}}]}}
+    route: {{prefix: /payments/, rewrite: /, timeout: 5s}}
+"#
+    )
+}
+
+fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} not found: run `cargo build --workspace --bins`",
+        p.display()
+    );
+    p
+}
+
+/// A running legate-cp, killed by PID on drop.
+struct Cp {
+    child: Child,
+    xds: SocketAddr,
+    admin: SocketAddr,
+    log: PathBuf,
+}
+
+impl Cp {
+    // The child is moved into `Cp`, whose Drop kills and waits for it.
+    #[allow(clippy::zombie_processes)]
+    async fn start(config: &Path, data: &Path, dir: &TempDir) -> Cp {
+        let addr_file = dir.path().join(format!("cp-{}.addr", fastrand::u32(..)));
+        let log = dir.path().join(format!("cp-{}.log", fastrand::u32(..)));
+        let out = std::fs::File::create(&log).expect("log");
+        let mut child = Command::new(bin("legate-cp"))
+            .arg("--config")
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data)
+            .args([
+                "--xds-address",
+                "127.0.0.1:0",
+                "--admin-address",
+                "127.0.0.1:0",
+            ])
+            .arg("--address-file")
+            .arg(&addr_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("start legate-cp");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&addr_file) {
+                let get = |k: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .and_then(|v| v.parse().ok())
+                };
+                if let (Some(xds), Some(admin)) = (get("xds="), get("admin=")) {
+                    return Cp {
+                        child,
+                        xds,
+                        admin,
+                        log,
+                    };
+                }
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "legate-cp did not start: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.xds)
+    }
+
+    fn ctl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin("legatectl"))
+            .arg("--server")
+            .arg(format!("http://{}", self.admin))
+            .args(args)
+            .output()
+            .expect("run legatectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Cp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- legate-cp log ----\n{}", self.log());
+        }
+    }
+}
+
+async fn versions(url: &str, n: usize) -> Result<(usize, usize), String> {
+    let http = HttpClient::http1();
+    let (mut a, mut b) = (0, 0);
+    for _ in 0..n {
+        let r = http
+            .try_request("GET", url, &[], legate_tests::client::empty())
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        if r.status.as_u16() != 200 {
+            return Err(format!("{url}: status {}", r.status));
+        }
+        if r.echo().version == "v1" {
+            a += 1;
+        } else {
+            b += 1;
+        }
+    }
+    Ok((a, b))
+}
+
+async fn wait_versions(url: &str, want: (usize, usize)) {
+    eventually(Duration::from_secs(10), "traffic split", || async {
+        let got = versions(url, want.0 + want.1).await?;
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+}
+
+async fn proxy_and_envoy_follow_set_weights(mode: Mode, envoy_mode: EnvoyAds) {
+    let v1 = Upstream::start("payments", "v1", Protocol::Auto).await;
+    let v2 = Upstream::start("payments", "v2", Protocol::Auto).await;
+    let dir = TempDir::new("cp");
+    let config = dir.write("mesh.yaml", &mesh(v1.addr(), v2.addr()));
+    let cp = Cp::start(&config, &dir.path().join("data"), &dir).await;
+
+    let legate = Legate::start_xds(&XdsFlags::new(&cp.url(), mode).node("proxy-1", "web")).await;
+    let proxy_url = legate.url("outbound", "/payments/charge").await;
+    wait_versions(&proxy_url, (10, 0)).await;
+
+    let envoy = Envoy::start_ads(cp.xds, envoy_mode, "envoy-1", "web").await;
+    let envoy_url = eventually(Duration::from_secs(30), "Envoy listener", || async {
+        if envoy.stat("listener_manager.total_listeners_active").await != Some(1) {
+            return Err("not active".to_owned());
+        }
+        let (_, body) = envoy.admin_get("/listeners?format=json").await;
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        let sa = &v["listener_statuses"][0]["local_address"]["socket_address"];
+        Ok(format!(
+            "http://{}:{}/payments/charge",
+            sa["address"].as_str().unwrap_or("127.0.0.1"),
+            sa["port_value"].as_u64().unwrap_or(0)
+        ))
+    })
+    .await;
+    wait_versions(&envoy_url, (10, 0)).await;
+
+    let (ok, out, err) = cp.ctl(&["set-weights", "payments", "v1=0", "v2=100"]);
+    assert!(ok, "set-weights failed: {out}{err}");
+    assert!(out.contains("weights"), "{out}");
+    wait_versions(&proxy_url, (0, 10)).await;
+    wait_versions(&envoy_url, (0, 10)).await;
+
+    // Both show in status with their ACKs, and nothing was NACKed.
+    let (ok, out, err) = cp.ctl(&["status", "-o", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    let nodes = v["nodes"].as_array().expect("nodes");
+    for id in ["proxy-1", "envoy-1"] {
+        let n = nodes
+            .iter()
+            .find(|n| n["id"] == id)
+            .unwrap_or_else(|| panic!("{id} missing: {out}"));
+        let types = n["types"].as_array().expect("types");
+        assert!(!types.is_empty(), "{id}: {out}");
+        for t in types {
+            assert!(t["last_nack"].is_null(), "{id} NACKed: {t}");
+            assert_eq!(
+                t["sent_version"], t["acked_version"],
+                "{id} has not ACKed: {t}"
+            );
+        }
+    }
+    let (ok, table, _) = cp.ctl(&["status"]);
+    assert!(ok && table.starts_with("NODE"), "{table}");
+}
+
+#[tokio::test]
+async fn legate_and_envoy_follow_set_weights_sotw() {
+    proxy_and_envoy_follow_set_weights(Mode::Sotw, EnvoyAds::Sotw).await;
+}
+
+#[tokio::test]
+async fn legate_and_envoy_follow_set_weights_delta() {
+    proxy_and_envoy_follow_set_weights(Mode::Delta, EnvoyAds::Delta).await;
+}
+
+#[tokio::test]
+async fn mesh_edits_bad_input_and_persistence() {
+    let v1 = Upstream::start("payments", "v1", Protocol::Auto).await;
+    let v2 = Upstream::start("payments", "v2", Protocol::Auto).await;
+    let dir = TempDir::new("cp-edit");
+    let data = dir.path().join("data");
+    let config = dir.write("mesh.yaml", &mesh(v1.addr(), v2.addr()));
+    let cp = Cp::start(&config, &data, &dir).await;
+    let legate = Legate::start_xds(&XdsFlags::new(&cp.url(), Mode::Sotw).node("p", "web")).await;
+    let url = legate.url("outbound", "/payments/x").await;
+    wait_versions(&url, (10, 0)).await;
+
+    // An invalid edit is refused with file, line and column; the old config keeps serving.
+    std::fs::write(
+        &config,
+        mesh(v1.addr(), v2.addr()).replace("weight: 100", "weight: lots"),
+    )
+    .expect("write");
+    eventually(Duration::from_secs(5), "refusal logged", || async {
+        let log = cp.log();
+        if log.contains("mesh.yaml:") && log.contains("refused") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await;
+    wait_versions(&url, (10, 0)).await;
+
+    // A valid edit is pushed within a second or so.
+    let started = Instant::now();
+    std::fs::write(
+        &config,
+        mesh(v1.addr(), v2.addr())
+            .replace("weight: 100", "weight: SWAP")
+            .replace("weight: 0", "weight: 100")
+            .replace("weight: SWAP", "weight: 0"),
+    )
+    .expect("write");
+    // The weights are swapped: v1=0, v2=100.
+    wait_versions(&url, (0, 10)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "edit took {:?}",
+        started.elapsed()
+    );
+
+    // Bad admin input changes nothing.
+    let (ok, _, err) = cp.ctl(&["set-weights", "nosuch", "v1=1"]);
+    assert!(!ok && err.contains("nosuch"), "{err}");
+    let (ok, _, err) = cp.ctl(&["set-weights", "payments", "v1=0", "v2=0"]);
+    assert!(!ok, "all-zero weights must be refused");
+    assert!(!err.is_empty());
+    let (ok, _, err) = cp.ctl(&["set-weights", "payments", "v1=50"]);
+    assert!(!ok, "missing versions must be refused: {err}");
+    let json = HttpClient::http1()
+        .request(
+            "POST",
+            &format!("http://{}/v1/services/payments/weights", cp.admin),
+            &[],
+            legate_tests::client::full("not json"),
+        )
+        .await;
+    assert_eq!(json.status.as_u16(), 400);
+    wait_versions(&url, (0, 10)).await;
+
+    // A change through the admin API survives a restart of legate-cp.
+    let (ok, out, err) = cp.ctl(&["set-weights", "payments", "v1=100", "v2=0"]);
+    assert!(ok, "{out}{err}");
+    wait_versions(&url, (10, 0)).await;
+    drop(legate);
+    drop(cp);
+    let cp = Cp::start(&config, &data, &dir).await;
+    let legate = Legate::start_xds(&XdsFlags::new(&cp.url(), Mode::Delta).node("p2", "web")).await;
+    let url = legate.url("outbound", "/payments/x").await;
+    wait_versions(&url, (10, 0)).await;
+}
