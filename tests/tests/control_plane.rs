@@ -308,3 +308,76 @@ async fn mesh_edits_bad_input_and_persistence() {
     let url = legate.url("outbound", "/payments/x").await;
     wait_versions(&url, (10, 0)).await;
 }
+
+/// gRPC's own xDS client (grpcio, C-core) resolves `xds:///payments` through legate-cp and
+/// completes RPCs to a local gRPC server.
+#[tokio::test]
+async fn grpc_xds_client_resolves_through_legate_cp() {
+    let python = legate_tests::peers::peers_python();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().expect("addr").port()
+    };
+    let dir = TempDir::new("cp-grpc");
+    let config = dir.write(
+        "mesh.yaml",
+        &format!(
+            r#"
+proxy:
+  listener: {{name: outbound, address: 127.0.0.1:0}}
+services:
+  - name: payments
+    protocol: http2
+    endpoints: [{{address: 127.0.0.1:{port}}}]
+"#
+        ),
+    );
+    let cp = Cp::start(&config, &dir.path().join("data"), &dir).await;
+    let bootstrap = dir.write(
+        "grpc-bootstrap.json",
+        &serde_json::json!({
+            "xds_servers": [{
+                "server_uri": cp.xds.to_string(),
+                "channel_creds": [{"type": "insecure"}],
+                "server_features": ["xds_v3"],
+            }],
+            "node": {"id": "grpc-client-1", "cluster": "grpc"},
+        })
+        .to_string(),
+    );
+    let script = legate_tests::peers::repo_root().join("tests/interop/grpc_xds_client.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args([
+                "--server-port",
+                &port.to_string(),
+                "--target",
+                "xds:///payments",
+            ])
+            .args(["--calls", "10", "--timeout", "30"])
+            .env("GRPC_XDS_BOOTSTRAP", bootstrap)
+            .output()
+            .expect("run the grpcio client")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "grpcio client failed:\n{stdout}\n{stderr}\n{}",
+        cp.log()
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json line");
+    let replies = v["replies"].as_array().expect("replies");
+    assert_eq!(replies.len(), 10, "{v}");
+    assert!(replies.iter().all(|r| r == "payments-v1:hello"), "{v}");
+    // legate-cp saw the gRPC node and it ACKed without NACKs.
+    let (ok, out, err) = cp.ctl(&["status", "-o", "json"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("grpc-client-1") || !out.contains("last_nack\": {"),
+        "{out}"
+    );
+}

@@ -17,6 +17,7 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::socket_address::{PortSpecifier, Protocol};
+use envoy_types::pb::envoy::config::core::v3::Locality;
 use envoy_types::pb::envoy::config::core::v3::{
     Address as XdsAddress, AggregatedConfigSource, ApiVersion, ConfigSource, DataSource,
     HeaderValue, HeaderValueOption, Http1ProtocolOptions, Http2ProtocolOptions,
@@ -524,6 +525,9 @@ pub(crate) fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> XdsClust
             Vec::new()
         } else {
             vec![LocalityLbEndpoints {
+                // gRPC's xDS client refuses a locality group without `locality` (seen with
+                // grpcio 1.85: "endpoints[0].locality error:field not present").
+                locality: Some(Locality::default()),
                 lb_endpoints,
                 load_balancing_weight: Some(UInt32Value { value: 1 }),
                 ..Default::default()
