@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Starts the demo: four demo upstreams and a legate proxy on examples/demo.yaml.
-# Ctrl-C (or SIGTERM) stops everything this script started, by PID.
+# Starts the demo: legate-cp on examples/cp-demo.yaml, four demo upstreams, and a legate
+# proxy configured by legate-cp over xDS. Ctrl-C (or SIGTERM) stops everything this script
+# started, by PID. State (legate-cp's admin changes, the proxy's xDS cache) lives in .demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/debug}
+STATE=.demo
+mkdir -p "$STATE"
 pids=()
 cleanup() {
   trap - INT TERM EXIT
@@ -22,23 +25,30 @@ start_upstream payments v1 127.0.0.1:18082
 start_upstream payments v2 127.0.0.1:18083
 start_upstream inventory v1 127.0.0.1:18084 http2
 
-"$BIN/legate" --config examples/demo.yaml &
+"$BIN/legate-cp" --config examples/cp-demo.yaml --data-dir "$STATE/cp-data" \
+  --xds-address 127.0.0.1:15010 --admin-address 127.0.0.1:15011 &
 pids+=($!)
 
-for _ in $(seq 1 100); do
+"$BIN/legate" --node-id demo-proxy --node-cluster demo --admin-address 127.0.0.1:15000 \
+  --xds-server http://127.0.0.1:15010 --cache-dir "$STATE/proxy-cache" &
+pids+=($!)
+
+for _ in $(seq 1 150); do
   if curl -fsS -o /dev/null http://127.0.0.1:15000/ready 2>/dev/null; then break; fi
   sleep 0.1
 done
 curl -fsS -o /dev/null http://127.0.0.1:15000/ready || { echo "legate did not become ready" >&2; exit 1; }
 
-cat <<'MSG'
+cat <<MSG
 
-legate is running: proxy on 127.0.0.1:15001, admin on 127.0.0.1:15000.
+legate-cp: xDS on 127.0.0.1:15010, admin on 127.0.0.1:15011 (legatectl's default).
+legate:    proxy on 127.0.0.1:15001, admin on 127.0.0.1:15000, configured over xDS.
 try: curl http://127.0.0.1:15001/payments/charge
 try: curl -H 'x-canary: 1' http://127.0.0.1:15001/payments/charge
 try: curl --http2-prior-knowledge http://127.0.0.1:15001/inventory/items
-try: curl http://127.0.0.1:15000/clusters
-try: curl http://127.0.0.1:15000/stats/prometheus
+try: $BIN/legatectl set-weights payments v1=0 v2=100   # then curl payments again: all v2
+try: $BIN/legatectl status
+try: curl http://127.0.0.1:15000/config_dump
 Press Ctrl-C to stop.
 MSG
 wait -n "${pids[@]}"

@@ -20,7 +20,7 @@ struct Cli {
     #[arg(
         long,
         env = "LEGATE_CP_ADMIN",
-        default_value = "http://127.0.0.1:15010",
+        default_value = "http://127.0.0.1:15011",
         global = true
     )]
     server: String,
