@@ -4,7 +4,7 @@ CARGO_FLAGS ?= --locked
 
 VENV ?= .venv
 
-.PHONY: run test test-unit test-e2e build build-release lint fmt bench clean peers
+.PHONY: run test test-interop test-unit test-e2e build build-release lint fmt bench clean peers
 
 ## Build everything and start the demo: upstreams + a proxy on examples/demo.yaml.
 run: build
@@ -13,6 +13,10 @@ run: build
 ## Every test: unit tests and the end-to-end tests against real processes and real peers.
 test: build peers
 	$(CARGO) test $(CARGO_FLAGS) --workspace --all-targets
+
+## Interoperability only: real Envoy and gRPC's xDS client against legate-cp and the compiler.
+test-interop: build peers
+	$(CARGO) test $(CARGO_FLAGS) -p legate-tests --test interop_envoy --test control_plane
 
 ## Unit tests only (no processes).
 test-unit:

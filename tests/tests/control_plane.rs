@@ -297,6 +297,51 @@ async fn mesh_edits_bad_input_and_persistence() {
     assert_eq!(json.status.as_u16(), 400);
     wait_versions(&url, (0, 10)).await;
 
+    // Unknown nodes are a clear error; a known one shows its resources.
+    let (ok, _, err) = cp.ctl(&["get", "node", "nosuch"]);
+    assert!(!ok && err.contains("nosuch"), "{err}");
+    let (ok, out, err) = cp.ctl(&["get", "node", "p"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("payments-v1") && out.contains("outbound"),
+        "{out}"
+    );
+
+    // `apply -f` adds a service that every connected proxy then routes.
+    let orders = Upstream::start("orders", "v1", Protocol::Auto).await;
+    let doc = dir.write(
+        "orders.yaml",
+        &format!(
+            "services:\n  - name: orders\n    endpoints: [{{address: {}}}]\n",
+            orders.addr()
+        ),
+    );
+    let (ok, out, err) = cp.ctl(&["apply", "-f", doc.to_str().expect("utf-8 path")]);
+    assert!(ok && out.contains("service orders created"), "{out}{err}");
+    let orders_url = legate.url("outbound", "/orders/list").await;
+    eventually(Duration::from_secs(10), "orders routed", || async {
+        match HttpClient::http1()
+            .try_request("GET", &orders_url, &[], legate_tests::client::empty())
+            .await
+        {
+            Ok(r) if r.status.as_u16() == 200 && r.echo().name == "orders" => Ok(()),
+            Ok(r) => Err(format!("status {}", r.status)),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    // A document that does not validate is refused and changes nothing.
+    let bad = dir.write(
+        "bad.yaml",
+        "services:\n  - name: orders\n    endpoints: [{address: nowhere}]\n",
+    );
+    let (ok, _, err) = cp.ctl(&["apply", "-f", bad.to_str().expect("utf-8 path")]);
+    assert!(!ok && err.contains("address"), "{err}");
+    HttpClient::http1()
+        .get(&orders_url)
+        .await
+        .assert_status(200);
+
     // A change through the admin API survives a restart of legate-cp.
     let (ok, out, err) = cp.ctl(&["set-weights", "payments", "v1=100", "v2=0"]);
     assert!(ok, "{out}{err}");
