@@ -85,6 +85,7 @@ async fn handle(cp: Arc<ControlPlane>, req: http::Request<Body>) -> Resp {
                         "types": n.types.iter().map(|t| serde_json::json!({
                             "type_url": t.type_url, "sent_version": t.sent_version,
                             "acked_version": t.acked_version,
+                            "acked_at_unix_ms": t.acked_at_unix_ms,
                             "last_nack": t.last_nack.as_ref().map(|k| serde_json::json!({
                                 "version": k.version, "message": k.message, "at_unix_ms": k.at_unix_ms,
                             })),

@@ -276,6 +276,9 @@ impl ControlPlane {
                                     type_url: t.type_url.clone(),
                                     sent_version: t.sent_version.clone().unwrap_or_default(),
                                     acked_version: t.acked_version.clone().unwrap_or_default(),
+                                    acked_at_unix_ms: t
+                                        .acked_at_unix_ms
+                                        .map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX)),
                                     last_nack: t.last_nack.as_ref().map(|k| PbNack {
                                         version: k.version.clone(),
                                         message: k.message.clone(),

@@ -58,6 +58,8 @@ pub struct TypeStatus {
     pub sent_version: Option<String>,
     /// The version of the last response the client ACKed.
     pub acked_version: Option<String>,
+    /// When that ACK arrived.
+    pub acked_at_unix_ms: Option<u64>,
     pub last_nack: Option<Nack>,
 }
 
@@ -222,7 +224,10 @@ impl StreamHandle {
     }
 
     pub fn acked(&self, kind: ResourceKind, version: &str) {
-        self.with_type(kind, |t| t.acked_version = Some(version.to_owned()));
+        self.with_type(kind, |t| {
+            t.acked_version = Some(version.to_owned());
+            t.acked_at_unix_ms = Some(now_unix_ms());
+        });
     }
 
     pub fn nacked(&self, kind: ResourceKind, version: &str, nonce: &str, code: i32, message: &str) {

@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 
 /// legate-cp: turns a declarative mesh into Envoy xDS for a fleet of proxies.
 #[derive(Debug, Parser)]
-#[command(name = "legate-cp", version, about)]
+#[command(name = "legate-cp", version)]
 struct Args {
     /// A mesh file, or a directory of `*.yaml` mesh files (watched for changes).
     #[arg(long, short = 'c', value_name = "PATH")]

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 /// Drive a legate control plane: list proxies, read a node's configuration, apply service
 /// changes and shift traffic between versions.
 #[derive(Debug, Parser)]
-#[command(name = "legatectl", version, about)]
+#[command(name = "legatectl", version)]
 struct Cli {
     /// Admin API of legate-cp (gRPC).
     #[arg(
@@ -255,6 +255,13 @@ fn print_status(nodes: &[NodeStatus]) {
                 .map(|(t, k)| format!("{}: {}", short_type(&t.type_url), k.message))
                 .unwrap_or_else(|| "-".to_owned());
             row.push(nack);
+            let last_ack = n
+                .types
+                .iter()
+                .map(|t| t.acked_at_unix_ms)
+                .max()
+                .unwrap_or(0);
+            row.push(ago(last_ack));
             row
         })
         .collect();
@@ -275,6 +282,18 @@ fn print_status(nodes: &[NodeStatus]) {
     );
 }
 
+/// `12s ago` for a Unix time in milliseconds; `-` for none.
+fn ago(unix_ms: i64) -> String {
+    if unix_ms <= 0 {
+        return "-".to_owned();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    format!("{}s ago", (now - unix_ms).max(0) / 1000)
+}
+
 fn nodes_json(nodes: &[NodeStatus]) -> serde_json::Value {
     let list: Vec<serde_json::Value> = nodes
         .iter()
@@ -287,6 +306,7 @@ fn nodes_json(nodes: &[NodeStatus]) -> serde_json::Value {
                         "type_url": t.type_url,
                         "sent_version": t.sent_version,
                         "acked_version": t.acked_version,
+                        "acked_at_unix_ms": t.acked_at_unix_ms,
                         "last_nack": t.last_nack.as_ref().map(|k| serde_json::json!({
                             "version": k.version, "message": k.message, "at_unix_ms": k.at_unix_ms,
                         })),
