@@ -43,7 +43,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::cache::SnapshotCache;
 use crate::registry::{NodeRegistry, StreamHandle, StreamMode};
-use crate::resources::{NodeSnapshot, kind_of_type_url};
+use crate::resources::{NodeSnapshot, WARM_ORDER, kind_of_type_url};
 
 /// Responses buffered per stream beyond what HTTP/2 flow control holds. Small on purpose: a
 /// stream that cannot send waits, and then answers from the newest snapshot.
@@ -283,6 +283,15 @@ async fn run<P: Protocol>(
 
 /// Which type a request is for: `scope` is the type of a per-type service (whose requests may
 /// leave `type_url` empty), `None` for ADS. `Ok(None)`: a type we do not serve, ignored.
+/// A type's index in [`WARM_ORDER`], the order per-type state is kept in by both protocol
+/// variants.
+fn slot(kind: ResourceKind) -> usize {
+    WARM_ORDER
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or_default()
+}
+
 fn resolve_kind(
     scope: Option<ResourceKind>,
     type_url: &str,

@@ -24,6 +24,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use legate_snapshot::ResourceKind;
 use tonic::Status;
 
+use super::slot;
 use super::{Protocol, resolve_kind};
 use crate::registry::{StreamHandle, StreamMode};
 use crate::resources::{NodeSnapshot, WARM_ORDER, supports_wildcard};
@@ -69,13 +70,6 @@ pub(super) struct Delta {
     /// Indexed like [`WARM_ORDER`].
     types: [TypeState; 4],
     nonce: u64,
-}
-
-fn slot(kind: ResourceKind) -> usize {
-    WARM_ORDER
-        .iter()
-        .position(|k| *k == kind)
-        .unwrap_or_default()
 }
 
 impl Delta {

@@ -20,7 +20,8 @@ mod service;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -91,7 +92,7 @@ pub struct Dataplane {
     shared: Arc<Shared>,
     options: DataplaneOptions,
     listeners: tokio::sync::Mutex<HashMap<Arc<str>, ListenerHandle>>,
-    applied: Mutex<bool>,
+    applied: AtomicBool,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -130,7 +131,7 @@ impl Dataplane {
             }),
             options,
             listeners: tokio::sync::Mutex::new(HashMap::new()),
-            applied: Mutex::new(false),
+            applied: AtomicBool::new(false),
         }
     }
 
@@ -141,7 +142,7 @@ impl Dataplane {
 
     /// Whether a snapshot has been applied (the proxy is ready).
     pub fn is_ready(&self) -> bool {
-        *self.applied.lock().unwrap_or_else(PoisonError::into_inner)
+        self.applied.load(Ordering::Acquire)
     }
 
     /// Bound addresses of the live listeners, by name.
@@ -242,7 +243,7 @@ impl Dataplane {
                 h.config = v.config.clone();
             }
         }
-        *self.applied.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.applied.store(true, Ordering::Release);
         Ok(())
     }
 
