@@ -15,10 +15,37 @@ pub enum ProxyError {
     NoHealthyUpstream,
     #[error("upstream connect failure")]
     ConnectFailure,
+    #[error("upstream connect timeout")]
+    ConnectTimeout,
+    /// The route's `timeout` (the whole request, every attempt included) expired.
     #[error("upstream request timeout")]
     UpstreamTimeout,
+    #[error("upstream per-try timeout")]
+    PerTryTimeout,
+    #[error("upstream per-try idle timeout")]
+    PerTryIdleTimeout,
+    #[error("stream idle timeout")]
+    StreamIdleTimeout,
     #[error("upstream connection reset before the response")]
     UpstreamReset,
+    /// The connection failed before any byte of the request was written: the upstream
+    /// provably never saw it.
+    #[error("upstream connection reset before the request was sent")]
+    ResetBeforeRequest,
+    /// HTTP/2 REFUSED_STREAM: the upstream says it did not process the request.
+    #[error("upstream refused the stream")]
+    RefusedStream,
+    #[error("circuit breaker overflow: max_connections")]
+    OverflowMaxConnections,
+    #[error("circuit breaker overflow: max_pending_requests")]
+    OverflowMaxPendingRequests,
+    #[error("circuit breaker overflow: max_requests")]
+    OverflowMaxRequests,
+    #[error("circuit breaker overflow: max_retries")]
+    OverflowMaxRetries,
+    /// The classic (closed/open/half-open) breaker is open.
+    #[error("circuit breaker open")]
+    CircuitOpen,
     #[error("upstream sent an invalid response")]
     ProtocolError,
     #[error("the request could not be forwarded")]
@@ -35,8 +62,19 @@ impl ProxyError {
             ProxyError::ClusterNotFound => "cluster-not-found",
             ProxyError::NoHealthyUpstream => "no-healthy-upstream",
             ProxyError::ConnectFailure => "connect-failure",
+            ProxyError::ConnectTimeout => "connect-timeout",
             ProxyError::UpstreamTimeout => "upstream-timeout",
+            ProxyError::PerTryTimeout => "per-try-timeout",
+            ProxyError::PerTryIdleTimeout => "per-try-idle-timeout",
+            ProxyError::StreamIdleTimeout => "stream-idle-timeout",
             ProxyError::UpstreamReset => "upstream-reset",
+            ProxyError::ResetBeforeRequest => "upstream-reset-before-request",
+            ProxyError::RefusedStream => "refused-stream",
+            ProxyError::OverflowMaxConnections => "overflow-max-connections",
+            ProxyError::OverflowMaxPendingRequests => "overflow-max-pending-requests",
+            ProxyError::OverflowMaxRequests => "overflow-max-requests",
+            ProxyError::OverflowMaxRetries => "overflow-max-retries",
+            ProxyError::CircuitOpen => "circuit-open",
             ProxyError::ProtocolError => "protocol-error",
             ProxyError::BadRequest => "bad-request",
             ProxyError::UpgradeNotAllowed => "upgrade-not-allowed",
@@ -51,10 +89,60 @@ impl ProxyError {
             ProxyError::ClusterNotFound
             | ProxyError::NoHealthyUpstream
             | ProxyError::ConnectFailure
-            | ProxyError::UpstreamReset => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            | ProxyError::UpstreamReset
+            | ProxyError::ResetBeforeRequest
+            | ProxyError::RefusedStream
+            | ProxyError::OverflowMaxConnections
+            | ProxyError::OverflowMaxPendingRequests
+            | ProxyError::OverflowMaxRequests
+            | ProxyError::OverflowMaxRetries
+            | ProxyError::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ConnectTimeout
+            | ProxyError::UpstreamTimeout
+            | ProxyError::PerTryTimeout
+            | ProxyError::PerTryIdleTimeout
+            | ProxyError::StreamIdleTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ProtocolError => StatusCode::BAD_GATEWAY,
         }
+    }
+
+    /// Every variant, for metric pre-registration.
+    pub const ALL: [ProxyError; 20] = [
+        ProxyError::NoRoute,
+        ProxyError::ClusterNotFound,
+        ProxyError::NoHealthyUpstream,
+        ProxyError::ConnectFailure,
+        ProxyError::ConnectTimeout,
+        ProxyError::UpstreamTimeout,
+        ProxyError::PerTryTimeout,
+        ProxyError::PerTryIdleTimeout,
+        ProxyError::StreamIdleTimeout,
+        ProxyError::UpstreamReset,
+        ProxyError::ResetBeforeRequest,
+        ProxyError::RefusedStream,
+        ProxyError::OverflowMaxConnections,
+        ProxyError::OverflowMaxPendingRequests,
+        ProxyError::OverflowMaxRequests,
+        ProxyError::OverflowMaxRetries,
+        ProxyError::CircuitOpen,
+        ProxyError::ProtocolError,
+        ProxyError::BadRequest,
+        ProxyError::UpgradeNotAllowed,
+    ];
+
+    /// Whether the upstream provably never received the request, so even a
+    /// non-idempotent request can be sent again.
+    pub fn never_sent(self) -> bool {
+        matches!(
+            self,
+            ProxyError::ConnectFailure
+                | ProxyError::ConnectTimeout
+                | ProxyError::ResetBeforeRequest
+                | ProxyError::RefusedStream
+                | ProxyError::OverflowMaxConnections
+                | ProxyError::OverflowMaxPendingRequests
+                | ProxyError::NoHealthyUpstream
+        )
     }
 
     /// The local reply: status, a one-line body and `x-legate-error`.

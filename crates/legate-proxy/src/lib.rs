@@ -16,6 +16,7 @@ pub mod lb;
 mod listener;
 mod metrics;
 mod pool;
+mod resilience;
 mod service;
 
 use std::collections::HashMap;
@@ -104,18 +105,8 @@ impl std::fmt::Debug for Dataplane {
 impl Dataplane {
     pub fn new(registry: Arc<Registry>, options: DataplaneOptions) -> Self {
         let metrics = Metrics::new(registry);
-        let local_replies = [
-            ProxyError::NoRoute,
-            ProxyError::ClusterNotFound,
-            ProxyError::NoHealthyUpstream,
-            ProxyError::ConnectFailure,
-            ProxyError::UpstreamTimeout,
-            ProxyError::UpstreamReset,
-            ProxyError::ProtocolError,
-            ProxyError::BadRequest,
-            ProxyError::UpgradeNotAllowed,
-        ]
-        .into_iter()
+        let local_replies = ProxyError::ALL
+            .into_iter()
         .map(|e| (e, metrics.local_replies.get_or_create(&[e.code()])))
         .collect();
         let active = Active {

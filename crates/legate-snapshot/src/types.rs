@@ -290,6 +290,110 @@ pub struct ForwardAction {
     /// upgrade passes only when the listener lists its type and this route does not disable
     /// it; a route cannot enable a type the listener does not list.
     pub upgrades: Vec<(Arc<str>, bool)>,
+    /// The route's `retry_policy`, else the virtual host's (a route policy replaces the
+    /// virtual host's whole, as in Envoy). `None`: no retries.
+    pub retry_policy: Option<Arc<RetryPolicy>>,
+    /// `hedge_policy.hedge_on_per_try_timeout` (route, else virtual host).
+    pub hedge_on_per_try_timeout: bool,
+    /// Largest request body kept in memory so it can be sent again on a retry or hedge
+    /// (`request_body_buffer_limit`, else `per_request_buffer_limit_bytes`, route then
+    /// virtual host; default [`DEFAULT_RETRY_BUFFER_LIMIT`]). A longer body is streamed and
+    /// that request is not retried.
+    pub retry_buffer_limit: u64,
+    /// From route metadata `filter_metadata.legate.retry_non_idempotent`: allow retries and
+    /// hedges of POST/PATCH (and other non-idempotent methods) that may have reached the
+    /// upstream. Default false: such a request is retried only when it provably was not
+    /// sent, or carries an `Idempotency-Key` header.
+    pub retry_non_idempotent: bool,
+}
+
+/// Default of [`ForwardAction::retry_buffer_limit`]: 1 MiB, Envoy's default connection buffer.
+pub const DEFAULT_RETRY_BUFFER_LIMIT: u64 = 1024 * 1024;
+
+/// Envoy's `config.route.v3.RetryPolicy`, validated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RetryPolicy {
+    pub retry_on: RetryOn,
+    /// Retries after the first attempt (`num_retries`, default 1).
+    pub num_retries: u32,
+    /// `per_try_timeout`: each attempt's deadline until its response has been received in
+    /// full. `None` when unset or zero.
+    pub per_try_timeout: Option<Duration>,
+    /// `per_try_idle_timeout`: longest silence from the upstream within one attempt.
+    pub per_try_idle_timeout: Option<Duration>,
+    pub back_off: RetryBackOff,
+    pub rate_limited_back_off: Option<RateLimitedBackOff>,
+    /// `retriable_status_codes`, used with `retry_on: retriable-status-codes`.
+    pub retriable_status_codes: Vec<u16>,
+    /// `retriable_headers`: a response matching any of these is retried (with
+    /// `retry_on: retriable-headers`).
+    pub retriable_headers: Vec<HeaderMatcher>,
+    /// `retriable_request_headers`: when non-empty, only requests matching one of these
+    /// are retried.
+    pub retriable_request_headers: Vec<HeaderMatcher>,
+    /// `retry_host_predicate` holds `envoy.retry_host_predicates.previous_hosts`: a retry
+    /// avoids hosts already tried.
+    pub previous_hosts: bool,
+    /// `host_selection_retry_max_attempts` (default 1): how many times host selection is
+    /// repeated to satisfy the host predicate.
+    pub host_selection_retry_max_attempts: u32,
+}
+
+/// The `retry_on` conditions legate implements (comma-separated in Envoy's field).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct RetryOn {
+    /// `5xx`: any 5xx response, a reset, a timeout of an attempt, a connect failure.
+    pub five_xx: bool,
+    /// `gateway-error`: 502, 503, 504 responses and attempt timeouts.
+    pub gateway_error: bool,
+    /// `reset`: the upstream reset or closed the connection before the response headers,
+    /// or an attempt timed out.
+    pub reset: bool,
+    /// `reset-before-request`: a reset before the request was sent.
+    pub reset_before_request: bool,
+    /// `connect-failure`.
+    pub connect_failure: bool,
+    /// `refused-stream`: HTTP/2 REFUSED_STREAM.
+    pub refused_stream: bool,
+    /// `retriable-4xx`: 409.
+    pub retriable_4xx: bool,
+    /// `retriable-status-codes`.
+    pub retriable_status_codes: bool,
+    /// `retriable-headers`.
+    pub retriable_headers: bool,
+}
+
+/// `retry_back_off`: full-jitter exponential back-off between attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RetryBackOff {
+    /// `base_interval`, default 25 ms.
+    pub base: Duration,
+    /// `max_interval`, default 10 × base.
+    pub max: Duration,
+}
+
+/// `rate_limited_retry_back_off`: wait what the upstream asks (e.g. `Retry-After`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RateLimitedBackOff {
+    pub reset_headers: Vec<ResetHeader>,
+    /// `max_interval`, default 300 s: a longer interval in a header is ignored.
+    pub max_interval: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ResetHeader {
+    /// Lowercase header name.
+    pub name: Arc<str>,
+    pub format: ResetHeaderFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetHeaderFormat {
+    /// Whole seconds to wait (`Retry-After: 3`).
+    Seconds,
+    /// A Unix timestamp in seconds to wait until.
+    UnixTimestamp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -407,6 +511,18 @@ pub struct Cluster {
     pub idle_timeout: Option<Duration>,
     /// `max_requests_per_connection`; `None` is unlimited.
     pub max_requests_per_connection: Option<u32>,
+    /// `circuit_breakers`: Envoy's defaults when unset.
+    pub circuit_breakers: CircuitBreakers,
+    /// `outlier_detection`; `None`: no passive ejection.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// `health_checks` (HTTP and TCP).
+    pub health_checks: Vec<HealthCheck>,
+    /// `common_lb_config.healthy_panic_threshold` in permille (default 500 = 50%); 0
+    /// disables panic mode.
+    pub healthy_panic_threshold_permille: u32,
+    /// The classic closed/open/half-open breaker, from `metadata.filter_metadata.legate
+    /// .circuit_breaker` (xDS has no field for it).
+    pub classic_breaker: Option<ClassicBreaker>,
     /// Endpoints from `load_assignment` (STATIC, STRICT_DNS) or from the matching
     /// ClusterLoadAssignment (EDS), after validation.
     pub load_assignment: LoadAssignment,
@@ -522,4 +638,188 @@ pub enum HealthStatus {
     Healthy,
     Degraded,
     Unhealthy,
+}
+
+/// `circuit_breakers`. Routes are all DEFAULT priority in legate (route `priority` is
+/// refused), so only `default` limits traffic; `high` is validated and kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CircuitBreakers {
+    pub default: Thresholds,
+    pub high: Thresholds,
+}
+
+impl Default for CircuitBreakers {
+    fn default() -> Self {
+        CircuitBreakers {
+            default: Thresholds::default(),
+            high: Thresholds::default(),
+        }
+    }
+}
+
+/// One `circuit_breakers.thresholds` entry, with Envoy's defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Thresholds {
+    /// Open upstream connections across the cluster (default 1024).
+    pub max_connections: u32,
+    /// Requests waiting for a connection (default 1024).
+    pub max_pending_requests: u32,
+    /// Requests in flight (default 1024).
+    pub max_requests: u32,
+    /// Retries in flight (default 3); replaced by `retry_budget` when that is set.
+    pub max_retries: u32,
+    pub retry_budget: Option<RetryBudget>,
+    /// `track_remaining`: publish remaining-capacity gauges (legate always does).
+    pub track_remaining: bool,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+            retry_budget: None,
+            track_remaining: false,
+        }
+    }
+}
+
+/// `retry_budget`: retries in flight may be at most `budget_permille`/1000 of the requests
+/// in flight (default 20%), but at least `min_retry_concurrency` (default 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RetryBudget {
+    pub budget_permille: u32,
+    pub min_retry_concurrency: u32,
+}
+
+/// `outlier_detection`, with Envoy's defaults. Percentages are whole percent (0-100) as in
+/// Envoy; `success_rate_stdev_factor` is Envoy's integer (1900 = 1.9).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OutlierDetection {
+    /// `interval` (10 s): how often success-rate and failure-percentage are evaluated and
+    /// ejections expire.
+    pub interval: Duration,
+    /// `base_ejection_time` (30 s), multiplied by how many times the host was ejected.
+    pub base_ejection_time: Duration,
+    /// `max_ejection_time` (300 s).
+    pub max_ejection_time: Duration,
+    /// `max_ejection_time_jitter` (0).
+    pub max_ejection_time_jitter: Duration,
+    /// `max_ejection_percent` (10); at least one host may always be ejected.
+    pub max_ejection_percent: u32,
+    pub consecutive_5xx: u32,
+    pub enforcing_consecutive_5xx: u32,
+    pub consecutive_gateway_failure: u32,
+    pub enforcing_consecutive_gateway_failure: u32,
+    /// `split_external_local_origin_errors` (false): when false, local-origin failures
+    /// (connect failure, reset, timeout) count as 5xx (503/504) too.
+    pub split_external_local_origin_errors: bool,
+    pub consecutive_local_origin_failure: u32,
+    pub enforcing_consecutive_local_origin_failure: u32,
+    pub success_rate_minimum_hosts: u32,
+    pub success_rate_request_volume: u32,
+    pub success_rate_stdev_factor: u32,
+    pub enforcing_success_rate: u32,
+    pub enforcing_local_origin_success_rate: u32,
+    pub failure_percentage_threshold: u32,
+    pub enforcing_failure_percentage: u32,
+    pub enforcing_failure_percentage_local_origin: u32,
+    pub failure_percentage_minimum_hosts: u32,
+    pub failure_percentage_request_volume: u32,
+    /// `successful_active_health_check_uneject_host` (true).
+    pub successful_active_health_check_uneject_host: bool,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_time_jitter: Duration::ZERO,
+            max_ejection_percent: 10,
+            consecutive_5xx: 5,
+            enforcing_consecutive_5xx: 100,
+            consecutive_gateway_failure: 5,
+            enforcing_consecutive_gateway_failure: 0,
+            split_external_local_origin_errors: false,
+            consecutive_local_origin_failure: 5,
+            enforcing_consecutive_local_origin_failure: 100,
+            success_rate_minimum_hosts: 5,
+            success_rate_request_volume: 100,
+            success_rate_stdev_factor: 1900,
+            enforcing_success_rate: 100,
+            enforcing_local_origin_success_rate: 100,
+            failure_percentage_threshold: 85,
+            enforcing_failure_percentage: 0,
+            enforcing_failure_percentage_local_origin: 0,
+            failure_percentage_minimum_hosts: 5,
+            failure_percentage_request_volume: 50,
+            successful_active_health_check_uneject_host: true,
+        }
+    }
+}
+
+/// One entry of `health_checks`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    /// `timeout` (required): a check not answered in time fails.
+    pub timeout: Duration,
+    /// `interval` (required).
+    pub interval: Duration,
+    /// `interval_jitter`: up to this much is added to each interval at random.
+    pub interval_jitter: Duration,
+    /// `interval_jitter_percent`: up to this share of `interval` is added at random.
+    pub interval_jitter_percent: u32,
+    /// `initial_jitter`: the first check of each host waits a random time up to this.
+    pub initial_jitter: Duration,
+    /// `unhealthy_interval`, `unhealthy_edge_interval`, `healthy_edge_interval`; `None`:
+    /// `interval`.
+    pub unhealthy_interval: Option<Duration>,
+    pub unhealthy_edge_interval: Option<Duration>,
+    pub healthy_edge_interval: Option<Duration>,
+    /// Failed checks in a row that make a healthy host unhealthy (required).
+    pub unhealthy_threshold: u32,
+    /// Passed checks in a row that make an unhealthy host healthy (required). A new host
+    /// needs one, as in Envoy.
+    pub healthy_threshold: u32,
+    pub kind: HealthCheckKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    Http(HttpHealthCheck),
+    /// Connect only (`tcp_health_check` with no send/receive payload).
+    Tcp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HttpHealthCheck {
+    /// `host`; empty means the cluster name, as in Envoy.
+    pub host: Arc<str>,
+    pub path: Arc<str>,
+    /// `expected_statuses` as half-open ranges `[start, end)`; default `[200, 201)`.
+    pub expected_statuses: Vec<(u16, u16)>,
+    pub request_headers_to_add: Vec<HeaderValueOption>,
+    pub request_headers_to_remove: Vec<Arc<str>>,
+    /// `codec_client_type` HTTP2 (cleartext, prior knowledge) instead of HTTP/1.1.
+    pub http2: bool,
+}
+
+/// The classic application-side circuit breaker, per cluster: closed until, over the last
+/// `window`, at least `minimum_requests` requests finished and the share that failed
+/// reached `failure_ratio_permille`; then open (every request answered 503 at once) for
+/// `open_timeout`; then half-open, letting `half_open_max_requests` probes through: all
+/// succeed and it closes, any fails and it opens again. Failures are 5xx responses and
+/// local-origin failures (connect failure, reset, timeout).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClassicBreaker {
+    pub failure_ratio_permille: u32,
+    pub window: Duration,
+    pub minimum_requests: u32,
+    pub open_timeout: Duration,
+    pub half_open_max_requests: u32,
 }

@@ -27,6 +27,10 @@ fn forward(cluster: &str) -> ForwardAction {
         timeout: Some(Duration::from_secs(15)),
         idle_timeout: None,
         upgrades: Vec::new(),
+        retry_policy: None,
+        hedge_on_per_try_timeout: false,
+        retry_buffer_limit: crate::DEFAULT_RETRY_BUFFER_LIMIT,
+        retry_non_idempotent: false,
     }
 }
 

@@ -244,6 +244,11 @@ pub(super) fn cluster(x: &XdsCluster) -> Result<Cluster, Vec<ResourceError>> {
         connect_timeout,
         idle_timeout: http.idle_timeout,
         max_requests_per_connection: http.max_requests_per_connection,
+        circuit_breakers: crate::CircuitBreakers::default(),
+        outlier_detection: None,
+        health_checks: Vec::new(),
+        healthy_panic_threshold_permille: 500,
+        classic_breaker: None,
         load_assignment,
     };
     cx.finish(cluster)

@@ -743,6 +743,10 @@ fn forward(
         timeout,
         idle_timeout,
         upgrades,
+        retry_policy: None,
+        hedge_on_per_try_timeout: false,
+        retry_buffer_limit: crate::DEFAULT_RETRY_BUFFER_LIMIT,
+        retry_non_idempotent: false,
     })
 }
 

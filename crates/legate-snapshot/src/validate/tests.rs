@@ -461,6 +461,11 @@ fn base_set_converts() {
         connect_timeout: Duration::from_secs(5),
         idle_timeout: Some(Duration::from_secs(3600)),
         max_requests_per_connection: None,
+        circuit_breakers: crate::CircuitBreakers::default(),
+        outlier_detection: None,
+        health_checks: Vec::new(),
+        healthy_panic_threshold_permille: 500,
+        classic_breaker: None,
         load_assignment,
     };
     let locality = |endpoints| LoadAssignment {

@@ -1,0 +1,5 @@
+//! Resilience layers shared by the request path and the cluster manager: circuit-breaker
+//! resource limits, the classic breaker, retries, outlier detection and active health
+//! checks. `FIELDS.md` beside this file lists every Envoy field involved and its status.
+
+pub(crate) mod limits;
