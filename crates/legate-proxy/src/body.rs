@@ -53,7 +53,7 @@ pub enum ResponseBody {
     /// An upstream response body, streamed through; the host's in-flight count is held
     /// until the body ends or is dropped.
     Upstream {
-        body: Incoming,
+        body: crate::pool::UpstreamBody,
         active: Option<ActiveRequest>,
     },
     /// A local reply.

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use crate::lb::{Host, HostSet};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::resilience::limits::{Resource, ResourceLimits};
 
 /// Per-cluster metric handles, resolved once when the cluster is created.
 #[derive(Debug)]
@@ -30,6 +31,8 @@ pub struct ClusterRuntime {
     hosts: ArcSwap<HostSet>,
     cursor: AtomicUsize,
     pub(crate) pool: Arc<Pool>,
+    /// Circuit-breaker counts, shared with the pool (connections, pending requests).
+    pub(crate) limits: Arc<ResourceLimits>,
     pub(crate) stats: ClusterStats,
     dns: OnceLock<JoinHandle<()>>,
 }
@@ -73,7 +76,17 @@ impl ClusterRuntime {
             latency: metrics.upstream_latency.get_or_create(&[name]),
             open_connections: metrics.upstream_connections_open.get_or_create(&[name]),
         };
-        let pool = Arc::new(Pool::new(&config, stats.open_connections.clone()));
+        let remaining = Resource::ALL.map(|r| {
+            metrics
+                .circuit_breaker_remaining
+                .get_or_create(&[name, r.label()])
+        });
+        let limits = ResourceLimits::new(&config.circuit_breakers.default, remaining);
+        let pool = Arc::new(Pool::new(
+            &config,
+            stats.open_connections.clone(),
+            limits.clone(),
+        ));
         let initial = match config.discovery {
             Discovery::StrictDns { .. } => HostSet::default(),
             _ => host_set_from_config(&config, None),
@@ -83,6 +96,7 @@ impl ClusterRuntime {
             hosts: ArcSwap::from_pointee(initial),
             cursor: AtomicUsize::new(fastrand::usize(..1024)),
             pool,
+            limits,
             stats,
             dns: OnceLock::new(),
         });
@@ -121,6 +135,7 @@ impl ClusterRuntime {
             self.hosts
                 .store(Arc::new(host_set_from_config(&config, Some(&old))));
         }
+        self.limits.update(&config.circuit_breakers.default);
         // The pool and stats are shared by cloning the handles; the host set is shared by
         // pointer so both views see the same active-request counts.
         Arc::new(ClusterRuntime {
@@ -128,6 +143,7 @@ impl ClusterRuntime {
             hosts: ArcSwap::new(self.hosts.load_full()),
             cursor: AtomicUsize::new(0),
             pool: self.pool.clone(),
+            limits: self.limits.clone(),
             stats: ClusterStats {
                 requests: self.stats.requests.clone(),
                 latency: self.stats.latency.clone(),

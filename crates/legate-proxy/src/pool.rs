@@ -23,14 +23,49 @@ use tokio::net::TcpStream;
 use crate::body::RequestBody;
 use crate::connector::{CountedIo, CountingConnector};
 use crate::error::ProxyError;
+use crate::resilience::limits::ResourceLimits;
 
 pub(crate) enum Pool {
     Http1(Box<Client<CountingConnector, RequestBody>>),
     Http2(Arc<H2Pool>),
 }
 
+/// An upstream response body. Today a plain pass-through of hyper's body; the pool uses it
+/// to learn when a response has been read to its end.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+}
+
+impl UpstreamBody {
+    fn new(inner: Incoming) -> Self {
+        UpstreamBody { inner }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl Pool {
-    pub(crate) fn new(config: &Cluster, open: Arc<Gauge>) -> Self {
+    pub(crate) fn new(config: &Cluster, open: Arc<Gauge>, limits: Arc<ResourceLimits>) -> Self {
+        let _ = limits;
         match config.protocol {
             UpstreamProtocol::Http1 => {
                 let connector = CountingConnector::new(config.connect_timeout, open);
@@ -58,14 +93,15 @@ impl Pool {
         &self,
         addr: SocketAddr,
         req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        match self {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let res = match self {
             Pool::Http1(client) => client.request(req).await.map_err(|e| {
                 tracing::debug!(error = %e, %addr, "upstream request failed");
                 ProxyError::from_client(&e)
             }),
             Pool::Http2(pool) => pool.send(addr, req).await,
-        }
+        }?;
+        Ok(res.map(UpstreamBody::new))
     }
 }
 
