@@ -1,21 +1,112 @@
-//! Body types on both sides of the proxy. Bodies stream: nothing here buffers a whole
-//! message.
+//! Body types on both sides of the proxy. Bodies stream; the only buffering is the bounded
+//! copy of a request body kept so a retry can send it again.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::future::Future;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
+use crate::error::ProxyError;
 use crate::lb::ActiveRequest;
+use crate::pool::UpstreamBody;
+use crate::resilience::limits::LimitGuard;
 
 /// What the proxy sends upstream.
 #[derive(Debug)]
 pub enum RequestBody {
-    /// The downstream request body, streamed through.
+    /// The downstream request body, streamed through (not replayable).
     Incoming(Incoming),
     Empty,
+    /// A buffered body, sent again on each attempt.
+    Replay(ReplayBody),
+    /// A body longer than the retry buffer: the part already read, then the rest streamed.
+    Tail {
+        head: VecDeque<Bytes>,
+        rest: Incoming,
+    },
+}
+
+/// A complete request body held in memory; clones share the bytes.
+#[derive(Clone, Debug)]
+pub struct ReplayBody {
+    chunks: Arc<[Bytes]>,
+    trailers: Option<Arc<HeaderMap>>,
+    next: usize,
+    trailers_sent: bool,
+}
+
+impl ReplayBody {
+    fn len(&self) -> u64 {
+        self.chunks.iter().map(|c| c.len() as u64).sum()
+    }
+}
+
+/// How much of a request body [`buffer_request`] read.
+pub(crate) enum Buffered {
+    /// The whole body: it can be replayed.
+    Complete(RequestBody),
+    /// Longer than the limit: sent once, streaming the rest.
+    TooLong(RequestBody),
+}
+
+/// Read `body` into memory up to `limit` bytes so it can be sent more than once.
+pub(crate) async fn buffer_request(mut body: Incoming, limit: u64) -> Result<Buffered, ProxyError> {
+    if body.is_end_stream() {
+        return Ok(Buffered::Complete(RequestBody::Empty));
+    }
+    let mut chunks = Vec::new();
+    let mut len = 0u64;
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ProxyError::BadRequest)?;
+        match frame.into_data() {
+            Ok(data) => {
+                len += data.len() as u64;
+                chunks.push(data);
+                if len > limit {
+                    return Ok(Buffered::TooLong(RequestBody::Tail {
+                        head: chunks.into(),
+                        rest: body,
+                    }));
+                }
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(Arc::new(t));
+                }
+            }
+        }
+    }
+    Ok(Buffered::Complete(RequestBody::Replay(ReplayBody {
+        chunks: chunks.into(),
+        trailers,
+        next: 0,
+        trailers_sent: false,
+    })))
+}
+
+impl RequestBody {
+    /// A copy for another attempt, when this body can be sent again.
+    pub(crate) fn try_clone(&self) -> Option<RequestBody> {
+        match self {
+            RequestBody::Empty => Some(RequestBody::Empty),
+            RequestBody::Replay(r) => Some(RequestBody::Replay(ReplayBody {
+                next: 0,
+                trailers_sent: false,
+                ..r.clone()
+            })),
+            RequestBody::Incoming(_) | RequestBody::Tail { .. } => None,
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -29,6 +120,23 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Replay(r) => {
+                if let Some(chunk) = r.chunks.get(r.next) {
+                    r.next += 1;
+                    return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
+                }
+                if !r.trailers_sent {
+                    r.trailers_sent = true;
+                    if let Some(t) = &r.trailers {
+                        return Poll::Ready(Some(Ok(Frame::trailers((**t).clone()))));
+                    }
+                }
+                Poll::Ready(None)
+            }
+            RequestBody::Tail { head, rest } => match head.pop_front() {
+                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
         }
     }
 
@@ -36,6 +144,10 @@ impl Body for RequestBody {
         match self {
             RequestBody::Incoming(b) => b.is_end_stream(),
             RequestBody::Empty => true,
+            RequestBody::Replay(r) => {
+                r.next >= r.chunks.len() && (r.trailers_sent || r.trailers.is_none())
+            }
+            RequestBody::Tail { head, rest } => head.is_empty() && rest.is_end_stream(),
         }
     }
 
@@ -43,19 +155,119 @@ impl Body for RequestBody {
         match self {
             RequestBody::Incoming(b) => b.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Replay(r) if r.next == 0 => SizeHint::with_exact(r.len()),
+            RequestBody::Replay(_) => SizeHint::default(),
+            RequestBody::Tail { head, rest } => {
+                let head_len: u64 = head.iter().map(|c| c.len() as u64).sum();
+                let mut hint = SizeHint::new();
+                let r = rest.size_hint();
+                hint.set_lower(head_len + r.lower());
+                if let Some(upper) = r.upper() {
+                    hint.set_upper(head_len + upper);
+                }
+                hint
+            }
         }
     }
 }
 
+/// Deadlines that keep running while an upstream response body streams: the route timeout
+/// (and the winning attempt's per-try timeout), and the idle timeout (per-try idle or
+/// stream idle, whichever is shorter). Firing resets the downstream stream. The timer
+/// itself is only created the first time the body has to wait, so a body that is already
+/// there costs two clock reads.
+#[derive(Debug)]
+pub(crate) struct BodyTimers {
+    deadline: Option<(Instant, ProxyError)>,
+    idle: Option<(Duration, ProxyError)>,
+    last_activity: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl BodyTimers {
+    pub(crate) fn new(
+        deadline: Option<(Instant, ProxyError)>,
+        idle: Option<(Duration, ProxyError)>,
+    ) -> Option<Self> {
+        if deadline.is_none() && idle.is_none() {
+            return None;
+        }
+        Some(BodyTimers {
+            deadline,
+            idle,
+            last_activity: Instant::now(),
+            sleep: None,
+        })
+    }
+
+    /// Called when the body is waiting: the error to end it with if a deadline passed,
+    /// else arm the timer so this task wakes when one does.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Option<ProxyError> {
+        loop {
+            let now = Instant::now();
+            let deadline = self.deadline.map(|(at, e)| (at, e));
+            let idle = self.idle.map(|(d, e)| (self.last_activity + d, e));
+            let next = match (deadline, idle) {
+                (Some(a), Some(b)) => {
+                    if b.0 < a.0 {
+                        b
+                    } else {
+                        a
+                    }
+                }
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+                (None, None) => return None,
+            };
+            if next.0 <= now {
+                return Some(next.1);
+            }
+            match &mut self.sleep {
+                Some(sleep) => {
+                    if sleep.deadline() != next.0 {
+                        sleep.as_mut().reset(next.0);
+                    }
+                }
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(next.0))),
+            }
+            let Some(sleep) = &mut self.sleep else {
+                return None;
+            };
+            if sleep.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+        }
+    }
+
+    fn activity(&mut self) {
+        if self.idle.is_some() {
+            self.last_activity = Instant::now();
+        }
+    }
+}
+
+/// What stays with a response until its body ends: the host's in-flight count, the
+/// circuit-breaker request slot and the body deadlines.
+#[derive(Debug, Default)]
+pub struct Held {
+    // Both are held only for their `Drop`: given back when the body ends.
+    pub(crate) _active: Option<ActiveRequest>,
+    pub(crate) _request_slot: Option<LimitGuard>,
+    pub(crate) timers: Option<BodyTimers>,
+}
+
+/// The error a response body ends with when a deadline fires mid-stream.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyTimeout(pub ProxyError);
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What the proxy sends downstream.
 #[derive(Debug)]
 pub enum ResponseBody {
-    /// An upstream response body, streamed through; the host's in-flight count is held
-    /// until the body ends or is dropped.
-    Upstream {
-        body: crate::pool::UpstreamBody,
-        active: Option<ActiveRequest>,
-    },
+    /// An upstream response body, streamed through.
+    Upstream { body: UpstreamBody, held: Held },
     /// A local reply.
     Full(Option<Bytes>),
 }
@@ -73,19 +285,40 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ResponseBody::Upstream { body, active } => {
+            ResponseBody::Upstream { body, held } => {
                 let res = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = res {
-                    active.take();
+                match res {
+                    Poll::Ready(None) => {
+                        *held = Held::default();
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        *held = Held::default();
+                        Poll::Ready(Some(Err(e.into())))
+                    }
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(t) = &mut held.timers {
+                            t.activity();
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Pending => {
+                        if let Some(t) = &mut held.timers
+                            && let Some(e) = t.poll_expired(cx)
+                        {
+                            *held = Held::default();
+                            return Poll::Ready(Some(Err(Box::new(BodyTimeout(e)))));
+                        }
+                        Poll::Pending
+                    }
                 }
-                res
             }
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }

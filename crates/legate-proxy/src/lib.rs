@@ -11,6 +11,7 @@ mod body;
 mod cluster;
 mod connector;
 mod error;
+mod forward;
 mod headers;
 pub mod lb;
 mod listener;
@@ -29,7 +30,7 @@ use arc_swap::ArcSwap;
 use legate_snapshot::{Listener, RouteConfig, Snapshot};
 use legate_telemetry::{ByCodeClass, Counter, Registry};
 
-pub use body::{RequestBody, ResponseBody};
+pub use body::{BodyTimeout, BoxError, Held, RequestBody, ResponseBody};
 pub use cluster::ClusterRuntime;
 pub use error::ProxyError;
 pub use metrics::Metrics;

@@ -16,6 +16,9 @@ pub struct Metrics {
     pub upstream_connections_open: Arc<Family<Gauge>>,
     pub local_replies: Arc<Family<Counter>>,
     pub circuit_breaker_remaining: Arc<Family<Gauge>>,
+    pub upstream_retries: Arc<Family<Counter>>,
+    pub upstream_retry_overflow: Arc<Family<Counter>>,
+    pub upstream_hedges: Arc<Family<Counter>>,
 }
 
 impl Metrics {
@@ -60,6 +63,21 @@ impl Metrics {
                 "legate_circuit_breaker_remaining",
                 "Capacity left under a cluster's circuit-breaker threshold, by resource.",
                 &["cluster", "resource"],
+            ),
+            upstream_retries: registry.family(
+                "legate_upstream_retries_total",
+                "Retry attempts sent to a cluster (hedged attempts included).",
+                &["cluster"],
+            ),
+            upstream_retry_overflow: registry.family(
+                "legate_upstream_retry_overflow_total",
+                "Retries not made because max_retries or the retry budget was exhausted.",
+                &["cluster"],
+            ),
+            upstream_hedges: registry.family(
+                "legate_upstream_hedges_total",
+                "Attempts started because a per-try timeout fired with hedging on.",
+                &["cluster"],
             ),
             registry,
         }

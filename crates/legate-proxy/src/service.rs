@@ -7,7 +7,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -21,6 +20,7 @@ use legate_snapshot::{
 };
 
 use crate::body::{RequestBody, ResponseBody};
+use crate::forward;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::{Active, ListenerView, Shared};
@@ -100,154 +100,218 @@ async fn route_and_forward(
             let upgrade = upgrade_type(&req, view, fwd)?;
             let on_downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
             let (parts, body) = req.into_parts();
-            let host_entry = cluster.pick().ok_or(ProxyError::NoHealthyUpstream)?;
-            let active_req = host_entry.start_request();
-
-            // Build the upstream request from the downstream one.
-            let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            let path_and_query = match fwd.rewrite_path(&route.matcher.path, original) {
-                Some(rewritten) => {
-                    PathAndQuery::try_from(rewritten).map_err(|_| ProxyError::BadRequest)?
-                }
-                None => parts
-                    .uri
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            let tpl = Template::new(ctx, view, vhost, route, fwd, weighted, host_value, parts, upgrade, cluster)?;
+            let stream_idle = match fwd.idle_timeout {
+                Some(d) if d.is_zero() => None,
+                Some(d) => Some(d),
+                None => view.config.stream_idle_timeout,
             };
-            let mut headers = parts.headers;
-            headers::strip_hop_by_hop(&mut headers, upgrade);
-            if view.config.append_x_forwarded_for {
-                headers::append_forwarded_for(&mut headers, ctx.peer.ip());
-            }
-            headers::set_forwarded_proto(&mut headers);
-            if view.config.generate_request_id {
-                headers::ensure_request_id(&mut headers);
-            }
-            let new_host = match (
-                &fwd.host_rewrite,
-                weighted.and_then(|w| w.host_rewrite.as_ref()),
-            ) {
-                (_, Some(literal)) => HeaderValue::from_str(literal).ok(),
-                (HostRewrite::Keep, None) => Some(host_value.clone()),
-                (HostRewrite::Literal(l), None) => HeaderValue::from_str(l.as_ref()).ok(),
-                (HostRewrite::Auto, None) => match &host_entry.hostname {
-                    Some(name) => HeaderValue::from_str(name).ok(),
-                    None => HeaderValue::from_str(host_entry.authority.as_str()).ok(),
-                },
-                (HostRewrite::Header(h), None) => headers
-                    .get(h.as_ref())
-                    .cloned()
-                    .or_else(|| Some(host_value.clone())),
-            };
-            let protocol = cluster.config().protocol;
-            // HTTP/1.1 dials the URI's authority (the host address) and sends `Host`;
-            // HTTP/2 dials the host address itself and sends the URI's authority as
-            // `:authority`, which replaces `Host`.
-            let authority = match protocol {
-                UpstreamProtocol::Http1 => {
-                    if let Some(h) = new_host {
-                        headers.insert(header::HOST, h);
-                    }
-                    host_entry.authority.clone()
-                }
-                UpstreamProtocol::Http2 => {
-                    headers.remove(header::HOST);
-                    new_host
-                        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-                        .unwrap_or_else(|| host_entry.authority.clone())
-                }
-            };
-            let uri = Uri::builder()
-                .scheme(Scheme::HTTP)
-                .authority(authority)
-                .path_and_query(path_and_query)
-                .build()
-                .map_err(|_| ProxyError::BadRequest)?;
-            let rc = &view.routes;
-            if let Some(w) = weighted {
-                headers::apply(
-                    &mut headers,
-                    &w.request_headers_to_remove,
-                    &w.request_headers_to_add,
-                );
-            }
-            headers::apply(
-                &mut headers,
-                &route.request_headers_to_remove,
-                &route.request_headers_to_add,
-            );
-            headers::apply(
-                &mut headers,
-                &vhost.request_headers_to_remove,
-                &vhost.request_headers_to_add,
-            );
-            headers::apply(
-                &mut headers,
-                &rc.request_headers_to_remove,
-                &rc.request_headers_to_add,
-            );
-
-            let body = if upgrade {
-                RequestBody::Empty
-            } else {
-                RequestBody::Incoming(body)
-            };
-            let mut upstream_req = Request::new(body);
-            *upstream_req.method_mut() = parts.method;
-            *upstream_req.uri_mut() = uri;
-            *upstream_req.version_mut() = match protocol {
-                UpstreamProtocol::Http1 => Version::HTTP_11,
-                UpstreamProtocol::Http2 => Version::HTTP_2,
-            };
-            *upstream_req.headers_mut() = headers;
-
-            let started = Instant::now();
-            let fut = cluster.pool.send(host_entry.addr, upstream_req);
-            let mut res = match fwd.timeout {
-                Some(t) => match tokio::time::timeout(t, fut).await {
-                    Ok(r) => r?,
-                    Err(_) => return Err(ProxyError::UpstreamTimeout),
-                },
-                None => fut.await?,
-            };
-            cluster.stats.latency.observe(started.elapsed());
-            cluster.stats.requests.record(res.status().as_u16());
+            let mut res = forward::forward(forward::Request {
+                shared: &ctx.shared,
+                cluster,
+                fwd,
+                tpl,
+                body,
+                upgrade,
+                stream_idle,
+            })
+            .await?;
 
             if res.status() == StatusCode::SWITCHING_PROTOCOLS
                 && let Some(down) = on_downstream_upgrade
             {
-                {
-                    let up = hyper::upgrade::on(&mut res);
-                    tokio::spawn(async move {
-                        let _active = active_req;
-                        match tokio::try_join!(down, up) {
-                            Ok((down, up)) => {
-                                let mut down = TokioIo::new(down);
-                                let mut up = TokioIo::new(up);
-                                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                            }
-                            Err(error) => tracing::debug!(%error, "upgrade failed"),
+                let up = hyper::upgrade::on(&mut res);
+                let (mut parts, body) = res.into_parts();
+                // The host stays counted as busy while the tunnel is open.
+                let held = match body {
+                    ResponseBody::Upstream { held, .. } => held,
+                    ResponseBody::Full(_) => crate::body::Held::default(),
+                };
+                tokio::spawn(async move {
+                    let _held = held;
+                    match tokio::try_join!(down, up) {
+                        Ok((down, up)) => {
+                            let mut down = TokioIo::new(down);
+                            let mut up = TokioIo::new(up);
+                            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
                         }
-                    });
-                    let (mut parts, _) = res.into_parts();
-                    parts.headers.remove(header::TRANSFER_ENCODING);
-                    return Ok(Response::from_parts(parts, ResponseBody::empty()));
-                }
+                        Err(error) => tracing::debug!(%error, "upgrade failed"),
+                    }
+                });
+                parts.headers.remove(header::TRANSFER_ENCODING);
+                return Ok(Response::from_parts(parts, ResponseBody::empty()));
             }
 
             let (mut parts, body) = res.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers, false);
             finish_response_headers(&mut parts.headers, view, vhost, route, weighted);
             parts.version = Version::HTTP_11;
-            Ok(Response::from_parts(
-                parts,
-                ResponseBody::Upstream {
-                    body,
-                    active: Some(active_req),
-                },
-            ))
+            Ok(Response::from_parts(parts, body))
         }
+    }
+}
+
+/// How the upstream `Host` / `:authority` is chosen for each attempt.
+enum HostHeader {
+    /// The same for every host (kept, literal or from a header); `None` leaves it unset.
+    Fixed(Option<HeaderValue>),
+    /// `auto_host_rewrite`: the chosen host's name or address.
+    Auto,
+}
+
+/// Everything of the upstream request that does not depend on the host, built once and
+/// stamped out per attempt.
+pub(crate) struct Template {
+    method: http::Method,
+    path_and_query: PathAndQuery,
+    headers: http::HeaderMap,
+    host: HostHeader,
+    protocol: UpstreamProtocol,
+}
+
+impl Template {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        ctx: &ConnCtx,
+        view: &ListenerView,
+        vhost: &VirtualHost,
+        route: &Route,
+        fwd: &ForwardAction,
+        weighted: Option<&legate_snapshot::WeightedCluster>,
+        host_value: HeaderValue,
+        parts: http::request::Parts,
+        upgrade: bool,
+        cluster: &crate::ClusterRuntime,
+    ) -> Result<Self, ProxyError> {
+        let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let path_and_query = match fwd.rewrite_path(&route.matcher.path, original) {
+            Some(rewritten) => {
+                PathAndQuery::try_from(rewritten).map_err(|_| ProxyError::BadRequest)?
+            }
+            None => parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        };
+        let mut headers = parts.headers;
+        headers::strip_hop_by_hop(&mut headers, upgrade);
+        if view.config.append_x_forwarded_for {
+            headers::append_forwarded_for(&mut headers, ctx.peer.ip());
+        }
+        headers::set_forwarded_proto(&mut headers);
+        if view.config.generate_request_id {
+            headers::ensure_request_id(&mut headers);
+        }
+        let host = match (
+            &fwd.host_rewrite,
+            weighted.and_then(|w| w.host_rewrite.as_ref()),
+        ) {
+            (_, Some(literal)) => HostHeader::Fixed(HeaderValue::from_str(literal).ok()),
+            (HostRewrite::Keep, None) => HostHeader::Fixed(Some(host_value)),
+            (HostRewrite::Literal(l), None) => {
+                HostHeader::Fixed(HeaderValue::from_str(l.as_ref()).ok())
+            }
+            (HostRewrite::Auto, None) => HostHeader::Auto,
+            (HostRewrite::Header(h), None) => HostHeader::Fixed(
+                headers
+                    .get(h.as_ref())
+                    .cloned()
+                    .or(Some(host_value)),
+            ),
+        };
+        let rc = &view.routes;
+        if let Some(w) = weighted {
+            headers::apply(
+                &mut headers,
+                &w.request_headers_to_remove,
+                &w.request_headers_to_add,
+            );
+        }
+        headers::apply(
+            &mut headers,
+            &route.request_headers_to_remove,
+            &route.request_headers_to_add,
+        );
+        headers::apply(
+            &mut headers,
+            &vhost.request_headers_to_remove,
+            &vhost.request_headers_to_add,
+        );
+        headers::apply(
+            &mut headers,
+            &rc.request_headers_to_remove,
+            &rc.request_headers_to_add,
+        );
+        Ok(Template {
+            method: parts.method,
+            path_and_query,
+            headers,
+            host,
+            protocol: cluster.config().protocol,
+        })
+    }
+
+    pub(crate) fn method(&self) -> &http::Method {
+        &self.method
+    }
+
+    pub(crate) fn headers(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+
+    /// The upstream request for `host`. `last` moves the headers out instead of copying
+    /// them (no further attempt will need them).
+    pub(crate) fn build(
+        &mut self,
+        host: &crate::lb::Host,
+        body: RequestBody,
+        last: bool,
+    ) -> Result<Request<RequestBody>, ProxyError> {
+        let mut headers = if last {
+            std::mem::take(&mut self.headers)
+        } else {
+            self.headers.clone()
+        };
+        let new_host = match &self.host {
+            HostHeader::Fixed(v) => v.clone(),
+            HostHeader::Auto => match &host.hostname {
+                Some(name) => HeaderValue::from_str(name).ok(),
+                None => HeaderValue::from_str(host.authority.as_str()).ok(),
+            },
+        };
+        // HTTP/1.1 dials the URI's authority (the host address) and sends `Host`;
+        // HTTP/2 dials the host address itself and sends the URI's authority as
+        // `:authority`, which replaces `Host`.
+        let authority = match self.protocol {
+            UpstreamProtocol::Http1 => {
+                if let Some(h) = new_host {
+                    headers.insert(header::HOST, h);
+                }
+                host.authority.clone()
+            }
+            UpstreamProtocol::Http2 => {
+                headers.remove(header::HOST);
+                new_host
+                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                    .unwrap_or_else(|| host.authority.clone())
+            }
+        };
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(self.path_and_query.clone())
+            .build()
+            .map_err(|_| ProxyError::BadRequest)?;
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = match self.protocol {
+            UpstreamProtocol::Http1 => Version::HTTP_11,
+            UpstreamProtocol::Http2 => Version::HTTP_2,
+        };
+        *req.headers_mut() = headers;
+        Ok(req)
     }
 }
 

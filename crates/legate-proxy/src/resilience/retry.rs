@@ -1,0 +1,286 @@
+//! Retry decisions: which outcomes a `retry_policy` retries, which requests may be sent
+//! twice, and how long to wait before the next attempt. Pure functions; the request path
+//! (`service.rs`) drives the attempts.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, Method};
+use legate_snapshot::{ResetHeaderFormat, RetryPolicy};
+
+use crate::error::ProxyError;
+
+/// The header that makes a non-idempotent request safe to send again: the upstream is
+/// expected to deduplicate on it.
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// RFC 9110 idempotent methods.
+pub(crate) fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Whether a response with this status and headers is retried under `policy`.
+pub(crate) fn retriable_response(policy: &RetryPolicy, status: u16, headers: &HeaderMap) -> bool {
+    let on = &policy.retry_on;
+    (on.five_xx && (500..600).contains(&status))
+        || (on.gateway_error && (502..=504).contains(&status))
+        || (on.retriable_4xx && status == 409)
+        || (on.retriable_status_codes && policy.retriable_status_codes.contains(&status))
+        || (on.retriable_headers && policy.retriable_headers.iter().any(|m| m.matches(headers)))
+}
+
+/// Whether a local failure of an attempt is retried under `policy`. As in Envoy, `5xx`,
+/// `gateway-error` and `reset` cover every reset, connect failure and attempt timeout;
+/// overflows and a missing host are never retried.
+pub(crate) fn retriable_error(policy: &RetryPolicy, e: ProxyError) -> bool {
+    let on = &policy.retry_on;
+    let any_reset = on.five_xx || on.gateway_error || on.reset;
+    match e {
+        ProxyError::ConnectFailure | ProxyError::ConnectTimeout => {
+            any_reset || on.connect_failure || on.reset_before_request
+        }
+        ProxyError::RefusedStream => any_reset || on.refused_stream || on.reset_before_request,
+        ProxyError::ResetBeforeRequest => any_reset || on.reset_before_request,
+        ProxyError::UpstreamReset
+        | ProxyError::ProtocolError
+        | ProxyError::PerTryTimeout
+        | ProxyError::PerTryIdleTimeout => any_reset,
+        _ => false,
+    }
+}
+
+/// Whether the request itself allows a retry: when `retriable_request_headers` is set, the
+/// request must match at least one of them (as in Envoy).
+pub(crate) fn request_allows_retry(policy: &RetryPolicy, headers: &HeaderMap) -> bool {
+    policy.retriable_request_headers.is_empty()
+        || policy
+            .retriable_request_headers
+            .iter()
+            .any(|m| m.matches(headers))
+}
+
+/// Full-jitter exponential back-off before retry number `retry` (0 for the first retry):
+/// a random wait in `[0, min(base × 2^retry, max)]`.
+pub(crate) fn backoff(policy: &RetryPolicy, retry: u32) -> Duration {
+    let base = policy.back_off.base;
+    let ceiling = base
+        .checked_mul(1u32.checked_shl(retry.min(30)).unwrap_or(u32::MAX))
+        .unwrap_or(policy.back_off.max)
+        .min(policy.back_off.max);
+    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(fastrand::u64(..=nanos))
+}
+
+/// The wait an upstream asked for in one of the policy's reset headers (e.g.
+/// `Retry-After: 2`), when rate-limited back-off is configured. A value above the policy's
+/// `max_interval`, or one that cannot be read, is skipped for the next header.
+pub(crate) fn rate_limited_delay(policy: &RetryPolicy, headers: &HeaderMap) -> Option<Duration> {
+    let rl = policy.rate_limited_back_off.as_ref()?;
+    for h in &rl.reset_headers {
+        let Some(value) = headers.get(&*h.name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        let Ok(n) = value.trim().parse::<u64>() else {
+            continue;
+        };
+        let wait = match h.format {
+            ResetHeaderFormat::Seconds => Duration::from_secs(n),
+            ResetHeaderFormat::UnixTimestamp => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                Duration::from_secs(n).saturating_sub(now)
+            }
+        };
+        if wait <= rl.max_interval {
+            return Some(wait);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http::HeaderValue;
+    use legate_snapshot::{
+        HeaderMatchRule, HeaderMatcher, RateLimitedBackOff, ResetHeader, RetryBackOff, RetryOn,
+        StringMatcher, StringPattern,
+    };
+
+    use super::*;
+
+    fn policy(retry_on: RetryOn) -> RetryPolicy {
+        RetryPolicy {
+            retry_on,
+            num_retries: 2,
+            per_try_timeout: None,
+            per_try_idle_timeout: None,
+            back_off: RetryBackOff {
+                base: Duration::from_millis(25),
+                max: Duration::from_millis(250),
+            },
+            rate_limited_back_off: None,
+            retriable_status_codes: vec![429],
+            retriable_headers: vec![HeaderMatcher {
+                name: Arc::from("x-retry"),
+                rule: HeaderMatchRule::String(StringMatcher {
+                    pattern: StringPattern::Exact(Arc::from("yes")),
+                    ignore_case: false,
+                }),
+                invert: false,
+                treat_missing_as_empty: false,
+            }],
+            retriable_request_headers: Vec::new(),
+            previous_hosts: false,
+            host_selection_retry_max_attempts: 1,
+        }
+    }
+
+    #[test]
+    fn response_conditions() {
+        let empty = HeaderMap::new();
+        let five = policy(RetryOn {
+            five_xx: true,
+            ..RetryOn::default()
+        });
+        assert!(retriable_response(&five, 500, &empty));
+        assert!(retriable_response(&five, 503, &empty));
+        assert!(!retriable_response(&five, 429, &empty));
+        assert!(!retriable_response(&five, 200, &empty));
+        let gw = policy(RetryOn {
+            gateway_error: true,
+            ..RetryOn::default()
+        });
+        assert!(!retriable_response(&gw, 500, &empty));
+        assert!(retriable_response(&gw, 502, &empty));
+        assert!(retriable_response(&gw, 504, &empty));
+        let codes = policy(RetryOn {
+            retriable_status_codes: true,
+            retriable_4xx: true,
+            ..RetryOn::default()
+        });
+        assert!(retriable_response(&codes, 429, &empty));
+        assert!(retriable_response(&codes, 409, &empty));
+        assert!(!retriable_response(&codes, 503, &empty));
+        let hdr = policy(RetryOn {
+            retriable_headers: true,
+            ..RetryOn::default()
+        });
+        let mut h = HeaderMap::new();
+        h.insert("x-retry", HeaderValue::from_static("yes"));
+        assert!(retriable_response(&hdr, 200, &h));
+        assert!(!retriable_response(&hdr, 200, &empty));
+    }
+
+    #[test]
+    fn error_conditions() {
+        let connect = policy(RetryOn {
+            connect_failure: true,
+            ..RetryOn::default()
+        });
+        assert!(retriable_error(&connect, ProxyError::ConnectFailure));
+        assert!(retriable_error(&connect, ProxyError::ConnectTimeout));
+        assert!(!retriable_error(&connect, ProxyError::UpstreamReset));
+        assert!(!retriable_error(&connect, ProxyError::PerTryTimeout));
+        let refused = policy(RetryOn {
+            refused_stream: true,
+            ..RetryOn::default()
+        });
+        assert!(retriable_error(&refused, ProxyError::RefusedStream));
+        assert!(!retriable_error(&refused, ProxyError::ConnectFailure));
+        let reset = policy(RetryOn {
+            reset: true,
+            ..RetryOn::default()
+        });
+        for e in [
+            ProxyError::UpstreamReset,
+            ProxyError::ConnectFailure,
+            ProxyError::PerTryTimeout,
+            ProxyError::PerTryIdleTimeout,
+            ProxyError::RefusedStream,
+        ] {
+            assert!(retriable_error(&reset, e), "{e:?}");
+        }
+        for e in [
+            ProxyError::OverflowMaxRequests,
+            ProxyError::OverflowMaxPendingRequests,
+            ProxyError::NoHealthyUpstream,
+            ProxyError::UpstreamTimeout,
+        ] {
+            assert!(!retriable_error(&reset, e), "{e:?}");
+        }
+        let before = policy(RetryOn {
+            reset_before_request: true,
+            ..RetryOn::default()
+        });
+        assert!(retriable_error(&before, ProxyError::ResetBeforeRequest));
+        assert!(!retriable_error(&before, ProxyError::UpstreamReset));
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        assert!(is_idempotent(&Method::GET));
+        assert!(is_idempotent(&Method::PUT));
+        assert!(is_idempotent(&Method::DELETE));
+        assert!(!is_idempotent(&Method::POST));
+        assert!(!is_idempotent(&Method::PATCH));
+    }
+
+    #[test]
+    fn backoff_is_jittered_below_a_growing_capped_ceiling() {
+        let p = policy(RetryOn::default());
+        for _ in 0..200 {
+            assert!(backoff(&p, 0) <= Duration::from_millis(25));
+            assert!(backoff(&p, 1) <= Duration::from_millis(50));
+            assert!(backoff(&p, 10) <= Duration::from_millis(250));
+            assert!(backoff(&p, 40) <= Duration::from_millis(250));
+        }
+        // Full jitter: over many draws the waits spread across the range.
+        let draws: Vec<Duration> = (0..200).map(|_| backoff(&p, 3)).collect();
+        assert!(draws.iter().any(|d| *d < Duration::from_millis(50)));
+        assert!(draws.iter().any(|d| *d > Duration::from_millis(150)));
+    }
+
+    #[test]
+    fn retry_after_seconds_and_timestamps() {
+        let mut p = policy(RetryOn::default());
+        p.rate_limited_back_off = Some(RateLimitedBackOff {
+            reset_headers: vec![
+                ResetHeader {
+                    name: Arc::from("retry-after"),
+                    format: ResetHeaderFormat::Seconds,
+                },
+                ResetHeader {
+                    name: Arc::from("x-ratelimit-reset"),
+                    format: ResetHeaderFormat::UnixTimestamp,
+                },
+            ],
+            max_interval: Duration::from_secs(5),
+        });
+        let mut h = HeaderMap::new();
+        assert_eq!(rate_limited_delay(&p, &h), None);
+        h.insert("retry-after", HeaderValue::from_static("2"));
+        assert_eq!(rate_limited_delay(&p, &h), Some(Duration::from_secs(2)));
+        // Too long: skipped, the next header is tried.
+        h.insert("retry-after", HeaderValue::from_static("60"));
+        assert_eq!(rate_limited_delay(&p, &h), None);
+        let soon = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+            + 3;
+        h.insert(
+            "x-ratelimit-reset",
+            HeaderValue::from_str(&soon.to_string()).expect("value"),
+        );
+        let d = rate_limited_delay(&p, &h).expect("timestamp");
+        assert!(d <= Duration::from_secs(3) && d >= Duration::from_secs(1), "{d:?}");
+    }
+}
