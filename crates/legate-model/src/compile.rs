@@ -59,16 +59,21 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher};
-use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration as PbDuration, UInt32Value};
+use envoy_types::pb::google::protobuf::{
+    Any, BoolValue, Duration as PbDuration, UInt32Value, UInt64Value,
+};
 use legate_snapshot::{Resources, type_url};
 use prost::Message;
 
 use crate::{
     Cluster, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DNS_REFRESH_RATE, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_REDIRECT_STATUS, Discovery, Endpoint, Forward, HeaderToAdd, LbPolicy, Listener,
-    ListenerProtocol, Mesh, Redirect, Route, RouteConfig, RouteMatch, UpstreamProtocol,
+    DEFAULT_REDIRECT_STATUS, Discovery, Endpoint, Forward, HeaderMatch, HeaderToAdd, LbPolicy,
+    Listener, ListenerProtocol, Mesh, Redirect, Route, RouteConfig, RouteMatch, UpstreamProtocol,
     VirtualHost,
 };
+
+mod policies;
+pub(crate) use policies::{circuit_breakers, outlier_detection};
 
 /// Well-known extension names.
 pub(crate) mod names {
@@ -279,11 +284,16 @@ pub(crate) fn route(r: &Route) -> XdsRoute {
             .as_ref()
             .map(|rd| route::Action::Redirect(redirect(rd)))
     };
+    let retries = r.forward.as_ref().and_then(|f| f.retries.as_ref());
     XdsRoute {
         name: r.name.clone().unwrap_or_default(),
         r#match: Some(route_match(&r.matcher)),
         action,
         request_headers_to_add: headers_to_add(&r.request_headers_to_add),
+        request_body_buffer_limit: retries
+            .and_then(|r| r.buffer_limit)
+            .map(|value| UInt64Value { value }),
+        metadata: retries.and_then(policies::route_metadata),
         ..Default::default()
     }
 }
@@ -321,6 +331,19 @@ fn string_matcher(
     })
 }
 
+pub(crate) fn header_matcher(h: &HeaderMatch) -> HeaderMatcher {
+    HeaderMatcher {
+        name: h.name.clone(),
+        invert_match: h.invert,
+        header_match_specifier: match h.present {
+            Some(present) => Some(header_matcher::HeaderMatchSpecifier::PresentMatch(present)),
+            None => string_matcher(&h.exact, &h.prefix, &h.suffix, &h.contains, &h.regex)
+                .map(header_matcher::HeaderMatchSpecifier::StringMatch),
+        },
+        ..Default::default()
+    }
+}
+
 fn route_match(m: &RouteMatch) -> XdsRouteMatch {
     let path = if let Some(p) = &m.path {
         PathSpecifier::Path(p.clone())
@@ -334,22 +357,7 @@ fn route_match(m: &RouteMatch) -> XdsRouteMatch {
     XdsRouteMatch {
         path_specifier: Some(path),
         case_sensitive: m.case_sensitive.map(|value| BoolValue { value }),
-        headers: m
-            .headers
-            .iter()
-            .map(|h| HeaderMatcher {
-                name: h.name.clone(),
-                invert_match: h.invert,
-                header_match_specifier: match h.present {
-                    Some(present) => {
-                        Some(header_matcher::HeaderMatchSpecifier::PresentMatch(present))
-                    }
-                    None => string_matcher(&h.exact, &h.prefix, &h.suffix, &h.contains, &h.regex)
-                        .map(header_matcher::HeaderMatchSpecifier::StringMatch),
-                },
-                ..Default::default()
-            })
-            .collect(),
+        headers: m.headers.iter().map(header_matcher).collect(),
         query_parameters: m
             .query
             .iter()
@@ -398,6 +406,9 @@ fn forward(f: &Forward) -> RouteAction {
         prefix_rewrite: f.prefix_rewrite.clone().unwrap_or_default(),
         host_rewrite_specifier: host_rewrite,
         timeout: f.timeout.map(duration),
+        idle_timeout: f.idle_timeout.map(duration),
+        retry_policy: f.retries.as_ref().map(policies::retry_policy),
+        hedge_policy: f.retries.as_ref().and_then(policies::hedge_policy),
         ..Default::default()
     }
 }
@@ -471,6 +482,7 @@ fn cluster(c: &Cluster) -> (XdsCluster, Option<XdsClusterLoadAssignment>) {
         )]),
         ..Default::default()
     };
+    policies::cluster_policies(c, &mut xds);
     let assignment = load_assignment(&c.name, &c.endpoints);
     match c.discovery {
         // Served over EDS rather than inline: gRPC's xDS client takes only EDS clusters,

@@ -22,7 +22,9 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use legate_snapshot::{Resources, type_url};
 
-use crate::compile::{ads, any, duration, load_assignment, route, router_filter};
+use crate::compile::{
+    ads, any, circuit_breakers, duration, load_assignment, outlier_detection, route, router_filter,
+};
 use crate::{DEFAULT_CONNECT_TIMEOUT, Discovery, Endpoint, Mesh, Problem, Service};
 
 /// Compile a mesh's services for gRPC xDS clients, one set per service, sorted by name:
@@ -36,9 +38,10 @@ use crate::{DEFAULT_CONNECT_TIMEOUT, Discovery, Endpoint, Mesh, Problem, Service
 ///   [`check_for_grpc`] vets) and the ClusterLoadAssignments of the EDS ones.
 ///
 /// The low-level layer (`listeners`, `route_configs`, `clusters`) is not included: it
-/// describes socket listeners, which gRPC has no use for. The prefix rewrite, timeout and
-/// header additions of a service's route are left out too, as gRPC does not apply them (it
-/// takes deadlines from the application).
+/// describes socket listeners, which gRPC has no use for. The prefix rewrite, timeouts,
+/// retries and header additions of a service's route are left out too, as gRPC does not
+/// apply them (it takes deadlines from the application, and retries on gRPC statuses).
+/// Of the cluster policies, `circuit_breakers` and `outlier_detection` are included.
 pub fn compile_for_grpc(mesh: &Mesh) -> Resources {
     let mut services: Vec<&Service> = mesh.services.iter().collect();
     services.sort_by(|a, b| a.name.cmp(&b.name));
@@ -154,6 +157,11 @@ fn cluster(
         // HTTP/2, with its own keepalive and idle settings.
         lb_policy: XdsLbPolicy::RoundRobin.into(),
         name,
+        // gRPC honours both (gRFCs A32 and A50): `max_requests` of the DEFAULT thresholds,
+        // and success-rate and failure-percentage ejection counting failed RPCs. Health
+        // checks, the panic threshold and the classic breaker are legate's and Envoy's only.
+        circuit_breakers: s.policies.circuit_breakers.as_ref().map(circuit_breakers),
+        outlier_detection: s.policies.outlier_detection.as_ref().map(outlier_detection),
         ..Default::default()
     };
     match s.discovery {

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod policies;
+pub use policies::*;
+
 /// Upstream connect timeout when a cluster does not set one.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Upstream connection idle timeout when a cluster does not set one (Envoy's default).
@@ -227,6 +230,17 @@ pub struct Forward {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// Longest silence on the request's stream; the listener's `stream_idle_timeout` when
+    /// unset, `0s` disables it.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// No retries when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,6 +331,22 @@ pub struct Cluster {
         skip_serializing_if = "Option::is_none"
     )]
     pub dns_refresh_rate: Option<Duration>,
+    /// Limits on connections and requests open at once; Envoy's defaults when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breakers: Option<CircuitBreakers>,
+    /// Passive ejection of failing hosts; none when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Active probing of every host; none when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Below this percent of healthy hosts, balance over all of them (Envoy's
+    /// `healthy_panic_threshold`, default 50); 0 to 100, 0 disables panic mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panic_threshold: Option<f64>,
+    /// The classic closed/open/half-open breaker; none when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<Breaker>,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
 }
@@ -451,7 +481,8 @@ pub struct ServiceRoute {
     /// unset. Writing the prefix itself keeps the path as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<String>,
-    /// Whole-request timeout; Envoy's default (15 s) when unset, `0s` disables it.
+    /// Whole-request timeout; Envoy's default (15 s) when unset, `0s` disables it. The same
+    /// as `policies.timeout` (kept for meshes written before it); set one of the two.
     #[serde(
         default,
         with = "humantime_serde",
@@ -475,15 +506,45 @@ pub struct CanaryRule {
 }
 
 /// Per-service policies, pushed by the control plane with the routes and clusters.
-//
-// Retries, circuit breakers and outlier detection are to come here, each as its own
-// optional field; until then `deny_unknown_fields` refuses them rather than ignoring them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// `request_headers_to_add`, the timeouts and `retries` apply to every route of the service
+/// (its canary rules too); the others to every cluster it compiles to (each version), and
+/// mean what they mean on a [`Cluster`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policies {
     /// Added to every request sent to the service (through its canary rules too).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub request_headers_to_add: Vec<HeaderToAdd>,
+    /// Whole-request timeout, retries included; Envoy's default (15 s) when unset, `0s`
+    /// disables it. Not with `route.timeout`, which says the same.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Longest silence on a request's stream; the listener's `stream_idle_timeout` when
+    /// unset, `0s` disables it.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breakers: Option<CircuitBreakers>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Percent, as on a [`Cluster`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panic_threshold: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<Breaker>,
 }
 
 /// The outbound listener every proxy node gets, serving the services' routes.

@@ -7,6 +7,7 @@
 //! compiler for both layers and lets validation reason about the generated names.
 
 use std::cmp::Reverse;
+use std::time::Duration;
 
 use crate::{
     Cluster, Endpoint, Forward, Listener, Mesh, Problem, Proxy, Route, RouteConfig, RouteMatch,
@@ -36,6 +37,12 @@ impl Service {
             .unwrap_or_else(|| format!("/{}/", self.name))
     }
 
+    /// The whole-request timeout, from `policies` or (as written before policies had it)
+    /// `route`.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.policies.timeout.or(self.route.timeout)
+    }
+
     /// Each cluster with its endpoints.
     pub(crate) fn clusters(&self) -> Vec<(String, &[Endpoint])> {
         if self.versions.is_empty() {
@@ -60,6 +67,11 @@ impl Service {
             idle_timeout: self.idle_timeout,
             max_requests_per_connection: self.max_requests_per_connection,
             dns_refresh_rate: self.dns_refresh_rate,
+            circuit_breakers: self.policies.circuit_breakers.clone(),
+            outlier_detection: self.policies.outlier_detection.clone(),
+            health_check: self.policies.health_check.clone(),
+            panic_threshold: self.policies.panic_threshold,
+            breaker: self.policies.breaker,
             endpoints: endpoints.to_vec(),
         }
     }
@@ -90,9 +102,10 @@ impl Service {
 
     /// The canary routes, then the weighted one, all under `prefix`.
     ///
-    /// `http` adds what only HTTP proxies apply: the prefix rewrite, the timeout and the
-    /// header additions. gRPC's xDS client ignores the first and the last, and takes its
-    /// deadlines from the application rather than from `timeout`.
+    /// `http` adds what only HTTP proxies apply: the prefix rewrite, the timeouts, the
+    /// retries and the header additions. gRPC's xDS client ignores the rewrite and the
+    /// headers, takes its deadlines from the application rather than from `timeout`, and
+    /// reads `retry_on` as gRPC status names, which an HTTP retry policy does not have.
     pub(crate) fn routes(&self, prefix: &str, http: bool) -> Vec<Route> {
         let finish = |mut forward: Forward| {
             if http {
@@ -102,7 +115,9 @@ impl Service {
                         .clone()
                         .unwrap_or_else(|| crate::DEFAULT_SERVICE_REWRITE.to_owned()),
                 );
-                forward.timeout = self.route.timeout;
+                forward.timeout = self.timeout();
+                forward.idle_timeout = self.policies.idle_timeout;
+                forward.retries = self.policies.retries.clone();
             }
             forward
         };

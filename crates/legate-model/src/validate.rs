@@ -10,6 +10,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::locate::Locator;
+use policies::ClusterPolicies;
+
+mod policies;
 use crate::{
     ConfigError, DirectResponse, Discovery, Endpoint, Forward, HeaderMatch, HeaderToAdd, Listener,
     ListenerProtocol, Mesh, Problem, QueryMatch, Redirect, Route, RouteConfig, RouteMatch, Service,
@@ -476,6 +479,10 @@ impl<'m> Checker<'m> {
             }
         }
         self.duration(&format!("{path}.timeout"), f.timeout);
+        self.duration(&format!("{path}.idle_timeout"), f.idle_timeout);
+        if let Some(r) = &f.retries {
+            self.retries(&format!("{path}.retries"), r);
+        }
     }
 
     fn cluster_ref(&mut self, path: &str, name: &str) {
@@ -601,18 +608,22 @@ impl<'m> Checker<'m> {
     }
 
     fn cluster(&mut self, path: &str, c: &crate::Cluster) {
-        if c.max_requests_per_connection.is_some_and(|n| n > 0) {
-            self.report(
-                format!("{path}.max_requests_per_connection"),
-                "not supported by legate yet (a limit of requests per upstream connection is not enforced)",
-            );
-        }
         self.cluster_settings(
             path,
             c.discovery,
             c.connect_timeout,
             c.idle_timeout,
             c.dns_refresh_rate,
+        );
+        self.cluster_policies(
+            path,
+            &ClusterPolicies {
+                circuit_breakers: c.circuit_breakers.as_ref(),
+                outlier_detection: c.outlier_detection.as_ref(),
+                health_check: c.health_check.as_ref(),
+                panic_threshold: c.panic_threshold,
+                breaker: c.breaker.as_ref(),
+            },
         );
         self.endpoints(&format!("{path}.endpoints"), c.discovery, &c.endpoints);
     }
@@ -740,12 +751,6 @@ impl<'m> Checker<'m> {
         {
             self.report(format!("{path}.name"), m);
         }
-        if s.max_requests_per_connection.is_some_and(|n| n > 0) {
-            self.report(
-                format!("{path}.max_requests_per_connection"),
-                "not supported by legate yet (a limit of requests per upstream connection is not enforced)",
-            );
-        }
         self.cluster_settings(
             path,
             s.discovery,
@@ -800,11 +805,37 @@ impl<'m> Checker<'m> {
             }
         }
         self.service_route(&format!("{path}.route"), s);
-        self.headers_to_add(
-            &format!("{path}.policies.request_headers_to_add"),
-            &s.policies.request_headers_to_add,
-        );
+        self.service_policies(&format!("{path}.policies"), s);
         owned
+    }
+
+    fn service_policies(&mut self, path: &str, s: &Service) {
+        let p = &s.policies;
+        self.headers_to_add(
+            &format!("{path}.request_headers_to_add"),
+            &p.request_headers_to_add,
+        );
+        self.duration(&format!("{path}.timeout"), p.timeout);
+        if p.timeout.is_some() && s.route.timeout.is_some() {
+            self.report(
+                format!("{path}.timeout"),
+                "the timeout is also set in `route.timeout`; set it in one place",
+            );
+        }
+        self.duration(&format!("{path}.idle_timeout"), p.idle_timeout);
+        if let Some(r) = &p.retries {
+            self.retries(&format!("{path}.retries"), r);
+        }
+        self.cluster_policies(
+            path,
+            &ClusterPolicies {
+                circuit_breakers: p.circuit_breakers.as_ref(),
+                outlier_detection: p.outlier_detection.as_ref(),
+                health_check: p.health_check.as_ref(),
+                panic_threshold: p.panic_threshold,
+                breaker: p.breaker.as_ref(),
+            },
+        );
     }
 
     fn service_route(&mut self, path: &str, s: &Service) {
@@ -1674,9 +1705,16 @@ proxy:
     fn unknown_keys_in_services_are_parse_errors() {
         for (text, expected) in [
             (
+                "services:\n  - name: a\n    endpoints: []\n    policies:\n      retry: {}\n",
+                "m.yaml:5:7: services[0].policies.retry: unknown field `retry`, expected one of \
+                 `request_headers_to_add`, `timeout`, `idle_timeout`, `retries`, \
+                 `circuit_breakers`, `outlier_detection`, `health_check`, `panic_threshold`, \
+                 `breaker`",
+            ),
+            (
                 "services:\n  - name: a\n    endpoints: []\n    policies:\n      retries: 3\n",
-                "m.yaml:5:7: services[0].policies.retries: unknown field `retries`, expected \
-                 `request_headers_to_add`",
+                "m.yaml:5:16: services[0].policies.retries: invalid type: integer `3`, expected \
+                 struct Retries",
             ),
             (
                 "services:\n  - name: a\n    versions: [{name: v1, wieght: 1}]\n",

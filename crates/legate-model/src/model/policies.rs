@@ -1,0 +1,521 @@
+//! Resilience policies as written: retries on routes; connection limits, outlier detection,
+//! active health checks, the panic threshold and the classic breaker on clusters.
+//!
+//! Each maps onto one Envoy message (the classic breaker, which xDS has no field for, onto
+//! cluster metadata that legate reads), with Envoy's names in snake case where Envoy has a
+//! name and Envoy's defaults where a field is left out. Left-out fields are `None`, so a
+//! policy serializes back to what its author wrote.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{HeaderMatch, UpstreamProtocol};
+
+/// The retry conditions legate implements, by their names in Envoy's `retry_on`.
+pub const RETRY_CONDITIONS: [&str; 9] = [
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "refused-stream",
+    "retriable-4xx",
+    "retriable-status-codes",
+    "retriable-headers",
+];
+
+/// Back-off base interval when `backoff.base` is not set (Envoy's default).
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(25);
+/// The header `retry_after: true` waits on.
+pub const DEFAULT_RETRY_AFTER_HEADER: &str = "retry-after";
+/// Health check interval when `health_check.interval` is not set.
+pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// Health check timeout when `health_check.timeout` is not set.
+pub const DEFAULT_HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Failed checks in a row that make a host unhealthy, when not set.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+/// Passed checks in a row that make a host healthy again, when not set.
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 1;
+/// Classic breaker defaults, for the fields left out of `breaker`.
+pub const DEFAULT_BREAKER_FAILURE_RATIO: f64 = 0.5;
+pub const DEFAULT_BREAKER_WINDOW: Duration = Duration::from_secs(10);
+pub const DEFAULT_BREAKER_MINIMUM_REQUESTS: u32 = 20;
+pub const DEFAULT_BREAKER_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_BREAKER_HALF_OPEN_MAX_REQUESTS: u32 = 1;
+
+/// When and how a forwarded request is tried again (Envoy's `retry_policy`, with the hedge
+/// policy, body buffer limit and idempotency opt-in that go with it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    /// At least one of [`RETRY_CONDITIONS`], Envoy's `retry_on`.
+    pub on: Vec<String>,
+    /// Retries after the first try (Envoy's `num_retries`); at least 1, default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// Deadline of each try, until its response is received in full. Envoy's default is
+    /// none: only the route's `timeout` applies.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub per_try_timeout: Option<Duration>,
+    /// Longest silence from the upstream within one try.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub per_try_idle_timeout: Option<Duration>,
+    /// Full-jitter exponential back-off between tries; Envoy's (25ms, up to 250ms) when
+    /// unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+    /// Wait as long as the upstream asks (`Retry-After: <seconds>`) instead of backing off:
+    /// `true` for the `retry-after` header, or the headers to read and the longest wait.
+    #[serde(
+        default,
+        deserialize_with = "retry_after::deserialize",
+        serialize_with = "retry_after::serialize",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_after: Option<RetryAfter>,
+    /// Statuses retried with `retriable-status-codes` (Envoy's `retriable_status_codes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub status_codes: Vec<u32>,
+    /// Responses retried with `retriable-headers`: any rule matching the response headers
+    /// (Envoy's `retriable_headers`; the rules of a route's `match.headers`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers: Vec<HeaderMatch>,
+    /// Retry on another host than the ones already tried (Envoy's `previous_hosts` retry
+    /// host predicate).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub previous_hosts: bool,
+    /// With `previous_hosts`: how many times a host is picked again to find one not yet
+    /// tried (Envoy's `host_selection_retry_max_attempts`, default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_selection_attempts: Option<u32>,
+    /// When a try's `per_try_timeout` expires, send another try without cancelling it and
+    /// take the first response (Envoy's `hedge_policy.hedge_on_per_try_timeout`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub hedge_on_per_try_timeout: bool,
+    /// Retry and hedge non-idempotent requests (POST, PATCH) that may have reached the
+    /// upstream. Off by default: legate retries those only when they provably were not
+    /// sent, or carry an `Idempotency-Key` header.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub non_idempotent: bool,
+    /// Largest request body, in bytes, kept to be sent again (Envoy's
+    /// `request_body_buffer_limit`; legate's default 1 MiB). A longer body is streamed and
+    /// its request not retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer_limit: Option<u64>,
+}
+
+impl Retries {
+    /// Whether `on` names `condition`.
+    pub fn retries_on(&self, condition: &str) -> bool {
+        self.on.iter().any(|c| c == condition)
+    }
+}
+
+/// Envoy's `retry_back_off`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    /// [`DEFAULT_BACKOFF_BASE`] when unset; greater than 0.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub base: Option<Duration>,
+    /// At least `base`; Envoy's default is 10 × base.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max: Option<Duration>,
+}
+
+/// Envoy's `rate_limited_retry_back_off`, with every header read as whole seconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryAfter {
+    /// Response headers holding the seconds to wait, the first present wins;
+    /// [`DEFAULT_RETRY_AFTER_HEADER`] when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Vec<String>>,
+    /// A longer wait in a header is not honoured (the back-off applies); Envoy's default
+    /// is 300s.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_interval: Option<Duration>,
+}
+
+impl RetryAfter {
+    /// The headers, default applied.
+    pub fn header_names(&self) -> Vec<&str> {
+        match &self.headers {
+            Some(h) => h.iter().map(String::as_str).collect(),
+            None => vec![DEFAULT_RETRY_AFTER_HEADER],
+        }
+    }
+}
+
+/// `retry_after: true | false | {headers, max_interval}`.
+mod retry_after {
+    use super::*;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<RetryAfter>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Option<RetryAfter>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false, or a mapping with `headers` and `max_interval`")
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(v.then(RetryAfter::default))
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                RetryAfter::deserialize(de::value::MapAccessDeserializer::new(map)).map(Some)
+            }
+        }
+        d.deserialize_any(V)
+    }
+
+    // `skip_serializing_if` leaves `None` out.
+    #[allow(clippy::ref_option)]
+    pub(super) fn serialize<S: Serializer>(
+        v: &Option<RetryAfter>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(r) if *r == RetryAfter::default() => s.serialize_bool(true),
+            Some(r) => r.serialize(s),
+            None => s.serialize_bool(false),
+        }
+    }
+}
+
+/// Envoy's `circuit_breakers` (one `thresholds` entry, DEFAULT priority): limits on what a
+/// cluster has open at once, across its hosts. A request over a limit is answered 503 at
+/// once. Envoy's default for each limit when unset.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakers {
+    /// Upstream connections (default 1024); at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Requests waiting for a connection (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+    /// Requests in flight (default 1024); at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    /// Retries in flight (default 3); not with `retry_budget`, which replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// Retries in flight limited to a share of the requests in flight.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    /// 0 to 100 (default 20), Envoy's `budget_percent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    /// Retries always allowed in flight, whatever the share (default 3), Envoy's
+    /// `min_retry_concurrency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_concurrency: Option<u32>,
+}
+
+/// Envoy's `outlier_detection`: eject hosts that fail, for a while. Every field is Envoy's,
+/// with Envoy's default when unset; percentages are whole percent 0-100. `{}` enables it with
+/// Envoy's defaults (5 consecutive 5xx eject a host for 30s).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// 5xx responses in a row that eject a host (default 5); at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_5xx: Option<u32>,
+    /// 502, 503 or 504 responses in a row (default 5); at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_failure: Option<u32>,
+    /// With `split_external_local_origin_errors`: connect failures, resets and timeouts in a
+    /// row (default 5); at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_local_origin_failure: Option<u32>,
+    /// Chance, in percent, that a detected outlier is ejected (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_consecutive_5xx: Option<u32>,
+    /// Default 0: detected but not ejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_consecutive_gateway_failure: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_consecutive_local_origin_failure: Option<u32>,
+    /// Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_success_rate: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_local_origin_success_rate: Option<u32>,
+    /// Default 0: failure-percentage ejection is off until this is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_failure_percentage: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_failure_percentage_local_origin: Option<u32>,
+    /// How often success rate and failure percentage are computed and ejections expire
+    /// (default 10s); greater than 0.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<Duration>,
+    /// An ejection lasts this times the number of times the host was ejected (default 30s);
+    /// greater than 0.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub base_ejection_time: Option<Duration>,
+    /// The longest ejection (default 300s, or `base_ejection_time` if longer); not less than
+    /// `base_ejection_time`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_ejection_time: Option<Duration>,
+    /// Up to this much is added at random to each ejection (default 0s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_ejection_time_jitter: Option<Duration>,
+    /// Most of the cluster's hosts ejected at once, in percent (default 10); one host may
+    /// always be ejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<u32>,
+    /// Hosts with enough requests needed to compute success rates (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate_minimum_hosts: Option<u32>,
+    /// Requests a host needs in an interval to be counted (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate_request_volume: Option<u32>,
+    /// A host below mean − factor/1000 × stdev is an outlier (default 1900, i.e. 1.9), as
+    /// Envoy's integer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate_stdev_factor: Option<u32>,
+    /// A host whose failures reach this percent of its requests is an outlier (default 85).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_percentage_threshold: Option<u32>,
+    /// Hosts needed to apply failure-percentage ejection (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_percentage_minimum_hosts: Option<u32>,
+    /// Requests a host needs in an interval to be counted (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_percentage_request_volume: Option<u32>,
+    /// Count local-origin failures (connect failure, reset, timeout) apart from the
+    /// upstream's 5xx (default false: they count as 5xx too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_external_local_origin_errors: Option<bool>,
+    /// A passing active health check returns an ejected host (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successful_active_health_check_uneject_host: Option<bool>,
+}
+
+/// Envoy's `health_checks` (one entry): probe every host, and stop sending requests to those
+/// that fail. Exactly one of `http` and `tcp`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpHealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpHealthCheck>,
+    /// [`DEFAULT_HEALTH_CHECK_INTERVAL`] when unset; greater than 0.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<Duration>,
+    /// A probe not answered in time fails; [`DEFAULT_HEALTH_CHECK_TIMEOUT`] when unset;
+    /// greater than 0.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Up to this much added at random to each interval (Envoy's `interval_jitter`).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub jitter: Option<Duration>,
+    /// The first probe of each host waits a random time up to this.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub initial_jitter: Option<Duration>,
+    /// Passed probes in a row that make a host healthy again; [`DEFAULT_HEALTHY_THRESHOLD`]
+    /// when unset; at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+    /// Failed probes in a row that make a host unhealthy; [`DEFAULT_UNHEALTHY_THRESHOLD`]
+    /// when unset; at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+}
+
+/// A `GET` of `path`, passed by an expected status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHealthCheck {
+    pub path: String,
+    /// The Host sent; the cluster's name when unset (Envoy's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Statuses that pass, each `200` or `"200-299"` (inclusive); only 200 when empty
+    /// (Envoy's default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_statuses: Vec<StatusRange>,
+    /// HTTP version of the probe; the cluster's `protocol` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<UpstreamProtocol>,
+}
+
+/// A TCP connect: the host passes when it accepts the connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpHealthCheck {}
+
+/// Statuses `first` to `last` inclusive, written `200` or `"200-299"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusRange {
+    pub first: u32,
+    pub last: u32,
+}
+
+impl Serialize for StatusRange {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.first == self.last {
+            s.serialize_u32(self.first)
+        } else {
+            s.serialize_str(&format!("{}-{}", self.first, self.last))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = StatusRange;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a status like 200, or a range like \"200-299\"")
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<StatusRange, E> {
+                let code = u32::try_from(v)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))?;
+                Ok(StatusRange {
+                    first: code,
+                    last: code,
+                })
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<StatusRange, E> {
+                let v = u64::try_from(v)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))?;
+                self.visit_u64(v)
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StatusRange, E> {
+                let bad = || E::invalid_value(de::Unexpected::Str(v), &self);
+                let number = |s: &str| s.trim().parse::<u32>().map_err(|_| bad());
+                match v.split_once('-') {
+                    Some((a, b)) => Ok(StatusRange {
+                        first: number(a)?,
+                        last: number(b)?,
+                    }),
+                    None => {
+                        let code = number(v)?;
+                        Ok(StatusRange {
+                            first: code,
+                            last: code,
+                        })
+                    }
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The classic circuit breaker, per cluster: closed until, over the last `window`, at least
+/// `minimum_requests` requests finished and `failure_ratio` of them failed (5xx, connect
+/// failure, reset, timeout); then open, answering 503 at once, for `open_timeout`; then
+/// half-open, letting `half_open_max_requests` requests through: all succeed and it closes,
+/// any fails and it opens again. Every field has a default (the `DEFAULT_BREAKER_*`
+/// constants), so `breaker: {}` enables it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Breaker {
+    /// Greater than 0, at most 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_ratio: Option<f64>,
+    /// Greater than 0.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub window: Option<Duration>,
+    /// At least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_requests: Option<u32>,
+    /// Greater than 0.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub open_timeout: Option<Duration>,
+    /// At least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_open_max_requests: Option<u32>,
+}
+
+// serde's `skip_serializing_if` passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_false(b: &bool) -> bool {
+    !*b
+}
