@@ -311,3 +311,749 @@ pub(crate) fn duration_text(d: Duration) -> String {
         format!("{secs}.{nanos:09}s")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
+    use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+    use envoy_types::pb::envoy::config::route::v3::route::Action;
+    use envoy_types::pb::envoy::config::route::v3::{
+        HeaderMatcher, Route as XdsRoute, RouteAction,
+    };
+    use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+    use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt64Value};
+    use std::sync::Arc;
+
+    use legate_snapshot::{self as snap, Resources};
+
+    use super::*;
+    use crate::{compile, compile_for_grpc};
+
+    /// Every policy, on a service with two versions and a canary rule.
+    const SERVICES: &str = "\
+services:
+  - name: payments
+    protocol: http2
+    max_requests_per_connection: 100
+    versions:
+      - {name: v1, weight: 90, endpoints: [{address: 127.0.0.1:18081}]}
+      - {name: v2, weight: 10, endpoints: [{address: 127.0.0.1:18083}]}
+    route:
+      canary:
+        - {version: v2, headers: [{name: x-canary, exact: '1'}]}
+    policies:
+      timeout: 5s
+      idle_timeout: 30s
+      retries:
+        on: [5xx, reset, connect-failure, retriable-status-codes, retriable-headers]
+        attempts: 2
+        per_try_timeout: 500ms
+        per_try_idle_timeout: 200ms
+        backoff: {base: 50ms, max: 1s}
+        retry_after: {headers: [retry-after, x-retry-in], max_interval: 10s}
+        status_codes: [429]
+        response_headers: [{name: x-retry, exact: 'yes'}]
+        previous_hosts: true
+        host_selection_attempts: 3
+        hedge_on_per_try_timeout: true
+        non_idempotent: true
+        buffer_limit: 65536
+      circuit_breakers:
+        max_connections: 100
+        max_pending_requests: 10
+        max_requests: 200
+        retry_budget: {percent: 25, min_concurrency: 5}
+      outlier_detection:
+        consecutive_5xx: 3
+        consecutive_gateway_failure: 4
+        consecutive_local_origin_failure: 2
+        enforcing_consecutive_5xx: 90
+        enforcing_consecutive_gateway_failure: 80
+        enforcing_consecutive_local_origin_failure: 70
+        enforcing_success_rate: 60
+        enforcing_local_origin_success_rate: 50
+        enforcing_failure_percentage: 40
+        enforcing_failure_percentage_local_origin: 30
+        interval: 5s
+        base_ejection_time: 15s
+        max_ejection_time: 2m
+        max_ejection_time_jitter: 1s
+        max_ejection_percent: 50
+        success_rate_minimum_hosts: 3
+        success_rate_request_volume: 20
+        success_rate_stdev_factor: 1500
+        failure_percentage_threshold: 60
+        failure_percentage_minimum_hosts: 2
+        failure_percentage_request_volume: 10
+        split_external_local_origin_errors: true
+        successful_active_health_check_uneject_host: false
+      health_check:
+        http: {path: /healthz, host: payments.internal, expected_statuses: [200, '200-299']}
+        interval: 5s
+        timeout: 1s
+        jitter: 500ms
+        initial_jitter: 2s
+        healthy_threshold: 2
+        unhealthy_threshold: 4
+      panic_threshold: 25
+      breaker:
+        failure_ratio: 0.25
+        window: 20s
+        minimum_requests: 10
+        open_timeout: 1500ms
+        half_open_max_requests: 3
+";
+
+    /// The low-level layer, with the defaults of each policy.
+    const LOW_LEVEL: &str = "\
+listeners: [{name: out, address: '127.0.0.1:0', route_config: rc}]
+route_configs:
+  - name: rc
+    virtual_hosts:
+      - name: all
+        domains: ['*']
+        routes:
+          - match: {prefix: /a/}
+            forward:
+              cluster: web
+              idle_timeout: 0s
+              retries: {on: [gateway-error], retry_after: true, backoff: {max: 1s}}
+          - forward: {cluster: web}
+clusters:
+  - name: web
+    endpoints: [{address: 127.0.0.1:8080}]
+    circuit_breakers: {max_retries: 5}
+    outlier_detection: {}
+    health_check: {tcp: {}}
+    panic_threshold: 0
+    breaker: {}
+";
+
+    fn load(text: &str) -> crate::Mesh {
+        match crate::load(text, "mesh.yaml") {
+            Ok(m) => m,
+            Err(errors) => panic!(
+                "{}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        }
+    }
+
+    fn pb(secs: i64, nanos: i32) -> Option<PbDuration> {
+        Some(PbDuration {
+            seconds: secs,
+            nanos,
+        })
+    }
+
+    fn u32v(value: u32) -> Option<UInt32Value> {
+        Some(UInt32Value { value })
+    }
+
+    fn routes(r: &Resources) -> &[XdsRoute] {
+        &r.route_configs[0].virtual_hosts[0].routes
+    }
+
+    fn action(r: &XdsRoute) -> &RouteAction {
+        match &r.action {
+            Some(Action::Route(a)) => a,
+            other => panic!("forward expected, got {other:?}"),
+        }
+    }
+
+    fn cluster<'r>(r: &'r Resources, name: &str) -> &'r XdsCluster {
+        r.clusters.iter().find(|c| c.name == name).expect("cluster")
+    }
+
+    fn legate_struct(m: &Metadata) -> &Struct {
+        assert_eq!(m.filter_metadata.len(), 1);
+        &m.filter_metadata[names::LEGATE]
+    }
+
+    #[test]
+    fn service_retries_compile_onto_every_route() {
+        let r = compile(&load(SERVICES));
+        let rs = routes(&r);
+        assert_eq!(rs.len(), 2, "the canary rule and the weighted route");
+        let expected = RetryPolicy {
+            retry_on: "5xx,reset,connect-failure,retriable-status-codes,retriable-headers".into(),
+            num_retries: u32v(2),
+            per_try_timeout: pb(0, 500_000_000),
+            per_try_idle_timeout: pb(0, 200_000_000),
+            retry_host_predicate: vec![RetryHostPredicate {
+                name: "envoy.retry_host_predicates.previous_hosts".into(),
+                config_type: Some(retry_host_predicate::ConfigType::TypedConfig(any(
+                    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.\
+                     PreviousHostsPredicate",
+                    &PreviousHostsPredicate {},
+                ))),
+            }],
+            host_selection_retry_max_attempts: 3,
+            retriable_status_codes: vec![429],
+            retry_back_off: Some(RetryBackOff {
+                base_interval: pb(0, 50_000_000),
+                max_interval: pb(1, 0),
+            }),
+            rate_limited_retry_back_off: Some(RateLimitedRetryBackOff {
+                reset_headers: vec![
+                    ResetHeader {
+                        name: "retry-after".into(),
+                        format: ResetHeaderFormat::Seconds.into(),
+                    },
+                    ResetHeader {
+                        name: "x-retry-in".into(),
+                        format: ResetHeaderFormat::Seconds.into(),
+                    },
+                ],
+                max_interval: pb(10, 0),
+            }),
+            retriable_headers: vec![HeaderMatcher {
+                name: "x-retry".into(),
+                header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+                    match_pattern: Some(MatchPattern::Exact("yes".into())),
+                    ignore_case: false,
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        for route in rs {
+            let a = action(route);
+            assert_eq!(a.retry_policy.as_ref(), Some(&expected), "{}", route.name);
+            assert_eq!(
+                a.hedge_policy,
+                Some(HedgePolicy {
+                    hedge_on_per_try_timeout: true,
+                    ..Default::default()
+                })
+            );
+            assert_eq!(a.timeout, pb(5, 0));
+            assert_eq!(a.idle_timeout, pb(30, 0));
+            assert_eq!(
+                route.request_body_buffer_limit,
+                Some(UInt64Value { value: 65536 })
+            );
+            let metadata = route.metadata.as_ref().expect("route metadata");
+            assert_eq!(
+                legate_struct(metadata).fields["retry_non_idempotent"],
+                Value {
+                    kind: Some(value::Kind::BoolValue(true))
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn service_cluster_policies_compile_onto_every_version() {
+        let r = compile(&load(SERVICES));
+        for name in ["payments-v1", "payments-v2"] {
+            let c = cluster(&r, name);
+            assert_eq!(
+                c.circuit_breakers,
+                Some(XdsCircuitBreakers {
+                    thresholds: vec![Thresholds {
+                        priority: RoutingPriority::Default.into(),
+                        max_connections: u32v(100),
+                        max_pending_requests: u32v(10),
+                        max_requests: u32v(200),
+                        max_retries: None,
+                        retry_budget: Some(XdsRetryBudget {
+                            budget_percent: Some(Percent { value: 25.0 }),
+                            min_retry_concurrency: u32v(5),
+                            budget_interval: None,
+                        }),
+                        ..Default::default()
+                    }],
+                    per_host_thresholds: Vec::new(),
+                })
+            );
+            assert_eq!(
+                c.outlier_detection,
+                Some(XdsOutlierDetection {
+                    consecutive_5xx: u32v(3),
+                    consecutive_gateway_failure: u32v(4),
+                    consecutive_local_origin_failure: u32v(2),
+                    enforcing_consecutive_5xx: u32v(90),
+                    enforcing_consecutive_gateway_failure: u32v(80),
+                    enforcing_consecutive_local_origin_failure: u32v(70),
+                    enforcing_success_rate: u32v(60),
+                    enforcing_local_origin_success_rate: u32v(50),
+                    enforcing_failure_percentage: u32v(40),
+                    enforcing_failure_percentage_local_origin: u32v(30),
+                    interval: pb(5, 0),
+                    base_ejection_time: pb(15, 0),
+                    max_ejection_time: pb(120, 0),
+                    max_ejection_time_jitter: pb(1, 0),
+                    max_ejection_percent: u32v(50),
+                    success_rate_minimum_hosts: u32v(3),
+                    success_rate_request_volume: u32v(20),
+                    success_rate_stdev_factor: u32v(1500),
+                    failure_percentage_threshold: u32v(60),
+                    failure_percentage_minimum_hosts: u32v(2),
+                    failure_percentage_request_volume: u32v(10),
+                    split_external_local_origin_errors: true,
+                    successful_active_health_check_uneject_host: Some(BoolValue { value: false }),
+                    ..Default::default()
+                })
+            );
+            assert_eq!(
+                c.health_checks,
+                [XdsHealthCheck {
+                    timeout: pb(1, 0),
+                    interval: pb(5, 0),
+                    interval_jitter: pb(0, 500_000_000),
+                    initial_jitter: pb(2, 0),
+                    unhealthy_threshold: u32v(4),
+                    healthy_threshold: u32v(2),
+                    health_checker: Some(HealthChecker::HttpHealthCheck(XdsHttpHealthCheck {
+                        host: "payments.internal".into(),
+                        path: "/healthz".into(),
+                        expected_statuses: vec![
+                            Int64Range {
+                                start: 200,
+                                end: 201
+                            },
+                            Int64Range {
+                                start: 200,
+                                end: 300
+                            },
+                        ],
+                        // The service speaks HTTP/2, so does its probe.
+                        codec_client_type: CodecClientType::Http2.into(),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }]
+            );
+            assert_eq!(
+                c.common_lb_config,
+                Some(CommonLbConfig {
+                    healthy_panic_threshold: Some(Percent { value: 25.0 }),
+                    ..Default::default()
+                })
+            );
+            let metadata = c.metadata.as_ref().expect("cluster metadata");
+            let Some(value::Kind::StructValue(breaker)) =
+                &legate_struct(metadata).fields["circuit_breaker"].kind
+            else {
+                panic!("struct expected")
+            };
+            let field = |k: &str| breaker.fields[k].kind.clone().expect("value");
+            assert_eq!(breaker.fields.len(), 5);
+            assert_eq!(field("failure_ratio"), value::Kind::NumberValue(0.25));
+            assert_eq!(field("window"), value::Kind::StringValue("20s".into()));
+            assert_eq!(field("minimum_requests"), value::Kind::NumberValue(10.0));
+            assert_eq!(
+                field("open_timeout"),
+                value::Kind::StringValue("1.500s".into())
+            );
+            assert_eq!(
+                field("half_open_max_requests"),
+                value::Kind::NumberValue(3.0)
+            );
+        }
+    }
+
+    #[test]
+    fn low_level_policies_and_defaults() {
+        let r = compile(&load(LOW_LEVEL));
+        let rs = routes(&r);
+        let a = action(&rs[0]);
+        assert_eq!(
+            a.retry_policy,
+            Some(RetryPolicy {
+                retry_on: "gateway-error".into(),
+                // Envoy requires a base with a max.
+                retry_back_off: Some(RetryBackOff {
+                    base_interval: pb(0, 25_000_000),
+                    max_interval: pb(1, 0),
+                }),
+                rate_limited_retry_back_off: Some(RateLimitedRetryBackOff {
+                    reset_headers: vec![ResetHeader {
+                        name: "retry-after".into(),
+                        format: ResetHeaderFormat::Seconds.into(),
+                    }],
+                    max_interval: None,
+                }),
+                ..Default::default()
+            })
+        );
+        assert_eq!(a.idle_timeout, pb(0, 0), "0s disables, and is sent as such");
+        assert_eq!(a.hedge_policy, None);
+        assert_eq!(rs[0].metadata, None);
+        assert_eq!(rs[0].request_body_buffer_limit, None);
+        // No policies, no fields.
+        let b = action(&rs[1]);
+        assert_eq!((&b.retry_policy, b.idle_timeout), (&None, None));
+
+        let c = cluster(&r, "web");
+        let thresholds = &c.circuit_breakers.as_ref().expect("breakers").thresholds;
+        assert_eq!(
+            thresholds[..],
+            [Thresholds {
+                max_retries: u32v(5),
+                ..Default::default()
+            }]
+        );
+        assert_eq!(c.outlier_detection, Some(XdsOutlierDetection::default()));
+        assert_eq!(
+            c.health_checks,
+            [XdsHealthCheck {
+                timeout: pb(1, 0),
+                interval: pb(10, 0),
+                unhealthy_threshold: u32v(3),
+                healthy_threshold: u32v(1),
+                health_checker: Some(HealthChecker::TcpHealthCheck(XdsTcpHealthCheck::default())),
+                ..Default::default()
+            }]
+        );
+        assert_eq!(
+            c.common_lb_config
+                .as_ref()
+                .and_then(|l| l.healthy_panic_threshold),
+            Some(Percent { value: 0.0 })
+        );
+        // The breaker's defaults, written out.
+        assert_eq!(
+            c.metadata,
+            Some(breaker_metadata(&Breaker {
+                failure_ratio: Some(0.5),
+                window: Some(Duration::from_secs(10)),
+                minimum_requests: Some(20),
+                open_timeout: Some(Duration::from_secs(30)),
+                half_open_max_requests: Some(3),
+            }))
+        );
+    }
+
+    #[test]
+    fn clusters_without_policies_set_no_policy_field() {
+        let r = compile(&load("clusters: [{name: c}]"));
+        let c = &r.clusters[0];
+        assert_eq!(c.circuit_breakers, None);
+        assert_eq!(c.outlier_detection, None);
+        assert!(c.health_checks.is_empty());
+        assert_eq!(c.common_lb_config, None);
+        assert_eq!(c.metadata, None);
+    }
+
+    #[test]
+    fn grpc_clusters_get_limits_and_ejection_and_routes_no_retries() {
+        let r = compile_for_grpc(&load(SERVICES));
+        let http = compile(&load(SERVICES));
+        for name in ["payments-v1", "payments-v2"] {
+            let (g, h) = (cluster(&r, name), cluster(&http, name));
+            assert_eq!(g.circuit_breakers, h.circuit_breakers);
+            assert_eq!(g.outlier_detection, h.outlier_detection);
+            assert!(g.health_checks.is_empty());
+            assert_eq!((&g.common_lb_config, &g.metadata), (&None, &None));
+        }
+        for route in routes(&r) {
+            let a = action(route);
+            assert_eq!((&a.retry_policy, &a.hedge_policy), (&None, &None));
+            assert_eq!((a.timeout, a.idle_timeout), (None, None));
+            assert_eq!(route.metadata, None);
+            assert_eq!(route.request_body_buffer_limit, None);
+        }
+    }
+
+    #[test]
+    fn route_timeout_is_the_same_as_the_policy() {
+        let text = "services: [{name: a, endpoints: [], route: {timeout: 3s}}]";
+        let r = compile(&load(text));
+        assert_eq!(action(&routes(&r)[0]).timeout, pb(3, 0));
+    }
+
+    #[test]
+    fn durations_as_text() {
+        for (d, text) in [
+            (Duration::from_secs(10), "10s"),
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(1500), "1.500s"),
+            (Duration::from_millis(250), "0.250s"),
+            (Duration::from_micros(1), "0.000001s"),
+            (Duration::from_nanos(1_000_000_001), "1.000000001s"),
+        ] {
+            assert_eq!(duration_text(d), text);
+        }
+    }
+
+    #[test]
+    fn policies_round_trip_through_yaml() {
+        for text in [SERVICES, LOW_LEVEL] {
+            let mesh = load(text);
+            let written = serde_yaml_ng::to_string(&mesh).expect("serializes");
+            assert_eq!(load(&written), mesh, "{written}");
+        }
+        let written = serde_yaml_ng::to_string(&load(LOW_LEVEL)).expect("serializes");
+        assert!(written.contains("retry_after: true"), "{written}");
+        let written = serde_yaml_ng::to_string(&load(SERVICES)).expect("serializes");
+        assert!(written.contains("- 200\n"), "{written}");
+        assert!(written.contains("- 200-299\n"), "{written}");
+    }
+    // legate's own validator accepts the compiled policies and reads them as written.
+
+    fn build(text: &str) -> snap::Snapshot {
+        match snap::build("v1", &compile(&load(text))) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn forward(route: &snap::Route) -> &snap::ForwardAction {
+        match &route.action {
+            snap::RouteAction::Forward(f) => f,
+            other => panic!("forward expected, got {other:?}"),
+        }
+    }
+
+    fn outbound_routes(s: &snap::Snapshot) -> &[snap::Route] {
+        let l = &s.listeners[0];
+        &s.route_config_for(l).expect("route config").virtual_hosts[0].routes
+    }
+
+    #[test]
+    fn snapshot_reads_service_retries() {
+        let s = build(SERVICES);
+        let routes = outbound_routes(&s);
+        assert_eq!(routes.len(), 2);
+        for route in routes {
+            let f = forward(route);
+            assert_eq!(f.timeout, Some(Duration::from_secs(5)));
+            assert_eq!(f.idle_timeout, Some(Duration::from_secs(30)));
+            assert!(f.hedge_on_per_try_timeout);
+            assert_eq!(f.retry_buffer_limit, 65536);
+            assert!(f.retry_non_idempotent);
+            let p = f.retry_policy.as_deref().expect("retry policy");
+            assert_eq!(
+                *p,
+                snap::RetryPolicy {
+                    retry_on: snap::RetryOn {
+                        five_xx: true,
+                        reset: true,
+                        connect_failure: true,
+                        retriable_status_codes: true,
+                        retriable_headers: true,
+                        ..Default::default()
+                    },
+                    num_retries: 2,
+                    per_try_timeout: Some(Duration::from_millis(500)),
+                    per_try_idle_timeout: Some(Duration::from_millis(200)),
+                    back_off: snap::RetryBackOff {
+                        base: Duration::from_millis(50),
+                        max: Duration::from_secs(1),
+                    },
+                    rate_limited_back_off: Some(snap::RateLimitedBackOff {
+                        reset_headers: vec![
+                            snap::ResetHeader {
+                                name: Arc::from("retry-after"),
+                                format: snap::ResetHeaderFormat::Seconds,
+                            },
+                            snap::ResetHeader {
+                                name: Arc::from("x-retry-in"),
+                                format: snap::ResetHeaderFormat::Seconds,
+                            },
+                        ],
+                        max_interval: Duration::from_secs(10),
+                    }),
+                    retriable_status_codes: vec![429],
+                    retriable_headers: vec![snap::HeaderMatcher {
+                        name: Arc::from("x-retry"),
+                        rule: snap::HeaderMatchRule::String(snap::StringMatcher {
+                            pattern: snap::StringPattern::Exact(Arc::from("yes")),
+                            ignore_case: false,
+                        }),
+                        invert: false,
+                        treat_missing_as_empty: false,
+                    }],
+                    retriable_request_headers: Vec::new(),
+                    previous_hosts: true,
+                    host_selection_retry_max_attempts: 3,
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn snapshot_reads_service_cluster_policies() {
+        let s = build(SERVICES);
+        for name in ["payments-v1", "payments-v2"] {
+            let c = &s.clusters[name];
+            assert_eq!(c.max_requests_per_connection, Some(100));
+            assert_eq!(
+                c.circuit_breakers.default,
+                snap::Thresholds {
+                    max_connections: 100,
+                    max_pending_requests: 10,
+                    max_requests: 200,
+                    max_retries: 3,
+                    retry_budget: Some(snap::RetryBudget {
+                        budget_permille: 250,
+                        min_retry_concurrency: 5,
+                    }),
+                    track_remaining: false,
+                }
+            );
+            assert_eq!(c.circuit_breakers.high, snap::Thresholds::default());
+            assert_eq!(
+                c.outlier_detection,
+                Some(snap::OutlierDetection {
+                    interval: Duration::from_secs(5),
+                    base_ejection_time: Duration::from_secs(15),
+                    max_ejection_time: Duration::from_secs(120),
+                    max_ejection_time_jitter: Duration::from_secs(1),
+                    max_ejection_percent: 50,
+                    consecutive_5xx: 3,
+                    enforcing_consecutive_5xx: 90,
+                    consecutive_gateway_failure: 4,
+                    enforcing_consecutive_gateway_failure: 80,
+                    split_external_local_origin_errors: true,
+                    consecutive_local_origin_failure: 2,
+                    enforcing_consecutive_local_origin_failure: 70,
+                    success_rate_minimum_hosts: 3,
+                    success_rate_request_volume: 20,
+                    success_rate_stdev_factor: 1500,
+                    enforcing_success_rate: 60,
+                    enforcing_local_origin_success_rate: 50,
+                    failure_percentage_threshold: 60,
+                    enforcing_failure_percentage: 40,
+                    enforcing_failure_percentage_local_origin: 30,
+                    failure_percentage_minimum_hosts: 2,
+                    failure_percentage_request_volume: 10,
+                    successful_active_health_check_uneject_host: false,
+                })
+            );
+            assert_eq!(
+                c.health_checks,
+                [snap::HealthCheck {
+                    timeout: Duration::from_secs(1),
+                    interval: Duration::from_secs(5),
+                    interval_jitter: Duration::from_millis(500),
+                    interval_jitter_percent: 0,
+                    initial_jitter: Duration::from_secs(2),
+                    unhealthy_interval: None,
+                    unhealthy_edge_interval: None,
+                    healthy_edge_interval: None,
+                    unhealthy_threshold: 4,
+                    healthy_threshold: 2,
+                    kind: snap::HealthCheckKind::Http(snap::HttpHealthCheck {
+                        host: Arc::from("payments.internal"),
+                        path: Arc::from("/healthz"),
+                        expected_statuses: vec![(200, 201), (200, 300)],
+                        request_headers_to_add: Vec::new(),
+                        request_headers_to_remove: Vec::new(),
+                        http2: true,
+                    }),
+                }]
+            );
+            assert_eq!(c.healthy_panic_threshold_permille, 250);
+            assert_eq!(
+                c.classic_breaker,
+                Some(snap::ClassicBreaker {
+                    failure_ratio_permille: 250,
+                    window: Duration::from_secs(20),
+                    minimum_requests: 10,
+                    open_timeout: Duration::from_millis(1500),
+                    half_open_max_requests: 3,
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn snapshot_reads_low_level_policies_and_defaults() {
+        let s = build(LOW_LEVEL);
+        let routes = outbound_routes(&s);
+        let f = forward(&routes[0]);
+        assert_eq!(f.idle_timeout, Some(Duration::ZERO), "0s: disabled");
+        assert!(!f.hedge_on_per_try_timeout);
+        assert!(!f.retry_non_idempotent);
+        assert_eq!(f.retry_buffer_limit, snap::DEFAULT_RETRY_BUFFER_LIMIT);
+        let p = f.retry_policy.as_deref().expect("retry policy");
+        assert_eq!(
+            p.retry_on,
+            snap::RetryOn {
+                gateway_error: true,
+                ..Default::default()
+            }
+        );
+        assert_eq!(p.num_retries, 1, "Envoy's default");
+        assert_eq!(
+            p.back_off,
+            snap::RetryBackOff {
+                base: Duration::from_millis(25),
+                max: Duration::from_secs(1),
+            }
+        );
+        assert_eq!(
+            p.rate_limited_back_off,
+            Some(snap::RateLimitedBackOff {
+                reset_headers: vec![snap::ResetHeader {
+                    name: Arc::from("retry-after"),
+                    format: snap::ResetHeaderFormat::Seconds,
+                }],
+                max_interval: Duration::from_secs(300),
+            })
+        );
+        assert!(!p.previous_hosts);
+        assert_eq!(p.host_selection_retry_max_attempts, 1);
+        assert_eq!(forward(&routes[1]).retry_policy, None);
+
+        let c = &s.clusters["web"];
+        assert_eq!(
+            c.circuit_breakers.default,
+            snap::Thresholds {
+                max_retries: 5,
+                ..Default::default()
+            }
+        );
+        assert_eq!(c.outlier_detection, Some(snap::OutlierDetection::default()));
+        assert_eq!(
+            c.health_checks,
+            [snap::HealthCheck {
+                timeout: Duration::from_secs(1),
+                interval: Duration::from_secs(10),
+                interval_jitter: Duration::ZERO,
+                interval_jitter_percent: 0,
+                initial_jitter: Duration::ZERO,
+                unhealthy_interval: None,
+                unhealthy_edge_interval: None,
+                healthy_edge_interval: None,
+                unhealthy_threshold: 3,
+                healthy_threshold: 1,
+                kind: snap::HealthCheckKind::Tcp,
+            }]
+        );
+        assert_eq!(c.healthy_panic_threshold_permille, 0);
+        assert_eq!(
+            c.classic_breaker,
+            Some(snap::ClassicBreaker {
+                failure_ratio_permille: 500,
+                window: Duration::from_secs(10),
+                minimum_requests: 20,
+                open_timeout: Duration::from_secs(30),
+                half_open_max_requests: 3,
+            })
+        );
+        assert_eq!(c.max_requests_per_connection, None);
+    }
+
+    #[test]
+    fn snapshot_defaults_without_policies() {
+        let s = build("services: [{name: web, endpoints: [{address: 127.0.0.1:8080}]}]");
+        let f = forward(&outbound_routes(&s)[0]);
+        assert_eq!(f.retry_policy, None);
+        assert_eq!(f.idle_timeout, None);
+        let c = &s.clusters["web"];
+        assert_eq!(c.circuit_breakers, snap::CircuitBreakers::default());
+        assert_eq!(c.outlier_detection, None);
+        assert!(c.health_checks.is_empty());
+        assert_eq!(c.healthy_panic_threshold_permille, 500);
+        assert_eq!(c.classic_breaker, None);
+    }
+}

@@ -44,7 +44,7 @@ pub const DEFAULT_BREAKER_FAILURE_RATIO: f64 = 0.5;
 pub const DEFAULT_BREAKER_WINDOW: Duration = Duration::from_secs(10);
 pub const DEFAULT_BREAKER_MINIMUM_REQUESTS: u32 = 20;
 pub const DEFAULT_BREAKER_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_BREAKER_HALF_OPEN_MAX_REQUESTS: u32 = 1;
+pub const DEFAULT_BREAKER_HALF_OPEN_MAX_REQUESTS: u32 = 3;
 
 /// When and how a forwarded request is tried again (Envoy's `retry_policy`, with the hedge
 /// policy, body buffer limit and idempotency opt-in that go with it).
@@ -489,7 +489,7 @@ impl<'de> Deserialize<'de> for StatusRange {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Breaker {
-    /// Greater than 0, at most 1.
+    /// 0.001 to 1 (a ratio is kept in thousandths).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_ratio: Option<f64>,
     /// Greater than 0.

@@ -2,6 +2,7 @@
 //! together (`status_codes` without `retriable-status-codes` would be silently ignored).
 
 use std::collections::HashSet;
+use std::str::FromStr;
 use std::time::Duration;
 
 use super::{Checker, check_value};
@@ -20,6 +21,9 @@ const UNSUPPORTED_RETRY_CONDITIONS: [&str; 7] = [
     "resource-exhausted",
     "unavailable",
 ];
+
+/// Envoy's `base_ejection_time` when unset.
+const ENVOY_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
 
 /// The cluster-level policies of a low-level cluster or of a service.
 pub(super) struct ClusterPolicies<'a> {
@@ -121,7 +125,7 @@ impl Checker<'_> {
                 && max < base
             {
                 let default = if b.base.is_none() {
-                    " (the default)"
+                    ", the default"
                 } else {
                     ""
                 };
@@ -280,13 +284,21 @@ impl Checker<'_> {
             &format!("{path}.max_ejection_time_jitter"),
             o.max_ejection_time_jitter,
         );
-        if let (Some(base), Some(max)) = (o.base_ejection_time, o.max_ejection_time)
+        let base = o.base_ejection_time.unwrap_or(ENVOY_BASE_EJECTION_TIME);
+        if let Some(max) = o.max_ejection_time
+            && !max.is_zero()
             && max < base
         {
+            let default = if o.base_ejection_time.is_none() {
+                ", the default"
+            } else {
+                ""
+            };
             self.report(
                 format!("{path}.max_ejection_time"),
                 format!(
-                    "`max_ejection_time` ({max:?}) is less than `base_ejection_time` ({base:?})"
+                    "`max_ejection_time` ({max:?}) is less than `base_ejection_time` \
+                     ({base:?}{default})"
                 ),
             );
         }
@@ -336,8 +348,8 @@ impl Checker<'_> {
             let p = format!("{path}.http.path");
             if !http.path.starts_with('/') {
                 self.report(p, format!("`{}` does not start with `/`", http.path));
-            } else if let Err(m) = check_value(&http.path) {
-                self.report(p, m);
+            } else if http::uri::PathAndQuery::from_str(&http.path).is_err() {
+                self.report(p, format!("`{}` is not a valid path", http.path));
             }
             if let Some(host) = &http.host {
                 let p = format!("{path}.http.host");
@@ -379,12 +391,13 @@ impl Checker<'_> {
     }
 
     fn breaker(&mut self, path: &str, b: &Breaker) {
+        // Kept in thousandths: a smaller ratio would be 0.
         if let Some(r) = b.failure_ratio
-            && !(r > 0.0 && r <= 1.0)
+            && !(0.001..=1.0).contains(&r)
         {
             self.report(
                 format!("{path}.failure_ratio"),
-                format!("`failure_ratio` must be greater than 0 and at most 1; found {r}"),
+                format!("`failure_ratio` must be from 0.001 to 1; found {r}"),
             );
         }
         self.positive(&format!("{path}.window"), b.window);
@@ -394,5 +407,336 @@ impl Checker<'_> {
             &format!("{path}.half_open_max_requests"),
             b.half_open_max_requests,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{parse_mesh, validate};
+
+    /// Check `text` and return its problems as `line:column: path: message`.
+    fn problems(text: &str) -> Vec<String> {
+        let mesh = match parse_mesh(text, "m.yaml") {
+            Ok(m) => m,
+            Err(e) => panic!("{e}"),
+        };
+        match validate(&mesh, text, "m.yaml") {
+            Ok(()) => vec![],
+            Err(errors) => errors
+                .iter()
+                .map(|e| {
+                    let s = e.to_string();
+                    s.strip_prefix("m.yaml:").unwrap_or(&s).to_owned()
+                })
+                .collect(),
+        }
+    }
+
+    fn parse_error(text: &str) -> String {
+        match parse_mesh(text, "m.yaml") {
+            Ok(m) => panic!("expected an error, parsed {m:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn retries() {
+        let text = "\
+services:
+  - name: payments
+    endpoints: []
+    route: {timeout: 1s}
+    policies:
+      timeout: 2s
+      retries:
+        on: [5xx, x, 5xx, envoy-ratelimited, retriable-status-codes, retriable-headers]
+        attempts: 0
+        per_try_timeout: 0s
+        backoff: {base: 100ms, max: 50ms}
+        retry_after: {headers: ['bad header'], max_interval: 0s}
+        host_selection_attempts: 2
+  - name: orders
+    endpoints: []
+    policies:
+      retries:
+        on: []
+        backoff: {max: 10ms}
+        retry_after: {headers: []}
+        status_codes: [429, 700]
+        response_headers: [{name: x-retry}]
+        hedge_on_per_try_timeout: true
+";
+        assert_eq!(
+            problems(text),
+            [
+                "6:16: services[0].policies.timeout: the timeout is also set in \
+                 `route.timeout`; set it in one place",
+                "8:19: services[0].policies.retries.on[1]: unknown retry condition `x`, \
+                 expected one of `5xx`, `gateway-error`, `reset`, `reset-before-request`, \
+                 `connect-failure`, `refused-stream`, `retriable-4xx`, \
+                 `retriable-status-codes`, `retriable-headers`",
+                "8:22: services[0].policies.retries.on[2]: retry condition `5xx` is listed \
+                 twice",
+                "8:27: services[0].policies.retries.on[3]: retry condition \
+                 `envoy-ratelimited` is not supported by legate",
+                "8:46: services[0].policies.retries.on[4]: `retriable-status-codes` needs \
+                 `status_codes`",
+                "8:70: services[0].policies.retries.on[5]: `retriable-headers` needs \
+                 `response_headers`",
+                "9:19: services[0].policies.retries.attempts: `attempts` must be at least 1",
+                "10:26: services[0].policies.retries.per_try_timeout: `per_try_timeout` must \
+                 be greater than 0s",
+                "11:37: services[0].policies.retries.backoff.max: `max` (50ms) is less than \
+                 `base` (100ms)",
+                "12:33: services[0].policies.retries.retry_after.headers[0]: `bad header` is \
+                 not a valid header name",
+                "12:62: services[0].policies.retries.retry_after.max_interval: \
+                 `max_interval` must be greater than 0s",
+                "13:34: services[0].policies.retries.host_selection_attempts: \
+                 `host_selection_attempts` applies only with `previous_hosts: true`",
+                "18:13: services[1].policies.retries.on: name at least one retry condition: \
+                 `5xx`, `gateway-error`, `reset`, `reset-before-request`, `connect-failure`, \
+                 `refused-stream`, `retriable-4xx`, `retriable-status-codes`, \
+                 `retriable-headers`",
+                "19:24: services[1].policies.retries.backoff.max: `max` (10ms) is less than \
+                 `base` (25ms, the default)",
+                "20:32: services[1].policies.retries.retry_after.headers: name at least one \
+                 header (or leave `headers` out for `retry-after`)",
+                "21:29: services[1].policies.retries.status_codes[1]: status 700 is out of \
+                 range 100-599",
+                "21:23: services[1].policies.retries.status_codes: `status_codes` are retried \
+                 only with `retriable-status-codes` in `on`",
+                "22:28: services[1].policies.retries.response_headers[0]: a match needs one \
+                 of `exact`, `prefix`, `suffix`, `contains`, `regex`, `present`",
+                "22:27: services[1].policies.retries.response_headers: `response_headers` are \
+                 retried only with `retriable-headers` in `on`",
+                "23:35: services[1].policies.retries.hedge_on_per_try_timeout: hedging on \
+                 per-try timeout needs `per_try_timeout`",
+            ]
+        );
+    }
+
+    #[test]
+    fn low_level_retries_and_idle_timeout() {
+        let text = "\
+route_configs:
+  - name: rc
+    virtual_hosts:
+      - name: all
+        domains: ['*']
+        routes:
+          - forward:
+              cluster: c
+              idle_timeout: 400000000000s
+              retries: {on: [reset], per_try_idle_timeout: 0s}
+clusters: [{name: c}]
+";
+        assert_eq!(
+            problems(text),
+            [
+                "9:29: route_configs[0].virtual_hosts[0].routes[0].forward.idle_timeout: \
+                 duration is longer than 10000 years",
+                "10:60: route_configs[0].virtual_hosts[0].routes[0].forward.retries\
+                 .per_try_idle_timeout: `per_try_idle_timeout` must be greater than 0s",
+            ]
+        );
+    }
+
+    #[test]
+    fn cluster_policies() {
+        let text = "\
+clusters:
+  - name: c
+    max_requests_per_connection: 1000
+    circuit_breakers:
+      max_connections: 0
+      max_requests: 0
+      max_retries: 3
+      retry_budget: {percent: 120}
+    outlier_detection:
+      consecutive_5xx: 0
+      enforcing_consecutive_5xx: 101
+      max_ejection_percent: 200
+      interval: 0s
+      base_ejection_time: 1m
+      max_ejection_time: 30s
+      consecutive_local_origin_failure: 3
+      enforcing_local_origin_success_rate: 50
+    health_check:
+      http: {path: healthz, host: '', expected_statuses: [700, '300-200', '100-600']}
+      tcp: {}
+      timeout: 0s
+      healthy_threshold: 0
+    panic_threshold: 100.5
+    breaker:
+      failure_ratio: 0
+      window: 0s
+      minimum_requests: 0
+      half_open_max_requests: 0
+  - name: d
+    health_check: {interval: 0s}
+    breaker: {failure_ratio: 1.5, open_timeout: 0s}
+";
+        assert_eq!(
+            problems(text),
+            [
+                "5:24: clusters[0].circuit_breakers.max_connections: `max_connections` must \
+                 be at least 1 (0 would refuse every request)",
+                "6:21: clusters[0].circuit_breakers.max_requests: `max_requests` must be at \
+                 least 1 (0 would refuse every request)",
+                "8:31: clusters[0].circuit_breakers.retry_budget.percent: `percent` is a \
+                 percentage, 0 to 100; found 120",
+                "7:20: clusters[0].circuit_breakers.max_retries: `max_retries` does not apply \
+                 with `retry_budget`, which replaces it; set one of the two",
+                "10:24: clusters[0].outlier_detection.consecutive_5xx: `consecutive_5xx` must \
+                 be at least 1",
+                "11:34: clusters[0].outlier_detection.enforcing_consecutive_5xx: \
+                 `enforcing_consecutive_5xx` is a percentage, 0 to 100; found 101",
+                "12:29: clusters[0].outlier_detection.max_ejection_percent: \
+                 `max_ejection_percent` is a percentage, 0 to 100; found 200",
+                "13:17: clusters[0].outlier_detection.interval: `interval` must be greater \
+                 than 0s",
+                "15:26: clusters[0].outlier_detection.max_ejection_time: `max_ejection_time` \
+                 (30s) is less than `base_ejection_time` (60s)",
+                "16:41: clusters[0].outlier_detection.consecutive_local_origin_failure: \
+                 `consecutive_local_origin_failure` applies only with \
+                 `split_external_local_origin_errors: true`",
+                "17:44: clusters[0].outlier_detection.enforcing_local_origin_success_rate: \
+                 `enforcing_local_origin_success_rate` applies only with \
+                 `split_external_local_origin_errors: true`",
+                "18:5: clusters[0].health_check: a health check takes one of `http` and \
+                 `tcp`, found both",
+                "19:20: clusters[0].health_check.http.path: `healthz` does not start with `/`",
+                "19:35: clusters[0].health_check.http.host: host is empty (leave it out for \
+                 the cluster's name)",
+                "19:59: clusters[0].health_check.http.expected_statuses[0]: status 700 is out \
+                 of range 100-599",
+                "19:64: clusters[0].health_check.http.expected_statuses[1]: range 300-200 is \
+                 empty (the first status is greater than the last)",
+                "19:75: clusters[0].health_check.http.expected_statuses[2]: range 100-600 is \
+                 out of range 100-599",
+                "21:16: clusters[0].health_check.timeout: `timeout` must be greater than 0s",
+                "22:26: clusters[0].health_check.healthy_threshold: `healthy_threshold` must \
+                 be at least 1",
+                "23:22: clusters[0].panic_threshold: `panic_threshold` is a percentage, 0 to \
+                 100; found 100.5",
+                "25:22: clusters[0].breaker.failure_ratio: `failure_ratio` must be from 0.001 \
+                 to 1; found 0",
+                "26:15: clusters[0].breaker.window: `window` must be greater than 0s",
+                "27:25: clusters[0].breaker.minimum_requests: `minimum_requests` must be at \
+                 least 1",
+                "28:31: clusters[0].breaker.half_open_max_requests: `half_open_max_requests` \
+                 must be at least 1",
+                "30:19: clusters[1].health_check: a health check needs one of `http` and \
+                 `tcp`",
+                "30:30: clusters[1].health_check.interval: `interval` must be greater than 0s",
+                "31:30: clusters[1].breaker.failure_ratio: `failure_ratio` must be from 0.001 \
+                 to 1; found 1.5",
+                "31:49: clusters[1].breaker.open_timeout: `open_timeout` must be greater than \
+                 0s",
+            ]
+        );
+    }
+
+    #[test]
+    fn service_cluster_policies_use_the_policies_path() {
+        let text = "\
+services:
+  - name: web
+    endpoints: []
+    policies:
+      outlier_detection: {failure_percentage_threshold: 101, max_ejection_time: 10s}
+      panic_threshold: -1
+";
+        assert_eq!(
+            problems(text),
+            [
+                "5:57: services[0].policies.outlier_detection.failure_percentage_threshold: \
+                 `failure_percentage_threshold` is a percentage, 0 to 100; found 101",
+                "5:81: services[0].policies.outlier_detection.max_ejection_time: \
+                 `max_ejection_time` (10s) is less than `base_ejection_time` (30s, the \
+                 default)",
+                "6:24: services[0].policies.panic_threshold: `panic_threshold` is a \
+                 percentage, 0 to 100; found -1",
+            ]
+        );
+    }
+
+    #[test]
+    fn good_policies_pass() {
+        let text = "\
+services:
+  - name: web
+    endpoints: [{address: 127.0.0.1:8080}]
+    max_requests_per_connection: 100
+    policies:
+      retries:
+        on: [retriable-status-codes, reset]
+        status_codes: [429, 503]
+        retry_after: true
+        previous_hosts: true
+        host_selection_attempts: 3
+        per_try_timeout: 1s
+        hedge_on_per_try_timeout: true
+      circuit_breakers: {retry_budget: {percent: 12.5}, max_pending_requests: 0}
+      outlier_detection:
+        split_external_local_origin_errors: true
+        consecutive_local_origin_failure: 2
+      health_check: {http: {path: /ready, expected_statuses: ['200-204']}}
+      panic_threshold: 0
+      breaker: {failure_ratio: 1}
+";
+        assert_eq!(problems(text), Vec::<String>::new());
+    }
+
+    #[test]
+    fn malformed_policies_are_parse_errors() {
+        for (text, expected) in [
+            (
+                "clusters: [{name: c, health_check: {http: {path: /, expected_statuses: \
+                 [2xx]}}}]",
+                "m.yaml:1:73: clusters[0].health_check.http.expected_statuses[0]: invalid \
+                 value: string \"2xx\", expected a status like 200, or a range like \
+                 \"200-299\"",
+            ),
+            (
+                "clusters: [{name: c, health_check: {http: {}}}]",
+                "m.yaml:1:43: clusters[0].health_check.http: missing field `path`",
+            ),
+            (
+                "clusters: [{name: c, breaker: {ratio: 0.5}}]",
+                "m.yaml:1:32: clusters[0].breaker.ratio: unknown field `ratio`, expected one \
+                 of `failure_ratio`, `window`, `minimum_requests`, `open_timeout`, \
+                 `half_open_max_requests`",
+            ),
+            (
+                "services: [{name: a, endpoints: [], policies: {retries: {attempts: 2}}}]",
+                "m.yaml:1:57: services[0].policies.retries: missing field `on`",
+            ),
+            (
+                "services: [{name: a, endpoints: [], policies: {retries: {on: [5xx], \
+                 retry_after: yes}}}]",
+                "m.yaml:1:82: services[0].policies.retries.retry_after: invalid type: string \
+                 \"yes\", expected true, false, or a mapping with `headers` and \
+                 `max_interval`",
+            ),
+            (
+                "services: [{name: a, endpoints: [], policies: {retries: {on: [5xx], \
+                 retry_after: {header: [x]}}}}]",
+                "m.yaml:1:83: services[0].policies.retries.retry_after.header: unknown field \
+                 `header`, expected `headers` or `max_interval`",
+            ),
+            (
+                "services: [{name: a, endpoints: [], policies: {retries: {on: [5xx], \
+                 retries: 3}}}]",
+                "m.yaml:1:69: services[0].policies.retries.retries: unknown field `retries`, \
+                 expected one of `on`, `attempts`, `per_try_timeout`, \
+                 `per_try_idle_timeout`, `backoff`, `retry_after`, `status_codes`, \
+                 `response_headers`, `previous_hosts`, `host_selection_attempts`, \
+                 `hedge_on_per_try_timeout`, `non_idempotent`, `buffer_limit`",
+            ),
+        ] {
+            assert_eq!(parse_error(text), expected, "{text}");
+        }
     }
 }
