@@ -39,7 +39,7 @@ use envoy_types::pb::envoy::config::route::v3::route_action::{
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
 use envoy_types::pb::envoy::config::route::v3::{
-    DirectResponseAction, HeaderMatcher, QueryParameterMatcher,
+    DirectResponseAction, HeaderMatcher, HedgePolicy, QueryParameterMatcher,
     RedirectAction as XdsRedirectAction, Route as XdsRoute, RouteAction,
     RouteConfiguration as XdsRouteConfiguration, RouteMatch as XdsRouteMatch,
     VirtualHost as XdsVirtualHost, WeightedCluster, header_matcher, query_parameter_matcher,
@@ -237,11 +237,42 @@ fn route_config(rc: &RouteConfig) -> XdsRouteConfiguration {
 }
 
 fn virtual_host(vh: &VirtualHost) -> XdsVirtualHost {
+    let retries = vh.retries.as_ref();
     XdsVirtualHost {
         name: vh.name.clone(),
         domains: vh.domains.clone(),
-        routes: vh.routes.iter().map(route).collect(),
+        routes: vh
+            .routes
+            .iter()
+            .map(|r| {
+                let mut out = route(r);
+                let own = r.forward.as_ref().map(|f| f.retries.as_ref());
+                match (own, retries) {
+                    // Route metadata is the only place legate reads the opt-in from: a route
+                    // that takes the virtual host's retries gets the virtual host's.
+                    (Some(None), Some(inherited)) => {
+                        out.metadata = policies::route_metadata(inherited);
+                    }
+                    // A route's hedge policy replaces the virtual host's only when set: say
+                    // "no hedging" when the route's retries replace hedging ones.
+                    (Some(Some(own)), Some(inherited))
+                        if inherited.hedge_on_per_try_timeout && !own.hedge_on_per_try_timeout =>
+                    {
+                        if let Some(route::Action::Route(a)) = &mut out.action {
+                            a.hedge_policy = Some(HedgePolicy::default());
+                        }
+                    }
+                    _ => {}
+                }
+                out
+            })
+            .collect(),
         request_headers_to_add: headers_to_add(&vh.request_headers_to_add),
+        retry_policy: retries.map(policies::retry_policy),
+        hedge_policy: retries.and_then(policies::hedge_policy),
+        request_body_buffer_limit: retries
+            .and_then(|r| r.buffer_limit)
+            .map(|value| UInt64Value { value }),
         ..Default::default()
     }
 }

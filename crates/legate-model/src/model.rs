@@ -101,6 +101,11 @@ pub struct VirtualHost {
     /// Headers added to every request forwarded through this virtual host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub request_headers_to_add: Vec<HeaderToAdd>,
+    /// Retries of the routes that forward without `retries` of their own (a route's replaces
+    /// these whole, as in Envoy; only `buffer_limit` is inherited by such a route when it
+    /// does not set one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
     /// Tried in order; the first match wins.
     #[serde(default)]
     pub routes: Vec<Route>,

@@ -241,6 +241,7 @@ pub(crate) fn generate(mesh: &Mesh) -> Generated {
             // Clients address the proxy itself (`127.0.0.1:15001/payments/...`), so any Host.
             domains: vec!["*".to_owned()],
             request_headers_to_add: Vec::new(),
+            retries: None,
             routes,
         }],
     };
@@ -997,6 +998,7 @@ services:
                 name: "all".into(),
                 domains: vec!["*".into()],
                 request_headers_to_add: Vec::new(),
+                retries: None,
                 routes: vec![Route {
                     forward: Some(Forward {
                         cluster: Some("solo".into()),

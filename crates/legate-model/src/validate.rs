@@ -228,6 +228,9 @@ impl<'m> Checker<'m> {
             &format!("{path}.request_headers_to_add"),
             &vh.request_headers_to_add,
         );
+        if let Some(r) = &vh.retries {
+            self.retries(&format!("{path}.retries"), r);
+        }
         for (i, r) in vh.routes.iter().enumerate() {
             self.route(&format!("{path}.routes[{i}]"), r);
         }

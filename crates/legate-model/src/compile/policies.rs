@@ -1056,4 +1056,84 @@ clusters:
         assert_eq!(c.healthy_panic_threshold_permille, 500);
         assert_eq!(c.classic_breaker, None);
     }
+    const VIRTUAL_HOST: &str = "\
+listeners: [{name: out, address: '127.0.0.1:0', route_config: rc}]
+route_configs:
+  - name: rc
+    virtual_hosts:
+      - name: all
+        domains: ['*']
+        retries:
+          on: [reset]
+          attempts: 3
+          per_try_timeout: 1s
+          hedge_on_per_try_timeout: true
+          non_idempotent: true
+          buffer_limit: 4096
+        routes:
+          - match: {prefix: /own/}
+            forward: {cluster: web, retries: {on: [5xx]}}
+          - match: {path: /ping}
+            direct_response: {status: 200}
+          - forward: {cluster: web}
+clusters: [{name: web}]
+";
+
+    #[test]
+    fn virtual_host_retries_compile_onto_the_virtual_host() {
+        let r = compile(&load(VIRTUAL_HOST));
+        let vh = &r.route_configs[0].virtual_hosts[0];
+        assert_eq!(
+            vh.retry_policy,
+            Some(RetryPolicy {
+                retry_on: "reset".into(),
+                num_retries: u32v(3),
+                per_try_timeout: pb(1, 0),
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            vh.hedge_policy.map(|h| h.hedge_on_per_try_timeout),
+            Some(true)
+        );
+        assert_eq!(
+            vh.request_body_buffer_limit,
+            Some(UInt64Value { value: 4096 })
+        );
+        // The opt-in is route metadata: only the route that takes the virtual host's
+        // retries gets it.
+        let rs = &vh.routes;
+        assert_eq!((&rs[0].metadata, &rs[1].metadata), (&None, &None));
+        assert_eq!(
+            rs[2].metadata,
+            route_metadata(&Retries {
+                non_idempotent: true,
+                ..Default::default()
+            })
+        );
+        assert_eq!(action(&rs[2]).retry_policy, None, "inherited, not copied");
+        // The route's own retries replace the virtual host's hedging too.
+        assert_eq!(action(&rs[0]).hedge_policy, Some(HedgePolicy::default()));
+        assert_eq!(action(&rs[2]).hedge_policy, None);
+    }
+
+    #[test]
+    fn snapshot_reads_virtual_host_retries() {
+        let s = build(VIRTUAL_HOST);
+        let routes = outbound_routes(&s);
+        let own = forward(&routes[0]);
+        let p = own.retry_policy.as_deref().expect("own retry policy");
+        assert_eq!(
+            (p.retry_on.five_xx, p.retry_on.reset, p.num_retries),
+            (true, false, 1)
+        );
+        assert!(!own.hedge_on_per_try_timeout && !own.retry_non_idempotent);
+        assert_eq!(own.retry_buffer_limit, 4096, "inherited, as in Envoy");
+        let inherited = forward(&routes[2]);
+        let p = inherited.retry_policy.as_deref().expect("inherited policy");
+        assert_eq!((p.retry_on.reset, p.num_retries), (true, 3));
+        assert_eq!(p.per_try_timeout, Some(Duration::from_secs(1)));
+        assert!(inherited.hedge_on_per_try_timeout && inherited.retry_non_idempotent);
+        assert_eq!(inherited.retry_buffer_limit, 4096);
+    }
 }

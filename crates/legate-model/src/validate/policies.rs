@@ -524,6 +524,7 @@ route_configs:
     virtual_hosts:
       - name: all
         domains: ['*']
+        retries: {on: [5xx], attempts: 0}
         routes:
           - forward:
               cluster: c
@@ -534,9 +535,11 @@ clusters: [{name: c}]
         assert_eq!(
             problems(text),
             [
-                "9:29: route_configs[0].virtual_hosts[0].routes[0].forward.idle_timeout: \
+                "6:40: route_configs[0].virtual_hosts[0].retries.attempts: `attempts` must \
+                 be at least 1",
+                "10:29: route_configs[0].virtual_hosts[0].routes[0].forward.idle_timeout: \
                  duration is longer than 10000 years",
-                "10:60: route_configs[0].virtual_hosts[0].routes[0].forward.retries\
+                "11:60: route_configs[0].virtual_hosts[0].routes[0].forward.retries\
                  .per_try_idle_timeout: `per_try_idle_timeout` must be greater than 0s",
             ]
         );
