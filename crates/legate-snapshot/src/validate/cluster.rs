@@ -1,5 +1,10 @@
 //! `Cluster` → [`Cluster`]: discovery, load balancing policy, upstream HTTP protocol and
-//! timeouts. EDS endpoints are attached later, by the whole-set pass.
+//! timeouts, and the resilience settings (circuit breakers, outlier detection, health checks,
+//! panic threshold, classic breaker). EDS endpoints are attached later, by the whole-set pass.
+
+mod breakers;
+mod health;
+mod outlier;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,13 +33,12 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
     ExplicitHttpConfig, UpstreamProtocolOptions,
 };
-use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{Any, Duration as XdsDuration, UInt32Value};
 use prost::Message;
 
 use super::common::{
-    AddressRule, CoreHttpOptions, Ctx, config_source, core_http_options, duration, enum_value,
-    http1_options, http2_options, join, refuse, refuse_true,
+    AddressRule, CoreHttpOptions, Ctx, at, config_source, core_http_options, duration, enum_value,
+    http1_options, http2_options, join, percent_permille, refuse, refuse_true,
 };
 use super::endpoint::load_assignment_in;
 use crate::{
@@ -44,6 +48,8 @@ use crate::{
 
 /// Envoy's default `connect_timeout`.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Envoy's default `common_lb_config.healthy_panic_threshold`, 50%.
+const DEFAULT_PANIC_THRESHOLD_PERMILLE: u32 = 500;
 /// Envoy's default `dns_refresh_rate`.
 const DEFAULT_DNS_REFRESH_RATE: Duration = Duration::from_secs(5);
 /// The `typed_extension_protocol_options` key legate reads.
@@ -98,12 +104,13 @@ pub(super) fn cluster(x: &XdsCluster) -> Result<Cluster, Vec<ResourceError>> {
         lb_subset_config,
         common_lb_config,
         transport_socket,
-        // Ignored: no effect on traffic.
-        metadata: _,
+        // Only `filter_metadata.legate` is read; other namespaces have no effect on traffic.
+        metadata,
         protocol_selection,
         upstream_connection_options,
         close_connections_on_host_health_failure,
-        // Ignored: without active health checks (refused) hosts leave as soon as EDS drops them.
+        // Accepted and ignored: a host leaves as soon as EDS drops it, health checked or not
+        // (Envoy's behaviour with this set to true).
         ignore_health_on_host_removal: _,
         filters,
         load_balancing_policy,
@@ -127,10 +134,9 @@ pub(super) fn cluster(x: &XdsCluster) -> Result<Cluster, Vec<ResourceError>> {
     // does; USE_DOWNSTREAM_PROTOCOL is refused.
     refuse!(cx, "";
         transport_socket_matches, transport_socket_matcher, per_connection_buffer_limit_bytes,
-        per_connection_buffer_high_watermark_timeout, health_checks, circuit_breakers,
-        dns_jitter, dns_failure_refresh_rate, respect_dns_ttl, dns_resolvers,
-        use_tcp_for_dns_lookups, dns_resolution_config, typed_dns_resolver_config,
-        outlier_detection, upstream_bind_config, lb_subset_config, protocol_selection,
+        per_connection_buffer_high_watermark_timeout, dns_jitter, dns_failure_refresh_rate,
+        respect_dns_ttl, dns_resolvers, use_tcp_for_dns_lookups, dns_resolution_config,
+        typed_dns_resolver_config, upstream_bind_config, lb_subset_config, protocol_selection,
         upstream_connection_options, close_connections_on_host_health_failure, filters,
         lrs_server, lrs_report_endpoint_metrics, upstream_config, preconnect_policy,
         connection_pool_per_downstream_connection, queuing_policies,
@@ -138,9 +144,21 @@ pub(super) fn cluster(x: &XdsCluster) -> Result<Cluster, Vec<ResourceError>> {
     if let Some(o) = upstream_http_protocol_options {
         upstream_http_options(&mut cx, "upstream_http_protocol_options", o);
     }
-    if let Some(c) = common_lb_config {
-        common_lb(&mut cx, "common_lb_config", c);
-    }
+    let healthy_panic_threshold_permille = match common_lb_config {
+        Some(c) => common_lb(&mut cx, "common_lb_config", c),
+        None => DEFAULT_PANIC_THRESHOLD_PERMILLE,
+    };
+    let circuit_breakers =
+        breakers::circuit_breakers(&mut cx, "circuit_breakers", circuit_breakers.as_ref());
+    let outlier_detection = outlier_detection
+        .as_ref()
+        .and_then(|o| outlier::outlier_detection(&mut cx, "outlier_detection", o));
+    let health_checks: Vec<crate::HealthCheck> = health_checks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| health::health_check(&mut cx, &at("", "health_checks", i), h))
+        .collect();
+    let classic_breaker = breakers::classic_breaker(&mut cx, "metadata", metadata.as_ref());
     if let Some(ts) = transport_socket {
         raw_buffer_only(&mut cx, "transport_socket", ts);
     }
@@ -227,14 +245,6 @@ pub(super) fn cluster(x: &XdsCluster) -> Result<Cluster, Vec<ResourceError>> {
             max_requests_per_connection: max_requests_per_connection.as_ref(),
         },
     );
-    if http.max_requests_per_connection.is_some() {
-        // hyper-util's HTTP/1.1 pool cannot retire a connection after N requests; refuse
-        // rather than ignore a limit the operator relies on.
-        cx.err(
-            "max_requests_per_connection",
-            "not supported by legate yet (a limit of requests per upstream connection is not enforced)",
-        );
-    }
 
     let cluster = Cluster {
         name: Arc::from(name.as_str()),
@@ -244,11 +254,11 @@ pub(super) fn cluster(x: &XdsCluster) -> Result<Cluster, Vec<ResourceError>> {
         connect_timeout,
         idle_timeout: http.idle_timeout,
         max_requests_per_connection: http.max_requests_per_connection,
-        circuit_breakers: crate::CircuitBreakers::default(),
-        outlier_detection: None,
-        health_checks: Vec::new(),
-        healthy_panic_threshold_permille: 500,
-        classic_breaker: None,
+        circuit_breakers,
+        outlier_detection,
+        health_checks,
+        healthy_panic_threshold_permille,
+        classic_breaker,
         load_assignment,
     };
     cx.finish(cluster)
@@ -312,31 +322,28 @@ fn upstream_http_options(cx: &mut Ctx, field: &str, o: &XdsUpstreamHttpProtocolO
     refuse!(cx, field; auto_sni, auto_san_validation, override_auto_sni_header);
 }
 
-fn common_lb(cx: &mut Ctx, field: &str, c: &CommonLbConfig) {
+/// `common_lb_config`; returns the panic threshold in permille.
+fn common_lb(cx: &mut Ctx, field: &str, c: &CommonLbConfig) -> u32 {
     let CommonLbConfig {
         healthy_panic_threshold,
         // Ignored: legate applies host set changes at once; batching them is a timing detail.
         update_merge_window: _,
-        // Ignored: without active health checks (refused) no host waits for one.
-        ignore_new_hosts_until_first_hc: _,
+        ignore_new_hosts_until_first_hc,
         close_connections_on_host_set_change,
         consistent_hashing_lb_config,
         override_host_status,
         locality_config_specifier,
     } = c;
+    // A new host is unhealthy until its first check passes and counts as such towards the
+    // panic threshold; excluding it instead is not implemented.
     refuse!(cx, field;
-        close_connections_on_host_set_change, consistent_hashing_lb_config,
-        override_host_status, locality_config_specifier,
+        ignore_new_hosts_until_first_hc, close_connections_on_host_set_change,
+        consistent_hashing_lb_config, override_host_status, locality_config_specifier,
     );
-    // Envoy's default panic threshold, 50%, is what legate implements; only it is accepted.
-    if let Some(Percent { value }) = healthy_panic_threshold
-        && *value != 50.0
-    {
-        cx.err(
-            join(field, "healthy_panic_threshold"),
-            "only the default of 50% is supported by legate",
-        );
-    }
+    healthy_panic_threshold
+        .as_ref()
+        .and_then(|p| percent_permille(cx, &join(field, "healthy_panic_threshold"), p))
+        .unwrap_or(DEFAULT_PANIC_THRESHOLD_PERMILLE)
 }
 
 /// Plaintext is all legate speaks upstream for now: only the raw buffer socket is accepted.

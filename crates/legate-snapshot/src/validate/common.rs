@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::core::v3::Metadata as XdsMetadata;
 use envoy_types::pb::envoy::config::core::v3::address::Address as XdsAddressKind;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
@@ -23,7 +24,11 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     RegexMatcher as XdsRegexMatcher, StringMatcher as XdsStringMatcher,
 };
-use envoy_types::pb::google::protobuf::{BoolValue, Duration as XdsDuration, UInt32Value};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{
+    BoolValue, Duration as XdsDuration, Struct, UInt32Value, Value,
+};
 
 use crate::{
     EndpointAddress, HeaderAppend, HeaderValueOption, Regex, ResourceError, ResourceKind,
@@ -213,9 +218,103 @@ pub(super) fn timeout(
     }
 }
 
+/// A duration that must be greater than zero when set; `None` when unset or invalid.
+pub(super) fn positive_duration(
+    cx: &mut Ctx,
+    field: &str,
+    value: &Option<XdsDuration>,
+) -> Option<Duration> {
+    let d = duration(cx, field, value.as_ref()?)?;
+    if d.is_zero() {
+        cx.err(field, "must be greater than zero");
+        return None;
+    }
+    Some(d)
+}
+
 /// A duration field set to something other than zero (Envoy's "disabled").
 pub(super) fn nonzero_duration(value: &Option<XdsDuration>) -> bool {
     matches!(value, Some(d) if d.seconds != 0 || d.nanos != 0)
+}
+
+/// The `filter_metadata` namespace legate reads its own settings from (route and cluster
+/// metadata), since xDS has no field for them.
+pub(super) const LEGATE_NAMESPACE: &str = "legate";
+
+/// `metadata.filter_metadata['legate']` as `(path, key, value)` sorted by key, so errors come
+/// out in a stable order. Other namespaces belong to other consumers and are ignored;
+/// `typed_filter_metadata['legate']` is refused, as legate reads only the `Struct` form.
+pub(super) fn legate_metadata<'a>(
+    cx: &mut Ctx,
+    field: &str,
+    metadata: Option<&'a XdsMetadata>,
+) -> Vec<(String, &'a str, &'a Value)> {
+    let Some(XdsMetadata {
+        filter_metadata,
+        typed_filter_metadata,
+    }) = metadata
+    else {
+        return Vec::new();
+    };
+    if typed_filter_metadata.contains_key(LEGATE_NAMESPACE) {
+        cx.err(
+            join(
+                field,
+                &format!("typed_filter_metadata['{LEGATE_NAMESPACE}']"),
+            ),
+            "not supported by legate (use filter_metadata)",
+        );
+    }
+    let Some(settings) = filter_metadata.get(LEGATE_NAMESPACE) else {
+        return Vec::new();
+    };
+    let base = join(field, &format!("filter_metadata['{LEGATE_NAMESPACE}']"));
+    struct_fields(&base, settings)
+}
+
+/// The fields of a `Struct` as `(path, key, value)`, sorted by key.
+pub(super) fn struct_fields<'a>(base: &str, s: &'a Struct) -> Vec<(String, &'a str, &'a Value)> {
+    let mut fields: Vec<(String, &str, &Value)> = s
+        .fields
+        .iter()
+        .map(|(k, v)| (join(base, k), k.as_str(), v))
+        .collect();
+    fields.sort_by(|a, b| a.1.cmp(b.1));
+    fields
+}
+
+/// What a `google.protobuf.Value` holds, for error messages.
+pub(super) fn value_kind(v: &Value) -> &'static str {
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => "null",
+        Some(Kind::NumberValue(_)) => "a number",
+        Some(Kind::StringValue(_)) => "a string",
+        Some(Kind::BoolValue(_)) => "a bool",
+        Some(Kind::StructValue(_)) => "a struct",
+        Some(Kind::ListValue(_)) => "a list",
+    }
+}
+
+/// A `Value` that must be a bool.
+pub(super) fn value_bool(cx: &mut Ctx, field: &str, v: &Value) -> Option<bool> {
+    match &v.kind {
+        Some(Kind::BoolValue(b)) => Some(*b),
+        _ => {
+            cx.err(field, format!("must be a bool, not {}", value_kind(v)));
+            None
+        }
+    }
+}
+
+/// A `type.v3.Percent` (0 to 100) in permille, rounded to the nearest.
+pub(super) fn percent_permille(cx: &mut Ctx, field: &str, p: &Percent) -> Option<u32> {
+    let Percent { value } = *p;
+    if !(0.0..=100.0).contains(&value) {
+        cx.err(field, format!("{value} is not between 0 and 100"));
+        return None;
+    }
+    // In 0..=1000 by the check above.
+    Some((value * 10.0).round() as u32)
 }
 
 /// Legate receives every resource on its one ADS stream: a config source must say `ads` or

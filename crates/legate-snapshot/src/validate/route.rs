@@ -1,6 +1,8 @@
 //! `RouteConfiguration` → [`RouteConfig`], standalone (RDS) or inline in an HTTP connection
 //! manager, in which case errors belong to the listener and carry the HCM's field path.
 
+mod retry;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -222,10 +224,17 @@ fn virtual_host(
     let before = cx.error_count();
     refuse!(cx, field;
         matcher, require_tls, rate_limits, cors, typed_per_filter_config,
-        include_request_attempt_count, include_attempt_count_in_response, retry_policy,
-        retry_policy_typed_config, hedge_policy, include_is_timeout_retry_header,
-        per_request_buffer_limit_bytes, request_body_buffer_limit, request_mirror_policies,
+        include_request_attempt_count, include_attempt_count_in_response,
+        retry_policy_typed_config, include_is_timeout_retry_header, request_mirror_policies,
         route_specifiers,
+    );
+    let inherited = retry::virtual_host(
+        cx,
+        field,
+        retry_policy.as_ref(),
+        hedge_policy.as_ref(),
+        per_request_buffer_limit_bytes.as_ref(),
+        request_body_buffer_limit.as_ref(),
     );
     if name.is_empty() {
         cx.err(join(field, "name"), "must not be empty");
@@ -241,7 +250,18 @@ fn virtual_host(
     let routes: Vec<Route> = routes
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| route(cx, &at(field, "routes", i), r, max_body, refs))
+        .filter_map(|(i, r)| {
+            route(
+                cx,
+                &at(field, "routes", i),
+                r,
+                RouteEnv {
+                    max_body,
+                    inherited: &inherited,
+                },
+                refs,
+            )
+        })
         .collect();
     let vhost = VirtualHost {
         name: Arc::from(name.as_str()),
@@ -304,18 +324,30 @@ fn domain(cx: &mut Ctx, field: &str, d: &str) -> Option<Arc<str>> {
     Some(Arc::from(lower))
 }
 
+/// What a route takes from its route configuration and virtual host.
+#[derive(Clone, Copy)]
+struct RouteEnv<'a> {
+    max_body: u32,
+    inherited: &'a retry::Resilience,
+}
+
 fn route(
     cx: &mut Ctx,
     field: &str,
     r: &XdsRoute,
-    max_body: u32,
+    env: RouteEnv<'_>,
     refs: &mut Vec<ClusterRef>,
 ) -> Option<Route> {
+    let RouteEnv {
+        max_body,
+        inherited,
+    } = env;
     let XdsRoute {
         name,
         r#match,
-        // Ignored: no effect on traffic (metadata, tracing decoration, statistics).
-        metadata: _,
+        // Only `filter_metadata.legate` is read; other namespaces have no effect on traffic.
+        metadata,
+        // Ignored: no effect on traffic (tracing decoration, statistics).
         decorator: _,
         tracing: _,
         stat_prefix: _,
@@ -330,9 +362,14 @@ fn route(
         action,
     } = r;
     let before = cx.error_count();
-    refuse!(cx, field;
-        typed_per_filter_config, per_request_buffer_limit_bytes, request_body_buffer_limit,
-        route_specifiers,
+    refuse!(cx, field; typed_per_filter_config, route_specifiers);
+    let inherited = retry::route(
+        cx,
+        field,
+        inherited,
+        metadata.as_ref(),
+        per_request_buffer_limit_bytes.as_ref(),
+        request_body_buffer_limit.as_ref(),
     );
     let matcher = match r#match {
         Some(m) => route_match(cx, &join(field, "match"), m),
@@ -343,7 +380,7 @@ fn route(
     };
     let action = match action {
         Some(Action::Route(a)) => {
-            forward(cx, &join(field, "route"), a, refs).map(RouteAction::Forward)
+            forward(cx, &join(field, "route"), a, &inherited, refs).map(RouteAction::Forward)
         }
         Some(Action::Redirect(a)) => {
             redirect(cx, &join(field, "redirect"), a).map(RouteAction::Redirect)
@@ -600,6 +637,7 @@ fn forward(
     cx: &mut Ctx,
     field: &str,
     a: &XdsRouteAction,
+    inherited: &retry::Resilience,
     refs: &mut Vec<ClusterRef>,
 ) -> Option<ForwardAction> {
     let XdsRouteAction {
@@ -638,11 +676,17 @@ fn forward(
     // is what legate does; any other value is refused.
     refuse!(cx, field;
         cluster_not_found_response_code, metadata_match, path_rewrite_policy, path_rewrite,
-        append_x_forwarded_host, flush_timeout, early_data_policy, retry_policy,
-        retry_policy_typed_config, request_mirror_policies, priority, rate_limits,
-        include_vh_rate_limits, hash_policy, cors, max_grpc_timeout, grpc_timeout_offset,
-        internal_redirect_policy, internal_redirect_action, max_internal_redirects,
-        hedge_policy, max_stream_duration,
+        append_x_forwarded_host, flush_timeout, early_data_policy, retry_policy_typed_config,
+        request_mirror_policies, priority, rate_limits, include_vh_rate_limits, hash_policy,
+        cors, max_grpc_timeout, grpc_timeout_offset, internal_redirect_policy,
+        internal_redirect_action, max_internal_redirects, max_stream_duration,
+    );
+    let resilience = retry::route_action(
+        cx,
+        field,
+        inherited,
+        retry_policy.as_ref(),
+        hedge_policy.as_ref(),
     );
     let target = match cluster_specifier {
         Some(ClusterSpecifier::Cluster(name)) => {
@@ -743,10 +787,10 @@ fn forward(
         timeout,
         idle_timeout,
         upgrades,
-        retry_policy: None,
-        hedge_on_per_try_timeout: false,
-        retry_buffer_limit: crate::DEFAULT_RETRY_BUFFER_LIMIT,
-        retry_non_idempotent: false,
+        retry_buffer_limit: resilience.retry_buffer_limit(),
+        retry_policy: resilience.retry_policy,
+        hedge_on_per_try_timeout: resilience.hedge_on_per_try_timeout,
+        retry_non_idempotent: resilience.retry_non_idempotent,
     })
 }
 

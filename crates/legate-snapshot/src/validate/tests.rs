@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     load_balancing_policy,
 };
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::health_check;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{
@@ -45,7 +46,7 @@ use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
 use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, FilterAction, HeaderMatcher as XdsHeaderMatcher,
     QueryParameterMatcher as XdsQueryParameterMatcher, RedirectAction as XdsRedirectAction,
-    RetryPolicy, Route as XdsRoute, RouteAction as XdsRouteAction, RouteConfiguration,
+    HedgePolicy, RetryPolicy, Route as XdsRoute, RouteAction as XdsRouteAction, RouteConfiguration,
     RouteMatch as XdsRouteMatch, VirtualHost as XdsVirtualHost, Vhds, WeightedCluster as XdsWeightedCluster,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
@@ -69,6 +70,8 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration as XdsDuration,
 use prost::Message;
 
 use super::{Resources, build};
+
+mod resilience;
 use crate::{
     Cluster, ClusterTarget, Codec, Discovery, DnsFamily, Endpoint, EndpointAddress, HeaderAppend,
     HeaderMatchRule, HeaderMatcher, HeaderValueOption as Hvo, HealthStatus, HostRewrite, LbPolicy,
@@ -1483,8 +1486,8 @@ fn route_configuration_fields_refused() {
             "route configuration 'rc1': ignore_port_in_host_matching: not supported by legate",
         ),
         (
-            |r| vh(r).retry_policy = Some(RetryPolicy::default()),
-            "route configuration 'rc1': virtual_hosts[0].retry_policy: not supported by legate",
+            |r| vh(r).retry_policy_typed_config = Some(Any::default()),
+            "route configuration 'rc1': virtual_hosts[0].retry_policy_typed_config: not supported by legate",
         ),
         (
             |r| vh(r).require_tls = 2,
@@ -1627,8 +1630,8 @@ fn route_configuration_fields_refused() {
 fn route_action_fields_refused() {
     check_cases(&[
         (
-            |r| ra(r, 0).retry_policy = Some(RetryPolicy::default()),
-            "route configuration 'rc1': virtual_hosts[0].routes[0].route.retry_policy: not supported by legate",
+            |r| ra(r, 0).retry_policy_typed_config = Some(Any::default()),
+            "route configuration 'rc1': virtual_hosts[0].routes[0].route.retry_policy_typed_config: not supported by legate",
         ),
         (
             |r| ra(r, 0).hash_policy = vec![HashPolicy::default()],
@@ -1639,8 +1642,13 @@ fn route_action_fields_refused() {
             "route configuration 'rc1': virtual_hosts[0].routes[0].route.request_mirror_policies: not supported by legate",
         ),
         (
-            |r| ra(r, 0).hedge_policy = Some(Default::default()),
-            "route configuration 'rc1': virtual_hosts[0].routes[0].route.hedge_policy: not supported by legate",
+            |r| {
+                ra(r, 0).hedge_policy = Some(HedgePolicy {
+                    initial_requests: u32v(2),
+                    ..Default::default()
+                })
+            },
+            "route configuration 'rc1': virtual_hosts[0].routes[0].route.hedge_policy.initial_requests: 2 is not supported by legate (only 1)",
         ),
         (
             |r| ra(r, 0).max_stream_duration = Some(MaxStreamDuration::default()),
@@ -1861,16 +1869,33 @@ fn header_mutations_refused() {
 fn cluster_fields_refused() {
     check_cases(&[
         (
-            |r| cl(r, "static").outlier_detection = Some(OutlierDetection::default()),
-            "cluster 'static': outlier_detection: not supported by legate",
+            |r| {
+                cl(r, "static").outlier_detection = Some(OutlierDetection {
+                    always_eject_one_host: yes(),
+                    ..Default::default()
+                })
+            },
+            "cluster 'static': outlier_detection.always_eject_one_host: not supported by legate",
         ),
         (
-            |r| cl(r, "static").circuit_breakers = Some(CircuitBreakers::default()),
-            "cluster 'static': circuit_breakers: not supported by legate",
+            |r| {
+                cl(r, "static").circuit_breakers = Some(CircuitBreakers {
+                    per_host_thresholds: vec![Default::default()],
+                    ..Default::default()
+                })
+            },
+            "cluster 'static': circuit_breakers.per_host_thresholds: not supported by legate",
         ),
         (
-            |r| cl(r, "static").health_checks = vec![HealthCheck::default()],
-            "cluster 'static': health_checks: not supported by legate",
+            |r| {
+                cl(r, "static").health_checks = vec![HealthCheck {
+                    health_checker: Some(health_check::HealthChecker::GrpcHealthCheck(
+                        Default::default(),
+                    )),
+                    ..resilience::tcp_check()
+                }]
+            },
+            "cluster 'static': health_checks[0].grpc_health_check: not supported by legate",
         ),
         (
             |r| cl(r, "static").lb_subset_config = Some(Default::default()),
@@ -2001,11 +2026,11 @@ fn cluster_fields_refused() {
         (
             |r| {
                 cl(r, "static").common_lb_config = Some(CommonLbConfig {
-                    healthy_panic_threshold: Some(Percent { value: 10.0 }),
+                    healthy_panic_threshold: Some(Percent { value: 100.5 }),
                     ..Default::default()
                 })
             },
-            "cluster 'static': common_lb_config.healthy_panic_threshold: only the default of 50% is supported by legate",
+            "cluster 'static': common_lb_config.healthy_panic_threshold: 100.5 is not between 0 and 100",
         ),
         (
             |r| {
@@ -2273,7 +2298,10 @@ fn consistency_allowances() {
 fn references_to_invalid_resources_are_not_reported_twice() {
     let mut r = base();
     rc(&mut r).vhds = Some(Vhds::default());
-    cl(&mut r, "static").outlier_detection = Some(OutlierDetection::default());
+    cl(&mut r, "static").outlier_detection = Some(OutlierDetection {
+        monitors: vec![TypedExtensionConfig::default()],
+        ..Default::default()
+    });
     cla(&mut r)
         .named_endpoints
         .insert("x".to_owned(), XdsEndpoint::default());
@@ -2281,7 +2309,7 @@ fn references_to_invalid_resources_are_not_reported_twice() {
         errors(&r),
         [
             "route configuration 'rc1': vhds: not supported by legate",
-            "cluster 'static': outlier_detection: not supported by legate",
+            "cluster 'static': outlier_detection.monitors: not supported by legate",
             "cluster load assignment 'eds': named_endpoints: not supported by legate",
         ]
     );
@@ -2296,8 +2324,14 @@ fn every_error_is_reported() {
         h.add_user_agent = yes();
     });
     vh(&mut r).cors = Some(Default::default());
-    ra(&mut r, 0).retry_policy = Some(RetryPolicy::default());
-    ra(&mut r, 1).hedge_policy = Some(Default::default());
+    ra(&mut r, 0).retry_policy = Some(RetryPolicy {
+        retry_on: "5xx,grpc-cancelled".to_owned(),
+        ..Default::default()
+    });
+    ra(&mut r, 1).hedge_policy = Some(HedgePolicy {
+        initial_requests: u32v(3),
+        ..Default::default()
+    });
     cl(&mut r, "static").health_checks = vec![HealthCheck::default()];
     cl(&mut r, "static").lb_policy = XdsLbPolicy::Maglev as i32;
     lb_ep(&mut r).load_balancing_weight = u32v(0);
@@ -2312,14 +2346,18 @@ fn every_error_is_reported() {
             "listener filter_chains[0].filters[0].typed_config.via",
             "listener filter_chains[0].filters[0].typed_config.add_user_agent",
             "route configuration virtual_hosts[0].cors",
-            "route configuration virtual_hosts[0].routes[0].route.retry_policy",
-            "route configuration virtual_hosts[0].routes[1].route.hedge_policy",
-            "cluster health_checks",
+            "route configuration virtual_hosts[0].routes[0].route.retry_policy.retry_on",
+            "route configuration virtual_hosts[0].routes[1].route.hedge_policy.initial_requests",
+            "cluster health_checks[0].timeout",
+            "cluster health_checks[0].interval",
+            "cluster health_checks[0].unhealthy_threshold",
+            "cluster health_checks[0].healthy_threshold",
+            "cluster health_checks[0]",
             "cluster lb_policy",
             "cluster load assignment endpoints[0].lb_endpoints[0].load_balancing_weight",
         ]
     );
-    assert_eq!(got.for_kind(crate::ResourceKind::Cluster).count(), 2);
+    assert_eq!(got.for_kind(crate::ResourceKind::Cluster).count(), 6);
     let text = got.to_string();
     assert!(text.contains("; cluster 'static': lb_policy: not supported by legate: MAGLEV;"));
 }
@@ -2336,11 +2374,14 @@ fn single_resource_conversions() {
     let la = LoadAssignment::try_from(&r.load_assignments[0]).expect("assignment");
     assert_eq!(la.endpoints().count(), 2);
     let mut bad = r.clusters[0].clone();
-    bad.outlier_detection = Some(OutlierDetection::default());
+    bad.outlier_detection = Some(OutlierDetection {
+        detect_degraded_hosts: yes(),
+        ..Default::default()
+    });
     let e = Cluster::try_from(&bad).expect_err("refused");
     assert_eq!(
         e[0].to_string(),
-        "cluster 'static': outlier_detection: not supported by legate"
+        "cluster 'static': outlier_detection.detect_degraded_hosts: not supported by legate"
     );
 }
 
@@ -2358,17 +2399,12 @@ fn snapshot_serializes_without_the_index() {
 }
 
 #[test]
-fn a_requests_per_connection_limit_is_refused_not_ignored() {
-    let mut c = XdsCluster {
+fn a_requests_per_connection_limit_is_kept() {
+    let c = XdsCluster {
         name: "capped".to_owned(),
+        max_requests_per_connection: u32v(7),
         ..Default::default()
     };
-    c.max_requests_per_connection = Some(UInt32Value { value: 7 });
-    let errors = Cluster::try_from(&c).expect_err("a limit legate cannot enforce");
-    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    assert!(
-        text.iter()
-            .any(|e| e.starts_with("cluster 'capped': max_requests_per_connection: not supported")),
-        "{text:?}"
-    );
+    let c = Cluster::try_from(&c).expect("the pool enforces the limit");
+    assert_eq!(c.max_requests_per_connection, Some(7));
 }
