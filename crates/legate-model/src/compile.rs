@@ -944,7 +944,10 @@ mod tests {
         let o = protocol_options(c);
         let common = o.common_http_protocol_options.expect("common options");
         assert_eq!(common.idle_timeout, pb(60, 0));
-        assert_eq!(common.max_requests_per_connection, None);
+        assert_eq!(
+            common.max_requests_per_connection,
+            Some(UInt32Value { value: 1000 })
+        );
         assert_eq!(
             o.upstream_protocol_options,
             Some(UpstreamProtocolOptions::ExplicitHttpConfig(
@@ -1068,6 +1071,10 @@ mod tests {
             snap::HostRewrite::Literal(Arc::from("payments.internal"))
         );
         assert_eq!(f.timeout, Some(Duration::from_secs(5)));
+        // The virtual host's retries, inherited.
+        let p = f.retry_policy.as_deref().expect("retry policy");
+        assert_eq!((p.num_retries, p.previous_hosts), (2, true));
+        assert_eq!(f.retry_buffer_limit, 1_048_576);
         // `%` written in the mesh arrives as a literal `%`.
         let share = &vh.routes[0].request_headers_to_add[1];
         assert_eq!((&*share.name, &*share.value), ("x-canary-share", "100%"));
@@ -1084,6 +1091,10 @@ mod tests {
         };
         assert_eq!(*total, 100);
         assert_eq!(clusters.len(), 2);
+        // Its own retries, replacing the virtual host's.
+        let p = f.retry_policy.as_deref().expect("retry policy");
+        assert!(p.retry_on.gateway_error && !p.retry_on.five_xx);
+        assert_eq!(f.idle_timeout, Some(Duration::from_secs(30)));
         let timeout = |i: usize| match &vh.routes[i].action {
             snap::RouteAction::Forward(f) => f.timeout,
             other => panic!("forward expected, got {other:?}"),
@@ -1116,7 +1127,22 @@ mod tests {
         assert_eq!(c.protocol, snap::UpstreamProtocol::Http1);
         assert_eq!(c.connect_timeout, Duration::from_secs(1));
         assert_eq!(c.idle_timeout, Some(Duration::from_secs(60)));
-        assert_eq!(c.max_requests_per_connection, None);
+        assert_eq!(c.max_requests_per_connection, Some(1000));
+        // The policies as written (each field's mapping is tested in compile/policies.rs).
+        let budget = c
+            .circuit_breakers
+            .default
+            .retry_budget
+            .expect("retry budget");
+        assert_eq!(budget.budget_permille, 200);
+        let outlier = c.outlier_detection.as_ref().expect("outlier detection");
+        assert_eq!(outlier.consecutive_5xx, 5);
+        assert_eq!(c.health_checks.len(), 1);
+        assert_eq!(c.healthy_panic_threshold_permille, 500);
+        assert_eq!(
+            c.classic_breaker.as_ref().map(|b| b.failure_ratio_permille),
+            Some(500)
+        );
         let eps: Vec<(String, u32)> = c
             .load_assignment
             .endpoints()
@@ -1130,6 +1156,7 @@ mod tests {
 
         let c = &snapshot.clusters["payments-v2"];
         assert!(matches!(c.lb_policy, snap::LbPolicy::LeastRequest { .. }));
+        assert_eq!(c.health_checks[0].kind, snap::HealthCheckKind::Tcp);
         assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(c.idle_timeout, Some(DEFAULT_IDLE_TIMEOUT));
 
@@ -1219,6 +1246,39 @@ clusters:
             snapshot.listeners[0].stream_idle_timeout, None,
             "0s disables"
         );
+    }
+
+    /// The demos' meshes pass both validators: `legate-cp` serves `cp-demo.yaml`, and
+    /// `legate --config demo.yaml` runs the mesh in that bootstrap file.
+    #[test]
+    fn demo_meshes_build_a_snapshot() {
+        #[derive(serde::Deserialize)]
+        struct Bootstrap {
+            mesh: Mesh,
+        }
+        let cp_demo = include_str!("../../../examples/cp-demo.yaml");
+        let demo = include_str!("../../../examples/demo.yaml");
+        let meshes = [
+            (crate::load(cp_demo, "cp-demo.yaml"), "cp-demo"),
+            (
+                crate::parse_yaml::<Bootstrap>(demo, "demo.yaml")
+                    .map_err(|e| vec![e])
+                    .and_then(|b| {
+                        crate::validate_at(&b.mesh, demo, "demo.yaml", "mesh")?;
+                        Ok(b.mesh)
+                    }),
+                "demo",
+            ),
+        ];
+        for (mesh, name) in meshes {
+            let mesh = match mesh {
+                Ok(m) => m,
+                Err(errors) => panic!("{name}: {errors:?}"),
+            };
+            if let Err(e) = legate_snapshot::build("v1", &compile(&mesh)) {
+                panic!("{name}: {e}");
+            }
+        }
     }
 
     #[test]

@@ -441,7 +441,7 @@ mod tests {
         assert_eq!(p.lb_policy, LbPolicy::RoundRobin);
         assert_eq!(p.connect_timeout, Some(Duration::from_secs(1)));
         assert_eq!(p.idle_timeout, Some(Duration::from_secs(60)));
-        assert_eq!(p.max_requests_per_connection, Some(0));
+        assert_eq!(p.max_requests_per_connection, Some(1000));
         assert_eq!(p.discovery, Discovery::Static);
         assert_eq!(p.endpoints, None);
         assert_eq!(
@@ -451,7 +451,17 @@ mod tests {
         assert_eq!(p.versions[0].endpoints[1].weight, 2);
         assert_eq!(p.route.prefix.as_deref(), Some("/payments/"));
         assert_eq!(p.route.rewrite.as_deref(), Some("/"));
-        assert_eq!(p.route.timeout, Some(Duration::from_secs(5)));
+        assert_eq!(p.route.timeout, None);
+        assert_eq!(p.timeout(), Some(Duration::from_secs(5)));
+        assert_eq!(p.policies.idle_timeout, Some(Duration::from_secs(30)));
+        let retries = p.policies.retries.as_ref().expect("retries");
+        assert_eq!(retries.on, ["5xx", "reset", "connect-failure"]);
+        assert_eq!(retries.attempts, Some(2));
+        assert!(p.policies.circuit_breakers.is_some());
+        assert!(p.policies.outlier_detection.is_some());
+        assert!(p.policies.health_check.is_some());
+        assert_eq!(p.policies.panic_threshold, Some(50.0));
+        assert!(p.policies.breaker.is_some());
         assert_eq!(
             p.route.canary,
             [CanaryRule {
@@ -714,15 +724,24 @@ mod tests {
         assert_eq!(clusters.len(), 2);
         assert_eq!(f.prefix_rewrite.as_deref(), Some("/"));
         assert_eq!(f.timeout, Some(Duration::from_secs(5)));
+        let retries = f.retry_policy.as_deref().expect("retry policy");
+        assert_eq!(retries.num_retries, 2);
+        assert_eq!(retries.per_try_timeout, Some(Duration::from_secs(1)));
         let snap::RouteAction::Forward(f) = &vh.routes[4].action else {
             panic!("forward expected")
         };
         assert_eq!(f.target, snap::ClusterTarget::Single(Arc::from("orders")));
         assert_eq!(f.timeout, Some(Duration::from_secs(15)), "Envoy's default");
+        assert_eq!(f.retry_policy, None);
 
         let c = &snapshot.clusters["payments-v1"];
         assert_eq!(c.connect_timeout, Duration::from_secs(1));
         assert_eq!(c.idle_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(c.max_requests_per_connection, Some(1000));
+        let outlier = c.outlier_detection.as_ref().expect("outlier detection");
+        assert_eq!(outlier.enforcing_failure_percentage, 100);
+        assert_eq!(snapshot.clusters["payments-v2"].health_checks.len(), 1);
+        assert_eq!(snapshot.clusters["orders"].outlier_detection, None);
         let c = &snapshot.clusters["catalog-stable"];
         assert_eq!(c.protocol, snap::UpstreamProtocol::Http2);
         assert!(matches!(c.lb_policy, snap::LbPolicy::LeastRequest { .. }));
