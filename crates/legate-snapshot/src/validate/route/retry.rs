@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::config::route::v3::retry_policy::{
     retry_host_predicate,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    HedgePolicy as XdsHedgePolicy, RetryPolicy as XdsRetryPolicy,
+    HeaderMatcher as XdsHeaderMatcher, HedgePolicy as XdsHedgePolicy, RetryPolicy as XdsRetryPolicy,
 };
 use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::google::protobuf::{Any, UInt32Value, UInt64Value};
@@ -457,7 +457,7 @@ fn header_matchers(
     cx: &mut Ctx,
     base: &str,
     field: &str,
-    matchers: &[envoy_types::pb::envoy::config::route::v3::HeaderMatcher],
+    matchers: &[XdsHeaderMatcher],
 ) -> Vec<HeaderMatcher> {
     matchers
         .iter()
