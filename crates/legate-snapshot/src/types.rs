@@ -642,19 +642,10 @@ pub enum HealthStatus {
 
 /// `circuit_breakers`. Routes are all DEFAULT priority in legate (route `priority` is
 /// refused), so only `default` limits traffic; `high` is validated and kept.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CircuitBreakers {
     pub default: Thresholds,
     pub high: Thresholds,
-}
-
-impl Default for CircuitBreakers {
-    fn default() -> Self {
-        CircuitBreakers {
-            default: Thresholds::default(),
-            high: Thresholds::default(),
-        }
-    }
 }
 
 /// One `circuit_breakers.thresholds` entry, with Envoy's defaults.

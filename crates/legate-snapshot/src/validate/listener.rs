@@ -422,7 +422,17 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
             stream_idle_timeout,
             Some(DEFAULT_STREAM_IDLE_TIMEOUT),
         ),
-        request_timeout: timeout(cx, &join(field, "request_timeout"), request_timeout, None),
+        request_timeout: {
+            let t = timeout(cx, &join(field, "request_timeout"), request_timeout, None);
+            if t.is_some() {
+                // Not enforced yet: refused rather than silently ignored.
+                cx.err(
+                    join(field, "request_timeout"),
+                    "not supported by legate (use the route timeout or stream_idle_timeout)",
+                );
+            }
+            None
+        },
         idle_timeout: common.idle_timeout,
         generate_request_id: generate_request_id.is_none_or(|BoolValue { value }| value),
         // Envoy appends the peer to x-forwarded-for only with `use_remote_address` and

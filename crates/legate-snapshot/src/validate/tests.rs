@@ -548,7 +548,7 @@ fn listener_options_convert() {
         h.codec_type = CodecType::Http2 as i32;
         h.strip_port_mode = Some(StripPortMode::StripAnyHostPort(true));
         h.stream_idle_timeout = dur(0);
-        h.request_timeout = dur(30);
+        h.request_timeout = dur(0);
         h.common_http_protocol_options = Some(CoreHttpProtocolOptions {
             idle_timeout: dur(60),
             ..Default::default()
@@ -579,7 +579,7 @@ fn listener_options_convert() {
     assert_eq!(l.codec, Codec::Http2);
     assert!(l.strip_any_host_port);
     assert_eq!(l.stream_idle_timeout, None);
-    assert_eq!(l.request_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(l.request_timeout, None);
     assert_eq!(l.idle_timeout, Some(Duration::from_secs(60)));
     assert!(!l.generate_request_id);
     assert!(l.append_x_forwarded_for);
@@ -1279,6 +1279,10 @@ fn listener_fields_refused() {
 #[test]
 fn http_connection_manager_fields_refused() {
     check_cases(&[
+        (
+            |r| edit_hcm(r, |h| h.request_timeout = dur(30)),
+            "listener 'l1': filter_chains[0].filters[0].typed_config.request_timeout: not supported by legate (use the route timeout or stream_idle_timeout)",
+        ),
         (
             |r| edit_hcm(r, |h| h.add_user_agent = yes()),
             "listener 'l1': filter_chains[0].filters[0].typed_config.add_user_agent: not supported by legate",
