@@ -4,9 +4,16 @@
 //! - the low-level layer: listeners, route configs with virtual hosts and routes, and
 //!   clusters with their endpoints (`examples/mesh-reference.yaml` documents every field);
 //! - the services layer: [`Service`]s with weighted versions, a route prefix, canary rules and
-//!   policies, and the [`Proxy`] section for the outbound listener every proxy node gets
+//!   [`Policies`], and the [`Proxy`] section for the outbound listener every proxy node gets
 //!   (`examples/mesh-services.yaml`). It expands into low-level resources
 //!   ([`Mesh::expand`]): a cluster per version, a route per service.
+//!
+//! Resilience policies are written on either layer: [`Retries`] and timeouts on routes (and
+//! virtual hosts), [`CircuitBreakers`], [`OutlierDetection`], a [`HealthCheck`], the panic
+//! threshold and the classic [`Breaker`] on clusters; a service's `policies` hold them all and
+//! apply them to each of its routes and clusters. Each compiles to the Envoy field that
+//! carries it (the classic breaker, which xDS has no field for, to cluster metadata that
+//! legate reads).
 //!
 //! This crate is the single owner of that format. The proxy's static mode and the control
 //! plane both read meshes here and [`compile`] them into the Envoy resources that
