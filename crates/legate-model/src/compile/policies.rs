@@ -215,8 +215,9 @@ pub(crate) fn outlier_detection(o: &OutlierDetection) -> XdsOutlierDetection {
 
 /// Envoy requires the timing and both thresholds: the defaults are written out.
 pub(crate) fn health_check(h: &HealthCheck, cluster_protocol: UpstreamProtocol) -> XdsHealthCheck {
+    // Neither (only in an unchecked mesh) leaves the checker out, for the consumer to refuse.
     let checker = match (&h.http, &h.tcp) {
-        (Some(http), _) => HealthChecker::HttpHealthCheck(XdsHttpHealthCheck {
+        (Some(http), _) => Some(HealthChecker::HttpHealthCheck(XdsHttpHealthCheck {
             host: http.host.clone().unwrap_or_default(),
             path: http.path.clone(),
             expected_statuses: http
@@ -234,8 +235,9 @@ pub(crate) fn health_check(h: &HealthCheck, cluster_protocol: UpstreamProtocol) 
             }
             .into(),
             ..Default::default()
-        }),
-        (None, _) => HealthChecker::TcpHealthCheck(XdsTcpHealthCheck::default()),
+        })),
+        (None, Some(_)) => Some(HealthChecker::TcpHealthCheck(XdsTcpHealthCheck::default())),
+        (None, None) => None,
     };
     XdsHealthCheck {
         timeout: Some(duration(h.timeout.unwrap_or(DEFAULT_HEALTH_CHECK_TIMEOUT))),
@@ -250,7 +252,7 @@ pub(crate) fn health_check(h: &HealthCheck, cluster_protocol: UpstreamProtocol) 
         healthy_threshold: Some(UInt32Value {
             value: h.healthy_threshold.unwrap_or(DEFAULT_HEALTHY_THRESHOLD),
         }),
-        health_checker: Some(checker),
+        health_checker: checker,
         ..Default::default()
     }
 }

@@ -39,11 +39,17 @@ pub const DEFAULT_HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
 /// Passed checks in a row that make a host healthy again, when not set.
 pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 1;
-/// Classic breaker defaults, for the fields left out of `breaker`.
+// The classic breaker's defaults, for the fields left out of `breaker`; the same as
+// legate's when it reads cluster metadata without them.
+/// [`Breaker::failure_ratio`] when unset.
 pub const DEFAULT_BREAKER_FAILURE_RATIO: f64 = 0.5;
+/// [`Breaker::window`] when unset.
 pub const DEFAULT_BREAKER_WINDOW: Duration = Duration::from_secs(10);
+/// [`Breaker::minimum_requests`] when unset.
 pub const DEFAULT_BREAKER_MINIMUM_REQUESTS: u32 = 20;
+/// [`Breaker::open_timeout`] when unset.
 pub const DEFAULT_BREAKER_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// [`Breaker::half_open_max_requests`] when unset.
 pub const DEFAULT_BREAKER_HALF_OPEN_MAX_REQUESTS: u32 = 3;
 
 /// When and how a forwarded request is tried again (Envoy's `retry_policy`, with the hedge
@@ -200,7 +206,8 @@ mod retry_after {
         d.deserialize_any(V)
     }
 
-    // `skip_serializing_if` leaves `None` out.
+    // serde's `serialize_with` passes the field by reference; `skip_serializing_if` leaves
+    // `None` out.
     #[allow(clippy::ref_option)]
     pub(super) fn serialize<S: Serializer>(
         v: &Option<RetryAfter>,
