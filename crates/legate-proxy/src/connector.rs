@@ -1,83 +1,76 @@
-//! The upstream connector: hyper-util's TCP connector wrapped so every open upstream
-//! connection is counted in its cluster's gauge for as long as the socket lives.
+//! Dialling upstream hosts: a TCP connect bounded by the cluster's `connect_timeout`, and
+//! the socket wrapper that counts every open upstream connection in its cluster's gauge for
+//! as long as the socket lives.
 
-use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
 use legate_telemetry::Gauge;
 use tokio::net::TcpStream;
 
-/// Connects to `http://ip:port` URIs (the proxy only ever dials resolved host addresses).
-#[derive(Clone)]
-pub(crate) struct CountingConnector {
-    inner: HttpConnector,
-    open: Arc<Gauge>,
-}
+use crate::error::ProxyError;
 
-impl CountingConnector {
-    pub(crate) fn new(connect_timeout: Duration, open: Arc<Gauge>) -> Self {
-        let mut inner = HttpConnector::new();
-        inner.set_connect_timeout(Some(connect_timeout));
-        inner.set_nodelay(true);
-        inner.enforce_http(true);
-        CountingConnector { inner, open }
-    }
-}
-
-impl tower_service::Service<Uri> for CountingConnector {
-    type Response = CountedIo;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future = Pin<Box<dyn Future<Output = Result<CountedIo, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, dst: Uri) -> Self::Future {
-        let fut = self.inner.call(dst);
-        let open = self.open.clone();
-        Box::pin(async move {
-            let io = fut.await?;
-            Ok(CountedIo::new(io, open))
-        })
+/// Open a TCP connection to `addr` with `TCP_NODELAY` set. A refused or unreachable host is
+/// a [`ProxyError::ConnectFailure`]; no answer within `timeout`, a
+/// [`ProxyError::ConnectTimeout`].
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            // Requests are written whole; Nagle would only add latency.
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%error, %addr, "upstream connect failed");
+            Err(ProxyError::ConnectFailure)
+        }
+        Err(_) => {
+            tracing::debug!(%addr, ?timeout, "upstream connect timed out");
+            Err(ProxyError::ConnectTimeout)
+        }
     }
 }
 
 /// A connected upstream socket that decrements the open-connections gauge when dropped.
-pub(crate) struct CountedIo {
+///
+/// `held` lives exactly as long as the socket (through an HTTP/1 upgrade too): the pool
+/// keeps its per-connection bookkeeping there (circuit-breaker slot, per-host count), so
+/// the connection is accounted for until the file descriptor is really closed.
+pub(crate) struct CountedIo<H> {
+    // Declared first so the socket is closed before `held` is released.
     io: TokioIo<TcpStream>,
     open: Arc<Gauge>,
+    _held: H,
 }
 
-impl CountedIo {
-    /// Count `io` as an open connection until it is dropped.
-    pub(crate) fn new(io: TokioIo<TcpStream>, open: Arc<Gauge>) -> Self {
+impl<H> CountedIo<H> {
+    /// Count `stream` as an open connection and keep `held` until it is dropped.
+    pub(crate) fn with_held(stream: TcpStream, open: Arc<Gauge>, held: H) -> Self {
         open.inc();
-        CountedIo { io, open }
+        CountedIo {
+            io: TokioIo::new(stream),
+            open,
+            _held: held,
+        }
     }
 }
 
-impl Drop for CountedIo {
+impl<H> Drop for CountedIo<H> {
     fn drop(&mut self) {
         self.open.dec();
     }
 }
 
-impl Connection for CountedIo {
-    fn connected(&self) -> Connected {
-        self.io.connected()
-    }
-}
+// `H` is only held, never pinned through: the wrapper is `Unpin` whatever `H` is.
+impl<H> Unpin for CountedIo<H> {}
 
-impl Read for CountedIo {
+impl<H> Read for CountedIo<H> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -87,7 +80,7 @@ impl Read for CountedIo {
     }
 }
 
-impl Write for CountedIo {
+impl<H> Write for CountedIo<H> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
