@@ -2,7 +2,9 @@
 //!
 //! - [`Upstream`] runs the `legate-demo-upstream` binary (built from [`demo`]), which echoes
 //!   what it received as JSON and can be told, per request, to delay, fail, reset, hang or
-//!   send a large body.
+//!   send a large body, and server-wide ([`FaultSettings`] via [`Upstream::set_faults`]) to
+//!   fail a share of requests, refuse connections or fail its health checks; it keeps a
+//!   ledger of `/charge` requests ([`Charges`]).
 //! - [`Legate`] runs the `legate` binary from a bootstrap YAML (see [`config`] for builders)
 //!   and exposes its admin API; listener ports are discovered from `GET /listeners`.
 //! - [`client`] is a bounded-time HTTP/1.1 and h2c client; [`metrics`] reads Prometheus text.
@@ -25,7 +27,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use client::{HttpClient, HttpResponse, get, get_h2, request, request_h2};
-pub use demo::{Counters, Echo, Protocol};
+pub use demo::{Charges, Counters, Echo, FaultSettings, Protocol};
 pub use metrics::Metrics;
 pub use process::{Legate, Upstream, WaitFor, XdsFlags, closed_port, run_legate};
 pub use xds_server::{Mode, XdsServer};

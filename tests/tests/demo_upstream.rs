@@ -3,10 +3,11 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use http_body_util::BodyExt;
 use legate_tests::client::{self, HttpClient, count_body};
 use legate_tests::demo::{DemoConfig, InProcessDemo};
 use legate_tests::process::TempDir;
-use legate_tests::{Protocol, Upstream};
+use legate_tests::{Charges, FaultSettings, Protocol, Upstream, eventually};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -380,4 +381,459 @@ async fn sigterm_does_not_wait_forever_for_hanging_requests() {
     let status = up.wait_exit(Duration::from_secs(5)).await;
     assert_eq!(status.code(), Some(0), "demo upstream exit status {status}");
     assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server-wide faults (`/control`), `/health` and the charge ledger
+
+fn faults() -> FaultSettings {
+    FaultSettings::default()
+}
+
+#[tokio::test]
+async fn control_reports_and_keeps_omitted_fields() {
+    let up = Upstream::start("alpha", "v1", Protocol::Auto).await;
+    let initial = up.faults().await;
+    assert_eq!(
+        initial,
+        FaultSettings {
+            fail_ratio: Some(0.0),
+            fail_status: Some(503),
+            retry_after: Some(0),
+            delay: Some(Duration::ZERO),
+            hang: Some(false),
+            reset: Some(false),
+            refuse: Some(false),
+            refuse_for: None,
+            health_status: Some(200),
+        }
+    );
+    let after = up
+        .set_faults(&FaultSettings {
+            fail_status: Some(429),
+            delay: Some(Duration::from_millis(20)),
+            ..faults()
+        })
+        .await;
+    let after_second = up
+        .set_faults(&FaultSettings {
+            health_status: Some(500),
+            ..faults()
+        })
+        .await;
+    assert_eq!(after.fail_status, Some(429));
+    assert_eq!(
+        after_second.fail_status,
+        Some(429),
+        "omitted fields keep their value"
+    );
+    assert_eq!(after_second.delay, Some(Duration::from_millis(20)));
+    assert_eq!(after_second.health_status, Some(500));
+    assert_eq!(up.faults().await, after_second);
+
+    // Typos and out-of-range values are refused, and change nothing.
+    for body in [
+        r#"{"fail_rate":0.5}"#,
+        r#"{"fail_ratio":2}"#,
+        r#"{"delay":"soon"}"#,
+        "not json",
+    ] {
+        let r = client::request("POST", &up.url("/control"), &[], body).await;
+        r.assert_status(400);
+    }
+    assert_eq!(up.faults().await, after_second);
+    // The control endpoints are not counted.
+    assert_eq!(up.counters().await.requests, 0);
+}
+
+#[tokio::test]
+async fn fail_ratio_fails_an_exact_share_of_requests() {
+    let up = Upstream::start("alpha", "v1", Protocol::Auto).await;
+    up.set_faults(&FaultSettings {
+        fail_ratio: Some(0.5),
+        fail_status: Some(503),
+        ..faults()
+    })
+    .await;
+    let http = HttpClient::http1();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(http.get(&up.url("/x")).await.status.as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [503, 200, 503, 200, 503, 200, 503, 200, 503, 200],
+        "0.5 fails requests 1, 3, 5, ..."
+    );
+    let counters = up.counters().await;
+    assert_eq!(counters.status(503), 5);
+    assert_eq!(counters.status(200), 5);
+
+    // The failure carries the configured status, the echo body and, if asked, Retry-After.
+    up.set_faults(&FaultSettings {
+        fail_ratio: Some(1.0),
+        fail_status: Some(429),
+        retry_after: Some(2),
+        ..faults()
+    })
+    .await;
+    let r = http.get(&up.url("/y")).await;
+    r.assert_status(429);
+    assert_eq!(r.header("retry-after"), Some("2"));
+    assert_eq!(r.echo().path, "/y");
+    // Over HTTP/2 as well; the health check is not affected.
+    client::get_h2(&up.url("/z")).await.assert_status(429);
+    http.get(&up.url("/health")).await.assert_status(200);
+
+    up.set_faults(&FaultSettings {
+        fail_ratio: Some(0.0),
+        ..faults()
+    })
+    .await;
+    let r = http.get(&up.url("/y")).await;
+    r.assert_status(200);
+    assert_eq!(r.header("retry-after"), None);
+}
+
+#[tokio::test]
+async fn delay_hang_and_reset_faults() {
+    let up = Upstream::start("alpha", "v1", Protocol::Auto).await;
+    up.set_faults(&FaultSettings {
+        delay: Some(Duration::from_millis(300)),
+        ..faults()
+    })
+    .await;
+    let started = Instant::now();
+    client::get(&up.url("/?delay=100ms"))
+        .await
+        .assert_status(200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "the fault's delay adds to the query's: {:?}",
+        started.elapsed()
+    );
+
+    up.set_faults(&FaultSettings {
+        delay: Some(Duration::ZERO),
+        hang: Some(true),
+        ..faults()
+    })
+    .await;
+    let hung = HttpClient::http1()
+        .with_timeout(Duration::from_millis(400))
+        .try_get(&up.url("/"))
+        .await
+        .expect_err("hang: no answer");
+    assert!(format!("{hung:#}").contains("no response head"), "{hung:#}");
+
+    up.set_faults(&FaultSettings {
+        hang: Some(false),
+        reset: Some(true),
+        ..faults()
+    })
+    .await;
+    for http in [HttpClient::http1(), HttpClient::h2c()] {
+        let error = http
+            .with_timeout(Duration::from_secs(5))
+            .try_get(&up.url("/"))
+            .await
+            .expect_err("reset: no answer");
+        assert!(
+            !format!("{error:#}").contains("no response head"),
+            "{error:#}"
+        );
+    }
+    let resets = up.counters().await.resets;
+    assert_eq!(resets, 2);
+
+    up.set_faults(&FaultSettings {
+        reset: Some(false),
+        ..faults()
+    })
+    .await;
+    client::get(&up.url("/")).await.assert_status(200);
+}
+
+#[tokio::test]
+async fn health_follows_health_status() {
+    let up = Upstream::start("alpha", "v1", Protocol::Auto).await;
+    let r = client::get(&up.url("/health")).await;
+    r.assert_status(200);
+    assert_eq!(r.text(), "healthy\n");
+    up.set_health(503).await;
+    client::get(&up.url("/health")).await.assert_status(503);
+    client::get_h2(&up.url("/health")).await.assert_status(503);
+    // Other requests are unaffected, and /health is not counted.
+    client::get(&up.url("/other")).await.assert_status(200);
+    up.set_health(200).await;
+    client::get(&up.url("/health")).await.assert_status(200);
+    let counters = up.counters().await;
+    assert_eq!(counters.requests, 1, "only /other counts: {counters:?}");
+
+    // A hanging host hangs its health checks too.
+    up.set_faults(&FaultSettings {
+        hang: Some(true),
+        ..faults()
+    })
+    .await;
+    let hung = HttpClient::http1()
+        .with_timeout(Duration::from_millis(300))
+        .try_get(&up.url("/health"))
+        .await;
+    assert!(hung.is_err(), "{hung:?}");
+}
+
+#[tokio::test]
+async fn refuse_for_closes_the_port_then_reopens_it() {
+    let up = Upstream::start("alpha", "v1", Protocol::Auto).await;
+    let http = HttpClient::http1().with_timeout(Duration::from_secs(5));
+    // A pooled keep-alive connection: refusing must close it too.
+    http.get(&up.url("/before")).await.assert_status(200);
+
+    let settings = up
+        .set_faults(&FaultSettings {
+            refuse_for: Some(Duration::from_millis(1500)),
+            ..faults()
+        })
+        .await;
+    assert_eq!(settings.refuse, Some(true));
+    let refused_at = Instant::now();
+    let error = tokio::net::TcpStream::connect(up.addr())
+        .await
+        .expect_err("the port is closed");
+    assert_eq!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{error}"
+    );
+    let error = http
+        .try_get(&up.url("/during"))
+        .await
+        .expect_err("no answer while refusing");
+    assert!(
+        format!("{error:#}").to_lowercase().contains("refused"),
+        "{error:#}"
+    );
+
+    eventually(Duration::from_secs(5), "the port re-opens", || async {
+        http.try_get(&up.url("/after"))
+            .await
+            .map(|r| r.assert_status(200).clone())
+            .map_err(|error| format!("{error:#}"))
+    })
+    .await;
+    assert!(
+        refused_at.elapsed() >= Duration::from_millis(1300),
+        "re-opened early: {:?}",
+        refused_at.elapsed()
+    );
+    assert_eq!(up.faults().await.refuse, Some(false));
+    assert_eq!(up.counters().await.requests, 2, "/before and /after");
+}
+
+#[tokio::test]
+async fn refuse_until_told_otherwise_on_the_control_port() {
+    let up = Upstream::start_with_control("alpha", "v1", Protocol::Http1).await;
+    assert_ne!(up.control_addr(), up.addr());
+    client::get(&up.url("/a")).await.assert_status(200);
+
+    up.set_faults(&FaultSettings {
+        refuse: Some(true),
+        ..faults()
+    })
+    .await;
+    for _ in 0..3 {
+        let error = tokio::net::TcpStream::connect(up.addr())
+            .await
+            .expect_err("refused");
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(up.faults().await.refuse, Some(true));
+    // The control port serves only the control endpoints.
+    client::get(&format!("http://{}/a", up.control_addr()))
+        .await
+        .assert_status(404);
+
+    // Answered once the port listens again: no polling needed.
+    up.set_faults(&FaultSettings {
+        refuse: Some(false),
+        ..faults()
+    })
+    .await;
+    client::get(&up.url("/b")).await.assert_status(200);
+    assert_eq!(up.counters().await.requests, 2);
+
+    // Refusing twice and re-opening twice is fine.
+    for _ in 0..2 {
+        up.set_faults(&FaultSettings {
+            refuse: Some(true),
+            ..faults()
+        })
+        .await;
+        assert!(tokio::net::TcpStream::connect(up.addr()).await.is_err());
+        up.set_faults(&FaultSettings {
+            refuse: Some(false),
+            ..faults()
+        })
+        .await;
+        client::get(&up.url("/c")).await.assert_status(200);
+    }
+}
+
+#[tokio::test]
+async fn reset_after_sends_part_of_the_body_then_aborts() {
+    let up = Upstream::start("alpha", "v1", Protocol::Auto).await;
+    for (label, http) in [("http1", HttpClient::http1()), ("h2c", HttpClient::h2c())] {
+        let req = client::build_request(
+            "GET",
+            &up.url("/dl?size=100000&reset_after=1000"),
+            &[],
+            client::empty(),
+        )
+        .expect("request");
+        let response = http.try_send(req).await.expect("the head arrives");
+        assert_eq!(response.status(), 200, "{label}");
+        assert_eq!(
+            response
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok()),
+            Some("100000"),
+            "{label}: the full length is announced"
+        );
+        let mut body = response.into_body();
+        let mut received = 0u64;
+        let error = loop {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    received += frame.data_ref().map_or(0, |d| d.len() as u64);
+                }
+                Some(Err(error)) => break error,
+                None => panic!("{label}: the body ended cleanly after {received} bytes"),
+            }
+        };
+        assert_eq!(received, 1000, "{label}: {error}");
+
+        // The echo body is cut the same way.
+        let cut = http.try_get(&up.url("/e?reset_after=5")).await;
+        let error = cut.expect_err("an incomplete body is an error");
+        assert!(
+            format!("{error:#}").contains("reading the response body"),
+            "{label}: {error:#}"
+        );
+    }
+    let counters = up.counters().await;
+    assert_eq!(counters.resets, 4);
+    assert_eq!(counters.status(200), 4);
+    client::get(&up.url("/fine")).await.assert_status(200);
+}
+
+#[tokio::test]
+async fn charges_are_counted_per_idempotency_key() {
+    let up = Upstream::start("alpha", "v1", Protocol::Auto).await;
+    assert_eq!(up.charges().await, Charges::default());
+    let http = HttpClient::http1();
+    for (key, expected_count) in [(Some("k1"), 1), (Some("k1"), 2), (Some("k2"), 1), (None, 1)] {
+        let headers: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
+        let r = http
+            .request("POST", &up.url("/charge"), &headers, client::full("{}"))
+            .await;
+        r.assert_status(200);
+        assert_eq!(
+            r.header("x-charge-count"),
+            Some(expected_count.to_string().as_str())
+        );
+        assert_eq!(r.echo().body_bytes, 2);
+    }
+    // Any method is a charge, over HTTP/2 too.
+    client::request_h2("PUT", &up.url("/charge"), &[("Idempotency-Key", "k2")], "")
+        .await
+        .assert_status(200);
+    // Other paths are not.
+    http.get(&up.url("/charged-not")).await.assert_status(200);
+    let ledger = up.charges().await;
+    assert_eq!(
+        ledger,
+        Charges {
+            total: 5,
+            by_key: [("k1".to_owned(), 2), ("k2".to_owned(), 2)].into(),
+            without_key: 1,
+        }
+    );
+    // The raw JSON has the documented shape.
+    let raw = client::get(&up.url("/charges")).await.json();
+    assert_eq!(
+        raw,
+        serde_json::json!({"total": 5, "by_key": {"k1": 2, "k2": 2}, "without_key": 1})
+    );
+}
+
+#[tokio::test]
+async fn charges_are_recorded_before_failures_and_resets() {
+    let up = Upstream::start("alpha", "v1", Protocol::Auto).await;
+    let http = HttpClient::http1().with_timeout(Duration::from_secs(5));
+    let r = http
+        .request(
+            "POST",
+            &up.url("/charge?fail_after_charge=1"),
+            &[("idempotency-key", "k1")],
+            client::full("{}"),
+        )
+        .await;
+    r.assert_status(503);
+    assert_eq!(up.charges().await.total, 1);
+
+    let reset = http
+        .try_request(
+            "POST",
+            &up.url("/charge?reset_after_charge=1"),
+            &[("idempotency-key", "k1")],
+            client::full("{}"),
+        )
+        .await;
+    assert!(
+        reset.is_err(),
+        "reset_after_charge answers nothing: {reset:?}"
+    );
+    let ledger = up.charges().await;
+    assert_eq!(ledger.total, 2);
+    assert_eq!(ledger.by_key.get("k1"), Some(&2));
+
+    // Server-wide faults also come after the charge.
+    up.set_faults(&FaultSettings {
+        fail_ratio: Some(1.0),
+        ..faults()
+    })
+    .await;
+    http.request("POST", &up.url("/charge"), &[], client::full("{}"))
+        .await
+        .assert_status(503);
+    up.set_faults(&FaultSettings {
+        fail_ratio: Some(0.0),
+        reset: Some(true),
+        ..faults()
+    })
+    .await;
+    assert!(
+        http.try_request("POST", &up.url("/charge"), &[], client::full("{}"))
+            .await
+            .is_err()
+    );
+    let ledger = up.charges().await;
+    assert_eq!(ledger.total, 4);
+    assert_eq!(ledger.without_key, 2);
+
+    // Charge controls elsewhere are a mistake.
+    up.set_faults(&FaultSettings {
+        reset: Some(false),
+        ..faults()
+    })
+    .await;
+    client::get(&up.url("/x?fail_after_charge=1"))
+        .await
+        .assert_status(400);
+    let counters = up.counters().await;
+    assert_eq!(counters.resets, 2);
+    assert_eq!(counters.status(503), 2);
 }

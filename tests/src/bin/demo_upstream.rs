@@ -1,8 +1,9 @@
 //! `legate-demo-upstream`: the upstream used by legate's end-to-end tests and demos.
 //!
-//! Prints exactly one line, `listening on ADDR`, once the socket is bound; then answers every
-//! request with a JSON echo unless the query asks otherwise (see `legate_tests::demo`).
-//! Exits 0 on SIGTERM or Ctrl-C.
+//! Prints exactly one line, `listening on ADDR`, once the socket is bound (preceded by
+//! `control listening on ADDR` when `--control-listen` is given); then answers every request
+//! with a JSON echo unless the query or `POST /control` asks otherwise (see
+//! `legate_tests::demo`). Exits 0 on SIGTERM or Ctrl-C.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -12,7 +13,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use legate_tests::demo::{self, DemoConfig, Protocol};
-use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +32,10 @@ struct Args {
     /// HTTP versions served: `auto` is HTTP/1.1 plus h2 with prior knowledge.
     #[arg(long, value_enum, default_value_t = Protocol::Auto)]
     protocol: Protocol,
+    /// Also serve `/control`, `/counters` and `/charges` here, on a port that keeps
+    /// listening while the main one refuses connections.
+    #[arg(long)]
+    control_listen: Option<SocketAddr>,
     /// Once listening, write the bound address to this file.
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -43,9 +47,18 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let control = match args.control_listen {
+        Some(control_addr) => {
+            let control = demo::bind(control_addr)
+                .with_context(|| format!("binding the control port {control_addr}"))?;
+            let bound = control
+                .local_addr()
+                .context("reading the bound control address")?;
+            Some((control, bound))
+        }
+        None => None,
+    };
+    let listener = demo::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
 
     if let Some(path) = &args.ready_file {
@@ -57,6 +70,10 @@ async fn main() -> anyhow::Result<()> {
     }
     {
         let mut stdout = std::io::stdout().lock();
+        // The control line first: whoever waits for `listening on` then has both.
+        if let Some((_, control_addr)) = &control {
+            writeln!(stdout, "control listening on {control_addr}").context("writing to stdout")?;
+        }
         writeln!(stdout, "listening on {addr}").context("writing to stdout")?;
         stdout.flush().context("flushing stdout")?;
     }
@@ -67,7 +84,8 @@ async fn main() -> anyhow::Result<()> {
         protocol: args.protocol,
         base_delay: args.delay,
     };
-    demo::serve(listener, config, shutdown_signal()).await?;
+    let control = control.map(|(control, _)| control);
+    demo::serve_with_control(listener, control, config, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! resource limits, the classic breaker, retries, outlier detection and active health
 //! checks. `FIELDS.md` beside this file lists every Envoy field involved and its status.
 
+pub(crate) mod breaker;
 pub(crate) mod hooks;
 pub(crate) mod limits;
 pub(crate) mod retry;
