@@ -21,6 +21,7 @@ pub mod demo;
 pub mod metrics;
 pub mod peers;
 pub mod process;
+pub mod resilience;
 pub mod xds_server;
 
 use std::future::Future;
