@@ -157,24 +157,4 @@ impl ProxyError {
         h.insert("x-legate-error", HeaderValue::from_static(self.code()));
         res
     }
-
-    /// Classify a failure of the pooled client.
-    pub(crate) fn from_client(err: &hyper_util::client::legacy::Error) -> Self {
-        if err.is_connect() {
-            return ProxyError::ConnectFailure;
-        }
-        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-        while let Some(e) = source {
-            if let Some(he) = e.downcast_ref::<hyper::Error>() {
-                if he.is_parse() || he.is_parse_status() || he.is_parse_too_large() {
-                    return ProxyError::ProtocolError;
-                }
-                if he.is_timeout() {
-                    return ProxyError::UpstreamTimeout;
-                }
-            }
-            source = e.source();
-        }
-        ProxyError::UpstreamReset
-    }
 }
