@@ -1,21 +1,32 @@
 //! The cluster manager: long-lived per-cluster state (hosts, connection pool, DNS
-//! resolution, stats) keyed by cluster name and carried across snapshots.
+//! resolution, outlier detection, active health checks, stats) keyed by cluster name and
+//! carried across snapshots.
+//!
+//! A [`ClusterRuntime`] is one definition of a cluster. A compatible new definition
+//! ([`ClusterRuntime::with_config`]) makes a new runtime that shares the old one's
+//! [`ClusterHosts`]: the host set, its dynamic state and the background tasks (DNS
+//! refresh, outlier sweeps, health checks), which hold only a `Weak` to it and stop when
+//! the last runtime sharing it is dropped.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use legate_snapshot::{Cluster, Discovery, DnsFamily, EndpointAddress};
-use legate_telemetry::{ByCodeClass, Gauge, Histogram};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use legate_snapshot::{Cluster, Discovery, DnsFamily, EndpointAddress, HealthStatus};
+use legate_telemetry::{ByCodeClass, Counter, Gauge, Histogram};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use crate::lb::{Host, HostSet};
+use crate::lb::{Host, HostSet, HostState, flag};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::resilience::health;
 use crate::resilience::limits::{Resource, ResourceLimits};
+use crate::resilience::outlier::{Detector, Outcome};
 
 /// Per-cluster metric handles, resolved once when the cluster is created.
 #[derive(Debug)]
@@ -25,16 +36,185 @@ pub(crate) struct ClusterStats {
     pub(crate) open_connections: Arc<Gauge>,
 }
 
+/// Metric handles for the host set and its health, resolved once per cluster.
+#[derive(Debug)]
+pub(crate) struct HostMetrics {
+    /// `legate_cluster_hosts{state}`, in [`crate::lb::HostCounts::by_label`] order.
+    by_state: [Arc<Gauge>; 5],
+    ejected: Arc<Gauge>,
+    panic: Arc<Gauge>,
+    panic_picks: Arc<Counter>,
+    /// `legate_health_checks_total{result="success"}` and `{result="failure"}`.
+    pub(crate) health_checks: [Arc<Counter>; 2],
+}
+
+impl HostMetrics {
+    fn new(metrics: &Metrics, name: &str) -> Self {
+        HostMetrics {
+            by_state: crate::lb::HostCounts::default()
+                .by_label()
+                .map(|(state, _)| metrics.cluster_hosts.get_or_create(&[name, state])),
+            ejected: metrics.outlier_ejected_hosts.get_or_create(&[name]),
+            panic: metrics.cluster_panic.get_or_create(&[name]),
+            panic_picks: metrics.lb_panic.get_or_create(&[name]),
+            health_checks: ["success", "failure"]
+                .map(|result| metrics.health_checks.get_or_create(&[name, result])),
+        }
+    }
+}
+
+/// Background tasks of a cluster, aborted when its [`ClusterHosts`] is dropped.
+#[derive(Debug, Default)]
+struct Tasks {
+    dns: Option<JoinHandle<()>>,
+    outlier: Option<JoinHandle<()>>,
+    health: Option<JoinHandle<()>>,
+}
+
+impl Tasks {
+    fn abort_all(&mut self) {
+        for t in [self.dns.take(), self.outlier.take(), self.health.take()]
+            .into_iter()
+            .flatten()
+        {
+            t.abort();
+        }
+    }
+}
+
+/// The hosts of a cluster and everything that decides which of them take traffic. Shared
+/// by every runtime of the cluster and reached by its background tasks through a `Weak`.
+#[derive(Debug)]
+pub(crate) struct ClusterHosts {
+    pub(crate) name: Arc<str>,
+    /// The newest definition, for the background tasks.
+    config: ArcSwap<Cluster>,
+    hosts: ArcSwap<HostSet>,
+    cursor: AtomicUsize,
+    /// Held while a new host set is built from the current one and stored, so that a
+    /// membership change and a host state change never overwrite each other.
+    update: Mutex<()>,
+    panic_permille: AtomicU32,
+    outlier: ArcSwapOption<Detector>,
+    /// Wakes the health checker when hosts come or go.
+    pub(crate) membership: Arc<Notify>,
+    pub(crate) metrics: HostMetrics,
+    tasks: Mutex<Tasks>,
+}
+
+impl Drop for ClusterHosts {
+    fn drop(&mut self) {
+        self.tasks
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .abort_all();
+    }
+}
+
+impl ClusterHosts {
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.update.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn tasks(&self) -> MutexGuard<'_, Tasks> {
+        self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current host set.
+    pub(crate) fn current(&self) -> Arc<HostSet> {
+        self.hosts.load_full()
+    }
+
+    /// The newest definition of the cluster.
+    pub(crate) fn config(&self) -> Arc<Cluster> {
+        self.config.load_full()
+    }
+
+    pub(crate) fn outlier(&self) -> Option<Arc<Detector>> {
+        self.outlier.load_full()
+    }
+
+    /// Store a set built from `hosts` (their current state) and publish its gauges. Call
+    /// with the update lock held.
+    fn store(&self, hosts: Vec<Arc<Host>>) {
+        let set = HostSet::new(hosts, self.panic_permille.load(Ordering::Relaxed));
+        let counts = set.counts();
+        for (g, (_, n)) in self.metrics.by_state.iter().zip(counts.by_label()) {
+            g.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.metrics
+            .ejected
+            .set(i64::try_from(counts.ejected).unwrap_or(i64::MAX));
+        self.metrics.panic.set(i64::from(set.in_panic()));
+        self.hosts.store(Arc::new(set));
+    }
+
+    /// Rebuild the host set from the same hosts, after a state change.
+    fn rebuild(&self) {
+        let _g = self.lock();
+        self.store(self.hosts.load().hosts.clone());
+    }
+
+    /// Replace the membership by what `f` returns (built from the current set), if it
+    /// differs; the health checker is told.
+    fn update_membership(&self, f: impl FnOnce(&HostSet) -> Vec<Arc<Host>>) {
+        let _g = self.lock();
+        let old = self.hosts.load_full();
+        let new = f(&old);
+        let changed = new.len() != old.hosts.len()
+            || new
+                .iter()
+                .zip(old.hosts.iter())
+                .any(|(a, b)| !Arc::ptr_eq(a, b));
+        // Always rebuilt: the panic threshold may have changed with the definition.
+        self.store(new);
+        if changed {
+            self.membership.notify_one();
+        }
+    }
+
+    /// Run `f` on the current hosts under the update lock; rebuild when it says a host's
+    /// state changed.
+    pub(crate) fn modify(&self, f: impl FnOnce(&[Arc<Host>]) -> bool) {
+        let _g = self.lock();
+        let set = self.hosts.load_full();
+        if f(&set.hosts) {
+            self.store(set.hosts.clone());
+        }
+    }
+
+    /// Record an active health check verdict: the host's `HC_*` flags become `flags`; on a
+    /// passing check of a host not failing, an outlier ejection is lifted when
+    /// `successful_active_health_check_uneject_host` says so (as Envoy).
+    pub(crate) fn set_active_health(&self, host: &Host, flags: u8, passed: bool) {
+        self.modify(|hosts| {
+            if !hosts.iter().any(|h| Arc::ptr_eq(&h.state, &host.state)) {
+                return false;
+            }
+            let mut changed = host.state.replace(flag::HC_ALL, flags);
+            if passed
+                && flags & flag::HC_FAILED == 0
+                && host.is_ejected()
+                && let Some(d) = self.outlier()
+                && d.config().successful_active_health_check_uneject_host
+            {
+                changed |= d.uneject(host, Instant::now());
+            }
+            changed
+        });
+    }
+}
+
 /// Runtime state of one cluster.
 pub struct ClusterRuntime {
     config: Arc<Cluster>,
-    hosts: ArcSwap<HostSet>,
-    cursor: AtomicUsize,
+    shared: Arc<ClusterHosts>,
+    /// This definition's outlier detector (`None`: not configured, reports are dropped).
+    outlier: Option<Arc<Detector>>,
     pub(crate) pool: Arc<Pool>,
     /// Circuit-breaker counts, shared with the pool (connections, pending requests).
     pub(crate) limits: Arc<ResourceLimits>,
     pub(crate) stats: ClusterStats,
-    dns: OnceLock<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for ClusterRuntime {
@@ -45,14 +225,6 @@ impl std::fmt::Debug for ClusterRuntime {
     }
 }
 
-impl Drop for ClusterRuntime {
-    fn drop(&mut self) {
-        if let Some(task) = self.dns.get() {
-            task.abort();
-        }
-    }
-}
-
 impl ClusterRuntime {
     pub fn config(&self) -> &Arc<Cluster> {
         &self.config
@@ -60,16 +232,53 @@ impl ClusterRuntime {
 
     /// The current host set (a cheap `Arc` clone).
     pub fn hosts(&self) -> Arc<HostSet> {
-        self.hosts.load_full()
+        self.shared.current()
     }
 
     /// Pick a host by the cluster's load-balancing policy.
     pub(crate) fn pick(&self) -> Option<Arc<Host>> {
-        let set = self.hosts.load();
-        set.pick(&self.config.lb_policy, &self.cursor).cloned()
+        let set = self.shared.hosts.load();
+        let host = set.pick(&self.config.lb_policy, &self.shared.cursor)?;
+        if set.in_panic() {
+            self.shared.metrics.panic_picks.inc();
+        }
+        Some(host.clone())
     }
 
-    fn new(config: Arc<Cluster>, metrics: &Metrics) -> Arc<Self> {
+    /// Pick a host, picking again up to `attempts` more times while the pick is one of
+    /// `avoid` (Envoy's `previous_hosts` retry predicate with
+    /// `host_selection_retry_max_attempts`). When every pick is avoided, the last stands.
+    #[allow(dead_code)] // For the request path's retries.
+    pub(crate) fn pick_avoiding(&self, avoid: &[SocketAddr], attempts: u32) -> Option<Arc<Host>> {
+        let set = self.shared.hosts.load();
+        let policy = &self.config.lb_policy;
+        let mut host = set.pick(policy, &self.shared.cursor)?;
+        for _ in 0..attempts {
+            if !avoid.contains(&host.addr) {
+                break;
+            }
+            host = set.pick(policy, &self.shared.cursor)?;
+        }
+        if set.in_panic() {
+            self.shared.metrics.panic_picks.inc();
+        }
+        Some(host.clone())
+    }
+
+    /// Report how an attempt to `host` ended, for outlier detection: once per attempt,
+    /// when its response headers arrive or when it fails locally. One branch when the
+    /// cluster has no outlier detection; otherwise atomics, and the host-set lock only when
+    /// a consecutive-failure threshold is reached.
+    #[allow(dead_code)] // For the request path.
+    pub(crate) fn report(&self, host: &Arc<Host>, outcome: Outcome) {
+        let Some(d) = &self.outlier else { return };
+        for reason in d.record(host, outcome).into_iter().flatten() {
+            self.shared
+                .modify(|hosts| d.eject(hosts, host, reason, Instant::now()));
+        }
+    }
+
+    pub(crate) fn new(config: Arc<Cluster>, metrics: &Metrics) -> Arc<Self> {
         let name: &str = &config.name;
         let stats = ClusterStats {
             requests: ByCodeClass::new(&metrics.upstream_requests, &[name]),
@@ -87,34 +296,61 @@ impl ClusterRuntime {
             stats.open_connections.clone(),
             limits.clone(),
         ));
-        let initial = match config.discovery {
-            Discovery::StrictDns { .. } => HostSet::default(),
-            _ => host_set_from_config(&config, None),
-        };
-        let rt = Arc::new(ClusterRuntime {
-            config,
-            hosts: ArcSwap::from_pointee(initial),
+        let outlier = config
+            .outlier_detection
+            .clone()
+            .map(|o| Arc::new(Detector::new(o, &metrics.outlier_ejections, name)));
+        let shared = Arc::new(ClusterHosts {
+            name: config.name.clone(),
+            config: ArcSwap::new(config.clone()),
+            hosts: ArcSwap::from_pointee(HostSet::default()),
             cursor: AtomicUsize::new(fastrand::usize(..1024)),
+            update: Mutex::new(()),
+            panic_permille: AtomicU32::new(config.healthy_panic_threshold_permille),
+            outlier: ArcSwapOption::new(outlier.clone()),
+            membership: Arc::new(Notify::new()),
+            metrics: HostMetrics::new(metrics, name),
+            tasks: Mutex::new(Tasks::default()),
+        });
+        shared.update_membership(|_| match config.discovery {
+            Discovery::StrictDns { .. } => Vec::new(),
+            _ => hosts_from_config(&config, None),
+        });
+        // Spawned only once the Arc exists: the tasks hold a Weak and stop when the
+        // cluster is dropped.
+        {
+            let mut tasks = shared.tasks();
+            if let Discovery::StrictDns {
+                refresh_rate,
+                family,
+            } = config.discovery
+            {
+                tasks.dns = Some(tokio::spawn(resolve_loop(
+                    Arc::downgrade(&shared),
+                    refresh_rate,
+                    family,
+                )));
+            }
+            if outlier.is_some() {
+                tasks.outlier = Some(tokio::spawn(outlier_loop(Arc::downgrade(&shared))));
+            }
+            if !config.health_checks.is_empty() {
+                tasks.health = Some(health::spawn(&shared, config.health_checks.clone()));
+            }
+        }
+        Arc::new(ClusterRuntime {
+            config,
+            shared,
+            outlier,
             pool,
             limits,
             stats,
-            dns: OnceLock::new(),
-        });
-        // Spawned only once the Arc exists: the task holds a Weak and stops when the
-        // cluster is dropped.
-        if let Discovery::StrictDns {
-            refresh_rate,
-            family,
-        } = rt.config.discovery
-        {
-            let task = tokio::spawn(resolve_loop(Arc::downgrade(&rt), refresh_rate, family));
-            let _ = rt.dns.set(task);
-        }
-        rt
+        })
     }
 
     /// Whether a new definition can reuse this runtime (pool, stats, DNS task): everything
-    /// but the endpoints of a non-DNS cluster must be the same.
+    /// but the endpoints of a non-DNS cluster, the circuit breakers, outlier detection,
+    /// health checks and the panic threshold must be the same.
     fn can_reuse_for(&self, new: &Cluster) -> bool {
         let old = &*self.config;
         old.name == new.name
@@ -128,20 +364,73 @@ impl ClusterRuntime {
                 || old.load_assignment == new.load_assignment)
     }
 
-    /// A copy of this runtime's shared state under a new (compatible) definition.
-    fn with_config(self: &Arc<Self>, config: Arc<Cluster>) -> Arc<Self> {
-        if !matches!(config.discovery, Discovery::StrictDns { .. }) {
-            let old = self.hosts.load();
-            self.hosts
-                .store(Arc::new(host_set_from_config(&config, Some(&old))));
+    /// A runtime for a new (compatible) definition sharing this one's hosts, pool, limits,
+    /// stats and tasks. Outlier detection and health checking are reconfigured when their
+    /// settings changed.
+    pub(crate) fn with_config(
+        self: &Arc<Self>,
+        config: Arc<Cluster>,
+        metrics: &Metrics,
+    ) -> Arc<Self> {
+        let shared = &self.shared;
+        let old = shared.config.swap(config.clone());
+        shared
+            .panic_permille
+            .store(config.healthy_panic_threshold_permille, Ordering::Relaxed);
+
+        // Health checks first, so hosts added below start in the right state.
+        let hc_changed = old.health_checks != config.health_checks;
+        if hc_changed {
+            let mut tasks = shared.tasks();
+            if let Some(t) = tasks.health.take() {
+                t.abort();
+            }
+            let hosts = shared.current();
+            if config.health_checks.is_empty() {
+                for h in &hosts.hosts {
+                    h.state.clear(flag::HC_ALL);
+                }
+            } else {
+                if old.health_checks.is_empty() {
+                    // Hosts already serving keep serving until a check says otherwise.
+                    for h in &hosts.hosts {
+                        h.state.set(flag::HC_PENDING);
+                    }
+                }
+                tasks.health = Some(health::spawn(shared, config.health_checks.clone()));
+            }
+        }
+
+        if old.outlier_detection != config.outlier_detection {
+            let detector = config
+                .outlier_detection
+                .clone()
+                .map(|o| Arc::new(Detector::new(o, &metrics.outlier_ejections, &config.name)));
+            shared.outlier.store(detector.clone());
+            let mut tasks = shared.tasks();
+            if let Some(t) = tasks.outlier.take() {
+                t.abort();
+            }
+            if detector.is_some() {
+                tasks.outlier = Some(tokio::spawn(outlier_loop(Arc::downgrade(shared))));
+            } else {
+                for h in &shared.current().hosts {
+                    h.state.clear(flag::EJECTED);
+                }
+            }
+        }
+
+        if matches!(config.discovery, Discovery::StrictDns { .. }) {
+            shared.rebuild();
+        } else {
+            shared.update_membership(|old| hosts_from_config(&config, Some(old)));
         }
         self.limits.update(&config.circuit_breakers.default);
-        // The pool and stats are shared by cloning the handles; the host set is shared by
-        // pointer so both views see the same active-request counts.
+        // The pool and stats are shared by cloning the handles.
         Arc::new(ClusterRuntime {
+            outlier: shared.outlier(),
             config,
-            hosts: ArcSwap::new(self.hosts.load_full()),
-            cursor: AtomicUsize::new(0),
+            shared: shared.clone(),
             pool: self.pool.clone(),
             limits: self.limits.clone(),
             stats: ClusterStats {
@@ -149,14 +438,24 @@ impl ClusterRuntime {
                 latency: self.stats.latency.clone(),
                 open_connections: self.stats.open_connections.clone(),
             },
-            dns: OnceLock::new(),
         })
     }
 }
 
-/// Build a host set from a static or EDS load assignment, keeping `Host`s that did not
-/// change so their in-flight counts carry over.
-fn host_set_from_config(config: &Cluster, old: Option<&HostSet>) -> HostSet {
+/// The flags a host new to `config` starts with: failing and pending its first active
+/// health check when the cluster has any (as Envoy), so it gets traffic once one passes.
+fn initial_flags(config: &Cluster) -> u8 {
+    if config.health_checks.is_empty() {
+        0
+    } else {
+        flag::HC_FAILED | flag::HC_PENDING
+    }
+}
+
+/// The hosts of a static or EDS load assignment, keeping `Host`s that did not change so
+/// their in-flight counts carry over.
+fn hosts_from_config(config: &Cluster, old: Option<&HostSet>) -> Vec<Arc<Host>> {
+    let initial = initial_flags(config);
     let mut hosts = Vec::new();
     for ep in config.load_assignment.endpoints() {
         if let EndpointAddress::Socket(addr) = ep.address {
@@ -166,40 +465,55 @@ fn host_set_from_config(config: &Cluster, old: Option<&HostSet>) -> HostSet {
                 ep.hostname.clone(),
                 ep.weight,
                 ep.health,
+                initial,
             ));
         }
     }
-    HostSet::new(hosts)
+    hosts
 }
 
+/// The old `Host` when nothing changed; a new one carrying the old one's dynamic state
+/// (ejection, health checks) when only its weight, name or EDS health did; a fresh one
+/// with `initial` flags for a new address.
 fn reuse_or_new(
     old: Option<&HostSet>,
     addr: SocketAddr,
     hostname: Option<Arc<str>>,
     weight: u32,
-    health: legate_snapshot::HealthStatus,
+    health: HealthStatus,
+    initial: u8,
 ) -> Arc<Host> {
-    if let Some(old) = old
-        && let Some(h) = old.hosts.iter().find(|h| {
-            h.addr == addr && h.weight == weight && h.health == health && h.hostname == hostname
-        })
-    {
-        return h.clone();
+    let same_addr = old.and_then(|o| o.hosts.iter().find(|h| h.addr == addr));
+    if let Some(h) = same_addr {
+        if h.weight == weight.max(1) && h.health == health && h.hostname == hostname {
+            return h.clone();
+        }
+        return Arc::new(Host::with_state(
+            addr,
+            hostname,
+            weight,
+            health,
+            h.state.clone(),
+        ));
     }
-    Arc::new(Host::new(addr, hostname, weight, health))
+    Arc::new(Host::with_state(
+        addr,
+        hostname,
+        weight,
+        health,
+        Arc::new(HostState::with_flags(initial)),
+    ))
 }
 
 /// Re-resolve a STRICT_DNS cluster's names every `refresh` until the cluster is dropped.
-async fn resolve_loop(
-    cluster: std::sync::Weak<ClusterRuntime>,
-    refresh: Duration,
-    family: DnsFamily,
-) {
+async fn resolve_loop(cluster: Weak<ClusterHosts>, refresh: Duration, family: DnsFamily) {
     loop {
-        let Some(rt) = cluster.upgrade() else { return };
-        let config = rt.config.clone();
-        drop(rt);
-        let mut hosts = Vec::new();
+        let Some(shared) = cluster.upgrade() else {
+            return;
+        };
+        let config = shared.config();
+        drop(shared);
+        let mut resolved = Vec::new();
         let mut failed = false;
         for ep in config.load_assignment.endpoints() {
             let (host, port) = match &ep.address {
@@ -210,7 +524,7 @@ async fn resolve_loop(
                 Ok(addrs) => {
                     let addrs: Vec<SocketAddr> = filter_family(addrs.collect(), family);
                     for addr in addrs {
-                        hosts.push((addr, host.clone(), ep.weight, ep.health));
+                        resolved.push((addr, host.clone(), ep.weight, ep.health));
                     }
                 }
                 Err(error) => {
@@ -219,25 +533,41 @@ async fn resolve_loop(
                 }
             }
         }
-        let Some(rt) = cluster.upgrade() else { return };
+        let Some(shared) = cluster.upgrade() else {
+            return;
+        };
         // A failed lookup keeps the previous hosts for that cluster, as Envoy does.
-        if !failed || !hosts.is_empty() {
-            let old = rt.hosts.load_full();
-            let set: Vec<Arc<Host>> = hosts
-                .into_iter()
-                .map(|(a, h, w, s)| reuse_or_new(Some(&old), a, Some(h), w, s))
-                .collect();
-            let changed = set.len() != old.hosts.len()
-                || set
-                    .iter()
-                    .zip(old.hosts.iter())
-                    .any(|(a, b)| !Arc::ptr_eq(a, b));
-            if changed {
-                rt.hosts.store(Arc::new(HostSet::new(set)));
-            }
+        if !failed || !resolved.is_empty() {
+            let initial = initial_flags(&shared.config());
+            shared.update_membership(|old| {
+                resolved
+                    .into_iter()
+                    .map(|(a, h, w, s)| reuse_or_new(Some(old), a, Some(h), w, s, initial))
+                    .collect()
+            });
         }
-        drop(rt);
+        drop(shared);
         tokio::time::sleep(refresh).await;
+    }
+}
+
+/// Run the outlier detector's interval sweep until the cluster is dropped or loses its
+/// outlier detection.
+async fn outlier_loop(cluster: Weak<ClusterHosts>) {
+    loop {
+        let Some(interval) = cluster
+            .upgrade()
+            .and_then(|c| c.outlier())
+            .map(|d| d.config().interval.max(Duration::from_millis(1)))
+        else {
+            return;
+        };
+        tokio::time::sleep(interval).await;
+        let Some(shared) = cluster.upgrade() else {
+            return;
+        };
+        let Some(d) = shared.outlier() else { return };
+        shared.modify(|hosts| d.on_interval(hosts, Instant::now()));
     }
 }
 
@@ -275,29 +605,309 @@ pub(crate) async fn reconcile(
     metrics: &Metrics,
 ) -> HashMap<Arc<str>, Arc<ClusterRuntime>> {
     let mut out = HashMap::new();
-    let mut fresh_dns = Vec::new();
+    let mut fresh = Vec::new();
     for config in clusters {
         let rt = match old.get(&config.name) {
             Some(prev) if Arc::ptr_eq(&prev.config, config) || *prev.config == **config => {
                 prev.clone()
             }
-            Some(prev) if prev.can_reuse_for(config) => prev.with_config(config.clone()),
+            Some(prev) if prev.can_reuse_for(config) => prev.with_config(config.clone(), metrics),
             _ => {
                 let rt = ClusterRuntime::new(config.clone(), metrics);
-                if rt.dns.get().is_some() {
-                    fresh_dns.push(rt.clone());
+                if matches!(config.discovery, Discovery::StrictDns { .. })
+                    || !config.health_checks.is_empty()
+                {
+                    fresh.push(rt.clone());
                 }
                 rt
             }
         };
         out.insert(config.name.clone(), rt);
     }
-    // A new DNS cluster warms until its first resolution (bounded), as in Envoy.
-    for rt in fresh_dns {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while rt.hosts.load().hosts.is_empty() && tokio::time::Instant::now() < deadline {
+    // A new cluster warms (bounded) until its first DNS resolution and until every host
+    // has had its first health check, as in Envoy.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for rt in fresh {
+        while !is_warm(&rt) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
     out
+}
+
+fn is_warm(rt: &ClusterRuntime) -> bool {
+    let set = rt.shared.hosts.load();
+    if matches!(rt.config.discovery, Discovery::StrictDns { .. }) && set.hosts.is_empty() {
+        return false;
+    }
+    !set.hosts.iter().any(|h| h.state.has(flag::HC_PENDING))
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Cluster definitions and metrics for tests.
+
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use legate_snapshot::{
+        CircuitBreakers, Cluster, Discovery, Endpoint, EndpointAddress, HealthStatus, LbPolicy,
+        LoadAssignment, LocalityEndpoints, UpstreamProtocol,
+    };
+    use legate_telemetry::Registry;
+
+    use crate::metrics::Metrics;
+
+    pub(crate) fn metrics() -> Metrics {
+        Metrics::new(Arc::new(Registry::new()))
+    }
+
+    /// A static round-robin cluster of healthy endpoints at `addrs`.
+    pub(crate) fn cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
+        Cluster {
+            name: Arc::from(name),
+            discovery: Discovery::Static,
+            lb_policy: LbPolicy::RoundRobin,
+            protocol: UpstreamProtocol::Http1,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: None,
+            max_requests_per_connection: None,
+            circuit_breakers: CircuitBreakers::default(),
+            outlier_detection: None,
+            health_checks: Vec::new(),
+            healthy_panic_threshold_permille: 500,
+            classic_breaker: None,
+            load_assignment: LoadAssignment {
+                localities: vec![LocalityEndpoints {
+                    region: Arc::from(""),
+                    zone: Arc::from(""),
+                    sub_zone: Arc::from(""),
+                    weight: None,
+                    endpoints: addrs
+                        .iter()
+                        .map(|a| Endpoint {
+                            address: EndpointAddress::Socket(*a),
+                            weight: 1,
+                            health: HealthStatus::Healthy,
+                            hostname: None,
+                        })
+                        .collect(),
+                }],
+            },
+        }
+    }
+
+    /// Wait, at most `limit`, until `f` holds.
+    pub(crate) async fn until(limit: Duration, what: &str, f: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !f() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use legate_snapshot::{HealthStatus, OutlierDetection};
+
+    use super::testing::{cluster, metrics, until};
+    use super::*;
+    use crate::resilience::outlier::LocalFailure;
+
+    fn addrs(n: u16) -> Vec<SocketAddr> {
+        (0..n)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 7000 + i)))
+            .collect()
+    }
+
+    fn port_counts(
+        rt: &ClusterRuntime,
+        n: usize,
+        pick: impl Fn() -> Option<Arc<Host>>,
+    ) -> Vec<usize> {
+        let mut c = vec![0; rt.hosts().hosts.len()];
+        for _ in 0..n {
+            let h = pick().expect("host");
+            c[usize::from(h.addr.port() - 7000)] += 1;
+        }
+        c
+    }
+
+    #[tokio::test]
+    async fn pick_avoiding_skips_tried_hosts_within_the_attempts() {
+        let m = metrics();
+        let rt = ClusterRuntime::new(Arc::new(cluster("c", &addrs(3))), &m);
+        let a = addrs(3);
+        // Round robin: two avoided hosts need up to two more picks.
+        let c = port_counts(&rt, 30, || rt.pick_avoiding(&a[..2], 2));
+        assert_eq!(c, vec![0, 0, 30]);
+        // No extra attempts: a plain pick.
+        let c = port_counts(&rt, 30, || rt.pick_avoiding(&a[..2], 0));
+        assert_eq!(c, vec![10, 10, 10]);
+        // Everything avoided: the last pick stands.
+        let c = port_counts(&rt, 30, || rt.pick_avoiding(&a, 5));
+        assert_eq!(c.iter().sum::<usize>(), 30);
+    }
+
+    fn outlier(base: Duration, interval: Duration) -> OutlierDetection {
+        OutlierDetection {
+            interval,
+            base_ejection_time: base,
+            max_ejection_percent: 100,
+            ..OutlierDetection::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_eject_a_host_and_the_sweep_returns_it() {
+        let m = metrics();
+        let mut c = cluster("c", &addrs(3));
+        c.outlier_detection = Some(outlier(
+            Duration::from_millis(100),
+            Duration::from_millis(20),
+        ));
+        let rt = ClusterRuntime::new(Arc::new(c), &m);
+        let h0 = rt.hosts().hosts[0].clone();
+        for _ in 0..4 {
+            rt.report(&h0, Outcome::LocalOrigin(LocalFailure::ConnectFailure));
+        }
+        assert!(!h0.is_ejected());
+        rt.report(&h0, Outcome::Response(503));
+        assert!(h0.is_ejected());
+        assert_eq!(port_counts(&rt, 20, || rt.pick()), vec![0, 10, 10]);
+        let gauge = |state: &str| m.cluster_hosts.get_or_create(&["c", state]).get();
+        assert_eq!(gauge("ejected"), 1);
+        assert_eq!(gauge("healthy"), 2);
+        assert_eq!(m.outlier_ejected_hosts.get_or_create(&["c"]).get(), 1);
+        assert_eq!(
+            m.outlier_ejections
+                .get_or_create(&["c", "consecutive_5xx"])
+                .get(),
+            1
+        );
+        until(Duration::from_secs(3), "unejected", || !h0.is_ejected()).await;
+        assert_eq!(port_counts(&rt, 30, || rt.pick()), vec![10, 10, 10]);
+        assert_eq!(gauge("ejected"), 0);
+    }
+
+    #[tokio::test]
+    async fn no_outlier_detection_ignores_reports() {
+        let m = metrics();
+        let rt = ClusterRuntime::new(Arc::new(cluster("c", &addrs(2))), &m);
+        let h0 = rt.hosts().hosts[0].clone();
+        for _ in 0..50 {
+            rt.report(&h0, Outcome::Response(500));
+        }
+        assert!(!h0.is_ejected());
+    }
+
+    #[tokio::test]
+    async fn panic_when_too_many_hosts_are_ejected() {
+        let m = metrics();
+        let mut c = cluster("c", &addrs(2));
+        c.outlier_detection = Some(outlier(
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+        ));
+        let rt = ClusterRuntime::new(Arc::new(c), &m);
+        let h0 = rt.hosts().hosts[0].clone();
+        for _ in 0..5 {
+            rt.report(&h0, Outcome::Response(500));
+        }
+        // One of two left is 50%: not panic.
+        assert!(!rt.hosts().in_panic());
+        assert_eq!(port_counts(&rt, 10, || rt.pick()), vec![0, 10]);
+        let h1 = rt.hosts().hosts[1].clone();
+        for _ in 0..5 {
+            rt.report(&h1, Outcome::Response(500));
+        }
+        assert!(h1.is_ejected());
+        assert!(rt.hosts().in_panic());
+        assert_eq!(port_counts(&rt, 10, || rt.pick()), vec![5, 5]);
+        assert_eq!(m.cluster_panic.get_or_create(&["c"]).get(), 1);
+        assert_eq!(m.lb_panic.get_or_create(&["c"]).get(), 10);
+    }
+
+    #[tokio::test]
+    async fn host_state_survives_compatible_updates_and_follows_the_config() {
+        let m = metrics();
+        let mut c = cluster("c", &addrs(3));
+        c.outlier_detection = Some(outlier(
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+        ));
+        let rt = ClusterRuntime::new(Arc::new(c.clone()), &m);
+        let h0 = rt.hosts().hosts[0].clone();
+        for _ in 0..5 {
+            rt.report(&h0, Outcome::Response(500));
+        }
+        assert!(h0.is_ejected());
+
+        // EDS changes host 0's weight and drops host 2: host 0 stays ejected.
+        let mut c2 = c.clone();
+        c2.load_assignment.localities[0].endpoints[0].weight = 5;
+        c2.load_assignment.localities[0].endpoints.pop();
+        let rt2 = rt.with_config(Arc::new(c2.clone()), &m);
+        let set = rt2.hosts();
+        assert_eq!(set.hosts.len(), 2);
+        assert_eq!(set.hosts[0].weight, 5);
+        assert!(set.hosts[0].is_ejected());
+        assert_eq!(set.hosts[0].times_ejected(), 1);
+        // Both runtimes see the same hosts and detector state.
+        assert!(Arc::ptr_eq(&rt.hosts(), &rt2.hosts()));
+
+        // EDS says host 1 is unhealthy: with host 0 ejected nothing is available -> panic.
+        let mut c3 = c2.clone();
+        c3.load_assignment.localities[0].endpoints[1].health = HealthStatus::Unhealthy;
+        let rt3 = rt2.with_config(Arc::new(c3.clone()), &m);
+        assert!(rt3.hosts().in_panic());
+        // Without panic there is no host at all.
+        let mut c4 = c3.clone();
+        c4.healthy_panic_threshold_permille = 0;
+        let rt4 = rt3.with_config(Arc::new(c4.clone()), &m);
+        assert!(rt4.pick().is_none());
+
+        // Outlier detection removed: the ejection is lifted and reports are ignored.
+        let mut c5 = c4.clone();
+        c5.outlier_detection = None;
+        c5.load_assignment.localities[0].endpoints[1].health = HealthStatus::Healthy;
+        let rt5 = rt4.with_config(Arc::new(c5), &m);
+        assert!(!rt5.hosts().hosts[0].is_ejected());
+        let h = rt5.hosts().hosts[1].clone();
+        for _ in 0..10 {
+            rt5.report(&h, Outcome::Response(500));
+        }
+        assert!(!h.is_ejected());
+        assert_eq!(
+            port_counts(&rt5, 12, || rt5.pick()).iter().sum::<usize>(),
+            12
+        );
+    }
+
+    #[tokio::test]
+    async fn background_tasks_stop_with_the_last_runtime() {
+        let m = metrics();
+        let mut c = cluster("c", &addrs(1));
+        c.outlier_detection = Some(outlier(Duration::from_secs(1), Duration::from_millis(10)));
+        let rt = ClusterRuntime::new(Arc::new(c.clone()), &m);
+        let weak = Arc::downgrade(&rt.shared);
+        let mut c2 = c.clone();
+        c2.circuit_breakers.default.max_requests = 7;
+        let rt2 = rt.with_config(Arc::new(c2), &m);
+        drop(rt);
+        // Still shared by rt2, and its task keeps running through the sweep.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(weak.upgrade().is_some());
+        drop(rt2);
+        assert!(weak.upgrade().is_none());
+    }
 }

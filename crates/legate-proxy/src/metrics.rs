@@ -19,6 +19,12 @@ pub struct Metrics {
     pub upstream_retries: Arc<Family<Counter>>,
     pub upstream_retry_overflow: Arc<Family<Counter>>,
     pub upstream_hedges: Arc<Family<Counter>>,
+    pub outlier_ejections: Arc<Family<Counter>>,
+    pub outlier_ejected_hosts: Arc<Family<Gauge>>,
+    pub health_checks: Arc<Family<Counter>>,
+    pub cluster_hosts: Arc<Family<Gauge>>,
+    pub cluster_panic: Arc<Family<Gauge>>,
+    pub lb_panic: Arc<Family<Counter>>,
 }
 
 impl Metrics {
@@ -77,6 +83,39 @@ impl Metrics {
             upstream_hedges: registry.family(
                 "legate_upstream_hedges_total",
                 "Attempts started because a per-try timeout fired with hedging on.",
+                &["cluster"],
+            ),
+            outlier_ejections: registry.family(
+                "legate_outlier_ejections_total",
+                "Hosts ejected by outlier detection (enforced ejections), by reason.",
+                &["cluster", "reason"],
+            ),
+            outlier_ejected_hosts: registry.family(
+                "legate_outlier_ejected_hosts",
+                "Hosts of a cluster currently ejected by outlier detection.",
+                &["cluster"],
+            ),
+            health_checks: registry.family(
+                "legate_health_checks_total",
+                "Active health checks completed, by result (success or failure).",
+                &["cluster", "result"],
+            ),
+            cluster_hosts: registry.family(
+                "legate_cluster_hosts",
+                "Hosts of a cluster by state, each in the first that applies: ejected, \
+                 hc_failed (failing or awaiting its first active health check), unhealthy \
+                 (EDS), degraded, healthy.",
+                &["cluster", "state"],
+            ),
+            cluster_panic: registry.family(
+                "legate_cluster_panic",
+                "1 while a cluster balances across all hosts because too few are available \
+                 (healthy_panic_threshold).",
+                &["cluster"],
+            ),
+            lb_panic: registry.family(
+                "legate_lb_panic_total",
+                "Hosts picked while the cluster was in panic mode.",
                 &["cluster"],
             ),
             registry,

@@ -83,8 +83,9 @@ async fn handle(
                 .iter()
                 .filter_map(|n| active.clusters.get(n))
                 .map(|c| {
-                    let hosts: Vec<_> = c
-                        .hosts()
+                    let set = c.hosts();
+                    let checked = !c.config().health_checks.is_empty();
+                    let hosts: Vec<_> = set
                         .hosts
                         .iter()
                         .map(|h| {
@@ -92,7 +93,13 @@ async fn handle(
                                 "address": h.addr.to_string(),
                                 "hostname": h.hostname.as_deref(),
                                 "weight": h.weight,
+                                // EDS health, then what the load balancer makes of it
+                                // with outlier detection and active health checks.
                                 "health": h.health,
+                                "effective_health": h.effective_health(),
+                                "ejected": h.is_ejected(),
+                                "times_ejected": h.times_ejected(),
+                                "hc": checked.then(|| h.active_health().as_str()),
                                 "active_requests": h.active_requests(),
                             })
                         })
@@ -101,6 +108,7 @@ async fn handle(
                         "name": c.config().name,
                         "lb_policy": c.config().lb_policy,
                         "protocol": c.config().protocol,
+                        "panic": set.in_panic(),
                         "hosts": hosts,
                     })
                 })
