@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
 use envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
 use envoy_types::pb::envoy::config::cluster::v3::OutlierDetection;
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::CommonLbConfig;
@@ -32,9 +32,7 @@ use envoy_types::pb::envoy::config::route::v3::{RetryPolicy, Route, RouteAction}
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::value::Kind;
-use envoy_types::pb::google::protobuf::{
-    Any, Duration as PbDuration, Struct, UInt32Value, Value,
-};
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, Struct, UInt32Value, Value};
 use legate_snapshot::Resources;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,10 +41,10 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use crate::client::{HttpClient, HttpResponse, ReqBody, empty};
 use crate::config::{ClusterSpec, single_vhost_mesh};
 use crate::demo::Charges;
+use crate::eventually;
 use crate::metrics::Metrics;
 use crate::process::{Legate, Upstream, XdsFlags};
 use crate::xds_server::{Mode, XdsServer, mesh_resources};
-use crate::eventually;
 
 /// Upper bound of every wait in these helpers.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -70,7 +68,10 @@ pub fn svc_mesh(endpoints: &[SocketAddr]) -> Resources {
 
 /// [`svc_mesh`] over a cluster the caller built (its name must be [`SVC`]).
 pub fn svc_mesh_with(cluster: ClusterSpec) -> Resources {
-    assert_eq!(cluster.name, SVC, "svc_mesh_with needs a cluster named {SVC}");
+    assert_eq!(
+        cluster.name, SVC,
+        "svc_mesh_with needs a cluster named {SVC}"
+    );
     mesh_resources(&single_vhost_mesh(
         &format!("- match: {{prefix: /}}\n  forward: {{cluster: {SVC}, timeout: 10s}}"),
         &[cluster],
@@ -228,7 +229,12 @@ pub fn outlier() -> OutlierDetection {
 }
 
 /// An active HTTP health check of `path` every `interval_ms` (timeout 500 ms, no jitter).
-pub fn http_health_check(path: &str, interval_ms: u64, unhealthy: u32, healthy: u32) -> HealthCheck {
+pub fn http_health_check(
+    path: &str,
+    interval_ms: u64,
+    unhealthy: u32,
+    healthy: u32,
+) -> HealthCheck {
     HealthCheck {
         timeout: Some(ms(500)),
         interval: Some(ms(interval_ms)),
@@ -285,7 +291,12 @@ pub fn legate_metadata(key: &str, value: Value) -> Metadata {
     let mut fields = BTreeMap::new();
     fields.insert(key.to_owned(), value);
     let mut filter_metadata = std::collections::HashMap::new();
-    filter_metadata.insert("legate".to_owned(), Struct { fields: fields.into_iter().collect() });
+    filter_metadata.insert(
+        "legate".to_owned(),
+        Struct {
+            fields: fields.into_iter().collect(),
+        },
+    );
     Metadata {
         filter_metadata,
         ..Default::default()
@@ -323,10 +334,7 @@ impl ClassicBreaker {
             "circuit_breaker",
             Value {
                 kind: Some(Kind::StructValue(Struct {
-                    fields: fields
-                        .into_iter()
-                        .map(|(k, v)| (k.to_owned(), v))
-                        .collect(),
+                    fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
                 })),
             },
         )
@@ -508,8 +516,7 @@ impl Unaccepting {
         let addr = listener.local_addr().ok()?;
         let mut fillers = Vec::new();
         for _ in 0..16 {
-            match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
-            {
+            match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => fillers.push(stream),
                 Ok(Err(_)) => return None,
                 Err(_) => {
@@ -623,7 +630,13 @@ pub async fn get_partial(url: &str, timeout: Duration) -> (u16, usize, Option<St
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, http_body_util::BodyExt::frame(&mut body)).await {
-            Err(_) => return (status, received, Some("body not finished in time".to_owned())),
+            Err(_) => {
+                return (
+                    status,
+                    received,
+                    Some("body not finished in time".to_owned()),
+                );
+            }
             Ok(None) => return (status, received, None),
             Ok(Some(Err(error))) => return (status, received, Some(format!("{error:#}"))),
             Ok(Some(Ok(frame))) => {
@@ -650,7 +663,7 @@ pub struct LoadReport {
     /// 200s by answering upstream.
     pub by_upstream: BTreeMap<String, usize>,
     pub elapsed: Duration,
-    /// The first few failures, described.
+    /// The first failures of each kind, described.
     pub samples: Vec<String>,
 }
 
@@ -698,10 +711,10 @@ impl Load {
                                 }
                                 Ok(r) => {
                                     *report.by_status.entry(r.status.as_u16()).or_default() += 1;
-                                    let reason =
-                                        r.legate_error().unwrap_or("upstream").to_owned();
-                                    *report.failures.entry(reason).or_default() += 1;
-                                    if report.samples.len() < 5 {
+                                    let reason = r.legate_error().unwrap_or("upstream").to_owned();
+                                    let seen = report.failures.entry(reason).or_default();
+                                    *seen += 1;
+                                    if *seen <= 2 {
                                         report.samples.push(r.describe());
                                     }
                                 }
@@ -736,7 +749,7 @@ impl Load {
                 }
                 all.samples.extend(report.samples);
             }
-            all.samples.truncate(10);
+            all.samples.truncate(20);
             all.elapsed = start.elapsed();
             all
         });

@@ -19,10 +19,11 @@ use envoy_types::pb::envoy::config::route::v3::retry_policy::{
 };
 use envoy_types::pb::google::protobuf::UInt64Value;
 use legate_tests::client::{HttpClient, full, generated};
+use legate_tests::config::cluster;
 use legate_tests::resilience::{
     Rig, SVC, StallingUpstream, Unaccepting, charges, cluster_mut, concurrent_gets, control,
     edit_hcm, get_partial, ms, outcome, retry, retry_non_idempotent, retry_other_hosts, route,
-    route_action, set_thresholds, svc_mesh, thresholds, timed, u32v,
+    route_action, set_thresholds, svc_mesh, svc_mesh_with, thresholds, timed, u32v,
 };
 use legate_tests::{Protocol, Upstream, closed_port};
 use serde_json::json;
@@ -59,12 +60,20 @@ async fn route_timeout_answers_504_upstream_timeout() {
     let rig = Rig::start(&res).await;
 
     let (r, took) = rig.get("/?delay=3s").await;
-    assert_eq!(outcome(&r), (504, err("upstream-timeout")), "{}", r.describe());
+    assert_eq!(
+        outcome(&r),
+        (504, err("upstream-timeout")),
+        "{}",
+        r.describe()
+    );
     assert_between(took, 450, 2000, "route timeout of 500 ms");
     assert_eq!(a.requests().await, 1);
     assert_eq!(
-        rig.metric("legate_local_replies_total", &[("reason", "upstream-timeout")])
-            .await,
+        rig.metric(
+            "legate_local_replies_total",
+            &[("reason", "upstream-timeout")]
+        )
+        .await,
         1.0
     );
 
@@ -90,10 +99,16 @@ async fn per_try_timeout_retries_on_a_fast_host() {
         sent += 1;
         assert_eq!(outcome(&r), (200, None), "{}", r.describe());
         assert_eq!(r.upstream(), Some("fast"), "{}", r.describe());
-        assert!(took < Duration::from_millis(1200), "request {sent} took {took:?}");
+        assert!(
+            took < Duration::from_millis(1200),
+            "request {sent} took {took:?}"
+        );
     }
     let slow_seen = slow.requests().await;
-    assert!(slow_seen >= 1, "the slow host never got a try in {sent} requests");
+    assert!(
+        slow_seen >= 1,
+        "the slow host never got a try in {sent} requests"
+    );
     assert_eq!(
         fast.requests().await,
         sent,
@@ -116,7 +131,12 @@ async fn per_try_timeout_without_retries_answers_504() {
     let rig = Rig::start(&res).await;
 
     let (r, took) = rig.get("/").await;
-    assert_eq!(outcome(&r), (504, err("per-try-timeout")), "{}", r.describe());
+    assert_eq!(
+        outcome(&r),
+        (504, err("per-try-timeout")),
+        "{}",
+        r.describe()
+    );
     assert_between(took, 180, 1500, "per-try timeout of 200 ms");
     assert_eq!(slow.requests().await, 1);
     assert_eq!(rig.retries().await, 0);
@@ -232,11 +252,22 @@ async fn closed_port_answers_503_connect_failure() {
     let res = svc_mesh(&[closed_port()]);
     let rig = Rig::start(&res).await;
     let (r, took) = rig.get("/").await;
-    assert_eq!(outcome(&r), (503, err("connect-failure")), "{}", r.describe());
-    assert!(took < Duration::from_secs(2), "a refused connect fails fast: {took:?}");
     assert_eq!(
-        rig.metric("legate_local_replies_total", &[("reason", "connect-failure")])
-            .await,
+        outcome(&r),
+        (503, err("connect-failure")),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "a refused connect fails fast: {took:?}"
+    );
+    assert_eq!(
+        rig.metric(
+            "legate_local_replies_total",
+            &[("reason", "connect-failure")]
+        )
+        .await,
         1.0
     );
 }
@@ -248,9 +279,15 @@ async fn connect_failure_is_retried_on_another_host() {
     route_action(&mut res).retry_policy = Some(retry_other_hosts("connect-failure", 2));
     let rig = Rig::start(&res).await;
 
-    let names = HttpClient::http1().upstream_sequence(&rig.url("/"), 6).await;
+    let names = HttpClient::http1()
+        .upstream_sequence(&rig.url("/"), 6)
+        .await;
     assert!(names.iter().all(|n| n == "live"), "{names:?}");
-    assert_eq!(live.requests().await, 6, "each request reached the live host once");
+    assert_eq!(
+        live.requests().await,
+        6,
+        "each request reached the live host once"
+    );
     let retries = rig.retries().await;
     assert!(
         (1..=6).contains(&retries),
@@ -275,7 +312,12 @@ async fn connect_timeout_answers_504_connect_timeout() {
     let rig = Rig::start(&res).await;
 
     let (r, took) = rig.get("/").await;
-    assert_eq!(outcome(&r), (504, err("connect-timeout")), "{}", r.describe());
+    assert_eq!(
+        outcome(&r),
+        (504, err("connect-timeout")),
+        "{}",
+        r.describe()
+    );
     assert_between(took, 280, 2000, "connect timeout of 300 ms");
 }
 
@@ -293,12 +335,49 @@ async fn five_xx_is_retried_on_another_host() {
     route_action(&mut res).retry_policy = Some(retry_other_hosts("5xx", 1));
     let rig = Rig::start(&res).await;
 
-    let names = HttpClient::http1().upstream_sequence(&rig.url("/"), 10).await;
-    assert!(names.iter().all(|n| n == "b"), "every answer from b: {names:?}");
+    let names = HttpClient::http1()
+        .upstream_sequence(&rig.url("/"), 10)
+        .await;
+    assert!(
+        names.iter().all(|n| n == "b"),
+        "every answer from b: {names:?}"
+    );
     assert_eq!(b.requests().await - b_before, 10);
     let a_seen = a.requests().await - a_before;
-    assert!(a_seen >= 1, "round robin gave a no first try in 10 requests");
+    assert!(
+        a_seen >= 1,
+        "round robin gave a no first try in 10 requests"
+    );
     assert_eq!(rig.retries().await, a_seen, "one retry per failed try on a");
+}
+
+/// `previous_hosts` under random balancing: without the predicate a retry would land on
+/// the failing host again one time in three (60 requests would all pass with probability
+/// (8/9)^60 < 0.1%); with it, never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previous_hosts_keeps_retries_off_the_failed_host() {
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let c = upstream("c").await;
+    control(&a, json!({"fail_ratio": 1.0, "fail_status": 503})).await;
+    let mut res = svc_mesh_with(cluster(SVC, &[a.addr(), b.addr(), c.addr()]).lb("random"));
+    route_action(&mut res).retry_policy = Some(retry_other_hosts("5xx", 1));
+    let rig = Rig::start(&res).await;
+
+    let names = HttpClient::http1()
+        .upstream_sequence(&rig.url("/"), 60)
+        .await;
+    assert!(names.iter().all(|n| n == "b" || n == "c"), "{names:?}");
+    let a_seen = a.requests().await;
+    assert!(
+        a_seen >= 1,
+        "random balancing never picked a in 60 requests"
+    );
+    assert_eq!(
+        rig.retries().await,
+        a_seen,
+        "a saw each first try once, never a retry"
+    );
 }
 
 /// `retriable-status-codes` with rate-limited back-off: a 429 carrying `Retry-After: 1` is
@@ -339,7 +418,12 @@ async fn exhausted_retries_return_the_upstream_answer() {
     let rig = Rig::start(&res).await;
 
     let (r, _) = rig.get("/?status=503").await;
-    assert_eq!(outcome(&r), (503, None), "the upstream's own 503: {}", r.describe());
+    assert_eq!(
+        outcome(&r),
+        (503, None),
+        "the upstream's own 503: {}",
+        r.describe()
+    );
     assert_eq!(r.upstream(), Some("a"));
     assert_eq!(a.requests().await, 4, "the first try and 3 retries");
     assert_eq!(rig.retries().await, 3);
@@ -381,7 +465,9 @@ async fn retriable_request_headers_gate_retries() {
     let r = HttpClient::http1().get(&url).await;
     assert_eq!(outcome(&r), (503, None));
     assert_eq!(a.requests().await, 1, "without the header: no retry");
-    let r = HttpClient::http1().get_with(&url, &[("x-retry-me", "1")]).await;
+    let r = HttpClient::http1()
+        .get_with(&url, &[("x-retry-me", "1")])
+        .await;
     assert_eq!(outcome(&r), (503, None));
     assert_eq!(a.requests().await, 3, "with it: the try and one retry");
 }
@@ -429,7 +515,11 @@ async fn post_with_an_idempotency_key_is_retried() {
     assert_eq!(outcome(&r), (503, None), "{}", r.describe());
     let ledger = charges(&a).await;
     assert_eq!(ledger.total, 3, "the try and 2 retries: {ledger:?}");
-    assert_eq!(ledger.by_key.get("k1"), Some(&3), "every try carried k1: {ledger:?}");
+    assert_eq!(
+        ledger.by_key.get("k1"),
+        Some(&3),
+        "every try carried k1: {ledger:?}"
+    );
     assert_eq!(ledger.without_key, 0, "{ledger:?}");
 }
 
@@ -542,7 +632,9 @@ async fn retry_budget_bounds_concurrent_retries() {
 
     let results = concurrent_gets(&rig.url("/?status=503&delay=300ms"), 20).await;
     for (i, r) in results.iter().enumerate() {
-        let r = r.as_ref().unwrap_or_else(|error| panic!("request {i}: {error:#}"));
+        let r = r
+            .as_ref()
+            .unwrap_or_else(|error| panic!("request {i}: {error:#}"));
         assert_eq!(r.status, 503, "request {i}: {}", r.describe());
     }
     let seen = a.requests().await;
@@ -589,7 +681,10 @@ async fn hedge_on_per_try_timeout_takes_the_first_good_answer() {
         );
     }
     let slow_seen = slow.requests().await;
-    assert!(slow_seen >= 1, "the slow host never got a first try in {sent} requests");
+    assert!(
+        slow_seen >= 1,
+        "the slow host never got a first try in {sent} requests"
+    );
     assert_eq!(fast.requests().await, sent);
     assert_eq!(
         rig.metric("legate_upstream_hedges_total", &[("cluster", SVC)])

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::config::core::v3::HealthStatus;
 use legate_tests::client::HttpClient;
 use legate_tests::resilience::{
-    ClassicBreaker, Load, Rig, SVC, cluster_mut, concurrent_gets, control, http_health_check,
-    ms, outcome, outlier, retry_other_hosts, route_action, set_endpoint_health,
-    set_panic_threshold, set_thresholds, svc_mesh, tcp_health_check, thresholds, u32v,
+    ClassicBreaker, Load, Rig, SVC, cluster_mut, concurrent_gets, control, http_health_check, ms,
+    outcome, outlier, retry_other_hosts, route_action, set_endpoint_health, set_panic_threshold,
+    set_thresholds, svc_mesh, tcp_health_check, thresholds, u32v,
 };
 use legate_tests::{Protocol, Upstream, closed_port, eventually};
 use serde_json::json;
@@ -85,8 +85,11 @@ async fn max_requests_overflow_answers_503() {
     set_thresholds(&mut res, SVC, t);
     let rig = Rig::start(&res).await;
     assert_eq!(
-        rig.metric("legate_circuit_breaker_remaining", &gauge_remaining("requests"))
-            .await,
+        rig.metric(
+            "legate_circuit_breaker_remaining",
+            &gauge_remaining("requests")
+        )
+        .await,
         1.0,
         "an idle cluster has its whole max_requests left"
     );
@@ -95,9 +98,16 @@ async fn max_requests_overflow_answers_503() {
     let slow = tokio::spawn(async move { HttpClient::http1().get(&slow_url).await });
     let remaining = eventually(Duration::from_secs(3), "one request in flight", || async {
         let v = rig
-            .metric("legate_circuit_breaker_remaining", &gauge_remaining("requests"))
+            .metric(
+                "legate_circuit_breaker_remaining",
+                &gauge_remaining("requests"),
+            )
             .await;
-        if v == 0.0 { Ok(v) } else { Err(format!("remaining requests = {v}")) }
+        if v == 0.0 {
+            Ok(v)
+        } else {
+            Err(format!("remaining requests = {v}"))
+        }
     })
     .await;
     assert_eq!(remaining, 0.0);
@@ -111,23 +121,117 @@ async fn max_requests_overflow_answers_503() {
     );
     let first = slow.await.expect("the slow request task");
     assert_eq!(outcome(&first), (200, None));
-    assert_eq!(a.requests().await, 1, "the overflow never reached the upstream");
+    assert_eq!(
+        a.requests().await,
+        1,
+        "the overflow never reached the upstream"
+    );
     eventually(Duration::from_secs(3), "the slot is given back", || async {
         let v = rig
-            .metric("legate_circuit_breaker_remaining", &gauge_remaining("requests"))
+            .metric(
+                "legate_circuit_breaker_remaining",
+                &gauge_remaining("requests"),
+            )
             .await;
-        if v == 1.0 { Ok(()) } else { Err(format!("remaining requests = {v}")) }
+        if v == 1.0 {
+            Ok(())
+        } else {
+            Err(format!("remaining requests = {v}"))
+        }
     })
     .await;
     assert_eq!(
-        rig.metric("legate_local_replies_total", &[("reason", "overflow-max-requests")])
-            .await,
+        rig.metric(
+            "legate_local_replies_total",
+            &[("reason", "overflow-max-requests")]
+        )
+        .await,
         1.0
     );
 }
 
+/// One connection allowed and one request may wait for it: a third request overflows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_pending_requests_zero_overflows_when_the_connection_is_busy() {
+async fn max_pending_requests_overflow_when_the_connection_is_busy() {
+    let a = upstream("a").await;
+    let mut res = svc_mesh(&[a.addr()]);
+    let mut t = thresholds();
+    t.max_connections = u32v(1);
+    t.max_pending_requests = u32v(1);
+    set_thresholds(&mut res, SVC, t);
+    let rig = Rig::start(&res).await;
+
+    // The first request holds the one connection for 800 ms.
+    let slow_url = rig.url("/?delay=800ms");
+    let first = tokio::spawn(async move { HttpClient::http1().get(&slow_url).await });
+    eventually(
+        Duration::from_secs(3),
+        "the first request reached a",
+        || async {
+            match a.requests().await {
+                1 => Ok(()),
+                n => Err(format!("a saw {n}")),
+            }
+        },
+    )
+    .await;
+    // The second waits for it, in the one pending slot.
+    let queued_url = rig.url("/");
+    let second = tokio::spawn(async move { HttpClient::http1().get(&queued_url).await });
+    eventually(
+        Duration::from_secs(3),
+        "the second request is pending",
+        || async {
+            let v = rig
+                .metric(
+                    "legate_circuit_breaker_remaining",
+                    &gauge_remaining("pending_requests"),
+                )
+                .await;
+            if v == 0.0 {
+                Ok(())
+            } else {
+                Err(format!("remaining pending_requests = {v}"))
+            }
+        },
+    )
+    .await;
+    // The third finds no slot.
+    let (r, took) = rig.get("/").await;
+    assert_eq!(
+        outcome(&r),
+        (503, err("overflow-max-pending-requests")),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        took < Duration::from_millis(500),
+        "an overflow does not wait: {took:?}"
+    );
+
+    assert_eq!(outcome(&first.await.expect("first task")), (200, None));
+    assert_eq!(outcome(&second.await.expect("second task")), (200, None));
+    let counters = a.counters().await;
+    assert_eq!(counters.requests, 2, "the overflow never reached a");
+    assert_eq!(
+        counters.connections, 1,
+        "the queued request reused the one connection"
+    );
+    assert_eq!(
+        rig.metric(
+            "legate_local_replies_total",
+            &[("reason", "overflow-max-pending-requests")]
+        )
+        .await,
+        1.0
+    );
+}
+
+/// As in Envoy, a request waiting for a connection to be dialled is pending too: with
+/// `max_pending_requests: 0` a cold pool can open no connection and every request
+/// overflows without reaching the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_pending_requests_zero_overflows_on_a_cold_pool() {
     let a = upstream("a").await;
     let mut res = svc_mesh(&[a.addr()]);
     let mut t = thresholds();
@@ -136,24 +240,16 @@ async fn max_pending_requests_zero_overflows_when_the_connection_is_busy() {
     set_thresholds(&mut res, SVC, t);
     let rig = Rig::start(&res).await;
 
-    let slow_url = rig.url("/?delay=800ms");
-    let slow = tokio::spawn(async move { HttpClient::http1().get(&slow_url).await });
-    eventually(Duration::from_secs(3), "the slow request reached a", || async {
-        match a.requests().await {
-            1 => Ok(()),
-            n => Err(format!("a saw {n}")),
-        }
-    })
-    .await;
-    let (r, _) = rig.get("/").await;
-    assert_eq!(
-        outcome(&r),
-        (503, err("overflow-max-pending-requests")),
-        "{}",
-        r.describe()
-    );
-    assert_eq!(outcome(&slow.await.expect("slow task")), (200, None));
-    assert_eq!(a.requests().await, 1);
+    for _ in 0..3 {
+        let (r, _) = rig.get("/").await;
+        assert_eq!(
+            outcome(&r),
+            (503, err("overflow-max-pending-requests")),
+            "{}",
+            r.describe()
+        );
+    }
+    assert_eq!(a.counters().await.connections, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,19 +265,27 @@ async fn max_connections_one_queues_requests_on_one_connection() {
     let results = concurrent_gets(&rig.url("/?delay=300ms"), 3).await;
     let took = start.elapsed();
     for (i, r) in results.iter().enumerate() {
-        let r = r.as_ref().unwrap_or_else(|error| panic!("request {i}: {error:#}"));
+        let r = r
+            .as_ref()
+            .unwrap_or_else(|error| panic!("request {i}: {error:#}"));
         assert_eq!(outcome(r), (200, None), "request {i}: {}", r.describe());
     }
     let counters = a.counters().await;
     assert_eq!(counters.requests, 3);
-    assert_eq!(counters.connections, 1, "all three shared the one allowed connection");
+    assert_eq!(
+        counters.connections, 1,
+        "all three shared the one allowed connection"
+    );
     assert!(
         took >= Duration::from_millis(850),
         "three 300 ms requests on one HTTP/1.1 connection take ~900 ms: {took:?}"
     );
     assert_eq!(
-        rig.metric("legate_circuit_breaker_remaining", &gauge_remaining("connections"))
-            .await,
+        rig.metric(
+            "legate_circuit_breaker_remaining",
+            &gauge_remaining("connections")
+        )
+        .await,
         0.0,
         "the one connection stays open in the pool"
     );
@@ -209,7 +313,12 @@ async fn classic_breaker_opens_probes_and_closes() {
     // Closed: five failures go through to the upstream.
     for i in 0..5 {
         let (r, _) = rig.get("/?status=503").await;
-        assert_eq!(outcome(&r), (503, None), "failure {i} is the upstream's: {}", r.describe());
+        assert_eq!(
+            outcome(&r),
+            (503, None),
+            "failure {i} is the upstream's: {}",
+            r.describe()
+        );
     }
     let opened = Instant::now();
     assert_eq!(a.requests().await, 5);
@@ -219,7 +328,11 @@ async fn classic_breaker_opens_probes_and_closes() {
         let (r, _) = rig.get("/").await;
         assert_eq!(outcome(&r), (503, err("circuit-open")), "{}", r.describe());
     }
-    assert_eq!(a.requests().await, 5, "an open breaker does not reach the upstream");
+    assert_eq!(
+        a.requests().await,
+        5,
+        "an open breaker does not reach the upstream"
+    );
 
     // Half-open after open_timeout: one probe at a time.
     tokio::time::sleep(Duration::from_millis(1100).saturating_sub(opened.elapsed())).await;
@@ -291,12 +404,16 @@ async fn consecutive_5xx_ejects_the_host_until_its_time_is_up() {
     assert_eq!(failures, 3, "a got three tries in 20 requests");
     let ejected_at = Instant::now();
     assert_eq!(
-        rig.metric("legate_outlier_ejected_hosts", &[("cluster", SVC)]).await,
+        rig.metric("legate_outlier_ejected_hosts", &[("cluster", SVC)])
+            .await,
         1.0
     );
     assert_eq!(
-        rig.metric("legate_outlier_ejections_total", &ejections("consecutive_5xx"))
-            .await,
+        rig.metric(
+            "legate_outlier_ejections_total",
+            &ejections("consecutive_5xx")
+        )
+        .await,
         1.0
     );
 
@@ -315,7 +432,8 @@ async fn consecutive_5xx_ejects_the_host_until_its_time_is_up() {
         "a came back {back:?} after a 1 s ejection"
     );
     assert_eq!(
-        rig.metric("legate_outlier_ejected_hosts", &[("cluster", SVC)]).await,
+        rig.metric("legate_outlier_ejected_hosts", &[("cluster", SVC)])
+            .await,
         0.0
     );
 }
@@ -368,8 +486,11 @@ async fn failure_percentage_ejects_the_failing_host() {
     assert!(!t.contains_key("a"), "a is ejected: {t:?}");
     assert_eq!(t.values().sum::<usize>(), 20);
     assert_eq!(
-        rig.metric("legate_outlier_ejections_total", &ejections("failure_percentage"))
-            .await,
+        rig.metric(
+            "legate_outlier_ejections_total",
+            &ejections("failure_percentage")
+        )
+        .await,
         1.0
     );
     assert_eq!(
@@ -423,16 +544,26 @@ async fn http_health_check_takes_a_host_out_and_back() {
     let url = rig.url("/");
 
     // All three pass their first check.
-    until_traffic(&url, 9, Duration::from_secs(5), Instant::now(), "all three serve", |t| {
-        t.len() == 3 && t.keys().all(|k| ["a", "b", "c"].contains(&k.as_str()))
-    })
+    until_traffic(
+        &url,
+        9,
+        Duration::from_secs(5),
+        Instant::now(),
+        "all three serve",
+        |t| t.len() == 3 && t.keys().all(|k| ["a", "b", "c"].contains(&k.as_str())),
+    )
     .await;
 
     control(&a, json!({"health_status": 503})).await;
     let failing = Instant::now();
-    let out = until_traffic(&url, 9, Duration::from_secs(5), failing, "a taken out", |t| {
-        !t.contains_key("a")
-    })
+    let out = until_traffic(
+        &url,
+        9,
+        Duration::from_secs(5),
+        failing,
+        "a taken out",
+        |t| !t.contains_key("a"),
+    )
     .await;
     eprintln!("a out {out:?} after its health endpoint started failing");
     assert!(
@@ -449,7 +580,10 @@ async fn http_health_check_takes_a_host_out_and_back() {
     })
     .await;
     eprintln!("a back {back:?} after its health endpoint recovered");
-    assert!(back >= Duration::from_millis(200), "two passing checks in {back:?}?");
+    assert!(
+        back >= Duration::from_millis(200),
+        "two passing checks in {back:?}?"
+    );
 
     let metrics = rig.metrics().await;
     let checks: Vec<_> = metrics
@@ -472,9 +606,14 @@ async fn tcp_health_check_keeps_traffic_off_a_refusing_host() {
     let rig = Rig::start(&res).await;
     let url = rig.url("/");
 
-    until_traffic(&url, 6, Duration::from_secs(5), Instant::now(), "checks ran", |t| {
-        t.keys().all(|k| k == "a" || k == "b")
-    })
+    until_traffic(
+        &url,
+        6,
+        Duration::from_secs(5),
+        Instant::now(),
+        "checks ran",
+        |t| t.keys().all(|k| k == "a" || k == "b"),
+    )
     .await;
     let t = tally(&url, 30).await;
     assert_eq!(
@@ -504,9 +643,14 @@ async fn eds_unhealthy_endpoint_gets_no_traffic() {
 
     set_endpoint_health(&mut res, SVC, 0, HealthStatus::Healthy);
     rig.apply(&res).await;
-    until_traffic(&url, 6, Duration::from_secs(5), Instant::now(), "a healthy", |t| {
-        t.contains_key("a")
-    })
+    until_traffic(
+        &url,
+        6,
+        Duration::from_secs(5),
+        Instant::now(),
+        "a healthy",
+        |t| t.contains_key("a"),
+    )
     .await;
 }
 
@@ -563,7 +707,8 @@ async fn hired_ambassador_keeps_callers_whole_when_a_replica_degrades() {
     let rig = Rig::start(&res).await;
 
     let load = Load::spawn(&rig.url("/"), TOTAL, 8, Duration::from_secs(60));
-    load.wait_completed(TOTAL / 6, Duration::from_secs(30)).await;
+    load.wait_completed(TOTAL / 6, Duration::from_secs(30))
+        .await;
     control(&a, json!({"fail_ratio": 0.5, "fail_status": 503})).await;
     let degraded_at = load.completed();
     let report = load.finish().await;
@@ -594,5 +739,39 @@ async fn hired_ambassador_keeps_callers_whole_when_a_replica_degrades() {
         report.success_ratio() * 100.0,
         report.samples
     );
-    assert!(ejections >= 1.0, "the degraded replica was ejected at least once");
+    assert!(
+        ejections >= 1.0,
+        "the degraded replica was ejected at least once"
+    );
+}
+
+/// Retries on other hosts under concurrency: with one of three hosts always failing, two
+/// retries on other hosts and room for every retry, no caller sees a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_retries_always_avoid_the_failing_host() {
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let c = upstream("c").await;
+    control(&a, json!({"fail_ratio": 1.0, "fail_status": 503})).await;
+    let mut res = svc_mesh(&[a.addr(), b.addr(), c.addr()]);
+    route_action(&mut res).retry_policy = Some(retry_other_hosts("5xx", 2));
+    let mut t = thresholds();
+    t.max_retries = u32v(1000);
+    set_thresholds(&mut res, SVC, t);
+    let rig = Rig::start(&res).await;
+
+    let report = Load::spawn(&rig.url("/"), 900, 8, Duration::from_secs(30))
+        .finish()
+        .await;
+    let retries = rig.retries().await;
+    eprintln!(
+        "{} requests, {} ok; failures {:?}; answered by {:?}; retries {retries}; a saw {}",
+        report.sent,
+        report.ok,
+        report.failures,
+        report.by_upstream,
+        a.requests().await
+    );
+    assert_eq!(report.ok, 900, "samples: {:#?}", report.samples);
+    assert_eq!(retries, a.requests().await, "one retry per try on a");
 }
