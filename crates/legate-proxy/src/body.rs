@@ -2,9 +2,9 @@
 //! copy of a request body kept so a retry can send it again.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::future::Future;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -205,7 +205,7 @@ impl BodyTimers {
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Option<ProxyError> {
         loop {
             let now = Instant::now();
-            let deadline = self.deadline.map(|(at, e)| (at, e));
+            let deadline = self.deadline;
             let idle = self.idle.map(|(d, e)| (self.last_activity + d, e));
             let next = match (deadline, idle) {
                 (Some(a), Some(b)) => {

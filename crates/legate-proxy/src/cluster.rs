@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use crate::lb::{Host, HostSet, HostState, flag};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::resilience::breaker::ClassicBreakerState;
 use crate::resilience::health;
 use crate::resilience::limits::{Resource, ResourceLimits};
 use crate::resilience::outlier::{Detector, Outcome};
@@ -214,6 +215,8 @@ pub struct ClusterRuntime {
     pub(crate) pool: Arc<Pool>,
     /// Circuit-breaker counts, shared with the pool (connections, pending requests).
     pub(crate) limits: Arc<ResourceLimits>,
+    /// The classic closed/open/half-open breaker, when the cluster's metadata asks for one.
+    pub(crate) classic: Option<Arc<ClassicBreakerState>>,
     pub(crate) stats: ClusterStats,
 }
 
@@ -228,6 +231,11 @@ impl std::fmt::Debug for ClusterRuntime {
 impl ClusterRuntime {
     pub fn config(&self) -> &Arc<Cluster> {
         &self.config
+    }
+
+    /// The classic breaker's state (`closed`, `open`, `half_open`), when it has one.
+    pub fn breaker_state(&self) -> Option<&'static str> {
+        self.classic.as_ref().map(|b| b.state().as_str())
     }
 
     /// The current host set (a cheap `Arc` clone).
@@ -248,7 +256,6 @@ impl ClusterRuntime {
     /// Pick a host, picking again up to `attempts` more times while the pick is one of
     /// `avoid` (Envoy's `previous_hosts` retry predicate with
     /// `host_selection_retry_max_attempts`). When every pick is avoided, the last stands.
-    #[allow(dead_code)] // For the request path's retries.
     pub(crate) fn pick_avoiding(&self, avoid: &[SocketAddr], attempts: u32) -> Option<Arc<Host>> {
         let set = self.shared.hosts.load();
         let policy = &self.config.lb_policy;
@@ -269,7 +276,6 @@ impl ClusterRuntime {
     /// when its response headers arrive or when it fails locally. One branch when the
     /// cluster has no outlier detection; otherwise atomics, and the host-set lock only when
     /// a consecutive-failure threshold is reached.
-    #[allow(dead_code)] // For the request path.
     pub(crate) fn report(&self, host: &Arc<Host>, outcome: Outcome) {
         let Some(d) = &self.outlier else { return };
         for reason in d.record(host, outcome).into_iter().flatten() {
@@ -338,12 +344,17 @@ impl ClusterRuntime {
                 tasks.health = Some(health::spawn(&shared, config.health_checks.clone()));
             }
         }
+        let classic = config
+            .classic_breaker
+            .as_ref()
+            .map(|c| Arc::new(ClassicBreakerState::new(c)));
         Arc::new(ClusterRuntime {
             config,
             shared,
             outlier,
             pool,
             limits,
+            classic,
             stats,
         })
     }
@@ -426,8 +437,18 @@ impl ClusterRuntime {
             shared.update_membership(|old| hosts_from_config(&config, Some(old)));
         }
         self.limits.update(&config.circuit_breakers.default);
+        // The classic breaker keeps its state across compatible changes.
+        let classic = match (&self.classic, &config.classic_breaker) {
+            (Some(state), Some(c)) => {
+                state.update(c);
+                Some(state.clone())
+            }
+            (None, Some(c)) => Some(Arc::new(ClassicBreakerState::new(c))),
+            (_, None) => None,
+        };
         // The pool and stats are shared by cloning the handles.
         Arc::new(ClusterRuntime {
+            classic,
             outlier: shared.outlier(),
             config,
             shared: shared.clone(),

@@ -222,8 +222,6 @@ struct Done {
 
 /// What a response keeps of its attempt until its body ends.
 struct Meta {
-    #[allow(dead_code)]
-    host: Arc<Host>,
     active: ActiveRequest,
     slot: LimitGuard,
     per_try_deadline: Option<Instant>,
@@ -233,7 +231,7 @@ type AttemptFuture<'a> = Pin<Box<dyn Future<Output = Done> + Send + 'a>>;
 
 /// The best answer so far, returned when no further attempt is possible.
 enum Last {
-    Response(Meta, Response<UpstreamBody>),
+    Response(Box<(Meta, Response<UpstreamBody>)>),
     Error(ProxyError),
 }
 
@@ -338,11 +336,12 @@ impl<'a> Driver<'a> {
                     }
                     if hedge_at.is_some_and(|d| d <= now) {
                         hedge_at = None;
-                        if pending.is_none() && self.can_retry(false) {
-                            if let Some(slot) = self.retry_slot() {
-                                self.count(&self.shared.metrics.upstream_hedges);
-                                pending = Some(PendingRetry { at: now, _slot: slot });
-                            }
+                        if pending.is_none()
+                            && self.can_retry(false)
+                            && let Some(slot) = self.retry_slot()
+                        {
+                            self.count(&self.shared.metrics.upstream_hedges);
+                            pending = Some(PendingRetry { at: now, _slot: slot });
                         }
                     }
                 }
@@ -454,7 +453,6 @@ impl<'a> Driver<'a> {
         match observe(self.cluster, &host, started, result) {
             Ok(res) => {
                 let meta = Meta {
-                    host,
                     active,
                     slot,
                     per_try_deadline,
@@ -464,11 +462,11 @@ impl<'a> Driver<'a> {
                 }
                 if pending.is_some() {
                     // A retry is already scheduled (hedging): keep this as the fallback.
-                    return Settled::Keep(Last::Response(meta, res));
+                    return Settled::Keep(Last::Response(Box::new((meta, res))));
                 }
                 if !self.can_retry(false) {
                     return if others_in_flight {
-                        Settled::Keep(Last::Response(meta, res))
+                        Settled::Keep(Last::Response(Box::new((meta, res))))
                     } else {
                         Settled::Win(self.win(meta, res))
                     };
@@ -483,9 +481,11 @@ impl<'a> Driver<'a> {
                 match self.retry_slot() {
                     Some(slot) => {
                         *pending = Some(PendingRetry { at, _slot: slot });
-                        Settled::Keep(Last::Response(meta, res))
+                        Settled::Keep(Last::Response(Box::new((meta, res))))
                     }
-                    None if others_in_flight => Settled::Keep(Last::Response(meta, res)),
+                    None if others_in_flight => {
+                        Settled::Keep(Last::Response(Box::new((meta, res))))
+                    }
                     None => {
                         let mut won = self.win(meta, res);
                         won.headers_mut().insert(
@@ -539,7 +539,10 @@ impl<'a> Driver<'a> {
         start_error: Option<ProxyError>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         match last {
-            Some(Last::Response(meta, res)) => Ok(self.win(meta, res)),
+            Some(Last::Response(b)) => {
+                let (meta, res) = *b;
+                Ok(self.win(meta, res))
+            }
             Some(Last::Error(e)) => Err(e),
             None => Err(start_error.unwrap_or(ProxyError::NoHealthyUpstream)),
         }
@@ -548,7 +551,8 @@ impl<'a> Driver<'a> {
     fn win(&self, meta: Meta, res: Response<UpstreamBody>) -> Response<ResponseBody> {
         let deadline = earliest(
             self.deadline.map(|at| (at, ProxyError::UpstreamTimeout)),
-            meta.per_try_deadline.map(|at| (at, ProxyError::PerTryTimeout)),
+            meta.per_try_deadline
+                .map(|at| (at, ProxyError::PerTryTimeout)),
         );
         let idle = shorter(
             self.policy
@@ -560,6 +564,8 @@ impl<'a> Driver<'a> {
     }
 }
 
+/// Settling is per attempt, not per request, so the size of `Win` is not worth a box.
+#[allow(clippy::large_enum_variant)]
 enum Settled {
     Win(Response<ResponseBody>),
     Keep(Last),

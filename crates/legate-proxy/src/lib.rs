@@ -108,8 +108,8 @@ impl Dataplane {
         let metrics = Metrics::new(registry);
         let local_replies = ProxyError::ALL
             .into_iter()
-        .map(|e| (e, metrics.local_replies.get_or_create(&[e.code()])))
-        .collect();
+            .map(|e| (e, metrics.local_replies.get_or_create(&[e.code()])))
+            .collect();
         let active = Active {
             snapshot: Arc::new(Snapshot::empty()),
             clusters: HashMap::new(),

@@ -20,8 +20,8 @@ use legate_snapshot::{
 };
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::forward;
 use crate::error::ProxyError;
+use crate::forward;
 use crate::headers;
 use crate::{Active, ListenerView, Shared};
 
@@ -100,7 +100,9 @@ async fn route_and_forward(
             let upgrade = upgrade_type(&req, view, fwd)?;
             let on_downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
             let (parts, body) = req.into_parts();
-            let tpl = Template::new(ctx, view, vhost, route, fwd, weighted, host_value, parts, upgrade, cluster)?;
+            let tpl = Template::new(
+                ctx, view, vhost, route, fwd, weighted, host_value, parts, upgrade, cluster,
+            )?;
             let stream_idle = match fwd.idle_timeout {
                 Some(d) if d.is_zero() => None,
                 Some(d) => Some(d),
@@ -213,12 +215,9 @@ impl Template {
                 HostHeader::Fixed(HeaderValue::from_str(l.as_ref()).ok())
             }
             (HostRewrite::Auto, None) => HostHeader::Auto,
-            (HostRewrite::Header(h), None) => HostHeader::Fixed(
-                headers
-                    .get(h.as_ref())
-                    .cloned()
-                    .or(Some(host_value)),
-            ),
+            (HostRewrite::Header(h), None) => {
+                HostHeader::Fixed(headers.get(h.as_ref()).cloned().or(Some(host_value)))
+            }
         };
         let rc = &view.routes;
         if let Some(w) = weighted {

@@ -109,6 +109,7 @@ async fn handle(
                         "lb_policy": c.config().lb_policy,
                         "protocol": c.config().protocol,
                         "panic": set.in_panic(),
+                        "breaker": c.breaker_state(),
                         "hosts": hosts,
                     })
                 })

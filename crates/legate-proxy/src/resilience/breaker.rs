@@ -306,6 +306,7 @@ impl BreakerPermit {
     }
 
     /// Whether this permit is one of the half-open probes.
+    #[cfg(test)]
     pub(crate) fn is_probe(&self) -> bool {
         self.probe
     }

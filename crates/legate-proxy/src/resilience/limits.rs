@@ -82,9 +82,9 @@ impl ResourceLimits {
         for (slot, v) in self.max.iter().zip(maxima) {
             slot.store(v, Ordering::Relaxed);
         }
-        let (permille, min) = t
-            .retry_budget
-            .map_or((0, 0), |b| (b.budget_permille.max(1), b.min_retry_concurrency));
+        let (permille, min) = t.retry_budget.map_or((0, 0), |b| {
+            (b.budget_permille.max(1), b.min_retry_concurrency)
+        });
         self.budget_permille.store(permille, Ordering::Relaxed);
         self.budget_min.store(min, Ordering::Relaxed);
         for r in Resource::ALL {

@@ -36,7 +36,6 @@ use crate::lb::{Host, flag};
 
 /// How one attempt to a host ended, as reported by the request path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(dead_code)] // Built by the request path (`ClusterRuntime::report`).
 pub(crate) enum Outcome {
     /// Response headers arrived with this status.
     Response(u16),
@@ -63,7 +62,6 @@ impl LocalFailure {
 
     /// The local failure a request-path error stands for; `None` for errors that say
     /// nothing about the host (overflows, no route, bad request).
-    #[allow(dead_code)] // For the request path, which reports outcomes through `ClusterRuntime::report`.
     pub(crate) fn from_error(e: ProxyError) -> Option<Self> {
         match e {
             ProxyError::ConnectFailure => Some(LocalFailure::ConnectFailure),

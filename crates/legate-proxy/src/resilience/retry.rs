@@ -281,6 +281,9 @@ mod tests {
             HeaderValue::from_str(&soon.to_string()).expect("value"),
         );
         let d = rate_limited_delay(&p, &h).expect("timestamp");
-        assert!(d <= Duration::from_secs(3) && d >= Duration::from_secs(1), "{d:?}");
+        assert!(
+            d <= Duration::from_secs(3) && d >= Duration::from_secs(1),
+            "{d:?}"
+        );
     }
 }
