@@ -193,6 +193,34 @@ async fn per_try_idle_timeout_after_headers_truncates_the_body() {
     );
 }
 
+/// An upstream that resets after part of its body: the head already went downstream, so
+/// there is no retry and the client sees the body cut short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_reset_mid_body_truncates_the_response() {
+    let a = upstream("a").await;
+    let mut res = svc_mesh(&[a.addr()]);
+    route_action(&mut res).retry_policy = Some(retry("5xx,reset", 2));
+    let rig = Rig::start(&res).await;
+
+    let (status, received, error) = get_partial(
+        &rig.url("/?size=200000&reset_after=1000"),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        (1000..200_000).contains(&received),
+        "received {received} of 200000"
+    );
+    assert!(error.is_some(), "the body must end in an error");
+    assert_eq!(
+        a.requests().await,
+        1,
+        "no retry after the head went downstream"
+    );
+    assert_eq!(rig.retries().await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_timeout_after_headers_truncates_the_body() {
     let stall = StallingUpstream::start(100_000, 1000).await;
@@ -472,6 +500,77 @@ async fn retriable_request_headers_gate_retries() {
     assert_eq!(a.requests().await, 3, "with it: the try and one retry");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_before_the_response_is_retried_then_reported() {
+    let a = upstream("a").await;
+    let mut res = svc_mesh(&[a.addr()]);
+    route_action(&mut res).retry_policy = Some(retry("reset", 1));
+    let rig = Rig::start(&res).await;
+
+    let (r, _) = rig.get("/?reset=1").await;
+    assert_eq!(
+        outcome(&r),
+        (503, err("upstream-reset")),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(a.requests().await, 2, "the try and one retry");
+    assert_eq!(rig.retries().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retriable_4xx_retries_409_only() {
+    let a = upstream("a").await;
+    let mut res = svc_mesh(&[a.addr()]);
+    route_action(&mut res).retry_policy = Some(retry("retriable-4xx", 1));
+    let rig = Rig::start(&res).await;
+
+    let (r, _) = rig.get("/?status=409").await;
+    assert_eq!(outcome(&r), (409, None));
+    assert_eq!(a.requests().await, 2, "409 is retried once");
+    let (r, _) = rig.get("/?status=404").await;
+    assert_eq!(outcome(&r), (404, None));
+    assert_eq!(a.requests().await, 3, "404 is not");
+}
+
+/// `retriable-headers`: a failure is retried because of a header of the response (here
+/// the demo's `Retry-After` on its `fail_ratio` failures), not because of its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retriable_headers_match_the_response() {
+    use envoy_types::pb::envoy::config::route::v3::HeaderMatcher;
+    use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+
+    let a = upstream("a").await;
+    let mut res = svc_mesh(&[a.addr()]);
+    let mut policy = retry("retriable-headers", 1);
+    policy.retriable_headers = vec![HeaderMatcher {
+        name: "retry-after".to_owned(),
+        header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
+        ..Default::default()
+    }];
+    route_action(&mut res).retry_policy = Some(policy);
+    let rig = Rig::start(&res).await;
+
+    // A 500 without the header is final.
+    let (r, _) = rig.get("/?status=500").await;
+    assert_eq!(outcome(&r), (500, None));
+    assert_eq!(a.requests().await, 1);
+
+    // Every other request fails with `Retry-After: 1`: the first is retried and passes.
+    control(
+        &a,
+        json!({"fail_ratio": 0.5, "fail_status": 500, "retry_after": 1}),
+    )
+    .await;
+    let (r, took) = rig.get("/").await;
+    assert_eq!(outcome(&r), (200, None), "{}", r.describe());
+    assert_eq!(a.requests().await, 3, "the failure and its retry");
+    assert!(
+        took < Duration::from_millis(900),
+        "without rate_limited_retry_back_off the header is not waited for: {took:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Request safety: non-idempotent requests and bodies
 
@@ -494,7 +593,22 @@ async fn post_that_reached_the_upstream_is_not_sent_again() {
         .await;
     assert_eq!(r.status.as_u16() / 100, 5, "{}", r.describe());
     assert_eq!(charges(&a).await.total, 2, "one more charge, not three");
+
+    // PATCH is not idempotent either.
+    let r = rig
+        .send("PATCH", "/charge?fail_after_charge=1", &[], full("{}"))
+        .await;
+    assert_eq!(outcome(&r), (503, None), "{}", r.describe());
+    assert_eq!(charges(&a).await.total, 3);
     assert_eq!(rig.retries().await, 0);
+
+    // PUT is: the same failure is retried twice.
+    let r = rig
+        .send("PUT", "/charge?fail_after_charge=1", &[], full("{}"))
+        .await;
+    assert_eq!(outcome(&r), (503, None));
+    assert_eq!(charges(&a).await.total, 6);
+    assert_eq!(rig.retries().await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
