@@ -389,7 +389,11 @@ async fn previous_hosts_keeps_retries_off_the_failed_host() {
     let c = upstream("c").await;
     control(&a, json!({"fail_ratio": 1.0, "fail_status": 503})).await;
     let mut res = svc_mesh_with(cluster(SVC, &[a.addr(), b.addr(), c.addr()]).lb("random"));
-    route_action(&mut res).retry_policy = Some(retry_other_hosts("5xx", 1));
+    let mut policy = retry_other_hosts("5xx", 1);
+    // The predicate re-selects at most this many times (then the last pick stands): with
+    // random picks, 20 re-selections all landing on a happen with probability 3^-21.
+    policy.host_selection_retry_max_attempts = 20;
+    route_action(&mut res).retry_policy = Some(policy);
     let rig = Rig::start(&res).await;
 
     let names = HttpClient::http1()
