@@ -21,7 +21,7 @@ use legate_snapshot::{HealthStatus, LbPolicy};
 use crate::resilience::outlier::HostOutlier;
 
 /// One upstream host. Kept across endpoint updates while its address stays, so its active
-/// request count survives; its dynamic state ([`HostState`]) survives even a change of
+/// request count survives; its dynamic state (`HostState`) survives even a change of
 /// weight or EDS health.
 #[derive(Debug)]
 pub struct Host {
