@@ -73,6 +73,11 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub xds_backoff_max: Option<Duration>,
 
+    /// Worker threads of the proxy's runtime (default: one per CPU). `--concurrency 1` is
+    /// the equivalent of Envoy's `--concurrency 1`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: Option<u16>,
+
     /// Log filter, in `RUST_LOG` syntax (default: info, or RUST_LOG when set).
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
