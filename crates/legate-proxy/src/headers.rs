@@ -15,6 +15,20 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Remove hop-by-hop headers, including any named by `Connection`. When `keep_upgrade`,
 /// `Connection: upgrade` and `Upgrade` survive so an upgrade can pass through.
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass over the (few) names instead of eight
+    // hashed removals.
+    let any = h.keys().any(|n| {
+        n == header::CONNECTION
+            || n == header::TRANSFER_ENCODING
+            || n == header::TE
+            || n == header::TRAILER
+            || n == header::UPGRADE
+            || n == KEEP_ALIVE
+            || n == PROXY_CONNECTION
+    });
+    if !any && !keep_upgrade {
+        return;
+    }
     if let Some(conn) = h.get(header::CONNECTION)
         && conn.as_bytes() != b"keep-alive"
         && conn.as_bytes() != b"close"
