@@ -41,11 +41,13 @@ pub fn is_wildcard(kind: ResourceKind) -> bool {
 /// A decoded resource.
 #[derive(Clone, Debug, PartialEq)]
 #[allow(clippy::large_enum_variant)] // stored once per resource in maps, never moved in bulk
+/// Boxed: the generated structs are large (a `Cluster` is kilobytes inline) and thousands
+/// are kept in sorted maps, whose nodes would otherwise hold eleven of the largest each.
 pub enum Decoded {
-    Listener(XdsListener),
-    RouteConfiguration(XdsRouteConfiguration),
-    Cluster(XdsCluster),
-    ClusterLoadAssignment(XdsClusterLoadAssignment),
+    Listener(Box<XdsListener>),
+    RouteConfiguration(Box<XdsRouteConfiguration>),
+    Cluster(Box<XdsCluster>),
+    ClusterLoadAssignment(Box<XdsClusterLoadAssignment>),
 }
 
 impl Decoded {
@@ -72,19 +74,22 @@ impl Decoded {
         Ok(match kind {
             ResourceKind::Listener => {
                 let r = XdsListener::decode(bytes).map_err(err)?;
-                (r.name.clone(), Decoded::Listener(r))
+                (r.name.clone(), Decoded::Listener(Box::new(r)))
             }
             ResourceKind::RouteConfiguration => {
                 let r = XdsRouteConfiguration::decode(bytes).map_err(err)?;
-                (r.name.clone(), Decoded::RouteConfiguration(r))
+                (r.name.clone(), Decoded::RouteConfiguration(Box::new(r)))
             }
             ResourceKind::Cluster => {
                 let r = XdsCluster::decode(bytes).map_err(err)?;
-                (r.name.clone(), Decoded::Cluster(r))
+                (r.name.clone(), Decoded::Cluster(Box::new(r)))
             }
             ResourceKind::ClusterLoadAssignment => {
                 let r = XdsClusterLoadAssignment::decode(bytes).map_err(err)?;
-                (r.cluster_name.clone(), Decoded::ClusterLoadAssignment(r))
+                (
+                    r.cluster_name.clone(),
+                    Decoded::ClusterLoadAssignment(Box::new(r)),
+                )
             }
         })
     }
@@ -92,10 +97,10 @@ impl Decoded {
     /// Validate this resource on its own (references are checked with the whole set).
     fn check(&self) -> Result<(), Vec<legate_snapshot::ResourceError>> {
         match self {
-            Decoded::Listener(r) => Listener::try_from(r).map(drop),
-            Decoded::RouteConfiguration(r) => RouteConfig::try_from(r).map(drop),
-            Decoded::Cluster(r) => Cluster::try_from(r).map(drop),
-            Decoded::ClusterLoadAssignment(r) => LoadAssignment::try_from(r).map(drop),
+            Decoded::Listener(r) => Listener::try_from(&**r).map(drop),
+            Decoded::RouteConfiguration(r) => RouteConfig::try_from(&**r).map(drop),
+            Decoded::Cluster(r) => Cluster::try_from(&**r).map(drop),
+            Decoded::ClusterLoadAssignment(r) => LoadAssignment::try_from(&**r).map(drop),
         }
     }
 }
@@ -338,7 +343,7 @@ impl XdsState {
                     .resources
                     .values()
                     .filter_map(|s| match &s.decoded {
-                        Decoded::Listener(l) => Some(l),
+                        Decoded::Listener(l) => Some(&**l),
                         _ => None,
                     });
                 dynamic
@@ -353,7 +358,7 @@ impl XdsState {
                     .resources
                     .values()
                     .filter_map(|s| match &s.decoded {
-                        Decoded::Cluster(c) => Some(c),
+                        Decoded::Cluster(c) => Some(&**c),
                         _ => None,
                     });
                 dynamic
@@ -405,22 +410,22 @@ impl XdsState {
         let of = |k| types.get(&k).copied().unwrap_or(&empty);
         for s in of(ResourceKind::Cluster).values() {
             if let Decoded::Cluster(c) = &s.decoded {
-                r.clusters.push(c.clone());
+                r.clusters.push((**c).clone());
             }
         }
         for s in of(ResourceKind::ClusterLoadAssignment).values() {
             if let Decoded::ClusterLoadAssignment(c) = &s.decoded {
-                r.load_assignments.push(c.clone());
+                r.load_assignments.push((**c).clone());
             }
         }
         for s in of(ResourceKind::Listener).values() {
             if let Decoded::Listener(l) = &s.decoded {
-                r.listeners.push(l.clone());
+                r.listeners.push((**l).clone());
             }
         }
         for s in of(ResourceKind::RouteConfiguration).values() {
             if let Decoded::RouteConfiguration(rc) = &s.decoded {
-                let mut rc = rc.clone();
+                let mut rc = (**rc).clone();
                 if rc.validate_clusters.is_none() {
                     rc.validate_clusters = Some(BoolValue { value: false });
                 }
