@@ -995,11 +995,23 @@ fn read_all_on_thread(
     })
 }
 
-/// An address on 127.0.0.1 where nothing listens (bound, then released).
+/// An address on 127.0.0.1 where nothing listens: a socket bound but never listening, kept
+/// open for the rest of the test process so no other process can be given the port (a port
+/// bound then released can be handed to a parallel test's upstream).
 pub fn closed_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+    let socket = tokio::net::TcpSocket::new_v4()
+        .unwrap_or_else(|error| panic!("cannot create a socket: {error}"));
+    socket
+        .bind(
+            "127.0.0.1:0"
+                .parse()
+                .unwrap_or_else(|error| panic!("address: {error}")),
+        )
         .unwrap_or_else(|error| panic!("cannot bind 127.0.0.1:0: {error}"));
-    listener
+    let addr = socket
         .local_addr()
-        .unwrap_or_else(|error| panic!("cannot read a bound address: {error}"))
+        .unwrap_or_else(|error| panic!("cannot read a bound address: {error}"));
+    // Deliberately leaked: the reservation must outlive every use of the address.
+    std::mem::forget(socket);
+    addr
 }
