@@ -995,6 +995,16 @@ fn read_all_on_thread(
     })
 }
 
+/// A 127.0.0.1 address free at the time of the call (bound, then released), for a process
+/// to bind next. Unlike [`closed_port`] nothing keeps it reserved.
+pub fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap_or_else(|error| panic!("cannot bind 127.0.0.1:0: {error}"));
+    listener
+        .local_addr()
+        .unwrap_or_else(|error| panic!("cannot read a bound address: {error}"))
+}
+
 /// An address on 127.0.0.1 where nothing listens: a socket bound but never listening, kept
 /// open for the rest of the test process so no other process can be given the port (a port
 /// bound then released can be handed to a parallel test's upstream).

@@ -20,7 +20,7 @@ use legate_tests::xds_server::{
     ALL_TYPES, CDS, EDS, LDS, RDS, RecordedRequest, Resource, mesh_resources, short,
 };
 use legate_tests::{
-    Legate, Mode, Protocol, Upstream, XdsFlags, XdsServer, both_modes, closed_port, eventually,
+    Legate, Mode, Protocol, Upstream, XdsFlags, XdsServer, both_modes, eventually, free_port,
 };
 
 /// Upper bound of every wait on the server or the proxy.
@@ -518,7 +518,7 @@ async fn listener_address_change_rebinds_and_removed_listener_closes(mode: Mode)
         .await
         .assert_status(200);
 
-    let new_addr = closed_port();
+    let new_addr = free_port();
     let one = mesh(
         &format!(
             "- {{name: outbound, address: \"{new_addr}\", protocol: auto, route_config: outbound}}"
