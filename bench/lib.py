@@ -203,3 +203,17 @@ def dump_json(path, obj):
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def run_alone(run, name):
+    """Runs one scenario module by itself (`python3 bench/<name>.py`) and prints its targets;
+    BENCH_QUICK=1 as for `make bench`."""
+    import tempfile
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    wd = tempfile.mkdtemp(prefix=f"legate-{name}-")
+    os.makedirs(os.path.join(wd, "logs"))
+    out = run({"root": root, "bin": os.path.join(root, "target/release"),
+               "envoy": os.path.join(root, ".venv/bin/envoy"),
+               "quick": os.environ.get("BENCH_QUICK") == "1", "workdir": wd,
+               "logdir": os.path.join(wd, "logs")})
+    print(json.dumps(out["targets"], indent=2))

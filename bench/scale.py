@@ -203,12 +203,4 @@ def run(ctx):
 
 
 if __name__ == "__main__":
-    import tempfile
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    wd = tempfile.mkdtemp(prefix="legate-scale-")
-    os.makedirs(os.path.join(wd, "logs"))
-    out = run({"root": root, "bin": os.path.join(root, "target/release"),
-               "envoy": os.path.join(root, ".venv/bin/envoy"),
-               "quick": os.environ.get("BENCH_QUICK") == "1", "workdir": wd,
-               "logdir": os.path.join(wd, "logs")})
-    print(json.dumps(out["targets"], indent=2))
+    lib.run_alone(run, "scale")

@@ -11,6 +11,7 @@
 //!   CDS and EDS ([`XdsServer`]); one task per stream, pushes in warm order.
 //! - [`registry`]: who is connected, what they were sent, ACKed and NACKed
 //!   ([`NodeRegistry`]), for the admin API.
+//! - [`load`]: simulated proxies for measuring fan-out (the `legate-cp-load` binary).
 //!
 //! The protocol rules, and the peers' quirks they satisfy, are written down next to the code
 //! (`server::sotw`, `server::delta`) and summarised in this crate's README.
@@ -18,6 +19,7 @@
 pub mod admin_json;
 pub mod app;
 pub mod cache;
+pub mod load;
 pub mod registry;
 pub mod resources;
 pub mod server;

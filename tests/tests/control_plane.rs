@@ -429,3 +429,154 @@ services:
         "the gRPC client NACKed:\n{log}"
     );
 }
+
+/// Runs `legate-cp-load` against `cp` with `streams` simulated proxies and the given
+/// triggers (one change each); returns the child and a reader of its JSON events.
+fn start_load(
+    cp: &Cp,
+    mode: &str,
+    streams: usize,
+    weights: &[&str],
+    extra: &[&str],
+) -> (
+    Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead;
+    let ctl = bin("legatectl");
+    let mut cmd = Command::new(bin("legate-cp-load"));
+    cmd.args(["--server", &cp.url(), "--mode", mode])
+        .args(["--streams", &streams.to_string(), "--connections", "3"])
+        .args([
+            "--changes",
+            &weights.len().to_string(),
+            "--interval",
+            "200ms",
+        ])
+        .args(["--cp-pid", &cp.child.id().to_string(), "--threads", "2"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for w in weights {
+        let (v1, v2) = w.split_once('/').expect("v1/v2");
+        cmd.arg("--trigger-cmd").arg(format!(
+            "{} --server http://{} set-weights payments v1={v1} v2={v2}",
+            ctl.display(),
+            cp.admin
+        ));
+    }
+    let mut child = cmd.spawn().expect("start legate-cp-load");
+    let out = child.stdout.take().expect("stdout");
+    (child, std::io::BufReader::new(out).lines())
+}
+
+fn next_event(
+    lines: &mut std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) -> serde_json::Value {
+    let line = lines
+        .next()
+        .expect("legate-cp-load ended early")
+        .expect("read");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+/// The fan-out load tool opens real ADS streams, each a node legate-cp lists, and reports a
+/// change as ACKed by every stream only when legate-cp agrees they all hold it.
+async fn load_tool_measures_fan_out(mode: &str) {
+    const STREAMS: usize = 150;
+    let dir = TempDir::new("cp-load");
+    let v1: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+    let config = dir.write("mesh.yaml", &mesh(v1, v1));
+    let cp = Cp::start(&config, &dir.path().join("data"), &dir).await;
+    let (mut child, mut events) = start_load(
+        &cp,
+        mode,
+        STREAMS,
+        &["70/30", "20/80"],
+        &["--duration", "60s", "--change-timeout", "20s"],
+    );
+
+    let start = next_event(&mut events);
+    assert_eq!(start["event"], "start", "{start}");
+    assert!(start["usage"]["cp"]["rss_kb"].as_u64() > Some(0), "{start}");
+    let ready = next_event(&mut events);
+    assert_eq!(ready["event"], "ready", "{ready}");
+    assert_eq!(ready["ready"], STREAMS, "{ready}");
+    for index in 0..2 {
+        let change = next_event(&mut events);
+        assert_eq!(change["event"], "change", "{change}");
+        assert_eq!(change["index"], index, "{change}");
+        assert_eq!(change["acked"], STREAMS, "{change}");
+        assert_eq!(change["changed"], STREAMS, "{change}");
+        assert_eq!(change["consistent"], true, "{change}");
+        assert_eq!(change["timed_out"], false, "{change}");
+        let latency = &change["latency"];
+        let (min, p50, p99, max) = (
+            latency["min_ms"].as_f64().expect("min"),
+            latency["p50_ms"].as_f64().expect("p50"),
+            latency["p99_ms"].as_f64().expect("p99"),
+            latency["max_ms"].as_f64().expect("max"),
+        );
+        // Every stream ACKs after the trigger started, and the spread is ordered.
+        assert!(
+            0.0 < min && min <= p50 && p50 <= p99 && p99 <= max,
+            "{change}"
+        );
+    }
+
+    // While the streams stay open, legate-cp lists every simulated proxy as having ACKed
+    // the same, final route configuration.
+    let (ok, out, err) = cp.ctl(&["status", "-o", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    let sims: Vec<&serde_json::Value> = v["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["id"].as_str().is_some_and(|id| id.starts_with("sim-")))
+        .collect();
+    assert_eq!(sims.len(), STREAMS, "{out}");
+    let mut route_versions = std::collections::BTreeSet::new();
+    for n in &sims {
+        let types = n["types"].as_array().expect("types");
+        assert_eq!(types.len(), 4, "{n}");
+        for t in types {
+            assert_eq!(t["sent_version"], t["acked_version"], "{n}");
+            assert!(t["last_nack"].is_null(), "{n}");
+            if t["type_url"]
+                .as_str()
+                .is_some_and(|u| u.ends_with("RouteConfiguration"))
+            {
+                route_versions.insert(t["acked_version"].to_string());
+            }
+        }
+    }
+    assert_eq!(route_versions.len(), 1, "{route_versions:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // A trigger that changes nothing is reported as a failed change, with a hint.
+    let (child, mut events) = start_load(&cp, mode, 10, &["20/80"], &["--change-timeout", "1s"]);
+    let output = child.wait_with_output().expect("wait");
+    let mut last = serde_json::Value::Null;
+    while let Some(Ok(line)) = events.next() {
+        last = serde_json::from_str(&line).expect("JSON");
+    }
+    assert_eq!(output.status.code(), Some(1), "{last}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("only 0 of 10 streams ACKed") && stderr.contains("change anything"),
+        "{stderr}"
+    );
+    assert_eq!(last["event"], "done", "{last}");
+}
+
+#[tokio::test]
+async fn load_tool_measures_fan_out_sotw() {
+    load_tool_measures_fan_out("sotw").await;
+}
+
+#[tokio::test]
+async fn load_tool_measures_fan_out_delta() {
+    load_tool_measures_fan_out("delta").await;
+}

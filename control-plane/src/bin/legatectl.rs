@@ -86,13 +86,17 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Largest admin reply accepted (`status` of a large fleet).
+const ADMIN_REPLY_LIMIT: usize = 256 << 20;
+
 async fn run(cli: Cli) -> Result<(), String> {
     let channel = Channel::from_shared(cli.server.clone())
         .map_err(|e| format!("bad --server '{}': {e}", cli.server))?
         .connect()
         .await
         .map_err(|e| format!("cannot reach legate-cp at {}: {e}", cli.server))?;
-    let mut client = AdminClient::new(channel);
+    // A fleet of 10,000 proxies lists as several MiB: tonic's 4 MiB default is too small.
+    let mut client = AdminClient::new(channel).max_decoding_message_size(ADMIN_REPLY_LIMIT);
     let status = |s: tonic::Status| s.message().to_owned();
     match cli.command {
         Command::Status => {
