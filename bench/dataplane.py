@@ -155,7 +155,7 @@ def run(ctx):
         for port in (lg_port, ev_port):
             lib.wait_http(f"http://127.0.0.1:{port}/?size=10")
         time.sleep(1.0)
-        idle = {"legate": lib.rss_kb(legate.pid), "envoy": lib.rss_kb(envoy.pid)}
+        idle = {"legate": lib.settled_rss_kb(legate.pid), "envoy": lib.settled_rss_kb(envoy.pid)}
 
         contenders = [("direct", up_port, None), ("legate", lg_port, legate.pid),
                       ("envoy", ev_port, envoy.pid)]

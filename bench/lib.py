@@ -95,6 +95,21 @@ def rss_kb(pid):
     return 0
 
 
+def settled_rss_kb(pid, timeout=15.0, window=2.0):
+    """VmRSS once it has stopped moving: sampled every 0.25 s until the samples of the last
+    `window` seconds are within 1% of each other (allocators hand freed memory back over a
+    second or so), or `timeout` passes. The same rule for every contender."""
+    samples = []
+    end = time.time() + timeout
+    while time.time() < end:
+        samples.append((time.time(), rss_kb(pid)))
+        recent = [v for t, v in samples if t >= samples[-1][0] - window]
+        if samples[-1][0] - samples[0][0] >= window and max(recent) <= min(recent) * 1.01:
+            break
+        time.sleep(0.25)
+    return samples[-1][1]
+
+
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()

@@ -7,7 +7,8 @@ replaced by the N-service one. Push-to-applied is from that write to the latest 
 proxy's ACKs of the new versions, as legate-cp records them (`legatectl status`,
 `acked_at_unix_ms`), measured from legate-cp's "new configuration pushed" log line;
 `file_to_applied_s` also counts legate-cp's file poll (<= 250 ms) and compile (`publish_s`),
-the same for both contenders. RSS is the proxy's VmRSS one second after applying.
+the same for both contenders. RSS is the proxy's VmRSS once it settles after applying
+(`lib.settled_rss_kb`: unchanged within 1% for 2 s, at most 15 s).
 """
 
 import datetime
@@ -139,8 +140,7 @@ def one(ctx, contender, n, rnd):
         before = wait_acked(ctl, admin, node, None, 60)
         if before is None:
             raise RuntimeError(f"{contender} never ACKed the initial config")
-        time.sleep(1.0)
-        rss_idle = lib.rss_kb(proxy.pid)
+        rss_idle = lib.settled_rss_kb(proxy.pid)
         t0 = time.time()
         tmp = mesh_path + ".tmp"
         with open(tmp, "w") as f:
@@ -153,8 +153,7 @@ def one(ctx, contender, n, rnd):
         changed = [t for t in TYPES if st[t]["acked_version"] != before[t]["acked_version"]]
         applied = max(st[t]["acked_at_unix_ms"] for t in changed) / 1000.0
         pushed = pushed_at(os.path.join(ctx["logdir"], f"scale-cp-{contender}-{n}.log"), t0)
-        time.sleep(1.0)
-        rss = lib.rss_kb(proxy.pid)
+        rss = lib.settled_rss_kb(proxy.pid)
         return {"clusters": n, "push_to_applied_s": applied - (pushed or t0),
                 "file_to_applied_s": applied - t0,
                 "publish_s": (pushed - t0) if pushed else None, "rss_idle_kb": rss_idle,

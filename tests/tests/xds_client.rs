@@ -156,6 +156,7 @@ both_modes!(
     subscriptions_follow_references,
     removed_cluster_disappears,
     warming_waits_for_endpoints_then_times_out,
+    warming_ends_when_the_resource_arrives,
     config_dump_and_metrics_show_xds_state,
     bootstrap_file_node_identity_and_static_mesh,
 );
@@ -771,6 +772,58 @@ async fn warming_waits_for_endpoints_then_times_out(mode: Mode) {
             .collect(),
     );
     expect_upstream(&legate, "/", "b").await;
+}
+
+/// A resource that was warming arrives before its fetch timeout: once applied, the timeout
+/// passing changes nothing (no second build and apply of the same configuration).
+async fn warming_ends_when_the_resource_arrives(mode: Mode) {
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let server = XdsServer::start().await;
+    server.set_mesh(&forward_mesh("a", &[cluster("a", &[a.addr()])]));
+    let fetch_timeout = Duration::from_secs(2);
+    let legate =
+        Legate::start_xds(&XdsFlags::new(&server.url(), mode).initial_fetch_timeout("2s")).await;
+    expect_upstream(&legate, "/", "a").await;
+
+    let next = mesh_resources(&forward_mesh(
+        "b",
+        &[cluster("a", &[a.addr()]), cluster("b", &[b.addr()])],
+    ));
+    let cds = server.set(CDS, next.clusters.iter().map(Resource::cluster).collect());
+    server.wait_acked(&cds, WAIT).await;
+    let pushed = Instant::now();
+    server.set(
+        RDS,
+        next.route_configs
+            .iter()
+            .map(Resource::route_config)
+            .collect(),
+    );
+    server.upsert(
+        EDS,
+        next.load_assignments
+            .iter()
+            .map(Resource::load_assignment)
+            .collect(),
+    );
+    expect_upstream(&legate, "/", "b").await;
+    assert!(
+        pushed.elapsed() < fetch_timeout,
+        "b took {:?}, longer than the fetch timeout this test needs to outlast",
+        pushed.elapsed()
+    );
+    let applied = |log: &str| log.matches("applied xDS configuration").count();
+    let before = applied(&legate.output());
+    assert!(before >= 2, "{}", legate.output());
+    tokio::time::sleep(fetch_timeout + Duration::from_millis(700)).await;
+    let output = legate.output();
+    assert_eq!(
+        applied(&output),
+        before,
+        "the configuration was applied again when the fetch timeout passed: {output}"
+    );
+    assert_served_by(&legate, "/", "b", 3).await;
 }
 
 async fn config_dump_and_metrics_show_xds_state(mode: Mode) {

@@ -12,6 +12,11 @@ use legate_cp::XdsServer;
 use legate_cp::app::{ControlPlane, CpOptions, bind, serve_admin};
 use tracing_subscriber::EnvFilter;
 
+// jemalloc with background purging (see .cargo/config.toml): memory a fleet's streams used
+// goes back to the OS once they close.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// legate-cp: turns a declarative mesh into Envoy xDS for a fleet of proxies.
 #[derive(Debug, Parser)]
 #[command(name = "legate-cp", version)]

@@ -1,6 +1,6 @@
 //! The ADS stream loop: connect, subscribe, validate, ACK or NACK, apply, cache, reconnect.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cache::{self, CachedConfig, CachedResource, CachedType};
-use crate::state::{Decoded, KINDS, Stored, XdsState, is_wildcard, kind_of};
+use crate::state::{KINDS, Received, Stored, XdsState, is_wildcard, kind_of};
 use crate::{Mode, SnapshotSink, XdsOptions};
 
 /// gRPC code Envoy puts in a NACK's `error_detail` (INTERNAL).
@@ -277,15 +277,9 @@ fn restore(state: &mut XdsState, cached: &CachedConfig) -> Result<(), String> {
         };
         let mut resources = BTreeMap::new();
         for r in &t.resources {
-            let (name, decoded) = Decoded::decode(kind, &r.resource)?;
-            resources.insert(
-                name,
-                Stored {
-                    version: r.version.clone(),
-                    any: r.resource.clone(),
-                    decoded,
-                },
-            );
+            let received = Received::decode(kind, &r.resource)?;
+            let name = received.name.clone();
+            resources.insert(name, received.check(r.version.clone())?);
         }
         let p = state.propose_unchecked(kind, resources, t.version_info.clone());
         state.commit(p);
@@ -483,21 +477,30 @@ impl Session<'_> {
         };
         let mut errors = Vec::new();
         let mut incoming = BTreeMap::new();
+        let t = self.state.get(kind);
+        let mut names = HashSet::new();
         for any in &resp.resources {
-            match Decoded::decode(kind, any) {
-                Ok((name, decoded)) => {
-                    let stored = Stored {
-                        version: resp.version_info.clone(),
-                        any: any.clone(),
-                        decoded,
-                    };
-                    if incoming.insert(name.clone(), stored).is_some() {
-                        errors.push(format!(
-                            "{} '{name}': sent twice in one response",
-                            kind.as_str()
-                        ));
-                    }
+            let received = match Received::decode(kind, any) {
+                Ok(received) => received,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
                 }
+            };
+            let name = received.name.clone();
+            if !names.insert(name.clone()) {
+                errors.push(format!(
+                    "{} '{name}': sent twice in one response",
+                    kind.as_str()
+                ));
+                continue;
+            }
+            // RDS and EDS: a resource not asked for is ignored, not checked.
+            if !is_wildcard(kind) && !t.subscribed.contains(&name) {
+                continue;
+            }
+            match received.check(resp.version_info.clone()) {
+                Ok(stored) => drop(incoming.insert(name, stored)),
                 Err(e) => errors.push(e),
             }
         }
@@ -506,13 +509,8 @@ impl Session<'_> {
         let proposed = if is_wildcard(kind) {
             incoming
         } else {
-            let t = self.state.get(kind);
             let mut all = t.resources.clone();
-            for (name, s) in incoming {
-                if t.subscribed.contains(&name) {
-                    all.insert(name, s);
-                }
-            }
+            all.extend(incoming);
             all
         };
         let outcome = if errors.is_empty() {
@@ -641,28 +639,27 @@ impl Session<'_> {
                 ));
                 continue;
             };
-            match Decoded::decode(kind, any) {
-                Ok((name, decoded)) => {
-                    if !r.name.is_empty() && r.name != name {
-                        errors.push(format!(
-                            "{} '{}': resource is named '{name}' inside",
-                            kind.as_str(),
-                            r.name
-                        ));
-                        continue;
-                    }
-                    if !is_wildcard(kind) && !t.subscribed.contains(&name) {
-                        continue;
-                    }
-                    proposed.insert(
-                        name,
-                        Stored {
-                            version: r.version.clone(),
-                            any: any.clone(),
-                            decoded,
-                        },
-                    );
+            let received = match Received::decode(kind, any) {
+                Ok(received) => received,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
                 }
+            };
+            let name = received.name.clone();
+            if !r.name.is_empty() && r.name != name {
+                errors.push(format!(
+                    "{} '{}': resource is named '{name}' inside",
+                    kind.as_str(),
+                    r.name
+                ));
+                continue;
+            }
+            if !is_wildcard(kind) && !t.subscribed.contains(&name) {
+                continue;
+            }
+            match received.check(r.version.clone()) {
+                Ok(stored) => drop(proposed.insert(name, stored)),
                 Err(e) => errors.push(e),
             }
         }
@@ -849,9 +846,14 @@ impl Session<'_> {
             tracing::debug!(warming = ?assembled.warming, "waiting for referenced resources");
             return Ok(());
         }
+        // Nothing warms any more: a deadline set while something did would only rebuild
+        // the same snapshot when it passed.
+        self.warming_deadline = None;
         let snapshot = self.state.build(&assembled).map_err(|e| e.to_string())?;
+        let (version, clusters) = (snapshot.version.clone(), snapshot.clusters.len());
         let _guard = self.shared.apply_lock.lock().await;
         self.shared.sink.apply(Arc::new(snapshot)).await?;
+        tracing::info!(%version, clusters, "applied xDS configuration");
         self.shared.applied_from_xds.store(true, Ordering::Release);
         let _ = self.shared.ready.send(true);
         self.shared.set_status(|s| s.source = "xds");

@@ -51,17 +51,8 @@ pub enum Decoded {
 }
 
 impl Decoded {
-    /// Decode `any` as `kind`, unwrapping a `discovery.v3.Resource` envelope if present.
-    /// Returns the resource's own name with it.
-    pub fn decode(kind: ResourceKind, any: &Any) -> Result<(String, Decoded), String> {
-        if any.type_url == RESOURCE_WRAPPER {
-            let wrapper = XdsResourceWrapper::decode(any.value.as_slice())
-                .map_err(|e| format!("cannot decode resource wrapper: {e}"))?;
-            let inner = wrapper
-                .resource
-                .ok_or_else(|| format!("resource wrapper '{}' has no resource", wrapper.name))?;
-            return Decoded::decode(kind, &inner);
-        }
+    /// Decode `any` (not wrapped) as `kind`; returns the resource's own name with it.
+    fn decode(kind: ResourceKind, any: &Any) -> Result<(String, Decoded), String> {
         if any.type_url != kind.type_url() {
             return Err(format!(
                 "type_url '{}' in a response for {}",
@@ -94,23 +85,96 @@ impl Decoded {
         })
     }
 
-    /// Validate this resource on its own (references are checked with the whole set).
-    fn check(&self) -> Result<(), Vec<legate_snapshot::ResourceError>> {
+    /// Validate this resource on its own (references are checked with the whole set);
+    /// returns the name it makes the client subscribe to (a listener's RDS route
+    /// configuration, an EDS cluster's load assignment).
+    fn check(&self) -> Result<Option<String>, Vec<legate_snapshot::ResourceError>> {
         match self {
-            Decoded::Listener(r) => Listener::try_from(&**r).map(drop),
-            Decoded::RouteConfiguration(r) => RouteConfig::try_from(&**r).map(drop),
-            Decoded::Cluster(r) => Cluster::try_from(&**r).map(drop),
-            Decoded::ClusterLoadAssignment(r) => LoadAssignment::try_from(&**r).map(drop),
+            Decoded::Listener(r) => Listener::try_from(&**r).map(|l| match l.routes {
+                RouteSource::Rds(name) => Some(name.to_string()),
+                RouteSource::Inline(_) => None,
+            }),
+            Decoded::RouteConfiguration(r) => RouteConfig::try_from(&**r).map(|_| None),
+            Decoded::Cluster(r) => Cluster::try_from(&**r).map(|c| match c.discovery {
+                Discovery::Eds { service_name } => Some(service_name.to_string()),
+                _ => None,
+            }),
+            Decoded::ClusterLoadAssignment(r) => LoadAssignment::try_from(&**r).map(|_| None),
         }
     }
 }
 
-/// One accepted resource.
+/// A resource as received, decoded but not yet checked.
+#[derive(Debug)]
+pub struct Received {
+    /// The resource's own name.
+    pub name: String,
+    any: Any,
+    decoded: Decoded,
+}
+
+impl Received {
+    /// Decode `any` as `kind`, unwrapping a `discovery.v3.Resource` envelope if present.
+    pub fn decode(kind: ResourceKind, any: &Any) -> Result<Received, String> {
+        if any.type_url == RESOURCE_WRAPPER {
+            let wrapper = XdsResourceWrapper::decode(any.value.as_slice())
+                .map_err(|e| format!("cannot decode resource wrapper: {e}"))?;
+            let inner = wrapper
+                .resource
+                .ok_or_else(|| format!("resource wrapper '{}' has no resource", wrapper.name))?;
+            return Received::decode(kind, &inner);
+        }
+        let (name, decoded) = Decoded::decode(kind, any)?;
+        Ok(Received {
+            name,
+            any: any.clone(),
+            decoded,
+        })
+    }
+
+    /// Validate the resource on its own (the NACK message on failure) and keep it as
+    /// received, without the decoded message.
+    pub fn check(self, version: String) -> Result<Stored, String> {
+        let refers_to = self.decoded.check().map_err(|errors| {
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        Ok(Stored {
+            version,
+            any: self.any,
+            refers_to,
+        })
+    }
+}
+
+/// One accepted resource: its encoding as received (out of any envelope) and the name it
+/// refers to. The decoded message is not kept: prost's structs are several times the size
+/// of their encoding (a decoded `Cluster` is kilobytes, most of it empty optional fields),
+/// and at 10,000 clusters they were half of the proxy's memory. Snapshots decode again.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stored {
     pub version: String,
     pub any: Any,
-    pub decoded: Decoded,
+    /// The RDS route configuration a listener loads, or the load assignment an EDS
+    /// cluster needs.
+    pub refers_to: Option<String>,
+}
+
+impl Stored {
+    /// The message again; it decoded when received, so failing now means memory corruption
+    /// or a bug, and the resource is left out (logged).
+    fn decode(&self, kind: ResourceKind) -> Option<Decoded> {
+        match Decoded::decode(kind, &self.any) {
+            Ok((_, decoded)) => Some(decoded),
+            Err(error) => {
+                tracing::error!(%error, "an accepted resource no longer decodes; left out");
+                None
+            }
+        }
+    }
 }
 
 /// The last rejected update of a type.
@@ -220,10 +284,8 @@ impl XdsState {
         nonce: String,
     ) -> Result<Proposal, String> {
         let mut errors: Vec<String> = Vec::new();
-        for (name, stored) in &resources {
-            if let Err(es) = stored.decoded.check() {
-                errors.extend(es.iter().map(ToString::to_string));
-            }
+        // Each resource was checked on its own when received (`Received::check`).
+        for name in resources.keys() {
             if self.static_name_taken(kind, name) {
                 errors.push(format!(
                     "{} '{name}': conflicts with a static resource of the same name",
@@ -338,37 +400,29 @@ impl XdsState {
         let st = &self.static_resources;
         match kind {
             ResourceKind::RouteConfiguration => {
-                let dynamic = self
-                    .get(ResourceKind::Listener)
-                    .resources
-                    .values()
-                    .filter_map(|s| match &s.decoded {
-                        Decoded::Listener(l) => Some(&**l),
-                        _ => None,
-                    });
+                let dynamic = self.referenced(ResourceKind::Listener);
                 dynamic
-                    .chain(st.listeners.iter())
-                    .filter_map(rds_name)
+                    .chain(st.listeners.iter().filter_map(rds_name))
                     .filter(|n| !st.route_configs.iter().any(|r| r.name == *n))
                     .collect()
             }
             ResourceKind::ClusterLoadAssignment => {
-                let dynamic = self
-                    .get(ResourceKind::Cluster)
-                    .resources
-                    .values()
-                    .filter_map(|s| match &s.decoded {
-                        Decoded::Cluster(c) => Some(&**c),
-                        _ => None,
-                    });
+                let dynamic = self.referenced(ResourceKind::Cluster);
                 dynamic
-                    .chain(st.clusters.iter())
-                    .filter_map(eds_name)
+                    .chain(st.clusters.iter().filter_map(eds_name))
                     .filter(|n| !st.load_assignments.iter().any(|r| r.cluster_name == *n))
                     .collect()
             }
             _ => BTreeSet::new(),
         }
+    }
+
+    /// The names accepted `kind` resources refer to.
+    fn referenced(&self, kind: ResourceKind) -> impl Iterator<Item = String> + '_ {
+        self.get(kind)
+            .resources
+            .values()
+            .filter_map(|s| s.refers_to.clone())
     }
 
     /// Update the subscription of `kind` to `wanted`, dropping resources no longer wanted.
@@ -408,28 +462,22 @@ impl XdsState {
         let mut r = self.static_resources.clone();
         let empty = BTreeMap::new();
         let of = |k| types.get(&k).copied().unwrap_or(&empty);
-        for s in of(ResourceKind::Cluster).values() {
-            if let Decoded::Cluster(c) = &s.decoded {
-                r.clusters.push((**c).clone());
-            }
-        }
-        for s in of(ResourceKind::ClusterLoadAssignment).values() {
-            if let Decoded::ClusterLoadAssignment(c) = &s.decoded {
-                r.load_assignments.push((**c).clone());
-            }
-        }
-        for s in of(ResourceKind::Listener).values() {
-            if let Decoded::Listener(l) = &s.decoded {
-                r.listeners.push((**l).clone());
-            }
-        }
-        for s in of(ResourceKind::RouteConfiguration).values() {
-            if let Decoded::RouteConfiguration(rc) = &s.decoded {
-                let mut rc = (**rc).clone();
-                if rc.validate_clusters.is_none() {
-                    rc.validate_clusters = Some(BoolValue { value: false });
+        for (kind, s) in KINDS
+            .into_iter()
+            .flat_map(|k| of(k).values().map(move |s| (k, s)))
+        {
+            match s.decode(kind) {
+                Some(Decoded::Cluster(c)) => r.clusters.push(*c),
+                Some(Decoded::ClusterLoadAssignment(c)) => r.load_assignments.push(*c),
+                Some(Decoded::Listener(l)) => r.listeners.push(*l),
+                Some(Decoded::RouteConfiguration(rc)) => {
+                    let mut rc = *rc;
+                    if rc.validate_clusters.is_none() {
+                        rc.validate_clusters = Some(BoolValue { value: false });
+                    }
+                    r.route_configs.push(rc);
                 }
-                r.route_configs.push(rc);
+                None => {}
             }
         }
         let mut warming = Vec::new();
@@ -618,15 +666,9 @@ clusters:
             type_url: kind.type_url().to_owned(),
             value: m.encode_to_vec(),
         };
-        let (name, decoded) = Decoded::decode(kind, &any).expect("decode");
-        (
-            name,
-            Stored {
-                version: "1".to_owned(),
-                any,
-                decoded,
-            },
-        )
+        let received = Received::decode(kind, &any).expect("decode");
+        let name = received.name.clone();
+        (name, received.check("1".to_owned()).expect("valid"))
     }
 
     fn accept<M: Message>(state: &mut XdsState, kind: ResourceKind, items: &[M]) {
@@ -721,12 +763,16 @@ clusters:
     #[test]
     fn invalid_update_is_refused_with_resource_and_field() {
         let r = resources();
-        let state = XdsState::new(Resources::default(), Duration::from_secs(60));
         let mut bad = r.clusters[0].clone();
         bad.lb_policy = 5; // MAGLEV
-        let set = [stored(ResourceKind::Cluster, &bad)].into_iter().collect();
-        let err = state
-            .propose(ResourceKind::Cluster, set, "2".to_owned(), "n2".to_owned())
+        let any = Any {
+            type_url: ResourceKind::Cluster.type_url().to_owned(),
+            value: bad.encode_to_vec(),
+        };
+        let received = Received::decode(ResourceKind::Cluster, &any).expect("decodes");
+        assert_eq!(received.name, "web");
+        let err = received
+            .check("2".to_owned())
             .expect_err("maglev is refused");
         assert!(err.contains("cluster 'web'"), "{err}");
         assert!(err.contains("lb_policy"), "{err}");

@@ -6,6 +6,11 @@ use clap::Parser;
 use legate::bootstrap::{Args, Bootstrap};
 use tracing_subscriber::EnvFilter;
 
+// jemalloc with background purging (see .cargo/config.toml): after a large configuration
+// update the transient peak goes back to the OS; glibc's malloc kept most of it resident.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = match &args.log_level {
