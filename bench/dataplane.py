@@ -5,6 +5,11 @@ Layout on this 2-core machine: the proxy under test is pinned to CPU 0, the load
 and the upstream to CPU 1. Both proxies run one worker (`--concurrency 1`) with equivalent
 static configuration: one listener (codec auto), one catch-all route with a 5 s timeout, one
 static HTTP/1.1 cluster with the upstream. Contenders are interleaved inside every round.
+
+A fourth contender, `floor` (`legate-bench-floor`), is the least a tokio + hyper proxy can
+do (no routing, header edits, timeouts or metrics) on the same core: its ratio to Envoy is
+the ceiling of this design on the machine, and legate's ratio to it is what legate's own
+features cost. Those ratios are reported as context, not targets.
 """
 
 import os
@@ -145,6 +150,11 @@ def run(ctx):
                                         "--concurrency", "1", "--log-level", "warn"],
                              cpu=PROXY_CPU)
 
+        fl_port = lib.free_port()
+        floor = procs.start("floor", [os.path.join(ctx["bin"], "legate-bench-floor"), "--listen",
+                                      f"127.0.0.1:{fl_port}", "--upstream",
+                                      f"127.0.0.1:{up_port}"], cpu=PROXY_CPU)
+
         ev_port, ev_admin = lib.free_port(), lib.free_port()
         ev_cfg = os.path.join(ctx["workdir"], "envoy.yaml")
         with open(ev_cfg, "w") as f:
@@ -152,13 +162,13 @@ def run(ctx):
         envoy = procs.start("envoy", [ctx["envoy"], "-c", ev_cfg, "--concurrency", "1",
                                       "-l", "warn", "--base-id", str(os.getpid() % 60000)],
                             cpu=PROXY_CPU)
-        for port in (lg_port, ev_port):
+        for port in (lg_port, ev_port, fl_port):
             lib.wait_http(f"http://127.0.0.1:{port}/?size=10")
         time.sleep(1.0)
         idle = {"legate": lib.settled_rss_kb(legate.pid), "envoy": lib.settled_rss_kb(envoy.pid)}
 
         contenders = [("direct", up_port, None), ("legate", lg_port, legate.pid),
-                      ("envoy", ev_port, envoy.pid)]
+                      ("envoy", ev_port, envoy.pid), ("floor", fl_port, floor.pid)]
         for rnd in range(rounds):
             for w in workloads(ctx["quick"]):
                 for name, port, pid in contenders:
@@ -188,7 +198,7 @@ def run(ctx):
                     o["median"][f"added_{q}"] = o["median"][q] - direct[q]
     hot = hot_swap(ctx)
     out.extend(hot)
-    return {"results": out, "targets": targets(out)}
+    return {"results": out, "targets": targets(out), "context": context(out)}
 
 
 def hot_swap(ctx):
@@ -264,6 +274,25 @@ def hot_swap(ctx):
     finally:
         procs.stop_all()
     return out
+
+
+def context(out):
+    """Where legate stands against the tokio + hyper floor (not targets)."""
+    by = {(o["scenario"], o["contender"]): o["median"] for o in out}
+    lines = []
+    for scenario, label in (("http1_small", "http1 small"), ("h2c_small", "h2c small"),
+                            ("http1_1mib", "1 MiB")):
+        lg, ev, fl = (by.get((scenario, c)) for c in ("legate", "envoy", "floor"))
+        if not (lg and ev and fl and lg.get("rps") and ev.get("rps") and fl.get("rps")):
+            continue
+        line = (f"{label}: floor / envoy rps {fl['rps'] / ev['rps']:.2f}, "
+                f"legate / floor rps {lg['rps'] / fl['rps']:.2f}")
+        if lg.get("cpu_us_per_request") and fl.get("cpu_us_per_request"):
+            line += (f"; CPU µs/request legate {lg['cpu_us_per_request']:.1f}, "
+                     f"floor {fl['cpu_us_per_request']:.1f}, "
+                     f"envoy {ev.get('cpu_us_per_request') or 0:.1f}")
+        lines.append(line)
+    return lines
 
 
 def targets(out):

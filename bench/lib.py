@@ -232,3 +232,5 @@ def run_alone(run, name):
                "quick": os.environ.get("BENCH_QUICK") == "1", "workdir": wd,
                "logdir": os.path.join(wd, "logs")})
     print(json.dumps(out["targets"], indent=2))
+    for c in out.get("context", []):
+        print("INFO ", c)

@@ -58,6 +58,8 @@ def table(doc):
     for t in doc["targets"]:
         lines.append(f"{'PASS' if t['pass'] else 'MISS'}  {t['name']}: {t['value']} "
                      f"(threshold {t['threshold']}; {t['detail']})")
+    for c in doc.get("context", []):
+        lines.append(f"INFO  {c}")
     if doc.get("skipped"):
         lines.append(f"not measured (scenario module missing): {', '.join(doc['skipped'])}")
     return "\n".join(lines)
@@ -144,6 +146,11 @@ def write_docs(doc, docs_dir):
                   f"(threshold {t['threshold']}; {t['detail']})")
     if doc.get("skipped"):
         md.append(f"- not measured in this run: {', '.join(doc['skipped'])}")
+    if doc.get("context"):
+        md += ["", "Context (not targets): `floor` is `legate-bench-floor`, a tokio + hyper proxy "
+               "with nothing but forwarding, on the same core; its ratio to Envoy is this "
+               "design's ceiling on the machine.", ""]
+        md += [f"- {c}" for c in doc["context"]]
     md += ["", "![latency per contender](benchmarks-latency.svg)", "", kept, ""]
     with open(path, "w") as f:
         f.write("\n".join(md))

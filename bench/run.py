@@ -55,7 +55,7 @@ def main():
            "envoy": os.path.join(ROOT, ".venv/bin/envoy"), "quick": quick,
            "workdir": workdir, "logdir": logdir}
     print(f"bench: {'quick' if quick else 'full'} run; logs in {logdir}", flush=True)
-    results, targets, skipped = [], [], []
+    results, targets, context, skipped = [], [], [], []
     for name in SCENARIO_MODULES:
         if not os.path.exists(os.path.join(HERE, f"{name}.py")):
             skipped.append(name)
@@ -65,8 +65,9 @@ def main():
         r = mod.run(dict(ctx))
         results.extend(r["results"])
         targets.extend(r["targets"])
+        context.extend(r.get("context", []))
     doc = {"machine": machine(), "quick": quick, "results": results, "targets": targets,
-           "skipped": skipped}
+           "context": context, "skipped": skipped}
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     lib.dump_json(os.path.join(HERE, "results", "latest.json"), doc)
     print(report.table(doc))

@@ -378,6 +378,11 @@ impl Rig {
     }
 
     /// `http://LISTENER{path}` of the `outbound` listener.
+    /// The `outbound` listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

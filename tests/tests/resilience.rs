@@ -13,11 +13,14 @@
 
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions as CoreHttpProtocolOptions;
 use envoy_types::pb::envoy::config::route::v3::HedgePolicy;
 use envoy_types::pb::envoy::config::route::v3::retry_policy::{
     RateLimitedRetryBackOff, ResetHeader, ResetHeaderFormat,
 };
 use envoy_types::pb::google::protobuf::UInt64Value;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
 use legate_tests::client::{HttpClient, full, generated};
 use legate_tests::config::cluster;
 use legate_tests::resilience::{
@@ -253,6 +256,70 @@ async fn stream_idle_timeout_from_the_connection_manager() {
     assert_between(took, 280, 2000, "stream idle timeout of 300 ms");
     let (r, _) = rig.get("/?delay=50ms").await;
     assert_eq!(outcome(&r), (200, None));
+}
+
+/// HCM `common_http_protocol_options.idle_timeout`: a keep-alive connection is closed once
+/// no request has been open on it for that long; a response still on its way keeps it open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_a_quiet_downstream_connection() {
+    let a = upstream("a").await;
+    let mut res = svc_mesh(&[a.addr()]);
+    edit_hcm(&mut res, |hcm| {
+        hcm.common_http_protocol_options = Some(CoreHttpProtocolOptions {
+            idle_timeout: Some(ms(400)),
+            ..Default::default()
+        });
+    });
+    let rig = Rig::start(&res).await;
+
+    let stream = tokio::net::TcpStream::connect(rig.addr())
+        .await
+        .expect("connect to the listener");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/1.1 handshake");
+    let closed = tokio::spawn(async move {
+        let _ = conn.await;
+        std::time::Instant::now()
+    });
+    let host = rig.addr().to_string();
+    let mut get = async |path: &str| {
+        let req = http::Request::get(path)
+            .header(http::header::HOST, &host)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        sender
+            .ready()
+            .await
+            .expect("connection ready for a request");
+        let res = sender.send_request(req).await.expect("answer");
+        let status = res.status().as_u16();
+        res.into_body().collect().await.expect("body");
+        status
+    };
+
+    // Longer than the idle timeout, but open all along: the connection stays.
+    let (status, took) = timed(get("/?delay=1s")).await;
+    assert_eq!(status, 200);
+    assert!(took >= Duration::from_millis(950), "took {took:?}");
+    assert_eq!(
+        get("/").await,
+        200,
+        "the connection outlived a slow request"
+    );
+    let quiet_from = std::time::Instant::now();
+
+    let closed_at = tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("legate closes the idle connection")
+        .expect("connection task");
+    assert_between(
+        closed_at - quiet_from,
+        380,
+        1500,
+        "idle timeout of 400 ms (checked every 100 ms)",
+    );
+    assert_eq!(a.requests().await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

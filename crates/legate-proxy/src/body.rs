@@ -254,6 +254,8 @@ pub struct Held {
     pub(crate) _active: Option<ActiveRequest>,
     pub(crate) _request_slot: Option<LimitGuard>,
     pub(crate) timers: Option<BodyTimers>,
+    /// The downstream connection's count of open requests.
+    pub(crate) open: Option<crate::listener::OpenRequest>,
 }
 
 /// The error a response body ends with when a deadline fires mid-stream.

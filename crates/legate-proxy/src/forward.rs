@@ -182,6 +182,7 @@ fn wrap(
             _active: Some(active),
             _request_slot: Some(slot),
             timers,
+            open: None,
         },
     })
 }

@@ -59,19 +59,24 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Append the peer to `x-forwarded-for`.
-pub(crate) fn append_forwarded_for(h: &mut HeaderMap, peer: IpAddr) {
+/// The peer address as a header value, formatted once per connection.
+pub(crate) fn peer_value(peer: IpAddr) -> HeaderValue {
     let mut buf = [0u8; 64];
-    let ip = format_ip(peer, &mut buf);
+    HeaderValue::from_str(format_ip(peer, &mut buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Append the peer (from [`peer_value`]) to `x-forwarded-for`.
+pub(crate) fn append_forwarded_for(h: &mut HeaderMap, peer: &HeaderValue) {
     let value = match h.get(&X_FORWARDED_FOR) {
         Some(prev) if !prev.is_empty() => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+            let mut v = Vec::with_capacity(prev.len() + 2 + peer.len());
             v.extend_from_slice(prev.as_bytes());
             v.extend_from_slice(b", ");
-            v.extend_from_slice(ip.as_bytes());
+            v.extend_from_slice(peer.as_bytes());
             HeaderValue::from_bytes(&v).ok()
         }
-        _ => HeaderValue::from_str(ip).ok(),
+        _ => Some(peer.clone()),
     };
     if let Some(v) = value {
         h.insert(X_FORWARDED_FOR.clone(), v);
@@ -178,8 +183,8 @@ mod tests {
     #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, "10.1.2.3".parse().expect("ip"));
-        append_forwarded_for(&mut h, "::1".parse().expect("ip"));
+        append_forwarded_for(&mut h, &peer_value("10.1.2.3".parse().expect("ip")));
+        append_forwarded_for(&mut h, &peer_value("::1".parse().expect("ip")));
         set_forwarded_proto(&mut h);
         assert_eq!(h.get(&X_FORWARDED_FOR).expect("xff"), "10.1.2.3, ::1");
         assert_eq!(h.get(&X_FORWARDED_PROTO).expect("xfp"), "http");

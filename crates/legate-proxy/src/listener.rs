@@ -5,8 +5,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -72,6 +75,11 @@ pub(crate) fn spawn(
 /// The HTTP server for a listener's codec. hyper-util's auto builder detects HTTP/2 by its
 /// preface; a single-protocol listener uses hyper's own builder so the other protocol is
 /// really refused (the auto builder's `*_only` settings do not apply with upgrades on).
+///
+/// hyper's HTTP/1 header-read timeout is off: it arms and clears a timer on every request.
+/// As in Envoy (whose `request_headers_timeout` is off by default), a connection that sends
+/// nothing is closed by the HCM `idle_timeout` instead, watched once per connection
+/// ([`drive`]).
 #[derive(Clone)]
 enum Server {
     Auto(auto::Builder<TokioExecutor>),
@@ -84,13 +92,18 @@ impl Server {
         match codec {
             Codec::Auto => {
                 let mut b = auto::Builder::new(TokioExecutor::new());
-                b.http1().timer(TokioTimer::new()).keep_alive(true);
+                b.http1()
+                    .timer(TokioTimer::new())
+                    .keep_alive(true)
+                    .header_read_timeout(None);
                 b.http2().timer(TokioTimer::new());
                 Server::Auto(b)
             }
             Codec::Http1 => {
                 let mut b = http1::Builder::new();
-                b.timer(TokioTimer::new()).keep_alive(true);
+                b.timer(TokioTimer::new())
+                    .keep_alive(true)
+                    .header_read_timeout(None);
                 Server::Http1(b)
             }
             Codec::Http2 => {
@@ -104,20 +117,23 @@ impl Server {
     /// Serve one connection until it ends, shutting it down gracefully once `drain` flips.
     async fn serve(&self, stream: TcpStream, ctx: Arc<ConnCtx>, drain: watch::Receiver<bool>) {
         let peer = ctx.peer;
+        let idle = ctx.listener.config.idle_timeout.filter(|d| !d.is_zero());
+        let watched = ctx.clone();
         let svc = service_fn(move |req| service::handle(ctx.clone(), req));
         let io = TokioIo::new(stream);
+        let idle = idle.map(|d| (d, &watched.activity));
         let res = match self {
             Server::Auto(b) => {
                 let conn = b.serve_connection_with_upgrades(io, svc);
-                drive(conn, drain, |c| c.graceful_shutdown()).await
+                drive(conn, drain, idle, |c| c.graceful_shutdown()).await
             }
             Server::Http1(b) => {
                 let conn = b.serve_connection(io, svc).with_upgrades();
-                drive(conn, drain, |c| c.graceful_shutdown()).await
+                drive(conn, drain, idle, |c| c.graceful_shutdown()).await
             }
             Server::Http2(b) => {
                 let conn = b.serve_connection(io, svc);
-                drive(conn, drain, |c| c.graceful_shutdown()).await
+                drive(conn, drain, idle, |c| c.graceful_shutdown()).await
             }
         };
         if let Err(error) = res {
@@ -128,9 +144,99 @@ impl Server {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Requests on one downstream connection, for its idle timeout: counted without a clock,
+/// so the request path pays two atomic increments and a decrement. A separate task looks at
+/// the counts now and then ([`watch_idle`]); the connection's own task only checks a flag.
+#[derive(Debug, Default)]
+pub(crate) struct Activity {
+    /// Requests started on the connection.
+    started: AtomicU64,
+    /// Requests whose response has not ended yet.
+    open: AtomicU32,
+    /// Set by the watcher once the connection has been idle for the timeout.
+    idle: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Activity {
+    /// A request starts; it counts as open until the guard is dropped (with its response
+    /// body, or at once for a local reply).
+    pub(crate) fn begin(self: &Arc<Self>) -> OpenRequest {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenRequest(self.clone())
+    }
+}
+
+/// One open request on a downstream connection (see [`Activity::begin`]).
+#[derive(Debug)]
+pub(crate) struct OpenRequest(Arc<Activity>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How many consecutive quiet checks make a connection idle: it is closed between
+/// `idle_timeout` and 1.25 x `idle_timeout` after its last request ended.
+const IDLE_CHECKS: u32 = 4;
+
+/// Check `activity` every quarter of `timeout`; flag it idle after [`IDLE_CHECKS`] checks in
+/// a row with no request open and none started.
+fn watch_idle(activity: Arc<Activity>, timeout: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let period = (timeout / IDLE_CHECKS).max(Duration::from_millis(1));
+        let mut last = u64::MAX;
+        let mut quiet = 0;
+        loop {
+            tokio::time::sleep(period).await;
+            let started = activity.started.load(Ordering::Relaxed);
+            if activity.open.load(Ordering::Relaxed) == 0 && started == last {
+                quiet += 1;
+                if quiet >= IDLE_CHECKS {
+                    activity.idle.store(true, Ordering::Release);
+                    activity.waker.wake();
+                    return;
+                }
+            } else {
+                quiet = 0;
+            }
+            last = started;
+        }
+    })
+}
+
+/// Resolves once the watcher flags the connection idle; polling it is a load and a waker
+/// comparison, cheap enough to sit beside the connection on every wake-up.
+struct IdleFlag<'a>(Option<&'a Activity>);
+
+impl Future for IdleFlag<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(activity) = self.0 else {
+            return Poll::Pending;
+        };
+        if activity.idle.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        activity.waker.register(cx.waker());
+        if activity.idle.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// Drive a connection to its end. It shuts down gracefully when the listener drains, or when
+/// `idle` is set and no request was open or started for that long (HCM `idle_timeout`;
+/// HTTP/2 peers get a GOAWAY).
 async fn drive<C, E, F>(
     conn: C,
     mut drain: watch::Receiver<bool>,
+    idle: Option<(Duration, &Arc<Activity>)>,
     shutdown: F,
 ) -> Result<(), BoxError>
 where
@@ -139,13 +245,23 @@ where
     F: FnOnce(Pin<&mut C>),
 {
     tokio::pin!(conn);
+    let watcher = idle.map(|(timeout, activity)| watch_idle(activity.clone(), timeout));
     let res = tokio::select! {
+        biased;
         res = conn.as_mut() => res,
         () = async { let _ = drain.wait_for(|d| *d).await; } => {
             shutdown(conn.as_mut());
             conn.as_mut().await
         }
+        () = IdleFlag(idle.map(|(_, a)| &**a)) => {
+            tracing::debug!("closing an idle downstream connection");
+            shutdown(conn.as_mut());
+            conn.as_mut().await
+        }
     };
+    if let Some(w) = watcher {
+        w.abort();
+    }
     res.map_err(Into::into)
 }
 
@@ -190,7 +306,13 @@ async fn accept_loop(
                 };
                 let _ = stream.set_nodelay(true);
                 accepted.inc();
-                let ctx = Arc::new(ConnCtx { shared: shared.clone(), listener: view.clone(), peer });
+                let ctx = Arc::new(ConnCtx {
+                    shared: shared.clone(),
+                    listener: view.clone(),
+                    peer,
+                    peer_ip: crate::headers::peer_value(peer.ip()),
+                    activity: Arc::default(),
+                });
                 let server = server.clone();
                 let gauge = active_gauge.clone();
                 let conn_tx = conn_tx.clone();

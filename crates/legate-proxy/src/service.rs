@@ -30,12 +30,17 @@ pub(crate) struct ConnCtx {
     pub(crate) shared: Arc<Shared>,
     pub(crate) listener: Arc<ListenerView>,
     pub(crate) peer: SocketAddr,
+    /// The peer's address as an `x-forwarded-for` entry.
+    pub(crate) peer_ip: HeaderValue,
+    /// Requests on the connection, for its idle timeout.
+    pub(crate) activity: Arc<crate::listener::Activity>,
 }
 
 pub(crate) async fn handle(
     ctx: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let open = ctx.activity.begin();
     let active = ctx.shared.active.load_full();
     // Prefer the listener's current routes; a listener being drained keeps the view it had.
     let view = active
@@ -45,7 +50,13 @@ pub(crate) async fn handle(
         .unwrap_or(&ctx.listener)
         .clone();
     let res = match route_and_forward(&ctx, &active, &view, req).await {
-        Ok(res) => res,
+        Ok(mut res) => {
+            // An upstream body keeps the request open until it ends.
+            if let ResponseBody::Upstream { held, .. } = res.body_mut() {
+                held.open = Some(open);
+            }
+            res
+        }
         Err(e) => {
             ctx.shared.local_reply(e).inc();
             e.response()
@@ -199,7 +210,7 @@ impl Template {
         let mut headers = parts.headers;
         headers::strip_hop_by_hop(&mut headers, upgrade);
         if view.config.append_x_forwarded_for {
-            headers::append_forwarded_for(&mut headers, ctx.peer.ip());
+            headers::append_forwarded_for(&mut headers, &ctx.peer_ip);
         }
         headers::set_forwarded_proto(&mut headers);
         if view.config.generate_request_id {

@@ -1,0 +1,92 @@
+//! `legate-bench-floor`: the least an HTTP proxy built on tokio and hyper can do, measured by
+//! `make bench` beside legate and Envoy to show where this design's ceiling is.
+//!
+//! One current-thread runtime (one worker, like `legate --concurrency 1`), hyper-util's
+//! server (HTTP/1.1 and h2c by preface) and its pooled legacy client. Every request goes to
+//! the one upstream with its path and headers unchanged: no routing, no header edits, no
+//! timeouts, no metrics, no logging. Not a product; a yardstick.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use http::Uri;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "legate-bench-floor",
+    about = "Minimal tokio + hyper proxy: the benchmark's floor"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The upstream every request goes to (HTTP/1.1).
+    #[arg(long)]
+    upstream: SocketAddr,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
+    let authority = Authority::try_from(args.upstream.to_string()).context("upstream")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    println!("listening on {}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await.context("accepting")?;
+        let _ = stream.set_nodelay(true);
+        let client = client.clone();
+        let authority = authority.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let client = client.clone();
+                let authority = authority.clone();
+                async move {
+                    let (mut parts, body) = req.into_parts();
+                    let mut uri = Uri::builder().scheme(Scheme::HTTP).authority(authority);
+                    if let Some(pq) = parts.uri.path_and_query() {
+                        uri = uri.path_and_query(pq.clone());
+                    } else {
+                        uri = uri.path_and_query(PathAndQuery::from_static("/"));
+                    }
+                    parts.uri = uri.build().unwrap_or_default();
+                    parts.version = http::Version::HTTP_11;
+                    let res = match client.request(Request::from_parts(parts, body)).await {
+                        Ok(res) => res.map(http_body_util::Either::Left),
+                        Err(_) => {
+                            let mut res = hyper::Response::new(http_body_util::Either::Right(
+                                http_body_util::Empty::new(),
+                            ));
+                            *res.status_mut() = http::StatusCode::BAD_GATEWAY;
+                            res
+                        }
+                    };
+                    Ok::<_, Infallible>(res)
+                }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
