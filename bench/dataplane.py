@@ -173,7 +173,7 @@ def run(ctx):
             for w in workloads(ctx["quick"]):
                 for name, port, pid in contenders:
                     r = measure(w, port, pid, ctx["logdir"])
-                    if pid:
+                    if name in idle:
                         r["rss_idle_kb"] = idle[name]
                     r["round"] = rnd + 1
                     results.setdefault((w["scenario"], name), []).append(r)
