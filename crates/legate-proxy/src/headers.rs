@@ -68,18 +68,26 @@ pub(crate) fn peer_value(peer: IpAddr) -> HeaderValue {
 
 /// Append the peer (from [`peer_value`]) to `x-forwarded-for`.
 pub(crate) fn append_forwarded_for(h: &mut HeaderMap, peer: &HeaderValue) {
-    let value = match h.get(&X_FORWARDED_FOR) {
-        Some(prev) if !prev.is_empty() => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + peer.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(peer.as_bytes());
-            HeaderValue::from_bytes(&v).ok()
+    match h.entry(&X_FORWARDED_FOR) {
+        header::Entry::Vacant(slot) => {
+            slot.insert(peer.clone());
         }
-        _ => Some(peer.clone()),
-    };
-    if let Some(v) = value {
-        h.insert(X_FORWARDED_FOR.clone(), v);
+        header::Entry::Occupied(mut slot) => {
+            let prev = slot.get();
+            let value = if prev.is_empty() {
+                Some(peer.clone())
+            } else {
+                let mut v = Vec::with_capacity(prev.len() + 2 + peer.len());
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(peer.as_bytes());
+                HeaderValue::from_bytes(&v).ok()
+            };
+            // `insert` replaces every value under the name, as a single joined list.
+            if let Some(v) = value {
+                slot.insert(v);
+            }
+        }
     }
 }
 
@@ -98,14 +106,14 @@ fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
 
 /// Ensure an `x-request-id`, generating a random UUIDv4 when absent.
 pub(crate) fn ensure_request_id(h: &mut HeaderMap) {
-    if h.contains_key(&X_REQUEST_ID) {
-        return;
-    }
-    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let s = id.hyphenated().encode_lower(&mut buf);
-    if let Ok(v) = HeaderValue::from_str(s) {
-        h.insert(X_REQUEST_ID.clone(), v);
+    // One lookup: the entry is filled only when vacant.
+    if let header::Entry::Vacant(slot) = h.entry(&X_REQUEST_ID) {
+        let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let s = id.hyphenated().encode_lower(&mut buf);
+        if let Ok(v) = HeaderValue::from_str(s) {
+            slot.insert(v);
+        }
     }
 }
 

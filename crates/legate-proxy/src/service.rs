@@ -166,7 +166,10 @@ async fn route_and_forward(
 
 /// How the upstream `Host` / `:authority` is chosen for each attempt.
 enum HostHeader {
-    /// The same for every host (kept, literal or from a header); `None` leaves it unset.
+    /// The request's own `Host` header, left where it is in the copied headers.
+    Kept,
+    /// The same for every host (literal, from a header, or the HTTP/2 `:authority` of a
+    /// request without `Host`); `None` leaves it unset.
     Fixed(Option<HeaderValue>),
     /// `auto_host_rewrite`: the chosen host's name or address.
     Auto,
@@ -216,7 +219,7 @@ impl Template {
         if view.config.generate_request_id {
             headers::ensure_request_id(&mut headers);
         }
-        let host = match (
+        let mut host = match (
             &fwd.host_rewrite,
             weighted.and_then(|w| w.host_rewrite.as_ref()),
         ) {
@@ -253,6 +256,14 @@ impl Template {
             &rc.request_headers_to_remove,
             &rc.request_headers_to_add,
         );
+        // Usually the request's own `Host` is what goes upstream: leave it in place rather
+        // than insert it again for every attempt.
+        if let HostHeader::Fixed(Some(v)) = &host {
+            let mut present = headers.get_all(header::HOST).iter();
+            if present.next() == Some(v) && present.next().is_none() {
+                host = HostHeader::Kept;
+            }
+        }
         Ok(Template {
             method: parts.method,
             path_and_query,
@@ -283,36 +294,48 @@ impl Template {
         } else {
             self.headers.clone()
         };
-        let new_host = match &self.host {
+        let new_host = |kept: Option<HeaderValue>| match &self.host {
+            HostHeader::Kept => kept,
             HostHeader::Fixed(v) => v.clone(),
             HostHeader::Auto => match &host.hostname {
                 Some(name) => HeaderValue::from_str(name).ok(),
                 None => HeaderValue::from_str(host.authority.as_str()).ok(),
             },
         };
-        // HTTP/1.1 dials the URI's authority (the host address) and sends `Host`;
-        // HTTP/2 dials the host address itself and sends the URI's authority as
-        // `:authority`, which replaces `Host`.
-        let authority = match self.protocol {
+        // Both protocols dial the host address the pool is given. HTTP/1.1 sends `Host` and
+        // an origin-form target (CONNECT keeps the authority form); HTTP/2 sends the URI's
+        // authority as `:authority`, which replaces `Host`.
+        let uri = match self.protocol {
             UpstreamProtocol::Http1 => {
-                if let Some(h) = new_host {
+                if !matches!(self.host, HostHeader::Kept)
+                    && let Some(h) = new_host(None)
+                {
                     headers.insert(header::HOST, h);
                 }
-                host.authority.clone()
+                if self.method == http::Method::CONNECT {
+                    Uri::builder()
+                        .scheme(Scheme::HTTP)
+                        .authority(host.authority.clone())
+                        .path_and_query(self.path_and_query.clone())
+                        .build()
+                        .map_err(|_| ProxyError::BadRequest)?
+                } else {
+                    Uri::from(self.path_and_query.clone())
+                }
             }
             UpstreamProtocol::Http2 => {
-                headers.remove(header::HOST);
-                new_host
+                let kept = headers.remove(header::HOST);
+                let authority = new_host(kept)
                     .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-                    .unwrap_or_else(|| host.authority.clone())
+                    .unwrap_or_else(|| host.authority.clone());
+                Uri::builder()
+                    .scheme(Scheme::HTTP)
+                    .authority(authority)
+                    .path_and_query(self.path_and_query.clone())
+                    .build()
+                    .map_err(|_| ProxyError::BadRequest)?
             }
         };
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority)
-            .path_and_query(self.path_and_query.clone())
-            .build()
-            .map_err(|_| ProxyError::BadRequest)?;
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
