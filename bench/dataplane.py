@@ -9,7 +9,9 @@ static HTTP/1.1 cluster with the upstream. Contenders are interleaved inside eve
 A fourth contender, `floor` (`legate-bench-floor`), is the least a tokio + hyper proxy can
 do (no routing, header edits, timeouts or metrics) on the same core: its ratio to Envoy is
 the ceiling of this design on the machine, and legate's ratio to it is what legate's own
-features cost. Those ratios are reported as context, not targets.
+features cost. A fifth, `floor-paired` (HTTP/1.1 only), is the same with one upstream
+connection per downstream connection driven in the same task, the connection model legate
+would need to go past `floor`. Those ratios are reported as context, not targets.
 """
 
 import os
@@ -155,6 +157,11 @@ def run(ctx):
                                       f"127.0.0.1:{fl_port}", "--upstream",
                                       f"127.0.0.1:{up_port}"], cpu=PROXY_CPU)
 
+        fp_port = lib.free_port()
+        paired = procs.start("floor-paired", [
+            os.path.join(ctx["bin"], "legate-bench-floor"), "--listen", f"127.0.0.1:{fp_port}",
+            "--upstream", f"127.0.0.1:{up_port}", "--mode", "per-connection"], cpu=PROXY_CPU)
+
         ev_port, ev_admin = lib.free_port(), lib.free_port()
         ev_cfg = os.path.join(ctx["workdir"], "envoy.yaml")
         with open(ev_cfg, "w") as f:
@@ -162,16 +169,19 @@ def run(ctx):
         envoy = procs.start("envoy", [ctx["envoy"], "-c", ev_cfg, "--concurrency", "1",
                                       "-l", "warn", "--base-id", str(os.getpid() % 60000)],
                             cpu=PROXY_CPU)
-        for port in (lg_port, ev_port, fl_port):
+        for port in (lg_port, ev_port, fl_port, fp_port):
             lib.wait_http(f"http://127.0.0.1:{port}/?size=10")
         time.sleep(1.0)
         idle = {"legate": lib.settled_rss_kb(legate.pid), "envoy": lib.settled_rss_kb(envoy.pid)}
 
         contenders = [("direct", up_port, None), ("legate", lg_port, legate.pid),
-                      ("envoy", ev_port, envoy.pid), ("floor", fl_port, floor.pid)]
+                      ("envoy", ev_port, envoy.pid), ("floor", fl_port, floor.pid),
+                      ("floor-paired", fp_port, paired.pid)]
         for rnd in range(rounds):
             for w in workloads(ctx["quick"]):
                 for name, port, pid in contenders:
+                    if name == "floor-paired" and w["kind"] != "wrk":
+                        continue  # it serves HTTP/1.1 only
                     r = measure(w, port, pid, ctx["logdir"])
                     if name in idle:
                         r["rss_idle_kb"] = idle[name]
@@ -291,6 +301,11 @@ def context(out):
             line += (f"; CPU µs/request legate {lg['cpu_us_per_request']:.1f}, "
                      f"floor {fl['cpu_us_per_request']:.1f}, "
                      f"envoy {ev.get('cpu_us_per_request') or 0:.1f}")
+        fp = by.get((scenario, "floor-paired"))
+        if fp and fp.get("rps"):
+            line += (f"; floor-paired / envoy rps {fp['rps'] / ev['rps']:.2f}"
+                     + (f", CPU µs/request {fp['cpu_us_per_request']:.1f}"
+                        if fp.get("cpu_us_per_request") else ""))
         lines.append(line)
     return lines
 
