@@ -115,9 +115,15 @@ async fn serve_paired(args: Args) -> anyhow::Result<()> {
             });
             let server = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc);
+            // The upstream connection may end first (`Connection: close`): the answer it
+            // carried must still be written, so only the downstream side ends the task.
+            let upstream_side = async {
+                let _ = conn.await;
+                std::future::pending::<()>().await
+            };
             tokio::select! {
                 _ = server => {}
-                _ = conn => {}
+                () = upstream_side => {}
             }
         });
     }
