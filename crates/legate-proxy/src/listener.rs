@@ -117,11 +117,14 @@ impl Server {
     /// Serve one connection until it ends, shutting it down gracefully once `drain` flips.
     async fn serve(&self, stream: TcpStream, ctx: Arc<ConnCtx>, drain: watch::Receiver<bool>) {
         let peer = ctx.peer;
-        let idle = ctx.listener.config.idle_timeout.filter(|d| !d.is_zero());
-        let watched = ctx.clone();
+        let idle = ctx
+            .listener
+            .config
+            .idle_timeout
+            .filter(|d| !d.is_zero())
+            .map(|d| (d, ctx.activity.clone()));
         let svc = service_fn(move |req| service::handle(ctx.clone(), req));
         let io = TokioIo::new(stream);
-        let idle = idle.map(|d| (d, &watched.activity));
         let res = match self {
             Server::Auto(b) => {
                 let conn = b.serve_connection_with_upgrades(io, svc);
@@ -236,7 +239,7 @@ impl Future for IdleFlag<'_> {
 async fn drive<C, E, F>(
     conn: C,
     mut drain: watch::Receiver<bool>,
-    idle: Option<(Duration, &Arc<Activity>)>,
+    idle: Option<(Duration, Arc<Activity>)>,
     shutdown: F,
 ) -> Result<(), BoxError>
 where
@@ -245,7 +248,9 @@ where
     F: FnOnce(Pin<&mut C>),
 {
     tokio::pin!(conn);
-    let watcher = idle.map(|(timeout, activity)| watch_idle(activity.clone(), timeout));
+    let watcher = idle
+        .as_ref()
+        .map(|(timeout, activity)| watch_idle(activity.clone(), *timeout));
     let res = tokio::select! {
         biased;
         res = conn.as_mut() => res,
@@ -253,7 +258,7 @@ where
             shutdown(conn.as_mut());
             conn.as_mut().await
         }
-        () = IdleFlag(idle.map(|(_, a)| &**a)) => {
+        () = IdleFlag(idle.as_ref().map(|(_, a)| &**a)) => {
             tracing::debug!("closing an idle downstream connection");
             shutdown(conn.as_mut());
             conn.as_mut().await

@@ -281,6 +281,18 @@ impl Template {
         &self.headers
     }
 
+    /// The `Host` to set for `host`; `None` when the request's own stays (or none is set).
+    fn host_value(&self, host: &crate::lb::Host) -> Option<HeaderValue> {
+        match &self.host {
+            HostHeader::Kept => None,
+            HostHeader::Fixed(v) => v.clone(),
+            HostHeader::Auto => match &host.hostname {
+                Some(name) => HeaderValue::from_str(name).ok(),
+                None => HeaderValue::from_str(host.authority.as_str()).ok(),
+            },
+        }
+    }
+
     /// The upstream request for `host`. `last` moves the headers out instead of copying
     /// them (no further attempt will need them).
     pub(crate) fn build(
@@ -294,46 +306,39 @@ impl Template {
         } else {
             self.headers.clone()
         };
-        let new_host = |kept: Option<HeaderValue>| match &self.host {
-            HostHeader::Kept => kept,
-            HostHeader::Fixed(v) => v.clone(),
-            HostHeader::Auto => match &host.hostname {
-                Some(name) => HeaderValue::from_str(name).ok(),
-                None => HeaderValue::from_str(host.authority.as_str()).ok(),
-            },
+        let absolute = |authority: Authority| {
+            Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority)
+                .path_and_query(self.path_and_query.clone())
+                .build()
+                .map_err(|_| ProxyError::BadRequest)
         };
         // Both protocols dial the host address the pool is given. HTTP/1.1 sends `Host` and
         // an origin-form target (CONNECT keeps the authority form); HTTP/2 sends the URI's
         // authority as `:authority`, which replaces `Host`.
         let uri = match self.protocol {
             UpstreamProtocol::Http1 => {
-                if !matches!(self.host, HostHeader::Kept)
-                    && let Some(h) = new_host(None)
-                {
+                if let Some(h) = self.host_value(host) {
                     headers.insert(header::HOST, h);
                 }
                 if self.method == http::Method::CONNECT {
-                    Uri::builder()
-                        .scheme(Scheme::HTTP)
-                        .authority(host.authority.clone())
-                        .path_and_query(self.path_and_query.clone())
-                        .build()
-                        .map_err(|_| ProxyError::BadRequest)?
+                    absolute(host.authority.clone())?
                 } else {
                     Uri::from(self.path_and_query.clone())
                 }
             }
             UpstreamProtocol::Http2 => {
                 let kept = headers.remove(header::HOST);
-                let authority = new_host(kept)
-                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-                    .unwrap_or_else(|| host.authority.clone());
-                Uri::builder()
-                    .scheme(Scheme::HTTP)
-                    .authority(authority)
-                    .path_and_query(self.path_and_query.clone())
-                    .build()
-                    .map_err(|_| ProxyError::BadRequest)?
+                let value = match self.host {
+                    HostHeader::Kept => kept,
+                    _ => self.host_value(host),
+                };
+                absolute(
+                    value
+                        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                        .unwrap_or_else(|| host.authority.clone()),
+                )?
             }
         };
         let mut req = Request::new(body);

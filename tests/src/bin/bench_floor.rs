@@ -63,13 +63,9 @@ fn main() -> anyhow::Result<()> {
 
 /// `per-connection`: one upstream connection per downstream connection, one task for both.
 async fn serve_paired(args: Args) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    println!("listening on {}", listener.local_addr()?);
+    let listener = listen(args.listen).await?;
     loop {
-        let (stream, _) = listener.accept().await.context("accepting")?;
-        let _ = stream.set_nodelay(true);
+        let stream = accept(&listener).await?;
         let upstream = args.upstream;
         tokio::task::spawn_local(async move {
             let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
@@ -129,6 +125,21 @@ async fn serve_paired(args: Args) -> anyhow::Result<()> {
     }
 }
 
+/// Bind `addr` and print the one line the bench waits for.
+async fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    println!("listening on {}", listener.local_addr()?);
+    Ok(listener)
+}
+
+async fn accept(listener: &tokio::net::TcpListener) -> anyhow::Result<tokio::net::TcpStream> {
+    let (stream, _) = listener.accept().await.context("accepting")?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 type Answer =
     hyper::Response<http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>>;
 
@@ -143,13 +154,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     connector.set_nodelay(true);
     let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
     let authority = Authority::try_from(args.upstream.to_string()).context("upstream")?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    println!("listening on {}", listener.local_addr()?);
+    let listener = listen(args.listen).await?;
     loop {
-        let (stream, _) = listener.accept().await.context("accepting")?;
-        let _ = stream.set_nodelay(true);
+        let stream = accept(&listener).await?;
         let client = client.clone();
         let authority = authority.clone();
         tokio::spawn(async move {
