@@ -333,6 +333,8 @@ fn render(
                 .and_then(|c| legate_snapshot::LoadAssignment::try_from(&c).ok())
                 .and_then(|c| serde_json::to_value(c).ok())
         }
+        // Secrets carry private keys: never rendered.
+        ResourceKind::Secret => None,
     };
     value.map(|v| v.to_string()).unwrap_or_else(|| {
         serde_json::Value::String(format!("{} bytes of {}", any.value.len(), any.type_url))

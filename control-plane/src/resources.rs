@@ -105,7 +105,7 @@ impl TypeSnapshot {
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeSnapshot {
     /// Indexed by [`index`].
-    types: [TypeSnapshot; 4],
+    types: [TypeSnapshot; 5],
     version: String,
     /// Cluster name → the ClusterLoadAssignment name it loads (EDS service name or its name).
     eds_of_cluster: BTreeMap<String, String>,
@@ -119,6 +119,7 @@ fn index(kind: ResourceKind) -> usize {
         ResourceKind::RouteConfiguration => 1,
         ResourceKind::Cluster => 2,
         ResourceKind::ClusterLoadAssignment => 3,
+        ResourceKind::Secret => 4,
     }
 }
 
@@ -132,8 +133,9 @@ impl NodeSnapshot {
             route_configs,
             clusters,
             load_assignments,
+            secrets,
         } = resources;
-        let mut types: [TypeSnapshot; 4] = Default::default();
+        let mut types: [TypeSnapshot; 5] = Default::default();
         types[index(ResourceKind::Listener)] =
             encode_all(type_url::LISTENER, listeners, |l| &l.name);
         types[index(ResourceKind::RouteConfiguration)] =
@@ -143,9 +145,10 @@ impl NodeSnapshot {
             encode_all(type_url::CLUSTER_LOAD_ASSIGNMENT, load_assignments, |c| {
                 &c.cluster_name
             });
+        types[index(ResourceKind::Secret)] = encode_all(type_url::SECRET, secrets, |s| &s.name);
 
         let mut hasher = Sha256::new();
-        for kind in WARM_ORDER {
+        for kind in WARM_ORDER.into_iter().chain([ResourceKind::Secret]) {
             hasher.update(types[index(kind)].version_info.as_bytes());
             hasher.update([0]);
         }

@@ -191,6 +191,7 @@ fn fixture(reverse: bool) -> Resources {
         route_configs: vec![route_config("egress-routes", reverse)],
         clusters: vec![cluster],
         load_assignments: vec![assignment],
+        secrets: Vec::new(),
     }
 }
 

@@ -432,6 +432,7 @@ pub fn base(generation: i64) -> Resources {
         route_configs: vec![route("r1", "*")],
         clusters: vec![cluster("a", generation), cluster("b", generation)],
         load_assignments: vec![assignment("a", 1, 1), assignment("b", 1, 1)],
+        secrets: Vec::new(),
     }
 }
 

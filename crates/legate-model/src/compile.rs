@@ -112,6 +112,7 @@ pub fn compile(mesh: &Mesh) -> Resources {
             .collect(),
         clusters: Vec::with_capacity(mesh.clusters.len() + generated.clusters.len()),
         load_assignments: Vec::new(),
+        secrets: Vec::new(),
     };
     for c in mesh.clusters.iter().chain(&generated.clusters) {
         let (xds, cla) = cluster(c);

@@ -8,6 +8,8 @@ pub enum ResourceKind {
     RouteConfiguration,
     Cluster,
     ClusterLoadAssignment,
+    /// An SDS `Secret` (a TLS certificate and key, or a validation context).
+    Secret,
 }
 
 impl ResourceKind {
@@ -17,6 +19,7 @@ impl ResourceKind {
             ResourceKind::RouteConfiguration => "route configuration",
             ResourceKind::Cluster => "cluster",
             ResourceKind::ClusterLoadAssignment => "cluster load assignment",
+            ResourceKind::Secret => "secret",
         }
     }
 
@@ -27,6 +30,7 @@ impl ResourceKind {
             ResourceKind::RouteConfiguration => crate::type_url::ROUTE_CONFIGURATION,
             ResourceKind::Cluster => crate::type_url::CLUSTER,
             ResourceKind::ClusterLoadAssignment => crate::type_url::CLUSTER_LOAD_ASSIGNMENT,
+            ResourceKind::Secret => crate::type_url::SECRET,
         }
     }
 }

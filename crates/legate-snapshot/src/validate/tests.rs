@@ -297,6 +297,7 @@ fn base() -> Resources {
                 e
             }],
         )],
+        secrets: Vec::new(),
     }
 }
 
