@@ -19,6 +19,7 @@
 pub mod admin_json;
 pub mod app;
 pub mod cache;
+pub mod certs;
 pub mod load;
 pub mod registry;
 pub mod resources;

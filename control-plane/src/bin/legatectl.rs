@@ -61,6 +61,31 @@ enum Command {
         #[arg(required = true, value_name = "VERSION=WEIGHT")]
         weights: Vec<String>,
     },
+    /// Create a throwaway CA (kept when present) and certificates for servers, proxies and
+    /// operators, as PEM files; no openssl needed. Does not contact legate-cp.
+    Certs {
+        /// Output directory (created when missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// SPIFFE trust domain of the identities.
+        #[arg(long, value_name = "DOMAIN", default_value = "legate.local")]
+        trust_domain: String,
+        /// A server certificate for this DNS name (also valid for localhost and loopback).
+        #[arg(long = "host", value_name = "NAME")]
+        servers: Vec<String>,
+        /// A proxy certificate for this node id (`spiffe://<td>/node/<id>`).
+        #[arg(long = "node", value_name = "ID")]
+        nodes: Vec<String>,
+        /// A proxy certificate shared by a node cluster (`spiffe://<td>/cluster/<name>`).
+        #[arg(long = "cluster", value_name = "NAME")]
+        clusters: Vec<String>,
+        /// An operator certificate for the admin API (`spiffe://<td>/admin/<name>`).
+        #[arg(long = "admin", value_name = "NAME")]
+        admins: Vec<String>,
+        /// How long leaf certificates are valid.
+        #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = humantime::parse_duration)]
+        validity: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +115,31 @@ async fn main() -> ExitCode {
 const ADMIN_REPLY_LIMIT: usize = 256 << 20;
 
 async fn run(cli: Cli) -> Result<(), String> {
+    if let Command::Certs {
+        out,
+        trust_domain,
+        servers,
+        nodes,
+        clusters,
+        admins,
+        validity,
+    } = cli.command
+    {
+        let req = legate_cp::certs::CertsRequest {
+            out,
+            trust_domain,
+            servers,
+            nodes,
+            clusters,
+            admins,
+            validity,
+        };
+        let written = legate_cp::certs::issue(&req).map_err(|e| e.to_string())?;
+        for w in written {
+            println!("{}  {}", w.path.display(), w.subject);
+        }
+        return Ok(());
+    }
     let channel = Channel::from_shared(cli.server.clone())
         .map_err(|e| format!("bad --server '{}': {e}", cli.server))?
         .connect()
@@ -193,6 +243,8 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .into_inner();
             print_change(cli.output, res.generation, &res.changes);
         }
+        // Handled above, before connecting.
+        Command::Certs { .. } => {}
     }
     Ok(())
 }
@@ -354,5 +406,15 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     line(headers.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }
