@@ -1,5 +1,5 @@
-//! The admin API as JSON over HTTP, beside the gRPC service on the same port (tonic routes
-//! `/v1/...` here by the first path segment):
+//! The admin API as JSON over HTTP, beside the gRPC service on the same port
+//! ([`crate::admin_server`] sends `/v1/...` here once the caller is authorized):
 //!
 //! | method and path | |
 //! |---|---|
@@ -8,28 +8,28 @@
 //! | `POST /v1/apply` | body: a mesh document with `services:` |
 //! | `POST /v1/services/{name}/weights` | body: `{"v1": 90, "v2": 10}` |
 //!
-//! Errors answer 400 (bad input), 404 (unknown node or service) with `{"error": "..."}`.
+//! A change needs a `content-type` of JSON or YAML (415 otherwise: a browser can send
+//! `text/plain` or a form anywhere without asking, but not these) and a body within the
+//! limit (413). Errors answer with `{"error": "..."}`: 400 (bad input), 401 (no or bad
+//! credentials, with `www-authenticate: Bearer`), 403 (not allowed, or another origin), 404
+//! (unknown node or service), 408 (too slow), 413, 415.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use http_body_util::BodyExt;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
 use tonic::body::Body;
-use tonic::server::NamedService;
 
+use crate::admin_auth::{Refusal, RefusalKind};
 use crate::app::{ControlPlane, parse_weights};
 
-#[derive(Clone)]
-pub struct JsonApi(pub Arc<ControlPlane>);
-
-impl NamedService for JsonApi {
-    const NAME: &'static str = "v1";
-}
-
 type Resp = http::Response<Body>;
+
+/// Bounds on one JSON request.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_body: usize,
+}
 
 fn json(status: u16, v: &serde_json::Value) -> Resp {
     let mut res = http::Response::new(Body::new(
@@ -48,29 +48,116 @@ fn error(status: u16, message: &str) -> Resp {
     json(status, &serde_json::json!({ "error": message }))
 }
 
-impl tower_service::Service<http::Request<Body>> for JsonApi {
-    type Response = Resp;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let cp = self.0.clone();
-        Box::pin(async move { Ok(handle(cp, req).await) })
+/// The answer to a refused request: 401 with a `www-authenticate: Bearer` challenge (RFC 6750,
+/// `error="invalid_token"` when a token was presented and is wrong), or 403.
+pub fn refusal(refusal: &Refusal) -> Resp {
+    match refusal.kind() {
+        RefusalKind::Unauthenticated => {
+            let mut res = error(401, &format!("not authorized: {refusal}"));
+            let challenge = match refusal {
+                Refusal::WrongToken => r#"Bearer realm="legate-cp", error="invalid_token""#,
+                Refusal::MalformedAuthorization => {
+                    r#"Bearer realm="legate-cp", error="invalid_request""#
+                }
+                _ => r#"Bearer realm="legate-cp""#,
+            };
+            res.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static(challenge),
+            );
+            res
+        }
+        RefusalKind::Forbidden => error(403, &format!("forbidden: {refusal}")),
     }
 }
 
-async fn handle(cp: Arc<ControlPlane>, req: http::Request<Body>) -> Resp {
+/// The answer to a request that took longer than `timeout`.
+pub fn timed_out(timeout: std::time::Duration) -> Resp {
+    error(
+        408,
+        &format!("the request took longer than {timeout:?} (body included)"),
+    )
+}
+
+/// How a change's body is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Json,
+    Yaml,
+}
+
+/// The accepted media types, for the 415 message.
+const ACCEPTED_TYPES: &str =
+    "application/json, application/yaml (or application/x-yaml, text/yaml)";
+
+fn body_format(headers: &http::HeaderMap) -> Option<Format> {
+    let value = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+    let media = value.split(';').next()?.trim().to_ascii_lowercase();
+    match media.as_str() {
+        "application/json" => Some(Format::Json),
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" => {
+            Some(Format::Yaml)
+        }
+        _ => None,
+    }
+}
+
+/// Read a change's body: its format from `content-type`, at most `limit` bytes.
+async fn read_change<B>(req: http::Request<B>, limit: usize) -> Result<(Format, Bytes), Resp>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Some(format) = body_format(req.headers()) else {
+        return Err(error(
+            415,
+            &format!("a change needs content-type {ACCEPTED_TYPES}"),
+        ));
+    };
+    let too_large = || {
+        error(
+            413,
+            &format!("the body is larger than the limit of {limit} bytes (--admin-max-body)"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => Ok((format, b.to_bytes())),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(error(400, &format!("cannot read the request body: {e}"))),
+    }
+}
+
+/// Answer one request; the caller is already authorized for it.
+pub async fn handle<B>(cp: Arc<ControlPlane>, req: http::Request<B>, limits: Limits) -> Resp
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return error(400, &format!("cannot read the request body: {e}")),
+    // Only changes have a body; a read's body is never read.
+    let (format, body) = if method == http::Method::POST {
+        match read_change(req, limits.max_body).await {
+            Ok(read) => read,
+            Err(res) => return res,
+        }
+    } else {
+        (Format::Json, Bytes::new())
     };
     match (method.as_str(), segments.as_slice()) {
         ("GET", ["v1", "nodes"]) => {
@@ -148,7 +235,11 @@ async fn handle(cp: Arc<ControlPlane>, req: http::Request<Body>) -> Resp {
             }
         }
         ("POST", ["v1", "services", name, "weights"]) => {
-            let weights = match parse_weights(&body) {
+            let parsed = match format {
+                Format::Json => parse_weights(&body),
+                Format::Yaml => parse_weights_yaml(&body),
+            };
+            let weights = match parsed {
                 Ok(w) => w,
                 Err(e) => return error(400, &e),
             };
@@ -161,6 +252,19 @@ async fn handle(cp: Arc<ControlPlane>, req: http::Request<Body>) -> Resp {
                 Err(e) => error(400, &e),
             }
         }
-        _ => error(404, &format!("no such endpoint: {method} {path}")),
+        _ => error(
+            404,
+            &format!(
+                "no such endpoint: {method} {}",
+                path.chars().take(200).collect::<String>()
+            ),
+        ),
     }
+}
+
+/// Weights from a YAML mapping of version to weight.
+fn parse_weights_yaml(body: &[u8]) -> Result<Vec<(String, u32)>, String> {
+    let map: std::collections::BTreeMap<String, u32> = serde_yaml_ng::from_slice(body)
+        .map_err(|e| format!("body must be a mapping of version to weight: {e}"))?;
+    Ok(map.into_iter().collect())
 }

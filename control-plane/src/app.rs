@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use legate_model::{Mesh, Service};
-use legate_proto::admin::admin_server::{Admin, AdminServer};
+use legate_proto::admin::admin_server::Admin;
 use legate_proto::admin::{
     ApplyRequest, ApplyResponse, GetNodeRequest, GetNodeResponse, ListNodesRequest,
     ListNodesResponse, Nack as PbNack, NodeStatus as PbNodeStatus, Resource as PbResource,
@@ -429,19 +429,6 @@ impl Admin for AdminService {
             changes,
         }))
     }
-}
-
-/// Serve the admin API: gRPC (`legate.admin.v1.Admin`) and JSON over HTTP/1.1 under `/v1/`.
-pub async fn serve_admin(
-    cp: Arc<ControlPlane>,
-    listener: tokio::net::TcpListener,
-) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .accept_http1(true)
-        .add_service(AdminServer::new(AdminService(cp.clone())))
-        .add_service(crate::admin_json::JsonApi(cp))
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-        .await
 }
 
 /// Weights from `{"v1": 90, "v2": 10}`.

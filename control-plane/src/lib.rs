@@ -11,12 +11,18 @@
 //!   CDS and EDS ([`XdsServer`]); one task per stream, pushes in warm order.
 //! - [`registry`]: who is connected, what they were sent, ACKed and NACKed
 //!   ([`NodeRegistry`]), for the admin API.
+//! - [`admin_server`], [`admin_auth`], [`admin_json`]: the admin API (gRPC and JSON on one
+//!   port, plaintext or TLS), who may call it (bearer tokens, admin client certificates) and
+//!   the JSON endpoints; [`admin_client`] is legatectl's side.
 //! - [`load`]: simulated proxies for measuring fan-out (the `legate-cp-load` binary).
 //!
 //! The protocol rules, and the peers' quirks they satisfy, are written down next to the code
 //! (`server::sotw`, `server::delta`) and summarised in this crate's README.
 
+pub mod admin_auth;
+pub mod admin_client;
 pub mod admin_json;
+pub mod admin_server;
 pub mod app;
 pub mod cache;
 pub mod certs;

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use legate_cp::XdsServer;
-use legate_cp::app::{ControlPlane, CpOptions, bind, serve_admin};
+use legate_cp::admin_server::{AdminApi, AdminOptions, DEFAULT_MAX_BODY};
+use legate_cp::app::{ControlPlane, CpOptions, bind};
+use legate_cp::load::parse_duration;
 use tracing_subscriber::EnvFilter;
 
 // jemalloc with background purging (see .cargo/config.toml): memory a fleet's streams used
@@ -30,6 +32,38 @@ struct Args {
     /// Admin API address (gRPC for legatectl, JSON under /v1/).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15011")]
     admin_address: SocketAddr,
+    /// Bearer tokens accepted by the admin API, one per line (re-read when it changes).
+    /// Without it and without --admin-client-ca, <data-dir>/admin.token is used, created
+    /// with a random token when missing.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Serve the admin API over TLS with this certificate chain (PEM; re-read on change).
+    #[arg(long, value_name = "FILE", requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    /// The private key of --admin-tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
+    /// Accept admin client certificates issued by this CA (PEM); the certificate must carry
+    /// the URI SAN spiffe://<trust-domain>/admin/<name>. Needs --admin-tls-cert.
+    #[arg(long, value_name = "FILE")]
+    admin_client_ca: Option<PathBuf>,
+    /// Trust domain of admin client certificates.
+    #[arg(long, value_name = "DOMAIN", default_value = "legate.local")]
+    admin_trust_domain: String,
+    /// Let anyone who reaches the admin API read status and node configurations; changes
+    /// still need credentials.
+    #[arg(long)]
+    admin_open_reads: bool,
+    /// Largest admin request body (a mesh document): bytes, or with KiB/MiB.
+    #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_MAX_BODY, value_parser = parse_size)]
+    admin_max_body: usize,
+    /// Longest an admin request may take, body included.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    admin_request_timeout: Duration,
+    /// Allow serving on a non-loopback address without TLS or with open reads (logged as a
+    /// warning). Never needed on 127.0.0.1.
+    #[arg(long)]
+    insecure: bool,
     /// Where admin changes are persisted.
     #[arg(long, value_name = "DIR", default_value = "legate-cp-data")]
     data_dir: PathBuf,
@@ -73,7 +107,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// `8388608`, `512KiB`, `8MiB` (also `K`/`KB`, `M`/`MB`, taken as powers of 1024).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("'{s}': expected a size such as 8MiB"))?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        other => return Err(format!("'{s}': unknown unit '{other}' (use KiB or MiB)")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("'{s}': too large"))
+}
+
 async fn run(args: Args) -> Result<(), String> {
+    let admin = AdminApi::prepare(AdminOptions {
+        token_file: args.admin_token_file.clone(),
+        tls_cert: args.admin_tls_cert.clone(),
+        tls_key: args.admin_tls_key.clone(),
+        client_ca: args.admin_client_ca.clone(),
+        trust_domain: args.admin_trust_domain.clone(),
+        open_reads: args.admin_open_reads,
+        max_body: args.admin_max_body,
+        request_timeout: args.admin_request_timeout,
+        insecure: args.insecure,
+        ..AdminOptions::new(args.admin_address, args.data_dir.clone())
+    })
+    .map_err(|e| e.to_string())?;
     let cp = ControlPlane::load(CpOptions {
         config: args.config.clone(),
         data_dir: args.data_dir.clone(),
@@ -89,7 +154,7 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot bind admin address {}: {e}", args.admin_address))?;
     let xds_addr = xds_listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(xds = %xds_addr, admin = %admin_addr, "legate-cp listening");
+    tracing::info!(xds = %xds_addr, admin = %admin_addr, admin_tls = admin.tls(), "legate-cp listening");
     if let Some(path) = &args.address_file {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, format!("xds={xds_addr}\nadmin={admin_addr}\n"))
@@ -99,10 +164,10 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::spawn(cp.clone().watch_files());
     let server = XdsServer::new(cp.cache.clone(), cp.registry.clone());
     let xds = tokio::spawn(server.serve(xds_listener, shutdown()));
-    let admin = tokio::spawn(serve_admin(cp, admin_listener));
+    let admin = tokio::spawn(admin.serve(cp, admin_listener));
     tokio::select! {
         r = xds => r.map_err(|e| e.to_string())?.map_err(|e| format!("xDS server: {e}"))?,
-        r = admin => r.map_err(|e| e.to_string())?.map_err(|e| format!("admin server: {e}"))?,
+        r = admin => r.map_err(|e| format!("admin server: {e}"))?,
     }
     tracing::info!("legate-cp stopped");
     Ok(())

@@ -5,18 +5,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use legate_proto::admin::admin_client::AdminClient;
+use legate_cp::admin_client::{self, ClientOptions};
 use legate_proto::admin::{
     ApplyRequest, GetNodeRequest, ListNodesRequest, NodeStatus, SetWeightsRequest,
 };
-use tonic::transport::Channel;
 
 /// Drive a legate control plane: list proxies, read a node's configuration, apply service
 /// changes and shift traffic between versions.
 #[derive(Debug, Parser)]
 #[command(name = "legatectl", version)]
 struct Cli {
-    /// Admin API of legate-cp (gRPC).
+    /// Admin API of legate-cp (gRPC): http://HOST:PORT, or https://HOST:PORT over TLS.
     #[arg(
         long,
         env = "LEGATE_CP_ADMIN",
@@ -24,6 +23,23 @@ struct Cli {
         global = true
     )]
     server: String,
+
+    /// A file holding the admin token (legate-cp's --admin-token-file, or the admin.token it
+    /// generated in its data directory). Takes precedence over LEGATE_CP_TOKEN.
+    #[arg(long, env = "LEGATE_CP_TOKEN_FILE", value_name = "FILE", global = true)]
+    token_file: Option<PathBuf>,
+
+    /// CA bundle to verify an https:// server with (default: Mozilla's roots).
+    #[arg(long, value_name = "FILE", global = true)]
+    ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) carrying an admin identity, spiffe://<td>/admin/<name>.
+    #[arg(long, value_name = "FILE", global = true, requires = "key")]
+    cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", global = true, requires = "cert")]
+    key: Option<PathBuf>,
 
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
@@ -111,8 +127,22 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Largest admin reply accepted (`status` of a large fleet).
-const ADMIN_REPLY_LIMIT: usize = 256 << 20;
+/// The token: from --token-file (or LEGATE_CP_TOKEN_FILE), else LEGATE_CP_TOKEN.
+fn token(cli: &Cli) -> Result<Option<String>, String> {
+    if let Some(path) = &cli.token_file {
+        return legate_cp::admin_auth::first_token(path)
+            .map(Some)
+            .map_err(|e| e.to_string());
+    }
+    match std::env::var("LEGATE_CP_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_owned())),
+        Ok(_) => Err("LEGATE_CP_TOKEN is set but empty".to_owned()),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err("LEGATE_CP_TOKEN is not valid UTF-8".to_owned())
+        }
+    }
+}
 
 async fn run(cli: Cli) -> Result<(), String> {
     if let Command::Certs {
@@ -140,14 +170,17 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         return Ok(());
     }
-    let channel = Channel::from_shared(cli.server.clone())
-        .map_err(|e| format!("bad --server '{}': {e}", cli.server))?
-        .connect()
+    let options = ClientOptions {
+        server: cli.server.clone(),
+        token: token(&cli)?,
+        ca: cli.ca.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+    };
+    let mut client = admin_client::connect(&options)
         .await
-        .map_err(|e| format!("cannot reach legate-cp at {}: {e}", cli.server))?;
-    // A fleet of 10,000 proxies lists as several MiB: tonic's 4 MiB default is too small.
-    let mut client = AdminClient::new(channel).max_decoding_message_size(ADMIN_REPLY_LIMIT);
-    let status = |s: tonic::Status| s.message().to_owned();
+        .map_err(|e| e.to_string())?;
+    let status = |s: tonic::Status| admin_client::explain(&s);
     match cli.command {
         Command::Status => {
             let nodes = client

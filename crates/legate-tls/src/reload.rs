@@ -46,6 +46,23 @@ where
     T: Send + Sync + 'static,
     F: Fn() -> Result<T, TlsError> + Send + Sync + 'static,
 {
+    watch_with("TLS files", paths, interval, build)
+}
+
+/// [`watch`] for any file-backed value with its own error type (an admin token file, say);
+/// `what` names the files in log lines. Rebuild errors are logged with their `Display`, so an
+/// error type for secrets must not print their contents.
+pub fn watch_with<T, E, F>(
+    what: &'static str,
+    paths: Vec<PathBuf>,
+    interval: Duration,
+    build: F,
+) -> Result<Current<T>, E>
+where
+    T: Send + Sync + 'static,
+    E: std::fmt::Display + Send + 'static,
+    F: Fn() -> Result<T, E> + Send + Sync + 'static,
+{
     let mut seen = fingerprint(&paths);
     let current: Current<T> = Arc::new(ArcSwap::from_pointee(build()?));
     let weak: Weak<ArcSwap<T>> = Arc::downgrade(&current);
@@ -76,11 +93,11 @@ where
                 Ok(value) => {
                     seen = now;
                     target.store(Arc::new(value));
-                    tracing::info!(files = ?paths, "reloaded changed TLS files");
+                    tracing::info!(files = ?paths, "reloaded changed {what}");
                 }
                 // `seen` stays: the next tick retries, so a pair written in two steps lands
                 // once both halves are in place.
-                Err(error) => tracing::warn!(%error, "changed TLS files not applied"),
+                Err(error) => tracing::warn!(%error, files = ?paths, "changed {what} not applied"),
             }
         }
     });
