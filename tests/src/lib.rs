@@ -7,6 +7,9 @@
 //!   ledger of `/charge` requests ([`Charges`]).
 //! - [`Legate`] runs the `legate` binary from a bootstrap YAML (see [`config`] for builders)
 //!   and exposes its admin API; listener ports are discovered from `GET /listeners`.
+//! - [`cp::ControlPlane`] runs the `legate-cp` binary and drives its admin API (legatectl,
+//!   JSON over HTTP or HTTPS, gRPC) with the right credentials; [`cp::Pki`] issues test
+//!   certificates into files.
 //! - [`client`] is a bounded-time HTTP/1.1 and h2c client; [`metrics`] reads Prometheus text.
 //! - [`xds_server::XdsServer`] is a scriptable ADS control plane (SotW and delta) on a real
 //!   socket; [`XdsFlags`] starts `legate` against it without a bootstrap file, and
@@ -17,6 +20,7 @@
 
 pub mod client;
 pub mod config;
+pub mod cp;
 pub mod demo;
 pub mod metrics;
 pub mod peers;

@@ -218,7 +218,7 @@ fn strip_ansi(text: &str) -> String {
 }
 
 /// One spawned child, killed by PID on drop.
-struct ChildProcess {
+pub(crate) struct ChildProcess {
     label: String,
     command_line: String,
     child: Mutex<Child>,
@@ -229,7 +229,7 @@ struct ChildProcess {
 
 impl ChildProcess {
     /// Spawns `program args` with stdout and stderr captured; `on_stdout` sees stdout lines.
-    fn spawn(
+    pub(crate) fn spawn(
         label: &str,
         program: &Path,
         args: &[OsString],
@@ -270,27 +270,27 @@ impl ChildProcess {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Child> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Child> {
         self.child
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.lock().id()
     }
 
-    fn try_wait(&self) -> Option<ExitStatus> {
+    pub(crate) fn try_wait(&self) -> Option<ExitStatus> {
         self.lock().try_wait().ok().flatten()
     }
 
     /// Everything the process printed so far (both streams, interleaved by arrival).
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         self.log.text()
     }
 
     /// A block describing the process for failure messages.
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let state = match self.try_wait() {
             Some(status) => format!("exited: {status}"),
             None => "still running".to_owned(),
@@ -303,7 +303,7 @@ impl ChildProcess {
         )
     }
 
-    fn sigterm(&self) {
+    pub(crate) fn sigterm(&self) {
         let pid = self.pid().to_string();
         let status = Command::new("kill")
             .args(["-TERM", &pid])
@@ -316,7 +316,7 @@ impl ChildProcess {
         );
     }
 
-    async fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+    pub(crate) async fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.try_wait() {

@@ -2,13 +2,13 @@
 //! real Envoy, driven by the real legatectl; mesh-file edits, persistence and bad input.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use legate_tests::client::HttpClient;
+use legate_tests::cp::{ControlPlane as Cp, bin};
 use legate_tests::peers::{Envoy, EnvoyAds};
-use legate_tests::process::{TempDir, bin_dir};
+use legate_tests::process::TempDir;
 use legate_tests::xds_server::Mode;
 use legate_tests::{Legate, Protocol, Upstream, XdsFlags, eventually};
 
@@ -25,110 +25,6 @@ services:
     route: {{prefix: /payments/, rewrite: /, timeout: 5s}}
 "#
     )
-}
-
-fn bin(name: &str) -> PathBuf {
-    let p = bin_dir().join(name);
-    assert!(
-        p.is_file(),
-        "{} not found: run `cargo build --workspace --bins`",
-        p.display()
-    );
-    p
-}
-
-/// A running legate-cp, killed by PID on drop.
-struct Cp {
-    child: Child,
-    xds: SocketAddr,
-    admin: SocketAddr,
-    log: PathBuf,
-}
-
-impl Cp {
-    // The child is moved into `Cp`, whose Drop kills and waits for it.
-    #[allow(clippy::zombie_processes)]
-    async fn start(config: &Path, data: &Path, dir: &TempDir) -> Cp {
-        let addr_file = dir.path().join(format!("cp-{}.addr", fastrand::u32(..)));
-        let log = dir.path().join(format!("cp-{}.log", fastrand::u32(..)));
-        let out = std::fs::File::create(&log).expect("log");
-        let mut child = Command::new(bin("legate-cp"))
-            .arg("--config")
-            .arg(config)
-            .arg("--data-dir")
-            .arg(data)
-            .args([
-                "--xds-address",
-                "127.0.0.1:0",
-                "--admin-address",
-                "127.0.0.1:0",
-            ])
-            .arg("--address-file")
-            .arg(&addr_file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(out))
-            .spawn()
-            .expect("start legate-cp");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&addr_file) {
-                let get = |k: &str| {
-                    text.lines()
-                        .find_map(|l| l.strip_prefix(k))
-                        .and_then(|v| v.parse().ok())
-                };
-                if let (Some(xds), Some(admin)) = (get("xds="), get("admin=")) {
-                    return Cp {
-                        child,
-                        xds,
-                        admin,
-                        log,
-                    };
-                }
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "legate-cp did not start: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.xds)
-    }
-
-    fn ctl(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(bin("legatectl"))
-            .arg("--server")
-            .arg(format!("http://{}", self.admin))
-            .args(args)
-            .output()
-            .expect("run legatectl");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Cp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- legate-cp log ----\n{}", self.log());
-        }
-    }
 }
 
 async fn versions(url: &str, n: usize) -> Result<(usize, usize), String> {
@@ -168,7 +64,7 @@ async fn proxy_and_envoy_follow_set_weights(mode: Mode, envoy_mode: EnvoyAds) {
     let v2 = Upstream::start("payments", "v2", Protocol::Auto).await;
     let dir = TempDir::new("cp");
     let config = dir.write("mesh.yaml", &mesh(v1.addr(), v2.addr()));
-    let cp = Cp::start(&config, &dir.path().join("data"), &dir).await;
+    let cp = Cp::start(&config, &dir.path().join("data")).await;
 
     let legate = Legate::start_xds(&XdsFlags::new(&cp.url(), mode).node("proxy-1", "web")).await;
     let proxy_url = legate.url("outbound", "/payments/charge").await;
@@ -238,7 +134,7 @@ async fn mesh_edits_bad_input_and_persistence() {
     let dir = TempDir::new("cp-edit");
     let data = dir.path().join("data");
     let config = dir.write("mesh.yaml", &mesh(v1.addr(), v2.addr()));
-    let cp = Cp::start(&config, &data, &dir).await;
+    let cp = Cp::start(&config, &data).await;
     let legate = Legate::start_xds(&XdsFlags::new(&cp.url(), Mode::Sotw).node("p", "web")).await;
     let url = legate.url("outbound", "/payments/x").await;
     wait_versions(&url, (10, 0)).await;
@@ -286,11 +182,14 @@ async fn mesh_edits_bad_input_and_persistence() {
     assert!(!err.is_empty());
     let (ok, _, err) = cp.ctl(&["set-weights", "payments", "v1=50"]);
     assert!(!ok, "missing versions must be refused: {err}");
-    let json = HttpClient::http1()
-        .request(
+    let json = cp
+        .json(
             "POST",
-            &format!("http://{}/v1/services/payments/weights", cp.admin),
-            &[],
+            "/v1/services/payments/weights",
+            &[
+                ("authorization", &cp.bearer()),
+                ("content-type", "application/json"),
+            ],
             legate_tests::client::full("not json"),
         )
         .await;
@@ -348,7 +247,7 @@ async fn mesh_edits_bad_input_and_persistence() {
     wait_versions(&url, (10, 0)).await;
     drop(legate);
     drop(cp);
-    let cp = Cp::start(&config, &data, &dir).await;
+    let cp = Cp::start(&config, &data).await;
     let legate = Legate::start_xds(&XdsFlags::new(&cp.url(), Mode::Delta).node("p2", "web")).await;
     let url = legate.url("outbound", "/payments/x").await;
     wait_versions(&url, (10, 0)).await;
@@ -377,7 +276,7 @@ services:
 "#
         ),
     );
-    let cp = Cp::start(&config, &dir.path().join("data"), &dir).await;
+    let cp = Cp::start(&config, &dir.path().join("data")).await;
     let bootstrap = dir.write(
         "grpc-bootstrap.json",
         &serde_json::json!({
@@ -453,16 +352,17 @@ fn start_load(
             "--interval",
             "200ms",
         ])
-        .args(["--cp-pid", &cp.child.id().to_string(), "--threads", "2"])
+        .args(["--cp-pid", &cp.pid().to_string(), "--threads", "2"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for w in weights {
         let (v1, v2) = w.split_once('/').expect("v1/v2");
         cmd.arg("--trigger-cmd").arg(format!(
-            "{} --server http://{} set-weights payments v1={v1} v2={v2}",
+            "{} --server http://{} --token-file {} set-weights payments v1={v1} v2={v2}",
             ctl.display(),
-            cp.admin
+            cp.admin,
+            cp.token_file().expect("token file").display()
         ));
     }
     let mut child = cmd.spawn().expect("start legate-cp-load");
@@ -487,7 +387,7 @@ async fn load_tool_measures_fan_out(mode: &str) {
     let dir = TempDir::new("cp-load");
     let v1: SocketAddr = "127.0.0.1:1".parse().expect("addr");
     let config = dir.write("mesh.yaml", &mesh(v1, v1));
-    let cp = Cp::start(&config, &dir.path().join("data"), &dir).await;
+    let cp = Cp::start(&config, &dir.path().join("data")).await;
     let (mut child, mut events) = start_load(
         &cp,
         mode,
