@@ -245,6 +245,8 @@ def hot_swap(ctx):
         stop = threading.Event()
         pushes = {"ok": 0, "failed": 0}
         ctl = os.path.join(ctx["bin"], "legatectl")
+        # legate-cp generated its admin token in its data directory before listening.
+        token_file = os.path.join(ctx["workdir"], "hs-cp-data", "admin.token")
 
         def pusher():
             # A change starts every 100 ms by the clock, whatever the previous one took.
@@ -253,8 +255,9 @@ def hot_swap(ctx):
                 flip = not flip
                 weights = ["a=90", "b=10"] if flip else ["a=10", "b=90"]
                 running.append(subprocess.Popen(
-                    [ctl, "--server", f"http://127.0.0.1:{admin}", "set-weights", "svc",
-                     *weights], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                    [ctl, "--server", f"http://127.0.0.1:{admin}", "--token-file", token_file,
+                     "set-weights", "svc", *weights],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 k += 1
                 stop.wait(max(0.0, start + k * 0.1 - time.time()))
                 for p in [p for p in running if p.poll() is not None]:

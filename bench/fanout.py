@@ -55,13 +55,16 @@ def one(ctx, n, mode):
         lib.wait_port(xds)
         lib.wait_port(admin)
         ctl = os.path.join(ctx["bin"], "legatectl")
+        # legate-cp generated its admin token in its data directory before listening.
+        token_file = os.path.join(wd, "cp-data", "admin.token")
         argv = ["taskset", "-c", "1", os.path.join(ctx["bin"], "legate-cp-load"),
                 "--server", f"http://127.0.0.1:{xds}", "--streams", str(n), "--mode", mode,
                 "--threads", "1", "--changes", str(CHANGES), "--interval", "1s",
                 "--cp-pid", str(cp.pid), "--ready-timeout", "180s", "--change-timeout", "30s"]
         for w in WEIGHTS[:CHANGES]:
             argv += ["--trigger-cmd",
-                     f"{ctl} --server http://127.0.0.1:{admin} set-weights svc-0 v1={w} v2={100 - w}"]
+                     f"{ctl} --server http://127.0.0.1:{admin} --token-file {token_file} "
+                     f"set-weights svc-0 v1={w} v2={100 - w}"]
         out = subprocess.run(argv, capture_output=True, text=True, timeout=400)
         with open(os.path.join(ctx["logdir"], f"fanout-load-{n}-{mode}.log"), "w") as f:
             f.write(out.stdout + out.stderr)

@@ -64,7 +64,8 @@ def mesh(n, listener_port):
 
 
 def status(ctl, admin, node):
-    out = subprocess.run([ctl, "--server", f"http://127.0.0.1:{admin}", "-o", "json", "status"],
+    """`ctl` is legatectl's argv prefix (binary and token file)."""
+    out = subprocess.run([*ctl, "--server", f"http://127.0.0.1:{admin}", "-o", "json", "status"],
                          capture_output=True, text=True, timeout=20)
     if out.returncode != 0:
         return None
@@ -113,7 +114,9 @@ def one(ctx, contender, n, rnd):
     procs = lib.Procs(ctx["logdir"])
     wd = os.path.join(ctx["workdir"], f"scale-{contender}-{n}-{rnd}")
     os.makedirs(wd)
-    ctl = os.path.join(ctx["bin"], "legatectl")
+    # legate-cp generates its admin token in its data directory before it listens.
+    ctl = [os.path.join(ctx["bin"], "legatectl"), "--token-file",
+           os.path.join(wd, "cp-data", "admin.token")]
     node = f"bench-{contender}"
     try:
         listener, xds, admin, padmin = (lib.free_port() for _ in range(4))

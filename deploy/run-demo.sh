@@ -25,8 +25,15 @@ start_upstream payments v1 127.0.0.1:18082
 start_upstream payments v2 127.0.0.1:18083
 start_upstream inventory v1 127.0.0.1:18084 http2
 
+# The admin API wants a token: a random one, readable by this user only, kept across runs.
+TOKEN_FILE="$STATE/admin.token"
+if [ ! -s "$TOKEN_FILE" ]; then
+  (umask 077 && od -An -vtx1 -N32 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE" && echo >>"$TOKEN_FILE")
+fi
+
 "$BIN/legate-cp" --config examples/cp-demo.yaml --data-dir "$STATE/cp-data" \
-  --xds-address 127.0.0.1:15010 --admin-address 127.0.0.1:15011 &
+  --xds-address 127.0.0.1:15010 --admin-address 127.0.0.1:15011 \
+  --admin-token-file "$TOKEN_FILE" &
 pids+=($!)
 
 "$BIN/legate" --node-id demo-proxy --node-cluster demo --admin-address 127.0.0.1:15000 \
@@ -41,13 +48,14 @@ curl -fsS -o /dev/null http://127.0.0.1:15000/ready || { echo "legate did not be
 
 cat <<MSG
 
-legate-cp: xDS on 127.0.0.1:15010, admin on 127.0.0.1:15011 (legatectl's default).
+legate-cp: xDS on 127.0.0.1:15010, admin on 127.0.0.1:15011 (legatectl's default),
+           admin token in $TOKEN_FILE (legatectl --token-file, or LEGATE_CP_TOKEN_FILE).
 legate:    proxy on 127.0.0.1:15001, admin on 127.0.0.1:15000, configured over xDS.
 try: curl http://127.0.0.1:15001/payments/charge
 try: curl -H 'x-canary: 1' http://127.0.0.1:15001/payments/charge
 try: curl --http2-prior-knowledge http://127.0.0.1:15001/inventory/items
-try: $BIN/legatectl set-weights payments v1=0 v2=100   # then curl payments again: all v2
-try: $BIN/legatectl status
+try: $BIN/legatectl --token-file $TOKEN_FILE set-weights payments v1=0 v2=100   # then curl payments again: all v2
+try: $BIN/legatectl --token-file $TOKEN_FILE status
 try: curl http://127.0.0.1:15000/config_dump
 Press Ctrl-C to stop.
 MSG
