@@ -268,3 +268,99 @@ fn parse_weights_yaml(body: &[u8]) -> Result<Vec<(String, u32)>, String> {
         .map_err(|e| format!("body must be a mapping of version to weight: {e}"))?;
     Ok(map.into_iter().collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One service as an operator writes it: two versions, a canary route, retries and
+    /// outlier detection.
+    fn service(i: usize) -> String {
+        let (a, b) = (i / 250, i % 250);
+        format!(
+            r#"  - name: svc-{i}
+    lb_policy: round_robin
+    connect_timeout: 1s
+    versions:
+      - name: v1
+        weight: 90
+        endpoints: [{{address: 10.0.{a}.{b}:8080}}, {{address: 10.1.{a}.{b}:8080}}]
+      - name: v2
+        weight: 10
+        endpoints: [{{address: 10.2.{a}.{b}:8080}}]
+    route:
+      prefix: /svc-{i}/
+      rewrite: /
+      canary:
+        - version: v2
+          headers: [{{name: x-canary, exact: "1"}}]
+    policies:
+      request_headers_to_add: [{{name: x-mesh, value: legate}}]
+      timeout: 5s
+      retries:
+        on: [5xx, reset, connect-failure]
+        attempts: 2
+        per_try_timeout: 1500ms
+        previous_hosts: true
+      outlier_detection:
+        failure_percentage_threshold: 50
+        enforcing_failure_percentage: 100
+        failure_percentage_minimum_hosts: 2
+        failure_percentage_request_volume: 20
+        interval: 10s
+        base_ejection_time: 30s
+        max_ejection_percent: 50
+"#
+        )
+    }
+
+    #[test]
+    fn the_default_body_limit_fits_a_10000_service_mesh() {
+        let sample = format!("services:\n{}{}", service(1), service(9999));
+        let mesh: legate_model::Mesh =
+            legate_model::parse_yaml(&sample, "sample").expect("a valid mesh document");
+        assert_eq!(mesh.services.len(), 2);
+        let yaml: usize =
+            "services:\n".len() + (0..10_000).map(|i| service(i).len()).sum::<usize>();
+        // The same document as JSON, measured on one service with the widest numbers.
+        let value: serde_json::Value = serde_yaml_ng::from_str(&sample).expect("yaml");
+        let json_per_service = serde_json::to_string(&value["services"][1])
+            .expect("json")
+            .len()
+            + 1;
+        let json = 10_000 * json_per_service;
+        let limit = crate::admin_server::DEFAULT_MAX_BODY;
+        assert!(yaml < limit * 3 / 4, "yaml {yaml} bytes");
+        assert!(json < limit * 7 / 8, "json {json} bytes");
+    }
+
+    #[test]
+    fn change_bodies_must_be_json_or_yaml() {
+        let check = |ct: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_str(ct).expect("header"),
+            );
+            body_format(&h)
+        };
+        assert_eq!(check("application/json"), Some(Format::Json));
+        assert_eq!(check("Application/JSON; charset=utf-8"), Some(Format::Json));
+        assert_eq!(check("application/yaml"), Some(Format::Yaml));
+        assert_eq!(check("text/yaml"), Some(Format::Yaml));
+        for refused in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/jsonx",
+            "",
+        ] {
+            assert_eq!(check(refused), None, "{refused}");
+        }
+        assert_eq!(body_format(&http::HeaderMap::new()), None);
+        assert_eq!(
+            parse_weights_yaml(b"v1: 90\nv2: 10\n"),
+            Ok(vec![("v1".to_owned(), 90), ("v2".to_owned(), 10)])
+        );
+    }
+}
