@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use legate_cp::XdsServer;
-use legate_cp::admin_server::{AdminApi, AdminOptions, DEFAULT_MAX_BODY};
+use legate_cp::admin_server::{AdminApi, AdminOptions, parse_size};
 use legate_cp::app::{ControlPlane, CpOptions, bind};
 use legate_cp::load::parse_duration;
 use tracing_subscriber::EnvFilter;
@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15011")]
     admin_address: SocketAddr,
     /// Bearer tokens accepted by the admin API, one per line (re-read when it changes).
-    /// Without it and without --admin-client-ca, <data-dir>/admin.token is used, created
+    /// Without it and without --admin-client-ca, DATA-DIR/admin.token is used, created
     /// with a random token when missing.
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
@@ -44,7 +44,7 @@ struct Args {
     #[arg(long, value_name = "FILE", requires = "admin_tls_cert")]
     admin_tls_key: Option<PathBuf>,
     /// Accept admin client certificates issued by this CA (PEM); the certificate must carry
-    /// the URI SAN spiffe://<trust-domain>/admin/<name>. Needs --admin-tls-cert.
+    /// the URI SAN spiffe://TRUST-DOMAIN/admin/NAME. Needs --admin-tls-cert.
     #[arg(long, value_name = "FILE")]
     admin_client_ca: Option<PathBuf>,
     /// Trust domain of admin client certificates.
@@ -55,13 +55,13 @@ struct Args {
     #[arg(long)]
     admin_open_reads: bool,
     /// Largest admin request body (a mesh document): bytes, or with KiB/MiB.
-    #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_MAX_BODY, value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
     admin_max_body: usize,
     /// Longest an admin request may take, body included.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     admin_request_timeout: Duration,
-    /// Allow serving on a non-loopback address without TLS or with open reads (logged as a
-    /// warning). Never needed on 127.0.0.1.
+    /// Allow serving the admin API on a non-loopback address without TLS or with open reads
+    /// (logged as a warning). Never needed on a loopback address.
     #[arg(long)]
     insecure: bool,
     /// Where admin changes are persisted.
@@ -105,24 +105,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `8388608`, `512KiB`, `8MiB` (also `K`/`KB`, `M`/`MB`, taken as powers of 1024).
-fn parse_size(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("'{s}': expected a size such as 8MiB"))?;
-    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        other => return Err(format!("'{s}': unknown unit '{other}' (use KiB or MiB)")),
-    };
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("'{s}': too large"))
 }
 
 async fn run(args: Args) -> Result<(), String> {

@@ -33,7 +33,7 @@ struct Cli {
     #[arg(long, value_name = "FILE", global = true)]
     ca: Option<PathBuf>,
 
-    /// Client certificate (PEM) carrying an admin identity, spiffe://<td>/admin/<name>.
+    /// Client certificate (PEM) carrying an admin identity, spiffe://TRUST-DOMAIN/admin/NAME.
     #[arg(long, value_name = "FILE", global = true, requires = "key")]
     cert: Option<PathBuf>,
 
