@@ -421,6 +421,27 @@ async fn content_types_body_size_headers_and_time_are_bounded() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert_eq!(generation(&s.data), 0);
 
+    // gRPC has the same bound on its message.
+    let mut grpc = cp.grpc().await;
+    let refused = grpc
+        .apply(grpc_request(
+            ApplyRequest {
+                document: format!("services: []\n# {}\n", "x".repeat(5000)),
+                source: "big".to_owned(),
+            },
+            &[("authorization", &auth)],
+        ))
+        .await
+        .expect_err("over the limit");
+    assert!(
+        matches!(
+            refused.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(generation(&s.data), 0);
+
     // Within the limit, YAML works.
     cp.json(
         "POST",
