@@ -833,3 +833,70 @@ async fn non_loopback_admin_needs_tls_or_insecure() {
         "{err}"
     );
 }
+
+/// The certificates `legatectl certs` makes are what the admin API over TLS takes: its
+/// admin certificate may change state, its node certificate may not.
+#[tokio::test]
+async fn legatectl_certs_make_a_working_admin_identity() {
+    let s = setup("cp-admin-certs");
+    let out = s.dir.path().join("pki");
+    let made = std::process::Command::new(legate_tests::cp::bin("legatectl"))
+        .arg("certs")
+        .arg("--out")
+        .arg(&out)
+        .args(["--host", "localhost", "--admin", "alice", "--node", "x"])
+        .output()
+        .expect("legatectl certs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let f = |name: &str| out.join(name).to_str().expect("utf-8").to_owned();
+    let cp = ControlPlane::start_with(
+        &s.config,
+        &s.data,
+        &[
+            "--admin-tls-cert",
+            &f("localhost.pem"),
+            "--admin-tls-key",
+            &f("localhost.key"),
+            "--admin-client-ca",
+            &f("ca.pem"),
+        ],
+    )
+    .await;
+    let (ok, out_text, err) = cp.legatectl(
+        &[
+            "--ca",
+            &f("ca.pem"),
+            "--cert",
+            &f("admin-alice.pem"),
+            "--key",
+            &f("admin-alice.key"),
+            "set-weights",
+            "payments",
+            "v1=0",
+            "v2=100",
+        ],
+        &[],
+    );
+    assert!(ok && out_text.contains("generation 1"), "{out_text}{err}");
+    let (ok, _, err) = cp.legatectl(
+        &[
+            "--ca",
+            &f("ca.pem"),
+            "--cert",
+            &f("node-x.pem"),
+            "--key",
+            &f("node-x.key"),
+            "status",
+        ],
+        &[],
+    );
+    assert!(
+        !ok && err.contains("forbidden") && err.contains("spiffe://legate.local/node/x"),
+        "{err}"
+    );
+    assert_eq!(generation(&s.data), 1);
+}
