@@ -346,6 +346,10 @@ pub enum Refusal {
     CrossOrigin { origin: String },
     #[error("cross-origin request refused: sec-fetch-site is '{site}'")]
     CrossSite { site: String },
+    #[error(
+        "host '{host}' refused: on a loopback address the admin API answers only to localhost or an IP address"
+    )]
+    ForeignHost { host: String },
 }
 
 impl Refusal {
@@ -355,9 +359,10 @@ impl Refusal {
             | Refusal::WrongToken
             | Refusal::MalformedAuthorization
             | Refusal::TokensDisabled => RefusalKind::Unauthenticated,
-            Refusal::NotAdmin { .. } | Refusal::CrossOrigin { .. } | Refusal::CrossSite { .. } => {
-                RefusalKind::Forbidden
-            }
+            Refusal::NotAdmin { .. }
+            | Refusal::CrossOrigin { .. }
+            | Refusal::CrossSite { .. }
+            | Refusal::ForeignHost { .. } => RefusalKind::Forbidden,
         }
     }
 
@@ -371,6 +376,7 @@ impl Refusal {
             Refusal::NotAdmin { .. } => "not-admin",
             Refusal::CrossOrigin { .. } => "cross-origin",
             Refusal::CrossSite { .. } => "cross-site",
+            Refusal::ForeignHost { .. } => "foreign-host",
         }
     }
 }
@@ -467,6 +473,35 @@ pub fn same_origin(headers: &HeaderMap, own: &[String]) -> Result<(), Refusal> {
         }
     }
     Ok(())
+}
+
+/// The host a request names (`:authority`, else `Host`), without its port.
+pub fn request_host<B>(req: &http::Request<B>) -> Option<String> {
+    if let Some(authority) = req.uri().authority() {
+        return Some(authority.host().to_owned());
+    }
+    let value = req.headers().get(http::header::HOST)?.to_str().ok()?;
+    let authority: http::uri::Authority = value.parse().ok()?;
+    Some(authority.host().to_owned())
+}
+
+/// On a loopback address, answer only requests naming `localhost` or an IP address. A page
+/// that re-points its own DNS name at 127.0.0.1 (DNS rebinding) is same-origin in the
+/// browser's eyes, so the `Origin` checks cannot see it; the name it must send can. A request
+/// without a host (HTTP/1.0) passes.
+pub fn loopback_host(host: Option<&str>, local: SocketAddr) -> Result<(), Refusal> {
+    let Some(host) = host else { return Ok(()) };
+    if !local.ip().is_loopback() {
+        return Ok(());
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok() {
+        Ok(())
+    } else {
+        Err(Refusal::ForeignHost {
+            host: host.chars().take(MAX_QUOTED_ORIGIN).collect(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -654,6 +689,40 @@ mod tests {
             Err(Refusal::TokensDisabled)
         );
         assert_eq!(Refusal::TokensDisabled.kind(), RefusalKind::Unauthenticated);
+    }
+
+    #[test]
+    fn hosts_on_loopback() {
+        let lo: SocketAddr = "127.0.0.1:15011".parse().expect("addr");
+        let lan: SocketAddr = "10.0.0.5:15011".parse().expect("addr");
+        for ok in ["localhost", "LOCALHOST", "127.0.0.1", "[::1]", "10.9.8.7"] {
+            assert_eq!(loopback_host(Some(ok), lo), Ok(()), "{ok}");
+        }
+        assert_eq!(loopback_host(None, lo), Ok(()));
+        let refused = loopback_host(Some("evil.example"), lo).expect_err("rebinding");
+        assert_eq!(refused.reason(), "foreign-host");
+        assert_eq!(refused.kind(), RefusalKind::Forbidden);
+        assert_eq!(loopback_host(Some("cp.internal"), lan), Ok(()));
+        let req = |uri: &str, host: Option<&str>| {
+            let mut b = http::Request::builder().uri(uri);
+            if let Some(h) = host {
+                b = b.header(http::header::HOST, h);
+            }
+            request_host(&b.body(()).expect("request"))
+        };
+        assert_eq!(
+            req("/v1/nodes", Some("evil.example:15011")).as_deref(),
+            Some("evil.example")
+        );
+        assert_eq!(
+            req("/v1/nodes", Some("[::1]:15011")).as_deref(),
+            Some("[::1]")
+        );
+        assert_eq!(
+            req("http://localhost:1/x", Some("other")).as_deref(),
+            Some("localhost")
+        );
+        assert_eq!(req("/v1/nodes", None), None);
     }
 
     #[test]

@@ -173,6 +173,7 @@ struct Shared {
 /// One accepted connection, as the server sees it.
 struct Conn {
     peer: SocketAddr,
+    local: SocketAddr,
     /// `Origin` values that are this server.
     own_origins: Vec<String>,
     cert: Option<PeerCert>,
@@ -380,6 +381,7 @@ async fn connection(
     let Some(tls) = &shared.tls else {
         let conn = Conn {
             peer,
+            local,
             own_origins: admin_auth::own_origins(local, false),
             cert: None,
         };
@@ -405,6 +407,7 @@ async fn connection(
         .map(|info| PeerCert::from(&info));
     let conn = Conn {
         peer,
+        local,
         own_origins: admin_auth::own_origins(local, true),
         cert,
     };
@@ -450,13 +453,16 @@ async fn handle(
     } else {
         admin_auth::grpc_access(path)
     };
-    let decision = admin_auth::same_origin(req.headers(), &conn.own_origins).and_then(|()| {
-        shared.policy.authorize(
-            access,
-            req.headers().get(http::header::AUTHORIZATION),
-            conn.cert.as_ref(),
-        )
-    });
+    let host = admin_auth::request_host(&req);
+    let decision = admin_auth::loopback_host(host.as_deref(), conn.local)
+        .and_then(|()| admin_auth::same_origin(req.headers(), &conn.own_origins))
+        .and_then(|()| {
+            shared.policy.authorize(
+                access,
+                req.headers().get(http::header::AUTHORIZATION),
+                conn.cert.as_ref(),
+            )
+        });
     let what = || {
         let p: String = path.chars().take(MAX_LOGGED_PATH).collect();
         if json {

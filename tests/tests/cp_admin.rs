@@ -327,6 +327,23 @@ async fn open_reads_open_only_reads() {
     )
     .await
     .assert_status(403);
+    // So is a page that re-pointed its own name at 127.0.0.1 (DNS rebinding): the browser
+    // sees no other origin, but the name it sends is not this server's.
+    let port = cp.admin.port();
+    let rebound = raw(
+        cp.admin,
+        &format!("GET /v1/nodes HTTP/1.1\r\nhost: evil.example:{port}\r\n\r\n"),
+        b"",
+    )
+    .await;
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
+    let local = raw(
+        cp.admin,
+        &format!("GET /v1/nodes HTTP/1.1\r\nhost: localhost:{port}\r\n\r\n"),
+        b"",
+    )
+    .await;
+    assert!(local.starts_with("HTTP/1.1 200"), "{local}");
     assert_eq!(generation(&s.data), 0);
 }
 
