@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Limited};
 use tonic::body::Body;
 
 use crate::admin_auth::{Refusal, RefusalKind};
-use crate::app::{ControlPlane, parse_weights};
+use crate::app::{ControlPlane, WeightsError, parse_weights};
 
 type Resp = http::Response<Body>;
 
@@ -248,8 +248,8 @@ where
                     200,
                     &serde_json::json!({ "generation": generation, "changes": changes }),
                 ),
-                Err(e) if e.contains("unknown service") => error(404, &e),
-                Err(e) => error(400, &e),
+                Err(e @ WeightsError::UnknownService(_)) => error(404, &e.to_string()),
+                Err(e @ WeightsError::Invalid(_)) => error(400, &e.to_string()),
             }
         }
         _ => error(

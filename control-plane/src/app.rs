@@ -19,6 +19,16 @@ use tonic::{Request, Response, Status};
 use crate::store::{self, Overlay, StoreError};
 use crate::{NodeRegistry, NodeSnapshot, SnapshotCache};
 
+/// Why a weight change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("unknown service '{0}'")]
+    UnknownService(String),
+    /// The weights do not fit the service, or the result does not validate.
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// How `legate-cp` runs.
 #[derive(Clone, Debug)]
 pub struct CpOptions {
@@ -205,7 +215,16 @@ impl ControlPlane {
         &self,
         service: &str,
         weights: &[(String, u32)],
-    ) -> Result<(u64, Vec<String>), String> {
+    ) -> Result<(u64, Vec<String>), WeightsError> {
+        let known = self
+            .state()
+            .effective
+            .services
+            .iter()
+            .any(|s| s.name == service);
+        if !known {
+            return Err(WeightsError::UnknownService(service.to_owned()));
+        }
         self.change(|mesh, overlay| {
             legate_model::set_weights(mesh, service, weights).map_err(|p| p.to_string())?;
             let svc: Service = mesh
@@ -221,6 +240,7 @@ impl ControlPlane {
                 desc.join(" ")
             )])
         })
+        .map_err(WeightsError::Invalid)
     }
 
     /// The resources a node (id, cluster) is served.
@@ -417,13 +437,13 @@ impl Admin for AdminService {
         let req = req.into_inner();
         let mut weights: Vec<(String, u32)> = req.weights.into_iter().collect();
         weights.sort();
-        let (generation, changes) = self.0.set_weights(&req.service, &weights).map_err(|e| {
-            if e.contains("unknown service") {
-                Status::not_found(e)
-            } else {
-                Status::invalid_argument(e)
-            }
-        })?;
+        let (generation, changes) =
+            self.0
+                .set_weights(&req.service, &weights)
+                .map_err(|e| match e {
+                    WeightsError::UnknownService(_) => Status::not_found(e.to_string()),
+                    WeightsError::Invalid(_) => Status::invalid_argument(e.to_string()),
+                })?;
         Ok(Response::new(ApplyResponse {
             generation,
             changes,

@@ -201,6 +201,39 @@ async fn every_mutation_needs_a_valid_token_from_the_same_origin() {
         .await
         .assert_status(200);
 
+    // An authorized change that does not apply says why, and changes nothing.
+    let r = cp
+        .json(
+            "POST",
+            "/v1/services/nosuch/weights",
+            &[
+                ("authorization", &good),
+                ("content-type", "application/json"),
+            ],
+            full(r#"{"v1": 1}"#),
+        )
+        .await;
+    r.assert_status(404);
+    assert!(
+        r.text().contains("unknown service 'nosuch'"),
+        "{}",
+        r.describe()
+    );
+    let missing = cp
+        .grpc()
+        .await
+        .set_weights(grpc_request(
+            SetWeightsRequest {
+                service: "nosuch".to_owned(),
+                weights: [("v1".to_owned(), 1)].into(),
+            },
+            &[("authorization", &good)],
+        ))
+        .await
+        .expect_err("unknown service");
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    assert_eq!(generation(&s.data), 4);
+
     // Refusals are logged with call, peer and reason, never with a token.
     let log = cp.log();
     assert!(
