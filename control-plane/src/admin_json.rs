@@ -3,7 +3,7 @@
 //!
 //! | method and path | |
 //! |---|---|
-//! | `GET /v1/nodes` | connected nodes, versions sent and ACKed, last NACK |
+//! | `GET /v1/nodes` | connected nodes, versions sent and ACKed, last NACK; refused streams |
 //! | `GET /v1/nodes/{id}[?cluster=C]` | the resources a node receives |
 //! | `POST /v1/apply` | body: a mesh document with `services:` |
 //! | `POST /v1/services/{name}/weights` | body: `{"v1": 90, "v2": 10}` |
@@ -169,6 +169,7 @@ where
                         "id": n.id, "cluster": n.cluster, "user_agent": n.user_agent,
                         "streams": n.streams, "mode": n.mode,
                         "connected_since_unix_ms": n.connected_since_unix_ms,
+                        "identity": (!n.identity.is_empty()).then_some(&n.identity),
                         "types": n.types.iter().map(|t| serde_json::json!({
                             "type_url": t.type_url, "sent_version": t.sent_version,
                             "acked_version": t.acked_version,
@@ -180,7 +181,14 @@ where
                     })
                 })
                 .collect();
-            json(200, &serde_json::json!({ "nodes": list }))
+            json(
+                200,
+                &serde_json::json!({
+                    "nodes": list,
+                    "refused": cp.registry.recent_refusals(),
+                    "refusal_counts": cp.registry.refusal_counts(),
+                }),
+            )
         }
         ("GET", ["v1", "nodes", id]) => {
             let cluster = query

@@ -11,8 +11,9 @@ use legate_model::{Mesh, Service};
 use legate_proto::admin::admin_server::Admin;
 use legate_proto::admin::{
     ApplyRequest, ApplyResponse, GetNodeRequest, GetNodeResponse, ListNodesRequest,
-    ListNodesResponse, Nack as PbNack, NodeStatus as PbNodeStatus, Resource as PbResource,
-    SetWeightsRequest, TypeStatus as PbTypeStatus,
+    ListNodesResponse, Nack as PbNack, NodeStatus as PbNodeStatus, Refusal as PbRefusal,
+    RefusalCount as PbRefusalCount, Resource as PbResource, SetWeightsRequest,
+    TypeStatus as PbTypeStatus,
 };
 use tonic::{Request, Response, Status};
 
@@ -288,6 +289,7 @@ impl ControlPlane {
                     connected_since_unix_ms: newest
                         .map(|s| i64::try_from(s.connected_since_unix_ms).unwrap_or(i64::MAX))
                         .unwrap_or(0),
+                    identity: newest.and_then(|s| s.identity.clone()).unwrap_or_default(),
                     types: newest
                         .map(|s| {
                             s.types
@@ -311,6 +313,36 @@ impl ControlPlane {
                 }
             })
             .collect()
+    }
+}
+
+impl ControlPlane {
+    /// Recently refused xDS streams and handshakes (oldest first) and counts by reason.
+    pub fn refusals(&self) -> (Vec<PbRefusal>, Vec<PbRefusalCount>) {
+        let recent = self
+            .registry
+            .recent_refusals()
+            .into_iter()
+            .map(|e| PbRefusal {
+                node_id: e.refusal.node_id,
+                node_cluster: e.refusal.node_cluster,
+                identity: e.refusal.identity.unwrap_or_default(),
+                peer: e.refusal.peer.map(|p| p.to_string()).unwrap_or_default(),
+                reason: e.refusal.reason.as_str().to_owned(),
+                message: e.refusal.message,
+                at_unix_ms: i64::try_from(e.at_unix_ms).unwrap_or(i64::MAX),
+            })
+            .collect();
+        let counts = self
+            .registry
+            .refusal_counts()
+            .into_iter()
+            .map(|(reason, count)| PbRefusalCount {
+                reason: reason.as_str().to_owned(),
+                count,
+            })
+            .collect();
+        (recent, counts)
     }
 }
 
@@ -372,8 +404,11 @@ impl Admin for AdminService {
         &self,
         _: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
+        let (refused, refusal_counts) = self.0.refusals();
         Ok(Response::new(ListNodesResponse {
             nodes: self.0.nodes(),
+            refused,
+            refusal_counts,
         }))
     }
 

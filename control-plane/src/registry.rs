@@ -3,9 +3,12 @@
 //! Control path only, so one mutex is enough. Each stream registers when its first request
 //! names the node and holds a [`StreamHandle`]; dropping the handle (the stream ended, for
 //! whatever reason) removes the stream. NACKs are also kept in a short history that outlives
-//! the stream, so a proxy that rejected a config and went away is still visible.
+//! the stream, so a proxy that rejected a config and went away is still visible. Streams and
+//! TLS handshakes refused for their identity are kept the same way ([`NodeRegistry::refused`]),
+//! with a count per reason since start.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,6 +21,11 @@ use crate::resources::WARM_ORDER;
 
 /// How many NACKs [`NodeRegistry::recent_nacks`] keeps.
 const NACK_HISTORY: usize = 128;
+/// How many refusals [`NodeRegistry::recent_refusals`] keeps.
+const REFUSAL_HISTORY: usize = 128;
+/// Node ids and clusters in refusals are cut to this many characters: they come from whoever
+/// connected, and are kept after the stream ends.
+const REFUSAL_FIELD_CHARS: usize = 256;
 
 /// State-of-the-world or incremental.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -50,6 +58,68 @@ pub struct NackEvent {
     pub nack: Nack,
 }
 
+/// Why a stream or connection was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefusalReason {
+    /// The TLS handshake failed for a TLS reason (no client certificate, unknown CA, ...).
+    TlsHandshake,
+    /// Client certificates are required and the connection has none.
+    NoCertificate,
+    /// The certificate carries no SPIFFE id, or more than one.
+    NoIdentity,
+    /// The SPIFFE id belongs to another trust domain.
+    TrustDomain,
+    /// The SPIFFE id names neither a node nor a node cluster.
+    NotANodeIdentity,
+    /// The stream's first request carries no node.
+    NoNode,
+    /// A `/node/<id>` identity claimed another node id.
+    NodeId,
+    /// A `/cluster/<name>` identity claimed a node of another cluster.
+    NodeCluster,
+    /// A later request on the stream named a different node than the first.
+    NodeChanged,
+}
+
+impl RefusalReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::TlsHandshake => "tls-handshake",
+            RefusalReason::NoCertificate => "no-certificate",
+            RefusalReason::NoIdentity => "no-identity",
+            RefusalReason::TrustDomain => "trust-domain",
+            RefusalReason::NotANodeIdentity => "not-a-node-identity",
+            RefusalReason::NoNode => "no-node",
+            RefusalReason::NodeId => "node-id",
+            RefusalReason::NodeCluster => "node-cluster",
+            RefusalReason::NodeChanged => "node-changed",
+        }
+    }
+}
+
+/// A refused xDS stream or TLS connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// The node the stream claimed (empty for a refused handshake).
+    pub node_id: String,
+    pub node_cluster: String,
+    /// The client certificate's SPIFFE id, or its subject when it has none.
+    pub identity: Option<String>,
+    pub peer: Option<SocketAddr>,
+    pub reason: RefusalReason,
+    /// What the client was told.
+    pub message: String,
+}
+
+/// A refusal and when it happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RefusalEvent {
+    #[serde(flatten)]
+    pub refusal: Refusal,
+    pub at_unix_ms: u64,
+}
+
 /// What one stream sent and the client accepted, for one resource type.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TypeStatus {
@@ -71,6 +141,8 @@ pub struct StreamStatus {
     pub user_agent_name: String,
     pub user_agent_version: String,
     pub connected_since_unix_ms: u64,
+    /// The client certificate's SPIFFE id, when the stream came over mTLS.
+    pub identity: Option<String>,
     /// Version of the snapshot this stream serves now, if the node has one.
     pub snapshot_version: Option<String>,
     /// Only the types the client asked for, in warm order.
@@ -95,6 +167,8 @@ pub struct NodeRegistry {
 struct Inner {
     streams: BTreeMap<u64, Entry>,
     nacks: VecDeque<NackEvent>,
+    refusals: VecDeque<RefusalEvent>,
+    refusal_counts: BTreeMap<RefusalReason, u64>,
 }
 
 #[derive(Debug)]
@@ -145,6 +219,31 @@ impl NodeRegistry {
         self.lock().nacks.iter().cloned().collect()
     }
 
+    /// The last refusals (oldest first).
+    pub fn recent_refusals(&self) -> Vec<RefusalEvent> {
+        self.lock().refusals.iter().cloned().collect()
+    }
+
+    /// Refusals since start, by reason.
+    pub fn refusal_counts(&self) -> BTreeMap<RefusalReason, u64> {
+        self.lock().refusal_counts.clone()
+    }
+
+    /// Records a refused stream or connection.
+    pub fn refused(&self, mut refusal: Refusal) {
+        clip(&mut refusal.node_id);
+        clip(&mut refusal.node_cluster);
+        let mut inner = self.lock();
+        *inner.refusal_counts.entry(refusal.reason).or_default() += 1;
+        if inner.refusals.len() == REFUSAL_HISTORY {
+            inner.refusals.pop_front();
+        }
+        inner.refusals.push_back(RefusalEvent {
+            refusal,
+            at_unix_ms: now_unix_ms(),
+        });
+    }
+
     /// Number of open streams.
     pub fn stream_count(&self) -> usize {
         self.lock().streams.len()
@@ -152,6 +251,16 @@ impl NodeRegistry {
 
     /// Registers a stream; it stays listed until the handle is dropped.
     pub fn register(self: &Arc<Self>, node: &Node, mode: StreamMode) -> StreamHandle {
+        self.register_with_identity(node, mode, None)
+    }
+
+    /// Registers a stream that came with a verified identity (mTLS).
+    pub fn register_with_identity(
+        self: &Arc<Self>,
+        node: &Node,
+        mode: StreamMode,
+        identity: Option<String>,
+    ) -> StreamHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let user_agent_version = match &node.user_agent_version_type {
             Some(UserAgentVersionType::UserAgentVersion(v)) => v.clone(),
@@ -171,6 +280,7 @@ impl NodeRegistry {
                 user_agent_name: node.user_agent_name.clone(),
                 user_agent_version,
                 connected_since_unix_ms: now_unix_ms(),
+                identity,
                 snapshot_version: None,
                 types: Vec::new(),
             },
@@ -263,6 +373,14 @@ impl Drop for StreamHandle {
     }
 }
 
+/// Cuts `s` to [`REFUSAL_FIELD_CHARS`] characters.
+fn clip(s: &mut String) {
+    if let Some((index, _)) = s.char_indices().nth(REFUSAL_FIELD_CHARS) {
+        s.truncate(index);
+        s.push('…');
+    }
+}
+
 fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -314,5 +432,37 @@ mod tests {
         assert_eq!(history.len(), 1);
         assert_eq!(history[0].node_id, "n1");
         assert_eq!(history[0].nack.message, "bad listener");
+    }
+
+    #[test]
+    fn refusals_are_kept_bounded_and_counted() {
+        let registry = NodeRegistry::new();
+        for i in 0..REFUSAL_HISTORY + 5 {
+            registry.refused(Refusal {
+                node_id: format!("n{i}"),
+                node_cluster: "c".repeat(1000),
+                identity: Some("spiffe://legate.local/node/a".into()),
+                peer: Some("127.0.0.1:1".parse().expect("addr")),
+                reason: if i % 2 == 0 {
+                    RefusalReason::NodeId
+                } else {
+                    RefusalReason::TlsHandshake
+                },
+                message: "no".into(),
+            });
+        }
+        let recent = registry.recent_refusals();
+        assert_eq!(recent.len(), REFUSAL_HISTORY);
+        assert_eq!(recent[0].refusal.node_id, "n5");
+        assert_eq!(
+            recent[0].refusal.node_cluster.chars().count(),
+            REFUSAL_FIELD_CHARS + 1
+        );
+        let counts = registry.refusal_counts();
+        assert_eq!(counts[&RefusalReason::NodeId], 67);
+        assert_eq!(counts[&RefusalReason::TlsHandshake], 66);
+        let json = serde_json::to_value(&recent[0]).expect("serializes");
+        assert_eq!(json["reason"], "tls-handshake");
+        assert_eq!(json["peer"], "127.0.0.1:1");
     }
 }

@@ -7,9 +7,16 @@
 //! snapshot in warm order (CDS, EDS, LDS, RDS). Responses go through a small channel into the
 //! gRPC response body; a client that stops reading blocks only its own task, and since a
 //! watch keeps only the newest snapshot, nothing queues up behind it.
+//!
+//! With [`NodeAuth`] set (client certificates required), the first request of every stream is
+//! checked against the connection's certificate ([`identity`]) and later requests may not
+//! change the node; a stream that fails is refused with `PermissionDenied`, logged and
+//! recorded in the registry. Connections come from [`tls::incoming`] (TCP or TLS).
 
 mod delta;
+pub mod identity;
 mod sotw;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,6 +42,8 @@ use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::
 };
 use futures_util::{FutureExt, StreamExt};
 use legate_snapshot::ResourceKind;
+use legate_tls::reload::Current;
+use legate_tls::rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -42,8 +51,10 @@ use tonic::transport::server::{Router, TcpIncoming};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::cache::SnapshotCache;
-use crate::registry::{NodeRegistry, StreamHandle, StreamMode};
+use crate::registry::{NodeRegistry, Refusal, StreamHandle, StreamMode};
 use crate::resources::{NodeSnapshot, WARM_ORDER, kind_of_type_url};
+pub use identity::{DEFAULT_TRUST_DOMAIN, NodeAuth, NodeRefusal};
+pub use tls::XdsPeer;
 
 /// Responses buffered per stream beyond what HTTP/2 flow control holds. Small on purpose: a
 /// stream that cannot send waits, and then answers from the newest snapshot.
@@ -63,6 +74,8 @@ struct Shared {
     cache: Arc<SnapshotCache>,
     registry: Arc<NodeRegistry>,
     identifier: String,
+    /// Set when client certificates are required: the nodes each may speak for.
+    node_auth: Option<NodeAuth>,
 }
 
 /// The response body of every streaming method.
@@ -84,6 +97,20 @@ impl XdsServer {
                 cache,
                 registry,
                 identifier: identifier.into(),
+                node_auth: None,
+            }),
+        }
+    }
+
+    /// Check every stream's node against its client certificate. Only meaningful with
+    /// [`serve_tls`](Self::serve_tls) and a client CA: any other stream is refused.
+    pub fn with_node_auth(self, node_auth: NodeAuth) -> Self {
+        XdsServer {
+            shared: Arc::new(Shared {
+                cache: self.shared.cache.clone(),
+                registry: self.shared.registry.clone(),
+                identifier: self.shared.identifier.clone(),
+                node_auth: Some(node_auth),
             }),
         }
     }
@@ -138,22 +165,38 @@ impl XdsServer {
             .await
     }
 
+    /// Serves every xDS service over TLS on `listener` until `shutdown` completes. Each
+    /// connection is accepted with the configuration current at that moment (see
+    /// [`legate_tls::files::ServerFiles::watch`]).
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        tls: Current<Arc<ServerConfig>>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let incoming = tls::incoming(listener, Some(tls), self.shared.registry.clone());
+        let mut builder = tonic::transport::Server::builder();
+        self.add_services(&mut builder)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+    }
+
     fn spawn_sotw(
         &self,
         scope: Option<ResourceKind>,
-        requests: Streaming<DiscoveryRequest>,
+        request: Request<Streaming<DiscoveryRequest>>,
     ) -> ResponseStream<DiscoveryResponse> {
         let protocol = sotw::Sotw::new(scope, self.control_plane());
-        self.spawn(protocol, requests)
+        self.spawn(protocol, request)
     }
 
     fn spawn_delta(
         &self,
         scope: Option<ResourceKind>,
-        requests: Streaming<DeltaDiscoveryRequest>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> ResponseStream<DeltaDiscoveryResponse> {
         let protocol = delta::Delta::new(scope, self.control_plane());
-        self.spawn(protocol, requests)
+        self.spawn(protocol, request)
     }
 
     fn control_plane(&self) -> Option<ControlPlane> {
@@ -165,10 +208,26 @@ impl XdsServer {
     fn spawn<P: Protocol>(
         &self,
         protocol: P,
-        requests: Streaming<P::Request>,
+        request: Request<Streaming<P::Request>>,
     ) -> ResponseStream<P::Response> {
+        // Connections from `tls::incoming` carry an `XdsPeer`; tonic's own TCP listener (plain
+        // `serve`) only the socket addresses.
+        let peer = request
+            .extensions()
+            .get::<XdsPeer>()
+            .cloned()
+            .unwrap_or_else(|| XdsPeer {
+                remote: request.remote_addr(),
+                ..XdsPeer::default()
+            });
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(run(Arc::clone(&self.shared), protocol, requests, tx));
+        tokio::spawn(run(
+            Arc::clone(&self.shared),
+            protocol,
+            peer,
+            request.into_inner(),
+            tx,
+        ));
         ReceiverStream::new(rx)
     }
 }
@@ -188,9 +247,43 @@ trait Protocol: Send + 'static {
     fn respond(&mut self, snapshot: &NodeSnapshot, stream: &StreamHandle) -> Vec<Self::Response>;
 }
 
+/// Records, logs and answers a refused stream.
+async fn refuse<R>(
+    shared: &Shared,
+    peer: &XdsPeer,
+    node: &Node,
+    refusal: &NodeRefusal,
+    tx: &mpsc::Sender<Result<R, Status>>,
+) {
+    let identity = peer.certificate.as_deref().map(identity::identity_label);
+    tracing::warn!(
+        peer = ?peer.remote,
+        node.id = %node.id,
+        node.cluster = %node.cluster,
+        identity = identity.as_deref().unwrap_or("-"),
+        reason = refusal.reason().as_str(),
+        %refusal,
+        "xds stream refused"
+    );
+    shared.registry.refused(Refusal {
+        node_id: node.id.clone(),
+        node_cluster: node.cluster.clone(),
+        identity,
+        peer: peer.remote,
+        reason: refusal.reason(),
+        message: refusal.to_string(),
+    });
+    let _ = tx
+        .send(Err(Status::permission_denied(format!(
+            "xds stream refused: {refusal}"
+        ))))
+        .await;
+}
+
 async fn run<P: Protocol>(
     shared: Arc<Shared>,
     mut protocol: P,
+    peer: XdsPeer,
     mut requests: Streaming<P::Request>,
     tx: mpsc::Sender<Result<P::Response, Status>>,
 ) {
@@ -207,7 +300,16 @@ async fn run<P: Protocol>(
         }
     };
     let node = P::node(&first).cloned().unwrap_or_default();
-    let stream = shared.registry.register(&node, P::MODE);
+    let identity = match &shared.node_auth {
+        Some(auth) => match auth.check(peer.certificate.as_deref(), P::node(&first)) {
+            Ok(identity) => Some(identity),
+            Err(refusal) => return refuse(&shared, &peer, &node, &refusal, &tx).await,
+        },
+        None => None,
+    };
+    let stream = shared
+        .registry
+        .register_with_identity(&node, P::MODE, identity.clone());
     let mut snapshots = shared.cache.watch(&node);
     tracing::info!(
         node.id = %node.id,
@@ -215,6 +317,7 @@ async fn run<P: Protocol>(
         user_agent = %node.user_agent_name,
         mode = ?P::MODE,
         stream = stream.id(),
+        identity = identity.as_deref().unwrap_or("-"),
         "xds stream opened"
     );
 
@@ -235,13 +338,30 @@ async fn run<P: Protocol>(
                 None => break,
             }
         }
-        if let Err(status) = received
-            .drain(..)
-            .try_for_each(|request| protocol.handle(request, &stream))
-        {
-            let reason = format!("refused a request: {}", status.message());
-            let _ = tx.send(Err(status)).await;
-            break reason;
+        let mut stop = None;
+        for request in received.drain(..) {
+            if shared.node_auth.is_some()
+                && let Err(refusal) = identity::check_unchanged(&node, P::node(&request))
+            {
+                stop = Some(Err(refusal));
+                break;
+            }
+            if let Err(status) = protocol.handle(request, &stream) {
+                stop = Some(Ok(status));
+                break;
+            }
+        }
+        match stop {
+            None => {}
+            Some(Ok(status)) => {
+                let reason = format!("refused a request: {}", status.message());
+                let _ = tx.send(Err(status)).await;
+                break reason;
+            }
+            Some(Err(refusal)) => {
+                refuse(&shared, &peer, &node, &refusal, &tx).await;
+                break format!("refused: {refusal}");
+            }
         }
 
         let snapshot = snapshots.borrow_and_update().clone();
@@ -324,14 +444,14 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(Response::new(self.spawn_sotw(None, request.into_inner())))
+        Ok(Response::new(self.spawn_sotw(None, request)))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(Response::new(self.spawn_delta(None, request.into_inner())))
+        Ok(Response::new(self.spawn_delta(None, request)))
     }
 }
 
@@ -348,18 +468,14 @@ macro_rules! per_type_service {
                 &self,
                 request: Request<Streaming<DiscoveryRequest>>,
             ) -> Result<Response<Self::$stream_ty>, Status> {
-                Ok(Response::new(
-                    self.spawn_sotw(Some($kind), request.into_inner()),
-                ))
+                Ok(Response::new(self.spawn_sotw(Some($kind), request)))
             }
 
             async fn $delta(
                 &self,
                 request: Request<Streaming<DeltaDiscoveryRequest>>,
             ) -> Result<Response<Self::$delta_ty>, Status> {
-                Ok(Response::new(
-                    self.spawn_delta(Some($kind), request.into_inner()),
-                ))
+                Ok(Response::new(self.spawn_delta(Some($kind), request)))
             }
 
             async fn $fetch(

@@ -12,6 +12,8 @@ use legate_cp::XdsServer;
 use legate_cp::admin_server::{AdminApi, AdminOptions, parse_size};
 use legate_cp::app::{ControlPlane, CpOptions, bind};
 use legate_cp::load::parse_duration;
+use legate_cp::server::NodeAuth;
+use legate_tls::files::{DEFAULT_RELOAD_INTERVAL, ServerFiles};
 use tracing_subscriber::EnvFilter;
 
 // jemalloc with background purging (see .cargo/config.toml): memory a fleet's streams used
@@ -60,8 +62,10 @@ struct Args {
     /// Longest an admin request may take, body included.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     admin_request_timeout: Duration,
-    /// Allow serving the admin API on a non-loopback address without TLS or with open reads
-    /// (logged as a warning). Never needed on a loopback address.
+    /// Allow, on a non-loopback address, serving the admin API without TLS or with open
+    /// reads, and serving xDS without client certificates (plaintext, or TLS without
+    /// --xds-client-ca: any client could read any node's configuration). Each is logged as a
+    /// warning. Never needed on a loopback address.
     #[arg(long)]
     insecure: bool,
     /// Where admin changes are persisted.
@@ -76,6 +80,21 @@ struct Args {
     /// Log filter in RUST_LOG syntax (default info).
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// Serve xDS over TLS with this certificate chain (PEM, leaf first). Re-read when it
+    /// changes; new connections get the new certificate.
+    #[arg(long, value_name = "FILE", requires = "xds_tls_key")]
+    xds_tls_cert: Option<PathBuf>,
+    /// The private key of --xds-tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "xds_tls_cert")]
+    xds_tls_key: Option<PathBuf>,
+    /// Require xDS clients to present a certificate signed by this CA bundle (PEM), and allow
+    /// each stream only the node ids its certificate's SPIFFE id names (see the README).
+    #[arg(long, value_name = "FILE", requires = "xds_tls_cert")]
+    xds_client_ca: Option<PathBuf>,
+    /// The trust domain of node identities (`spiffe://<domain>/node/<id>`,
+    /// `spiffe://<domain>/cluster/<name>`).
+    #[arg(long, value_name = "DOMAIN", default_value = legate_cp::server::DEFAULT_TRUST_DOMAIN)]
+    xds_trust_domain: String,
 }
 
 fn main() -> ExitCode {
@@ -107,7 +126,54 @@ fn main() -> ExitCode {
     }
 }
 
+/// How xDS is served, from the flags: checked before anything binds.
+fn xds_security(args: &Args) -> Result<(Option<ServerFiles>, Option<NodeAuth>), String> {
+    let files = match (&args.xds_tls_cert, &args.xds_tls_key) {
+        (Some(cert), Some(key)) => Some(ServerFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.xds_client_ca.clone(),
+            alpn: vec![b"h2".to_vec()],
+        }),
+        _ => None,
+    };
+    let auth = match &args.xds_client_ca {
+        Some(_) => Some(NodeAuth::new(&args.xds_trust_domain).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    if auth.is_none() && !args.xds_address.ip().is_loopback() {
+        let how = if files.is_some() {
+            "TLS without client certificates"
+        } else {
+            "plaintext"
+        };
+        if !args.insecure {
+            return Err(format!(
+                "refusing to serve xDS with {how} on non-loopback address {}: any client could \
+                 claim any node; pass --xds-tls-cert, --xds-tls-key and --xds-client-ca, or \
+                 --insecure to accept that",
+                args.xds_address
+            ));
+        }
+        tracing::warn!(
+            address = %args.xds_address,
+            "serving xDS with {how} on a non-loopback address (--insecure): any client can \
+             read any node's configuration"
+        );
+    }
+    Ok((files, auth))
+}
+
 async fn run(args: Args) -> Result<(), String> {
+    let (tls_files, node_auth) = xds_security(&args)?;
+    let tls = match tls_files {
+        Some(files) => Some(
+            files
+                .watch("--xds-tls", DEFAULT_RELOAD_INTERVAL)
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
     let admin = AdminApi::prepare(AdminOptions {
         token_file: args.admin_token_file.clone(),
         tls_cert: args.admin_tls_cert.clone(),
@@ -136,7 +202,18 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot bind admin address {}: {e}", args.admin_address))?;
     let xds_addr = xds_listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(xds = %xds_addr, admin = %admin_addr, admin_tls = admin.tls(), "legate-cp listening");
+    let security = match (&tls, &node_auth) {
+        (Some(_), Some(auth)) => format!("mtls, trust domain {}", auth.trust_domain()),
+        (Some(_), None) => "tls".to_owned(),
+        (None, _) => "plaintext".to_owned(),
+    };
+    tracing::info!(
+        xds = %xds_addr,
+        admin = %admin_addr,
+        xds_security = security,
+        admin_tls = admin.tls(),
+        "legate-cp listening"
+    );
     if let Some(path) = &args.address_file {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, format!("xds={xds_addr}\nadmin={admin_addr}\n"))
@@ -144,8 +221,14 @@ async fn run(args: Args) -> Result<(), String> {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     tokio::spawn(cp.clone().watch_files());
-    let server = XdsServer::new(cp.cache.clone(), cp.registry.clone());
-    let xds = tokio::spawn(server.serve(xds_listener, shutdown()));
+    let mut server = XdsServer::new(cp.cache.clone(), cp.registry.clone());
+    if let Some(auth) = node_auth {
+        server = server.with_node_auth(auth);
+    }
+    let xds = match tls {
+        Some(tls) => tokio::spawn(server.serve_tls(xds_listener, tls, shutdown())),
+        None => tokio::spawn(server.serve(xds_listener, shutdown())),
+    };
     let admin = tokio::spawn(admin.serve(cp, admin_listener));
     tokio::select! {
         r = xds => r.map_err(|e| e.to_string())?.map_err(|e| format!("xDS server: {e}"))?,

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use legate_cp::admin_client::{self, ClientOptions};
 use legate_proto::admin::{
-    ApplyRequest, GetNodeRequest, ListNodesRequest, NodeStatus, SetWeightsRequest,
+    ApplyRequest, GetNodeRequest, ListNodesRequest, ListNodesResponse, NodeStatus, Refusal,
+    SetWeightsRequest,
 };
 
 /// Drive a legate control plane: list proxies, read a node's configuration, apply service
@@ -57,7 +58,8 @@ enum Output {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Connected proxies and which version of each resource type they ACKed.
+    /// Connected proxies and which version of each resource type they ACKed, and the xDS
+    /// streams refused for their identity.
     Status,
     /// Read something from the control plane.
     Get {
@@ -183,15 +185,17 @@ async fn run(cli: Cli) -> Result<(), String> {
     let status = |s: tonic::Status| admin_client::explain(&s);
     match cli.command {
         Command::Status => {
-            let nodes = client
+            let list = client
                 .list_nodes(ListNodesRequest {})
                 .await
                 .map_err(status)?
-                .into_inner()
-                .nodes;
+                .into_inner();
             match cli.output {
-                Output::Json => print_json(&nodes_json(&nodes)),
-                Output::Table => print_status(&nodes),
+                Output::Json => print_json(&status_json(&list)),
+                Output::Table => {
+                    print_status(&list.nodes);
+                    print_refusals(&list);
+                }
             }
         }
         Command::Get {
@@ -383,6 +387,72 @@ fn ago(unix_ms: i64) -> String {
     format!("{}s ago", (now - unix_ms).max(0) / 1000)
 }
 
+/// Refusals shown by `status` as a table (the newest; `-o json` has all that are kept).
+const REFUSALS_SHOWN: usize = 10;
+
+/// The refusal counts on one line, then the newest refusals, when there are any.
+fn print_refusals(list: &ListNodesResponse) {
+    if list.refusal_counts.is_empty() {
+        return;
+    }
+    let counts: Vec<String> = list
+        .refusal_counts
+        .iter()
+        .map(|c| format!("{}={}", c.reason, c.count))
+        .collect();
+    println!();
+    println!("REFUSED STREAMS: {}", counts.join(" "));
+    let skip = list.refused.len().saturating_sub(REFUSALS_SHOWN);
+    let rows: Vec<Vec<String>> = list.refused[skip..]
+        .iter()
+        .map(|r| {
+            let or_dash = |s: &str| {
+                if s.is_empty() {
+                    "-".to_owned()
+                } else {
+                    s.to_owned()
+                }
+            };
+            vec![
+                ago(r.at_unix_ms),
+                or_dash(&r.node_id),
+                or_dash(&r.node_cluster),
+                or_dash(&r.identity),
+                or_dash(&r.peer),
+                r.reason.clone(),
+                r.message.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "WHEN", "NODE", "CLUSTER", "IDENTITY", "PEER", "REASON", "MESSAGE",
+        ],
+        &rows,
+    );
+}
+
+fn refusal_json(r: &Refusal) -> serde_json::Value {
+    serde_json::json!({
+        "node_id": r.node_id, "node_cluster": r.node_cluster,
+        "identity": (!r.identity.is_empty()).then_some(&r.identity),
+        "peer": (!r.peer.is_empty()).then_some(&r.peer),
+        "reason": r.reason, "message": r.message, "at_unix_ms": r.at_unix_ms,
+    })
+}
+
+fn status_json(list: &ListNodesResponse) -> serde_json::Value {
+    let mut v = nodes_json(&list.nodes);
+    v["refused"] = list.refused.iter().map(refusal_json).collect();
+    v["refusal_counts"] = list
+        .refusal_counts
+        .iter()
+        .map(|c| (c.reason.clone(), serde_json::Value::from(c.count)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    v
+}
+
 fn nodes_json(nodes: &[NodeStatus]) -> serde_json::Value {
     let list: Vec<serde_json::Value> = nodes
         .iter()
@@ -406,6 +476,7 @@ fn nodes_json(nodes: &[NodeStatus]) -> serde_json::Value {
                 "id": n.id, "cluster": n.cluster, "user_agent": n.user_agent,
                 "streams": n.streams, "mode": n.mode,
                 "connected_since_unix_ms": n.connected_since_unix_ms, "types": types,
+                "identity": (!n.identity.is_empty()).then_some(&n.identity),
             })
         })
         .collect();
