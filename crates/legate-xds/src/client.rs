@@ -32,6 +32,20 @@ pub struct XdsStatus {
     /// Where the live configuration came from: `xds`, `cache`, `static` or `none`.
     pub source: &'static str,
     pub types: Vec<crate::state::TypeStatus>,
+    /// Why the last connection or stream to a control plane failed (kept while connected
+    /// again, for the record).
+    pub last_error: Option<LastError>,
+}
+
+/// A failed connection or stream.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LastError {
+    pub server: String,
+    /// The error and its causes.
+    pub message: String,
+    /// For TLS failures, the cause (`unknown-ca`, `expired`, `name-mismatch`, ...).
+    pub tls_cause: Option<&'static str>,
+    pub at_unix_ms: u64,
 }
 
 struct Metrics {
@@ -40,6 +54,7 @@ struct Metrics {
     since_update: Arc<Gauge>,
     cache_failures: Arc<Family<Counter>>,
     restarts: Arc<Counter>,
+    tls_failures: Arc<Family<Counter>>,
 }
 
 impl Metrics {
@@ -80,6 +95,11 @@ impl Metrics {
                 &["reason"],
             ),
             restarts,
+            tls_failures: registry.family(
+                "legate_xds_tls_failures_total",
+                "Connections to a control plane that failed for a TLS reason, by cause.",
+                &["cause"],
+            ),
         }
     }
 }
@@ -142,6 +162,7 @@ pub fn start(options: XdsOptions, sink: Arc<dyn SnapshotSink>, registry: &Regist
             mode: options.mode.as_str(),
             source: "none",
             types: Vec::new(),
+            last_error: None,
         }),
         metrics: Metrics::new(registry),
         options,
@@ -323,7 +344,7 @@ async fn run(shared: Arc<Shared>) {
         });
         match result {
             Ok(()) => tracing::info!(server = %url, "ADS stream closed by the server"),
-            Err(error) => tracing::warn!(server = %url, %error, "ADS stream failed"),
+            Err(error) => stream_failed(&shared, &url, &error),
         }
         shared.metrics.restarts.inc();
         if received {
@@ -334,6 +355,36 @@ async fn run(shared: Arc<Shared>) {
         }
         tokio::time::sleep(backoff.next()).await;
     }
+}
+
+/// Logs a failed connection or stream with its whole cause, and records it for `/ready` and
+/// `/config_dump`.
+fn stream_failed(shared: &Shared, url: &str, error: &StreamError) {
+    let message = crate::tls::error_chain(error);
+    let tls_cause = crate::tls::tls_cause(error);
+    match tls_cause {
+        Some(cause) => {
+            shared
+                .metrics
+                .tls_failures
+                .get_or_create(&[cause.as_str()])
+                .inc();
+            tracing::warn!(server = %url, tls_cause = cause.as_str(), error = %message, "ADS stream failed: {cause}");
+        }
+        None => tracing::warn!(server = %url, error = %message, "ADS stream failed"),
+    }
+    let at_unix_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default();
+    shared.set_status(|s| {
+        s.last_error = Some(LastError {
+            server: url.to_owned(),
+            message,
+            tls_cause: tls_cause.map(legate_tls::HandshakeFailure::as_str),
+            at_unix_ms,
+        });
+    });
 }
 
 /// Capped exponential backoff with full jitter.
@@ -399,6 +450,12 @@ impl Session<'_> {
             .http2_keep_alive_interval(opts.keepalive_interval)
             .keep_alive_timeout(opts.keepalive_interval.max(Duration::from_secs(1)))
             .keep_alive_while_idle(true);
+        if endpoint.uri().scheme_str() == Some("https") {
+            let connector = opts.tls.clone().ok_or_else(|| {
+                StreamError::Other("an https:// control plane needs TLS settings".to_owned())
+            })?;
+            return Ok(endpoint.connect_with_connector(connector).await?);
+        }
         Ok(endpoint.connect().await?)
     }
 

@@ -10,6 +10,7 @@
 pub mod cache;
 mod client;
 pub mod state;
+pub mod tls;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use client::{XdsHandle, XdsStatus, start};
+pub use client::{LastError, XdsHandle, XdsStatus, start};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use legate_snapshot::{Resources, Snapshot};
 
@@ -56,8 +57,10 @@ impl Mode {
 /// How the client runs.
 #[derive(Clone, Debug)]
 pub struct XdsOptions {
-    /// Control plane URLs (`http://host:port`), tried in order.
+    /// Control plane URLs (`http://host:port` or `https://host:port`), tried in order.
     pub servers: Vec<String>,
+    /// How `https://` servers are dialled (required when there is one).
+    pub tls: Option<tls::TlsConnector>,
     pub mode: Mode,
     /// The node identity sent on every stream.
     pub node: Node,

@@ -58,9 +58,17 @@ async fn handle(
             if state.dataplane.is_ready() {
                 text(StatusCode::OK, "ready\n".into())
             } else {
+                // Why the control plane has not delivered, when it failed: unreachable, a TLS
+                // refusal (with its cause), a stream refused for the node's identity.
+                let why = state
+                    .xds
+                    .as_ref()
+                    .and_then(|x| x.status().last_error)
+                    .map(|e| format!("; xds server {}: {}", e.server, e.message))
+                    .unwrap_or_default();
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: no configuration yet\n".into(),
+                    format!("not ready: no configuration yet{why}\n"),
                 )
             }
         }

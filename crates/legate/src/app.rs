@@ -103,8 +103,20 @@ pub async fn build(bootstrap: Bootstrap) -> anyhow::Result<App> {
     let admin_address = admin_listener.local_addr()?;
     let xds = match &bootstrap.xds {
         Some(x) => {
+            let tls = match x.tls.clone() {
+                Some(settings) => Some(
+                    tokio::task::spawn_blocking(move || {
+                        legate_xds::tls::TlsConnector::from_settings(&settings)
+                    })
+                    .await
+                    .context("loading the xDS TLS files")?
+                    .context("invalid xDS TLS settings")?,
+                ),
+                None => None,
+            };
             let options = XdsOptions {
                 servers: x.servers.clone(),
+                tls,
                 mode: x.mode,
                 node: node_proto(&bootstrap.node),
                 initial_fetch_timeout: x.initial_fetch_timeout,
@@ -114,7 +126,13 @@ pub async fn build(bootstrap: Bootstrap) -> anyhow::Result<App> {
                 cache_dir: x.cache_dir.clone(),
                 static_resources: bootstrap.static_resources.clone(),
             };
-            tracing::info!(servers = ?x.servers, mode = x.mode.as_str(), "starting the xDS client");
+            tracing::info!(
+                servers = ?x.servers,
+                mode = x.mode.as_str(),
+                tls = x.tls.is_some(),
+                client_certificate = x.tls.as_ref().is_some_and(|t| t.files.identity.is_some()),
+                "starting the xDS client"
+            );
             Some(legate_xds::start(
                 options,
                 Arc::new(DataplaneSink(dataplane.clone())),

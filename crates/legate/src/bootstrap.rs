@@ -2,7 +2,7 @@
 //! [`Bootstrap`]. Flags win over the file.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -49,10 +49,29 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
 
-    /// xDS control plane (`http://host:port`); repeat for failover, tried in order.
-    /// Overrides `xds.servers`.
+    /// xDS control plane (`http://host:port`, or `https://host:port` for TLS); repeat for
+    /// failover, tried in order. Overrides `xds.servers`.
     #[arg(long = "xds-server", value_name = "URL")]
     pub xds_servers: Vec<String>,
+
+    /// CA bundle (PEM) that https:// control planes' certificates must chain to (overrides
+    /// `xds.ca`; default: Mozilla's root CAs).
+    #[arg(long, value_name = "FILE")]
+    pub xds_ca: Option<PathBuf>,
+
+    /// Client certificate chain (PEM) presented to https:// control planes, for mTLS
+    /// (overrides `xds.cert`; needs --xds-key).
+    #[arg(long, value_name = "FILE")]
+    pub xds_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --xds-cert (overrides `xds.key`).
+    #[arg(long, value_name = "FILE")]
+    pub xds_key: Option<PathBuf>,
+
+    /// The name control planes' certificates are checked against and sent as SNI (overrides
+    /// `xds.server_name`; default: the host of each server URL).
+    #[arg(long, value_name = "NAME")]
+    pub xds_server_name: Option<String>,
 
     /// ADS variant: `sotw` (state of the world) or `delta` (overrides `xds.mode`; default
     /// sotw).
@@ -112,6 +131,14 @@ pub struct XdsFile {
     pub initial_fetch_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub backoff_max: Option<Duration>,
+    /// CA bundle for https:// servers; relative paths are relative to the bootstrap file.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain for mTLS.
+    pub cert: Option<PathBuf>,
+    /// Private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// Verify servers' certificates against this name instead of the URL host.
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +187,8 @@ pub struct XdsBootstrap {
     pub cache_dir: Option<PathBuf>,
     pub initial_fetch_timeout: Duration,
     pub backoff_max: Duration,
+    /// How https:// servers are dialled; set when one of the servers is https://.
+    pub tls: Option<legate_xds::tls::XdsTls>,
 }
 
 /// Everything `app::build` needs.
@@ -192,7 +221,7 @@ impl Bootstrap {
     /// Merge flags and file into a bootstrap, validating the static mesh all the way to a
     /// runtime snapshot so `--validate` checks exactly what would run.
     pub fn load(args: &Args) -> Result<Bootstrap, BootstrapError> {
-        let (mut file, resources) = match &args.config {
+        let (mut file, resources, doc) = match &args.config {
             Some(path) => {
                 let source = path.display().to_string();
                 let text = std::fs::read_to_string(path).map_err(|e| BootstrapError::Read {
@@ -209,30 +238,42 @@ impl Bootstrap {
                     }
                     None => legate_snapshot::Resources::default(),
                 };
-                (file, resources)
+                let doc = Document {
+                    text,
+                    source,
+                    dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                };
+                (file, resources, Some(doc))
             }
             None => (
                 BootstrapFile::default(),
                 legate_snapshot::Resources::default(),
+                None,
             ),
         };
-        let xds_file = file.xds.take().unwrap_or_default();
-        let servers = if args.xds_servers.is_empty() {
-            xds_file.servers
+        let mut xds_file = file.xds.take().unwrap_or_default();
+        let (servers, servers_from_flags) = if args.xds_servers.is_empty() {
+            (std::mem::take(&mut xds_file.servers), false)
         } else {
-            args.xds_servers.clone()
+            (args.xds_servers.clone(), true)
         };
-        for s in &servers {
-            let ok = s
-                .parse::<http::Uri>()
-                .ok()
-                .is_some_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+        for (i, s) in servers.iter().enumerate() {
+            let ok = s.parse::<http::Uri>().ok().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+            });
             if !ok {
-                return Err(BootstrapError::Invalid(format!(
-                    "xds server '{s}': expected http://host:port"
-                )));
+                let setting = if servers_from_flags {
+                    Setting::Flag("--xds-server")
+                } else {
+                    Setting::File(format!("xds.servers[{i}]"))
+                };
+                return Err(setting.error(
+                    doc.as_ref(),
+                    format!("'{s}' is not a control plane URL: expected http://host:port or https://host:port"),
+                ));
             }
         }
+        let tls = xds_tls(args, &mut xds_file, doc.as_ref(), &servers)?;
         let xds = (!servers.is_empty()).then(|| XdsBootstrap {
             servers,
             mode: args
@@ -248,6 +289,7 @@ impl Bootstrap {
                 .xds_backoff_max
                 .or(xds_file.backoff_max)
                 .unwrap_or(DEFAULT_BACKOFF_MAX),
+            tls,
         });
         if args.config.is_none() && xds.is_none() {
             return Err(BootstrapError::Invalid(
@@ -287,5 +329,334 @@ impl Bootstrap {
             static_resources: resources,
             xds,
         })
+    }
+}
+
+/// The bootstrap file's text, for locating errors in it, and its directory, for resolving
+/// relative paths.
+struct Document {
+    text: String,
+    source: String,
+    dir: PathBuf,
+}
+
+/// Where a setting was given, so its errors can point there.
+enum Setting {
+    Flag(&'static str),
+    /// A field path in the bootstrap file.
+    File(String),
+}
+
+impl Setting {
+    fn error(&self, doc: Option<&Document>, message: String) -> BootstrapError {
+        match (self, doc) {
+            (Setting::File(path), Some(doc)) => {
+                BootstrapError::Config(vec![legate_model::ConfigError::locate(
+                    &doc.text,
+                    &doc.source,
+                    path.as_str(),
+                    message,
+                )])
+            }
+            (Setting::File(path), None) => BootstrapError::Invalid(format!("{path}: {message}")),
+            (Setting::Flag(flag), _) => BootstrapError::Invalid(format!("{flag}: {message}")),
+        }
+    }
+}
+
+/// A path setting: the flag when given, else the file's value (relative to the file).
+fn path_setting(
+    flag: &Option<PathBuf>,
+    flag_name: &'static str,
+    file: Option<PathBuf>,
+    field: &str,
+    doc: Option<&Document>,
+) -> Option<(PathBuf, Setting)> {
+    match (flag, file) {
+        (Some(path), _) => Some((path.clone(), Setting::Flag(flag_name))),
+        (None, Some(path)) => {
+            let path = match doc {
+                Some(doc) if path.is_relative() => doc.dir.join(path),
+                _ => path,
+            };
+            Some((path, Setting::File(format!("xds.{field}"))))
+        }
+        (None, None) => None,
+    }
+}
+
+/// The TLS settings for https:// control planes, each file read and checked now so
+/// `--validate` and start-up report a bad one with its flag or its line in the file.
+fn xds_tls(
+    args: &Args,
+    file: &mut XdsFile,
+    doc: Option<&Document>,
+    servers: &[String],
+) -> Result<Option<legate_xds::tls::XdsTls>, BootstrapError> {
+    let ca = path_setting(&args.xds_ca, "--xds-ca", file.ca.take(), "ca", doc);
+    let cert = path_setting(&args.xds_cert, "--xds-cert", file.cert.take(), "cert", doc);
+    let key = path_setting(&args.xds_key, "--xds-key", file.key.take(), "key", doc);
+    let server_name = match (&args.xds_server_name, file.server_name.take()) {
+        (Some(name), _) => Some((name.clone(), Setting::Flag("--xds-server-name"))),
+        (None, Some(name)) => Some((name, Setting::File("xds.server_name".to_owned()))),
+        (None, None) => None,
+    };
+    let any_https = servers.iter().any(|s| s.starts_with("https://"));
+    if !any_https {
+        let given = [&ca, &cert, &key]
+            .into_iter()
+            .flatten()
+            .map(|(_, setting)| setting)
+            .chain(server_name.as_ref().map(|(_, setting)| setting))
+            .next();
+        return match given {
+            Some(setting) => Err(setting.error(
+                doc,
+                "is set, but no xds server uses https://, so it would not be used".to_owned(),
+            )),
+            None => Ok(None),
+        };
+    }
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (Some((_, setting)), None) => {
+            return Err(setting.error(
+                doc,
+                "a client certificate needs its private key (--xds-key or xds.key)".to_owned(),
+            ));
+        }
+        (None, Some((_, setting))) => {
+            return Err(setting.error(
+                doc,
+                "a private key needs its certificate (--xds-cert or xds.cert)".to_owned(),
+            ));
+        }
+        (None, None) => None,
+    };
+    // Each file on its own first, so an error names the setting it came from.
+    if let Some((path, setting)) = &ca {
+        legate_tls::pem::read_file(path, "CA bundle")
+            .and_then(|pem| legate_tls::pem::root_store(&pem, "CA bundle"))
+            .map_err(|e| setting.error(doc, e.to_string()))?;
+    }
+    if let Some(((cert, cert_setting), (key, key_setting))) = &identity {
+        legate_tls::pem::read_file(cert, "certificate")
+            .and_then(|pem| legate_tls::pem::certs(&pem, "certificate"))
+            .map_err(|e| cert_setting.error(doc, e.to_string()))?;
+        legate_tls::pem::read_file(key, "private key")
+            .and_then(|pem| legate_tls::pem::private_key(&pem, "private key").map(drop))
+            .map_err(|e| key_setting.error(doc, e.to_string()))?;
+    }
+    if let Some((name, setting)) = &server_name
+        && legate_tls::pki_types::ServerName::try_from(name.as_str()).is_err()
+    {
+        return Err(setting.error(doc, format!("'{name}' is not a DNS name or IP address")));
+    }
+    let files = legate_tls::files::ClientFiles {
+        ca: ca.as_ref().map(|(path, _)| path.clone()),
+        identity: identity
+            .as_ref()
+            .map(|((cert, _), (key, _))| (cert.clone(), key.clone())),
+        alpn: vec![b"h2".to_vec()],
+    };
+    // Then together: a key that does not match its certificate.
+    if let Err(e) = files.load("client certificate") {
+        let blame = identity
+            .as_ref()
+            .map(|(_, (_, key_setting))| key_setting)
+            .or(ca.as_ref().map(|(_, setting)| setting));
+        return Err(match blame {
+            Some(setting) => setting.error(doc, e.to_string()),
+            None => BootstrapError::Invalid(format!("xds tls: {e}")),
+        });
+    }
+    Ok(Some(legate_xds::tls::XdsTls {
+        files,
+        server_name: server_name.map(|(name, _)| name),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use legate_tls::issue::{Authority, LeafSpec};
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let path = std::env::temp_dir()
+                .join(format!("legate-bootstrap-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&path).expect("dir");
+            Dir(path)
+        }
+
+        fn write(&self, name: &str, text: &str) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, text).expect("write");
+            path
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn args(config: Option<&Path>, extra: &[&str]) -> Args {
+        let mut argv = vec!["legate".to_owned()];
+        if let Some(path) = config {
+            argv.push("--config".to_owned());
+            argv.push(path.display().to_string());
+        }
+        argv.extend(extra.iter().map(|s| (*s).to_owned()));
+        Args::parse_from(argv)
+    }
+
+    fn error(args: &Args) -> String {
+        match Bootstrap::load(args) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    /// A CA and a client certificate for node `n1`, written to `dir`.
+    fn certs(dir: &Dir) -> (PathBuf, PathBuf, PathBuf) {
+        let ca = Authority::new("ca").expect("ca");
+        let leaf = ca
+            .issue(
+                &LeafSpec::new("n1")
+                    .uri("spiffe://legate.local/node/n1")
+                    .client_only(),
+            )
+            .expect("leaf");
+        (
+            dir.write("ca.pem", ca.cert_pem()),
+            dir.write("n1.pem", &leaf.cert_pem),
+            dir.write("n1.key", &leaf.key_pem),
+        )
+    }
+
+    #[test]
+    fn tls_from_the_file_resolves_relative_paths() {
+        let dir = Dir::new("relative");
+        certs(&dir);
+        let config = dir.write(
+            "legate.yaml",
+            "xds:\n  servers: [\"https://localhost:15010\"]\n  ca: ca.pem\n  cert: n1.pem\n  key: n1.key\n  server_name: cp.internal\n",
+        );
+        let bootstrap = Bootstrap::load(&args(Some(&config), &[])).expect("valid");
+        let tls = bootstrap.xds.and_then(|x| x.tls).expect("tls settings");
+        assert_eq!(tls.files.ca, Some(dir.0.join("ca.pem")));
+        assert_eq!(
+            tls.files.identity,
+            Some((dir.0.join("n1.pem"), dir.0.join("n1.key")))
+        );
+        assert_eq!(tls.server_name.as_deref(), Some("cp.internal"));
+    }
+
+    #[test]
+    fn flags_win_and_name_themselves_in_errors() {
+        let dir = Dir::new("flags");
+        let (ca, cert, key) = certs(&dir);
+        let (ca, cert, key) = (
+            ca.display().to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+        );
+        let ok = args(
+            None,
+            &[
+                "--xds-server",
+                "https://127.0.0.1:1",
+                "--xds-ca",
+                &ca,
+                "--xds-cert",
+                &cert,
+                "--xds-key",
+                &key,
+            ],
+        );
+        let tls = Bootstrap::load(&ok)
+            .expect("valid")
+            .xds
+            .and_then(|x| x.tls)
+            .expect("tls");
+        assert!(tls.files.identity.is_some());
+
+        let message = error(&args(
+            None,
+            &["--xds-server", "https://127.0.0.1:1", "--xds-cert", &cert],
+        ));
+        assert!(
+            message.starts_with("--xds-cert: a client certificate needs its private key"),
+            "{message}"
+        );
+        let message = error(&args(
+            None,
+            &[
+                "--xds-server",
+                "https://127.0.0.1:1",
+                "--xds-ca",
+                &cert,
+                "--xds-cert",
+                &cert,
+                "--xds-key",
+                &ca,
+            ],
+        ));
+        assert!(message.starts_with("--xds-key: "), "{message}");
+        assert!(message.contains("no PEM private key"), "{message}");
+        let message = error(&args(
+            None,
+            &["--xds-server", "http://127.0.0.1:1", "--xds-ca", &ca],
+        ));
+        assert!(
+            message.starts_with("--xds-ca: is set, but no xds server uses https://"),
+            "{message}"
+        );
+        let message = error(&args(None, &["--xds-server", "ftp://127.0.0.1:1"]));
+        assert!(
+            message.starts_with("--xds-server: 'ftp://127.0.0.1:1' is not a control plane URL"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn file_errors_carry_line_and_column() {
+        let dir = Dir::new("lines");
+        let (_, cert, _) = certs(&dir);
+        let config = dir.write(
+            "legate.yaml",
+            &format!(
+                "node: {{id: n1}}\nxds:\n  servers: [\"https://localhost:1\"]\n  cert: {}\n  key: missing.key\n",
+                cert.display()
+            ),
+        );
+        let message = error(&args(Some(&config), &[]));
+        let want = format!(
+            "{}:5:8: xds.key: private key: cannot read '",
+            config.display()
+        );
+        assert!(message.starts_with(&want), "{message}");
+        // A flag replaces the file's setting, and then the file's broken value is not read.
+        let other = Dir::new("lines-other");
+        let (ca, _, key) = certs(&other);
+        let fixed = args(
+            Some(&config),
+            &[
+                "--xds-key",
+                &key.display().to_string(),
+                "--xds-ca",
+                &ca.display().to_string(),
+            ],
+        );
+        let message = error(&fixed);
+        // The key belongs to a freshly issued certificate, not to `cert`: refused together.
+        assert!(
+            message.starts_with("--xds-key: client certificate: "),
+            "{message}"
+        );
     }
 }
