@@ -65,7 +65,8 @@ impl ControlPlane {
         ControlPlane::start_with(config, data_dir, &[]).await
     }
 
-    /// legate-cp with extra flags (`--admin-address` among them replaces `127.0.0.1:0`).
+    /// legate-cp with extra flags (`--xds-address` or `--admin-address` among them replaces
+    /// `127.0.0.1:0`).
     pub async fn start_with(config: &Path, data_dir: &Path, extra: &[&str]) -> ControlPlane {
         match ControlPlane::try_start(config, data_dir, extra).await {
             Ok(cp) => cp,
@@ -89,13 +90,13 @@ impl ControlPlane {
             config.into(),
             "--data-dir".into(),
             data_dir.into(),
-            "--xds-address".into(),
-            "127.0.0.1:0".into(),
             "--address-file".into(),
             address_file.clone().into(),
         ];
-        if !extra.contains(&"--admin-address") {
-            args.extend(["--admin-address".into(), "127.0.0.1:0".into()]);
+        for flag in ["--xds-address", "--admin-address"] {
+            if !extra.contains(&flag) {
+                args.extend([flag.into(), "127.0.0.1:0".into()]);
+            }
         }
         args.extend(extra.iter().map(OsString::from));
         let token_file = match flag_value(extra, "--admin-token-file") {

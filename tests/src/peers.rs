@@ -73,15 +73,76 @@ pub enum EnvoyAds {
     Delta,
 }
 
+/// Envoy's side of an mTLS xDS channel: the CA it verifies the control plane with, the name
+/// it expects in the control plane's certificate (also sent as SNI), and its own certificate.
+#[derive(Clone, Debug)]
+pub struct EnvoyXdsTls {
+    pub ca: PathBuf,
+    pub server_name: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl EnvoyXdsTls {
+    /// The `transport_socket` of the bootstrap's `xds` cluster, in YAML flow style.
+    fn transport_socket(&self) -> String {
+        format!(
+            r#"
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+          sni: {name}
+          common_tls_context:
+            alpn_protocols: [h2]
+            tls_certificates:
+              - certificate_chain: {{filename: "{cert}"}}
+                private_key: {{filename: "{key}"}}
+            validation_context:
+              trusted_ca: {{filename: "{ca}"}}
+              match_typed_subject_alt_names:
+                - san_type: DNS
+                  matcher: {{exact: {name}}}"#,
+            name = self.server_name,
+            cert = self.cert.display(),
+            key = self.key.display(),
+            ca = self.ca.display(),
+        )
+    }
+}
+
 impl Envoy {
     /// Start Envoy bootstrapped to the ADS server at `xds` with node `id`/`cluster`.
     pub async fn start_ads(xds: SocketAddr, mode: EnvoyAds, id: &str, cluster: &str) -> Envoy {
-        let api_type = match mode {
-            EnvoyAds::Sotw => "GRPC",
-            EnvoyAds::Delta => "DELTA_GRPC",
-        };
-        let bootstrap = format!(
-            r#"node: {{id: {id}, cluster: {cluster}}}
+        Envoy::start(&ads_bootstrap(xds, mode, id, cluster, None)).await
+    }
+
+    /// [`start_ads`](Self::start_ads) over mTLS: the `xds` cluster has an
+    /// `UpstreamTlsContext` with Envoy's client certificate.
+    pub async fn start_ads_tls(
+        xds: SocketAddr,
+        mode: EnvoyAds,
+        id: &str,
+        cluster: &str,
+        tls: &EnvoyXdsTls,
+    ) -> Envoy {
+        Envoy::start(&ads_bootstrap(xds, mode, id, cluster, Some(tls))).await
+    }
+}
+
+fn ads_bootstrap(
+    xds: SocketAddr,
+    mode: EnvoyAds,
+    id: &str,
+    cluster: &str,
+    tls: Option<&EnvoyXdsTls>,
+) -> String {
+    let api_type = match mode {
+        EnvoyAds::Sotw => "GRPC",
+        EnvoyAds::Delta => "DELTA_GRPC",
+    };
+    format!(
+        r#"node: {{id: {id}, cluster: {cluster}}}
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
 dynamic_resources:
@@ -104,14 +165,15 @@ static_resources:
         cluster_name: xds
         endpoints:
           - lb_endpoints:
-              - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}
+              - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}{transport_socket}
 "#,
-            ip = xds.ip(),
-            port = xds.port(),
-        );
-        Envoy::start(&bootstrap).await
-    }
+        ip = xds.ip(),
+        port = xds.port(),
+        transport_socket = tls.map(EnvoyXdsTls::transport_socket).unwrap_or_default(),
+    )
+}
 
+impl Envoy {
     /// Start Envoy on a bootstrap YAML.
     pub async fn start(bootstrap: &str) -> Envoy {
         let bin = envoy_bin();

@@ -360,8 +360,20 @@ async fn run(shared: Arc<Shared>) {
 /// Logs a failed connection or stream with its whole cause, and records it for `/ready` and
 /// `/config_dump`.
 fn stream_failed(shared: &Shared, url: &str, error: &StreamError) {
-    let message = crate::tls::error_chain(error);
-    let tls_cause = crate::tls::tls_cause(error);
+    let mut message = crate::tls::error_chain(error);
+    let mut tls_cause = crate::tls::tls_cause(error);
+    // A refusal that arrived as an alert after the handshake reaches us only as a closed
+    // connection: the connection recorded it.
+    let recorded = shared.options.tls.as_ref().and_then(|t| t.take_failure());
+    if let (None, Some(failure)) = (tls_cause, recorded) {
+        message = format!(
+            "{message}: tls: {} [{}]: {}",
+            failure.cause,
+            failure.cause.as_str(),
+            failure.detail
+        );
+        tls_cause = Some(failure.cause);
+    }
     match tls_cause {
         Some(cause) => {
             shared
@@ -421,7 +433,7 @@ impl Backoff {
 enum StreamError {
     #[error("cannot connect: {0}")]
     Connect(#[from] tonic::transport::Error),
-    #[error("stream error: {0}")]
+    #[error("stream error: {:?}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
     #[error("{0}")]
     Other(String),
@@ -454,6 +466,8 @@ impl Session<'_> {
             let connector = opts.tls.clone().ok_or_else(|| {
                 StreamError::Other("an https:// control plane needs TLS settings".to_owned())
             })?;
+            // Only failures of this session's connection explain its end.
+            drop(connector.take_failure());
             return Ok(endpoint.connect_with_connector(connector).await?);
         }
         Ok(endpoint.connect().await?)

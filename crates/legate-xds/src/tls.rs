@@ -9,12 +9,17 @@
 //!
 //! tonic is built without its own TLS, so it passes `https` URIs to this connector untouched;
 //! the scheme still tells the server (`:scheme`) that the stream is encrypted.
+//!
+//! With TLS 1.3 a server that refuses our client certificate says so with an alert after our
+//! side of the handshake is complete, on the first read; hyper then reports only "connection
+//! closed". So each connection's stream records the first TLS error it sees, and
+//! [`TlsConnector::take_failure`] gives it to whoever explains the failure.
 
 use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,6 +31,7 @@ use legate_tls::reload::Current;
 use legate_tls::rustls::ClientConfig;
 use legate_tls::tokio_rustls::client::TlsStream;
 use legate_tls::{HandshakeFailure, TlsError};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Longest a TCP connect plus TLS handshake may take.
@@ -60,11 +66,22 @@ pub enum ConnectError {
     },
 }
 
+/// A TLS error seen on an established connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFailure {
+    pub cause: HandshakeFailure,
+    /// The error as rustls reported it.
+    pub detail: String,
+}
+
+type FailureSlot = Arc<Mutex<Option<TlsFailure>>>;
+
 /// A tonic connector for `https://` control planes.
 #[derive(Clone)]
 pub struct TlsConnector {
     config: Current<Arc<ClientConfig>>,
     server_name: Option<ServerName<'static>>,
+    failure: FailureSlot,
 }
 
 impl std::fmt::Debug for TlsConnector {
@@ -103,7 +120,16 @@ impl TlsConnector {
         TlsConnector {
             config,
             server_name,
+            failure: FailureSlot::default(),
         }
+    }
+
+    /// The first TLS error seen on a connection since the last call, if any.
+    pub fn take_failure(&self) -> Option<TlsFailure> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// TCP connect to the URI's host and port (443 by default), then the TLS handshake.
@@ -151,7 +177,7 @@ impl TlsConnector {
 }
 
 impl tower_service::Service<Uri> for TlsConnector {
-    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Response = TokioIo<Recording<TlsStream<TcpStream>>>;
     type Error = ConnectError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
 
@@ -161,7 +187,74 @@ impl tower_service::Service<Uri> for TlsConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { this.connect(&uri).await.map(TokioIo::new) })
+        Box::pin(async move {
+            let stream = this.connect(&uri).await?;
+            Ok(TokioIo::new(Recording {
+                inner: stream,
+                failure: this.failure.clone(),
+            }))
+        })
+    }
+}
+
+/// A connection that records its first TLS error (an alert from the server, most often) in
+/// its connector.
+pub struct Recording<S> {
+    inner: S,
+    failure: FailureSlot,
+}
+
+impl<S> Recording<S> {
+    fn record<T>(&self, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Err(error)) = &result {
+            let cause = HandshakeFailure::classify(error);
+            if cause != HandshakeFailure::Io {
+                let mut slot = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+                if slot.is_none() {
+                    *slot = Some(TlsFailure {
+                        cause,
+                        detail: error.to_string(),
+                    });
+                }
+            }
+        }
+        result
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Recording<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.record(result)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Recording<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.record(result)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_flush(cx);
+        this.record(result)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.record(result)
     }
 }
 
