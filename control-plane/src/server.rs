@@ -256,8 +256,9 @@ async fn refuse<R>(
     tx: &mpsc::Sender<Result<R, Status>>,
 ) {
     let identity = peer.certificate.as_deref().map(identity::identity_label);
+    let remote = peer.remote.map(|r| r.to_string());
     tracing::warn!(
-        peer = ?peer.remote,
+        peer = remote.as_deref().unwrap_or("-"),
         node.id = %node.id,
         node.cluster = %node.cluster,
         identity = identity.as_deref().unwrap_or("-"),

@@ -714,9 +714,19 @@ async fn envoy_over_mtls(mode: EnvoyAds) {
         ))
     })
     .await;
-    let response = HttpClient::http1().get(&url).await;
-    response.assert_status(200);
-    assert_eq!(response.echo().name, "payments");
+    // The listener is active; the first requests may still race its cluster's warm-up.
+    eventually(PATIENCE, "Envoy routes to the upstream", || async {
+        let response = HttpClient::http1()
+            .try_request("GET", &url, &[], legate_tests::client::empty())
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        if response.status.as_u16() == 200 && response.echo().name == "payments" {
+            Ok(())
+        } else {
+            Err(response.describe())
+        }
+    })
+    .await;
     assert_eq!(
         envoy.stat("cluster_manager.cds.update_rejected").await,
         Some(0)

@@ -21,7 +21,7 @@ use legate_tls::rustls::ServerConfig;
 use legate_tls::tokio_rustls::TlsAcceptor;
 use legate_tls::tokio_rustls::server::TlsStream;
 use legate_tls::{CertInfo, HandshakeFailure};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -35,6 +35,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HANDSHAKES: usize = 512;
 /// Connections handed to tonic but not yet picked up.
 const ACCEPTED_BUFFER: usize = 64;
+/// After refusing a handshake, how long and how much the client may still send before the
+/// socket is closed (see [`linger`]).
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// Who is on the other end of an xDS connection. tonic inserts it into every request's
 /// extensions (it is the connection's [`Connected::ConnectInfo`]).
@@ -181,16 +185,21 @@ async fn accept_loop(
         let acceptor = TlsAcceptor::from(Arc::clone(&**tls.load()));
         let (tx, registry) = (tx.clone(), registry.clone());
         tokio::spawn(async move {
-            let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-            drop(permit);
+            let accept = acceptor.accept(stream).into_fallible();
+            let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await;
             let stream = match result {
                 Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => return handshake_failed(&registry, remote, &error),
+                Ok(Err((error, tcp))) => {
+                    handshake_failed(&registry, remote, &error);
+                    linger(tcp).await;
+                    return;
+                }
                 Err(_) => {
                     tracing::debug!(peer = %remote, "xds tls handshake timed out");
                     return;
                 }
             };
+            drop(permit);
             let certificate =
                 legate_tls::config::peer_info(stream.get_ref().1.peer_certificates()).map(Arc::new);
             let conn = XdsConn {
@@ -204,6 +213,25 @@ async fn accept_loop(
             let _ = tx.send(Ok(conn)).await;
         });
     }
+}
+
+/// Closes a connection whose handshake was refused so that the client reads the alert saying
+/// why. With TLS 1.3 a client whose certificate is refused has already sent its first
+/// requests; closing a socket with unread data resets it, and the reset can overtake the alert.
+/// So: send FIN, then read and discard what the client still sends, bounded in bytes and time.
+async fn linger(mut tcp: TcpStream) {
+    let _ = tcp.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut seen = 0;
+        while seen < LINGER_BYTES {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 fn handshake_failed(registry: &NodeRegistry, remote: SocketAddr, error: &io::Error) {

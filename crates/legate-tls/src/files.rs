@@ -1,5 +1,5 @@
 //! rustls configurations made from certificate files named on a command line or in a bootstrap
-//! file, and kept current with [`reload::watch`](crate::reload::watch): a rotated file applies
+//! file, and kept current with [`crate::reload::watch`]: a rotated file applies
 //! to the next connection (accepted or dialled), connections already open keep theirs.
 
 use std::path::PathBuf;

@@ -367,11 +367,13 @@ fn stream_failed(shared: &Shared, url: &str, error: &StreamError) {
     let recorded = shared.options.tls.as_ref().and_then(|t| t.take_failure());
     if let (None, Some(failure)) = (tls_cause, recorded) {
         message = format!(
-            "{message}: tls: {} [{}]: {}",
+            "{message}: tls: {} [{}]",
             failure.cause,
-            failure.cause.as_str(),
-            failure.detail
+            failure.cause.as_str()
         );
+        if !message.contains(&failure.detail) {
+            message = format!("{message}: {}", failure.detail);
+        }
         tls_cause = Some(failure.cause);
     }
     match tls_cause {
@@ -433,7 +435,8 @@ impl Backoff {
 enum StreamError {
     #[error("cannot connect: {0}")]
     Connect(#[from] tonic::transport::Error),
-    #[error("stream error: {:?}: {}", .0.code(), .0.message())]
+    // The status itself is shown as the next link of the chain (`tls::error_chain`).
+    #[error("stream error")]
     Status(#[from] tonic::Status),
     #[error("{0}")]
     Other(String),

@@ -281,12 +281,17 @@ pub fn tls_cause(error: &(dyn StdError + 'static)) -> Option<HandshakeFailure> {
 }
 
 /// `error` and its sources, joined with `: ` (tonic's transport errors say little on their
-/// own), skipping a source whose text its parent already includes.
+/// own), skipping a source whose text its parent already includes. A gRPC status shows as
+/// `Code: message`, e.g. `PermissionDenied: xds stream refused: ...`.
 pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
-    let mut out = error.to_string();
+    let text = |e: &(dyn StdError + 'static)| match e.downcast_ref::<tonic::Status>() {
+        Some(status) => format!("{:?}: {}", status.code(), status.message()),
+        None => e.to_string(),
+    };
+    let mut out = text(error);
     let mut next = error.source();
     while let Some(e) = next {
-        let text = e.to_string();
+        let text = text(e);
         if !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);
