@@ -841,3 +841,62 @@ async fn non_loopback_xds_without_client_certificates_needs_insecure() {
         "{log}"
     );
 }
+
+/// legate's own certificate files are re-read: a certificate that may not claim the node is
+/// refused until the files are replaced with one that may, and the next reconnect succeeds.
+/// The TLS settings come from the bootstrap file here, and the URL is an address verified
+/// under another name (`server_name`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_rotation_applies_at_the_next_reconnect() {
+    let s = Setup::start("xds-mtls-client-rotate").await;
+    let client = s.pki.node("client", "someone-else");
+    let bootstrap = format!(
+        r#"node: {{id: proxy-9, cluster: web}}
+xds:
+  servers: ["https://127.0.0.1:{port}"]
+  server_name: localhost
+  ca: "{ca}"
+  cert: "{cert}"
+  key: "{key}"
+  initial_fetch_timeout: 1s
+  backoff_max: 1s
+"#,
+        port = s.cp.xds.port(),
+        ca = s.pki.ca_str(),
+        cert = client.cert_str(),
+        key = client.key_str(),
+    );
+    let legate = Legate::launch(Some(&bootstrap), &[], legate_tests::WaitFor::Admin).await;
+    let error = last_error(&legate, "PermissionDenied").await;
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("may claim node id 'someone-else' only, not 'proxy-9'"),
+        "{error}"
+    );
+    assert_eq!(legate.ready_status().await, 503);
+
+    let rotated = s.pki.node("client", "proxy-9");
+    assert_eq!(
+        rotated.cert, client.cert,
+        "rewrites the files legate watches"
+    );
+    legate.wait_ready(PATIENCE).await;
+    let url = legate.url("outbound", "/payments/x").await;
+    HttpClient::http1().get(&url).await.assert_status(200);
+    assert!(
+        legate.output().contains("reloaded changed TLS files"),
+        "{}",
+        legate.output()
+    );
+    let status = s.cp.status_json();
+    let n = status["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["id"] == "proxy-9")
+        .cloned()
+        .unwrap_or_else(|| panic!("proxy-9 missing: {status}"));
+    assert_eq!(n["identity"], "spiffe://legate.local/node/proxy-9", "{n}");
+}
