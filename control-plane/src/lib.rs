@@ -8,7 +8,8 @@
 //! - [`cache`]: snapshots by node selector (id, then cluster, then default) and a watch per
 //!   connected node that always holds its latest snapshot ([`SnapshotCache`]).
 //! - [`server`]: the gRPC services, ADS state-of-the-world and delta plus per-type LDS, RDS,
-//!   CDS and EDS ([`XdsServer`]); one task per stream, pushes in warm order.
+//!   CDS and EDS ([`XdsServer`]); one task per stream, pushes in warm order; over TCP or TLS,
+//!   with each stream's node checked against its client certificate when one is required.
 //! - [`registry`]: who is connected, what they were sent, ACKed and NACKed
 //!   ([`NodeRegistry`]), for the admin API.
 //! - [`admin_server`], [`admin_auth`], [`admin_json`]: the admin API (gRPC and JSON on one

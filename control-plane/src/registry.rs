@@ -374,7 +374,7 @@ impl Drop for StreamHandle {
 }
 
 /// Cuts `s` to [`REFUSAL_FIELD_CHARS`] characters.
-fn clip(s: &mut String) {
+pub(crate) fn clip(s: &mut String) {
     if let Some((index, _)) = s.char_indices().nth(REFUSAL_FIELD_CHARS) {
         s.truncate(index);
         s.push('…');

@@ -257,18 +257,22 @@ async fn refuse<R>(
 ) {
     let identity = peer.certificate.as_deref().map(identity::identity_label);
     let remote = peer.remote.map(|r| r.to_string());
+    // Whatever the client sent, the log line stays short.
+    let (mut node_id, mut node_cluster) = (node.id.clone(), node.cluster.clone());
+    crate::registry::clip(&mut node_id);
+    crate::registry::clip(&mut node_cluster);
     tracing::warn!(
         peer = remote.as_deref().unwrap_or("-"),
-        node.id = %node.id,
-        node.cluster = %node.cluster,
+        node.id = %node_id,
+        node.cluster = %node_cluster,
         identity = identity.as_deref().unwrap_or("-"),
         reason = refusal.reason().as_str(),
         %refusal,
         "xds stream refused"
     );
     shared.registry.refused(Refusal {
-        node_id: node.id.clone(),
-        node_cluster: node.cluster.clone(),
+        node_id,
+        node_cluster,
         identity,
         peer: peer.remote,
         reason: refusal.reason(),
