@@ -31,13 +31,22 @@ if [ ! -s "$TOKEN_FILE" ]; then
   (umask 077 && od -An -vtx1 -N32 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE" && echo >>"$TOKEN_FILE")
 fi
 
+# The xDS channel runs over mTLS: a throwaway CA (kept across runs in .demo/pki), a server
+# certificate for legate-cp and the proxy's node identity spiffe://legate.local/node/demo-proxy.
+PKI="$STATE/pki"
+"$BIN/legatectl" certs --out "$PKI" --host localhost --node demo-proxy >/dev/null
+
 "$BIN/legate-cp" --config examples/cp-demo.yaml --data-dir "$STATE/cp-data" \
   --xds-address 127.0.0.1:15010 --admin-address 127.0.0.1:15011 \
+  --xds-tls-cert "$PKI/localhost.pem" --xds-tls-key "$PKI/localhost.key" \
+  --xds-client-ca "$PKI/ca.pem" \
   --admin-token-file "$TOKEN_FILE" &
 pids+=($!)
 
 "$BIN/legate" --node-id demo-proxy --node-cluster demo --admin-address 127.0.0.1:15000 \
-  --xds-server http://127.0.0.1:15010 --cache-dir "$STATE/proxy-cache" &
+  --xds-server https://localhost:15010 --xds-ca "$PKI/ca.pem" \
+  --xds-cert "$PKI/node-demo-proxy.pem" --xds-key "$PKI/node-demo-proxy.key" \
+  --cache-dir "$STATE/proxy-cache" &
 pids+=($!)
 
 for _ in $(seq 1 150); do
@@ -48,7 +57,8 @@ curl -fsS -o /dev/null http://127.0.0.1:15000/ready || { echo "legate did not be
 
 cat <<MSG
 
-legate-cp: xDS on 127.0.0.1:15010, admin on 127.0.0.1:15011 (legatectl's default),
+legate-cp: xDS over mTLS on 127.0.0.1:15010 (certificates in $PKI),
+           admin on 127.0.0.1:15011 (legatectl's default),
            admin token in $TOKEN_FILE (legatectl --token-file, or LEGATE_CP_TOKEN_FILE).
 legate:    proxy on 127.0.0.1:15001, admin on 127.0.0.1:15000, configured over xDS.
 try: curl http://127.0.0.1:15001/payments/charge
