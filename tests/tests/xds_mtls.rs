@@ -385,6 +385,27 @@ async fn node_a_claiming_node_b_is_refused() {
         }
     })
     .await;
+    // The JSON admin API lists the same.
+    let bearer = s.cp.bearer();
+    let json =
+        s.cp.json(
+            "GET",
+            "/v1/nodes",
+            &[("authorization", bearer.as_str())],
+            legate_tests::client::empty(),
+        )
+        .await;
+    assert_eq!(json.status.as_u16(), 200, "{}", json.describe());
+    let v: serde_json::Value = json.json();
+    assert!(v["refusal_counts"]["node-id"].as_u64() >= Some(1), "{v}");
+    assert!(
+        v["refused"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["node_id"] == "node-b" && r["reason"] == "node-id"),
+        "{v}"
+    );
     let (ok, table, err) = s.cp.ctl(&["status"]);
     assert!(ok, "{err}");
     assert!(table.contains("REFUSED STREAMS: node-id="), "{table}");
