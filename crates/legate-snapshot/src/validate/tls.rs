@@ -267,6 +267,12 @@ pub(super) fn downstream_tls_context(
             "more than one server certificate per chain is not supported by legate (use one filter chain per server name)",
         ),
     }
+    if common.validation.as_ref().is_some_and(|v| v.system_roots) {
+        cx.err(
+            join(&cf, "validation_context.system_root_certs"),
+            "not supported by legate for client certificates (give the CA in trusted_ca)",
+        );
+    }
     let require = matches!(require_client_certificate, Some(BoolValue { value: true }));
     if require && common.validation.is_none() && common.validation_sds.is_none() {
         cx.err(

@@ -1587,6 +1587,19 @@ fn downstream_fields_refused() {
             "session_ticket_keys_type: not supported by legate",
         ),
         (
+            || {
+                downstream(|c| {
+                    c.validation_context_type = Some(ValidationContextType::ValidationContext(
+                        CertificateValidationContext {
+                            system_root_certs: Some(SystemRootCerts {}),
+                            ..Default::default()
+                        },
+                    ))
+                })
+            },
+            "common_tls_context.validation_context.system_root_certs: not supported by legate for client certificates (give the CA in trusted_ca)",
+        ),
+        (
             || downstream(|c| c.alpn_protocols = vec!["spdy/3".to_owned()]),
             "common_tls_context.alpn_protocols: 'spdy/3' is not supported by legate (h2 or http/1.1)",
         ),
