@@ -982,6 +982,85 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_tls_change_keeps_the_hosts_and_the_pool() {
+        use arc_swap::ArcSwap;
+        use bytes::Bytes;
+        use legate_snapshot::{
+            CertificateValidation, DataSource, PrivateKey, TlsCertificate, TlsParams, UpstreamTls,
+        };
+        use legate_tls::issue::{Authority, LeafSpec};
+
+        use crate::tls::expiry::Expiry;
+        use crate::tls::upstream::build_client;
+
+        let m = metrics();
+        let expiry = Expiry::new(m.tls_certificate_expiry.clone());
+        let ca = Authority::new("ca").expect("ca");
+        let inline = |s: &str| DataSource::Inline(Bytes::copy_from_slice(s.as_bytes()));
+        let spec = |cn: &str| {
+            let leaf = ca.issue(&LeafSpec::new(cn).client_only()).expect("leaf");
+            UpstreamTls {
+                sni: Some(Arc::from("up.test")),
+                auto_sni: false,
+                auto_sni_header: None,
+                auto_san_validation: false,
+                certificate: Some(TlsCertificate {
+                    certificate_chain: inline(&leaf.cert_pem),
+                    private_key: PrivateKey(inline(&leaf.key_pem)),
+                }),
+                certificate_sds: None,
+                validation: Some(CertificateValidation {
+                    trusted_ca: Some(inline(ca.cert_pem())),
+                    system_roots: false,
+                    match_typed_subject_alt_names: Vec::new(),
+                }),
+                validation_sds: None,
+                alpn_protocols: Vec::new(),
+                params: TlsParams::UPSTREAM_DEFAULT,
+                max_session_keys: 1,
+            }
+        };
+        let prepared = |s: &UpstreamTls| {
+            let current = Arc::new(ArcSwap::from_pointee(
+                build_client(s, "c", &expiry).expect("client config"),
+            ));
+            HashMap::from([(Arc::from("c"), current)])
+        };
+        let (one, two) = (spec("one"), spec("two"));
+        let mut c1 = cluster("c", &addrs(2));
+        c1.tls = Some(Arc::new(one.clone()));
+        let first = reconcile(
+            &HashMap::new(),
+            [Arc::new(c1.clone())].iter(),
+            &m,
+            prepared(&one),
+        )
+        .await;
+        let rt1 = first["c"].clone();
+        let tls1 = rt1.tls.clone().expect("tls");
+
+        // A new client certificate: the same hosts, pool and TLS object, now on the new
+        // definition.
+        let mut c2 = c1.clone();
+        c2.tls = Some(Arc::new(two.clone()));
+        let second = reconcile(&first, [Arc::new(c2.clone())].iter(), &m, prepared(&two)).await;
+        let rt2 = second["c"].clone();
+        assert!(Arc::ptr_eq(&rt1.hosts(), &rt2.hosts()));
+        assert!(Arc::ptr_eq(&rt1.pool, &rt2.pool));
+        assert!(Arc::ptr_eq(&tls1, rt2.tls.as_ref().expect("tls")));
+        assert_eq!(*tls1.spec(), two);
+
+        // TLS off: a new (plaintext) pool, the same hosts.
+        let mut c3 = c2.clone();
+        c3.tls = None;
+        let third = reconcile(&second, [Arc::new(c3)].iter(), &m, HashMap::new()).await;
+        let rt3 = third["c"].clone();
+        assert!(Arc::ptr_eq(&rt2.hosts(), &rt3.hosts()));
+        assert!(!Arc::ptr_eq(&rt2.pool, &rt3.pool));
+        assert!(rt3.tls.is_none());
+    }
+
+    #[tokio::test]
     async fn background_tasks_stop_with_the_last_runtime() {
         let m = metrics();
         let mut c = cluster("c", &addrs(1));
