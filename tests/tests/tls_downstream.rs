@@ -107,7 +107,13 @@ async fn server_names_pick_the_chain_and_its_client_certificate_rule() {
     assert_eq!(res.alpn.as_deref(), Some("http/1.1"));
     assert_eq!(res.response.version, http::Version::HTTP_11);
     res.response.assert_status(200);
-    assert_eq!(res.response.echo().path, "/y");
+    let echo = res.response.echo();
+    assert_eq!(echo.path, "/y");
+    // The upstream learns the client spoke TLS.
+    assert_eq!(
+        echo.headers.get("x-forwarded-proto").map(String::as_str),
+        Some("https")
+    );
 
     // b.test (and its wildcard) requires a client certificate.
     let with_cert = TlsClient::new(&ca, Some(&client), &["h2", "http/1.1"]);

@@ -326,18 +326,20 @@ async fn accept_loop(
                 };
                 let _ = stream.set_nodelay(true);
                 accepted.inc();
+                let tls = tls.load_full();
                 let ctx = Arc::new(ConnCtx {
                     shared: shared.clone(),
                     listener: view.clone(),
                     peer,
                     peer_ip: crate::headers::peer_value(peer.ip()),
                     activity: Arc::default(),
+                    tls: tls.is_some(),
                 });
                 let server = server.clone();
                 let gauge = active_gauge.clone();
                 let conn_tx = conn_tx.clone();
                 let drain_rx = drain_rx.clone();
-                match tls.load_full() {
+                match tls {
                     None => {
                         tokio::spawn(async move {
                             let _alive = conn_tx;

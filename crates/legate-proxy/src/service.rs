@@ -34,6 +34,8 @@ pub(crate) struct ConnCtx {
     pub(crate) peer_ip: HeaderValue,
     /// Requests on the connection, for its idle timeout.
     pub(crate) activity: Arc<crate::listener::Activity>,
+    /// Whether the connection is TLS (`x-forwarded-proto: https`).
+    pub(crate) tls: bool,
 }
 
 pub(crate) async fn handle(
@@ -217,7 +219,7 @@ impl Template {
         if view.config.append_x_forwarded_for {
             headers::append_forwarded_for(&mut headers, &ctx.peer_ip);
         }
-        headers::set_forwarded_proto(&mut headers);
+        headers::set_forwarded_proto(&mut headers, ctx.tls);
         if view.config.generate_request_id {
             headers::ensure_request_id(&mut headers);
         }
