@@ -608,3 +608,44 @@ async fn client_certificate_rotation_under_load_loses_no_request() {
     let after = expiry(&legate.metrics().await);
     assert!((after - (365 * 86_400) as f64).abs() < 7200.0, "{after}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_sni_follows_the_request_and_auto_san_validation_checks_it() {
+    let pki = Pki::new("sni-ca");
+    let cert = pki.issue(
+        "multi",
+        &LeafSpec::new("multi").dns("a.up.test").dns("b.up.test"),
+    );
+    let up = Upstream::start_tls("multi", Protocol::Auto, &cert, &[]).await;
+    let mut r = mesh(&[("/", "by_name", up.addr())]);
+    // No static SNI: every name comes from the request.
+    set_tls(
+        &mut r,
+        "by_name",
+        &upstream_context("", &pki.ca_file(), Vec::new()),
+    );
+    edit_protocol(&mut r, "by_name", |o| {
+        o.upstream_http_protocol_options = Some(
+            envoy_types::pb::envoy::config::core::v3::UpstreamHttpProtocolOptions {
+                auto_sni: true,
+                auto_san_validation: true,
+                override_auto_sni_header: String::new(),
+            },
+        )
+    });
+    let (_server, legate) = legate_with(&r).await;
+    let url = legate.url("outbound", "/").await;
+    let http = HttpClient::http1().with_timeout(Duration::from_secs(10));
+    for name in ["a.up.test", "b.up.test", "a.up.test"] {
+        let res = http.get_with(&url, &[("host", name)]).await;
+        res.assert_status(200);
+        assert_eq!(res.header("x-tls-sni"), Some(name), "{}", res.describe());
+    }
+    // A name the certificate does not cover is refused, whatever the CA says.
+    let res = http.get_with(&url, &[("host", "c.up.test")]).await;
+    res.assert_status(503);
+    assert_eq!(res.legate_error(), Some("upstream-tls-certificate"));
+    assert_eq!(failures(&legate, "by_name", "name_mismatch").await, 1.0);
+    // One connection per name: a and b were each dialled once.
+    assert_eq!(up.counters().await.connections, 2);
+}

@@ -9,7 +9,6 @@
 //! - HTTP/2 ([`http2`]): one multiplexed connection per host, dialled by address so the
 //!   request's `:authority` can be the logical host; concurrent first requests share one
 //!   dial.
-//!
 //! - auto (`auto_config`, TLS only) ([`auto`]): the first connection to a host offers both
 //!   `h2` and `http/1.1` in ALPN; what the host picks sends that connection, and the host's
 //!   later requests, to the HTTP/2 or the HTTP/1.1 pool.

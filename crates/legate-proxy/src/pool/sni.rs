@@ -32,14 +32,8 @@ pub(crate) struct SniPools {
 
 impl SniPools {
     pub(super) fn new(common: Common, header: Option<Arc<str>>) -> Arc<Self> {
-        let default = leaf(
-            common.with_alpn(
-                common
-                    .tls
-                    .as_ref()
-                    .map_or(crate::tls::upstream::Alpn::Http1, |t| t.alpn),
-            ),
-        );
+        // `leaf` picks each pool's ALPN offer from the protocol.
+        let default = leaf(common.with_alpn(crate::tls::upstream::Alpn::Both));
         Arc::new(SniPools {
             common,
             header,
