@@ -227,6 +227,14 @@ def measure(w, port, pid, logdir):
 
 
 def run(ctx):
+    out = throughput(ctx)
+    out.extend(hot_swap(ctx))
+    out.extend(tls(ctx))
+    return {"results": out, "targets": targets(out), "context": context(out)}
+
+
+def throughput(ctx):
+    """direct, legate, Envoy and the floors on the same plaintext upstream."""
     procs = lib.Procs(ctx["logdir"])
     rounds = 1 if ctx["quick"] else 3
     results = {}
@@ -299,10 +307,7 @@ def run(ctx):
             for q in ("p50_ms", "p99_ms"):
                 if o["median"].get(q) is not None and direct.get(q) is not None:
                     o["median"][f"added_{q}"] = o["median"][q] - direct[q]
-    hot = hot_swap(ctx)
-    out.extend(hot)
-    out.extend(tls(ctx))
-    return {"results": out, "targets": targets(out), "context": context(out)}
+    return out
 
 
 def tls_workloads(quick):
@@ -545,15 +550,18 @@ def targets(out):
     return t
 
 
-def run_tls_alone(ctx):
-    out = tls(ctx)
-    return {"results": out, "targets": targets(out), "context": context(out)}
+def only(*parts):
+    def run_parts(ctx):
+        out = []
+        for part in parts:
+            out.extend(part(ctx))
+        return {"results": out, "targets": targets(out), "context": context(out)}
+    return run_parts
 
 
 if __name__ == "__main__":
-    # `python3 bench/dataplane.py [tls]`: every data-plane scenario, or the TLS one alone
-    # (BENCH_QUICK=1 for short loads).
-    if sys.argv[1:] == ["tls"]:
-        lib.run_alone(run_tls_alone, "tls")
-    else:
-        lib.run_alone(run, "dataplane")
+    # `python3 bench/dataplane.py [throughput|hot-swap|tls]`: every data-plane scenario, or
+    # one part alone (BENCH_QUICK=1 for short loads).
+    parts = {"throughput": throughput, "hot-swap": hot_swap, "tls": tls}
+    chosen = [parts[a] for a in sys.argv[1:]]
+    lib.run_alone(only(*chosen) if chosen else run, "dataplane")
