@@ -188,8 +188,12 @@ impl Pool {
         req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         match &self.inner {
-            Inner::BySni(pools) => pools.send(addr, req).await,
-            other => send_leaf(other, addr, req).await,
+            Inner::Http1(pool) => pool.send(addr, req).await,
+            Inner::Http2(pool) => Ok(pool.send(addr, req).await?.map(UpstreamBody::new)),
+            // Boxed: their futures hold both protocols' (and the TLS dial's); inline they would
+            // make every request's future several times larger, plaintext ones included.
+            Inner::Auto(pool) => Box::pin(pool.send(addr, req)).await,
+            Inner::BySni(pools) => Box::pin(pools.send(addr, req)).await,
         }
     }
 }
@@ -207,6 +211,7 @@ fn leaf(common: Common) -> Inner {
     }
 }
 
+/// Send on a per-protocol pool (never a per-name one).
 async fn send_leaf(
     inner: &Inner,
     addr: SocketAddr,
@@ -215,7 +220,7 @@ async fn send_leaf(
     match inner {
         Inner::Http1(pool) => pool.send(addr, req).await,
         Inner::Http2(pool) => Ok(pool.send(addr, req).await?.map(UpstreamBody::new)),
-        Inner::Auto(pool) => pool.send(addr, req).await,
+        Inner::Auto(pool) => Box::pin(pool.send(addr, req)).await,
         Inner::BySni(_) => Err(ProxyError::BadRequest),
     }
 }

@@ -185,7 +185,9 @@ impl H1Pool {
                         return Ok((conn, true));
                     }
                 }
-                Step::Dial(slot) => return Ok((self.dial(addr, slot).await?, false)),
+                // Boxed: a dial's state (connect, handshake) would otherwise be carried by
+                // every request's future; the allocation is per new connection.
+                Step::Dial(slot) => return Ok((Box::pin(self.dial(addr, slot)).await?, false)),
                 Step::Wait(rx) => {
                     let mut waiting = Waiting {
                         rx,

@@ -152,7 +152,9 @@ impl H2Pool {
                         id,
                         done: false,
                     };
-                    let res = self.dial(addr, id).await;
+                    // Boxed: a dial's state would otherwise be carried by every request's
+                    // future; the allocation is per new connection.
+                    let res = Box::pin(self.dial(addr, id)).await;
                     dialing.done = true;
                     let sender = self.dialled(addr, id, res)?;
                     return Ok((sender, id, false));
