@@ -15,6 +15,8 @@ request in one task goes past `floor` (on this machine it did not). Those ratios
 """
 
 import os
+import subprocess
+import sys
 import time
 
 import lib
@@ -99,6 +101,97 @@ services:
 """
 
 
+# The TLS scenario: both proxies take plaintext HTTP/1.1 from wrk and forward over TLS to the
+# same upstream (the demo upstream serving TLS, HTTP/1.1 by ALPN), verifying its certificate
+# against the same CA file and sending the same SNI. `/per-connection` goes to a second
+# cluster whose connections carry one request each (max_requests_per_connection: 1), so every
+# request pays a full handshake. Both sides use their defaults otherwise (TLS 1.2, Envoy's
+# client default, which legate follows).
+LEGATE_TLS_YAML = """\
+admin:
+  address: 127.0.0.1:{admin}
+mesh:
+  listeners:
+    - name: outbound
+      address: 127.0.0.1:{port}
+      protocol: auto
+      route_config: outbound
+  route_configs:
+    - name: outbound
+      virtual_hosts:
+        - name: local
+          domains: ["*"]
+          routes:
+            - name: per-connection
+              match: {{prefix: /per-connection}}
+              forward: {{cluster: upstream-per-connection, timeout: 5s}}
+            - name: all
+              match: {{prefix: /}}
+              forward: {{cluster: upstream, timeout: 5s}}
+  clusters:
+    - name: upstream
+      tls: {{sni: up.test, ca_file: "{ca}"}}
+      endpoints: [{{address: "127.0.0.1:{upstream}"}}]
+    - name: upstream-per-connection
+      max_requests_per_connection: 1
+      tls: {{sni: up.test, ca_file: "{ca}"}}
+      endpoints: [{{address: "127.0.0.1:{upstream}"}}]
+"""
+
+ENVOY_TLS_CLUSTER = """\
+  - name: {name}
+    connect_timeout: 5s
+    type: STATIC
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http_protocol_options: {{}}}}{common}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: up.test
+        common_tls_context:
+          validation_context: {{trusted_ca: {{filename: "{ca}"}}}}
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}
+"""
+
+ENVOY_TLS_YAML = """\
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: outbound
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: outbound
+          codec_type: AUTO
+          route_config:
+            name: outbound
+            virtual_hosts:
+            - name: local
+              domains: ["*"]
+              routes:
+              - match: {{prefix: /per-connection}}
+                route: {{cluster: upstream-per-connection, timeout: 5s}}
+              - match: {{prefix: /}}
+                route: {{cluster: upstream, timeout: 5s}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{clusters}"""
+
+
 def workloads(quick):
     d = 2 if quick else 8
     return [
@@ -134,6 +227,14 @@ def measure(w, port, pid, logdir):
 
 
 def run(ctx):
+    out = throughput(ctx)
+    out.extend(hot_swap(ctx))
+    out.extend(tls(ctx))
+    return {"results": out, "targets": targets(out), "context": context(out)}
+
+
+def throughput(ctx):
+    """direct, legate, Envoy and the floors on the same plaintext upstream."""
     procs = lib.Procs(ctx["logdir"])
     rounds = 1 if ctx["quick"] else 3
     results = {}
@@ -206,9 +307,100 @@ def run(ctx):
             for q in ("p50_ms", "p99_ms"):
                 if o["median"].get(q) is not None and direct.get(q) is not None:
                     o["median"][f"added_{q}"] = o["median"][q] - direct[q]
-    hot = hot_swap(ctx)
-    out.extend(hot)
-    return {"results": out, "targets": targets(out), "context": context(out)}
+    return out
+
+
+def tls_workloads(quick):
+    d = 2 if quick else 8
+    return [
+        {"scenario": "tls_keepalive", "kind": "wrk", "path": "/?size=100", "connections": 32,
+         "duration": d},
+        # One upstream connection (so one full handshake) per request.
+        {"scenario": "tls_handshake_per_request", "kind": "wrk",
+         "path": "/per-connection?size=100", "connections": 32, "duration": d},
+    ]
+
+
+def tool(ctx, name):
+    """A helper binary (certificates only: any build will do) from the bench's binaries, or
+    the debug build next to them."""
+    path = os.path.join(ctx["bin"], name)
+    if os.path.exists(path):
+        return path
+    return os.path.join(os.path.dirname(ctx["bin"]), "debug", name)
+
+
+def tls(ctx):
+    """legate and Envoy proxying plaintext HTTP/1.1 to the same TLS upstream."""
+    procs = lib.Procs(ctx["logdir"])
+    rounds = 1 if ctx["quick"] else 3
+    results = {}
+    try:
+        certs = os.path.join(ctx["workdir"], "tls-certs")
+        subprocess.run([tool(ctx, "legatectl"), "certs", "--out", certs, "--host", "up.test"],
+                       check=True, capture_output=True)
+        ca = os.path.join(certs, "ca.pem")
+        up_port = lib.free_port()
+        procs.start("tls-upstream", [
+            os.path.join(ctx["bin"], "legate-demo-upstream"), "--listen",
+            f"127.0.0.1:{up_port}", "--name", "up", "--protocol", "http1",
+            "--tls-cert", os.path.join(certs, "up.test.pem"),
+            "--tls-key", os.path.join(certs, "up.test.key")], cpu=LOAD_CPU)
+        lib.wait_port(up_port)
+
+        lg_port, lg_admin = lib.free_port(), lib.free_port()
+        lg_cfg = os.path.join(ctx["workdir"], "legate-tls.yaml")
+        with open(lg_cfg, "w") as f:
+            f.write(LEGATE_TLS_YAML.format(admin=lg_admin, port=lg_port, upstream=up_port, ca=ca))
+        legate = procs.start("tls-legate", [
+            os.path.join(ctx["bin"], "legate"), "--config", lg_cfg, "--concurrency", "1",
+            "--log-level", "warn"], cpu=PROXY_CPU)
+
+        ev_port, ev_admin = lib.free_port(), lib.free_port()
+        ev_cfg = os.path.join(ctx["workdir"], "envoy-tls.yaml")
+        per_conn = ("\n        common_http_protocol_options: "
+                    "{max_requests_per_connection: 1}")
+        clusters = "".join(ENVOY_TLS_CLUSTER.format(name=n, common=c, upstream=up_port, ca=ca)
+                           for n, c in (("upstream", ""), ("upstream-per-connection", per_conn)))
+        with open(ev_cfg, "w") as f:
+            f.write(ENVOY_TLS_YAML.format(admin=ev_admin, port=ev_port, clusters=clusters))
+        envoy = procs.start("tls-envoy", [
+            ctx["envoy"], "-c", ev_cfg, "--concurrency", "1", "-l", "warn", "--base-id",
+            str((os.getpid() + 1) % 60000)], cpu=PROXY_CPU)
+        for port in (lg_port, ev_port):
+            lib.wait_http(f"http://127.0.0.1:{port}/?size=10")
+            lib.wait_http(f"http://127.0.0.1:{port}/per-connection?size=10")
+
+        contenders = [("legate", lg_port, legate.pid), ("envoy", ev_port, envoy.pid)]
+        for rnd in range(rounds):
+            for w in tls_workloads(ctx["quick"]):
+                for name, port, pid in contenders:
+                    r = measure(w, port, pid, ctx["logdir"])
+                    r["round"] = rnd + 1
+                    results.setdefault((w["scenario"], name), []).append(r)
+                    print(f"  round {rnd + 1} {w['scenario']:25} {name:7} "
+                          f"{r.get('rps', 0):9.0f} req/s p99 {r.get('p99_ms', 0):7.2f} ms "
+                          f"CPU {r.get('cpu_us_per_request', 0):6.1f} us/req "
+                          f"errors {r['errors']}", flush=True)
+    finally:
+        procs.stop_all()
+    out = []
+    for (scenario, contender), rs in results.items():
+        med = {k: lib.median([r.get(k) for r in rs]) for k in
+               ("rps", "p50_ms", "p99_ms", "cpu_us_per_request", "cpu_s_per_100k",
+                "rss_load_kb", "errors")}
+        out.append({"scenario": scenario, "contender": contender, "median": med, "rounds": rs})
+    # What one full handshake costs: the CPU per request with a new upstream connection each
+    # time, less the CPU per request on kept-alive connections.
+    by = {(o["scenario"], o["contender"]): o["median"] for o in out}
+    for o in out:
+        if o["scenario"] != "tls_handshake_per_request":
+            continue
+        keep = by.get(("tls_keepalive", o["contender"]), {})
+        if keep.get("cpu_us_per_request") and o["median"].get("cpu_us_per_request"):
+            o["median"]["handshake_cpu_us"] = (o["median"]["cpu_us_per_request"]
+                                               - keep["cpu_us_per_request"])
+    return out
 
 
 def hot_swap(ctx):
@@ -290,9 +482,16 @@ def hot_swap(ctx):
 
 
 def context(out):
-    """Where legate stands against the tokio + hyper floor (not targets)."""
+    """Where legate stands against the tokio + hyper floor, and what a TLS handshake costs
+    (not targets)."""
     by = {(o["scenario"], o["contender"]): o["median"] for o in out}
     lines = []
+    for c in ("legate", "envoy"):
+        h = by.get(("tls_handshake_per_request", c))
+        if h and h.get("handshake_cpu_us") is not None:
+            lines.append(f"tls: {c} full handshake per new upstream connection ≈ "
+                         f"{h['handshake_cpu_us']:.0f} CPU µs "
+                         f"({h.get('rps', 0):.0f} req/s with one connection per request)")
     for scenario, label in (("http1_small", "http1 small"), ("h2c_small", "h2c small"),
                             ("http1_1mib", "1 MiB")):
         lg, ev, fl = (by.get((scenario, c)) for c in ("legate", "envoy", "floor"))
@@ -336,9 +535,33 @@ def targets(out):
           False, "legate +{lg:.2f} ms vs envoy +{ev:.2f} ms")
     ratio("RSS idle: legate / envoy <= 0.25", "http1_small", "rss_idle_kb", 0.25, False,
           "legate {lg:.0f} KiB vs envoy {ev:.0f} KiB")
+    ratio("tls keep-alive: legate rps / envoy rps >= 1", "tls_keepalive", "rps", 1.0, True,
+          "legate {lg:.0f} vs envoy {ev:.0f} req/s")
+    ratio("tls keep-alive: CPU per request legate / envoy <= 1", "tls_keepalive",
+          "cpu_us_per_request", 1.0, False, "legate {lg:.1f} vs envoy {ev:.1f} µs")
+    ratio("tls handshake per request: legate rps / envoy rps >= 1",
+          "tls_handshake_per_request", "rps", 1.0, True,
+          "legate {lg:.0f} vs envoy {ev:.0f} req/s")
     hs = by.get(("hot_swap_push_every_100ms", "legate"))
     if hs:
         t.append({"name": "hot swap: failed requests == 0", "value": hs["errors"],
                   "threshold": 0, "pass": hs["errors"] == 0 and hs.get("pushes", 0) > 0,
                   "detail": f"{hs.get('pushes')} pushes during {hs.get('requests')} requests"})
     return t
+
+
+def only(*parts):
+    def run_parts(ctx):
+        out = []
+        for part in parts:
+            out.extend(part(ctx))
+        return {"results": out, "targets": targets(out), "context": context(out)}
+    return run_parts
+
+
+if __name__ == "__main__":
+    # `python3 bench/dataplane.py [throughput|hot-swap|tls]`: every data-plane scenario, or
+    # one part alone (BENCH_QUICK=1 for short loads).
+    parts = {"throughput": throughput, "hot-swap": hot_swap, "tls": tls}
+    chosen = [parts[a] for a in sys.argv[1:]]
+    lib.run_alone(only(*chosen) if chosen else run, "dataplane")

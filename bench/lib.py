@@ -227,10 +227,16 @@ def run_alone(run, name):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     wd = tempfile.mkdtemp(prefix=f"legate-{name}-")
     os.makedirs(os.path.join(wd, "logs"))
-    out = run({"root": root, "bin": os.path.join(root, "target/release"),
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(root, "target")
+    out = run({"root": root, "bin": os.path.join(target, "release"),
                "envoy": os.path.join(root, ".venv/bin/envoy"),
                "quick": os.environ.get("BENCH_QUICK") == "1", "workdir": wd,
                "logdir": os.path.join(wd, "logs")})
     print(json.dumps(out["targets"], indent=2))
     for c in out.get("context", []):
         print("INFO ", c)
+    for r in out.get("results", []):
+        m = r["median"]
+        print(f"RESULT {r['scenario']:28} {r['contender']:8} "
+              + " ".join(f"{k}={v:.1f}" for k, v in sorted(m.items())
+                         if isinstance(v, (int, float))))

@@ -51,7 +51,8 @@ def main():
     workdir = tempfile.mkdtemp(prefix="legate-bench-")
     logdir = os.path.join(workdir, "logs")
     os.makedirs(logdir)
-    ctx = {"root": ROOT, "bin": os.path.join(ROOT, "target/release"),
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+    ctx = {"root": ROOT, "bin": os.path.join(target, "release"),
            "envoy": os.path.join(ROOT, ".venv/bin/envoy"), "quick": quick,
            "workdir": workdir, "logdir": logdir}
     print(f"bench: {'quick' if quick else 'full'} run; logs in {logdir}", flush=True)

@@ -72,6 +72,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -89,6 +90,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use legate_tls::config::{CertifiedKey, ClientAuth, ServerParams, TlsVersion, server_config};
+use legate_tls::rustls::ServerConfig;
+use legate_tls::tokio_rustls::TlsAcceptor;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -149,6 +153,8 @@ pub struct DemoConfig {
     pub protocol: Protocol,
     /// Added before every answer (on top of any `delay=` in the query): makes a slow host.
     pub base_delay: Duration,
+    /// Serve the main port over TLS (the control port stays plaintext).
+    pub tls: Option<DemoTls>,
 }
 
 impl DemoConfig {
@@ -158,7 +164,99 @@ impl DemoConfig {
             version: "v1".to_owned(),
             protocol: Protocol::Auto,
             base_delay: Duration::ZERO,
+            tls: None,
         }
+    }
+}
+
+/// TLS on the demo server's main port: its certificate, and the CA bundle client
+/// certificates must chain to (required when given). ALPN offers what `--protocol` serves
+/// (`h2` and `http/1.1` for auto).
+#[derive(Clone, Debug)]
+pub struct DemoTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    /// The highest TLS version spoken (to test clients' minimum versions).
+    pub max_version: Option<TlsVersion>,
+}
+
+impl DemoTls {
+    /// The rustls server configuration (reads the files).
+    pub fn server_config(&self, protocol: Protocol) -> anyhow::Result<Arc<ServerConfig>> {
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let cert = CertifiedKey::from_pem(&read(&self.cert)?, &read(&self.key)?, "demo")?;
+        let client_auth = match &self.client_ca {
+            Some(ca) => ClientAuth::Required(Arc::new(legate_tls::pem::root_store(
+                &read(ca)?,
+                "--client-ca",
+            )?)),
+            None => ClientAuth::None,
+        };
+        let alpn = match protocol {
+            Protocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Protocol::Http1 => vec![b"http/1.1".to_vec()],
+            Protocol::Http2 => vec![b"h2".to_vec()],
+        };
+        Ok(server_config(
+            ServerParams {
+                cert,
+                client_auth,
+                alpn,
+                min_version: None,
+                max_version: self.max_version,
+            },
+            "demo",
+        )?)
+    }
+}
+
+/// What a TLS connection's handshake established, reported on every answer as headers:
+/// `x-tls-version`, `x-tls-sni`, `x-tls-alpn` and, with a client certificate,
+/// `x-client-subject` and `x-client-san` (its URI SANs, comma-separated).
+#[derive(Clone, Debug, Default)]
+struct TlsInfo {
+    headers: Vec<(&'static str, HeaderValue)>,
+}
+
+impl TlsInfo {
+    fn of(conn: &legate_tls::rustls::ServerConnection) -> TlsInfo {
+        let mut headers = Vec::new();
+        let mut add = |name: &'static str, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.push((name, v));
+            }
+        };
+        if let Some(v) = conn.protocol_version() {
+            add(
+                "x-tls-version",
+                match v {
+                    legate_tls::rustls::ProtocolVersion::TLSv1_3 => "TLSv1_3",
+                    legate_tls::rustls::ProtocolVersion::TLSv1_2 => "TLSv1_2",
+                    _ => "other",
+                },
+            );
+        }
+        if let Some(sni) = conn.server_name() {
+            add("x-tls-sni", sni);
+        }
+        if let Some(alpn) = conn.alpn_protocol() {
+            add("x-tls-alpn", &String::from_utf8_lossy(alpn));
+        }
+        if let Some(info) = legate_tls::config::peer_info(conn.peer_certificates()) {
+            add("x-client-subject", &info.subject);
+            let uris: Vec<String> = info
+                .sans
+                .iter()
+                .filter_map(|s| match s {
+                    legate_tls::San::Uri(u) => Some(u.clone()),
+                    _ => None,
+                })
+                .collect();
+            add("x-client-san", &uris.join(","));
+        }
+        TlsInfo { headers }
     }
 }
 
@@ -571,6 +669,9 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// How long a TLS client gets to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Spawns connection tasks; each holds a clone of `alive` until it ends.
 #[derive(Clone)]
 struct Spawner {
@@ -580,10 +681,13 @@ struct Spawner {
     auto: Arc<auto::Builder<TokioExecutor>>,
     alive: mpsc::Sender<()>,
     stopping: watch::Receiver<bool>,
+    /// TLS on the main port.
+    tls: Option<TlsAcceptor>,
 }
 
 impl Spawner {
-    /// Serves one connection until it ends, the server stops, or `close` changes.
+    /// Serves one connection until it ends, the server stops, or `close` changes; main-port
+    /// connections of a TLS server complete their handshake first (in their own task).
     fn spawn(
         &self,
         stream: TcpStream,
@@ -592,10 +696,39 @@ impl Spawner {
         close: Option<watch::Receiver<u64>>,
     ) {
         let _ = stream.set_nodelay(true);
+        match (&self.tls, port) {
+            (Some(acceptor), Port::Main) => {
+                let (acceptor, this) = (acceptor.clone(), self.clone());
+                tokio::spawn(async move {
+                    let accepted =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    // Failed handshakes are the client's business (tests provoke them).
+                    if let Ok(Ok(tls)) = accepted {
+                        let info = Arc::new(TlsInfo::of(tls.get_ref().1));
+                        this.serve(tls, port, protocol, close, Some(info));
+                    }
+                });
+            }
+            _ => self.serve(stream, port, protocol, close, None),
+        }
+    }
+
+    fn serve<I>(
+        &self,
+        stream: I,
+        port: Port,
+        protocol: Protocol,
+        close: Option<watch::Receiver<u64>>,
+        tls: Option<Arc<TlsInfo>>,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let io = TokioIo::new(stream);
         let state = self.state.clone();
         let counted = Arc::new(AtomicBool::new(false));
-        let service = service_fn(move |req| handle(state.clone(), counted.clone(), port, req));
+        let service = service_fn(move |req| {
+            handle_reporting_tls(state.clone(), counted.clone(), port, tls.clone(), req)
+        });
         let alive = self.alive.clone();
         let stop = stop_requested(self.stopping.clone(), close);
         // Errors from connections are expected (resets, clients going away): not reported.
@@ -663,6 +796,13 @@ pub async fn serve_with_control(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     let protocol = config.protocol;
+    let tls = match &config.tls {
+        Some(t) => Some(
+            t.server_config(protocol)
+                .map_err(|e| std::io::Error::other(format!("{e:#}")))?,
+        ),
+        None => None,
+    };
     let (listen_tx, mut listen_rx) = mpsc::channel::<ListenCommand>(4);
     let state = Arc::new(State {
         config,
@@ -684,6 +824,7 @@ pub async fn serve_with_control(
         auto: Arc::new(auto::Builder::new(TokioExecutor::new())),
         alive,
         stopping: stopping.clone(),
+        tls: tls.map(TlsAcceptor::from),
     };
     if let Some(control) = control {
         let spawner = spawner.clone();
@@ -909,6 +1050,23 @@ fn parse_flag(key: &str, value: &str) -> Result<bool, String> {
         "0" | "false" => Ok(false),
         _ => Err(format!("{key}={value}: expected 1 or 0")),
     }
+}
+
+/// [`handle`], with the connection's TLS facts added to the answer.
+async fn handle_reporting_tls(
+    state: Arc<State>,
+    counted: Arc<AtomicBool>,
+    port: Port,
+    tls: Option<Arc<TlsInfo>>,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, BoxError> {
+    let mut res = handle(state, counted, port, req).await;
+    if let (Ok(r), Some(tls)) = (&mut res, &tls) {
+        for (name, value) in &tls.headers {
+            r.headers_mut().insert(*name, value.clone());
+        }
+    }
+    res
 }
 
 async fn handle(
@@ -1420,7 +1578,7 @@ impl Upstream {
         .await;
     }
 
-    async fn control_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+    pub(crate) async fn control_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
         let (client, addr) = self.control_client();
         let response = client.get(&format!("http://{addr}{path}")).await;
         serde_json::from_slice(&response.body).unwrap_or_else(|error| {

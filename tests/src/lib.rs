@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod peers;
 pub mod process;
 pub mod resilience;
+pub mod tls;
 pub mod xds_server;
 
 use std::future::Future;
@@ -34,7 +35,9 @@ use std::time::{Duration, Instant};
 pub use client::{HttpClient, HttpResponse, get, get_h2, request, request_h2};
 pub use demo::{Charges, Counters, Echo, FaultSettings, Protocol};
 pub use metrics::Metrics;
-pub use process::{Legate, Upstream, WaitFor, XdsFlags, closed_port, free_port, run_legate};
+pub use process::{
+    Legate, ListeningProcess, Upstream, WaitFor, XdsFlags, closed_port, free_port, run_legate,
+};
 pub use xds_server::{Mode, XdsServer};
 
 /// Polls `check` every 50 ms until it returns `Ok`, for at most `timeout`; then panics with

@@ -479,16 +479,10 @@ impl Upstream {
         }
     }
 
-    /// The upstream's own `/counters` (queried directly; not counted by it).
+    /// The upstream's own `/counters` (queried directly, on the control port when there is
+    /// one; not counted by it).
     pub async fn counters(&self) -> Counters {
-        let response = self.client().get(&self.url("/counters")).await;
-        serde_json::from_slice(&response.body).unwrap_or_else(|error| {
-            panic!(
-                "bad /counters answer from {} ({error}): {}",
-                self.name,
-                response.describe()
-            )
-        })
+        self.control_json("/counters").await
     }
 
     /// Requests this upstream has seen (excluding `/counters`).
@@ -517,6 +511,56 @@ impl Upstream {
     }
 
     /// What the process printed so far.
+    pub fn output(&self) -> String {
+        self.process.output()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Other servers
+
+/// Any server process that prints `listening on ADDR` once it serves (for example the Python
+/// TLS server of `tests/interop/tls_server.py`); killed by its PID on drop.
+pub struct ListeningProcess {
+    process: ChildProcess,
+    addr: SocketAddr,
+}
+
+impl ListeningProcess {
+    /// Starts `program args` and waits (bounded) for its `listening on ADDR` line.
+    pub async fn start(label: &str, program: &Path, args: &[&str]) -> ListeningProcess {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+        let mut tx = Some(tx);
+        let mut process = ChildProcess::spawn(label, program, &args, move |line| {
+            if let Some(addr) = line.strip_prefix("listening on ")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+        });
+        let addr = match tokio::time::timeout(UPSTREAM_START_TIMEOUT, rx).await {
+            Ok(Ok(addr)) => addr,
+            _ => {
+                let _ = process.wait_exit(Duration::from_millis(500)).await;
+                process.log_shown = true;
+                panic!(
+                    "{label} printed no `listening on ADDR` line within {:?}\n{}",
+                    UPSTREAM_START_TIMEOUT,
+                    process.describe()
+                )
+            }
+        };
+        let addr = addr.parse().unwrap_or_else(|error| {
+            panic!("{label} printed an unparsable address {addr:?}: {error}")
+        });
+        ListeningProcess { process, addr }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub fn output(&self) -> String {
         self.process.output()
     }

@@ -17,17 +17,19 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use legate_snapshot::{Cluster, Discovery, DnsFamily, EndpointAddress, HealthStatus};
 use legate_telemetry::{ByCodeClass, Counter, Gauge, Histogram};
+use legate_tls::reload::Current;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::lb::{Host, HostSet, HostState, flag};
 use crate::metrics::Metrics;
-use crate::pool::Pool;
+use crate::pool::{Pool, Settings};
 use crate::resilience::breaker::ClassicBreakerState;
 use crate::resilience::health;
 use crate::resilience::limits::{Resource, ResourceLimits};
 use crate::resilience::outlier::{Detector, Outcome};
+use crate::tls::upstream::{ClientTls, ClusterTls};
 
 /// Per-cluster metric handles, resolved once when the cluster is created.
 #[derive(Debug)]
@@ -99,6 +101,8 @@ pub(crate) struct ClusterHosts {
     outlier: ArcSwapOption<Detector>,
     /// Wakes the health checker when hosts come or go.
     pub(crate) membership: Arc<Notify>,
+    /// The cluster's TLS, for the health checker's connections.
+    pub(crate) tls: ArcSwapOption<ClusterTls>,
     pub(crate) metrics: HostMetrics,
     tasks: Mutex<Tasks>,
 }
@@ -210,6 +214,8 @@ impl ClusterHosts {
 pub struct ClusterRuntime {
     config: Arc<Cluster>,
     shared: Arc<ClusterHosts>,
+    /// The cluster's TLS (shared by its pools across definitions), when it has any.
+    pub(crate) tls: Option<Arc<ClusterTls>>,
     /// This definition's outlier detector (`None`: not configured, reports are dropped).
     outlier: Option<Arc<Detector>>,
     pub(crate) pool: Arc<Pool>,
@@ -284,7 +290,11 @@ impl ClusterRuntime {
         }
     }
 
-    pub(crate) fn new(config: Arc<Cluster>, metrics: &Metrics) -> Arc<Self> {
+    pub(crate) fn new(
+        config: Arc<Cluster>,
+        metrics: &Metrics,
+        tls: Option<Arc<ClusterTls>>,
+    ) -> Arc<Self> {
         let name: &str = &config.name;
         let stats = ClusterStats {
             requests: ByCodeClass::new(&metrics.upstream_requests, &[name]),
@@ -301,6 +311,7 @@ impl ClusterRuntime {
             &config,
             stats.open_connections.clone(),
             limits.clone(),
+            tls.clone(),
         ));
         let outlier = config
             .outlier_detection
@@ -315,6 +326,7 @@ impl ClusterRuntime {
             panic_permille: AtomicU32::new(config.healthy_panic_threshold_permille),
             outlier: ArcSwapOption::new(outlier.clone()),
             membership: Arc::new(Notify::new()),
+            tls: ArcSwapOption::new(tls.clone()),
             metrics: HostMetrics::new(metrics, name),
             tasks: Mutex::new(Tasks::default()),
         });
@@ -351,6 +363,7 @@ impl ClusterRuntime {
         Arc::new(ClusterRuntime {
             config,
             shared,
+            tls,
             outlier,
             pool,
             limits,
@@ -359,29 +372,29 @@ impl ClusterRuntime {
         })
     }
 
-    /// Whether a new definition can reuse this runtime (pool, stats, DNS task): everything
-    /// but the endpoints of a non-DNS cluster, the circuit breakers, outlier detection,
-    /// health checks and the panic threshold must be the same.
+    /// Whether a new definition can reuse this runtime's hosts (and stats, DNS task): the
+    /// discovery, load balancing policy and, for DNS clusters, the names must be the same.
+    /// Everything else (the endpoints of a non-DNS cluster, circuit breakers, outlier
+    /// detection, health checks, the panic threshold, the connection settings and TLS) is
+    /// reconfigured in place; different connection settings get a new pool.
     fn can_reuse_for(&self, new: &Cluster) -> bool {
         let old = &*self.config;
         old.name == new.name
             && old.discovery == new.discovery
             && old.lb_policy == new.lb_policy
-            && old.protocol == new.protocol
-            && old.connect_timeout == new.connect_timeout
-            && old.idle_timeout == new.idle_timeout
-            && old.max_requests_per_connection == new.max_requests_per_connection
             && (!matches!(new.discovery, Discovery::StrictDns { .. })
                 || old.load_assignment == new.load_assignment)
     }
 
-    /// A runtime for a new (compatible) definition sharing this one's hosts, pool, limits,
-    /// stats and tasks. Outlier detection and health checking are reconfigured when their
-    /// settings changed.
+    /// A runtime for a new (compatible) definition sharing this one's hosts, limits, stats
+    /// and tasks, and its pool unless the connection settings changed. Outlier detection and
+    /// health checking are reconfigured when their settings changed; `tls` is the cluster's
+    /// TLS for the new definition (the same object when it only got new certificates).
     pub(crate) fn with_config(
         self: &Arc<Self>,
         config: Arc<Cluster>,
         metrics: &Metrics,
+        tls: Option<Arc<ClusterTls>>,
     ) -> Arc<Self> {
         let shared = &self.shared;
         let old = shared.config.swap(config.clone());
@@ -446,13 +459,33 @@ impl ClusterRuntime {
             (None, Some(c)) => Some(Arc::new(ClassicBreakerState::new(c))),
             (_, None) => None,
         };
-        // The pool and stats are shared by cloning the handles.
+        shared.tls.store(tls.clone());
+        let same_tls = match (&self.tls, &tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        let pool = if same_tls
+            && Settings::from_cluster(&self.config) == Settings::from_cluster(&config)
+        {
+            self.pool.clone()
+        } else {
+            // Connections of the old pool finish what they carry and close.
+            Arc::new(Pool::new(
+                &config,
+                self.stats.open_connections.clone(),
+                self.limits.clone(),
+                tls.clone(),
+            ))
+        };
+        // The stats are shared by cloning the handles.
         Arc::new(ClusterRuntime {
             classic,
             outlier: shared.outlier(),
             config,
             shared: shared.clone(),
-            pool: self.pool.clone(),
+            tls,
+            pool,
             limits: self.limits.clone(),
             stats: ClusterStats {
                 requests: self.stats.requests.clone(),
@@ -619,22 +652,55 @@ fn filter_family(mut addrs: Vec<SocketAddr>, family: DnsFamily) -> Vec<SocketAdd
     }
 }
 
-/// Build the cluster map for a new snapshot from the previous one.
+/// The TLS of `config` for the new snapshot: the previous object, with the configurations
+/// `prepared` for a changed definition installed, or a new one.
+fn cluster_tls(
+    config: &Cluster,
+    previous: Option<&Arc<ClusterRuntime>>,
+    prepared: &mut HashMap<Arc<str>, Current<ClientTls>>,
+    metrics: &Metrics,
+) -> Option<Arc<ClusterTls>> {
+    let spec = config.tls.as_ref()?;
+    let existing = previous.and_then(|rt| rt.tls.clone());
+    match (existing, prepared.remove(&config.name)) {
+        (Some(t), None) => Some(t),
+        (Some(t), Some(current)) => {
+            t.install(spec.clone(), current);
+            Some(t)
+        }
+        (None, Some(current)) => Some(ClusterTls::new(
+            config.name.clone(),
+            spec.clone(),
+            current,
+            metrics,
+        )),
+        // `Dataplane::apply` prepares every definition it has no configuration for.
+        (None, None) => None,
+    }
+}
+
+/// Build the cluster map for a new snapshot from the previous one. `prepared` holds the TLS
+/// configurations built for new or changed TLS definitions.
 pub(crate) async fn reconcile(
     old: &HashMap<Arc<str>, Arc<ClusterRuntime>>,
     clusters: impl Iterator<Item = &Arc<Cluster>>,
     metrics: &Metrics,
+    mut prepared: HashMap<Arc<str>, Current<ClientTls>>,
 ) -> HashMap<Arc<str>, Arc<ClusterRuntime>> {
     let mut out = HashMap::new();
     let mut fresh = Vec::new();
     for config in clusters {
-        let rt = match old.get(&config.name) {
+        let previous = old.get(&config.name);
+        let tls = cluster_tls(config, previous, &mut prepared, metrics);
+        let rt = match previous {
             Some(prev) if Arc::ptr_eq(&prev.config, config) || *prev.config == **config => {
                 prev.clone()
             }
-            Some(prev) if prev.can_reuse_for(config) => prev.with_config(config.clone(), metrics),
+            Some(prev) if prev.can_reuse_for(config) => {
+                prev.with_config(config.clone(), metrics, tls)
+            }
             _ => {
-                let rt = ClusterRuntime::new(config.clone(), metrics);
+                let rt = ClusterRuntime::new(config.clone(), metrics, tls);
                 if matches!(config.discovery, Discovery::StrictDns { .. })
                     || !config.health_checks.is_empty()
                 {
@@ -699,6 +765,7 @@ pub(crate) mod testing {
             health_checks: Vec::new(),
             healthy_panic_threshold_permille: 500,
             classic_breaker: None,
+            tls: None,
             load_assignment: LoadAssignment {
                 localities: vec![LocalityEndpoints {
                     region: Arc::from(""),
@@ -766,7 +833,7 @@ mod tests {
     #[tokio::test]
     async fn pick_avoiding_skips_tried_hosts_within_the_attempts() {
         let m = metrics();
-        let rt = ClusterRuntime::new(Arc::new(cluster("c", &addrs(3))), &m);
+        let rt = ClusterRuntime::new(Arc::new(cluster("c", &addrs(3))), &m, None);
         let a = addrs(3);
         // Round robin: two avoided hosts need up to two more picks.
         let c = port_counts(&rt, 30, || rt.pick_avoiding(&a[..2], 2));
@@ -796,7 +863,7 @@ mod tests {
             Duration::from_millis(100),
             Duration::from_millis(20),
         ));
-        let rt = ClusterRuntime::new(Arc::new(c), &m);
+        let rt = ClusterRuntime::new(Arc::new(c), &m, None);
         let h0 = rt.hosts().hosts[0].clone();
         for _ in 0..4 {
             rt.report(&h0, Outcome::LocalOrigin(LocalFailure::ConnectFailure));
@@ -823,7 +890,7 @@ mod tests {
     #[tokio::test]
     async fn no_outlier_detection_ignores_reports() {
         let m = metrics();
-        let rt = ClusterRuntime::new(Arc::new(cluster("c", &addrs(2))), &m);
+        let rt = ClusterRuntime::new(Arc::new(cluster("c", &addrs(2))), &m, None);
         let h0 = rt.hosts().hosts[0].clone();
         for _ in 0..50 {
             rt.report(&h0, Outcome::Response(500));
@@ -839,7 +906,7 @@ mod tests {
             Duration::from_secs(3600),
             Duration::from_secs(3600),
         ));
-        let rt = ClusterRuntime::new(Arc::new(c), &m);
+        let rt = ClusterRuntime::new(Arc::new(c), &m, None);
         let h0 = rt.hosts().hosts[0].clone();
         for _ in 0..5 {
             rt.report(&h0, Outcome::Response(500));
@@ -866,7 +933,7 @@ mod tests {
             Duration::from_secs(3600),
             Duration::from_secs(3600),
         ));
-        let rt = ClusterRuntime::new(Arc::new(c.clone()), &m);
+        let rt = ClusterRuntime::new(Arc::new(c.clone()), &m, None);
         let h0 = rt.hosts().hosts[0].clone();
         for _ in 0..5 {
             rt.report(&h0, Outcome::Response(500));
@@ -877,7 +944,7 @@ mod tests {
         let mut c2 = c.clone();
         c2.load_assignment.localities[0].endpoints[0].weight = 5;
         c2.load_assignment.localities[0].endpoints.pop();
-        let rt2 = rt.with_config(Arc::new(c2.clone()), &m);
+        let rt2 = rt.with_config(Arc::new(c2.clone()), &m, None);
         let set = rt2.hosts();
         assert_eq!(set.hosts.len(), 2);
         assert_eq!(set.hosts[0].weight, 5);
@@ -889,19 +956,19 @@ mod tests {
         // EDS says host 1 is unhealthy: with host 0 ejected nothing is available -> panic.
         let mut c3 = c2.clone();
         c3.load_assignment.localities[0].endpoints[1].health = HealthStatus::Unhealthy;
-        let rt3 = rt2.with_config(Arc::new(c3.clone()), &m);
+        let rt3 = rt2.with_config(Arc::new(c3.clone()), &m, None);
         assert!(rt3.hosts().in_panic());
         // Without panic there is no host at all.
         let mut c4 = c3.clone();
         c4.healthy_panic_threshold_permille = 0;
-        let rt4 = rt3.with_config(Arc::new(c4.clone()), &m);
+        let rt4 = rt3.with_config(Arc::new(c4.clone()), &m, None);
         assert!(rt4.pick().is_none());
 
         // Outlier detection removed: the ejection is lifted and reports are ignored.
         let mut c5 = c4.clone();
         c5.outlier_detection = None;
         c5.load_assignment.localities[0].endpoints[1].health = HealthStatus::Healthy;
-        let rt5 = rt4.with_config(Arc::new(c5), &m);
+        let rt5 = rt4.with_config(Arc::new(c5), &m, None);
         assert!(!rt5.hosts().hosts[0].is_ejected());
         let h = rt5.hosts().hosts[1].clone();
         for _ in 0..10 {
@@ -915,15 +982,94 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_tls_change_keeps_the_hosts_and_the_pool() {
+        use arc_swap::ArcSwap;
+        use bytes::Bytes;
+        use legate_snapshot::{
+            CertificateValidation, DataSource, PrivateKey, TlsCertificate, TlsParams, UpstreamTls,
+        };
+        use legate_tls::issue::{Authority, LeafSpec};
+
+        use crate::tls::expiry::Expiry;
+        use crate::tls::upstream::build_client;
+
+        let m = metrics();
+        let expiry = Expiry::new(m.tls_certificate_expiry.clone());
+        let ca = Authority::new("ca").expect("ca");
+        let inline = |s: &str| DataSource::Inline(Bytes::copy_from_slice(s.as_bytes()));
+        let spec = |cn: &str| {
+            let leaf = ca.issue(&LeafSpec::new(cn).client_only()).expect("leaf");
+            UpstreamTls {
+                sni: Some(Arc::from("up.test")),
+                auto_sni: false,
+                auto_sni_header: None,
+                auto_san_validation: false,
+                certificate: Some(TlsCertificate {
+                    certificate_chain: inline(&leaf.cert_pem),
+                    private_key: PrivateKey(inline(&leaf.key_pem)),
+                }),
+                certificate_sds: None,
+                validation: Some(CertificateValidation {
+                    trusted_ca: Some(inline(ca.cert_pem())),
+                    system_roots: false,
+                    match_typed_subject_alt_names: Vec::new(),
+                }),
+                validation_sds: None,
+                alpn_protocols: Vec::new(),
+                params: TlsParams::UPSTREAM_DEFAULT,
+                max_session_keys: 1,
+            }
+        };
+        let prepared = |s: &UpstreamTls| {
+            let current = Arc::new(ArcSwap::from_pointee(
+                build_client(s, "c", &expiry).expect("client config"),
+            ));
+            HashMap::from([(Arc::from("c"), current)])
+        };
+        let (one, two) = (spec("one"), spec("two"));
+        let mut c1 = cluster("c", &addrs(2));
+        c1.tls = Some(Arc::new(one.clone()));
+        let first = reconcile(
+            &HashMap::new(),
+            [Arc::new(c1.clone())].iter(),
+            &m,
+            prepared(&one),
+        )
+        .await;
+        let rt1 = first["c"].clone();
+        let tls1 = rt1.tls.clone().expect("tls");
+
+        // A new client certificate: the same hosts, pool and TLS object, now on the new
+        // definition.
+        let mut c2 = c1.clone();
+        c2.tls = Some(Arc::new(two.clone()));
+        let second = reconcile(&first, [Arc::new(c2.clone())].iter(), &m, prepared(&two)).await;
+        let rt2 = second["c"].clone();
+        assert!(Arc::ptr_eq(&rt1.hosts(), &rt2.hosts()));
+        assert!(Arc::ptr_eq(&rt1.pool, &rt2.pool));
+        assert!(Arc::ptr_eq(&tls1, rt2.tls.as_ref().expect("tls")));
+        assert_eq!(*tls1.spec(), two);
+
+        // TLS off: a new (plaintext) pool, the same hosts.
+        let mut c3 = c2.clone();
+        c3.tls = None;
+        let third = reconcile(&second, [Arc::new(c3)].iter(), &m, HashMap::new()).await;
+        let rt3 = third["c"].clone();
+        assert!(Arc::ptr_eq(&rt2.hosts(), &rt3.hosts()));
+        assert!(!Arc::ptr_eq(&rt2.pool, &rt3.pool));
+        assert!(rt3.tls.is_none());
+    }
+
+    #[tokio::test]
     async fn background_tasks_stop_with_the_last_runtime() {
         let m = metrics();
         let mut c = cluster("c", &addrs(1));
         c.outlier_detection = Some(outlier(Duration::from_secs(1), Duration::from_millis(10)));
-        let rt = ClusterRuntime::new(Arc::new(c.clone()), &m);
+        let rt = ClusterRuntime::new(Arc::new(c.clone()), &m, None);
         let weak = Arc::downgrade(&rt.shared);
         let mut c2 = c.clone();
         c2.circuit_breakers.default.max_requests = 7;
-        let rt2 = rt.with_config(Arc::new(c2), &m);
+        let rt2 = rt.with_config(Arc::new(c2), &m, None);
         drop(rt);
         // Still shared by rt2, and its task keeps running through the sweep.
         tokio::time::sleep(Duration::from_millis(30)).await;

@@ -1,6 +1,7 @@
-//! Dialling upstream hosts: a TCP connect bounded by the cluster's `connect_timeout`, and
-//! the socket wrapper that counts every open upstream connection in its cluster's gauge for
-//! as long as the socket lives.
+//! Dialling upstream hosts: a TCP connect bounded by the cluster's `connect_timeout` (a TLS
+//! handshake, when the cluster has one, follows in `tls::upstream` within the same bound),
+//! and the socket wrapper that counts every open upstream connection in its cluster's gauge
+//! for as long as the socket lives.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::TokioIo;
 use legate_telemetry::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::error::ProxyError;
@@ -37,21 +39,23 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpSt
     }
 }
 
-/// A connected upstream socket that decrements the open-connections gauge when dropped.
+/// A connected upstream socket (TCP, or TLS over TCP) that decrements the open-connections
+/// gauge when dropped.
 ///
 /// `held` lives exactly as long as the socket (through an HTTP/1 upgrade too): the pool
 /// keeps its per-connection bookkeeping there (circuit-breaker slot, per-host count), so
-/// the connection is accounted for until the file descriptor is really closed.
-pub(crate) struct CountedIo<H> {
+/// the connection is accounted for until the file descriptor is really closed. Generic over
+/// the stream, so the cleartext path is the same code as before TLS existed.
+pub(crate) struct CountedIo<I, H> {
     // Declared first so the socket is closed before `held` is released.
-    io: TokioIo<TcpStream>,
+    io: TokioIo<I>,
     open: Arc<Gauge>,
     _held: H,
 }
 
-impl<H> CountedIo<H> {
+impl<I, H> CountedIo<I, H> {
     /// Count `stream` as an open connection and keep `held` until it is dropped.
-    pub(crate) fn with_held(stream: TcpStream, open: Arc<Gauge>, held: H) -> Self {
+    pub(crate) fn with_held(stream: I, open: Arc<Gauge>, held: H) -> Self {
         open.inc();
         CountedIo {
             io: TokioIo::new(stream),
@@ -61,16 +65,16 @@ impl<H> CountedIo<H> {
     }
 }
 
-impl<H> Drop for CountedIo<H> {
+impl<I, H> Drop for CountedIo<I, H> {
     fn drop(&mut self) {
         self.open.dec();
     }
 }
 
-// `H` is only held, never pinned through: the wrapper is `Unpin` whatever `H` is.
-impl<H> Unpin for CountedIo<H> {}
+// `H` is only held, never pinned through: the wrapper is `Unpin` whenever the stream is.
+impl<I: Unpin, H> Unpin for CountedIo<I, H> {}
 
-impl<H> Read for CountedIo<H> {
+impl<I: AsyncRead + AsyncWrite + Unpin, H> Read for CountedIo<I, H> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -80,7 +84,7 @@ impl<H> Read for CountedIo<H> {
     }
 }
 
-impl<H> Write for CountedIo<H> {
+impl<I: AsyncRead + AsyncWrite + Unpin, H> Write for CountedIo<I, H> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

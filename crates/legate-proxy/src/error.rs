@@ -17,6 +17,14 @@ pub enum ProxyError {
     ConnectFailure,
     #[error("upstream connect timeout")]
     ConnectTimeout,
+    /// The TLS handshake with the upstream failed: no common version or ALPN protocol, or
+    /// the peer does not speak TLS.
+    #[error("upstream tls handshake failed")]
+    UpstreamTlsHandshake,
+    /// The upstream's certificate was refused (unknown CA, expired, wrong name or SAN), or
+    /// the upstream refused ours.
+    #[error("upstream tls certificate refused")]
+    UpstreamTlsCertificate,
     /// The route's `timeout` (the whole request, every attempt included) expired.
     #[error("upstream request timeout")]
     UpstreamTimeout,
@@ -63,6 +71,8 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream => "no-healthy-upstream",
             ProxyError::ConnectFailure => "connect-failure",
             ProxyError::ConnectTimeout => "connect-timeout",
+            ProxyError::UpstreamTlsHandshake => "upstream-tls-handshake",
+            ProxyError::UpstreamTlsCertificate => "upstream-tls-certificate",
             ProxyError::UpstreamTimeout => "upstream-timeout",
             ProxyError::PerTryTimeout => "per-try-timeout",
             ProxyError::PerTryIdleTimeout => "per-try-idle-timeout",
@@ -89,6 +99,8 @@ impl ProxyError {
             ProxyError::ClusterNotFound
             | ProxyError::NoHealthyUpstream
             | ProxyError::ConnectFailure
+            | ProxyError::UpstreamTlsHandshake
+            | ProxyError::UpstreamTlsCertificate
             | ProxyError::UpstreamReset
             | ProxyError::ResetBeforeRequest
             | ProxyError::RefusedStream
@@ -107,12 +119,14 @@ impl ProxyError {
     }
 
     /// Every variant, for metric pre-registration.
-    pub const ALL: [ProxyError; 20] = [
+    pub const ALL: [ProxyError; 22] = [
         ProxyError::NoRoute,
         ProxyError::ClusterNotFound,
         ProxyError::NoHealthyUpstream,
         ProxyError::ConnectFailure,
         ProxyError::ConnectTimeout,
+        ProxyError::UpstreamTlsHandshake,
+        ProxyError::UpstreamTlsCertificate,
         ProxyError::UpstreamTimeout,
         ProxyError::PerTryTimeout,
         ProxyError::PerTryIdleTimeout,
@@ -137,6 +151,8 @@ impl ProxyError {
             self,
             ProxyError::ConnectFailure
                 | ProxyError::ConnectTimeout
+                | ProxyError::UpstreamTlsHandshake
+                | ProxyError::UpstreamTlsCertificate
                 | ProxyError::ResetBeforeRequest
                 | ProxyError::RefusedStream
                 | ProxyError::OverflowMaxConnections

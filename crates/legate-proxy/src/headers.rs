@@ -91,9 +91,10 @@ pub(crate) fn append_forwarded_for(h: &mut HeaderMap, peer: &HeaderValue) {
     }
 }
 
-/// Listeners are plaintext, so the downstream scheme is `http`.
-pub(crate) fn set_forwarded_proto(h: &mut HeaderMap) {
-    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+/// `x-forwarded-proto`: the downstream connection's scheme, `https` when it is TLS.
+pub(crate) fn set_forwarded_proto(h: &mut HeaderMap, tls: bool) {
+    let scheme = if tls { "https" } else { "http" };
+    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
 }
 
 fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
@@ -193,7 +194,7 @@ mod tests {
         let mut h = HeaderMap::new();
         append_forwarded_for(&mut h, &peer_value("10.1.2.3".parse().expect("ip")));
         append_forwarded_for(&mut h, &peer_value("::1".parse().expect("ip")));
-        set_forwarded_proto(&mut h);
+        set_forwarded_proto(&mut h, false);
         assert_eq!(h.get(&X_FORWARDED_FOR).expect("xff"), "10.1.2.3, ::1");
         assert_eq!(h.get(&X_FORWARDED_PROTO).expect("xfp"), "http");
     }

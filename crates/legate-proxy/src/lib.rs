@@ -19,6 +19,7 @@ mod metrics;
 mod pool;
 mod resilience;
 mod service;
+mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -57,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) active: ArcSwap<Active>,
     pub(crate) metrics: Metrics,
     local_replies: Vec<(ProxyError, Arc<Counter>)>,
+    /// The certificates legate presents, for their expiry gauges.
+    expiry: Arc<tls::expiry::Expiry>,
 }
 
 impl Shared {
@@ -80,6 +83,14 @@ pub enum ApplyError {
     },
     #[error("listener '{name}': route configuration '{route}' is missing")]
     MissingRoutes { name: String, route: String },
+    /// TLS material could not be read or used (a missing file, a key that does not match
+    /// its certificate, a bad CA bundle).
+    #[error("{kind} '{name}': {source}")]
+    Tls {
+        kind: &'static str,
+        name: String,
+        source: legate_tls::TlsError,
+    },
 }
 
 /// Settings of the data plane that do not come from xDS.
@@ -115,11 +126,13 @@ impl Dataplane {
             clusters: HashMap::new(),
             listeners: HashMap::new(),
         };
+        let expiry = tls::expiry::Expiry::new(metrics.tls_certificate_expiry.clone());
         Dataplane {
             shared: Arc::new(Shared {
                 active: ArcSwap::from_pointee(active),
                 metrics,
                 local_replies,
+                expiry,
             }),
             options,
             listeners: tokio::sync::Mutex::new(HashMap::new()),
@@ -177,6 +190,53 @@ impl Dataplane {
             );
         }
 
+        // TLS material, read off the request path; a failure leaves the old state untouched.
+        let mut cluster_tls = HashMap::new();
+        for c in snapshot.clusters.values() {
+            let Some(spec) = &c.tls else { continue };
+            let unchanged = old
+                .clusters
+                .get(&c.name)
+                .and_then(|rt| rt.tls.as_ref())
+                .is_some_and(|t| *t.spec() == **spec);
+            if unchanged {
+                continue;
+            }
+            let current =
+                tls::upstream::prepare(spec.clone(), c.name.clone(), self.shared.expiry.clone())
+                    .await
+                    .map_err(|source| ApplyError::Tls {
+                        kind: "cluster",
+                        name: c.name.to_string(),
+                        source,
+                    })?;
+            cluster_tls.insert(c.name.clone(), current);
+        }
+        let mut listener_tls = HashMap::new();
+        for l in &snapshot.listeners {
+            let Some(spec) = &l.tls else { continue };
+            let existing = listeners
+                .get(&l.name)
+                .and_then(|h| h.tls.load_full())
+                .filter(|rt| *rt.spec == **spec);
+            let runtime = match existing {
+                Some(rt) => rt,
+                None => tls::downstream::prepare(
+                    spec.clone(),
+                    l.name.clone(),
+                    self.shared.expiry.clone(),
+                    &self.shared.metrics,
+                )
+                .await
+                .map_err(|source| ApplyError::Tls {
+                    kind: "listener",
+                    name: l.name.to_string(),
+                    source,
+                })?,
+            };
+            listener_tls.insert(l.name.clone(), runtime);
+        }
+
         // Bind what is new or moved; a failure leaves the old state untouched.
         let mut bound = Vec::new();
         for l in &snapshot.listeners {
@@ -198,6 +258,7 @@ impl Dataplane {
             &old.clusters,
             snapshot.clusters.values(),
             &self.shared.metrics,
+            cluster_tls,
         )
         .await;
         let new_names: std::collections::HashSet<&Arc<str>> =
@@ -225,16 +286,36 @@ impl Dataplane {
             let Some(view) = views.get(&config.name).cloned() else {
                 continue;
             };
-            let handle = listener::spawn(self.shared.clone(), view, socket);
+            let tls = listener_tls.get(&config.name).cloned();
+            let handle = listener::spawn(self.shared.clone(), view, socket, tls);
             tracing::info!(listener = %config.name, address = %handle.local_addr, "listening");
             listeners.insert(config.name.clone(), handle);
         }
-        // Keep handles' config current for listeners that stayed.
+        // Keep handles' config current for listeners that stayed; their next connections
+        // use the new TLS configuration.
         for (name, h) in listeners.iter_mut() {
             if let Some(v) = views.get(name) {
                 h.config = v.config.clone();
             }
+            h.tls.store(listener_tls.get(name).cloned());
         }
+        // Forget the certificates of what went away.
+        self.shared.expiry.retain("cluster", |n| {
+            snapshot
+                .clusters
+                .get(n)
+                .and_then(|c| c.tls.as_ref())
+                .is_some_and(|t| t.certificate.is_some())
+        });
+        let labels: std::collections::HashSet<String> = snapshot
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref().map(|t| (l, t)))
+            .flat_map(|(l, t)| tls::downstream::labels(&l.name, t))
+            .collect();
+        self.shared
+            .expiry
+            .retain("listener", |n| labels.contains(n));
         self.applied.store(true, Ordering::Release);
         Ok(())
     }

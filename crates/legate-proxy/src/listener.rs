@@ -1,5 +1,6 @@
-//! Listener lifecycle: bind, accept, serve HTTP connections, and drain on stop.
-//! Kept apart from routing: a listener knows only its name, socket and codec.
+//! Listener lifecycle: bind, accept, terminate TLS when the listener has it, serve HTTP
+//! connections, and drain on stop. Kept apart from routing: a listener knows only its name,
+//! socket, codec and TLS.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,22 +10,27 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use futures_util::task::AtomicWaker;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use legate_snapshot::{Codec, Listener};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::service::{self, ConnCtx};
+use crate::tls::downstream::ListenerTlsRuntime;
 use crate::{ListenerView, Shared};
 
 pub(crate) struct ListenerHandle {
     pub(crate) config: Arc<Listener>,
     pub(crate) local_addr: SocketAddr,
+    /// TLS for the next connections accepted; `None`: plaintext.
+    pub(crate) tls: Arc<ArcSwapOption<ListenerTlsRuntime>>,
     stop: watch::Sender<Option<Duration>>,
     task: JoinHandle<()>,
 }
@@ -59,14 +65,17 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
     view: Arc<ListenerView>,
     socket: TcpListener,
+    tls: Option<Arc<ListenerTlsRuntime>>,
 ) -> ListenerHandle {
     let local_addr = socket.local_addr().unwrap_or(view.config.address);
     let (stop_tx, stop_rx) = watch::channel(None);
     let config = view.config.clone();
-    let task = tokio::spawn(accept_loop(shared, view, socket, stop_rx));
+    let tls = Arc::new(ArcSwapOption::new(tls));
+    let task = tokio::spawn(accept_loop(shared, view, socket, tls.clone(), stop_rx));
     ListenerHandle {
         config,
         local_addr,
+        tls,
         stop: stop_tx,
         task,
     }
@@ -115,7 +124,12 @@ impl Server {
     }
 
     /// Serve one connection until it ends, shutting it down gracefully once `drain` flips.
-    async fn serve(&self, stream: TcpStream, ctx: Arc<ConnCtx>, drain: watch::Receiver<bool>) {
+    /// Generic over the stream: a TLS connection and a plaintext one run the same code, each
+    /// compiled for its own stream type.
+    async fn serve<I>(&self, stream: I, ctx: Arc<ConnCtx>, drain: watch::Receiver<bool>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let peer = ctx.peer;
         let idle = ctx
             .listener
@@ -274,6 +288,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     view: Arc<ListenerView>,
     socket: TcpListener,
+    tls: Arc<ArcSwapOption<ListenerTlsRuntime>>,
     mut stop: watch::Receiver<Option<Duration>>,
 ) {
     let name = view.config.name.clone();
@@ -311,23 +326,41 @@ async fn accept_loop(
                 };
                 let _ = stream.set_nodelay(true);
                 accepted.inc();
+                let tls = tls.load_full();
                 let ctx = Arc::new(ConnCtx {
                     shared: shared.clone(),
                     listener: view.clone(),
                     peer,
                     peer_ip: crate::headers::peer_value(peer.ip()),
                     activity: Arc::default(),
+                    tls: tls.is_some(),
                 });
                 let server = server.clone();
                 let gauge = active_gauge.clone();
                 let conn_tx = conn_tx.clone();
                 let drain_rx = drain_rx.clone();
-                tokio::spawn(async move {
-                    let _alive = conn_tx;
-                    gauge.inc();
-                    server.serve(stream, ctx, drain_rx).await;
-                    gauge.dec();
-                });
+                match tls {
+                    None => {
+                        tokio::spawn(async move {
+                            let _alive = conn_tx;
+                            gauge.inc();
+                            server.serve(stream, ctx, drain_rx).await;
+                            gauge.dec();
+                        });
+                    }
+                    // The handshake runs in the connection's task: a slow client never holds
+                    // up the accept loop.
+                    Some(tls) => {
+                        tokio::spawn(async move {
+                            let _alive = conn_tx;
+                            gauge.inc();
+                            if let Some(stream) = tls.accept(stream).await {
+                                server.serve(stream, ctx, drain_rx).await;
+                            }
+                            gauge.dec();
+                        });
+                    }
+                }
             }
         }
     };

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub cluster_hosts: Arc<Family<Gauge>>,
     pub cluster_panic: Arc<Family<Gauge>>,
     pub lb_panic: Arc<Family<Counter>>,
+    pub upstream_tls_handshake_failures: Arc<Family<Counter>>,
+    pub downstream_tls_handshake_failures: Arc<Family<Counter>>,
+    pub tls_certificate_expiry: Arc<Family<Gauge>>,
 }
 
 impl Metrics {
@@ -117,6 +120,26 @@ impl Metrics {
                 "legate_lb_panic_total",
                 "Hosts picked while the cluster was in panic mode.",
                 &["cluster"],
+            ),
+            upstream_tls_handshake_failures: registry.family(
+                "legate_upstream_tls_handshake_failures_total",
+                "Upstream TLS handshakes that failed, by cause (unknown_ca, expired, \
+                 name_mismatch, bad_certificate, peer_rejected_certificate, protocol_version, \
+                 alpn, timeout, handshake).",
+                &["cluster", "cause"],
+            ),
+            downstream_tls_handshake_failures: registry.family(
+                "legate_downstream_tls_handshake_failures_total",
+                "Downstream TLS handshakes that failed on a listener, by cause \
+                 (no_filter_chain, timeout, client_certificate, protocol_version, alpn, \
+                 handshake).",
+                &["listener", "cause"],
+            ),
+            tls_certificate_expiry: registry.family(
+                "legate_tls_certificate_expiry_seconds",
+                "Seconds until a certificate legate presents expires (negative once expired): \
+                 client certificates of clusters, server certificates of listener chains.",
+                &["owner", "name", "role"],
             ),
             registry,
         }

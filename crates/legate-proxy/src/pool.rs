@@ -9,12 +9,17 @@
 //! - HTTP/2 ([`http2`]): one multiplexed connection per host, dialled by address so the
 //!   request's `:authority` can be the logical host; concurrent first requests share one
 //!   dial.
+//! - auto (`auto_config`, TLS only) ([`auto`]): the first connection to a host offers both
+//!   `h2` and `http/1.1` in ALPN; what the host picks sends that connection, and the host's
+//!   later requests, to the HTTP/2 or the HTTP/1.1 pool.
+//! - `auto_sni` ([`sni`]): one pool per server name taken from the requests.
 //!
-//! Both protocols: a request waiting for a connection (being dialled, or to come back) holds
+//! Every protocol: a request waiting for a connection (being dialled, or to come back) holds
 //! a `max_pending_requests` slot and fails with [`ProxyError::OverflowMaxPendingRequests`]
 //! when there is none; every connection holds a `max_connections` slot for as long as its
 //! socket lives, except that a host with no connection at all may always open one (as
-//! Envoy does, so one busy host cannot starve the others forever).
+//! Envoy does, so one busy host cannot starve the others forever). A TLS cluster dials TCP,
+//! then completes the TLS handshake within the same `connect_timeout`.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,13 +32,19 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use legate_snapshot::{Cluster, UpstreamProtocol};
 use legate_telemetry::Gauge;
+use legate_tls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::body::RequestBody;
 use crate::error::ProxyError;
 use crate::resilience::limits::ResourceLimits;
+use crate::tls::upstream::{Alpn, ClusterTls};
 
+mod auto;
 mod http1;
 mod http2;
+mod sni;
 #[cfg(test)]
 mod tests;
 
@@ -45,59 +56,132 @@ pub(crate) struct Pool {
 enum Inner {
     Http1(Arc<http1::H1Pool>),
     Http2(Arc<http2::H2Pool>),
+    Auto(Arc<auto::AutoPool>),
+    /// `auto_sni`: a pool per server name.
+    BySni(Arc<sni::SniPools>),
 }
 
-/// What a pool takes from its cluster's definition.
-#[derive(Clone, Debug)]
-struct Settings {
+/// What a pool takes from its cluster's definition. Two definitions with equal settings can
+/// share a pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Settings {
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
     /// Idle connections older than this are closed.
     idle_timeout: Option<Duration>,
     /// A connection that has carried this many requests is closed after the last one.
     max_requests_per_connection: Option<u32>,
+    /// Whether connections are TLS.
+    tls: bool,
+    /// `auto_sni`, and the header it reads instead of Host.
+    auto_sni: Option<Option<Arc<str>>>,
 }
 
 impl Settings {
-    fn from_cluster(c: &Cluster) -> Self {
+    pub(crate) fn from_cluster(c: &Cluster) -> Self {
         Settings {
             protocol: c.protocol,
             connect_timeout: c.connect_timeout,
             idle_timeout: c.idle_timeout,
             max_requests_per_connection: c.max_requests_per_connection,
+            tls: c.tls.is_some(),
+            auto_sni: c
+                .tls
+                .as_ref()
+                .filter(|t| t.auto_sni)
+                .map(|t| t.auto_sni_header.clone()),
         }
     }
 }
 
-/// What both protocols' pools share: settings, the open-connections gauge and the
-/// cluster's circuit-breaker counts.
+/// How a pool's connections do TLS: the cluster's configurations, the ALPN offer and, with
+/// `auto_sni`, the server name of this pool.
+#[derive(Clone, Debug)]
+pub(crate) struct PoolTls {
+    pub(crate) cluster: Arc<ClusterTls>,
+    pub(crate) alpn: Alpn,
+    pub(crate) sni: Option<ServerName<'static>>,
+}
+
+impl PoolTls {
+    /// The handshake on a connected socket, within `deadline`.
+    async fn connect(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        deadline: Instant,
+    ) -> Result<(legate_tls::tokio_rustls::client::TlsStream<TcpStream>, bool), ProxyError> {
+        self.cluster
+            .connect(tcp, addr, self.sni.as_ref(), self.alpn, deadline)
+            .await
+    }
+}
+
+/// What every protocol's pools share: settings, the open-connections gauge, the cluster's
+/// circuit-breaker counts and, for TLS clusters, how to do TLS.
 struct Common {
     settings: Settings,
     open: Arc<Gauge>,
     limits: Arc<ResourceLimits>,
+    tls: Option<PoolTls>,
+}
+
+impl Common {
+    fn with_alpn(&self, alpn: Alpn) -> Common {
+        Common {
+            settings: self.settings.clone(),
+            open: self.open.clone(),
+            limits: self.limits.clone(),
+            tls: self.tls.as_ref().map(|t| PoolTls { alpn, ..t.clone() }),
+        }
+    }
 }
 
 impl Pool {
-    pub(crate) fn new(config: &Cluster, open: Arc<Gauge>, limits: Arc<ResourceLimits>) -> Self {
-        Pool::with_settings(Settings::from_cluster(config), open, limits)
-    }
-
-    fn with_settings(settings: Settings, open: Arc<Gauge>, limits: Arc<ResourceLimits>) -> Self {
+    /// The pool of a cluster; `tls` must be given for a TLS cluster.
+    pub(crate) fn new(
+        config: &Cluster,
+        open: Arc<Gauge>,
+        limits: Arc<ResourceLimits>,
+        tls: Option<Arc<ClusterTls>>,
+    ) -> Self {
+        let settings = Settings::from_cluster(config);
         let common = Common {
             settings,
             open,
             limits,
+            tls: tls.map(|cluster| PoolTls {
+                cluster,
+                alpn: Alpn::Http1,
+                sni: None,
+            }),
         };
-        let inner = match common.settings.protocol {
-            UpstreamProtocol::Http1 => Inner::Http1(http1::H1Pool::new(common)),
-            UpstreamProtocol::Http2 => Inner::Http2(http2::H2Pool::new(common)),
-        };
-        Pool { inner }
+        if let (Some(header), Some(_)) = (&common.settings.auto_sni, &common.tls) {
+            let header = header.clone();
+            return Pool {
+                inner: Inner::BySni(sni::SniPools::new(common, header)),
+            };
+        }
+        Pool {
+            inner: leaf(common),
+        }
     }
 
-    /// Send `req` to `addr`. For HTTP/1.1 the URI must be `http://addr/...` (it is sent in
-    /// origin form, `Host` as the caller set it); for HTTP/2 its authority is sent as
-    /// `:authority` and the connection goes to `addr`.
+    #[cfg(test)]
+    fn with_settings(settings: Settings, open: Arc<Gauge>, limits: Arc<ResourceLimits>) -> Self {
+        Pool {
+            inner: leaf(Common {
+                settings,
+                open,
+                limits,
+                tls: None,
+            }),
+        }
+    }
+
+    /// Send `req` to `addr`. For HTTP/1.1 (and auto) the request is in origin form with its
+    /// `Host` set (an absolute URI is sent in origin form); for HTTP/2 its authority is sent
+    /// as `:authority` and the connection goes to `addr`.
     pub(crate) async fn send(
         &self,
         addr: SocketAddr,
@@ -106,7 +190,38 @@ impl Pool {
         match &self.inner {
             Inner::Http1(pool) => pool.send(addr, req).await,
             Inner::Http2(pool) => Ok(pool.send(addr, req).await?.map(UpstreamBody::new)),
+            // Boxed: their futures hold both protocols' (and the TLS dial's); inline they would
+            // make every request's future several times larger, plaintext ones included.
+            Inner::Auto(pool) => Box::pin(pool.send(addr, req)).await,
+            Inner::BySni(pools) => Box::pin(pools.send(addr, req)).await,
         }
+    }
+}
+
+/// The pool for one protocol (and one server name).
+fn leaf(common: Common) -> Inner {
+    match common.settings.protocol {
+        UpstreamProtocol::Http1 => Inner::Http1(http1::H1Pool::new(common.with_alpn(Alpn::Http1))),
+        UpstreamProtocol::Http2 => Inner::Http2(http2::H2Pool::new(common.with_alpn(Alpn::H2))),
+        // Without TLS, validation has already made auto HTTP/1.1.
+        UpstreamProtocol::Auto if common.tls.is_none() => {
+            Inner::Http1(http1::H1Pool::new(common.with_alpn(Alpn::Http1)))
+        }
+        UpstreamProtocol::Auto => Inner::Auto(auto::AutoPool::new(common)),
+    }
+}
+
+/// Send on a per-protocol pool (never a per-name one).
+async fn send_leaf(
+    inner: &Inner,
+    addr: SocketAddr,
+    req: Request<RequestBody>,
+) -> Result<Response<UpstreamBody>, ProxyError> {
+    match inner {
+        Inner::Http1(pool) => pool.send(addr, req).await,
+        Inner::Http2(pool) => Ok(pool.send(addr, req).await?.map(UpstreamBody::new)),
+        Inner::Auto(pool) => Box::pin(pool.send(addr, req)).await,
+        Inner::BySni(_) => Err(ProxyError::BadRequest),
     }
 }
 
@@ -179,6 +294,19 @@ fn classify(e: &hyper::Error) -> ProxyError {
         source = cause.source();
     }
     ProxyError::UpstreamReset
+}
+
+/// [`classify`], counting a TLS failure that surfaced after the handshake: with TLS 1.3 a
+/// server that refuses our client certificate says so when the client first reads. The
+/// server refused the connection before reading any request from it.
+fn classify_with_tls(e: &hyper::Error, tls: Option<&PoolTls>) -> ProxyError {
+    if let Some(tls) = tls
+        && let Some(cause) = crate::tls::upstream::after_handshake(e)
+    {
+        tls.cluster.failed(cause);
+        return cause.error();
+    }
+    classify(e)
 }
 
 fn classify_h2(e: &h2::Error) -> ProxyError {

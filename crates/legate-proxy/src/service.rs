@@ -34,6 +34,8 @@ pub(crate) struct ConnCtx {
     pub(crate) peer_ip: HeaderValue,
     /// Requests on the connection, for its idle timeout.
     pub(crate) activity: Arc<crate::listener::Activity>,
+    /// Whether the connection is TLS (`x-forwarded-proto: https`).
+    pub(crate) tls: bool,
 }
 
 pub(crate) async fn handle(
@@ -183,6 +185,8 @@ pub(crate) struct Template {
     headers: http::HeaderMap,
     host: HostHeader,
     protocol: UpstreamProtocol,
+    /// `https` for TLS clusters (HTTP/2's `:scheme`).
+    scheme: Scheme,
 }
 
 impl Template {
@@ -215,7 +219,7 @@ impl Template {
         if view.config.append_x_forwarded_for {
             headers::append_forwarded_for(&mut headers, &ctx.peer_ip);
         }
-        headers::set_forwarded_proto(&mut headers);
+        headers::set_forwarded_proto(&mut headers, ctx.tls);
         if view.config.generate_request_id {
             headers::ensure_request_id(&mut headers);
         }
@@ -270,6 +274,11 @@ impl Template {
             headers,
             host,
             protocol: cluster.config().protocol,
+            scheme: if cluster.config().tls.is_some() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            },
         })
     }
 
@@ -308,7 +317,7 @@ impl Template {
         };
         let absolute = |authority: Authority| {
             Uri::builder()
-                .scheme(Scheme::HTTP)
+                .scheme(self.scheme.clone())
                 .authority(authority)
                 .path_and_query(self.path_and_query.clone())
                 .build()
@@ -316,9 +325,10 @@ impl Template {
         };
         // Both protocols dial the host address the pool is given. HTTP/1.1 sends `Host` and
         // an origin-form target (CONNECT keeps the authority form); HTTP/2 sends the URI's
-        // authority as `:authority`, which replaces `Host`.
+        // authority as `:authority`, which replaces `Host`. Auto is built as HTTP/1.1; the
+        // pool turns it into HTTP/2 for hosts that chose h2.
         let uri = match self.protocol {
-            UpstreamProtocol::Http1 => {
+            UpstreamProtocol::Http1 | UpstreamProtocol::Auto => {
                 if let Some(h) = self.host_value(host) {
                     headers.insert(header::HOST, h);
                 }
@@ -345,7 +355,7 @@ impl Template {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = match self.protocol {
-            UpstreamProtocol::Http1 => Version::HTTP_11,
+            UpstreamProtocol::Http1 | UpstreamProtocol::Auto => Version::HTTP_11,
             UpstreamProtocol::Http2 => Version::HTTP_2,
         };
         *req.headers_mut() = headers;

@@ -13,6 +13,9 @@
 mod types;
 pub use types::*;
 
+mod tls;
+pub use tls::*;
+
 mod error;
 pub use error::{InvalidSnapshot, ResourceError, ResourceKind};
 

@@ -10,6 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::{ListenerTls, UpstreamTls};
+
 /// Everything the proxy executes, swapped as one unit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Snapshot {
@@ -66,6 +68,16 @@ pub struct Listener {
     /// Whether to append the peer address to `x-forwarded-for`: as in Envoy, true when HCM
     /// `use_remote_address` is true and `skip_xff_append` is false.
     pub append_x_forwarded_for: bool,
+    /// TLS termination, when the filter chains carry a `DownstreamTlsContext`; `None`:
+    /// plaintext.
+    pub tls: Option<Arc<ListenerTls>>,
+}
+
+impl Listener {
+    /// Names of the SDS secrets the listener needs.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        self.tls.iter().flat_map(|t| t.secret_names())
+    }
 }
 
 /// Downstream codec, from HCM `codec_type`.
@@ -526,6 +538,15 @@ pub struct Cluster {
     /// Endpoints from `load_assignment` (STATIC, STRICT_DNS) or from the matching
     /// ClusterLoadAssignment (EDS), after validation.
     pub load_assignment: LoadAssignment,
+    /// `transport_socket` with an `UpstreamTlsContext`; `None`: plaintext.
+    pub tls: Option<Arc<UpstreamTls>>,
+}
+
+impl Cluster {
+    /// Names of the SDS secrets the cluster needs.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        self.tls.iter().flat_map(|t| t.secret_names())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -573,8 +594,11 @@ pub enum LbPolicy {
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamProtocol {
     Http1,
-    /// Cleartext HTTP/2 with prior knowledge.
+    /// HTTP/2: with prior knowledge in cleartext, offered as `h2` over TLS.
     Http2,
+    /// `auto_config` over TLS: HTTP/2 when the host accepts `h2` in ALPN, else HTTP/1.1.
+    /// (`auto_config` without TLS is HTTP/1.1, as in Envoy.)
+    Auto,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -24,6 +24,7 @@ mod common;
 mod endpoint;
 mod listener;
 mod route;
+mod tls;
 
 #[cfg(test)]
 mod tests;
@@ -64,8 +65,7 @@ pub fn build(
         route_configs: xds_route_configs,
         clusters: xds_clusters,
         load_assignments: xds_load_assignments,
-        // Resolved into the TLS contexts that name them (issue 12, in progress).
-        secrets: _,
+        secrets: xds_secrets,
     } = resources;
     let mut errors = Vec::new();
 
@@ -81,6 +81,10 @@ pub fn build(
     let mut clusters = first_of_each_name(
         convert_all(&mut errors, xds_clusters, cluster::cluster),
         |c| &c.name,
+    );
+    let secrets = first_of_each_name(
+        convert_all(&mut errors, xds_secrets, tls::secret),
+        |(name, _)| name,
     );
     let load_assignments = first_of_each_name(
         convert_all(&mut errors, xds_load_assignments, |x| {
@@ -113,6 +117,12 @@ pub fn build(
         "cluster_name",
         xds_load_assignments.iter().map(|x| x.cluster_name.as_str()),
     );
+    unique_names(
+        &mut errors,
+        ResourceKind::Secret,
+        "name",
+        xds_secrets.iter().map(|x| x.name.as_str()),
+    );
 
     // Names of every resource received, valid or not: a reference to a resource that failed
     // its own validation is already reported there and is not reported again as missing.
@@ -123,6 +133,60 @@ pub fn build(
         .iter()
         .map(|x| x.cluster_name.as_str())
         .collect();
+
+    // SDS references: the secrets' contents go into the TLS contexts that name them.
+    let by_secret: tls::Secrets<'_> = secrets.iter().map(|(n, s)| (*n, s)).collect();
+    let valid_secrets: HashSet<&str> = by_secret.keys().copied().collect();
+    let invalid_secrets: HashSet<&str> = xds_secrets
+        .iter()
+        .map(|x| x.name.as_str())
+        .filter(|n| !valid_secrets.contains(n))
+        .collect();
+    for cluster in &mut clusters {
+        if let Some(t) = cluster.tls.as_mut() {
+            let t = Arc::make_mut(t);
+            tls::resolve(
+                &mut errors,
+                ResourceKind::Cluster,
+                &cluster.name,
+                "transport_socket.typed_config",
+                &by_secret,
+                &invalid_secrets,
+                t.certificate_sds.as_ref(),
+                &mut t.certificate,
+                t.validation_sds.as_ref(),
+                &mut t.validation,
+            );
+        }
+    }
+    let mut listeners = listeners;
+    for c in &mut listeners {
+        let name = c.listener.name.clone();
+        if let Some(t) = c.listener.tls.as_mut() {
+            let t = Arc::make_mut(t);
+            let default = t.default_chain;
+            for (i, chain) in t.chains.iter_mut().enumerate() {
+                let field = if default == Some(i) {
+                    "default_filter_chain.transport_socket.typed_config".to_owned()
+                } else {
+                    format!("filter_chains[{i}].transport_socket.typed_config")
+                };
+                let d = &mut chain.tls;
+                tls::resolve(
+                    &mut errors,
+                    ResourceKind::Listener,
+                    &name,
+                    &field,
+                    &by_secret,
+                    &invalid_secrets,
+                    d.certificate_sds.as_ref(),
+                    &mut d.certificate,
+                    d.validation_sds.as_ref(),
+                    &mut d.validation,
+                );
+            }
+        }
+    }
 
     let mut addresses: HashMap<SocketAddr, &str> = HashMap::new();
     for c in &listeners {

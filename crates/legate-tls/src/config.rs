@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
     SignatureScheme, SupportedProtocolVersion,
@@ -260,6 +261,76 @@ pub enum ClientAuth {
     Optional(Arc<RootCertStore>),
     /// Required and verified against the roots.
     Required(Arc<RootCertStore>),
+    /// Verified against the roots, then its SANs checked by `sans` (Envoy's
+    /// `match_typed_subject_alt_names` on a listener); `required`: connections without a
+    /// certificate are refused.
+    Checked {
+        roots: Arc<RootCertStore>,
+        required: bool,
+        sans: Arc<dyn SanCheck>,
+    },
+}
+
+/// A client certificate verifier that adds a SAN rule to the chain check.
+#[derive(Debug)]
+struct SanCheckedClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    sans: Arc<dyn SanCheck>,
+}
+
+impl ClientCertVerifier for SanCheckedClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let info = inspect(end_entity.as_ref())
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if !self.sans.accepts(&info.sans) {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// Everything a server configuration is made of.
@@ -295,6 +366,22 @@ pub fn server_config(params: ServerParams, what: &str) -> Result<Arc<ServerConfi
                 .build()
                 .map_err(verifier_err)?,
         ),
+        ClientAuth::Checked {
+            roots,
+            required,
+            sans,
+        } => {
+            let chain = WebPkiClientVerifier::builder_with_provider(roots, provider());
+            let chain = if required {
+                chain
+            } else {
+                chain.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(Arc::new(SanCheckedClientVerifier {
+                inner: chain.build().map_err(verifier_err)?,
+                sans,
+            }))
+        }
     };
     let mut config = builder
         .with_single_cert(params.cert.chain, params.cert.key)

@@ -230,3 +230,60 @@ async fn version_floor_is_enforced() {
         .expect_err("1.2 server, 1.3 client");
     assert!(rustls_error(&err).is_some(), "{err:?}");
 }
+
+#[tokio::test]
+async fn client_certificate_sans_are_checked() {
+    let ca = Authority::new("ca").expect("ca");
+    let with_client = |uri: &str| {
+        let mut cl = client(&ca, NameCheck::ServerName);
+        cl.client_cert = Some(key(&ca
+            .issue(&LeafSpec::new("c").uri(uri).client_only())
+            .expect("leaf")));
+        cl
+    };
+    let checked = |required: bool| {
+        let mut srv = server(&ca, LeafSpec::new("s").dns("svc.test"));
+        srv.client_auth = ClientAuth::Checked {
+            roots: roots(&ca),
+            required,
+            sans: Arc::new(UriIs("spiffe://td/ns/a/sa/web")),
+        };
+        srv
+    };
+    assert_eq!(
+        handshake(
+            checked(true),
+            with_client("spiffe://td/ns/a/sa/web"),
+            "svc.test"
+        )
+        .await
+        .expect("matching SAN"),
+        b"hello"
+    );
+    let err = handshake(
+        checked(true),
+        with_client("spiffe://td/ns/a/sa/other"),
+        "svc.test",
+    )
+    .await
+    .expect_err("SAN mismatch");
+    assert!(rustls_error(&err).is_some(), "{err:?}");
+    // Not required: no certificate is fine, a wrong one is not.
+    assert_eq!(
+        handshake(
+            checked(false),
+            client(&ca, NameCheck::ServerName),
+            "svc.test"
+        )
+        .await
+        .expect("no certificate"),
+        b"hello"
+    );
+    handshake(
+        checked(false),
+        with_client("spiffe://td/ns/a/sa/other"),
+        "svc.test",
+    )
+    .await
+    .expect_err("a presented certificate must pass");
+}

@@ -1,5 +1,10 @@
 //! `legate-demo-upstream`: the upstream used by legate's end-to-end tests and demos.
 //!
+//! With `--tls-cert`/`--tls-key` the main port speaks TLS (ALPN `h2` and `http/1.1`),
+//! `--client-ca` makes it require client certificates, and every answer reports the
+//! handshake (`x-tls-version`, `x-tls-sni`, `x-tls-alpn`, `x-client-subject`,
+//! `x-client-san`). The control port stays plaintext.
+//!
 //! Prints exactly one line, `listening on ADDR`, once the socket is bound (preceded by
 //! `control listening on ADDR` when `--control-listen` is given); then answers every request
 //! with a JSON echo unless the query or `POST /control` asks otherwise (see
@@ -12,7 +17,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use legate_tests::demo::{self, DemoConfig, Protocol};
+use legate_tests::demo::{self, DemoConfig, DemoTls, Protocol};
+use legate_tls::config::TlsVersion;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +48,26 @@ struct Args {
     /// Extra delay before every answer (e.g. `200ms`): makes a slow host.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     delay: Duration,
+    /// Serve the main port over TLS with this certificate chain (PEM); needs `--tls-key`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates chaining to a CA in this bundle (PEM).
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// The highest TLS version served: `1.2` or `1.3` (default).
+    #[arg(long, value_parser = parse_version, requires = "tls_cert")]
+    tls_max_version: Option<TlsVersion>,
+}
+
+fn parse_version(v: &str) -> Result<TlsVersion, String> {
+    match v {
+        "1.2" => Ok(TlsVersion::V1_2),
+        "1.3" => Ok(TlsVersion::V1_3),
+        other => Err(format!("'{other}': expected 1.2 or 1.3")),
+    }
 }
 
 #[tokio::main]
@@ -78,11 +104,21 @@ async fn main() -> anyhow::Result<()> {
         stdout.flush().context("flushing stdout")?;
     }
 
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(DemoTls {
+            cert,
+            key,
+            client_ca: args.client_ca,
+            max_version: args.tls_max_version,
+        }),
+        _ => None,
+    };
     let config = DemoConfig {
         name: args.name,
         version: args.version,
         protocol: args.protocol,
         base_delay: args.delay,
+        tls,
     };
     let control = control.map(|(control, _)| control);
     demo::serve_with_control(listener, control, config, shutdown_signal()).await?;

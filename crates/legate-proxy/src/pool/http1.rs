@@ -23,10 +23,11 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, SendRequest};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Common, UpstreamBody, classify};
+use super::{Common, UpstreamBody, classify_with_tls};
 use crate::body::RequestBody;
 use crate::connector::{self, CountedIo};
 use crate::error::ProxyError;
@@ -153,7 +154,7 @@ impl H1Pool {
                             (conn, reused) = self.checkout(addr, true).await?;
                         }
                         Some(_) => return Err(ProxyError::ResetBeforeRequest),
-                        None => return Err(classify(e.error())),
+                        None => return Err(classify_with_tls(e.error(), self.common.tls.as_ref())),
                     }
                 }
             }
@@ -184,7 +185,9 @@ impl H1Pool {
                         return Ok((conn, true));
                     }
                 }
-                Step::Dial(slot) => return Ok((self.dial(addr, slot).await?, false)),
+                // Boxed: a dial's state (connect, handshake) would otherwise be carried by
+                // every request's future; the allocation is per new connection.
+                Step::Dial(slot) => return Ok((Box::pin(self.dial(addr, slot)).await?, false)),
                 Step::Wait(rx) => {
                     let mut waiting = Waiting {
                         rx,
@@ -249,9 +252,30 @@ impl H1Pool {
     }
 
     async fn dial(&self, addr: SocketAddr, slot: ConnSlot) -> Result<Conn, ProxyError> {
-        let id = slot.id;
         // On failure `slot` is dropped here, which frees it for a waiter.
-        let stream = connector::connect(addr, self.common.settings.connect_timeout).await?;
+        let timeout = self.common.settings.connect_timeout;
+        let deadline = Instant::now() + timeout;
+        let stream = connector::connect(addr, timeout).await?;
+        match &self.common.tls {
+            None => self.start(addr, slot, stream).await,
+            Some(tls) => {
+                let (stream, _) = tls.connect(stream, addr, deadline).await?;
+                self.start(addr, slot, stream).await
+            }
+        }
+    }
+
+    /// HTTP/1.1 on a connected stream: the connection task is spawned, the sender returned.
+    async fn start<I>(
+        &self,
+        addr: SocketAddr,
+        slot: ConnSlot,
+        stream: I,
+    ) -> Result<Conn, ProxyError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let id = slot.id;
         let io = CountedIo::with_held(stream, self.common.open.clone(), slot);
         let (sender, conn) = Builder::new().handshake(io).await.map_err(|error| {
             tracing::debug!(%error, %addr, "upstream handshake failed");
@@ -267,6 +291,39 @@ impl H1Pool {
             id,
             used: 0,
         })
+    }
+
+    /// Take a connection dialled elsewhere (the auto pool's first connection to a host that
+    /// chose HTTP/1.1) into the pool as an idle connection. Dropped when the circuit
+    /// breaker has no room for it.
+    pub(super) async fn adopt<I>(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        stream: I,
+    ) -> Result<(), ProxyError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let slot = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let host = st.hosts.entry(addr).or_default();
+            let limit = self.common.limits.try_acquire(Resource::Connections);
+            if limit.is_none() && host.conns > 0 {
+                return Ok(());
+            }
+            host.conns += 1;
+            st.next_id += 1;
+            ConnSlot {
+                pool: Arc::downgrade(self),
+                addr,
+                id: st.next_id,
+                limit,
+            }
+        };
+        let conn = self.start(addr, slot, stream).await?;
+        self.put(addr, conn);
+        Ok(())
     }
 
     /// The response, with its connection attached to the body when it can be reused.

@@ -16,9 +16,10 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
-use super::{Common, classify};
+use super::{Common, classify_with_tls};
 use crate::body::RequestBody;
 use crate::connector::{self, CountedIo};
 use crate::error::ProxyError;
@@ -90,7 +91,7 @@ impl H2Pool {
                             (sender, id, reused) = self.checkout(addr).await?;
                         }
                         Some(_) => return Err(ProxyError::ResetBeforeRequest),
-                        None => return Err(classify(e.error())),
+                        None => return Err(classify_with_tls(e.error(), self.common.tls.as_ref())),
                     }
                 }
             }
@@ -151,7 +152,9 @@ impl H2Pool {
                         id,
                         done: false,
                     };
-                    let res = self.dial(addr, id).await;
+                    // Boxed: a dial's state would otherwise be carried by every request's
+                    // future; the allocation is per new connection.
+                    let res = Box::pin(self.dial(addr, id)).await;
                     dialing.done = true;
                     let sender = self.dialled(addr, id, res)?;
                     return Ok((sender, id, false));
@@ -188,15 +191,38 @@ impl H2Pool {
         id: u64,
     ) -> Result<SendRequest<RequestBody>, ProxyError> {
         let timeout = self.common.settings.connect_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         // The host's only connection may always be opened (Envoy does the same), counted
         // against `max_connections` when there is room.
         let slot = self.common.limits.try_acquire(Resource::Connections);
         let stream = connector::connect(addr, timeout).await?;
+        match &self.common.tls {
+            None => self.start(addr, id, slot, stream, deadline).await,
+            Some(tls) => {
+                let (stream, _) = tls.connect(stream, addr, deadline).await?;
+                self.start(addr, id, slot, stream, deadline).await
+            }
+        }
+    }
+
+    /// HTTP/2 on a connected stream: the handshake (within `deadline`), the connection task,
+    /// and the connection published for the requests waiting for dial `id`.
+    async fn start<I>(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        id: u64,
+        slot: Option<LimitGuard>,
+        stream: I,
+        deadline: tokio::time::Instant,
+    ) -> Result<SendRequest<RequestBody>, ProxyError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let io = CountedIo::with_held(stream, self.common.open.clone(), slot);
         let handshake = Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake::<_, RequestBody>(io);
-        let (sender, conn) = match tokio::time::timeout(timeout, handshake).await {
+        let (sender, conn) = match tokio::time::timeout_at(deadline, handshake).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(error)) => {
                 tracing::debug!(%error, %addr, "upstream h2 handshake failed");
@@ -239,6 +265,46 @@ impl H2Pool {
         });
         self.store(addr, id, sender.clone(), last_used);
         Ok(sender)
+    }
+
+    /// Take a connection dialled elsewhere (the auto pool's first connection to a host that
+    /// chose h2) as the host's connection, unless it already has one.
+    pub(super) async fn adopt<I>(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        stream: I,
+    ) -> Result<(), ProxyError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let id = {
+            let mut conns = self.lock();
+            if matches!(conns.get(&addr), Some(Entry::Ready(c)) if !c.sender.is_closed())
+                || matches!(conns.get(&addr), Some(Entry::Connecting { .. }))
+            {
+                return Ok(());
+            }
+            let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+            conns.insert(
+                addr,
+                Entry::Connecting {
+                    id,
+                    waiters: Vec::new(),
+                },
+            );
+            id
+        };
+        let mut dialing = Dialing {
+            pool: self,
+            addr,
+            id,
+            done: false,
+        };
+        let slot = self.common.limits.try_acquire(Resource::Connections);
+        let deadline = tokio::time::Instant::now() + self.common.settings.connect_timeout;
+        let res = self.start(addr, id, slot, stream, deadline).await;
+        dialing.done = true;
+        self.dialled(addr, id, res).map(drop)
     }
 
     /// Publish a new connection and hand it to the requests that waited for it.

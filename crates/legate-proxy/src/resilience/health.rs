@@ -34,6 +34,7 @@ use http::{Request, Uri, Version};
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use legate_snapshot::{HealthCheck, HealthCheckKind, HttpHealthCheck};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
@@ -41,6 +42,7 @@ use tokio::time::Instant;
 
 use crate::cluster::ClusterHosts;
 use crate::lb::{Host, flag};
+use crate::tls::upstream::{Alpn, ClusterTls};
 
 /// The `User-Agent` of health check requests (Envoy sends `Envoy/HC`).
 const USER_AGENT: &str = "legate/HC";
@@ -230,6 +232,8 @@ async fn run(
             &mut next_id,
             now,
         );
+        // Checks use the cluster's transport socket, as in Envoy: TLS when it has TLS.
+        let tls = c.tls.load_full();
         drop(c);
 
         let mut wake = now + IDLE;
@@ -240,8 +244,9 @@ async fn run(
                 }
                 if st.next <= now {
                     let (addr, id, checks, name) = (*addr, s.id, checks.clone(), name.clone());
+                    let tls = tls.clone();
                     st.in_flight = Some(in_flight.spawn(async move {
-                        let verdict = check(addr, &checks[i], &name).await;
+                        let verdict = check(addr, &checks[i], &name, tls).await;
                         (addr, id, i, verdict)
                     }));
                 } else {
@@ -318,31 +323,53 @@ fn sync(
 }
 
 /// One check of one host, within the check's timeout.
-async fn check(addr: SocketAddr, hc: &HealthCheck, cluster: &str) -> Verdict {
-    tokio::time::timeout(hc.timeout, probe(addr, &hc.kind, cluster))
+async fn check(
+    addr: SocketAddr,
+    hc: &HealthCheck,
+    cluster: &str,
+    tls: Option<Arc<ClusterTls>>,
+) -> Verdict {
+    let deadline = Instant::now() + hc.timeout;
+    tokio::time::timeout_at(deadline, probe(addr, &hc.kind, cluster, tls, deadline))
         .await
         .unwrap_or(Verdict::Fail { network: true })
 }
 
-async fn probe(addr: SocketAddr, kind: &HealthCheckKind, cluster: &str) -> Verdict {
+async fn probe(
+    addr: SocketAddr,
+    kind: &HealthCheckKind,
+    cluster: &str,
+    tls: Option<Arc<ClusterTls>>,
+    deadline: Instant,
+) -> Verdict {
     let Ok(stream) = TcpStream::connect(addr).await else {
+        return Verdict::Fail { network: true };
+    };
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return match kind {
+            HealthCheckKind::Tcp => Verdict::Pass { degraded: false },
+            HealthCheckKind::Http(h) => http_probe(stream, addr, h, cluster).await,
+        };
+    };
+    // A TCP check of a TLS cluster passes once the handshake does.
+    let alpn = match kind {
+        HealthCheckKind::Http(h) if h.http2 => Alpn::H2,
+        _ => Alpn::Http1,
+    };
+    let Ok((stream, _)) = tls.connect(stream, addr, None, alpn, deadline).await else {
         return Verdict::Fail { network: true };
     };
     match kind {
         HealthCheckKind::Tcp => Verdict::Pass { degraded: false },
-        HealthCheckKind::Http(h) => {
-            let _ = stream.set_nodelay(true);
-            http_probe(stream, addr, h, cluster).await
-        }
+        HealthCheckKind::Http(h) => http_probe(stream, addr, h, cluster).await,
     }
 }
 
-async fn http_probe(
-    stream: TcpStream,
-    addr: SocketAddr,
-    h: &HttpHealthCheck,
-    cluster: &str,
-) -> Verdict {
+async fn http_probe<I>(stream: I, addr: SocketAddr, h: &HttpHealthCheck, cluster: &str) -> Verdict
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let Some(req) = request(addr, h, cluster) else {
         // Not a request we can send: the host cannot pass.
         return Verdict::Fail { network: false };
@@ -576,7 +603,7 @@ mod tests {
     fn runtime(m: &Metrics, addrs: &[SocketAddr], hc: HealthCheck) -> Arc<ClusterRuntime> {
         let mut c = cluster("c", addrs);
         c.health_checks = vec![hc];
-        ClusterRuntime::new(Arc::new(c), m)
+        ClusterRuntime::new(Arc::new(c), m, None)
     }
 
     fn host(rt: &ClusterRuntime, addr: SocketAddr) -> Arc<Host> {
@@ -726,7 +753,7 @@ mod tests {
         let mut c = cluster("c", &[addr]);
         c.health_checks = vec![hc];
         c.healthy_panic_threshold_permille = 0;
-        let rt = ClusterRuntime::new(Arc::new(c), &m);
+        let rt = ClusterRuntime::new(Arc::new(c), &m, None);
         let h = host(&rt, addr);
         assert!(
             rt.pick().is_none(),
@@ -751,7 +778,7 @@ mod tests {
         let interval = Duration::from_millis(40);
         let mut def = cluster("c", &[a.addr, b.addr]);
         def.health_checks = vec![http_check(interval)];
-        let rt = ClusterRuntime::new(Arc::new(def.clone()), &m);
+        let rt = ClusterRuntime::new(Arc::new(def.clone()), &m, None);
         until(WAIT, "both checked twice", || {
             a.hits() >= 2 && b.hits() >= 2
         })
@@ -759,7 +786,7 @@ mod tests {
 
         let mut def2 = cluster("c", &[a.addr, c.addr]);
         def2.health_checks = def.health_checks.clone();
-        let rt2 = rt.with_config(Arc::new(def2), &m);
+        let rt2 = rt.with_config(Arc::new(def2), &m, None);
         let hc = host(&rt2, c.addr);
         assert_eq!(hc.active_health(), ActiveHealth::Pending);
         until(WAIT, "new host passes", || {
@@ -780,7 +807,7 @@ mod tests {
         assert_eq!(host(&rt2, a.addr).active_health(), ActiveHealth::Passed);
 
         // Health checks removed: flags cleared, checks stop.
-        let rt3 = rt2.with_config(Arc::new(cluster("c", &[a.addr, c.addr])), &m);
+        let rt3 = rt2.with_config(Arc::new(cluster("c", &[a.addr, c.addr])), &m, None);
         tokio::time::sleep(interval).await;
         let a1 = a.hits();
         tokio::time::sleep(interval * 4).await;
@@ -798,11 +825,11 @@ mod tests {
         let up = Upstream::start(false, false).await;
         let m = metrics();
         let def = cluster("c", &[up.addr]);
-        let rt = ClusterRuntime::new(Arc::new(def.clone()), &m);
+        let rt = ClusterRuntime::new(Arc::new(def.clone()), &m, None);
         let mut def2 = def.clone();
         def2.health_checks = vec![http_check(Duration::from_secs(60))];
         def2.healthy_panic_threshold_permille = 0;
-        let rt2 = rt.with_config(Arc::new(def2), &m);
+        let rt2 = rt.with_config(Arc::new(def2), &m, None);
         let h = host(&rt2, up.addr);
         assert!(h.is_available());
         assert!(rt2.pick().is_some());
@@ -821,7 +848,7 @@ mod tests {
             interval: Duration::from_secs(3600),
             ..OutlierDetection::default()
         });
-        let rt = ClusterRuntime::new(Arc::new(def.clone()), &m);
+        let rt = ClusterRuntime::new(Arc::new(def.clone()), &m, None);
         let h = host(&rt, up.addr);
         until(WAIT, "pass", || h.active_health() == ActiveHealth::Passed).await;
         for _ in 0..5 {
@@ -834,7 +861,7 @@ mod tests {
         if let Some(o) = &mut def.outlier_detection {
             o.successful_active_health_check_uneject_host = false;
         }
-        let rt2 = rt.with_config(Arc::new(def), &m);
+        let rt2 = rt.with_config(Arc::new(def), &m, None);
         for _ in 0..5 {
             rt2.report(&h, Outcome::Response(500));
         }

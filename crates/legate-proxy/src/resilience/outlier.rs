@@ -64,7 +64,9 @@ impl LocalFailure {
     /// nothing about the host (overflows, no route, bad request).
     pub(crate) fn from_error(e: ProxyError) -> Option<Self> {
         match e {
-            ProxyError::ConnectFailure => Some(LocalFailure::ConnectFailure),
+            ProxyError::ConnectFailure
+            | ProxyError::UpstreamTlsHandshake
+            | ProxyError::UpstreamTlsCertificate => Some(LocalFailure::ConnectFailure),
             ProxyError::ConnectTimeout
             | ProxyError::UpstreamTimeout
             | ProxyError::PerTryTimeout

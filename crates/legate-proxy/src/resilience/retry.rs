@@ -38,7 +38,12 @@ pub(crate) fn retriable_error(policy: &RetryPolicy, e: ProxyError) -> bool {
     let on = &policy.retry_on;
     let any_reset = on.five_xx || on.gateway_error || on.reset;
     match e {
-        ProxyError::ConnectFailure | ProxyError::ConnectTimeout => {
+        // A failed TLS handshake is a failed connection, as in Envoy; the request was never
+        // sent.
+        ProxyError::ConnectFailure
+        | ProxyError::ConnectTimeout
+        | ProxyError::UpstreamTlsHandshake
+        | ProxyError::UpstreamTlsCertificate => {
             any_reset || on.connect_failure || on.reset_before_request
         }
         ProxyError::RefusedStream => any_reset || on.refused_stream || on.reset_before_request,

@@ -19,11 +19,11 @@ use envoy_types::pb::envoy::config::cluster::v3::load_balancing_policy::Policy;
 use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster as XdsCluster, LoadBalancingPolicy as XdsLoadBalancingPolicy,
 };
-use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as TransportConfigType;
 use envoy_types::pb::envoy::config::core::v3::{
-    RuntimeDouble, TransportSocket, TypedExtensionConfig,
+    RuntimeDouble, TypedExtensionConfig,
     UpstreamHttpProtocolOptions as XdsUpstreamHttpProtocolOptions,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext as XdsUpstreamTlsContext;
 use envoy_types::pb::envoy::extensions::load_balancing_policies::least_request::v3::LeastRequest as XdsLeastRequest;
 use envoy_types::pb::envoy::extensions::load_balancing_policies::least_request::v3::least_request::SelectionMethod;
 use envoy_types::pb::envoy::extensions::load_balancing_policies::random::v3::Random as XdsRandom;
@@ -31,7 +31,7 @@ use envoy_types::pb::envoy::extensions::load_balancing_policies::round_robin::v3
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions as XdsHttpProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
-    ExplicitHttpConfig, UpstreamProtocolOptions,
+    AutoHttpConfig, ExplicitHttpConfig, UpstreamProtocolOptions,
 };
 use envoy_types::pb::google::protobuf::{Any, Duration as XdsDuration, UInt32Value};
 use prost::Message;
@@ -41,6 +41,7 @@ use super::common::{
     http1_options, http2_options, join, percent_permille, refuse, refuse_true,
 };
 use super::endpoint::load_assignment_in;
+use super::tls::{self as tls_ctx, AutoSni, Transport};
 use crate::{
     Cluster, Discovery, DnsFamily, LbPolicy, LoadAssignment, ResourceError, ResourceKind,
     UpstreamProtocol, type_url,
@@ -54,9 +55,6 @@ const DEFAULT_PANIC_THRESHOLD_PERMILLE: u32 = 500;
 const DEFAULT_DNS_REFRESH_RATE: Duration = Duration::from_secs(5);
 /// The `typed_extension_protocol_options` key legate reads.
 const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
-const RAW_BUFFER_NAME: &str = "envoy.transport_sockets.raw_buffer";
-const RAW_BUFFER_TYPE_URL: &str =
-    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 const ROUND_ROBIN_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin";
 const LEAST_REQUEST_TYPE_URL: &str =
@@ -141,9 +139,9 @@ pub(super) fn cluster(x: &XdsCluster) -> Result<Cluster, Vec<ResourceError>> {
         lrs_server, lrs_report_endpoint_metrics, upstream_config, preconnect_policy,
         connection_pool_per_downstream_connection, queuing_policies,
     );
-    if let Some(o) = upstream_http_protocol_options {
-        upstream_http_options(&mut cx, "upstream_http_protocol_options", o);
-    }
+    let deprecated_auto_sni = upstream_http_protocol_options
+        .as_ref()
+        .map(|o| upstream_http_options(&mut cx, "upstream_http_protocol_options", o));
     let healthy_panic_threshold_permille = match common_lb_config {
         Some(c) => common_lb(&mut cx, "common_lb_config", c),
         None => DEFAULT_PANIC_THRESHOLD_PERMILLE,
@@ -159,9 +157,6 @@ pub(super) fn cluster(x: &XdsCluster) -> Result<Cluster, Vec<ResourceError>> {
         .filter_map(|(i, h)| health::health_check(&mut cx, &at("", "health_checks", i), h))
         .collect();
     let classic_breaker = breakers::classic_breaker(&mut cx, "metadata", metadata.as_ref());
-    if let Some(ts) = transport_socket {
-        raw_buffer_only(&mut cx, "transport_socket", ts);
-    }
 
     let connect_timeout = match connect_timeout {
         None => DEFAULT_CONNECT_TIMEOUT,
@@ -246,11 +241,42 @@ pub(super) fn cluster(x: &XdsCluster) -> Result<Cluster, Vec<ResourceError>> {
         },
     );
 
+    let auto_sni = match (deprecated_auto_sni, http.auto_sni) {
+        (Some(_), Some((field, a))) => {
+            cx.err(
+                "upstream_http_protocol_options",
+                format!("cannot be combined with {field}"),
+            );
+            a
+        }
+        (Some(a), None) | (None, Some((_, a))) => a,
+        (None, None) => AutoSni::default(),
+    };
+    let tls = match transport_socket {
+        None => None,
+        Some(ts) => match tls_ctx::transport_socket(
+            &mut cx,
+            "transport_socket",
+            ts,
+            tls_ctx::UPSTREAM_TLS_CONTEXT,
+            |cx, f, x: &XdsUpstreamTlsContext| tls_ctx::upstream_tls_context(cx, f, x, &auto_sni),
+        ) {
+            Transport::Tls(t) => Some(Arc::new(t)),
+            Transport::Plaintext | Transport::Invalid => None,
+        },
+    };
+    // `auto_config` picks the protocol by ALPN, which only TLS has: in cleartext it is
+    // HTTP/1.1, as in Envoy.
+    let protocol = match http.protocol {
+        UpstreamProtocol::Auto if tls.is_none() => UpstreamProtocol::Http1,
+        p => p,
+    };
+
     let cluster = Cluster {
         name: Arc::from(name.as_str()),
         discovery: discovery.unwrap_or(Discovery::Static),
         lb_policy,
-        protocol: http.protocol,
+        protocol,
         connect_timeout,
         idle_timeout: http.idle_timeout,
         max_requests_per_connection: http.max_requests_per_connection,
@@ -260,6 +286,7 @@ pub(super) fn cluster(x: &XdsCluster) -> Result<Cluster, Vec<ResourceError>> {
         healthy_panic_threshold_permille,
         classic_breaker,
         load_assignment,
+        tls,
     };
     cx.finish(cluster)
 }
@@ -313,13 +340,34 @@ fn eds(cx: &mut Ctx, name: &str, config: Option<&EdsClusterConfig>) -> Arc<str> 
     }
 }
 
-fn upstream_http_options(cx: &mut Ctx, field: &str, o: &XdsUpstreamHttpProtocolOptions) {
+/// `UpstreamHttpProtocolOptions`: how the TLS server name follows each request. Only TLS
+/// clusters use it (as in Envoy, it does nothing in cleartext).
+fn upstream_http_options(cx: &mut Ctx, field: &str, o: &XdsUpstreamHttpProtocolOptions) -> AutoSni {
     let XdsUpstreamHttpProtocolOptions {
         auto_sni,
         auto_san_validation,
         override_auto_sni_header,
     } = o;
-    refuse!(cx, field; auto_sni, auto_san_validation, override_auto_sni_header);
+    let header = if override_auto_sni_header.is_empty() {
+        None
+    } else {
+        let hf = join(field, "override_auto_sni_header");
+        match http::HeaderName::from_bytes(override_auto_sni_header.as_bytes()) {
+            Ok(h) => Some(Arc::from(h.as_str())),
+            Err(_) => {
+                cx.err(
+                    hf,
+                    format!("'{override_auto_sni_header}' is not a valid header name"),
+                );
+                None
+            }
+        }
+    };
+    AutoSni {
+        auto_sni: *auto_sni,
+        header,
+        auto_san_validation: *auto_san_validation,
+    }
 }
 
 /// `common_lb_config`; returns the panic threshold in permille.
@@ -344,23 +392,6 @@ fn common_lb(cx: &mut Ctx, field: &str, c: &CommonLbConfig) -> u32 {
         .as_ref()
         .and_then(|p| percent_permille(cx, &join(field, "healthy_panic_threshold"), p))
         .unwrap_or(DEFAULT_PANIC_THRESHOLD_PERMILLE)
-}
-
-/// Plaintext is all legate speaks upstream for now: only the raw buffer socket is accepted.
-fn raw_buffer_only(cx: &mut Ctx, field: &str, ts: &TransportSocket) {
-    let TransportSocket { name, config_type } = ts;
-    let raw = match config_type {
-        Some(TransportConfigType::TypedConfig(Any { type_url, value: _ })) => {
-            type_url == RAW_BUFFER_TYPE_URL
-        }
-        None => name == RAW_BUFFER_NAME,
-    };
-    if !raw {
-        cx.err(
-            field,
-            format!("'{name}' is not supported by legate (only {RAW_BUFFER_NAME})"),
-        );
-    }
 }
 
 /// `lb_policy` + `lb_config`, or `load_balancing_policy`.
@@ -585,6 +616,8 @@ struct UpstreamHttp {
     protocol: UpstreamProtocol,
     idle_timeout: Option<Duration>,
     max_requests_per_connection: Option<u32>,
+    /// `upstream_http_protocol_options` of the typed options, with its field path.
+    auto_sni: Option<(String, AutoSni)>,
 }
 
 fn upstream_http(
@@ -683,6 +716,7 @@ fn upstream_http(
         },
         idle_timeout,
         max_requests_per_connection: max_requests,
+        auto_sni: None,
     }
 }
 
@@ -703,9 +737,11 @@ fn typed_http_options(cx: &mut Ctx, field: &str, o: &XdsHttpProtocolOptions) -> 
         http_filters, header_validation_config, outlier_detection, request_mirror_policies,
         hash_policy, retry_policy,
     );
-    if let Some(u) = upstream_http_protocol_options {
-        upstream_http_options(cx, &join(field, "upstream_http_protocol_options"), u);
-    }
+    let auto_sni = upstream_http_protocol_options.as_ref().map(|u| {
+        let f = join(field, "upstream_http_protocol_options");
+        let a = upstream_http_options(cx, &f, u);
+        (f, a)
+    });
     let protocol = match upstream_protocol_options {
         Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
             protocol_config,
@@ -737,9 +773,21 @@ fn typed_http_options(cx: &mut Ctx, field: &str, o: &XdsHttpProtocolOptions) -> 
             cx.unsupported(field, "use_downstream_protocol_config");
             UpstreamProtocol::Http1
         }
-        Some(UpstreamProtocolOptions::AutoConfig(_)) => {
-            cx.unsupported(field, "auto_config");
-            UpstreamProtocol::Http1
+        Some(UpstreamProtocolOptions::AutoConfig(AutoHttpConfig {
+            http_protocol_options,
+            http2_protocol_options,
+            http3_protocol_options,
+            alternate_protocols_cache_options,
+        })) => {
+            let f = join(field, "auto_config");
+            refuse!(cx, &f; http3_protocol_options, alternate_protocols_cache_options);
+            if let Some(o) = http_protocol_options {
+                http1_options(cx, &join(&f, "http_protocol_options"), o);
+            }
+            if let Some(o) = http2_protocol_options {
+                http2_options(cx, &join(&f, "http2_protocol_options"), o);
+            }
+            UpstreamProtocol::Auto
         }
         None => {
             cx.err(
@@ -759,5 +807,6 @@ fn typed_http_options(cx: &mut Ctx, field: &str, o: &XdsHttpProtocolOptions) -> 
         protocol,
         idle_timeout: common.idle_timeout,
         max_requests_per_connection: common.max_requests_per_connection,
+        auto_sni,
     }
 }

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter as XdsFilter, FilterChain as XdsFilterChain, FilterChainMatch,
-    Listener as XdsListener, filter,
+    Listener as XdsListener, ListenerFilter as XdsListenerFilter, filter, listener_filter,
 };
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector as XdsTlsInspector;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext as XdsDownstreamTlsContext;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router as XdsRouter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
     CodecType, PathWithEscapedSlashesAction, RouteSpecifier, StripPortMode,
@@ -25,10 +27,19 @@ use super::common::{
     join, nonzero_duration, refuse, refuse_true, timeout,
 };
 use super::route::{ClusterRef, route_config_in};
-use crate::{Codec, EndpointAddress, Listener, ResourceError, ResourceKind, RouteSource, type_url};
+use super::tls::{self as tls_ctx, Transport, valid_server_name};
+use crate::{
+    Codec, DownstreamTls, EndpointAddress, Listener, ListenerTls, ResourceError, ResourceKind,
+    RouteSource, TlsFilterChain, type_url,
+};
 
 /// Envoy's default `stream_idle_timeout`.
 const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Envoy's default `listener_filters_timeout`.
+const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
+const TLS_INSPECTOR_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+const TLS_INSPECTOR_NAME: &str = "envoy.filters.listener.tls_inspector";
 
 /// A listener and what the consistency pass needs to check about it.
 pub(super) struct ConvertedListener {
@@ -61,9 +72,8 @@ pub(super) fn listener(x: &XdsListener) -> Result<ConvertedListener, Vec<Resourc
         // Ignored: MODIFY_ONLY only matters for hot restarts, which legate does not do.
         drain_type: _,
         listener_filters,
-        // Ignored: without listener filters (refused) the timeout never runs.
-        listener_filters_timeout: _,
-        continue_on_listener_filters_timeout: _,
+        listener_filters_timeout,
+        continue_on_listener_filters_timeout,
         transparent,
         freebind,
         socket_options,
@@ -93,13 +103,20 @@ pub(super) fn listener(x: &XdsListener) -> Result<ConvertedListener, Vec<Resourc
         cx.err("name", "must not be empty");
     }
     refuse!(cx, "";
-        additional_addresses, fcds_config, filter_chain_matcher, default_filter_chain,
+        additional_addresses, fcds_config, filter_chain_matcher,
         per_connection_buffer_limit_bytes, per_connection_buffer_high_watermark_timeout,
-        deprecated_v1, listener_filters, socket_options, tcp_fast_open_queue_length,
+        deprecated_v1, socket_options, tcp_fast_open_queue_length,
         udp_listener_config, api_listener, connection_balance_config, tcp_backlog_size,
         max_connections_to_accept_per_socket_event, enable_mptcp, ignore_global_conn_limit,
         tcp_keepalive, listener_specifier,
     );
+    if *continue_on_listener_filters_timeout {
+        cx.err(
+            "continue_on_listener_filters_timeout",
+            "not supported by legate (a TLS handshake needs the whole ClientHello)",
+        );
+    }
+    let tls_inspector = listener_filter_chain(&mut cx, listener_filters);
     refuse_true(&mut cx, "", "use_original_dst", use_original_dst);
     refuse_true(&mut cx, "", "transparent", transparent);
     refuse_true(&mut cx, "", "freebind", freebind);
@@ -113,22 +130,20 @@ pub(super) fn listener(x: &XdsListener) -> Result<ConvertedListener, Vec<Resourc
         _ => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
     };
 
-    let hcm = match filter_chains.as_slice() {
-        [chain] => filter_chain(&mut cx, "filter_chains[0]", chain),
-        [] => {
-            cx.err("filter_chains", "exactly one filter chain is required");
-            None
-        }
-        _ => {
-            cx.err(
-                "filter_chains",
-                "more than one filter chain is not supported by legate",
-            );
-            None
-        }
-    };
-    let Some(hcm) = hcm else {
-        // The filter chain is only given up on after recording why.
+    let client_hello_timeout = timeout(
+        &mut cx,
+        "listener_filters_timeout",
+        listener_filters_timeout,
+        Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
+    );
+    let Some((hcm, tls)) = filter_chains_of(
+        &mut cx,
+        filter_chains,
+        default_filter_chain.as_ref(),
+        tls_inspector,
+        client_hello_timeout,
+    ) else {
+        // The filter chains are only given up on after recording why.
         return Err(cx.into_errors());
     };
     let listener = Listener {
@@ -144,6 +159,7 @@ pub(super) fn listener(x: &XdsListener) -> Result<ConvertedListener, Vec<Resourc
         idle_timeout: hcm.idle_timeout,
         generate_request_id: hcm.generate_request_id,
         append_x_forwarded_for: hcm.append_x_forwarded_for,
+        tls: tls.map(Arc::new),
     };
     cx.finish(ConvertedListener {
         listener,
@@ -152,43 +168,397 @@ pub(super) fn listener(x: &XdsListener) -> Result<ConvertedListener, Vec<Resourc
     })
 }
 
-fn filter_chain(cx: &mut Ctx, field: &str, chain: &XdsFilterChain) -> Option<Hcm> {
-    let XdsFilterChain {
-        filter_chain_match,
-        filters,
-        use_proxy_proto,
-        // Ignored: no effect on traffic.
-        metadata: _,
-        name: _,
-        transport_socket,
-        transport_socket_connect_timeout,
-    } = chain;
-    // An empty match matches every connection, which is what a single chain does anyway.
-    if filter_chain_match
-        .as_ref()
-        .is_some_and(|m| *m != FilterChainMatch::default())
-    {
-        cx.unsupported(field, "filter_chain_match");
+/// `listener_filters`: only the TLS inspector, which reads the ClientHello's server name for
+/// filter chain selection (legate reads it for TLS chains in any case). Returns whether it is
+/// there.
+fn listener_filter_chain(cx: &mut Ctx, filters: &[XdsListenerFilter]) -> bool {
+    let mut found = false;
+    for (i, f) in filters.iter().enumerate() {
+        let field = at("", "listener_filters", i);
+        let XdsListenerFilter {
+            name,
+            filter_disabled,
+            config_type,
+        } = f;
+        refuse!(cx, &field; filter_disabled);
+        let inspector = match config_type {
+            Some(listener_filter::ConfigType::TypedConfig(Any { type_url, value }))
+                if type_url == TLS_INSPECTOR_TYPE_URL =>
+            {
+                match XdsTlsInspector::decode(value.as_slice()) {
+                    Ok(XdsTlsInspector {
+                        enable_ja3_fingerprinting,
+                        enable_ja4_fingerprinting,
+                        initial_read_buffer_size,
+                        close_connection_on_client_hello_parsing_errors: _,
+                        max_client_hello_size,
+                    }) => {
+                        let f = join(&field, "typed_config");
+                        refuse_true(
+                            cx,
+                            &f,
+                            "enable_ja3_fingerprinting",
+                            &enable_ja3_fingerprinting,
+                        );
+                        refuse_true(
+                            cx,
+                            &f,
+                            "enable_ja4_fingerprinting",
+                            &enable_ja4_fingerprinting,
+                        );
+                        refuse!(cx, &f; initial_read_buffer_size, max_client_hello_size);
+                        true
+                    }
+                    Err(e) => {
+                        cx.err(
+                            join(&field, "typed_config"),
+                            format!("cannot decode TlsInspector: {e}"),
+                        );
+                        true
+                    }
+                }
+            }
+            None if name == TLS_INSPECTOR_NAME || name == "tls_inspector" => true,
+            Some(listener_filter::ConfigType::TypedConfig(Any { type_url, .. })) => {
+                cx.err(
+                    &field,
+                    format!(
+                        "listener filter '{type_url}' is not supported by legate (only the tls inspector)"
+                    ),
+                );
+                false
+            }
+            Some(listener_filter::ConfigType::ConfigDiscovery(_)) => {
+                cx.unsupported(&field, "config_discovery");
+                false
+            }
+            None => {
+                cx.err(
+                    &field,
+                    format!("listener filter '{name}' is not supported by legate (only the tls inspector)"),
+                );
+                false
+            }
+        };
+        if inspector && found {
+            cx.err(&field, "the tls inspector is listed twice");
+        }
+        found |= inspector;
     }
-    refuse!(cx, field; transport_socket, transport_socket_connect_timeout);
-    refuse_true(cx, field, "use_proxy_proto", use_proxy_proto);
-    match filters.as_slice() {
-        [f] => network_filter(cx, &join(field, "filters[0]"), f),
+    found
+}
+
+/// One filter chain: its match, its transport socket and its network filters.
+struct Chain<'a> {
+    field: String,
+    name: Arc<str>,
+    server_names: Vec<Arc<str>>,
+    transport: Transport<DownstreamTls>,
+    handshake_timeout: Option<Duration>,
+    filters: &'a [XdsFilter],
+}
+
+/// `filter_chains` (and `default_filter_chain`): one HTTP connection manager for the whole
+/// listener, and TLS termination when the chains carry `DownstreamTlsContext`s. Several chains
+/// are accepted only as TLS chains told apart by `server_names` (the certificate, client
+/// certificate rules and ALPN may differ; the connection manager may not).
+fn filter_chains_of(
+    cx: &mut Ctx,
+    chains: &[XdsFilterChain],
+    default_chain: Option<&XdsFilterChain>,
+    tls_inspector: bool,
+    client_hello_timeout: Option<Duration>,
+) -> Option<(Hcm, Option<ListenerTls>)> {
+    if chains.is_empty() {
+        cx.err("filter_chains", "at least one filter chain is required");
+        return None;
+    }
+    let errors = cx.error_count();
+    let mut all: Vec<Chain<'_>> = chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| filter_chain(cx, &at("", "filter_chains", i), c, false))
+        .collect();
+    if let Some(d) = default_chain {
+        all.push(filter_chain(cx, "default_filter_chain", d, true));
+    }
+
+    // One connection manager: the first chain's, which every other chain must repeat.
+    let hcm = match all[0].filters {
+        [f] => network_filter(cx, &join(&all[0].field, "filters[0]"), f),
         [] => {
             cx.err(
-                join(field, "filters"),
+                join(&all[0].field, "filters"),
                 "exactly one filter (the http connection manager) is required",
             );
             None
         }
         _ => {
             cx.err(
-                join(field, "filters"),
+                join(&all[0].field, "filters"),
                 "only one filter (the http connection manager) is supported by legate",
             );
             None
         }
+    };
+    let first = decoded_filters(all[0].filters);
+    for c in &all[1..] {
+        if decoded_filters(c.filters) != first {
+            cx.err(
+                join(&c.field, "filters"),
+                format!(
+                    "must be the same as {}.filters: legate runs one http connection manager per listener (chains may differ in server_names and TLS only)",
+                    all[0].field
+                ),
+            );
+        }
     }
+
+    let tls_count = all
+        .iter()
+        .filter(|c| matches!(c.transport, Transport::Tls(_)))
+        .count();
+    let plain_count = all
+        .iter()
+        .filter(|c| matches!(c.transport, Transport::Plaintext))
+        .count();
+    let tls = if tls_count == 0 {
+        if all.len() > 1 {
+            cx.err(
+                "filter_chains",
+                "more than one filter chain is supported by legate only for TLS (chains selected by server_names)",
+            );
+        }
+        for c in &all {
+            if !c.server_names.is_empty() {
+                cx.err(
+                    join(&c.field, "filter_chain_match.server_names"),
+                    "needs a TLS transport_socket (a server name is only known from a TLS ClientHello)",
+                );
+            }
+        }
+        None
+    } else {
+        if plain_count > 0 {
+            cx.err(
+                "filter_chains",
+                "mixing plaintext and TLS filter chains on one listener is not supported by legate",
+            );
+        }
+        let uses_names = all.iter().any(|c| !c.server_names.is_empty());
+        if uses_names && !tls_inspector {
+            cx.err(
+                "listener_filters",
+                format!(
+                    "server_names need the {TLS_INSPECTOR_NAME} listener filter (as in Envoy, without it the server name is never read)"
+                ),
+            );
+        }
+        if let Some(h) = &hcm {
+            for c in &all {
+                if let Transport::Tls(t) = &c.transport {
+                    alpn_matches_codec(cx, &c.field, t, h.codec);
+                }
+            }
+        }
+        let mut seen: Vec<(Arc<str>, &str)> = Vec::new();
+        let mut catch_all: Option<&str> = None;
+        for c in all.iter().filter(|c| !c.field.starts_with("default")) {
+            if c.server_names.is_empty() {
+                if let Some(other) = catch_all {
+                    cx.err(
+                        join(&c.field, "filter_chain_match"),
+                        format!(
+                            "{other} already matches every server name (duplicate matching rules)"
+                        ),
+                    );
+                }
+                catch_all = Some(&c.field);
+            }
+            for n in &c.server_names {
+                if let Some((_, other)) = seen.iter().find(|(s, _)| s == n) {
+                    cx.err(
+                        join(&c.field, "filter_chain_match.server_names"),
+                        format!("'{n}' is already matched by {other} (duplicate matching rules)"),
+                    );
+                } else {
+                    seen.push((n.clone(), &c.field));
+                }
+            }
+        }
+        let default_index = default_chain.map(|_| all.len() - 1);
+        let chains: Vec<TlsFilterChain> = all
+            .iter()
+            .filter_map(|c| match &c.transport {
+                Transport::Tls(t) => Some(TlsFilterChain {
+                    name: c.name.clone(),
+                    server_names: c.server_names.clone(),
+                    handshake_timeout: c.handshake_timeout,
+                    tls: t.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        Some(ListenerTls {
+            chains,
+            default_chain: default_index,
+            client_hello_timeout,
+        })
+    };
+    if cx.error_count() != errors {
+        return None;
+    }
+    Some((hcm?, tls))
+}
+
+/// The chains' network filters decoded, to compare them by meaning rather than encoding.
+fn decoded_filters(filters: &[XdsFilter]) -> Vec<Option<XdsHttpConnectionManager>> {
+    filters
+        .iter()
+        .map(|f| match &f.config_type {
+            Some(filter::ConfigType::TypedConfig(Any { type_url: t, value }))
+                if t == type_url::HTTP_CONNECTION_MANAGER =>
+            {
+                XdsHttpConnectionManager::decode(value.as_slice()).ok()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// ALPN offers only what the connection manager's codec serves.
+fn alpn_matches_codec(cx: &mut Ctx, field: &str, tls: &DownstreamTls, codec: Codec) {
+    let refused = match codec {
+        Codec::Http1 => "h2",
+        Codec::Http2 => "http/1.1",
+        Codec::Auto => return,
+    };
+    if tls.alpn_protocols.iter().any(|p| **p == *refused) {
+        cx.err(
+            join(
+                field,
+                "transport_socket.typed_config.common_tls_context.alpn_protocols",
+            ),
+            format!(
+                "offers {refused}, which the http connection manager's codec_type does not serve"
+            ),
+        );
+    }
+}
+
+fn filter_chain<'a>(
+    cx: &mut Ctx,
+    field: &str,
+    chain: &'a XdsFilterChain,
+    default: bool,
+) -> Chain<'a> {
+    let XdsFilterChain {
+        filter_chain_match,
+        filters,
+        use_proxy_proto,
+        // Ignored: no effect on traffic.
+        metadata: _,
+        name,
+        transport_socket,
+        transport_socket_connect_timeout,
+    } = chain;
+    refuse_true(cx, field, "use_proxy_proto", use_proxy_proto);
+    let server_names = match filter_chain_match {
+        Some(m) if default && *m != FilterChainMatch::default() => {
+            cx.err(
+                join(field, "filter_chain_match"),
+                "must be empty on the default filter chain",
+            );
+            Vec::new()
+        }
+        Some(m) => chain_match(cx, &join(field, "filter_chain_match"), m),
+        None => Vec::new(),
+    };
+    let transport = match transport_socket {
+        None => Transport::Plaintext,
+        Some(ts) => tls_ctx::transport_socket(
+            cx,
+            &join(field, "transport_socket"),
+            ts,
+            tls_ctx::DOWNSTREAM_TLS_CONTEXT,
+            |cx, f, x: &XdsDownstreamTlsContext| tls_ctx::downstream_tls_context(cx, f, x),
+        ),
+    };
+    let handshake_timeout = match transport {
+        Transport::Tls(_) => timeout(
+            cx,
+            &join(field, "transport_socket_connect_timeout"),
+            transport_socket_connect_timeout,
+            None,
+        ),
+        _ => {
+            if nonzero_duration(transport_socket_connect_timeout) {
+                cx.err(
+                    join(field, "transport_socket_connect_timeout"),
+                    "only applies to TLS filter chains",
+                );
+            }
+            None
+        }
+    };
+    Chain {
+        field: field.to_owned(),
+        name: Arc::from(if name.is_empty() {
+            field
+        } else {
+            name.as_str()
+        }),
+        server_names,
+        transport,
+        handshake_timeout,
+        filters,
+    }
+}
+
+/// `filter_chain_match`: only `server_names` (and `transport_protocol: tls`, which a TLS
+/// chain implies) are honoured.
+fn chain_match(cx: &mut Ctx, field: &str, m: &FilterChainMatch) -> Vec<Arc<str>> {
+    let FilterChainMatch {
+        destination_port,
+        prefix_ranges,
+        address_suffix,
+        suffix_len,
+        direct_source_prefix_ranges,
+        source_type,
+        source_prefix_ranges,
+        source_ports,
+        server_names,
+        transport_protocol,
+        application_protocols,
+    } = m;
+    // `source_type` is an enum whose default (ANY) is what legate does.
+    refuse!(cx, field;
+        destination_port, prefix_ranges, address_suffix, suffix_len, direct_source_prefix_ranges,
+        source_type, source_prefix_ranges, source_ports, application_protocols,
+    );
+    if !transport_protocol.is_empty() && transport_protocol != "tls" {
+        cx.err(
+            join(field, "transport_protocol"),
+            format!("'{transport_protocol}' is not supported by legate (only tls, on TLS chains)"),
+        );
+    }
+    let mut out: Vec<Arc<str>> = Vec::new();
+    for (i, n) in server_names.iter().enumerate() {
+        let f = at(field, "server_names", i);
+        let lower = n.to_ascii_lowercase();
+        let name = lower.strip_prefix("*.").unwrap_or(&lower);
+        if !valid_server_name(name) {
+            cx.err(
+                f,
+                format!("'{n}' is not a DNS name or a '*.' wildcard followed by one"),
+            );
+        } else if out.iter().any(|o| **o == *lower) {
+            cx.err(f, format!("duplicate server name '{n}'"));
+        } else {
+            out.push(Arc::from(lower));
+        }
+    }
+    out
 }
 
 fn network_filter(cx: &mut Ctx, field: &str, f: &XdsFilter) -> Option<Hcm> {

@@ -72,6 +72,7 @@ use prost::Message;
 use super::{Resources, build};
 
 mod resilience;
+mod tls;
 use crate::{
     Cluster, ClusterTarget, Codec, Discovery, DnsFamily, Endpoint, EndpointAddress, HeaderAppend,
     HeaderMatchRule, HeaderMatcher, HeaderValueOption as Hvo, HealthStatus, HostRewrite, LbPolicy,
@@ -424,6 +425,7 @@ fn base_set_converts() {
         idle_timeout: Some(Duration::from_secs(3600)),
         generate_request_id: true,
         append_x_forwarded_for: false,
+        tls: None,
     };
     assert_eq!(**l, expected);
 
@@ -471,6 +473,7 @@ fn base_set_converts() {
         healthy_panic_threshold_permille: 500,
         classic_breaker: None,
         load_assignment,
+        tls: None,
     };
     let locality = |endpoints| LoadAssignment {
         localities: vec![LocalityEndpoints {
@@ -1206,11 +1209,11 @@ fn listener_fields_refused() {
         (
             |r| {
                 r.listeners[0].listener_filters = vec![ListenerFilter {
-                    name: "envoy.filters.listener.tls_inspector".to_owned(),
+                    name: "envoy.filters.listener.proxy_protocol".to_owned(),
                     ..Default::default()
                 }]
             },
-            "listener 'l1': listener_filters: not supported by legate",
+            "listener 'l1': listener_filters[0]: listener filter 'envoy.filters.listener.proxy_protocol' is not supported by legate (only the tls inspector)",
         ),
         (
             |r| r.listeners[0].use_original_dst = yes(),
@@ -1245,7 +1248,7 @@ fn listener_fields_refused() {
                 let chain = r.listeners[0].filter_chains[0].clone();
                 r.listeners[0].filter_chains.push(chain);
             },
-            "listener 'l1': filter_chains: more than one filter chain is not supported by legate",
+            "listener 'l1': filter_chains: more than one filter chain is supported by legate only for TLS (chains selected by server_names)",
         ),
         (
             |r| {
@@ -1254,11 +1257,11 @@ fn listener_fields_refused() {
                     ..Default::default()
                 })
             },
-            "listener 'l1': filter_chains[0].filter_chain_match: not supported by legate",
+            "listener 'l1': filter_chains[0].filter_chain_match.server_names: needs a TLS transport_socket (a server name is only known from a TLS ClientHello)",
         ),
         (
             |r| r.listeners[0].filter_chains[0].transport_socket = Some(Default::default()),
-            "listener 'l1': filter_chains[0].transport_socket: not supported by legate",
+            "listener 'l1': filter_chains[0].transport_socket: '' is not supported by legate (only envoy.transport_sockets.raw_buffer and envoy.transport_sockets.tls)",
         ),
         (
             |r| {
@@ -1913,14 +1916,16 @@ fn cluster_fields_refused() {
         (
             |r| {
                 cl(r, "static").transport_socket = Some(TransportSocket {
-                    name: "envoy.transport_sockets.tls".to_owned(),
+                    name: "envoy.transport_sockets.alts".to_owned(),
                     config_type: Some(transport_socket::ConfigType::TypedConfig(Any {
-                        type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext".to_owned(),
+                        type_url:
+                            "type.googleapis.com/envoy.extensions.transport_sockets.alts.v3.Alts"
+                                .to_owned(),
                         value: Vec::new(),
                     })),
                 })
             },
-            "cluster 'static': transport_socket: 'envoy.transport_sockets.tls' is not supported by legate (only envoy.transport_sockets.raw_buffer)",
+            "cluster 'static': transport_socket.typed_config: transport socket type 'type.googleapis.com/envoy.extensions.transport_sockets.alts.v3.Alts' is not supported by legate (expected UpstreamTlsContext or RawBuffer)",
         ),
         (
             |r| cl(r, "static").lb_policy = XdsLbPolicy::RingHash as i32,
