@@ -136,7 +136,7 @@ async fn server_names_pick_the_chain_and_its_client_certificate_rule() {
         "no client certificate must be refused: {refused:?}"
     );
     eventually(WAIT, "the refused handshake is counted", || async {
-        let n = handshake_failures(&legate, "client_certificate").await;
+        let n = handshake_failures(&legate, "no-certificate").await;
         if n == 1.0 {
             Ok(())
         } else {
@@ -158,13 +158,14 @@ async fn server_names_pick_the_chain_and_its_client_certificate_rule() {
     let none = h2.get(addr, "c.test", "/").await;
     assert!(none.is_err(), "c.test has no chain: {none:?}");
     eventually(WAIT, "failures counted", || async {
-        let no_chain = handshake_failures(&legate, "no_filter_chain").await;
-        let client = handshake_failures(&legate, "client_certificate").await;
-        if no_chain == 1.0 && client == 2.0 {
+        let no_chain = handshake_failures(&legate, "no-filter-chain").await;
+        let missing = handshake_failures(&legate, "no-certificate").await;
+        let untrusted = handshake_failures(&legate, "unknown-ca").await;
+        if (no_chain, missing, untrusted) == (1.0, 1.0, 1.0) {
             Ok(())
         } else {
             Err(format!(
-                "no_filter_chain {no_chain}, client_certificate {client}"
+                "no-filter-chain {no_chain}, no-certificate {missing}, unknown-ca {untrusted}"
             ))
         }
     })

@@ -182,7 +182,7 @@ async fn tls_to_the_demo_upstream_over_http1_and_http2_by_alpn() {
         }
     }
     for name in ["auto_both", "auto_h1", "explicit_h1", "explicit_h2"] {
-        for cause in ["unknown_ca", "handshake", "alpn"] {
+        for cause in ["unknown-ca", "protocol", "alpn"] {
             assert_eq!(failures(&legate, name, cause).await, 0.0, "{name} {cause}");
         }
     }
@@ -300,8 +300,8 @@ async fn an_independent_tls_server_with_san_validation() {
     let res = get(&legate, "/wrong-san").await;
     res.assert_status(503);
     assert_eq!(res.legate_error(), Some("upstream-tls-certificate"));
-    assert_eq!(failures(&legate, "wrong_san", "name_mismatch").await, 1.0);
-    assert_eq!(failures(&legate, "right_san", "name_mismatch").await, 0.0);
+    assert_eq!(failures(&legate, "wrong_san", "name-mismatch").await, 1.0);
+    assert_eq!(failures(&legate, "right_san", "name-mismatch").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,14 +347,14 @@ async fn verification_failures_fail_closed_with_their_named_error() {
             "wrong_ca",
             &rogue_up,
             "upstream-tls-certificate",
-            "unknown_ca",
+            "unknown-ca",
         ),
         (
             "/wrong-san",
             "wrong_san",
             &good_up,
             "upstream-tls-certificate",
-            "name_mismatch",
+            "name-mismatch",
         ),
         (
             "/expired",
@@ -368,21 +368,21 @@ async fn verification_failures_fail_closed_with_their_named_error() {
             "no_client_cert",
             &needs_cert,
             "upstream-tls-certificate",
-            "peer_rejected_certificate",
+            "certificate-required",
         ),
         (
             "/old-tls",
             "old_tls",
             &old_tls,
             "upstream-tls-handshake",
-            "protocol_version",
+            "protocol-version",
         ),
         (
             "/not-tls",
             "not_tls",
             &plaintext,
             "upstream-tls-handshake",
-            "handshake",
+            "protocol",
         ),
         // No validation context: legate checks Mozilla's roots (Envoy would check nothing).
         (
@@ -390,7 +390,7 @@ async fn verification_failures_fail_closed_with_their_named_error() {
             "no_validation",
             &good_up,
             "upstream-tls-certificate",
-            "unknown_ca",
+            "unknown-ca",
         ),
     ];
     let mut r = mesh(
@@ -645,7 +645,7 @@ async fn auto_sni_follows_the_request_and_auto_san_validation_checks_it() {
     let res = http.get_with(&url, &[("host", "c.up.test")]).await;
     res.assert_status(503);
     assert_eq!(res.legate_error(), Some("upstream-tls-certificate"));
-    assert_eq!(failures(&legate, "by_name", "name_mismatch").await, 1.0);
+    assert_eq!(failures(&legate, "by_name", "name-mismatch").await, 1.0);
     // One connection per name: a and b were each dialled once.
     assert_eq!(up.counters().await.connections, 2);
 }

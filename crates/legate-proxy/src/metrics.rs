@@ -123,16 +123,16 @@ impl Metrics {
             ),
             upstream_tls_handshake_failures: registry.family(
                 "legate_upstream_tls_handshake_failures_total",
-                "Upstream TLS handshakes that failed, by cause (unknown_ca, expired, \
-                 name_mismatch, bad_certificate, peer_rejected_certificate, protocol_version, \
-                 alpn, timeout, handshake).",
+                "Upstream TLS handshakes that failed, by cause (legate-tls' causes such as \
+                 unknown-ca, expired, name-mismatch, certificate-required, protocol-version, \
+                 alpn, protocol, io; or timeout).",
                 &["cluster", "cause"],
             ),
             downstream_tls_handshake_failures: registry.family(
                 "legate_downstream_tls_handshake_failures_total",
                 "Downstream TLS handshakes that failed on a listener, by cause \
-                 (no_filter_chain, timeout, client_certificate, protocol_version, alpn, \
-                 handshake).",
+                 (no-filter-chain, timeout, or legate-tls' causes such as no-certificate, \
+                 unknown-ca, protocol-version, alpn, protocol, io).",
                 &["listener", "cause"],
             ),
             tls_certificate_expiry: registry.family(

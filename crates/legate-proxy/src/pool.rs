@@ -301,10 +301,10 @@ fn classify(e: &hyper::Error) -> ProxyError {
 /// server refused the connection before reading any request from it.
 fn classify_with_tls(e: &hyper::Error, tls: Option<&PoolTls>) -> ProxyError {
     if let Some(tls) = tls
-        && let Some(cause) = crate::tls::upstream::after_handshake(e)
+        && let Some(failure) = crate::tls::upstream::after_handshake(e)
     {
-        tls.cluster.failed(cause);
-        return cause.error();
+        tls.cluster.failed(failure);
+        return failure.error();
     }
     classify(e)
 }

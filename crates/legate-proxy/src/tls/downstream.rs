@@ -13,19 +13,18 @@
 //! leaves it unbounded; legate does not let a silent client hold a connection forever).
 //! Failures are counted in `legate_downstream_tls_handshake_failures_total{listener,cause}`.
 
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use legate_snapshot::{ListenerTls, TlsFilterChain};
-use legate_telemetry::Counter;
-use legate_tls::TlsError;
+use legate_telemetry::{Counter, Family};
 use legate_tls::config::{ClientAuth, ServerParams, TlsVersion, server_config};
 use legate_tls::reload::Current;
+use legate_tls::rustls::ServerConfig;
 use legate_tls::rustls::server::Acceptor;
-use legate_tls::rustls::{Error as RustlsError, ServerConfig};
 use legate_tls::tokio_rustls::LazyConfigAcceptor;
 use legate_tls::tokio_rustls::server::TlsStream;
+use legate_tls::{HandshakeFailure, TlsError};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -116,61 +115,23 @@ pub(crate) fn build_server(
     Ok(ServerTls { config })
 }
 
-/// Why a downstream handshake failed: the `cause` label.
+/// Why a downstream handshake failed: no filter chain for the server name asked for, the
+/// ClientHello or handshake running out of time, or legate-tls' cause (a missing or refused
+/// client certificate, no common version or ALPN protocol, ...). `label` is the metric's
+/// `cause`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Cause {
-    /// No filter chain for the server name asked for.
+enum Failure {
     NoChain,
-    /// The ClientHello or the handshake took too long.
     Timeout,
-    /// The client certificate was missing (but required), or refused.
-    ClientCertificate,
-    ProtocolVersion,
-    Alpn,
-    /// Anything else: not TLS at all, closed, broke the protocol.
-    Handshake,
+    Tls(HandshakeFailure),
 }
 
-impl Cause {
-    const ALL: [Cause; 6] = [
-        Cause::NoChain,
-        Cause::Timeout,
-        Cause::ClientCertificate,
-        Cause::ProtocolVersion,
-        Cause::Alpn,
-        Cause::Handshake,
-    ];
-
+impl Failure {
     fn label(self) -> &'static str {
         match self {
-            Cause::NoChain => "no_filter_chain",
-            Cause::Timeout => "timeout",
-            Cause::ClientCertificate => "client_certificate",
-            Cause::ProtocolVersion => "protocol_version",
-            Cause::Alpn => "alpn",
-            Cause::Handshake => "handshake",
-        }
-    }
-
-    fn of(e: &io::Error) -> Cause {
-        let Some(r) = e.get_ref().and_then(|i| i.downcast_ref::<RustlsError>()) else {
-            return Cause::Handshake;
-        };
-        match r {
-            RustlsError::NoCertificatesPresented | RustlsError::InvalidCertificate(_) => {
-                Cause::ClientCertificate
-            }
-            RustlsError::NoApplicationProtocol => Cause::Alpn,
-            RustlsError::PeerIncompatible(p) => {
-                use legate_tls::rustls::PeerIncompatible as P;
-                match p {
-                    P::SupportedVersionsExtensionRequired
-                    | P::Tls12NotOffered
-                    | P::Tls12NotOfferedOrEnabled => Cause::ProtocolVersion,
-                    _ => Cause::Handshake,
-                }
-            }
-            _ => Cause::Handshake,
+            Failure::NoChain => "no-filter-chain",
+            Failure::Timeout => "timeout",
+            Failure::Tls(f) => f.as_str(),
         }
     }
 }
@@ -179,7 +140,9 @@ impl Cause {
 pub(crate) struct ListenerTlsRuntime {
     pub(crate) spec: Arc<ListenerTls>,
     chains: Vec<Current<ServerTls>>,
-    failures: [Arc<Counter>; Cause::ALL.len()],
+    listener: Arc<str>,
+    /// `legate_downstream_tls_handshake_failures_total`; members made on first use.
+    failures: Arc<Family<Counter>>,
 }
 
 impl std::fmt::Debug for ListenerTlsRuntime {
@@ -197,11 +160,8 @@ pub(crate) async fn prepare(
     expiry: Arc<Expiry>,
     metrics: &Metrics,
 ) -> Result<Arc<ListenerTlsRuntime>, TlsError> {
-    let failures = Cause::ALL.map(|c| {
-        metrics
-            .downstream_tls_handshake_failures
-            .get_or_create(&[&listener, c.label()])
-    });
+    let failures = metrics.downstream_tls_handshake_failures.clone();
+    let name = listener.clone();
     let for_build = spec.clone();
     let task = tokio::task::spawn_blocking(move || {
         let mut chains = Vec::with_capacity(for_build.chains.len());
@@ -229,6 +189,7 @@ pub(crate) async fn prepare(
     Ok(Arc::new(ListenerTlsRuntime {
         spec,
         chains,
+        listener: name,
         failures,
     }))
 }
@@ -242,10 +203,10 @@ pub(crate) fn labels(listener: &str, spec: &ListenerTls) -> Vec<String> {
 }
 
 impl ListenerTlsRuntime {
-    fn failed(&self, cause: Cause) {
-        if let Some(i) = Cause::ALL.iter().position(|c| *c == cause) {
-            self.failures[i].inc();
-        }
+    fn failed(&self, failure: Failure) {
+        self.failures
+            .get_or_create(&[&self.listener, failure.label()])
+            .inc();
     }
 
     /// The handshake of an accepted connection; `None` when it failed (counted; the socket
@@ -257,9 +218,9 @@ impl ListenerTlsRuntime {
                 .spec
                 .client_hello_timeout
                 .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
-        let fail = |cause: Cause| {
-            tracing::debug!(cause = cause.label(), "downstream tls handshake failed");
-            self.failed(cause);
+        let fail = |failure: Failure| {
+            tracing::debug!(cause = failure.label(), "downstream tls handshake failed");
+            self.failed(failure);
             None
         };
         let start = match tokio::time::timeout_at(
@@ -268,21 +229,21 @@ impl ListenerTlsRuntime {
         )
         .await
         {
-            Err(_) => return fail(Cause::Timeout),
-            Ok(Err(e)) => return fail(Cause::of(&e)),
+            Err(_) => return fail(Failure::Timeout),
+            Ok(Err(e)) => return fail(Failure::Tls(HandshakeFailure::classify(&e))),
             Ok(Ok(start)) => start,
         };
         let Some(i) = self.spec.select(start.client_hello().server_name()) else {
-            return fail(Cause::NoChain);
+            return fail(Failure::NoChain);
         };
         let (Some(chain), Some(current)) = (self.spec.chains.get(i), self.chains.get(i)) else {
-            return fail(Cause::NoChain);
+            return fail(Failure::NoChain);
         };
         let done_by = started + chain.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
         let config = current.load().config.clone();
         match tokio::time::timeout_at(done_by, start.into_stream(config)).await {
-            Err(_) => fail(Cause::Timeout),
-            Ok(Err(e)) => fail(Cause::of(&e)),
+            Err(_) => fail(Failure::Timeout),
+            Ok(Err(e)) => fail(Failure::Tls(HandshakeFailure::classify(&e))),
             Ok(Ok(stream)) => Some(stream),
         }
     }

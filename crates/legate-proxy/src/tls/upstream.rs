@@ -12,9 +12,10 @@
 //!   request) instead of the SAN matchers.
 //!
 //! A failed handshake is counted in `legate_upstream_tls_handshake_failures_total{cluster,
-//! cause}` and answers `upstream-tls-certificate` (the server's certificate was refused, or
-//! the server refused ours) or `upstream-tls-handshake` (versions, ALPN, anything else). The
-//! request was never sent, so retry policies may send it again like a connect failure.
+//! cause}` (the cause as `legate_tls::HandshakeFailure` names it, or `timeout`) and answers
+//! `upstream-tls-certificate` (the server's certificate was refused, or the server refused
+//! ours) or `upstream-tls-handshake` (versions, ALPN, anything else). The request was never
+//! sent, so retry policies may send it again like a connect failure.
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,15 +23,15 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use legate_snapshot::UpstreamTls;
-use legate_telemetry::Counter;
-use legate_tls::TlsError;
+use legate_telemetry::{Counter, Family};
 use legate_tls::config::{ClientParams, NameCheck, Roots, TlsVersion, client_config};
 use legate_tls::pki_types::ServerName;
 use legate_tls::reload::Current;
 use legate_tls::rustls::client::Resumption;
-use legate_tls::rustls::{AlertDescription, CertificateError, ClientConfig, Error as RustlsError};
+use legate_tls::rustls::{ClientConfig, Error as RustlsError};
 use legate_tls::tokio_rustls::TlsConnector;
 use legate_tls::tokio_rustls::client::TlsStream;
+use legate_tls::{HandshakeFailure, TlsError};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -166,134 +167,46 @@ pub(crate) async fn prepare(
     }
 }
 
-/// Why an upstream handshake failed: the `cause` label.
+/// Why an upstream handshake failed: legate-tls' cause, or the connect timeout running out
+/// during the handshake. `label` is the metric's `cause`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Cause {
-    /// The server's chain does not lead to a trusted CA.
-    UnknownCa,
-    /// The server's certificate is expired or not valid yet.
-    Expired,
-    /// The server's certificate is not valid for the name or SANs asked for.
-    NameMismatch,
-    /// Anything else wrong with the server's certificate.
-    BadCertificate,
-    /// The server refused our certificate (or its absence).
-    PeerRejectedCertificate,
-    /// No TLS version in common.
-    ProtocolVersion,
-    /// No ALPN protocol in common, or the wrong one.
-    Alpn,
-    /// The handshake did not finish within `connect_timeout`.
+pub(crate) enum Failure {
+    Tls(HandshakeFailure),
     Timeout,
-    /// Anything else: the peer is not speaking TLS, closed, broke the protocol.
-    Handshake,
 }
 
-impl Cause {
-    pub(crate) const ALL: [Cause; 9] = [
-        Cause::UnknownCa,
-        Cause::Expired,
-        Cause::NameMismatch,
-        Cause::BadCertificate,
-        Cause::PeerRejectedCertificate,
-        Cause::ProtocolVersion,
-        Cause::Alpn,
-        Cause::Timeout,
-        Cause::Handshake,
-    ];
-
+impl Failure {
     pub(crate) fn label(self) -> &'static str {
         match self {
-            Cause::UnknownCa => "unknown_ca",
-            Cause::Expired => "expired",
-            Cause::NameMismatch => "name_mismatch",
-            Cause::BadCertificate => "bad_certificate",
-            Cause::PeerRejectedCertificate => "peer_rejected_certificate",
-            Cause::ProtocolVersion => "protocol_version",
-            Cause::Alpn => "alpn",
-            Cause::Timeout => "timeout",
-            Cause::Handshake => "handshake",
+            Failure::Tls(f) => f.as_str(),
+            Failure::Timeout => "timeout",
         }
     }
 
-    /// The local reply this cause answers with.
+    /// The local reply: a refused certificate (either side's) or any other TLS failure; a
+    /// handshake that outlived `connect_timeout` is a connect timeout.
     pub(crate) fn error(self) -> ProxyError {
         match self {
-            Cause::UnknownCa
-            | Cause::Expired
-            | Cause::NameMismatch
-            | Cause::BadCertificate
-            | Cause::PeerRejectedCertificate => ProxyError::UpstreamTlsCertificate,
-            Cause::ProtocolVersion | Cause::Alpn | Cause::Handshake => {
-                ProxyError::UpstreamTlsHandshake
-            }
-            Cause::Timeout => ProxyError::ConnectTimeout,
+            Failure::Tls(f) if f.is_certificate() => ProxyError::UpstreamTlsCertificate,
+            Failure::Tls(_) => ProxyError::UpstreamTlsHandshake,
+            Failure::Timeout => ProxyError::ConnectTimeout,
         }
     }
-}
-
-/// The cause of a rustls error.
-pub(crate) fn cause_of(e: &RustlsError) -> Cause {
-    match e {
-        RustlsError::InvalidCertificate(c) => match c {
-            CertificateError::UnknownIssuer => Cause::UnknownCa,
-            CertificateError::Expired
-            | CertificateError::ExpiredContext { .. }
-            | CertificateError::NotValidYet
-            | CertificateError::NotValidYetContext { .. } => Cause::Expired,
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                Cause::NameMismatch
-            }
-            _ => Cause::BadCertificate,
-        },
-        RustlsError::AlertReceived(alert) => match alert {
-            AlertDescription::BadCertificate
-            | AlertDescription::UnsupportedCertificate
-            | AlertDescription::CertificateRevoked
-            | AlertDescription::CertificateExpired
-            | AlertDescription::CertificateUnknown
-            | AlertDescription::UnknownCA
-            | AlertDescription::CertificateRequired
-            | AlertDescription::AccessDenied => Cause::PeerRejectedCertificate,
-            AlertDescription::ProtocolVersion => Cause::ProtocolVersion,
-            AlertDescription::NoApplicationProtocol => Cause::Alpn,
-            _ => Cause::Handshake,
-        },
-        RustlsError::PeerIncompatible(p) => {
-            use legate_tls::rustls::PeerIncompatible as P;
-            match p {
-                P::ServerDoesNotSupportTls12Or13
-                | P::ServerTlsVersionIsDisabledByOurConfig
-                | P::SupportedVersionsExtensionRequired
-                | P::Tls12NotOffered
-                | P::Tls12NotOfferedOrEnabled => Cause::ProtocolVersion,
-                _ => Cause::Handshake,
-            }
-        }
-        RustlsError::NoApplicationProtocol => Cause::Alpn,
-        _ => Cause::Handshake,
-    }
-}
-
-/// The rustls error inside an I/O error, if any.
-fn rustls_error(e: &io::Error) -> Option<&RustlsError> {
-    e.get_ref()
-        .and_then(|inner| inner.downcast_ref::<RustlsError>())
 }
 
 /// A TLS failure that surfaced after the handshake, in a hyper error: with TLS 1.3 a server
 /// refusing the client certificate says so only after the client finished its side. The
 /// server rejected the connection before reading any request from it.
-pub(crate) fn after_handshake(e: &(dyn std::error::Error + 'static)) -> Option<Cause> {
+pub(crate) fn after_handshake(e: &(dyn std::error::Error + 'static)) -> Option<Failure> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<io::Error>()
-            && let Some(r) = rustls_error(io)
+            && let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<RustlsError>())
         {
-            return Some(cause_of(r));
+            return Some(Failure::Tls(HandshakeFailure::from_rustls(r)));
         }
         if let Some(r) = cause.downcast_ref::<RustlsError>() {
-            return Some(cause_of(r));
+            return Some(Failure::Tls(HandshakeFailure::from_rustls(r)));
         }
         source = cause.source();
     }
@@ -307,7 +220,9 @@ pub(crate) struct ClusterTls {
     spec: ArcSwap<UpstreamTls>,
     /// The outer swap is a new definition; the inner one, a file rotation.
     current: ArcSwap<ArcSwap<ClientTls>>,
-    failures: [Arc<Counter>; Cause::ALL.len()],
+    /// `legate_upstream_tls_handshake_failures_total`; members are made on a cluster's first
+    /// failure of each cause (failures are rare, and off the successful path).
+    failures: Arc<Family<Counter>>,
 }
 
 impl std::fmt::Debug for ClusterTls {
@@ -325,16 +240,11 @@ impl ClusterTls {
         current: Current<ClientTls>,
         metrics: &Metrics,
     ) -> Arc<Self> {
-        let failures = Cause::ALL.map(|c| {
-            metrics
-                .upstream_tls_handshake_failures
-                .get_or_create(&[&name, c.label()])
-        });
         Arc::new(ClusterTls {
             name,
             spec: ArcSwap::new(spec),
             current: ArcSwap::new(current),
-            failures,
+            failures: metrics.upstream_tls_handshake_failures.clone(),
         })
     }
 
@@ -350,10 +260,10 @@ impl ClusterTls {
     }
 
     /// Count a failed handshake.
-    pub(crate) fn failed(&self, cause: Cause) {
-        if let Some(i) = Cause::ALL.iter().position(|c| *c == cause) {
-            self.failures[i].inc();
-        }
+    pub(crate) fn failed(&self, failure: Failure) {
+        self.failures
+            .get_or_create(&[&self.name, failure.label()])
+            .inc();
     }
 
     /// The TLS handshake on a connected socket, within `deadline`. `sni`: a name chosen per
@@ -373,19 +283,19 @@ impl ClusterTls {
             .cloned()
             .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
         let connector = TlsConnector::from(client.configs[alpn.index()].clone());
-        let fail = |cause: Cause| {
-            self.failed(cause);
-            cause.error()
+        let fail = |failure: Failure| {
+            self.failed(failure);
+            failure.error()
         };
         let stream = match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
             Err(_) => {
                 tracing::debug!(cluster = %self.name, %addr, "upstream tls handshake timed out");
-                return Err(fail(Cause::Timeout));
+                return Err(fail(Failure::Timeout));
             }
             Ok(Err(error)) => {
-                let cause = rustls_error(&error).map_or(Cause::Handshake, cause_of);
-                tracing::debug!(cluster = %self.name, %addr, %error, cause = cause.label(), "upstream tls handshake failed");
-                return Err(fail(cause));
+                let failure = Failure::Tls(HandshakeFailure::classify(&error));
+                tracing::debug!(cluster = %self.name, %addr, %error, cause = failure.label(), "upstream tls handshake failed");
+                return Err(fail(failure));
             }
             Ok(Ok(stream)) => stream,
         };
@@ -395,7 +305,7 @@ impl ClusterTls {
         // picks nothing gets HTTP/2 with prior knowledge, as Envoy does.
         if alpn == Alpn::H2 && negotiated.is_some() && !h2 {
             tracing::debug!(cluster = %self.name, %addr, "upstream refused h2 in ALPN");
-            return Err(fail(Cause::Alpn));
+            return Err(fail(Failure::Tls(HandshakeFailure::Alpn)));
         }
         Ok((stream, h2))
     }
@@ -404,53 +314,42 @@ impl ClusterTls {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use legate_tls::rustls::{AlertDescription, CertificateError};
 
     #[test]
-    fn causes_map_to_the_two_errors() {
+    fn failures_answer_with_the_two_errors() {
         let cases = [
+            (HandshakeFailure::UnknownCa, "upstream-tls-certificate"),
+            (HandshakeFailure::NameMismatch, "upstream-tls-certificate"),
             (
-                RustlsError::InvalidCertificate(CertificateError::UnknownIssuer),
-                Cause::UnknownCa,
+                HandshakeFailure::CertificateRequired,
+                "upstream-tls-certificate",
             ),
-            (
-                RustlsError::InvalidCertificate(CertificateError::Expired),
-                Cause::Expired,
-            ),
-            (
-                RustlsError::InvalidCertificate(CertificateError::NotValidForName),
-                Cause::NameMismatch,
-            ),
-            (
-                RustlsError::AlertReceived(AlertDescription::CertificateRequired),
-                Cause::PeerRejectedCertificate,
-            ),
-            (
-                RustlsError::AlertReceived(AlertDescription::ProtocolVersion),
-                Cause::ProtocolVersion,
-            ),
-            (RustlsError::NoApplicationProtocol, Cause::Alpn),
-            (RustlsError::HandshakeNotComplete, Cause::Handshake),
+            (HandshakeFailure::ProtocolVersion, "upstream-tls-handshake"),
+            (HandshakeFailure::Alpn, "upstream-tls-handshake"),
+            (HandshakeFailure::Io, "upstream-tls-handshake"),
         ];
-        for (e, want) in cases {
-            assert_eq!(cause_of(&e), want, "{e:?}");
+        for (f, code) in cases {
+            assert_eq!(Failure::Tls(f).error().code(), code, "{f:?}");
         }
-        assert_eq!(
-            Cause::NameMismatch.error().code(),
-            "upstream-tls-certificate"
-        );
-        assert_eq!(
-            Cause::ProtocolVersion.error().code(),
-            "upstream-tls-handshake"
-        );
+        assert_eq!(Failure::Timeout.error().code(), "connect-timeout");
+        assert_eq!(Failure::Timeout.label(), "timeout");
         let wrapped = io::Error::new(
             io::ErrorKind::InvalidData,
             RustlsError::AlertReceived(AlertDescription::BadCertificate),
         );
         assert_eq!(
             after_handshake(&wrapped),
-            Some(Cause::PeerRejectedCertificate)
+            Some(Failure::Tls(HandshakeFailure::RejectedCertificate))
         );
-        let plain = io::Error::other("reset");
-        assert_eq!(after_handshake(&plain), None);
+        let expired = io::Error::new(
+            io::ErrorKind::InvalidData,
+            RustlsError::InvalidCertificate(CertificateError::Expired),
+        );
+        assert_eq!(
+            after_handshake(&expired).map(Failure::label),
+            Some("expired")
+        );
+        assert_eq!(after_handshake(&io::Error::other("reset")), None);
     }
 }
