@@ -22,6 +22,7 @@ pub use error::{InvalidSnapshot, ResourceError, ResourceKind};
 mod validate;
 pub use validate::{Resources, build};
 
+pub mod refs;
 pub mod router;
 
 /// Type URLs of the resources legate consumes.
@@ -35,6 +36,10 @@ pub mod type_url {
     pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
     pub const HTTP_CONNECTION_MANAGER: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
     pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+    pub const UPSTREAM_TLS_CONTEXT: &str =
+        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+    pub const DOWNSTREAM_TLS_CONTEXT: &str =
+        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
     pub const HTTP_PROTOCOL_OPTIONS: &str =
         "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 }

@@ -255,8 +255,11 @@ async fn serve_cache(shared: &Arc<Shared>, dir: std::path::PathBuf) -> bool {
         shared.options.initial_fetch_timeout,
     );
     let built = restore(&mut state, &cached).and_then(|()| {
-        // Everything referenced was cached with it; nothing is left to warm.
-        state.build(&state.assemble()).map_err(|e| e.to_string())
+        // Everything referenced was cached with it except private secrets, which the cache
+        // never holds: what needs them is left out until the control plane sends them.
+        let assembled = state.assemble_now();
+        log_left_out(&assembled);
+        state.build(&assembled).map_err(|e| e.to_string())
     });
     let snapshot = match built {
         Ok(s) => s,
@@ -307,7 +310,20 @@ fn restore(state: &mut XdsState, cached: &CachedConfig) -> Result<(), String> {
     }
     state.resubscribe(ResourceKind::RouteConfiguration);
     state.resubscribe(ResourceKind::ClusterLoadAssignment);
+    state.resubscribe(ResourceKind::Secret);
     Ok(())
+}
+
+/// Say which clusters and listeners are not served for want of a secret.
+fn log_left_out(assembled: &crate::state::Assembled) {
+    for (kind, name, secret) in &assembled.left_out {
+        tracing::warn!(
+            kind = kind.as_str(),
+            name,
+            secret,
+            "left out of the configuration: its secret has not arrived"
+        );
+    }
 }
 
 /// The stream loop: one stream at a time, failing over across servers with backoff.
@@ -828,35 +844,36 @@ impl Session<'_> {
         nonce: String,
     ) -> Result<Vec<ResourceKind>, String> {
         let proposal = self.state.propose(kind, proposed, version_info, nonce)?;
-        let dependent = match kind {
-            ResourceKind::Listener => Some(ResourceKind::RouteConfiguration),
-            ResourceKind::Cluster => Some(ResourceKind::ClusterLoadAssignment),
-            _ => None,
+        let dependents: &[ResourceKind] = match kind {
+            ResourceKind::Listener => &[ResourceKind::Secret, ResourceKind::RouteConfiguration],
+            ResourceKind::Cluster => &[ResourceKind::ClusterLoadAssignment, ResourceKind::Secret],
+            _ => &[],
         };
-        let saved = (
-            self.state.save(kind),
-            dependent.map(|d| (d, self.state.save(d))),
-        );
+        let saved_kind = self.state.save(kind);
+        let saved_dependents: Vec<_> = dependents
+            .iter()
+            .map(|d| (*d, self.state.save(*d)))
+            .collect();
         self.state.commit(proposal);
         let mut changed = Vec::new();
-        let mut resubscribed = None;
-        if let Some(dep) = dependent {
+        let mut resubscribed = Vec::new();
+        for &dep in dependents {
             let (added, removed) = self.state.resubscribe(dep);
             if !added.is_empty() || !removed.is_empty() {
                 changed.push(dep);
-                resubscribed = Some((dep, added, removed));
+                resubscribed.push((dep, added, removed));
             }
         }
         self.seen.insert(kind);
         if let Err(message) = self.try_apply().await {
             // Not live (a listener could not bind, say): undo and NACK.
-            self.state.restore(kind, saved.0);
-            if let Some((dep, t)) = saved.1 {
+            self.state.restore(kind, saved_kind);
+            for (dep, t) in saved_dependents {
                 self.state.restore(dep, t);
             }
             return Err(message);
         }
-        if let Some((dep, added, removed)) = resubscribed {
+        for (dep, added, removed) in resubscribed {
             self.last_resubscribe.insert(dep, (added, removed));
         }
         self.shared
@@ -923,6 +940,7 @@ impl Session<'_> {
         // Nothing warms any more: a deadline set while something did would only rebuild
         // the same snapshot when it passed.
         self.warming_deadline = None;
+        log_left_out(&assembled);
         let snapshot = self.state.build(&assembled).map_err(|e| e.to_string())?;
         let (version, clusters) = (snapshot.version.clone(), snapshot.clusters.len());
         let _guard = self.shared.apply_lock.lock().await;
@@ -949,9 +967,11 @@ impl Session<'_> {
                     CachedType {
                         type_url: k.type_url().to_owned(),
                         version_info: t.version_info.clone(),
+                        // Private key material never goes to disk (docs/xds.md).
                         resources: t
                             .resources
                             .iter()
+                            .filter(|(_, s)| !s.private)
                             .map(|(name, s)| CachedResource {
                                 name: name.clone(),
                                 version: s.version.clone(),

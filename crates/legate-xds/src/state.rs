@@ -1,6 +1,12 @@
 //! The client's resource state, independent of the wire variant (state-of-the-world or
 //! delta): what is accepted per type, what is subscribed, what is warming, and how a
 //! proposed update is validated before it is accepted.
+//!
+//! Secrets (SDS over ADS) follow the same rules as route configurations and load assignments:
+//! they are subscribed by the names accepted clusters and listeners reference
+//! ([`legate_snapshot::refs`]), and a cluster or listener whose secret has not arrived warms.
+//! Secrets are kept encoded like everything else and never appear in a `Debug` rendering,
+//! a log line or a status page.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime};
@@ -9,19 +15,21 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as XdsClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener as XdsListener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration as XdsRouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret as XdsSecret;
 use envoy_types::pb::envoy::service::discovery::v3::Resource as XdsResourceWrapper;
 use envoy_types::pb::google::protobuf::{Any, BoolValue};
+use legate_snapshot::refs::{self, References};
 use legate_snapshot::{
-    Cluster, Discovery, Listener, LoadAssignment, ResourceKind, Resources, RouteConfig,
-    RouteSource, Snapshot,
+    Cluster, Listener, LoadAssignment, ResourceKind, Resources, RouteConfig, Snapshot,
 };
 use prost::Message;
 
-/// The kinds in the order a client should warm them: clusters, their endpoints, listeners,
-/// their routes.
-pub const KINDS: [ResourceKind; 4] = [
+/// The kinds in the order a client should warm them, Envoy's: clusters, their endpoints,
+/// the secrets clusters and listeners name, listeners, their routes.
+pub const KINDS: [ResourceKind; 5] = [
     ResourceKind::Cluster,
     ResourceKind::ClusterLoadAssignment,
+    ResourceKind::Secret,
     ResourceKind::Listener,
     ResourceKind::RouteConfiguration,
 ];
@@ -33,21 +41,36 @@ pub fn kind_of(type_url: &str) -> Option<ResourceKind> {
     KINDS.into_iter().find(|k| k.type_url() == type_url)
 }
 
-/// LDS and CDS are wildcard subscriptions; RDS and EDS follow what is referenced.
+/// LDS and CDS are wildcard subscriptions; RDS, EDS and SDS follow what is referenced.
 pub fn is_wildcard(kind: ResourceKind) -> bool {
     matches!(kind, ResourceKind::Listener | ResourceKind::Cluster)
 }
 
 /// A decoded resource.
-#[derive(Clone, Debug, PartialEq)]
-#[allow(clippy::large_enum_variant)] // stored once per resource in maps, never moved in bulk
+///
 /// Boxed: the generated structs are large (a `Cluster` is kilobytes inline) and thousands
 /// are kept in sorted maps, whose nodes would otherwise hold eleven of the largest each.
+/// No `Debug`: a secret's private key must never reach a log line.
+#[derive(Clone, PartialEq)]
 pub enum Decoded {
     Listener(Box<XdsListener>),
     RouteConfiguration(Box<XdsRouteConfiguration>),
     Cluster(Box<XdsCluster>),
     ClusterLoadAssignment(Box<XdsClusterLoadAssignment>),
+    Secret(Box<XdsSecret>),
+}
+
+impl std::fmt::Debug for Decoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, name) = match self {
+            Decoded::Listener(r) => ("listener", &r.name),
+            Decoded::RouteConfiguration(r) => ("route configuration", &r.name),
+            Decoded::Cluster(r) => ("cluster", &r.name),
+            Decoded::ClusterLoadAssignment(r) => ("cluster load assignment", &r.cluster_name),
+            Decoded::Secret(r) => ("secret", &r.name),
+        };
+        write!(f, "{kind} '{name}'")
+    }
 }
 
 impl Decoded {
@@ -63,8 +86,10 @@ impl Decoded {
         let bytes = any.value.as_slice();
         let err = |e: prost::DecodeError| format!("cannot decode {}: {e}", kind.as_str());
         Ok(match kind {
-            // Not subscribed yet: SDS lands with issue 12.
-            ResourceKind::Secret => return Err("secrets are not supported yet".to_owned()),
+            ResourceKind::Secret => {
+                let r = XdsSecret::decode(bytes).map_err(err)?;
+                (r.name.clone(), Decoded::Secret(Box::new(r)))
+            }
             ResourceKind::Listener => {
                 let r = XdsListener::decode(bytes).map_err(err)?;
                 (r.name.clone(), Decoded::Listener(Box::new(r)))
@@ -88,26 +113,46 @@ impl Decoded {
     }
 
     /// Validate this resource on its own (references are checked with the whole set);
-    /// returns the name it makes the client subscribe to (a listener's RDS route
-    /// configuration, an EDS cluster's load assignment).
-    fn check(&self) -> Result<Option<String>, Vec<legate_snapshot::ResourceError>> {
+    /// returns what it makes the client subscribe to (a listener's RDS route configurations
+    /// and SDS secrets, an EDS cluster's load assignment and SDS secrets).
+    fn check(&self) -> Result<References, Vec<legate_snapshot::ResourceError>> {
         match self {
-            Decoded::Listener(r) => Listener::try_from(&**r).map(|l| match l.routes {
-                RouteSource::Rds(name) => Some(name.to_string()),
-                RouteSource::Inline(_) => None,
-            }),
-            Decoded::RouteConfiguration(r) => RouteConfig::try_from(&**r).map(|_| None),
-            Decoded::Cluster(r) => Cluster::try_from(&**r).map(|c| match c.discovery {
-                Discovery::Eds { service_name } => Some(service_name.to_string()),
-                _ => None,
-            }),
-            Decoded::ClusterLoadAssignment(r) => LoadAssignment::try_from(&**r).map(|_| None),
+            Decoded::Listener(r) => Listener::try_from(&**r).map(|_| refs::listener_references(r)),
+            Decoded::RouteConfiguration(r) => {
+                RouteConfig::try_from(&**r).map(|_| References::default())
+            }
+            Decoded::Cluster(r) => Cluster::try_from(&**r).map(|_| refs::cluster_references(r)),
+            Decoded::ClusterLoadAssignment(r) => {
+                LoadAssignment::try_from(&**r).map(|_| References::default())
+            }
+            // A secret's contents are checked where they are used: `legate_snapshot::build`
+            // resolves every SDS reference against `Resources.secrets` with the whole set.
+            Decoded::Secret(r) if r.name.is_empty() => {
+                Err(vec![legate_snapshot::ResourceError::new(
+                    ResourceKind::Secret,
+                    "",
+                    "name",
+                    "a secret needs a name",
+                )])
+            }
+            Decoded::Secret(_) => Ok(References::default()),
+        }
+    }
+
+    /// Whether the resource holds private key material: a secret other than a validation
+    /// context, or a cluster or listener with a key inline in its TLS context. Such resources
+    /// are never written to the disk cache.
+    fn is_private(&self) -> bool {
+        match self {
+            Decoded::Secret(r) => refs::secret_is_private(r),
+            Decoded::Cluster(r) => refs::cluster_holds_private_key(r),
+            Decoded::Listener(r) => refs::listener_holds_private_key(r),
+            Decoded::RouteConfiguration(_) | Decoded::ClusterLoadAssignment(_) => false,
         }
     }
 }
 
 /// A resource as received, decoded but not yet checked.
-#[derive(Debug)]
 pub struct Received {
     /// The resource's own name.
     pub name: String,
@@ -137,7 +182,7 @@ impl Received {
     /// Validate the resource on its own (the NACK message on failure) and keep it as
     /// received, without the decoded message.
     pub fn check(self, version: String) -> Result<Stored, String> {
-        let refers_to = self.decoded.check().map_err(|errors| {
+        let refs = self.decoded.check().map_err(|errors| {
             errors
                 .iter()
                 .map(ToString::to_string)
@@ -146,23 +191,47 @@ impl Received {
         })?;
         Ok(Stored {
             version,
+            private: self.decoded.is_private(),
             any: self.any,
-            refers_to,
+            refs: Box::new(refs),
         })
     }
 }
 
-/// One accepted resource: its encoding as received (out of any envelope) and the name it
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received")
+            .field("resource", &self.decoded)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One accepted resource: its encoding as received (out of any envelope) and the names it
 /// refers to. The decoded message is not kept: prost's structs are several times the size
 /// of their encoding (a decoded `Cluster` is kilobytes, most of it empty optional fields),
 /// and at 10,000 clusters they were half of the proxy's memory. Snapshots decode again.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Stored {
     pub version: String,
     pub any: Any,
-    /// The RDS route configuration a listener loads, or the load assignment an EDS
-    /// cluster needs.
-    pub refers_to: Option<String>,
+    /// What a listener or cluster makes the client subscribe to (boxed: most resources name
+    /// nothing or one name, and thousands are kept).
+    pub refs: Box<References>,
+    /// Holds private key material: never written to the disk cache.
+    pub private: bool,
+}
+
+impl std::fmt::Debug for Stored {
+    // The encoding is left out: a secret's carries its private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stored")
+            .field("version", &self.version)
+            .field("type_url", &self.any.type_url)
+            .field("bytes", &self.any.value.len())
+            .field("refs", &self.refs)
+            .field("private", &self.private)
+            .finish()
+    }
 }
 
 impl Stored {
@@ -229,9 +298,12 @@ pub struct Proposal {
 #[derive(Debug)]
 pub struct Assembled {
     pub resources: Resources,
-    /// RDS/EDS names referenced but not received, whose initial fetch timeout has not
+    /// RDS/EDS/SDS names referenced but not received, whose initial fetch timeout has not
     /// expired yet.
     pub warming: Vec<(ResourceKind, String)>,
+    /// Clusters and listeners left out of `resources` because a secret they name has not
+    /// arrived (and no longer warms): kind, name and the missing secret.
+    pub left_out: Vec<(ResourceKind, String, String)>,
 }
 
 /// The whole client state.
@@ -240,7 +312,7 @@ pub struct XdsState {
     pub types: BTreeMap<ResourceKind, TypeState>,
     static_resources: Resources,
     initial_fetch_timeout: Duration,
-    /// When each RDS/EDS name was first wanted, for the initial fetch timeout.
+    /// When each RDS/EDS/SDS name was first wanted, for the initial fetch timeout.
     wanted_since: HashMap<(ResourceKind, String), Instant>,
 }
 
@@ -397,35 +469,44 @@ impl XdsState {
         });
     }
 
-    /// RDS names referenced by accepted listeners and EDS names by accepted clusters
-    /// (static ones included) and not provided statically, i.e. what should be subscribed.
+    /// RDS names referenced by accepted listeners, EDS names by accepted clusters, and SDS
+    /// names by both (static ones included), not provided statically: what should be
+    /// subscribed.
     pub fn wanted(&self, kind: ResourceKind) -> BTreeSet<String> {
         let st = &self.static_resources;
+        let static_refs = || {
+            st.listeners
+                .iter()
+                .map(refs::listener_references)
+                .chain(st.clusters.iter().map(refs::cluster_references))
+        };
         match kind {
-            ResourceKind::RouteConfiguration => {
-                let dynamic = self.referenced(ResourceKind::Listener);
-                dynamic
-                    .chain(st.listeners.iter().filter_map(rds_name))
-                    .filter(|n| !st.route_configs.iter().any(|r| r.name == *n))
-                    .collect()
-            }
-            ResourceKind::ClusterLoadAssignment => {
-                let dynamic = self.referenced(ResourceKind::Cluster);
-                dynamic
-                    .chain(st.clusters.iter().filter_map(eds_name))
-                    .filter(|n| !st.load_assignments.iter().any(|r| r.cluster_name == *n))
-                    .collect()
-            }
-            _ => BTreeSet::new(),
+            ResourceKind::RouteConfiguration => self
+                .referenced(ResourceKind::Listener)
+                .flat_map(|r| r.route_configs.clone())
+                .chain(static_refs().flat_map(|r| r.route_configs))
+                .filter(|n| !st.route_configs.iter().any(|r| r.name == *n))
+                .collect(),
+            ResourceKind::ClusterLoadAssignment => self
+                .referenced(ResourceKind::Cluster)
+                .filter_map(|r| r.load_assignment.clone())
+                .chain(static_refs().filter_map(|r| r.load_assignment))
+                .filter(|n| !st.load_assignments.iter().any(|r| r.cluster_name == *n))
+                .collect(),
+            ResourceKind::Secret => self
+                .referenced(ResourceKind::Cluster)
+                .chain(self.referenced(ResourceKind::Listener))
+                .flat_map(|r| r.secrets.clone())
+                .chain(static_refs().flat_map(|r| r.secrets))
+                .filter(|n| !st.secrets.iter().any(|r| r.name == *n))
+                .collect(),
+            ResourceKind::Listener | ResourceKind::Cluster => BTreeSet::new(),
         }
     }
 
-    /// The names accepted `kind` resources refer to.
-    fn referenced(&self, kind: ResourceKind) -> impl Iterator<Item = String> + '_ {
-        self.get(kind)
-            .resources
-            .values()
-            .filter_map(|s| s.refers_to.clone())
+    /// What accepted `kind` resources refer to.
+    fn referenced(&self, kind: ResourceKind) -> impl Iterator<Item = &References> + '_ {
+        self.get(kind).resources.values().map(|s| &*s.refs)
     }
 
     /// Update the subscription of `kind` to `wanted`, dropping resources no longer wanted.
@@ -452,9 +533,17 @@ impl XdsState {
     /// have not arrived handled as Envoy does once their initial fetch timeout passed
     /// (a missing route configuration serves as an empty one, a missing load assignment
     /// as no endpoints). Routes delivered over RDS do not require their clusters to exist
-    /// (Envoy's `validate_clusters` default for RDS): such requests get a 503.
+    /// (Envoy's `validate_clusters` default for RDS): such requests get a 503. A cluster or
+    /// listener whose secret is missing is left out of the set: there is no stand-in for a
+    /// certificate, and connecting without one would be worse than not connecting.
     pub fn assemble(&self) -> Assembled {
         self.assemble_from(&self.snapshot_of_types(), false)
+    }
+
+    /// [`assemble`](Self::assemble) with every missing reference treated as timed out: for a
+    /// cold start from the cache, which holds no private secrets.
+    pub fn assemble_now(&self) -> Assembled {
+        self.assemble_from(&self.snapshot_of_types(), true)
     }
 
     fn assemble_from(
@@ -480,22 +569,71 @@ impl XdsState {
                     }
                     r.route_configs.push(rc);
                 }
+                Some(Decoded::Secret(secret)) => r.secrets.push(*secret),
                 None => {}
             }
         }
         let mut warming = Vec::new();
         let now = Instant::now();
+        let waits =
+            |kind: ResourceKind, name: &str| !ignore_warming && !self.expired(kind, name, now);
+
+        // Missing SDS: warm, then leave out what needs the secret.
+        let have_secrets: BTreeSet<String> = r.secrets.iter().map(|x| x.name.clone()).collect();
+        let cluster_refs: Vec<References> =
+            r.clusters.iter().map(refs::cluster_references).collect();
+        let listener_refs: Vec<References> =
+            r.listeners.iter().map(refs::listener_references).collect();
+        let missing_secrets: BTreeSet<&String> = cluster_refs
+            .iter()
+            .chain(&listener_refs)
+            .flat_map(|x| &x.secrets)
+            .filter(|name| !have_secrets.contains(*name))
+            .collect();
+        let mut gone = BTreeSet::new();
+        for name in missing_secrets {
+            if waits(ResourceKind::Secret, name) {
+                warming.push((ResourceKind::Secret, name.clone()));
+            } else {
+                gone.insert(name.clone());
+            }
+        }
+        let mut left_out = Vec::new();
+        let missing = |x: &References| x.secrets.iter().find(|s| gone.contains(*s)).cloned();
+        let mut cluster_refs = cluster_refs.into_iter();
+        r.clusters.retain(|c| {
+            let refs = cluster_refs.next().unwrap_or_default();
+            match missing(&refs) {
+                Some(secret) => {
+                    left_out.push((ResourceKind::Cluster, c.name.clone(), secret));
+                    false
+                }
+                None => true,
+            }
+        });
+        let mut listener_refs = listener_refs.into_iter();
+        r.listeners.retain(|l| {
+            let refs = listener_refs.next().unwrap_or_default();
+            match missing(&refs) {
+                Some(secret) => {
+                    left_out.push((ResourceKind::Listener, l.name.clone(), secret));
+                    false
+                }
+                None => true,
+            }
+        });
+
         // Missing RDS: warm, then serve an empty route configuration.
         let have_routes: BTreeSet<String> =
             r.route_configs.iter().map(|x| x.name.clone()).collect();
-        let mut missing_routes = BTreeSet::new();
-        for name in r.listeners.iter().filter_map(rds_name) {
-            if !have_routes.contains(&name) {
-                missing_routes.insert(name);
-            }
-        }
+        let missing_routes: BTreeSet<String> = r
+            .listeners
+            .iter()
+            .flat_map(|l| refs::listener_references(l).route_configs)
+            .filter(|name| !have_routes.contains(name))
+            .collect();
         for name in missing_routes {
-            if !ignore_warming && !self.expired(ResourceKind::RouteConfiguration, &name, now) {
+            if waits(ResourceKind::RouteConfiguration, &name) {
                 warming.push((ResourceKind::RouteConfiguration, name.clone()));
             }
             r.route_configs.push(XdsRouteConfiguration {
@@ -510,14 +648,14 @@ impl XdsState {
             .iter()
             .map(|x| x.cluster_name.clone())
             .collect();
-        let mut missing_cla = BTreeSet::new();
-        for name in r.clusters.iter().filter_map(eds_name) {
-            if !have_cla.contains(&name) {
-                missing_cla.insert(name);
-            }
-        }
+        let missing_cla: BTreeSet<String> = r
+            .clusters
+            .iter()
+            .filter_map(|c| refs::cluster_references(c).load_assignment)
+            .filter(|name| !have_cla.contains(name))
+            .collect();
         for name in missing_cla {
-            if !ignore_warming && !self.expired(ResourceKind::ClusterLoadAssignment, &name, now) {
+            if waits(ResourceKind::ClusterLoadAssignment, &name) {
                 warming.push((ResourceKind::ClusterLoadAssignment, name.clone()));
             }
             r.load_assignments.push(XdsClusterLoadAssignment {
@@ -528,6 +666,7 @@ impl XdsState {
         Assembled {
             resources: r,
             warming,
+            left_out,
         }
     }
 
@@ -578,22 +717,6 @@ impl XdsState {
             .into_iter()
             .map(|k| self.get(k).status.clone())
             .collect()
-    }
-}
-
-/// The RDS route configuration a listener names, if it uses RDS.
-fn rds_name(l: &XdsListener) -> Option<String> {
-    match Listener::try_from(l).ok()?.routes {
-        RouteSource::Rds(name) => Some(name.to_string()),
-        RouteSource::Inline(_) => None,
-    }
-}
-
-/// The ClusterLoadAssignment an EDS cluster needs.
-fn eds_name(c: &XdsCluster) -> Option<String> {
-    match Cluster::try_from(c).ok()?.discovery {
-        Discovery::Eds { service_name } => Some(service_name.to_string()),
-        _ => None,
     }
 }
 
@@ -809,5 +932,264 @@ clusters:
             .propose(ResourceKind::Cluster, set, "1".to_owned(), "n".to_owned())
             .expect_err("clash");
         assert!(err.contains("static"), "{err}");
+    }
+
+    mod secrets {
+        use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+        use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+        use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+        use envoy_types::pb::envoy::config::core::v3::{
+            AggregatedConfigSource, ConfigSource, DataSource, TransportSocket,
+        };
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+            CertificateValidationContext, CommonTlsContext, SdsSecretConfig, TlsCertificate,
+            UpstreamTlsContext, secret,
+        };
+
+        use super::*;
+
+        const KEY: &str =
+            "-----BEGIN PRIVATE KEY-----\nTOP-SECRET-KEY-BYTES\n-----END PRIVATE KEY-----\n";
+
+        fn sds(name: &str) -> SdsSecretConfig {
+            SdsSecretConfig {
+                name: name.to_owned(),
+                sds_config: Some(ConfigSource {
+                    config_source_specifier: Some(ConfigSourceSpecifier::Ads(
+                        AggregatedConfigSource {},
+                    )),
+                    ..ConfigSource::default()
+                }),
+            }
+        }
+
+        /// `web` from the mesh, with a TLS transport socket naming its client certificate
+        /// and CA over SDS.
+        fn tls_cluster(name: &str, cert: Option<&str>, ca: &str) -> XdsCluster {
+            let mut c = resources().clusters[0].clone();
+            c.name = name.to_owned();
+            let ctx = UpstreamTlsContext {
+                common_tls_context: Some(CommonTlsContext {
+                    tls_certificate_sds_secret_configs: cert.into_iter().map(sds).collect(),
+                    validation_context_type: Some(
+                        ValidationContextType::ValidationContextSdsSecretConfig(sds(ca)),
+                    ),
+                    ..CommonTlsContext::default()
+                }),
+                ..UpstreamTlsContext::default()
+            };
+            c.transport_socket = Some(TransportSocket {
+                name: "envoy.transport_sockets.tls".to_owned(),
+                config_type: Some(ConfigType::TypedConfig(Any {
+                    type_url: legate_snapshot::type_url::UPSTREAM_TLS_CONTEXT.to_owned(),
+                    value: ctx.encode_to_vec(),
+                })),
+            });
+            c
+        }
+
+        fn inline(text: &str) -> Option<DataSource> {
+            Some(DataSource {
+                specifier: Some(Specifier::InlineString(text.to_owned())),
+                ..DataSource::default()
+            })
+        }
+
+        fn cert_secret(name: &str) -> XdsSecret {
+            XdsSecret {
+                name: name.to_owned(),
+                r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                    certificate_chain: inline("-----BEGIN CERTIFICATE-----\n"),
+                    private_key: inline(KEY),
+                    ..TlsCertificate::default()
+                })),
+            }
+        }
+
+        fn ca_secret(name: &str) -> XdsSecret {
+            XdsSecret {
+                name: name.to_owned(),
+                r#type: Some(secret::Type::ValidationContext(
+                    CertificateValidationContext {
+                        trusted_ca: inline("-----BEGIN CERTIFICATE-----\n"),
+                        ..CertificateValidationContext::default()
+                    },
+                )),
+            }
+        }
+
+        /// Stored as the client would store it, without the per-resource validation (which
+        /// belongs to `legate-snapshot` and is exercised by its own tests).
+        fn unchecked<M: Message>(kind: ResourceKind, m: &M) -> (String, Stored) {
+            let any = Any {
+                type_url: kind.type_url().to_owned(),
+                value: m.encode_to_vec(),
+            };
+            let received = Received::decode(kind, &any).expect("decodes");
+            let stored = Stored {
+                version: "1".to_owned(),
+                private: received.decoded.is_private(),
+                refs: Box::new(match &received.decoded {
+                    Decoded::Cluster(c) => refs::cluster_references(c),
+                    Decoded::Listener(l) => refs::listener_references(l),
+                    _ => References::default(),
+                }),
+                any,
+            };
+            (received.name, stored)
+        }
+
+        fn set<M: Message>(state: &mut XdsState, kind: ResourceKind, items: &[M]) {
+            let set = items.iter().map(|m| unchecked(kind, m)).collect();
+            let p = state.propose_unchecked(kind, set, "1".to_owned());
+            state.commit(p);
+        }
+
+        #[test]
+        fn secrets_named_by_clusters_are_subscribed_and_warm_until_they_arrive() {
+            let r = resources();
+            let mut state = XdsState::new(Resources::default(), Duration::from_secs(60));
+            set(
+                &mut state,
+                ResourceKind::Cluster,
+                &[tls_cluster("web", Some("client"), "ca")],
+            );
+            let (added, removed) = state.resubscribe(ResourceKind::Secret);
+            assert_eq!(added, vec!["ca".to_owned(), "client".to_owned()]);
+            assert!(removed.is_empty());
+            state.resubscribe(ResourceKind::ClusterLoadAssignment);
+            let a = state.assemble();
+            assert_eq!(
+                a.warming,
+                vec![
+                    (ResourceKind::Secret, "ca".to_owned()),
+                    (ResourceKind::Secret, "client".to_owned()),
+                    (ResourceKind::ClusterLoadAssignment, "web".to_owned()),
+                ]
+            );
+            assert!(a.left_out.is_empty());
+
+            set(
+                &mut state,
+                ResourceKind::ClusterLoadAssignment,
+                &r.load_assignments,
+            );
+            set(&mut state, ResourceKind::Secret, &[ca_secret("ca")]);
+            let a = state.assemble();
+            assert_eq!(a.warming, vec![(ResourceKind::Secret, "client".to_owned())]);
+            set(
+                &mut state,
+                ResourceKind::Secret,
+                &[ca_secret("ca"), cert_secret("client")],
+            );
+            let a = state.assemble();
+            assert!(a.warming.is_empty(), "{:?}", a.warming);
+            assert_eq!(a.resources.secrets.len(), 2);
+            assert_eq!(a.resources.clusters.len(), 1);
+
+            // The cluster stops naming its client certificate: unsubscribed and forgotten.
+            set(
+                &mut state,
+                ResourceKind::Cluster,
+                &[tls_cluster("web", None, "ca")],
+            );
+            let (added, removed) = state.resubscribe(ResourceKind::Secret);
+            assert!(added.is_empty());
+            assert_eq!(removed, vec!["client".to_owned()]);
+            let kept: Vec<&String> = state.get(ResourceKind::Secret).resources.keys().collect();
+            assert_eq!(kept, vec!["ca"]);
+        }
+
+        #[test]
+        fn a_cluster_whose_secret_never_arrives_is_left_out_after_the_fetch_timeout() {
+            let r = resources();
+            let mut state = XdsState::new(Resources::default(), Duration::ZERO);
+            let mut plain = r.clusters[0].clone();
+            plain.name = "plain".to_owned();
+            set(
+                &mut state,
+                ResourceKind::Cluster,
+                &[tls_cluster("secure", Some("client"), "ca"), plain],
+            );
+            state.resubscribe(ResourceKind::Secret);
+            state.resubscribe(ResourceKind::ClusterLoadAssignment);
+            set(&mut state, ResourceKind::Secret, &[ca_secret("ca")]);
+            let a = state.assemble();
+            assert!(a.warming.is_empty(), "{:?}", a.warming);
+            assert_eq!(
+                a.left_out,
+                vec![(
+                    ResourceKind::Cluster,
+                    "secure".to_owned(),
+                    "client".to_owned()
+                )]
+            );
+            let names: Vec<&str> = a
+                .resources
+                .clusters
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            assert_eq!(names, vec!["plain"]);
+            // What the left-out cluster needed is neither warmed nor stood in for.
+            assert!(
+                a.resources
+                    .load_assignments
+                    .iter()
+                    .all(|la| la.cluster_name != "secure")
+            );
+        }
+
+        #[test]
+        fn static_secrets_are_not_subscribed() {
+            let statics = Resources {
+                secrets: vec![ca_secret("ca")],
+                ..Resources::default()
+            };
+            let mut state = XdsState::new(statics, Duration::from_secs(60));
+            set(
+                &mut state,
+                ResourceKind::Cluster,
+                &[tls_cluster("web", Some("client"), "ca")],
+            );
+            assert_eq!(
+                state.wanted(ResourceKind::Secret),
+                BTreeSet::from(["client".to_owned()])
+            );
+            let set = [unchecked(ResourceKind::Secret, &ca_secret("ca"))]
+                .into_iter()
+                .collect();
+            let err = state
+                .propose(ResourceKind::Secret, set, "1".to_owned(), "n".to_owned())
+                .expect_err("clash");
+            assert!(err.contains("secret 'ca'"), "{err}");
+        }
+
+        #[test]
+        fn private_material_is_flagged_and_never_printed() {
+            let any = |s: &XdsSecret| Any {
+                type_url: ResourceKind::Secret.type_url().to_owned(),
+                value: s.encode_to_vec(),
+            };
+            let received = Received::decode(ResourceKind::Secret, &any(&cert_secret("client")))
+                .expect("decodes");
+            assert_eq!(received.name, "client");
+            assert!(!format!("{received:?}").contains("TOP-SECRET"));
+            let stored = received.check("7".to_owned()).expect("accepted");
+            assert!(stored.private);
+            let shown = format!("{stored:?}");
+            assert!(!shown.contains("TOP-SECRET"), "{shown}");
+            let ca = Received::decode(ResourceKind::Secret, &any(&ca_secret("ca")))
+                .expect("decodes")
+                .check("7".to_owned())
+                .expect("accepted");
+            assert!(!ca.private);
+            let unnamed = Received::decode(ResourceKind::Secret, &any(&ca_secret("")))
+                .expect("decodes")
+                .check("7".to_owned())
+                .expect_err("a secret needs a name");
+            assert!(unnamed.contains("secret ''"), "{unnamed}");
+        }
     }
 }
