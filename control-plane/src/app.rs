@@ -17,8 +17,9 @@ use legate_proto::admin::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::secrets::SecretFiles;
 use crate::store::{self, Overlay, StoreError};
-use crate::{NodeRegistry, NodeSnapshot, SnapshotCache};
+use crate::{NodeKey, NodeRegistry, NodeSnapshot, SnapshotCache};
 
 /// Why a weight change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,8 @@ struct State {
     overlay: Overlay,
     effective: Mesh,
     files: Vec<(String, SystemTime, u64)>,
+    /// The certificate files' fingerprint of the last publish (rotation republishes).
+    secrets: [u8; 32],
 }
 
 /// The control plane's configuration side.
@@ -77,6 +80,8 @@ impl ControlPlane {
         let base = store::load_mesh(&files)?;
         let overlay = store::load_overlay(&options.data_dir)?;
         let effective = store::effective(&base, &overlay)?;
+        let secrets = SecretFiles::read(&effective, &crate::secrets::base_dir(&options.config))
+            .map_err(|e| StoreError::Other(e.to_string()))?;
         let cp = Arc::new(ControlPlane {
             cache: Arc::new(SnapshotCache::new()),
             registry: Arc::new(NodeRegistry::new()),
@@ -85,29 +90,71 @@ impl ControlPlane {
                 overlay,
                 effective: effective.clone(),
                 files: signature(&files),
+                secrets: secrets.fingerprint(),
             }),
             options,
         });
-        cp.publish(&effective).map_err(StoreError::Other)?;
+        cp.publish(&effective, &secrets)
+            .map_err(StoreError::Other)?;
         Ok(cp)
+    }
+
+    /// Read the certificate files `mesh`'s secrets name.
+    fn read_secrets(&self, mesh: &Mesh) -> Result<SecretFiles, String> {
+        SecretFiles::read(mesh, &crate::secrets::base_dir(&self.options.config))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The proxy resources of `mesh` for the nodes of `node_cluster` (`None`: nodes no TLS
+    /// rule selects), with the secrets' contents in place, checked with legate's own
+    /// validation.
+    fn proxy_resources(
+        mesh: &Mesh,
+        node_cluster: Option<&str>,
+        secrets: &SecretFiles,
+    ) -> Result<legate_snapshot::Resources, String> {
+        let mut resources = match node_cluster {
+            Some(nc) => legate_model::compile_for_node_cluster(mesh, nc),
+            None => legate_model::compile(mesh),
+        };
+        secrets
+            .inline(&mut resources.secrets)
+            .map_err(|e| e.to_string())?;
+        legate_snapshot::build("candidate", &resources).map_err(|e| e.to_string())?;
+        Ok(resources)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Compile `mesh` for proxies (default) and for gRPC clients (their cluster), checking
-    /// the proxy resources with legate's own validation first.
-    fn publish(&self, mesh: &Mesh) -> Result<(), String> {
-        let resources = legate_model::compile(mesh);
-        legate_snapshot::build("candidate", &resources).map_err(|e| e.to_string())?;
-        let grpc = legate_model::compile_for_grpc(mesh);
-        self.cache
-            .set_default(NodeSnapshot::from_resources(&resources));
-        self.cache.set_for_cluster(
-            self.options.grpc_cluster.clone(),
-            NodeSnapshot::from_resources(&grpc),
-        );
+    /// Compile `mesh` for proxies (default, and one snapshot per node cluster that a TLS
+    /// client certificate rule names) and for gRPC clients (their cluster), checking the
+    /// proxy resources with legate's own validation first. All selectors change at once.
+    fn publish(&self, mesh: &Mesh, secrets: &SecretFiles) -> Result<(), String> {
+        let grpc_cluster = &self.options.grpc_cluster;
+        let node_clusters = mesh.client_certificate_node_clusters();
+        if node_clusters.contains(grpc_cluster) {
+            return Err(format!(
+                "node cluster '{grpc_cluster}' is for gRPC clients, which are not served TLS                  services: it cannot have a client certificate rule"
+            ));
+        }
+        let default = NodeSnapshot::from_resources(&Self::proxy_resources(mesh, None, secrets)?);
+        let mut by_cluster = Vec::with_capacity(node_clusters.len());
+        for nc in node_clusters {
+            let resources = Self::proxy_resources(mesh, Some(&nc), secrets)?;
+            by_cluster.push((nc, NodeSnapshot::from_resources(&resources)));
+        }
+        let grpc = NodeSnapshot::from_resources(&legate_model::compile_for_grpc(mesh));
+        self.cache.update(|s| {
+            // Node clusters a rule named before and no longer does fall back to the default.
+            s.by_cluster.retain(|nc, _| nc == grpc_cluster);
+            s.set(NodeKey::Default, Arc::new(default));
+            s.set(NodeKey::Cluster(grpc_cluster.clone()), Arc::new(grpc));
+            for (nc, snapshot) in by_cluster {
+                s.set(NodeKey::Cluster(nc), Arc::new(snapshot));
+            }
+        });
         Ok(())
     }
 
@@ -132,26 +179,62 @@ impl ControlPlane {
             };
             let sig = signature(&files);
             if sig == self.state().files {
+                self.watch_secrets(&mut last_error);
                 continue;
             }
             let result = store::load_mesh(&files).and_then(|base| {
                 let overlay = self.state().overlay.clone();
                 let effective = store::effective(&base, &overlay)?;
-                self.publish(&effective).map_err(StoreError::Other)?;
-                Ok((base, effective))
+                let secrets = self.read_secrets(&effective).map_err(StoreError::Other)?;
+                self.publish(&effective, &secrets)
+                    .map_err(StoreError::Other)?;
+                Ok((base, effective, secrets.fingerprint()))
             });
             let mut st = self.state();
             st.files = sig;
             match result {
-                Ok((base, effective)) => {
+                Ok((base, effective, secrets)) => {
                     st.base = base;
                     st.effective = effective;
+                    st.secrets = secrets;
                     last_error = None;
                     tracing::info!("mesh files changed: new configuration pushed");
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "mesh files refused; keeping the last good configuration");
                     last_error = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Re-read the certificate files of the effective mesh; when their contents changed
+    /// (rotation), publish again. Files that do not check out (a pair caught half-written)
+    /// leave the last good ones served, and are tried again on the next tick.
+    fn watch_secrets(&self, last_error: &mut Option<String>) {
+        let effective = self.state().effective.clone();
+        if effective.secrets.is_empty() {
+            return;
+        }
+        let result = self.read_secrets(&effective).and_then(|secrets| {
+            if secrets.fingerprint() == self.state().secrets {
+                return Ok(false);
+            }
+            self.publish(&effective, &secrets)?;
+            self.state().secrets = secrets.fingerprint();
+            Ok(true)
+        });
+        match result {
+            Ok(changed) => {
+                if changed {
+                    tracing::info!("certificate files changed: new secrets pushed");
+                }
+                *last_error = None;
+            }
+            Err(e) => {
+                if last_error.as_deref() != Some(&e) {
+                    tracing::warn!(error = %e, "certificate files not applied; keeping the last good ones");
+                    *last_error = Some(e);
                 }
             }
         }
@@ -169,13 +252,14 @@ impl ControlPlane {
         let changes = change(&mut mesh, &mut overlay)?;
         let effective = store::effective(&st.base, &overlay).map_err(|e| e.to_string())?;
         // Check it compiles and validates before persisting anything.
-        legate_snapshot::build("candidate", &legate_model::compile(&effective))
-            .map_err(|e| e.to_string())?;
+        let secrets = self.read_secrets(&effective)?;
+        Self::proxy_resources(&effective, None, &secrets)?;
         overlay.generation += 1;
         store::save_overlay(&self.options.data_dir, &overlay).map_err(|e| e.to_string())?;
-        self.publish(&effective)?;
+        self.publish(&effective, &secrets)?;
         st.overlay = overlay;
         st.effective = effective;
+        st.secrets = secrets.fingerprint();
         Ok((st.overlay.generation, changes))
     }
 
@@ -253,7 +337,7 @@ impl ControlPlane {
         };
         let snapshot = self.cache.snapshot_for(&node)?;
         let mut out = Vec::new();
-        for kind in legate_xds_kinds() {
+        for kind in crate::resources::WARM_ORDER {
             for (name, r) in snapshot.get(kind).iter() {
                 out.push(PbResource {
                     type_url: kind.type_url().to_owned(),
@@ -346,11 +430,6 @@ impl ControlPlane {
     }
 }
 
-fn legate_xds_kinds() -> [legate_snapshot::ResourceKind; 4] {
-    use legate_snapshot::ResourceKind::*;
-    [Cluster, ClusterLoadAssignment, Listener, RouteConfiguration]
-}
-
 /// A readable JSON rendering: legate's validated model where it applies, else the proto's
 /// debug form.
 fn render(
@@ -385,8 +464,11 @@ fn render(
                 .and_then(|c| legate_snapshot::LoadAssignment::try_from(&c).ok())
                 .and_then(|c| serde_json::to_value(c).ok())
         }
-        // Secrets carry private keys: never rendered.
-        ResourceKind::Secret => None,
+        ResourceKind::Secret => {
+            envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret::decode(bytes)
+                .ok()
+                .map(|s| crate::secrets::describe(&s))
+        }
     };
     value.map(|v| v.to_string()).unwrap_or_else(|| {
         serde_json::Value::String(format!("{} bytes of {}", any.value.len(), any.type_url))

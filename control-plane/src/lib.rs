@@ -3,13 +3,15 @@
 //! Drives a fleet of proxies (legate, Envoy, gRPC's xDS clients) over Envoy's xDS v3
 //! protocol, in go-control-plane's shape, small:
 //!
-//! - [`resources`]: what one node is served ([`NodeSnapshot`]): the four resource types
-//!   encoded as `Any`, with content-hash versions that are stable across runs.
+//! - [`resources`]: what one node is served ([`NodeSnapshot`]): the five resource types
+//!   encoded as `Any`, with content-hash versions that are stable across runs; a node's
+//!   secrets are only those its own clusters and listeners name.
+//! - [`secrets`]: the certificate files a mesh names, read, checked and put inline for SDS.
 //! - [`cache`]: snapshots by node selector (id, then cluster, then default) and a watch per
 //!   connected node that always holds its latest snapshot ([`SnapshotCache`]).
 //! - [`server`]: the gRPC services, ADS state-of-the-world and delta plus per-type LDS, RDS,
-//!   CDS and EDS ([`XdsServer`]); one task per stream, pushes in warm order; over TCP or TLS,
-//!   with each stream's node checked against its client certificate when one is required.
+//!   CDS, EDS and SDS ([`XdsServer`]); one task per stream, pushes in warm order; over TCP or
+//!   TLS, with each stream's node checked against its client certificate when one is required.
 //! - [`registry`]: who is connected, what they were sent, ACKed and NACKed
 //!   ([`NodeRegistry`]), for the admin API.
 //! - [`admin_server`], [`admin_auth`], [`admin_json`]: the admin API (gRPC and JSON on one
@@ -30,6 +32,7 @@ pub mod certs;
 pub mod load;
 pub mod registry;
 pub mod resources;
+pub mod secrets;
 pub mod server;
 pub mod store;
 

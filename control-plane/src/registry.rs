@@ -306,6 +306,16 @@ impl StreamHandle {
         self.id
     }
 
+    /// The node id and cluster the stream registered with.
+    pub fn node(&self) -> (String, String) {
+        let inner = self.registry.lock();
+        inner
+            .streams
+            .get(&self.id)
+            .map(|e| (e.node_id.clone(), e.node_cluster.clone()))
+            .unwrap_or_default()
+    }
+
     fn with_type(&self, kind: ResourceKind, f: impl FnOnce(&mut TypeStatus)) {
         let mut inner = self.registry.lock();
         if let Some(entry) = inner.streams.get_mut(&self.id) {

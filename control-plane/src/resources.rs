@@ -1,36 +1,39 @@
-//! What one node is served: the four resource types as `Any`s, each with a content version.
+//! What one node is served: the five resource types as `Any`s, each with a content version.
 //!
 //! Versions are content hashes, never counters: a resource's version is the SHA-256 of its
 //! canonical encoding (module `canonical`: map entries sorted by key), a type's `version_info` hashes its sorted
-//! (name, version) pairs, and the snapshot's version hashes the four type versions. The same
+//! (name, version) pairs, and the snapshot's version hashes the five type versions. The same
 //! resources therefore carry the same versions in every run of legate-cp, so a restart pushes
 //! nothing new and a delta client's `initial_resource_versions` match.
+//!
+//! A snapshot holds only the secrets its own clusters and listeners name
+//! ([`legate_snapshot::refs`]): a node is never sent a secret that nothing it receives uses.
 
 mod canonical;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
-use envoy_types::pb::envoy::config::listener::v3::Listener as XdsListener;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager as XdsHttpConnectionManager, http_connection_manager::RouteSpecifier,
-};
+use std::collections::BTreeSet;
+
 use envoy_types::pb::google::protobuf::Any;
+use legate_snapshot::refs::{cluster_references, listener_references};
 use legate_snapshot::{ResourceKind, Resources, type_url};
 use prost::{Message, Name};
 use sha2::{Digest, Sha256};
 
-/// The order in which a changed snapshot is pushed, so clients can warm: clusters before the
-/// endpoints they need, listeners after the clusters their routes name, routes last.
-pub const WARM_ORDER: [ResourceKind; 4] = [
+/// The order in which a changed snapshot is pushed, so clients can warm (Envoy's): clusters
+/// before the endpoints they need, then the secrets clusters (and listeners) name, listeners
+/// after the clusters their routes name, routes last.
+pub const WARM_ORDER: [ResourceKind; 5] = [
     ResourceKind::Cluster,
     ResourceKind::ClusterLoadAssignment,
+    ResourceKind::Secret,
     ResourceKind::Listener,
     ResourceKind::RouteConfiguration,
 ];
 
-/// The kind a type URL names, if it is one of the four we serve.
+/// The kind a type URL names, if it is one of the five we serve.
 pub fn kind_of_type_url(url: &str) -> Option<ResourceKind> {
     WARM_ORDER.into_iter().find(|kind| kind.type_url() == url)
 }
@@ -107,7 +110,7 @@ pub struct NodeSnapshot {
     /// Indexed by [`index`].
     types: [TypeSnapshot; 5],
     version: String,
-    /// Cluster name → the ClusterLoadAssignment name it loads (EDS service name or its name).
+    /// EDS cluster name → the ClusterLoadAssignment name it loads.
     eds_of_cluster: BTreeMap<String, String>,
     /// Listener name → the RouteConfiguration names its HTTP connection managers load by RDS.
     rds_of_listener: BTreeMap<String, Vec<String>>,
@@ -126,7 +129,8 @@ fn index(kind: ResourceKind) -> usize {
 impl NodeSnapshot {
     /// Encodes every resource canonically (maps sorted by key) and computes the versions.
     /// Resources are not validated here. A name given twice keeps its first resource, as
-    /// `legate_snapshot::build` does.
+    /// `legate_snapshot::build` does. Secrets that no cluster or listener of the set names
+    /// over SDS are dropped: what a node is entitled to is what its configuration uses.
     pub fn from_resources(resources: &Resources) -> Self {
         let Resources {
             listeners,
@@ -145,10 +149,21 @@ impl NodeSnapshot {
             encode_all(type_url::CLUSTER_LOAD_ASSIGNMENT, load_assignments, |c| {
                 &c.cluster_name
             });
-        types[index(ResourceKind::Secret)] = encode_all(type_url::SECRET, secrets, |s| &s.name);
+        let named: BTreeSet<String> = clusters
+            .iter()
+            .map(cluster_references)
+            .chain(listeners.iter().map(listener_references))
+            .flat_map(|r| r.secrets)
+            .collect();
+        let entitled: Vec<_> = secrets
+            .iter()
+            .filter(|s| named.contains(&s.name))
+            .cloned()
+            .collect();
+        types[index(ResourceKind::Secret)] = encode_all(type_url::SECRET, &entitled, |s| &s.name);
 
         let mut hasher = Sha256::new();
-        for kind in WARM_ORDER.into_iter().chain([ResourceKind::Secret]) {
+        for kind in WARM_ORDER {
             hasher.update(types[index(kind)].version_info.as_bytes());
             hasher.update([0]);
         }
@@ -156,11 +171,17 @@ impl NodeSnapshot {
 
         let mut eds_of_cluster = BTreeMap::new();
         for cluster in clusters.iter().rev() {
-            eds_of_cluster.insert(cluster.name.clone(), eds_name(cluster));
+            match cluster_references(cluster).load_assignment {
+                Some(eds) => eds_of_cluster.insert(cluster.name.clone(), eds),
+                None => eds_of_cluster.remove(&cluster.name),
+            };
         }
         let mut rds_of_listener = BTreeMap::new();
         for listener in listeners.iter().rev() {
-            rds_of_listener.insert(listener.name.clone(), rds_names(listener));
+            rds_of_listener.insert(
+                listener.name.clone(),
+                listener_references(listener).route_configs,
+            );
         }
 
         NodeSnapshot {
@@ -186,14 +207,14 @@ impl NodeSnapshot {
         kind_of_type_url(url).map(|kind| self.get(kind))
     }
 
-    /// A hash over the four types' versions; delta responses carry it as
+    /// A hash over the five types' versions; delta responses carry it as
     /// `system_version_info`.
     pub fn version(&self) -> &str {
         &self.version
     }
 
-    /// The ClusterLoadAssignment name a cluster loads over EDS (for a non-EDS cluster, its
-    /// own name, which no one subscribes to).
+    /// The ClusterLoadAssignment name a cluster loads over EDS (`None` for a cluster that is
+    /// not an EDS cluster).
     pub fn eds_name_of_cluster(&self, cluster: &str) -> Option<&str> {
         self.eds_of_cluster.get(cluster).map(String::as_str)
     }
@@ -230,48 +251,6 @@ fn encode<M: Message + Name>(type_url: &str, message: &M) -> Resource {
             value,
         },
     }
-}
-
-fn eds_name(cluster: &XdsCluster) -> String {
-    cluster
-        .eds_cluster_config
-        .as_ref()
-        .map(|eds| eds.service_name.as_str())
-        .filter(|name| !name.is_empty())
-        .unwrap_or(&cluster.name)
-        .to_owned()
-}
-
-/// RDS names of every HTTP connection manager in a listener (filter chains, the default
-/// filter chain and an `api_listener`).
-fn rds_names(listener: &XdsListener) -> Vec<String> {
-    let filters = listener
-        .filter_chains
-        .iter()
-        .chain(listener.default_filter_chain.as_ref())
-        .flat_map(|chain| &chain.filters)
-        .filter_map(|filter| match &filter.config_type {
-            Some(
-                envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any),
-            ) => Some(any),
-            _ => None,
-        });
-    let api = listener
-        .api_listener
-        .as_ref()
-        .and_then(|api| api.api_listener.as_ref());
-    let mut names: Vec<String> = filters
-        .chain(api)
-        .filter(|any| any.type_url == type_url::HTTP_CONNECTION_MANAGER)
-        .filter_map(|any| XdsHttpConnectionManager::decode(any.value.as_slice()).ok())
-        .filter_map(|hcm| match hcm.route_specifier {
-            Some(RouteSpecifier::Rds(rds)) => Some(rds.route_config_name),
-            _ => None,
-        })
-        .collect();
-    names.sort();
-    names.dedup();
-    names
 }
 
 /// The first 16 hex digits of a digest.

@@ -1,10 +1,14 @@
 //! The xDS v3 gRPC services: ADS (state of the world and delta) and the per-type LDS, RDS,
-//! CDS and EDS services for clients that do not aggregate.
+//! CDS, EDS and SDS services for clients that do not aggregate.
 //!
 //! Every stream runs as its own task with its own protocol state (`sotw` or `delta`) and
 //! reads two inputs: the client's requests and the cache's watch for its node. One turn of
 //! its loop takes every request already received, applies them, then answers from the latest
-//! snapshot in warm order (CDS, EDS, LDS, RDS). Responses go through a small channel into the
+//! snapshot in warm order (CDS, EDS, SDS, LDS, RDS).
+//!
+//! Secrets: a node's snapshot holds only the secrets its own clusters and listeners name
+//! (`resources`), so a request for any other secret name gets nothing for that name; the
+//! stream logs it once per name. Responses go through a small channel into the
 //! gRPC response body; a client that stops reading blocks only its own task, and since a
 //! watch keeps only the newest snapshot, nothing queues up behind it.
 //!
@@ -39,6 +43,9 @@ use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_se
 };
 use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::{
     RouteDiscoveryService, RouteDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
+    SecretDiscoveryService, SecretDiscoveryServiceServer,
 };
 use futures_util::{FutureExt, StreamExt};
 use legate_snapshot::ResourceKind;
@@ -143,7 +150,11 @@ impl XdsServer {
         EndpointDiscoveryServiceServer::new(self.clone())
     }
 
-    /// Adds ADS and the four per-type services to a tonic server.
+    pub fn sds_service(&self) -> SecretDiscoveryServiceServer<XdsServer> {
+        SecretDiscoveryServiceServer::new(self.clone())
+    }
+
+    /// Adds ADS and the five per-type services to a tonic server.
     pub fn add_services(&self, builder: &mut tonic::transport::Server) -> Router {
         builder
             .add_service(self.ads_service())
@@ -151,6 +162,7 @@ impl XdsServer {
             .add_service(self.rds_service())
             .add_service(self.cds_service())
             .add_service(self.eds_service())
+            .add_service(self.sds_service())
     }
 
     /// Serves every xDS service on `listener` until `shutdown` completes.
@@ -406,8 +418,6 @@ async fn run<P: Protocol>(
     tracing::info!(node.id = %node.id, stream = stream.id(), reason, "xds stream closed");
 }
 
-/// Which type a request is for: `scope` is the type of a per-type service (whose requests may
-/// leave `type_url` empty), `None` for ADS. `Ok(None)`: a type we do not serve, ignored.
 /// A type's index in [`WARM_ORDER`], the order per-type state is kept in by both protocol
 /// variants.
 fn slot(kind: ResourceKind) -> usize {
@@ -417,6 +427,38 @@ fn slot(kind: ResourceKind) -> usize {
         .unwrap_or_default()
 }
 
+/// Secret names a stream has already logged as not served; past this many it stops logging
+/// each one (a client may ask for any number of names).
+const UNSERVED_LOGGED: usize = 256;
+
+/// Logs, once per name and stream, each secret a client subscribes to that its node's snapshot
+/// does not hold: the node is not entitled to it (no cluster or listener it receives names
+/// it), so it gets nothing for that name.
+fn log_unserved_secrets<'a>(
+    requested: impl IntoIterator<Item = &'a String>,
+    snapshot: &NodeSnapshot,
+    stream: &StreamHandle,
+    logged: &mut std::collections::HashSet<String>,
+) {
+    let secrets = snapshot.get(ResourceKind::Secret);
+    for name in requested {
+        if secrets.contains(name) || logged.len() >= UNSERVED_LOGGED || logged.contains(name) {
+            continue;
+        }
+        logged.insert(name.clone());
+        let (node_id, node_cluster) = stream.node();
+        tracing::warn!(
+            stream = stream.id(),
+            node.id = %node_id,
+            node.cluster = %node_cluster,
+            secret = %name,
+            "not serving a secret this node is not entitled to (nothing it receives names it)"
+        );
+    }
+}
+
+/// Which type a request is for: `scope` is the type of a per-type service (whose requests may
+/// leave `type_url` empty), `None` for ADS. `Ok(None)`: a type we do not serve, ignored.
 fn resolve_kind(
     scope: Option<ResourceKind>,
     type_url: &str,
@@ -521,6 +563,15 @@ per_type_service!(
     DeltaClustersStream,
     delta_clusters,
     fetch_clusters
+);
+per_type_service!(
+    SecretDiscoveryService,
+    ResourceKind::Secret,
+    StreamSecretsStream,
+    stream_secrets,
+    DeltaSecretsStream,
+    delta_secrets,
+    fetch_secrets
 );
 per_type_service!(
     EndpointDiscoveryService,

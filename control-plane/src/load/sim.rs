@@ -17,26 +17,22 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::listener::v3::Listener as XdsListener;
-use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager as XdsHttpConnectionManager, http_connection_manager::RouteSpecifier,
-};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::Any;
-use legate_snapshot::{ResourceKind, type_url};
+use legate_snapshot::ResourceKind;
+use legate_snapshot::refs::{cluster_references, listener_references};
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use super::Mode;
-use crate::resources::{WARM_ORDER, kind_of_type_url};
+use crate::resources::kind_of_type_url;
 
 /// Errors kept verbatim (the rest are only counted).
 const ERRORS_KEPT: usize = 10;
@@ -154,12 +150,14 @@ impl Reporter<'_> {
     }
 }
 
-fn slot(kind: ResourceKind) -> usize {
-    WARM_ORDER
-        .iter()
-        .position(|k| *k == kind)
-        .unwrap_or_default()
-}
+/// The types a simulated proxy subscribes to, in the order it warms them (the load meshes
+/// carry no TLS, so no secrets).
+const TYPES: [ResourceKind; 4] = [
+    ResourceKind::Cluster,
+    ResourceKind::ClusterLoadAssignment,
+    ResourceKind::Listener,
+    ResourceKind::RouteConfiguration,
+];
 
 const CDS: usize = 0;
 const EDS: usize = 1;
@@ -169,7 +167,7 @@ const RDS: usize = 3;
 /// The type a response is for, or an error for one the tool never asked for.
 fn kind_of(type_url: &str) -> Result<usize, String> {
     kind_of_type_url(type_url)
-        .map(slot)
+        .and_then(|kind| TYPES.iter().position(|k| *k == kind))
         .ok_or_else(|| format!("response for a type never requested: {type_url}"))
 }
 
@@ -177,41 +175,14 @@ fn kind_of(type_url: &str) -> Result<usize, String> {
 fn eds_name(any: &Any) -> Result<Option<String>, String> {
     let cluster = XdsCluster::decode(any.value.as_slice())
         .map_err(|e| format!("cannot decode a cluster: {e}"))?;
-    let eds = cluster.cluster_discovery_type
-        == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
-    if !eds {
-        return Ok(None);
-    }
-    let service = cluster
-        .eds_cluster_config
-        .map(|c| c.service_name)
-        .filter(|name| !name.is_empty());
-    Ok(Some(service.unwrap_or(cluster.name)))
+    Ok(cluster_references(&cluster).load_assignment)
 }
 
 /// The route configurations a listener's HTTP connection managers load by RDS.
 fn rds_names(any: &Any) -> Result<Vec<String>, String> {
     let listener = XdsListener::decode(any.value.as_slice())
         .map_err(|e| format!("cannot decode a listener: {e}"))?;
-    let mut names = Vec::new();
-    let chains = listener
-        .filter_chains
-        .iter()
-        .chain(listener.default_filter_chain.as_ref());
-    for filter in chains.flat_map(|chain| &chain.filters) {
-        let Some(ConfigType::TypedConfig(any)) = &filter.config_type else {
-            continue;
-        };
-        if any.type_url != type_url::HTTP_CONNECTION_MANAGER {
-            continue;
-        }
-        let hcm = XdsHttpConnectionManager::decode(any.value.as_slice())
-            .map_err(|e| format!("cannot decode an http connection manager: {e}"))?;
-        if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
-            names.push(rds.route_config_name);
-        }
-    }
-    Ok(names)
+    Ok(listener_references(&listener).route_configs)
 }
 
 fn fingerprint(value: &impl Hash) -> u64 {
@@ -344,7 +315,7 @@ async fn sotw(channel: Channel, node: Node, reporter: &mut Reporter<'_>) -> Resu
             send(DiscoveryRequest {
                 version_info: dep.version.clone(),
                 response_nonce: dep.nonce.clone(),
-                type_url: WARM_ORDER[j].type_url().to_owned(),
+                type_url: TYPES[j].type_url().to_owned(),
                 resource_names: dep.names.iter().cloned().collect(),
                 ..Default::default()
             })
@@ -454,7 +425,7 @@ async fn delta(channel: Channel, node: Node, reporter: &mut Reporter<'_>) -> Res
                 dep.names = wanted;
                 dep.awaiting = !subscribe.is_empty();
                 send(DeltaDiscoveryRequest {
-                    type_url: WARM_ORDER[j].type_url().to_owned(),
+                    type_url: TYPES[j].type_url().to_owned(),
                     resource_names_subscribe: subscribe,
                     resource_names_unsubscribe: unsubscribe,
                     ..Default::default()
@@ -474,8 +445,16 @@ async fn delta(channel: Channel, node: Node, reporter: &mut Reporter<'_>) -> Res
 mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig;
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
     use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain};
-    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::Rds;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager as XdsHttpConnectionManager, Rds,
+        http_connection_manager::RouteSpecifier,
+    };
+    use legate_snapshot::type_url;
 
     fn any<M: Message>(type_url: &str, message: &M) -> Any {
         Any {

@@ -2,7 +2,9 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
+};
 use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -147,6 +149,7 @@ fn fixture(reverse: bool) -> Resources {
     };
     let cluster = Cluster {
         name: "backend".to_owned(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(EdsClusterConfig {
             service_name: "backend-eds".to_owned(),
             eds_config: None,
@@ -345,5 +348,76 @@ fn type_urls() {
         empty
             .by_type_url(type_url::CLUSTER_LOAD_ASSIGNMENT)
             .is_some_and(TypeSnapshot::is_empty)
+    );
+}
+
+/// A mesh whose `up` cluster names a CA and a client certificate over SDS; `other-client`
+/// is declared but named by nothing.
+fn tls_resources() -> Resources {
+    let mesh = legate_model::load(
+        "\
+secrets:
+  - {name: ca, ca: ca.pem}
+  - {name: client, cert: c.pem, key: c.key}
+  - {name: other-client, cert: o.pem, key: o.key}
+clusters:
+  - name: up
+    endpoints: [{address: 127.0.0.1:8443}]
+    tls: {ca: ca, client_certificate: client}
+",
+        "m.yaml",
+    )
+    .expect("mesh");
+    let mut r = legate_model::compile(&mesh);
+    // The compiler emits only what is named; a snapshot handed more must not leak it either.
+    r.secrets.extend(
+        mesh.secrets
+            .iter()
+            .filter(|s| s.name == "other-client")
+            .map(
+                |s| envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
+                    name: s.name.clone(),
+                    r#type: None,
+                },
+            ),
+    );
+    r
+}
+
+#[test]
+fn a_snapshot_holds_only_the_secrets_its_resources_name() {
+    let r = tls_resources();
+    assert_eq!(r.secrets.len(), 3);
+    let snapshot = NodeSnapshot::from_resources(&r);
+    let names: Vec<&str> = snapshot.get(ResourceKind::Secret).names().collect();
+    assert_eq!(names, ["ca", "client"]);
+    let mut without = r.clone();
+    without.clusters.clear();
+    let snapshot = NodeSnapshot::from_resources(&without);
+    assert!(snapshot.get(ResourceKind::Secret).is_empty());
+    // Secrets count in the snapshot version.
+    let mut changed = r.clone();
+    changed.secrets[0].r#type = None;
+    assert_ne!(
+        NodeSnapshot::from_resources(&r).version(),
+        NodeSnapshot::from_resources(&changed).version()
+    );
+}
+
+#[test]
+fn secrets_are_pushed_after_endpoints_and_before_listeners() {
+    assert_eq!(
+        WARM_ORDER,
+        [
+            ResourceKind::Cluster,
+            ResourceKind::ClusterLoadAssignment,
+            ResourceKind::Secret,
+            ResourceKind::Listener,
+            ResourceKind::RouteConfiguration,
+        ]
+    );
+    assert_eq!(
+        kind_of_type_url(type_url::SECRET),
+        Some(ResourceKind::Secret)
     );
 }

@@ -25,7 +25,7 @@ use legate_snapshot::ResourceKind;
 use tonic::Status;
 
 use super::slot;
-use super::{Protocol, resolve_kind};
+use super::{Protocol, log_unserved_secrets, resolve_kind};
 use crate::registry::{StreamHandle, StreamMode};
 use crate::resources::{NodeSnapshot, WARM_ORDER, supports_wildcard};
 
@@ -68,8 +68,10 @@ pub(super) struct Delta {
     scope: Option<ResourceKind>,
     control_plane: Option<ControlPlane>,
     /// Indexed like [`WARM_ORDER`].
-    types: [TypeState; 4],
+    types: [TypeState; 5],
     nonce: u64,
+    /// Secret names already logged as not served to this node.
+    unserved: HashSet<String>,
 }
 
 impl Delta {
@@ -79,6 +81,7 @@ impl Delta {
             control_plane,
             types: Default::default(),
             nonce: 0,
+            unserved: HashSet::new(),
         }
     }
 
@@ -93,6 +96,9 @@ impl Delta {
             return None;
         }
         let resources = snapshot.get(kind);
+        if kind == ResourceKind::Secret {
+            log_unserved_secrets(&state.names, snapshot, stream, &mut self.unserved);
+        }
 
         let mut wanted: BTreeSet<&str> = state.names.iter().map(String::as_str).collect();
         if state.wildcard {

@@ -14,7 +14,7 @@
 //! - A NACKed response is never sent again as it was: the next one goes out only when the
 //!   version or the subscription changes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -22,7 +22,7 @@ use legate_snapshot::ResourceKind;
 use tonic::Status;
 
 use super::slot;
-use super::{Protocol, resolve_kind};
+use super::{Protocol, log_unserved_secrets, resolve_kind};
 use crate::registry::{StreamHandle, StreamMode};
 use crate::resources::{NodeSnapshot, WARM_ORDER, supports_wildcard};
 
@@ -63,8 +63,10 @@ pub(super) struct Sotw {
     scope: Option<ResourceKind>,
     control_plane: Option<ControlPlane>,
     /// Indexed like [`WARM_ORDER`].
-    types: [TypeState; 4],
+    types: [TypeState; 5],
     nonce: u64,
+    /// Secret names already logged as not served to this node.
+    unserved: HashSet<String>,
 }
 
 impl Sotw {
@@ -74,6 +76,7 @@ impl Sotw {
             control_plane,
             types: Default::default(),
             nonce: 0,
+            unserved: HashSet::new(),
         }
     }
 
@@ -99,6 +102,9 @@ impl Sotw {
         }
 
         let subscription = &state.subscription;
+        if kind == ResourceKind::Secret {
+            log_unserved_secrets(&subscription.names, snapshot, stream, &mut self.unserved);
+        }
         let anys = if subscription.wildcard {
             resources.iter().map(|(_, r)| r.any.clone()).collect()
         } else {

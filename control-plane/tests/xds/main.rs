@@ -2,5 +2,6 @@
 
 mod delta;
 mod fleet;
+mod secrets;
 mod sotw;
 pub mod support;

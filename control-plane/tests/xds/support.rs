@@ -43,6 +43,7 @@ pub const LDS: &str = type_url::LISTENER;
 pub const RDS: &str = type_url::ROUTE_CONFIGURATION;
 pub const CDS: &str = type_url::CLUSTER;
 pub const EDS: &str = type_url::CLUSTER_LOAD_ASSIGNMENT;
+pub const SDS: &str = type_url::SECRET;
 
 /// How long "nothing more arrives" is watched for.
 pub const SILENCE: Duration = Duration::from_millis(300);
@@ -235,6 +236,7 @@ pub fn short(type_url: &str) -> String {
         RDS => "rds",
         CDS => "cds",
         EDS => "eds",
+        SDS => "sds",
         other => other,
     }
     .to_owned()
@@ -257,6 +259,13 @@ pub fn resource_name(any: &Any) -> String {
             ClusterLoadAssignment::decode(any.value.as_slice())
                 .expect("cla")
                 .cluster_name
+        }
+        SDS => {
+            envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret::decode(
+                any.value.as_slice(),
+            )
+            .expect("secret")
+            .name
         }
         other => panic!("unexpected type {other}"),
     }

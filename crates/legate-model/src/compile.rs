@@ -6,7 +6,7 @@
 //! validator accepts both shapes. Routes always come over RDS and static endpoints over EDS,
 //! both from the ADS stream, so a control plane can update them without touching listeners.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -74,6 +74,7 @@ use crate::{
 
 mod policies;
 pub(crate) use policies::{circuit_breakers, outlier_detection};
+mod tls;
 
 /// Well-known extension names.
 pub(crate) mod names {
@@ -95,7 +96,23 @@ pub(crate) mod names {
 /// Cluster per version, sorted by name. The mesh should have passed [`Mesh::check`] (or
 /// [`validate`](crate::validate)); an unchecked mesh still compiles, but to resources that
 /// Envoy or `legate_snapshot::build` may refuse.
+///
+/// Clusters with `tls` get a TLS transport socket that names its certificates over SDS, and
+/// the `Secret`s they name come out too (with file names as their data sources). A client
+/// certificate chosen per node cluster (`tls.client_certificates`) is left to
+/// [`compile_for_node_cluster`]: this is what a node no such rule selects gets.
 pub fn compile(mesh: &Mesh) -> Resources {
+    compile_for(mesh, None)
+}
+
+/// [`compile`] for the nodes whose `Node.cluster` is `node_cluster`: the same resources, with
+/// the client certificates `tls.client_certificates` gives that node cluster (and only the
+/// secrets those resources name).
+pub fn compile_for_node_cluster(mesh: &Mesh, node_cluster: &str) -> Resources {
+    compile_for(mesh, Some(node_cluster))
+}
+
+fn compile_for(mesh: &Mesh, node_cluster: Option<&str>) -> Resources {
     let generated = crate::services::generate(mesh);
     let mut out = Resources {
         listeners: mesh
@@ -115,10 +132,16 @@ pub fn compile(mesh: &Mesh) -> Resources {
         secrets: Vec::new(),
     };
     for c in mesh.clusters.iter().chain(&generated.clusters) {
-        let (xds, cla) = cluster(c);
+        let (xds, cla) = cluster(c, node_cluster);
         out.clusters.push(xds);
         out.load_assignments.extend(cla);
     }
+    let named: BTreeSet<String> = out
+        .clusters
+        .iter()
+        .flat_map(|c| legate_snapshot::refs::cluster_references(c).secrets)
+        .collect();
+    out.secrets = tls::secrets(&mesh.secrets, &named);
     out
 }
 
@@ -473,7 +496,10 @@ fn redirect(r: &Redirect) -> XdsRedirectAction {
     }
 }
 
-fn cluster(c: &Cluster) -> (XdsCluster, Option<XdsClusterLoadAssignment>) {
+fn cluster(
+    c: &Cluster,
+    node_cluster: Option<&str>,
+) -> (XdsCluster, Option<XdsClusterLoadAssignment>) {
     let protocol_options = HttpProtocolOptions {
         common_http_protocol_options: Some(XdsCommonHttpProtocolOptions {
             idle_timeout: Some(duration(c.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT))),
@@ -515,6 +541,10 @@ fn cluster(c: &Cluster) -> (XdsCluster, Option<XdsClusterLoadAssignment>) {
         ..Default::default()
     };
     policies::cluster_policies(c, &mut xds);
+    xds.transport_socket = c
+        .tls
+        .as_ref()
+        .map(|t| tls::transport_socket(t, c.protocol, node_cluster));
     let assignment = load_assignment(&c.name, &c.endpoints);
     match c.discovery {
         // Served over EDS rather than inline: gRPC's xDS client takes only EDS clusters,

@@ -42,8 +42,12 @@ use crate::{DEFAULT_CONNECT_TIMEOUT, Discovery, Endpoint, Mesh, Problem, Service
 /// retries and header additions of a service's route are left out too, as gRPC does not
 /// apply them (it takes deadlines from the application, and retries on gRPC statuses).
 /// Of the cluster policies, `circuit_breakers` and `outlier_detection` are included.
+///
+/// Services with `tls` are left out whole: gRPC takes TLS certificates from certificate
+/// provider plugins, not from SDS, and a client must never reach a TLS service in plaintext.
+/// [`check_for_grpc`] reports them.
 pub fn compile_for_grpc(mesh: &Mesh) -> Resources {
-    let mut services: Vec<&Service> = mesh.services.iter().collect();
+    let mut services: Vec<&Service> = mesh.services.iter().filter(|s| s.tls.is_none()).collect();
     services.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out = Resources::default();
     for s in services {
@@ -78,10 +82,18 @@ pub fn compile_for_grpc(mesh: &Mesh) -> Resources {
 /// does not: legate and Envoy accept it.
 ///
 /// gRPC has no STRICT_DNS clusters; a `strict_dns` service reaches it as LOGICAL_DNS, which
-/// takes exactly one `host:port` per cluster.
+/// takes exactly one `host:port` per cluster. Services with `tls` are not offered to gRPC
+/// clients at all.
 pub fn check_for_grpc(mesh: &Mesh) -> Result<(), Vec<Problem>> {
     let mut problems = Vec::new();
     for (i, s) in mesh.services.iter().enumerate() {
+        if s.tls.is_some() {
+            problems.push(Problem {
+                path: format!("services[{i}].tls"),
+                message: "gRPC clients are not served services with `tls` (gRPC takes                           certificates from certificate providers, not SDS)"
+                    .to_owned(),
+            });
+        }
         if s.discovery != Discovery::StrictDns {
             continue;
         }

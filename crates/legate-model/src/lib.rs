@@ -61,7 +61,7 @@ mod parse;
 mod services;
 mod validate;
 
-pub use compile::compile;
+pub use compile::{compile, compile_for_node_cluster};
 pub use error::{ConfigError, Problem};
 pub use grpc::{check_for_grpc, compile_for_grpc};
 pub use merge::{MergeConflict, load_files};

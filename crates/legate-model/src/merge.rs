@@ -17,7 +17,8 @@ use crate::{ConfigError, Mesh, parse_mesh};
 /// at {first_path})`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MergeConflict {
-    /// What is defined twice: `listener`, `route config`, `cluster`, `service` or `proxy`.
+    /// What is defined twice: `listener`, `route config`, `cluster`, `service`, `secret` or
+    /// `proxy`.
     pub kind: &'static str,
     /// The name defined twice; empty for `proxy`.
     pub name: String,
@@ -62,8 +63,8 @@ impl Mesh {
     /// Merge meshes, each with the name of where it came from (usually its file name), into
     /// one; lists are concatenated in the order given.
     ///
-    /// Every conflict is reported: a listener, route config, cluster or service name defined
-    /// twice (across parts or within one), or `proxy` set in more than one part. Give the
+    /// Every conflict is reported: a listener, route config, cluster, service or secret name
+    /// defined twice (across parts or within one), or `proxy` set in more than one part. Give the
     /// parts in a stable order (file names sorted) so the merged mesh, and the resources
     /// compiled from it, do not depend on directory listing order. The result still needs
     /// [`Mesh::check`]; [`load_files`] parses, merges and validates with positions.
@@ -214,6 +215,14 @@ fn merge_parts(parts: Vec<(String, Mesh)>) -> Merged {
             "service",
             m.services,
             &mut mesh.services,
+            |s| &s.name,
+        );
+        lists.take(
+            part,
+            "secrets",
+            "secret",
+            m.secrets,
+            &mut mesh.secrets,
             |s| &s.name,
         );
         if let Some(p) = m.proxy {
@@ -457,7 +466,7 @@ route_configs:
                 "a.yaml:1:22: services[0].colour: unknown field `colour`, expected one of \
                  `name`, `protocol`, `lb_policy`, `connect_timeout`, `idle_timeout`, \
                  `max_requests_per_connection`, `discovery`, `dns_refresh_rate`, `endpoints`, \
-                 `versions`, `route`, `policies`",
+                 `versions`, `route`, `policies`, `tls`",
                 "c.yaml:1:33: proxy.extra: unknown field `extra`, expected `listener` or \
                  `route_config`",
             ]

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 mod policies;
 pub use policies::*;
+mod tls;
+pub use tls::*;
 
 /// Upstream connect timeout when a cluster does not set one.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,6 +47,9 @@ pub struct Mesh {
     /// is left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<Proxy>,
+    /// Certificate files that `tls` settings name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<Secret>,
 }
 
 /// A TCP listener serving HTTP with the routes of one route config.
@@ -352,6 +357,9 @@ pub struct Cluster {
     /// The classic closed/open/half-open breaker; none when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<Breaker>,
+    /// TLS to the endpoints; plaintext when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
 }
@@ -460,6 +468,9 @@ pub struct Service {
     pub route: ServiceRoute,
     #[serde(default, skip_serializing_if = "is_default")]
     pub policies: Policies,
+    /// TLS to every version's endpoints, as on a [`Cluster`]; plaintext when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
 }
 
 /// One version of a service, with its share of the traffic.

@@ -72,6 +72,7 @@ impl Service {
             health_check: self.policies.health_check.clone(),
             panic_threshold: self.policies.panic_threshold,
             breaker: self.policies.breaker,
+            tls: self.tls.clone(),
             endpoints: endpoints.to_vec(),
         }
     }
@@ -193,6 +194,7 @@ impl Mesh {
             clusters: self.clusters.clone(),
             services: Vec::new(),
             proxy: None,
+            secrets: self.secrets.clone(),
         };
         out.listeners.extend(g.listener);
         out.route_configs.extend(g.route_config);
@@ -943,6 +945,7 @@ services:
                 .collect(),
             route: crate::ServiceRoute::default(),
             policies: crate::Policies::default(),
+            tls: None,
         }
     }
 

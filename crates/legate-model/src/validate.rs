@@ -13,6 +13,7 @@ use crate::locate::Locator;
 use policies::ClusterPolicies;
 
 mod policies;
+mod tls;
 use crate::{
     ConfigError, DirectResponse, Discovery, Endpoint, Forward, HeaderMatch, HeaderToAdd, Listener,
     ListenerProtocol, Mesh, Problem, QueryMatch, Redirect, Route, RouteConfig, RouteMatch, Service,
@@ -130,6 +131,7 @@ impl<'m> Checker<'m> {
             self.cluster(&format!("clusters[{i}]"), c);
         }
         self.services();
+        self.secrets();
         self.proxy(&bound);
     }
 
@@ -628,6 +630,9 @@ impl<'m> Checker<'m> {
                 breaker: c.breaker.as_ref(),
             },
         );
+        if let Some(tls) = &c.tls {
+            self.upstream_tls(&format!("{path}.tls"), tls);
+        }
         self.endpoints(&format!("{path}.endpoints"), c.discovery, &c.endpoints);
     }
 
@@ -809,6 +814,9 @@ impl<'m> Checker<'m> {
         }
         self.service_route(&format!("{path}.route"), s);
         self.service_policies(&format!("{path}.policies"), s);
+        if let Some(tls) = &s.tls {
+            self.upstream_tls(&format!("{path}.tls"), tls);
+        }
         owned
     }
 

@@ -189,6 +189,15 @@ impl CertifiedKey {
             key: crate::pem::private_key(key, &format!("{what} private key"))?,
         })
     }
+
+    /// Check that the key is usable and belongs to the leaf certificate, as a handshake
+    /// would need: catches a pair caught half-rotated, or a key file swapped for another's.
+    /// `what` names their origin in errors, which never contain key material.
+    pub fn check(&self, what: &str) -> Result<(), TlsError> {
+        rustls::sign::CertifiedKey::from_der(self.chain.clone(), self.key.clone_key(), &provider())
+            .map(drop)
+            .map_err(rustls_err(what))
+    }
 }
 
 impl fmt::Debug for CertifiedKey {
@@ -395,4 +404,27 @@ pub fn peer_info(certs: Option<&[CertificateDer<'_>]>) -> Option<crate::CertInfo
     certs
         .and_then(|c| c.first())
         .and_then(|leaf| inspect(leaf.as_ref()).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issue::{Authority, LeafSpec};
+
+    #[test]
+    fn a_key_must_belong_to_its_certificate() {
+        let ca = Authority::new("ca").expect("ca");
+        let a = ca.issue(&LeafSpec::new("a")).expect("a");
+        let b = ca.issue(&LeafSpec::new("b")).expect("b");
+        let pair = |cert: &str, key: &str| {
+            CertifiedKey::from_pem(cert.as_bytes(), key.as_bytes(), "test").expect("parses")
+        };
+        pair(&a.cert_pem, &a.key_pem).check("a").expect("matches");
+        let err = pair(&a.cert_pem, &b.key_pem)
+            .check("a with b's key")
+            .expect_err("mismatch");
+        let text = err.to_string();
+        assert!(text.starts_with("a with b's key: "), "{text}");
+        assert!(!text.contains("PRIVATE"), "{text}");
+    }
 }

@@ -1,0 +1,303 @@
+//! The certificate files a mesh's `secrets` name, read on legate-cp's disk and served over
+//! SDS.
+//!
+//! The model compiles `secrets` to `Secret` resources whose data sources are file names; this
+//! module reads those files (each bounded by [`legate_tls::pem::MAX_PEM_BYTES`]), checks them
+//! as a handshake would (the PEM parses, a key belongs to its certificate, a CA bundle holds
+//! usable trust anchors) and puts their contents inline, which is what proxies are sent.
+//! Relative file names are relative to the mesh's location: the mesh directory, or the
+//! directory of a single mesh file.
+//!
+//! [`SecretFiles::read`] is also how rotation is noticed: the control plane reads the files
+//! on every watch tick and republishes when their [`SecretFiles::fingerprint`] changes. A pair
+//! caught half-written fails its checks, and the last good contents keep being served.
+//!
+//! Nothing here logs or renders key material: [`describe`] shows a secret with its key
+//! redacted, for `legatectl` and the JSON API.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use envoy_types::pb::envoy::config::core::v3::DataSource;
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret as XdsSecret, secret};
+use legate_model::Mesh;
+use legate_tls::TlsError;
+use legate_tls::config::CertifiedKey;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+/// Why the mesh's secrets cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("secret '{name}': {source}")]
+    Invalid {
+        name: String,
+        #[source]
+        source: TlsError,
+    },
+    /// A file the compiled resources name that was not read with the mesh's secrets (a bug
+    /// in how they were put together, not an operator error).
+    #[error("secret '{name}': file '{}' was not read", path.display())]
+    NotRead { name: String, path: PathBuf },
+}
+
+/// The contents of every file the mesh's `secrets` name, read and checked.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretFiles {
+    /// Path as written in the mesh → contents.
+    contents: BTreeMap<String, Vec<u8>>,
+    fingerprint: [u8; 32],
+}
+
+impl std::fmt::Debug for SecretFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretFiles")
+            .field("files", &self.contents.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The directory relative secret file names are read from, for mesh `config` (a file or a
+/// directory of mesh files).
+pub fn base_dir(config: &Path) -> PathBuf {
+    if config.is_dir() {
+        config.to_path_buf()
+    } else {
+        config
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+impl SecretFiles {
+    /// Read and check the files of every entry of `mesh.secrets`. Blocking: a few small files,
+    /// read from the control plane's file watcher and admin calls, never from a stream.
+    pub fn read(mesh: &Mesh, base: &Path) -> Result<SecretFiles, SecretError> {
+        let mut contents = BTreeMap::new();
+        for s in &mesh.secrets {
+            let invalid = |source| SecretError::Invalid {
+                name: s.name.clone(),
+                source,
+            };
+            let mut read = |path: &str, what: &str| -> Result<Vec<u8>, SecretError> {
+                let bytes = legate_tls::pem::read_file(&base.join(path), what).map_err(invalid)?;
+                contents.insert(path.to_owned(), bytes.clone());
+                Ok(bytes)
+            };
+            match (&s.cert, &s.key, &s.ca) {
+                (Some(cert), Some(key), _) => {
+                    let chain = read(cert, "cert")?;
+                    let key = read(key, "key")?;
+                    let pair =
+                        CertifiedKey::from_pem(&chain, &key, "cert and key").map_err(invalid)?;
+                    pair.check("cert and key").map_err(invalid)?;
+                }
+                (None, None, Some(ca)) => {
+                    let bundle = read(ca, "ca")?;
+                    legate_tls::pem::root_store(&bundle, "ca").map_err(invalid)?;
+                }
+                // The model's validation refuses every other shape; nothing to read.
+                _ => {}
+            }
+        }
+        let mut hash = Sha256::new();
+        for (path, bytes) in &contents {
+            hash.update((path.len() as u64).to_le_bytes());
+            hash.update(path.as_bytes());
+            hash.update((bytes.len() as u64).to_le_bytes());
+            hash.update(bytes);
+        }
+        Ok(SecretFiles {
+            contents,
+            fingerprint: hash.finalize().into(),
+        })
+    }
+
+    /// A hash of every file's name and contents: changes when a file is rotated.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
+    /// Replace the file names in compiled secrets with the files' contents, as proxies are
+    /// sent them.
+    pub fn inline(&self, secrets: &mut [XdsSecret]) -> Result<(), SecretError> {
+        for s in secrets {
+            let name = s.name.clone();
+            let sources: Vec<&mut Option<DataSource>> = match &mut s.r#type {
+                Some(secret::Type::TlsCertificate(c)) => {
+                    vec![&mut c.certificate_chain, &mut c.private_key]
+                }
+                Some(secret::Type::ValidationContext(v)) => vec![&mut v.trusted_ca],
+                _ => Vec::new(),
+            };
+            for source in sources.into_iter().flatten() {
+                let Some(Specifier::Filename(path)) = &source.specifier else {
+                    continue;
+                };
+                let bytes = self
+                    .contents
+                    .get(path)
+                    .ok_or_else(|| SecretError::NotRead {
+                        name: name.clone(),
+                        path: PathBuf::from(path),
+                    })?;
+                source.specifier = Some(Specifier::InlineBytes(bytes.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A secret for display: what it is and what its certificates say, never the private key.
+pub fn describe(s: &XdsSecret) -> serde_json::Value {
+    let certs = |source: &Option<DataSource>| -> serde_json::Value {
+        let Some(Specifier::InlineBytes(pem)) = source.as_ref().and_then(|d| d.specifier.as_ref())
+        else {
+            return json!(null);
+        };
+        match legate_tls::pem::certs(pem, "certificate") {
+            Ok(chain) => json!(
+                chain
+                    .iter()
+                    .filter_map(|c| legate_tls::identity::inspect(c.as_ref()).ok())
+                    .map(|info| json!({
+                        "subject": info.subject,
+                        "not_after_unix": info.not_after_unix,
+                    }))
+                    .collect::<Vec<_>>()
+            ),
+            Err(_) => json!(format!("{} bytes", pem.len())),
+        }
+    };
+    match &s.r#type {
+        Some(secret::Type::TlsCertificate(c)) => json!({
+            "name": s.name,
+            "tls_certificate": {
+                "certificate_chain": certs(&c.certificate_chain),
+                "private_key": "[redacted]",
+            },
+        }),
+        Some(secret::Type::ValidationContext(v)) => json!({
+            "name": s.name,
+            "validation_context": { "trusted_ca": certs(&v.trusted_ca) },
+        }),
+        _ => json!({ "name": s.name, "secret": "[redacted]" }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use legate_tls::issue::{Authority, LeafSpec};
+
+    use super::*;
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            let dir = std::env::temp_dir().join(format!(
+                "legate-cp-secrets-{tag}-{}-{}",
+                std::process::id(),
+                fastrand::u64(..)
+            ));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            Dir(dir)
+        }
+
+        fn write(&self, name: &str, text: &str) {
+            std::fs::write(self.0.join(name), text).expect("write");
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const MESH: &str = "\
+secrets:
+  - {name: ca, ca: ca.pem}
+  - {name: client, cert: client.pem, key: client.key}
+clusters:
+  - name: up
+    endpoints: [{address: 127.0.0.1:8443}]
+    tls: {ca: ca, client_certificate: client}
+";
+
+    fn setup(tag: &str) -> (Dir, Authority, Mesh) {
+        let dir = Dir::new(tag);
+        let ca = Authority::new("test ca").expect("ca");
+        let leaf = ca
+            .issue(&LeafSpec::new("client").client_only())
+            .expect("leaf");
+        dir.write("ca.pem", ca.cert_pem());
+        dir.write("client.pem", &leaf.cert_pem);
+        dir.write("client.key", &leaf.key_pem);
+        let mesh = legate_model::load(MESH, "m.yaml").expect("mesh");
+        (dir, ca, mesh)
+    }
+
+    #[test]
+    fn files_are_read_checked_and_inlined() {
+        let (dir, ca, mesh) = setup("inline");
+        let files = SecretFiles::read(&mesh, &dir.0).expect("reads");
+        let mut r = legate_model::compile(&mesh);
+        files.inline(&mut r.secrets).expect("inlines");
+        let Some(secret::Type::ValidationContext(v)) = &r.secrets[0].r#type else {
+            panic!("ca first");
+        };
+        assert_eq!(
+            v.trusted_ca.as_ref().and_then(|d| d.specifier.clone()),
+            Some(Specifier::InlineBytes(ca.cert_pem().as_bytes().to_vec()))
+        );
+        let shown = describe(&r.secrets[1]).to_string();
+        assert!(shown.contains("[redacted]"), "{shown}");
+        assert!(shown.contains("CN=client"), "{shown}");
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+        let shown = format!("{files:?}");
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    }
+
+    #[test]
+    fn rotation_changes_the_fingerprint_and_a_half_written_pair_is_refused() {
+        let (dir, ca, mesh) = setup("rotate");
+        let before = SecretFiles::read(&mesh, &dir.0).expect("reads");
+        assert_eq!(
+            before.fingerprint(),
+            SecretFiles::read(&mesh, &dir.0)
+                .expect("reads")
+                .fingerprint()
+        );
+        let next = ca
+            .issue(&LeafSpec::new("client-2").client_only())
+            .expect("leaf");
+        dir.write("client.pem", &next.cert_pem);
+        let err = SecretFiles::read(&mesh, &dir.0).expect_err("old key, new cert");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("secret 'client': cert and key: "),
+            "{text}"
+        );
+        dir.write("client.key", &next.key_pem);
+        let after = SecretFiles::read(&mesh, &dir.0).expect("reads");
+        assert_ne!(before.fingerprint(), after.fingerprint());
+    }
+
+    #[test]
+    fn missing_and_bad_files_name_the_secret() {
+        let (dir, _ca, mesh) = setup("bad");
+        dir.write("ca.pem", "not pem");
+        let text = SecretFiles::read(&mesh, &dir.0)
+            .expect_err("bad ca")
+            .to_string();
+        assert_eq!(text, "secret 'ca': ca: no PEM certificate found");
+        std::fs::remove_file(dir.0.join("ca.pem")).expect("rm");
+        let text = SecretFiles::read(&mesh, &dir.0)
+            .expect_err("missing")
+            .to_string();
+        assert!(text.starts_with("secret 'ca': ca: cannot read '"), "{text}");
+    }
+}
