@@ -43,6 +43,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as XdsClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener as XdsListener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration as XdsRouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret as XdsSecret;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -68,9 +69,14 @@ pub const RDS: &str = legate_snapshot::type_url::ROUTE_CONFIGURATION;
 pub const CDS: &str = legate_snapshot::type_url::CLUSTER;
 /// ClusterLoadAssignment type URL (EDS).
 pub const EDS: &str = legate_snapshot::type_url::CLUSTER_LOAD_ASSIGNMENT;
-/// The four types, in the order a mesh is pushed (make before break: clusters, their
-/// endpoints, listeners, their routes).
+/// Secret type URL (SDS).
+pub const SDS: &str = legate_snapshot::type_url::SECRET;
+/// The four types without TLS, in the order a mesh is pushed (make before break: clusters,
+/// their endpoints, listeners, their routes).
 pub const ALL_TYPES: [&str; 4] = [CDS, EDS, LDS, RDS];
+/// The five types with secrets, in Envoy's warm order (secrets after endpoints, before
+/// listeners).
+pub const ALL_TYPES_WITH_SECRETS: [&str; 5] = [CDS, EDS, SDS, LDS, RDS];
 
 /// A short name for a type URL, for messages.
 pub fn short(type_url: &str) -> &str {
@@ -79,6 +85,7 @@ pub fn short(type_url: &str) -> &str {
         RDS => "RDS",
         CDS => "CDS",
         EDS => "EDS",
+        SDS => "SDS",
         other => other,
     }
 }
@@ -174,6 +181,10 @@ impl Resource {
         Resource::new(EDS, &c.cluster_name, c)
     }
 
+    pub fn secret(s: &XdsSecret) -> Resource {
+        Resource::new(SDS, &s.name, s)
+    }
+
     /// Decodes the resource as `M` (panics if it is not one).
     pub fn decode<M: Message + Default>(&self) -> M {
         M::decode(self.any.value.as_slice()).unwrap_or_else(|error| {
@@ -200,9 +211,10 @@ pub fn mesh_resources(yaml: &str) -> legate_snapshot::Resources {
     }
 }
 
-/// The compiled resources per type URL, in [`ALL_TYPES`] order.
+/// The compiled resources per type URL, in [`ALL_TYPES`] order, with secrets (if any) after
+/// the endpoints as in [`ALL_TYPES_WITH_SECRETS`].
 pub fn by_type(r: &legate_snapshot::Resources) -> Vec<(&'static str, Vec<Resource>)> {
-    vec![
+    let mut types = vec![
         (CDS, r.clusters.iter().map(Resource::cluster).collect()),
         (
             EDS,
@@ -211,12 +223,18 @@ pub fn by_type(r: &legate_snapshot::Resources) -> Vec<(&'static str, Vec<Resourc
                 .map(Resource::load_assignment)
                 .collect(),
         ),
+    ];
+    if !r.secrets.is_empty() {
+        types.push((SDS, r.secrets.iter().map(Resource::secret).collect()));
+    }
+    types.extend([
         (LDS, r.listeners.iter().map(Resource::listener).collect()),
         (
             RDS,
             r.route_configs.iter().map(Resource::route_config).collect(),
         ),
-    ]
+    ]);
+    types
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -784,7 +802,7 @@ impl State {
     }
 }
 
-/// The name inside an `Any` of one of the four types (empty for others).
+/// The name inside an `Any` of one of the five types (empty for others).
 fn resource_name(any: &Any) -> String {
     let bytes = any.value.as_slice();
     let name = match any.type_url.as_str() {
@@ -792,6 +810,7 @@ fn resource_name(any: &Any) -> String {
         RDS => XdsRouteConfiguration::decode(bytes).map(|r| r.name),
         CDS => XdsCluster::decode(bytes).map(|r| r.name),
         EDS => XdsClusterLoadAssignment::decode(bytes).map(|r| r.cluster_name),
+        SDS => XdsSecret::decode(bytes).map(|r| r.name),
         _ => Ok(String::new()),
     };
     name.unwrap_or_default()
