@@ -218,6 +218,38 @@ impl Envoy {
         self.admin
     }
 
+    /// The address Envoy bound for listener `name`, once it is active (waits up to 30 s).
+    pub async fn listener(&self, name: &str) -> SocketAddr {
+        crate::eventually(Duration::from_secs(30), "Envoy listener active", || async {
+            // Listed listeners may still be warming; wait until none is.
+            let active = self.stat("listener_manager.total_listeners_active").await;
+            let warming = self.stat("listener_manager.total_listeners_warming").await;
+            if active.unwrap_or(0) == 0 || warming != Some(0) {
+                return Err(format!(
+                    "active listeners: {active:?}, warming: {warming:?}"
+                ));
+            }
+            let (status, body) = self.admin_get("/listeners?format=json").await;
+            if status != 200 {
+                return Err(format!("admin /listeners answered {status}: {body}"));
+            }
+            let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            let found = v["listener_statuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|l| l["name"] == name)
+                .and_then(|l| {
+                    let sa = &l["local_address"]["socket_address"];
+                    format!("{}:{}", sa["address"].as_str()?, sa["port_value"].as_u64()?)
+                        .parse()
+                        .ok()
+                });
+            found.ok_or_else(|| format!("no listener {name} yet: {body}"))
+        })
+        .await
+    }
+
     /// Envoy's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()

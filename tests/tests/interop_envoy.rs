@@ -26,35 +26,6 @@ services:
     )
 }
 
-/// The port Envoy bound for listener `name` (from its admin `/listeners`).
-async fn envoy_listener(envoy: &Envoy, name: &str) -> SocketAddr {
-    eventually(Duration::from_secs(30), "Envoy listener bound", || async {
-        // Listed listeners may still be warming; wait until it is active.
-        let active = envoy.stat("listener_manager.total_listeners_active").await;
-        if active != Some(1) {
-            return Err(format!("active listeners: {active:?}"));
-        }
-        let (status, body) = envoy.admin_get("/listeners?format=json").await;
-        if status != 200 {
-            return Err(format!("admin /listeners answered {status}: {body}"));
-        }
-        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-        let found = v["listener_statuses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|l| l["name"] == name)
-            .and_then(|l| {
-                let sa = &l["local_address"]["socket_address"];
-                format!("{}:{}", sa["address"].as_str()?, sa["port_value"].as_u64()?)
-                    .parse()
-                    .ok()
-            });
-        found.ok_or_else(|| format!("no listener {name} yet: {body}"))
-    })
-    .await
-}
-
 async fn versions_seen(url: &str, n: usize) -> (usize, usize) {
     let http = HttpClient::http1();
     let (mut v1, mut v2) = (0, 0);
@@ -79,7 +50,7 @@ async fn envoy_accepts_and_routes(mode: EnvoyAds) {
     for push in &pushes {
         xds.wait_acked(push, Duration::from_secs(30)).await;
     }
-    let addr = envoy_listener(&envoy, "outbound").await;
+    let addr = envoy.listener("outbound").await;
     let url = format!("http://{addr}/payments/charge");
     let (a, b) = versions_seen(&url, 20).await;
     assert_eq!((a, b), (20, 0), "all traffic on v1 at weights 100/0");

@@ -17,7 +17,7 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use legate_tests::client::HttpClient;
 use legate_tests::config::{ClusterSpec, cluster, mesh, single_vhost_mesh};
 use legate_tests::xds_server::{
-    ALL_TYPES, CDS, EDS, LDS, RDS, RecordedRequest, Resource, mesh_resources, short,
+    ALL_TYPES, CDS, EDS, LDS, RDS, RecordedRequest, Resource, SDS, mesh_resources, short,
 };
 use legate_tests::{
     Legate, Mode, Protocol, Upstream, XdsFlags, XdsServer, both_modes, eventually, free_port,
@@ -860,8 +860,13 @@ async fn config_dump_and_metrics_show_xds_state(mode: Mode) {
     assert_eq!(xds["source"], "xds", "{xds:#}");
     assert_eq!(
         xds["types"].as_array().map(Vec::len),
-        Some(4),
-        "one entry per type: {xds:#}"
+        Some(5),
+        "one entry per type, SDS included: {xds:#}"
+    );
+    assert_eq!(
+        dump_type(&dump, SDS)["resources"],
+        0,
+        "no secret named: {xds:#}"
     );
     for type_url in ALL_TYPES {
         let t = dump_type(&dump, type_url);

@@ -140,9 +140,9 @@ impl Decoded {
                     secrets: vec![(**r).clone()],
                     ..Resources::default()
                 };
-                legate_snapshot::build("secret", &alone)
-                    .map(|_| References::default())
-                    .map_err(|e| e.errors)
+                legate_snapshot::build("secret", &alone).map_err(|e| e.errors)?;
+                certificate_matches_key(r)?;
+                Ok(References::default())
             }
         }
     }
@@ -157,6 +157,46 @@ impl Decoded {
             Decoded::Listener(r) => refs::listener_holds_private_key(r),
             Decoded::RouteConfiguration(_) | Decoded::ClusterLoadAssignment(_) => false,
         }
+    }
+}
+
+/// A certificate secret whose chain and key are inline must hold a key that belongs to its
+/// leaf certificate: found on arrival, the SDS update carrying it is refused by name, rather
+/// than the pair failing later when the data plane builds a TLS configuration from it (and
+/// refusing whichever update happened to trigger that). File sources are read, and checked,
+/// by the data plane.
+fn certificate_matches_key(secret: &XdsSecret) -> Result<(), Vec<legate_snapshot::ResourceError>> {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type;
+    let Some(Type::TlsCertificate(cert)) = &secret.r#type else {
+        return Ok(());
+    };
+    let (Some(chain), Some(key)) = (
+        inline_bytes(cert.certificate_chain.as_ref()),
+        inline_bytes(cert.private_key.as_ref()),
+    ) else {
+        return Ok(());
+    };
+    legate_tls::config::CertifiedKey::from_pem(chain, key, "tls_certificate")
+        .and_then(|pair| pair.check("tls_certificate"))
+        .map_err(|e| {
+            vec![legate_snapshot::ResourceError::new(
+                ResourceKind::Secret,
+                &secret.name,
+                "tls_certificate.private_key",
+                e.to_string(),
+            )]
+        })
+}
+
+/// The bytes of an inline data source (`None` for a file or an environment variable).
+fn inline_bytes(
+    source: Option<&envoy_types::pb::envoy::config::core::v3::DataSource>,
+) -> Option<&[u8]> {
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    match source?.specifier.as_ref()? {
+        Specifier::InlineBytes(b) => Some(b),
+        Specifier::InlineString(s) => Some(s.as_bytes()),
+        _ => None,
     }
 }
 
@@ -1205,6 +1245,27 @@ clusters:
                 .check("7".to_owned())
                 .expect("accepted");
             assert!(!ca.private);
+            // A key that is not the certificate's is refused by name, without echoing it.
+            let other = legate_tls::issue::Authority::new("other")
+                .expect("ca")
+                .issue(&legate_tls::issue::LeafSpec::new("other"))
+                .expect("leaf");
+            let mut mismatched = cert_secret("client");
+            if let Some(secret::Type::TlsCertificate(c)) = &mut mismatched.r#type {
+                c.private_key = inline(&other.key_pem);
+            }
+            let err = Received::decode(ResourceKind::Secret, &any(&mismatched))
+                .expect("decodes")
+                .check("8".to_owned())
+                .expect_err("mismatch");
+            assert!(
+                err.starts_with("secret 'client': tls_certificate.private_key: "),
+                "{err}"
+            );
+            assert!(
+                !err.contains(other.key_pem.lines().nth(1).expect("body")),
+                "{err}"
+            );
             let unnamed = Received::decode(ResourceKind::Secret, &any(&ca_secret("")))
                 .expect("decodes")
                 .check("7".to_owned())
