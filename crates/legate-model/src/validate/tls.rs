@@ -308,4 +308,36 @@ secrets:
             ["7:15: clusters[0].tls.ca: unknown secret `missing`"]
         );
     }
+
+    /// The example in the README's "Upstream TLS in the mesh", with the mistake it shows.
+    #[test]
+    fn readme_example() {
+        let text = "\
+secrets:                          # files relative to the mesh file's directory
+  - {name: mesh-ca, ca: certs/ca.pem}                           # a trust bundle
+  - {name: web-client, cert: certs/web.pem, key: certs/web.key}  # a certificate and its key
+  - {name: billing-client, cert: certs/billing.pem, key: certs/billing.key}
+services:
+  - name: payments
+    endpoints: [{address: 10.0.0.7:8443}]
+    tls:
+      sni: payments.internal      # UpstreamTlsContext.sni
+      ca: mesh-ca                 # validation context over SDS (or ca_file: a path on the proxy)
+      subject_alt_names: [spiffe://legate.local/ns/default/sa/payments]   # exact; URI, IP or DNS
+      client_certificate: web-client                                      # mTLS, over SDS
+      client_certificates: [{node_cluster: billing, secret: billing-client}]  # per node cluster
+";
+        assert_eq!(problems(text), Vec::<String>::new());
+        let wrong = text.replace(
+            "client_certificate: web-client ",
+            "client_certificate: mesh-ca    ",
+        );
+        assert_eq!(
+            problems(&wrong),
+            [
+                "12:27: services[0].tls.client_certificate: secret `mesh-ca` is a trust bundle \
+              (`ca`); this takes a certificate (`cert` and `key`)"
+            ]
+        );
+    }
 }
