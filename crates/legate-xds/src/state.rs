@@ -600,6 +600,12 @@ impl XdsState {
         ignore_warming: bool,
     ) -> Assembled {
         let mut r = self.static_resources.clone();
+        // What each cluster and listener names, index for index with `r`: read once from the
+        // static ones, kept from receipt for the dynamic ones.
+        let mut cluster_refs: Vec<References> =
+            r.clusters.iter().map(refs::cluster_references).collect();
+        let mut listener_refs: Vec<References> =
+            r.listeners.iter().map(refs::listener_references).collect();
         let empty = BTreeMap::new();
         let of = |k| types.get(&k).copied().unwrap_or(&empty);
         for (kind, s) in KINDS
@@ -607,9 +613,15 @@ impl XdsState {
             .flat_map(|k| of(k).values().map(move |s| (k, s)))
         {
             match s.decode(kind) {
-                Some(Decoded::Cluster(c)) => r.clusters.push(*c),
+                Some(Decoded::Cluster(c)) => {
+                    r.clusters.push(*c);
+                    cluster_refs.push((*s.refs).clone());
+                }
                 Some(Decoded::ClusterLoadAssignment(c)) => r.load_assignments.push(*c),
-                Some(Decoded::Listener(l)) => r.listeners.push(*l),
+                Some(Decoded::Listener(l)) => {
+                    r.listeners.push(*l);
+                    listener_refs.push((*s.refs).clone());
+                }
                 Some(Decoded::RouteConfiguration(rc)) => {
                     let mut rc = *rc;
                     if rc.validate_clusters.is_none() {
@@ -627,16 +639,12 @@ impl XdsState {
             |kind: ResourceKind, name: &str| !ignore_warming && !self.expired(kind, name, now);
 
         // Missing SDS: warm, then leave out what needs the secret.
-        let have_secrets: BTreeSet<String> = r.secrets.iter().map(|x| x.name.clone()).collect();
-        let cluster_refs: Vec<References> =
-            r.clusters.iter().map(refs::cluster_references).collect();
-        let listener_refs: Vec<References> =
-            r.listeners.iter().map(refs::listener_references).collect();
+        let have_secrets: BTreeSet<&str> = r.secrets.iter().map(|x| x.name.as_str()).collect();
         let missing_secrets: BTreeSet<&String> = cluster_refs
             .iter()
             .chain(&listener_refs)
             .flat_map(|x| &x.secrets)
-            .filter(|name| !have_secrets.contains(*name))
+            .filter(|name| !have_secrets.contains(name.as_str()))
             .collect();
         let mut gone = BTreeSet::new();
         for name in missing_secrets {
@@ -647,70 +655,73 @@ impl XdsState {
             }
         }
         let mut left_out = Vec::new();
-        let missing = |x: &References| x.secrets.iter().find(|s| gone.contains(*s)).cloned();
-        let mut cluster_refs = cluster_refs.into_iter();
-        r.clusters.retain(|c| {
-            let refs = cluster_refs.next().unwrap_or_default();
-            match missing(&refs) {
-                Some(secret) => {
-                    left_out.push((ResourceKind::Cluster, c.name.clone(), secret));
-                    false
+        if !gone.is_empty() {
+            let missing = |x: &References| x.secrets.iter().find(|s| gone.contains(*s)).cloned();
+            let clusters = std::mem::take(&mut r.clusters);
+            for (c, refs) in clusters.into_iter().zip(std::mem::take(&mut cluster_refs)) {
+                match missing(&refs) {
+                    Some(secret) => left_out.push((ResourceKind::Cluster, c.name, secret)),
+                    None => {
+                        r.clusters.push(c);
+                        cluster_refs.push(refs);
+                    }
                 }
-                None => true,
             }
-        });
-        let mut listener_refs = listener_refs.into_iter();
-        r.listeners.retain(|l| {
-            let refs = listener_refs.next().unwrap_or_default();
-            match missing(&refs) {
-                Some(secret) => {
-                    left_out.push((ResourceKind::Listener, l.name.clone(), secret));
-                    false
+            let listeners = std::mem::take(&mut r.listeners);
+            for (l, refs) in listeners
+                .into_iter()
+                .zip(std::mem::take(&mut listener_refs))
+            {
+                match missing(&refs) {
+                    Some(secret) => left_out.push((ResourceKind::Listener, l.name, secret)),
+                    None => {
+                        r.listeners.push(l);
+                        listener_refs.push(refs);
+                    }
                 }
-                None => true,
             }
-        });
+        }
 
         // Missing RDS: warm, then serve an empty route configuration.
         let have_routes: BTreeSet<String> =
             r.route_configs.iter().map(|x| x.name.clone()).collect();
-        let missing_routes: BTreeSet<String> = r
-            .listeners
+        let missing_routes: BTreeSet<&String> = listener_refs
             .iter()
-            .flat_map(|l| refs::listener_references(l).route_configs)
-            .filter(|name| !have_routes.contains(name))
+            .flat_map(|x| &x.route_configs)
+            .filter(|name| !have_routes.contains(*name))
             .collect();
         for name in missing_routes {
-            if waits(ResourceKind::RouteConfiguration, &name) {
+            if waits(ResourceKind::RouteConfiguration, name) {
                 warming.push((ResourceKind::RouteConfiguration, name.clone()));
             }
             r.route_configs.push(XdsRouteConfiguration {
-                name,
+                name: name.clone(),
                 validate_clusters: Some(BoolValue { value: false }),
                 ..XdsRouteConfiguration::default()
             });
         }
         // Missing EDS: warm, then serve no endpoints.
-        let have_cla: BTreeSet<String> = r
+        let have_cla: BTreeSet<&str> = r
             .load_assignments
             .iter()
-            .map(|x| x.cluster_name.clone())
+            .map(|x| x.cluster_name.as_str())
             .collect();
-        let missing_cla: BTreeSet<String> = r
-            .clusters
+        let missing_cla: BTreeSet<&String> = cluster_refs
             .iter()
-            .filter_map(|c| refs::cluster_references(c).load_assignment)
-            .filter(|name| !have_cla.contains(name))
+            .filter_map(|x| x.load_assignment.as_ref())
+            .filter(|name| !have_cla.contains(name.as_str()))
             .collect();
+        let mut stand_ins = Vec::new();
         for name in missing_cla {
-            if waits(ResourceKind::ClusterLoadAssignment, &name) {
+            if waits(ResourceKind::ClusterLoadAssignment, name) {
                 warming.push((ResourceKind::ClusterLoadAssignment, name.clone()));
             }
-            r.load_assignments.push(XdsClusterLoadAssignment {
-                cluster_name: name,
+            stand_ins.push(XdsClusterLoadAssignment {
+                cluster_name: name.clone(),
                 ..XdsClusterLoadAssignment::default()
             });
         }
+        r.load_assignments.extend(stand_ins);
         Assembled {
             resources: r,
             warming,
