@@ -216,14 +216,18 @@ impl ControlPlane {
         if effective.secrets.is_empty() {
             return;
         }
-        let result = self.read_secrets(&effective).and_then(|secrets| {
-            if secrets.fingerprint() == self.state().secrets {
-                return Ok(false);
-            }
-            self.publish(&effective, &secrets)?;
-            self.state().secrets = secrets.fingerprint();
-            Ok(true)
-        });
+        let base = crate::secrets::base_dir(&self.options.config);
+        let result = SecretFiles::read_unchecked(&effective, &base)
+            .map_err(|e| e.to_string())
+            .and_then(|secrets| {
+                if secrets.fingerprint() == self.state().secrets {
+                    return Ok(false);
+                }
+                secrets.check(&effective).map_err(|e| e.to_string())?;
+                self.publish(&effective, &secrets)?;
+                self.state().secrets = secrets.fingerprint();
+                Ok(true)
+            });
         match result {
             Ok(changed) => {
                 if changed {

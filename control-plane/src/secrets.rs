@@ -8,9 +8,10 @@
 //! Relative file names are relative to the mesh's location: the mesh directory, or the
 //! directory of a single mesh file.
 //!
-//! [`SecretFiles::read`] is also how rotation is noticed: the control plane reads the files
-//! on every watch tick and republishes when their [`SecretFiles::fingerprint`] changes. A pair
-//! caught half-written fails its checks, and the last good contents keep being served.
+//! Rotation is noticed the same way: the control plane reads the files on every watch tick
+//! ([`SecretFiles::read_unchecked`]) and, when their [`SecretFiles::fingerprint`] changed,
+//! checks and republishes them. A pair caught half-written fails its checks, and the last
+//! good contents keep being served until the next tick finds it whole.
 //!
 //! Nothing here logs or renders key material: [`describe`] shows a secret with its key
 //! redacted, for `legatectl` and the JSON API.
@@ -75,31 +76,29 @@ impl SecretFiles {
     /// Read and check the files of every entry of `mesh.secrets`. Blocking: a few small files,
     /// read from the control plane's file watcher and admin calls, never from a stream.
     pub fn read(mesh: &Mesh, base: &Path) -> Result<SecretFiles, SecretError> {
+        let files = SecretFiles::read_unchecked(mesh, base)?;
+        files.check(mesh)?;
+        Ok(files)
+    }
+
+    /// Read the files (bounded) without checking them: enough to see whether anything changed
+    /// since the last [`fingerprint`](Self::fingerprint), which the watcher does every tick.
+    pub fn read_unchecked(mesh: &Mesh, base: &Path) -> Result<SecretFiles, SecretError> {
         let mut contents = BTreeMap::new();
         for s in &mesh.secrets {
-            let invalid = |source| SecretError::Invalid {
-                name: s.name.clone(),
-                source,
-            };
-            let mut read = |path: &str, what: &str| -> Result<Vec<u8>, SecretError> {
-                let bytes = legate_tls::pem::read_file(&base.join(path), what).map_err(invalid)?;
-                contents.insert(path.to_owned(), bytes.clone());
-                Ok(bytes)
-            };
-            match (&s.cert, &s.key, &s.ca) {
-                (Some(cert), Some(key), _) => {
-                    let chain = read(cert, "cert")?;
-                    let key = read(key, "key")?;
-                    let pair =
-                        CertifiedKey::from_pem(&chain, &key, "cert and key").map_err(invalid)?;
-                    pair.check("cert and key").map_err(invalid)?;
+            for (path, what) in [(&s.cert, "cert"), (&s.key, "key"), (&s.ca, "ca")] {
+                let Some(path) = path else { continue };
+                if contents.contains_key(path) {
+                    continue;
                 }
-                (None, None, Some(ca)) => {
-                    let bundle = read(ca, "ca")?;
-                    legate_tls::pem::root_store(&bundle, "ca").map_err(invalid)?;
-                }
-                // The model's validation refuses every other shape; nothing to read.
-                _ => {}
+                let bytes =
+                    legate_tls::pem::read_file(&base.join(path), what).map_err(|source| {
+                        SecretError::Invalid {
+                            name: s.name.clone(),
+                            source,
+                        }
+                    })?;
+                contents.insert(path.clone(), bytes);
             }
         }
         let mut hash = Sha256::new();
@@ -113,6 +112,31 @@ impl SecretFiles {
             contents,
             fingerprint: hash.finalize().into(),
         })
+    }
+
+    /// Check the contents as a handshake would: certificates parse, a key belongs to its
+    /// certificate, a CA bundle holds usable trust anchors.
+    pub fn check(&self, mesh: &Mesh) -> Result<(), SecretError> {
+        let file = |path: &Option<String>| path.as_ref().and_then(|p| self.contents.get(p));
+        for s in &mesh.secrets {
+            let invalid = |source| SecretError::Invalid {
+                name: s.name.clone(),
+                source,
+            };
+            match (file(&s.cert), file(&s.key), file(&s.ca)) {
+                (Some(chain), Some(key), _) => {
+                    CertifiedKey::from_pem(chain, key, "cert and key")
+                        .and_then(|pair| pair.check("cert and key"))
+                        .map_err(invalid)?;
+                }
+                (None, None, Some(bundle)) => {
+                    legate_tls::pem::root_store(bundle, "ca").map_err(invalid)?;
+                }
+                // The model's validation refuses every other shape.
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// A hash of every file's name and contents: changes when a file is rotated.
