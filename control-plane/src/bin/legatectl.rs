@@ -300,12 +300,13 @@ fn print_change(output: Output, generation: u64, changes: &[String]) {
     }
 }
 
-const TYPES: [&str; 4] = ["cds", "eds", "lds", "rds"];
+const TYPES: [&str; 5] = ["cds", "eds", "sds", "lds", "rds"];
 
 fn short_type(type_url: &str) -> &str {
     match type_url.rsplit('.').next() {
         Some("Cluster") => "cds",
         Some("ClusterLoadAssignment") => "eds",
+        Some("Secret") => "sds",
         Some("Listener") => "lds",
         Some("RouteConfiguration") => "rds",
         _ => type_url,
@@ -367,6 +368,7 @@ fn print_status(nodes: &[NodeStatus]) {
             "MODE",
             "CDS",
             "EDS",
+            "SDS",
             "LDS",
             "RDS",
             "LAST NACK",
