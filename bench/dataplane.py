@@ -355,8 +355,8 @@ def tls(ctx):
         check = subprocess.run([os.path.join(ctx["bin"], "legate"), "--config", lg_cfg,
                                 "--validate"], capture_output=True, text=True)
         if check.returncode != 0:
-            # The mesh's `tls:` on clusters comes with SDS (branch sds); without it there is
-            # no equivalent static configuration to measure.
+            # A configuration legate refuses (a build without the mesh's cluster `tls:`) has
+            # no equivalent to measure: say why and go on.
             print("  tls: not run, legate refuses the configuration: "
                   + (check.stderr or check.stdout).strip().splitlines()[-1], flush=True)
             return []

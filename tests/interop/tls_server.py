@@ -2,7 +2,10 @@
 so legate's TLS client is tested against an implementation other than rustls (OpenSSL).
 
 Prints `listening on HOST:PORT` once bound, then answers every GET with a small JSON body
-and the header `x-upstream: python-tls`. Options:
+and the header `x-upstream: python-tls`. Each TLS handshake is reported on stderr as
+`python-tls: handshake ok CN=<client certificate common name>` or `python-tls: handshake
+failed: <reason>`, so a test can tell which certificate each new connection presented.
+Options:
   --cert/--key      the server certificate chain and key (PEM)
   --client-ca FILE  require client certificates issued by this CA
   --max-tls VER     the highest TLS version served: 1.2 or 1.3
@@ -18,8 +21,23 @@ import ssl
 import sys
 
 
+def common_name(peer):
+    for rdn in peer.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return ""
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        # The handshake happened in accept(); one line per connection that completed it.
+        peer = self.request.getpeercert() or {}
+        sys.stderr.write(f"python-tls: handshake ok CN={common_name(peer)}\n")
+        sys.stderr.flush()
+        super().setup()
 
     def do_GET(self):
         peer = self.connection.getpeercert() or {}
@@ -44,6 +62,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
+
+    def get_request(self):
+        try:
+            return super().get_request()
+        except ssl.SSLError as e:
+            sys.stderr.write(f"python-tls: handshake failed: {e}\n")
+            sys.stderr.flush()
+            raise
 
 
 def main():

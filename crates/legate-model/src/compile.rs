@@ -685,7 +685,7 @@ mod tests {
         );
         assert_eq!(
             names(r.clusters.iter().map(|l| &l.name[..]).collect()),
-            "payments-v1,payments-v2,api"
+            "payments-v1,payments-v2,api,ledger"
         );
         // Static clusters only: DNS clusters carry their endpoints inline.
         assert_eq!(
@@ -695,7 +695,12 @@ mod tests {
                     .map(|l| &l.cluster_name[..])
                     .collect()
             ),
-            "payments-v1,payments-v2"
+            "payments-v1,payments-v2,ledger"
+        );
+        // The secrets a cluster names (a node outside `billing` is given proxy-client).
+        assert_eq!(
+            names(r.secrets.iter().map(|s| &s.name[..]).collect()),
+            "internal-ca,proxy-client"
         );
     }
 

@@ -257,8 +257,15 @@ services:
                 "/etc/legate/web.key".to_owned()
             ))
         );
-        // legate's own validation takes what the model produced once TLS contexts are
-        // understood; until then the reference scan must at least agree.
+        // legate's own validation takes what the model produced, secrets resolved.
+        if let Err(e) = legate_snapshot::build("v1", &r) {
+            panic!("legate refuses the compiled TLS: {e}");
+        }
+        for nc in ["billing", "web"] {
+            if let Err(e) = legate_snapshot::build("v1", &compile_for_node_cluster(&mesh, nc)) {
+                panic!("legate refuses the compiled TLS for {nc}: {e}");
+            }
+        }
         let refs = legate_snapshot::refs::cluster_references(
             r.clusters
                 .iter()
