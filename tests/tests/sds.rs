@@ -233,6 +233,17 @@ async fn mtls_with_certificates_from_sds(mode: Mode) {
         .get(&web.url("outbound", "/orders/x").await)
         .await
         .assert_status(200);
+    // The certificate SDS delivered is the one whose expiry legate reports (a year, as issued).
+    let left = web.metrics().await.value(
+        "legate_tls_certificate_expiry_seconds",
+        &[
+            ("owner", "cluster"),
+            ("name", "payments"),
+            ("role", "client"),
+        ],
+    );
+    let year = 365.0 * 86_400.0;
+    assert!((year - 600.0..=year).contains(&left), "{left}");
     // Another node cluster gets its own certificate, and only it.
     let billing = legate(&world, mode, "billing-1", "billing", None).await;
     assert_eq!(client_cn(&billing).await, "billing-client");
