@@ -136,7 +136,8 @@ impl ControlPlane {
         let node_clusters = mesh.client_certificate_node_clusters();
         if node_clusters.contains(grpc_cluster) {
             return Err(format!(
-                "node cluster '{grpc_cluster}' is for gRPC clients, which are not served TLS                  services: it cannot have a client certificate rule"
+                "node cluster '{grpc_cluster}' is for gRPC clients, which are not served TLS \
+                 services: it cannot have a client certificate rule"
             ));
         }
         let default = NodeSnapshot::from_resources(&Self::proxy_resources(mesh, None, secrets)?);

@@ -90,7 +90,8 @@ pub fn check_for_grpc(mesh: &Mesh) -> Result<(), Vec<Problem>> {
         if s.tls.is_some() {
             problems.push(Problem {
                 path: format!("services[{i}].tls"),
-                message: "gRPC clients are not served services with `tls` (gRPC takes                           certificates from certificate providers, not SDS)"
+                message: "gRPC clients are not served services with `tls` (gRPC takes \
+                          certificates from certificate providers, not SDS)"
                     .to_owned(),
             });
         }
