@@ -34,7 +34,13 @@ fi
 # The xDS channel runs over mTLS: a throwaway CA (kept across runs in .demo/pki), a server
 # certificate for legate-cp and the proxy's node identity spiffe://legate.local/node/demo-proxy.
 PKI="$STATE/pki"
-"$BIN/legatectl" certs --out "$PKI" --host localhost --node demo-proxy >/dev/null
+# The ledger upstream serves mTLS with spiffe://legate.local/ns/default/sa/ledger and accepts
+# the demo node cluster's client certificate, which legate-cp hands the proxy over SDS.
+"$BIN/legatectl" certs --out "$PKI" --host localhost --host ledger --node demo-proxy \
+  --cluster demo >/dev/null
+"$BIN/legate-demo-upstream" --name ledger --version v1 --listen 127.0.0.1:18085 \
+  --tls-cert "$PKI/ledger.pem" --tls-key "$PKI/ledger.key" --client-ca "$PKI/ca.pem" >/dev/null &
+pids+=($!)
 
 "$BIN/legate-cp" --config examples/cp-demo.yaml --data-dir "$STATE/cp-data" \
   --xds-address 127.0.0.1:15010 --admin-address 127.0.0.1:15011 \
@@ -64,6 +70,7 @@ legate:    proxy on 127.0.0.1:15001, admin on 127.0.0.1:15000, configured over x
 try: curl http://127.0.0.1:15001/payments/charge
 try: curl -H 'x-canary: 1' http://127.0.0.1:15001/payments/charge
 try: curl --http2-prior-knowledge http://127.0.0.1:15001/inventory/items
+try: curl -i http://127.0.0.1:15001/ledger/entries   # mTLS upstream: see x-tls-version, x-client-san
 try: $BIN/legatectl --token-file $TOKEN_FILE set-weights payments v1=0 v2=100   # then curl payments again: all v2
 try: $BIN/legatectl --token-file $TOKEN_FILE status
 try: curl http://127.0.0.1:15000/config_dump
