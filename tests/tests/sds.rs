@@ -603,11 +603,11 @@ async fn envoy_takes_certificates_from_legate_cp(mode: EnvoyAds) {
         Duration::from_secs(30),
         "Envoy reaches payments over mTLS",
         || async {
-            let r = http.get(&url).await;
-            if r.status == 200 {
-                Ok(r)
-            } else {
-                Err(r.describe())
+            // Envoy reports the listener active slightly before its worker accepts on it.
+            match http.try_get(&url).await {
+                Ok(r) if r.status == 200 => Ok(r),
+                Ok(r) => Err(r.describe()),
+                Err(e) => Err(format!("{e:#}")),
             }
         },
     )
