@@ -4,14 +4,14 @@ CARGO_FLAGS ?= --locked
 
 VENV ?= .venv
 
-.PHONY: run test test-interop test-unit test-e2e build build-release lint fmt bench bench-tools clean peers
+.PHONY: run test test-tools test-interop test-unit test-e2e build build-release lint fmt bench bench-tools clean peers
 
 ## Build everything and start the demo: upstreams + a proxy on examples/demo.yaml.
 run: build
 	@deploy/run-demo.sh
 
 ## Every test: unit tests and the end-to-end tests against real processes and real peers.
-test: build peers
+test: build peers test-tools
 	$(CARGO) test $(CARGO_FLAGS) --workspace --all-targets
 
 ## Interoperability only: real Envoy and gRPC's xDS client against legate-cp and the compiler.
@@ -23,7 +23,7 @@ test-unit:
 	$(CARGO) test $(CARGO_FLAGS) --workspace --lib
 
 ## End-to-end tests only.
-test-e2e: build peers
+test-e2e: build peers test-tools
 	$(CARGO) test $(CARGO_FLAGS) -p legate-tests
 
 build:
@@ -54,6 +54,12 @@ fmt:
 bench: peers bench-tools
 	$(CARGO) build $(CARGO_FLAGS) --release -p legate -p legate-cp -p legate-tests --bins
 	python3 bench/run.py
+
+## Tools the tests call: promtool (Debian's prometheus package) checks /stats/prometheus.
+test-tools:
+	@command -v promtool >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; }
 
 bench-tools:
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || { \
