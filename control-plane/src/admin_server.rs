@@ -24,7 +24,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use legate_tls::TlsError;
-use legate_tls::config::{CertifiedKey, ClientAuth, ServerParams};
 use legate_tls::reload::{self, Current};
 use legate_tls::rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -186,38 +185,16 @@ fn server_tls(
     tokens_too: bool,
     interval: Duration,
 ) -> Result<Current<Arc<ServerConfig>>, TlsError> {
-    let mut paths = vec![cert.clone(), key.clone()];
-    paths.extend(client_ca.clone());
-    reload::watch_with("admin TLS files", paths, interval, move || {
-        let chain = legate_tls::pem::read_file(&cert, "--admin-tls-cert")?;
-        let key = legate_tls::pem::read_file(&key, "--admin-tls-key")?;
-        let client_auth = match &client_ca {
-            None => ClientAuth::None,
-            Some(ca) => {
-                let roots = Arc::new(legate_tls::pem::root_store(
-                    &legate_tls::pem::read_file(ca, "--admin-client-ca")?,
-                    "--admin-client-ca",
-                )?);
-                // With tokens accepted too, a client may come without a certificate and is
-                // then judged on its token; otherwise the handshake demands one.
-                if tokens_too {
-                    ClientAuth::Optional(roots)
-                } else {
-                    ClientAuth::Required(roots)
-                }
-            }
-        };
-        legate_tls::config::server_config(
-            ServerParams {
-                cert: CertifiedKey::from_pem(&chain, &key, "--admin-tls")?,
-                client_auth,
-                alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-                min_version: None,
-                max_version: None,
-            },
-            "admin TLS",
-        )
-    })
+    // With tokens accepted too, a client may come without a certificate and is then judged
+    // on its token; otherwise the handshake demands one.
+    legate_tls::files::ServerFiles {
+        cert,
+        key,
+        client_ca,
+        client_cert_optional: tokens_too,
+        alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+    }
+    .watch("admin TLS", interval)
 }
 
 impl AdminApi {

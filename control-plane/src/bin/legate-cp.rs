@@ -130,6 +130,7 @@ fn main() -> ExitCode {
 fn xds_security(args: &Args) -> Result<(Option<ServerFiles>, Option<NodeAuth>), String> {
     let files = match (&args.xds_tls_cert, &args.xds_tls_key) {
         (Some(cert), Some(key)) => Some(ServerFiles {
+            client_cert_optional: false,
             cert: cert.clone(),
             key: key.clone(),
             client_ca: args.xds_client_ca.clone(),

@@ -25,6 +25,9 @@ pub struct ServerFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// With a client CA: let clients without a certificate in (they are judged otherwise,
+    /// e.g. on a token); a certificate that is presented is still verified.
+    pub client_cert_optional: bool,
     /// ALPN protocols accepted, in preference order.
     pub alpn: Vec<Vec<u8>>,
 }
@@ -45,7 +48,12 @@ impl ServerFiles {
             Some(path) => {
                 let label = format!("{what} client CA");
                 let pem = crate::pem::read_file(path, &label)?;
-                ClientAuth::Required(Arc::new(crate::pem::root_store(&pem, &label)?))
+                let roots = Arc::new(crate::pem::root_store(&pem, &label)?);
+                if self.client_cert_optional {
+                    ClientAuth::Optional(roots)
+                } else {
+                    ClientAuth::Required(roots)
+                }
             }
             None => ClientAuth::None,
         };
@@ -160,6 +168,7 @@ mod tests {
         let cert = write("cert.pem", &leaf.cert_pem);
         let key = write("key.pem", &leaf.key_pem);
         let server = ServerFiles {
+            client_cert_optional: false,
             cert: cert.clone(),
             key: key.clone(),
             client_ca: Some(ca_path.clone()),
