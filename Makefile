@@ -12,7 +12,7 @@ run: build
 
 ## Every test: unit tests and the end-to-end tests against real processes and real peers.
 test: build peers test-tools
-	$(CARGO) test $(CARGO_FLAGS) --workspace --all-targets
+	$(CARGO) test $(CARGO_FLAGS) --no-fail-fast --workspace --all-targets
 
 ## Interoperability only: real Envoy and gRPC's xDS client against legate-cp and the compiler.
 test-interop: build peers
@@ -24,7 +24,7 @@ test-unit:
 
 ## End-to-end tests only.
 test-e2e: build peers test-tools
-	$(CARGO) test $(CARGO_FLAGS) -p legate-tests
+	$(CARGO) test $(CARGO_FLAGS) --no-fail-fast -p legate-tests
 
 build:
 	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
