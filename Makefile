@@ -4,7 +4,7 @@ CARGO_FLAGS ?= --locked
 
 VENV ?= .venv
 
-.PHONY: run test test-tools test-interop test-unit test-e2e build build-release lint fmt bench bench-tools clean peers
+.PHONY: run test test-tools test-interop test-unit test-e2e build build-release lint fmt bench bench-tools clean peers fuzz
 
 ## Build everything and start the demo: upstreams + a proxy on examples/demo.yaml.
 run: build
@@ -28,6 +28,11 @@ test-e2e: build peers test-tools
 
 build:
 	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
+
+## Property tests with many more cases than `make test` runs (proptest, stable toolchain).
+FUZZ_CASES ?= 20000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test $(CARGO_FLAGS) -p legate-xds --lib cache::properties
 
 ## Independent xDS peers for the interop tests: real Envoy 1.40 and gRPC's xDS client.
 peers: $(VENV)/.peers-installed

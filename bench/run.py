@@ -23,7 +23,7 @@ sys.path.insert(0, HERE)
 import lib  # noqa: E402
 import report  # noqa: E402
 
-SCENARIO_MODULES = ["dataplane", "scale", "fanout"]
+SCENARIO_MODULES = ["dataplane", "scale", "fanout", "apply"]
 
 
 def machine():

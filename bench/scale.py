@@ -52,13 +52,16 @@ static_resources:
 """
 
 
-def mesh(n, listener_port):
+def mesh(n, listener_port, first_endpoint=None):
+    """N services with a route each; `first_endpoint` (host:port) serves svc-0 when given."""
     lines = ["proxy:", f"  listener: {{name: outbound, address: 127.0.0.1:{listener_port}, protocol: auto}}",
              "services:"]
     for i in range(n):
-        port = 20000 + i % 20000
+        endpoint = f"127.0.0.1:{20000 + i % 20000}"
+        if i == 0 and first_endpoint:
+            endpoint = first_endpoint
         lines += [f"  - name: svc-{i}",
-                  f"    endpoints: [{{address: 127.0.0.1:{port}}}]",
+                  f"    endpoints: [{{address: {endpoint}}}]",
                   f"    route: {{prefix: /svc-{i}/, timeout: 5s}}"]
     return "\n".join(lines) + "\n"
 

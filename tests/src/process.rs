@@ -390,19 +390,26 @@ impl Upstream {
         protocol: Protocol,
         extra_args: &[&str],
     ) -> Upstream {
-        let mut args: Vec<OsString> = [
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            name,
-            "--version",
-            version,
-            "--protocol",
-            protocol.as_arg(),
-        ]
-        .iter()
-        .map(OsString::from)
-        .collect();
+        // `--listen ADDR` among the extra arguments (a restart on the same address) replaces
+        // the default `127.0.0.1:0`.
+        let listen = if extra_args.contains(&"--listen") {
+            None
+        } else {
+            Some(["--listen", "127.0.0.1:0"])
+        };
+        let mut args: Vec<OsString> = listen
+            .into_iter()
+            .flatten()
+            .chain([
+                "--name",
+                name,
+                "--version",
+                version,
+                "--protocol",
+                protocol.as_arg(),
+            ])
+            .map(OsString::from)
+            .collect();
         args.extend(extra_args.iter().map(OsString::from));
 
         let (tx, rx) = tokio::sync::oneshot::channel::<String>();

@@ -116,6 +116,7 @@ both_modes!(
     refused_streams_are_retried_with_capped_backoff,
     cold_start_from_cache_then_reconcile,
     corrupt_cache_is_refused,
+    cache_with_an_invalid_resource_is_refused_whole,
     cache_of_another_node_is_refused,
 );
 
@@ -396,6 +397,12 @@ async fn refused_cache_then_control_plane(
     );
     let xds = legate.admin_json("/config_dump").await["xds"].clone();
     assert_eq!(xds["source"], "none", "{xds:#}");
+    // Nothing of the refused file is served: not even the parts that were fine.
+    assert_eq!(
+        legate.try_listener_addr("outbound").await,
+        None,
+        "a listener from a refused cache is bound"
+    );
 
     server.restart().await;
     legate.wait_ready(WAIT).await;
@@ -462,6 +469,45 @@ async fn corrupt_cache_is_refused(mode: Mode) {
     let line =
         refused_cache_then_control_plane(mode, &server, dir.path(), "test", "checksum").await;
     assert!(line.contains("checksum"), "{line}");
+}
+
+/// A file whose frame and checksum are intact but one of whose resources does not decode (a
+/// buggy writer, or an edit that re-framed the file): the whole cache is refused, with one
+/// log line naming the file, and none of its good resources are served.
+async fn cache_with_an_invalid_resource_is_refused_whole(mode: Mode) {
+    use legate_xds::cache::{self, CachedResource};
+
+    let (_a, _b, clusters) = two_upstreams().await;
+    let server = XdsServer::start().await;
+    server.set_mesh(&forward_mesh("a", &clusters));
+    let dir = TempDir::new("legate-xds-cache");
+    seed_cache(mode, &server, dir.path(), "test").await;
+
+    let mut config = cache::load(dir.path(), "test").expect("the seeded cache loads");
+    let clusters_type = config
+        .types
+        .iter_mut()
+        .find(|t| t.type_url == CDS)
+        .expect("the cache holds clusters");
+    let good = clusters_type.resources.len();
+    assert!(good > 0, "the seeded cache holds clusters");
+    clusters_type.resources.push(CachedResource {
+        name: "broken".to_owned(),
+        version: String::new(),
+        resource: envoy_types::pb::google::protobuf::Any {
+            type_url: CDS.to_owned(),
+            // Field 1 (name) claims 100 bytes and has 2.
+            value: vec![0x0a, 100, b'x', b'y'],
+        },
+    });
+    cache::write(dir.path(), &config).expect("write the re-framed cache");
+
+    server.shutdown().await;
+    let line = refused_cache_then_control_plane(mode, &server, dir.path(), "test", "invalid").await;
+    assert!(
+        line.contains("refused whole"),
+        "the log line says the cache was refused whole: {line}"
+    );
 }
 
 async fn cache_of_another_node_is_refused(mode: Mode) {

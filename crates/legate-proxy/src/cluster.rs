@@ -681,6 +681,9 @@ fn cluster_tls(
 
 /// Build the cluster map for a new snapshot from the previous one. `prepared` holds the TLS
 /// configurations built for new or changed TLS definitions.
+/// Clusters reconciled between two yields to the scheduler.
+const RECONCILE_BATCH: usize = 256;
+
 pub(crate) async fn reconcile(
     old: &HashMap<Arc<str>, Arc<ClusterRuntime>>,
     clusters: impl Iterator<Item = &Arc<Cluster>>,
@@ -689,7 +692,13 @@ pub(crate) async fn reconcile(
 ) -> HashMap<Arc<str>, Arc<ClusterRuntime>> {
     let mut out = HashMap::new();
     let mut fresh = Vec::new();
-    for config in clusters {
+    for (i, config) in clusters.enumerate() {
+        // A new runtime takes microseconds, ten thousand of them tens of milliseconds: let
+        // the requests that share this thread (all of them with `--concurrency 1`) through
+        // between batches. The view is swapped only once the loop is done.
+        if i % RECONCILE_BATCH == RECONCILE_BATCH - 1 {
+            tokio::task::yield_now().await;
+        }
         let previous = old.get(&config.name);
         let tls = cluster_tls(config, previous, &mut prepared, metrics);
         let rt = match previous {

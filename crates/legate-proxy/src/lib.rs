@@ -317,6 +317,11 @@ impl Dataplane {
             .expiry
             .retain("listener", |n| labels.contains(n));
         self.applied.store(true, Ordering::Release);
+        // The previous view may be the last owner of thousands of clusters and their
+        // runtimes: free them off the runtime's threads (a request still using it keeps it
+        // alive and frees it itself).
+        drop(listeners);
+        tokio::task::spawn_blocking(move || drop(old));
         Ok(())
     }
 

@@ -116,6 +116,8 @@ struct Shared {
     applied_from_xds: AtomicBool,
     last_update: Mutex<Option<Instant>>,
     ready: tokio::sync::watch::Sender<bool>,
+    /// Writes the disk cache off the runtime's threads, in order (when a cache is set).
+    cache_writer: Option<cache::Writer>,
 }
 
 impl Shared {
@@ -155,6 +157,11 @@ impl XdsHandle {
 /// Start the client: the stream loop, the cold-start fallback and the staleness gauge.
 pub fn start(options: XdsOptions, sink: Arc<dyn SnapshotSink>, registry: &Registry) -> XdsHandle {
     let (ready, _) = tokio::sync::watch::channel(false);
+    // The task ends with the client, after the last write it was given.
+    let cache_writer = options
+        .cache_dir
+        .clone()
+        .map(|dir| cache::Writer::spawn(dir).0);
     let shared = Arc::new(Shared {
         status: Mutex::new(XdsStatus {
             connected: false,
@@ -171,6 +178,7 @@ pub fn start(options: XdsOptions, sink: Arc<dyn SnapshotSink>, registry: &Regist
         applied_from_xds: AtomicBool::new(false),
         last_update: Mutex::new(None),
         ready,
+        cache_writer,
     });
     tokio::spawn(run(shared.clone()));
     tokio::spawn(cold_start(shared.clone()));
@@ -213,7 +221,8 @@ async fn cold_start(shared: Arc<Shared>) {
         return;
     }
     let state = XdsState::new(s.clone(), shared.options.initial_fetch_timeout);
-    let applied = match state.build(&state.assemble()) {
+    let built = blocking(move || state.build(&state.assemble())).await;
+    let applied = match built {
         Ok(snapshot) => shared.sink.apply(Arc::new(snapshot)).await,
         Err(e) => Err(e.to_string()),
     };
@@ -230,6 +239,7 @@ async fn cold_start(shared: Arc<Shared>) {
 /// Load and apply the cache; false when there is none or it is refused.
 async fn serve_cache(shared: &Arc<Shared>, dir: std::path::PathBuf) -> bool {
     let node_id = shared.options.node.id.clone();
+    let path = cache::file_path(&dir);
     let cached = match tokio::task::spawn_blocking(move || cache::load(&dir, &node_id)).await {
         Ok(Ok(c)) => c,
         Ok(Err(cache::CacheError::Missing { .. })) => {
@@ -254,13 +264,18 @@ async fn serve_cache(shared: &Arc<Shared>, dir: std::path::PathBuf) -> bool {
         shared.options.static_resources.clone(),
         shared.options.initial_fetch_timeout,
     );
-    let built = restore(&mut state, &cached).and_then(|()| {
-        // Everything referenced was cached with it except private secrets, which the cache
-        // never holds: what needs them is left out until the control plane sends them.
-        let assembled = state.assemble_now();
-        log_left_out(&assembled);
-        state.build(&assembled).map_err(|e| e.to_string())
-    });
+    let (state, built) = blocking(move || {
+        let built = restore(&mut state, &cached).and_then(|()| {
+            // Everything referenced was cached with it except private secrets, which the
+            // cache never holds: what needs them is left out until the control plane sends
+            // them.
+            let assembled = state.assemble_now();
+            log_left_out(&assembled);
+            state.build(&assembled).map_err(|e| e.to_string())
+        });
+        (state, built)
+    })
+    .await;
     let snapshot = match built {
         Ok(s) => s,
         Err(error) => {
@@ -269,7 +284,11 @@ async fn serve_cache(shared: &Arc<Shared>, dir: std::path::PathBuf) -> bool {
                 .cache_failures
                 .get_or_create(&["invalid"])
                 .inc();
-            tracing::error!(%error, "xDS cache refused: its resources do not validate; waiting for a control plane");
+            tracing::error!(
+                %error,
+                path = %path.display(),
+                "xDS cache refused whole: its resources do not validate; waiting for a control plane"
+            );
             return false;
         }
     };
@@ -559,50 +578,58 @@ impl Session<'_> {
     async fn on_sotw(
         &mut self,
         tx: &mpsc::Sender<DiscoveryRequest>,
-        resp: DiscoveryResponse,
+        mut resp: DiscoveryResponse,
     ) -> Result<(), StreamError> {
         let Some(kind) = kind_of(&resp.type_url) else {
             tracing::warn!(type_url = %resp.type_url, "ignoring a response of a type legate does not consume");
             return Ok(());
         };
-        let mut errors = Vec::new();
-        let mut incoming = BTreeMap::new();
-        let t = self.state.get(kind);
-        let mut names = HashSet::new();
-        for any in &resp.resources {
-            let received = match Received::decode(kind, any) {
-                Ok(received) => received,
-                Err(e) => {
-                    errors.push(e);
+        // Decoding and checking every resource is the bulk of a large update: off the
+        // runtime's threads (`off_thread`).
+        let resources = std::mem::take(&mut resp.resources);
+        let version_info = resp.version_info.clone();
+        let (proposed, errors) = off_thread(self.state, move |state| {
+            let mut errors = Vec::new();
+            let mut incoming = BTreeMap::new();
+            let t = state.get(kind);
+            let mut names = HashSet::new();
+            for any in &resources {
+                let received = match Received::decode(kind, any) {
+                    Ok(received) => received,
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                };
+                let name = received.name.clone();
+                if !names.insert(name.clone()) {
+                    errors.push(format!(
+                        "{} '{name}': sent twice in one response",
+                        kind.as_str()
+                    ));
                     continue;
                 }
+                // RDS and EDS: a resource not asked for is ignored, not checked.
+                if !is_wildcard(kind) && !t.subscribed.contains(&name) {
+                    continue;
+                }
+                match received.check(version_info.clone()) {
+                    Ok(stored) => drop(incoming.insert(name, stored)),
+                    Err(e) => errors.push(e),
+                }
+            }
+            // LDS and CDS responses are the whole set; RDS and EDS responses carry the
+            // requested resources, and one that is absent is not removed by omission.
+            let proposed = if is_wildcard(kind) {
+                incoming
+            } else {
+                let mut all = t.resources.clone();
+                all.extend(incoming);
+                all
             };
-            let name = received.name.clone();
-            if !names.insert(name.clone()) {
-                errors.push(format!(
-                    "{} '{name}': sent twice in one response",
-                    kind.as_str()
-                ));
-                continue;
-            }
-            // RDS and EDS: a resource not asked for is ignored, not checked.
-            if !is_wildcard(kind) && !t.subscribed.contains(&name) {
-                continue;
-            }
-            match received.check(resp.version_info.clone()) {
-                Ok(stored) => drop(incoming.insert(name, stored)),
-                Err(e) => errors.push(e),
-            }
-        }
-        // LDS and CDS responses are the whole set; RDS and EDS responses carry the
-        // requested resources, and one that is absent is not removed by omission.
-        let proposed = if is_wildcard(kind) {
-            incoming
-        } else {
-            let mut all = t.resources.clone();
-            all.extend(incoming);
-            all
-        };
+            (proposed, errors)
+        })
+        .await;
         let outcome = if errors.is_empty() {
             self.accept(
                 kind,
@@ -711,51 +738,58 @@ impl Session<'_> {
     async fn on_delta(
         &mut self,
         tx: &mpsc::Sender<DeltaDiscoveryRequest>,
-        resp: DeltaDiscoveryResponse,
+        mut resp: DeltaDiscoveryResponse,
     ) -> Result<(), StreamError> {
         let Some(kind) = kind_of(&resp.type_url) else {
             tracing::warn!(type_url = %resp.type_url, "ignoring a response of a type legate does not consume");
             return Ok(());
         };
-        let mut errors = Vec::new();
-        let t = self.state.get(kind);
-        let mut proposed = t.resources.clone();
-        for r in &resp.resources {
-            let Some(any) = &r.resource else {
-                errors.push(format!(
-                    "{} '{}': resource has no body",
-                    kind.as_str(),
-                    r.name
-                ));
-                continue;
-            };
-            let received = match Received::decode(kind, any) {
-                Ok(received) => received,
-                Err(e) => {
-                    errors.push(e);
+        // As for state of the world: decoded and checked off the runtime's threads.
+        let resources = std::mem::take(&mut resp.resources);
+        let removed = std::mem::take(&mut resp.removed_resources);
+        let (proposed, errors) = off_thread(self.state, move |state| {
+            let mut errors = Vec::new();
+            let t = state.get(kind);
+            let mut proposed = t.resources.clone();
+            for r in &resources {
+                let Some(any) = &r.resource else {
+                    errors.push(format!(
+                        "{} '{}': resource has no body",
+                        kind.as_str(),
+                        r.name
+                    ));
+                    continue;
+                };
+                let received = match Received::decode(kind, any) {
+                    Ok(received) => received,
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                };
+                let name = received.name.clone();
+                if !r.name.is_empty() && r.name != name {
+                    errors.push(format!(
+                        "{} '{}': resource is named '{name}' inside",
+                        kind.as_str(),
+                        r.name
+                    ));
                     continue;
                 }
-            };
-            let name = received.name.clone();
-            if !r.name.is_empty() && r.name != name {
-                errors.push(format!(
-                    "{} '{}': resource is named '{name}' inside",
-                    kind.as_str(),
-                    r.name
-                ));
-                continue;
+                if !is_wildcard(kind) && !t.subscribed.contains(&name) {
+                    continue;
+                }
+                match received.check(r.version.clone()) {
+                    Ok(stored) => drop(proposed.insert(name, stored)),
+                    Err(e) => errors.push(e),
+                }
             }
-            if !is_wildcard(kind) && !t.subscribed.contains(&name) {
-                continue;
+            for name in &removed {
+                proposed.remove(name);
             }
-            match received.check(r.version.clone()) {
-                Ok(stored) => drop(proposed.insert(name, stored)),
-                Err(e) => errors.push(e),
-            }
-        }
-        for name in &resp.removed_resources {
-            proposed.remove(name);
-        }
+            (proposed, errors)
+        })
+        .await;
         let outcome = if errors.is_empty() {
             self.accept(
                 kind,
@@ -843,7 +877,11 @@ impl Session<'_> {
         version_info: String,
         nonce: String,
     ) -> Result<Vec<ResourceKind>, String> {
-        let proposal = self.state.propose(kind, proposed, version_info, nonce)?;
+        // Checking the whole set builds a candidate snapshot: off the runtime's threads.
+        let proposal = off_thread(self.state, move |state| {
+            state.propose(kind, proposed, version_info, nonce)
+        })
+        .await?;
         let dependents: &[ResourceKind] = match kind {
             ResourceKind::Listener => &[ResourceKind::Secret, ResourceKind::RouteConfiguration],
             ResourceKind::Cluster => &[ResourceKind::ClusterLoadAssignment, ResourceKind::Secret],
@@ -931,17 +969,34 @@ impl Session<'_> {
             }
             self.initial_done = true;
         }
-        let assembled = self.state.assemble();
-        if !assembled.warming.is_empty() {
-            self.warming_deadline = self.state.next_warming_deadline(&assembled.warming);
-            tracing::debug!(warming = ?assembled.warming, "waiting for referenced resources");
-            return Ok(());
-        }
-        // Nothing warms any more: a deadline set while something did would only rebuild
-        // the same snapshot when it passed.
-        self.warming_deadline = None;
-        log_left_out(&assembled);
-        let snapshot = self.state.build(&assembled).map_err(|e| e.to_string())?;
+        // Assembling decodes every accepted resource and building validates them all: at
+        // 10,000 clusters that is the longest step of an update, so it runs off the
+        // runtime's threads, and so does dropping the decoded set.
+        let built = off_thread(self.state, |state| {
+            let assembled = state.assemble();
+            if !assembled.warming.is_empty() {
+                return Err((
+                    state.next_warming_deadline(&assembled.warming),
+                    assembled.warming,
+                ));
+            }
+            log_left_out(&assembled);
+            Ok(state.build(&assembled))
+        })
+        .await;
+        let snapshot = match built {
+            Err((deadline, warming)) => {
+                self.warming_deadline = deadline;
+                tracing::debug!(?warming, "waiting for referenced resources");
+                return Ok(());
+            }
+            Ok(built) => {
+                // Nothing warms any more: a deadline set while something did would only
+                // rebuild the same snapshot when it passed.
+                self.warming_deadline = None;
+                built.map_err(|e| e.to_string())?
+            }
+        };
         let (version, clusters) = (snapshot.version.clone(), snapshot.clusters.len());
         let _guard = self.shared.apply_lock.lock().await;
         self.shared.sink.apply(Arc::new(snapshot)).await?;
@@ -954,8 +1009,10 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Hands the state just applied to the cache writer, which writes it off the runtime's
+    /// threads and never lets an older state overtake a newer one (`cache::Writer`).
     fn write_cache(&self) {
-        let Some(dir) = self.shared.options.cache_dir.clone() else {
+        let Some(writer) = &self.shared.cache_writer else {
             return;
         };
         let config = CachedConfig {
@@ -983,11 +1040,41 @@ impl Session<'_> {
                 .collect(),
             written_at: SystemTime::now(),
         };
-        // Small and rare: written inline so the cache always matches the last apply.
-        if let Err(error) = cache::write(&dir, &config) {
-            tracing::warn!(%error, "cannot write the xDS cache");
-        }
+        writer.submit(config);
     }
+}
+
+/// Runs `work` on tokio's blocking pool and waits for it, so CPU-heavy steps (decoding and
+/// validating thousands of resources, building a snapshot) never hold a runtime thread: with
+/// `--concurrency 1` the only one, which also serves every request. A panic in `work` goes on
+/// in the caller, as if it had run inline.
+async fn blocking<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> R {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(out) => out,
+        // Cancelled only when the runtime shuts down, which drops the caller too.
+        Err(error) => std::panic::resume_unwind(
+            error
+                .try_into_panic()
+                .unwrap_or_else(|error| Box::new(error.to_string())),
+        ),
+    }
+}
+
+/// [`blocking`] with the client state lent to `work`: it is moved out for the duration and
+/// put back, and the stream loop awaits it, so nothing sees the empty stand-in.
+async fn off_thread<R: Send + 'static>(
+    state: &mut XdsState,
+    work: impl FnOnce(&mut XdsState) -> R + Send + 'static,
+) -> R {
+    let stand_in = XdsState::new(legate_snapshot::Resources::default(), Duration::ZERO);
+    let mut lent = std::mem::replace(state, stand_in);
+    let (back, out) = blocking(move || {
+        let out = work(&mut lent);
+        (lent, out)
+    })
+    .await;
+    *state = back;
+    out
 }
 
 fn send<T>(tx: &mpsc::Sender<T>, req: T) -> Result<(), StreamError> {

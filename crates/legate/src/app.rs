@@ -151,10 +151,14 @@ pub async fn build(bootstrap: Bootstrap) -> anyhow::Result<App> {
     tracing::info!(address = %admin_address, "admin server listening");
 
     if bootstrap.xds.is_none() {
-        let snapshot = legate_snapshot::build(
-            static_version(&bootstrap.static_resources),
-            &bootstrap.static_resources,
-        )
+        // A large static mesh takes as long to build as a large xDS update: off the
+        // runtime's threads, as the xDS client does (the admin server already runs on them).
+        let resources = bootstrap.static_resources.clone();
+        let snapshot = tokio::task::spawn_blocking(move || {
+            legate_snapshot::build(static_version(&resources), &resources)
+        })
+        .await
+        .context("building the static configuration")?
         .map_err(|e| anyhow::anyhow!("invalid static resources: {e}"))?;
         dataplane
             .apply(Arc::new(snapshot))
