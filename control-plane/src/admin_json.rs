@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `GET /v1/nodes` | connected nodes, versions sent and ACKed, last NACK; refused streams |
 //! | `GET /v1/nodes/{id}[?cluster=C]` | the resources a node receives |
+//! | `GET /v1/mesh` | the mesh files applied (paths, digest, when), the last refusal, refusals so far |
 //! | `POST /v1/apply` | body: a mesh document with `services:` |
 //! | `POST /v1/services/{name}/weights` | body: `{"v1": 90, "v2": 10}` |
 //!
@@ -190,6 +191,10 @@ where
                 }),
             )
         }
+        ("GET", ["v1", "mesh"]) => json(
+            200,
+            &serde_json::to_value(cp.mesh_status()).unwrap_or(serde_json::Value::Null),
+        ),
         ("GET", ["v1", "nodes", id]) => {
             let cluster = query
                 .split('&')
@@ -234,7 +239,7 @@ where
             let Ok(text) = std::str::from_utf8(&body) else {
                 return error(400, "the body must be UTF-8 YAML or JSON");
             };
-            match cp.apply(text, "request") {
+            match cp.apply(text, "request").await {
                 Ok((generation, changes)) => json(
                     200,
                     &serde_json::json!({ "generation": generation, "changes": changes }),
@@ -251,13 +256,14 @@ where
                 Ok(w) => w,
                 Err(e) => return error(400, &e),
             };
-            match cp.set_weights(name, &weights) {
+            match cp.set_weights(name, &weights).await {
                 Ok((generation, changes)) => json(
                     200,
                     &serde_json::json!({ "generation": generation, "changes": changes }),
                 ),
                 Err(e @ WeightsError::UnknownService(_)) => error(404, &e.to_string()),
                 Err(e @ WeightsError::Invalid(_)) => error(400, &e.to_string()),
+                Err(e @ WeightsError::Stopped) => error(503, &e.to_string()),
             }
         }
         _ => error(

@@ -1,11 +1,17 @@
 //! The `legate-cp` program: mesh files (watched) plus persisted admin changes → compiled
 //! snapshots in the cache → xDS streams; and the admin API over gRPC and JSON.
+//!
+//! The configuration state (the files' mesh, the admin overlay, what was published) has one
+//! owner: a thread of its own (`Owner`) that takes file changes and admin changes one at a
+//! time, in the order they come, and is the only one that publishes. Admin calls send it a
+//! command and await the reply; the file watcher only wakes it. So a change is always built
+//! on the state the previous one left, and what is served is what is persisted.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use legate_model::{Mesh, Service};
 use legate_proto::admin::admin_server::Admin;
@@ -15,10 +21,14 @@ use legate_proto::admin::{
     RefusalCount as PbRefusalCount, Resource as PbResource, SetWeightsRequest,
     TypeStatus as PbTypeStatus,
 };
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use crate::secrets::SecretFiles;
-use crate::store::{self, Overlay, StoreError};
+use crate::store::{self, MeshFiles, Overlay, StoreError};
+use crate::watch::{Settle, Verdict, Watcher};
 use crate::{NodeKey, NodeRegistry, NodeSnapshot, SnapshotCache};
 
 /// Why a weight change was refused.
@@ -29,7 +39,12 @@ pub enum WeightsError {
     /// The weights do not fit the service, or the result does not validate.
     #[error("{0}")]
     Invalid(String),
+    /// The state's owner is gone (it panicked, or legate-cp is stopping).
+    #[error("{STOPPED}")]
+    Stopped,
 }
+
+const STOPPED: &str = "the control plane's state owner has stopped";
 
 /// How `legate-cp` runs.
 #[derive(Clone, Debug)]
@@ -39,300 +54,225 @@ pub struct CpOptions {
     pub data_dir: PathBuf,
     /// Nodes in this cluster are gRPC xDS clients and get API listeners per service.
     pub grpc_cluster: String,
-    /// How often mesh files are checked for changes.
-    pub watch_interval: Duration,
+    /// How long changed mesh files must keep the same contents before they are applied.
+    pub settle: Duration,
+    /// How often the files are read even without a change notification (inotify can miss
+    /// changes: queue overflow, network filesystems, a watched directory replaced).
+    pub recheck_interval: Duration,
 }
 
+impl CpOptions {
+    /// The defaults of the `legate-cp` flags: settle 1 s, re-check every 30 s.
+    pub fn new(config: PathBuf, data_dir: PathBuf, grpc_cluster: String) -> CpOptions {
+        CpOptions {
+            config,
+            data_dir,
+            grpc_cluster,
+            settle: Duration::from_secs(1),
+            recheck_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where the mesh files stand, for `GET /v1/mesh`: what was applied last, and the last
+/// refusal since then.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MeshStatus {
+    /// `--config`: a file or a directory.
+    pub config: String,
+    /// The files of the configuration applied last, in order.
+    pub files: Vec<String>,
+    /// SHA-256 of the names and bytes of those files.
+    pub digest: String,
+    pub applied_at_unix_ms: u64,
+    /// The admin overlay's generation.
+    pub generation: u64,
+    /// The newest refusal, cleared when a later version of the files is applied.
+    pub refused: Option<MeshRefusal>,
+    /// Refused versions of the files since start.
+    pub refusals: u64,
+    /// `inotify` (the platform's notifications) or `polling`.
+    pub watch: &'static str,
+    pub settle_ms: u64,
+}
+
+/// A version of the mesh files that was not applied.
+#[derive(Clone, Debug, Serialize)]
+pub struct MeshRefusal {
+    pub error: String,
+    pub digest: String,
+    pub at_unix_ms: u64,
+}
+
+type Changed = Result<(u64, Vec<String>), String>;
+
+/// What the owner is asked to do, with where to send the answer.
+enum Command {
+    Apply {
+        document: String,
+        source: String,
+        reply: oneshot::Sender<Changed>,
+    },
+    SetWeights {
+        service: String,
+        weights: Vec<(String, u32)>,
+        reply: oneshot::Sender<Result<(u64, Vec<String>), WeightsError>>,
+    },
+}
+
+/// Admin commands waiting for the owner; a caller past this waits for room.
+const COMMAND_QUEUE: usize = 64;
+
+/// The control plane's configuration side, as the admin API and the binary see it.
+pub struct ControlPlane {
+    pub cache: Arc<SnapshotCache>,
+    pub registry: Arc<NodeRegistry>,
+    commands: mpsc::Sender<Command>,
+    status: Arc<Mutex<MeshStatus>>,
+}
+
+/// The configuration state, owned by [`Owner`] alone.
 struct State {
     base: Mesh,
     overlay: Overlay,
     effective: Mesh,
-    files: Vec<(String, SystemTime, u64)>,
+    /// Digest of the mesh files last decided on (applied or refused).
+    seen: [u8; 32],
     /// The certificate files' fingerprint of the last publish (rotation republishes).
     secrets: [u8; 32],
 }
 
-/// The control plane's configuration side.
-pub struct ControlPlane {
-    pub cache: Arc<SnapshotCache>,
-    pub registry: Arc<NodeRegistry>,
+/// The one owner of the configuration state: applies file changes and admin commands in
+/// order, persists, publishes. Runs on a thread of its own with a single-threaded runtime,
+/// so the blocking parts (file reads, compiling, the overlay's fsync) never hold up the
+/// runtime that serves xDS and the admin API.
+struct Owner {
     options: CpOptions,
-    state: Mutex<State>,
+    cache: Arc<SnapshotCache>,
+    status: Arc<Mutex<MeshStatus>>,
+    state: State,
+    settle: Settle,
+    watcher: Watcher,
+    wake: Arc<Notify>,
+    /// The last file or certificate error logged, to log each one once.
+    last_error: Option<String>,
 }
 
-fn signature(files: &[(String, String)]) -> Vec<(String, SystemTime, u64)> {
-    files
-        .iter()
-        .map(|(name, text)| {
-            let modified = std::fs::metadata(name)
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            (name.clone(), modified, text.len() as u64)
-        })
-        .collect()
+fn hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl ControlPlane {
-    /// Load mesh files and persisted changes, and publish the first snapshots. A bad file
-    /// here is fatal (there is no last good configuration yet).
+    /// Load mesh files and persisted changes, publish the first snapshots, and start the
+    /// state's owner (which watches the files from then on). A bad file here is fatal
+    /// (there is no last good configuration yet).
     pub fn load(options: CpOptions) -> Result<Arc<Self>, StoreError> {
         let files = store::read_mesh_files(&options.config)?;
-        let base = store::load_mesh(&files)?;
+        let base = store::load_mesh(&files.files)?;
         let overlay = store::load_overlay(&options.data_dir)?;
         let effective = store::effective(&base, &overlay)?;
         let secrets = SecretFiles::read(&effective, &crate::secrets::base_dir(&options.config))
             .map_err(|e| StoreError::Other(e.to_string()))?;
-        let cp = Arc::new(ControlPlane {
-            cache: Arc::new(SnapshotCache::new()),
-            registry: Arc::new(NodeRegistry::new()),
-            state: Mutex::new(State {
+        let cache = Arc::new(SnapshotCache::new());
+        let wake = Arc::new(Notify::new());
+        let watcher = Watcher::new(wake.clone());
+        let status = Arc::new(Mutex::new(MeshStatus {
+            config: options.config.display().to_string(),
+            files: files.paths(),
+            digest: hex(&files.digest),
+            applied_at_unix_ms: unix_ms(),
+            generation: overlay.generation,
+            refused: None,
+            refusals: 0,
+            watch: if watcher.is_active() {
+                "inotify"
+            } else {
+                "polling"
+            },
+            settle_ms: u64::try_from(options.settle.as_millis()).unwrap_or(u64::MAX),
+        }));
+        let mut owner = Owner {
+            settle: Settle::new(options.settle),
+            options,
+            cache: cache.clone(),
+            status: status.clone(),
+            state: State {
                 base,
                 overlay,
                 effective: effective.clone(),
-                files: signature(&files),
+                seen: files.digest,
                 secrets: secrets.fingerprint(),
-            }),
-            options,
-        });
-        cp.publish(&effective, &secrets)
-            .map_err(StoreError::Other)?;
-        Ok(cp)
-    }
-
-    /// Read the certificate files `mesh`'s secrets name.
-    fn read_secrets(&self, mesh: &Mesh) -> Result<SecretFiles, String> {
-        SecretFiles::read(mesh, &crate::secrets::base_dir(&self.options.config))
-            .map_err(|e| e.to_string())
-    }
-
-    /// The proxy resources of `mesh` for the nodes of `node_cluster` (`None`: nodes no TLS
-    /// rule selects), with the secrets' contents in place, checked with legate's own
-    /// validation.
-    fn proxy_resources(
-        mesh: &Mesh,
-        node_cluster: Option<&str>,
-        secrets: &SecretFiles,
-    ) -> Result<legate_snapshot::Resources, String> {
-        let mut resources = match node_cluster {
-            Some(nc) => legate_model::compile_for_node_cluster(mesh, nc),
-            None => legate_model::compile(mesh),
+            },
+            watcher,
+            wake,
+            last_error: None,
         };
-        secrets
-            .inline(&mut resources.secrets)
-            .map_err(|e| e.to_string())?;
-        legate_snapshot::build("candidate", &resources).map_err(|e| e.to_string())?;
-        Ok(resources)
+        owner
+            .publish(&effective, &secrets)
+            .map_err(StoreError::Other)?;
+        owner.watch_dirs();
+        let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| StoreError::Other(format!("cannot start the state owner: {e}")))?;
+        std::thread::Builder::new()
+            .name("legate-cp-state".to_owned())
+            .spawn(move || runtime.block_on(owner.run(rx)))
+            .map_err(|e| StoreError::Other(format!("cannot start the state owner: {e}")))?;
+        Ok(Arc::new(ControlPlane {
+            cache,
+            registry: Arc::new(NodeRegistry::new()),
+            commands,
+            status,
+        }))
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Compile `mesh` for proxies (default, and one snapshot per node cluster that a TLS
-    /// client certificate rule names) and for gRPC clients (their cluster), checking the
-    /// proxy resources with legate's own validation first. All selectors change at once.
-    fn publish(&self, mesh: &Mesh, secrets: &SecretFiles) -> Result<(), String> {
-        let grpc_cluster = &self.options.grpc_cluster;
-        let node_clusters = mesh.client_certificate_node_clusters();
-        if node_clusters.contains(grpc_cluster) {
-            return Err(format!(
-                "node cluster '{grpc_cluster}' is for gRPC clients, which are not served TLS \
-                 services: it cannot have a client certificate rule"
-            ));
-        }
-        let default = NodeSnapshot::from_resources(&Self::proxy_resources(mesh, None, secrets)?);
-        let mut by_cluster = Vec::with_capacity(node_clusters.len());
-        for nc in node_clusters {
-            let resources = Self::proxy_resources(mesh, Some(&nc), secrets)?;
-            by_cluster.push((nc, NodeSnapshot::from_resources(&resources)));
-        }
-        let grpc = NodeSnapshot::from_resources(&legate_model::compile_for_grpc(mesh));
-        self.cache.update(|s| {
-            // Node clusters a rule named before and no longer does fall back to the default.
-            s.by_cluster.retain(|nc, _| nc == grpc_cluster);
-            s.set(NodeKey::Default, Arc::new(default));
-            s.set(NodeKey::Cluster(grpc_cluster.clone()), Arc::new(grpc));
-            for (nc, snapshot) in by_cluster {
-                s.set(NodeKey::Cluster(nc), Arc::new(snapshot));
-            }
-        });
-        Ok(())
-    }
-
-    /// Poll the mesh files; a valid change is published, an invalid one is logged with
-    /// file, line and column and the last good configuration stays.
-    pub async fn watch_files(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.options.watch_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_error: Option<String> = None;
-        loop {
-            tick.tick().await;
-            let files = match store::read_mesh_files(&self.options.config) {
-                Ok(f) => f,
-                Err(e) => {
-                    let msg = e.to_string();
-                    if last_error.as_deref() != Some(&msg) {
-                        tracing::error!(error = %msg, "cannot read mesh files; keeping the last good configuration");
-                        last_error = Some(msg);
-                    }
-                    continue;
-                }
-            };
-            let sig = signature(&files);
-            if sig == self.state().files {
-                self.watch_secrets(&mut last_error);
-                continue;
-            }
-            let result = store::load_mesh(&files).and_then(|base| {
-                let overlay = self.state().overlay.clone();
-                let effective = store::effective(&base, &overlay)?;
-                let secrets = self.read_secrets(&effective).map_err(StoreError::Other)?;
-                self.publish(&effective, &secrets)
-                    .map_err(StoreError::Other)?;
-                Ok((base, effective, secrets.fingerprint()))
-            });
-            let mut st = self.state();
-            st.files = sig;
-            match result {
-                Ok((base, effective, secrets)) => {
-                    st.base = base;
-                    st.effective = effective;
-                    st.secrets = secrets;
-                    last_error = None;
-                    tracing::info!("mesh files changed: new configuration pushed");
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "mesh files refused; keeping the last good configuration");
-                    last_error = Some(e.to_string());
-                }
-            }
-        }
-    }
-
-    /// Re-read the certificate files of the effective mesh; when their contents changed
-    /// (rotation), publish again. Files that do not check out (a pair caught half-written)
-    /// leave the last good ones served, and are tried again on the next tick.
-    fn watch_secrets(&self, last_error: &mut Option<String>) {
-        let effective = self.state().effective.clone();
-        if effective.secrets.is_empty() {
-            return;
-        }
-        let base = crate::secrets::base_dir(&self.options.config);
-        let result = SecretFiles::read_unchecked(&effective, &base)
-            .map_err(|e| e.to_string())
-            .and_then(|secrets| {
-                if secrets.fingerprint() == self.state().secrets {
-                    return Ok(false);
-                }
-                secrets.check(&effective).map_err(|e| e.to_string())?;
-                self.publish(&effective, &secrets)?;
-                self.state().secrets = secrets.fingerprint();
-                Ok(true)
-            });
-        match result {
-            Ok(changed) => {
-                if changed {
-                    tracing::info!("certificate files changed: new secrets pushed");
-                }
-                *last_error = None;
-            }
-            Err(e) => {
-                if last_error.as_deref() != Some(&e) {
-                    tracing::warn!(error = %e, "certificate files not applied; keeping the last good ones");
-                    *last_error = Some(e);
-                }
-            }
-        }
-    }
-
-    /// Validate `change` on a copy of the effective mesh, persist, publish. On error nothing
-    /// changes.
-    fn change(
-        &self,
-        change: impl FnOnce(&mut Mesh, &mut Overlay) -> Result<Vec<String>, String>,
-    ) -> Result<(u64, Vec<String>), String> {
-        let mut st = self.state();
-        let mut overlay = st.overlay.clone();
-        let mut mesh = st.effective.clone();
-        let changes = change(&mut mesh, &mut overlay)?;
-        let effective = store::effective(&st.base, &overlay).map_err(|e| e.to_string())?;
-        // Check it compiles and validates before persisting anything.
-        let secrets = self.read_secrets(&effective)?;
-        Self::proxy_resources(&effective, None, &secrets)?;
-        overlay.generation += 1;
-        store::save_overlay(&self.options.data_dir, &overlay).map_err(|e| e.to_string())?;
-        self.publish(&effective, &secrets)?;
-        st.overlay = overlay;
-        st.effective = effective;
-        st.secrets = secrets.fingerprint();
-        Ok((st.overlay.generation, changes))
+    /// Where the mesh files stand: applied, refused, how they are watched.
+    pub fn mesh_status(&self) -> MeshStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Insert or replace the services of a mesh document.
-    pub fn apply(&self, document: &str, source: &str) -> Result<(u64, Vec<String>), String> {
-        let doc: Mesh = legate_model::parse_yaml(document, source).map_err(|e| e.to_string())?;
-        if doc.services.is_empty() {
-            return Err(format!("{source}: no services to apply"));
+    pub async fn apply(&self, document: &str, source: &str) -> Changed {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Apply {
+            document: document.to_owned(),
+            source: source.to_owned(),
+            reply,
+        };
+        if self.commands.send(command).await.is_err() {
+            return Err(STOPPED.to_owned());
         }
-        if !doc.listeners.is_empty() || !doc.clusters.is_empty() || !doc.route_configs.is_empty() {
-            return Err(format!(
-                "{source}: only services can be applied through the admin API; edit mesh files for listeners, routes and clusters"
-            ));
-        }
-        self.change(|mesh, overlay| {
-            let mut changes = Vec::new();
-            for svc in doc.services {
-                let existed = mesh.services.iter().any(|s| s.name == svc.name);
-                legate_model::apply_service(mesh, svc.clone()).map_err(|ps| {
-                    ps.iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })?;
-                changes.push(format!(
-                    "service {} {}",
-                    svc.name,
-                    if existed { "updated" } else { "created" }
-                ));
-                overlay.services.insert(svc.name.clone(), svc);
-            }
-            Ok(changes)
-        })
+        answer.await.unwrap_or_else(|_| Err(STOPPED.to_owned()))
     }
 
     /// Set a service's version weights.
-    pub fn set_weights(
+    pub async fn set_weights(
         &self,
         service: &str,
         weights: &[(String, u32)],
     ) -> Result<(u64, Vec<String>), WeightsError> {
-        let known = self
-            .state()
-            .effective
-            .services
-            .iter()
-            .any(|s| s.name == service);
-        if !known {
-            return Err(WeightsError::UnknownService(service.to_owned()));
+        let (reply, answer) = oneshot::channel();
+        let command = Command::SetWeights {
+            service: service.to_owned(),
+            weights: weights.to_vec(),
+            reply,
+        };
+        if self.commands.send(command).await.is_err() {
+            return Err(WeightsError::Stopped);
         }
-        self.change(|mesh, overlay| {
-            legate_model::set_weights(mesh, service, weights).map_err(|p| p.to_string())?;
-            let svc: Service = mesh
-                .services
-                .iter()
-                .find(|s| s.name == service)
-                .cloned()
-                .ok_or_else(|| format!("unknown service '{service}'"))?;
-            let desc: Vec<String> = weights.iter().map(|(v, w)| format!("{v}={w}")).collect();
-            overlay.services.insert(service.to_owned(), svc);
-            Ok(vec![format!(
-                "service {service} weights {}",
-                desc.join(" ")
-            )])
-        })
-        .map_err(WeightsError::Invalid)
+        answer.await.unwrap_or(Err(WeightsError::Stopped))
     }
-
     /// The resources a node (id, cluster) is served.
     pub fn node_resources(&self, id: &str, cluster: &str) -> Option<Vec<PbResource>> {
         let node = envoy_types::pb::envoy::config::core::v3::Node {
@@ -402,6 +342,324 @@ impl ControlPlane {
                 }
             })
             .collect()
+    }
+}
+
+impl Owner {
+    /// Take commands and file changes until every [`ControlPlane`] handle is gone.
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let poll = if self.watcher.is_active() {
+            self.options.recheck_interval
+        } else {
+            // Without notifications, polling is all there is.
+            self.options.settle.max(Duration::from_millis(250))
+        };
+        let mut recheck = Instant::now() + poll;
+        let mut settle_at: Option<Instant> = None;
+        loop {
+            let deadline = settle_at.map_or(recheck, |at| at.min(recheck));
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => return,
+                },
+                () = self.wake.notified() => settle_at = self.check_files(),
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    if Instant::now() >= recheck {
+                        recheck = Instant::now() + poll;
+                    }
+                    settle_at = self.check_files();
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        // A caller that went away no longer wants the answer; the change stands.
+        match command {
+            Command::Apply {
+                document,
+                source,
+                reply,
+            } => {
+                let _ = reply.send(self.apply(&document, &source));
+            }
+            Command::SetWeights {
+                service,
+                weights,
+                reply,
+            } => {
+                let _ = reply.send(self.set_weights(&service, &weights));
+            }
+        }
+    }
+
+    /// Read the mesh files and decide: unchanged (then look at the certificate files), still
+    /// settling (returns when to look again), or stable for the settle interval (apply or
+    /// refuse it). A read error settles like contents do, so a file being replaced is not
+    /// reported while it is.
+    fn check_files(&mut self) -> Option<Instant> {
+        let read = store::read_mesh_files(&self.options.config);
+        let digest = match &read {
+            Ok(files) => files.digest,
+            Err(e) => Sha256::digest(e.to_string().as_bytes()).into(),
+        };
+        match self.settle.observe(digest, self.state.seen, Instant::now()) {
+            Verdict::Unchanged => {
+                self.check_secrets();
+                None
+            }
+            Verdict::Wait(until) => Some(until),
+            Verdict::Apply => {
+                self.state.seen = digest;
+                match read {
+                    Ok(files) => self.apply_files(&files),
+                    Err(e) => self.refuse(&e.to_string(), &digest),
+                }
+                None
+            }
+        }
+    }
+
+    /// Publish the files' mesh with the overlay on top, or keep the last good one.
+    fn apply_files(&mut self, files: &MeshFiles) {
+        let result = store::load_mesh(&files.files).and_then(|base| {
+            let effective = store::effective(&base, &self.state.overlay)?;
+            let secrets = self.read_secrets(&effective).map_err(StoreError::Other)?;
+            self.publish(&effective, &secrets)
+                .map_err(StoreError::Other)?;
+            Ok((base, effective, secrets.fingerprint()))
+        });
+        match result {
+            Ok((base, effective, secrets)) => {
+                self.state.base = base;
+                self.state.effective = effective;
+                self.state.secrets = secrets;
+                self.last_error = None;
+                {
+                    let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+                    status.files = files.paths();
+                    status.digest = hex(&files.digest);
+                    status.applied_at_unix_ms = unix_ms();
+                    status.refused = None;
+                }
+                self.watch_dirs();
+                tracing::info!(digest = %hex(&files.digest), "mesh files changed: new configuration pushed");
+            }
+            Err(e) => self.refuse(&e.to_string(), &files.digest),
+        }
+    }
+
+    fn refuse(&mut self, error: &str, digest: &[u8; 32]) {
+        tracing::error!(%error, "mesh files refused; keeping the last good configuration");
+        self.last_error = Some(error.to_owned());
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        status.refusals = status.refusals.saturating_add(1);
+        status.refused = Some(MeshRefusal {
+            error: error.to_owned(),
+            digest: hex(digest),
+            at_unix_ms: unix_ms(),
+        });
+    }
+
+    /// Watch the directory of the mesh files and those of the certificate files the
+    /// effective mesh names.
+    fn watch_dirs(&mut self) {
+        let base = crate::secrets::base_dir(&self.options.config);
+        let mut dirs = BTreeSet::from([base.clone()]);
+        for s in &self.state.effective.secrets {
+            for path in [&s.cert, &s.key, &s.ca].into_iter().flatten() {
+                if let Some(parent) = base.join(path).parent() {
+                    dirs.insert(parent.to_path_buf());
+                }
+            }
+        }
+        self.watcher.watch_dirs(dirs);
+    }
+
+    /// Read the certificate files `mesh`'s secrets name.
+    fn read_secrets(&self, mesh: &Mesh) -> Result<SecretFiles, String> {
+        SecretFiles::read(mesh, &crate::secrets::base_dir(&self.options.config))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Re-read the certificate files of the effective mesh; when their contents changed
+    /// (rotation), publish again. Files that do not check out (a pair caught half-written)
+    /// leave the last good ones served, and are tried again on the next change or check.
+    fn check_secrets(&mut self) {
+        if self.state.effective.secrets.is_empty() {
+            return;
+        }
+        let base = crate::secrets::base_dir(&self.options.config);
+        let effective = &self.state.effective;
+        let result = SecretFiles::read_unchecked(effective, &base)
+            .map_err(|e| e.to_string())
+            .and_then(|secrets| {
+                if secrets.fingerprint() == self.state.secrets {
+                    return Ok(None);
+                }
+                secrets.check(effective).map_err(|e| e.to_string())?;
+                self.publish(effective, &secrets)?;
+                Ok(Some(secrets.fingerprint()))
+            });
+        match result {
+            Ok(changed) => {
+                if let Some(fingerprint) = changed {
+                    self.state.secrets = fingerprint;
+                    tracing::info!("certificate files changed: new secrets pushed");
+                }
+                self.last_error = None;
+            }
+            Err(e) => {
+                if self.last_error.as_deref() != Some(&e) {
+                    tracing::warn!(error = %e, "certificate files not applied; keeping the last good ones");
+                    self.last_error = Some(e);
+                }
+            }
+        }
+    }
+
+    /// Validate `change` on a copy of the effective mesh, persist, publish. On error nothing
+    /// changes.
+    fn change(
+        &mut self,
+        change: impl FnOnce(&mut Mesh, &mut Overlay) -> Result<Vec<String>, String>,
+    ) -> Changed {
+        let mut overlay = self.state.overlay.clone();
+        let mut mesh = self.state.effective.clone();
+        let changes = change(&mut mesh, &mut overlay)?;
+        let effective = store::effective(&self.state.base, &overlay).map_err(|e| e.to_string())?;
+        // Check it compiles and validates before persisting anything.
+        let secrets = self.read_secrets(&effective)?;
+        Self::proxy_resources(&effective, None, &secrets)?;
+        overlay.generation += 1;
+        store::save_overlay(&self.options.data_dir, &overlay).map_err(|e| e.to_string())?;
+        self.publish(&effective, &secrets)?;
+        self.state.overlay = overlay;
+        self.state.effective = effective;
+        self.state.secrets = secrets.fingerprint();
+        let generation = self.state.overlay.generation;
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .generation = generation;
+        self.watch_dirs();
+        Ok((generation, changes))
+    }
+
+    /// Insert or replace the services of a mesh document.
+    fn apply(&mut self, document: &str, source: &str) -> Changed {
+        let doc: Mesh = legate_model::parse_yaml(document, source).map_err(|e| e.to_string())?;
+        if doc.services.is_empty() {
+            return Err(format!("{source}: no services to apply"));
+        }
+        if !doc.listeners.is_empty() || !doc.clusters.is_empty() || !doc.route_configs.is_empty() {
+            return Err(format!(
+                "{source}: only services can be applied through the admin API; edit mesh files for listeners, routes and clusters"
+            ));
+        }
+        self.change(|mesh, overlay| {
+            let mut changes = Vec::new();
+            for svc in doc.services {
+                let existed = mesh.services.iter().any(|s| s.name == svc.name);
+                legate_model::apply_service(mesh, svc.clone()).map_err(|ps| {
+                    ps.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })?;
+                changes.push(format!(
+                    "service {} {}",
+                    svc.name,
+                    if existed { "updated" } else { "created" }
+                ));
+                overlay.services.insert(svc.name.clone(), svc);
+            }
+            Ok(changes)
+        })
+    }
+
+    /// Set a service's version weights.
+    fn set_weights(
+        &mut self,
+        service: &str,
+        weights: &[(String, u32)],
+    ) -> Result<(u64, Vec<String>), WeightsError> {
+        if !self
+            .state
+            .effective
+            .services
+            .iter()
+            .any(|s| s.name == service)
+        {
+            return Err(WeightsError::UnknownService(service.to_owned()));
+        }
+        self.change(|mesh, overlay| {
+            legate_model::set_weights(mesh, service, weights).map_err(|p| p.to_string())?;
+            let svc: Service = mesh
+                .services
+                .iter()
+                .find(|s| s.name == service)
+                .cloned()
+                .ok_or_else(|| format!("unknown service '{service}'"))?;
+            let desc: Vec<String> = weights.iter().map(|(v, w)| format!("{v}={w}")).collect();
+            overlay.services.insert(service.to_owned(), svc);
+            Ok(vec![format!(
+                "service {service} weights {}",
+                desc.join(" ")
+            )])
+        })
+        .map_err(WeightsError::Invalid)
+    }
+
+    /// The proxy resources of `mesh` for the nodes of `node_cluster` (`None`: nodes no TLS
+    /// rule selects), with the secrets' contents in place, checked with legate's own
+    /// validation.
+    fn proxy_resources(
+        mesh: &Mesh,
+        node_cluster: Option<&str>,
+        secrets: &SecretFiles,
+    ) -> Result<legate_snapshot::Resources, String> {
+        let mut resources = match node_cluster {
+            Some(nc) => legate_model::compile_for_node_cluster(mesh, nc),
+            None => legate_model::compile(mesh),
+        };
+        secrets
+            .inline(&mut resources.secrets)
+            .map_err(|e| e.to_string())?;
+        legate_snapshot::build("candidate", &resources).map_err(|e| e.to_string())?;
+        Ok(resources)
+    }
+
+    /// Compile `mesh` for proxies (default, and one snapshot per node cluster that a TLS
+    /// client certificate rule names) and for gRPC clients (their cluster), checking the
+    /// proxy resources with legate's own validation first. All selectors change at once.
+    fn publish(&self, mesh: &Mesh, secrets: &SecretFiles) -> Result<(), String> {
+        let grpc_cluster = &self.options.grpc_cluster;
+        let node_clusters = mesh.client_certificate_node_clusters();
+        if node_clusters.contains(grpc_cluster) {
+            return Err(format!(
+                "node cluster '{grpc_cluster}' is for gRPC clients, which are not served TLS \
+                 services: it cannot have a client certificate rule"
+            ));
+        }
+        let default = NodeSnapshot::from_resources(&Self::proxy_resources(mesh, None, secrets)?);
+        let mut by_cluster = Vec::with_capacity(node_clusters.len());
+        for nc in node_clusters {
+            let resources = Self::proxy_resources(mesh, Some(&nc), secrets)?;
+            by_cluster.push((nc, NodeSnapshot::from_resources(&resources)));
+        }
+        let grpc = NodeSnapshot::from_resources(&legate_model::compile_for_grpc(mesh));
+        self.cache.update(|s| {
+            // Node clusters a rule named before and no longer does fall back to the default.
+            s.by_cluster.retain(|nc, _| nc == grpc_cluster);
+            s.set(NodeKey::Default, Arc::new(default));
+            s.set(NodeKey::Cluster(grpc_cluster.clone()), Arc::new(grpc));
+            for (nc, snapshot) in by_cluster {
+                s.set(NodeKey::Cluster(nc), Arc::new(snapshot));
+            }
+        });
+        Ok(())
     }
 }
 
@@ -545,6 +803,7 @@ impl Admin for AdminService {
         let (generation, changes) = self
             .0
             .apply(&req.document, &source)
+            .await
             .map_err(Status::invalid_argument)?;
         Ok(Response::new(ApplyResponse {
             generation,
@@ -562,9 +821,11 @@ impl Admin for AdminService {
         let (generation, changes) =
             self.0
                 .set_weights(&req.service, &weights)
+                .await
                 .map_err(|e| match e {
                     WeightsError::UnknownService(_) => Status::not_found(e.to_string()),
                     WeightsError::Invalid(_) => Status::invalid_argument(e.to_string()),
+                    WeightsError::Stopped => Status::unavailable(e.to_string()),
                 })?;
         Ok(Response::new(ApplyResponse {
             generation,

@@ -17,6 +17,9 @@
 //! - [`admin_server`], [`admin_auth`], [`admin_json`]: the admin API (gRPC and JSON on one
 //!   port, plaintext or TLS), who may call it (bearer tokens, admin client certificates) and
 //!   the JSON endpoints; [`admin_client`] is legatectl's side.
+//! - [`app`], [`store`], [`watch`]: the configuration state (mesh files plus persisted admin
+//!   changes) and its one owner, which applies file changes and admin changes in order;
+//!   mesh files are watched (inotify) and applied once stable.
 //! - [`load`]: simulated proxies for measuring fan-out (the `legate-cp-load` binary).
 //!
 //! The protocol rules, and the peers' quirks they satisfy, are written down next to the code
@@ -35,6 +38,7 @@ pub mod resources;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod watch;
 
 pub use cache::{NodeKey, Selectors, SnapshotCache, SnapshotWatch};
 pub use registry::{NodeRegistry, NodeStatus, StreamMode};

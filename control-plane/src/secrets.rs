@@ -8,10 +8,11 @@
 //! Relative file names are relative to the mesh's location: the mesh directory, or the
 //! directory of a single mesh file.
 //!
-//! Rotation is noticed the same way: the control plane reads the files on every watch tick
-//! ([`SecretFiles::read_unchecked`]) and, when their [`SecretFiles::fingerprint`] changed,
-//! checks and republishes them. A pair caught half-written fails its checks, and the last
-//! good contents keep being served until the next tick finds it whole.
+//! Rotation is noticed the same way: the control plane reads the files whenever their
+//! directory changes, and on its periodic re-check ([`SecretFiles::read_unchecked`]), and,
+//! when their [`SecretFiles::fingerprint`] changed, checks and republishes them. A pair caught
+//! half-written fails its checks, and the last good contents keep being served until the
+//! next change finds it whole.
 //!
 //! Nothing here logs or renders key material: [`describe`] shows a secret with its key
 //! redacted, for `legatectl` and the JSON API.

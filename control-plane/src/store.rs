@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use legate_model::{ConfigError, Mesh, Problem, Service};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 const OVERLAY_FILE: &str = "overlay.yaml";
 
@@ -37,13 +38,51 @@ pub enum StoreError {
     Config(Vec<ConfigError>),
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<Problem>),
+    #[error("{0}: no mesh files (*.yaml, *.yml) in the directory")]
+    NoMeshFiles(String),
     #[error("{0}")]
     Other(String),
 }
 
-/// Read every mesh file: `path` is a file, or a directory whose `*.yaml`/`*.yml` files are
-/// read in name order.
-pub fn read_mesh_files(path: &Path) -> Result<Vec<(String, String)>, StoreError> {
+/// The mesh files as read, in name order, with a digest of exactly the bytes read: the
+/// watcher compares digests (never file times or sizes) to tell whether anything changed, so
+/// a file caught half-written is noticed again once it is whole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshFiles {
+    /// (path, contents).
+    pub files: Vec<(String, String)>,
+    pub digest: [u8; 32],
+}
+
+impl MeshFiles {
+    /// The paths read, in order.
+    pub fn paths(&self) -> Vec<String> {
+        self.files.iter().map(|(p, _)| p.clone()).collect()
+    }
+}
+
+/// Whether a directory entry named `name` is a mesh file: `*.yaml` or `*.yml`, not hidden.
+///
+/// Hidden names cover what editors and tools leave beside a file they edit: Emacs' lock
+/// (`.#mesh.yaml`, a dangling symbolic link) and Vim's swap files (`.mesh.yaml.swp`, `.swx`),
+/// and the temporary files of atomic writers (`.mesh.yaml.XXXX`); the extension rule covers
+/// backups (`mesh.yaml~`), autosaves (`#mesh.yaml#`), Vim's write probe (`4913`) and
+/// `*.tmp`. Also the hidden entries of a Kubernetes ConfigMap volume (`..data`).
+pub fn is_mesh_file_name(name: &std::ffi::OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    !name.starts_with('.')
+        && Path::new(name)
+            .extension()
+            .is_some_and(|x| x == "yaml" || x == "yml")
+}
+
+/// Read every mesh file: `path` is a file, or a directory whose mesh files
+/// ([`is_mesh_file_name`]) are read in name order. A directory without any is an error:
+/// removing every mesh file does not remove every resource (see [`legate_model::parse_mesh`]
+/// for how to serve nothing on purpose).
+pub fn read_mesh_files(path: &Path) -> Result<MeshFiles, StoreError> {
     let io = |p: &Path, e| StoreError::Io {
         path: p.display().to_string(),
         source: e,
@@ -54,19 +93,33 @@ pub fn read_mesh_files(path: &Path) -> Result<Vec<(String, String)>, StoreError>
         let mut names: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| io(path, e))?
             .filter_map(Result::ok)
+            .filter(|e| is_mesh_file_name(&e.file_name()))
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .filter(|p| p.is_file())
             .collect();
         names.sort();
         for p in names {
             let text = std::fs::read_to_string(&p).map_err(|e| io(&p, e))?;
             files.push((p.display().to_string(), text));
         }
+        if files.is_empty() {
+            return Err(StoreError::NoMeshFiles(path.display().to_string()));
+        }
     } else {
         let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
         files.push((path.display().to_string(), text));
     }
-    Ok(files)
+    let mut hash = Sha256::new();
+    for (name, text) in &files {
+        for part in [name.as_bytes(), text.as_bytes()] {
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part);
+        }
+    }
+    Ok(MeshFiles {
+        files,
+        digest: hash.finalize().into(),
+    })
 }
 
 /// Parse, merge and validate mesh files (errors carry file, line and column).
@@ -168,6 +221,43 @@ services:
             .map(|e| e.file_name())
             .collect();
         assert_eq!(leftovers, vec![std::ffi::OsString::from(OVERLAY_FILE)]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn editor_files_are_not_mesh_files() {
+        for name in ["mesh.yaml", "b.yml", "10-payments.yaml"] {
+            assert!(is_mesh_file_name(name.as_ref()), "{name}");
+        }
+        for name in [
+            ".#mesh.yaml",
+            ".mesh.yaml.swp",
+            ".mesh.yaml.swx",
+            "mesh.yaml~",
+            "#mesh.yaml#",
+            "4913",
+            "mesh.yaml.tmp",
+            ".hidden.yaml",
+            "..data",
+            "README.md",
+        ] {
+            assert!(!is_mesh_file_name(name.as_ref()), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_directory_without_mesh_files_is_an_error_and_digests_follow_the_bytes() {
+        let dir = temp_dir("nofiles");
+        std::fs::write(dir.join(".#mesh.yaml"), "x").expect("write");
+        let err = read_mesh_files(&dir).expect_err("no mesh files");
+        assert!(matches!(err, StoreError::NoMeshFiles(_)), "{err}");
+        std::fs::write(dir.join("mesh.yaml"), "services: []\n").expect("write");
+        let a = read_mesh_files(&dir).expect("read");
+        assert_eq!(a.paths(), vec![dir.join("mesh.yaml").display().to_string()]);
+        std::fs::write(dir.join("mesh.yaml"), "listeners: []\n").expect("write");
+        let b = read_mesh_files(&dir).expect("read");
+        assert_ne!(a.digest, b.digest, "same length, other bytes");
+        assert_eq!(b, read_mesh_files(&dir).expect("read"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

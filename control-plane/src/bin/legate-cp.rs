@@ -25,7 +25,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Debug, Parser)]
 #[command(name = "legate-cp", version)]
 struct Args {
-    /// A mesh file, or a directory of `*.yaml` mesh files (watched for changes).
+    /// A mesh file, or a directory of `*.yaml` mesh files (watched for changes; hidden files,
+    /// editors' lock and backup files are not mesh files).
     #[arg(long, short = 'c', value_name = "PATH")]
     config: PathBuf,
     /// xDS gRPC address.
@@ -68,6 +69,14 @@ struct Args {
     /// warning. Never needed on a loopback address.
     #[arg(long)]
     insecure: bool,
+    /// How long changed mesh files must keep the same contents before they are applied: a
+    /// file caught half-written, or truncated in the middle of a save, is not applied.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    mesh_settle: Duration,
+    /// How often the mesh and certificate files are read even without a change notification
+    /// (a safety net for changes inotify does not report, e.g. on network filesystems).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    mesh_recheck: Duration,
     /// Where admin changes are persisted.
     #[arg(long, value_name = "DIR", default_value = "legate-cp-data")]
     data_dir: PathBuf,
@@ -189,10 +198,13 @@ async fn run(args: Args) -> Result<(), String> {
     })
     .map_err(|e| e.to_string())?;
     let cp = ControlPlane::load(CpOptions {
-        config: args.config.clone(),
-        data_dir: args.data_dir.clone(),
-        grpc_cluster: args.grpc_cluster.clone(),
-        watch_interval: Duration::from_millis(250),
+        settle: args.mesh_settle,
+        recheck_interval: args.mesh_recheck.max(Duration::from_millis(100)),
+        ..CpOptions::new(
+            args.config.clone(),
+            args.data_dir.clone(),
+            args.grpc_cluster.clone(),
+        )
     })
     .map_err(|e| e.to_string())?;
     let xds_listener = bind(args.xds_address)
@@ -221,7 +233,6 @@ async fn run(args: Args) -> Result<(), String> {
             .and_then(|()| std::fs::rename(&tmp, path))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    tokio::spawn(cp.clone().watch_files());
     let mut server = XdsServer::new(cp.cache.clone(), cp.registry.clone());
     if let Some(auth) = node_auth {
         server = server.with_node_auth(auth);

@@ -66,13 +66,29 @@ pub use error::{ConfigError, Problem};
 pub use grpc::{check_for_grpc, compile_for_grpc};
 pub use merge::{MergeConflict, load_files};
 pub use model::*;
-pub use parse::parse_yaml;
+pub use parse::{EMPTY_DOCUMENT, parse_yaml};
 pub use services::{apply_service, remove_service, set_weights};
 pub use validate::{validate, validate_at};
 
 /// Parse a mesh document, without the semantic checks of [`validate`].
+///
+/// A document that says nothing is refused ([`EMPTY_DOCUMENT`]): an empty file, one
+/// with only comments, `{}`, or only keys without a value (`clusters:`). That is what a file
+/// truncated by a crash, or caught while an editor rewrites it, looks like, and serving it
+/// would remove every listener and cluster. A mesh that serves nothing on purpose says so
+/// with an empty list, e.g. `listeners: []`.
 pub fn parse_mesh(text: &str, source: &str) -> Result<Mesh, ConfigError> {
-    parse_yaml(text, source)
+    let mesh: Mesh = parse_yaml(text, source)?;
+    if mesh == Mesh::default() && !parse::says_something(text) {
+        return Err(ConfigError {
+            source: source.to_owned(),
+            line: 1,
+            column: 1,
+            path: String::new(),
+            message: parse::EMPTY_DOCUMENT.to_owned(),
+        });
+    }
+    Ok(mesh)
 }
 
 /// Parse and validate a mesh document, returning every error found.

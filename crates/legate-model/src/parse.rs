@@ -48,6 +48,23 @@ pub fn parse_yaml<T: DeserializeOwned>(text: &str, source: &str) -> Result<T, Co
     })
 }
 
+/// The message of a mesh document that says nothing (see [`parse_mesh`](crate::parse_mesh)).
+pub const EMPTY_DOCUMENT: &str = "empty document (no top-level key with a value): refused so \
+     that a truncated file cannot remove everything; to serve nothing on purpose, write an \
+     empty list such as `listeners: []`";
+
+/// Whether a document has at least one top-level key with a non-null value. Only asked of
+/// documents that already parsed as an empty [`Mesh`](crate::Mesh).
+pub(crate) fn says_something(text: &str) -> bool {
+    match serde_yaml_ng::from_str::<Option<serde_yaml_ng::Mapping>>(text) {
+        Ok(Some(map)) => map.values().any(|v| !v.is_null()),
+        Ok(None) => false,
+        // Not a mapping at all: it did not parse as a mesh either, so this is not reached;
+        // let the caller's own result stand.
+        Err(_) => true,
+    }
+}
+
 /// serde_yaml_ng's message without the parts [`ConfigError`] carries separately: it appends
 /// the position, and prefixes its own record of the path (the same as `path`, or a parent of
 /// it).
@@ -162,8 +179,24 @@ clusters:
     }
 
     #[test]
-    fn empty_document_is_an_empty_mesh() {
-        for text in ["", "# nothing yet\n", "{}", "clusters:\n"] {
+    fn empty_document_is_refused() {
+        for text in ["", "\n\n", "# nothing yet\n", "{}", "---\n", "clusters:\n"] {
+            let e = err(text);
+            assert_eq!(
+                e.to_string(),
+                format!("mesh.yaml:1:1: {}", crate::EMPTY_DOCUMENT),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_explicit_empty_list_is_an_empty_mesh() {
+        for text in [
+            "listeners: []\n",
+            "# nothing\nservices: []\n",
+            "clusters: []\nproxy:\n",
+        ] {
             assert_eq!(parse_mesh(text, "m.yaml"), Ok(Mesh::default()), "{text:?}");
         }
     }
