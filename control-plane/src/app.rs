@@ -31,6 +31,12 @@ pub enum WeightsError {
     Invalid(String),
 }
 
+impl From<String> for WeightsError {
+    fn from(message: String) -> Self {
+        WeightsError::Invalid(message)
+    }
+}
+
 /// How `legate-cp` runs.
 #[derive(Clone, Debug)]
 pub struct CpOptions {
@@ -247,10 +253,12 @@ impl ControlPlane {
 
     /// Validate `change` on a copy of the effective mesh, persist, publish. On error nothing
     /// changes.
-    fn change(
+    /// The closure's own error type is kept (a weight change tells an unknown service from
+    /// an invalid result); failures after it are messages.
+    fn change<E: From<String>>(
         &self,
-        change: impl FnOnce(&mut Mesh, &mut Overlay) -> Result<Vec<String>, String>,
-    ) -> Result<(u64, Vec<String>), String> {
+        change: impl FnOnce(&mut Mesh, &mut Overlay) -> Result<Vec<String>, E>,
+    ) -> Result<(u64, Vec<String>), E> {
         let mut st = self.state();
         let mut overlay = st.overlay.clone();
         let mut mesh = st.effective.clone();
@@ -316,13 +324,14 @@ impl ControlPlane {
             return Err(WeightsError::UnknownService(service.to_owned()));
         }
         self.change(|mesh, overlay| {
-            legate_model::set_weights(mesh, service, weights).map_err(|p| p.to_string())?;
+            legate_model::set_weights(mesh, service, weights)
+                .map_err(|p| WeightsError::Invalid(p.to_string()))?;
             let svc: Service = mesh
                 .services
                 .iter()
                 .find(|s| s.name == service)
                 .cloned()
-                .ok_or_else(|| format!("unknown service '{service}'"))?;
+                .ok_or_else(|| WeightsError::UnknownService(service.to_owned()))?;
             let desc: Vec<String> = weights.iter().map(|(v, w)| format!("{v}={w}")).collect();
             overlay.services.insert(service.to_owned(), svc);
             Ok(vec![format!(
@@ -330,7 +339,6 @@ impl ControlPlane {
                 desc.join(" ")
             )])
         })
-        .map_err(WeightsError::Invalid)
     }
 
     /// The resources a node (id, cluster) is served.
@@ -342,7 +350,7 @@ impl ControlPlane {
         };
         let snapshot = self.cache.snapshot_for(&node)?;
         let mut out = Vec::new();
-        for kind in crate::resources::WARM_ORDER {
+        for kind in legate_snapshot::ResourceKind::WARM_ORDER {
             for (name, r) in snapshot.get(kind).iter() {
                 out.push(PbResource {
                     type_url: kind.type_url().to_owned(),

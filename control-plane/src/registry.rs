@@ -17,8 +17,6 @@ use envoy_types::pb::envoy::config::core::v3::{Node, node::UserAgentVersionType}
 use legate_snapshot::ResourceKind;
 use serde::Serialize;
 
-use crate::resources::WARM_ORDER;
-
 /// How many NACKs [`NodeRegistry::recent_nacks`] keeps.
 const NACK_HISTORY: usize = 128;
 /// How many refusals [`NodeRegistry::recent_refusals`] keeps.
@@ -195,7 +193,7 @@ impl NodeRegistry {
         let mut nodes: BTreeMap<(&str, &str), Vec<StreamStatus>> = BTreeMap::new();
         for entry in inner.streams.values() {
             let mut status = entry.status.clone();
-            status.types = WARM_ORDER
+            status.types = ResourceKind::WARM_ORDER
                 .iter()
                 .filter_map(|kind| entry.types.get(kind).cloned())
                 .collect();

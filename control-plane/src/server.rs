@@ -59,7 +59,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::cache::SnapshotCache;
 use crate::registry::{NodeRegistry, Refusal, StreamHandle, StreamMode};
-use crate::resources::{NodeSnapshot, WARM_ORDER, kind_of_type_url};
+use crate::resources::NodeSnapshot;
 pub use identity::{DEFAULT_TRUST_DOMAIN, NodeAuth, NodeRefusal};
 pub use tls::XdsPeer;
 
@@ -418,15 +418,6 @@ async fn run<P: Protocol>(
     tracing::info!(node.id = %node.id, stream = stream.id(), reason, "xds stream closed");
 }
 
-/// A type's index in [`WARM_ORDER`], the order per-type state is kept in by both protocol
-/// variants.
-fn slot(kind: ResourceKind) -> usize {
-    WARM_ORDER
-        .iter()
-        .position(|k| *k == kind)
-        .unwrap_or_default()
-}
-
 /// Secret names a stream has already logged as not served; past this many it stops logging
 /// each one (a client may ask for any number of names).
 const UNSERVED_LOGGED: usize = 256;
@@ -470,7 +461,7 @@ fn resolve_kind(
             kind.type_url()
         ))),
         None => {
-            let kind = kind_of_type_url(type_url);
+            let kind = ResourceKind::from_type_url(type_url);
             if kind.is_none() {
                 tracing::warn!(
                     type_url,

@@ -52,6 +52,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     Resource as XdsResource,
 };
 use envoy_types::pb::google::protobuf::Any;
+use legate_snapshot::ResourceKind;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -72,27 +73,19 @@ pub const EDS: &str = legate_snapshot::type_url::CLUSTER_LOAD_ASSIGNMENT;
 /// Secret type URL (SDS).
 pub const SDS: &str = legate_snapshot::type_url::SECRET;
 /// The four types without TLS, in the order a mesh is pushed (make before break: clusters,
-/// their endpoints, listeners, their routes).
+/// their endpoints, listeners, their routes): [`ResourceKind::WARM_ORDER`] without secrets.
 pub const ALL_TYPES: [&str; 4] = [CDS, EDS, LDS, RDS];
-/// The five types with secrets, in Envoy's warm order (secrets after endpoints, before
-/// listeners).
+/// The five types with secrets, in Envoy's warm order ([`ResourceKind::WARM_ORDER`]).
 pub const ALL_TYPES_WITH_SECRETS: [&str; 5] = [CDS, EDS, SDS, LDS, RDS];
 
-/// A short name for a type URL, for messages.
+/// A short name for a type URL, for messages: `LDS`, `CDS`, ... or the URL itself.
 pub fn short(type_url: &str) -> &str {
-    match type_url {
-        LDS => "LDS",
-        RDS => "RDS",
-        CDS => "CDS",
-        EDS => "EDS",
-        SDS => "SDS",
-        other => other,
-    }
+    ResourceKind::from_type_url(type_url).map_or(type_url, |kind| kind.service())
 }
 
 /// LDS and CDS subscribe by wildcard.
 fn wildcard_type(type_url: &str) -> bool {
-    type_url == LDS || type_url == CDS
+    ResourceKind::from_type_url(type_url).is_some_and(ResourceKind::is_wildcard)
 }
 
 /// Which ADS variant a stream speaks.

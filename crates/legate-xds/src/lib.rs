@@ -9,6 +9,7 @@
 
 pub mod cache;
 mod client;
+pub mod error;
 pub mod state;
 pub mod tls;
 
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 pub use client::{LastError, XdsHandle, XdsStatus, start};
 use envoy_types::pb::envoy::config::core::v3::Node;
+pub use error::ApplyError;
 use legate_snapshot::{Resources, Snapshot};
 
 /// Which ADS variant to speak.
@@ -32,15 +34,18 @@ pub enum Mode {
     Delta,
 }
 
+/// A mode that is neither `sotw` nor `delta`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown xDS mode '{0}', expected sotw or delta")]
+pub struct UnknownMode(pub String);
+
 impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownMode;
+    fn from_str(s: &str) -> Result<Self, UnknownMode> {
         match s {
             "sotw" => Ok(Mode::Sotw),
             "delta" => Ok(Mode::Delta),
-            other => Err(format!(
-                "unknown xDS mode '{other}', expected sotw or delta"
-            )),
+            other => Err(UnknownMode(other.to_owned())),
         }
     }
 }
@@ -83,5 +88,5 @@ pub trait SnapshotSink: Send + Sync + 'static {
     fn apply(
         &self,
         snapshot: Arc<Snapshot>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+    ) -> Pin<Box<dyn Future<Output = Result<(), ApplyError>> + Send + '_>>;
 }

@@ -24,27 +24,7 @@ use legate_snapshot::{
 };
 use prost::Message;
 
-/// The kinds in the order a client should warm them, Envoy's: clusters, their endpoints,
-/// the secrets clusters and listeners name, listeners, their routes.
-pub const KINDS: [ResourceKind; 5] = [
-    ResourceKind::Cluster,
-    ResourceKind::ClusterLoadAssignment,
-    ResourceKind::Secret,
-    ResourceKind::Listener,
-    ResourceKind::RouteConfiguration,
-];
-
-const RESOURCE_WRAPPER: &str = "type.googleapis.com/envoy.service.discovery.v3.Resource";
-
-/// The kind a type URL names, if legate consumes it.
-pub fn kind_of(type_url: &str) -> Option<ResourceKind> {
-    KINDS.into_iter().find(|k| k.type_url() == type_url)
-}
-
-/// LDS and CDS are wildcard subscriptions; RDS, EDS and SDS follow what is referenced.
-pub fn is_wildcard(kind: ResourceKind) -> bool {
-    matches!(kind, ResourceKind::Listener | ResourceKind::Cluster)
-}
+use crate::error::{ResourceError, StaticConflict, UpdateError};
 
 /// A decoded resource.
 ///
@@ -75,16 +55,15 @@ impl std::fmt::Debug for Decoded {
 
 impl Decoded {
     /// Decode `any` (not wrapped) as `kind`; returns the resource's own name with it.
-    fn decode(kind: ResourceKind, any: &Any) -> Result<(String, Decoded), String> {
+    fn decode(kind: ResourceKind, any: &Any) -> Result<(String, Decoded), ResourceError> {
         if any.type_url != kind.type_url() {
-            return Err(format!(
-                "type_url '{}' in a response for {}",
-                any.type_url,
-                kind.type_url()
-            ));
+            return Err(ResourceError::WrongType {
+                found: any.type_url.clone(),
+                expected: kind.type_url(),
+            });
         }
         let bytes = any.value.as_slice();
-        let err = |e: prost::DecodeError| format!("cannot decode {}: {e}", kind.as_str());
+        let err = |source| ResourceError::Decode { kind, source };
         Ok(match kind {
             ResourceKind::Secret => {
                 let r = XdsSecret::decode(bytes).map_err(err)?;
@@ -210,13 +189,13 @@ pub struct Received {
 
 impl Received {
     /// Decode `any` as `kind`, unwrapping a `discovery.v3.Resource` envelope if present.
-    pub fn decode(kind: ResourceKind, any: &Any) -> Result<Received, String> {
-        if any.type_url == RESOURCE_WRAPPER {
-            let wrapper = XdsResourceWrapper::decode(any.value.as_slice())
-                .map_err(|e| format!("cannot decode resource wrapper: {e}"))?;
+    pub fn decode(kind: ResourceKind, any: &Any) -> Result<Received, ResourceError> {
+        if any.type_url == legate_snapshot::type_url::RESOURCE_WRAPPER {
+            let wrapper =
+                XdsResourceWrapper::decode(any.value.as_slice()).map_err(ResourceError::Wrapper)?;
             let inner = wrapper
                 .resource
-                .ok_or_else(|| format!("resource wrapper '{}' has no resource", wrapper.name))?;
+                .ok_or(ResourceError::EmptyWrapper(wrapper.name))?;
             return Received::decode(kind, &inner);
         }
         let (name, decoded) = Decoded::decode(kind, any)?;
@@ -229,14 +208,8 @@ impl Received {
 
     /// Validate the resource on its own (the NACK message on failure) and keep it as
     /// received, without the decoded message.
-    pub fn check(self, version: String) -> Result<Stored, String> {
-        let refs = self.decoded.check().map_err(|errors| {
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?;
+    pub fn check(self, version: String) -> Result<Stored, ResourceError> {
+        let refs = self.decoded.check().map_err(ResourceError::Invalid)?;
         Ok(Stored {
             version,
             private: self.decoded.is_private(),
@@ -366,7 +339,7 @@ pub struct XdsState {
 
 impl XdsState {
     pub fn new(static_resources: Resources, initial_fetch_timeout: Duration) -> Self {
-        let types = KINDS
+        let types = ResourceKind::WARM_ORDER
             .into_iter()
             .map(|k| {
                 let state = TypeState {
@@ -404,36 +377,30 @@ impl XdsState {
         resources: BTreeMap<String, Stored>,
         version_info: String,
         nonce: String,
-    ) -> Result<Proposal, String> {
-        let mut errors: Vec<String> = Vec::new();
+    ) -> Result<Proposal, UpdateError> {
         // Each resource was checked on its own when received (`Received::check`).
-        for name in resources.keys() {
-            if self.static_name_taken(kind, name) {
-                errors.push(format!(
-                    "{} '{name}': conflicts with a static resource of the same name",
-                    kind.as_str()
-                ));
-            }
-        }
-        if errors.is_empty() {
-            // The whole set must still be consistent with this update in place.
-            let mut types = self.snapshot_of_types();
-            types.insert(kind, &resources);
-            let assembled = self.assemble_from(&types, true);
-            if let Err(e) = legate_snapshot::build("candidate", &assembled.resources) {
-                errors.extend(e.errors.iter().map(ToString::to_string));
-            }
-        }
-        if errors.is_empty() {
-            Ok(Proposal {
+        let conflicts: Vec<StaticConflict> = resources
+            .keys()
+            .filter(|name| self.static_name_taken(kind, name))
+            .map(|name| StaticConflict {
                 kind,
-                resources,
-                version_info,
-                nonce,
+                name: name.clone(),
             })
-        } else {
-            Err(errors.join("; "))
+            .collect();
+        if !conflicts.is_empty() {
+            return Err(UpdateError::StaticConflict(conflicts));
         }
+        // The whole set must still be consistent with this update in place.
+        let mut types = self.snapshot_of_types();
+        types.insert(kind, &resources);
+        let assembled = self.assemble_from(&types, true);
+        legate_snapshot::build("candidate", &assembled.resources)?;
+        Ok(Proposal {
+            kind,
+            resources,
+            version_info,
+            nonce,
+        })
     }
 
     fn static_name_taken(&self, kind: ResourceKind, name: &str) -> bool {
@@ -608,7 +575,7 @@ impl XdsState {
             r.listeners.iter().map(refs::listener_references).collect();
         let empty = BTreeMap::new();
         let of = |k| types.get(&k).copied().unwrap_or(&empty);
-        for (kind, s) in KINDS
+        for (kind, s) in ResourceKind::WARM_ORDER
             .into_iter()
             .flat_map(|k| of(k).values().map(move |s| (k, s)))
         {
@@ -749,10 +716,14 @@ impl XdsState {
     /// A version string for a built snapshot: the accepted versions per type.
     pub fn combined_version(&self) -> String {
         let mut parts = Vec::new();
-        for k in KINDS {
+        for k in ResourceKind::WARM_ORDER {
             let t = self.get(k);
             if !t.version_info.is_empty() {
-                parts.push(format!("{}={}", short(k), t.version_info));
+                parts.push(format!(
+                    "{}={}",
+                    k.service().to_ascii_lowercase(),
+                    t.version_info
+                ));
             }
         }
         if parts.is_empty() {
@@ -772,20 +743,10 @@ impl XdsState {
 
     /// Status per type, for `/config_dump` and metrics.
     pub fn status(&self) -> Vec<TypeStatus> {
-        KINDS
+        ResourceKind::WARM_ORDER
             .into_iter()
             .map(|k| self.get(k).status.clone())
             .collect()
-    }
-}
-
-fn short(k: ResourceKind) -> &'static str {
-    match k {
-        ResourceKind::Listener => "lds",
-        ResourceKind::RouteConfiguration => "rds",
-        ResourceKind::Cluster => "cds",
-        ResourceKind::ClusterLoadAssignment => "eds",
-        ResourceKind::Secret => "sds",
     }
 }
 
@@ -960,6 +921,8 @@ clusters:
         let err = received
             .check("2".to_owned())
             .expect_err("maglev is refused");
+        assert!(matches!(&err, ResourceError::Invalid(errors) if errors.len() == 1));
+        let err = err.to_string();
         assert!(err.contains("cluster 'web'"), "{err}");
         assert!(err.contains("lb_policy"), "{err}");
     }
@@ -990,6 +953,8 @@ clusters:
         let err = state
             .propose(ResourceKind::Cluster, set, "1".to_owned(), "n".to_owned())
             .expect_err("clash");
+        assert!(matches!(&err, UpdateError::StaticConflict(c) if c[0].name == r.clusters[0].name));
+        let err = err.to_string();
         assert!(err.contains("static"), "{err}");
     }
 
@@ -1232,6 +1197,8 @@ clusters:
             let err = state
                 .propose(ResourceKind::Secret, set, "1".to_owned(), "n".to_owned())
                 .expect_err("clash");
+            assert!(matches!(&err, UpdateError::StaticConflict(c) if c[0].name == "ca"));
+            let err = err.to_string();
             assert!(err.contains("secret 'ca'"), "{err}");
         }
 
@@ -1269,6 +1236,8 @@ clusters:
                 .expect("decodes")
                 .check("8".to_owned())
                 .expect_err("mismatch");
+            assert!(matches!(&err, ResourceError::Invalid(_)));
+            let err = err.to_string();
             assert!(
                 err.starts_with("secret 'client': tls_certificate.private_key: "),
                 "{err}"
@@ -1281,7 +1250,7 @@ clusters:
                 .expect("decodes")
                 .check("7".to_owned())
                 .expect_err("a secret needs a name");
-            assert!(unnamed.contains("secret ''"), "{unnamed}");
+            assert!(unnamed.to_string().contains("secret ''"), "{unnamed}");
         }
     }
 }
