@@ -225,15 +225,16 @@ impl Protocol for Delta {
                         .as_ref()
                         .map(|p| p.version.clone())
                         .unwrap_or_default();
+                    let message =
+                        stream.nacked(kind, &version, &response_nonce, error.code, &error.message);
                     tracing::warn!(
                         stream = stream.id(),
                         type_url = kind.type_url(),
                         version,
                         code = error.code,
-                        message = %error.message,
+                        %message,
                         "xds client rejected a delta response"
                     );
-                    stream.nacked(kind, &version, &response_nonce, error.code, &error.message);
                     for (name, version) in pending.map(|p| p.resources).unwrap_or_default() {
                         state.rejected.insert(name, version);
                     }
@@ -282,6 +283,13 @@ impl Protocol for Delta {
         }
         stream.requested(kind);
         Ok(())
+    }
+
+    fn subscribed_names(&self) -> usize {
+        self.types
+            .iter()
+            .map(|t| t.names.len().saturating_add(t.client.len()))
+            .sum()
     }
 
     fn respond(

@@ -165,15 +165,16 @@ impl Protocol for Sotw {
             }
             Some(last) => match &request.error_detail {
                 Some(error) => {
+                    let message =
+                        stream.nacked(kind, &last.version, nonce, error.code, &error.message);
                     tracing::warn!(
                         stream = stream.id(),
                         type_url = kind.type_url(),
                         version = %last.version,
                         code = error.code,
-                        message = %error.message,
+                        %message,
                         "xds client rejected a response"
                     );
-                    stream.nacked(kind, &last.version, nonce, error.code, &error.message);
                     state.nacked = true;
                 }
                 None => {
@@ -198,6 +199,10 @@ impl Protocol for Sotw {
         };
         stream.requested(kind);
         Ok(())
+    }
+
+    fn subscribed_names(&self) -> usize {
+        self.types.iter().map(|t| t.subscription.names.len()).sum()
     }
 
     fn respond(

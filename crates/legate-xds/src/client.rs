@@ -482,6 +482,28 @@ enum StreamError {
     NoTls,
     #[error("request queue to the control plane is full")]
     QueueFull,
+    /// A response larger than the client accepts (gRPC reports it as `OUT_OF_RANGE`).
+    #[error(
+        "a response exceeded the client's limit of {limit} bytes \
+         (raise --xds-max-message-size or xds.max_message_size)"
+    )]
+    TooLarge {
+        limit: usize,
+        #[source]
+        status: tonic::Status,
+    },
+}
+
+impl StreamError {
+    /// A failure of the response stream: a message over the decode limit is told apart, so
+    /// the operator learns which setting to change.
+    fn from_response(status: tonic::Status, limit: usize) -> StreamError {
+        if status.code() == tonic::Code::OutOfRange {
+            StreamError::TooLarge { limit, status }
+        } else {
+            StreamError::Status(status)
+        }
+    }
 }
 
 struct Session<'a> {
@@ -542,7 +564,9 @@ impl Session<'_> {
 
     async fn run_sotw(&mut self) -> Result<(), StreamError> {
         let channel = self.channel().await?;
-        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let limit = self.shared.options.max_message_size;
+        let mut client =
+            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(limit);
         let (tx, rx) = mpsc::channel::<DiscoveryRequest>(64);
         let mut first = true;
         for kind in ResourceKind::WARM_ORDER {
@@ -568,7 +592,7 @@ impl Session<'_> {
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
-                msg = stream.message() => match msg? {
+                msg = stream.message() => match msg.map_err(|s| StreamError::from_response(s, limit))? {
                     Some(resp) => {
                         self.received = true;
                         self.on_sotw(&tx, resp).await?;
@@ -696,7 +720,9 @@ impl Session<'_> {
 
     async fn run_delta(&mut self) -> Result<(), StreamError> {
         let channel = self.channel().await?;
-        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let limit = self.shared.options.max_message_size;
+        let mut client =
+            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(limit);
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
         let mut first = true;
         for kind in ResourceKind::WARM_ORDER {
@@ -726,7 +752,7 @@ impl Session<'_> {
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
-                msg = stream.message() => match msg? {
+                msg = stream.message() => match msg.map_err(|s| StreamError::from_response(s, limit))? {
                     Some(resp) => {
                         self.received = true;
                         self.on_delta(&tx, resp).await?;

@@ -29,6 +29,13 @@ pub enum ResourceError {
     /// A `discovery.v3.Resource` envelope with nothing inside.
     #[error("resource wrapper '{0}' has no resource")]
     EmptyWrapper(String),
+    /// A `discovery.v3.Resource` envelope inside another: one level is what the protocol
+    /// uses, and each further level would cost a decode and a copy of the rest.
+    #[error(
+        "resource wrapper '{0}' wraps another resource wrapper: only one level of \
+         envoy.service.discovery.v3.Resource is allowed"
+    )]
+    NestedWrapper(String),
     /// A delta resource without a body.
     #[error("{} '{name}': resource has no body", kind.as_str())]
     NoBody { kind: ResourceKind, name: String },

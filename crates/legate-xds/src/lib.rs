@@ -59,6 +59,13 @@ impl Mode {
     }
 }
 
+/// The default of [`XdsOptions::max_message_size`]: 64 MiB. A state-of-the-world CDS response
+/// of 10,000 clusters as legate-cp compiles them (EDS, a circuit breaker and a timeout each)
+/// is 2.4 MB, about 245 bytes a cluster; this leaves room for clusters twenty-five times that
+/// size (TLS, health checks, outlier detection) where gRPC's 4 MiB default would send such a
+/// fleet's proxies into a reconnect loop.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
+
 /// How the client runs.
 #[derive(Clone, Debug)]
 pub struct XdsOptions {
@@ -75,6 +82,10 @@ pub struct XdsOptions {
     pub initial_fetch_timeout: Duration,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Largest response accepted from a control plane, in bytes (gRPC's decode limit). A
+    /// larger response ends the stream; the reason, naming this limit, shows in `/ready` and
+    /// `/config_dump`.
+    pub max_message_size: usize,
     /// HTTP/2 keepalive ping interval on the control plane connection.
     pub keepalive_interval: Duration,
     pub cache_dir: Option<PathBuf>,

@@ -188,16 +188,30 @@ pub struct Received {
 }
 
 impl Received {
-    /// Decode `any` as `kind`, unwrapping a `discovery.v3.Resource` envelope if present.
+    /// Decode `any` as `kind`, unwrapping one `discovery.v3.Resource` envelope if present.
+    ///
+    /// Exactly one level: an envelope inside an envelope is refused, not unwrapped. Each
+    /// level is a fresh decode of the bytes inside (an `Any`'s value is opaque to prost, so
+    /// prost's own nesting limit never sees the depth), and unwrapping them one by one cost a
+    /// stack frame and a copy of the rest per level: a response of a few megabytes nested a
+    /// hundred thousand times overflowed the stack or asked for gigabytes.
     pub fn decode(kind: ResourceKind, any: &Any) -> Result<Received, ResourceError> {
-        if any.type_url == legate_snapshot::type_url::RESOURCE_WRAPPER {
-            let wrapper =
-                XdsResourceWrapper::decode(any.value.as_slice()).map_err(ResourceError::Wrapper)?;
-            let inner = wrapper
-                .resource
-                .ok_or(ResourceError::EmptyWrapper(wrapper.name))?;
-            return Received::decode(kind, &inner);
+        let wrapper = legate_snapshot::type_url::RESOURCE_WRAPPER;
+        if any.type_url != wrapper {
+            return Received::decode_bare(kind, any);
         }
+        let envelope =
+            XdsResourceWrapper::decode(any.value.as_slice()).map_err(ResourceError::Wrapper)?;
+        let inner = envelope
+            .resource
+            .ok_or_else(|| ResourceError::EmptyWrapper(envelope.name.clone()))?;
+        if inner.type_url == wrapper {
+            return Err(ResourceError::NestedWrapper(envelope.name));
+        }
+        Received::decode_bare(kind, &inner)
+    }
+
+    fn decode_bare(kind: ResourceKind, any: &Any) -> Result<Received, ResourceError> {
         let (name, decoded) = Decoded::decode(kind, any)?;
         Ok(Received {
             name,
@@ -904,6 +918,38 @@ clusters:
                 .get(ResourceKind::RouteConfiguration)
                 .resources
                 .is_empty()
+        );
+    }
+
+    /// One `discovery.v3.Resource` envelope is unwrapped; an envelope inside it is refused
+    /// by name without being opened.
+    #[test]
+    fn one_level_of_resource_wrapper_only() {
+        let cluster = &resources().clusters[0];
+        let bare = Any {
+            type_url: ResourceKind::Cluster.type_url().to_owned(),
+            value: cluster.encode_to_vec(),
+        };
+        let wrap = |any: Any, name: &str| Any {
+            type_url: legate_snapshot::type_url::RESOURCE_WRAPPER.to_owned(),
+            value: XdsResourceWrapper {
+                name: name.to_owned(),
+                resource: Some(any),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        };
+        let once = Received::decode(ResourceKind::Cluster, &wrap(bare.clone(), "web"))
+            .expect("one level is unwrapped");
+        assert_eq!(once.name, cluster.name);
+        assert_eq!(once.any, bare, "kept out of its envelope");
+        let twice = wrap(wrap(bare, "inner"), "outer");
+        let err = Received::decode(ResourceKind::Cluster, &twice).expect_err("two levels");
+        assert!(matches!(&err, ResourceError::NestedWrapper(name) if name == "outer"));
+        assert_eq!(
+            err.to_string(),
+            "resource wrapper 'outer' wraps another resource wrapper: only one level of \
+             envoy.service.discovery.v3.Resource is allowed"
         );
     }
 

@@ -122,6 +122,7 @@ pub async fn build(bootstrap: Bootstrap) -> anyhow::Result<App> {
                 initial_fetch_timeout: x.initial_fetch_timeout,
                 backoff_base: Duration::from_millis(250),
                 backoff_max: x.backoff_max,
+                max_message_size: x.max_message_size,
                 keepalive_interval: Duration::from_secs(30),
                 cache_dir: x.cache_dir.clone(),
                 static_resources: bootstrap.static_resources.clone(),
