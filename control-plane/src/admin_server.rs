@@ -122,24 +122,6 @@ pub enum AdminSetupError {
     Tls(#[from] TlsError),
 }
 
-/// A size such as `16MiB`, `512KiB` or `8388608` (`K`/`KB`/`M`/`MB` are powers of 1024 too).
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("'{s}': expected a size such as 16MiB"))?;
-    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        other => return Err(format!("'{s}': unknown unit '{other}' (use KiB or MiB)")),
-    };
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("'{s}': too large"))
-}
-
 /// What exposing the admin API on `address` risks, if anything, as a phrase.
 fn exposure(address: SocketAddr, tls: bool, open_reads: bool) -> Option<String> {
     if address.ip().is_loopback() {
@@ -559,25 +541,6 @@ impl RefusalLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("16MiB"), Ok(DEFAULT_MAX_BODY));
-        assert_eq!(parse_size("4KiB"), Ok(4096));
-        assert_eq!(parse_size("4 kb"), Ok(4096));
-        assert_eq!(parse_size("1000"), Ok(1000));
-        assert_eq!(parse_size("2M"), Ok(2 << 20));
-        for bad in [
-            "",
-            "MiB",
-            "1GiB",
-            "-1",
-            "1.5MiB",
-            "99999999999999999999999MiB",
-        ] {
-            assert!(parse_size(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn exposure_rules() {

@@ -46,6 +46,12 @@ pub enum WeightsError {
 
 const STOPPED: &str = "the control plane's state owner has stopped";
 
+impl From<String> for WeightsError {
+    fn from(message: String) -> Self {
+        WeightsError::Invalid(message)
+    }
+}
+
 /// How `legate-cp` runs.
 #[derive(Clone, Debug)]
 pub struct CpOptions {
@@ -282,7 +288,7 @@ impl ControlPlane {
         };
         let snapshot = self.cache.snapshot_for(&node)?;
         let mut out = Vec::new();
-        for kind in crate::resources::WARM_ORDER {
+        for kind in legate_snapshot::ResourceKind::WARM_ORDER {
             for (name, r) in snapshot.get(kind).iter() {
                 out.push(PbResource {
                     type_url: kind.type_url().to_owned(),
@@ -521,10 +527,12 @@ impl Owner {
 
     /// Validate `change` on a copy of the effective mesh, persist, publish. On error nothing
     /// changes.
-    fn change(
+    /// The closure's own error type is kept (a weight change tells an unknown service from
+    /// an invalid result); failures after it are messages.
+    fn change<E: From<String>>(
         &mut self,
-        change: impl FnOnce(&mut Mesh, &mut Overlay) -> Result<Vec<String>, String>,
-    ) -> Changed {
+        change: impl FnOnce(&mut Mesh, &mut Overlay) -> Result<Vec<String>, E>,
+    ) -> Result<(u64, Vec<String>), E> {
         let mut overlay = self.state.overlay.clone();
         let mut mesh = self.state.effective.clone();
         let changes = change(&mut mesh, &mut overlay)?;
@@ -595,13 +603,14 @@ impl Owner {
             return Err(WeightsError::UnknownService(service.to_owned()));
         }
         self.change(|mesh, overlay| {
-            legate_model::set_weights(mesh, service, weights).map_err(|p| p.to_string())?;
+            legate_model::set_weights(mesh, service, weights)
+                .map_err(|p| WeightsError::Invalid(p.to_string()))?;
             let svc: Service = mesh
                 .services
                 .iter()
                 .find(|s| s.name == service)
                 .cloned()
-                .ok_or_else(|| format!("unknown service '{service}'"))?;
+                .ok_or_else(|| WeightsError::UnknownService(service.to_owned()))?;
             let desc: Vec<String> = weights.iter().map(|(v, w)| format!("{v}={w}")).collect();
             overlay.services.insert(service.to_owned(), svc);
             Ok(vec![format!(
@@ -609,7 +618,6 @@ impl Owner {
                 desc.join(" ")
             )])
         })
-        .map_err(WeightsError::Invalid)
     }
 
     /// The proxy resources of `mesh` for the nodes of `node_cluster` (`None`: nodes no TLS

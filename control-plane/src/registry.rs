@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,12 +17,14 @@ use envoy_types::pb::envoy::config::core::v3::{Node, node::UserAgentVersionType}
 use legate_snapshot::ResourceKind;
 use serde::Serialize;
 
-use crate::resources::WARM_ORDER;
-
 /// How many NACKs [`NodeRegistry::recent_nacks`] keeps.
 const NACK_HISTORY: usize = 128;
 /// How many refusals [`NodeRegistry::recent_refusals`] keeps.
 const REFUSAL_HISTORY: usize = 128;
+/// The default of [`NodeRegistry::set_nack_message_limit`]: NACK messages are kept up to
+/// this many bytes. A client may send megabytes of text; Envoy's own messages name each
+/// refused resource and field, and the first few kilobytes say what went wrong.
+pub const DEFAULT_NACK_MESSAGE_LIMIT: usize = 4 << 10;
 /// Node ids and clusters in refusals are cut to this many characters: they come from whoever
 /// connected, and are kept after the stream ends.
 const REFUSAL_FIELD_CHARS: usize = 256;
@@ -157,10 +159,22 @@ pub struct NodeStatus {
     pub streams: Vec<StreamStatus>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct NodeRegistry {
     next_id: AtomicU64,
+    /// NACK messages are kept up to this many bytes.
+    nack_message_limit: AtomicUsize,
     inner: Mutex<Inner>,
+}
+
+impl Default for NodeRegistry {
+    fn default() -> Self {
+        NodeRegistry {
+            next_id: AtomicU64::new(0),
+            nack_message_limit: AtomicUsize::new(DEFAULT_NACK_MESSAGE_LIMIT),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -184,6 +198,12 @@ impl NodeRegistry {
         Self::default()
     }
 
+    /// Keep NACK messages up to `bytes` (`--xds-max-nack-message`); longer ones are cut at a
+    /// character boundary and marked.
+    pub fn set_nack_message_limit(&self, bytes: usize) {
+        self.nack_message_limit.store(bytes, Ordering::Relaxed);
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Plain data updated in single statements: a panic cannot leave it half-written.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
@@ -195,7 +215,7 @@ impl NodeRegistry {
         let mut nodes: BTreeMap<(&str, &str), Vec<StreamStatus>> = BTreeMap::new();
         for entry in inner.streams.values() {
             let mut status = entry.status.clone();
-            status.types = WARM_ORDER
+            status.types = ResourceKind::WARM_ORDER
                 .iter()
                 .filter_map(|kind| entry.types.get(kind).cloned())
                 .collect();
@@ -350,18 +370,29 @@ impl StreamHandle {
         });
     }
 
-    pub fn nacked(&self, kind: ResourceKind, version: &str, nonce: &str, code: i32, message: &str) {
+    /// Records a NACK; returns its message as kept (cut to the registry's limit), which is
+    /// also what should be logged.
+    pub fn nacked(
+        &self,
+        kind: ResourceKind,
+        version: &str,
+        nonce: &str,
+        code: i32,
+        message: &str,
+    ) -> String {
+        let limit = self.registry.nack_message_limit.load(Ordering::Relaxed);
+        let message = truncate(message, limit);
         let nack = Nack {
             version: version.to_owned(),
-            nonce: nonce.to_owned(),
+            nonce: truncate(nonce, REFUSAL_FIELD_CHARS),
             code,
-            message: message.to_owned(),
+            message: message.clone(),
             at_unix_ms: now_unix_ms(),
         };
         self.with_type(kind, |t| t.last_nack = Some(nack.clone()));
         let mut inner = self.registry.lock();
         let Some(entry) = inner.streams.get(&self.id) else {
-            return;
+            return message;
         };
         let event = NackEvent {
             node_id: entry.node_id.clone(),
@@ -374,6 +405,7 @@ impl StreamHandle {
             inner.nacks.pop_front();
         }
         inner.nacks.push_back(event);
+        message
     }
 }
 
@@ -381,6 +413,19 @@ impl Drop for StreamHandle {
     fn drop(&mut self) {
         self.registry.lock().streams.remove(&self.id);
     }
+}
+
+/// `s` cut to at most `limit` bytes at a character boundary, with a marker saying how long it
+/// was; `s` itself when it fits.
+pub(crate) fn truncate(s: &str, limit: usize) -> String {
+    if s.len() <= limit {
+        return s.to_owned();
+    }
+    let mut end = limit;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [truncated: {} bytes in all]", &s[..end], s.len())
 }
 
 /// Cuts `s` to [`REFUSAL_FIELD_CHARS`] characters.
@@ -401,6 +446,14 @@ fn now_unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncate_cuts_at_a_char_boundary_and_says_so() {
+        assert_eq!(truncate("short", 16), "short");
+        // 'é' is two bytes: a cut at 3 would split it.
+        assert_eq!(truncate("abécd", 3), "ab… [truncated: 6 bytes in all]");
+        assert_eq!(truncate("abcdef", 4), "abcd… [truncated: 6 bytes in all]");
+    }
 
     #[test]
     fn streams_register_update_and_leave() {

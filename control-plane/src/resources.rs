@@ -18,30 +18,9 @@ use std::collections::BTreeSet;
 
 use envoy_types::pb::google::protobuf::Any;
 use legate_snapshot::refs::{cluster_references, listener_references};
-use legate_snapshot::{ResourceKind, Resources, type_url};
+use legate_snapshot::{ResourceKind, Resources};
 use prost::{Message, Name};
 use sha2::{Digest, Sha256};
-
-/// The order in which a changed snapshot is pushed, so clients can warm (Envoy's): clusters
-/// before the endpoints they need, then the secrets clusters (and listeners) name, listeners
-/// after the clusters their routes name, routes last.
-pub const WARM_ORDER: [ResourceKind; 5] = [
-    ResourceKind::Cluster,
-    ResourceKind::ClusterLoadAssignment,
-    ResourceKind::Secret,
-    ResourceKind::Listener,
-    ResourceKind::RouteConfiguration,
-];
-
-/// The kind a type URL names, if it is one of the five we serve.
-pub fn kind_of_type_url(url: &str) -> Option<ResourceKind> {
-    WARM_ORDER.into_iter().find(|kind| kind.type_url() == url)
-}
-
-/// Listeners and clusters may be subscribed to as a wildcard ("all of them").
-pub fn supports_wildcard(kind: ResourceKind) -> bool {
-    matches!(kind, ResourceKind::Listener | ResourceKind::Cluster)
-}
 
 /// One encoded resource and its content version.
 #[derive(Clone, Debug, PartialEq)]
@@ -107,23 +86,13 @@ impl TypeSnapshot {
 /// Everything served to one node, immutable once built; shared as `Arc<NodeSnapshot>`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeSnapshot {
-    /// Indexed by [`index`].
+    /// Indexed by [`ResourceKind::index`].
     types: [TypeSnapshot; 5],
     version: String,
     /// EDS cluster name → the ClusterLoadAssignment name it loads.
     eds_of_cluster: BTreeMap<String, String>,
     /// Listener name → the RouteConfiguration names its HTTP connection managers load by RDS.
     rds_of_listener: BTreeMap<String, Vec<String>>,
-}
-
-fn index(kind: ResourceKind) -> usize {
-    match kind {
-        ResourceKind::Listener => 0,
-        ResourceKind::RouteConfiguration => 1,
-        ResourceKind::Cluster => 2,
-        ResourceKind::ClusterLoadAssignment => 3,
-        ResourceKind::Secret => 4,
-    }
 }
 
 impl NodeSnapshot {
@@ -140,13 +109,14 @@ impl NodeSnapshot {
             secrets,
         } = resources;
         let mut types: [TypeSnapshot; 5] = Default::default();
-        types[index(ResourceKind::Listener)] =
-            encode_all(type_url::LISTENER, listeners, |l| &l.name);
-        types[index(ResourceKind::RouteConfiguration)] =
-            encode_all(type_url::ROUTE_CONFIGURATION, route_configs, |r| &r.name);
-        types[index(ResourceKind::Cluster)] = encode_all(type_url::CLUSTER, clusters, |c| &c.name);
-        types[index(ResourceKind::ClusterLoadAssignment)] =
-            encode_all(type_url::CLUSTER_LOAD_ASSIGNMENT, load_assignments, |c| {
+        types[ResourceKind::Listener.index()] =
+            encode_all(ResourceKind::Listener, listeners, |l| &l.name);
+        types[ResourceKind::RouteConfiguration.index()] =
+            encode_all(ResourceKind::RouteConfiguration, route_configs, |r| &r.name);
+        types[ResourceKind::Cluster.index()] =
+            encode_all(ResourceKind::Cluster, clusters, |c| &c.name);
+        types[ResourceKind::ClusterLoadAssignment.index()] =
+            encode_all(ResourceKind::ClusterLoadAssignment, load_assignments, |c| {
                 &c.cluster_name
             });
         let named: BTreeSet<String> = clusters
@@ -160,11 +130,12 @@ impl NodeSnapshot {
             .filter(|s| named.contains(&s.name))
             .cloned()
             .collect();
-        types[index(ResourceKind::Secret)] = encode_all(type_url::SECRET, &entitled, |s| &s.name);
+        types[ResourceKind::Secret.index()] =
+            encode_all(ResourceKind::Secret, &entitled, |s| &s.name);
 
         let mut hasher = Sha256::new();
-        for kind in WARM_ORDER {
-            hasher.update(types[index(kind)].version_info.as_bytes());
+        for kind in ResourceKind::WARM_ORDER {
+            hasher.update(types[kind.index()].version_info.as_bytes());
             hasher.update([0]);
         }
         let version = short_hex(&hasher.finalize());
@@ -199,12 +170,12 @@ impl NodeSnapshot {
 
     /// The resources of one type.
     pub fn get(&self, kind: ResourceKind) -> &TypeSnapshot {
-        &self.types[index(kind)]
+        &self.types[kind.index()]
     }
 
     /// The resources of the type a type URL names, if we serve it.
     pub fn by_type_url(&self, url: &str) -> Option<&TypeSnapshot> {
-        kind_of_type_url(url).map(|kind| self.get(kind))
+        ResourceKind::from_type_url(url).map(|kind| self.get(kind))
     }
 
     /// A hash over the five types' versions; delta responses carry it as
@@ -229,7 +200,7 @@ impl NodeSnapshot {
 }
 
 fn encode_all<M: Message + Name>(
-    type_url: &str,
+    kind: ResourceKind,
     messages: &[M],
     name: impl Fn(&M) -> &String,
 ) -> TypeSnapshot {
@@ -237,7 +208,7 @@ fn encode_all<M: Message + Name>(
     for message in messages {
         resources
             .entry(name(message).clone())
-            .or_insert_with(|| encode(type_url, message));
+            .or_insert_with(|| encode(kind.type_url(), message));
     }
     TypeSnapshot::new(resources)
 }

@@ -59,7 +59,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::cache::SnapshotCache;
 use crate::registry::{NodeRegistry, Refusal, StreamHandle, StreamMode};
-use crate::resources::{NodeSnapshot, WARM_ORDER, kind_of_type_url};
+use crate::resources::NodeSnapshot;
 pub use identity::{DEFAULT_TRUST_DOMAIN, NodeAuth, NodeRefusal};
 pub use tls::XdsPeer;
 
@@ -69,6 +69,34 @@ const RESPONSE_BUFFER: usize = 4;
 
 /// The identifier put in every response's `control_plane`, unless changed.
 pub const DEFAULT_IDENTIFIER: &str = "legate-cp";
+
+/// What one client may cost the server. Every limit has a flag of `legate-cp`; a client that
+/// reaches one is refused with `RESOURCE_EXHAUSTED` and a message naming the limit and the
+/// flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdsLimits {
+    /// Open xDS streams, all services and clients together (`--xds-max-streams`).
+    pub max_streams: usize,
+    /// Resource names one stream may subscribe to, all types together; for delta, names the
+    /// client says it holds (`initial_resource_versions`) count too
+    /// (`--xds-max-names-per-stream`).
+    pub max_names_per_stream: usize,
+    /// Largest request accepted, in bytes: gRPC's decode limit (`--xds-max-request-size`).
+    pub max_request_size: usize,
+}
+
+impl Default for XdsLimits {
+    /// Room for a fleet of 10,000 proxies with 10,000 clusters each: twice the streams, ten
+    /// times the names an EDS client of such a configuration subscribes to, and gRPC's
+    /// usual 4 MiB per request (a NACK message and 100,000 names of 40 bytes fit).
+    fn default() -> Self {
+        XdsLimits {
+            max_streams: 20_000,
+            max_names_per_stream: 100_000,
+            max_request_size: 4 << 20,
+        }
+    }
+}
 
 /// The xDS server: cheap to clone, every clone serves the same cache and registry.
 #[derive(Clone, Debug)]
@@ -83,6 +111,9 @@ struct Shared {
     identifier: String,
     /// Set when client certificates are required: the nodes each may speak for.
     node_auth: Option<NodeAuth>,
+    limits: XdsLimits,
+    /// One permit per open stream, `limits.max_streams` in all.
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// The response body of every streaming method.
@@ -99,12 +130,29 @@ impl XdsServer {
         registry: Arc<NodeRegistry>,
         identifier: impl Into<String>,
     ) -> Self {
+        let limits = XdsLimits::default();
         XdsServer {
             shared: Arc::new(Shared {
                 cache,
                 registry,
                 identifier: identifier.into(),
                 node_auth: None,
+                streams: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
+                limits,
+            }),
+        }
+    }
+
+    /// Serve with these limits instead of [`XdsLimits::default`].
+    pub fn with_limits(self, limits: XdsLimits) -> Self {
+        XdsServer {
+            shared: Arc::new(Shared {
+                cache: self.shared.cache.clone(),
+                registry: self.shared.registry.clone(),
+                identifier: self.shared.identifier.clone(),
+                node_auth: self.shared.node_auth.clone(),
+                streams: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
+                limits,
             }),
         }
     }
@@ -118,6 +166,8 @@ impl XdsServer {
                 registry: self.shared.registry.clone(),
                 identifier: self.shared.identifier.clone(),
                 node_auth: Some(node_auth),
+                limits: self.shared.limits,
+                streams: self.shared.streams.clone(),
             }),
         }
     }
@@ -132,26 +182,32 @@ impl XdsServer {
 
     pub fn ads_service(&self) -> AggregatedDiscoveryServiceServer<XdsServer> {
         AggregatedDiscoveryServiceServer::new(self.clone())
+            .max_decoding_message_size(self.shared.limits.max_request_size)
     }
 
     pub fn lds_service(&self) -> ListenerDiscoveryServiceServer<XdsServer> {
         ListenerDiscoveryServiceServer::new(self.clone())
+            .max_decoding_message_size(self.shared.limits.max_request_size)
     }
 
     pub fn rds_service(&self) -> RouteDiscoveryServiceServer<XdsServer> {
         RouteDiscoveryServiceServer::new(self.clone())
+            .max_decoding_message_size(self.shared.limits.max_request_size)
     }
 
     pub fn cds_service(&self) -> ClusterDiscoveryServiceServer<XdsServer> {
         ClusterDiscoveryServiceServer::new(self.clone())
+            .max_decoding_message_size(self.shared.limits.max_request_size)
     }
 
     pub fn eds_service(&self) -> EndpointDiscoveryServiceServer<XdsServer> {
         EndpointDiscoveryServiceServer::new(self.clone())
+            .max_decoding_message_size(self.shared.limits.max_request_size)
     }
 
     pub fn sds_service(&self) -> SecretDiscoveryServiceServer<XdsServer> {
         SecretDiscoveryServiceServer::new(self.clone())
+            .max_decoding_message_size(self.shared.limits.max_request_size)
     }
 
     /// Adds ADS and the five per-type services to a tonic server.
@@ -197,7 +253,7 @@ impl XdsServer {
         &self,
         scope: Option<ResourceKind>,
         request: Request<Streaming<DiscoveryRequest>>,
-    ) -> ResponseStream<DiscoveryResponse> {
+    ) -> Result<ResponseStream<DiscoveryResponse>, Status> {
         let protocol = sotw::Sotw::new(scope, self.control_plane());
         self.spawn(protocol, request)
     }
@@ -206,7 +262,7 @@ impl XdsServer {
         &self,
         scope: Option<ResourceKind>,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> ResponseStream<DeltaDiscoveryResponse> {
+    ) -> Result<ResponseStream<DeltaDiscoveryResponse>, Status> {
         let protocol = delta::Delta::new(scope, self.control_plane());
         self.spawn(protocol, request)
     }
@@ -221,7 +277,19 @@ impl XdsServer {
         &self,
         protocol: P,
         request: Request<Streaming<P::Request>>,
-    ) -> ResponseStream<P::Response> {
+    ) -> Result<ResponseStream<P::Response>, Status> {
+        // Held by the stream's task until it ends.
+        let Ok(permit) = Arc::clone(&self.shared.streams).try_acquire_owned() else {
+            let max = self.shared.limits.max_streams;
+            tracing::warn!(
+                peer = ?request.remote_addr(),
+                max_streams = max,
+                "xds stream refused: the stream limit is reached (--xds-max-streams)"
+            );
+            return Err(Status::resource_exhausted(format!(
+                "legate-cp serves at most {max} xDS streams at once (--xds-max-streams)"
+            )));
+        };
         // Connections from `tls::incoming` carry an `XdsPeer`; tonic's own TCP listener (plain
         // `serve`) only the socket addresses.
         let peer = request
@@ -233,14 +301,12 @@ impl XdsServer {
                 ..XdsPeer::default()
             });
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(run(
-            Arc::clone(&self.shared),
-            protocol,
-            peer,
-            request.into_inner(),
-            tx,
-        ));
-        ReceiverStream::new(rx)
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            run(shared, protocol, peer, request.into_inner(), tx).await;
+            drop(permit);
+        });
+        Ok(ReceiverStream::new(rx))
     }
 }
 
@@ -257,6 +323,22 @@ trait Protocol: Send + 'static {
 
     /// Everything that should be sent now, in warm order.
     fn respond(&mut self, snapshot: &NodeSnapshot, stream: &StreamHandle) -> Vec<Self::Response>;
+
+    /// How many resource names the stream holds subscriptions (or, for delta, versions) for,
+    /// all types together.
+    fn subscribed_names(&self) -> usize;
+}
+
+/// Refuses a stream whose subscriptions grew past the limit.
+fn check_names(subscribed: usize, limits: &XdsLimits) -> Result<(), Status> {
+    let max = limits.max_names_per_stream;
+    if subscribed > max {
+        return Err(Status::resource_exhausted(format!(
+            "the stream subscribes to {subscribed} resource names, more than the {max} \
+             legate-cp allows per stream (--xds-max-names-per-stream)"
+        )));
+    }
+    Ok(())
 }
 
 /// Records, logs and answers a refused stream.
@@ -363,7 +445,10 @@ async fn run<P: Protocol>(
                 stop = Some(Err(refusal));
                 break;
             }
-            if let Err(status) = protocol.handle(request, &stream) {
+            if let Err(status) = protocol
+                .handle(request, &stream)
+                .and_then(|()| check_names(protocol.subscribed_names(), &shared.limits))
+            {
                 stop = Some(Ok(status));
                 break;
             }
@@ -418,15 +503,6 @@ async fn run<P: Protocol>(
     tracing::info!(node.id = %node.id, stream = stream.id(), reason, "xds stream closed");
 }
 
-/// A type's index in [`WARM_ORDER`], the order per-type state is kept in by both protocol
-/// variants.
-fn slot(kind: ResourceKind) -> usize {
-    WARM_ORDER
-        .iter()
-        .position(|k| *k == kind)
-        .unwrap_or_default()
-}
-
 /// Secret names a stream has already logged as not served; past this many it stops logging
 /// each one (a client may ask for any number of names).
 const UNSERVED_LOGGED: usize = 256;
@@ -470,7 +546,7 @@ fn resolve_kind(
             kind.type_url()
         ))),
         None => {
-            let kind = kind_of_type_url(type_url);
+            let kind = ResourceKind::from_type_url(type_url);
             if kind.is_none() {
                 tracing::warn!(
                     type_url,
@@ -491,14 +567,14 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(Response::new(self.spawn_sotw(None, request)))
+        self.spawn_sotw(None, request).map(Response::new)
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(Response::new(self.spawn_delta(None, request)))
+        self.spawn_delta(None, request).map(Response::new)
     }
 }
 
@@ -515,14 +591,14 @@ macro_rules! per_type_service {
                 &self,
                 request: Request<Streaming<DiscoveryRequest>>,
             ) -> Result<Response<Self::$stream_ty>, Status> {
-                Ok(Response::new(self.spawn_sotw(Some($kind), request)))
+                self.spawn_sotw(Some($kind), request).map(Response::new)
             }
 
             async fn $delta(
                 &self,
                 request: Request<Streaming<DeltaDiscoveryRequest>>,
             ) -> Result<Response<Self::$delta_ty>, Status> {
-                Ok(Response::new(self.spawn_delta(Some($kind), request)))
+                self.spawn_delta(Some($kind), request).map(Response::new)
             }
 
             async fn $fetch(

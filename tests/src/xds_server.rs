@@ -52,6 +52,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     Resource as XdsResource,
 };
 use envoy_types::pb::google::protobuf::Any;
+use legate_snapshot::ResourceKind;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -72,27 +73,19 @@ pub const EDS: &str = legate_snapshot::type_url::CLUSTER_LOAD_ASSIGNMENT;
 /// Secret type URL (SDS).
 pub const SDS: &str = legate_snapshot::type_url::SECRET;
 /// The four types without TLS, in the order a mesh is pushed (make before break: clusters,
-/// their endpoints, listeners, their routes).
+/// their endpoints, listeners, their routes): [`ResourceKind::WARM_ORDER`] without secrets.
 pub const ALL_TYPES: [&str; 4] = [CDS, EDS, LDS, RDS];
-/// The five types with secrets, in Envoy's warm order (secrets after endpoints, before
-/// listeners).
+/// The five types with secrets, in Envoy's warm order ([`ResourceKind::WARM_ORDER`]).
 pub const ALL_TYPES_WITH_SECRETS: [&str; 5] = [CDS, EDS, SDS, LDS, RDS];
 
-/// A short name for a type URL, for messages.
+/// A short name for a type URL, for messages: `LDS`, `CDS`, ... or the URL itself.
 pub fn short(type_url: &str) -> &str {
-    match type_url {
-        LDS => "LDS",
-        RDS => "RDS",
-        CDS => "CDS",
-        EDS => "EDS",
-        SDS => "SDS",
-        other => other,
-    }
+    ResourceKind::from_type_url(type_url).map_or(type_url, |kind| kind.service())
 }
 
 /// LDS and CDS subscribe by wildcard.
 fn wildcard_type(type_url: &str) -> bool {
-    type_url == LDS || type_url == CDS
+    ResourceKind::from_type_url(type_url).is_some_and(ResourceKind::is_wildcard)
 }
 
 /// Which ADS variant a stream speaks.
@@ -193,6 +186,55 @@ impl Resource {
                 self.name, self.any.type_url
             )
         })
+    }
+}
+
+/// `inner` inside `depth` `discovery.v3.Resource` envelopes, as an `Any` of the envelope
+/// type (`depth` 1 is the ordinary single wrapping).
+///
+/// Encoded by hand from the inside out in one buffer kept reversed, so building a hundred
+/// thousand levels is linear: encoding level by level with prost would copy everything
+/// inside at every level.
+pub fn nested_wrappers(inner: &Any, depth: usize) -> Any {
+    const ANY_TYPE_URL: u8 = 0x0a; // field 1, length-delimited
+    const ANY_VALUE: u8 = 0x12; // field 2, length-delimited
+    const RESOURCE_RESOURCE: u8 = 0x12; // discovery.v3.Resource.resource, field 2
+    let url = legate_snapshot::type_url::RESOURCE_WRAPPER.as_bytes();
+    fn prepend_varint(reversed: &mut Vec<u8>, mut n: usize) {
+        let mut bytes = Vec::with_capacity(10);
+        loop {
+            let low = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                bytes.push(low);
+                break;
+            }
+            bytes.push(low | 0x80);
+        }
+        reversed.extend(bytes.iter().rev());
+    }
+    let mut reversed = inner.encode_to_vec();
+    reversed.reverse();
+    for level in 1..=depth.max(1) {
+        // Resource { resource: <what is built so far> }
+        let len = reversed.len();
+        prepend_varint(&mut reversed, len);
+        reversed.push(RESOURCE_RESOURCE);
+        if level == depth.max(1) {
+            break;
+        }
+        // Any { type_url: envelope, value: <that Resource> }
+        let len = reversed.len();
+        prepend_varint(&mut reversed, len);
+        reversed.push(ANY_VALUE);
+        reversed.extend(url.iter().rev());
+        prepend_varint(&mut reversed, url.len());
+        reversed.push(ANY_TYPE_URL);
+    }
+    reversed.reverse();
+    Any {
+        type_url: legate_snapshot::type_url::RESOURCE_WRAPPER.to_owned(),
+        value: reversed,
     }
 }
 
@@ -1573,5 +1615,41 @@ impl Drop for XdsServer {
                 self.describe()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand encoding is what prost encodes for the same nesting.
+    #[test]
+    fn nested_wrappers_match_prost() {
+        let inner = Any {
+            type_url: CDS.to_owned(),
+            value: vec![0x0a, 0x01, b'c'],
+        };
+        let mut expected = inner.clone();
+        for _ in 0..3 {
+            expected = Any {
+                type_url: legate_snapshot::type_url::RESOURCE_WRAPPER.to_owned(),
+                value: XdsResource {
+                    resource: Some(expected),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            };
+        }
+        assert_eq!(nested_wrappers(&inner, 3), expected);
+        // Long enough for multi-byte lengths.
+        let big = nested_wrappers(&inner, 300);
+        let mut any = big;
+        for _ in 0..300 {
+            any = XdsResource::decode(any.value.as_slice())
+                .expect("decodes")
+                .resource
+                .expect("wraps");
+        }
+        assert_eq!(any, inner);
     }
 }

@@ -24,7 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
-const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const CDS: &str = legate_snapshot::type_url::CLUSTER;
 const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A certificate and its key, on disk.

@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use clap::Parser;
 use legate_cp::XdsServer;
-use legate_cp::admin_server::{AdminApi, AdminOptions, parse_size};
+use legate_cp::admin_server::{AdminApi, AdminOptions};
 use legate_cp::app::{ControlPlane, CpOptions, bind};
 use legate_cp::load::parse_duration;
 use legate_cp::server::NodeAuth;
+use legate_cp::server::XdsLimits;
+use legate_model::parse_size;
 use legate_tls::files::{DEFAULT_RELOAD_INTERVAL, ServerFiles};
 use tracing_subscriber::EnvFilter;
 
@@ -100,6 +102,20 @@ struct Args {
     /// each stream only the node ids its certificate's SPIFFE id names (see the README).
     #[arg(long, value_name = "FILE", requires = "xds_tls_cert")]
     xds_client_ca: Option<PathBuf>,
+    /// Most xDS streams served at once; one more is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "N", default_value_t = XdsLimits::default().max_streams)]
+    xds_max_streams: usize,
+    /// Most resource names one xDS stream may subscribe to, all types together (delta:
+    /// with the names it says it holds); a stream over it is ended with RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "N", default_value_t = XdsLimits::default().max_names_per_stream)]
+    xds_max_names_per_stream: usize,
+    /// Largest xDS request accepted (gRPC's decode limit): bytes, or with KiB/MiB.
+    #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = parse_size)]
+    xds_max_request_size: usize,
+    /// NACK messages are kept (status, /v1/nodes) and logged up to this size; longer ones are
+    /// cut and marked.
+    #[arg(long, value_name = "SIZE", default_value = "4KiB", value_parser = parse_size)]
+    xds_max_nack_message: usize,
     /// The trust domain of node identities (`spiffe://<domain>/node/<id>`,
     /// `spiffe://<domain>/cluster/<name>`).
     #[arg(long, value_name = "DOMAIN", default_value = legate_cp::server::DEFAULT_TRUST_DOMAIN)]
@@ -233,7 +249,13 @@ async fn run(args: Args) -> Result<(), String> {
             .and_then(|()| std::fs::rename(&tmp, path))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    let mut server = XdsServer::new(cp.cache.clone(), cp.registry.clone());
+    cp.registry
+        .set_nack_message_limit(args.xds_max_nack_message);
+    let mut server = XdsServer::new(cp.cache.clone(), cp.registry.clone()).with_limits(XdsLimits {
+        max_streams: args.xds_max_streams,
+        max_names_per_stream: args.xds_max_names_per_stream,
+        max_request_size: args.xds_max_request_size,
+    });
     if let Some(auth) = node_auth {
         server = server.with_node_auth(auth);
     }

@@ -1,5 +1,6 @@
 //! `legatectl`: the command-line client of legate-cp's admin API.
 
+use legate_snapshot::ResourceKind;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -300,17 +301,9 @@ fn print_change(output: Output, generation: u64, changes: &[String]) {
     }
 }
 
-const TYPES: [&str; 5] = ["cds", "eds", "sds", "lds", "rds"];
-
+/// `CDS`, `EDS`, ... for the five types legate uses; other type URLs as they are.
 fn short_type(type_url: &str) -> &str {
-    match type_url.rsplit('.').next() {
-        Some("Cluster") => "cds",
-        Some("ClusterLoadAssignment") => "eds",
-        Some("Secret") => "sds",
-        Some("Listener") => "lds",
-        Some("RouteConfiguration") => "rds",
-        _ => type_url,
-    }
+    ResourceKind::from_type_url(type_url).map_or(type_url, |kind| kind.service())
 }
 
 fn print_status(nodes: &[NodeStatus]) {
@@ -324,11 +317,11 @@ fn print_status(nodes: &[NodeStatus]) {
                 n.streams.to_string(),
                 n.mode.clone(),
             ];
-            for t in TYPES {
+            for kind in ResourceKind::WARM_ORDER {
                 let cell = n
                     .types
                     .iter()
-                    .find(|s| short_type(&s.type_url) == t)
+                    .find(|s| s.type_url == kind.type_url())
                     .map(|s| {
                         if s.acked_version.is_empty() {
                             "-".to_owned()
@@ -366,11 +359,11 @@ fn print_status(nodes: &[NodeStatus]) {
             "AGENT",
             "STREAMS",
             "MODE",
-            "CDS",
-            "EDS",
-            "SDS",
-            "LDS",
-            "RDS",
+            ResourceKind::WARM_ORDER[0].service(),
+            ResourceKind::WARM_ORDER[1].service(),
+            ResourceKind::WARM_ORDER[2].service(),
+            ResourceKind::WARM_ORDER[3].service(),
+            ResourceKind::WARM_ORDER[4].service(),
             "LAST NACK",
         ],
         &rows,

@@ -32,7 +32,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use super::Mode;
-use crate::resources::kind_of_type_url;
 
 /// Errors kept verbatim (the rest are only counted).
 const ERRORS_KEPT: usize = 10;
@@ -150,24 +149,11 @@ impl Reporter<'_> {
     }
 }
 
-/// The types a simulated proxy subscribes to, in the order it warms them (the load meshes
-/// carry no TLS, so no secrets).
-const TYPES: [ResourceKind; 4] = [
-    ResourceKind::Cluster,
-    ResourceKind::ClusterLoadAssignment,
-    ResourceKind::Listener,
-    ResourceKind::RouteConfiguration,
-];
-
-const CDS: usize = 0;
-const EDS: usize = 1;
-const LDS: usize = 2;
-const RDS: usize = 3;
-
-/// The type a response is for, or an error for one the tool never asked for.
-fn kind_of(type_url: &str) -> Result<usize, String> {
-    kind_of_type_url(type_url)
-        .and_then(|kind| TYPES.iter().position(|k| *k == kind))
+/// The kind a response is for, or an error for one the tool never asks for (the load meshes
+/// carry no TLS, so a simulated proxy subscribes to no secrets).
+fn kind_of(type_url: &str) -> Result<ResourceKind, String> {
+    ResourceKind::from_type_url(type_url)
+        .filter(|kind| *kind != ResourceKind::Secret)
         .ok_or_else(|| format!("response for a type never requested: {type_url}"))
 }
 
@@ -208,17 +194,18 @@ impl<T> Requests<T> {
     }
 
     /// The first requests, as Envoy sends them: clusters then listeners, both wildcards,
-    /// the node on the first only. Returns the slots now awaiting an answer.
+    /// the node on the first only. Returns the kinds now awaiting an answer.
     async fn subscribe_wildcards(
         &self,
         node: &Node,
         request: impl Fn(Option<Node>, String) -> T,
-    ) -> Result<[usize; 2], String> {
-        for (i, kind) in [(CDS, ResourceKind::Cluster), (LDS, ResourceKind::Listener)] {
-            let node = (i == CDS).then(|| node.clone());
+    ) -> Result<[ResourceKind; 2], String> {
+        let first = [ResourceKind::Cluster, ResourceKind::Listener];
+        for kind in first {
+            let node = (kind == ResourceKind::Cluster).then(|| node.clone());
             self.send(request(node, kind.type_url().to_owned())).await?;
         }
-        Ok([CDS, LDS])
+        Ok(first)
     }
 }
 
@@ -241,8 +228,8 @@ struct SotwType {
 async fn sotw(channel: Channel, node: Node, reporter: &mut Reporter<'_>) -> Result<(), String> {
     let (requests, rx) = Requests::open();
     let send = |request| requests.send(request);
-    let mut types: [SotwType; 4] = Default::default();
-    for i in requests
+    let mut types: [SotwType; 5] = Default::default();
+    for kind in requests
         .subscribe_wildcards(&node, |node, type_url| DiscoveryRequest {
             node,
             type_url,
@@ -250,7 +237,7 @@ async fn sotw(channel: Channel, node: Node, reporter: &mut Reporter<'_>) -> Resu
         })
         .await?
     {
-        types[i].awaiting = true;
+        types[kind.index()].awaiting = true;
     }
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
     let mut responses = client
@@ -271,22 +258,23 @@ async fn sotw(channel: Channel, node: Node, reporter: &mut Reporter<'_>) -> Resu
             nonce,
             ..
         } = response;
-        let i = kind_of(&type_url)?;
+        let kind = kind_of(&type_url)?;
+        let i = kind.index();
         // Names the dependent type should now follow.
-        let dependent = match i {
-            CDS => {
+        let dependent = match kind {
+            ResourceKind::Cluster => {
                 let mut names = BTreeSet::new();
                 for any in &resources {
                     names.extend(eds_name(any)?);
                 }
-                Some((EDS, names))
+                Some((ResourceKind::ClusterLoadAssignment, names))
             }
-            LDS => {
+            ResourceKind::Listener => {
                 let mut names = BTreeSet::new();
                 for any in &resources {
                     names.extend(rds_names(any)?);
                 }
-                Some((RDS, names))
+                Some((ResourceKind::RouteConfiguration, names))
             }
             _ => None,
         };
@@ -305,24 +293,26 @@ async fn sotw(channel: Channel, node: Node, reporter: &mut Reporter<'_>) -> Resu
         state.acked = true;
         state.awaiting = false;
 
-        if let Some((j, names)) = dependent
-            && names != types[j].names
+        if let Some((dependent, names)) = dependent
+            && names != types[dependent.index()].names
         {
-            let dep = &mut types[j];
+            let dep = &mut types[dependent.index()];
             dep.names = names;
             // An empty list after names unsubscribes; the server answers it with nothing.
             dep.awaiting = !dep.names.is_empty();
             send(DiscoveryRequest {
                 version_info: dep.version.clone(),
                 response_nonce: dep.nonce.clone(),
-                type_url: TYPES[j].type_url().to_owned(),
+                type_url: dependent.type_url().to_owned(),
                 resource_names: dep.names.iter().cloned().collect(),
                 ..Default::default()
             })
             .await?;
         }
 
-        let ready = types[CDS].acked && types[LDS].acked && types.iter().all(|t| !t.awaiting);
+        let ready = types[ResourceKind::Cluster.index()].acked
+            && types[ResourceKind::Listener.index()].acked
+            && types.iter().all(|t| !t.awaiting);
         let acked: Vec<&str> = types.iter().map(|t| t.acked_version.as_str()).collect();
         reporter.acked(fingerprint(&acked), ready);
     }
@@ -345,8 +335,8 @@ struct DeltaType {
 async fn delta(channel: Channel, node: Node, reporter: &mut Reporter<'_>) -> Result<(), String> {
     let (requests, rx) = Requests::open();
     let send = |request| requests.send(request);
-    let mut types: [DeltaType; 4] = Default::default();
-    for i in requests
+    let mut types: [DeltaType; 5] = Default::default();
+    for kind in requests
         .subscribe_wildcards(&node, |node, type_url| DeltaDiscoveryRequest {
             node,
             type_url,
@@ -354,7 +344,7 @@ async fn delta(channel: Channel, node: Node, reporter: &mut Reporter<'_>) -> Res
         })
         .await?
     {
-        types[i].awaiting = true;
+        types[kind.index()].awaiting = true;
     }
     // Cluster → assignment name (EDS clusters only); listener → route configuration names.
     let mut eds_of_cluster: BTreeMap<String, String> = BTreeMap::new();
@@ -378,24 +368,27 @@ async fn delta(channel: Channel, node: Node, reporter: &mut Reporter<'_>) -> Res
             nonce,
             ..
         } = response;
-        let i = kind_of(&type_url)?;
+        let kind = kind_of(&type_url)?;
+        let i = kind.index();
         for resource in resources {
             let any = resource.resource.unwrap_or_default();
-            match i {
-                CDS => match eds_name(&any)? {
+            match kind {
+                ResourceKind::Cluster => match eds_name(&any)? {
                     Some(eds) => drop(eds_of_cluster.insert(resource.name.clone(), eds)),
                     None => drop(eds_of_cluster.remove(&resource.name)),
                 },
-                LDS => drop(rds_of_listener.insert(resource.name.clone(), rds_names(&any)?)),
+                ResourceKind::Listener => {
+                    drop(rds_of_listener.insert(resource.name.clone(), rds_names(&any)?))
+                }
                 _ => {}
             }
             types[i].held.insert(resource.name, resource.version);
         }
         for name in &removed_resources {
             types[i].held.remove(name);
-            match i {
-                CDS => drop(eds_of_cluster.remove(name)),
-                LDS => drop(rds_of_listener.remove(name)),
+            match kind {
+                ResourceKind::Cluster => drop(eds_of_cluster.remove(name)),
+                ResourceKind::Listener => drop(rds_of_listener.remove(name)),
                 _ => {}
             }
         }
@@ -408,14 +401,20 @@ async fn delta(channel: Channel, node: Node, reporter: &mut Reporter<'_>) -> Res
         types[i].acked = true;
         types[i].awaiting = false;
 
-        let dependent = match i {
-            CDS => Some((EDS, eds_of_cluster.values().cloned().collect())),
-            LDS => Some((RDS, rds_of_listener.values().flatten().cloned().collect())),
+        let dependent = match kind {
+            ResourceKind::Cluster => Some((
+                ResourceKind::ClusterLoadAssignment,
+                eds_of_cluster.values().cloned().collect(),
+            )),
+            ResourceKind::Listener => Some((
+                ResourceKind::RouteConfiguration,
+                rds_of_listener.values().flatten().cloned().collect(),
+            )),
             _ => None,
         };
-        if let Some((j, wanted)) = dependent {
+        if let Some((dependent, wanted)) = dependent {
             let wanted: BTreeSet<String> = wanted;
-            let dep = &mut types[j];
+            let dep = &mut types[dependent.index()];
             let subscribe: Vec<String> = wanted.difference(&dep.names).cloned().collect();
             let unsubscribe: Vec<String> = dep.names.difference(&wanted).cloned().collect();
             if !subscribe.is_empty() || !unsubscribe.is_empty() {
@@ -425,7 +424,7 @@ async fn delta(channel: Channel, node: Node, reporter: &mut Reporter<'_>) -> Res
                 dep.names = wanted;
                 dep.awaiting = !subscribe.is_empty();
                 send(DeltaDiscoveryRequest {
-                    type_url: TYPES[j].type_url().to_owned(),
+                    type_url: dependent.type_url().to_owned(),
                     resource_names_subscribe: subscribe,
                     resource_names_unsubscribe: unsubscribe,
                     ..Default::default()
@@ -434,7 +433,9 @@ async fn delta(channel: Channel, node: Node, reporter: &mut Reporter<'_>) -> Res
             }
         }
 
-        let ready = types[CDS].acked && types[LDS].acked && types.iter().all(|t| !t.awaiting);
+        let ready = types[ResourceKind::Cluster.index()].acked
+            && types[ResourceKind::Listener.index()].acked
+            && types.iter().all(|t| !t.awaiting);
         let held: Vec<&BTreeMap<String, String>> = types.iter().map(|t| &t.held).collect();
         reporter.acked(fingerprint(&held), ready);
     }

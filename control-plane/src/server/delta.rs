@@ -24,10 +24,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use legate_snapshot::ResourceKind;
 use tonic::Status;
 
-use super::slot;
 use super::{Protocol, log_unserved_secrets, resolve_kind};
 use crate::registry::{StreamHandle, StreamMode};
-use crate::resources::{NodeSnapshot, WARM_ORDER, supports_wildcard};
+use crate::resources::NodeSnapshot;
 
 /// Unacknowledged responses remembered per type (a client answers each one in order).
 const PENDING_LIMIT: usize = 16;
@@ -67,7 +66,7 @@ impl TypeState {
 pub(super) struct Delta {
     scope: Option<ResourceKind>,
     control_plane: Option<ControlPlane>,
-    /// Indexed like [`WARM_ORDER`].
+    /// Indexed like [`ResourceKind::WARM_ORDER`].
     types: [TypeState; 5],
     nonce: u64,
     /// Secret names already logged as not served to this node.
@@ -91,7 +90,7 @@ impl Delta {
         snapshot: &NodeSnapshot,
         stream: &StreamHandle,
     ) -> Option<(DeltaDiscoveryResponse, Vec<String>)> {
-        let state = &mut self.types[slot(kind)];
+        let state = &mut self.types[kind.index()];
         if !state.requested {
             return None;
         }
@@ -210,7 +209,7 @@ impl Protocol for Delta {
             error_detail,
             ..
         } = request;
-        let state = &mut self.types[slot(kind)];
+        let state = &mut self.types[kind.index()];
 
         // ACK or NACK of an earlier response. Subscription changes below apply either way:
         // unlike state of the world, a delta request is a diff and must not be dropped.
@@ -226,15 +225,16 @@ impl Protocol for Delta {
                         .as_ref()
                         .map(|p| p.version.clone())
                         .unwrap_or_default();
+                    let message =
+                        stream.nacked(kind, &version, &response_nonce, error.code, &error.message);
                     tracing::warn!(
                         stream = stream.id(),
                         type_url = kind.type_url(),
                         version,
                         code = error.code,
-                        message = %error.message,
+                        %message,
                         "xds client rejected a delta response"
                     );
-                    stream.nacked(kind, &version, &response_nonce, error.code, &error.message);
                     for (name, version) in pending.map(|p| p.resources).unwrap_or_default() {
                         state.rejected.insert(name, version);
                     }
@@ -248,7 +248,7 @@ impl Protocol for Delta {
         state.requested = true;
         if first {
             state.client = initial_resource_versions;
-            if resource_names_subscribe.is_empty() && supports_wildcard(kind) {
+            if resource_names_subscribe.is_empty() && kind.is_wildcard() {
                 state.wildcard = true;
             }
         }
@@ -285,20 +285,27 @@ impl Protocol for Delta {
         Ok(())
     }
 
+    fn subscribed_names(&self) -> usize {
+        self.types
+            .iter()
+            .map(|t| t.names.len().saturating_add(t.client.len()))
+            .sum()
+    }
+
     fn respond(
         &mut self,
         snapshot: &NodeSnapshot,
         stream: &StreamHandle,
     ) -> Vec<DeltaDiscoveryResponse> {
         let mut responses = Vec::new();
-        for kind in WARM_ORDER {
+        for kind in ResourceKind::WARM_ORDER {
             let Some((response, names)) = self.respond_one(kind, snapshot, stream) else {
                 continue;
             };
             responses.push(response);
             match kind {
                 ResourceKind::Cluster => {
-                    let eds = &mut self.types[slot(ResourceKind::ClusterLoadAssignment)];
+                    let eds = &mut self.types[ResourceKind::ClusterLoadAssignment.index()];
                     for cluster in &names {
                         if let Some(name) = snapshot.eds_name_of_cluster(cluster)
                             && eds.subscribes(name)
@@ -308,7 +315,7 @@ impl Protocol for Delta {
                     }
                 }
                 ResourceKind::Listener => {
-                    let rds = &mut self.types[slot(ResourceKind::RouteConfiguration)];
+                    let rds = &mut self.types[ResourceKind::RouteConfiguration.index()];
                     for listener in &names {
                         for name in snapshot.rds_names_of_listener(listener) {
                             if rds.subscribes(name) {

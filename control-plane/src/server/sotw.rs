@@ -21,10 +21,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use legate_snapshot::ResourceKind;
 use tonic::Status;
 
-use super::slot;
 use super::{Protocol, log_unserved_secrets, resolve_kind};
 use crate::registry::{StreamHandle, StreamMode};
-use crate::resources::{NodeSnapshot, WARM_ORDER, supports_wildcard};
+use crate::resources::NodeSnapshot;
 
 /// What a client subscribes to for one type.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -62,7 +61,7 @@ struct TypeState {
 pub(super) struct Sotw {
     scope: Option<ResourceKind>,
     control_plane: Option<ControlPlane>,
-    /// Indexed like [`WARM_ORDER`].
+    /// Indexed like [`ResourceKind::WARM_ORDER`].
     types: [TypeState; 5],
     nonce: u64,
     /// Secret names already logged as not served to this node.
@@ -86,7 +85,7 @@ impl Sotw {
         snapshot: &NodeSnapshot,
         stream: &StreamHandle,
     ) -> Option<DiscoveryResponse> {
-        let state = &mut self.types[slot(kind)];
+        let state = &mut self.types[kind.index()];
         if !state.requested || state.subscription.is_empty() {
             return None;
         }
@@ -149,7 +148,7 @@ impl Protocol for Sotw {
         let Some(kind) = resolve_kind(self.scope, &request.type_url)? else {
             return Ok(());
         };
-        let state = &mut self.types[slot(kind)];
+        let state = &mut self.types[kind.index()];
         let nonce = request.response_nonce.as_str();
         match &state.last {
             // An empty nonce, or a nonce from an earlier stream: a fresh subscription.
@@ -166,15 +165,16 @@ impl Protocol for Sotw {
             }
             Some(last) => match &request.error_detail {
                 Some(error) => {
+                    let message =
+                        stream.nacked(kind, &last.version, nonce, error.code, &error.message);
                     tracing::warn!(
                         stream = stream.id(),
                         type_url = kind.type_url(),
                         version = %last.version,
                         code = error.code,
-                        message = %error.message,
+                        %message,
                         "xds client rejected a response"
                     );
-                    stream.nacked(kind, &last.version, nonce, error.code, &error.message);
                     state.nacked = true;
                 }
                 None => {
@@ -188,7 +188,7 @@ impl Protocol for Sotw {
         state.requested = true;
         let mut names: BTreeSet<String> = request.resource_names.into_iter().collect();
         let star = names.remove("*");
-        if first && !star && names.is_empty() && supports_wildcard(kind) {
+        if first && !star && names.is_empty() && kind.is_wildcard() {
             state.legacy_wildcard = true;
         } else if star || !names.is_empty() {
             state.legacy_wildcard = false;
@@ -201,13 +201,17 @@ impl Protocol for Sotw {
         Ok(())
     }
 
+    fn subscribed_names(&self) -> usize {
+        self.types.iter().map(|t| t.subscription.names.len()).sum()
+    }
+
     fn respond(
         &mut self,
         snapshot: &NodeSnapshot,
         stream: &StreamHandle,
     ) -> Vec<DiscoveryResponse> {
         let mut responses = Vec::new();
-        for kind in WARM_ORDER {
+        for kind in ResourceKind::WARM_ORDER {
             let Some(response) = self.respond_one(kind, snapshot, stream) else {
                 continue;
             };
@@ -215,10 +219,10 @@ impl Protocol for Sotw {
             // Dependents are answered again after their parent, in this same pass.
             match kind {
                 ResourceKind::Cluster => {
-                    self.types[slot(ResourceKind::ClusterLoadAssignment)].resend = true;
+                    self.types[ResourceKind::ClusterLoadAssignment.index()].resend = true;
                 }
                 ResourceKind::Listener => {
-                    self.types[slot(ResourceKind::RouteConfiguration)].resend = true;
+                    self.types[ResourceKind::RouteConfiguration.index()].resend = true;
                 }
                 _ => {}
             }

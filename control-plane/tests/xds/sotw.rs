@@ -52,7 +52,7 @@ async fn initial_push_goes_out_in_warm_order() {
     let mut order = Vec::new();
     for _ in 0..4 {
         let response = client.recv().await;
-        let kind = legate_cp::resources::kind_of_type_url(&response.type_url).expect("known type");
+        let kind = ResourceKind::from_type_url(&response.type_url).expect("known type");
         assert_eq!(response.version_info, snap.get(kind).version_info());
         assert!(!response.nonce.is_empty());
         order.push(summary(&response));

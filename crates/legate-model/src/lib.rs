@@ -59,6 +59,7 @@ mod merge;
 mod model;
 mod parse;
 mod services;
+mod size;
 mod validate;
 
 pub use compile::{compile, compile_for_node_cluster};
@@ -68,6 +69,7 @@ pub use merge::{MergeConflict, load_files};
 pub use model::*;
 pub use parse::{EMPTY_DOCUMENT, parse_yaml};
 pub use services::{apply_service, remove_service, set_weights};
+pub use size::{SizeError, parse_size};
 pub use validate::{validate, validate_at};
 
 /// Parse a mesh document, without the semantic checks of [`validate`].

@@ -2,38 +2,7 @@
 
 use std::fmt;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ResourceKind {
-    Listener,
-    RouteConfiguration,
-    Cluster,
-    ClusterLoadAssignment,
-    /// An SDS `Secret` (a TLS certificate and key, or a validation context).
-    Secret,
-}
-
-impl ResourceKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResourceKind::Listener => "listener",
-            ResourceKind::RouteConfiguration => "route configuration",
-            ResourceKind::Cluster => "cluster",
-            ResourceKind::ClusterLoadAssignment => "cluster load assignment",
-            ResourceKind::Secret => "secret",
-        }
-    }
-
-    /// The xDS type URL of this kind.
-    pub fn type_url(self) -> &'static str {
-        match self {
-            ResourceKind::Listener => crate::type_url::LISTENER,
-            ResourceKind::RouteConfiguration => crate::type_url::ROUTE_CONFIGURATION,
-            ResourceKind::Cluster => crate::type_url::CLUSTER,
-            ResourceKind::ClusterLoadAssignment => crate::type_url::CLUSTER_LOAD_ASSIGNMENT,
-            ResourceKind::Secret => crate::type_url::SECRET,
-        }
-    }
-}
+use crate::kind::ResourceKind;
 
 /// One problem in one resource.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -17,7 +17,10 @@ mod tls;
 pub use tls::*;
 
 mod error;
-pub use error::{InvalidSnapshot, ResourceError, ResourceKind};
+pub use error::{InvalidSnapshot, ResourceError};
+
+mod kind;
+pub use kind::ResourceKind;
 
 mod validate;
 pub use validate::{Resources, build};
@@ -25,8 +28,12 @@ pub use validate::{Resources, build};
 pub mod refs;
 pub mod router;
 
-/// Type URLs of the resources legate consumes.
+/// Type URLs of the resources legate consumes and of the typed configs inside them. The one
+/// table of them: [`ResourceKind::type_url`] and [`ResourceKind::from_type_url`] map the five
+/// resource types to and from these.
 pub mod type_url {
+    /// The `discovery.v3.Resource` envelope a control plane may wrap a resource in.
+    pub const RESOURCE_WRAPPER: &str = "type.googleapis.com/envoy.service.discovery.v3.Resource";
     pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
     pub const ROUTE_CONFIGURATION: &str =
         "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";

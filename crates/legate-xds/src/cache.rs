@@ -631,15 +631,14 @@ mod tests {
             node_id: node_id.to_owned(),
             types: vec![
                 CachedType {
-                    type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".to_owned(),
+                    type_url: legate_snapshot::type_url::CLUSTER.to_owned(),
                     version_info: "v7".to_owned(),
                     resources: vec![
                         CachedResource {
                             name: "backend".to_owned(),
                             version: "abc".to_owned(),
                             resource: Any {
-                                type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-                                    .to_owned(),
+                                type_url: legate_snapshot::type_url::CLUSTER.to_owned(),
                                 value: vec![0x0a, 0x07, b'b', b'a', b'c', b'k', b'e', b'n', b'd'],
                             },
                         },
@@ -651,7 +650,7 @@ mod tests {
                     ],
                 },
                 CachedType {
-                    type_url: "type.googleapis.com/envoy.config.listener.v3.Listener".to_owned(),
+                    type_url: legate_snapshot::type_url::LISTENER.to_owned(),
                     version_info: "v3".to_owned(),
                     resources: Vec::new(),
                 },
@@ -1248,13 +1247,13 @@ mod properties {
         let config = CachedConfig {
             node_id: "node-a".to_owned(),
             types: vec![CachedType {
-                type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".to_owned(),
+                type_url: legate_snapshot::type_url::CLUSTER.to_owned(),
                 version_info: "v1".to_owned(),
                 resources: vec![CachedResource {
                     name: "backend".to_owned(),
                     version: "1".to_owned(),
                     resource: Any {
-                        type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".to_owned(),
+                        type_url: legate_snapshot::type_url::CLUSTER.to_owned(),
                         value: vec![0x0a, 0x07, b'b', b'a', b'c', b'k', b'e', b'n', b'd'],
                     },
                 }],

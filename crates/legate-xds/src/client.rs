@@ -17,7 +17,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cache::{self, CachedConfig, CachedResource, CachedType};
-use crate::state::{KINDS, Received, Stored, XdsState, is_wildcard, kind_of};
+use crate::error::{ResourceError, RestoreError, UpdateError};
+use crate::state::{Received, Stored, XdsState};
 use crate::{Mode, SnapshotSink, XdsOptions};
 
 /// gRPC code Envoy puts in a NACK's `error_detail` (INTERNAL).
@@ -222,9 +223,13 @@ async fn cold_start(shared: Arc<Shared>) {
     }
     let state = XdsState::new(s.clone(), shared.options.initial_fetch_timeout);
     let built = blocking(move || state.build(&state.assemble())).await;
-    let applied = match built {
-        Ok(snapshot) => shared.sink.apply(Arc::new(snapshot)).await,
-        Err(e) => Err(e.to_string()),
+    let applied: Result<(), RestoreError> = match built {
+        Ok(snapshot) => shared
+            .sink
+            .apply(Arc::new(snapshot))
+            .await
+            .map_err(Into::into),
+        Err(e) => Err(e.into()),
     };
     match applied {
         Ok(()) => {
@@ -271,7 +276,7 @@ async fn serve_cache(shared: &Arc<Shared>, dir: std::path::PathBuf) -> bool {
             // them.
             let assembled = state.assemble_now();
             log_left_out(&assembled);
-            state.build(&assembled).map_err(|e| e.to_string())
+            state.build(&assembled).map_err(RestoreError::from)
         });
         (state, built)
     })
@@ -313,10 +318,10 @@ async fn serve_cache(shared: &Arc<Shared>, dir: std::path::PathBuf) -> bool {
 }
 
 /// Load a cache file into a fresh state, as accepted resources.
-fn restore(state: &mut XdsState, cached: &CachedConfig) -> Result<(), String> {
+fn restore(state: &mut XdsState, cached: &CachedConfig) -> Result<(), RestoreError> {
     for t in &cached.types {
-        let Some(kind) = kind_of(&t.type_url) else {
-            return Err(format!("unknown type_url '{}' in cache", t.type_url));
+        let Some(kind) = ResourceKind::from_type_url(&t.type_url) else {
+            return Err(RestoreError::UnknownType(t.type_url.clone()));
         };
         let mut resources = BTreeMap::new();
         for r in &t.resources {
@@ -473,8 +478,32 @@ enum StreamError {
     // The status itself is shown as the next link of the chain (`tls::error_chain`).
     #[error("stream error")]
     Status(#[from] tonic::Status),
-    #[error("{0}")]
-    Other(String),
+    #[error("an https:// control plane needs TLS settings")]
+    NoTls,
+    #[error("request queue to the control plane is full")]
+    QueueFull,
+    /// A response larger than the client accepts (gRPC reports it as `OUT_OF_RANGE`).
+    #[error(
+        "a response exceeded the client's limit of {limit} bytes \
+         (raise --xds-max-message-size or xds.max_message_size)"
+    )]
+    TooLarge {
+        limit: usize,
+        #[source]
+        status: tonic::Status,
+    },
+}
+
+impl StreamError {
+    /// A failure of the response stream: a message over the decode limit is told apart, so
+    /// the operator learns which setting to change.
+    fn from_response(status: tonic::Status, limit: usize) -> StreamError {
+        if status.code() == tonic::Code::OutOfRange {
+            StreamError::TooLarge { limit, status }
+        } else {
+            StreamError::Status(status)
+        }
+    }
 }
 
 struct Session<'a> {
@@ -501,9 +530,7 @@ impl Session<'_> {
             .keep_alive_timeout(opts.keepalive_interval.max(Duration::from_secs(1)))
             .keep_alive_while_idle(true);
         if endpoint.uri().scheme_str() == Some("https") {
-            let connector = opts.tls.clone().ok_or_else(|| {
-                StreamError::Other("an https:// control plane needs TLS settings".to_owned())
-            })?;
+            let connector = opts.tls.clone().ok_or(StreamError::NoTls)?;
             // Only failures of this session's connection explain its end.
             drop(connector.take_failure());
             return Ok(endpoint.connect_with_connector(connector).await?);
@@ -522,7 +549,7 @@ impl Session<'_> {
     }
 
     fn names(&self, kind: ResourceKind) -> Vec<String> {
-        if is_wildcard(kind) {
+        if kind.is_wildcard() {
             Vec::new()
         } else {
             self.state.get(kind).subscribed.iter().cloned().collect()
@@ -530,17 +557,19 @@ impl Session<'_> {
     }
 
     fn subscribed_anything(&self, kind: ResourceKind) -> bool {
-        is_wildcard(kind) || !self.state.get(kind).subscribed.is_empty()
+        kind.is_wildcard() || !self.state.get(kind).subscribed.is_empty()
     }
 
     // ---- state of the world -------------------------------------------------------------
 
     async fn run_sotw(&mut self) -> Result<(), StreamError> {
         let channel = self.channel().await?;
-        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let limit = self.shared.options.max_message_size;
+        let mut client =
+            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(limit);
         let (tx, rx) = mpsc::channel::<DiscoveryRequest>(64);
         let mut first = true;
-        for kind in KINDS {
+        for kind in ResourceKind::WARM_ORDER {
             if !self.subscribed_anything(kind) {
                 continue;
             }
@@ -563,7 +592,7 @@ impl Session<'_> {
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
-                msg = stream.message() => match msg? {
+                msg = stream.message() => match msg.map_err(|s| StreamError::from_response(s, limit))? {
                     Some(resp) => {
                         self.received = true;
                         self.on_sotw(&tx, resp).await?;
@@ -580,7 +609,7 @@ impl Session<'_> {
         tx: &mpsc::Sender<DiscoveryRequest>,
         mut resp: DiscoveryResponse,
     ) -> Result<(), StreamError> {
-        let Some(kind) = kind_of(&resp.type_url) else {
+        let Some(kind) = ResourceKind::from_type_url(&resp.type_url) else {
             tracing::warn!(type_url = %resp.type_url, "ignoring a response of a type legate does not consume");
             return Ok(());
         };
@@ -603,14 +632,11 @@ impl Session<'_> {
                 };
                 let name = received.name.clone();
                 if !names.insert(name.clone()) {
-                    errors.push(format!(
-                        "{} '{name}': sent twice in one response",
-                        kind.as_str()
-                    ));
+                    errors.push(ResourceError::Duplicate { kind, name });
                     continue;
                 }
                 // RDS and EDS: a resource not asked for is ignored, not checked.
-                if !is_wildcard(kind) && !t.subscribed.contains(&name) {
+                if !kind.is_wildcard() && !t.subscribed.contains(&name) {
                     continue;
                 }
                 match received.check(version_info.clone()) {
@@ -620,7 +646,7 @@ impl Session<'_> {
             }
             // LDS and CDS responses are the whole set; RDS and EDS responses carry the
             // requested resources, and one that is absent is not removed by omission.
-            let proposed = if is_wildcard(kind) {
+            let proposed = if kind.is_wildcard() {
                 incoming
             } else {
                 let mut all = t.resources.clone();
@@ -639,7 +665,7 @@ impl Session<'_> {
             )
             .await
         } else {
-            Err(errors.join("; "))
+            Err(UpdateError::Resources(errors))
         };
         match outcome {
             Ok(changed) => {
@@ -667,7 +693,8 @@ impl Session<'_> {
                     )?;
                 }
             }
-            Err(message) => {
+            Err(error) => {
+                let message = error.to_string();
                 self.reject(kind, &resp.version_info, &resp.nonce, &message);
                 send(
                     tx,
@@ -693,10 +720,12 @@ impl Session<'_> {
 
     async fn run_delta(&mut self) -> Result<(), StreamError> {
         let channel = self.channel().await?;
-        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let limit = self.shared.options.max_message_size;
+        let mut client =
+            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(limit);
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
         let mut first = true;
-        for kind in KINDS {
+        for kind in ResourceKind::WARM_ORDER {
             if !self.subscribed_anything(kind) {
                 continue;
             }
@@ -723,7 +752,7 @@ impl Session<'_> {
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
-                msg = stream.message() => match msg? {
+                msg = stream.message() => match msg.map_err(|s| StreamError::from_response(s, limit))? {
                     Some(resp) => {
                         self.received = true;
                         self.on_delta(&tx, resp).await?;
@@ -740,7 +769,7 @@ impl Session<'_> {
         tx: &mpsc::Sender<DeltaDiscoveryRequest>,
         mut resp: DeltaDiscoveryResponse,
     ) -> Result<(), StreamError> {
-        let Some(kind) = kind_of(&resp.type_url) else {
+        let Some(kind) = ResourceKind::from_type_url(&resp.type_url) else {
             tracing::warn!(type_url = %resp.type_url, "ignoring a response of a type legate does not consume");
             return Ok(());
         };
@@ -753,11 +782,10 @@ impl Session<'_> {
             let mut proposed = t.resources.clone();
             for r in &resources {
                 let Some(any) = &r.resource else {
-                    errors.push(format!(
-                        "{} '{}': resource has no body",
-                        kind.as_str(),
-                        r.name
-                    ));
+                    errors.push(ResourceError::NoBody {
+                        kind,
+                        name: r.name.clone(),
+                    });
                     continue;
                 };
                 let received = match Received::decode(kind, any) {
@@ -769,14 +797,14 @@ impl Session<'_> {
                 };
                 let name = received.name.clone();
                 if !r.name.is_empty() && r.name != name {
-                    errors.push(format!(
-                        "{} '{}': resource is named '{name}' inside",
-                        kind.as_str(),
-                        r.name
-                    ));
+                    errors.push(ResourceError::NamedInside {
+                        kind,
+                        outer: r.name.clone(),
+                        inner: name,
+                    });
                     continue;
                 }
-                if !is_wildcard(kind) && !t.subscribed.contains(&name) {
+                if !kind.is_wildcard() && !t.subscribed.contains(&name) {
                     continue;
                 }
                 match received.check(r.version.clone()) {
@@ -799,7 +827,7 @@ impl Session<'_> {
             )
             .await
         } else {
-            Err(errors.join("; "))
+            Err(UpdateError::Resources(errors))
         };
         match outcome {
             Ok(changed) => {
@@ -826,7 +854,8 @@ impl Session<'_> {
                     )?;
                 }
             }
-            Err(message) => {
+            Err(error) => {
+                let message = error.to_string();
                 self.reject(kind, &resp.system_version_info, &resp.nonce, &message);
                 send(
                     tx,
@@ -876,7 +905,7 @@ impl Session<'_> {
         proposed: BTreeMap<String, Stored>,
         version_info: String,
         nonce: String,
-    ) -> Result<Vec<ResourceKind>, String> {
+    ) -> Result<Vec<ResourceKind>, UpdateError> {
         // Checking the whole set builds a candidate snapshot: off the runtime's threads.
         let proposal = off_thread(self.state, move |state| {
             state.propose(kind, proposed, version_info, nonce)
@@ -903,13 +932,13 @@ impl Session<'_> {
             }
         }
         self.seen.insert(kind);
-        if let Err(message) = self.try_apply().await {
+        if let Err(error) = self.try_apply().await {
             // Not live (a listener could not bind, say): undo and NACK.
             self.state.restore(kind, saved_kind);
             for (dep, t) in saved_dependents {
                 self.state.restore(dep, t);
             }
-            return Err(message);
+            return Err(error);
         }
         for (dep, added, removed) in resubscribed {
             self.last_resubscribe.insert(dep, (added, removed));
@@ -958,7 +987,7 @@ impl Session<'_> {
     /// Apply the assembled state if it is complete. Before the first configuration is
     /// live, wait for both CDS and LDS (or the initial fetch timeout), so a proxy that
     /// serves from its cache is not briefly left with only half a configuration.
-    async fn try_apply(&mut self) -> Result<(), String> {
+    async fn try_apply(&mut self) -> Result<(), UpdateError> {
         let now = Instant::now();
         if !self.initial_done {
             let both = self.seen.contains(&ResourceKind::Cluster)
@@ -994,7 +1023,7 @@ impl Session<'_> {
                 // Nothing warms any more: a deadline set while something did would only
                 // rebuild the same snapshot when it passed.
                 self.warming_deadline = None;
-                built.map_err(|e| e.to_string())?
+                built?
             }
         };
         let (version, clusters) = (snapshot.version.clone(), snapshot.clusters.len());
@@ -1017,7 +1046,7 @@ impl Session<'_> {
         };
         let config = CachedConfig {
             node_id: self.shared.options.node.id.clone(),
-            types: KINDS
+            types: ResourceKind::WARM_ORDER
                 .into_iter()
                 .map(|k| {
                     let t = self.state.get(k);
@@ -1078,8 +1107,7 @@ async fn off_thread<R: Send + 'static>(
 }
 
 fn send<T>(tx: &mpsc::Sender<T>, req: T) -> Result<(), StreamError> {
-    tx.try_send(req)
-        .map_err(|_| StreamError::Other("request queue to the control plane is full".to_owned()))
+    tx.try_send(req).map_err(|_| StreamError::QueueFull)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

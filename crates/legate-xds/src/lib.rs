@@ -9,6 +9,7 @@
 
 pub mod cache;
 mod client;
+pub mod error;
 pub mod state;
 pub mod tls;
 
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 pub use client::{LastError, XdsHandle, XdsStatus, start};
 use envoy_types::pb::envoy::config::core::v3::Node;
+pub use error::ApplyError;
 use legate_snapshot::{Resources, Snapshot};
 
 /// Which ADS variant to speak.
@@ -32,15 +34,18 @@ pub enum Mode {
     Delta,
 }
 
+/// A mode that is neither `sotw` nor `delta`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown xDS mode '{0}', expected sotw or delta")]
+pub struct UnknownMode(pub String);
+
 impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownMode;
+    fn from_str(s: &str) -> Result<Self, UnknownMode> {
         match s {
             "sotw" => Ok(Mode::Sotw),
             "delta" => Ok(Mode::Delta),
-            other => Err(format!(
-                "unknown xDS mode '{other}', expected sotw or delta"
-            )),
+            other => Err(UnknownMode(other.to_owned())),
         }
     }
 }
@@ -53,6 +58,13 @@ impl Mode {
         }
     }
 }
+
+/// The default of [`XdsOptions::max_message_size`]: 64 MiB. A state-of-the-world CDS response
+/// of 10,000 clusters as legate-cp compiles them (EDS, a circuit breaker and a timeout each)
+/// is 2.4 MB, about 245 bytes a cluster; this leaves room for clusters twenty-five times that
+/// size (TLS, health checks, outlier detection) where gRPC's 4 MiB default would send such a
+/// fleet's proxies into a reconnect loop.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
 
 /// How the client runs.
 #[derive(Clone, Debug)]
@@ -70,6 +82,10 @@ pub struct XdsOptions {
     pub initial_fetch_timeout: Duration,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Largest response accepted from a control plane, in bytes (gRPC's decode limit). A
+    /// larger response ends the stream; the reason, naming this limit, shows in `/ready` and
+    /// `/config_dump`.
+    pub max_message_size: usize,
     /// HTTP/2 keepalive ping interval on the control plane connection.
     pub keepalive_interval: Duration,
     pub cache_dir: Option<PathBuf>,
@@ -83,5 +99,5 @@ pub trait SnapshotSink: Send + Sync + 'static {
     fn apply(
         &self,
         snapshot: Arc<Snapshot>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+    ) -> Pin<Box<dyn Future<Output = Result<(), ApplyError>> + Send + '_>>;
 }

@@ -24,27 +24,7 @@ use legate_snapshot::{
 };
 use prost::Message;
 
-/// The kinds in the order a client should warm them, Envoy's: clusters, their endpoints,
-/// the secrets clusters and listeners name, listeners, their routes.
-pub const KINDS: [ResourceKind; 5] = [
-    ResourceKind::Cluster,
-    ResourceKind::ClusterLoadAssignment,
-    ResourceKind::Secret,
-    ResourceKind::Listener,
-    ResourceKind::RouteConfiguration,
-];
-
-const RESOURCE_WRAPPER: &str = "type.googleapis.com/envoy.service.discovery.v3.Resource";
-
-/// The kind a type URL names, if legate consumes it.
-pub fn kind_of(type_url: &str) -> Option<ResourceKind> {
-    KINDS.into_iter().find(|k| k.type_url() == type_url)
-}
-
-/// LDS and CDS are wildcard subscriptions; RDS, EDS and SDS follow what is referenced.
-pub fn is_wildcard(kind: ResourceKind) -> bool {
-    matches!(kind, ResourceKind::Listener | ResourceKind::Cluster)
-}
+use crate::error::{ResourceError, StaticConflict, UpdateError};
 
 /// A decoded resource.
 ///
@@ -75,16 +55,15 @@ impl std::fmt::Debug for Decoded {
 
 impl Decoded {
     /// Decode `any` (not wrapped) as `kind`; returns the resource's own name with it.
-    fn decode(kind: ResourceKind, any: &Any) -> Result<(String, Decoded), String> {
+    fn decode(kind: ResourceKind, any: &Any) -> Result<(String, Decoded), ResourceError> {
         if any.type_url != kind.type_url() {
-            return Err(format!(
-                "type_url '{}' in a response for {}",
-                any.type_url,
-                kind.type_url()
-            ));
+            return Err(ResourceError::WrongType {
+                found: any.type_url.clone(),
+                expected: kind.type_url(),
+            });
         }
         let bytes = any.value.as_slice();
-        let err = |e: prost::DecodeError| format!("cannot decode {}: {e}", kind.as_str());
+        let err = |source| ResourceError::Decode { kind, source };
         Ok(match kind {
             ResourceKind::Secret => {
                 let r = XdsSecret::decode(bytes).map_err(err)?;
@@ -209,16 +188,30 @@ pub struct Received {
 }
 
 impl Received {
-    /// Decode `any` as `kind`, unwrapping a `discovery.v3.Resource` envelope if present.
-    pub fn decode(kind: ResourceKind, any: &Any) -> Result<Received, String> {
-        if any.type_url == RESOURCE_WRAPPER {
-            let wrapper = XdsResourceWrapper::decode(any.value.as_slice())
-                .map_err(|e| format!("cannot decode resource wrapper: {e}"))?;
-            let inner = wrapper
-                .resource
-                .ok_or_else(|| format!("resource wrapper '{}' has no resource", wrapper.name))?;
-            return Received::decode(kind, &inner);
+    /// Decode `any` as `kind`, unwrapping one `discovery.v3.Resource` envelope if present.
+    ///
+    /// Exactly one level: an envelope inside an envelope is refused, not unwrapped. Each
+    /// level is a fresh decode of the bytes inside (an `Any`'s value is opaque to prost, so
+    /// prost's own nesting limit never sees the depth), and unwrapping them one by one cost a
+    /// stack frame and a copy of the rest per level: a response of a few megabytes nested a
+    /// hundred thousand times overflowed the stack or asked for gigabytes.
+    pub fn decode(kind: ResourceKind, any: &Any) -> Result<Received, ResourceError> {
+        let wrapper = legate_snapshot::type_url::RESOURCE_WRAPPER;
+        if any.type_url != wrapper {
+            return Received::decode_bare(kind, any);
         }
+        let envelope =
+            XdsResourceWrapper::decode(any.value.as_slice()).map_err(ResourceError::Wrapper)?;
+        let inner = envelope
+            .resource
+            .ok_or_else(|| ResourceError::EmptyWrapper(envelope.name.clone()))?;
+        if inner.type_url == wrapper {
+            return Err(ResourceError::NestedWrapper(envelope.name));
+        }
+        Received::decode_bare(kind, &inner)
+    }
+
+    fn decode_bare(kind: ResourceKind, any: &Any) -> Result<Received, ResourceError> {
         let (name, decoded) = Decoded::decode(kind, any)?;
         Ok(Received {
             name,
@@ -229,14 +222,8 @@ impl Received {
 
     /// Validate the resource on its own (the NACK message on failure) and keep it as
     /// received, without the decoded message.
-    pub fn check(self, version: String) -> Result<Stored, String> {
-        let refs = self.decoded.check().map_err(|errors| {
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?;
+    pub fn check(self, version: String) -> Result<Stored, ResourceError> {
+        let refs = self.decoded.check().map_err(ResourceError::Invalid)?;
         Ok(Stored {
             version,
             private: self.decoded.is_private(),
@@ -366,7 +353,7 @@ pub struct XdsState {
 
 impl XdsState {
     pub fn new(static_resources: Resources, initial_fetch_timeout: Duration) -> Self {
-        let types = KINDS
+        let types = ResourceKind::WARM_ORDER
             .into_iter()
             .map(|k| {
                 let state = TypeState {
@@ -404,36 +391,30 @@ impl XdsState {
         resources: BTreeMap<String, Stored>,
         version_info: String,
         nonce: String,
-    ) -> Result<Proposal, String> {
-        let mut errors: Vec<String> = Vec::new();
+    ) -> Result<Proposal, UpdateError> {
         // Each resource was checked on its own when received (`Received::check`).
-        for name in resources.keys() {
-            if self.static_name_taken(kind, name) {
-                errors.push(format!(
-                    "{} '{name}': conflicts with a static resource of the same name",
-                    kind.as_str()
-                ));
-            }
-        }
-        if errors.is_empty() {
-            // The whole set must still be consistent with this update in place.
-            let mut types = self.snapshot_of_types();
-            types.insert(kind, &resources);
-            let assembled = self.assemble_from(&types, true);
-            if let Err(e) = legate_snapshot::build("candidate", &assembled.resources) {
-                errors.extend(e.errors.iter().map(ToString::to_string));
-            }
-        }
-        if errors.is_empty() {
-            Ok(Proposal {
+        let conflicts: Vec<StaticConflict> = resources
+            .keys()
+            .filter(|name| self.static_name_taken(kind, name))
+            .map(|name| StaticConflict {
                 kind,
-                resources,
-                version_info,
-                nonce,
+                name: name.clone(),
             })
-        } else {
-            Err(errors.join("; "))
+            .collect();
+        if !conflicts.is_empty() {
+            return Err(UpdateError::StaticConflict(conflicts));
         }
+        // The whole set must still be consistent with this update in place.
+        let mut types = self.snapshot_of_types();
+        types.insert(kind, &resources);
+        let assembled = self.assemble_from(&types, true);
+        legate_snapshot::build("candidate", &assembled.resources)?;
+        Ok(Proposal {
+            kind,
+            resources,
+            version_info,
+            nonce,
+        })
     }
 
     fn static_name_taken(&self, kind: ResourceKind, name: &str) -> bool {
@@ -608,7 +589,7 @@ impl XdsState {
             r.listeners.iter().map(refs::listener_references).collect();
         let empty = BTreeMap::new();
         let of = |k| types.get(&k).copied().unwrap_or(&empty);
-        for (kind, s) in KINDS
+        for (kind, s) in ResourceKind::WARM_ORDER
             .into_iter()
             .flat_map(|k| of(k).values().map(move |s| (k, s)))
         {
@@ -749,10 +730,14 @@ impl XdsState {
     /// A version string for a built snapshot: the accepted versions per type.
     pub fn combined_version(&self) -> String {
         let mut parts = Vec::new();
-        for k in KINDS {
+        for k in ResourceKind::WARM_ORDER {
             let t = self.get(k);
             if !t.version_info.is_empty() {
-                parts.push(format!("{}={}", short(k), t.version_info));
+                parts.push(format!(
+                    "{}={}",
+                    k.service().to_ascii_lowercase(),
+                    t.version_info
+                ));
             }
         }
         if parts.is_empty() {
@@ -772,20 +757,10 @@ impl XdsState {
 
     /// Status per type, for `/config_dump` and metrics.
     pub fn status(&self) -> Vec<TypeStatus> {
-        KINDS
+        ResourceKind::WARM_ORDER
             .into_iter()
             .map(|k| self.get(k).status.clone())
             .collect()
-    }
-}
-
-fn short(k: ResourceKind) -> &'static str {
-    match k {
-        ResourceKind::Listener => "lds",
-        ResourceKind::RouteConfiguration => "rds",
-        ResourceKind::Cluster => "cds",
-        ResourceKind::ClusterLoadAssignment => "eds",
-        ResourceKind::Secret => "sds",
     }
 }
 
@@ -946,6 +921,38 @@ clusters:
         );
     }
 
+    /// One `discovery.v3.Resource` envelope is unwrapped; an envelope inside it is refused
+    /// by name without being opened.
+    #[test]
+    fn one_level_of_resource_wrapper_only() {
+        let cluster = &resources().clusters[0];
+        let bare = Any {
+            type_url: ResourceKind::Cluster.type_url().to_owned(),
+            value: cluster.encode_to_vec(),
+        };
+        let wrap = |any: Any, name: &str| Any {
+            type_url: legate_snapshot::type_url::RESOURCE_WRAPPER.to_owned(),
+            value: XdsResourceWrapper {
+                name: name.to_owned(),
+                resource: Some(any),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        };
+        let once = Received::decode(ResourceKind::Cluster, &wrap(bare.clone(), "web"))
+            .expect("one level is unwrapped");
+        assert_eq!(once.name, cluster.name);
+        assert_eq!(once.any, bare, "kept out of its envelope");
+        let twice = wrap(wrap(bare, "inner"), "outer");
+        let err = Received::decode(ResourceKind::Cluster, &twice).expect_err("two levels");
+        assert!(matches!(&err, ResourceError::NestedWrapper(name) if name == "outer"));
+        assert_eq!(
+            err.to_string(),
+            "resource wrapper 'outer' wraps another resource wrapper: only one level of \
+             envoy.service.discovery.v3.Resource is allowed"
+        );
+    }
+
     #[test]
     fn invalid_update_is_refused_with_resource_and_field() {
         let r = resources();
@@ -960,6 +967,8 @@ clusters:
         let err = received
             .check("2".to_owned())
             .expect_err("maglev is refused");
+        assert!(matches!(&err, ResourceError::Invalid(errors) if errors.len() == 1));
+        let err = err.to_string();
         assert!(err.contains("cluster 'web'"), "{err}");
         assert!(err.contains("lb_policy"), "{err}");
     }
@@ -990,6 +999,8 @@ clusters:
         let err = state
             .propose(ResourceKind::Cluster, set, "1".to_owned(), "n".to_owned())
             .expect_err("clash");
+        assert!(matches!(&err, UpdateError::StaticConflict(c) if c[0].name == r.clusters[0].name));
+        let err = err.to_string();
         assert!(err.contains("static"), "{err}");
     }
 
@@ -1232,6 +1243,8 @@ clusters:
             let err = state
                 .propose(ResourceKind::Secret, set, "1".to_owned(), "n".to_owned())
                 .expect_err("clash");
+            assert!(matches!(&err, UpdateError::StaticConflict(c) if c[0].name == "ca"));
+            let err = err.to_string();
             assert!(err.contains("secret 'ca'"), "{err}");
         }
 
@@ -1269,6 +1282,8 @@ clusters:
                 .expect("decodes")
                 .check("8".to_owned())
                 .expect_err("mismatch");
+            assert!(matches!(&err, ResourceError::Invalid(_)));
+            let err = err.to_string();
             assert!(
                 err.starts_with("secret 'client': tls_certificate.private_key: "),
                 "{err}"
@@ -1281,7 +1296,7 @@ clusters:
                 .expect("decodes")
                 .check("7".to_owned())
                 .expect_err("a secret needs a name");
-            assert!(unnamed.contains("secret ''"), "{unnamed}");
+            assert!(unnamed.to_string().contains("secret ''"), "{unnamed}");
         }
     }
 }

@@ -13,7 +13,7 @@ use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use legate_proxy::{Dataplane, DataplaneOptions};
 use legate_snapshot::Snapshot;
 use legate_telemetry::Registry;
-use legate_xds::{SnapshotSink, XdsOptions};
+use legate_xds::{ApplyError, SnapshotSink, XdsOptions};
 
 use crate::admin::{self, AdminState};
 use crate::bootstrap::{Bootstrap, Node};
@@ -25,8 +25,8 @@ impl SnapshotSink for DataplaneSink {
     fn apply(
         &self,
         snapshot: Arc<Snapshot>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
-        Box::pin(async move { self.0.apply(snapshot).await.map_err(|e| e.to_string()) })
+    ) -> Pin<Box<dyn Future<Output = Result<(), ApplyError>> + Send + '_>> {
+        Box::pin(async move { self.0.apply(snapshot).await.map_err(ApplyError::new) })
     }
 }
 
@@ -122,6 +122,7 @@ pub async fn build(bootstrap: Bootstrap) -> anyhow::Result<App> {
                 initial_fetch_timeout: x.initial_fetch_timeout,
                 backoff_base: Duration::from_millis(250),
                 backoff_max: x.backoff_max,
+                max_message_size: x.max_message_size,
                 keepalive_interval: Duration::from_secs(30),
                 cache_dir: x.cache_dir.clone(),
                 static_resources: bootstrap.static_resources.clone(),

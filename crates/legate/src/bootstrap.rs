@@ -92,6 +92,11 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub xds_backoff_max: Option<Duration>,
 
+    /// Largest xDS response accepted from a control plane: bytes, or with KiB/MiB (overrides
+    /// `xds.max_message_size`; default 64MiB, which holds 10,000 clusters with room to spare).
+    #[arg(long, value_name = "SIZE", value_parser = legate_model::parse_size)]
+    pub xds_max_message_size: Option<usize>,
+
     /// Worker threads of the proxy's runtime (default: one per CPU). `--concurrency 1` is
     /// the equivalent of Envoy's `--concurrency 1`.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
@@ -131,6 +136,9 @@ pub struct XdsFile {
     pub initial_fetch_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub backoff_max: Option<Duration>,
+    /// Largest response accepted from a control plane, e.g. `64MiB`.
+    #[serde(default, deserialize_with = "size_opt")]
+    pub max_message_size: Option<usize>,
     /// CA bundle for https:// servers; relative paths are relative to the bootstrap file.
     pub ca: Option<PathBuf>,
     /// Client certificate chain for mTLS.
@@ -139,6 +147,23 @@ pub struct XdsFile {
     pub key: Option<PathBuf>,
     /// Verify servers' certificates against this name instead of the URL host.
     pub server_name: Option<String>,
+}
+
+/// A size in the bootstrap file: `64MiB`, `512KiB` or a number of bytes.
+fn size_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(usize),
+        Text(String),
+    }
+    match Option::<Size>::deserialize(d)? {
+        None => Ok(None),
+        Some(Size::Bytes(n)) => Ok(Some(n)),
+        Some(Size::Text(s)) => legate_model::parse_size(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +212,8 @@ pub struct XdsBootstrap {
     pub cache_dir: Option<PathBuf>,
     pub initial_fetch_timeout: Duration,
     pub backoff_max: Duration,
+    /// Largest response accepted from a control plane, in bytes.
+    pub max_message_size: usize,
     /// How https:// servers are dialled; set when one of the servers is https://.
     pub tls: Option<legate_xds::tls::XdsTls>,
 }
@@ -289,6 +316,10 @@ impl Bootstrap {
                 .xds_backoff_max
                 .or(xds_file.backoff_max)
                 .unwrap_or(DEFAULT_BACKOFF_MAX),
+            max_message_size: args
+                .xds_max_message_size
+                .or(xds_file.max_message_size)
+                .unwrap_or(legate_xds::DEFAULT_MAX_MESSAGE_SIZE),
             tls,
         });
         if args.config.is_none() && xds.is_none() {
