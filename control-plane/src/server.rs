@@ -83,6 +83,10 @@ pub struct XdsLimits {
     pub max_names_per_stream: usize,
     /// Largest request accepted, in bytes: gRPC's decode limit (`--xds-max-request-size`).
     pub max_request_size: usize,
+    /// Longest resource name a request may carry, in bytes (`--xds-max-name-length`).
+    /// Together with `max_names_per_stream` it bounds what a delta stream's subscriptions,
+    /// which grow across requests, can hold.
+    pub max_name_length: usize,
 }
 
 impl Default for XdsLimits {
@@ -94,6 +98,7 @@ impl Default for XdsLimits {
             max_streams: 20_000,
             max_names_per_stream: 100_000,
             max_request_size: 4 << 20,
+            max_name_length: 4 << 10,
         }
     }
 }
@@ -318,6 +323,10 @@ trait Protocol: Send + 'static {
 
     fn node(request: &Self::Request) -> Option<&Node>;
 
+    /// The length of the longest resource name the request carries (subscriptions, and for
+    /// delta the names the client says it holds).
+    fn longest_name(request: &Self::Request) -> usize;
+
     /// Applies one request (subscription change, ACK or NACK). An error ends the stream.
     fn handle(&mut self, request: Self::Request, stream: &StreamHandle) -> Result<(), Status>;
 
@@ -336,6 +345,18 @@ fn check_names(subscribed: usize, limits: &XdsLimits) -> Result<(), Status> {
         return Err(Status::resource_exhausted(format!(
             "the stream subscribes to {subscribed} resource names, more than the {max} \
              legate-cp allows per stream (--xds-max-names-per-stream)"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a request that carries a resource name longer than the limit.
+fn check_name_length(longest: usize, limits: &XdsLimits) -> Result<(), Status> {
+    let max = limits.max_name_length;
+    if longest > max {
+        return Err(Status::resource_exhausted(format!(
+            "the request carries a resource name of {longest} bytes, longer than the {max} \
+             legate-cp allows (--xds-max-name-length)"
         )));
     }
     Ok(())
@@ -445,8 +466,8 @@ async fn run<P: Protocol>(
                 stop = Some(Err(refusal));
                 break;
             }
-            if let Err(status) = protocol
-                .handle(request, &stream)
+            if let Err(status) = check_name_length(P::longest_name(&request), &shared.limits)
+                .and_then(|()| protocol.handle(request, &stream))
                 .and_then(|()| check_names(protocol.subscribed_names(), &shared.limits))
             {
                 stop = Some(Ok(status));

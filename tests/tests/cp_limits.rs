@@ -1,7 +1,8 @@
 //! legate-cp's limits on what one xDS client may cost it, through a real legate-cp process and
-//! real ADS streams: the stream limit, the subscribed names per stream, and NACK messages
-//! kept only up to a bound (seen through `/v1/nodes` and `legatectl status`). Each refusal is
-//! `RESOURCE_EXHAUSTED` with a message naming the limit's flag.
+//! real ADS streams: the stream limit, the subscribed names per stream, the length of a
+//! resource name, and NACK messages kept only up to a bound (seen through `/v1/nodes` and
+//! `legatectl status`). Each refusal is `RESOURCE_EXHAUSTED` with a message naming the
+//! limit's flag.
 
 use std::time::Duration;
 
@@ -176,6 +177,42 @@ async fn names_per_stream_are_bounded() {
                 .message()
                 .contains("the 3 legate-cp allows per stream")
             && status.message().contains("--xds-max-names-per-stream"),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn resource_names_are_bounded_in_length() {
+    let (_dir, cp) = start(&["--xds-max-name-length", "64"]).await;
+    let channel = channel(&cp).await;
+
+    // At the limit: served.
+    let mut ok = open(&channel, "ok", EDS, vec!["n".repeat(64)])
+        .await
+        .expect("stream");
+    next(&mut ok).await.expect("a name at the limit is served");
+
+    // One byte over, in a later request on an open stream: the stream ends.
+    let mut over = open(&channel, "over", CDS, vec![]).await.expect("stream");
+    next(&mut over).await.expect("CDS answered");
+    over.tx
+        .send(DiscoveryRequest {
+            type_url: EDS.to_owned(),
+            resource_names: vec!["short".to_owned(), "n".repeat(65)],
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+    let status = loop {
+        match next(&mut over).await {
+            Ok(_) => continue,
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("resource name of 65 bytes")
+            && status.message().contains("--xds-max-name-length"),
         "{status:?}"
     );
 }

@@ -109,6 +109,10 @@ struct Args {
     /// with the names it says it holds); a stream over it is ended with RESOURCE_EXHAUSTED.
     #[arg(long, value_name = "N", default_value_t = XdsLimits::default().max_names_per_stream)]
     xds_max_names_per_stream: usize,
+    /// Longest resource name an xDS request may carry: bytes, or with KiB/MiB; a request with
+    /// a longer one ends its stream with RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "SIZE", default_value = "4KiB", value_parser = parse_size)]
+    xds_max_name_length: usize,
     /// Largest xDS request accepted (gRPC's decode limit): bytes, or with KiB/MiB.
     #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = parse_size)]
     xds_max_request_size: usize,
@@ -255,6 +259,7 @@ async fn run(args: Args) -> Result<(), String> {
         max_streams: args.xds_max_streams,
         max_names_per_stream: args.xds_max_names_per_stream,
         max_request_size: args.xds_max_request_size,
+        max_name_length: args.xds_max_name_length,
     });
     if let Some(auth) = node_auth {
         server = server.with_node_auth(auth);

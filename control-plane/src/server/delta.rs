@@ -193,6 +193,17 @@ impl Protocol for Delta {
         request.node.as_ref()
     }
 
+    fn longest_name(request: &DeltaDiscoveryRequest) -> usize {
+        request
+            .resource_names_subscribe
+            .iter()
+            .chain(&request.resource_names_unsubscribe)
+            .chain(request.initial_resource_versions.keys())
+            .map(String::len)
+            .max()
+            .unwrap_or(0)
+    }
+
     fn handle(
         &mut self,
         request: DeltaDiscoveryRequest,

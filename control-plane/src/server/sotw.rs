@@ -144,6 +144,15 @@ impl Protocol for Sotw {
         request.node.as_ref()
     }
 
+    fn longest_name(request: &DiscoveryRequest) -> usize {
+        request
+            .resource_names
+            .iter()
+            .map(String::len)
+            .max()
+            .unwrap_or(0)
+    }
+
     fn handle(&mut self, request: DiscoveryRequest, stream: &StreamHandle) -> Result<(), Status> {
         let Some(kind) = resolve_kind(self.scope, &request.type_url)? else {
             return Ok(());
