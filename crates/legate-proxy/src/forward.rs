@@ -473,7 +473,7 @@ impl<'a> Driver<'a> {
                     };
                 }
                 let wait = retry::rate_limited_delay(self.policy, res.headers())
-                    .unwrap_or_else(|| retry::backoff(self.policy, self.attempts - 1));
+                    .unwrap_or_else(|| self.policy.back_off.delay(self.attempts - 1));
                 let at = Instant::now() + wait;
                 if self.deadline.is_some_and(|d| at >= d) {
                     // The retry could not finish in time: answer with what we have.
@@ -513,7 +513,7 @@ impl<'a> Driver<'a> {
                         Settled::Fail(e)
                     };
                 }
-                let at = Instant::now() + retry::backoff(self.policy, self.attempts - 1);
+                let at = Instant::now() + self.policy.back_off.delay(self.attempts - 1);
                 if self.deadline.is_some_and(|d| at >= d) {
                     return if others_in_flight {
                         Settled::Keep(Last::Error(e))
