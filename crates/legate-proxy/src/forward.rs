@@ -20,7 +20,6 @@ use hyper::body::Incoming;
 use legate_snapshot::{ForwardAction, RetryPolicy};
 use tokio::time::Instant;
 
-use crate::Shared;
 use crate::body::{self, BodyTimers, Buffered, Held, RequestBody, ResponseBody};
 use crate::cluster::ClusterRuntime;
 use crate::error::ProxyError;
@@ -32,7 +31,6 @@ use crate::service::Template;
 
 /// A routed request ready to go upstream.
 pub(crate) struct Request<'a> {
-    pub(crate) shared: &'a Shared,
     pub(crate) cluster: &'a Arc<ClusterRuntime>,
     pub(crate) fwd: &'a ForwardAction,
     pub(crate) tpl: Template,
@@ -55,7 +53,6 @@ pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, Pr
         }
     };
     let Request {
-        shared,
         cluster,
         fwd,
         tpl,
@@ -78,7 +75,6 @@ pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, Pr
         || tpl.headers().contains_key(retry::IDEMPOTENCY_KEY);
     let request_ok = retry::request_allows_retry(policy, tpl.headers());
     let driver = Driver {
-        shared,
         cluster,
         policy,
         tpl,
@@ -243,7 +239,6 @@ struct PendingRetry {
 }
 
 struct Driver<'a> {
-    shared: &'a Shared,
     cluster: &'a Arc<ClusterRuntime>,
     policy: &'a RetryPolicy,
     tpl: Template,
@@ -341,7 +336,7 @@ impl<'a> Driver<'a> {
                             && self.can_retry(false)
                             && let Some(slot) = self.retry_slot()
                         {
-                            self.count(&self.shared.metrics.upstream_hedges);
+                            self.cluster.stats.hedges.inc();
                             pending = Some(PendingRetry { at: now, _slot: slot });
                         }
                     }
@@ -362,13 +357,9 @@ impl<'a> Driver<'a> {
     fn retry_slot(&self) -> Option<LimitGuard> {
         let slot = self.cluster.limits.try_acquire(Resource::Retries);
         if slot.is_none() {
-            self.count(&self.shared.metrics.upstream_retry_overflow);
+            self.cluster.stats.retry_overflow.inc();
         }
         slot
-    }
-
-    fn count(&self, family: &legate_telemetry::Family<legate_telemetry::Counter>) {
-        family.get_or_create(&[&self.cluster.config().name]).inc();
     }
 
     /// Start the next attempt.
@@ -397,7 +388,7 @@ impl<'a> Driver<'a> {
         .ok_or(ProxyError::BadRequest)?;
         let req = self.tpl.build(&host, body, last)?;
         if self.attempts > 0 {
-            self.count(&self.shared.metrics.upstream_retries);
+            self.cluster.stats.retries.inc();
         }
         self.attempts += 1;
         self.tried.push(host.addr);

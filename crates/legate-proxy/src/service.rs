@@ -122,7 +122,6 @@ async fn route_and_forward(
                 None => view.config.stream_idle_timeout,
             };
             let mut res = forward::forward(forward::Request {
-                shared: &ctx.shared,
                 cluster,
                 fwd,
                 tpl,
