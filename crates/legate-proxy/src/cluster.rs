@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::body::Overflow;
 use crate::lb::{Host, HostSet, HostState, flag};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, Settings};
@@ -44,9 +45,17 @@ pub(crate) struct ClusterStats {
     pub(crate) retry_overflow: Arc<Counter>,
     /// `legate_upstream_hedges_total`.
     pub(crate) hedges: Arc<Counter>,
+    /// `legate_retry_buffer_overflow_total`, in [`Overflow::ALL`] order.
+    pub(crate) buffer_overflow: [Arc<Counter>; 3],
 }
 
 impl ClusterStats {
+    /// Count a request whose body was not kept for retries.
+    pub(crate) fn buffer_overflow(&self, why: Overflow) {
+        let i = Overflow::ALL.iter().position(|o| *o == why).unwrap_or(0);
+        self.buffer_overflow[i].inc();
+    }
+
     fn new(metrics: &Metrics, name: &str) -> Self {
         ClusterStats {
             requests: ByCodeClass::new(&metrics.upstream_requests, &[name]),
@@ -55,6 +64,11 @@ impl ClusterStats {
             retries: metrics.upstream_retries.get_or_create(&[name]),
             retry_overflow: metrics.upstream_retry_overflow.get_or_create(&[name]),
             hedges: metrics.upstream_hedges.get_or_create(&[name]),
+            buffer_overflow: Overflow::ALL.map(|why| {
+                metrics
+                    .retry_buffer_overflow
+                    .get_or_create(&[name, why.label()])
+            }),
         }
     }
 }

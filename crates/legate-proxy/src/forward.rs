@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use legate_snapshot::{ForwardAction, RetryPolicy};
 use tokio::time::Instant;
 
-use crate::body::{self, BodyTimers, Buffered, Held, RequestBody, ResponseBody};
+use crate::body::{self, BodyTimers, Budgets, Buffered, Held, RequestBody, ResponseBody};
 use crate::cluster::ClusterRuntime;
 use crate::error::ProxyError;
 use crate::lb::{ActiveRequest, Host};
@@ -31,6 +31,8 @@ use crate::service::Template;
 
 /// A routed request ready to go upstream.
 pub(crate) struct Request<'a> {
+    /// Where a retry copy of the body is taken from.
+    pub(crate) budgets: Budgets<'a>,
     pub(crate) cluster: &'a Arc<ClusterRuntime>,
     pub(crate) fwd: &'a ForwardAction,
     pub(crate) tpl: Template,
@@ -53,6 +55,7 @@ pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, Pr
         }
     };
     let Request {
+        budgets,
         cluster,
         fwd,
         tpl,
@@ -60,15 +63,19 @@ pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, Pr
         stream_idle,
         ..
     } = r;
+    let buffering = body::buffer_request(body, fwd.retry_buffer_limit, budgets);
     let body = match deadline {
-        Some(at) => tokio::time::timeout_at(at, body::buffer_request(body, fwd.retry_buffer_limit))
+        Some(at) => tokio::time::timeout_at(at, buffering)
             .await
             .map_err(|_| ProxyError::UpstreamTimeout)??,
-        None => body::buffer_request(body, fwd.retry_buffer_limit).await?,
+        None => buffering.await?,
     };
     let (body, replayable) = match body {
         Buffered::Complete(b) => (b, true),
-        Buffered::TooLong(b) => (b, false),
+        Buffered::TooLong(b, why) => {
+            cluster.stats.buffer_overflow(why);
+            (b, false)
+        }
     };
     let may_resend = retry::is_idempotent(tpl.method())
         || fwd.retry_non_idempotent
