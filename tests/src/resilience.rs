@@ -354,9 +354,17 @@ pub struct Rig {
 impl Rig {
     /// Serves `res`, starts legate on it and waits for the `outbound` listener.
     pub async fn start(res: &Resources) -> Rig {
+        Rig::start_with_args(res, &[]).await
+    }
+
+    /// [`start`](Self::start) with more `legate` flags (e.g. `--retry-buffer-limit`).
+    pub async fn start_with_args(res: &Resources, args: &[&str]) -> Rig {
         let server = XdsServer::start().await;
         server.set_resources(res);
-        let legate = Legate::start_xds(&XdsFlags::new(&server.url(), Mode::Sotw)).await;
+        let flags = args
+            .iter()
+            .fold(XdsFlags::new(&server.url(), Mode::Sotw), |f, a| f.arg(a));
+        let legate = Legate::start_xds(&flags).await;
         let addr = eventually(WAIT, "listener outbound is bound", || async {
             legate
                 .try_listener_addr("outbound")

@@ -1,10 +1,16 @@
 //! Body types on both sides of the proxy. Bodies stream; the only buffering is the bounded
 //! copy of a request body kept so a retry can send it again.
+//!
+//! That copy is bounded three ways: by the route's `request_body_buffer_limit`, and by two
+//! [`BufferBudget`]s, one for the downstream connection (an HTTP/2 client may run hundreds
+//! of streams on it) and one for the process. A body that does not fit is never refused: it
+//! is streamed once, without a retry, and the reason is counted.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,6 +19,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use legate_telemetry::Gauge;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::ProxyError;
@@ -28,25 +35,152 @@ pub enum RequestBody {
     Empty,
     /// A buffered body, sent again on each attempt.
     Replay(ReplayBody),
-    /// A body longer than the retry buffer: the part already read, then the rest streamed.
+    /// A body that could not be kept whole: the part already read, then the rest streamed.
     Tail {
         head: VecDeque<Bytes>,
         rest: Incoming,
+        /// What `head` holds of the budgets, given back once it has been sent.
+        reserved: Option<Reservation>,
     },
 }
 
 /// A complete request body held in memory; clones share the bytes.
 #[derive(Clone, Debug)]
 pub struct ReplayBody {
-    chunks: Arc<[Bytes]>,
+    kept: Arc<Kept>,
     trailers: Option<Arc<HeaderMap>>,
     next: usize,
     trailers_sent: bool,
 }
 
+/// The chunks of a buffered body and their share of the budgets, given back when the last
+/// attempt holding them is dropped.
+#[derive(Debug)]
+struct Kept {
+    chunks: Box<[Bytes]>,
+    _reserved: Reservation,
+}
+
 impl ReplayBody {
     fn len(&self) -> u64 {
-        self.chunks.iter().map(|c| c.len() as u64).sum()
+        self.kept.chunks.iter().map(|c| c.len() as u64).sum()
+    }
+}
+
+/// Memory that request bodies kept for retries may hold together: the process's
+/// (`--retry-buffer-limit`) or one downstream connection's
+/// (`--retry-buffer-connection-limit`).
+#[derive(Debug)]
+pub(crate) struct BufferBudget {
+    limit: u64,
+    used: AtomicU64,
+    /// `legate_retry_buffer_bytes`, for the process's budget.
+    gauge: Option<Arc<Gauge>>,
+}
+
+impl BufferBudget {
+    pub(crate) fn new(limit: u64, gauge: Option<Arc<Gauge>>) -> Arc<Self> {
+        Arc::new(BufferBudget {
+            limit,
+            used: AtomicU64::new(0),
+            gauge,
+        })
+    }
+
+    /// Take `n` bytes if they fit under the limit.
+    fn try_take(&self, n: u64) -> bool {
+        let taken = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|total| *total <= self.limit)
+            })
+            .is_ok();
+        if taken && let Some(g) = &self.gauge {
+            g.add(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        taken
+    }
+
+    fn give_back(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+        if let Some(g) = &self.gauge {
+            g.sub(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// The budgets a request's retry copy is taken from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Budgets<'a> {
+    pub(crate) global: &'a Arc<BufferBudget>,
+    pub(crate) connection: &'a Arc<BufferBudget>,
+}
+
+/// Bytes held in both budgets by one request body; given back on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    global: Arc<BufferBudget>,
+    connection: Arc<BufferBudget>,
+    bytes: u64,
+}
+
+impl Reservation {
+    fn new(budgets: Budgets<'_>) -> Self {
+        Reservation {
+            global: budgets.global.clone(),
+            connection: budgets.connection.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Hold `total` bytes in all, taking what is missing from both budgets.
+    fn grow_to(&mut self, total: u64) -> Result<(), Overflow> {
+        let Some(more) = total.checked_sub(self.bytes).filter(|m| *m > 0) else {
+            return Ok(());
+        };
+        if !self.connection.try_take(more) {
+            return Err(Overflow::Connection);
+        }
+        if !self.global.try_take(more) {
+            self.connection.give_back(more);
+            return Err(Overflow::Global);
+        }
+        self.bytes += more;
+        Ok(())
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.connection.give_back(self.bytes);
+            self.global.give_back(self.bytes);
+        }
+    }
+}
+
+/// Why a request body was not kept for retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Overflow {
+    /// Longer than the route's `request_body_buffer_limit`.
+    Request,
+    /// The downstream connection's budget was used up.
+    Connection,
+    /// The process's budget was used up.
+    Global,
+}
+
+impl Overflow {
+    pub(crate) const ALL: [Overflow; 3] =
+        [Overflow::Request, Overflow::Connection, Overflow::Global];
+
+    /// The `reason` label of `legate_retry_buffer_overflow_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Overflow::Request => "request",
+            Overflow::Connection => "connection",
+            Overflow::Global => "global",
+        }
     }
 }
 
@@ -54,14 +188,30 @@ impl ReplayBody {
 pub(crate) enum Buffered {
     /// The whole body: it can be replayed.
     Complete(RequestBody),
-    /// Longer than the limit: sent once, streaming the rest.
-    TooLong(RequestBody),
+    /// It could not be kept (why): sent once, streaming what was not read yet.
+    TooLong(RequestBody, Overflow),
 }
 
-/// Read `body` into memory up to `limit` bytes so it can be sent more than once.
-pub(crate) async fn buffer_request(mut body: Incoming, limit: u64) -> Result<Buffered, ProxyError> {
+/// Read `body` into memory, up to `limit` bytes and what `budgets` allow, so it can be sent
+/// more than once. A body with a declared length that does not fit is not read at all.
+pub(crate) async fn buffer_request(
+    mut body: Incoming,
+    limit: u64,
+    budgets: Budgets<'_>,
+) -> Result<Buffered, ProxyError> {
     if body.is_end_stream() {
         return Ok(Buffered::Complete(RequestBody::Empty));
+    }
+    let mut reserved = Reservation::new(budgets);
+    if let Some(declared) = body.size_hint().exact() {
+        let fits = if declared > limit {
+            Err(Overflow::Request)
+        } else {
+            reserved.grow_to(declared)
+        };
+        if let Err(why) = fits {
+            return Ok(Buffered::TooLong(RequestBody::Incoming(body), why));
+        }
     }
     let mut chunks = Vec::new();
     let mut len = 0u64;
@@ -70,13 +220,22 @@ pub(crate) async fn buffer_request(mut body: Incoming, limit: u64) -> Result<Buf
         let frame = frame.map_err(|_| ProxyError::BadRequest)?;
         match frame.into_data() {
             Ok(data) => {
-                len += data.len() as u64;
+                len = len.saturating_add(data.len() as u64);
                 chunks.push(data);
-                if len > limit {
-                    return Ok(Buffered::TooLong(RequestBody::Tail {
-                        head: chunks.into(),
-                        rest: body,
-                    }));
+                let fits = if len > limit {
+                    Err(Overflow::Request)
+                } else {
+                    reserved.grow_to(len)
+                };
+                if let Err(why) = fits {
+                    return Ok(Buffered::TooLong(
+                        RequestBody::Tail {
+                            head: chunks.into(),
+                            rest: body,
+                            reserved: Some(reserved),
+                        },
+                        why,
+                    ));
                 }
             }
             Err(frame) => {
@@ -87,7 +246,10 @@ pub(crate) async fn buffer_request(mut body: Incoming, limit: u64) -> Result<Buf
         }
     }
     Ok(Buffered::Complete(RequestBody::Replay(ReplayBody {
-        chunks: chunks.into(),
+        kept: Arc::new(Kept {
+            chunks: chunks.into(),
+            _reserved: reserved,
+        }),
         trailers,
         next: 0,
         trailers_sent: false,
@@ -121,7 +283,7 @@ impl Body for RequestBody {
             RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Replay(r) => {
-                if let Some(chunk) = r.chunks.get(r.next) {
+                if let Some(chunk) = r.kept.chunks.get(r.next) {
                     r.next += 1;
                     return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
                 }
@@ -133,9 +295,17 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(None)
             }
-            RequestBody::Tail { head, rest } => match head.pop_front() {
+            RequestBody::Tail {
+                head,
+                rest,
+                reserved,
+            } => match head.pop_front() {
                 Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
-                None => Pin::new(rest).poll_frame(cx),
+                None => {
+                    // What was read ahead is on its way: the budgets have it back.
+                    *reserved = None;
+                    Pin::new(rest).poll_frame(cx)
+                }
             },
         }
     }
@@ -145,9 +315,9 @@ impl Body for RequestBody {
             RequestBody::Incoming(b) => b.is_end_stream(),
             RequestBody::Empty => true,
             RequestBody::Replay(r) => {
-                r.next >= r.chunks.len() && (r.trailers_sent || r.trailers.is_none())
+                r.next >= r.kept.chunks.len() && (r.trailers_sent || r.trailers.is_none())
             }
-            RequestBody::Tail { head, rest } => head.is_empty() && rest.is_end_stream(),
+            RequestBody::Tail { head, rest, .. } => head.is_empty() && rest.is_end_stream(),
         }
     }
 
@@ -157,7 +327,7 @@ impl Body for RequestBody {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Replay(r) if r.next == 0 => SizeHint::with_exact(r.len()),
             RequestBody::Replay(_) => SizeHint::default(),
-            RequestBody::Tail { head, rest } => {
+            RequestBody::Tail { head, rest, .. } => {
                 let head_len: u64 = head.iter().map(|c| c.len() as u64).sum();
                 let mut hint = SizeHint::new();
                 let r = rest.size_hint();
@@ -338,5 +508,51 @@ impl Body for ResponseBody {
             ResponseBody::Upstream { body, .. } => body.size_hint(),
             ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_take_from_both_budgets_and_give_back_on_drop() {
+        let gauge = Arc::new(Gauge::default());
+        let global = BufferBudget::new(100, Some(gauge.clone()));
+        let conn_a = BufferBudget::new(70, None);
+        let conn_b = BufferBudget::new(70, None);
+        let a = Budgets {
+            global: &global,
+            connection: &conn_a,
+        };
+        let b = Budgets {
+            global: &global,
+            connection: &conn_b,
+        };
+        let mut first = Reservation::new(a);
+        assert_eq!(first.grow_to(60), Ok(()));
+        assert_eq!(
+            first.grow_to(60),
+            Ok(()),
+            "growing to the same total takes nothing"
+        );
+        assert_eq!(gauge.get(), 60);
+        // The connection's budget is checked first, and nothing stays taken on refusal.
+        let mut second = Reservation::new(a);
+        assert_eq!(second.grow_to(20), Err(Overflow::Connection));
+        let mut third = Reservation::new(b);
+        assert_eq!(third.grow_to(50), Err(Overflow::Global));
+        assert_eq!(conn_b.used.load(Ordering::Relaxed), 0);
+        assert_eq!(third.grow_to(40), Ok(()));
+        assert_eq!(gauge.get(), 100);
+        drop(first);
+        assert_eq!(gauge.get(), 40);
+        assert_eq!(conn_a.used.load(Ordering::Relaxed), 0);
+        drop((second, third));
+        assert_eq!(global.used.load(Ordering::Relaxed), 0);
+        assert_eq!(gauge.get(), 0);
+        // A limit never wraps around.
+        let mut huge = Reservation::new(b);
+        assert_eq!(huge.grow_to(u64::MAX), Err(Overflow::Connection));
     }
 }

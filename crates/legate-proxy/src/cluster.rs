@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::body::Overflow;
 use crate::lb::{Host, HostSet, HostState, flag};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, Settings};
@@ -31,12 +32,45 @@ use crate::resilience::limits::{Resource, ResourceLimits};
 use crate::resilience::outlier::{Detector, Outcome};
 use crate::tls::upstream::{ClientTls, ClusterTls};
 
-/// Per-cluster metric handles, resolved once when the cluster is created.
-#[derive(Debug)]
+/// Per-cluster metric handles, resolved once when the cluster is created (never on the
+/// request path) and shared by the cluster's later compatible definitions.
+#[derive(Clone, Debug)]
 pub(crate) struct ClusterStats {
     pub(crate) requests: ByCodeClass,
     pub(crate) latency: Arc<Histogram>,
     pub(crate) open_connections: Arc<Gauge>,
+    /// `legate_upstream_retries_total`.
+    pub(crate) retries: Arc<Counter>,
+    /// `legate_upstream_retry_overflow_total`.
+    pub(crate) retry_overflow: Arc<Counter>,
+    /// `legate_upstream_hedges_total`.
+    pub(crate) hedges: Arc<Counter>,
+    /// `legate_retry_buffer_overflow_total`, in [`Overflow::ALL`] order.
+    pub(crate) buffer_overflow: [Arc<Counter>; 3],
+}
+
+impl ClusterStats {
+    /// Count a request whose body was not kept for retries.
+    pub(crate) fn buffer_overflow(&self, why: Overflow) {
+        let i = Overflow::ALL.iter().position(|o| *o == why).unwrap_or(0);
+        self.buffer_overflow[i].inc();
+    }
+
+    fn new(metrics: &Metrics, name: &str) -> Self {
+        ClusterStats {
+            requests: ByCodeClass::new(&metrics.upstream_requests, &[name]),
+            latency: metrics.upstream_latency.get_or_create(&[name]),
+            open_connections: metrics.upstream_connections_open.get_or_create(&[name]),
+            retries: metrics.upstream_retries.get_or_create(&[name]),
+            retry_overflow: metrics.upstream_retry_overflow.get_or_create(&[name]),
+            hedges: metrics.upstream_hedges.get_or_create(&[name]),
+            buffer_overflow: Overflow::ALL.map(|why| {
+                metrics
+                    .retry_buffer_overflow
+                    .get_or_create(&[name, why.label()])
+            }),
+        }
+    }
 }
 
 /// Metric handles for the host set and its health, resolved once per cluster.
@@ -296,11 +330,7 @@ impl ClusterRuntime {
         tls: Option<Arc<ClusterTls>>,
     ) -> Arc<Self> {
         let name: &str = &config.name;
-        let stats = ClusterStats {
-            requests: ByCodeClass::new(&metrics.upstream_requests, &[name]),
-            latency: metrics.upstream_latency.get_or_create(&[name]),
-            open_connections: metrics.upstream_connections_open.get_or_create(&[name]),
-        };
+        let stats = ClusterStats::new(metrics, name);
         let remaining = Resource::ALL.map(|r| {
             metrics
                 .circuit_breaker_remaining
@@ -487,11 +517,7 @@ impl ClusterRuntime {
             tls,
             pool,
             limits: self.limits.clone(),
-            stats: ClusterStats {
-                requests: self.stats.requests.clone(),
-                latency: self.stats.latency.clone(),
-                open_connections: self.stats.open_connections.clone(),
-            },
+            stats: self.stats.clone(),
         })
     }
 }
@@ -719,6 +745,12 @@ pub(crate) async fn reconcile(
             }
         };
         out.insert(config.name.clone(), rt);
+    }
+    // A cluster that went away takes its series with it (requests still running on it
+    // count into members no longer rendered; the name coming back starts from zero).
+    for name in old.keys().filter(|n| !out.contains_key(*n)) {
+        tracing::debug!(cluster = %name, "cluster removed; dropping its metric series");
+        metrics.registry.remove_label_value("cluster", name);
     }
     // A new cluster warms (bounded) until its first DNS resolution and until every host
     // has had its first health check, as in Envoy.

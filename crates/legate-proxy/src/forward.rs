@@ -20,8 +20,7 @@ use hyper::body::Incoming;
 use legate_snapshot::{ForwardAction, RetryPolicy};
 use tokio::time::Instant;
 
-use crate::Shared;
-use crate::body::{self, BodyTimers, Buffered, Held, RequestBody, ResponseBody};
+use crate::body::{self, BodyTimers, Budgets, Buffered, Held, RequestBody, ResponseBody};
 use crate::cluster::ClusterRuntime;
 use crate::error::ProxyError;
 use crate::lb::{ActiveRequest, Host};
@@ -32,7 +31,8 @@ use crate::service::Template;
 
 /// A routed request ready to go upstream.
 pub(crate) struct Request<'a> {
-    pub(crate) shared: &'a Shared,
+    /// Where a retry copy of the body is taken from.
+    pub(crate) budgets: Budgets<'a>,
     pub(crate) cluster: &'a Arc<ClusterRuntime>,
     pub(crate) fwd: &'a ForwardAction,
     pub(crate) tpl: Template,
@@ -55,7 +55,7 @@ pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, Pr
         }
     };
     let Request {
-        shared,
+        budgets,
         cluster,
         fwd,
         tpl,
@@ -63,22 +63,25 @@ pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, Pr
         stream_idle,
         ..
     } = r;
+    let buffering = body::buffer_request(body, fwd.retry_buffer_limit, budgets);
     let body = match deadline {
-        Some(at) => tokio::time::timeout_at(at, body::buffer_request(body, fwd.retry_buffer_limit))
+        Some(at) => tokio::time::timeout_at(at, buffering)
             .await
             .map_err(|_| ProxyError::UpstreamTimeout)??,
-        None => body::buffer_request(body, fwd.retry_buffer_limit).await?,
+        None => buffering.await?,
     };
     let (body, replayable) = match body {
         Buffered::Complete(b) => (b, true),
-        Buffered::TooLong(b) => (b, false),
+        Buffered::TooLong(b, why) => {
+            cluster.stats.buffer_overflow(why);
+            (b, false)
+        }
     };
     let may_resend = retry::is_idempotent(tpl.method())
         || fwd.retry_non_idempotent
         || tpl.headers().contains_key(retry::IDEMPOTENCY_KEY);
     let request_ok = retry::request_allows_retry(policy, tpl.headers());
     let driver = Driver {
-        shared,
         cluster,
         policy,
         tpl,
@@ -243,7 +246,6 @@ struct PendingRetry {
 }
 
 struct Driver<'a> {
-    shared: &'a Shared,
     cluster: &'a Arc<ClusterRuntime>,
     policy: &'a RetryPolicy,
     tpl: Template,
@@ -341,7 +343,7 @@ impl<'a> Driver<'a> {
                             && self.can_retry(false)
                             && let Some(slot) = self.retry_slot()
                         {
-                            self.count(&self.shared.metrics.upstream_hedges);
+                            self.cluster.stats.hedges.inc();
                             pending = Some(PendingRetry { at: now, _slot: slot });
                         }
                     }
@@ -362,13 +364,9 @@ impl<'a> Driver<'a> {
     fn retry_slot(&self) -> Option<LimitGuard> {
         let slot = self.cluster.limits.try_acquire(Resource::Retries);
         if slot.is_none() {
-            self.count(&self.shared.metrics.upstream_retry_overflow);
+            self.cluster.stats.retry_overflow.inc();
         }
         slot
-    }
-
-    fn count(&self, family: &legate_telemetry::Family<legate_telemetry::Counter>) {
-        family.get_or_create(&[&self.cluster.config().name]).inc();
     }
 
     /// Start the next attempt.
@@ -397,7 +395,7 @@ impl<'a> Driver<'a> {
         .ok_or(ProxyError::BadRequest)?;
         let req = self.tpl.build(&host, body, last)?;
         if self.attempts > 0 {
-            self.count(&self.shared.metrics.upstream_retries);
+            self.cluster.stats.retries.inc();
         }
         self.attempts += 1;
         self.tried.push(host.addr);
@@ -473,7 +471,7 @@ impl<'a> Driver<'a> {
                     };
                 }
                 let wait = retry::rate_limited_delay(self.policy, res.headers())
-                    .unwrap_or_else(|| retry::backoff(self.policy, self.attempts - 1));
+                    .unwrap_or_else(|| self.policy.back_off.delay(self.attempts - 1));
                 let at = Instant::now() + wait;
                 if self.deadline.is_some_and(|d| at >= d) {
                     // The retry could not finish in time: answer with what we have.
@@ -513,7 +511,7 @@ impl<'a> Driver<'a> {
                         Settled::Fail(e)
                     };
                 }
-                let at = Instant::now() + retry::backoff(self.policy, self.attempts - 1);
+                let at = Instant::now() + self.policy.back_off.delay(self.attempts - 1);
                 if self.deadline.is_some_and(|d| at >= d) {
                     return if others_in_flight {
                         Settled::Keep(Last::Error(e))

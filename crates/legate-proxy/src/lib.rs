@@ -57,12 +57,21 @@ pub struct Active {
 pub(crate) struct Shared {
     pub(crate) active: ArcSwap<Active>,
     pub(crate) metrics: Metrics,
+    /// The process's budget for request bodies kept for retries.
+    pub(crate) retry_buffers: Arc<body::BufferBudget>,
+    /// Each downstream connection's budget for the same, in bytes.
+    pub(crate) connection_retry_buffer_limit: u64,
     local_replies: Vec<(ProxyError, Arc<Counter>)>,
     /// The certificates legate presents, for their expiry gauges.
     expiry: Arc<tls::expiry::Expiry>,
 }
 
 impl Shared {
+    /// A fresh retry buffer budget for a new downstream connection.
+    pub(crate) fn connection_retry_buffers(&self) -> Arc<body::BufferBudget> {
+        body::BufferBudget::new(self.connection_retry_buffer_limit, None)
+    }
+
     pub(crate) fn local_reply(&self, e: ProxyError) -> &Counter {
         self.local_replies
             .iter()
@@ -98,7 +107,19 @@ pub enum ApplyError {
 pub struct DataplaneOptions {
     /// How long a stopped listener lets its connections finish.
     pub drain_timeout: Duration,
+    /// Request bodies kept in memory for retries, all requests together, in bytes
+    /// ([`DEFAULT_RETRY_BUFFER_LIMIT`]). A body that does not fit is sent once, unretried.
+    pub retry_buffer_limit: u64,
+    /// The same for the requests of one downstream connection
+    /// ([`DEFAULT_CONNECTION_RETRY_BUFFER_LIMIT`]).
+    pub connection_retry_buffer_limit: u64,
 }
+
+/// Default of [`DataplaneOptions::retry_buffer_limit`]: 256 MiB.
+pub const DEFAULT_RETRY_BUFFER_LIMIT: u64 = 256 * 1024 * 1024;
+/// Default of [`DataplaneOptions::connection_retry_buffer_limit`]: 16 MiB, sixteen
+/// requests at the default route limit (1 MiB).
+pub const DEFAULT_CONNECTION_RETRY_BUFFER_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// The running data plane.
 pub struct Dataplane {
@@ -127,9 +148,15 @@ impl Dataplane {
             listeners: HashMap::new(),
         };
         let expiry = tls::expiry::Expiry::new(metrics.tls_certificate_expiry.clone());
+        let retry_buffers = body::BufferBudget::new(
+            options.retry_buffer_limit,
+            Some(metrics.retry_buffer_bytes.get_or_create(&[])),
+        );
         Dataplane {
             shared: Arc::new(Shared {
                 active: ArcSwap::from_pointee(active),
+                retry_buffers,
+                connection_retry_buffer_limit: options.connection_retry_buffer_limit,
                 metrics,
                 local_replies,
                 expiry,

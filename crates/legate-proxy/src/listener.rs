@@ -334,6 +334,7 @@ async fn accept_loop(
                     peer_ip: crate::headers::peer_value(peer.ip()),
                     activity: Arc::default(),
                     tls: tls.is_some(),
+                    retry_buffers: shared.connection_retry_buffers(),
                 });
                 let server = server.clone();
                 let gauge = active_gauge.clone();

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub upstream_retries: Arc<Family<Counter>>,
     pub upstream_retry_overflow: Arc<Family<Counter>>,
     pub upstream_hedges: Arc<Family<Counter>>,
+    pub retry_buffer_overflow: Arc<Family<Counter>>,
+    pub retry_buffer_bytes: Arc<Family<Gauge>>,
     pub outlier_ejections: Arc<Family<Counter>>,
     pub outlier_ejected_hosts: Arc<Family<Gauge>>,
     pub health_checks: Arc<Family<Counter>>,
@@ -87,6 +89,18 @@ impl Metrics {
                 "legate_upstream_hedges_total",
                 "Attempts started because a per-try timeout fired with hedging on.",
                 &["cluster"],
+            ),
+            retry_buffer_overflow: registry.family(
+                "legate_retry_buffer_overflow_total",
+                "Requests with a retry policy whose body was not kept for retries, so they were \
+                 sent once without retries, by reason: request (longer than the route's \
+                 request_body_buffer_limit), connection or global (that budget was used up).",
+                &["cluster", "reason"],
+            ),
+            retry_buffer_bytes: registry.family(
+                "legate_retry_buffer_bytes",
+                "Bytes of request bodies held in memory for retries (under --retry-buffer-limit).",
+                &[],
             ),
             outlier_ejections: registry.family(
                 "legate_outlier_ejections_total",

@@ -36,6 +36,8 @@ pub(crate) struct ConnCtx {
     pub(crate) activity: Arc<crate::listener::Activity>,
     /// Whether the connection is TLS (`x-forwarded-proto: https`).
     pub(crate) tls: bool,
+    /// This connection's budget for request bodies kept for retries.
+    pub(crate) retry_buffers: Arc<crate::body::BufferBudget>,
 }
 
 pub(crate) async fn handle(
@@ -122,7 +124,10 @@ async fn route_and_forward(
                 None => view.config.stream_idle_timeout,
             };
             let mut res = forward::forward(forward::Request {
-                shared: &ctx.shared,
+                budgets: crate::body::Budgets {
+                    global: &ctx.shared.retry_buffers,
+                    connection: &ctx.retry_buffers,
+                },
                 cluster,
                 fwd,
                 tpl,

@@ -16,6 +16,8 @@ pub use types::*;
 mod tls;
 pub use tls::*;
 
+mod backoff;
+
 mod error;
 pub use error::{InvalidSnapshot, ResourceError};
 

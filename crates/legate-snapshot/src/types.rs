@@ -375,7 +375,8 @@ pub struct RetryOn {
     pub retriable_headers: bool,
 }
 
-/// `retry_back_off`: full-jitter exponential back-off between attempts.
+/// `retry_back_off`: full-jitter exponential back-off between attempts
+/// ([`RetryBackOff::delay`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct RetryBackOff {
     /// `base_interval`, default 25 ms.

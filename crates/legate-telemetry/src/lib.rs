@@ -48,6 +48,14 @@ impl Gauge {
         self.0.store(v, Ordering::Relaxed);
     }
 
+    pub fn add(&self, n: i64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn sub(&self, n: i64) {
+        self.0.fetch_sub(n, Ordering::Relaxed);
+    }
+
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -182,13 +190,30 @@ impl<M: Metric> Family<M> {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&key);
     }
+
+    /// Drop every member whose label `label` has the value `value` (nothing when the family
+    /// has no such label). Holders keep theirs; they are no longer rendered.
+    pub fn remove_where(&self, label: &str, value: &str) {
+        let Some(i) = self.label_names.iter().position(|n| *n == label) else {
+            return;
+        };
+        self.members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|values, _| values[i] != value);
+    }
 }
 
 trait Render: Send + Sync {
     fn render_family(&self, out: &mut String);
+    fn remove_where(&self, label: &str, value: &str);
 }
 
 impl<M: Metric> Render for Family<M> {
+    fn remove_where(&self, label: &str, value: &str) {
+        Family::remove_where(self, label, value);
+    }
+
     fn render_family(&self, out: &mut String) {
         let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
         let _ = writeln!(out, "# TYPE {} {}", self.name, M::KIND);
@@ -261,6 +286,15 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
             .push(family.clone());
         family
+    }
+
+    /// Drop, in every family that has the label `label`, the members whose value for it is
+    /// `value`: what a component that went away (a cluster, a listener) leaves behind.
+    pub fn remove_label_value(&self, label: &str, value: &str) {
+        let families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
+        for f in families.iter() {
+            f.remove_where(label, value);
+        }
     }
 
     /// Prometheus text exposition format (version 0.0.4).
@@ -347,6 +381,32 @@ mod tests {
         h.render("m", "", &mut out);
         assert!(out.contains("m_bucket{le=\"0.0005\"} 0\n"), "{out}");
         assert!(out.contains("m_bucket{le=\"0.001\"} 1\n"), "{out}");
+    }
+
+    #[test]
+    fn removing_a_label_value_drops_its_members_in_every_family() {
+        let r = Registry::new();
+        let requests = r.family::<Counter>("t_requests_total", "R.", &["cluster", "code_class"]);
+        let hosts = r.family::<Gauge>("t_hosts", "H.", &["cluster"]);
+        let other = r.family::<Counter>("t_other_total", "O.", &["listener"]);
+        let kept = requests.get_or_create(&["keep", "2xx"]);
+        let gone = requests.get_or_create(&["gone", "2xx"]);
+        requests.get_or_create(&["gone", "5xx"]).inc();
+        hosts.get_or_create(&["gone"]).set(3);
+        other.get_or_create(&["gone"]).inc();
+        kept.inc();
+        r.remove_label_value("cluster", "gone");
+        let text = r.render();
+        assert!(!text.contains("cluster=\"gone\""), "{text}");
+        assert!(text.contains("t_requests_total{cluster=\"keep\",code_class=\"2xx\"} 1\n"));
+        // Another label with the same value is not touched.
+        assert!(
+            text.contains("t_other_total{listener=\"gone\"} 1\n"),
+            "{text}"
+        );
+        // A holder keeps counting into its (no longer rendered) member; a new one starts over.
+        gone.inc();
+        assert_eq!(requests.get_or_create(&["gone", "2xx"]).get(), 0);
     }
 
     #[test]

@@ -441,33 +441,30 @@ fn stream_failed(shared: &Shared, url: &str, error: &StreamError) {
     });
 }
 
-/// Capped exponential backoff with full jitter.
+/// Reconnection back-off: legate's one exponential back-off with full jitter
+/// ([`legate_snapshot::RetryBackOff::delay`]), counting attempts since the last stream that
+/// worked.
 struct Backoff {
-    base: Duration,
-    max: Duration,
-    current: Duration,
+    policy: legate_snapshot::RetryBackOff,
+    attempt: u32,
 }
 
 impl Backoff {
     fn new(base: Duration, max: Duration) -> Self {
         Backoff {
-            base,
-            max,
-            current: base,
+            policy: legate_snapshot::RetryBackOff { base, max },
+            attempt: 0,
         }
     }
 
     fn reset(&mut self) {
-        self.current = self.base;
+        self.attempt = 0;
     }
 
     fn next(&mut self) -> Duration {
-        let ceiling = self.current;
-        self.current = (self.current * 2).min(self.max);
-        let millis = u64::try_from(ceiling.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        Duration::from_millis(fastrand::u64(millis / 2..=millis))
+        let wait = self.policy.delay(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        wait
     }
 }
 
@@ -1124,15 +1121,25 @@ mod tests {
     #[test]
     fn backoff_grows_caps_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
-        let seen: Vec<Duration> = (0..6).map(|_| b.next()).collect();
-        for (i, d) in seen.iter().enumerate() {
-            let ceiling = Duration::from_millis((100u64 << i).min(800));
-            assert!(
-                *d <= ceiling && *d >= ceiling / 2,
-                "{i}: {d:?} vs {ceiling:?}"
-            );
+        for i in 0..40u32 {
+            let ceiling = Duration::from_millis(100u64 << i.min(3));
+            let d = b.next();
+            assert!(d <= ceiling, "{i}: {d:?} vs {ceiling:?}");
         }
         b.reset();
         assert!(b.next() <= Duration::from_millis(100));
+        // Full jitter: some first waits fall below half the ceiling (an "equal jitter"
+        // draw from [ceiling/2, ceiling] never does; 200 uniform draws all miss with odds
+        // 2^-200).
+        let firsts: Vec<Duration> = (0..200)
+            .map(|_| {
+                b.reset();
+                b.next()
+            })
+            .collect();
+        assert!(
+            firsts.iter().any(|d| *d < Duration::from_millis(50)),
+            "{firsts:?}"
+        );
     }
 }

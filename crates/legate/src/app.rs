@@ -95,6 +95,8 @@ pub async fn build(bootstrap: Bootstrap) -> anyhow::Result<App> {
         registry.clone(),
         DataplaneOptions {
             drain_timeout: bootstrap.drain_timeout,
+            retry_buffer_limit: bootstrap.retry_buffers.global,
+            connection_retry_buffer_limit: bootstrap.retry_buffers.connection,
         },
     ));
     let admin_listener = admin::bind(bootstrap.admin_address)

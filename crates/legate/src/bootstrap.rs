@@ -105,6 +105,42 @@ pub struct Args {
     /// Log filter, in `RUST_LOG` syntax (default: info, or RUST_LOG when set).
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+
+    /// Memory for request bodies kept for retries, all requests together (e.g. 256MiB, the
+    /// default). A body that does not fit is sent once, without retries.
+    #[arg(long, value_name = "SIZE", value_parser = legate_model::parse_size)]
+    pub retry_buffer_limit: Option<usize>,
+
+    /// The same, per downstream connection (default 16MiB).
+    #[arg(long, value_name = "SIZE", value_parser = legate_model::parse_size)]
+    pub retry_buffer_connection_limit: Option<usize>,
+}
+
+/// Budgets for request bodies kept in memory for retries, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryBuffers {
+    /// `--retry-buffer-limit`.
+    pub global: u64,
+    /// `--retry-buffer-connection-limit`.
+    pub connection: u64,
+}
+
+impl RetryBuffers {
+    fn from_args(args: &Args) -> Self {
+        let bytes = |flag: Option<usize>, default: u64| {
+            flag.map_or(default, |n| u64::try_from(n).unwrap_or(u64::MAX))
+        };
+        RetryBuffers {
+            global: bytes(
+                args.retry_buffer_limit,
+                legate_proxy::DEFAULT_RETRY_BUFFER_LIMIT,
+            ),
+            connection: bytes(
+                args.retry_buffer_connection_limit,
+                legate_proxy::DEFAULT_CONNECTION_RETRY_BUFFER_LIMIT,
+            ),
+        }
+    }
 }
 
 /// The bootstrap file.
@@ -227,6 +263,7 @@ pub struct Bootstrap {
     pub drain_timeout: Duration,
     /// The static resources compiled from the file's mesh.
     pub static_resources: legate_snapshot::Resources,
+    pub retry_buffers: RetryBuffers,
     pub xds: Option<XdsBootstrap>,
 }
 
@@ -358,6 +395,7 @@ impl Bootstrap {
                 .or(file.drain_timeout)
                 .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
             static_resources: resources,
+            retry_buffers: RetryBuffers::from_args(args),
             xds,
         })
     }
@@ -585,6 +623,36 @@ mod tests {
             Some((dir.0.join("n1.pem"), dir.0.join("n1.key")))
         );
         assert_eq!(tls.server_name.as_deref(), Some("cp.internal"));
+    }
+
+    #[test]
+    fn retry_buffer_budgets_default_and_parse_sizes() {
+        let xds = ["--xds-server", "http://127.0.0.1:1"];
+        let b = Bootstrap::load(&args(None, &xds)).expect("valid");
+        assert_eq!(
+            b.retry_buffers,
+            RetryBuffers {
+                global: 256 << 20,
+                connection: 16 << 20
+            }
+        );
+        let mut set = xds.to_vec();
+        set.extend([
+            "--retry-buffer-limit",
+            "1MiB",
+            "--retry-buffer-connection-limit",
+            "64KiB",
+        ]);
+        let b = Bootstrap::load(&args(None, &set)).expect("valid");
+        assert_eq!(
+            b.retry_buffers,
+            RetryBuffers {
+                global: 1 << 20,
+                connection: 64 << 10
+            }
+        );
+        let bad = Args::try_parse_from(["legate", "--retry-buffer-limit", "lots"]);
+        assert!(bad.is_err());
     }
 
     #[test]

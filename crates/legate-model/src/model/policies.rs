@@ -77,8 +77,8 @@ pub struct Retries {
         skip_serializing_if = "Option::is_none"
     )]
     pub per_try_idle_timeout: Option<Duration>,
-    /// Full-jitter exponential back-off between tries; Envoy's (25ms, up to 250ms) when
-    /// unset.
+    /// Exponential back-off between tries with full jitter: the wait before retry n is drawn
+    /// uniformly from `[0, min(base × 2^n, max)]`. Envoy's (25ms, up to 250ms) when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
     /// Wait as long as the upstream asks (`Retry-After: <seconds>`) instead of backing off:

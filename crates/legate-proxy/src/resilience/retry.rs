@@ -1,6 +1,7 @@
 //! Retry decisions: which outcomes a `retry_policy` retries, which requests may be sent
-//! twice, and how long to wait before the next attempt. Pure functions; the request path
-//! (`service.rs`) drives the attempts.
+//! twice, and how long an upstream asked us to wait. Pure functions; the request path
+//! (`forward.rs`) drives the attempts, waiting `RetryBackOff::delay` between them
+//! (legate-snapshot's one back-off).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -64,21 +65,6 @@ pub(crate) fn request_allows_retry(policy: &RetryPolicy, headers: &HeaderMap) ->
             .retriable_request_headers
             .iter()
             .any(|m| m.matches(headers))
-}
-
-/// Full-jitter exponential back-off before retry number `retry` (0 for the first retry):
-/// a random wait in `[0, min(base × 2^retry, max)]`.
-pub(crate) fn backoff(policy: &RetryPolicy, retry: u32) -> Duration {
-    let base = policy.back_off.base;
-    let ceiling = base
-        .checked_mul(1u32.checked_shl(retry.min(30)).unwrap_or(u32::MAX))
-        .unwrap_or(policy.back_off.max)
-        .min(policy.back_off.max);
-    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-    if nanos == 0 {
-        return Duration::ZERO;
-    }
-    Duration::from_nanos(fastrand::u64(..=nanos))
 }
 
 /// The wait an upstream asked for in one of the policy's reset headers (e.g.
@@ -236,21 +222,6 @@ mod tests {
         assert!(is_idempotent(&Method::DELETE));
         assert!(!is_idempotent(&Method::POST));
         assert!(!is_idempotent(&Method::PATCH));
-    }
-
-    #[test]
-    fn backoff_is_jittered_below_a_growing_capped_ceiling() {
-        let p = policy(RetryOn::default());
-        for _ in 0..200 {
-            assert!(backoff(&p, 0) <= Duration::from_millis(25));
-            assert!(backoff(&p, 1) <= Duration::from_millis(50));
-            assert!(backoff(&p, 10) <= Duration::from_millis(250));
-            assert!(backoff(&p, 40) <= Duration::from_millis(250));
-        }
-        // Full jitter: over many draws the waits spread across the range.
-        let draws: Vec<Duration> = (0..200).map(|_| backoff(&p, 3)).collect();
-        assert!(draws.iter().any(|d| *d < Duration::from_millis(50)));
-        assert!(draws.iter().any(|d| *d > Duration::from_millis(150)));
     }
 
     #[test]

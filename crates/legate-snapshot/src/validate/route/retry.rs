@@ -38,6 +38,11 @@ const DEFAULT_BACK_OFF: RetryBackOff = RetryBackOff {
 const MIN_BACK_OFF: Duration = Duration::from_millis(1);
 /// Envoy's default `rate_limited_retry_back_off.max_interval`.
 const DEFAULT_RATE_LIMITED_MAX: Duration = Duration::from_secs(300);
+/// The largest `request_body_buffer_limit` accepted: one request's retry copy. A body is
+/// held in memory whole while its attempts run, so a control plane must not be able to ask
+/// for gigabytes; larger values are refused (NACK), not silently capped. The proxy's global
+/// and per-connection retry buffer budgets bound the sum over requests.
+pub(crate) const MAX_RETRY_BUFFER_LIMIT: u64 = 64 * 1024 * 1024;
 /// The route metadata key (under `legate`) that allows retrying non-idempotent requests.
 const RETRY_NON_IDEMPOTENT: &str = "retry_non_idempotent";
 
@@ -77,7 +82,12 @@ pub(super) fn virtual_host(
             .map(Arc::new),
         hedge_on_per_try_timeout: hedge
             .is_some_and(|h| hedge_policy(cx, &join(field, "hedge_policy"), h)),
-        buffer_limit: buffer_limit(per_request_buffer_limit_bytes, request_body_buffer_limit),
+        buffer_limit: buffer_limit(
+            cx,
+            field,
+            per_request_buffer_limit_bytes,
+            request_body_buffer_limit,
+        ),
         retry_non_idempotent: false,
     }
 }
@@ -94,8 +104,13 @@ pub(super) fn route(
     Resilience {
         retry_policy: vhost.retry_policy.clone(),
         hedge_on_per_try_timeout: vhost.hedge_on_per_try_timeout,
-        buffer_limit: buffer_limit(per_request_buffer_limit_bytes, request_body_buffer_limit)
-            .or(vhost.buffer_limit),
+        buffer_limit: buffer_limit(
+            cx,
+            field,
+            per_request_buffer_limit_bytes,
+            request_body_buffer_limit,
+        )
+        .or(vhost.buffer_limit),
         retry_non_idempotent: route_metadata(cx, &join(field, "metadata"), metadata),
     }
 }
@@ -126,9 +141,25 @@ pub(super) fn route_action(
 
 /// `request_body_buffer_limit` wins over the deprecated `per_request_buffer_limit_bytes`.
 /// Envoy caps the deprecated field by the listener's `per_connection_buffer_limit_bytes`,
-/// which legate does not let one set, so by its default.
-fn buffer_limit(deprecated: Option<&UInt32Value>, current: Option<&UInt64Value>) -> Option<u64> {
+/// which legate does not let one set, so by its default. A value above
+/// [`MAX_RETRY_BUFFER_LIMIT`] is refused.
+fn buffer_limit(
+    cx: &mut Ctx,
+    field: &str,
+    deprecated: Option<&UInt32Value>,
+    current: Option<&UInt64Value>,
+) -> Option<u64> {
     match (current, deprecated) {
+        (Some(UInt64Value { value }), _) if *value > MAX_RETRY_BUFFER_LIMIT => {
+            cx.err(
+                join(field, "request_body_buffer_limit"),
+                format!(
+                    "{value} bytes is above legate's maximum of {MAX_RETRY_BUFFER_LIMIT} (64 MiB) \
+                     for a request body kept in memory for retries"
+                ),
+            );
+            None
+        }
         (Some(UInt64Value { value }), _) => Some(*value),
         (None, Some(UInt32Value { value })) => {
             Some(u64::from(*value).min(crate::DEFAULT_RETRY_BUFFER_LIMIT))
@@ -498,17 +529,25 @@ mod tests {
 
     #[test]
     fn buffer_limit_precedence() {
-        let u32v = |value| Some(UInt32Value { value });
-        let u64v = |value| Some(UInt64Value { value });
-        assert_eq!(buffer_limit(None, None), None);
-        assert_eq!(buffer_limit(u32v(10).as_ref(), None), Some(10));
+        fn limit(cx: &mut Ctx, d: Option<u32>, c: Option<u64>) -> Option<u64> {
+            let d = d.map(|value| UInt32Value { value });
+            let c = c.map(|value| UInt64Value { value });
+            buffer_limit(cx, "vh", d.as_ref(), c.as_ref())
+        }
+        let cx = &mut Ctx::new(crate::ResourceKind::RouteConfiguration, "rc");
+        assert_eq!(limit(cx, None, None), None);
+        assert_eq!(limit(cx, Some(10), None), Some(10));
         assert_eq!(
-            buffer_limit(u32v(u32::MAX).as_ref(), None),
+            limit(cx, Some(u32::MAX), None),
             Some(crate::DEFAULT_RETRY_BUFFER_LIMIT)
         );
-        assert_eq!(
-            buffer_limit(u32v(10).as_ref(), u64v(1 << 40).as_ref()),
-            Some(1 << 40)
-        );
+        assert_eq!(limit(cx, Some(10), Some(1 << 20)), Some(1 << 20));
+        let max = MAX_RETRY_BUFFER_LIMIT;
+        assert_eq!(limit(cx, None, Some(max)), Some(max));
+        assert_eq!(cx.error_count(), 0);
+        // Above the maximum: refused, whichever other field is set.
+        assert_eq!(limit(cx, Some(10), Some(1 << 40)), None);
+        assert_eq!(limit(cx, None, Some(max + 1)), None);
+        assert_eq!(cx.error_count(), 2);
     }
 }

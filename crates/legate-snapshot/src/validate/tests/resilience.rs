@@ -538,6 +538,37 @@ fn retry_buffer_limits() {
 }
 
 #[test]
+fn retry_buffer_limit_above_the_maximum_is_refused() {
+    let mut r = base();
+    vh(&mut r).request_body_buffer_limit = Some(UInt64Value { value: 1 << 40 });
+    rt(&mut r, 0).request_body_buffer_limit = Some(UInt64Value {
+        value: 64 * 1024 * 1024 + 1,
+    });
+    let errors = errors(&r).join("\n");
+    assert!(
+        errors.contains(
+            "route configuration 'rc1': virtual_hosts[0].request_body_buffer_limit: \
+             1099511627776 bytes is above legate's maximum of 67108864 (64 MiB) for a request \
+             body kept in memory for retries"
+        ),
+        "{errors}"
+    );
+    assert!(
+        errors.contains(
+            "route configuration 'rc1': virtual_hosts[0].routes[0].request_body_buffer_limit: \
+             67108865 bytes is above legate's maximum"
+        ),
+        "{errors}"
+    );
+    // The maximum itself is accepted.
+    let mut r = base();
+    rt(&mut r, 0).request_body_buffer_limit = Some(UInt64Value {
+        value: 64 * 1024 * 1024,
+    });
+    assert_eq!(forward(&ok(&r), 0).retry_buffer_limit, 64 * 1024 * 1024);
+}
+
+#[test]
 fn route_metadata_allows_retrying_non_idempotent_requests() {
     let mut r = base();
     rt(&mut r, 0).metadata = metadata("legate", &[("retry_non_idempotent", boolean(true))]);
