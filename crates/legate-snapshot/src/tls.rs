@@ -203,7 +203,8 @@ pub struct UpstreamTls {
     pub auto_sni: bool,
     /// `override_auto_sni_header` (lowercase): read instead of Host when present and not
     /// empty.
-    pub auto_sni_header: Option<Arc<str>>,
+    #[serde(serialize_with = "crate::types::http_serde::opt_name")]
+    pub auto_sni_header: Option<http::HeaderName>,
     /// `auto_san_validation`: the server certificate must be valid for the name sent,
     /// instead of the SAN matchers.
     pub auto_san_validation: bool,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use serde::Serialize;
 
 use crate::{ListenerTls, UpstreamTls};
@@ -109,8 +110,10 @@ pub struct RouteConfig {
     pub response_headers_to_add: Vec<HeaderValueOption>,
     /// Headers added to every upstream request (`request_headers_to_add`).
     pub request_headers_to_add: Vec<HeaderValueOption>,
-    pub request_headers_to_remove: Vec<Arc<str>>,
-    pub response_headers_to_remove: Vec<Arc<str>>,
+    #[serde(serialize_with = "http_serde::names")]
+    pub request_headers_to_remove: Vec<HeaderName>,
+    #[serde(serialize_with = "http_serde::names")]
+    pub response_headers_to_remove: Vec<HeaderName>,
     /// Domain lookup table derived from `virtual_hosts` (see [`crate::router::DomainIndex`]):
     /// built by [`RouteConfig::new`], or on first lookup when the struct is written out by
     /// hand. Never compared nor serialized; rebuild it (`DomainIndex::default()`) after
@@ -127,8 +130,10 @@ pub struct VirtualHost {
     pub routes: Vec<Route>,
     pub request_headers_to_add: Vec<HeaderValueOption>,
     pub response_headers_to_add: Vec<HeaderValueOption>,
-    pub request_headers_to_remove: Vec<Arc<str>>,
-    pub response_headers_to_remove: Vec<Arc<str>>,
+    #[serde(serialize_with = "http_serde::names")]
+    pub request_headers_to_remove: Vec<HeaderName>,
+    #[serde(serialize_with = "http_serde::names")]
+    pub response_headers_to_remove: Vec<HeaderName>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -138,8 +143,10 @@ pub struct Route {
     pub action: RouteAction,
     pub request_headers_to_add: Vec<HeaderValueOption>,
     pub response_headers_to_add: Vec<HeaderValueOption>,
-    pub request_headers_to_remove: Vec<Arc<str>>,
-    pub response_headers_to_remove: Vec<Arc<str>>,
+    #[serde(serialize_with = "http_serde::names")]
+    pub request_headers_to_remove: Vec<HeaderName>,
+    #[serde(serialize_with = "http_serde::names")]
+    pub response_headers_to_remove: Vec<HeaderName>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -167,12 +174,35 @@ pub enum PathMatch {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HeaderMatcher {
-    /// Lowercase header name.
-    pub name: Arc<str>,
+    pub name: HeaderMatchName,
     pub rule: HeaderMatchRule,
     pub invert: bool,
     /// `treat_missing_header_as_empty`.
     pub treat_missing_as_empty: bool,
+}
+
+/// What a [`HeaderMatcher`] reads: a header, or the request's authority (`:authority`,
+/// which is not a header in `http`'s model).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum HeaderMatchName {
+    Authority,
+    Header(HeaderName),
+}
+
+impl HeaderMatchName {
+    /// The name as configured (lowercase), `:authority` for [`HeaderMatchName::Authority`].
+    pub fn as_str(&self) -> &str {
+        match self {
+            HeaderMatchName::Authority => ":authority",
+            HeaderMatchName::Header(h) => h.as_str(),
+        }
+    }
+}
+
+impl Serialize for HeaderMatchName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -394,8 +424,8 @@ pub struct RateLimitedBackOff {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ResetHeader {
-    /// Lowercase header name.
-    pub name: Arc<str>,
+    #[serde(serialize_with = "http_serde::name")]
+    pub name: HeaderName,
     pub format: ResetHeaderFormat,
 }
 
@@ -456,10 +486,14 @@ pub struct WeightedCluster {
     pub name: Arc<str>,
     pub weight: u32,
     pub request_headers_to_add: Vec<HeaderValueOption>,
-    pub request_headers_to_remove: Vec<Arc<str>>,
+    #[serde(serialize_with = "http_serde::names")]
+    pub request_headers_to_remove: Vec<HeaderName>,
     pub response_headers_to_add: Vec<HeaderValueOption>,
-    pub response_headers_to_remove: Vec<Arc<str>>,
-    pub host_rewrite: Option<Arc<str>>,
+    #[serde(serialize_with = "http_serde::names")]
+    pub response_headers_to_remove: Vec<HeaderName>,
+    /// `host_rewrite_literal` of this weighted cluster.
+    #[serde(serialize_with = "http_serde::opt_value")]
+    pub host_rewrite: Option<HeaderValue>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -468,11 +502,11 @@ pub enum HostRewrite {
     /// Keep the downstream Host/:authority.
     Keep,
     /// `host_rewrite_literal`.
-    Literal(Arc<str>),
+    Literal(#[serde(serialize_with = "http_serde::value")] HeaderValue),
     /// `auto_host_rewrite`: the chosen endpoint's hostname (DNS clusters) or address.
     Auto,
     /// `host_rewrite_header`: the value of this request header, when present.
-    Header(Arc<str>),
+    Header(#[serde(serialize_with = "http_serde::name")] HeaderName),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -487,14 +521,53 @@ pub struct RedirectAction {
     pub strip_query: bool,
 }
 
-/// A header to add, from `core.v3.HeaderValueOption`.
+/// A header to add, from `core.v3.HeaderValueOption`, parsed once at validation so the
+/// request path only clones it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HeaderValueOption {
-    /// Lowercase, validated as an HTTP header name.
-    pub name: Arc<str>,
-    /// Validated as an HTTP header value.
-    pub value: Arc<str>,
+    /// Lowercase; never a pseudo-header nor `host`.
+    #[serde(serialize_with = "http_serde::name")]
+    pub name: HeaderName,
+    /// The literal value (`%%` already unescaped).
+    #[serde(serialize_with = "http_serde::value")]
+    pub value: HeaderValue,
     pub append: HeaderAppend,
+}
+
+/// Serialization of the `http` types the snapshot keeps parsed (`http` has no serde support).
+/// Values come from protobuf strings, so they are UTF-8 and print unchanged.
+pub(crate) mod http_serde {
+    use http::{HeaderName, HeaderValue};
+    use serde::Serializer;
+
+    pub(super) fn name<S: Serializer>(n: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(n.as_str())
+    }
+
+    pub(crate) fn opt_name<S: Serializer>(n: &Option<HeaderName>, s: S) -> Result<S::Ok, S::Error> {
+        match n {
+            Some(n) => name(n, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn names<S: Serializer>(ns: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(ns.iter().map(HeaderName::as_str))
+    }
+
+    pub(super) fn value<S: Serializer>(v: &HeaderValue, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(v.as_bytes()))
+    }
+
+    pub(super) fn opt_value<S: Serializer>(
+        v: &Option<HeaderValue>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => value(v, s),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 /// `HeaderValueOption.append_action` (and the deprecated `append` flag).
@@ -819,7 +892,8 @@ pub struct HttpHealthCheck {
     /// `expected_statuses` as half-open ranges `[start, end)`; default `[200, 201)`.
     pub expected_statuses: Vec<(u16, u16)>,
     pub request_headers_to_add: Vec<HeaderValueOption>,
-    pub request_headers_to_remove: Vec<Arc<str>>,
+    #[serde(serialize_with = "http_serde::names")]
+    pub request_headers_to_remove: Vec<HeaderName>,
     /// `codec_client_type` HTTP2 (cleartext, prior knowledge) instead of HTTP/1.1.
     pub http2: bool,
 }

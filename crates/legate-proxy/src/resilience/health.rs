@@ -657,8 +657,8 @@ mod tests {
             if let HealthCheckKind::Http(h) = &mut hc.kind {
                 h.http2 = http2;
                 h.request_headers_to_add = vec![HeaderValueOption {
-                    name: Arc::from("x-check"),
-                    value: Arc::from("yes"),
+                    name: http::HeaderName::from_static("x-check"),
+                    value: HeaderValue::from_static("yes"),
                     append: HeaderAppend::OverwriteIfExistsOrAdd,
                 }];
             }
@@ -676,7 +676,7 @@ mod tests {
             let up = Upstream::start(http2, false).await;
             if let HealthCheckKind::Http(h) = &mut hc.kind {
                 h.host = Arc::from("health.example");
-                h.request_headers_to_remove = vec![Arc::from("user-agent")];
+                h.request_headers_to_remove = vec![header::USER_AGENT];
             }
             let rt = runtime(&m, &[up.addr], hc);
             let h = host(&rt, up.addr);

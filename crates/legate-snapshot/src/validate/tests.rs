@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::HeaderMatchName;
+
+use http::HeaderName;
+
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, CommonLbConfig, CustomClusterType, DiscoveryType, EdsClusterConfig,
     LbConfig, LbPolicy as XdsLbPolicy, LeastRequestLbConfig, RoundRobinLbConfig,
@@ -635,9 +639,9 @@ fn check_headers(option: HeaderValueOption, expected: Option<Hvo>) {
 
 #[test]
 fn header_value_options() {
-    let hvo = |name: &str, value: &str, append| Hvo {
-        name: Arc::from(name),
-        value: Arc::from(value),
+    let hvo = |name: &'static str, value: &'static str, append| Hvo {
+        name: HeaderName::from_static(name),
+        value: http::HeaderValue::from_static(value),
         append,
     };
     let with = |f: fn(&mut HeaderValueOption)| {
@@ -763,25 +767,25 @@ fn route_matchers_convert() {
         m.headers,
         vec![
             HeaderMatcher {
-                name: Arc::from("x-canary"),
+                name: HeaderMatchName::Header(HeaderName::from_static("x-canary")),
                 rule: HeaderMatchRule::String(plain(StringPattern::Exact(Arc::from("1")))),
                 invert: true,
                 treat_missing_as_empty: true,
             },
             HeaderMatcher {
-                name: Arc::from("x-present"),
+                name: HeaderMatchName::Header(HeaderName::from_static("x-present")),
                 rule: HeaderMatchRule::Present(true),
                 invert: false,
                 treat_missing_as_empty: false,
             },
             HeaderMatcher {
-                name: Arc::from("x-n"),
+                name: HeaderMatchName::Header(HeaderName::from_static("x-n")),
                 rule: HeaderMatchRule::Range { start: 1, end: 10 },
                 invert: false,
                 treat_missing_as_empty: false,
             },
             HeaderMatcher {
-                name: Arc::from(":authority"),
+                name: HeaderMatchName::Authority,
                 rule: HeaderMatchRule::String(StringMatcher {
                     pattern: StringPattern::Suffix(Arc::from(".com")),
                     ignore_case: true,
@@ -858,7 +862,10 @@ fn forward_options_convert() {
     let rr = f1.regex_rewrite.as_ref().expect("regex rewrite");
     assert_eq!(rr.pattern.0.as_str(), "^/old/(.*)$");
     assert_eq!(&*rr.substitution, "/new/\\1");
-    assert_eq!(f1.host_rewrite, HostRewrite::Header(Arc::from("x-host")));
+    assert_eq!(
+        f1.host_rewrite,
+        HostRewrite::Header(HeaderName::from_static("x-host"))
+    );
     let ClusterTarget::Weighted { clusters, total } = &f1.target else {
         panic!("weighted");
     };
