@@ -13,6 +13,12 @@ use serde::Serialize;
 
 use crate::{ListenerTls, UpstreamTls};
 
+/// The longest duration any configuration field may hold: one year. Validation refuses
+/// longer values (xDS allows up to `i64::MAX` seconds), so a deadline computed from a
+/// configured duration can never overflow an `Instant`; the proxy still adds with
+/// saturation, because some waits come from upstream responses.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Everything the proxy executes, swapped as one unit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Snapshot {

@@ -32,8 +32,8 @@ use envoy_types::pb::google::protobuf::{
 use http::{HeaderName, HeaderValue};
 
 use crate::{
-    EndpointAddress, HeaderAppend, HeaderValueOption, Regex, ResourceError, ResourceKind,
-    StringMatcher, StringPattern,
+    EndpointAddress, HeaderAppend, HeaderValueOption, MAX_DURATION, Regex, ResourceError,
+    ResourceKind, StringMatcher, StringPattern,
 };
 
 /// The message for a field that is set but that legate does not implement.
@@ -187,7 +187,8 @@ pub(super) fn enum_value<E: TryFrom<i32>>(cx: &mut Ctx, field: &str, value: i32)
     }
 }
 
-/// A `google.protobuf.Duration`; negative or malformed values are errors.
+/// A `google.protobuf.Duration`; negative, malformed and absurd (over [`MAX_DURATION`])
+/// values are errors. Every duration field of every resource is read through here.
 pub(super) fn duration(cx: &mut Ctx, field: &str, d: &XdsDuration) -> Option<Duration> {
     let XdsDuration { seconds, nanos } = *d;
     if seconds < 0 || nanos < 0 {
@@ -198,7 +199,28 @@ pub(super) fn duration(cx: &mut Ctx, field: &str, d: &XdsDuration) -> Option<Dur
         cx.err(field, "nanos must be below one second");
         return None;
     }
-    Some(Duration::new(seconds.unsigned_abs(), nanos.unsigned_abs()))
+    capped_duration(
+        cx,
+        field,
+        Duration::new(seconds.unsigned_abs(), nanos.unsigned_abs()),
+    )
+}
+
+/// Refuse a duration longer than [`MAX_DURATION`] (one year): for the durations legate
+/// reads from other encodings (metadata strings), and through [`duration`] for protobuf ones.
+pub(super) fn capped_duration(cx: &mut Ctx, field: &str, d: Duration) -> Option<Duration> {
+    if d > MAX_DURATION {
+        cx.err(
+            field,
+            format!(
+                "{}s is longer than legate's limit of one year ({}s)",
+                d.as_secs(),
+                MAX_DURATION.as_secs()
+            ),
+        );
+        return None;
+    }
+    Some(d)
 }
 
 /// A timeout where unset means `default` and zero means disabled (`None`), as Envoy reads
@@ -921,6 +943,19 @@ mod tests {
         check_duration(0, 0, Ok(Duration::ZERO));
         check_duration(5, 0, Ok(Duration::from_secs(5)));
         check_duration(1, 500_000_000, Ok(Duration::from_millis(1500)));
+        check_duration(31_536_000, 0, Ok(MAX_DURATION));
+        check_duration(
+            31_536_000,
+            1,
+            Err("31536000s is longer than legate's limit of one year (31536000s)"),
+        );
+        check_duration(
+            i64::MAX,
+            999_999_999,
+            Err("9223372036854775807s is longer than legate's limit of one year (31536000s)"),
+        );
+        check_duration(i64::MIN, 0, Err("must not be negative"));
+        check_duration(0, 1_000_000_000, Err("nanos must be below one second"));
         check_duration(-1, 0, Err("must not be negative"));
         check_duration(0, -1, Err("must not be negative"));
         check_duration(0, 1_000_000_000, Err("nanos must be below one second"));

@@ -2139,3 +2139,46 @@ fn one_error_per_problem_across_resilience_fields() {
         ]
     );
 }
+
+/// Durations an Instant cannot hold (xDS allows `i64::MAX` seconds) are refused with the
+/// field path wherever they appear, so no deadline computed from them can overflow.
+#[test]
+fn absurd_durations_are_refused() {
+    const HUGE: i64 = i64::MAX;
+    let limit = "longer than legate's limit of one year (31536000s)";
+    let mut r = base();
+    ra(&mut r, 0).timeout = dur(HUGE);
+    ra(&mut r, 0).retry_policy = Some(XdsRetryPolicy {
+        per_try_timeout: dur(HUGE),
+        ..Default::default()
+    });
+    cl(&mut r, "static").health_checks = vec![XdsHealthCheck {
+        interval: dur(HUGE),
+        ..tcp_check()
+    }];
+    cl(&mut r, "static").outlier_detection = Some(XdsOutlierDetection {
+        base_ejection_time: dur(HUGE),
+        ..Default::default()
+    });
+    cl(&mut r, "static").metadata = breaker(&[("open_timeout", number(1e18))]);
+    let got = errors(&r);
+    for field in [
+        "route configuration 'rc1': virtual_hosts[0].routes[0].route.timeout: 9223372036854775807s",
+        "route configuration 'rc1': virtual_hosts[0].routes[0].route.retry_policy.per_try_timeout: 9223372036854775807s",
+        "cluster 'static': health_checks[0].interval: 9223372036854775807s",
+        "cluster 'static': outlier_detection.base_ejection_time: 9223372036854775807s",
+        "cluster 'static': metadata.filter_metadata['legate'].circuit_breaker.open_timeout: 1000000000000000000s",
+    ] {
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with(field) && e.ends_with(limit)),
+            "no error for {field} in {got:#?}"
+        );
+    }
+    assert_eq!(got.len(), 5, "{got:#?}");
+
+    // One year exactly is still accepted.
+    let mut r = base();
+    ra(&mut r, 0).timeout = dur(365 * 24 * 3600);
+    ok(&r);
+}
