@@ -249,6 +249,73 @@ pub enum StringPattern {
     Regex(Regex),
 }
 
+/// The longest `safe_regex` pattern legate compiles, in bytes. Envoy bounds RE2's program
+/// size instead; a length cap plus the compiled-size limits below bound the same thing.
+pub const MAX_REGEX_LEN: usize = 1024;
+/// Compiled program size limit for one configured regex (the `regex` crate's default is
+/// 10 MiB; configured patterns are small).
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Lazy DFA cache limit for one configured regex (the crate's default is 2 MiB).
+const REGEX_DFA_SIZE_LIMIT: usize = 1 << 20;
+
+/// Why a configured regex was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RegexError {
+    #[error("pattern is {len} bytes, longer than legate's limit of {MAX_REGEX_LEN}")]
+    TooLong { len: usize },
+    /// Not a valid regex by itself (the parser's message, on one line).
+    #[error("invalid regex: {0}")]
+    Invalid(String),
+    /// Valid, but its compiled program is over legate's size limit.
+    #[error("invalid regex: compiled regex is over legate's limit of {limit} bytes")]
+    TooBig { limit: usize },
+}
+
+/// Compile a configured pattern. Every configured regex comes through here (path and
+/// header matchers, query parameter and string matchers, `regex_rewrite`, SAN matchers).
+/// The pattern is first compiled on its own, exactly as written: wrapping an unchecked
+/// pattern as `^(?:P)$` lets `x)|(?:.*` close the group early and match everything, where
+/// RE2 and Envoy refuse it. Then, when `anchored`, it is compiled for whole-input matching.
+fn compile_regex(
+    pattern: &str,
+    anchored: bool,
+    ignore_case: bool,
+) -> Result<regex::Regex, RegexError> {
+    if pattern.len() > MAX_REGEX_LEN {
+        return Err(RegexError::TooLong { len: pattern.len() });
+    }
+    let build = |p: &str| {
+        regex::RegexBuilder::new(p)
+            .case_insensitive(ignore_case)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .dfa_size_limit(REGEX_DFA_SIZE_LIMIT)
+            .build()
+            .map_err(|e| match e {
+                regex::Error::CompiledTooBig(limit) => RegexError::TooBig { limit },
+                e => RegexError::Invalid(one_line(&e)),
+            })
+    };
+    let alone = build(pattern)?;
+    if anchored {
+        build(&format!("^(?:{pattern})$"))
+    } else {
+        Ok(alone)
+    }
+}
+
+/// A `regex` error on one line, for NACK messages: the crate prints the pattern and a caret
+/// on lines of their own, then `error: <what>`; only that last part is kept.
+fn one_line(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+        .or_else(|| text.lines().next())
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 /// A compiled regular expression compared and printed by its source pattern. Compiled
 /// anchored so it must match the whole input, as Envoy's `safe_regex` does.
 #[derive(Clone)]
@@ -259,22 +326,18 @@ pub struct Regex {
 
 impl Regex {
     /// Compile `pattern` for whole-input matching.
-    pub fn new(pattern: &str) -> Result<Self, regex::Error> {
-        let compiled = regex::Regex::new(&format!("^(?:{pattern})$"))?;
+    pub fn new(pattern: &str) -> Result<Self, RegexError> {
         Ok(Regex {
             source: Arc::from(pattern),
-            compiled,
+            compiled: compile_regex(pattern, true, false)?,
         })
     }
 
     /// Compile `pattern` for whole-input matching, ignoring ASCII and Unicode case.
-    pub fn new_ignore_case(pattern: &str) -> Result<Self, regex::Error> {
-        let compiled = regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-            .case_insensitive(true)
-            .build()?;
+    pub fn new_ignore_case(pattern: &str) -> Result<Self, RegexError> {
         Ok(Regex {
             source: Arc::from(pattern),
-            compiled,
+            compiled: compile_regex(pattern, true, true)?,
         })
     }
 
@@ -454,6 +517,13 @@ pub struct RegexRewrite {
 /// A regex that is not anchored, compared and printed by its source.
 #[derive(Clone)]
 pub struct UnanchoredRegex(pub regex::Regex);
+
+impl UnanchoredRegex {
+    /// Compile `pattern` to match anywhere in the input, with the checks of [`Regex::new`].
+    pub fn new(pattern: &str) -> Result<Self, RegexError> {
+        compile_regex(pattern, false, false).map(UnanchoredRegex)
+    }
+}
 
 impl fmt::Debug for UnanchoredRegex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -917,4 +987,34 @@ pub struct ClassicBreaker {
     pub minimum_requests: u32,
     pub open_timeout: Duration,
     pub half_open_max_requests: u32,
+}
+
+#[cfg(test)]
+mod regex_tests {
+    use super::*;
+
+    #[test]
+    fn patterns_are_checked_on_their_own_before_anchoring() {
+        // Accepted once wrapped as ^(?:x)|(?:.*)$, where it matches everything.
+        assert!(matches!(
+            Regex::new("x)|(?:.*"),
+            Err(RegexError::Invalid(m)) if m == "unopened group"
+        ));
+        assert!(UnanchoredRegex::new("x)|(?:.*").is_err());
+        let r = Regex::new("/a|/b").expect("valid");
+        assert!(r.is_match("/a") && r.is_match("/b") && !r.is_match("/ab"));
+        assert_eq!(
+            Regex::new(&"a".repeat(MAX_REGEX_LEN + 1)).map(|_| ()),
+            Err(RegexError::TooLong {
+                len: MAX_REGEX_LEN + 1
+            })
+        );
+        assert!(Regex::new(&"a".repeat(MAX_REGEX_LEN)).is_ok());
+        assert_eq!(
+            Regex::new("(?:\\w{100}){100}").map(|_| ()),
+            Err(RegexError::TooBig {
+                limit: REGEX_SIZE_LIMIT
+            })
+        );
+    }
 }

@@ -721,10 +721,7 @@ pub(super) fn regex(cx: &mut Ctx, field: &str, m: &XdsRegexMatcher) -> Option<Re
     match Regex::new(pattern) {
         Ok(r) => Some(r),
         Err(e) => {
-            cx.err(
-                join(field, "regex"),
-                format!("invalid regex: {}", one_line(&e)),
-            );
+            cx.err(join(field, "regex"), e.to_string());
             None
         }
     }
@@ -747,16 +744,6 @@ pub(super) fn regex_pattern<'a>(
         return None;
     }
     Some(regex)
-}
-
-/// A regex error on one line, for NACK messages.
-pub(super) fn one_line(e: &regex::Error) -> String {
-    e.to_string()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// `type.matcher.v3.StringMatcher`.

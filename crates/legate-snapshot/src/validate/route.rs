@@ -37,7 +37,7 @@ use http::HeaderValue;
 
 use super::common::{
     Ctx, at, duration, enum_value, header_name, header_value, headers_to_add, headers_to_remove,
-    join, one_line, refuse, regex, regex_pattern, string_matcher, timeout,
+    join, refuse, regex, regex_pattern, string_matcher, timeout,
 };
 use crate::{
     ClusterTarget, ForwardAction, HeaderMatchName, HeaderMatchRule, HeaderMatcher, HostRewrite,
@@ -936,17 +936,14 @@ fn regex_substitution(
         return None;
     };
     let source = regex_pattern(cx, &join(field, "pattern"), pattern)?;
-    let compiled = match regex::Regex::new(source) {
+    let compiled = match UnanchoredRegex::new(source) {
         Ok(r) => r,
         Err(e) => {
-            cx.err(
-                join(field, "pattern.regex"),
-                format!("invalid regex: {}", one_line(&e)),
-            );
+            cx.err(join(field, "pattern.regex"), e.to_string());
             return None;
         }
     };
-    let groups = compiled.captures_len();
+    let groups = compiled.0.captures_len();
     let mut chars = substitution.chars();
     while let Some(c) = chars.next() {
         if c != '\\' {
@@ -974,7 +971,7 @@ fn regex_substitution(
         }
     }
     Some(RegexRewrite {
-        pattern: UnanchoredRegex(compiled),
+        pattern: compiled,
         substitution: Arc::from(substitution.as_str()),
     })
 }

@@ -1565,6 +1565,52 @@ fn route_configuration_fields_refused() {
             |r| rmatch(r).path_specifier = Some(PathSpecifier::SafeRegex(safe_regex("(unclosed"))),
             "route configuration 'rc1': virtual_hosts[0].routes[0].match.safe_regex.regex: invalid regex: ",
         ),
+        // Valid only once wrapped as ^(?:P)$, where it would match every path: refused on
+        // its own, as RE2 and Envoy refuse it (issue 13, item 5).
+        (
+            |r| rmatch(r).path_specifier = Some(PathSpecifier::SafeRegex(safe_regex("x)|(?:.*"))),
+            "route configuration 'rc1': virtual_hosts[0].routes[0].match.safe_regex.regex: invalid regex: unopened group",
+        ),
+        (
+            |r| {
+                rmatch(r).path_specifier =
+                    Some(PathSpecifier::SafeRegex(safe_regex(&"a".repeat(1025))))
+            },
+            "route configuration 'rc1': virtual_hosts[0].routes[0].match.safe_regex.regex: pattern is 1025 bytes, longer than legate's limit of 1024",
+        ),
+        (
+            |r| {
+                rmatch(r).path_specifier =
+                    Some(PathSpecifier::SafeRegex(safe_regex("(?:\\w{100}){100}")))
+            },
+            "route configuration 'rc1': virtual_hosts[0].routes[0].match.safe_regex.regex: invalid regex: compiled regex is over legate's limit of 1048576 bytes",
+        ),
+        (
+            |r| {
+                rmatch(r).headers = vec![XdsHeaderMatcher {
+                    name: "x-a".to_owned(),
+                    header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(
+                        XdsStringMatcher {
+                            ignore_case: false,
+                            match_pattern: Some(string_matcher::MatchPattern::SafeRegex(
+                                safe_regex("x)|(?:.*"),
+                            )),
+                        },
+                    )),
+                    ..Default::default()
+                }]
+            },
+            "route configuration 'rc1': virtual_hosts[0].routes[0].match.headers[0].string_match.safe_regex.regex: invalid regex: unopened group",
+        ),
+        (
+            |r| {
+                ra(r, 0).regex_rewrite = Some(RegexMatchAndSubstitute {
+                    pattern: Some(safe_regex("x)|(?:.*")),
+                    substitution: "/".to_owned(),
+                })
+            },
+            "route configuration 'rc1': virtual_hosts[0].routes[0].route.regex_rewrite.pattern.regex: invalid regex: unopened group",
+        ),
         (
             |r| {
                 rmatch(r).path_specifier =
