@@ -55,7 +55,7 @@ impl Serialize for DataSource {
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PrivateKey(pub DataSource);
 
-const REDACTED: &str = "[redacted]";
+pub(crate) const REDACTED: &str = "[redacted]";
 
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -178,13 +178,33 @@ pub enum PathMatch {
     SeparatedPrefix(Arc<str>),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// Serialized with the compared string hidden when the header is sensitive
+/// ([`is_sensitive_header`]): an exact match on `authorization` spells out a credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeaderMatcher {
     pub name: HeaderMatchName,
     pub rule: HeaderMatchRule,
     pub invert: bool,
     /// `treat_missing_header_as_empty`.
     pub treat_missing_as_empty: bool,
+}
+
+impl Serialize for HeaderMatcher {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let secret = matches!(&self.name, HeaderMatchName::Header(h) if is_sensitive_header(h))
+            && matches!(self.rule, HeaderMatchRule::String(_));
+        let mut st = s.serialize_struct("HeaderMatcher", 4)?;
+        st.serialize_field("name", &self.name)?;
+        if secret {
+            st.serialize_field("rule", crate::tls::REDACTED)?;
+        } else {
+            st.serialize_field("rule", &self.rule)?;
+        }
+        st.serialize_field("invert", &self.invert)?;
+        st.serialize_field("treat_missing_as_empty", &self.treat_missing_as_empty)?;
+        st.end()
+    }
 }
 
 /// What a [`HeaderMatcher`] reads: a header, or the request's authority (`:authority`,
@@ -610,8 +630,36 @@ pub struct HeaderValueOption {
     pub append: HeaderAppend,
 }
 
+/// Whether values of header `name` are treated as secrets: marked sensitive when the
+/// snapshot is built (`HeaderValue::set_sensitive`), so `/config_dump` and `Debug` show
+/// `[redacted]`, and HTTP/2 never adds them to the HPACK table. Envoy's
+/// `HeaderValueOption` has no such flag, so the rule goes by name: `authorization`,
+/// `proxy-authorization`, `cookie`, `set-cookie`, and any name containing `auth`, `token`,
+/// `secret`, `key`, `password`, `session` or `credential` (e.g. `x-api-key`,
+/// `x-auth-token`).
+pub fn is_sensitive_header(name: &HeaderName) -> bool {
+    const EXACT: [HeaderName; 4] = [
+        http::header::AUTHORIZATION,
+        http::header::PROXY_AUTHORIZATION,
+        http::header::COOKIE,
+        http::header::SET_COOKIE,
+    ];
+    const PARTS: [&str; 7] = [
+        "auth",
+        "token",
+        "secret",
+        "key",
+        "password",
+        "session",
+        "credential",
+    ];
+    // Header names are lowercase once parsed.
+    EXACT.contains(name) || PARTS.iter().any(|p| name.as_str().contains(p))
+}
+
 /// Serialization of the `http` types the snapshot keeps parsed (`http` has no serde support).
-/// Values come from protobuf strings, so they are UTF-8 and print unchanged.
+/// Values come from protobuf strings, so they are UTF-8 and print unchanged, except values
+/// marked sensitive ([`is_sensitive_header`]), which print as `[redacted]`.
 pub(crate) mod http_serde {
     use http::{HeaderName, HeaderValue};
     use serde::Serializer;
@@ -632,6 +680,9 @@ pub(crate) mod http_serde {
     }
 
     pub(super) fn value<S: Serializer>(v: &HeaderValue, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_sensitive() {
+            return s.serialize_str(crate::tls::REDACTED);
+        }
         s.serialize_str(&String::from_utf8_lossy(v.as_bytes()))
     }
 
@@ -987,6 +1038,80 @@ pub struct ClassicBreaker {
     pub minimum_requests: u32,
     pub open_timeout: Duration,
     pub half_open_max_requests: u32,
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn sensitive_header_names() {
+        for name in [
+            "authorization",
+            "proxy-authorization",
+            "cookie",
+            "set-cookie",
+            "x-api-key",
+            "x-auth-token",
+            "x-client-secret",
+            "x-db-password",
+            "x-session-id",
+            "x-aws-credential",
+        ] {
+            assert!(
+                is_sensitive_header(&HeaderName::from_static(name)),
+                "{name}"
+            );
+        }
+        for name in [
+            "x-team",
+            "content-type",
+            "x-request-id",
+            "user-agent",
+            "host",
+        ] {
+            assert!(
+                !is_sensitive_header(&HeaderName::from_static(name)),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn sensitive_values_serialize_redacted() {
+        let mut secret = HeaderValue::from_static("Bearer hunter2");
+        secret.set_sensitive(true);
+        let opts = vec![
+            HeaderValueOption {
+                name: http::header::AUTHORIZATION,
+                value: secret,
+                append: HeaderAppend::OverwriteIfExistsOrAdd,
+            },
+            HeaderValueOption {
+                name: HeaderName::from_static("x-team"),
+                value: HeaderValue::from_static("blue"),
+                append: HeaderAppend::AppendIfExistsOrAdd,
+            },
+        ];
+        let matcher = HeaderMatcher {
+            name: HeaderMatchName::Header(HeaderName::from_static("x-api-key")),
+            rule: HeaderMatchRule::String(StringMatcher {
+                pattern: StringPattern::Exact(Arc::from("k-123")),
+                ignore_case: false,
+            }),
+            invert: false,
+            treat_missing_as_empty: false,
+        };
+        let json = serde_json::to_string(&(&opts, &matcher)).expect("json");
+        assert!(
+            !json.contains("hunter2") && !json.contains("k-123"),
+            "{json}"
+        );
+        assert!(json.contains(r#""value":"[redacted]""#), "{json}");
+        assert!(json.contains(r#""value":"blue""#), "{json}");
+        assert!(json.contains(r#""rule":"[redacted]""#), "{json}");
+        assert!(!format!("{opts:?}").contains("hunter2"));
+    }
 }
 
 #[cfg(test)]

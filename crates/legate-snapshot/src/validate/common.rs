@@ -33,7 +33,7 @@ use http::{HeaderName, HeaderValue};
 
 use crate::{
     EndpointAddress, HeaderAppend, HeaderValueOption, MAX_DURATION, Regex, ResourceError,
-    ResourceKind, StringMatcher, StringPattern,
+    ResourceKind, StringMatcher, StringPattern, is_sensitive_header,
 };
 
 /// The message for a field that is set but that legate does not implement.
@@ -682,10 +682,11 @@ fn header_value_option(
     if cx.error_count() != before {
         return None;
     }
-    let (name, value) = (name?, value?);
+    let (name, mut value) = (name?, value?);
     if value.is_empty() && !*keep_empty_value {
         return None;
     }
+    value.set_sensitive(is_sensitive_header(&name));
     Some(HeaderValueOption {
         name,
         value,
