@@ -33,6 +33,7 @@ build:
 FUZZ_CASES ?= 20000
 fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test $(CARGO_FLAGS) -p legate-xds --lib cache::properties
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test $(CARGO_FLAGS) -p legate-model --test props
 
 ## Independent xDS peers for the interop tests: real Envoy 1.40 and gRPC's xDS client.
 peers: $(VENV)/.peers-installed

@@ -221,3 +221,54 @@ async fn prometheus_output_passes_promtool() {
         panic!("{problems}\n----- scrape -----\n{}", response.text());
     }
 }
+
+/// Configured header values that are credentials (by name: `authorization`, `*-api-key`,
+/// `*token*`, ...) reach the upstream but never `/config_dump`, which shows `[redacted]`;
+/// other values are shown as configured (issue 13, item 12).
+#[tokio::test]
+async fn config_dump_redacts_sensitive_header_values() {
+    let payments = Upstream::start("payments", "v1", Protocol::Http1).await;
+    let routes = r#"
+        - match: {prefix: /}
+          forward: {cluster: payments, timeout: 5s}
+          request_headers_to_add:
+            - {name: Authorization, value: "Bearer s3cr3t-bearer", append: false}
+            - {name: x-api-key, value: "k-s3cr3t-key", append: false}
+            - {name: x-team, value: blue}
+    "#;
+    let legate = Legate::start(&single_vhost(
+        routes,
+        &[cluster("payments", &[payments.addr()])],
+    ))
+    .await;
+
+    let seen = client::get(&legate.url("outbound", "/").await).await.echo();
+    assert_eq!(
+        seen.headers.get("authorization").map(String::as_str),
+        Some("Bearer s3cr3t-bearer")
+    );
+    assert_eq!(
+        seen.headers.get("x-api-key").map(String::as_str),
+        Some("k-s3cr3t-key")
+    );
+
+    let dump = legate.admin_get("/config_dump").await;
+    dump.assert_status(200);
+    let text = dump.text();
+    assert!(
+        !text.contains("s3cr3t"),
+        "/config_dump shows a credential: {text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&text).expect("config_dump json");
+    let added = &json["snapshot"]["route_configs"]["outbound"]["virtual_hosts"][0]["routes"][0]["request_headers_to_add"];
+    let value_of = |name: &str| {
+        added
+            .as_array()
+            .and_then(|a| a.iter().find(|h| h["name"] == name))
+            .map(|h| h["value"].clone())
+            .unwrap_or_else(|| panic!("no {name} in {added:#}"))
+    };
+    assert_eq!(value_of("authorization"), "[redacted]");
+    assert_eq!(value_of("x-api-key"), "[redacted]");
+    assert_eq!(value_of("x-team"), "blue");
+}

@@ -902,3 +902,81 @@ async fn hedged_first_try_keeps_running() {
     assert_between(took, 550, 850, "the first try's answer at ~600 ms");
     assert_eq!(slow.requests().await, 2, "the first try and the hedge");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Absurd durations (issue 13, item 4)
+
+/// An upstream asking for an absurd wait (`Retry-After` of about three million years, then
+/// `u64::MAX` seconds) neither panics the proxy nor holds the request: the wait is over the
+/// policy's `max_interval`, so the ordinary back-off applies, and the proxy keeps serving.
+/// A control plane cannot raise `max_interval` (or any duration) past one year: such a
+/// route is NACKed with its field path and the served configuration stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_retry_after_and_durations_do_not_break_the_proxy() {
+    let a = upstream("a").await;
+    let mut res = svc_mesh(&[a.addr()]);
+    let mut policy = retry("retriable-status-codes", 1);
+    policy.retriable_status_codes = vec![429];
+    policy.rate_limited_retry_back_off = Some(RateLimitedRetryBackOff {
+        reset_headers: vec![
+            ResetHeader {
+                name: "retry-after".to_owned(),
+                format: ResetHeaderFormat::Seconds.into(),
+            },
+            ResetHeader {
+                name: "retry-after".to_owned(),
+                format: ResetHeaderFormat::UnixTimestamp.into(),
+            },
+        ],
+        // The longest interval validation accepts: one year.
+        max_interval: Some(ms(365 * 24 * 3600 * 1000)),
+    });
+    route_action(&mut res).retry_policy = Some(policy);
+    let rig = Rig::start(&res).await;
+
+    for retry_after in [99_999_999_999_999u64, u64::MAX] {
+        control(
+            &a,
+            json!({"fail_ratio": 1.0, "fail_status": 429, "retry_after": retry_after}),
+        )
+        .await;
+        let (r, took) = rig.get("/").await;
+        assert_eq!(outcome(&r), (429, None), "{}", r.describe());
+        assert!(
+            r.headers
+                .get("retry-after")
+                .is_some_and(|v| v == retry_after.to_string().as_str()),
+            "the upstream's header reaches the client: {}",
+            r.describe()
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "Retry-After {retry_after} was waited for: {took:?}"
+        );
+    }
+    control(&a, json!({"fail_ratio": 0.0})).await;
+    let (r, _) = rig.get("/").await;
+    assert_eq!(outcome(&r), (200, None), "{}", rig.describe());
+
+    // A route timeout of i64::MAX seconds is NACKed, naming the field.
+    let mut huge = res.clone();
+    route_action(&mut huge).timeout = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    });
+    let pushes = rig.server.set_resources(&huge);
+    assert_eq!(pushes.len(), 1, "only the route configuration changed");
+    let nack = rig
+        .server
+        .wait_nacked(&pushes[0], Duration::from_secs(10))
+        .await
+        .remove(0);
+    let message = nack.error.clone().expect("error_detail").message;
+    assert!(
+        message.contains("virtual_hosts[0].routes[0].route.timeout")
+            && message.contains("9223372036854775807s is longer than legate's limit of one year"),
+        "{message}"
+    );
+    let (r, _) = rig.get("/").await;
+    assert_eq!(outcome(&r), (200, None), "{}", rig.describe());
+}

@@ -1104,7 +1104,7 @@ mod tests {
         assert_eq!(f.prefix_rewrite.as_deref(), Some("/"));
         assert_eq!(
             f.host_rewrite,
-            snap::HostRewrite::Literal(Arc::from("payments.internal"))
+            snap::HostRewrite::Literal(http::HeaderValue::from_static("payments.internal"))
         );
         assert_eq!(f.timeout, Some(Duration::from_secs(5)));
         // The virtual host's retries, inherited.
@@ -1113,7 +1113,10 @@ mod tests {
         assert_eq!(f.retry_buffer_limit, 1_048_576);
         // `%` written in the mesh arrives as a literal `%`.
         let share = &vh.routes[0].request_headers_to_add[1];
-        assert_eq!((&*share.name, &*share.value), ("x-canary-share", "100%"));
+        assert_eq!(
+            (share.name.as_str(), share.value.to_str().expect("ascii")),
+            ("x-canary-share", "100%")
+        );
         assert_eq!(share.append, snap::HeaderAppend::AppendIfExistsOrAdd);
         assert_eq!(
             vh.request_headers_to_add[0].append,

@@ -297,8 +297,10 @@ impl<'m> Checker<'m> {
             match name {
                 "regex" if value.is_empty() => self.report(field, "regex is empty"),
                 "regex" => {
-                    if let Err(e) = regex::Regex::new(value) {
-                        self.report(field, format!("invalid regex: {}", regex_error(&e)));
+                    // The check the proxy applies to `safe_regex` (validation of the
+                    // pattern on its own, size limits), so the mesh refuses what xDS would.
+                    if let Err(e) = legate_snapshot::Regex::new(value) {
+                        self.report(field, e.to_string());
                     }
                 }
                 _ if !value.starts_with('/') => {
@@ -414,11 +416,8 @@ impl<'m> Checker<'m> {
             match (name, value) {
                 ("regex", Some("")) => self.report(format!("{path}.regex"), "regex is empty"),
                 ("regex", Some(re)) => {
-                    if let Err(e) = regex::Regex::new(re) {
-                        self.report(
-                            format!("{path}.regex"),
-                            format!("invalid regex: {}", regex_error(&e)),
-                        );
+                    if let Err(e) = legate_snapshot::Regex::new(re) {
+                        self.report(format!("{path}.regex"), e.to_string());
                     }
                 }
                 ("prefix" | "suffix" | "contains", Some("")) => self.report(
@@ -996,17 +995,6 @@ pub(crate) fn backticked(names: &[&str]) -> String {
         Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
         _ => quoted.concat(),
     }
-}
-
-/// The regex crate's syntax errors are a multi-line drawing; keep the line that says what
-/// is wrong.
-fn regex_error(e: &regex::Error) -> String {
-    let text = e.to_string();
-    text.lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("error: "))
-        .unwrap_or(text.lines().next().unwrap_or_default())
-        .to_owned()
 }
 
 /// Service and version names become cluster names, gRPC targets (`xds:///<name>`) and stat

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::body::{self, BodyTimers, Budgets, Buffered, Held, RequestBody, ResponseBody};
 use crate::cluster::ClusterRuntime;
+use crate::deadline;
 use crate::error::ProxyError;
 use crate::lb::{ActiveRequest, Host};
 use crate::pool::UpstreamBody;
@@ -44,7 +45,7 @@ pub(crate) struct Request<'a> {
 
 pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, ProxyError> {
     let start = Instant::now();
-    let deadline = r.fwd.timeout.map(|t| start + t);
+    let deadline = r.fwd.timeout.map(|t| deadline::after(start, t));
     let breaker = hooks::breaker_acquire(r.cluster)?;
     let policy = match r.fwd.retry_policy.as_deref() {
         Some(p) if !r.upgrade => p,
@@ -273,7 +274,7 @@ impl<'a> Driver<'a> {
         let mut pending: Option<PendingRetry> = None;
         let mut start_now = true;
         let mut hedge_at: Option<Instant> = None;
-        let mut idle_at = self.stream_idle.map(|d| Instant::now() + d);
+        let mut idle_at = self.stream_idle.map(|d| deadline::after(Instant::now(), d));
         loop {
             let now = Instant::now();
             if pending.as_ref().is_some_and(|p| p.at <= now) {
@@ -290,9 +291,9 @@ impl<'a> Driver<'a> {
                             last = None;
                         }
                         if self.hedge {
-                            hedge_at = self.policy.per_try_timeout.map(|d| now + d);
+                            hedge_at = self.policy.per_try_timeout.map(|d| deadline::after(now, d));
                         }
-                        idle_at = self.stream_idle.map(|d| now + d);
+                        idle_at = self.stream_idle.map(|d| deadline::after(now, d));
                     }
                     Err(e) if in_flight.is_empty() => return self.finish(last, Some(e)),
                     Err(_) => {}
@@ -318,7 +319,7 @@ impl<'a> Driver<'a> {
             };
             tokio::select! {
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                    idle_at = self.stream_idle.map(|d| Instant::now() + d);
+                    idle_at = self.stream_idle.map(|d| deadline::after(Instant::now(), d));
                     match self.settle(done, &mut pending, !in_flight.is_empty()) {
                         Settled::Win(res) => return Ok(res),
                         // A response is a better fallback than a later error.
@@ -401,7 +402,10 @@ impl<'a> Driver<'a> {
         self.tried.push(host.addr);
         let active = host.start_request();
         let started = Instant::now();
-        let per_try_deadline = self.policy.per_try_timeout.map(|d| started + d);
+        let per_try_deadline = self
+            .policy
+            .per_try_timeout
+            .map(|d| deadline::after(started, d));
         // A hedged attempt is not cut off by its per-try timeout: the timeout starts
         // another attempt instead (in `run`).
         let limit = earliest(
@@ -472,7 +476,7 @@ impl<'a> Driver<'a> {
                 }
                 let wait = retry::rate_limited_delay(self.policy, res.headers())
                     .unwrap_or_else(|| self.policy.back_off.delay(self.attempts - 1));
-                let at = Instant::now() + wait;
+                let at = deadline::after(Instant::now(), wait);
                 if self.deadline.is_some_and(|d| at >= d) {
                     // The retry could not finish in time: answer with what we have.
                     return Settled::Win(self.win(meta, res));
@@ -511,7 +515,10 @@ impl<'a> Driver<'a> {
                         Settled::Fail(e)
                     };
                 }
-                let at = Instant::now() + self.policy.back_off.delay(self.attempts - 1);
+                let at = deadline::after(
+                    Instant::now(),
+                    self.policy.back_off.delay(self.attempts - 1),
+                );
                 if self.deadline.is_some_and(|d| at >= d) {
                     return if others_in_flight {
                         Settled::Keep(Last::Error(e))

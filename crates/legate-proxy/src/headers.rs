@@ -120,24 +120,20 @@ pub(crate) fn ensure_request_id(h: &mut HeaderMap) {
 
 /// Apply configured removals then additions, Envoy's `*_headers_to_remove` /
 /// `*_headers_to_add`.
-pub(crate) fn apply(h: &mut HeaderMap, remove: &[std::sync::Arc<str>], add: &[HeaderValueOption]) {
+/// Names and values were parsed when the snapshot was built: here they are only cloned.
+pub(crate) fn apply(h: &mut HeaderMap, remove: &[HeaderName], add: &[HeaderValueOption]) {
     for name in remove {
-        h.remove(&**name);
+        h.remove(name);
     }
     for opt in add {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(opt.name.as_bytes()),
-            HeaderValue::from_str(&opt.value),
-        ) else {
-            continue;
-        };
+        let (name, value) = (opt.name.clone(), opt.value.clone());
         match opt.append {
             HeaderAppend::AppendIfExistsOrAdd => {
                 h.append(name, value);
             }
             HeaderAppend::AddIfAbsent => {
-                if !h.contains_key(&name) {
-                    h.insert(name, value);
+                if let header::Entry::Vacant(slot) = h.entry(name) {
+                    slot.insert(value);
                 }
             }
             HeaderAppend::OverwriteIfExistsOrAdd => {
@@ -212,9 +208,9 @@ mod tests {
 
     #[test]
     fn add_and_remove_follow_append_action() {
-        let opt = |name: &str, value: &str, append| HeaderValueOption {
-            name: name.into(),
-            value: value.into(),
+        let opt = |name: &'static str, value: &'static str, append| HeaderValueOption {
+            name: HeaderName::from_static(name),
+            value: HeaderValue::from_static(value),
             append,
         };
         let mut h = HeaderMap::new();
@@ -222,7 +218,7 @@ mod tests {
         h.insert("gone", HeaderValue::from_static("1"));
         apply(
             &mut h,
-            &["gone".into()],
+            &[HeaderName::from_static("gone")],
             &[
                 opt("a", "2", HeaderAppend::AppendIfExistsOrAdd),
                 opt("b", "1", HeaderAppend::AddIfAbsent),

@@ -10,6 +10,7 @@
 mod body;
 mod cluster;
 mod connector;
+mod deadline;
 mod error;
 mod forward;
 mod headers;

@@ -74,7 +74,7 @@ pub(crate) struct Settings {
     /// Whether connections are TLS.
     tls: bool,
     /// `auto_sni`, and the header it reads instead of Host.
-    auto_sni: Option<Option<Arc<str>>>,
+    auto_sni: Option<Option<http::HeaderName>>,
 }
 
 impl Settings {

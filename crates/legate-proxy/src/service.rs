@@ -232,14 +232,12 @@ impl Template {
             &fwd.host_rewrite,
             weighted.and_then(|w| w.host_rewrite.as_ref()),
         ) {
-            (_, Some(literal)) => HostHeader::Fixed(HeaderValue::from_str(literal).ok()),
+            (_, Some(literal)) => HostHeader::Fixed(Some(literal.clone())),
             (HostRewrite::Keep, None) => HostHeader::Fixed(Some(host_value)),
-            (HostRewrite::Literal(l), None) => {
-                HostHeader::Fixed(HeaderValue::from_str(l.as_ref()).ok())
-            }
+            (HostRewrite::Literal(l), None) => HostHeader::Fixed(Some(l.clone())),
             (HostRewrite::Auto, None) => HostHeader::Auto,
             (HostRewrite::Header(h), None) => {
-                HostHeader::Fixed(headers.get(h.as_ref()).cloned().or(Some(host_value)))
+                HostHeader::Fixed(headers.get(h).cloned().or(Some(host_value)))
             }
         };
         let rc = &view.routes;

@@ -19,8 +19,9 @@ use std::sync::{Arc, OnceLock};
 use http::HeaderMap;
 
 use crate::{
-    ClusterTarget, ForwardAction, HeaderMatchRule, HeaderMatcher, PathMatch, QueryParameterMatcher,
-    Route, RouteConfig, RouteMatch, StringMatcher, StringPattern, VirtualHost, WeightedCluster,
+    ClusterTarget, ForwardAction, HeaderMatchName, HeaderMatchRule, HeaderMatcher, PathMatch,
+    QueryParameterMatcher, Route, RouteConfig, RouteMatch, StringMatcher, StringPattern,
+    VirtualHost, WeightedCluster,
 };
 
 /// What route matching reads from a request.
@@ -308,7 +309,12 @@ impl HeaderMatcher {
     /// Match against a header map. A header present several times is matched on its values
     /// joined with `,`; a value that is not UTF-8 is read lossily.
     pub fn matches(&self, headers: &HeaderMap) -> bool {
-        let mut values = headers.get_all(&*self.name).iter();
+        let HeaderMatchName::Header(name) = &self.name else {
+            // `:authority` is not in a header map (requests match it through
+            // `matches_request`).
+            return self.matches_value(None);
+        };
+        let mut values = headers.get_all(name).iter();
         let Some(first) = values.next() else {
             return self.matches_value(None);
         };
@@ -326,10 +332,9 @@ impl HeaderMatcher {
     /// Match against a request: `:authority` reads the request's host, other names its
     /// headers.
     pub fn matches_request(&self, req: &RequestView<'_>) -> bool {
-        if &*self.name == ":authority" {
-            self.matches_value(Some(req.host))
-        } else {
-            self.matches(req.headers)
+        match &self.name {
+            HeaderMatchName::Authority => self.matches_value(Some(req.host)),
+            HeaderMatchName::Header(_) => self.matches(req.headers),
         }
     }
 

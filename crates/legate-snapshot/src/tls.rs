@@ -55,7 +55,7 @@ impl Serialize for DataSource {
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PrivateKey(pub DataSource);
 
-const REDACTED: &str = "[redacted]";
+pub(crate) const REDACTED: &str = "[redacted]";
 
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -203,7 +203,8 @@ pub struct UpstreamTls {
     pub auto_sni: bool,
     /// `override_auto_sni_header` (lowercase): read instead of Host when present and not
     /// empty.
-    pub auto_sni_header: Option<Arc<str>>,
+    #[serde(serialize_with = "crate::types::http_serde::opt_name")]
+    pub auto_sni_header: Option<http::HeaderName>,
     /// `auto_san_validation`: the server certificate must be valid for the name sent,
     /// instead of the SAN matchers.
     pub auto_san_validation: bool,

@@ -8,9 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use serde::Serialize;
 
 use crate::{ListenerTls, UpstreamTls};
+
+/// The longest duration any configuration field may hold: one year. Validation refuses
+/// longer values (xDS allows up to `i64::MAX` seconds), so a deadline computed from a
+/// configured duration can never overflow an `Instant`; the proxy still adds with
+/// saturation, because some waits come from upstream responses.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Everything the proxy executes, swapped as one unit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -109,8 +116,10 @@ pub struct RouteConfig {
     pub response_headers_to_add: Vec<HeaderValueOption>,
     /// Headers added to every upstream request (`request_headers_to_add`).
     pub request_headers_to_add: Vec<HeaderValueOption>,
-    pub request_headers_to_remove: Vec<Arc<str>>,
-    pub response_headers_to_remove: Vec<Arc<str>>,
+    #[serde(serialize_with = "http_serde::names")]
+    pub request_headers_to_remove: Vec<HeaderName>,
+    #[serde(serialize_with = "http_serde::names")]
+    pub response_headers_to_remove: Vec<HeaderName>,
     /// Domain lookup table derived from `virtual_hosts` (see [`crate::router::DomainIndex`]):
     /// built by [`RouteConfig::new`], or on first lookup when the struct is written out by
     /// hand. Never compared nor serialized; rebuild it (`DomainIndex::default()`) after
@@ -127,8 +136,10 @@ pub struct VirtualHost {
     pub routes: Vec<Route>,
     pub request_headers_to_add: Vec<HeaderValueOption>,
     pub response_headers_to_add: Vec<HeaderValueOption>,
-    pub request_headers_to_remove: Vec<Arc<str>>,
-    pub response_headers_to_remove: Vec<Arc<str>>,
+    #[serde(serialize_with = "http_serde::names")]
+    pub request_headers_to_remove: Vec<HeaderName>,
+    #[serde(serialize_with = "http_serde::names")]
+    pub response_headers_to_remove: Vec<HeaderName>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -138,8 +149,10 @@ pub struct Route {
     pub action: RouteAction,
     pub request_headers_to_add: Vec<HeaderValueOption>,
     pub response_headers_to_add: Vec<HeaderValueOption>,
-    pub request_headers_to_remove: Vec<Arc<str>>,
-    pub response_headers_to_remove: Vec<Arc<str>>,
+    #[serde(serialize_with = "http_serde::names")]
+    pub request_headers_to_remove: Vec<HeaderName>,
+    #[serde(serialize_with = "http_serde::names")]
+    pub response_headers_to_remove: Vec<HeaderName>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -165,14 +178,57 @@ pub enum PathMatch {
     SeparatedPrefix(Arc<str>),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// Serialized with the compared string hidden when the header is sensitive
+/// ([`is_sensitive_header`]): an exact match on `authorization` spells out a credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeaderMatcher {
-    /// Lowercase header name.
-    pub name: Arc<str>,
+    pub name: HeaderMatchName,
     pub rule: HeaderMatchRule,
     pub invert: bool,
     /// `treat_missing_header_as_empty`.
     pub treat_missing_as_empty: bool,
+}
+
+impl Serialize for HeaderMatcher {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let secret = matches!(&self.name, HeaderMatchName::Header(h) if is_sensitive_header(h))
+            && matches!(self.rule, HeaderMatchRule::String(_));
+        let mut st = s.serialize_struct("HeaderMatcher", 4)?;
+        st.serialize_field("name", &self.name)?;
+        if secret {
+            st.serialize_field("rule", crate::tls::REDACTED)?;
+        } else {
+            st.serialize_field("rule", &self.rule)?;
+        }
+        st.serialize_field("invert", &self.invert)?;
+        st.serialize_field("treat_missing_as_empty", &self.treat_missing_as_empty)?;
+        st.end()
+    }
+}
+
+/// What a [`HeaderMatcher`] reads: a header, or the request's authority (`:authority`,
+/// which is not a header in `http`'s model).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum HeaderMatchName {
+    Authority,
+    Header(HeaderName),
+}
+
+impl HeaderMatchName {
+    /// The name as configured (lowercase), `:authority` for [`HeaderMatchName::Authority`].
+    pub fn as_str(&self) -> &str {
+        match self {
+            HeaderMatchName::Authority => ":authority",
+            HeaderMatchName::Header(h) => h.as_str(),
+        }
+    }
+}
+
+impl Serialize for HeaderMatchName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -213,6 +269,73 @@ pub enum StringPattern {
     Regex(Regex),
 }
 
+/// The longest `safe_regex` pattern legate compiles, in bytes. Envoy bounds RE2's program
+/// size instead; a length cap plus the compiled-size limits below bound the same thing.
+pub const MAX_REGEX_LEN: usize = 1024;
+/// Compiled program size limit for one configured regex (the `regex` crate's default is
+/// 10 MiB; configured patterns are small).
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Lazy DFA cache limit for one configured regex (the crate's default is 2 MiB).
+const REGEX_DFA_SIZE_LIMIT: usize = 1 << 20;
+
+/// Why a configured regex was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RegexError {
+    #[error("pattern is {len} bytes, longer than legate's limit of {MAX_REGEX_LEN}")]
+    TooLong { len: usize },
+    /// Not a valid regex by itself (the parser's message, on one line).
+    #[error("invalid regex: {0}")]
+    Invalid(String),
+    /// Valid, but its compiled program is over legate's size limit.
+    #[error("invalid regex: compiled regex is over legate's limit of {limit} bytes")]
+    TooBig { limit: usize },
+}
+
+/// Compile a configured pattern. Every configured regex comes through here (path and
+/// header matchers, query parameter and string matchers, `regex_rewrite`, SAN matchers).
+/// The pattern is first compiled on its own, exactly as written: wrapping an unchecked
+/// pattern as `^(?:P)$` lets `x)|(?:.*` close the group early and match everything, where
+/// RE2 and Envoy refuse it. Then, when `anchored`, it is compiled for whole-input matching.
+fn compile_regex(
+    pattern: &str,
+    anchored: bool,
+    ignore_case: bool,
+) -> Result<regex::Regex, RegexError> {
+    if pattern.len() > MAX_REGEX_LEN {
+        return Err(RegexError::TooLong { len: pattern.len() });
+    }
+    let build = |p: &str| {
+        regex::RegexBuilder::new(p)
+            .case_insensitive(ignore_case)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .dfa_size_limit(REGEX_DFA_SIZE_LIMIT)
+            .build()
+            .map_err(|e| match e {
+                regex::Error::CompiledTooBig(limit) => RegexError::TooBig { limit },
+                e => RegexError::Invalid(one_line(&e)),
+            })
+    };
+    let alone = build(pattern)?;
+    if anchored {
+        build(&format!("^(?:{pattern})$"))
+    } else {
+        Ok(alone)
+    }
+}
+
+/// A `regex` error on one line, for NACK messages: the crate prints the pattern and a caret
+/// on lines of their own, then `error: <what>`; only that last part is kept.
+fn one_line(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+        .or_else(|| text.lines().next())
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 /// A compiled regular expression compared and printed by its source pattern. Compiled
 /// anchored so it must match the whole input, as Envoy's `safe_regex` does.
 #[derive(Clone)]
@@ -223,22 +346,18 @@ pub struct Regex {
 
 impl Regex {
     /// Compile `pattern` for whole-input matching.
-    pub fn new(pattern: &str) -> Result<Self, regex::Error> {
-        let compiled = regex::Regex::new(&format!("^(?:{pattern})$"))?;
+    pub fn new(pattern: &str) -> Result<Self, RegexError> {
         Ok(Regex {
             source: Arc::from(pattern),
-            compiled,
+            compiled: compile_regex(pattern, true, false)?,
         })
     }
 
     /// Compile `pattern` for whole-input matching, ignoring ASCII and Unicode case.
-    pub fn new_ignore_case(pattern: &str) -> Result<Self, regex::Error> {
-        let compiled = regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-            .case_insensitive(true)
-            .build()?;
+    pub fn new_ignore_case(pattern: &str) -> Result<Self, RegexError> {
         Ok(Regex {
             source: Arc::from(pattern),
-            compiled,
+            compiled: compile_regex(pattern, true, true)?,
         })
     }
 
@@ -395,8 +514,8 @@ pub struct RateLimitedBackOff {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ResetHeader {
-    /// Lowercase header name.
-    pub name: Arc<str>,
+    #[serde(serialize_with = "http_serde::name")]
+    pub name: HeaderName,
     pub format: ResetHeaderFormat,
 }
 
@@ -419,6 +538,13 @@ pub struct RegexRewrite {
 /// A regex that is not anchored, compared and printed by its source.
 #[derive(Clone)]
 pub struct UnanchoredRegex(pub regex::Regex);
+
+impl UnanchoredRegex {
+    /// Compile `pattern` to match anywhere in the input, with the checks of [`Regex::new`].
+    pub fn new(pattern: &str) -> Result<Self, RegexError> {
+        compile_regex(pattern, false, false).map(UnanchoredRegex)
+    }
+}
 
 impl fmt::Debug for UnanchoredRegex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -457,10 +583,14 @@ pub struct WeightedCluster {
     pub name: Arc<str>,
     pub weight: u32,
     pub request_headers_to_add: Vec<HeaderValueOption>,
-    pub request_headers_to_remove: Vec<Arc<str>>,
+    #[serde(serialize_with = "http_serde::names")]
+    pub request_headers_to_remove: Vec<HeaderName>,
     pub response_headers_to_add: Vec<HeaderValueOption>,
-    pub response_headers_to_remove: Vec<Arc<str>>,
-    pub host_rewrite: Option<Arc<str>>,
+    #[serde(serialize_with = "http_serde::names")]
+    pub response_headers_to_remove: Vec<HeaderName>,
+    /// `host_rewrite_literal` of this weighted cluster.
+    #[serde(serialize_with = "http_serde::opt_value")]
+    pub host_rewrite: Option<HeaderValue>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -469,11 +599,11 @@ pub enum HostRewrite {
     /// Keep the downstream Host/:authority.
     Keep,
     /// `host_rewrite_literal`.
-    Literal(Arc<str>),
+    Literal(#[serde(serialize_with = "http_serde::value")] HeaderValue),
     /// `auto_host_rewrite`: the chosen endpoint's hostname (DNS clusters) or address.
     Auto,
     /// `host_rewrite_header`: the value of this request header, when present.
-    Header(Arc<str>),
+    Header(#[serde(serialize_with = "http_serde::name")] HeaderName),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -488,14 +618,84 @@ pub struct RedirectAction {
     pub strip_query: bool,
 }
 
-/// A header to add, from `core.v3.HeaderValueOption`.
+/// A header to add, from `core.v3.HeaderValueOption`, parsed once at validation so the
+/// request path only clones it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HeaderValueOption {
-    /// Lowercase, validated as an HTTP header name.
-    pub name: Arc<str>,
-    /// Validated as an HTTP header value.
-    pub value: Arc<str>,
+    /// Lowercase; never a pseudo-header nor `host`.
+    #[serde(serialize_with = "http_serde::name")]
+    pub name: HeaderName,
+    /// The literal value (`%%` already unescaped).
+    #[serde(serialize_with = "http_serde::value")]
+    pub value: HeaderValue,
     pub append: HeaderAppend,
+}
+
+/// Whether values of header `name` are treated as secrets: marked sensitive when the
+/// snapshot is built (`HeaderValue::set_sensitive`), so `/config_dump` and `Debug` show
+/// `[redacted]`, and HTTP/2 never adds them to the HPACK table. Envoy's
+/// `HeaderValueOption` has no such flag, so the rule goes by name: `authorization`,
+/// `proxy-authorization`, `cookie`, `set-cookie`, and any name containing `auth`, `token`,
+/// `secret`, `key`, `password`, `session` or `credential` (e.g. `x-api-key`,
+/// `x-auth-token`).
+pub fn is_sensitive_header(name: &HeaderName) -> bool {
+    const EXACT: [HeaderName; 4] = [
+        http::header::AUTHORIZATION,
+        http::header::PROXY_AUTHORIZATION,
+        http::header::COOKIE,
+        http::header::SET_COOKIE,
+    ];
+    const PARTS: [&str; 7] = [
+        "auth",
+        "token",
+        "secret",
+        "key",
+        "password",
+        "session",
+        "credential",
+    ];
+    // Header names are lowercase once parsed.
+    EXACT.contains(name) || PARTS.iter().any(|p| name.as_str().contains(p))
+}
+
+/// Serialization of the `http` types the snapshot keeps parsed (`http` has no serde support).
+/// Values come from protobuf strings, so they are UTF-8 and print unchanged, except values
+/// marked sensitive ([`is_sensitive_header`]), which print as `[redacted]`.
+pub(crate) mod http_serde {
+    use http::{HeaderName, HeaderValue};
+    use serde::Serializer;
+
+    pub(super) fn name<S: Serializer>(n: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(n.as_str())
+    }
+
+    pub(crate) fn opt_name<S: Serializer>(n: &Option<HeaderName>, s: S) -> Result<S::Ok, S::Error> {
+        match n {
+            Some(n) => name(n, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn names<S: Serializer>(ns: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(ns.iter().map(HeaderName::as_str))
+    }
+
+    pub(super) fn value<S: Serializer>(v: &HeaderValue, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_sensitive() {
+            return s.serialize_str(crate::tls::REDACTED);
+        }
+        s.serialize_str(&String::from_utf8_lossy(v.as_bytes()))
+    }
+
+    pub(super) fn opt_value<S: Serializer>(
+        v: &Option<HeaderValue>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => value(v, s),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 /// `HeaderValueOption.append_action` (and the deprecated `append` flag).
@@ -820,7 +1020,8 @@ pub struct HttpHealthCheck {
     /// `expected_statuses` as half-open ranges `[start, end)`; default `[200, 201)`.
     pub expected_statuses: Vec<(u16, u16)>,
     pub request_headers_to_add: Vec<HeaderValueOption>,
-    pub request_headers_to_remove: Vec<Arc<str>>,
+    #[serde(serialize_with = "http_serde::names")]
+    pub request_headers_to_remove: Vec<HeaderName>,
     /// `codec_client_type` HTTP2 (cleartext, prior knowledge) instead of HTTP/1.1.
     pub http2: bool,
 }
@@ -838,4 +1039,108 @@ pub struct ClassicBreaker {
     pub minimum_requests: u32,
     pub open_timeout: Duration,
     pub half_open_max_requests: u32,
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn sensitive_header_names() {
+        for name in [
+            "authorization",
+            "proxy-authorization",
+            "cookie",
+            "set-cookie",
+            "x-api-key",
+            "x-auth-token",
+            "x-client-secret",
+            "x-db-password",
+            "x-session-id",
+            "x-aws-credential",
+        ] {
+            assert!(
+                is_sensitive_header(&HeaderName::from_static(name)),
+                "{name}"
+            );
+        }
+        for name in [
+            "x-team",
+            "content-type",
+            "x-request-id",
+            "user-agent",
+            "host",
+        ] {
+            assert!(
+                !is_sensitive_header(&HeaderName::from_static(name)),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn sensitive_values_serialize_redacted() {
+        let mut secret = HeaderValue::from_static("Bearer hunter2");
+        secret.set_sensitive(true);
+        let opts = vec![
+            HeaderValueOption {
+                name: http::header::AUTHORIZATION,
+                value: secret,
+                append: HeaderAppend::OverwriteIfExistsOrAdd,
+            },
+            HeaderValueOption {
+                name: HeaderName::from_static("x-team"),
+                value: HeaderValue::from_static("blue"),
+                append: HeaderAppend::AppendIfExistsOrAdd,
+            },
+        ];
+        let matcher = HeaderMatcher {
+            name: HeaderMatchName::Header(HeaderName::from_static("x-api-key")),
+            rule: HeaderMatchRule::String(StringMatcher {
+                pattern: StringPattern::Exact(Arc::from("k-123")),
+                ignore_case: false,
+            }),
+            invert: false,
+            treat_missing_as_empty: false,
+        };
+        let json = serde_json::to_string(&(&opts, &matcher)).expect("json");
+        assert!(
+            !json.contains("hunter2") && !json.contains("k-123"),
+            "{json}"
+        );
+        assert!(json.contains(r#""value":"[redacted]""#), "{json}");
+        assert!(json.contains(r#""value":"blue""#), "{json}");
+        assert!(json.contains(r#""rule":"[redacted]""#), "{json}");
+        assert!(!format!("{opts:?}").contains("hunter2"));
+    }
+}
+
+#[cfg(test)]
+mod regex_tests {
+    use super::*;
+
+    #[test]
+    fn patterns_are_checked_on_their_own_before_anchoring() {
+        // Accepted once wrapped as ^(?:x)|(?:.*)$, where it matches everything.
+        assert!(matches!(
+            Regex::new("x)|(?:.*"),
+            Err(RegexError::Invalid(m)) if m == "unopened group"
+        ));
+        assert!(UnanchoredRegex::new("x)|(?:.*").is_err());
+        let r = Regex::new("/a|/b").expect("valid");
+        assert!(r.is_match("/a") && r.is_match("/b") && !r.is_match("/ab"));
+        assert_eq!(
+            Regex::new(&"a".repeat(MAX_REGEX_LEN + 1)).map(|_| ()),
+            Err(RegexError::TooLong {
+                len: MAX_REGEX_LEN + 1
+            })
+        );
+        assert!(Regex::new(&"a".repeat(MAX_REGEX_LEN)).is_ok());
+        assert_eq!(
+            Regex::new("(?:\\w{100}){100}").map(|_| ()),
+            Err(RegexError::TooBig {
+                limit: REGEX_SIZE_LIMIT
+            })
+        );
+    }
 }

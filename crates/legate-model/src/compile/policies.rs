@@ -853,11 +853,11 @@ clusters:
                     rate_limited_back_off: Some(snap::RateLimitedBackOff {
                         reset_headers: vec![
                             snap::ResetHeader {
-                                name: Arc::from("retry-after"),
+                                name: http::header::RETRY_AFTER,
                                 format: snap::ResetHeaderFormat::Seconds,
                             },
                             snap::ResetHeader {
-                                name: Arc::from("x-retry-in"),
+                                name: http::HeaderName::from_static("x-retry-in"),
                                 format: snap::ResetHeaderFormat::Seconds,
                             },
                         ],
@@ -865,7 +865,9 @@ clusters:
                     }),
                     retriable_status_codes: vec![429],
                     retriable_headers: vec![snap::HeaderMatcher {
-                        name: Arc::from("x-retry"),
+                        name: snap::HeaderMatchName::Header(http::HeaderName::from_static(
+                            "x-retry"
+                        )),
                         rule: snap::HeaderMatchRule::String(snap::StringMatcher {
                             pattern: snap::StringPattern::Exact(Arc::from("yes")),
                             ignore_case: false,
@@ -996,7 +998,7 @@ clusters:
             p.rate_limited_back_off,
             Some(snap::RateLimitedBackOff {
                 reset_headers: vec![snap::ResetHeader {
-                    name: Arc::from("retry-after"),
+                    name: http::header::RETRY_AFTER,
                     format: snap::ResetHeaderFormat::Seconds,
                 }],
                 max_interval: Duration::from_secs(300),

@@ -113,7 +113,7 @@ impl AutoPool {
             .try_acquire(Resource::PendingRequests)
             .ok_or(ProxyError::OverflowMaxPendingRequests)?;
         let timeout = self.common.settings.connect_timeout;
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::after(Instant::now(), timeout);
         let tcp = connector::connect(addr, timeout).await?;
         let (stream, h2) = tls.connect(tcp, addr, deadline).await?;
         let chosen = if h2 {

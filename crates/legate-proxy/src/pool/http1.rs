@@ -254,7 +254,7 @@ impl H1Pool {
     async fn dial(&self, addr: SocketAddr, slot: ConnSlot) -> Result<Conn, ProxyError> {
         // On failure `slot` is dropped here, which frees it for a waiter.
         let timeout = self.common.settings.connect_timeout;
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::after(Instant::now(), timeout);
         let stream = connector::connect(addr, timeout).await?;
         match &self.common.tls {
             None => self.start(addr, slot, stream).await,

@@ -191,7 +191,7 @@ impl H2Pool {
         id: u64,
     ) -> Result<SendRequest<RequestBody>, ProxyError> {
         let timeout = self.common.settings.connect_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::deadline::after(tokio::time::Instant::now(), timeout);
         // The host's only connection may always be opened (Envoy does the same), counted
         // against `max_connections` when there is room.
         let slot = self.common.limits.try_acquire(Resource::Connections);
@@ -301,7 +301,10 @@ impl H2Pool {
             done: false,
         };
         let slot = self.common.limits.try_acquire(Resource::Connections);
-        let deadline = tokio::time::Instant::now() + self.common.settings.connect_timeout;
+        let deadline = crate::deadline::after(
+            tokio::time::Instant::now(),
+            self.common.settings.connect_timeout,
+        );
         let res = self.start(addr, id, slot, stream, deadline).await;
         dialing.done = true;
         self.dialled(addr, id, res).map(drop)

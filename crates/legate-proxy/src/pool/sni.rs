@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use http::{Request, Response, header};
+use http::{HeaderName, Request, Response, header};
 use legate_tls::pki_types::ServerName;
 
 use super::{Common, Inner, PoolTls, UpstreamBody, leaf, send_leaf};
@@ -24,14 +24,14 @@ const MAX_NAMES: usize = 256;
 
 pub(crate) struct SniPools {
     common: Common,
-    header: Option<Arc<str>>,
+    header: Option<HeaderName>,
     /// Requests without a usable name.
     default: Inner,
     by_name: Mutex<HashMap<Arc<str>, Arc<Inner>>>,
 }
 
 impl SniPools {
-    pub(super) fn new(common: Common, header: Option<Arc<str>>) -> Arc<Self> {
+    pub(super) fn new(common: Common, header: Option<HeaderName>) -> Arc<Self> {
         // `leaf` picks each pool's ALPN offer from the protocol.
         let default = leaf(common.with_alpn(crate::tls::upstream::Alpn::Both));
         Arc::new(SniPools {
@@ -51,7 +51,7 @@ impl SniPools {
         addr: SocketAddr,
         req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let Some(name) = server_name(&req, self.header.as_deref()) else {
+        let Some(name) = server_name(&req, self.header.as_ref()) else {
             return send_leaf(&self.default, addr, req).await;
         };
         let pool = self.pool_for(name);
@@ -88,7 +88,7 @@ impl SniPools {
 /// The DNS name a request asks for: the override header when present and not empty, else
 /// `Host` (or the URI's authority), without its port; lowercase. `None` for IP addresses and
 /// anything that is not a DNS name.
-fn server_name(req: &Request<RequestBody>, header: Option<&str>) -> Option<String> {
+fn server_name(req: &Request<RequestBody>, header: Option<&HeaderName>) -> Option<String> {
     let from_header = header
         .and_then(|h| req.headers().get(h))
         .and_then(|v| v.to_str().ok())
@@ -170,7 +170,11 @@ mod tests {
         ];
         for (host, other, header, want) in cases {
             assert_eq!(
-                server_name(&req(host, other), header).as_deref(),
+                server_name(
+                    &req(host, other),
+                    header.map(HeaderName::from_static).as_ref()
+                )
+                .as_deref(),
                 want,
                 "{host:?} {other:?}"
             );

@@ -30,6 +30,8 @@ use std::time::Duration;
 use legate_snapshot::ClassicBreaker;
 use tokio::time::Instant;
 
+use crate::deadline;
+
 /// Buckets in the rolling window; each covers a tenth of it.
 const BUCKETS: usize = 10;
 
@@ -143,7 +145,7 @@ impl ClassicBreakerState {
         inner.cfg = cfg.clone();
         match inner.phase {
             Phase::Closed => {}
-            Phase::Open { since } => self.store_reopen_at(since + cfg.open_timeout),
+            Phase::Open { since } => self.store_reopen_at(deadline::after(since, cfg.open_timeout)),
             Phase::HalfOpen { succeeded, .. } => {
                 if succeeded >= probes(cfg) {
                     self.close(&mut inner);
@@ -167,7 +169,7 @@ impl ClassicBreakerState {
         }
         let mut inner = self.lock();
         if let Phase::Open { since } = inner.phase {
-            if now < since + inner.cfg.open_timeout {
+            if now < deadline::after(since, inner.cfg.open_timeout) {
                 return None;
             }
             self.set_phase(
@@ -258,7 +260,7 @@ impl ClassicBreakerState {
     }
 
     fn open(&self, inner: &mut Inner, now: Instant) {
-        self.store_reopen_at(now + inner.cfg.open_timeout);
+        self.store_reopen_at(deadline::after(now, inner.cfg.open_timeout));
         self.set_phase(inner, Phase::Open { since: now });
     }
 

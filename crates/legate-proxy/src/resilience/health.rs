@@ -41,6 +41,7 @@ use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::cluster::ClusterHosts;
+use crate::deadline;
 use crate::lb::{Host, flag};
 use crate::tls::upstream::{Alpn, ClusterTls};
 
@@ -105,7 +106,7 @@ impl CheckState {
             degraded: host.state.has(flag::HC_DEGRADED),
             healthy_run: 0,
             unhealthy_run: 0,
-            next: now + random_up_to(hc.initial_jitter),
+            next: deadline::after(now, random_up_to(hc.initial_jitter)),
             in_flight: None,
         }
     }
@@ -170,7 +171,9 @@ fn next_interval(hc: &HealthCheck, passed: bool, t: Transition) -> Duration {
         }
     };
     let percent = base.saturating_mul(hc.interval_jitter_percent.min(100)) / 100;
-    (base + random_up_to(percent) + random_up_to(hc.interval_jitter)).max(Duration::from_millis(1))
+    base.saturating_add(random_up_to(percent))
+        .saturating_add(random_up_to(hc.interval_jitter))
+        .max(Duration::from_millis(1))
 }
 
 /// A random duration in `[0, max)`, zero when `max` is.
@@ -268,7 +271,7 @@ async fn run(
                 st.in_flight = None;
                 let t = st.apply(hc, verdict);
                 let passed = matches!(verdict, Verdict::Pass { .. });
-                st.next = Instant::now() + next_interval(hc, passed, t);
+                st.next = deadline::after(Instant::now(), next_interval(hc, passed, t));
                 c.metrics.health_checks[usize::from(!passed)].inc();
                 if t == Transition::Changed {
                     tracing::debug!(cluster = %name, host = %addr, ?verdict, failed = st.failed, "health check transition");
@@ -329,7 +332,7 @@ async fn check(
     cluster: &str,
     tls: Option<Arc<ClusterTls>>,
 ) -> Verdict {
-    let deadline = Instant::now() + hc.timeout;
+    let deadline = deadline::after(Instant::now(), hc.timeout);
     tokio::time::timeout_at(deadline, probe(addr, &hc.kind, cluster, tls, deadline))
         .await
         .unwrap_or(Verdict::Fail { network: true })
@@ -657,8 +660,8 @@ mod tests {
             if let HealthCheckKind::Http(h) = &mut hc.kind {
                 h.http2 = http2;
                 h.request_headers_to_add = vec![HeaderValueOption {
-                    name: Arc::from("x-check"),
-                    value: Arc::from("yes"),
+                    name: http::HeaderName::from_static("x-check"),
+                    value: HeaderValue::from_static("yes"),
                     append: HeaderAppend::OverwriteIfExistsOrAdd,
                 }];
             }
@@ -676,7 +679,7 @@ mod tests {
             let up = Upstream::start(http2, false).await;
             if let HealthCheckKind::Http(h) = &mut hc.kind {
                 h.host = Arc::from("health.example");
-                h.request_headers_to_remove = vec![Arc::from("user-agent")];
+                h.request_headers_to_remove = vec![header::USER_AGENT];
             }
             let rt = runtime(&m, &[up.addr], hc);
             let h = host(&rt, up.addr);

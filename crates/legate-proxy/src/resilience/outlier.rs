@@ -308,7 +308,7 @@ impl Detector {
             .base_ejection_time
             .saturating_mul(multiplier)
             .min(self.max_ejection_time())
-            + jitter
+            .saturating_add(jitter)
     }
 
     /// Eject `host` for `reason` if it is one of `hosts`, not ejected already, the

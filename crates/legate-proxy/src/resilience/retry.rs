@@ -73,7 +73,7 @@ pub(crate) fn request_allows_retry(policy: &RetryPolicy, headers: &HeaderMap) ->
 pub(crate) fn rate_limited_delay(policy: &RetryPolicy, headers: &HeaderMap) -> Option<Duration> {
     let rl = policy.rate_limited_back_off.as_ref()?;
     for h in &rl.reset_headers {
-        let Some(value) = headers.get(&*h.name).and_then(|v| v.to_str().ok()) else {
+        let Some(value) = headers.get(&h.name).and_then(|v| v.to_str().ok()) else {
             continue;
         };
         let Ok(n) = value.trim().parse::<u64>() else {
@@ -120,7 +120,9 @@ mod tests {
             rate_limited_back_off: None,
             retriable_status_codes: vec![429],
             retriable_headers: vec![HeaderMatcher {
-                name: Arc::from("x-retry"),
+                name: legate_snapshot::HeaderMatchName::Header(http::HeaderName::from_static(
+                    "x-retry",
+                )),
                 rule: HeaderMatchRule::String(StringMatcher {
                     pattern: StringPattern::Exact(Arc::from("yes")),
                     ignore_case: false,
@@ -230,11 +232,11 @@ mod tests {
         p.rate_limited_back_off = Some(RateLimitedBackOff {
             reset_headers: vec![
                 ResetHeader {
-                    name: Arc::from("retry-after"),
+                    name: http::header::RETRY_AFTER,
                     format: ResetHeaderFormat::Seconds,
                 },
                 ResetHeader {
-                    name: Arc::from("x-ratelimit-reset"),
+                    name: http::HeaderName::from_static("x-ratelimit-reset"),
                     format: ResetHeaderFormat::UnixTimestamp,
                 },
             ],

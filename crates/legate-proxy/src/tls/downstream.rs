@@ -213,11 +213,12 @@ impl ListenerTlsRuntime {
     /// is closed when dropped).
     pub(crate) async fn accept(&self, tcp: TcpStream) -> Option<TlsStream<TcpStream>> {
         let started = Instant::now();
-        let hello_by = started
-            + self
-                .spec
+        let hello_by = crate::deadline::after(
+            started,
+            self.spec
                 .client_hello_timeout
-                .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
+                .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+        );
         let fail = |failure: Failure| {
             tracing::debug!(cause = failure.label(), "downstream tls handshake failed");
             self.failed(failure);
@@ -239,7 +240,10 @@ impl ListenerTlsRuntime {
         let (Some(chain), Some(current)) = (self.spec.chains.get(i), self.chains.get(i)) else {
             return fail(Failure::NoChain);
         };
-        let done_by = started + chain.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
+        let done_by = crate::deadline::after(
+            started,
+            chain.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+        );
         let config = current.load().config.clone();
         match tokio::time::timeout_at(done_by, start.into_stream(config)).await {
             Err(_) => fail(Failure::Timeout),

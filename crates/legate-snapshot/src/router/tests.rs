@@ -1,6 +1,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::HeaderMatchName;
+
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::*;
@@ -299,7 +301,7 @@ fn string_matching() {
 #[test]
 fn header_matching() {
     let hm = |rule: HeaderMatchRule, invert: bool, missing_empty: bool| HeaderMatcher {
-        name: Arc::from("x-h"),
+        name: HeaderMatchName::Header(HeaderName::from_static("x-h")),
         rule,
         invert,
         treat_missing_as_empty: missing_empty,
@@ -364,7 +366,7 @@ fn header_matching() {
 #[test]
 fn authority_matching_reads_the_host() {
     let matcher = HeaderMatcher {
-        name: Arc::from(":authority"),
+        name: HeaderMatchName::Authority,
         rule: HeaderMatchRule::String(string(StringPattern::Suffix(Arc::from(".com")), true)),
         invert: false,
         treat_missing_as_empty: false,
@@ -418,7 +420,7 @@ fn query_parameter_matching() {
 fn first_matching_route_wins() {
     let with_header = RouteMatch {
         headers: vec![HeaderMatcher {
-            name: Arc::from("x-canary"),
+            name: HeaderMatchName::Header(HeaderName::from_static("x-canary")),
             rule: HeaderMatchRule::Present(true),
             invert: false,
             treat_missing_as_empty: false,

@@ -38,7 +38,7 @@ use prost::Message;
 
 use super::common::{
     AddressRule, CoreHttpOptions, Ctx, at, config_source, core_http_options, duration, enum_value,
-    http1_options, http2_options, join, percent_permille, refuse, refuse_true,
+    header_name, http1_options, http2_options, join, percent_permille, refuse, refuse_true,
 };
 use super::endpoint::load_assignment_in;
 use super::tls::{self as tls_ctx, AutoSni, Transport};
@@ -351,17 +351,11 @@ fn upstream_http_options(cx: &mut Ctx, field: &str, o: &XdsUpstreamHttpProtocolO
     let header = if override_auto_sni_header.is_empty() {
         None
     } else {
-        let hf = join(field, "override_auto_sni_header");
-        match http::HeaderName::from_bytes(override_auto_sni_header.as_bytes()) {
-            Ok(h) => Some(Arc::from(h.as_str())),
-            Err(_) => {
-                cx.err(
-                    hf,
-                    format!("'{override_auto_sni_header}' is not a valid header name"),
-                );
-                None
-            }
-        }
+        header_name(
+            cx,
+            &join(field, "override_auto_sni_header"),
+            override_auto_sni_header,
+        )
     };
     AutoSni {
         auto_sni: *auto_sni,

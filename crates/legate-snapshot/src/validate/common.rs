@@ -29,10 +29,11 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{
     BoolValue, Duration as XdsDuration, Struct, UInt32Value, Value,
 };
+use http::{HeaderName, HeaderValue};
 
 use crate::{
-    EndpointAddress, HeaderAppend, HeaderValueOption, Regex, ResourceError, ResourceKind,
-    StringMatcher, StringPattern,
+    EndpointAddress, HeaderAppend, HeaderValueOption, MAX_DURATION, Regex, ResourceError,
+    ResourceKind, StringMatcher, StringPattern, is_sensitive_header,
 };
 
 /// The message for a field that is set but that legate does not implement.
@@ -186,7 +187,8 @@ pub(super) fn enum_value<E: TryFrom<i32>>(cx: &mut Ctx, field: &str, value: i32)
     }
 }
 
-/// A `google.protobuf.Duration`; negative or malformed values are errors.
+/// A `google.protobuf.Duration`; negative, malformed and absurd (over [`MAX_DURATION`])
+/// values are errors. Every duration field of every resource is read through here.
 pub(super) fn duration(cx: &mut Ctx, field: &str, d: &XdsDuration) -> Option<Duration> {
     let XdsDuration { seconds, nanos } = *d;
     if seconds < 0 || nanos < 0 {
@@ -197,7 +199,28 @@ pub(super) fn duration(cx: &mut Ctx, field: &str, d: &XdsDuration) -> Option<Dur
         cx.err(field, "nanos must be below one second");
         return None;
     }
-    Some(Duration::new(seconds.unsigned_abs(), nanos.unsigned_abs()))
+    capped_duration(
+        cx,
+        field,
+        Duration::new(seconds.unsigned_abs(), nanos.unsigned_abs()),
+    )
+}
+
+/// Refuse a duration longer than [`MAX_DURATION`] (one year): for the durations legate
+/// reads from other encodings (metadata strings), and through [`duration`] for protobuf ones.
+pub(super) fn capped_duration(cx: &mut Ctx, field: &str, d: Duration) -> Option<Duration> {
+    if d > MAX_DURATION {
+        cx.err(
+            field,
+            format!(
+                "{}s is longer than legate's limit of one year ({}s)",
+                d.as_secs(),
+                MAX_DURATION.as_secs()
+            ),
+        );
+        return None;
+    }
+    Some(d)
 }
 
 /// A timeout where unset means `default` and zero means disabled (`None`), as Envoy reads
@@ -497,26 +520,68 @@ fn valid_hostname(host: &str) -> bool {
         })
 }
 
-/// A lowercase header name that legate may set or remove: a valid HTTP header name that is
-/// neither a pseudo-header nor `host` (which Envoy refuses too: use the host rewrites).
-pub(super) fn mutable_header_name(cx: &mut Ctx, field: &str, name: &str) -> Option<Arc<str>> {
-    let lower = name.to_ascii_lowercase();
-    if lower.is_empty() {
+/// A header name from the configuration, parsed once: lowercased, then refused when empty,
+/// a pseudo-header or not an RFC 9110 token. Every header name the snapshot keeps goes
+/// through here.
+pub(super) fn header_name(cx: &mut Ctx, field: &str, name: &str) -> Option<HeaderName> {
+    if name.is_empty() {
         cx.err(field, "must not be empty");
         return None;
     }
-    if lower.starts_with(':') || lower == "host" {
+    if name.starts_with(':') {
+        cx.err(
+            field,
+            format!("'{name}': pseudo-headers are not allowed here"),
+        );
+        return None;
+    }
+    match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            let bad = name
+                .chars()
+                .find(|&c| !(c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)))
+                .map_or_else(String::new, |c| format!(": {c:?} is not allowed"));
+            cx.err(
+                field,
+                format!("'{name}' is not a valid header name{bad} (letters, digits and !#$%&'*+-.^_`|~ only)"),
+            );
+            None
+        }
+    }
+}
+
+/// A header value from the configuration, parsed once; the error names the first byte
+/// HTTP does not allow (control characters other than tab, and DEL).
+pub(super) fn header_value(cx: &mut Ctx, field: &str, value: &str) -> Option<HeaderValue> {
+    match HeaderValue::from_str(value) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            let (at, b) = value
+                .bytes()
+                .enumerate()
+                .find(|&(_, b)| (b < 0x20 && b != b'\t') || b == 0x7f)
+                .unwrap_or((0, 0));
+            cx.err(
+                field,
+                format!("not a valid header value: byte 0x{b:02x} at offset {at} is not allowed"),
+            );
+            None
+        }
+    }
+}
+
+/// A lowercase header name that legate may set or remove: a valid HTTP header name that is
+/// neither a pseudo-header nor `host` (which Envoy refuses too: use the host rewrites).
+pub(super) fn mutable_header_name(cx: &mut Ctx, field: &str, name: &str) -> Option<HeaderName> {
+    if name.starts_with(':') || name.eq_ignore_ascii_case("host") {
         cx.err(
             field,
             format!("'{name}': pseudo-headers and host may not be modified"),
         );
         return None;
     }
-    if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
-        cx.err(field, format!("'{name}' is not a valid header name"));
-        return None;
-    }
-    Some(Arc::from(lower))
+    header_name(cx, field, name)
 }
 
 /// `request_headers_to_remove` / `response_headers_to_remove`.
@@ -525,7 +590,7 @@ pub(super) fn headers_to_remove(
     base: &str,
     field: &str,
     names: &[String],
-) -> Vec<Arc<str>> {
+) -> Vec<HeaderName> {
     names
         .iter()
         .enumerate()
@@ -617,20 +682,21 @@ fn header_value_option(
     if cx.error_count() != before {
         return None;
     }
-    let (name, value) = (name?, value?);
+    let (name, mut value) = (name?, value?);
     if value.is_empty() && !*keep_empty_value {
         return None;
     }
+    value.set_sensitive(is_sensitive_header(&name));
     Some(HeaderValueOption {
         name,
-        value: Arc::from(value),
+        value,
         append,
     })
 }
 
 /// Envoy reads `%...%` in header values as substitution commands, which legate does not
 /// implement: only `%%` (a literal `%`) is accepted, and unescaped here.
-fn literal_header_value(cx: &mut Ctx, field: &str, value: &str) -> Option<String> {
+fn literal_header_value(cx: &mut Ctx, field: &str, value: &str) -> Option<HeaderValue> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(i) = rest.find('%') {
@@ -647,11 +713,7 @@ fn literal_header_value(cx: &mut Ctx, field: &str, value: &str) -> Option<String
         }
     }
     out.push_str(rest);
-    if http::HeaderValue::from_str(&out).is_err() {
-        cx.err(field, "not a valid header value");
-        return None;
-    }
-    Some(out)
+    header_value(cx, field, &out)
 }
 
 /// `type.matcher.v3.RegexMatcher`, compiled for whole-input matching.
@@ -660,10 +722,7 @@ pub(super) fn regex(cx: &mut Ctx, field: &str, m: &XdsRegexMatcher) -> Option<Re
     match Regex::new(pattern) {
         Ok(r) => Some(r),
         Err(e) => {
-            cx.err(
-                join(field, "regex"),
-                format!("invalid regex: {}", one_line(&e)),
-            );
+            cx.err(join(field, "regex"), e.to_string());
             None
         }
     }
@@ -686,16 +745,6 @@ pub(super) fn regex_pattern<'a>(
         return None;
     }
     Some(regex)
-}
-
-/// A regex error on one line, for NACK messages.
-pub(super) fn one_line(e: &regex::Error) -> String {
-    e.to_string()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// `type.matcher.v3.StringMatcher`.
@@ -882,6 +931,19 @@ mod tests {
         check_duration(0, 0, Ok(Duration::ZERO));
         check_duration(5, 0, Ok(Duration::from_secs(5)));
         check_duration(1, 500_000_000, Ok(Duration::from_millis(1500)));
+        check_duration(31_536_000, 0, Ok(MAX_DURATION));
+        check_duration(
+            31_536_000,
+            1,
+            Err("31536000s is longer than legate's limit of one year (31536000s)"),
+        );
+        check_duration(
+            i64::MAX,
+            999_999_999,
+            Err("9223372036854775807s is longer than legate's limit of one year (31536000s)"),
+        );
+        check_duration(i64::MIN, 0, Err("must not be negative"));
+        check_duration(0, 1_000_000_000, Err("nanos must be below one second"));
         check_duration(-1, 0, Err("must not be negative"));
         check_duration(0, -1, Err("must not be negative"));
         check_duration(0, 1_000_000_000, Err("nanos must be below one second"));
@@ -934,22 +996,39 @@ mod tests {
     #[test]
     fn literal_header_values() {
         let mut cx = Ctx::new(ResourceKind::Cluster, "c");
-        assert_eq!(
-            literal_header_value(&mut cx, "v", "a").as_deref(),
-            Some("a")
-        );
-        assert_eq!(
-            literal_header_value(&mut cx, "v", "100%%").as_deref(),
-            Some("100%")
-        );
-        assert_eq!(
-            literal_header_value(&mut cx, "v", "%%a%%b").as_deref(),
-            Some("%a%b")
-        );
+        let lit = |cx: &mut Ctx, v: &str| {
+            literal_header_value(cx, "v", v).map(|v| v.to_str().expect("ascii").to_owned())
+        };
+        assert_eq!(lit(&mut cx, "a").as_deref(), Some("a"));
+        assert_eq!(lit(&mut cx, "100%%").as_deref(), Some("100%"));
+        assert_eq!(lit(&mut cx, "%%a%%b").as_deref(), Some("%a%b"));
         assert_eq!(cx.error_count(), 0);
         assert_eq!(literal_header_value(&mut cx, "v", "%REQ(x)%"), None);
         assert_eq!(literal_header_value(&mut cx, "v", "50%"), None);
         assert_eq!(literal_header_value(&mut cx, "v", "a\nb"), None);
         assert_eq!(cx.error_count(), 3);
+        let errors = cx.into_errors();
+        assert!(
+            errors[2]
+                .to_string()
+                .contains("byte 0x0a at offset 1 is not allowed"),
+            "{}",
+            errors[2]
+        );
+    }
+
+    #[test]
+    fn header_names() {
+        let mut cx = Ctx::new(ResourceKind::Cluster, "c");
+        assert_eq!(
+            header_name(&mut cx, "n", "X-Foo").map(|h| h.as_str().to_owned()),
+            Some("x-foo".to_owned())
+        );
+        assert_eq!(header_name(&mut cx, "n", "a b"), None);
+        assert_eq!(header_name(&mut cx, "n", ":path"), None);
+        assert_eq!(mutable_header_name(&mut cx, "n", "Host"), None);
+        let errors: Vec<String> = cx.into_errors().iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("' ' is not allowed"), "{errors:?}");
     }
 }

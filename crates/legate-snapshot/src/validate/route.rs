@@ -33,14 +33,16 @@ use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatchAndSubstitute;
 use envoy_types::pb::envoy::r#type::v3::Int64Range;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
+use http::HeaderValue;
+
 use super::common::{
-    Ctx, at, duration, enum_value, headers_to_add, headers_to_remove, join, one_line, refuse,
-    regex, regex_pattern, string_matcher, timeout,
+    Ctx, at, duration, enum_value, header_name, header_value, headers_to_add, headers_to_remove,
+    join, refuse, regex, regex_pattern, string_matcher, timeout,
 };
 use crate::{
-    ClusterTarget, ForwardAction, HeaderMatchRule, HeaderMatcher, HostRewrite, PathMatch,
-    QueryParameterMatcher, RedirectAction, RegexRewrite, ResourceError, ResourceKind, Route,
-    RouteAction, RouteConfig, RouteMatch, StringMatcher, StringPattern, UnanchoredRegex,
+    ClusterTarget, ForwardAction, HeaderMatchName, HeaderMatchRule, HeaderMatcher, HostRewrite,
+    PathMatch, QueryParameterMatcher, RedirectAction, RegexRewrite, ResourceError, ResourceKind,
+    Route, RouteAction, RouteConfig, RouteMatch, StringMatcher, StringPattern, UnanchoredRegex,
     VirtualHost, WeightedCluster,
 };
 
@@ -518,29 +520,17 @@ fn header_matcher(cx: &mut Ctx, field: &str, h: &XdsHeaderMatcher) -> Option<Hea
         treat_missing_header_as_empty,
         header_match_specifier,
     } = h;
-    let lower = name.to_ascii_lowercase();
-    let name_ok = if lower.is_empty() {
-        cx.err(join(field, "name"), "must not be empty");
-        false
-    } else if lower.starts_with(':') {
-        // The request view gives the authority; the other pseudo-headers are not matched.
-        if lower == ":authority" {
-            true
-        } else {
-            cx.err(
-                join(field, "name"),
-                format!("matching on pseudo-header '{name}' is not supported by legate"),
-            );
-            false
-        }
-    } else if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+    // The request view gives the authority; the other pseudo-headers are not matched.
+    let match_name = if name.eq_ignore_ascii_case(":authority") {
+        Some(HeaderMatchName::Authority)
+    } else if name.starts_with(':') {
         cx.err(
             join(field, "name"),
-            format!("'{name}' is not a valid header name"),
+            format!("matching on pseudo-header '{name}' is not supported by legate"),
         );
-        false
+        None
     } else {
-        true
+        header_name(cx, &join(field, "name"), name).map(HeaderMatchName::Header)
     };
     let non_empty = |cx: &mut Ctx, f: &str, v: &str| -> Option<Arc<str>> {
         if v.is_empty() {
@@ -587,11 +577,8 @@ fn header_matcher(cx: &mut Ctx, field: &str, h: &XdsHeaderMatcher) -> Option<Hea
             string_matcher(cx, &join(field, "string_match"), m).map(HeaderMatchRule::String)
         }
     };
-    if !name_ok {
-        return None;
-    }
     Some(HeaderMatcher {
-        name: Arc::from(lower),
+        name: match_name?,
         rule: rule?,
         invert: *invert_match,
         treat_missing_as_empty: *treat_missing_header_as_empty,
@@ -745,16 +732,8 @@ fn forward(
             HostRewrite::Keep
         }
         Some(HostRewriteSpecifier::HostRewriteHeader(h)) => {
-            let lower = h.to_ascii_lowercase();
-            if lower.is_empty() || http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
-                cx.err(
-                    join(field, "host_rewrite_header"),
-                    format!("'{h}' is not a valid header name"),
-                );
-                HostRewrite::Keep
-            } else {
-                HostRewrite::Header(Arc::from(lower))
-            }
+            header_name(cx, &join(field, "host_rewrite_header"), h)
+                .map_or(HostRewrite::Keep, HostRewrite::Header)
         }
         Some(HostRewriteSpecifier::HostRewritePathRegex(_)) => {
             cx.unsupported(field, "host_rewrite_path_regex");
@@ -957,17 +936,14 @@ fn regex_substitution(
         return None;
     };
     let source = regex_pattern(cx, &join(field, "pattern"), pattern)?;
-    let compiled = match regex::Regex::new(source) {
+    let compiled = match UnanchoredRegex::new(source) {
         Ok(r) => r,
         Err(e) => {
-            cx.err(
-                join(field, "pattern.regex"),
-                format!("invalid regex: {}", one_line(&e)),
-            );
+            cx.err(join(field, "pattern.regex"), e.to_string());
             return None;
         }
     };
-    let groups = compiled.captures_len();
+    let groups = compiled.0.captures_len();
     let mut chars = substitution.chars();
     while let Some(c) = chars.next() {
         if c != '\\' {
@@ -995,17 +971,17 @@ fn regex_substitution(
         }
     }
     Some(RegexRewrite {
-        pattern: UnanchoredRegex(compiled),
+        pattern: compiled,
         substitution: Arc::from(substitution.as_str()),
     })
 }
 
-fn host_literal(cx: &mut Ctx, field: &str, host: &str) -> Option<Arc<str>> {
-    if host.is_empty() || http::HeaderValue::from_str(host).is_err() {
-        cx.err(field, format!("'{host}' is not a valid host"));
+fn host_literal(cx: &mut Ctx, field: &str, host: &str) -> Option<HeaderValue> {
+    if host.is_empty() {
+        cx.err(field, "must not be empty");
         return None;
     }
-    Some(Arc::from(host))
+    header_value(cx, field, host)
 }
 
 fn redirect(cx: &mut Ctx, field: &str, r: &XdsRedirectAction) -> Option<RedirectAction> {
@@ -1042,6 +1018,7 @@ fn redirect(cx: &mut Ctx, field: &str, r: &XdsRedirectAction) -> Option<Redirect
         None
     } else {
         host_literal(cx, &join(field, "host_redirect"), host_redirect)
+            .map(|_| Arc::from(host_redirect.as_str()))
     };
     let port = match *port_redirect {
         0 => None,

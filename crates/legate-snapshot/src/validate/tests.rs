@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::HeaderMatchName;
+
+use http::HeaderName;
+
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, CommonLbConfig, CustomClusterType, DiscoveryType, EdsClusterConfig,
     LbConfig, LbPolicy as XdsLbPolicy, LeastRequestLbConfig, RoundRobinLbConfig,
@@ -635,9 +639,9 @@ fn check_headers(option: HeaderValueOption, expected: Option<Hvo>) {
 
 #[test]
 fn header_value_options() {
-    let hvo = |name: &str, value: &str, append| Hvo {
-        name: Arc::from(name),
-        value: Arc::from(value),
+    let hvo = |name: &'static str, value: &'static str, append| Hvo {
+        name: HeaderName::from_static(name),
+        value: http::HeaderValue::from_static(value),
         append,
     };
     let with = |f: fn(&mut HeaderValueOption)| {
@@ -763,25 +767,25 @@ fn route_matchers_convert() {
         m.headers,
         vec![
             HeaderMatcher {
-                name: Arc::from("x-canary"),
+                name: HeaderMatchName::Header(HeaderName::from_static("x-canary")),
                 rule: HeaderMatchRule::String(plain(StringPattern::Exact(Arc::from("1")))),
                 invert: true,
                 treat_missing_as_empty: true,
             },
             HeaderMatcher {
-                name: Arc::from("x-present"),
+                name: HeaderMatchName::Header(HeaderName::from_static("x-present")),
                 rule: HeaderMatchRule::Present(true),
                 invert: false,
                 treat_missing_as_empty: false,
             },
             HeaderMatcher {
-                name: Arc::from("x-n"),
+                name: HeaderMatchName::Header(HeaderName::from_static("x-n")),
                 rule: HeaderMatchRule::Range { start: 1, end: 10 },
                 invert: false,
                 treat_missing_as_empty: false,
             },
             HeaderMatcher {
-                name: Arc::from(":authority"),
+                name: HeaderMatchName::Authority,
                 rule: HeaderMatchRule::String(StringMatcher {
                     pattern: StringPattern::Suffix(Arc::from(".com")),
                     ignore_case: true,
@@ -858,7 +862,10 @@ fn forward_options_convert() {
     let rr = f1.regex_rewrite.as_ref().expect("regex rewrite");
     assert_eq!(rr.pattern.0.as_str(), "^/old/(.*)$");
     assert_eq!(&*rr.substitution, "/new/\\1");
-    assert_eq!(f1.host_rewrite, HostRewrite::Header(Arc::from("x-host")));
+    assert_eq!(
+        f1.host_rewrite,
+        HostRewrite::Header(HeaderName::from_static("x-host"))
+    );
     let ClusterTarget::Weighted { clusters, total } = &f1.target else {
         panic!("weighted");
     };
@@ -1557,6 +1564,52 @@ fn route_configuration_fields_refused() {
         (
             |r| rmatch(r).path_specifier = Some(PathSpecifier::SafeRegex(safe_regex("(unclosed"))),
             "route configuration 'rc1': virtual_hosts[0].routes[0].match.safe_regex.regex: invalid regex: ",
+        ),
+        // Valid only once wrapped as ^(?:P)$, where it would match every path: refused on
+        // its own, as RE2 and Envoy refuse it (issue 13, item 5).
+        (
+            |r| rmatch(r).path_specifier = Some(PathSpecifier::SafeRegex(safe_regex("x)|(?:.*"))),
+            "route configuration 'rc1': virtual_hosts[0].routes[0].match.safe_regex.regex: invalid regex: unopened group",
+        ),
+        (
+            |r| {
+                rmatch(r).path_specifier =
+                    Some(PathSpecifier::SafeRegex(safe_regex(&"a".repeat(1025))))
+            },
+            "route configuration 'rc1': virtual_hosts[0].routes[0].match.safe_regex.regex: pattern is 1025 bytes, longer than legate's limit of 1024",
+        ),
+        (
+            |r| {
+                rmatch(r).path_specifier =
+                    Some(PathSpecifier::SafeRegex(safe_regex("(?:\\w{100}){100}")))
+            },
+            "route configuration 'rc1': virtual_hosts[0].routes[0].match.safe_regex.regex: invalid regex: compiled regex is over legate's limit of 1048576 bytes",
+        ),
+        (
+            |r| {
+                rmatch(r).headers = vec![XdsHeaderMatcher {
+                    name: "x-a".to_owned(),
+                    header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(
+                        XdsStringMatcher {
+                            ignore_case: false,
+                            match_pattern: Some(string_matcher::MatchPattern::SafeRegex(
+                                safe_regex("x)|(?:.*"),
+                            )),
+                        },
+                    )),
+                    ..Default::default()
+                }]
+            },
+            "route configuration 'rc1': virtual_hosts[0].routes[0].match.headers[0].string_match.safe_regex.regex: invalid regex: unopened group",
+        ),
+        (
+            |r| {
+                ra(r, 0).regex_rewrite = Some(RegexMatchAndSubstitute {
+                    pattern: Some(safe_regex("x)|(?:.*")),
+                    substitution: "/".to_owned(),
+                })
+            },
+            "route configuration 'rc1': virtual_hosts[0].routes[0].route.regex_rewrite.pattern.regex: invalid regex: unopened group",
         ),
         (
             |r| {

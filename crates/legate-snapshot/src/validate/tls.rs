@@ -133,7 +133,7 @@ fn short_type(type_url: &str) -> &str {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct AutoSni {
     pub(super) auto_sni: bool,
-    pub(super) header: Option<Arc<str>>,
+    pub(super) header: Option<http::HeaderName>,
     pub(super) auto_san_validation: bool,
 }
 

@@ -11,8 +11,8 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Struct, UInt32Value, Value};
 
 use super::super::common::{
-    Ctx, at, enum_value, join, legate_metadata, nonzero_duration, percent_permille, refuse,
-    struct_fields, value_kind,
+    Ctx, at, capped_duration, enum_value, join, legate_metadata, nonzero_duration,
+    percent_permille, refuse, struct_fields, value_kind,
 };
 use crate::{CircuitBreakers, ClassicBreaker, RetryBudget, Thresholds};
 
@@ -249,7 +249,7 @@ fn breaker_duration(cx: &mut Ctx, field: &str, v: &Value) -> Option<Duration> {
             cx.err(field, "must be greater than zero");
             None
         }
-        Ok(d) => Some(d),
+        Ok(d) => capped_duration(cx, field, d),
         Err(message) => {
             cx.err(field, message);
             None

@@ -17,7 +17,7 @@ use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::google::protobuf::{Any, UInt32Value, UInt64Value};
 
 use super::super::common::{
-    Ctx, at, duration, enum_value, join, legate_metadata, refuse, timeout, value_bool,
+    Ctx, at, duration, enum_value, header_name, join, legate_metadata, refuse, timeout, value_bool,
 };
 use super::header_matcher;
 use crate::{
@@ -465,19 +465,7 @@ fn reset_header(cx: &mut Ctx, field: &str, h: &XdsResetHeader) -> Option<ResetHe
             XdsResetHeaderFormat::Seconds => ResetHeaderFormat::Seconds,
             XdsResetHeaderFormat::UnixTimestamp => ResetHeaderFormat::UnixTimestamp,
         });
-    let lower = name.to_ascii_lowercase();
-    let name = if lower.is_empty() {
-        cx.err(join(field, "name"), "must not be empty");
-        None
-    } else if lower.starts_with(':') || http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
-        cx.err(
-            join(field, "name"),
-            format!("'{name}' is not a valid header name"),
-        );
-        None
-    } else {
-        Some(Arc::from(lower))
-    };
+    let name = header_name(cx, &join(field, "name"), name);
     Some(ResetHeader {
         name: name?,
         format: format?,

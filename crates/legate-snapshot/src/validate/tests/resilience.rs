@@ -7,6 +7,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::HeaderMatchName;
+
+use http::HeaderName;
+
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds as XdsThresholds;
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget as XdsRetryBudget;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::CommonLbConfig;
@@ -268,8 +272,8 @@ fn every_retry_policy_field_converts() {
         ..Default::default()
     });
     let s = ok(&r);
-    let exact = |name: &str, value: &str| HeaderMatcher {
-        name: Arc::from(name),
+    let exact = |name: &'static str, value: &str| HeaderMatcher {
+        name: HeaderMatchName::Header(HeaderName::from_static(name)),
         rule: HeaderMatchRule::String(crate::StringMatcher {
             pattern: crate::StringPattern::Exact(Arc::from(value)),
             ignore_case: false,
@@ -301,11 +305,11 @@ fn every_retry_policy_field_converts() {
             rate_limited_back_off: Some(RateLimitedBackOff {
                 reset_headers: vec![
                     ResetHeader {
-                        name: Arc::from("retry-after"),
+                        name: HeaderName::from_static("retry-after"),
                         format: ResetHeaderFormat::Seconds,
                     },
                     ResetHeader {
-                        name: Arc::from("x-ratelimit-reset"),
+                        name: HeaderName::from_static("x-ratelimit-reset"),
                         format: ResetHeaderFormat::UnixTimestamp,
                     },
                 ],
@@ -314,7 +318,7 @@ fn every_retry_policy_field_converts() {
             retriable_status_codes: vec![409, 503],
             retriable_headers: vec![exact("x-upstream-retry", "yes")],
             retriable_request_headers: vec![HeaderMatcher {
-                name: Arc::from("x-retry-ok"),
+                name: HeaderMatchName::Header(HeaderName::from_static("x-retry-ok")),
                 rule: HeaderMatchRule::Present(true),
                 invert: false,
                 treat_missing_as_empty: false,
@@ -401,7 +405,7 @@ fn retry_policy_value_variants() {
                     p.rate_limited_back_off,
                     Some(RateLimitedBackOff {
                         reset_headers: vec![ResetHeader {
-                            name: Arc::from("retry-after"),
+                            name: HeaderName::from_static("retry-after"),
                             format: ResetHeaderFormat::Seconds,
                         }],
                         max_interval: secs(300),
@@ -793,7 +797,7 @@ fn retry_policy_fields_refused() {
                     ..policy("5xx")
                 })
             },
-            "route configuration 'rc1': virtual_hosts[0].routes[0].route.retry_policy.rate_limited_retry_back_off.reset_headers[0].name: 'Retry After' is not a valid header name",
+            "route configuration 'rc1': virtual_hosts[0].routes[0].route.retry_policy.rate_limited_retry_back_off.reset_headers[0].name: 'Retry After' is not a valid header name: ' ' is not allowed (letters, digits and !#$%&'*+-.^_`|~ only)",
         ),
         (
             |r| {
@@ -1228,11 +1232,11 @@ fn health_checks_convert() {
                     path: Arc::from("/ready?full=1"),
                     expected_statuses: vec![(200, 300), (503, 504)],
                     request_headers_to_add: vec![HeaderValueOption {
-                        name: Arc::from("x-probe"),
-                        value: Arc::from("legate"),
+                        name: HeaderName::from_static("x-probe"),
+                        value: http::HeaderValue::from_static("legate"),
                         append: HeaderAppend::AppendIfExistsOrAdd,
                     }],
-                    request_headers_to_remove: vec![Arc::from("x-trace")],
+                    request_headers_to_remove: vec![HeaderName::from_static("x-trace")],
                     http2: true,
                 }),
             },
@@ -1998,7 +2002,7 @@ fn health_check_fields_refused() {
                     ..healthz()
                 })]
             },
-            "cluster 'static': health_checks[0].http_health_check.request_headers_to_remove[0]: 'bad header' is not a valid header name",
+            "cluster 'static': health_checks[0].http_health_check.request_headers_to_remove[0]: 'bad header' is not a valid header name: ' ' is not allowed (letters, digits and !#$%&'*+-.^_`|~ only)",
         ),
         // The second check is named by its index.
         (
@@ -2165,4 +2169,47 @@ fn one_error_per_problem_across_resilience_fields() {
             "metadata.filter_metadata['legate'].circuit_breaker.window",
         ]
     );
+}
+
+/// Durations an Instant cannot hold (xDS allows `i64::MAX` seconds) are refused with the
+/// field path wherever they appear, so no deadline computed from them can overflow.
+#[test]
+fn absurd_durations_are_refused() {
+    const HUGE: i64 = i64::MAX;
+    let limit = "longer than legate's limit of one year (31536000s)";
+    let mut r = base();
+    ra(&mut r, 0).timeout = dur(HUGE);
+    ra(&mut r, 0).retry_policy = Some(XdsRetryPolicy {
+        per_try_timeout: dur(HUGE),
+        ..Default::default()
+    });
+    cl(&mut r, "static").health_checks = vec![XdsHealthCheck {
+        interval: dur(HUGE),
+        ..tcp_check()
+    }];
+    cl(&mut r, "static").outlier_detection = Some(XdsOutlierDetection {
+        base_ejection_time: dur(HUGE),
+        ..Default::default()
+    });
+    cl(&mut r, "static").metadata = breaker(&[("open_timeout", number(1e18))]);
+    let got = errors(&r);
+    for field in [
+        "route configuration 'rc1': virtual_hosts[0].routes[0].route.timeout: 9223372036854775807s",
+        "route configuration 'rc1': virtual_hosts[0].routes[0].route.retry_policy.per_try_timeout: 9223372036854775807s",
+        "cluster 'static': health_checks[0].interval: 9223372036854775807s",
+        "cluster 'static': outlier_detection.base_ejection_time: 9223372036854775807s",
+        "cluster 'static': metadata.filter_metadata['legate'].circuit_breaker.open_timeout: 1000000000000000000s",
+    ] {
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with(field) && e.ends_with(limit)),
+            "no error for {field} in {got:#?}"
+        );
+    }
+    assert_eq!(got.len(), 5, "{got:#?}");
+
+    // One year exactly is still accepted.
+    let mut r = base();
+    ra(&mut r, 0).timeout = dur(365 * 24 * 3600);
+    ok(&r);
 }
