@@ -314,13 +314,13 @@ impl Dataplane {
                 .map(|h| h.socket.clone());
             let socket = match handover {
                 Some(s) => s,
-                None => Arc::new(listener::bind(l.address).map_err(|source| {
-                    ApplyError::Bind {
+                None => Arc::new(
+                    listener::bind(l.address).map_err(|source| ApplyError::Bind {
                         name: l.name.to_string(),
                         address: l.address,
                         source,
-                    }
-                })?),
+                    })?,
+                ),
             };
             bound.push((l.clone(), socket));
         }

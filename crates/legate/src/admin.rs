@@ -100,7 +100,10 @@ async fn handle(
     let res = match req.uri().path() {
         "/ready" => {
             if state.dataplane.is_draining() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n".into())
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: draining\n".into(),
+                )
             } else if state.dataplane.is_ready() {
                 text(StatusCode::OK, "ready\n".into())
             } else {

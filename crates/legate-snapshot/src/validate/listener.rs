@@ -293,7 +293,10 @@ fn filter_chains_of(
 
     // One connection manager: the first chain's, which every other chain must repeat.
     let (limit, hcm) = match all[0].filters {
-        [f] => (None, network_filter(cx, &join(&all[0].field, "filters[0]"), f)),
+        [f] => (
+            None,
+            network_filter(cx, &join(&all[0].field, "filters[0]"), f),
+        ),
         [l, f] => (
             connection_limit_filter(cx, &join(&all[0].field, "filters[0]"), l),
             network_filter(cx, &join(&all[0].field, "filters[1]"), f),

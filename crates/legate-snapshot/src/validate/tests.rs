@@ -2491,7 +2491,9 @@ fn request_headers_timeout_defaults_to_ten_seconds_and_zero_disables_it() {
     assert_eq!(ok(&r).listeners[0].request_headers_timeout, None);
 }
 
-fn limit_filter(limit: envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit) -> Filter {
+fn limit_filter(
+    limit: envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit,
+) -> Filter {
     Filter {
         name: "envoy.filters.network.connection_limit".to_owned(),
         config_type: Some(filter::ConfigType::TypedConfig(any(
