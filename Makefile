@@ -18,6 +18,12 @@ test: build peers test-tools
 test-interop: build peers
 	$(CARGO) test $(CARGO_FLAGS) -p legate-tests --test interop_envoy --test control_plane
 
+## Longer fuzz and property runs than `make test` does (each target bounded in count and
+## time). FUZZ_CASES sets the cases per target; LEGATE_FUZZ_SEED replays a front-end run.
+FUZZ_CASES ?= 5000
+fuzz: build
+	LEGATE_FUZZ_CASES=$(FUZZ_CASES) PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test $(CARGO_FLAGS) -p legate-tests --test abuse fuzzed -- --nocapture
+
 ## Unit tests only (no processes).
 test-unit:
 	$(CARGO) test $(CARGO_FLAGS) --workspace --lib
