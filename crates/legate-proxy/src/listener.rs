@@ -604,7 +604,7 @@ impl Future for HeadTimer<'_> {
             };
             let sleep = self
                 .sleep
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
             // A timer left from an earlier head fires early; the check below re-arms it.
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
@@ -618,7 +618,7 @@ impl Future for HeadTimer<'_> {
                 Some(d) if d <= Instant::now() => return Poll::Ready(()),
                 Some(d) => {
                     if let Some(s) = self.sleep.as_mut() {
-                        s.as_mut().reset(d.into());
+                        s.as_mut().reset(d);
                     }
                 }
             }

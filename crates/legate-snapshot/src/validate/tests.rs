@@ -2473,6 +2473,10 @@ fn a_requests_per_connection_limit_is_kept() {
 // ---------------------------------------------------------------------------------------------
 // Slow clients and connection limits (issue 13 item 2)
 
+use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit as XdsConnectionLimit;
+
+type LimitEdit = fn(&mut XdsConnectionLimit);
+
 #[test]
 fn request_headers_timeout_defaults_to_ten_seconds_and_zero_disables_it() {
     let s = ok(&base());
@@ -2491,9 +2495,7 @@ fn request_headers_timeout_defaults_to_ten_seconds_and_zero_disables_it() {
     assert_eq!(ok(&r).listeners[0].request_headers_timeout, None);
 }
 
-fn limit_filter(
-    limit: envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit,
-) -> Filter {
+fn limit_filter(limit: XdsConnectionLimit) -> Filter {
     Filter {
         name: "envoy.filters.network.connection_limit".to_owned(),
         config_type: Some(filter::ConfigType::TypedConfig(any(
@@ -2503,11 +2505,8 @@ fn limit_filter(
     }
 }
 
-fn with_limit(
-    r: &mut Resources,
-    edit: impl FnOnce(&mut envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit),
-) {
-    let mut limit = envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit {
+fn with_limit(r: &mut Resources, edit: impl FnOnce(&mut XdsConnectionLimit)) {
+    let mut limit = XdsConnectionLimit {
         stat_prefix: "limit".to_owned(),
         max_connections: Some(envoy_types::pb::google::protobuf::UInt64Value { value: 7 }),
         ..Default::default()
@@ -2528,7 +2527,7 @@ fn a_connection_limit_filter_before_the_hcm_sets_the_listener_limit() {
 
 #[test]
 fn connection_limits_legate_cannot_honour_are_refused() {
-    let cases: Vec<(fn(&mut envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit), &str)> = vec![
+    let cases: Vec<(LimitEdit, &str)> = vec![
         (
             |l| l.delay = dur(1),
             "listener 'l1': filter_chains[0].filters[0].typed_config.delay: not supported by legate (a connection over the limit is closed at once)",
@@ -2538,7 +2537,10 @@ fn connection_limits_legate_cannot_honour_are_refused() {
             "listener 'l1': filter_chains[0].filters[0].typed_config.max_connections: required",
         ),
         (
-            |l| l.max_connections = Some(envoy_types::pb::google::protobuf::UInt64Value { value: 0 }),
+            |l| {
+                l.max_connections =
+                    Some(envoy_types::pb::google::protobuf::UInt64Value { value: 0 })
+            },
             "listener 'l1': filter_chains[0].filters[0].typed_config.max_connections: must be at least 1",
         ),
         (
