@@ -18,12 +18,6 @@ test: build peers test-tools
 test-interop: build peers
 	$(CARGO) test $(CARGO_FLAGS) -p legate-tests --test interop_envoy --test control_plane
 
-## Longer fuzz and property runs than `make test` does (each target bounded in count and
-## time). FUZZ_CASES sets the cases per target; LEGATE_FUZZ_SEED replays a front-end run.
-FUZZ_CASES ?= 5000
-fuzz: build
-	LEGATE_FUZZ_CASES=$(FUZZ_CASES) PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test $(CARGO_FLAGS) -p legate-tests --test abuse fuzzed -- --nocapture
-
 ## Unit tests only (no processes).
 test-unit:
 	$(CARGO) test $(CARGO_FLAGS) --workspace --lib
@@ -35,11 +29,15 @@ test-e2e: build peers test-tools
 build:
 	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
 
-## Property tests with many more cases than `make test` runs (proptest, stable toolchain).
+## Property tests and fuzzing with many more cases than `make test` runs (stable toolchain;
+## each target bounded in count and time). FUZZ_CASES: proptest cases; FRONTEND_FUZZ_CASES:
+## raw request byte strings sent to a real legate (LEGATE_FUZZ_SEED=N replays a run).
 FUZZ_CASES ?= 20000
-fuzz:
+FRONTEND_FUZZ_CASES ?= 2000
+fuzz: build
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test $(CARGO_FLAGS) -p legate-xds --lib cache::properties
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test $(CARGO_FLAGS) -p legate-model --test props
+	LEGATE_FUZZ_CASES=$(FRONTEND_FUZZ_CASES) $(CARGO) test $(CARGO_FLAGS) -p legate-tests --test abuse fuzzed
 
 ## Independent xDS peers for the interop tests: real Envoy 1.40 and gRPC's xDS client.
 peers: $(VENV)/.peers-installed
