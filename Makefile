@@ -29,11 +29,15 @@ test-e2e: build peers test-tools
 build:
 	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
 
-## Property tests with many more cases than `make test` runs (proptest, stable toolchain).
+## Property tests and fuzzing with many more cases than `make test` runs (stable toolchain;
+## each target bounded in count and time). FUZZ_CASES: proptest cases; FRONTEND_FUZZ_CASES:
+## raw request byte strings sent to a real legate (LEGATE_FUZZ_SEED=N replays a run).
 FUZZ_CASES ?= 20000
-fuzz:
+FRONTEND_FUZZ_CASES ?= 2000
+fuzz: build
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test $(CARGO_FLAGS) -p legate-xds --lib cache::properties
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test $(CARGO_FLAGS) -p legate-model --test props
+	LEGATE_FUZZ_CASES=$(FRONTEND_FUZZ_CASES) $(CARGO) test $(CARGO_FLAGS) -p legate-tests --test abuse fuzzed
 
 ## Independent xDS peers for the interop tests: real Envoy 1.40 and gRPC's xDS client.
 peers: $(VENV)/.peers-installed

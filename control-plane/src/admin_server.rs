@@ -15,6 +15,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,9 @@ use crate::app::{AdminService, ControlPlane};
 pub const DEFAULT_MAX_BODY: usize = 16 << 20;
 /// Default bound on one request, from its headers to its handler's answer.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a connection may go without starting a request before it is shut down
+/// gracefully (HTTP/2 gets a GOAWAY; requests in flight finish).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request line plus headers (HTTP/1.1) or the header list (HTTP/2).
@@ -71,6 +75,8 @@ pub struct AdminOptions {
     pub open_reads: bool,
     pub max_body: usize,
     pub request_timeout: Duration,
+    /// See [`DEFAULT_IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
     /// Accept a non-loopback address without TLS or with open reads.
     pub insecure: bool,
     pub reload_interval: Duration,
@@ -90,6 +96,7 @@ impl AdminOptions {
             open_reads: false,
             max_body: DEFAULT_MAX_BODY,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             insecure: false,
             reload_interval: DEFAULT_RELOAD_INTERVAL,
         }
@@ -147,6 +154,7 @@ struct Shared {
     tls: Option<Current<Arc<ServerConfig>>>,
     max_body: usize,
     request_timeout: Duration,
+    idle_timeout: Duration,
     builder: auto::Builder<TokioExecutor>,
     refusals: RefusalLog,
 }
@@ -285,6 +293,7 @@ impl AdminApi {
                 tls,
                 max_body: options.max_body,
                 request_timeout: options.request_timeout,
+                idle_timeout: options.idle_timeout,
                 builder,
                 refusals: RefusalLog::default(),
             }),
@@ -378,9 +387,12 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(conn);
+    let started = Arc::new(AtomicU64::new(0));
     let svc = {
         let shared = shared.clone();
+        let started = started.clone();
         service_fn(move |req| {
+            started.fetch_add(1, Ordering::Relaxed);
             handle(
                 shared.clone(),
                 cp.clone(),
@@ -390,7 +402,26 @@ where
             )
         })
     };
-    if let Err(error) = shared.builder.serve_connection(TokioIo::new(io), svc).await {
+    let served = shared.builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(served);
+    // Idle: no request started for a whole `idle_timeout` (HTTP/1.1 keep-alive connections
+    // are closed sooner, by hyper's header read timeout, which also runs between requests).
+    let mut seen = 0;
+    let res = loop {
+        tokio::select! {
+            res = served.as_mut() => break res,
+            () = tokio::time::sleep(shared.idle_timeout) => {
+                let now = started.load(Ordering::Relaxed);
+                if now == seen {
+                    tracing::debug!("closing an idle admin connection");
+                    served.as_mut().graceful_shutdown();
+                    break served.as_mut().await;
+                }
+                seen = now;
+            }
+        }
+    };
+    if let Err(error) = res {
         tracing::debug!(%error, "admin connection ended with an error");
     }
 }

@@ -25,6 +25,7 @@ pub mod demo;
 pub mod metrics;
 pub mod peers;
 pub mod process;
+pub mod raw;
 pub mod resilience;
 pub mod tls;
 pub mod xds_server;

@@ -272,3 +272,65 @@ async fn config_dump_redacts_sensitive_header_values() {
     assert_eq!(value_of("x-api-key"), "[redacted]");
     assert_eq!(value_of("x-team"), "blue");
 }
+
+/// The admin server is bounded like the listeners: a partial request head is cut off after
+/// 10 s, and connections over 64 are closed unanswered.
+#[tokio::test]
+async fn admin_server_bounds_slow_and_excess_connections() {
+    use legate_tests::raw;
+    use tokio::io::AsyncWriteExt;
+    let a = legate_tests::Upstream::start("a", "v1", legate_tests::Protocol::Auto).await;
+    let legate = legate_tests::Legate::start(&legate_tests::config::forward_all(
+        legate_tests::config::cluster("a", &[a.addr()]),
+    ))
+    .await;
+    let admin = legate.admin_addr();
+
+    let mut slow = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /ready HTT").await.expect("write");
+    let started = std::time::Instant::now();
+
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(
+            tokio::net::TcpStream::connect(admin)
+                .await
+                .expect("connect"),
+        );
+    }
+    // The slow connection and 63 of these fill the 64 slots; this one is over.
+    let extra = raw::exchange(
+        admin,
+        b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n",
+        std::time::Duration::from_secs(3),
+    )
+    .await;
+    assert!(
+        extra.closed && extra.bytes.is_empty(),
+        "a connection over the admin limit must be closed unanswered: {extra:?}"
+    );
+    drop(held);
+
+    assert!(
+        raw::closed_within(&mut slow, std::time::Duration::from_secs(15)).await,
+        "a partial admin request head was not cut off"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(9) && took < std::time::Duration::from_secs(14),
+        "cut off after {took:?}, expected about 10s"
+    );
+    legate_tests::eventually(
+        std::time::Duration::from_secs(5),
+        "admin answers again",
+        || async {
+            match legate.ready_status().await {
+                200 => Ok(()),
+                s => Err(format!("{s}")),
+            }
+        },
+    )
+    .await;
+}

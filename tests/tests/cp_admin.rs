@@ -950,3 +950,40 @@ async fn legatectl_certs_make_a_working_admin_identity() {
     );
     assert_eq!(generation(&s.data), 1);
 }
+
+/// An HTTP/2 admin connection on which no request starts is shut down after
+/// `--admin-idle-timeout` (a GOAWAY), so idle clients do not hold the 256 connection slots.
+#[tokio::test]
+async fn idle_admin_connections_are_closed() {
+    use legate_tests::raw;
+    let s = setup("cp-admin-idle");
+    let token_file = s.token_file.to_str().expect("utf-8");
+    let cp = ControlPlane::start_with(
+        &s.config,
+        &s.data,
+        &[
+            "--admin-token-file",
+            token_file,
+            "--admin-idle-timeout",
+            "1s",
+        ],
+    )
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(cp.admin)
+        .await
+        .expect("connect");
+    conn.write_all(&raw::h2_start()).await.expect("write");
+    let started = Instant::now();
+    let (frames, closed) =
+        raw::read_frames_until(&mut conn, Duration::from_secs(10), |f| f.0 == raw::GOAWAY).await;
+    assert!(
+        closed || raw::goaway_code(&frames).is_some(),
+        "an idle HTTP/2 admin connection was still open after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed only after {:?} with a 1s idle timeout",
+        started.elapsed()
+    );
+}

@@ -15,7 +15,8 @@ fn mesh(v1: SocketAddr, v2: SocketAddr, w1: u32, w2: u32) -> String {
     format!(
         r#"
 proxy:
-  listener: {{name: outbound, address: 127.0.0.1:0, protocol: auto}}
+  # The limits compile to Envoy's connection_limit filter and request_headers_timeout.
+  listener: {{name: outbound, address: 127.0.0.1:0, protocol: auto, max_connections: 1000, request_headers_timeout: 10s}}
 services:
   - name: payments
     versions:

@@ -65,6 +65,10 @@ struct Args {
     /// Longest an admin request may take, body included.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     admin_request_timeout: Duration,
+    /// Close an admin connection (HTTP/2: GOAWAY) on which no request started for this
+    /// long; HTTP/1.1 keep-alive connections already close after 10s without a request.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    admin_idle_timeout: Duration,
     /// Allow, on a non-loopback address, serving the admin API without TLS or with open
     /// reads, and serving xDS without client certificates (plaintext, or TLS without
     /// --xds-client-ca: any client could read any node's configuration). Each is logged as a
@@ -213,6 +217,7 @@ async fn run(args: Args) -> Result<(), String> {
         open_reads: args.admin_open_reads,
         max_body: args.admin_max_body,
         request_timeout: args.admin_request_timeout,
+        idle_timeout: args.admin_idle_timeout,
         insecure: args.insecure,
         ..AdminOptions::new(args.admin_address, args.data_dir.clone())
     })

@@ -59,6 +59,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher};
+use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit;
 use envoy_types::pb::google::protobuf::{
     Any, BoolValue, Duration as PbDuration, UInt32Value, UInt64Value,
 };
@@ -80,6 +81,7 @@ mod tls;
 pub(crate) mod names {
     pub(crate) const HTTP_CONNECTION_MANAGER: &str =
         "envoy.filters.network.http_connection_manager";
+    pub(crate) const CONNECTION_LIMIT: &str = "envoy.filters.network.connection_limit";
     pub(crate) const ROUTER: &str = "envoy.filters.http.router";
     pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -232,20 +234,37 @@ fn listener(l: &Listener) -> XdsListener {
             Vec::new()
         },
         stream_idle_timeout: l.stream_idle_timeout.map(duration),
+        request_headers_timeout: l.request_headers_timeout.map(duration),
         ..Default::default()
     };
     let (host, port) = split_address(&l.address);
+    // A per-listener limit is Envoy's connection_limit network filter, ahead of the
+    // connection manager (what a real Envoy and legate-snapshot both accept).
+    let limit = l.max_connections.map(|n| Filter {
+        name: names::CONNECTION_LIMIT.to_owned(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(
+            type_url::CONNECTION_LIMIT,
+            &ConnectionLimit {
+                stat_prefix: l.name.clone(),
+                max_connections: Some(UInt64Value { value: n }),
+                ..Default::default()
+            },
+        ))),
+    });
     XdsListener {
         name: l.name.clone(),
         address: Some(socket_address(&host, port)),
         filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: names::HTTP_CONNECTION_MANAGER.to_owned(),
-                config_type: Some(filter::ConfigType::TypedConfig(any(
-                    type_url::HTTP_CONNECTION_MANAGER,
-                    &hcm,
-                ))),
-            }],
+            filters: limit
+                .into_iter()
+                .chain([Filter {
+                    name: names::HTTP_CONNECTION_MANAGER.to_owned(),
+                    config_type: Some(filter::ConfigType::TypedConfig(any(
+                        type_url::HTTP_CONNECTION_MANAGER,
+                        &hcm,
+                    ))),
+                }])
+                .collect(),
             ..Default::default()
         }],
         ..Default::default()
@@ -643,8 +662,8 @@ mod tests {
         let [chain] = &l.filter_chains[..] else {
             panic!("one filter chain expected")
         };
-        let [f] = &chain.filters[..] else {
-            panic!("one filter expected")
+        let Some(f) = chain.filters.last() else {
+            panic!("a filter expected")
         };
         assert_eq!(f.name, names::HTTP_CONNECTION_MANAGER);
         let Some(filter::ConfigType::TypedConfig(a)) = &f.config_type else {
@@ -1284,6 +1303,63 @@ clusters:
         assert_eq!(
             snapshot.listeners[0].stream_idle_timeout, None,
             "0s disables"
+        );
+    }
+
+    /// A listener's connection limit compiles to Envoy's connection_limit network filter
+    /// ahead of the connection manager, and its request-headers timeout to the HCM field;
+    /// legate's snapshot reads both back.
+    #[test]
+    fn listener_limits_compile_to_envoy_fields() {
+        let text = "\
+listeners:
+  - {name: a, address: '127.0.0.1:0', route_config: rc, max_connections: 3, request_headers_timeout: 2s}
+  - {name: b, address: '127.0.0.1:0', route_config: rc}
+route_configs:
+  - {name: rc, virtual_hosts: []}
+";
+        let mesh = match crate::load(text, "limits.yaml") {
+            Ok(m) => m,
+            Err(errors) => panic!("{errors:?}"),
+        };
+        let r = compile(&mesh);
+        let filters = &r.listeners[0].filter_chains[0].filters;
+        assert_eq!(filters.len(), 2);
+        assert_eq!(filters[0].name, names::CONNECTION_LIMIT);
+        let Some(filter::ConfigType::TypedConfig(a)) = &filters[0].config_type else {
+            panic!("typed config expected")
+        };
+        let limit: ConnectionLimit = decode(a, type_url::CONNECTION_LIMIT);
+        assert_eq!(limit.max_connections, Some(UInt64Value { value: 3 }));
+        assert_eq!(limit.delay, None);
+        assert_eq!(hcm(&r.listeners[0]).request_headers_timeout, pb(2, 0));
+        assert_eq!(r.listeners[1].filter_chains[0].filters.len(), 1);
+
+        let snapshot = match legate_snapshot::build("v1", &r) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        let by_name = |n: &str| {
+            snapshot
+                .listeners
+                .iter()
+                .find(|l| &*l.name == n)
+                .expect("listener")
+                .clone()
+        };
+        assert_eq!(by_name("a").max_connections, Some(3));
+        assert_eq!(
+            by_name("a").request_headers_timeout,
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(by_name("b").max_connections, None);
+
+        let zero = text.replace("max_connections: 3", "max_connections: 0");
+        let errors = crate::load(&zero, "limits.yaml").expect_err("0 refused");
+        assert!(
+            format!("{errors:?}")
+                .contains("listeners[0].max_connections\", message: \"must be at least 1"),
+            "{errors:?}"
         );
     }
 

@@ -74,6 +74,19 @@ pub struct Listener {
         skip_serializing_if = "Option::is_none"
     )]
     pub stream_idle_timeout: Option<Duration>,
+    /// How long a request's headers may take from their first byte (HCM
+    /// `request_headers_timeout`): 10 s when unset, `0s` disables it.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request_headers_timeout: Option<Duration>,
+    /// Connections the listener holds at once; more are closed as soon as they are
+    /// accepted. Compiled to an `envoy.filters.network.connection_limit` filter. No limit
+    /// of its own when unset (the proxy's `--max-connections` still applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u64>,
 }
 
 /// Downstream HTTP versions a listener speaks.
@@ -621,6 +634,19 @@ pub struct ProxyListener {
         skip_serializing_if = "Option::is_none"
     )]
     pub stream_idle_timeout: Option<Duration>,
+    /// How long a request's headers may take from their first byte (HCM
+    /// `request_headers_timeout`): 10 s when unset, `0s` disables it.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request_headers_timeout: Option<Duration>,
+    /// Connections the listener holds at once; more are closed as soon as they are
+    /// accepted. Compiled to an `envoy.filters.network.connection_limit` filter. No limit
+    /// of its own when unset (the proxy's `--max-connections` still applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u64>,
 }
 
 impl Default for ProxyListener {
@@ -631,6 +657,8 @@ impl Default for ProxyListener {
             protocol: ListenerProtocol::default(),
             websocket: true,
             stream_idle_timeout: None,
+            request_headers_timeout: None,
+            max_connections: None,
         }
     }
 }

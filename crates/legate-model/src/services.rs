@@ -223,6 +223,8 @@ pub(crate) fn generate(mesh: &Mesh) -> Generated {
             route_config: proxy.route_config_name().to_owned(),
             websocket: proxy.listener.websocket,
             stream_idle_timeout: proxy.listener.stream_idle_timeout,
+            request_headers_timeout: proxy.listener.request_headers_timeout,
+            max_connections: proxy.listener.max_connections,
         })
     };
 

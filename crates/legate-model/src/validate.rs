@@ -190,6 +190,17 @@ impl<'m> Checker<'m> {
             &format!("{path}.stream_idle_timeout"),
             l.stream_idle_timeout,
         );
+        self.duration(
+            &format!("{path}.request_headers_timeout"),
+            l.request_headers_timeout,
+        );
+        self.max_connections(&format!("{path}.max_connections"), l.max_connections);
+    }
+
+    fn max_connections(&mut self, path: &str, n: Option<u64>) {
+        if n == Some(0) {
+            self.report(path, "must be at least 1 (leave it out for no limit)");
+        }
     }
 
     fn route_config(&mut self, path: &str, rc: &RouteConfig) {
@@ -943,7 +954,9 @@ impl<'m> Checker<'m> {
             let set = l.address.is_some()
                 || l.protocol != ListenerProtocol::default()
                 || !l.websocket
-                || l.stream_idle_timeout.is_some();
+                || l.stream_idle_timeout.is_some()
+                || l.request_headers_timeout.is_some()
+                || l.max_connections.is_some();
             if set {
                 self.report(
                     "proxy.listener",
@@ -977,6 +990,11 @@ impl<'m> Checker<'m> {
             Ok(_) => {}
         }
         self.duration("proxy.listener.stream_idle_timeout", l.stream_idle_timeout);
+        self.duration(
+            "proxy.listener.request_headers_timeout",
+            l.request_headers_timeout,
+        );
+        self.max_connections("proxy.listener.max_connections", l.max_connections);
     }
 
     fn duration(&mut self, path: &str, d: Option<Duration>) {
@@ -1727,7 +1745,7 @@ proxy:
             (
                 "proxy:\n  listener: {port: 1}\n",
                 "m.yaml:2:14: proxy.listener.port: unknown field `port`, expected one of \
-                 `name`, `address`, `protocol`, `websocket`, `stream_idle_timeout`",
+                 `name`, `address`, `protocol`, `websocket`, `stream_idle_timeout`, `request_headers_timeout`, `max_connections`",
             ),
         ] {
             let e = parse_mesh(text, "m.yaml").expect_err("should fail");

@@ -171,6 +171,11 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert("x-legate-error", HeaderValue::from_static(self.code()));
+        if self == ProxyError::BadRequest {
+            // A client that sent a request legate cannot make sense of is not trusted with
+            // the rest of its connection (HTTP/1.1; hyper drops the header on HTTP/2).
+            h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         res
     }
 }

@@ -37,7 +37,7 @@ pub use cluster::ClusterRuntime;
 pub use error::ProxyError;
 pub use metrics::Metrics;
 
-use listener::ListenerHandle;
+use listener::{ConnLimit, ListenerHandle};
 
 /// What a listener serves: its definition and its resolved routes.
 #[derive(Debug)]
@@ -65,6 +65,10 @@ pub(crate) struct Shared {
     local_replies: Vec<(ProxyError, Arc<Counter>)>,
     /// The certificates legate presents, for their expiry gauges.
     expiry: Arc<tls::expiry::Expiry>,
+    /// Downstream connections open on all listeners, and `--max-connections`.
+    pub(crate) connections: Arc<ConnLimit>,
+    /// Set when the process starts draining: answers tell clients to reconnect elsewhere.
+    pub(crate) draining: AtomicBool,
 }
 
 impl Shared {
@@ -106,7 +110,8 @@ pub enum ApplyError {
 /// Settings of the data plane that do not come from xDS.
 #[derive(Clone, Debug)]
 pub struct DataplaneOptions {
-    /// How long a stopped listener lets its connections finish.
+    /// How long a stopped listener lets its connections finish; those still open then are
+    /// closed.
     pub drain_timeout: Duration,
     /// Request bodies kept in memory for retries, all requests together, in bytes
     /// ([`DEFAULT_RETRY_BUFFER_LIMIT`]). A body that does not fit is sent once, unretried.
@@ -114,6 +119,9 @@ pub struct DataplaneOptions {
     /// The same for the requests of one downstream connection
     /// ([`DEFAULT_CONNECTION_RETRY_BUFFER_LIMIT`]).
     pub connection_retry_buffer_limit: u64,
+    /// Downstream connections open at once over all listeners (`--max-connections`); more
+    /// are closed as soon as they are accepted. `None`: no limit.
+    pub max_connections: Option<u64>,
 }
 
 /// Default of [`DataplaneOptions::retry_buffer_limit`]: 256 MiB.
@@ -161,6 +169,8 @@ impl Dataplane {
                 metrics,
                 local_replies,
                 expiry,
+                connections: Arc::new(ConnLimit::new(options.max_connections)),
+                draining: AtomicBool::new(false),
             }),
             options,
             listeners: tokio::sync::Mutex::new(HashMap::new()),
@@ -173,9 +183,25 @@ impl Dataplane {
         self.shared.active.load_full()
     }
 
-    /// Whether a snapshot has been applied (the proxy is ready).
+    /// Whether a snapshot has been applied and the proxy is not draining (the proxy is
+    /// ready).
     pub fn is_ready(&self) -> bool {
-        self.applied.load(Ordering::Acquire)
+        self.applied.load(Ordering::Acquire) && !self.is_draining()
+    }
+
+    /// Whether [`Dataplane::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Acquire)
+    }
+
+    /// Start the process drain, as Envoy's does: not ready any more, listeners keep
+    /// accepting, HTTP/1.1 answers carry `Connection: close` and HTTP/2 connections get a
+    /// GOAWAY. [`Dataplane::shutdown`] then stops the listeners.
+    pub async fn drain(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+        for h in self.listeners.lock().await.values() {
+            h.drain();
+        }
     }
 
     /// Bound addresses of the live listeners, by name.
@@ -265,7 +291,11 @@ impl Dataplane {
             listener_tls.insert(l.name.clone(), runtime);
         }
 
-        // Bind what is new or moved; a failure leaves the old state untouched.
+        // Bind what is new or moved; a failure leaves the old state untouched. A listener
+        // re-created on an address that a listener going away holds (a new codec, a rename)
+        // takes that socket over: without SO_REUSEPORT a second bind would fail.
+        let new_names: std::collections::HashSet<&Arc<str>> =
+            snapshot.listeners.iter().map(|l| &l.name).collect();
         let mut bound = Vec::new();
         for l in &snapshot.listeners {
             let same = listeners
@@ -274,11 +304,24 @@ impl Dataplane {
             if same {
                 continue;
             }
-            let socket = listener::bind(l.address).map_err(|source| ApplyError::Bind {
-                name: l.name.to_string(),
-                address: l.address,
-                source,
-            })?;
+            let handover = listeners
+                .values()
+                .find(|h| {
+                    l.address.port() != 0
+                        && h.config.address == l.address
+                        && (h.config.name == l.name || !new_names.contains(&h.config.name))
+                })
+                .map(|h| h.socket.clone());
+            let socket = match handover {
+                Some(s) => s,
+                None => Arc::new(
+                    listener::bind(l.address).map_err(|source| ApplyError::Bind {
+                        name: l.name.to_string(),
+                        address: l.address,
+                        source,
+                    })?,
+                ),
+            };
             bound.push((l.clone(), socket));
         }
 
@@ -289,8 +332,6 @@ impl Dataplane {
             cluster_tls,
         )
         .await;
-        let new_names: std::collections::HashSet<&Arc<str>> =
-            snapshot.listeners.iter().map(|l| &l.name).collect();
         self.shared.active.store(Arc::new(Active {
             snapshot: snapshot.clone(),
             clusters,
@@ -315,7 +356,8 @@ impl Dataplane {
                 continue;
             };
             let tls = listener_tls.get(&config.name).cloned();
-            let handle = listener::spawn(self.shared.clone(), view, socket, tls);
+            let draining = self.is_draining();
+            let handle = listener::spawn(self.shared.clone(), view, socket, tls, draining);
             tracing::info!(listener = %config.name, address = %handle.local_addr, "listening");
             listeners.insert(config.name.clone(), handle);
         }
@@ -324,6 +366,7 @@ impl Dataplane {
         for (name, h) in listeners.iter_mut() {
             if let Some(v) = views.get(name) {
                 h.config = v.config.clone();
+                h.limit.set_max(v.config.max_connections);
             }
             h.tls.store(listener_tls.get(name).cloned());
         }
@@ -354,7 +397,7 @@ impl Dataplane {
     }
 
     /// Stop accepting on every listener and wait, at most `drain_timeout`, for in-flight
-    /// requests to finish.
+    /// requests to finish; then close the connections still open.
     pub async fn shutdown(&self) {
         let mut listeners = self.listeners.lock().await;
         let waits: Vec<_> = listeners

@@ -11,6 +11,8 @@ pub struct Metrics {
     pub downstream_requests: Arc<Family<Counter>>,
     pub downstream_connections_active: Arc<Family<Gauge>>,
     pub downstream_connections_total: Arc<Family<Counter>>,
+    pub downstream_connections_refused: Arc<Family<Counter>>,
+    pub downstream_request_headers_timeouts: Arc<Family<Counter>>,
     pub upstream_requests: Arc<Family<Counter>>,
     pub upstream_latency: Arc<Family<Histogram>>,
     pub upstream_connections_open: Arc<Family<Gauge>>,
@@ -48,6 +50,19 @@ impl Metrics {
             downstream_connections_total: registry.family(
                 "legate_downstream_connections_total",
                 "Downstream connections accepted on a listener.",
+                &["listener"],
+            ),
+            downstream_connections_refused: registry.family(
+                "legate_downstream_connections_refused_total",
+                "Downstream connections closed as soon as they were accepted, by reason: \
+                 listener_limit (the listener's connection_limit) or global_limit \
+                 (--max-connections).",
+                &["listener", "reason"],
+            ),
+            downstream_request_headers_timeouts: registry.family(
+                "legate_downstream_request_headers_timeouts_total",
+                "Downstream connections closed because a request's headers did not arrive \
+                 within request_headers_timeout of their first byte.",
                 &["listener"],
             ),
             upstream_requests: registry.family(

@@ -44,6 +44,8 @@ pub mod type_url {
         "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
     pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
     pub const HTTP_CONNECTION_MANAGER: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+    pub const CONNECTION_LIMIT: &str =
+        "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
     pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
     pub const UPSTREAM_TLS_CONTEXT: &str =
         "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";

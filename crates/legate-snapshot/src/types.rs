@@ -70,6 +70,13 @@ pub struct Listener {
     pub request_timeout: Option<Duration>,
     /// From HCM `common_http_protocol_options.idle_timeout` (downstream connection idle).
     pub idle_timeout: Option<Duration>,
+    /// From HCM `request_headers_timeout`: how long a request's headers may take to arrive
+    /// once their first byte has. Unlike Envoy (off unless set), legate defaults to 10 s;
+    /// `None` only when set to 0.
+    pub request_headers_timeout: Option<Duration>,
+    /// From an `envoy.filters.network.connection_limit` filter before the connection
+    /// manager: connections open at once on this listener; `None`: no per-listener limit.
+    pub max_connections: Option<u64>,
     /// From HCM `generate_request_id` (default true).
     pub generate_request_id: bool,
     /// Whether to append the peer address to `x-forwarded-for`: as in Envoy, true when HCM

@@ -1,16 +1,23 @@
 //! The admin server: readiness, health, config dump, cluster and listener state, and
-//! Prometheus metrics. Plain HTTP/1.1 on its own address (loopback by default).
+//! Prometheus metrics. Plain HTTP/1.1 on its own address (loopback by default), as Envoy's.
+//!
+//! Bounds, whoever can reach the address: [`MAX_CONNECTIONS`] connections at once (more are
+//! closed as soon as they are accepted), a request's head within [`HEADER_READ_TIMEOUT`],
+//! which is also how long a keep-alive connection may sit idle, [`MAX_HEAD_BYTES`] and
+//! [`MAX_HEADERS`] for the head, and [`MAX_REQUEST_TIME`] to answer one request.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use legate_proxy::Dataplane;
 use legate_telemetry::Registry;
 use serde_json::json;
@@ -25,23 +32,60 @@ pub(crate) struct AdminState {
     pub(crate) xds: Option<legate_xds::XdsHandle>,
 }
 
+/// Connections the admin server holds at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// From a request's first byte (or the end of the previous answer on a keep-alive
+/// connection) to its last header.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request line and headers together.
+pub const MAX_HEAD_BYTES: usize = 16 << 10;
+/// Headers per request.
+pub const MAX_HEADERS: usize = 32;
+/// The longest one connection's request may take to be answered (a `/config_dump` of a
+/// large configuration included); past it the answer is a 503.
+pub const MAX_REQUEST_TIME: Duration = Duration::from_secs(30);
+
 /// Serve the admin API on `listener` until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES.max(8192))
+        .max_headers(MAX_HEADERS);
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(error) => {
                 tracing::warn!(%error, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
+            continue;
+        };
         let state = state.clone();
+        let builder = builder.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(state.clone(), req));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _permit = permit;
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move {
+                    match tokio::time::timeout(MAX_REQUEST_TIME, handle(state, req)).await {
+                        Ok(res) => res,
+                        Err(_) => Ok(text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the admin request took too long\n".into(),
+                        )),
+                    }
+                }
+            });
+            if let Err(error) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!(%error, %peer, "admin connection ended with an error");
+            }
         });
     }
 }
@@ -55,7 +99,12 @@ async fn handle(
     }
     let res = match req.uri().path() {
         "/ready" => {
-            if state.dataplane.is_ready() {
+            if state.dataplane.is_draining() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: draining\n".into(),
+                )
+            } else if state.dataplane.is_ready() {
                 text(StatusCode::OK, "ready\n".into())
             } else {
                 // Why the control plane has not delivered, when it failed: unreachable, a TLS

@@ -86,6 +86,7 @@ pub struct App {
     pub dataplane: Arc<Dataplane>,
     pub admin_address: SocketAddr,
     admin_task: tokio::task::JoinHandle<()>,
+    drain_time: Duration,
 }
 
 /// Start the admin server and the data plane on the bootstrap's static resources.
@@ -97,6 +98,7 @@ pub async fn build(bootstrap: Bootstrap) -> anyhow::Result<App> {
             drain_timeout: bootstrap.drain_timeout,
             retry_buffer_limit: bootstrap.retry_buffers.global,
             connection_retry_buffer_limit: bootstrap.retry_buffers.connection,
+            max_connections: Some(bootstrap.max_connections),
         },
     ));
     let admin_listener = admin::bind(bootstrap.admin_address)
@@ -179,14 +181,25 @@ pub async fn build(bootstrap: Bootstrap) -> anyhow::Result<App> {
         dataplane,
         admin_address,
         admin_task,
+        drain_time: bootstrap.drain_time,
     })
 }
 
 impl App {
-    /// Serve until SIGTERM or SIGINT, then drain and return.
+    /// Serve until SIGTERM or SIGINT, then drain as Envoy does and return: `/ready` answers
+    /// 503 and listeners keep accepting for `drain_time` while clients are told to go
+    /// (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY); then the listeners close, in-flight
+    /// requests get `drain_timeout` to finish, and what is still open is closed. A second
+    /// signal skips the rest of the drain window.
     pub async fn run_until_signal(self) -> anyhow::Result<()> {
         shutdown_signal().await?;
-        tracing::info!("shutting down: draining listeners");
+        tracing::info!(drain_time = ?self.drain_time, "shutting down: draining");
+        self.dataplane.drain().await;
+        tokio::select! {
+            () = tokio::time::sleep(self.drain_time) => {}
+            res = shutdown_signal() => res?,
+        }
+        tracing::info!("drain window over: closing listeners");
         self.dataplane.shutdown().await;
         self.admin_task.abort();
         tracing::info!("shutdown complete");

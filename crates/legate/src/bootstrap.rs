@@ -10,6 +10,12 @@ use serde::Deserialize;
 
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:15000";
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a SIGTERM'd legate keeps accepting while `/ready` answers 503. Envoy's
+/// `--drain-time-s` defaults to 600 s, sized for fleets behind slow load balancers; an
+/// ambassador's clients are local and notice at their next request.
+pub const DEFAULT_DRAIN_TIME: Duration = Duration::from_secs(5);
+/// Downstream connections open at once over all listeners.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
 /// Envoy's default `initial_fetch_timeout`.
 pub const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -48,6 +54,19 @@ pub struct Args {
     /// `drain_timeout`; default 10s).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
+
+    /// On SIGTERM, how long to keep accepting connections while `/ready` answers 503,
+    /// HTTP/1.1 answers carry `Connection: close` and HTTP/2 connections get a GOAWAY,
+    /// before the listeners close and `drain_timeout` starts (overrides `drain_time`;
+    /// default 5s; 0 skips it).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub drain_time: Option<Duration>,
+
+    /// Downstream connections open at once over all listeners; more are closed as soon as
+    /// they are accepted and counted in legate_downstream_connections_refused_total
+    /// (overrides `max_connections`; default 10000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
 
     /// xDS control plane (`http://host:port`, or `https://host:port` for TLS); repeat for
     /// failover, tried in order. Overrides `xds.servers`.
@@ -153,6 +172,9 @@ pub struct BootstrapFile {
     pub admin: AdminFile,
     #[serde(default, with = "humantime_serde")]
     pub drain_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub drain_time: Option<Duration>,
+    pub max_connections: Option<u64>,
     /// The static mesh, in the authoring format.
     #[serde(default)]
     pub mesh: Option<legate_model::Mesh>,
@@ -261,6 +283,10 @@ pub struct Bootstrap {
     pub admin_address: SocketAddr,
     pub admin_address_path: Option<PathBuf>,
     pub drain_timeout: Duration,
+    /// How long the process drain keeps accepting before the listeners close.
+    pub drain_time: Duration,
+    /// Downstream connections open at once over all listeners.
+    pub max_connections: u64,
     /// The static resources compiled from the file's mesh.
     pub static_resources: legate_snapshot::Resources,
     pub retry_buffers: RetryBuffers,
@@ -394,6 +420,14 @@ impl Bootstrap {
                 .drain_timeout
                 .or(file.drain_timeout)
                 .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+            drain_time: args
+                .drain_time
+                .or(file.drain_time)
+                .unwrap_or(DEFAULT_DRAIN_TIME),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
             static_resources: resources,
             retry_buffers: RetryBuffers::from_args(args),
             xds,

@@ -11,6 +11,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector as XdsTlsInspector;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext as XdsDownstreamTlsContext;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router as XdsRouter;
+use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit as XdsConnectionLimit;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
     CodecType, PathWithEscapedSlashesAction, RouteSpecifier, StripPortMode,
     UpgradeConfig as XdsUpgradeConfig,
@@ -19,7 +20,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager as XdsHttpConnectionManager, HttpFilter as XdsHttpFilter,
     Rds as XdsRds, http_filter,
 };
-use envoy_types::pb::google::protobuf::{Any, BoolValue};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, UInt64Value};
 use prost::Message;
 
 use super::common::{
@@ -35,6 +36,10 @@ use crate::{
 
 /// Envoy's default `stream_idle_timeout`.
 const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// legate's default HCM `request_headers_timeout`. Envoy leaves it off; a proxy that anyone on
+/// the host can reach should not let a client that sends half a request line hold a
+/// connection until the idle timeout, so legate does not.
+const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Envoy's default `listener_filters_timeout`.
 const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 const TLS_INSPECTOR_TYPE_URL: &str =
@@ -136,7 +141,7 @@ pub(super) fn listener(x: &XdsListener) -> Result<ConvertedListener, Vec<Resourc
         listener_filters_timeout,
         Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
     );
-    let Some((hcm, tls)) = filter_chains_of(
+    let Some((hcm, max_connections, tls)) = filter_chains_of(
         &mut cx,
         filter_chains,
         default_filter_chain.as_ref(),
@@ -157,6 +162,8 @@ pub(super) fn listener(x: &XdsListener) -> Result<ConvertedListener, Vec<Resourc
         stream_idle_timeout: hcm.stream_idle_timeout,
         request_timeout: hcm.request_timeout,
         idle_timeout: hcm.idle_timeout,
+        request_headers_timeout: hcm.request_headers_timeout,
+        max_connections,
         generate_request_id: hcm.generate_request_id,
         append_x_forwarded_for: hcm.append_x_forwarded_for,
         tls: tls.map(Arc::new),
@@ -259,16 +266,17 @@ struct Chain<'a> {
 }
 
 /// `filter_chains` (and `default_filter_chain`): one HTTP connection manager for the whole
-/// listener, and TLS termination when the chains carry `DownstreamTlsContext`s. Several chains
-/// are accepted only as TLS chains told apart by `server_names` (the certificate, client
-/// certificate rules and ALPN may differ; the connection manager may not).
+/// listener, optionally behind a connection limit, and TLS termination when the chains carry
+/// `DownstreamTlsContext`s. Several chains are accepted only as TLS chains told apart by
+/// `server_names` (the certificate, client certificate rules and ALPN may differ; the network
+/// filters may not).
 fn filter_chains_of(
     cx: &mut Ctx,
     chains: &[XdsFilterChain],
     default_chain: Option<&XdsFilterChain>,
     tls_inspector: bool,
     client_hello_timeout: Option<Duration>,
-) -> Option<(Hcm, Option<ListenerTls>)> {
+) -> Option<(Hcm, Option<u64>, Option<ListenerTls>)> {
     if chains.is_empty() {
         cx.err("filter_chains", "at least one filter chain is required");
         return None;
@@ -284,21 +292,28 @@ fn filter_chains_of(
     }
 
     // One connection manager: the first chain's, which every other chain must repeat.
-    let hcm = match all[0].filters {
-        [f] => network_filter(cx, &join(&all[0].field, "filters[0]"), f),
+    let (limit, hcm) = match all[0].filters {
+        [f] => (
+            None,
+            network_filter(cx, &join(&all[0].field, "filters[0]"), f),
+        ),
+        [l, f] => (
+            connection_limit_filter(cx, &join(&all[0].field, "filters[0]"), l),
+            network_filter(cx, &join(&all[0].field, "filters[1]"), f),
+        ),
         [] => {
             cx.err(
                 join(&all[0].field, "filters"),
                 "exactly one filter (the http connection manager) is required",
             );
-            None
+            (None, None)
         }
         _ => {
             cx.err(
                 join(&all[0].field, "filters"),
-                "only one filter (the http connection manager) is supported by legate",
+                "only the http connection manager, optionally after a connection_limit filter, is supported by legate",
             );
-            None
+            (None, None)
         }
     };
     let first = decoded_filters(all[0].filters);
@@ -408,22 +423,107 @@ fn filter_chains_of(
     if cx.error_count() != errors {
         return None;
     }
-    Some((hcm?, tls))
+    Some((hcm?, limit, tls))
+}
+
+/// A network filter decoded, to compare chains by meaning rather than encoding.
+#[derive(PartialEq)]
+enum DecodedFilter {
+    Hcm(Box<XdsHttpConnectionManager>),
+    Limit(XdsConnectionLimit),
+    Other,
 }
 
 /// The chains' network filters decoded, to compare them by meaning rather than encoding.
-fn decoded_filters(filters: &[XdsFilter]) -> Vec<Option<XdsHttpConnectionManager>> {
+fn decoded_filters(filters: &[XdsFilter]) -> Vec<DecodedFilter> {
     filters
         .iter()
         .map(|f| match &f.config_type {
             Some(filter::ConfigType::TypedConfig(Any { type_url: t, value }))
                 if t == type_url::HTTP_CONNECTION_MANAGER =>
             {
-                XdsHttpConnectionManager::decode(value.as_slice()).ok()
+                XdsHttpConnectionManager::decode(value.as_slice())
+                    .map_or(DecodedFilter::Other, |h| DecodedFilter::Hcm(Box::new(h)))
             }
-            _ => None,
+            Some(filter::ConfigType::TypedConfig(Any { type_url: t, value }))
+                if t == type_url::CONNECTION_LIMIT =>
+            {
+                XdsConnectionLimit::decode(value.as_slice())
+                    .map_or(DecodedFilter::Other, DecodedFilter::Limit)
+            }
+            _ => DecodedFilter::Other,
         })
         .collect()
+}
+
+/// `envoy.filters.network.connection_limit` ahead of the connection manager: the most
+/// connections the listener holds at once. Over it a connection is closed at once; a `delay`
+/// before closing, and runtime flags, are refused.
+fn connection_limit_filter(cx: &mut Ctx, field: &str, f: &XdsFilter) -> Option<u64> {
+    // The name is informational, as for the connection manager.
+    let XdsFilter {
+        name: _,
+        config_type,
+    } = f;
+    let field = join(field, "typed_config");
+    let value = match config_type {
+        Some(filter::ConfigType::TypedConfig(Any { type_url, value }))
+            if type_url == type_url::CONNECTION_LIMIT =>
+        {
+            value
+        }
+        Some(filter::ConfigType::TypedConfig(Any { type_url, .. })) => {
+            cx.err(
+                &field,
+                format!(
+                    "network filter type '{type_url}' is not supported by legate before the http connection manager (only connection_limit)"
+                ),
+            );
+            return None;
+        }
+        Some(filter::ConfigType::ConfigDiscovery(_)) => {
+            cx.unsupported(&field, "config_discovery");
+            return None;
+        }
+        None => {
+            cx.err(&field, "required");
+            return None;
+        }
+    };
+    let XdsConnectionLimit {
+        // Ignored: statistics only (legate counts refusals per listener).
+        stat_prefix,
+        max_connections,
+        delay,
+        runtime_enabled,
+    } = match XdsConnectionLimit::decode(value.as_slice()) {
+        Ok(l) => l,
+        Err(e) => {
+            cx.err(field, format!("cannot decode ConnectionLimit: {e}"));
+            return None;
+        }
+    };
+    if stat_prefix.is_empty() {
+        cx.err(join(&field, "stat_prefix"), "must not be empty");
+    }
+    refuse!(cx, &field; runtime_enabled);
+    if nonzero_duration(&delay) {
+        cx.err(
+            join(&field, "delay"),
+            "not supported by legate (a connection over the limit is closed at once)",
+        );
+    }
+    match max_connections {
+        Some(UInt64Value { value }) if value >= 1 => Some(value),
+        Some(_) => {
+            cx.err(join(&field, "max_connections"), "must be at least 1");
+            None
+        }
+        None => {
+            cx.err(join(&field, "max_connections"), "required");
+            None
+        }
+    }
 }
 
 /// ALPN offers only what the connection manager's codec serves.
@@ -608,6 +708,7 @@ struct Hcm {
     stream_idle_timeout: Option<Duration>,
     request_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
+    request_headers_timeout: Option<Duration>,
     generate_request_id: bool,
     append_x_forwarded_for: bool,
     rds: Option<(String, Arc<str>)>,
@@ -697,9 +798,6 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
     );
     refuse_true(cx, field, "add_user_agent", add_user_agent);
     refuse_true(cx, field, "normalize_path", normalize_path);
-    if nonzero_duration(request_headers_timeout) {
-        cx.unsupported(field, "request_headers_timeout");
-    }
     let escaped = join(field, "path_with_escaped_slashes_action");
     if let Some(action) =
         enum_value::<PathWithEscapedSlashesAction>(cx, &escaped, *path_with_escaped_slashes_action)
@@ -804,6 +902,12 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
             None
         },
         idle_timeout: common.idle_timeout,
+        request_headers_timeout: timeout(
+            cx,
+            &join(field, "request_headers_timeout"),
+            request_headers_timeout,
+            Some(DEFAULT_REQUEST_HEADERS_TIMEOUT),
+        ),
         generate_request_id: generate_request_id.is_none_or(|BoolValue { value }| value),
         // Envoy appends the peer to x-forwarded-for only with `use_remote_address` and
         // without `skip_xff_append`.

@@ -427,6 +427,8 @@ fn base_set_converts() {
         stream_idle_timeout: Some(Duration::from_secs(300)),
         request_timeout: None,
         idle_timeout: Some(Duration::from_secs(3600)),
+        request_headers_timeout: Some(Duration::from_secs(10)),
+        max_connections: None,
         generate_request_id: true,
         append_x_forwarded_for: false,
         tls: None,
@@ -1458,10 +1460,6 @@ fn http_connection_manager_fields_refused() {
             "listener 'l1': filter_chains[0].filters[0].typed_config.rds.config_source.resource_api_version: v2 is not supported by legate",
         ),
         (
-            |r| edit_hcm(r, |h| h.request_headers_timeout = dur(5)),
-            "listener 'l1': filter_chains[0].filters[0].typed_config.request_headers_timeout: not supported by legate",
-        ),
-        (
             |r| {
                 edit_hcm(r, |h| {
                     h.route_specifier = Some(RouteSpecifier::RouteConfig(RouteConfiguration {
@@ -2470,4 +2468,97 @@ fn a_requests_per_connection_limit_is_kept() {
     };
     let c = Cluster::try_from(&c).expect("the pool enforces the limit");
     assert_eq!(c.max_requests_per_connection, Some(7));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slow clients and connection limits (issue 13 item 2)
+
+use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit as XdsConnectionLimit;
+
+type LimitEdit = fn(&mut XdsConnectionLimit);
+
+#[test]
+fn request_headers_timeout_defaults_to_ten_seconds_and_zero_disables_it() {
+    let s = ok(&base());
+    assert_eq!(
+        s.listeners[0].request_headers_timeout,
+        Some(Duration::from_secs(10))
+    );
+    let mut r = base();
+    edit_hcm(&mut r, |h| h.request_headers_timeout = dur(3));
+    assert_eq!(
+        ok(&r).listeners[0].request_headers_timeout,
+        Some(Duration::from_secs(3))
+    );
+    let mut r = base();
+    edit_hcm(&mut r, |h| h.request_headers_timeout = dur(0));
+    assert_eq!(ok(&r).listeners[0].request_headers_timeout, None);
+}
+
+fn limit_filter(limit: XdsConnectionLimit) -> Filter {
+    Filter {
+        name: "envoy.filters.network.connection_limit".to_owned(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(
+            type_url::CONNECTION_LIMIT,
+            &limit,
+        ))),
+    }
+}
+
+fn with_limit(r: &mut Resources, edit: impl FnOnce(&mut XdsConnectionLimit)) {
+    let mut limit = XdsConnectionLimit {
+        stat_prefix: "limit".to_owned(),
+        max_connections: Some(envoy_types::pb::google::protobuf::UInt64Value { value: 7 }),
+        ..Default::default()
+    };
+    edit(&mut limit);
+    r.listeners[0].filter_chains[0]
+        .filters
+        .insert(0, limit_filter(limit));
+}
+
+#[test]
+fn a_connection_limit_filter_before_the_hcm_sets_the_listener_limit() {
+    let mut r = base();
+    with_limit(&mut r, |_| {});
+    assert_eq!(ok(&r).listeners[0].max_connections, Some(7));
+    assert_eq!(ok(&base()).listeners[0].max_connections, None);
+}
+
+#[test]
+fn connection_limits_legate_cannot_honour_are_refused() {
+    let cases: Vec<(LimitEdit, &str)> = vec![
+        (
+            |l| l.delay = dur(1),
+            "listener 'l1': filter_chains[0].filters[0].typed_config.delay: not supported by legate (a connection over the limit is closed at once)",
+        ),
+        (
+            |l| l.max_connections = None,
+            "listener 'l1': filter_chains[0].filters[0].typed_config.max_connections: required",
+        ),
+        (
+            |l| {
+                l.max_connections =
+                    Some(envoy_types::pb::google::protobuf::UInt64Value { value: 0 })
+            },
+            "listener 'l1': filter_chains[0].filters[0].typed_config.max_connections: must be at least 1",
+        ),
+        (
+            |l| l.stat_prefix.clear(),
+            "listener 'l1': filter_chains[0].filters[0].typed_config.stat_prefix: must not be empty",
+        ),
+    ];
+    for (edit, expected) in cases {
+        let mut r = base();
+        with_limit(&mut r, edit);
+        assert_eq!(errors(&r), vec![expected.to_owned()]);
+    }
+    // Anything else before the connection manager is refused, and so is a limit after it.
+    let mut r = base();
+    let hcm = r.listeners[0].filter_chains[0].filters[0].clone();
+    r.listeners[0].filter_chains[0].filters.insert(0, hcm);
+    assert_eq!(
+        errors(&r),
+        vec!["listener 'l1': filter_chains[0].filters[0].typed_config: network filter type 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager' is not supported by legate before the http connection manager (only connection_limit)".to_owned()]
+    );
 }
