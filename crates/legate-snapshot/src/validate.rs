@@ -24,6 +24,7 @@ mod common;
 mod endpoint;
 mod listener;
 mod route;
+pub use route::MAX_RETRY_BUFFER_LIMIT;
 mod tls;
 
 #[cfg(test)]

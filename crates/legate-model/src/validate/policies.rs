@@ -186,6 +186,18 @@ impl Checker<'_> {
             &format!("{path}.host_selection_attempts"),
             r.host_selection_attempts,
         );
+        let max_buffer = legate_snapshot::MAX_RETRY_BUFFER_LIMIT;
+        if let Some(limit) = r.buffer_limit
+            && limit > max_buffer
+        {
+            self.report(
+                format!("{path}.buffer_limit"),
+                format!(
+                    "{limit} bytes is above legate's maximum of {max_buffer} (64 MiB) for one \
+                     request's retry copy"
+                ),
+            );
+        }
         if r.hedge_on_per_try_timeout && r.per_try_timeout.is_none() {
             self.report(
                 format!("{path}.hedge_on_per_try_timeout"),
@@ -437,6 +449,24 @@ mod tests {
             Ok(m) => panic!("expected an error, parsed {m:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn retry_buffer_limit_is_capped() {
+        let at = |limit: u64| {
+            format!(
+                "services: [{{name: a, endpoints: [], policies: {{retries: {{on: [5xx], \
+                 buffer_limit: {limit}}}}}}}]"
+            )
+        };
+        assert_eq!(problems(&at(64 << 20)), Vec::<String>::new());
+        assert_eq!(
+            problems(&at((64 << 20) + 1)),
+            [
+                "1:83: services[0].policies.retries.buffer_limit: 67108865 bytes is above \
+              legate's maximum of 67108864 (64 MiB) for one request's retry copy"
+            ]
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! manager, in which case errors belong to the listener and carry the HCM's field path.
 
 mod retry;
+pub use retry::MAX_RETRY_BUFFER_LIMIT;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -42,7 +42,7 @@ const DEFAULT_RATE_LIMITED_MAX: Duration = Duration::from_secs(300);
 /// held in memory whole while its attempts run, so a control plane must not be able to ask
 /// for gigabytes; larger values are refused (NACK), not silently capped. The proxy's global
 /// and per-connection retry buffer budgets bound the sum over requests.
-pub(crate) const MAX_RETRY_BUFFER_LIMIT: u64 = 64 * 1024 * 1024;
+pub const MAX_RETRY_BUFFER_LIMIT: u64 = 64 * 1024 * 1024;
 /// The route metadata key (under `legate`) that allows retrying non-idempotent requests.
 const RETRY_NON_IDEMPOTENT: &str = "retry_non_idempotent";
 
