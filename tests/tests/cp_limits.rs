@@ -116,7 +116,16 @@ async fn stream_limit_refuses_one_more_and_frees_on_close() {
             && refused.message().contains("--xds-max-streams"),
         "{refused:?}"
     );
-    assert!(cp.log().contains("stream limit is reached"), "{}", cp.log());
+    // legate-cp's log is read from its pipe as it arrives: wait for the line.
+    eventually(WAIT, "legate-cp logs the refusal", || async {
+        let log = cp.log();
+        if log.contains("stream limit is reached") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await;
 
     // Closing one frees its place.
     drop(a);

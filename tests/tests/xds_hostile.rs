@@ -157,9 +157,14 @@ async fn config_over_four_mib_reaches_legate_with_the_default_limit(mode: Mode) 
         .unwrap_or_default()
         .to_owned();
     assert!(last_error.contains("xds.max_message_size"), "{dump:#}");
-    assert!(
-        small.output().contains("exceeded the client's limit"),
-        "the log says it too: {}",
-        small.output()
-    );
+    // The log is read from the process's pipe as it arrives: wait for the line.
+    eventually(WAIT, "the log says it too", || async {
+        let log = small.output();
+        if log.contains("exceeded the client's limit") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await;
 }
