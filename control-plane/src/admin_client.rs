@@ -84,6 +84,9 @@ impl Interceptor for Bearer {
     }
 }
 
+/// Where legatectl finds legate-cp's admin API unless told otherwise.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:15011";
+
 /// The largest admin reply accepted (`status` of a large fleet lists as several MiB).
 pub const MAX_REPLY_BYTES: usize = 256 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,11 +98,25 @@ pub async fn connect(options: &ClientOptions) -> Result<Client, ClientError> {
         server: server.clone(),
         message,
     };
-    let uri: http::Uri = server.parse().map_err(|e| bad(format!("{e}")))?;
+    let wants_tls = options.ca.is_some() || options.cert.is_some() || options.key.is_some();
+    // legate-cp's own flags take HOST:PORT; so does --server, meaning https:// when TLS
+    // options are given and http:// otherwise.
+    let with_scheme = if server.contains("://") {
+        server.clone()
+    } else if wants_tls {
+        format!("https://{server}")
+    } else {
+        format!("http://{server}")
+    };
+    let uri: http::Uri = with_scheme.parse().map_err(|e| bad(format!("{e}")))?;
     let https = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
-        _ => return Err(bad("expected http://HOST:PORT or https://HOST:PORT".into())),
+        _ => {
+            return Err(bad(
+                "expected HOST:PORT, http://HOST:PORT or https://HOST:PORT".into(),
+            ));
+        }
     };
     let host = uri
         .host()
@@ -107,7 +124,6 @@ pub async fn connect(options: &ClientOptions) -> Result<Client, ClientError> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let wants_tls = options.ca.is_some() || options.cert.is_some() || options.key.is_some();
     if wants_tls && !https {
         return Err(ClientError::TlsNeedsHttps);
     }
@@ -139,7 +155,7 @@ pub async fn connect(options: &ClientOptions) -> Result<Client, ClientError> {
             .await
             .map_err(connect_err)?
     } else {
-        Endpoint::from_shared(server.clone())
+        Endpoint::from_shared(with_scheme.clone())
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
             .connect()
@@ -251,6 +267,21 @@ pub fn explain(status: &tonic::Status) -> String {
             "not authorized: {message}; use --token-file FILE (or LEGATE_CP_TOKEN), or an admin client certificate with --cert/--key"
         ),
         tonic::Code::PermissionDenied => format!("forbidden: {message}"),
+        // A gRPC server without legate-cp's admin service (its xDS port, say) answers
+        // UNIMPLEMENTED with no message.
+        tonic::Code::Unimplemented => format!(
+            "the server does not serve legate-cp's admin API ({}); is --server legate-cp's \
+             admin address (default {DEFAULT_SERVER}) rather than its xDS port?",
+            if message.is_empty() {
+                "unimplemented"
+            } else {
+                message
+            }
+        ),
+        code if message.is_empty() => with_causes(
+            format!("the call failed with gRPC status {code:?} and no message"),
+            StdError::source(status),
+        ),
         _ => with_causes(message.to_owned(), StdError::source(status)),
     }
 }

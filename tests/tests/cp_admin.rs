@@ -987,3 +987,68 @@ async fn idle_admin_connections_are_closed() {
         started.elapsed()
     );
 }
+
+/// Runs legatectl with exactly these arguments (no `--server` added) and the token file.
+fn legatectl_raw(token_file: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(legate_tests::cp::bin("legatectl"))
+        .env_remove("LEGATE_CP_TOKEN")
+        .env_remove("LEGATE_CP_TOKEN_FILE")
+        .env_remove("LEGATE_CP_ADMIN")
+        .arg("--token-file")
+        .arg(token_file)
+        .args(args)
+        .output()
+        .expect("run legatectl")
+}
+
+#[tokio::test]
+async fn legatectl_takes_host_port_explains_the_wrong_port_and_survives_a_closed_pipe() {
+    let s = setup("cp-admin-ctl");
+    let token_file = s.token_file.to_str().expect("utf-8");
+    let cp =
+        ControlPlane::start_with(&s.config, &s.data, &["--admin-token-file", token_file]).await;
+
+    // HOST:PORT without a scheme, as legate-cp's own flags take addresses.
+    let admin = cp.admin.to_string();
+    let out = legatectl_raw(&s.token_file, &["--server", &admin, "status"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("NODE"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .next()
+            .is_some_and(|h| h.contains("LAST ACK")),
+        "every column has a header: {stdout}"
+    );
+
+    // Pointed at the xDS port: a message that says what is wrong, not an empty one.
+    let xds = cp.xds.to_string();
+    let out = legatectl_raw(&s.token_file, &["--server", &xds, "status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("does not serve legate-cp's admin API") && stderr.contains("xDS port"),
+        "{stderr}"
+    );
+
+    // A reader that goes away (`legatectl status | true`): no panic, no exit code 101.
+    let mut child = std::process::Command::new(legate_tests::cp::bin("legatectl"))
+        .env_remove("LEGATE_CP_TOKEN")
+        .env_remove("LEGATE_CP_TOKEN_FILE")
+        .env_remove("LEGATE_CP_ADMIN")
+        .args(["--token-file", token_file, "--server", &admin, "status"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn legatectl");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("legatectl ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+    assert!(out.status.success(), "{:?} {stderr}", out.status);
+}

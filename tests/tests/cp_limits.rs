@@ -282,6 +282,31 @@ async fn nack_messages_are_kept_truncated() {
         out.contains("[truncated: 1048576 bytes in all]") && !out.contains("yyyy"),
         "legatectl status: {out}{err}"
     );
+    // Nothing was ACKed after it: the NACK is shown as current, with its age.
+    assert!(
+        out.contains("bytes in all] (") && out.contains("s ago, current)"),
+        "legatectl status: {out}"
+    );
+
+    // An ACK of the same type after it: the NACK is shown as past.
+    ads.tx
+        .send(DiscoveryRequest {
+            type_url: CDS.to_owned(),
+            version_info: response.version_info.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("send the ACK");
+    eventually(WAIT, "legatectl status shows the NACK as past", || async {
+        let (ok, out, err) = cp.ctl(&["status"]);
+        if ok && out.contains("s ago, since ACKed)") {
+            Ok(())
+        } else {
+            Err(format!("{out}{err}"))
+        }
+    })
+    .await;
     // The log line is cut the same way.
     assert!(!cp.log().contains("yyyy"), "the whole message was logged");
 }

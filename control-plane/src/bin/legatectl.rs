@@ -17,11 +17,12 @@ use legate_proto::admin::{
 #[derive(Debug, Parser)]
 #[command(name = "legatectl", version)]
 struct Cli {
-    /// Admin API of legate-cp (gRPC): http://HOST:PORT, or https://HOST:PORT over TLS.
+    /// Admin API of legate-cp (gRPC): http://HOST:PORT, or https://HOST:PORT over TLS; a bare
+    /// HOST:PORT means https:// with --ca/--cert/--key and http:// without.
     #[arg(
         long,
         env = "LEGATE_CP_ADMIN",
-        default_value = "http://127.0.0.1:15011",
+        default_value = legate_cp::admin_client::DEFAULT_SERVER,
         global = true
     )]
     server: String,
@@ -130,6 +131,22 @@ async fn main() -> ExitCode {
     }
 }
 
+/// `println!` for legatectl's output: a reader that went away (`legatectl status | head -1`)
+/// ends the process quietly, as it ends other command-line tools, where `println!` would
+/// panic with "Broken pipe".
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("legatectl: cannot write the output: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 /// The token: from --token-file (or LEGATE_CP_TOKEN_FILE), else LEGATE_CP_TOKEN.
 fn token(cli: &Cli) -> Result<Option<String>, String> {
     if let Some(path) = &cli.token_file {
@@ -169,7 +186,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         };
         let written = legate_cp::certs::issue(&req).map_err(|e| e.to_string())?;
         for w in written {
-            println!("{}  {}", w.path.display(), w.subject);
+            out!("{}  {}", w.path.display(), w.subject);
         }
         return Ok(());
     }
@@ -294,9 +311,9 @@ fn print_change(output: Output, generation: u64, changes: &[String]) {
         }
         Output::Table => {
             for c in changes {
-                println!("{c}");
+                out!("{c}");
             }
-            println!("generation {generation}");
+            out!("generation {generation}");
         }
     }
 }
@@ -339,7 +356,20 @@ fn print_status(nodes: &[NodeStatus]) {
                 .iter()
                 .filter_map(|t| t.last_nack.as_ref().map(|k| (t, k)))
                 .max_by_key(|(_, k)| k.at_unix_ms)
-                .map(|(t, k)| format!("{}: {}", short_type(&t.type_url), k.message))
+                .map(|(t, k)| {
+                    // A later ACK of the same type means the NACKed version was replaced.
+                    let state = if t.acked_at_unix_ms > k.at_unix_ms {
+                        "since ACKed"
+                    } else {
+                        "current"
+                    };
+                    format!(
+                        "{}: {} ({}, {state})",
+                        short_type(&t.type_url),
+                        k.message,
+                        ago(k.at_unix_ms)
+                    )
+                })
                 .unwrap_or_else(|| "-".to_owned());
             row.push(nack);
             let last_ack = n
@@ -365,6 +395,7 @@ fn print_status(nodes: &[NodeStatus]) {
             ResourceKind::WARM_ORDER[3].service(),
             ResourceKind::WARM_ORDER[4].service(),
             "LAST NACK",
+            "LAST ACK",
         ],
         &rows,
     );
@@ -395,8 +426,8 @@ fn print_refusals(list: &ListNodesResponse) {
         .iter()
         .map(|c| format!("{}={}", c.reason, c.count))
         .collect();
-    println!();
-    println!("REFUSED STREAMS: {}", counts.join(" "));
+    out!();
+    out!("REFUSED STREAMS: {}", counts.join(" "));
     let skip = list.refused.len().saturating_sub(REFUSALS_SHOWN);
     let rows: Vec<Vec<String>> = list.refused[skip..]
         .iter()
@@ -479,7 +510,7 @@ fn nodes_json(nodes: &[NodeStatus]) -> serde_json::Value {
 }
 
 fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    out!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 fn print_table(headers: &[&str], rows: &[Vec<String>]) {
@@ -500,7 +531,7 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{c:<w$}  ", w = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        out!("{}", out.trim_end());
     };
     line(headers.to_vec());
     for row in rows {
