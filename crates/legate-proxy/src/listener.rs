@@ -220,23 +220,30 @@ enum Server {
     Http2(http2::Builder<TokioExecutor>),
 }
 
-fn configure_h1(b: &mut http1::Builder) {
-    b.timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(None)
-        .max_buf_size(limits::H1_MAX_BUF)
-        .max_headers(limits::H1_MAX_HEADERS);
+/// The HTTP/1.1 settings of every listener, for hyper's own builder and the one inside the
+/// auto builder (two types with the same methods).
+macro_rules! configure_h1 {
+    ($b:expr) => {
+        $b.timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(None)
+            .max_buf_size(limits::H1_MAX_BUF)
+            .max_headers(limits::H1_MAX_HEADERS)
+    };
 }
 
-fn configure_h2(b: &mut http2::Builder<TokioExecutor>) {
-    b.timer(TokioTimer::new())
-        .max_concurrent_streams(limits::H2_MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(limits::H2_MAX_HEADER_LIST)
-        .max_pending_accept_reset_streams(limits::H2_MAX_PENDING_ACCEPT_RESET)
-        .max_local_error_reset_streams(limits::H2_MAX_LOCAL_ERROR_RESET)
-        .max_frame_size(limits::H2_MAX_FRAME)
-        .max_send_buf_size(limits::H2_MAX_SEND_BUF)
-        .keep_alive_interval(limits::H2_KEEP_ALIVE);
+/// The HTTP/2 settings of every listener, as `configure_h1!` is for HTTP/1.1.
+macro_rules! configure_h2 {
+    ($b:expr) => {
+        $b.timer(TokioTimer::new())
+            .max_concurrent_streams(limits::H2_MAX_CONCURRENT_STREAMS)
+            .max_header_list_size(limits::H2_MAX_HEADER_LIST)
+            .max_pending_accept_reset_streams(limits::H2_MAX_PENDING_ACCEPT_RESET)
+            .max_local_error_reset_streams(limits::H2_MAX_LOCAL_ERROR_RESET)
+            .max_frame_size(limits::H2_MAX_FRAME)
+            .max_send_buf_size(limits::H2_MAX_SEND_BUF)
+            .keep_alive_interval(limits::H2_KEEP_ALIVE)
+    };
 }
 
 impl Server {
@@ -244,31 +251,18 @@ impl Server {
         match codec {
             Codec::Auto => {
                 let mut b = auto::Builder::new(TokioExecutor::new());
-                b.http1()
-                    .timer(TokioTimer::new())
-                    .keep_alive(true)
-                    .header_read_timeout(None)
-                    .max_buf_size(limits::H1_MAX_BUF)
-                    .max_headers(limits::H1_MAX_HEADERS);
-                b.http2()
-                    .timer(TokioTimer::new())
-                    .max_concurrent_streams(limits::H2_MAX_CONCURRENT_STREAMS)
-                    .max_header_list_size(limits::H2_MAX_HEADER_LIST)
-                    .max_pending_accept_reset_streams(limits::H2_MAX_PENDING_ACCEPT_RESET)
-                    .max_local_error_reset_streams(limits::H2_MAX_LOCAL_ERROR_RESET)
-                    .max_frame_size(limits::H2_MAX_FRAME)
-                    .max_send_buf_size(limits::H2_MAX_SEND_BUF)
-                    .keep_alive_interval(limits::H2_KEEP_ALIVE);
+                configure_h1!(b.http1());
+                configure_h2!(b.http2());
                 Server::Auto(b)
             }
             Codec::Http1 => {
                 let mut b = http1::Builder::new();
-                configure_h1(&mut b);
+                configure_h1!(b);
                 Server::Http1(b)
             }
             Codec::Http2 => {
                 let mut b = http2::Builder::new(TokioExecutor::new());
-                configure_h2(&mut b);
+                configure_h2!(b);
                 Server::Http2(b)
             }
         }
