@@ -13,7 +13,8 @@
 //! `text/plain` or a form anywhere without asking, but not these) and a body within the
 //! limit (413). Errors answer with `{"error": "..."}`: 400 (bad input), 401 (no or bad
 //! credentials, with `www-authenticate: Bearer`), 403 (not allowed, or another origin), 404
-//! (unknown node or service), 408 (too slow), 413, 415.
+//! (unknown node or service), 408 (too slow), 413, 415, and 503 for a change asked for once
+//! legate-cp is shutting down (reads are answered until it exits).
 
 use std::sync::Arc;
 
@@ -70,6 +71,11 @@ pub fn refusal(refusal: &Refusal) -> Resp {
         }
         RefusalKind::Forbidden => error(403, &format!("forbidden: {refusal}")),
     }
+}
+
+/// The answer to a change asked for once legate-cp is shutting down.
+pub fn shutting_down() -> Resp {
+    error(503, crate::SHUTTING_DOWN)
 }
 
 /// The answer to a request that took longer than `timeout`.

@@ -472,6 +472,14 @@ async fn handle(
             });
         }
     };
+    if access == Access::Write && cp.is_shutting_down() {
+        tracing::info!(call = %what(), caller = %caller, peer = %conn.peer, "admin change refused: legate-cp is shutting down");
+        return Ok(if json {
+            admin_json::shutting_down()
+        } else {
+            tonic::Status::unavailable(crate::SHUTTING_DOWN).into_http()
+        });
+    }
     if access == Access::Write {
         tracing::info!(call = %what(), caller = %caller, peer = %conn.peer, "admin change requested");
     } else if caller != Caller::Anonymous {

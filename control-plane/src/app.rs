@@ -24,6 +24,7 @@ use legate_proto::admin::{
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::secrets::SecretFiles;
@@ -135,6 +136,10 @@ pub struct ControlPlane {
     pub registry: Arc<NodeRegistry>,
     commands: mpsc::Sender<Command>,
     status: Arc<Mutex<MeshStatus>>,
+    /// Cancelled by [`ControlPlane::shut_down`]: the owner stops, changes are refused.
+    stopping: CancellationToken,
+    /// Cancelled when the owner has stopped.
+    owner_done: CancellationToken,
 }
 
 /// The configuration state, owned by [`Owner`] alone.
@@ -228,16 +233,38 @@ impl ControlPlane {
             .enable_time()
             .build()
             .map_err(|e| StoreError::Other(format!("cannot start the state owner: {e}")))?;
+        let (stopping, owner_done) = (CancellationToken::new(), CancellationToken::new());
+        let (stop, done) = (stopping.clone(), owner_done.clone());
         std::thread::Builder::new()
             .name("legate-cp-state".to_owned())
-            .spawn(move || runtime.block_on(owner.run(rx)))
+            .spawn(move || {
+                // Also when the owner panics.
+                let _done = done.drop_guard();
+                runtime.block_on(owner.run(rx, stop));
+            })
             .map_err(|e| StoreError::Other(format!("cannot start the state owner: {e}")))?;
         Ok(Arc::new(ControlPlane {
             cache,
             registry: Arc::new(NodeRegistry::new()),
             commands,
             status,
+            stopping,
+            owner_done,
         }))
+    }
+
+    /// Stop taking changes, for good: admin changes are refused from now on (see
+    /// [`is_shutting_down`](Self::is_shutting_down)), the state owner finishes the change it
+    /// is applying, if any, stops watching the mesh files and answers the commands still
+    /// queued with an error. Returns once the owner has stopped.
+    pub async fn shut_down(&self) {
+        self.stopping.cancel();
+        self.owner_done.cancelled().await;
+    }
+
+    /// Whether [`shut_down`](Self::shut_down) was called: the admin API refuses changes.
+    pub fn is_shutting_down(&self) -> bool {
+        self.stopping.is_cancelled()
     }
 
     /// Where the mesh files stand: applied, refused, how they are watched.
@@ -352,8 +379,9 @@ impl ControlPlane {
 }
 
 impl Owner {
-    /// Take commands and file changes until every [`ControlPlane`] handle is gone.
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    /// Take commands and file changes until every [`ControlPlane`] handle is gone or
+    /// `stopping` is cancelled.
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, stopping: CancellationToken) {
         let poll = if self.watcher.is_active() {
             self.options.recheck_interval
         } else {
@@ -365,6 +393,12 @@ impl Owner {
         loop {
             let deadline = settle_at.map_or(recheck, |at| at.min(recheck));
             tokio::select! {
+                // Before anything else: nothing is applied once legate-cp is stopping.
+                biased;
+                () = stopping.cancelled() => {
+                    tracing::info!("configuration state closed: mesh files no longer watched, admin changes refused");
+                    return;
+                }
                 command = commands.recv() => match command {
                     Some(command) => self.handle(command),
                     None => return,
@@ -658,6 +692,13 @@ impl Owner {
             by_cluster.push((nc, NodeSnapshot::from_resources(&resources)));
         }
         let grpc = NodeSnapshot::from_resources(&legate_model::compile_for_grpc(mesh));
+        if mesh.listeners.is_empty() && mesh.services.is_empty() {
+            // Allowed (an explicit empty list, e.g. `services: []`), but never quietly.
+            tracing::warn!(
+                config = %self.options.config.display(),
+                "serving no listeners and no services: every proxy is sent an empty configuration"
+            );
+        }
         self.cache.update(|s| {
             // Node clusters a rule named before and no longer does fall back to the default.
             s.by_cluster.retain(|nc, _| nc == grpc_cluster);

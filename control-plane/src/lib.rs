@@ -44,3 +44,7 @@ pub use cache::{NodeKey, Selectors, SnapshotCache, SnapshotWatch};
 pub use registry::{NodeRegistry, NodeStatus, StreamMode};
 pub use resources::{NodeSnapshot, Resource, TypeSnapshot};
 pub use server::XdsServer;
+
+/// The message of everything legate-cp refuses or ends once it has been told to stop
+/// (SIGTERM or SIGINT): xDS streams (`UNAVAILABLE`), admin changes (`UNAVAILABLE`, HTTP 503).
+pub const SHUTTING_DOWN: &str = "legate-cp is shutting down";

@@ -16,6 +16,13 @@
 //! checked against the connection's certificate ([`identity`]) and later requests may not
 //! change the node; a stream that fails is refused with `PermissionDenied`, logged and
 //! recorded in the registry. Connections come from [`tls::incoming`] (TCP or TLS).
+//!
+//! Shutdown: when the future given to [`XdsServer::serve`] completes, the listener closes and
+//! every stream is ended at once with `UNAVAILABLE` ("legate-cp is shutting down"), the code
+//! gRPC defines as transient (retry with backoff): legate and Envoy keep the configuration
+//! they hold and reconnect, to this server once it is back or to the next one they list.
+//! Streams are not left to end on their own: a proxy's stream never does, and tonic's
+//! graceful shutdown waits for every stream.
 
 mod delta;
 pub mod identity;
@@ -54,6 +61,7 @@ use legate_tls::rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Router, TcpIncoming};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -119,6 +127,8 @@ struct Shared {
     limits: XdsLimits,
     /// One permit per open stream, `limits.max_streams` in all.
     streams: Arc<tokio::sync::Semaphore>,
+    /// Cancelled once the server is told to stop: every stream ends, new ones are refused.
+    stopping: CancellationToken,
 }
 
 /// The response body of every streaming method.
@@ -144,6 +154,7 @@ impl XdsServer {
                 node_auth: None,
                 streams: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
                 limits,
+                stopping: CancellationToken::new(),
             }),
         }
     }
@@ -158,6 +169,7 @@ impl XdsServer {
                 node_auth: self.shared.node_auth.clone(),
                 streams: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
                 limits,
+                stopping: self.shared.stopping.clone(),
             }),
         }
     }
@@ -173,6 +185,7 @@ impl XdsServer {
                 node_auth: Some(node_auth),
                 limits: self.shared.limits,
                 streams: self.shared.streams.clone(),
+                stopping: self.shared.stopping.clone(),
             }),
         }
     }
@@ -226,19 +239,36 @@ impl XdsServer {
             .add_service(self.sds_service())
     }
 
-    /// Serves every xDS service on `listener` until `shutdown` completes.
+    /// Serves every xDS service on `listener` until `shutdown` completes; then every stream
+    /// is ended with `UNAVAILABLE`, and this returns once their connections have closed (a
+    /// client that does not read its stream can hold that up: bound the wait).
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
+        let shutdown = self.ending_streams(shutdown);
         let mut builder = tonic::transport::Server::builder();
         self.add_services(&mut builder)
             .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
             .await
     }
 
-    /// Serves every xDS service over TLS on `listener` until `shutdown` completes. Each
+    /// `shutdown`, then every stream told to end: tonic's own graceful shutdown only stops
+    /// accepting and waits for streams, and an xDS stream lasts as long as its client.
+    fn ending_streams(
+        &self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> impl Future<Output = ()> + Send {
+        let stopping = self.shared.stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.cancel();
+        }
+    }
+
+    /// Serves every xDS service over TLS on `listener` until `shutdown` completes (and ends
+    /// the streams as [`serve`](Self::serve) does). Each
     /// connection is accepted with the configuration current at that moment (see
     /// [`legate_tls::files::ServerFiles::watch`]).
     pub async fn serve_tls(
@@ -248,6 +278,7 @@ impl XdsServer {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         let incoming = tls::incoming(listener, Some(tls), self.shared.registry.clone());
+        let shutdown = self.ending_streams(shutdown);
         let mut builder = tonic::transport::Server::builder();
         self.add_services(&mut builder)
             .serve_with_incoming_shutdown(incoming, shutdown)
@@ -283,6 +314,10 @@ impl XdsServer {
         protocol: P,
         request: Request<Streaming<P::Request>>,
     ) -> Result<ResponseStream<P::Response>, Status> {
+        // Between the signal and the listener's closing, and on connections still open.
+        if self.shared.stopping.is_cancelled() {
+            return Err(Status::unavailable(crate::SHUTTING_DOWN));
+        }
         // Held by the stream's task until it ends.
         let Ok(permit) = Arc::clone(&self.shared.streams).try_acquire_owned() else {
             let max = self.shared.limits.max_streams;
@@ -410,6 +445,10 @@ async fn run<P: Protocol>(
     let first = tokio::select! {
         first = requests.message() => first,
         () = tx.closed() => return,
+        () = shared.stopping.cancelled() => {
+            let _ = tx.try_send(Err(Status::unavailable(crate::SHUTTING_DOWN)));
+            return;
+        }
     };
     let first = match first {
         Ok(Some(first)) => first,
@@ -495,7 +534,12 @@ async fn run<P: Protocol>(
         }
         if let Some(snapshot) = snapshot {
             for response in protocol.respond(&snapshot, &stream) {
-                if tx.send(Ok(response)).await.is_err() {
+                // A client that does not read must not keep the stream from ending.
+                let sent = tokio::select! {
+                    sent = tx.send(Ok(response)) => sent.is_ok(),
+                    () = shared.stopping.cancelled() => false,
+                };
+                if !sent {
                     break;
                 }
             }
@@ -519,6 +563,12 @@ async fn run<P: Protocol>(
                 }
             }
             () = tx.closed() => break "client went away".to_owned(),
+            () = shared.stopping.cancelled() => {
+                // Not waiting for room: a client that does not read gets its stream reset
+                // when the process exits.
+                let _ = tx.try_send(Err(Status::unavailable(crate::SHUTTING_DOWN)));
+                break crate::SHUTTING_DOWN.to_owned();
+            }
         }
     };
     tracing::info!(node.id = %node.id, stream = stream.id(), reason, "xds stream closed");

@@ -169,6 +169,21 @@ impl ControlPlane {
         self.proc.output()
     }
 
+    /// Sends SIGTERM to legate-cp (its PID alone).
+    pub fn sigterm(&self) {
+        self.proc.sigterm();
+    }
+
+    /// Waits for legate-cp to exit: `None` when it is still running after `timeout`.
+    pub async fn wait_exit(&self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.proc.wait_exit(timeout).await
+    }
+
+    /// The process description (state, command line, output) for assertion messages.
+    pub fn describe(&self) -> String {
+        self.proc.describe()
+    }
+
     /// The token file legatectl is given by [`ctl`](Self::ctl).
     pub fn token_file(&self) -> Option<&Path> {
         self.token_file.as_deref()

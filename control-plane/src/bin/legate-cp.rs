@@ -128,6 +128,12 @@ struct Args {
     /// `spiffe://<domain>/cluster/<name>`).
     #[arg(long, value_name = "DOMAIN", default_value = legate_cp::server::DEFAULT_TRUST_DOMAIN)]
     xds_trust_domain: String,
+    /// On SIGTERM or SIGINT, admin changes are refused and every xDS stream is ended at once
+    /// (proxies keep their configuration and reconnect); legate-cp exits when their
+    /// connections have closed, or after this long with whatever is left abandoned. A second
+    /// signal exits at once.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
 }
 
 fn main() -> ExitCode {
@@ -150,7 +156,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    let result = runtime.block_on(run(args));
+    // What is still running was abandoned at the shutdown timeout: do not wait for it.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("legate-cp: {e}");
@@ -269,29 +278,83 @@ async fn run(args: Args) -> Result<(), String> {
     if let Some(auth) = node_auth {
         server = server.with_node_auth(auth);
     }
-    let xds = match tls {
-        Some(tls) => tokio::spawn(server.serve_tls(xds_listener, tls, shutdown())),
-        None => tokio::spawn(server.serve(xds_listener, shutdown())),
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut xds = match tls {
+        Some(tls) => {
+            tokio::spawn(server.serve_tls(xds_listener, tls, stop.clone().cancelled_owned()))
+        }
+        None => tokio::spawn(server.serve(xds_listener, stop.clone().cancelled_owned())),
     };
-    let admin = tokio::spawn(admin.serve(cp, admin_listener));
-    tokio::select! {
-        r = xds => r.map_err(|e| e.to_string())?.map_err(|e| format!("xDS server: {e}"))?,
-        r = admin => r.map_err(|e| format!("admin server: {e}"))?,
-    }
-    tracing::info!("legate-cp stopped");
+    let admin = tokio::spawn(admin.serve(cp.clone(), admin_listener));
+    let mut signals = Signals::new()?;
+    let signal = tokio::select! {
+        r = &mut xds => {
+            r.map_err(|e| e.to_string())?.map_err(|e| format!("xDS server: {e}"))?;
+            return Err("the xDS server stopped".to_owned());
+        }
+        r = admin => {
+            r.map_err(|e| format!("admin server: {e}"))?;
+            return Err("the admin server stopped".to_owned());
+        }
+        signal = signals.next() => signal,
+    };
+    shut_down(&cp, &stop, xds, signal, &mut signals, args.shutdown_timeout).await;
     Ok(())
 }
 
-async fn shutdown() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
+/// Stop taking changes, end every xDS stream, and give what is running `timeout` to finish.
+async fn shut_down(
+    cp: &ControlPlane,
+    stop: &tokio_util::sync::CancellationToken,
+    xds: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    signal: &str,
+    signals: &mut Signals,
+    timeout: Duration,
+) {
+    tracing::info!(
+        signal,
+        timeout = ?timeout,
+        "shutting down: admin changes refused, ending xDS streams (proxies keep their configuration)"
+    );
+    stop.cancel();
+    let finished = async {
+        cp.shut_down().await;
+        if let Ok(Err(error)) = xds.await {
+            tracing::warn!(%error, "xDS server");
+        }
     };
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        () = finished => tracing::info!("legate-cp stopped"),
+        () = tokio::time::sleep(timeout) => tracing::warn!(
+            timeout = ?timeout,
+            "not stopped within --shutdown-timeout: exiting; xDS connections still open \
+             (clients that do not read) are abandoned"
+        ),
+        signal = signals.next() => tracing::warn!(signal, "second signal: exiting at once"),
+    }
+}
+
+/// SIGTERM and SIGINT, as they come.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind| signal(kind).map_err(|e| format!("cannot listen for signals: {e}"));
+        Ok(Signals {
+            term: listen(SignalKind::terminate())?,
+            int: listen(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The name of the next signal.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }
