@@ -6,9 +6,11 @@ VENV ?= .venv
 
 .PHONY: run test test-tools test-interop test-unit test-e2e build build-release lint fmt bench bench-tools clean peers fuzz
 
-## Build everything and start the demo: upstreams + a proxy on examples/demo.yaml.
+## Build everything and start the demo (deploy/run-demo.sh): legate-cp on examples/cp-demo.yaml,
+## five demo upstreams and a legate proxy that legate-cp configures over mTLS xDS. Each run
+## starts clean; KEEP_STATE=1 keeps .demo/ (admin changes, the proxy's cache) from the last run.
 run: build
-	@deploy/run-demo.sh
+	@BIN="$(or $(CARGO_TARGET_DIR),target)/debug" deploy/run-demo.sh $(if $(filter-out 0,$(KEEP_STATE)),--keep-state)
 
 ## Every test: unit tests and the end-to-end tests against real processes and real peers.
 test: build peers test-tools
