@@ -697,6 +697,23 @@ mod tests {
     }
 
     #[test]
+    fn shares_port_covers_wildcards_of_the_right_family() {
+        let check = |a: &str, b: &str, expected: bool| {
+            let (a, b): (SocketAddr, SocketAddr) = (a.parse().expect("a"), b.parse().expect("b"));
+            assert_eq!(shares_port(a, b), expected, "{a} vs {b}");
+            assert_eq!(shares_port(b, a), expected, "{b} vs {a}");
+        };
+        check("127.0.0.1:15000", "127.0.0.1:15000", true);
+        check("0.0.0.0:15000", "127.0.0.1:15000", true);
+        check("[::]:15000", "127.0.0.1:15000", true);
+        check("[::]:15000", "[::1]:15000", true);
+        check("0.0.0.0:15000", "[::1]:15000", false);
+        check("127.0.0.2:15000", "127.0.0.1:15000", false);
+        check("127.0.0.1:15001", "127.0.0.1:15000", false);
+        check("127.0.0.1:0", "127.0.0.1:0", false);
+    }
+
+    #[test]
     fn tls_from_the_file_resolves_relative_paths() {
         let dir = Dir::new("relative");
         certs(&dir);
