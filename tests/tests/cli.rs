@@ -163,3 +163,159 @@ async fn flags_override_the_file() {
     assert_eq!(dump["node"]["cluster"], "override-cluster", "{dump:#}");
     drop(taken);
 }
+
+/// `legate ARGS` must fail (exit non-zero, within the timeout) with one stderr line that
+/// contains every one of `wanted`; returns the whole stderr.
+#[track_caller]
+fn refused(args: &[&str], wanted: &[&str]) -> String {
+    let out = run_legate(args, VALIDATE_TIMEOUT);
+    assert!(
+        !out.status.success(),
+        "`legate {}` succeeded; stdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| wanted.iter().all(|w| l.contains(w))),
+        "`legate {}`: expected a stderr line with all of {wanted:?}; stderr was:\n{}",
+        args.join(" "),
+        out.stderr
+    );
+    out.stderr
+}
+
+/// A bootstrap with neither a listener nor a control plane would run serving nothing while
+/// `/ready` said 200: `--validate` and a start both refuse it, saying what is missing.
+#[test]
+fn a_bootstrap_with_nothing_to_serve_is_refused() {
+    let dir = TempDir::new("legate-cli");
+    let clusters_only = GOOD
+        .split_once("  listeners:")
+        .map(|(head, _)| head.to_owned())
+        .unwrap_or_default()
+        + GOOD
+            .split_once("  clusters:")
+            .map(|(_, tail)| format!("  clusters:{tail}"))
+            .unwrap_or_default()
+            .as_str();
+    assert!(clusters_only.contains("clusters:") && !clusters_only.contains("listeners"));
+    for (name, yaml) in [
+        (
+            "node-only.yaml",
+            "node: {id: test, cluster: tests}\n".to_owned(),
+        ),
+        (
+            "empty-mesh.yaml",
+            "admin: {address: 127.0.0.1:0}\nmesh: {}\n".to_owned(),
+        ),
+        ("clusters-only.yaml", clusters_only),
+    ] {
+        let path = dir.write(name, &yaml);
+        let path = path.to_string_lossy();
+        let wanted = [
+            "nothing to serve",
+            path.as_ref(),
+            "has no listeners",
+            "no control plane (xds.servers or --xds-server)",
+        ];
+        refused(&["--validate", "--config", &path], &wanted);
+        // Started for real, it exits at once with the same message instead of running.
+        refused(
+            &["--config", &path, "--admin-address", "127.0.0.1:0"],
+            &wanted,
+        );
+    }
+}
+
+/// A static listener on the admin server's address (the same one, or a wildcard covering it)
+/// is refused by `--validate` and at start, naming the listener, both addresses and where the
+/// admin address was set, at the listener's line in the file.
+#[test]
+fn a_listener_on_the_admin_address_is_refused() {
+    let dir = TempDir::new("legate-cli");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let on = |listener: &str, admin: Option<&str>| {
+        let yaml = GOOD.replace(
+            "address: 127.0.0.1:0, protocol",
+            &format!("address: {listener}, protocol"),
+        );
+        match admin {
+            Some(admin) => yaml.replace(
+                "admin: {address: 127.0.0.1:0}",
+                &format!("admin: {{address: {admin}}}"),
+            ),
+            None => yaml.replace("admin: {address: 127.0.0.1:0}\n", ""),
+        }
+    };
+    let same = format!("127.0.0.1:{port}");
+    let wildcard = format!("0.0.0.0:{port}");
+
+    // The same address, both in the file.
+    let path = dir.write("same.yaml", &on(&same, Some(&same)));
+    let path = path.to_string_lossy();
+    let wanted = [
+        &format!("{path}:6:") as &str,
+        "mesh.listeners[0].address",
+        &format!(
+            "listener 'outbound' on {same} clashes with the admin address {same} (admin.address)"
+        ),
+    ];
+    refused(&["--validate", "--config", &path], &wanted);
+    // At start it is refused before anything binds: no OS error.
+    let stderr = refused(&["--config", &path], &wanted);
+    assert!(!stderr.contains("os error"), "{stderr}");
+
+    // A wildcard listener covers the admin address given by the flag.
+    let path = dir.write("wildcard.yaml", &on(&wildcard, None));
+    let path = path.to_string_lossy();
+    refused(
+        &["--validate", "--config", &path, "--admin-address", &same],
+        &[&format!(
+            "listener 'outbound' on {wildcard} clashes with the admin address {same} (--admin-address)"
+        )],
+    );
+    // The default admin address (127.0.0.1:15000) is named as the default.
+    let path = dir.write("default.yaml", &on("0.0.0.0:15000", None));
+    let path = path.to_string_lossy();
+    refused(
+        &["--validate", "--config", &path],
+        &["clashes with the admin address 127.0.0.1:15000 (the default"],
+    );
+
+    // Another address on the same port does not clash.
+    let path = dir.write("other.yaml", &on(&format!("127.0.0.2:{port}"), Some(&same)));
+    let path = path.to_string_lossy();
+    let out = run_legate(&["--validate", "--config", &path], VALIDATE_TIMEOUT);
+    assert!(out.status.success(), "{}", out.stderr);
+}
+
+/// A listener whose port another socket holds fails the start with the OS error printed
+/// once, naming the listener and its address.
+#[test]
+fn a_bind_error_is_printed_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("local addr");
+    let dir = TempDir::new("legate-cli");
+    let yaml = GOOD.replace(
+        "address: 127.0.0.1:0, protocol",
+        &format!("address: {addr}, protocol"),
+    );
+    let path = dir.write("taken.yaml", &yaml);
+    let path = path.to_string_lossy();
+    let stderr = refused(
+        &["--config", &path, "--admin-address", "127.0.0.1:0"],
+        &[&format!("listener 'outbound': cannot bind {addr}: ")],
+    );
+    assert_eq!(
+        stderr.matches("os error").count(),
+        1,
+        "the OS error once; stderr:\n{stderr}"
+    );
+    drop(taken);
+}

@@ -114,7 +114,9 @@ both_modes!(
     failover_when_first_server_is_down,
     failover_when_first_server_goes_away,
     refused_streams_are_retried_with_capped_backoff,
-    cold_start_from_cache_then_reconcile,
+    cache_serves_at_once_when_refused,
+    cache_serves_at_once_when_streams_end,
+    silent_server_gets_the_fetch_timeout,
     corrupt_cache_is_refused,
     cache_with_an_invalid_resource_is_refused_whole,
     cache_of_another_node_is_refused,
@@ -416,28 +418,93 @@ async fn refused_cache_then_control_plane(
     lines.into_iter().next().unwrap_or_default()
 }
 
-async fn cold_start_from_cache_then_reconcile(mode: Mode) {
-    let (a, _b, clusters) = two_upstreams().await;
+/// How a control plane fails to answer at a cold start.
+#[derive(Clone, Copy, Debug)]
+enum Unreachable {
+    /// Nothing listens on its port: every connection is refused.
+    Refused,
+    /// It accepts connections and ends every stream with UNAVAILABLE before any response.
+    EndsStreams,
+}
+
+/// A legate restarted while its control plane cannot be reached (`how`) serves its disk
+/// cache at once, not after the initial fetch timeout (60 s here, so the test fails on a
+/// proxy that waits it out); `/ready`, `/config_dump` and a metric say the configuration is
+/// the stale cache. When the control plane comes back on its port with a changed
+/// configuration, that configuration replaces the cache whole and is ACKed.
+async fn cache_serves_at_once_when_unreachable(mode: Mode, how: Unreachable) {
+    let (_a, _b, clusters) = two_upstreams().await;
     let server = XdsServer::start().await;
     server.set_mesh(&forward_mesh("a", &clusters));
     let dir = TempDir::new("legate-xds-cache");
     seed_cache(mode, &server, dir.path(), "test").await;
-    let before = a.requests().await;
+    match how {
+        Unreachable::Refused => server.shutdown().await,
+        Unreachable::EndsStreams => server.set_behavior(Behavior::Refuse),
+    }
 
-    // No control plane: after the initial fetch timeout, the cache serves.
-    server.shutdown().await;
     let started = Instant::now();
-    let legate = Legate::start_xds(&XdsFlags::new(&server.url(), mode).cache_dir(dir.path())).await;
-    assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "ready after {:?}, before the 1 s initial fetch timeout: the cache must wait for a \
-         control plane first",
-        started.elapsed()
-    );
+    let legate = Legate::spawn_xds(
+        &XdsFlags::new(&server.url(), mode)
+            .cache_dir(dir.path())
+            .initial_fetch_timeout("60s"),
+    )
+    .await;
+    // WAIT (10 s) is far below the 60 s fetch timeout: only a cache served at once passes.
     expect_upstream(&legate, "/", "a").await;
-    assert!(a.requests().await > before);
+    let served_after = started.elapsed();
+    assert!(
+        served_after < WAIT,
+        "{how:?}: the cache served {served_after:?} after start"
+    );
+    let ready = legate.admin_get("/ready").await;
+    assert_eq!(ready.status, 200, "{}", ready.describe());
+    assert!(
+        ready.text().contains("serving the xDS cache"),
+        "/ready says the configuration is the cache: {}",
+        ready.describe()
+    );
     let xds = expect_xds(&legate, "served from the cache", |x| x["source"] == "cache").await;
     assert_eq!(xds["connected"], false, "{xds:#}");
+    assert_eq!(xds["cache"]["reason"], "unreachable", "{xds:#}");
+    assert!(
+        xds["cache"]["written_at_unix_ms"]
+            .as_u64()
+            .is_some_and(|t| t > 0),
+        "{xds:#}"
+    );
+    expect_metric(&legate, "legate_xds_serving_cache", &[], 1.0).await;
+    assert!(
+        legate
+            .output()
+            .contains("no control plane is reachable: serving the last good configuration"),
+        "{}",
+        legate.output()
+    );
+
+    // The control plane comes back on its port with a change: it replaces the cache.
+    let pushes = server.set_mesh(&forward_mesh("b", &clusters));
+    match how {
+        Unreachable::Refused => server.restart().await,
+        Unreachable::EndsStreams => server.set_behavior(Behavior::Serve),
+    }
+    expect_upstream(&legate, "/", "b").await;
+    server.wait_all_acked(&pushes, WAIT).await;
+    let xds = expect_xds(&legate, "served from xds", |x| {
+        x["source"] == "xds" && x["connected"] == true
+    })
+    .await;
+    assert!(xds["cache"].is_null(), "{xds:#}");
+    expect_metric(&legate, "legate_xds_serving_cache", &[], 0.0).await;
+    let ready = legate.admin_get("/ready").await;
+    assert_eq!(ready.text(), "ready\n", "{}", ready.describe());
+    keeps_serving(
+        &legate,
+        "b",
+        Duration::from_millis(500),
+        "the control plane's configuration stays",
+    )
+    .await;
     assert_eq!(
         legate
             .metrics()
@@ -445,15 +512,146 @@ async fn cold_start_from_cache_then_reconcile(mode: Mode) {
             .get_or_zero("legate_xds_cache_load_failures_total", &[]),
         0.0
     );
+}
 
-    // It keeps retrying; when the control plane is back, its configuration wins.
-    server.set_mesh(&forward_mesh("b", &clusters));
-    server.restart().await;
-    expect_upstream(&legate, "/", "b").await;
-    expect_xds(&legate, "served from xds", |x| {
-        x["source"] == "xds" && x["connected"] == true
+async fn cache_serves_at_once_when_refused(mode: Mode) {
+    cache_serves_at_once_when_unreachable(mode, Unreachable::Refused).await;
+}
+
+async fn cache_serves_at_once_when_streams_end(mode: Mode) {
+    cache_serves_at_once_when_unreachable(mode, Unreachable::EndsStreams).await;
+}
+
+/// A control plane that accepts the stream but says nothing may still answer: the cache
+/// waits for the initial fetch timeout (2 s), then serves; the control plane's configuration
+/// replaces it once it answers.
+async fn silent_server_gets_the_fetch_timeout(mode: Mode) {
+    let (_a, _b, clusters) = two_upstreams().await;
+    let server = XdsServer::start().await;
+    server.set_mesh(&forward_mesh("a", &clusters));
+    let dir = TempDir::new("legate-xds-cache");
+    seed_cache(mode, &server, dir.path(), "test").await;
+    server.set_behavior(Behavior::Hang);
+    let attempts = server.stream_attempts();
+
+    let timeout = Duration::from_secs(2);
+    let started = Instant::now();
+    let legate = Legate::spawn_xds(
+        &XdsFlags::new(&server.url(), mode)
+            .cache_dir(dir.path())
+            .initial_fetch_timeout("2s"),
+    )
+    .await;
+    eventually(WAIT, "a stream to the silent server", || async {
+        if server.connected_streams() > 0 && server.stream_attempts() > attempts {
+            Ok(())
+        } else {
+            Err(server.describe())
+        }
     })
     .await;
+    // Until the timeout (less a margin for the process's own start), nothing serves.
+    let mut checks = 0;
+    while started.elapsed() < timeout - Duration::from_millis(300) {
+        let ready = legate.admin_get("/ready").await;
+        assert_eq!(
+            ready.status,
+            503,
+            "ready {:?} after start, before the 2 s fetch timeout, with a control plane \
+             connected: {}",
+            started.elapsed(),
+            ready.describe()
+        );
+        assert_eq!(legate.try_listener_addr("outbound").await, None);
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        checks > 0,
+        "the silent server took the whole timeout to accept"
+    );
+    legate.wait_ready(WAIT).await;
+    assert!(
+        started.elapsed() >= timeout,
+        "ready after {:?}",
+        started.elapsed()
+    );
+    expect_upstream(&legate, "/", "a").await;
+    let xds = expect_xds(&legate, "served from the cache", |x| x["source"] == "cache").await;
+    assert_eq!(xds["cache"]["reason"], "initial_fetch_timeout", "{xds:#}");
+    assert!(
+        legate
+            .output()
+            .contains("no control plane answered within the initial fetch timeout: serving"),
+        "{}",
+        legate.output()
+    );
+
+    // The server speaks again (on a new stream): its configuration replaces the cache.
+    server.set_mesh(&forward_mesh("b", &clusters));
+    server.set_behavior(Behavior::Serve);
+    server.drop_streams();
+    expect_upstream(&legate, "/", "b").await;
+    expect_xds(&legate, "served from xds", |x| {
+        x["source"] == "xds" && x["cache"].is_null()
+    })
+    .await;
+}
+
+/// No cache and no control plane: nothing is served, `/ready` says why, and one log line says
+/// that nothing can be served until a control plane answers (at once when every control plane
+/// is unreachable and a cache directory is set; at the fetch timeout without one).
+#[tokio::test]
+async fn no_cache_and_unreachable_server_serves_nothing() {
+    let dead = format!("http://{}", closed_port());
+    let dir = TempDir::new("legate-xds-cache");
+    let with_dir = Legate::spawn_xds(
+        &XdsFlags::new(&dead, Mode::Sotw)
+            .cache_dir(dir.path())
+            .initial_fetch_timeout("60s"),
+    )
+    .await;
+    let without_dir =
+        Legate::spawn_xds(&XdsFlags::new(&dead, Mode::Sotw).initial_fetch_timeout("1s")).await;
+    for (legate, line) in [
+        (
+            &with_dir,
+            "no control plane is reachable and there is no xDS cache to serve: not ready until \
+             a control plane answers",
+        ),
+        (
+            &without_dir,
+            "no control plane answered within the initial fetch timeout and there is no xDS \
+             cache to serve: not ready until a control plane answers",
+        ),
+    ] {
+        eventually(WAIT, "the log line", || async {
+            let output = legate.output();
+            match output.matches(line).count() {
+                1 => Ok(()),
+                _ => Err(output),
+            }
+        })
+        .await;
+        let ready = legate.admin_get("/ready").await;
+        assert_eq!(ready.status, 503, "{}", ready.describe());
+        assert!(
+            ready
+                .text()
+                .contains("not ready: no configuration yet; xds server"),
+            "{}",
+            ready.describe()
+        );
+        let xds = legate.admin_json("/config_dump").await["xds"].clone();
+        assert_eq!(xds["source"], "none", "{xds:#}");
+        assert_eq!(
+            legate
+                .metrics()
+                .await
+                .get_or_zero("legate_xds_serving_cache", &[]),
+            0.0
+        );
+    }
 }
 
 async fn corrupt_cache_is_refused(mode: Mode) {

@@ -86,24 +86,26 @@ impl Shared {
     }
 }
 
-/// Why a snapshot could not be made live.
+/// Why a snapshot could not be made live. The text carries the cause (it is also the NACK
+/// message), so the cause is not repeated as the error's `source`: an error chain printed
+/// whole (`{:#}`) would show it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("listener '{name}': cannot bind {address}: {source}")]
+    #[error("listener '{name}': cannot bind {address}: {error}")]
     Bind {
         name: String,
         address: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("listener '{name}': route configuration '{route}' is missing")]
     MissingRoutes { name: String, route: String },
     /// TLS material could not be read or used (a missing file, a key that does not match
     /// its certificate, a bad CA bundle).
-    #[error("{kind} '{name}': {source}")]
+    #[error("{kind} '{name}': {error}")]
     Tls {
         kind: &'static str,
         name: String,
-        source: legate_tls::TlsError,
+        error: legate_tls::TlsError,
     },
 }
 
@@ -259,10 +261,10 @@ impl Dataplane {
             let current =
                 tls::upstream::prepare(spec.clone(), c.name.clone(), self.shared.expiry.clone())
                     .await
-                    .map_err(|source| ApplyError::Tls {
+                    .map_err(|error| ApplyError::Tls {
                         kind: "cluster",
                         name: c.name.to_string(),
-                        source,
+                        error,
                     })?;
             cluster_tls.insert(c.name.clone(), current);
         }
@@ -282,10 +284,10 @@ impl Dataplane {
                     &self.shared.metrics,
                 )
                 .await
-                .map_err(|source| ApplyError::Tls {
+                .map_err(|error| ApplyError::Tls {
                     kind: "listener",
                     name: l.name.to_string(),
-                    source,
+                    error,
                 })?,
             };
             listener_tls.insert(l.name.clone(), runtime);
@@ -314,13 +316,11 @@ impl Dataplane {
                 .map(|h| h.socket.clone());
             let socket = match handover {
                 Some(s) => s,
-                None => Arc::new(
-                    listener::bind(l.address).map_err(|source| ApplyError::Bind {
-                        name: l.name.to_string(),
-                        address: l.address,
-                        source,
-                    })?,
-                ),
+                None => Arc::new(listener::bind(l.address).map_err(|error| ApplyError::Bind {
+                    name: l.name.to_string(),
+                    address: l.address,
+                    error,
+                })?),
             };
             bound.push((l.clone(), socket));
         }

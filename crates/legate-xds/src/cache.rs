@@ -1,8 +1,9 @@
 //! Last-known-good xDS configuration, kept on disk for cold starts.
 //!
-//! After every accepted update the client writes the full dynamic resource set here; at start,
-//! if no control plane answers in time, the proxy serves from it and reconciles once the stream
-//! comes up. The file is all or nothing: a file that fails any check (magic, format version,
+//! After every accepted update the client writes the full dynamic resource set here. At start
+//! the proxy serves from it at once when every control plane fails before answering, or after
+//! the initial fetch timeout when one is connected but silent, and a control plane's
+//! configuration replaces it once the stream answers (`docs/xds.md`, "Last-known-good cache"). The file is all or nothing: a file that fails any check (magic, format version,
 //! length, SHA-256, protobuf decode, node id) is refused whole, never half-loaded.
 //!
 //! File layout (all integers big-endian):

@@ -32,10 +32,54 @@ pub struct XdsStatus {
     pub mode: &'static str,
     /// Where the live configuration came from: `xds`, `cache`, `static` or `none`.
     pub source: &'static str,
+    /// While the disk cache serves (`source` is `cache`): why, and how old it is. The
+    /// configuration is stale until a control plane answers; then this is `null` again.
+    pub cache: Option<CacheServed>,
     pub types: Vec<crate::state::TypeStatus>,
     /// Why the last connection or stream to a control plane failed (kept while connected
     /// again, for the record).
     pub last_error: Option<LastError>,
+}
+
+/// The disk cache as the live configuration.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CacheServed {
+    /// Why the cache serves: `unreachable` (every control plane failed before answering)
+    /// or `initial_fetch_timeout` (one accepted the stream but had not answered in time).
+    pub reason: &'static str,
+    /// The cached configuration's version (its types' versions combined).
+    pub version: String,
+    /// When the cache file was written, by the clock of the legate that wrote it.
+    pub written_at_unix_ms: u64,
+}
+
+/// Why a cold start turned to the disk cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ColdStart {
+    /// Every control plane failed before answering: refused, not resolved, a failed TLS
+    /// handshake, a stream that ended first.
+    Unreachable,
+    /// A control plane is connected but sent nothing within the initial fetch timeout.
+    FetchTimeout,
+}
+
+impl ColdStart {
+    fn as_str(self) -> &'static str {
+        match self {
+            ColdStart::Unreachable => "unreachable",
+            ColdStart::FetchTimeout => "initial_fetch_timeout",
+        }
+    }
+}
+
+/// What became of an attempt to serve the disk cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CacheOutcome {
+    Served,
+    /// No cache file: the normal first start.
+    Missing,
+    /// Refused or not applicable; already logged with its reason.
+    Refused,
 }
 
 /// A failed connection or stream.
@@ -56,6 +100,7 @@ struct Metrics {
     cache_failures: Arc<Family<Counter>>,
     restarts: Arc<Counter>,
     tls_failures: Arc<Family<Counter>>,
+    serving_cache: Arc<Gauge>,
 }
 
 impl Metrics {
@@ -82,7 +127,16 @@ impl Metrics {
                 &[],
             )
             .get_or_create(&[]);
+        let serving_cache = registry
+            .family::<Gauge>(
+                "legate_xds_serving_cache",
+                "Whether the live configuration is the disk cache (1), stale until a control \
+                 plane answers, or not (0).",
+                &[],
+            )
+            .get_or_create(&[]);
         Metrics {
+            serving_cache,
             connected,
             updates: registry.family(
                 "legate_xds_updates_total",
@@ -115,6 +169,9 @@ struct Shared {
     apply_lock: tokio::sync::Mutex<()>,
     /// Set once a snapshot from the control plane is live; the cache is then never used.
     applied_from_xds: AtomicBool,
+    /// Told by the stream loop when every server failed before answering, so the cold start
+    /// serves the cache at once instead of waiting out the initial fetch timeout.
+    unreachable: tokio::sync::Notify,
     last_update: Mutex<Option<Instant>>,
     ready: tokio::sync::watch::Sender<bool>,
     /// Writes the disk cache off the runtime's threads, in order (when a cache is set).
@@ -124,6 +181,15 @@ struct Shared {
 impl Shared {
     fn set_status(&self, f: impl FnOnce(&mut XdsStatus)) {
         f(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Whether any configuration (from xDS, the cache or the static resources) is live.
+    fn serving(&self) -> bool {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .source
+            != "none"
     }
 }
 
@@ -169,6 +235,7 @@ pub fn start(options: XdsOptions, sink: Arc<dyn SnapshotSink>, registry: &Regist
             server: None,
             mode: options.mode.as_str(),
             source: "none",
+            cache: None,
             types: Vec::new(),
             last_error: None,
         }),
@@ -177,6 +244,7 @@ pub fn start(options: XdsOptions, sink: Arc<dyn SnapshotSink>, registry: &Regist
         sink,
         apply_lock: tokio::sync::Mutex::new(()),
         applied_from_xds: AtomicBool::new(false),
+        unreachable: tokio::sync::Notify::new(),
         last_update: Mutex::new(None),
         ready,
         cache_writer,
@@ -204,21 +272,59 @@ async fn staleness(shared: Arc<Shared>) {
     }
 }
 
-/// If no control plane delivered a configuration within the initial fetch timeout, serve
-/// the last good one from the disk cache, or else the static resources alone (if any).
+/// Serve something while no control plane has delivered a configuration: the disk cache as
+/// soon as every control plane has failed before answering (there is nothing to wait for),
+/// otherwise once the initial fetch timeout passes (a connected control plane may still
+/// answer); at the timeout, without a usable cache, the static resources alone (if any).
+/// Whatever serves, a control plane's configuration replaces it when it arrives; once one is
+/// live, nothing here runs (`applied_from_xds`, checked under `apply_lock`).
 async fn cold_start(shared: Arc<Shared>) {
-    tokio::time::sleep(shared.options.initial_fetch_timeout).await;
+    let timeout = tokio::time::sleep(shared.options.initial_fetch_timeout);
+    tokio::pin!(timeout);
+    // The cache is read at most once: a refused one is logged once, not again at the timeout.
+    let mut cache_tried = false;
+    tokio::select! {
+        () = &mut timeout => {}
+        () = shared.unreachable.notified() => {
+            if let Some(dir) = shared.options.cache_dir.clone() {
+                let _guard = shared.apply_lock.lock().await;
+                if shared.applied_from_xds.load(Ordering::Acquire) {
+                    return;
+                }
+                cache_tried = true;
+                match serve_cache(&shared, dir, ColdStart::Unreachable).await {
+                    CacheOutcome::Served => return,
+                    CacheOutcome::Missing => tracing::warn!(
+                        "no control plane is reachable and there is no xDS cache to serve: \
+                         not ready until a control plane answers"
+                    ),
+                    CacheOutcome::Refused => {}
+                }
+            }
+            timeout.await;
+        }
+    }
     let _guard = shared.apply_lock.lock().await;
     if shared.applied_from_xds.load(Ordering::Acquire) {
         return;
     }
-    if let Some(dir) = shared.options.cache_dir.clone()
-        && serve_cache(&shared, dir).await
-    {
-        return;
+    let mut cache_missing = shared.options.cache_dir.is_none();
+    if !cache_tried && let Some(dir) = shared.options.cache_dir.clone() {
+        match serve_cache(&shared, dir, ColdStart::FetchTimeout).await {
+            CacheOutcome::Served => return,
+            CacheOutcome::Missing => cache_missing = true,
+            CacheOutcome::Refused => {}
+        }
     }
     let s = &shared.options.static_resources;
     if s.listeners.is_empty() && s.clusters.is_empty() {
+        if cache_missing {
+            tracing::warn!(
+                timeout = ?shared.options.initial_fetch_timeout,
+                "no control plane answered within the initial fetch timeout and there is no \
+                 xDS cache to serve: not ready until a control plane answers"
+            );
+        }
         return;
     }
     let state = XdsState::new(s.clone(), shared.options.initial_fetch_timeout);
@@ -241,16 +347,18 @@ async fn cold_start(shared: Arc<Shared>) {
     }
 }
 
-/// Load and apply the cache; false when there is none or it is refused.
-async fn serve_cache(shared: &Arc<Shared>, dir: std::path::PathBuf) -> bool {
+/// Load and apply the cache. The caller holds `apply_lock` and has checked that nothing
+/// from a control plane is live. A refused cache is counted and logged here, once.
+async fn serve_cache(
+    shared: &Arc<Shared>,
+    dir: std::path::PathBuf,
+    why: ColdStart,
+) -> CacheOutcome {
     let node_id = shared.options.node.id.clone();
     let path = cache::file_path(&dir);
     let cached = match tokio::task::spawn_blocking(move || cache::load(&dir, &node_id)).await {
         Ok(Ok(c)) => c,
-        Ok(Err(cache::CacheError::Missing { .. })) => {
-            tracing::info!("no control plane yet and no xDS cache: waiting for a control plane");
-            return false;
-        }
+        Ok(Err(cache::CacheError::Missing { .. })) => return CacheOutcome::Missing,
         Ok(Err(error)) => {
             shared
                 .metrics
@@ -258,13 +366,18 @@ async fn serve_cache(shared: &Arc<Shared>, dir: std::path::PathBuf) -> bool {
                 .get_or_create(&[error.reason()])
                 .inc();
             tracing::error!(%error, "xDS cache refused; waiting for a control plane");
-            return false;
+            return CacheOutcome::Refused;
         }
         Err(error) => {
             tracing::error!(%error, "xDS cache load task failed");
-            return false;
+            return CacheOutcome::Refused;
         }
     };
+    let written_at_unix_ms = unix_ms(cached.written_at);
+    let age_s = SystemTime::now()
+        .duration_since(cached.written_at)
+        .unwrap_or_default()
+        .as_secs();
     let mut state = XdsState::new(
         shared.options.static_resources.clone(),
         shared.options.initial_fetch_timeout,
@@ -294,27 +407,52 @@ async fn serve_cache(shared: &Arc<Shared>, dir: std::path::PathBuf) -> bool {
                 path = %path.display(),
                 "xDS cache refused whole: its resources do not validate; waiting for a control plane"
             );
-            return false;
+            return CacheOutcome::Refused;
         }
     };
     match shared.sink.apply(Arc::new(snapshot)).await {
         Ok(()) => {
-            tracing::warn!(
-                version = %state.combined_version(),
-                "no control plane answered: serving the last good configuration from the cache"
-            );
+            let version = state.combined_version();
+            match why {
+                ColdStart::Unreachable => tracing::warn!(
+                    %version,
+                    age_s,
+                    "no control plane is reachable: serving the last good configuration from \
+                     the xDS cache until one answers"
+                ),
+                ColdStart::FetchTimeout => tracing::warn!(
+                    %version,
+                    age_s,
+                    timeout = ?shared.options.initial_fetch_timeout,
+                    "no control plane answered within the initial fetch timeout: serving the \
+                     last good configuration from the xDS cache until one answers"
+                ),
+            }
+            shared.metrics.serving_cache.set(1);
             shared.set_status(|s| {
                 s.source = "cache";
+                s.cache = Some(CacheServed {
+                    reason: why.as_str(),
+                    version,
+                    written_at_unix_ms,
+                });
                 s.types = state.status();
             });
             let _ = shared.ready.send(true);
-            true
+            CacheOutcome::Served
         }
         Err(error) => {
             tracing::error!(%error, "cannot apply the cached configuration");
-            false
+            CacheOutcome::Refused
         }
     }
+}
+
+/// Milliseconds since the Unix epoch (0 for a time before it).
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
 }
 
 /// Load a cache file into a fresh state, as accepted resources.
@@ -359,6 +497,9 @@ async fn run(shared: Arc<Shared>) {
     }
     let mut backoff = Backoff::new(opts.backoff_base, opts.backoff_max);
     let mut idx = 0usize;
+    // Servers that failed in a row without answering; a full round of them means no control
+    // plane can be reached, and the cold start need not wait for one.
+    let mut unanswered = 0usize;
     loop {
         let url = opts.servers[idx % opts.servers.len()].clone();
         let mut session = Session {
@@ -369,6 +510,7 @@ async fn run(shared: Arc<Shared>) {
             started: Instant::now(),
             warming_deadline: None,
             initial_done: false,
+            initial_timeout_passed: false,
             seen: Default::default(),
             last_resubscribe: BTreeMap::new(),
         };
@@ -390,8 +532,13 @@ async fn run(shared: Arc<Shared>) {
         if received {
             // The stream worked: start the backoff over and retry the same server first.
             backoff.reset();
+            unanswered = 0;
         } else {
             idx += 1;
+            unanswered = unanswered.saturating_add(1);
+            if unanswered == opts.servers.len() {
+                shared.unreachable.notify_one();
+            }
         }
         tokio::time::sleep(backoff.next()).await;
     }
@@ -427,10 +574,7 @@ fn stream_failed(shared: &Shared, url: &str, error: &StreamError) {
         }
         None => tracing::warn!(server = %url, error = %message, "ADS stream failed"),
     }
-    let at_unix_ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or_default();
+    let at_unix_ms = unix_ms(SystemTime::now());
     shared.set_status(|s| {
         s.last_error = Some(LastError {
             server: url.to_owned(),
@@ -512,6 +656,8 @@ struct Session<'a> {
     warming_deadline: Option<Instant>,
     /// Whether the first full configuration (CDS and LDS answered) arrived on this client.
     initial_done: bool,
+    /// Whether this session's initial fetch timeout has passed (it fires once).
+    initial_timeout_passed: bool,
     seen: std::collections::BTreeSet<ResourceKind>,
     /// Subscription changes (added, removed) not yet sent, for delta.
     last_resubscribe: BTreeMap<ResourceKind, (Vec<String>, Vec<String>)>,
@@ -876,14 +1022,17 @@ impl Session<'_> {
     async fn on_deadline(&mut self) {
         self.warming_deadline = None;
         if !self.initial_done
+            && !self.initial_timeout_passed
             && Instant::now() >= self.started + self.shared.options.initial_fetch_timeout
         {
-            tracing::info!("initial fetch timeout: applying the configuration received so far");
+            self.initial_timeout_passed = true;
+            if !self.seen.is_empty() {
+                tracing::info!("initial fetch timeout: applying the configuration received so far");
+            }
         }
         if let Err(error) = self.try_apply().await {
             tracing::error!(%error, "cannot apply the configuration after the fetch timeout");
         }
-        self.initial_done = true;
     }
 
     fn pending_changes(&mut self, kind: ResourceKind) -> Option<(Vec<String>, Vec<String>)> {
@@ -974,23 +1123,30 @@ impl Session<'_> {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        match (self.warming_deadline, self.initial_done) {
-            (Some(d), _) => Some(d),
-            (None, false) => Some(self.started + self.shared.options.initial_fetch_timeout),
-            (None, true) => None,
+        match self.warming_deadline {
+            Some(d) => Some(d),
+            None if !self.initial_done && !self.initial_timeout_passed => {
+                Some(self.started + self.shared.options.initial_fetch_timeout)
+            }
+            None => None,
         }
     }
 
-    /// Apply the assembled state if it is complete. Before the first configuration is
-    /// live, wait for both CDS and LDS (or the initial fetch timeout), so a proxy that
-    /// serves from its cache is not briefly left with only half a configuration.
+    /// Apply the assembled state if it is complete. Before the first configuration from a
+    /// control plane is live, wait for both CDS and LDS, so a proxy that serves from its
+    /// cache (or its static resources) is not left with half a configuration. Only when
+    /// nothing serves at all does the initial fetch timeout make what arrived so far live,
+    /// as Envoy does; a session that received nothing leaves the cold start to serve.
     async fn try_apply(&mut self) -> Result<(), UpdateError> {
-        let now = Instant::now();
         if !self.initial_done {
             let both = self.seen.contains(&ResourceKind::Cluster)
                 && self.seen.contains(&ResourceKind::Listener);
-            let timed_out = now >= self.started + self.shared.options.initial_fetch_timeout;
-            if !both && !timed_out && !self.shared.applied_from_xds.load(Ordering::Acquire) {
+            let partial_after_timeout =
+                self.initial_timeout_passed && !self.seen.is_empty() && !self.shared.serving();
+            if !both
+                && !partial_after_timeout
+                && !self.shared.applied_from_xds.load(Ordering::Acquire)
+            {
                 return Ok(());
             }
             self.initial_done = true;
@@ -1027,9 +1183,15 @@ impl Session<'_> {
         let _guard = self.shared.apply_lock.lock().await;
         self.shared.sink.apply(Arc::new(snapshot)).await?;
         tracing::info!(%version, clusters, "applied xDS configuration");
-        self.shared.applied_from_xds.store(true, Ordering::Release);
+        if !self.shared.applied_from_xds.swap(true, Ordering::AcqRel) && self.shared.serving() {
+            tracing::info!(%version, "the control plane's configuration replaces the one served at start");
+        }
+        self.shared.metrics.serving_cache.set(0);
         let _ = self.shared.ready.send(true);
-        self.shared.set_status(|s| s.source = "xds");
+        self.shared.set_status(|s| {
+            s.source = "xds";
+            s.cache = None;
+        });
         drop(_guard);
         self.write_cache();
         Ok(())

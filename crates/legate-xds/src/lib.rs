@@ -1,7 +1,9 @@
 //! legate's xDS v3 client: ADS over gRPC, state-of-the-world or delta, with Envoy's ACK and
 //! NACK rules, subscriptions that follow references, resource warming, reconnect with
 //! capped exponential backoff and failover, and a last-known-good disk cache for cold
-//! starts while the control plane is away.
+//! starts while the control plane is away: served at once when every control plane fails
+//! before answering, after the initial fetch timeout when one is connected but silent, and
+//! replaced whole by the control plane's configuration when it answers.
 //!
 //! The client owns the resource state; every accepted change is assembled with the static
 //! resources into a complete set, validated by `legate-snapshot` and handed to a
@@ -77,8 +79,9 @@ pub struct XdsOptions {
     /// The node identity sent on every stream.
     pub node: Node,
     /// How long a referenced resource may take to arrive before the proxy serves without it
-    /// (Envoy's `initial_fetch_timeout`), and how long a cold start waits for a control
-    /// plane before serving from the cache.
+    /// (Envoy's `initial_fetch_timeout`), and how long a cold start waits for a connected
+    /// control plane's first answer before serving from the cache. When every server fails
+    /// before answering, the cache serves without waiting.
     pub initial_fetch_timeout: Duration,
     pub backoff_base: Duration,
     pub backoff_max: Duration,

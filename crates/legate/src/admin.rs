@@ -105,7 +105,19 @@ async fn handle(
                     "not ready: draining\n".into(),
                 )
             } else if state.dataplane.is_ready() {
-                text(StatusCode::OK, "ready\n".into())
+                // Ready on the disk cache too (serving it is the point), but say it is stale.
+                let cached = state.xds.as_ref().and_then(|x| x.status().cache);
+                match cached {
+                    Some(c) => text(
+                        StatusCode::OK,
+                        format!(
+                            "ready: serving the xDS cache (version {}, reason {}) until a \
+                             control plane answers\n",
+                            c.version, c.reason
+                        ),
+                    ),
+                    None => text(StatusCode::OK, "ready\n".into()),
+                }
             } else {
                 // Why the control plane has not delivered, when it failed: unreachable, a TLS
                 // refusal (with its cause), a stream refused for the node's identity.

@@ -97,12 +97,14 @@ pub struct Args {
     #[arg(long, value_name = "MODE")]
     pub xds_mode: Option<legate_xds::Mode>,
 
-    /// Directory for the last-known-good xDS cache (overrides `xds.cache_dir`).
+    /// Directory for the last-known-good xDS cache, served at start when no control plane
+    /// can be reached (overrides `xds.cache_dir`).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
-    /// How long to wait for referenced xDS resources, and for a control plane at start
-    /// before serving from the cache (overrides `xds.initial_fetch_timeout`; default 15s).
+    /// How long to wait for referenced xDS resources, and at start for a connected control
+    /// plane's first answer before serving from the cache; an unreachable one is not waited
+    /// for (overrides `xds.initial_fetch_timeout`; default 15s).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub initial_fetch_timeout: Option<Duration>,
 
@@ -391,11 +393,53 @@ impl Bootstrap {
             ));
         }
         // The compiled mesh must also pass the same validation xDS resources do.
-        legate_snapshot::build("static", &resources)
+        let snapshot = legate_snapshot::build("static", &resources)
             .map_err(|e| BootstrapError::Invalid(format!("invalid static resources: {e}")))?;
+        if xds.is_none() && snapshot.listeners.is_empty() {
+            return Err(BootstrapError::Invalid(format!(
+                "nothing to serve: {} has no listeners (mesh.listeners, or mesh.services with \
+                 their outbound listener) and no control plane (xds.servers or --xds-server)",
+                doc.as_ref().map_or("the bootstrap", |d| d.source.as_str())
+            )));
+        }
         let default_admin: SocketAddr = DEFAULT_ADMIN_ADDRESS
             .parse()
             .map_err(|_| BootstrapError::Invalid("bad default admin address".to_owned()))?;
+        let (admin_address, admin_setting) = match (args.admin_address, file.admin.address) {
+            (Some(a), _) => (a, "--admin-address"),
+            (None, Some(a)) => (a, "admin.address"),
+            (None, None) => (
+                default_admin,
+                "the default; change it with --admin-address or admin.address",
+            ),
+        };
+        for l in &snapshot.listeners {
+            if !shares_port(l.address, admin_address) {
+                continue;
+            }
+            let field = file
+                .mesh
+                .as_ref()
+                .and_then(|m| {
+                    if let Some(i) = m.listeners.iter().position(|x| *x.name == *l.name) {
+                        Some(format!("mesh.listeners[{i}].address"))
+                    } else {
+                        m.proxy
+                            .as_ref()
+                            .filter(|p| p.listener_name() == &*l.name)
+                            .map(|_| "mesh.proxy.listener.address".to_owned())
+                    }
+                })
+                .unwrap_or_else(|| "mesh".to_owned());
+            return Err(Setting::File(field).error(
+                doc.as_ref(),
+                format!(
+                    "listener '{}' on {} clashes with the admin address {admin_address} \
+                     ({admin_setting}): they cannot share a port",
+                    l.name, l.address
+                ),
+            ));
+        }
         Ok(Bootstrap {
             node: Node {
                 id: args
@@ -411,10 +455,7 @@ impl Bootstrap {
                 locality: file.node.locality,
                 metadata: file.node.metadata.unwrap_or_default(),
             },
-            admin_address: args
-                .admin_address
-                .or(file.admin.address)
-                .unwrap_or(default_admin),
+            admin_address,
             admin_address_path: args.admin_address_path.clone(),
             drain_timeout: args
                 .drain_timeout
@@ -433,6 +474,20 @@ impl Bootstrap {
             xds,
         })
     }
+}
+
+/// Whether sockets bound to `a` and `b` would fight over one port: the same port (not 0,
+/// which the OS picks) on the same address, or on a wildcard address that covers the other
+/// (`0.0.0.0` covers every IPv4 address; `::` every address, IPv4 included, as Linux binds
+/// it dual-stack by default).
+fn shares_port(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() == 0 || a.port() != b.port() {
+        return false;
+    }
+    let covers = |wide: std::net::IpAddr, other: std::net::IpAddr| {
+        wide.is_unspecified() && (wide.is_ipv6() || other.is_ipv4())
+    };
+    a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip())
 }
 
 /// The bootstrap file's text, for locating errors in it, and its directory, for resolving
@@ -639,6 +694,23 @@ mod tests {
             dir.write("n1.pem", &leaf.cert_pem),
             dir.write("n1.key", &leaf.key_pem),
         )
+    }
+
+    #[test]
+    fn shares_port_covers_wildcards_of_the_right_family() {
+        let check = |a: &str, b: &str, expected: bool| {
+            let (a, b): (SocketAddr, SocketAddr) = (a.parse().expect("a"), b.parse().expect("b"));
+            assert_eq!(shares_port(a, b), expected, "{a} vs {b}");
+            assert_eq!(shares_port(b, a), expected, "{b} vs {a}");
+        };
+        check("127.0.0.1:15000", "127.0.0.1:15000", true);
+        check("0.0.0.0:15000", "127.0.0.1:15000", true);
+        check("[::]:15000", "127.0.0.1:15000", true);
+        check("[::]:15000", "[::1]:15000", true);
+        check("0.0.0.0:15000", "[::1]:15000", false);
+        check("127.0.0.2:15000", "127.0.0.1:15000", false);
+        check("127.0.0.1:15001", "127.0.0.1:15000", false);
+        check("127.0.0.1:0", "127.0.0.1:0", false);
     }
 
     #[test]
