@@ -4,7 +4,7 @@
 //! # Precedence
 //!
 //! Admin changes are kept as an overlay of per-field overrides, service by service (see
-//! [`FIELDS`](service_fields) for what a field is). An admin change overrides only the
+//! [`service_fields`] for what a field is). An admin change overrides only the
 //! fields it names: `set-weights` the version weights, `apply` the fields whose value differs
 //! from the files'. Everything else keeps coming from the files, so later edits of other
 //! fields (headers, timeouts, endpoints) take effect.
@@ -597,13 +597,12 @@ fn describe(
     // Where another service's `field` comes from: its admin change, or its file.
     let origin = |index: usize, name: &str, field: &str| -> String {
         let entry = overlay.services.get(name);
-        if name == service || applied.contains(&name) {
-            if let Some(entry) = entry
-                && (entry.created.is_some() || entry.fields.contains_key(field))
-                && let Some(change) = entry.latest()
-            {
-                return format!("service `{name}` from an {change}");
-            }
+        if (name == service || applied.contains(&name))
+            && let Some(entry) = entry
+            && (entry.created.is_some() || entry.fields.contains_key(field))
+            && let Some(change) = entry.latest()
+        {
+            return format!("service `{name}` from an {change}");
         }
         match sources.locate(&field_path(index, field)) {
             Some(loc) => format!("service `{name}` at {loc} ({})", loc.path),
