@@ -973,13 +973,26 @@ impl Owner {
         weights: &[(String, u32)],
         caller: Option<&str>,
     ) -> Changed {
-        let Some(current) = self
+        // A service whose stored changes conflict is changed as stored (not as served), so
+        // the conflict is reported rather than its other overrides silently dropped.
+        let stored = self
+            .state
+            .conflicts
+            .iter()
+            .any(|c| c.service == service)
+            .then(|| {
+                let file = self.state.base.services.iter().find(|s| s.name == service);
+                store::overlay_service(service, file, self.state.overlay.services.get(service)?)
+            })
+            .flatten()
+            .and_then(Result::ok);
+        let served = self
             .state
             .effective
             .services
             .iter()
-            .find(|s| s.name == service)
-        else {
+            .find(|s| s.name == service);
+        let Some(current) = stored.as_ref().or(served) else {
             return Err(ChangeError::UnknownService(service.to_owned()));
         };
         let mut mesh = Mesh {
@@ -990,7 +1003,7 @@ impl Owner {
             .map_err(|p| ChangeError::Invalid(p.to_string()))?;
         let wanted = mesh.services.remove(0);
         let desc: Vec<String> = weights.iter().map(|(v, w)| format!("{v}={w}")).collect();
-        if &wanted == current {
+        if &wanted == current && stored.is_none() {
             return self.outcome(
                 self.state.overlay.clone(),
                 Vec::new(),

@@ -113,8 +113,7 @@ impl Change {
 
     /// The time as RFC 3339 (UTC, seconds).
     pub fn time(&self) -> String {
-        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(self.at_unix_ms);
-        humantime::format_rfc3339_seconds(at).to_string()
+        rfc3339(self.at_unix_ms)
     }
 }
 
@@ -127,6 +126,14 @@ impl std::fmt::Display for Change {
         }
         f.write_str(")")
     }
+}
+
+/// A Unix time in milliseconds as RFC 3339 (UTC, seconds). Times past the year 9999 (a
+/// damaged file, a hostile server) show as that limit rather than overflow.
+pub fn rfc3339(unix_ms: u64) -> String {
+    const MAX_MS: u64 = 253_402_300_799_000;
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(unix_ms.min(MAX_MS));
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 /// Milliseconds since the Unix epoch, now.

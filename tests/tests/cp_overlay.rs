@@ -398,6 +398,13 @@ async fn a_stored_change_that_no_longer_fits_does_not_stop_a_restart() {
         table.contains("CONFLICT: ") && table.contains("not served: conflict"),
         "{table}"
     );
+    // Applying it again is refused with the same explanation, and changes nothing.
+    let err = ctl_fails(&cp, &["apply", "-f", file.to_str().expect("utf-8")]);
+    assert!(
+        err.contains("service `extra` conflicts with the mesh files")
+            && err.contains("is taken by service `web` at "),
+        "{err}"
+    );
     // Kept until deleted.
     ctl(&cp, &["delete", "extra"]);
     let status = get(&cp, "/v1/mesh").await.expect("mesh status");

@@ -366,13 +366,8 @@ fn print_change(output: Output, res: &ApplyResponse) {
 
 /// `admin set-weights at 2026-01-02T03:04:05Z by bearer token`.
 fn describe_change(c: &AdminChange) -> String {
-    let at = u64::try_from(c.at_unix_ms).unwrap_or(0);
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at);
-    let mut text = format!(
-        "admin {} at {}",
-        c.op,
-        humantime::format_rfc3339_seconds(at)
-    );
+    let at = legate_cp::store::rfc3339(u64::try_from(c.at_unix_ms).unwrap_or(0));
+    let mut text = format!("admin {} at {at}", c.op);
     if !c.caller.is_empty() {
         text.push_str(&format!(" by {}", c.caller));
     }
@@ -416,11 +411,10 @@ fn print_service(res: &GetServiceResponse) {
 }
 
 fn change_json(c: &AdminChange) -> serde_json::Value {
-    let at = u64::try_from(c.at_unix_ms).unwrap_or(0);
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at);
+    let at = legate_cp::store::rfc3339(u64::try_from(c.at_unix_ms).unwrap_or(0));
     serde_json::json!({
         "op": c.op, "at_unix_ms": c.at_unix_ms,
-        "at": humantime::format_rfc3339_seconds(at).to_string(),
+        "at": at,
         "caller": (!c.caller.is_empty()).then_some(&c.caller),
     })
 }
