@@ -8,13 +8,17 @@
 //! | `GET /v1/mesh` | the mesh files applied (paths, digest, when), the last refusal, refusals so far |
 //! | `POST /v1/apply` | body: a mesh document with `services:` |
 //! | `POST /v1/services/{name}/weights` | body: `{"v1": 90, "v2": 10}` |
+//! | `GET /v1/services/{name}` | the service's fields, each with its source (file:line:col or admin change) |
+//! | `POST /v1/services/{name}/reset` | drop the service's admin changes (body: empty or `{}`) |
+//! | `DELETE /v1/services/{name}` | remove a service an apply created |
 //!
 //! A change needs a `content-type` of JSON or YAML (415 otherwise: a browser can send
 //! `text/plain` or a form anywhere without asking, but not these) and a body within the
 //! limit (413). Errors answer with `{"error": "..."}`: 400 (bad input), 401 (no or bad
 //! credentials, with `www-authenticate: Bearer`), 403 (not allowed, or another origin), 404
-//! (unknown node or service), 408 (too slow), 413, 415, and 503 for a change asked for once
-//! legate-cp is shutting down (reads are answered until it exits).
+//! (unknown node or service), 408 (too slow), 409 (reset of a service only an apply
+//! created, delete of one the mesh files define), 413, 415, and 503 for a change asked for
+//! once legate-cp is shutting down (reads are answered until it exits).
 
 use std::sync::Arc;
 
@@ -23,7 +27,7 @@ use http_body_util::{BodyExt, Limited};
 use tonic::body::Body;
 
 use crate::admin_auth::{Refusal, RefusalKind};
-use crate::app::{ControlPlane, WeightsError, parse_weights};
+use crate::app::{ChangeError, ControlPlane, Outcome, parse_weights};
 
 type Resp = http::Response<Body>;
 
@@ -147,8 +151,28 @@ where
     }
 }
 
-/// Answer one request; the caller is already authorized for it.
-pub async fn handle<B>(cp: Arc<ControlPlane>, req: http::Request<B>, limits: Limits) -> Resp
+/// The answer to an admin change.
+fn changed(result: Result<Outcome, ChangeError>) -> Resp {
+    match result {
+        Ok(outcome) => json(
+            200,
+            &serde_json::to_value(outcome).unwrap_or(serde_json::Value::Null),
+        ),
+        Err(e @ ChangeError::UnknownService(_)) => error(404, &e.to_string()),
+        Err(e @ ChangeError::Invalid(_)) => error(400, &e.to_string()),
+        Err(e @ ChangeError::Precondition(_)) => error(409, &e.to_string()),
+        Err(e @ ChangeError::Stopped) => error(503, &e.to_string()),
+    }
+}
+
+/// Answer one request; the caller is already authorized for it (`caller`: who, to record
+/// with a change).
+pub async fn handle<B>(
+    cp: Arc<ControlPlane>,
+    req: http::Request<B>,
+    limits: Limits,
+    caller: Option<String>,
+) -> Resp
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -245,13 +269,7 @@ where
             let Ok(text) = std::str::from_utf8(&body) else {
                 return error(400, "the body must be UTF-8 YAML or JSON");
             };
-            match cp.apply(text, "request").await {
-                Ok((generation, changes)) => json(
-                    200,
-                    &serde_json::json!({ "generation": generation, "changes": changes }),
-                ),
-                Err(e) => error(400, &e),
-            }
+            changed(cp.apply(text, "request", caller).await)
         }
         ("POST", ["v1", "services", name, "weights"]) => {
             let parsed = match format {
@@ -262,16 +280,21 @@ where
                 Ok(w) => w,
                 Err(e) => return error(400, &e),
             };
-            match cp.set_weights(name, &weights).await {
-                Ok((generation, changes)) => json(
-                    200,
-                    &serde_json::json!({ "generation": generation, "changes": changes }),
-                ),
-                Err(e @ WeightsError::UnknownService(_)) => error(404, &e.to_string()),
-                Err(e @ WeightsError::Invalid(_)) => error(400, &e.to_string()),
-                Err(e @ WeightsError::Stopped) => error(503, &e.to_string()),
-            }
+            changed(cp.set_weights(name, &weights, caller).await)
         }
+        ("POST", ["v1", "services", name, "reset"]) => changed(cp.reset(name).await),
+        ("DELETE", ["v1", "services", name]) => changed(cp.delete(name).await),
+        ("GET", ["v1", "services", name]) => match cp.service(name).await {
+            Ok(Some(view)) => json(
+                200,
+                &serde_json::to_value(view).unwrap_or(serde_json::Value::Null),
+            ),
+            Ok(None) => error(
+                404,
+                &ChangeError::UnknownService((*name).to_owned()).to_string(),
+            ),
+            Err(e) => error(503, &e.to_string()),
+        },
         _ => error(
             404,
             &format!(

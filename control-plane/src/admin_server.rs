@@ -36,7 +36,7 @@ use crate::admin_auth::{
     self, Access, Caller, PeerCert, Policy, Refusal, RefusalKind, TokenError, Tokens,
 };
 use crate::admin_json;
-use crate::app::{AdminService, ControlPlane};
+use crate::app::{AdminService, CallerId, ControlPlane};
 
 /// Default body limit: a 10,000-service mesh applied in one document fits with room to spare
 /// (each service with two versions, a canary route, retries and outlier detection: about
@@ -486,14 +486,20 @@ async fn handle(
         tracing::debug!(call = %what(), caller = %caller, peer = %conn.peer, "admin read");
     }
     let timeout = shared.request_timeout;
+    // Recorded with the change it makes.
+    let caller = (caller != Caller::Anonymous).then(|| caller.to_string());
     let response = if json {
         let limits = admin_json::Limits {
             max_body: shared.max_body,
         };
-        tokio::time::timeout(timeout, admin_json::handle(cp, req, limits))
+        tokio::time::timeout(timeout, admin_json::handle(cp, req, limits, caller))
             .await
             .unwrap_or_else(|_| admin_json::timed_out(timeout))
     } else {
+        let mut req = req;
+        if let Some(caller) = caller {
+            req.extensions_mut().insert(CallerId(caller));
+        }
         let call = tower_service::Service::call(&mut routes, req);
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(response)) => response,

@@ -11,14 +11,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use legate_model::{Mesh, Service};
+use legate_model::{Mesh, Sources};
 use legate_proto::admin::admin_server::Admin;
 use legate_proto::admin::{
-    ApplyRequest, ApplyResponse, GetNodeRequest, GetNodeResponse, ListNodesRequest,
-    ListNodesResponse, Nack as PbNack, NodeStatus as PbNodeStatus, Refusal as PbRefusal,
-    RefusalCount as PbRefusalCount, Resource as PbResource, SetWeightsRequest,
+    AdminChange as PbChange, ApplyRequest, ApplyResponse, FieldSource as PbFieldSource,
+    GetNodeRequest, GetNodeResponse, GetServiceResponse, ListNodesRequest, ListNodesResponse,
+    Nack as PbNack, NodeStatus as PbNodeStatus, Refusal as PbRefusal,
+    RefusalCount as PbRefusalCount, Resource as PbResource, ServiceRequest, SetWeightsRequest,
     TypeStatus as PbTypeStatus,
 };
 use serde::Serialize;
@@ -28,18 +29,21 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::secrets::SecretFiles;
-use crate::store::{self, MeshFiles, Overlay, StoreError};
+use crate::store::{self, Change, MeshFiles, Overlay, OverlayConflict, StoreError, Warning};
 use crate::watch::{Settle, Verdict, Watcher};
 use crate::{NodeKey, NodeRegistry, NodeSnapshot, SnapshotCache};
 
-/// Why a weight change was refused.
+/// Why an admin change was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum WeightsError {
+pub enum ChangeError {
     #[error("unknown service '{0}'")]
     UnknownService(String),
-    /// The weights do not fit the service, or the result does not validate.
+    /// The change does not fit the service, or the result does not validate.
     #[error("{0}")]
     Invalid(String),
+    /// Valid, but not for this service as it stands (deleting a service the files define).
+    #[error("{0}")]
+    Precondition(String),
     /// The state's owner is gone (it panicked, or legate-cp is stopping).
     #[error("{STOPPED}")]
     Stopped,
@@ -47,9 +51,106 @@ pub enum WeightsError {
 
 const STOPPED: &str = "the control plane's state owner has stopped";
 
-impl From<String> for WeightsError {
+impl From<String> for ChangeError {
     fn from(message: String) -> Self {
-        WeightsError::Invalid(message)
+        ChangeError::Invalid(message)
+    }
+}
+
+impl From<ChangeError> for Status {
+    fn from(e: ChangeError) -> Status {
+        match e {
+            ChangeError::UnknownService(_) => Status::not_found(e.to_string()),
+            ChangeError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            ChangeError::Precondition(_) => Status::failed_precondition(e.to_string()),
+            ChangeError::Stopped => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+/// What an admin change did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Outcome {
+    /// The overlay's generation after it (unchanged when nothing changed).
+    pub generation: u64,
+    /// One line per service: created, updated (and which fields), unchanged, reset, deleted.
+    pub changes: Vec<String>,
+    /// Warnings about the services changed.
+    pub warnings: Vec<String>,
+}
+
+/// Where a service's values come from, for `legatectl get service`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceView {
+    pub name: String,
+    /// `files`, or `admin` (an `apply` created it).
+    pub origin: &'static str,
+    /// Where the files define it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<ChangeView>,
+    pub fields: Vec<FieldView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+/// One field of a service and its source.
+#[derive(Clone, Debug, Serialize)]
+pub struct FieldView {
+    pub field: String,
+    /// `null`: unset (the default).
+    pub value: serde_json::Value,
+    /// `file` or `admin`.
+    pub source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<ChangeView>,
+    /// False for an admin value stored but not served (it conflicts with the files).
+    pub served: bool,
+}
+
+/// An admin change as shown.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChangeView {
+    pub op: String,
+    pub at_unix_ms: u64,
+    /// RFC 3339.
+    pub at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+}
+
+impl From<&Change> for ChangeView {
+    fn from(c: &Change) -> Self {
+        ChangeView {
+            op: c.op.clone(),
+            at_unix_ms: c.at_unix_ms,
+            at: c.time(),
+            caller: c.caller.clone(),
+        }
+    }
+}
+
+impl From<&ChangeView> for PbChange {
+    fn from(c: &ChangeView) -> Self {
+        PbChange {
+            op: c.op.clone(),
+            at_unix_ms: i64::try_from(c.at_unix_ms).unwrap_or(i64::MAX),
+            caller: c.caller.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl From<Outcome> for ApplyResponse {
+    fn from(o: Outcome) -> Self {
+        ApplyResponse {
+            generation: o.generation,
+            changes: o.changes,
+            warnings: o.warnings,
+        }
     }
 }
 
@@ -98,6 +199,10 @@ pub struct MeshStatus {
     pub refused: Option<MeshRefusal>,
     /// Refused versions of the files since start.
     pub refusals: u64,
+    /// Stored admin changes that do not fit the files, and are not served.
+    pub conflicts: Vec<OverlayConflict>,
+    /// Warnings about the mesh served (files and admin changes).
+    pub warnings: Vec<Warning>,
     /// `inotify` (the platform's notifications) or `polling`.
     pub watch: &'static str,
     pub settle_ms: u64,
@@ -111,19 +216,34 @@ pub struct MeshRefusal {
     pub at_unix_ms: u64,
 }
 
-type Changed = Result<(u64, Vec<String>), String>;
+type Changed = Result<Outcome, ChangeError>;
 
-/// What the owner is asked to do, with where to send the answer.
+/// What the owner is asked to do, with where to send the answer. `caller` is who asked
+/// (recorded with the change).
 enum Command {
     Apply {
         document: String,
         source: String,
+        caller: Option<String>,
         reply: oneshot::Sender<Changed>,
     },
     SetWeights {
         service: String,
         weights: Vec<(String, u32)>,
-        reply: oneshot::Sender<Result<(u64, Vec<String>), WeightsError>>,
+        caller: Option<String>,
+        reply: oneshot::Sender<Changed>,
+    },
+    Reset {
+        service: String,
+        reply: oneshot::Sender<Changed>,
+    },
+    Delete {
+        service: String,
+        reply: oneshot::Sender<Changed>,
+    },
+    GetService {
+        service: String,
+        reply: oneshot::Sender<Option<ServiceView>>,
     },
 }
 
@@ -145,8 +265,13 @@ pub struct ControlPlane {
 /// The configuration state, owned by [`Owner`] alone.
 struct State {
     base: Mesh,
+    /// Where the files wrote each item of `base`.
+    sources: Sources,
     overlay: Overlay,
     effective: Mesh,
+    /// Stored admin changes left out of `effective`.
+    conflicts: Vec<OverlayConflict>,
+    warnings: Vec<Warning>,
     /// Digest of the mesh files last decided on (applied or refused).
     seen: [u8; 32],
     /// The certificate files' fingerprint of the last publish (rotation republishes).
@@ -173,11 +298,7 @@ fn hex(digest: &[u8; 32]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+use store::unix_ms;
 
 impl ControlPlane {
     /// Load mesh files and persisted changes, publish the first snapshots, and start the
@@ -185,11 +306,33 @@ impl ControlPlane {
     /// (there is no last good configuration yet).
     pub fn load(options: CpOptions) -> Result<Arc<Self>, StoreError> {
         let files = store::read_mesh_files(&options.config)?;
-        let base = store::load_mesh(&files.files)?;
-        let overlay = store::load_overlay(&options.data_dir)?;
-        let effective = store::effective(&base, &overlay)?;
-        let secrets = SecretFiles::read(&effective, &crate::secrets::base_dir(&options.config))
-            .map_err(|e| StoreError::Other(e.to_string()))?;
+        let (base, sources) = store::load_mesh(&files.files)?;
+        let (mut overlay, migrated) = store::load_overlay(&options.data_dir, &base)?;
+        if let Some(note) = migrated {
+            tracing::warn!("{note}");
+        }
+        // The files may have changed while legate-cp was down.
+        let notes = store::rebase(&mut overlay, &base);
+        for note in &notes {
+            tracing::info!("{note}");
+        }
+        if !notes.is_empty() {
+            overlay.generation += 1;
+            store::save_overlay(&options.data_dir, &overlay)?;
+        }
+        let mut effective = store::effective(&base, &sources, &overlay);
+        let base_dir = crate::secrets::base_dir(&options.config);
+        let secrets = match SecretFiles::read(&effective.mesh, &base_dir) {
+            Ok(secrets) => secrets,
+            Err(e) if !overlay.services.is_empty() => {
+                // Stored admin changes never stop a start: the files alone, if they can.
+                fall_back_to_files(&mut effective, &base, &overlay, &e.to_string());
+                SecretFiles::read(&effective.mesh, &base_dir)
+                    .map_err(|e| StoreError::Other(e.to_string()))?
+            }
+            Err(e) => return Err(StoreError::Other(e.to_string())),
+        };
+        let warnings = store::warnings(&effective.mesh, &sources, &overlay);
         let cache = Arc::new(SnapshotCache::new());
         let wake = Arc::new(Notify::new());
         let watcher = Watcher::new(wake.clone());
@@ -201,6 +344,8 @@ impl ControlPlane {
             generation: overlay.generation,
             refused: None,
             refusals: 0,
+            conflicts: Vec::new(),
+            warnings: Vec::new(),
             watch: if watcher.is_active() {
                 "inotify"
             } else {
@@ -215,8 +360,11 @@ impl ControlPlane {
             status: status.clone(),
             state: State {
                 base,
+                sources,
                 overlay,
-                effective: effective.clone(),
+                effective: effective.mesh.clone(),
+                conflicts: Vec::new(),
+                warnings: Vec::new(),
                 seen: files.digest,
                 secrets: secrets.fingerprint(),
             },
@@ -224,9 +372,22 @@ impl ControlPlane {
             wake,
             last_error: None,
         };
-        owner
-            .publish(&effective, &secrets)
-            .map_err(StoreError::Other)?;
+        if let Err(e) = owner.publish(&effective.mesh, &secrets) {
+            if owner.state.overlay.services.is_empty() {
+                return Err(StoreError::Other(e));
+            }
+            let base = owner.state.base.clone();
+            fall_back_to_files(&mut effective, &base, &owner.state.overlay, &e);
+            let secrets = owner
+                .read_secrets(&effective.mesh)
+                .map_err(StoreError::Other)?;
+            owner
+                .publish(&effective.mesh, &secrets)
+                .map_err(StoreError::Other)?;
+            owner.state.effective = effective.mesh.clone();
+            owner.state.secrets = secrets.fingerprint();
+        }
+        owner.report(effective.conflicts, warnings);
         owner.watch_dirs();
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -275,18 +436,23 @@ impl ControlPlane {
             .clone()
     }
 
-    /// Insert or replace the services of a mesh document.
-    pub async fn apply(&self, document: &str, source: &str) -> Changed {
+    /// Send a command to the owner and await its answer.
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
         let (reply, answer) = oneshot::channel();
-        let command = Command::Apply {
+        self.commands.send(command(reply)).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Insert or replace the services of a mesh document.
+    pub async fn apply(&self, document: &str, source: &str, caller: Option<String>) -> Changed {
+        self.ask(|reply| Command::Apply {
             document: document.to_owned(),
             source: source.to_owned(),
+            caller,
             reply,
-        };
-        if self.commands.send(command).await.is_err() {
-            return Err(STOPPED.to_owned());
-        }
-        answer.await.unwrap_or_else(|_| Err(STOPPED.to_owned()))
+        })
+        .await
+        .unwrap_or(Err(ChangeError::Stopped))
     }
 
     /// Set a service's version weights.
@@ -294,18 +460,48 @@ impl ControlPlane {
         &self,
         service: &str,
         weights: &[(String, u32)],
-    ) -> Result<(u64, Vec<String>), WeightsError> {
-        let (reply, answer) = oneshot::channel();
-        let command = Command::SetWeights {
+        caller: Option<String>,
+    ) -> Changed {
+        self.ask(|reply| Command::SetWeights {
             service: service.to_owned(),
             weights: weights.to_vec(),
+            caller,
             reply,
-        };
-        if self.commands.send(command).await.is_err() {
-            return Err(WeightsError::Stopped);
-        }
-        answer.await.unwrap_or(Err(WeightsError::Stopped))
+        })
+        .await
+        .unwrap_or(Err(ChangeError::Stopped))
     }
+
+    /// Drop a service's admin changes.
+    pub async fn reset(&self, service: &str) -> Changed {
+        self.ask(|reply| Command::Reset {
+            service: service.to_owned(),
+            reply,
+        })
+        .await
+        .unwrap_or(Err(ChangeError::Stopped))
+    }
+
+    /// Remove a service an `apply` created.
+    pub async fn delete(&self, service: &str) -> Changed {
+        self.ask(|reply| Command::Delete {
+            service: service.to_owned(),
+            reply,
+        })
+        .await
+        .unwrap_or(Err(ChangeError::Stopped))
+    }
+
+    /// A service with where each value comes from; `None` for an unknown one.
+    pub async fn service(&self, service: &str) -> Result<Option<ServiceView>, ChangeError> {
+        self.ask(|reply| Command::GetService {
+            service: service.to_owned(),
+            reply,
+        })
+        .await
+        .ok_or(ChangeError::Stopped)
+    }
+
     /// The resources a node (id, cluster) is served.
     pub fn node_resources(&self, id: &str, cluster: &str) -> Option<Vec<PbResource>> {
         let node = envoy_types::pb::envoy::config::core::v3::Node {
@@ -420,16 +616,27 @@ impl Owner {
             Command::Apply {
                 document,
                 source,
+                caller,
                 reply,
             } => {
-                let _ = reply.send(self.apply(&document, &source));
+                let _ = reply.send(self.apply(&document, &source, caller.as_deref()));
             }
             Command::SetWeights {
                 service,
                 weights,
+                caller,
                 reply,
             } => {
-                let _ = reply.send(self.set_weights(&service, &weights));
+                let _ = reply.send(self.set_weights(&service, &weights, caller.as_deref()));
+            }
+            Command::Reset { service, reply } => {
+                let _ = reply.send(self.reset(&service));
+            }
+            Command::Delete { service, reply } => {
+                let _ = reply.send(self.delete(&service));
+            }
+            Command::GetService { service, reply } => {
+                let _ = reply.send(self.service_view(&service));
             }
         }
     }
@@ -461,19 +668,50 @@ impl Owner {
         }
     }
 
-    /// Publish the files' mesh with the overlay on top, or keep the last good one.
+    /// Publish the files' mesh with the overlay on top, or keep the last good one. Overrides
+    /// of fields the files changed are dropped (the newer change wins); nothing is pushed
+    /// when what is served stays the same.
     fn apply_files(&mut self, files: &MeshFiles) {
-        let result = store::load_mesh(&files.files).and_then(|base| {
-            let effective = store::effective(&base, &self.state.overlay)?;
-            let secrets = self.read_secrets(&effective).map_err(StoreError::Other)?;
-            self.publish(&effective, &secrets)
+        let result = store::load_mesh(&files.files).and_then(|(base, sources)| {
+            let mut overlay = self.state.overlay.clone();
+            let notes = store::rebase(&mut overlay, &base);
+            let effective = store::effective(&base, &sources, &overlay);
+            let secrets = self
+                .read_secrets(&effective.mesh)
                 .map_err(StoreError::Other)?;
-            Ok((base, effective, secrets.fingerprint()))
+            let changed = effective.mesh != self.state.effective
+                || secrets.fingerprint() != self.state.secrets;
+            if changed {
+                self.publish(&effective.mesh, &secrets)
+                    .map_err(StoreError::Other)?;
+            }
+            Ok((
+                base,
+                sources,
+                overlay,
+                notes,
+                effective,
+                secrets.fingerprint(),
+                changed,
+            ))
         });
         match result {
-            Ok((base, effective, secrets)) => {
+            Ok((base, sources, mut overlay, notes, effective, secrets, changed)) => {
+                for note in &notes {
+                    tracing::info!("{note}");
+                }
+                if overlay != self.state.overlay {
+                    overlay.generation += 1;
+                    if let Err(error) = store::save_overlay(&self.options.data_dir, &overlay) {
+                        // Served as computed; a restart computes the same from the files.
+                        tracing::error!(%error, "cannot persist the admin overlay after a file change");
+                    }
+                }
+                let warnings = store::warnings(&effective.mesh, &sources, &overlay);
                 self.state.base = base;
-                self.state.effective = effective;
+                self.state.sources = sources;
+                self.state.overlay = overlay;
+                self.state.effective = effective.mesh;
                 self.state.secrets = secrets;
                 self.last_error = None;
                 {
@@ -482,12 +720,49 @@ impl Owner {
                     status.digest = hex(&files.digest);
                     status.applied_at_unix_ms = unix_ms();
                     status.refused = None;
+                    status.generation = self.state.overlay.generation;
                 }
+                self.report(effective.conflicts, warnings);
                 self.watch_dirs();
-                tracing::info!(digest = %hex(&files.digest), "mesh files changed: new configuration pushed");
+                if changed {
+                    tracing::info!(digest = %hex(&files.digest), "mesh files changed: new configuration pushed");
+                } else {
+                    tracing::info!(digest = %hex(&files.digest), "mesh files changed, but not what is served: nothing pushed");
+                }
             }
             Err(e) => self.refuse(&e.to_string(), &files.digest),
         }
+    }
+
+    /// Keep conflicts and warnings for `GET /v1/mesh` and `get service`, logging each new
+    /// one once (and each conflict that went away).
+    fn report(&mut self, conflicts: Vec<OverlayConflict>, warnings: Vec<Warning>) {
+        for c in &conflicts {
+            if !self.state.conflicts.contains(c) {
+                tracing::warn!(service = %c.service, "{}", c.message);
+            }
+        }
+        for old in &self.state.conflicts {
+            if !conflicts.iter().any(|c| c.service == old.service) {
+                let now = if self.state.overlay.services.contains_key(&old.service) {
+                    "its admin changes fit again and are served"
+                } else {
+                    "its admin changes are gone"
+                };
+                tracing::info!(service = %old.service, "conflict resolved: {now}");
+            }
+        }
+        for w in &warnings {
+            if !self.state.warnings.contains(w) {
+                tracing::warn!("{w}");
+            }
+        }
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        status.conflicts = conflicts.clone();
+        status.warnings = warnings.clone();
+        drop(status);
+        self.state.conflicts = conflicts;
+        self.state.warnings = warnings;
     }
 
     fn refuse(&mut self, error: &str, digest: &[u8; 32]) {
@@ -559,98 +834,327 @@ impl Owner {
         }
     }
 
-    /// Validate `change` on a copy of the effective mesh, persist, publish. On error nothing
-    /// changes.
-    /// The closure's own error type is kept (a weight change tells an unknown service from
-    /// an invalid result); failures after it are messages.
-    fn change<E: From<String>>(
-        &mut self,
-        change: impl FnOnce(&mut Mesh, &mut Overlay) -> Result<Vec<String>, E>,
-    ) -> Result<(u64, Vec<String>), E> {
-        let mut overlay = self.state.overlay.clone();
-        let mut mesh = self.state.effective.clone();
-        let changes = change(&mut mesh, &mut overlay)?;
-        let effective = store::effective(&self.state.base, &overlay).map_err(|e| e.to_string())?;
+    /// Validate `overlay` with the files, persist it, publish. A service in `touched` that
+    /// does not fit is refused, naming both sources; on error nothing changes.
+    fn commit(&mut self, mut overlay: Overlay, touched: &[String]) -> Result<u64, ChangeError> {
+        let effective = store::effective(&self.state.base, &self.state.sources, &overlay);
+        if let Some(c) = effective
+            .conflicts
+            .iter()
+            .find(|c| touched.contains(&c.service))
+        {
+            return Err(ChangeError::Invalid(format!(
+                "service `{}` conflicts with the mesh files: {}",
+                c.service, c.why
+            )));
+        }
         // Check it compiles and validates before persisting anything.
-        let secrets = self.read_secrets(&effective)?;
-        Self::proxy_resources(&effective, None, &secrets)?;
+        let secrets = self.read_secrets(&effective.mesh)?;
+        Self::proxy_resources(&effective.mesh, None, &secrets)?;
         overlay.generation += 1;
         store::save_overlay(&self.options.data_dir, &overlay).map_err(|e| e.to_string())?;
-        self.publish(&effective, &secrets)?;
+        self.publish(&effective.mesh, &secrets)?;
+        let warnings = store::warnings(&effective.mesh, &self.state.sources, &overlay);
         self.state.overlay = overlay;
-        self.state.effective = effective;
+        self.state.effective = effective.mesh;
         self.state.secrets = secrets.fingerprint();
         let generation = self.state.overlay.generation;
         self.status
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .generation = generation;
+        self.report(effective.conflicts, warnings);
         self.watch_dirs();
-        Ok((generation, changes))
+        tracing::info!(generation, services = ?touched, "admin change: new configuration pushed");
+        Ok(generation)
     }
 
-    /// Insert or replace the services of a mesh document.
-    fn apply(&mut self, document: &str, source: &str) -> Changed {
-        let doc: Mesh = legate_model::parse_yaml(document, source).map_err(|e| e.to_string())?;
-        if doc.services.is_empty() {
-            return Err(format!("{source}: no services to apply"));
-        }
-        if !doc.listeners.is_empty() || !doc.clusters.is_empty() || !doc.route_configs.is_empty() {
-            return Err(format!(
-                "{source}: only services can be applied through the admin API; edit mesh files for listeners, routes and clusters"
-            ));
-        }
-        self.change(|mesh, overlay| {
-            let mut changes = Vec::new();
-            for svc in doc.services {
-                let existed = mesh.services.iter().any(|s| s.name == svc.name);
-                legate_model::apply_service(mesh, svc.clone()).map_err(|ps| {
-                    ps.iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })?;
-                changes.push(format!(
-                    "service {} {}",
-                    svc.name,
-                    if existed { "updated" } else { "created" }
-                ));
-                overlay.services.insert(svc.name.clone(), svc);
-            }
-            Ok(changes)
+    /// The outcome of a change to `touched` (or of none, when it is empty).
+    fn outcome(&mut self, overlay: Overlay, touched: Vec<String>, changes: Vec<String>) -> Changed {
+        let generation = if touched.is_empty() {
+            self.state.overlay.generation
+        } else {
+            self.commit(overlay, &touched)?
+        };
+        let warnings = self
+            .state
+            .warnings
+            .iter()
+            .filter(|w| w.service.as_ref().is_some_and(|s| touched.contains(s)))
+            .map(ToString::to_string)
+            .collect();
+        Ok(Outcome {
+            generation,
+            changes,
+            warnings,
         })
     }
 
-    /// Set a service's version weights.
+    /// Insert or replace the services of a mesh document. Each service replaces the one of
+    /// its name as a whole; of a service the files define, only the fields that differ
+    /// from the files' are stored (and override them). A service served exactly as applied
+    /// is "unchanged": nothing is persisted or pushed.
+    fn apply(&mut self, document: &str, source: &str, caller: Option<&str>) -> Changed {
+        let doc: Mesh = legate_model::parse_yaml(document, source).map_err(|e| e.to_string())?;
+        let mut others = Vec::new();
+        for (section, present) in [
+            ("proxy", doc.proxy.is_some()),
+            ("listeners", !doc.listeners.is_empty()),
+            ("route_configs", !doc.route_configs.is_empty()),
+            ("clusters", !doc.clusters.is_empty()),
+            ("secrets", !doc.secrets.is_empty()),
+        ] {
+            if present {
+                others.push(format!("`{section}`"));
+            }
+        }
+        if !others.is_empty() {
+            return Err(ChangeError::Invalid(format!(
+                "{source}: the admin API applies `services` only, and this document also has {}: \
+                 put those in the mesh files (nothing was applied)",
+                others.join(", ")
+            )));
+        }
+        if doc.services.is_empty() {
+            return Err(ChangeError::Invalid(format!(
+                "{source}: no services to apply"
+            )));
+        }
+        let mut names = BTreeSet::new();
+        if let Some(twice) = doc.services.iter().find(|s| !names.insert(&s.name)) {
+            return Err(ChangeError::Invalid(format!(
+                "{source}: service `{}` is given twice",
+                twice.name
+            )));
+        }
+        let change = Change::now("apply", caller);
+        let mut overlay = self.state.overlay.clone();
+        let (mut touched, mut changes) = (Vec::new(), Vec::new());
+        for svc in doc.services {
+            let name = svc.name.clone();
+            let conflicting = self.state.conflicts.iter().any(|c| c.service == name);
+            let current = self
+                .state
+                .effective
+                .services
+                .iter()
+                .find(|s| s.name == name);
+            if current == Some(&svc) && !conflicting {
+                changes.push(format!("service {name} unchanged"));
+                continue;
+            }
+            let file = self.state.base.services.iter().find(|s| s.name == name);
+            match store::diff_service(file, &svc, overlay.services.get(&name), &change) {
+                Some(entry) => overlay.services.insert(name.clone(), entry),
+                None => overlay.services.remove(&name),
+            };
+            changes.push(match current {
+                Some(current) => {
+                    let (was, now) = (store::service_fields(current), store::service_fields(&svc));
+                    let fields: BTreeSet<&String> = was
+                        .keys()
+                        .chain(now.keys())
+                        .filter(|f| was.get(*f) != now.get(*f))
+                        .collect();
+                    let fields: Vec<&str> = fields.into_iter().map(String::as_str).collect();
+                    format!("service {name} updated ({})", fields.join(", "))
+                }
+                None => format!("service {name} created"),
+            });
+            touched.push(name);
+        }
+        self.outcome(overlay, touched, changes)
+    }
+
+    /// Set a service's version weights: an override of its `weights` alone.
     fn set_weights(
         &mut self,
         service: &str,
         weights: &[(String, u32)],
-    ) -> Result<(u64, Vec<String>), WeightsError> {
-        if !self
+        caller: Option<&str>,
+    ) -> Changed {
+        // A service whose stored changes conflict is changed as stored (not as served), so
+        // the conflict is reported rather than its other overrides silently dropped.
+        let stored = self
+            .state
+            .conflicts
+            .iter()
+            .any(|c| c.service == service)
+            .then(|| {
+                let file = self.state.base.services.iter().find(|s| s.name == service);
+                store::overlay_service(service, file, self.state.overlay.services.get(service)?)
+            })
+            .flatten()
+            .and_then(Result::ok);
+        let served = self
             .state
             .effective
             .services
             .iter()
-            .any(|s| s.name == service)
-        {
-            return Err(WeightsError::UnknownService(service.to_owned()));
+            .find(|s| s.name == service);
+        let Some(current) = stored.as_ref().or(served) else {
+            return Err(ChangeError::UnknownService(service.to_owned()));
+        };
+        let mut mesh = Mesh {
+            services: vec![current.clone()],
+            ..Mesh::default()
+        };
+        legate_model::set_weights(&mut mesh, service, weights)
+            .map_err(|p| ChangeError::Invalid(p.to_string()))?;
+        let wanted = mesh.services.remove(0);
+        let desc: Vec<String> = weights.iter().map(|(v, w)| format!("{v}={w}")).collect();
+        if &wanted == current && stored.is_none() {
+            return self.outcome(
+                self.state.overlay.clone(),
+                Vec::new(),
+                vec![format!(
+                    "service {service} weights unchanged ({})",
+                    desc.join(" ")
+                )],
+            );
         }
-        self.change(|mesh, overlay| {
-            legate_model::set_weights(mesh, service, weights)
-                .map_err(|p| WeightsError::Invalid(p.to_string()))?;
-            let svc: Service = mesh
-                .services
+        let change = Change::now("set-weights", caller);
+        let file = self.state.base.services.iter().find(|s| s.name == service);
+        let mut overlay = self.state.overlay.clone();
+        match store::diff_service(file, &wanted, overlay.services.get(service), &change) {
+            Some(entry) => overlay.services.insert(service.to_owned(), entry),
+            None => overlay.services.remove(service),
+        };
+        self.outcome(
+            overlay,
+            vec![service.to_owned()],
+            vec![format!("service {service} weights {}", desc.join(" "))],
+        )
+    }
+
+    /// Drop a service's admin changes: the files' values serve again.
+    fn reset(&mut self, service: &str) -> Changed {
+        let in_files = self.state.base.services.iter().any(|s| s.name == service);
+        let Some(entry) = self.state.overlay.services.get(service) else {
+            if in_files {
+                return self.outcome(
+                    self.state.overlay.clone(),
+                    Vec::new(),
+                    vec![format!(
+                        "service {service} unchanged: it has no admin changes"
+                    )],
+                );
+            }
+            return Err(ChangeError::UnknownService(service.to_owned()));
+        };
+        if !in_files {
+            let created = entry
+                .created
+                .as_ref()
+                .map_or_else(|| "an admin change".to_owned(), ToString::to_string);
+            return Err(ChangeError::Precondition(format!(
+                "service `{service}` was created by an {created} and is in no mesh file, so it \
+                 has no file values to return to: remove it with `legatectl delete {service}`"
+            )));
+        }
+        let fields: Vec<String> = entry.fields.keys().cloned().collect();
+        let mut overlay = self.state.overlay.clone();
+        overlay.services.remove(service);
+        self.outcome(
+            overlay,
+            vec![service.to_owned()],
+            vec![format!(
+                "service {service} reset: {} from the mesh files again",
+                fields.join(", ")
+            )],
+        )
+    }
+
+    /// Remove a service an `apply` created. A service the files define is theirs to remove.
+    fn delete(&mut self, service: &str) -> Changed {
+        if let Some(index) = self
+            .state
+            .base
+            .services
+            .iter()
+            .position(|s| s.name == service)
+        {
+            let at = self
+                .state
+                .sources
+                .locate(&format!("services[{index}]"))
+                .map_or_else(String::new, |l| format!(" at {l}"));
+            return Err(ChangeError::Precondition(format!(
+                "service `{service}` is defined in the mesh files{at}: remove it there \
+                 (`legatectl reset {service}` drops its admin changes)"
+            )));
+        }
+        if !self.state.overlay.services.contains_key(service) {
+            return Err(ChangeError::UnknownService(service.to_owned()));
+        }
+        let mut overlay = self.state.overlay.clone();
+        overlay.services.remove(service);
+        self.outcome(
+            overlay,
+            vec![service.to_owned()],
+            vec![format!("service {service} deleted")],
+        )
+    }
+
+    /// A service with where each of its values comes from.
+    fn service_view(&self, name: &str) -> Option<ServiceView> {
+        let state = &self.state;
+        let index = state.base.services.iter().position(|s| s.name == name);
+        let file = index.map(|i| &state.base.services[i]);
+        let entry = state.overlay.services.get(name);
+        if file.is_none() && entry.is_none() {
+            return None;
+        }
+        let conflict = state.conflicts.iter().find(|c| c.service == name);
+        let file_fields = file.map(store::service_fields).unwrap_or_default();
+        let names: BTreeSet<&String> = file_fields
+            .keys()
+            .chain(entry.iter().flat_map(|e| e.fields.keys()))
+            .collect();
+        let names: Vec<&str> = names.into_iter().map(String::as_str).collect();
+        let locations = store::locate_field(&state.base, &state.sources, name, &names);
+        let mut fields = Vec::new();
+        for (field, location) in names.iter().zip(locations) {
+            let admin = entry.and_then(|e| e.fields.get(*field));
+            if let Some(o) = admin {
+                fields.push(FieldView {
+                    field: (*field).to_owned(),
+                    value: o.value.clone().unwrap_or(serde_json::Value::Null),
+                    source: "admin",
+                    location: None,
+                    change: Some((&o.change).into()),
+                    served: conflict.is_none(),
+                });
+            }
+            // A file value shows when it serves: no override, or one that is not served.
+            if let Some(v) = file_fields.get(*field)
+                && (admin.is_none() || conflict.is_some())
+            {
+                fields.push(FieldView {
+                    field: (*field).to_owned(),
+                    value: v.clone(),
+                    source: "file",
+                    location: location.map(|l| l.to_string()),
+                    change: None,
+                    served: true,
+                });
+            }
+        }
+        Some(ServiceView {
+            name: name.to_owned(),
+            origin: if file.is_some() { "files" } else { "admin" },
+            location: index
+                .and_then(|i| state.sources.locate(&format!("services[{i}]")))
+                .map(|l| l.to_string()),
+            created: entry.and_then(|e| e.created.as_ref()).map(Into::into),
+            fields,
+            conflict: conflict.map(|c| c.message.clone()),
+            warnings: state
+                .warnings
                 .iter()
-                .find(|s| s.name == service)
-                .cloned()
-                .ok_or_else(|| WeightsError::UnknownService(service.to_owned()))?;
-            let desc: Vec<String> = weights.iter().map(|(v, w)| format!("{v}={w}")).collect();
-            overlay.services.insert(service.to_owned(), svc);
-            Ok(vec![format!(
-                "service {service} weights {}",
-                desc.join(" ")
-            )])
+                .filter(|w| w.service.as_deref() == Some(name))
+                .map(ToString::to_string)
+                .collect(),
         })
     }
 
@@ -710,6 +1214,34 @@ impl Owner {
         });
         Ok(())
     }
+}
+
+/// Serve the files alone when the stored admin changes, together, cannot be published:
+/// every stored service is reported as not fitting.
+fn fall_back_to_files(
+    effective: &mut store::Effective,
+    base: &Mesh,
+    overlay: &Overlay,
+    error: &str,
+) {
+    effective.mesh = base.clone();
+    effective.conflicts = overlay
+        .services
+        .iter()
+        .map(|(name, entry)| {
+            let change = entry
+                .latest()
+                .map_or_else(|| "admin change".to_owned(), ToString::to_string);
+            OverlayConflict {
+                service: name.clone(),
+                why: error.to_owned(),
+                message: format!(
+                    "service `{name}` from an {change} is not served: the mesh files with the \
+                     stored admin changes do not compile ({error}); serving the files alone"
+                ),
+            }
+        })
+        .collect();
 }
 
 impl ControlPlane {
@@ -843,44 +1375,88 @@ impl Admin for AdminService {
     }
 
     async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
+        let caller = caller_of(&req);
         let req = req.into_inner();
         let source = if req.source.is_empty() {
             "request".to_owned()
         } else {
             req.source
         };
-        let (generation, changes) = self
-            .0
-            .apply(&req.document, &source)
-            .await
-            .map_err(Status::invalid_argument)?;
-        Ok(Response::new(ApplyResponse {
-            generation,
-            changes,
-        }))
+        let outcome = self.0.apply(&req.document, &source, caller).await?;
+        Ok(Response::new(outcome.into()))
     }
 
     async fn set_weights(
         &self,
         req: Request<SetWeightsRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
+        let caller = caller_of(&req);
         let req = req.into_inner();
         let mut weights: Vec<(String, u32)> = req.weights.into_iter().collect();
         weights.sort();
-        let (generation, changes) =
-            self.0
-                .set_weights(&req.service, &weights)
-                .await
-                .map_err(|e| match e {
-                    WeightsError::UnknownService(_) => Status::not_found(e.to_string()),
-                    WeightsError::Invalid(_) => Status::invalid_argument(e.to_string()),
-                    WeightsError::Stopped => Status::unavailable(e.to_string()),
-                })?;
-        Ok(Response::new(ApplyResponse {
-            generation,
-            changes,
+        let outcome = self.0.set_weights(&req.service, &weights, caller).await?;
+        Ok(Response::new(outcome.into()))
+    }
+
+    async fn get_service(
+        &self,
+        req: Request<ServiceRequest>,
+    ) -> Result<Response<GetServiceResponse>, Status> {
+        let name = req.into_inner().name;
+        let view = self
+            .0
+            .service(&name)
+            .await?
+            .ok_or_else(|| Status::not_found(ChangeError::UnknownService(name).to_string()))?;
+        Ok(Response::new(GetServiceResponse {
+            name: view.name,
+            origin: view.origin.to_owned(),
+            location: view.location.unwrap_or_default(),
+            created: view.created.as_ref().map(Into::into),
+            fields: view
+                .fields
+                .iter()
+                .map(|f| PbFieldSource {
+                    field: f.field.clone(),
+                    value_json: if f.value.is_null() {
+                        String::new()
+                    } else {
+                        f.value.to_string()
+                    },
+                    source: f.source.to_owned(),
+                    location: f.location.clone().unwrap_or_default(),
+                    change: f.change.as_ref().map(Into::into),
+                    served: f.served,
+                })
+                .collect(),
+            conflict: view.conflict.unwrap_or_default(),
+            warnings: view.warnings,
         }))
     }
+
+    async fn reset_service(
+        &self,
+        req: Request<ServiceRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let outcome = self.0.reset(&req.into_inner().name).await?;
+        Ok(Response::new(outcome.into()))
+    }
+
+    async fn delete_service(
+        &self,
+        req: Request<ServiceRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let outcome = self.0.delete(&req.into_inner().name).await?;
+        Ok(Response::new(outcome.into()))
+    }
+}
+
+/// Who made an admin call, as the admin server recorded it once authorized.
+#[derive(Clone, Debug)]
+pub struct CallerId(pub String);
+
+fn caller_of<T>(req: &Request<T>) -> Option<String> {
+    req.extensions().get::<CallerId>().map(|c| c.0.clone())
 }
 
 /// Weights from `{"v1": 90, "v2": 10}`.

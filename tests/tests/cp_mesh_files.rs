@@ -113,21 +113,14 @@ fn payments_weights(s: &Served) -> Option<BTreeMap<String, u64>> {
 /// The configuration that the files on disk and the persisted admin changes describe,
 /// compiled and rendered as the admin API renders what it serves.
 fn persisted(config: &Path, data: &Path) -> Served {
-    #[derive(serde::Deserialize)]
-    struct Overlay {
-        #[allow(dead_code)]
-        generation: u64,
-        services: BTreeMap<String, legate_model::Service>,
-    }
+    use legate_cp::store;
     let text = std::fs::read_to_string(config).expect("read mesh file");
-    let mut mesh = legate_model::load(&text, "mesh.yaml").expect("the file on disk is valid");
-    if let Ok(text) = std::fs::read_to_string(data.join("overlay.yaml")) {
-        let overlay: Overlay =
-            legate_model::parse_yaml(&text, "overlay.yaml").expect("overlay parses");
-        for svc in overlay.services.into_values() {
-            legate_model::apply_service(&mut mesh, svc).expect("overlay applies");
-        }
-    }
+    let files = [(config.display().to_string(), text)];
+    let (base, sources) = store::load_mesh(&files).expect("the file on disk is valid");
+    let (overlay, _) = store::load_overlay(data, &base).expect("overlay loads");
+    let effective = store::effective(&base, &sources, &overlay);
+    assert!(effective.conflicts.is_empty(), "{:?}", effective.conflicts);
+    let mesh = effective.mesh;
     let r = legate_model::compile(&mesh);
     let mut out = Served::new();
     let mut put = |t: &str, name: &str, v: serde_json::Value| {

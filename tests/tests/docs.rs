@@ -682,6 +682,9 @@ const README_COMMANDS: &[(&str, Check)] = &[
     ),
     ("legatectl apply -f payments.yaml", Check::Exits0),
     ("legatectl set-weights payments v1=90 v2=10", Check::Exits0),
+    ("legatectl get service payments", Check::Exits0),
+    ("legatectl reset payments", Check::Exits0),
+    ("legatectl delete extra", Check::Exits0),
     (
         "legatectl certs --out pki --host cp.internal --admin alice",
         Check::Exits0,
@@ -840,14 +843,17 @@ impl Sandbox {
             &repo_root().join("examples"),
             &sandbox.dir.path().join("examples"),
         );
-        // `legatectl apply -f payments.yaml`: the reader's own file; this one replaces the
-        // demo's payments service.
+        // `legatectl apply -f payments.yaml`: the reader's own file; this one overrides the
+        // demo's payments service and creates `extra`, which `legatectl delete extra` removes.
         sandbox.dir.write(
             "payments.yaml",
             "services:\n  - name: payments\n    versions:\n      \
              - {name: v1, weight: 90, endpoints: [{address: 127.0.0.1:18081}]}\n      \
              - {name: v2, weight: 10, endpoints: [{address: 127.0.0.1:18083}]}\n    \
-             route: {prefix: /payments/, rewrite: /}\n",
+             route: {prefix: /payments/, rewrite: /}\n  \
+             - name: extra\n    \
+             versions: [{name: v1, weight: 100, endpoints: [{address: 127.0.0.1:18081}]}]\n    \
+             route: {prefix: /extra/, rewrite: /}\n",
         );
         sandbox
     }

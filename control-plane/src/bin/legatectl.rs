@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use legate_cp::admin_client::{self, ClientOptions};
 use legate_proto::admin::{
-    ApplyRequest, GetNodeRequest, ListNodesRequest, ListNodesResponse, NodeStatus, Refusal,
-    SetWeightsRequest,
+    AdminChange, ApplyRequest, ApplyResponse, GetNodeRequest, GetServiceResponse, ListNodesRequest,
+    ListNodesResponse, NodeStatus, Refusal, ServiceRequest, SetWeightsRequest,
 };
 
 /// Drive a legate control plane: list proxies, read a node's configuration, apply service
@@ -68,7 +68,8 @@ enum Command {
         #[command(subcommand)]
         what: GetWhat,
     },
-    /// Add or replace services from a mesh document.
+    /// Add or replace services from a mesh document (`services:` only). Of a service the
+    /// mesh files define, the fields that differ from the files' override them.
     Apply {
         /// The mesh file (YAML) holding `services:`.
         #[arg(short = 'f', long = "filename", value_name = "FILE")]
@@ -81,6 +82,12 @@ enum Command {
         #[arg(required = true, value_name = "VERSION=WEIGHT")]
         weights: Vec<String>,
     },
+    /// Drop a service's admin changes (apply, set-weights): the mesh files' values serve
+    /// again.
+    Reset { service: String },
+    /// Remove a service that an apply created. A service the mesh files define is removed
+    /// from the files.
+    Delete { service: String },
     /// Create a throwaway CA (kept when present) and certificates for servers, proxies and
     /// operators, as PEM files; no openssl needed. Does not contact legate-cp.
     Certs {
@@ -110,6 +117,9 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum GetWhat {
+    /// A service's fields, each with where its value comes from: a mesh file (file:line:col)
+    /// or an admin change (which, when, by whom).
+    Service { name: String },
     /// The effective configuration a node receives.
     Node {
         id: String,
@@ -273,7 +283,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            print_change(cli.output, res.generation, &res.changes);
+            print_change(cli.output, &res);
         }
         Command::SetWeights { service, weights } => {
             let mut map = HashMap::new();
@@ -296,7 +306,36 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            print_change(cli.output, res.generation, &res.changes);
+            print_change(cli.output, &res);
+        }
+        Command::Reset { service } => {
+            let res = client
+                .reset_service(ServiceRequest { name: service })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_change(cli.output, &res);
+        }
+        Command::Delete { service } => {
+            let res = client
+                .delete_service(ServiceRequest { name: service })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_change(cli.output, &res);
+        }
+        Command::Get {
+            what: GetWhat::Service { name },
+        } => {
+            let res = client
+                .get_service(ServiceRequest { name })
+                .await
+                .map_err(status)?
+                .into_inner();
+            match cli.output {
+                Output::Json => print_json(&service_json(&res)),
+                Output::Table => print_service(&res),
+            }
         }
         // Handled above, before connecting.
         Command::Certs { .. } => {}
@@ -304,18 +343,107 @@ async fn run(cli: Cli) -> Result<(), String> {
     Ok(())
 }
 
-fn print_change(output: Output, generation: u64, changes: &[String]) {
+fn print_change(output: Output, res: &ApplyResponse) {
     match output {
-        Output::Json => {
-            print_json(&serde_json::json!({"generation": generation, "changes": changes}))
-        }
+        Output::Json => print_json(&serde_json::json!({
+            "generation": res.generation, "changes": res.changes, "warnings": res.warnings,
+        })),
         Output::Table => {
-            for c in changes {
+            for c in &res.changes {
                 out!("{c}");
             }
-            out!("generation {generation}");
+            for w in &res.warnings {
+                out!("warning: {w}");
+            }
+            out!("generation {}", res.generation);
         }
     }
+    // Warnings also on stderr, where a script piping the output still shows them.
+    for w in &res.warnings {
+        eprintln!("legatectl: warning: {w}");
+    }
+}
+
+/// `admin set-weights at 2026-01-02T03:04:05Z by bearer token`.
+fn describe_change(c: &AdminChange) -> String {
+    let at = legate_cp::store::rfc3339(u64::try_from(c.at_unix_ms).unwrap_or(0));
+    let mut text = format!("admin {} at {at}", c.op);
+    if !c.caller.is_empty() {
+        text.push_str(&format!(" by {}", c.caller));
+    }
+    text
+}
+
+fn print_service(res: &GetServiceResponse) {
+    let origin = match (&res.created, res.location.as_str()) {
+        (Some(c), _) => format!("created by {}; in no mesh file", describe_change(c)),
+        (None, "") => "mesh files".to_owned(),
+        (None, at) => format!("mesh files, {at}"),
+    };
+    out!("SERVICE {} ({origin})", res.name);
+    if !res.conflict.is_empty() {
+        out!("CONFLICT: {}", res.conflict);
+    }
+    for w in &res.warnings {
+        out!("WARNING: {w}");
+    }
+    let rows: Vec<Vec<String>> = res
+        .fields
+        .iter()
+        .map(|f| {
+            let value = match serde_json::from_str::<serde_json::Value>(&f.value_json) {
+                Ok(serde_json::Value::String(s)) => s,
+                Ok(v) => v.to_string(),
+                Err(_) => "(unset)".to_owned(),
+            };
+            let mut source = match (&f.change, f.source.as_str()) {
+                (Some(c), _) => describe_change(c),
+                (None, _) if !f.location.is_empty() => f.location.clone(),
+                (None, other) => other.to_owned(),
+            };
+            if !f.served {
+                source.push_str(" (stored, not served: conflict)");
+            }
+            vec![f.field.clone(), value, source]
+        })
+        .collect();
+    print_table(&["FIELD", "VALUE", "SOURCE"], &rows);
+}
+
+fn change_json(c: &AdminChange) -> serde_json::Value {
+    let at = legate_cp::store::rfc3339(u64::try_from(c.at_unix_ms).unwrap_or(0));
+    serde_json::json!({
+        "op": c.op, "at_unix_ms": c.at_unix_ms,
+        "at": at,
+        "caller": (!c.caller.is_empty()).then_some(&c.caller),
+    })
+}
+
+fn service_json(res: &GetServiceResponse) -> serde_json::Value {
+    let fields: Vec<serde_json::Value> = res
+        .fields
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "field": f.field,
+                "value": serde_json::from_str::<serde_json::Value>(&f.value_json)
+                    .unwrap_or(serde_json::Value::Null),
+                "source": f.source,
+                "location": (!f.location.is_empty()).then_some(&f.location),
+                "change": f.change.as_ref().map(change_json),
+                "served": f.served,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "name": res.name,
+        "origin": res.origin,
+        "location": (!res.location.is_empty()).then_some(&res.location),
+        "created": res.created.as_ref().map(change_json),
+        "fields": fields,
+        "conflict": (!res.conflict.is_empty()).then_some(&res.conflict),
+        "warnings": res.warnings,
+    })
 }
 
 /// `CDS`, `EDS`, ... for the five types legate uses; other type URLs as they are.

@@ -54,6 +54,7 @@
 mod compile;
 mod error;
 mod grpc;
+mod lint;
 mod locate;
 mod merge;
 mod model;
@@ -65,7 +66,7 @@ mod validate;
 pub use compile::{compile, compile_for_node_cluster};
 pub use error::{ConfigError, Problem};
 pub use grpc::{check_for_grpc, compile_for_grpc};
-pub use merge::{MergeConflict, load_files};
+pub use merge::{Location, MergeConflict, Sources, load_files, load_files_with_sources};
 pub use model::*;
 pub use parse::{EMPTY_DOCUMENT, parse_yaml};
 pub use services::{apply_service, remove_service, set_weights};

@@ -90,6 +90,14 @@ impl Mesh {
 pub fn load_files<'a>(
     files: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<Mesh, Vec<ConfigError>> {
+    load_files_with_sources(files).map(|(mesh, _)| mesh)
+}
+
+/// [`load_files`], keeping what it takes to place a field path of the merged mesh in its
+/// file later ([`Sources::locate`]).
+pub fn load_files_with_sources<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(Mesh, Sources), Vec<ConfigError>> {
     let files: Vec<(&str, &str)> = files.into_iter().collect();
     let mut parts = Vec::with_capacity(files.len());
     let mut errors = Vec::new();
@@ -125,14 +133,77 @@ pub fn load_files<'a>(
     }
     if let Err(problems) = merged.mesh.check() {
         for p in problems {
-            let (part, path) = merged.origin(&p.path);
+            let (part, path) = merged.origins.origin(&p.path);
             errors.push(locate(part, path, p.message));
         }
     }
     if errors.is_empty() {
-        Ok(merged.mesh)
+        let sources = Sources {
+            files: files
+                .iter()
+                .map(|(s, t)| ((*s).to_owned(), (*t).to_owned()))
+                .collect(),
+            origins: merged.origins,
+        };
+        Ok((merged.mesh, sources))
     } else {
         Err(errors)
+    }
+}
+
+/// The mesh files a merged mesh was read from, with where each of its list items was
+/// written: places a field path of the merged mesh (`services[4].route.prefix`) in its file
+/// (`payments.yaml:7:15`, path `services[1].route.prefix` there).
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    /// (source, text), in the order merged.
+    files: Vec<(String, String)>,
+    origins: Origins,
+}
+
+/// A place in a mesh file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub source: String,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub column: usize,
+    /// The field path within that file.
+    pub path: String,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.source, self.line, self.column)
+    }
+}
+
+impl Sources {
+    /// Where the merged mesh's field `path` is written (or its nearest written ancestor);
+    /// `None` for an item none of the files wrote.
+    pub fn locate(&self, path: &str) -> Option<Location> {
+        self.locate_all(&[path]).into_iter().next().flatten()
+    }
+
+    /// [`locate`](Self::locate) for several paths, reading each file's text once.
+    pub fn locate_all(&self, paths: &[&str]) -> Vec<Option<Location>> {
+        let mut locators: HashMap<usize, Locator<'_>> = HashMap::new();
+        paths
+            .iter()
+            .map(|path| {
+                let (part, local) = self.origins.find(path)?;
+                let (source, text) = self.files.get(part)?;
+                let locator = locators.entry(part).or_insert_with(|| Locator::new(text));
+                let (line, column) = locator.position(&local);
+                Some(Location {
+                    source: source.clone(),
+                    line,
+                    column,
+                    path: local,
+                })
+            })
+            .collect()
     }
 }
 
@@ -142,30 +213,42 @@ struct Conflict {
     first_part: usize,
 }
 
-/// The merged mesh, with where each list item came from: (part, index in that part).
+/// The merged mesh, with where each list item came from.
 struct Merged {
     mesh: Mesh,
     conflicts: Vec<Conflict>,
-    origins: HashMap<&'static str, Vec<(usize, usize)>>,
+    origins: Origins,
+}
+
+/// Where each list item of a merged mesh came from: (part, index in that part).
+#[derive(Clone, Debug, Default)]
+struct Origins {
+    lists: HashMap<&'static str, Vec<(usize, usize)>>,
     proxy: Option<usize>,
     /// Where the services layer's implicit proxy section is attributed when no part sets
     /// one: the first part with services.
     services: Option<usize>,
 }
 
-impl Merged {
+impl Origins {
     /// The part a merged mesh's field path belongs to, and the path within that part.
     fn origin(&self, path: &str) -> (usize, String) {
+        self.find(path).unwrap_or_else(|| (0, path.to_owned()))
+    }
+
+    /// [`origin`](Self::origin), or `None` for an item no part wrote (one added to the
+    /// merged mesh afterwards).
+    fn find(&self, path: &str) -> Option<(usize, String)> {
         if path.starts_with("proxy") {
-            return (self.proxy.or(self.services).unwrap_or(0), path.to_owned());
+            return Some((self.proxy.or(self.services).unwrap_or(0), path.to_owned()));
         }
-        let located = path.split_once('[').and_then(|(list, rest)| {
-            let (index, tail) = rest.split_once(']')?;
-            let index: usize = index.parse().ok()?;
-            let &(part, local) = self.origins.get(list)?.get(index)?;
-            Some((part, format!("{list}[{local}]{tail}")))
-        });
-        located.unwrap_or_else(|| (0, path.to_owned()))
+        let Some((list, rest)) = path.split_once('[') else {
+            return Some((0, path.to_owned()));
+        };
+        let (index, tail) = rest.split_once(']')?;
+        let index: usize = index.parse().ok()?;
+        let &(part, local) = self.lists.get(list)?.get(index)?;
+        Some((part, format!("{list}[{local}]{tail}")))
     }
 }
 
@@ -252,9 +335,11 @@ fn merge_parts(parts: Vec<(String, Mesh)>) -> Merged {
     Merged {
         mesh,
         conflicts,
-        origins,
-        proxy,
-        services,
+        origins: Origins {
+            lists: origins,
+            proxy,
+            services,
+        },
     }
 }
 

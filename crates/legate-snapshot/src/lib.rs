@@ -25,7 +25,7 @@ mod kind;
 pub use kind::ResourceKind;
 
 mod validate;
-pub use validate::{MAX_RETRY_BUFFER_LIMIT, Resources, build};
+pub use validate::{DEFAULT_ROUTE_TIMEOUT, MAX_RETRY_BUFFER_LIMIT, Resources, build};
 
 pub mod refs;
 pub mod router;

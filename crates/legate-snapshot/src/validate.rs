@@ -24,7 +24,7 @@ mod common;
 mod endpoint;
 mod listener;
 mod route;
-pub use route::MAX_RETRY_BUFFER_LIMIT;
+pub use route::{DEFAULT_ROUTE_TIMEOUT, MAX_RETRY_BUFFER_LIMIT};
 mod tls;
 
 #[cfg(test)]

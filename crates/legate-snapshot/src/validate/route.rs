@@ -48,7 +48,7 @@ use crate::{
 };
 
 /// Envoy's default for a route's `timeout`.
-const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Envoy's default for `max_direct_response_body_size_bytes`.
 const DEFAULT_MAX_DIRECT_RESPONSE_BODY: u32 = 4096;
 
