@@ -1177,25 +1177,11 @@ impl Owner {
         Ok(resources)
     }
 
-    /// Compile `mesh` for proxies (default, and one snapshot per node cluster that a TLS
-    /// client certificate rule names) and for gRPC clients (their cluster), checking the
-    /// proxy resources with legate's own validation first. All selectors change at once.
+    /// Compile `mesh` ([`Snapshots::compile`]) and publish the result: all selectors change
+    /// at once.
     fn publish(&self, mesh: &Mesh, secrets: &SecretFiles) -> Result<(), String> {
         let grpc_cluster = &self.options.grpc_cluster;
-        let node_clusters = mesh.client_certificate_node_clusters();
-        if node_clusters.contains(grpc_cluster) {
-            return Err(format!(
-                "node cluster '{grpc_cluster}' is for gRPC clients, which are not served TLS \
-                 services: it cannot have a client certificate rule"
-            ));
-        }
-        let default = NodeSnapshot::from_resources(&Self::proxy_resources(mesh, None, secrets)?);
-        let mut by_cluster = Vec::with_capacity(node_clusters.len());
-        for nc in node_clusters {
-            let resources = Self::proxy_resources(mesh, Some(&nc), secrets)?;
-            by_cluster.push((nc, NodeSnapshot::from_resources(&resources)));
-        }
-        let grpc = NodeSnapshot::from_resources(&legate_model::compile_for_grpc(mesh));
+        let snapshots = Snapshots::compile(mesh, secrets, grpc_cluster)?;
         if mesh.listeners.is_empty() && mesh.services.is_empty() {
             // Allowed (an explicit empty list, e.g. `services: []`), but never quietly.
             tracing::warn!(
@@ -1206,9 +1192,12 @@ impl Owner {
         self.cache.update(|s| {
             // Node clusters a rule named before and no longer does fall back to the default.
             s.by_cluster.retain(|nc, _| nc == grpc_cluster);
-            s.set(NodeKey::Default, Arc::new(default));
-            s.set(NodeKey::Cluster(grpc_cluster.clone()), Arc::new(grpc));
-            for (nc, snapshot) in by_cluster {
+            s.set(NodeKey::Default, Arc::new(snapshots.default));
+            s.set(
+                NodeKey::Cluster(grpc_cluster.clone()),
+                Arc::new(snapshots.grpc),
+            );
+            for (nc, snapshot) in snapshots.by_cluster {
                 s.set(NodeKey::Cluster(nc), Arc::new(snapshot));
             }
         });
@@ -1242,6 +1231,113 @@ fn fall_back_to_files(
             }
         })
         .collect();
+}
+
+/// The snapshots one configuration compiles to: what [`ControlPlane`] publishes and what
+/// `legate-cp --validate` reports.
+#[derive(Debug)]
+pub struct Snapshots {
+    /// For proxy nodes no TLS client-certificate rule selects.
+    pub default: NodeSnapshot,
+    /// For the proxy nodes of each node cluster a client-certificate rule names.
+    pub by_cluster: Vec<(String, NodeSnapshot)>,
+    /// For the gRPC clients of `--grpc-cluster`.
+    pub grpc: NodeSnapshot,
+}
+
+impl Snapshots {
+    /// Compile `mesh` for proxies (default, and one snapshot per node cluster that a TLS
+    /// client certificate rule names) and for gRPC clients (their cluster), checking the
+    /// proxy resources with legate's own validation first.
+    pub fn compile(
+        mesh: &Mesh,
+        secrets: &SecretFiles,
+        grpc_cluster: &str,
+    ) -> Result<Snapshots, String> {
+        let node_clusters = mesh.client_certificate_node_clusters();
+        if node_clusters.contains(grpc_cluster) {
+            return Err(format!(
+                "node cluster '{grpc_cluster}' is for gRPC clients, which are not served TLS \
+                 services: it cannot have a client certificate rule"
+            ));
+        }
+        let default = NodeSnapshot::from_resources(&Owner::proxy_resources(mesh, None, secrets)?);
+        let mut by_cluster = Vec::with_capacity(node_clusters.len());
+        for nc in node_clusters {
+            let resources = Owner::proxy_resources(mesh, Some(&nc), secrets)?;
+            by_cluster.push((nc, NodeSnapshot::from_resources(&resources)));
+        }
+        let grpc = NodeSnapshot::from_resources(&legate_model::compile_for_grpc(mesh));
+        Ok(Snapshots {
+            default,
+            by_cluster,
+            grpc,
+        })
+    }
+}
+
+/// What `legate-cp --validate` checked: the files, the stored admin changes, and the
+/// snapshots they compile to.
+#[derive(Debug)]
+pub struct Validated {
+    pub files: Vec<String>,
+    /// Services the files define.
+    pub file_services: usize,
+    /// Services the stored admin overlay creates or overrides fields of, and its generation.
+    pub overlay_services: usize,
+    pub generation: u64,
+    /// What a start would report without refusing to start: the overlay's migration and
+    /// rebase notes, stored admin changes that do not fit the files (each naming both
+    /// sources), and the mesh's warnings.
+    pub notes: Vec<String>,
+    pub conflicts: Vec<String>,
+    pub warnings: Vec<String>,
+    pub snapshots: Snapshots,
+}
+
+impl ControlPlane {
+    /// Everything [`ControlPlane::load`] checks, without starting, binding or writing
+    /// anything: read, merge and validate the mesh files, put the stored admin changes on
+    /// top (in memory: a migration or rebase is reported, not saved), read the certificate
+    /// files, and compile every snapshot. As at a start, stored admin changes that do not
+    /// fit are reported in [`Validated::conflicts`] rather than failing.
+    pub fn validate(options: &CpOptions) -> Result<Validated, StoreError> {
+        let files = store::read_mesh_files(&options.config)?;
+        let (base, sources) = store::load_mesh(&files.files)?;
+        let (mut overlay, migrated) = store::load_overlay(&options.data_dir, &base)?;
+        let mut notes: Vec<String> = migrated.into_iter().collect();
+        notes.extend(
+            store::rebase(&mut overlay, &base)
+                .iter()
+                .map(ToString::to_string),
+        );
+        let mut effective = store::effective(&base, &sources, &overlay);
+        let base_dir = crate::secrets::base_dir(&options.config);
+        let compile = |mesh: &Mesh| {
+            SecretFiles::read(mesh, &base_dir)
+                .map_err(|e| e.to_string())
+                .and_then(|secrets| Snapshots::compile(mesh, &secrets, &options.grpc_cluster))
+        };
+        let snapshots = match compile(&effective.mesh) {
+            Ok(snapshots) => snapshots,
+            Err(e) if !overlay.services.is_empty() => {
+                fall_back_to_files(&mut effective, &base, &overlay, &e);
+                compile(&effective.mesh).map_err(StoreError::Other)?
+            }
+            Err(e) => return Err(StoreError::Other(e)),
+        };
+        let warnings = store::warnings(&effective.mesh, &sources, &overlay);
+        Ok(Validated {
+            files: files.paths(),
+            file_services: base.services.len(),
+            overlay_services: overlay.services.len(),
+            generation: overlay.generation,
+            notes,
+            conflicts: effective.conflicts.into_iter().map(|c| c.message).collect(),
+            warnings: warnings.iter().map(ToString::to_string).collect(),
+            snapshots,
+        })
+    }
 }
 
 impl ControlPlane {
@@ -1459,11 +1555,13 @@ fn caller_of<T>(req: &Request<T>) -> Option<String> {
     req.extensions().get::<CallerId>().map(|c| c.0.clone())
 }
 
-/// Weights from `{"v1": 90, "v2": 10}`.
+/// Weights from `{"v1": 90, "v2": 10}`, each read as a mesh file's weight is.
 pub fn parse_weights(body: &[u8]) -> Result<Vec<(String, u32)>, String> {
-    let map: HashMap<String, u32> = serde_json::from_slice(body)
+    #[derive(serde::Deserialize)]
+    struct Weight(#[serde(deserialize_with = "legate_model::units::weight")] u32);
+    let map: HashMap<String, Weight> = serde_json::from_slice(body)
         .map_err(|e| format!("body must be a JSON object of version to weight: {e}"))?;
-    let mut w: Vec<(String, u32)> = map.into_iter().collect();
+    let mut w: Vec<(String, u32)> = map.into_iter().map(|(v, Weight(w))| (v, w)).collect();
     w.sort();
     Ok(w)
 }

@@ -516,25 +516,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Parses `250ms`, `2s`, `1.5s`, `1m` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("'{s}': expected a duration such as 500ms, 2s or 1m"))?;
-    let scale = match unit {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        _ => return Err(format!("'{s}': unit must be ms, s or m")),
-    };
-    Duration::try_from_secs_f64(number * scale).map_err(|e| format!("'{s}': {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,20 +531,6 @@ mod tests {
         let l = Latency::of(&mut [7000]).expect("one");
         assert_eq!((l.p50_ms, l.p99_ms), (7.0, 7.0));
         assert_eq!(Latency::of(&mut []), None);
-    }
-
-    #[test]
-    fn durations() {
-        let check = |s: &str, expected: Result<Duration, ()>| {
-            assert_eq!(parse_duration(s).map_err(|_| ()), expected, "{s}");
-        };
-        check("250ms", Ok(Duration::from_millis(250)));
-        check("2s", Ok(Duration::from_secs(2)));
-        check("1.5s", Ok(Duration::from_millis(1500)));
-        check("3", Ok(Duration::from_secs(3)));
-        check("1m", Ok(Duration::from_secs(60)));
-        check("2h", Err(()));
-        check("fast", Err(()));
     }
 
     #[test]

@@ -109,12 +109,8 @@ impl ControlPlane {
         let deadline = Instant::now() + CP_START_TIMEOUT;
         loop {
             if let Ok(text) = std::fs::read_to_string(&address_file) {
-                let get = |k: &str| {
-                    text.lines()
-                        .find_map(|l| l.strip_prefix(k))
-                        .and_then(|v| v.parse::<SocketAddr>().ok())
-                };
-                if let (Some(xds), Some(admin)) = (get("xds="), get("admin=")) {
+                let get = |name: &str| crate::process::address_in_file(&text, name);
+                if let (Some(xds), Some(admin)) = (get("xds"), get("admin")) {
                     // A wildcard bind is reached through loopback.
                     let admin = if admin.ip().is_unspecified() {
                         SocketAddr::from(([127, 0, 0, 1], admin.port()))

@@ -613,7 +613,7 @@ pub enum WaitFor {
 
 impl Legate {
     /// Writes `config_yaml` to a temp file and starts
-    /// `legate --config FILE --admin-address 127.0.0.1:0 --admin-address-path PATH`, then waits
+    /// `legate --config FILE --admin-address 127.0.0.1:0 --address-file PATH`, then waits
     /// (up to [`LEGATE_START_TIMEOUT`]) for the admin address file and `GET /ready` = 200.
     pub async fn start(config_yaml: &str) -> Legate {
         Legate::start_with_args(config_yaml, &[]).await
@@ -639,7 +639,7 @@ impl Legate {
         Legate::launch(None, &args, WaitFor::Admin).await
     }
 
-    /// Starts `legate [--config FILE] --admin-address 127.0.0.1:0 --admin-address-path PATH
+    /// Starts `legate [--config FILE] --admin-address 127.0.0.1:0 --address-file PATH
     /// EXTRA...` and waits (up to [`LEGATE_START_TIMEOUT`]) for what `wait` says.
     pub async fn launch(config_yaml: Option<&str>, extra_args: &[&str], wait: WaitFor) -> Legate {
         let dir = TempDir::new("legate-test");
@@ -653,7 +653,7 @@ impl Legate {
         args.extend([
             "--admin-address".into(),
             "127.0.0.1:0".into(),
-            "--admin-address-path".into(),
+            "--address-file".into(),
             admin_path.clone().into(),
         ]);
         args.extend(extra_args.iter().map(OsString::from));
@@ -670,11 +670,11 @@ impl Legate {
             if admin.is_none()
                 && let Ok(text) = std::fs::read_to_string(&admin_path)
             {
-                match text.trim().parse() {
-                    Ok(addr) => admin = Some(addr),
-                    Err(_) => {
+                match address_in_file(&text, "admin") {
+                    Some(addr) => admin = Some(addr),
+                    None => {
                         last = format!(
-                            "the admin address file {} holds {text:?}, not an address",
+                            "the address file {} holds {text:?}, not admin=ADDR",
                             admin_path.display()
                         )
                     }
@@ -1044,6 +1044,15 @@ fn read_all_on_thread(
         }
         String::from_utf8_lossy(&bytes).into_owned()
     })
+}
+
+/// The address named `name` in an address file (`--address-file` of legate and legate-cp:
+/// `NAME=ADDR` lines), read with the binaries' own parser.
+pub fn address_in_file(text: &str, name: &str) -> Option<SocketAddr> {
+    legate_telemetry::cli::parse_address_file(text)
+        .ok()?
+        .into_iter()
+        .find_map(|(n, addr)| (n == name).then_some(addr))
 }
 
 /// A 127.0.0.1 address free at the time of the call (bound, then released), for a process

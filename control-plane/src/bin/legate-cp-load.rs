@@ -15,7 +15,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use legate_cp::load::{self, Event, LoadOptions, Mode, parse_duration};
+use legate_cp::load::{self, Event, LoadOptions, Mode};
+use legate_model::parse_duration;
 
 /// Opens N simulated proxies (ADS streams, each its own node) against legate-cp, triggers
 /// changes and reports, per change, the time from the trigger to each stream's ACK.

@@ -8,15 +8,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use legate_cp::XdsServer;
 use legate_cp::admin_server::{AdminApi, AdminOptions};
 use legate_cp::app::{ControlPlane, CpOptions, bind};
-use legate_cp::load::parse_duration;
 use legate_cp::server::NodeAuth;
 use legate_cp::server::XdsLimits;
+use legate_cp::{NodeSnapshot, XdsServer};
+use legate_model::parse_duration;
 use legate_model::parse_size;
+use legate_snapshot::ResourceKind;
 use legate_tls::files::{DEFAULT_RELOAD_INTERVAL, ServerFiles};
-use tracing_subscriber::EnvFilter;
 
 // jemalloc with background purging (see .cargo/config.toml): memory a fleet's streams used
 // goes back to the OS once they close.
@@ -31,6 +31,11 @@ struct Args {
     /// editors' lock and backup files are not mesh files).
     #[arg(long, short = 'c', value_name = "PATH")]
     config: PathBuf,
+    /// Check the configuration and exit, binding nothing: read, merge and validate the mesh
+    /// files, apply the admin changes stored in DATA-DIR, compile every snapshot. Prints a
+    /// summary and exits 0, or prints the errors (file:line:col) and exits 1.
+    #[arg(long)]
+    validate: bool,
     /// xDS gRPC address.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15010")]
     xds_address: SocketAddr,
@@ -83,18 +88,20 @@ struct Args {
     /// (a safety net for changes inotify does not report, e.g. on network filesystems).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     mesh_recheck: Duration,
-    /// Where admin changes are persisted.
-    #[arg(long, value_name = "DIR", default_value = "legate-cp-data")]
-    data_dir: PathBuf,
+    /// Where admin changes (overlay.yaml) and the generated admin.token are kept; created
+    /// when missing. Default: $STATE_DIRECTORY (set by systemd's StateDirectory=) when set,
+    /// else ./legate-cp-data, relative to the working directory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Nodes of this cluster are gRPC xDS clients and get one API listener per service.
     #[arg(long, value_name = "NAME", default_value = "grpc")]
     grpc_cluster: String,
-    /// Write `xds=ADDR` and `admin=ADDR` lines to this file once both listen.
+    /// Once both listen, write `xds=ADDR` and `admin=ADDR` lines to this file (useful with
+    /// port 0); legate's --address-file writes the same format.
     #[arg(long, value_name = "FILE")]
     address_file: Option<PathBuf>,
-    /// Log filter in RUST_LOG syntax (default info).
-    #[arg(long, value_name = "FILTER")]
-    log_level: Option<String>,
+    #[command(flatten)]
+    log: legate_telemetry::cli::LogArgs,
     /// Serve xDS over TLS with this certificate chain (PEM, leaf first). Re-read when it
     /// changes; new connections get the new certificate.
     #[arg(long, value_name = "FILE", requires = "xds_tls_key")]
@@ -138,14 +145,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = match &args.log_level {
-        Some(f) => EnvFilter::new(f),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    args.log.init();
+    if args.validate {
+        return validate(&args);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -166,6 +169,74 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--data-dir`, or its default.
+fn data_dir(args: &Args) -> PathBuf {
+    if let Some(dir) = &args.data_dir {
+        return dir.clone();
+    }
+    // systemd sets STATE_DIRECTORY to the StateDirectory= paths, separated by ':'.
+    match std::env::var_os("STATE_DIRECTORY") {
+        Some(dirs) if !dirs.is_empty() => std::env::split_paths(&dirs)
+            .next()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        _ => PathBuf::from(DEFAULT_DATA_DIR),
+    }
+}
+
+/// `--data-dir` without STATE_DIRECTORY: a directory in the working directory.
+const DEFAULT_DATA_DIR: &str = "legate-cp-data";
+
+fn cp_options(args: &Args) -> CpOptions {
+    CpOptions::new(
+        args.config.clone(),
+        data_dir(args),
+        args.grpc_cluster.clone(),
+    )
+}
+
+/// `--validate`: everything start-up checks, nothing bound or written.
+fn validate(args: &Args) -> ExitCode {
+    let validated = match ControlPlane::validate(&cp_options(args)) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let count = |s: &NodeSnapshot| {
+        ResourceKind::WARM_ORDER
+            .iter()
+            .map(|&kind| format!("{} {}", s.get(kind).len(), kind.service()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("mesh files: {}", validated.files.join(", "));
+    println!(
+        "services: {} from the files, {} with stored admin changes (generation {})",
+        validated.file_services, validated.overlay_services, validated.generation
+    );
+    for line in validated
+        .notes
+        .iter()
+        .chain(&validated.conflicts)
+        .chain(&validated.warnings)
+    {
+        println!("warning: {line}");
+    }
+    let snapshots = &validated.snapshots;
+    println!("snapshot for proxies: {}", count(&snapshots.default));
+    for (cluster, snapshot) in &snapshots.by_cluster {
+        println!("snapshot for node cluster {cluster}: {}", count(snapshot));
+    }
+    println!(
+        "snapshot for gRPC clients (cluster {}): {}",
+        args.grpc_cluster,
+        count(&snapshots.grpc)
+    );
+    println!("configuration is valid");
+    ExitCode::SUCCESS
 }
 
 /// How xDS is served, from the flags: checked before anything binds.
@@ -228,17 +299,13 @@ async fn run(args: Args) -> Result<(), String> {
         request_timeout: args.admin_request_timeout,
         idle_timeout: args.admin_idle_timeout,
         insecure: args.insecure,
-        ..AdminOptions::new(args.admin_address, args.data_dir.clone())
+        ..AdminOptions::new(args.admin_address, data_dir(&args))
     })
     .map_err(|e| e.to_string())?;
     let cp = ControlPlane::load(CpOptions {
         settle: args.mesh_settle,
         recheck_interval: args.mesh_recheck.max(Duration::from_millis(100)),
-        ..CpOptions::new(
-            args.config.clone(),
-            args.data_dir.clone(),
-            args.grpc_cluster.clone(),
-        )
+        ..cp_options(&args)
     })
     .map_err(|e| e.to_string())?;
     let xds_listener = bind(args.xds_address)
@@ -259,13 +326,15 @@ async fn run(args: Args) -> Result<(), String> {
         admin = %admin_addr,
         xds_security = security,
         admin_tls = admin.tls(),
+        data_dir = %data_dir(&args).display(),
         "legate-cp listening"
     );
     if let Some(path) = &args.address_file {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("xds={xds_addr}\nadmin={admin_addr}\n"))
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        legate_telemetry::cli::write_address_file(
+            path,
+            &[("xds", xds_addr), ("admin", admin_addr)],
+        )
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     cp.registry
         .set_nack_message_limit(args.xds_max_nack_message);

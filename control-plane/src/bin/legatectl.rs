@@ -48,6 +48,9 @@ struct Cli {
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
 
+    #[command(flatten)]
+    log: legate_telemetry::cli::LogArgs,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -78,9 +81,10 @@ enum Command {
     /// Set route weights between a service's versions, e.g. `set-weights payments v1=90 v2=10`.
     SetWeights {
         service: String,
-        /// `VERSION=WEIGHT`, one per version of the service.
-        #[arg(required = true, value_name = "VERSION=WEIGHT")]
-        weights: Vec<String>,
+        /// `VERSION=WEIGHT`, one per version of the service; a weight is read as in mesh
+        /// files (a whole number from 0 to 4294967295).
+        #[arg(required = true, value_name = "VERSION=WEIGHT", value_parser = version_weight)]
+        weights: Vec<(String, u32)>,
     },
     /// Drop a service's admin changes (apply, set-weights): the mesh files' values serve
     /// again.
@@ -110,7 +114,7 @@ enum Command {
         #[arg(long = "admin", value_name = "NAME")]
         admins: Vec<String>,
         /// How long leaf certificates are valid.
-        #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = legate_model::parse_duration)]
         validity: std::time::Duration,
     },
 }
@@ -132,6 +136,7 @@ enum GetWhat {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    cli.log.init();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -155,6 +160,17 @@ macro_rules! out {
             std::process::exit(1);
         }
     }};
+}
+
+/// `VERSION=WEIGHT`, the weight read by the parser mesh files use, so a bad weight reads the
+/// same on the command line and in a file.
+fn version_weight(arg: &str) -> Result<(String, u32), String> {
+    let (version, weight) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("'{arg}': expected VERSION=WEIGHT"))?;
+    let weight = legate_model::parse_weight(weight)
+        .map_err(|e| format!("weight of version `{version}`: {e}"))?;
+    Ok((version.to_owned(), weight))
 }
 
 /// The token: from --token-file (or LEGATE_CP_TOKEN_FILE), else LEGATE_CP_TOKEN.
@@ -287,14 +303,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::SetWeights { service, weights } => {
             let mut map = HashMap::new();
-            for w in &weights {
-                let (version, weight) = w
-                    .split_once('=')
-                    .ok_or_else(|| format!("'{w}': expected VERSION=WEIGHT"))?;
-                let weight: u32 = weight
-                    .parse()
-                    .map_err(|_| format!("'{w}': weight must be a whole number"))?;
-                if map.insert(version.to_owned(), weight).is_some() {
+            for (version, weight) in weights {
+                if map.insert(version.clone(), weight).is_some() {
                     return Err(format!("version '{version}' given twice"));
                 }
             }

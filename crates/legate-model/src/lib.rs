@@ -61,6 +61,7 @@ mod model;
 mod parse;
 mod services;
 mod size;
+pub mod units;
 mod validate;
 
 pub use compile::{compile, compile_for_node_cluster};
@@ -71,6 +72,7 @@ pub use model::*;
 pub use parse::{EMPTY_DOCUMENT, parse_yaml};
 pub use services::{apply_service, remove_service, set_weights};
 pub use size::{SizeError, parse_size};
+pub use units::{DurationError, WeightError, parse_duration, parse_weight};
 pub use validate::{validate, validate_at};
 
 /// Parse a mesh document, without the semantic checks of [`validate`].

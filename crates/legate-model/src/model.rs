@@ -70,7 +70,7 @@ pub struct Listener {
     /// Envoy's default (5 minutes) when unset; `0s` disables.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub stream_idle_timeout: Option<Duration>,
@@ -78,7 +78,7 @@ pub struct Listener {
     /// `request_headers_timeout`): 10 s when unset, `0s` disables it.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub request_headers_timeout: Option<Duration>,
@@ -249,7 +249,7 @@ pub struct Forward {
     /// Whole-request timeout; Envoy's default (15 s) when unset, `0s` disables it.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
@@ -257,7 +257,7 @@ pub struct Forward {
     /// unset, `0s` disables it.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub idle_timeout: Option<Duration>,
@@ -271,6 +271,7 @@ pub struct Forward {
 pub struct WeightedTarget {
     pub cluster: String,
     /// Relative to the sum of the list; zero takes no traffic, but not all may be zero.
+    #[serde(deserialize_with = "crate::units::weight")]
     pub weight: u32,
 }
 
@@ -333,14 +334,14 @@ pub struct Cluster {
     /// [`DEFAULT_CONNECT_TIMEOUT`] when unset.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub connect_timeout: Option<Duration>,
     /// Upstream connection idle timeout; [`DEFAULT_IDLE_TIMEOUT`] when unset, `0s` disables.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub idle_timeout: Option<Duration>,
@@ -350,7 +351,7 @@ pub struct Cluster {
     /// `strict_dns` only; [`DEFAULT_DNS_REFRESH_RATE`] when unset.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub dns_refresh_rate: Option<Duration>,
@@ -415,7 +416,11 @@ pub struct Endpoint {
     /// `ip:port` for `static` clusters, `host:port` for `strict_dns`.
     pub address: String,
     /// At least 1.
-    #[serde(default = "one", skip_serializing_if = "is_one")]
+    #[serde(
+        default = "one",
+        deserialize_with = "crate::units::weight",
+        skip_serializing_if = "is_one"
+    )]
     pub weight: u32,
 }
 
@@ -448,14 +453,14 @@ pub struct Service {
     /// [`DEFAULT_CONNECT_TIMEOUT`] when unset.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub connect_timeout: Option<Duration>,
     /// [`DEFAULT_IDLE_TIMEOUT`] when unset, `0s` disables.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub idle_timeout: Option<Duration>,
@@ -467,7 +472,7 @@ pub struct Service {
     /// `strict_dns` only; [`DEFAULT_DNS_REFRESH_RATE`] when unset.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub dns_refresh_rate: Option<Duration>,
@@ -494,6 +499,7 @@ pub struct Version {
     pub name: String,
     /// Relative to the sum over the service's versions; 0 takes no traffic (but keeps its
     /// cluster), not all may be 0.
+    #[serde(deserialize_with = "crate::units::weight")]
     pub weight: u32,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
@@ -514,7 +520,7 @@ pub struct ServiceRoute {
     /// as `policies.timeout` (kept for meshes written before it); set one of the two.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
@@ -549,7 +555,7 @@ pub struct Policies {
     /// disables it. Not with `route.timeout`, which says the same.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
@@ -557,7 +563,7 @@ pub struct Policies {
     /// unset, `0s` disables it.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub idle_timeout: Option<Duration>,
@@ -630,7 +636,7 @@ pub struct ProxyListener {
     pub websocket: bool,
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub stream_idle_timeout: Option<Duration>,
@@ -638,7 +644,7 @@ pub struct ProxyListener {
     /// `request_headers_timeout`): 10 s when unset, `0s` disables it.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub request_headers_timeout: Option<Duration>,

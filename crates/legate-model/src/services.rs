@@ -328,17 +328,8 @@ pub fn set_weights<S: AsRef<str>>(
     }
     let new: Vec<u32> = new.into_iter().flatten().collect();
     let total: u64 = new.iter().map(|&w| u64::from(w)).sum();
-    if total == 0 {
-        return Err(problem(
-            path,
-            "weights are all zero: no version would get traffic".into(),
-        ));
-    }
-    if total > u64::from(u32::MAX) {
-        return Err(problem(
-            path,
-            format!("weights add up to {total}, more than {}", u32::MAX),
-        ));
+    if let Some(message) = crate::validate::version_weights_problem(total) {
+        return Err(problem(path, message));
     }
     for (v, w) in mesh.services[index].versions.iter_mut().zip(new) {
         v.weight = w;
@@ -905,12 +896,13 @@ services:
             (
                 "web",
                 &[("v1", 0), ("v2", 0), ("v3", 0)],
-                "services[0].versions: weights are all zero: no version would get traffic",
+                "services[0].versions: version weights are all zero: no version would get traffic",
             ),
             (
                 "web",
                 &[("v1", u32::MAX), ("v2", 1), ("v3", 0)],
-                "services[0].versions: weights add up to 4294967296, more than 4294967295",
+                "services[0].versions: version weights add up to 4294967296, more than \
+                 4294967295",
             ),
         ];
         for (service, weights, expected) in cases {

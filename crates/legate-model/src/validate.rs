@@ -810,16 +810,8 @@ impl<'m> Checker<'m> {
                 self.endpoints(&format!("{p}.endpoints"), s.discovery, &v.endpoints);
                 total += u64::from(v.weight);
             }
-            if total == 0 {
-                self.report(
-                    vpath,
-                    "version weights are all zero: no version would get traffic",
-                );
-            } else if total > u64::from(u32::MAX) {
-                self.report(
-                    vpath,
-                    format!("version weights add up to {total}, more than {}", u32::MAX),
-                );
+            if let Some(message) = version_weights_problem(total) {
+                self.report(vpath, message);
             }
         }
         self.service_route(&format!("{path}.route"), s);
@@ -1003,6 +995,21 @@ impl<'m> Checker<'m> {
         {
             self.report(path, "duration is longer than 10000 years");
         }
+    }
+}
+
+/// What is wrong with a service's version weights adding up to `total`, if anything: a mesh
+/// file and `legatectl set-weights` are refused with the same words.
+pub(crate) fn version_weights_problem(total: u64) -> Option<String> {
+    if total == 0 {
+        Some("version weights are all zero: no version would get traffic".to_owned())
+    } else if total > u64::from(u32::MAX) {
+        Some(format!(
+            "version weights add up to {total}, more than {}",
+            u32::MAX
+        ))
+    } else {
+        None
     }
 }
 

@@ -6,6 +6,12 @@
 //! never takes a lock or looks anything up. Rendering walks the families in registration
 //! order and their members in label order, which keeps the output stable for scrapers and
 //! for `promtool check metrics`.
+//!
+//! [`cli`] holds what the three binaries share about presenting themselves: the logging
+//! flags (`--log-level`, `--log-format`) with the subscriber they install, and the address
+//! file they write once they listen.
+
+pub mod cli;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -171,10 +171,12 @@ pub async fn build(bootstrap: Bootstrap) -> anyhow::Result<App> {
             .context("cannot start the static configuration")?;
     }
 
+    if let Some(path) = &bootstrap.address_file {
+        legate_telemetry::cli::write_address_file(path, &[("admin", admin_address)])
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     if let Some(path) = &bootstrap.admin_address_path {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, admin_address.to_string())
-            .and_then(|()| std::fs::rename(&tmp, path))
+        legate_telemetry::cli::write_atomically(path, admin_address.to_string().as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(App {

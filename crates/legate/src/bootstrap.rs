@@ -45,21 +45,26 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub admin_address: Option<SocketAddr>,
 
-    /// Write the admin server's bound address to this file once it listens (useful with
-    /// port 0).
+    /// Once the admin server listens, write `admin=ADDR` to this file (useful with port 0);
+    /// legate-cp's --address-file writes the same format.
     #[arg(long, value_name = "FILE")]
+    pub address_file: Option<PathBuf>,
+
+    /// Envoy's flag, kept for tools written for Envoy: the bound admin address alone, as
+    /// Envoy writes it. --address-file is the documented form.
+    #[arg(long, value_name = "FILE", hide = true)]
     pub admin_address_path: Option<PathBuf>,
 
     /// How long in-flight requests may take to finish on shutdown (overrides
     /// `drain_timeout`; default 10s).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = legate_model::parse_duration)]
     pub drain_timeout: Option<Duration>,
 
     /// On SIGTERM, how long to keep accepting connections while `/ready` answers 503,
     /// HTTP/1.1 answers carry `Connection: close` and HTTP/2 connections get a GOAWAY,
     /// before the listeners close and `drain_timeout` starts (overrides `drain_time`;
     /// default 5s; 0 skips it).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = legate_model::parse_duration)]
     pub drain_time: Option<Duration>,
 
     /// Downstream connections open at once over all listeners; more are closed as soon as
@@ -105,12 +110,12 @@ pub struct Args {
     /// How long to wait for referenced xDS resources, and at start for a connected control
     /// plane's first answer before serving from the cache; an unreachable one is not waited
     /// for (overrides `xds.initial_fetch_timeout`; default 15s).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = legate_model::parse_duration)]
     pub initial_fetch_timeout: Option<Duration>,
 
     /// Longest wait between reconnection attempts (overrides `xds.backoff_max`; default
     /// 30s).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = legate_model::parse_duration)]
     pub xds_backoff_max: Option<Duration>,
 
     /// Largest xDS response accepted from a control plane: bytes, or with KiB/MiB (overrides
@@ -123,9 +128,8 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: Option<u16>,
 
-    /// Log filter, in `RUST_LOG` syntax (default: info, or RUST_LOG when set).
-    #[arg(long, value_name = "FILTER")]
-    pub log_level: Option<String>,
+    #[command(flatten)]
+    pub log: legate_telemetry::cli::LogArgs,
 
     /// Memory for request bodies kept for retries, all requests together (e.g. 256MiB, the
     /// default). A body that does not fit is sent once, without retries.
@@ -172,9 +176,9 @@ pub struct BootstrapFile {
     pub node: NodeFile,
     #[serde(default)]
     pub admin: AdminFile,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "legate_model::units::option")]
     pub drain_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "legate_model::units::option")]
     pub drain_time: Option<Duration>,
     pub max_connections: Option<u64>,
     /// The static mesh, in the authoring format.
@@ -192,9 +196,9 @@ pub struct XdsFile {
     pub servers: Vec<String>,
     pub mode: Option<legate_xds::Mode>,
     pub cache_dir: Option<PathBuf>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "legate_model::units::option")]
     pub initial_fetch_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "legate_model::units::option")]
     pub backoff_max: Option<Duration>,
     /// Largest response accepted from a control plane, e.g. `64MiB`.
     #[serde(default, deserialize_with = "size_opt")]
@@ -283,6 +287,9 @@ pub struct XdsBootstrap {
 pub struct Bootstrap {
     pub node: Node,
     pub admin_address: SocketAddr,
+    /// `--address-file`: `admin=ADDR` once the admin server listens.
+    pub address_file: Option<PathBuf>,
+    /// `--admin-address-path`: the bare address, as Envoy writes it.
     pub admin_address_path: Option<PathBuf>,
     pub drain_timeout: Duration,
     /// How long the process drain keeps accepting before the listeners close.
@@ -320,9 +327,23 @@ impl Bootstrap {
                     path: source.clone(),
                     source: e,
                 })?;
-                let file: BootstrapFile = legate_model::parse_yaml(&text, &source)
-                    .map_err(|e| BootstrapError::Config(vec![e]))?;
+                let mesh_document = is_mesh_document(&text);
+                let file: BootstrapFile = if mesh_document {
+                    // A mesh file, as legate-cp reads it: the static mesh of a default
+                    // bootstrap, validated and located exactly as legate-cp would.
+                    let mesh =
+                        legate_model::load(&text, &source).map_err(BootstrapError::Config)?;
+                    BootstrapFile {
+                        mesh: Some(mesh),
+                        ..BootstrapFile::default()
+                    }
+                } else {
+                    legate_model::parse_yaml(&text, &source)
+                        .map_err(|e| BootstrapError::Config(vec![e]))?
+                };
                 let resources = match &file.mesh {
+                    // Validated by `load` above, with the mesh's own paths.
+                    Some(mesh) if mesh_document => legate_model::compile(mesh),
                     Some(mesh) => {
                         legate_model::validate_at(mesh, &text, &source, "mesh")
                             .map_err(BootstrapError::Config)?;
@@ -456,6 +477,7 @@ impl Bootstrap {
                 metadata: file.node.metadata.unwrap_or_default(),
             },
             admin_address,
+            address_file: args.address_file.clone(),
             admin_address_path: args.admin_address_path.clone(),
             drain_timeout: args
                 .drain_timeout
@@ -488,6 +510,33 @@ fn shares_port(a: SocketAddr, b: SocketAddr) -> bool {
         wide.is_unspecified() && (wide.is_ipv6() || other.is_ipv4())
     };
     a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip())
+}
+
+/// The top-level keys of a bootstrap file ([`BootstrapFile`]'s fields).
+const BOOTSTRAP_KEYS: [&str; 7] = [
+    "node",
+    "admin",
+    "drain_timeout",
+    "drain_time",
+    "max_connections",
+    "mesh",
+    "xds",
+];
+
+/// Whether `--config` names a mesh file (the format legate-cp reads: `listeners`,
+/// `services`, `proxy`, ... at the top level) rather than a bootstrap file (the mesh under
+/// `mesh:`): a mapping none of whose keys is a bootstrap key. A document that mixes them is
+/// read as a bootstrap file, whose error then names the mesh key out of place.
+fn is_mesh_document(text: &str) -> bool {
+    match serde_yaml_ng::from_str::<serde_yaml_ng::Mapping>(text) {
+        Ok(map) => {
+            !map.is_empty()
+                && map
+                    .keys()
+                    .all(|k| k.as_str().is_none_or(|k| !BOOTSTRAP_KEYS.contains(&k)))
+        }
+        Err(_) => false,
+    }
 }
 
 /// The bootstrap file's text, for locating errors in it, and its directory, for resolving
@@ -826,6 +875,24 @@ mod tests {
             message.starts_with("--xds-server: 'ftp://127.0.0.1:1' is not a control plane URL"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn bootstrap_keys_are_the_file_fields() {
+        // serde lists the fields it knows when it meets an unknown one.
+        let e = legate_model::parse_yaml::<BootstrapFile>("x: 1\n", "b.yaml").expect_err("x");
+        let listed: Vec<String> = e
+            .message
+            .split('`')
+            .skip(3)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(listed, BOOTSTRAP_KEYS, "{e}");
+        assert!(is_mesh_document("proxy: {}\nservices: []\n"));
+        assert!(!is_mesh_document("node: {id: a}\nservices: []\n"));
+        assert!(!is_mesh_document("{}"));
+        assert!(!is_mesh_document(""));
     }
 
     #[test]

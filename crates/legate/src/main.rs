@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use legate::bootstrap::{Args, Bootstrap};
-use tracing_subscriber::EnvFilter;
 
 // jemalloc with background purging (see .cargo/config.toml): after a large configuration
 // update the transient peak goes back to the OS; glibc's malloc kept most of it resident.
@@ -13,14 +12,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = match &args.log_level {
-        Some(f) => EnvFilter::new(f),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    args.log.init();
 
     let bootstrap = match Bootstrap::load(&args) {
         Ok(b) => b,

@@ -66,14 +66,14 @@ pub struct Retries {
     /// none: only the route's `timeout` applies.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub per_try_timeout: Option<Duration>,
     /// Longest silence from the upstream within one try.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub per_try_idle_timeout: Option<Duration>,
@@ -135,14 +135,14 @@ pub struct Backoff {
     /// [`DEFAULT_BACKOFF_BASE`] when unset; greater than 0.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub base: Option<Duration>,
     /// At least `base`; Envoy's default is 10 × base.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub max: Option<Duration>,
@@ -160,7 +160,7 @@ pub struct RetryAfter {
     /// is 300s.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub max_interval: Option<Duration>,
@@ -294,7 +294,7 @@ pub struct OutlierDetection {
     /// (default 10s); greater than 0.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub interval: Option<Duration>,
@@ -302,7 +302,7 @@ pub struct OutlierDetection {
     /// greater than 0.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub base_ejection_time: Option<Duration>,
@@ -310,14 +310,14 @@ pub struct OutlierDetection {
     /// `base_ejection_time`.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub max_ejection_time: Option<Duration>,
     /// Up to this much is added at random to each ejection (default 0s).
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub max_ejection_time_jitter: Option<Duration>,
@@ -365,7 +365,7 @@ pub struct HealthCheck {
     /// [`DEFAULT_HEALTH_CHECK_INTERVAL`] when unset; greater than 0.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub interval: Option<Duration>,
@@ -373,21 +373,21 @@ pub struct HealthCheck {
     /// greater than 0.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
     /// Up to this much added at random to each interval (Envoy's `interval_jitter`).
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub jitter: Option<Duration>,
     /// The first probe of each host waits a random time up to this.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub initial_jitter: Option<Duration>,
@@ -502,7 +502,7 @@ pub struct Breaker {
     /// Greater than 0.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub window: Option<Duration>,
@@ -512,7 +512,7 @@ pub struct Breaker {
     /// Greater than 0.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::units::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub open_timeout: Option<Duration>,
