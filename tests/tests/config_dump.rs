@@ -182,7 +182,7 @@ async fn legate_envoy_and_legatectl_print_the_same_resources() {
     };
     let (ours_cluster, ours_routes) =
         eventually(WAIT, "legate dumps the cluster and routes", || async {
-            let dump = legate.admin_json("/legate_internal").await;
+            let dump = legate.admin_json("/config_dump").await;
             find(&dump).ok_or_else(|| format!("{dump:#}"))
         })
         .await;
