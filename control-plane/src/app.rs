@@ -517,7 +517,7 @@ impl ControlPlane {
                     type_url: kind.type_url().to_owned(),
                     name: name.to_owned(),
                     version: r.version.clone(),
-                    json: render(kind, &r.any),
+                    json: render(&r.any),
                 });
             }
         }
@@ -1370,50 +1370,14 @@ impl ControlPlane {
     }
 }
 
-/// A readable JSON rendering: legate's validated model where it applies, else the proto's
-/// debug form.
-fn render(
-    kind: legate_snapshot::ResourceKind,
-    any: &envoy_types::pb::google::protobuf::Any,
-) -> String {
-    use legate_snapshot::ResourceKind;
-    use prost::Message;
-    let bytes = any.value.as_slice();
-    let value = match kind {
-        ResourceKind::Cluster => {
-            envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(bytes)
-                .ok()
-                .and_then(|c| legate_snapshot::Cluster::try_from(&c).ok())
-                .and_then(|c| serde_json::to_value(c).ok())
-        }
-        ResourceKind::RouteConfiguration => {
-            envoy_types::pb::envoy::config::route::v3::RouteConfiguration::decode(bytes)
-                .ok()
-                .and_then(|c| legate_snapshot::RouteConfig::try_from(&c).ok())
-                .and_then(|c| serde_json::to_value(c).ok())
-        }
-        ResourceKind::Listener => {
-            envoy_types::pb::envoy::config::listener::v3::Listener::decode(bytes)
-                .ok()
-                .and_then(|c| legate_snapshot::Listener::try_from(&c).ok())
-                .and_then(|c| serde_json::to_value(c).ok())
-        }
-        ResourceKind::ClusterLoadAssignment => {
-            envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(bytes)
-                .ok()
-                .and_then(|c| legate_snapshot::LoadAssignment::try_from(&c).ok())
-                .and_then(|c| serde_json::to_value(c).ok())
-        }
-        ResourceKind::Secret => {
-            envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret::decode(bytes)
-                .ok()
-                .map(|s| crate::secrets::describe(&s))
-        }
-    };
-    value.map(|v| v.to_string()).unwrap_or_else(|| {
-        serde_json::Value::String(format!("{} bytes of {}", any.value.len(), any.type_url))
-            .to_string()
-    })
+/// A resource in Envoy's JSON, as legate's `/config_dump` shows it (`@type`, proto3 JSON
+/// mapping, private keys and sensitive header values redacted), so what a node is served
+/// can be compared with what it runs.
+fn render(any: &envoy_types::pb::google::protobuf::Any) -> String {
+    match legate_config_dump::any_json(any) {
+        Ok(v) => v.to_string(),
+        Err(e) => serde_json::json!({ "@type": any.type_url, "error": e.to_string() }).to_string(),
+    }
 }
 
 /// The gRPC admin service.

@@ -14,8 +14,8 @@
 //! half-written fails its checks, and the last good contents keep being served until the
 //! next change finds it whole.
 //!
-//! Nothing here logs or renders key material: [`describe`] shows a secret with its key
-//! redacted, for `legatectl` and the JSON API.
+//! Nothing here logs or renders key material; `legatectl` and the JSON API show secrets
+//! through `legate-config-dump`, which redacts private keys as Envoy does.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,6 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret as X
 use legate_model::Mesh;
 use legate_tls::TlsError;
 use legate_tls::config::CertifiedKey;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 /// Why the mesh's secrets cannot be served.
@@ -175,43 +174,6 @@ impl SecretFiles {
     }
 }
 
-/// A secret for display: what it is and what its certificates say, never the private key.
-pub fn describe(s: &XdsSecret) -> serde_json::Value {
-    let certs = |source: &Option<DataSource>| -> serde_json::Value {
-        let Some(Specifier::InlineBytes(pem)) = source.as_ref().and_then(|d| d.specifier.as_ref())
-        else {
-            return json!(null);
-        };
-        match legate_tls::pem::certs(pem, "certificate") {
-            Ok(chain) => json!(
-                chain
-                    .iter()
-                    .filter_map(|c| legate_tls::identity::inspect(c.as_ref()).ok())
-                    .map(|info| json!({
-                        "subject": info.subject,
-                        "not_after_unix": info.not_after_unix,
-                    }))
-                    .collect::<Vec<_>>()
-            ),
-            Err(_) => json!(format!("{} bytes", pem.len())),
-        }
-    };
-    match &s.r#type {
-        Some(secret::Type::TlsCertificate(c)) => json!({
-            "name": s.name,
-            "tls_certificate": {
-                "certificate_chain": certs(&c.certificate_chain),
-                "private_key": "[redacted]",
-            },
-        }),
-        Some(secret::Type::ValidationContext(v)) => json!({
-            "name": s.name,
-            "validation_context": { "trusted_ca": certs(&v.trusted_ca) },
-        }),
-        _ => json!({ "name": s.name, "secret": "[redacted]" }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use legate_tls::issue::{Authority, LeafSpec};
@@ -278,9 +240,14 @@ clusters:
             v.trusted_ca.as_ref().and_then(|d| d.specifier.clone()),
             Some(Specifier::InlineBytes(ca.cert_pem().as_bytes().to_vec()))
         );
-        let shown = describe(&r.secrets[1]).to_string();
-        assert!(shown.contains("[redacted]"), "{shown}");
-        assert!(shown.contains("CN=client"), "{shown}");
+        // As legatectl and the JSON API show it: Envoy's redaction of the key's bytes.
+        let shown = legate_config_dump::any_json(&envoy_types::pb::google::protobuf::Any {
+            type_url: legate_snapshot::type_url::SECRET.to_owned(),
+            value: prost::Message::encode_to_vec(&r.secrets[1]),
+        })
+        .expect("renders")
+        .to_string();
+        assert!(shown.contains("W3JlZGFjdGVkXQ=="), "{shown}");
         assert!(!shown.contains("PRIVATE KEY"), "{shown}");
         let shown = format!("{files:?}");
         assert!(!shown.contains("PRIVATE KEY"), "{shown}");

@@ -32,9 +32,9 @@ async fn ready_and_healthz() {
 }
 
 #[tokio::test]
-async fn config_dump_has_version_snapshot_and_node() {
+async fn legate_internal_has_version_snapshot_and_node() {
     let (_payments, legate) = payments_setup().await;
-    let dump = legate.admin_json("/config_dump").await;
+    let dump = legate.admin_json("/legate_internal").await;
     let version = dump["version"]
         .as_str()
         .unwrap_or_else(|| panic!("config_dump has no string \"version\": {dump:#}"));
@@ -52,7 +52,7 @@ async fn config_dump_has_version_snapshot_and_node() {
     );
 
     // Nothing changed, so the version did not either.
-    let again = legate.admin_json("/config_dump").await;
+    let again = legate.admin_json("/legate_internal").await;
     assert_eq!(again["version"], dump["version"]);
 }
 
@@ -260,6 +260,40 @@ async fn config_dump_redacts_sensitive_header_values() {
         "/config_dump shows a credential: {text}"
     );
     let json: serde_json::Value = serde_json::from_str(&text).expect("config_dump json");
+    // In Envoy's JSON: `header.key` and `header.value` of each HeaderValueOption.
+    let routes = json["configs"]
+        .as_array()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c["@type"] == "type.googleapis.com/envoy.admin.v3.RoutesConfigDump")
+        })
+        .unwrap_or_else(|| panic!("no RoutesConfigDump: {json:#}"));
+    let added = &routes["static_route_configs"][0]["route_config"]["virtual_hosts"][0]["routes"][0]
+        ["request_headers_to_add"];
+    let value_of = |name: &str| {
+        added
+            .as_array()
+            .and_then(|a| {
+                a.iter().find(|h| {
+                    h["header"]["key"]
+                        .as_str()
+                        .is_some_and(|k| k.eq_ignore_ascii_case(name))
+                })
+            })
+            .map(|h| h["header"]["value"].clone())
+            .unwrap_or_else(|| panic!("no {name} in {added:#}"))
+    };
+    assert_eq!(value_of("authorization"), "[redacted]");
+    assert_eq!(value_of("x-api-key"), "[redacted]");
+    assert_eq!(value_of("x-team"), "blue");
+
+    // legate's own view redacts them too.
+    let text = legate.admin_get("/legate_internal").await.text();
+    assert!(
+        !text.contains("s3cr3t"),
+        "/legate_internal shows a credential: {text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&text).expect("legate_internal json");
     let added = &json["snapshot"]["route_configs"]["outbound"]["virtual_hosts"][0]["routes"][0]["request_headers_to_add"];
     let value_of = |name: &str| {
         added

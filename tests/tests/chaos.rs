@@ -262,7 +262,7 @@ async fn cp_and_upstream_restarts_lose_no_request_and_end_on_the_latest_config()
         },
     )
     .await;
-    let dump = legate.admin_json("/config_dump").await;
+    let dump = legate.admin_json("/legate_internal").await;
     assert_eq!(dump["xds"]["source"], "xds", "{:#}", dump["xds"]);
 
     stop.store(true, Ordering::Relaxed);

@@ -158,7 +158,7 @@ async fn flags_override_the_file() {
     )
     .await;
     assert_ne!(legate.admin_addr(), taken_addr);
-    let dump = legate.admin_json("/config_dump").await;
+    let dump = legate.admin_json("/legate_internal").await;
     assert_eq!(dump["node"]["id"], "override-id", "{dump:#}");
     assert_eq!(dump["node"]["cluster"], "override-cluster", "{dump:#}");
     drop(taken);

@@ -95,8 +95,7 @@ fn payments_weights(s: &Served) -> Option<BTreeMap<String, u64>> {
     let rc = s.get(&(ROUTE_TYPE.to_owned(), "outbound".to_owned()))?;
     let routes = rc["virtual_hosts"][0]["routes"].as_array()?;
     let route = routes.iter().find(|r| r["name"] == "payments")?;
-    let target = &route["action"]["forward"]["target"];
-    let weighted = target["weighted"]["clusters"].as_array()?;
+    let weighted = route["route"]["weighted_clusters"]["clusters"].as_array()?;
     Some(
         weighted
             .iter()
@@ -114,6 +113,7 @@ fn payments_weights(s: &Served) -> Option<BTreeMap<String, u64>> {
 /// compiled and rendered as the admin API renders what it serves.
 fn persisted(config: &Path, data: &Path) -> Served {
     use legate_cp::store;
+    use prost::Message;
     let text = std::fs::read_to_string(config).expect("read mesh file");
     let files = [(config.display().to_string(), text)];
     let (base, sources) = store::load_mesh(&files).expect("the file on disk is valid");
@@ -126,33 +126,29 @@ fn persisted(config: &Path, data: &Path) -> Served {
     let mut put = |t: &str, name: &str, v: serde_json::Value| {
         out.insert((t.to_owned(), name.to_owned()), v);
     };
-    for c in &r.clusters {
-        let v = legate_snapshot::Cluster::try_from(c).expect("cluster");
+    // As legate-cp renders them: Envoy's JSON (legate-config-dump).
+    let mut render = |t: &str, name: &str, value: Vec<u8>| {
+        let any = envoy_types::pb::google::protobuf::Any {
+            type_url: t.to_owned(),
+            value,
+        };
         put(
-            CLUSTER_TYPE,
-            &c.name,
-            serde_json::to_value(v).expect("json"),
+            t,
+            name,
+            legate_config_dump::any_json(&any).expect("renders"),
         );
+    };
+    for c in &r.clusters {
+        render(CLUSTER_TYPE, &c.name, c.encode_to_vec());
     }
     for c in &r.route_configs {
-        let v = legate_snapshot::RouteConfig::try_from(c).expect("route config");
-        put(ROUTE_TYPE, &c.name, serde_json::to_value(v).expect("json"));
+        render(ROUTE_TYPE, &c.name, c.encode_to_vec());
     }
     for c in &r.listeners {
-        let v = legate_snapshot::Listener::try_from(c).expect("listener");
-        put(
-            LISTENER_TYPE,
-            &c.name,
-            serde_json::to_value(v).expect("json"),
-        );
+        render(LISTENER_TYPE, &c.name, c.encode_to_vec());
     }
     for c in &r.load_assignments {
-        let v = legate_snapshot::LoadAssignment::try_from(c).expect("load assignment");
-        put(
-            ENDPOINTS_TYPE,
-            &c.cluster_name,
-            serde_json::to_value(v).expect("json"),
-        );
+        render(ENDPOINTS_TYPE, &c.cluster_name, c.encode_to_vec());
     }
     out
 }

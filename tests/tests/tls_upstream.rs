@@ -231,10 +231,18 @@ async fn mtls_presents_the_client_certificate() {
         (expected - 120.0..=expected + 5.0).contains(&left),
         "{left}"
     );
-    // /config_dump names the key's file and never shows key material.
+    // /legate_internal names the key's file; /config_dump redacts even that, as Envoy
+    // does; neither shows key material.
+    let internal = legate.admin_get("/legate_internal").await.text();
+    assert!(
+        internal.contains(&client.key.display().to_string()),
+        "{internal}"
+    );
     let dump = legate.admin_get("/config_dump").await.text();
-    assert!(dump.contains(&client.key.display().to_string()), "{dump}");
-    assert!(!dump.contains("PRIVATE KEY"), "{dump}");
+    assert!(!dump.contains(&client.key.display().to_string()), "{dump}");
+    for text in [&internal, &dump] {
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+    }
 }
 
 /// The Python TLS server (OpenSSL), requiring a client certificate.

@@ -126,12 +126,14 @@ fn first_request(server: &XdsServer, stream: u64, type_url: &str) -> RecordedReq
         })
 }
 
-/// The `xds.types[]` entry of `type_url` in `/config_dump`.
+/// The `xds.types[]` entry of `type_url` in `/legate_internal`.
 fn dump_type<'a>(dump: &'a serde_json::Value, type_url: &str) -> &'a serde_json::Value {
     dump["xds"]["types"]
         .as_array()
         .and_then(|types| types.iter().find(|t| t["type_url"] == type_url))
-        .unwrap_or_else(|| panic!("no xds.types entry for {type_url} in /config_dump: {dump:#}"))
+        .unwrap_or_else(|| {
+            panic!("no xds.types entry for {type_url} in /legate_internal: {dump:#}")
+        })
 }
 
 fn cluster_names(clusters: &serde_json::Value) -> Vec<String> {
@@ -630,7 +632,7 @@ async fn subscriptions_follow_references(mode: Mode) {
     expect_upstream(&legate, "/", "b").await;
     // Route config `one` is no longer referenced: dropped.
     eventually(WAIT, "one RDS resource held", || async {
-        let dump = legate.admin_json("/config_dump").await;
+        let dump = legate.admin_json("/legate_internal").await;
         let held = &dump_type(&dump, RDS)["resources"];
         if held == 1 {
             Ok(())
@@ -704,7 +706,7 @@ async fn removed_cluster_disappears(mode: Mode) {
     let gone = expect_response(&legate, "outbound", "/b/x", "= 503", |r| r.status == 503).await;
     assert_eq!(gone.upstream(), None, "{}", gone.describe());
     assert_served_by(&legate, "/", "a", 3).await;
-    let dump = legate.admin_json("/config_dump").await;
+    let dump = legate.admin_json("/legate_internal").await;
     assert_eq!(dump_type(&dump, CDS)["resources"], 1, "{dump:#}");
 }
 
@@ -845,7 +847,7 @@ async fn config_dump_and_metrics_show_xds_state(mode: Mode) {
     let rejected_nonce = push.nonce().to_owned();
 
     let dump = eventually(WAIT, "config_dump shows the NACK", || async {
-        let dump = s.legate.admin_json("/config_dump").await;
+        let dump = s.legate.admin_json("/legate_internal").await;
         if dump_type(&dump, CDS)["last_nack"].is_object() {
             Ok(dump)
         } else {

@@ -110,7 +110,7 @@ both_modes!(config_over_four_mib_reaches_legate_with_the_default_limit);
 
 /// 10,000 clusters whose CDS response is over gRPC's usual 4 MiB: legate's default limit
 /// (64 MiB) takes it and serves it. A legate started with a smaller
-/// `--xds-max-message-size` does not, and says why in `/ready` and `/config_dump`, naming the
+/// `--xds-max-message-size` does not, and says why in `/ready` and `/legate_internal`, naming the
 /// setting. Before the fix the client kept tonic's 4 MiB and reconnected forever.
 async fn config_over_four_mib_reaches_legate_with_the_default_limit(mode: Mode) {
     let a = Upstream::start("a", "v1", Protocol::Auto).await;
@@ -151,7 +151,7 @@ async fn config_over_four_mib_reaches_legate_with_the_default_limit(mode: Mode) 
         why.contains("exceeded the client's limit of 1048576 bytes"),
         "{why}"
     );
-    let dump = small.admin_json("/config_dump").await;
+    let dump = small.admin_json("/legate_internal").await;
     let last_error = dump["xds"]["last_error"]["message"]
         .as_str()
         .unwrap_or_default()

@@ -253,10 +253,10 @@ async fn ads_as(
     }
 }
 
-/// legate's `/config_dump` `xds.last_error`, once there is one matching `want`.
+/// legate's `/legate_internal` `xds.last_error`, once there is one matching `want`.
 async fn last_error(legate: &Legate, want: &str) -> serde_json::Value {
     eventually(PATIENCE, "legate reports the xDS error", || async {
-        let dump = legate.admin_json("/config_dump").await;
+        let dump = legate.admin_json("/legate_internal").await;
         let error = dump["xds"]["last_error"].clone();
         if error.to_string().contains(want) {
             Ok(error)
@@ -281,7 +281,7 @@ async fn legate_over_mtls_gets_config_and_serves(mode: Mode) {
         let response = HttpClient::http1().get(&url).await;
         response.assert_status(200);
         assert_eq!(response.echo().name, "payments");
-        let dump = legate.admin_json("/config_dump").await;
+        let dump = legate.admin_json("/legate_internal").await;
         assert_eq!(dump["xds"]["connected"], true, "{}", dump["xds"]);
         assert_eq!(dump["xds"]["server"], s.cp.https_url().as_str());
     }

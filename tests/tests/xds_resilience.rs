@@ -77,14 +77,14 @@ async fn keeps_serving(legate: &Legate, name: &str, duration: Duration, why: &st
     }
 }
 
-/// Waits until `/config_dump`'s `xds` object satisfies `ok`; returns it.
+/// Waits until `/legate_internal`'s `xds` object satisfies `ok`; returns it.
 async fn expect_xds(
     legate: &Legate,
     what: &str,
     ok: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
     eventually(WAIT, &format!("config_dump xds: {what}"), || async {
-        let dump = legate.admin_json("/config_dump").await;
+        let dump = legate.admin_json("/legate_internal").await;
         let xds = dump["xds"].clone();
         if ok(&xds) {
             Ok(xds)
@@ -402,7 +402,7 @@ async fn refused_cache_then_control_plane(
         "one clear log line about the refused cache, got: {lines:#?}\n{}",
         legate.output()
     );
-    let xds = legate.admin_json("/config_dump").await["xds"].clone();
+    let xds = legate.admin_json("/legate_internal").await["xds"].clone();
     assert_eq!(xds["source"], "none", "{xds:#}");
     // Nothing of the refused file is served: not even the parts that were fine.
     assert_eq!(
@@ -429,7 +429,7 @@ enum Unreachable {
 
 /// A legate restarted while its control plane cannot be reached (`how`) serves its disk
 /// cache at once, not after the initial fetch timeout (60 s here, so the test fails on a
-/// proxy that waits it out); `/ready`, `/config_dump` and a metric say the configuration is
+/// proxy that waits it out); `/ready`, `/legate_internal` and a metric say the configuration is
 /// the stale cache. When the control plane comes back on its port with a changed
 /// configuration, that configuration replaces the cache whole and is ACKed.
 async fn cache_serves_at_once_when_unreachable(mode: Mode, how: Unreachable) {
@@ -642,7 +642,7 @@ async fn no_cache_and_unreachable_server_serves_nothing() {
             "{}",
             ready.describe()
         );
-        let xds = legate.admin_json("/config_dump").await["xds"].clone();
+        let xds = legate.admin_json("/legate_internal").await["xds"].clone();
         assert_eq!(xds["source"], "none", "{xds:#}");
         assert_eq!(
             legate

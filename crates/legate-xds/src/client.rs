@@ -176,6 +176,8 @@ struct Shared {
     ready: tokio::sync::watch::Sender<bool>,
     /// Writes the disk cache off the runtime's threads, in order (when a cache is set).
     cache_writer: Option<cache::Writer>,
+    /// The dynamic resources of the configuration that is live, for `/config_dump`.
+    active: Mutex<Arc<ActiveResources>>,
 }
 
 impl Shared {
@@ -191,6 +193,37 @@ impl Shared {
             .source
             != "none"
     }
+
+    /// Record `state` as the one live: called once the data plane applied it.
+    fn set_active(&self, state: &XdsState) {
+        let mut active = ActiveResources::default();
+        for kind in ResourceKind::WARM_ORDER {
+            let t = state.get(kind);
+            if !t.version_info.is_empty() {
+                active.versions.push((kind, t.version_info.clone()));
+            }
+            active
+                .resources
+                .extend(t.resources.values().map(|s| legate_config_dump::Resource {
+                    kind,
+                    origin: legate_config_dump::Origin::Dynamic {
+                        version: s.version.clone(),
+                    },
+                    last_updated: Some(s.last_updated),
+                    any: s.any.clone(),
+                }));
+        }
+        *self.active.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(active);
+    }
+}
+
+/// The resources received from control planes (or restored from the cache) that the live
+/// configuration was built from, as `/config_dump` lists them under `dynamic_active_*`.
+#[derive(Clone, Debug, Default)]
+pub struct ActiveResources {
+    /// `version_info` of the last accepted response, per type.
+    pub versions: Vec<(ResourceKind, String)>,
+    pub resources: Vec<legate_config_dump::Resource>,
 }
 
 /// A running client.
@@ -209,6 +242,15 @@ impl XdsHandle {
     pub fn status(&self) -> XdsStatus {
         self.shared
             .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The dynamic resources of the live configuration (none before the first).
+    pub fn active_resources(&self) -> Arc<ActiveResources> {
+        self.shared
+            .active
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -248,6 +290,7 @@ pub fn start(options: XdsOptions, sink: Arc<dyn SnapshotSink>, registry: &Regist
         last_update: Mutex::new(None),
         ready,
         cache_writer,
+        active: Mutex::new(Arc::default()),
     });
     tokio::spawn(run(shared.clone()));
     tokio::spawn(cold_start(shared.clone()));
@@ -438,6 +481,7 @@ async fn serve_cache(
                 });
                 s.types = state.status();
             });
+            shared.set_active(&state);
             let _ = shared.ready.send(true);
             CacheOutcome::Served
         }
@@ -1192,6 +1236,7 @@ impl Session<'_> {
             s.source = "xds";
             s.cache = None;
         });
+        self.shared.set_active(self.state);
         drop(_guard);
         self.write_cache();
         Ok(())
@@ -1220,7 +1265,7 @@ impl Session<'_> {
                             .map(|(name, s)| CachedResource {
                                 name: name.clone(),
                                 version: s.version.clone(),
-                                resource: s.any.clone(),
+                                resource: (*s.any).clone(),
                             })
                             .collect(),
                     }

@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use client::{LastError, XdsHandle, XdsStatus, start};
+pub use client::{ActiveResources, LastError, XdsHandle, XdsStatus, start};
 use envoy_types::pb::envoy::config::core::v3::Node;
 pub use error::ApplyError;
 use legate_snapshot::{Resources, Snapshot};

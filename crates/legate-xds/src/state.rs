@@ -9,6 +9,7 @@
 //! a log line or a status page.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
@@ -227,8 +228,9 @@ impl Received {
         Ok(Stored {
             version,
             private: self.decoded.is_private(),
-            any: self.any,
+            any: Arc::new(self.any),
             refs: Box::new(refs),
+            last_updated: SystemTime::now(),
         })
     }
 }
@@ -248,12 +250,16 @@ impl std::fmt::Debug for Received {
 #[derive(Clone, PartialEq)]
 pub struct Stored {
     pub version: String,
-    pub any: Any,
+    /// Shared with what `/config_dump` shows (`XdsHandle::active_resources`).
+    pub any: Arc<Any>,
     /// What a listener or cluster makes the client subscribe to (boxed: most resources name
     /// nothing or one name, and thousands are kept).
     pub refs: Box<References>,
     /// Holds private key material: never written to the disk cache.
     pub private: bool,
+    /// When this resource last changed (received with different contents), for
+    /// `/config_dump`'s `last_updated`.
+    pub last_updated: SystemTime,
 }
 
 impl std::fmt::Debug for Stored {
@@ -265,6 +271,7 @@ impl std::fmt::Debug for Stored {
             .field("bytes", &self.any.value.len())
             .field("refs", &self.refs)
             .field("private", &self.private)
+            .field("last_updated", &self.last_updated)
             .finish()
     }
 }
@@ -470,7 +477,17 @@ impl XdsState {
     /// Accept a proposal.
     pub fn commit(&mut self, p: Proposal) {
         let t = self.get_mut(p.kind);
-        t.resources = p.resources;
+        let mut resources = p.resources;
+        // A resource sent again unchanged keeps the time it last changed, as Envoy's
+        // `last_updated` does.
+        for (name, new) in &mut resources {
+            if let Some(old) = t.resources.get(name)
+                && old.any == new.any
+            {
+                new.last_updated = old.last_updated;
+            }
+        }
+        t.resources = resources;
         t.version_info = p.version_info.clone();
         t.nonce = p.nonce;
         t.status.version_info = p.version_info;
@@ -840,6 +857,36 @@ clusters:
         state.commit(p);
     }
 
+    /// `/config_dump`'s `last_updated`: when a resource last changed, not when it was last
+    /// sent again unchanged (as Envoy's).
+    #[test]
+    fn an_unchanged_resource_keeps_its_last_updated() {
+        let r = resources();
+        let mut state = XdsState::new(Resources::default(), Duration::from_secs(1));
+        let commit = |state: &mut XdsState, c: &XdsCluster, at: SystemTime| {
+            let (name, mut s) = stored(ResourceKind::Cluster, c);
+            s.last_updated = at;
+            let p = state.propose_unchecked(
+                ResourceKind::Cluster,
+                BTreeMap::from([(name.clone(), s)]),
+                "v".to_owned(),
+            );
+            state.commit(p);
+            state.get(ResourceKind::Cluster).resources[&name].last_updated
+        };
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let t1 = t0 + Duration::from_secs(5);
+        let t2 = t1 + Duration::from_secs(5);
+        let mut c = r.clusters[0].clone();
+        assert_eq!(commit(&mut state, &c, t0), t0);
+        assert_eq!(commit(&mut state, &c, t1), t0, "unchanged: kept");
+        c.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 9,
+            nanos: 0,
+        });
+        assert_eq!(commit(&mut state, &c, t2), t2, "changed: updated");
+    }
+
     #[test]
     fn subscriptions_follow_references_and_warming_ends_when_resources_arrive() {
         let r = resources();
@@ -1115,7 +1162,8 @@ clusters:
                     Decoded::Listener(l) => refs::listener_references(l),
                     _ => References::default(),
                 }),
-                any,
+                any: Arc::new(any),
+                last_updated: SystemTime::now(),
             };
             (received.name, stored)
         }

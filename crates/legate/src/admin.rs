@@ -1,6 +1,10 @@
 //! The admin server: readiness, health, config dump, cluster and listener state, and
 //! Prometheus metrics. Plain HTTP/1.1 on its own address (loopback by default), as Envoy's.
 //!
+//! `/config_dump` is Envoy's (`legate-config-dump`: the Envoy resources in Envoy's JSON, with
+//! `?resource=`, `?mask=` and `?include_eds`); legate's own view, the validated snapshot and
+//! the xDS client's state, is `/legate_internal`.
+//!
 //! Bounds, whoever can reach the address: [`MAX_CONNECTIONS`] connections at once (more are
 //! closed as soon as they are accepted), a request's head within [`HEADER_READ_TIMEOUT`],
 //! which is also how long a keep-alive connection may sit idle, [`MAX_HEAD_BYTES`] and
@@ -29,6 +33,7 @@ pub(crate) struct AdminState {
     pub(crate) dataplane: Arc<Dataplane>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) node: Node,
+    pub(crate) dump: crate::dump::StaticDump,
     pub(crate) xds: Option<legate_xds::XdsHandle>,
 }
 
@@ -134,7 +139,8 @@ async fn handle(
             }
         }
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/config_dump" => {
+        "/config_dump" => config_dump(&state, req.uri().query().unwrap_or("")).await,
+        "/legate_internal" => {
             let active = state.dataplane.active();
             let xds = state.xds.as_ref().map(|x| x.status());
             json_response(&json!({
@@ -205,12 +211,43 @@ async fn handle(
         }
         "/" => text(
             StatusCode::OK,
-            "legate admin: /ready /healthz /config_dump /clusters /listeners /stats/prometheus\n"
+            "legate admin: /ready /healthz /config_dump /legate_internal /clusters /listeners \
+             /stats/prometheus\n"
                 .into(),
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     };
     Ok(res)
+}
+
+/// Envoy's `/config_dump`: rendered off the runtime's threads (a large configuration takes
+/// a while to decode and write, and the admin server shares the data plane's threads).
+async fn config_dump(state: &AdminState, query: &str) -> Response<Full<Bytes>> {
+    let query = match legate_config_dump::Query::parse(query) {
+        Ok(q) => q,
+        Err(e) => return dump_error(&e),
+    };
+    let inputs = state.dump.inputs(state.xds.as_ref());
+    match tokio::task::spawn_blocking(move || legate_config_dump::render(&inputs, &query)).await {
+        Ok(Ok(body)) => {
+            let mut res = Response::new(Full::new(Bytes::from(body)));
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            res
+        }
+        Ok(Err(e)) => dump_error(&e),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("config dump failed: {e}\n"),
+        ),
+    }
+}
+
+fn dump_error(e: &legate_config_dump::DumpError) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    text(status, format!("{e}\n"))
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

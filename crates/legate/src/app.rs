@@ -150,6 +150,7 @@ pub async fn build(bootstrap: Bootstrap) -> anyhow::Result<App> {
         dataplane: dataplane.clone(),
         registry,
         node: bootstrap.node.clone(),
+        dump: crate::dump::StaticDump::new(&bootstrap, node_proto(&bootstrap.node), admin_address),
         xds,
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, state));
