@@ -254,6 +254,27 @@ impl ControlPlane {
             .await
     }
 
+    /// `GET path` on the JSON admin API with the token: the parsed body of a 200, or the
+    /// status and body of anything else.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, String> {
+        let r = self
+            .json(
+                "GET",
+                path,
+                &[("authorization", &self.bearer())],
+                crate::client::empty(),
+            )
+            .await;
+        if r.status.as_u16() != 200 {
+            return Err(format!(
+                "GET {path}: {} {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            ));
+        }
+        serde_json::from_slice(&r.body).map_err(|e| format!("GET {path}: {e}"))
+    }
+
     /// A gRPC admin client without credentials (tests add metadata per call).
     pub async fn grpc(
         &self,

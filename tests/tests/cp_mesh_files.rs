@@ -45,27 +45,8 @@ services:
     text
 }
 
-async fn get(cp: &Cp, path: &str) -> Result<serde_json::Value, String> {
-    let r = cp
-        .json(
-            "GET",
-            path,
-            &[("authorization", &cp.bearer())],
-            legate_tests::client::empty(),
-        )
-        .await;
-    if r.status.as_u16() != 200 {
-        return Err(format!(
-            "GET {path}: {} {}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-        ));
-    }
-    serde_json::from_slice(&r.body).map_err(|e| format!("GET {path}: {e}"))
-}
-
 async fn served(cp: &Cp) -> Result<Served, String> {
-    let body = get(cp, "/v1/nodes/probe?cluster=web").await?;
+    let body = cp.get_json("/v1/nodes/probe?cluster=web").await?;
     let list = body["resources"]
         .as_array()
         .ok_or_else(|| format!("no resources in {body}"))?;
@@ -190,7 +171,7 @@ async fn an_empty_mesh_file_is_refused_and_the_last_good_one_served() {
                 if s != before {
                     return Ok(());
                 }
-                let status = get(&cp, "/v1/mesh").await?;
+                let status = cp.get_json("/v1/mesh").await?;
                 let refusals = status["refusals"].as_u64().unwrap_or(0);
                 if refusals > i as u64 {
                     Ok(())
@@ -205,7 +186,7 @@ async fn an_empty_mesh_file_is_refused_and_the_last_good_one_served() {
             clusters(&before),
             "an empty mesh file ({text:?}) was published"
         );
-        let status = get(&cp, "/v1/mesh").await.expect("status");
+        let status = cp.get_json("/v1/mesh").await.expect("status");
         let error = status["refused"]["error"].as_str().unwrap_or_default();
         assert!(
             error.contains("mesh.yaml:1:1: empty document") && error.contains("listeners: []"),
@@ -241,7 +222,7 @@ async fn an_empty_mesh_file_is_refused_and_the_last_good_one_served() {
         "a valid edit took {:?}",
         started.elapsed()
     );
-    let status = get(&cp, "/v1/mesh").await.expect("status");
+    let status = cp.get_json("/v1/mesh").await.expect("status");
     assert!(status["refused"].is_null(), "{status}");
 
     // Serving nothing is possible, when the file says so.
@@ -360,7 +341,7 @@ async fn editor_files_in_the_mesh_directory_are_ignored() {
         if w == Some(BTreeMap::from([("payments-v2".to_owned(), 100)])) {
             Ok(())
         } else {
-            let status = get(&cp, "/v1/mesh").await.unwrap_or_default();
+            let status = cp.get_json("/v1/mesh").await.unwrap_or_default();
             Err(format!("{w:?}; {status}"))
         }
     })
@@ -370,7 +351,7 @@ async fn editor_files_in_the_mesh_directory_are_ignored() {
         "a valid edit took {:?}",
         started.elapsed()
     );
-    let status = get(&cp, "/v1/mesh").await.expect("status");
+    let status = cp.get_json("/v1/mesh").await.expect("status");
     assert_eq!(
         status["files"],
         serde_json::json!([config.display().to_string()]),

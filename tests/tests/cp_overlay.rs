@@ -50,25 +50,10 @@ async fn start(config: &Path, data: &Path) -> Cp {
     Cp::start_with(config, data, &["--mesh-settle", "100ms"]).await
 }
 
-async fn get(cp: &Cp, path: &str) -> Result<serde_json::Value, String> {
-    let r = cp
-        .json(
-            "GET",
-            path,
-            &[("authorization", &cp.bearer())],
-            legate_tests::client::empty(),
-        )
-        .await;
-    if r.status.as_u16() != 200 {
-        return Err(format!("GET {path}: {} {}", r.status, r.text()));
-    }
-    serde_json::from_slice(&r.body).map_err(|e| format!("GET {path}: {e}"))
-}
-
 /// The served resource of this type and name, as text (whatever the rendering, names and
 /// header values appear in it as written).
 async fn served(cp: &Cp, type_url: &str, name: &str) -> Result<String, String> {
-    let body = get(cp, "/v1/nodes/probe?cluster=web").await?;
+    let body = cp.get_json("/v1/nodes/probe?cluster=web").await?;
     body["resources"]
         .as_array()
         .and_then(|list| {
@@ -195,6 +180,8 @@ async fn file_edits_after_set_weights_take_effect_and_a_file_edit_of_the_weights
     );
 
     // A comment changes nothing served: nothing is pushed, and the log does not say so.
+    // (The header edit's push is read from the log's pipe first, so it is not counted late.)
+    logged(&cp, "mesh files changed: new configuration pushed").await;
     let before = pushes(&cp);
     replace(
         &config,
@@ -337,7 +324,7 @@ async fn reset_and_delete() {
         )
         .await;
     r.assert_status(200);
-    let view = get(&cp, "/v1/services/payments").await.expect("view");
+    let view = cp.get_json("/v1/services/payments").await.expect("view");
     assert!(field(&view, "weights", "file").is_some(), "{view}");
 }
 
@@ -376,7 +363,7 @@ async fn a_stored_change_that_no_longer_fits_does_not_stop_a_restart() {
         .await
         .expect("the file's service served");
     assert!(served(&cp, CLUSTER_TYPE, "extra").await.is_err());
-    let status = get(&cp, "/v1/mesh").await.expect("mesh status");
+    let status = cp.get_json("/v1/mesh").await.expect("mesh status");
     let conflict = status["conflicts"][0]["message"]
         .as_str()
         .unwrap_or_default()
@@ -407,7 +394,7 @@ async fn a_stored_change_that_no_longer_fits_does_not_stop_a_restart() {
     );
     // Kept until deleted.
     ctl(&cp, &["delete", "extra"]);
-    let status = get(&cp, "/v1/mesh").await.expect("mesh status");
+    let status = cp.get_json("/v1/mesh").await.expect("mesh status");
     assert_eq!(status["conflicts"], serde_json::json!([]), "{status}");
 }
 
@@ -475,7 +462,7 @@ async fn apply_refuses_other_sections_reports_unchanged_and_warns() {
         config.display()
     );
     logged(&cp, &warning).await;
-    let status = get(&cp, "/v1/mesh").await.expect("status");
+    let status = cp.get_json("/v1/mesh").await.expect("status");
     assert!(
         status["warnings"]
             .to_string()
@@ -498,11 +485,25 @@ async fn apply_refuses_other_sections_reports_unchanged_and_warns() {
     );
 
     let file = dir.write("extra.yaml.in", CREATED);
+    let before = pushes(&cp);
     let first = ctl(&cp, &["apply", "-f", file.to_str().expect("utf-8")]);
     assert!(
         first.contains("service extra created\ngeneration 1"),
         "{first}"
     );
+    // The log is read from a pipe: wait until the first apply's push has been read.
+    eventually(
+        Duration::from_secs(10),
+        "the first apply's push logged",
+        || async {
+            if pushes(&cp) > before {
+                Ok(())
+            } else {
+                Err(cp.log())
+            }
+        },
+    )
+    .await;
     let pushed = pushes(&cp);
     let again = ctl(&cp, &["apply", "-f", file.to_str().expect("utf-8")]);
     assert!(
@@ -542,4 +543,28 @@ async fn apply_refuses_other_sections_reports_unchanged_and_warns() {
     );
     assert!(err.contains("legatectl: warning:"), "{err}");
     logged(&cp, "per_try_timeout 5s is longer").await;
+    // The applied `slow` is generation 2, the one push since the first apply: wait until its
+    // line has been read, then no unchanged apply may have pushed in between.
+    eventually(
+        Duration::from_secs(10),
+        "generation 2's push logged",
+        || async {
+            let log = cp.log();
+            if log
+                .lines()
+                .any(|l| l.contains("generation=2") && l.contains("new configuration pushed"))
+            {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        pushes(&cp),
+        pushed + 1,
+        "an unchanged apply pushed: {}",
+        cp.log()
+    );
 }
