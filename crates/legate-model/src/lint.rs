@@ -68,8 +68,8 @@ fn per_try_longer(
             "per_try_timeout {} is longer than the {what}'s timeout {}{note}: the timeout ends \
              the request first, so no try ever times out on its own and is retried; make \
              per_try_timeout shorter than timeout",
-            humantime::format_duration(per_try),
-            humantime::format_duration(timeout),
+            crate::units::format_duration(per_try),
+            crate::units::format_duration(timeout),
         )
     })
 }

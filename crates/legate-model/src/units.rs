@@ -43,15 +43,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     })
 }
 
+/// A duration written the way mesh files are: one unit where one is exact (`2s`, `1500ms`,
+/// `250us`), humantime's parts otherwise (`1m 30s`, `1h`); [`parse_duration`] reads it back.
+pub fn format_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".to_owned();
+    }
+    if nanos % 1_000_000_000 == 0 && d.as_secs() < 60 {
+        format!("{}s", d.as_secs())
+    } else if nanos % 1_000_000_000 == 0 {
+        humantime::format_duration(d).to_string()
+    } else if nanos % 1_000_000 == 0 {
+        format!("{}ms", d.as_millis())
+    } else if nanos % 1_000 == 0 {
+        format!("{}us", d.as_micros())
+    } else {
+        format!("{nanos}ns")
+    }
+}
+
 /// serde adapter for `Option<Duration>` mesh fields
-/// (`#[serde(default, with = "crate::units::option")]`): written as `2s`, `1m 30s`;
+/// (`#[serde(default, with = "crate::units::option")]`): written by [`format_duration`];
 /// read with [`parse_duration`], so a file reports the same message a flag does.
 pub mod option {
     use super::*;
 
     pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match value {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            Some(d) => s.serialize_str(&format_duration(*d)),
             None => s.serialize_none(),
         }
     }
@@ -162,6 +182,22 @@ impl Visitor<'_> for WeightVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formatted_durations_are_compact_and_read_back() {
+        for (d, text) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_secs(5), "5s"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_micros(250), "250us"),
+            (Duration::from_nanos(7), "7ns"),
+            (Duration::from_secs(90), "1m 30s"),
+            (Duration::from_secs(3600), "1h"),
+        ] {
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text), Ok(d), "{text}");
+        }
+    }
 
     #[test]
     fn durations() {
