@@ -50,13 +50,13 @@ pub fn format_duration(d: Duration) -> String {
     if nanos == 0 {
         return "0s".to_owned();
     }
-    if nanos % 1_000_000_000 == 0 && d.as_secs() < 60 {
+    if nanos.is_multiple_of(1_000_000_000) && d.as_secs() < 60 {
         format!("{}s", d.as_secs())
-    } else if nanos % 1_000_000_000 == 0 {
+    } else if nanos.is_multiple_of(1_000_000_000) {
         humantime::format_duration(d).to_string()
-    } else if nanos % 1_000_000 == 0 {
+    } else if nanos.is_multiple_of(1_000_000) {
         format!("{}ms", d.as_millis())
-    } else if nanos % 1_000 == 0 {
+    } else if nanos.is_multiple_of(1_000) {
         format!("{}us", d.as_micros())
     } else {
         format!("{nanos}ns")
