@@ -359,12 +359,14 @@ async fn connection(
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(error)) => {
+            cp.metrics.admin_refused("tls-handshake");
             shared
                 .refusals
                 .handshake(peer, &error.to_string(), "tls-handshake");
             return;
         }
         Err(_) => {
+            cp.metrics.admin_refused("tls-timeout");
             shared
                 .refusals
                 .handshake(peer, "no handshake within 10s", "tls-timeout");
@@ -464,6 +466,7 @@ async fn handle(
     let caller = match decision {
         Ok(caller) => caller,
         Err(refusal) => {
+            cp.metrics.admin_refused(refusal.reason());
             shared.refusals.refused(&what(), conn.peer, &refusal);
             return Ok(if json {
                 admin_json::refusal(&refusal)

@@ -28,6 +28,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::metrics::{AdminOperation, CpMetrics, MeshReload};
 use crate::secrets::SecretFiles;
 use crate::store::{self, Change, MeshFiles, Overlay, OverlayConflict, StoreError, Warning};
 use crate::watch::{Settle, Verdict, Watcher};
@@ -50,6 +51,18 @@ pub enum ChangeError {
 }
 
 const STOPPED: &str = "the control plane's state owner has stopped";
+
+impl ChangeError {
+    /// The `outcome` label of `legate_cp_admin_changes_total` for this refusal.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ChangeError::UnknownService(_) => "unknown_service",
+            ChangeError::Invalid(_) => "invalid",
+            ChangeError::Precondition(_) => "precondition",
+            ChangeError::Stopped => "stopped",
+        }
+    }
+}
 
 impl From<String> for ChangeError {
     fn from(message: String) -> Self {
@@ -254,6 +267,8 @@ const COMMAND_QUEUE: usize = 64;
 pub struct ControlPlane {
     pub cache: Arc<SnapshotCache>,
     pub registry: Arc<NodeRegistry>,
+    /// What `/metrics` serves; the registry counts into it too.
+    pub metrics: Arc<CpMetrics>,
     commands: mpsc::Sender<Command>,
     status: Arc<Mutex<MeshStatus>>,
     /// Cancelled by [`ControlPlane::shut_down`]: the owner stops, changes are refused.
@@ -292,6 +307,7 @@ struct Owner {
     wake: Arc<Notify>,
     /// The last file or certificate error logged, to log each one once.
     last_error: Option<String>,
+    metrics: Arc<CpMetrics>,
 }
 
 fn hex(digest: &[u8; 32]) -> String {
@@ -334,6 +350,7 @@ impl ControlPlane {
         };
         let warnings = store::warnings(&effective.mesh, &sources, &overlay);
         let cache = Arc::new(SnapshotCache::new());
+        let metrics = Arc::new(CpMetrics::new());
         let wake = Arc::new(Notify::new());
         let watcher = Watcher::new(wake.clone());
         let status = Arc::new(Mutex::new(MeshStatus {
@@ -371,6 +388,7 @@ impl ControlPlane {
             watcher,
             wake,
             last_error: None,
+            metrics: metrics.clone(),
         };
         if let Err(e) = owner.publish(&effective.mesh, &secrets) {
             if owner.state.overlay.services.is_empty() {
@@ -406,7 +424,8 @@ impl ControlPlane {
             .map_err(|e| StoreError::Other(format!("cannot start the state owner: {e}")))?;
         Ok(Arc::new(ControlPlane {
             cache,
-            registry: Arc::new(NodeRegistry::new()),
+            registry: Arc::new(NodeRegistry::with_metrics(metrics.clone())),
+            metrics,
             commands,
             status,
             stopping,
@@ -443,16 +462,28 @@ impl ControlPlane {
         answer.await.ok()
     }
 
+    /// Counts a change's outcome in `legate_cp_admin_changes_total`.
+    fn counted(&self, operation: AdminOperation, changed: Changed) -> Changed {
+        let outcome = match &changed {
+            Ok(_) => "ok",
+            Err(e) => e.outcome(),
+        };
+        self.metrics.admin_change(operation, outcome);
+        changed
+    }
+
     /// Insert or replace the services of a mesh document.
     pub async fn apply(&self, document: &str, source: &str, caller: Option<String>) -> Changed {
-        self.ask(|reply| Command::Apply {
-            document: document.to_owned(),
-            source: source.to_owned(),
-            caller,
-            reply,
-        })
-        .await
-        .unwrap_or(Err(ChangeError::Stopped))
+        let changed = self
+            .ask(|reply| Command::Apply {
+                document: document.to_owned(),
+                source: source.to_owned(),
+                caller,
+                reply,
+            })
+            .await
+            .unwrap_or(Err(ChangeError::Stopped));
+        self.counted(AdminOperation::Apply, changed)
     }
 
     /// Set a service's version weights.
@@ -462,34 +493,40 @@ impl ControlPlane {
         weights: &[(String, u32)],
         caller: Option<String>,
     ) -> Changed {
-        self.ask(|reply| Command::SetWeights {
-            service: service.to_owned(),
-            weights: weights.to_vec(),
-            caller,
-            reply,
-        })
-        .await
-        .unwrap_or(Err(ChangeError::Stopped))
+        let changed = self
+            .ask(|reply| Command::SetWeights {
+                service: service.to_owned(),
+                weights: weights.to_vec(),
+                caller,
+                reply,
+            })
+            .await
+            .unwrap_or(Err(ChangeError::Stopped));
+        self.counted(AdminOperation::SetWeights, changed)
     }
 
     /// Drop a service's admin changes.
     pub async fn reset(&self, service: &str) -> Changed {
-        self.ask(|reply| Command::Reset {
-            service: service.to_owned(),
-            reply,
-        })
-        .await
-        .unwrap_or(Err(ChangeError::Stopped))
+        let changed = self
+            .ask(|reply| Command::Reset {
+                service: service.to_owned(),
+                reply,
+            })
+            .await
+            .unwrap_or(Err(ChangeError::Stopped));
+        self.counted(AdminOperation::Reset, changed)
     }
 
     /// Remove a service an `apply` created.
     pub async fn delete(&self, service: &str) -> Changed {
-        self.ask(|reply| Command::Delete {
-            service: service.to_owned(),
-            reply,
-        })
-        .await
-        .unwrap_or(Err(ChangeError::Stopped))
+        let changed = self
+            .ask(|reply| Command::Delete {
+                service: service.to_owned(),
+                reply,
+            })
+            .await
+            .unwrap_or(Err(ChangeError::Stopped));
+        self.counted(AdminOperation::Delete, changed)
     }
 
     /// A service with where each value comes from; `None` for an unknown one.
@@ -725,8 +762,10 @@ impl Owner {
                 self.report(effective.conflicts, warnings);
                 self.watch_dirs();
                 if changed {
+                    self.metrics.mesh_reload(MeshReload::Applied);
                     tracing::info!(digest = %hex(&files.digest), "mesh files changed: new configuration pushed");
                 } else {
+                    self.metrics.mesh_reload(MeshReload::Unchanged);
                     tracing::info!(digest = %hex(&files.digest), "mesh files changed, but not what is served: nothing pushed");
                 }
             }
@@ -767,6 +806,7 @@ impl Owner {
 
     fn refuse(&mut self, error: &str, digest: &[u8; 32]) {
         tracing::error!(%error, "mesh files refused; keeping the last good configuration");
+        self.metrics.mesh_reload(MeshReload::Refused);
         self.last_error = Some(error.to_owned());
         let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         status.refusals = status.refusals.saturating_add(1);

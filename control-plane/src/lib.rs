@@ -20,6 +20,9 @@
 //! - [`app`], [`store`], [`watch`]: the configuration state (mesh files plus persisted admin
 //!   changes) and its one owner, which applies file changes and admin changes in order;
 //!   mesh files are watched (inotify) and applied once stable.
+//! - [`metrics`]: legate-cp's Prometheus metrics (streams, pushes, ACK latency, NACKs, admin
+//!   changes and refusals, mesh reloads, LRS reports) and the unauthenticated `/metrics`
+//!   listener that serves them.
 //! - [`load`]: simulated proxies for measuring fan-out (the `legate-cp-load` binary).
 //!
 //! The protocol rules, and the peers' quirks they satisfy, are written down next to the code
@@ -33,6 +36,7 @@ pub mod app;
 pub mod cache;
 pub mod certs;
 pub mod load;
+pub mod metrics;
 pub mod registry;
 pub mod resources;
 pub mod secrets;

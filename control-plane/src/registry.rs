@@ -11,11 +11,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::config::core::v3::{Node, node::UserAgentVersionType};
 use legate_snapshot::ResourceKind;
+use legate_telemetry::Gauge;
 use serde::Serialize;
+
+use crate::metrics::CpMetrics;
 
 /// How many NACKs [`NodeRegistry::recent_nacks`] keeps.
 const NACK_HISTORY: usize = 128;
@@ -165,15 +168,13 @@ pub struct NodeRegistry {
     /// NACK messages are kept up to this many bytes.
     nack_message_limit: AtomicUsize,
     inner: Mutex<Inner>,
+    /// Streams, pushes, ACK latency, NACKs and refusals are counted here as they happen.
+    metrics: Arc<CpMetrics>,
 }
 
 impl Default for NodeRegistry {
     fn default() -> Self {
-        NodeRegistry {
-            next_id: AtomicU64::new(0),
-            nack_message_limit: AtomicUsize::new(DEFAULT_NACK_MESSAGE_LIMIT),
-            inner: Mutex::new(Inner::default()),
-        }
+        NodeRegistry::with_metrics(Arc::new(CpMetrics::new()))
     }
 }
 
@@ -191,11 +192,29 @@ struct Entry {
     node_cluster: String,
     status: StreamStatus,
     types: BTreeMap<ResourceKind, TypeStatus>,
+    /// Per [`ResourceKind::index`]: the version last pushed and when, until its ACK.
+    pushed: [Option<(String, Instant)>; 5],
 }
 
 impl NodeRegistry {
+    /// A registry with metrics of its own (tests, the load simulator).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A registry that counts into `metrics` (legate-cp's, served on `/metrics`).
+    pub fn with_metrics(metrics: Arc<CpMetrics>) -> Self {
+        NodeRegistry {
+            next_id: AtomicU64::new(0),
+            nack_message_limit: AtomicUsize::new(DEFAULT_NACK_MESSAGE_LIMIT),
+            inner: Mutex::new(Inner::default()),
+            metrics,
+        }
+    }
+
+    /// Where this registry counts.
+    pub fn metrics(&self) -> &Arc<CpMetrics> {
+        &self.metrics
     }
 
     /// Keep NACK messages up to `bytes` (`--xds-max-nack-message`); longer ones are cut at a
@@ -253,6 +272,7 @@ impl NodeRegistry {
     pub fn refused(&self, mut refusal: Refusal) {
         clip(&mut refusal.node_id);
         clip(&mut refusal.node_cluster);
+        self.metrics.xds_refused(refusal.reason.as_str());
         let mut inner = self.lock();
         *inner.refusal_counts.entry(refusal.reason).or_default() += 1;
         if inner.refusals.len() == REFUSAL_HISTORY {
@@ -305,11 +325,18 @@ impl NodeRegistry {
                 types: Vec::new(),
             },
             types: BTreeMap::new(),
+            pushed: Default::default(),
         };
+        let node_cluster_label = self.metrics.node_cluster_label(&node.cluster);
+        let open = self.metrics.stream_gauge(mode, &node_cluster_label);
+        open.inc();
         self.lock().streams.insert(id, entry);
         StreamHandle {
             registry: Arc::clone(self),
             id,
+            mode,
+            node_cluster_label,
+            open,
         }
     }
 }
@@ -319,6 +346,11 @@ impl NodeRegistry {
 pub struct StreamHandle {
     registry: Arc<NodeRegistry>,
     id: u64,
+    mode: StreamMode,
+    /// The node's cluster as the metrics label it (bounded, see [`crate::metrics`]).
+    node_cluster_label: String,
+    /// The open-streams gauge this stream counts in, decremented on drop.
+    open: Arc<Gauge>,
 }
 
 impl StreamHandle {
@@ -359,11 +391,32 @@ impl StreamHandle {
         }
     }
 
+    /// A response carrying `version` of this type was sent (a push).
     pub fn sent(&self, kind: ResourceKind, version: &str) {
+        self.registry.metrics.pushed(self.mode, kind);
+        let mut inner = self.registry.lock();
+        if let Some(entry) = inner.streams.get_mut(&self.id) {
+            entry.pushed[kind.index()] = Some((version.to_owned(), Instant::now()));
+        }
+        drop(inner);
         self.with_type(kind, |t| t.sent_version = Some(version.to_owned()));
     }
 
+    /// The client ACKed `version` of this type. When it is the version last pushed, the
+    /// time since that push is the ACK latency; a repeated ACK of it is not timed again.
     pub fn acked(&self, kind: ResourceKind, version: &str) {
+        let mut inner = self.registry.lock();
+        let pushed_at = inner.streams.get_mut(&self.id).and_then(|entry| {
+            let slot = &mut entry.pushed[kind.index()];
+            match slot {
+                Some((pushed, _)) if pushed == version => slot.take().map(|(_, at)| at),
+                _ => None,
+            }
+        });
+        drop(inner);
+        if let Some(at) = pushed_at {
+            self.registry.metrics.acked(kind, at.elapsed());
+        }
         self.with_type(kind, |t| {
             t.acked_version = Some(version.to_owned());
             t.acked_at_unix_ms = Some(now_unix_ms());
@@ -380,6 +433,7 @@ impl StreamHandle {
         code: i32,
         message: &str,
     ) -> String {
+        self.registry.metrics.nacked(&self.node_cluster_label, kind);
         let limit = self.registry.nack_message_limit.load(Ordering::Relaxed);
         let message = truncate(message, limit);
         let nack = Nack {
@@ -412,6 +466,7 @@ impl StreamHandle {
 impl Drop for StreamHandle {
     fn drop(&mut self) {
         self.registry.lock().streams.remove(&self.id);
+        self.open.dec();
     }
 }
 
@@ -527,5 +582,102 @@ mod tests {
         let json = serde_json::to_value(&recent[0]).expect("serializes");
         assert_eq!(json["reason"], "tls-handshake");
         assert_eq!(json["peer"], "127.0.0.1:1");
+    }
+
+    fn sample(text: &str, line_start: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn streams_pushes_acks_and_nacks_are_counted() {
+        let registry = Arc::new(NodeRegistry::new());
+        let node = |id: &str| Node {
+            id: id.into(),
+            cluster: "web".into(),
+            ..Default::default()
+        };
+        let a = registry.register(&node("a"), StreamMode::Sotw);
+        let b = registry.register(&node("b"), StreamMode::Delta);
+        let cds = ResourceKind::Cluster;
+        let lds = ResourceKind::Listener;
+        a.sent(cds, "v1");
+        a.sent(cds, "v2");
+        // An ACK of an older version is not timed; the one of the version last pushed is,
+        // once.
+        a.acked(cds, "v1");
+        a.acked(cds, "v2");
+        a.acked(cds, "v2");
+        b.sent(lds, "v1");
+        b.nacked(lds, "v1", "1", 13, "bad");
+        let text = registry.metrics().render();
+        let cds_url = cds.type_url();
+        let lds_url = lds.type_url();
+        let get = |s: &str| sample(&text, s).unwrap_or_else(|| panic!("{s}:\n{text}"));
+        assert_eq!(
+            get("legate_cp_xds_streams{mode=\"sotw\",node_cluster=\"web\"}"),
+            1.0
+        );
+        assert_eq!(
+            get("legate_cp_xds_streams{mode=\"delta\",node_cluster=\"web\"}"),
+            1.0
+        );
+        assert_eq!(
+            get(&format!(
+                "legate_cp_xds_pushes_total{{mode=\"sotw\",type_url=\"{cds_url}\"}}"
+            )),
+            2.0
+        );
+        assert_eq!(
+            get(&format!(
+                "legate_cp_xds_pushes_total{{mode=\"delta\",type_url=\"{lds_url}\"}}"
+            )),
+            1.0
+        );
+        assert_eq!(
+            get(&format!(
+                "legate_cp_xds_ack_latency_seconds_count{{type_url=\"{cds_url}\"}}"
+            )),
+            1.0
+        );
+        assert_eq!(
+            get(&format!(
+                "legate_cp_xds_nacks_total{{node_cluster=\"web\",type_url=\"{lds_url}\"}}"
+            )),
+            1.0
+        );
+        // A NACK leaves the push un-ACKed: nothing timed for listeners.
+        assert_eq!(
+            get(&format!(
+                "legate_cp_xds_ack_latency_seconds_count{{type_url=\"{lds_url}\"}}"
+            )),
+            0.0
+        );
+        drop(a);
+        drop(b);
+        let text = registry.metrics().render();
+        assert_eq!(
+            sample(
+                &text,
+                "legate_cp_xds_streams{mode=\"sotw\",node_cluster=\"web\"}"
+            ),
+            Some(0.0),
+            "{text}"
+        );
+        registry.refused(Refusal {
+            node_id: "x".into(),
+            node_cluster: String::new(),
+            identity: None,
+            peer: None,
+            reason: RefusalReason::NodeId,
+            message: "no".into(),
+        });
+        assert_eq!(
+            sample(
+                &registry.metrics().render(),
+                "legate_cp_xds_refusals_total{reason=\"node-id\"}"
+            ),
+            Some(1.0)
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The `legate-cp` binary under test and the clients of its admin API: the real `legatectl`,
 //! JSON over HTTP or HTTPS, and gRPC.
 //!
-//! [`ControlPlane`] starts legate-cp on `127.0.0.1:0` (xDS and admin), learns both addresses
+//! [`ControlPlane`] starts legate-cp on `127.0.0.1:0` (xDS, admin and metrics), learns the addresses
 //! from `--address-file`, and knows the admin token it was started with: the one in
 //! `--admin-token-file` when given, else the one legate-cp generated in
 //! `<data-dir>/admin.token`. [`ControlPlane::ctl`] runs legatectl with that token.
@@ -46,6 +46,8 @@ pub struct ControlPlane {
     proc: ChildProcess,
     pub xds: SocketAddr,
     pub admin: SocketAddr,
+    /// The unauthenticated `/metrics` listener (`--metrics-address`).
+    pub metrics: SocketAddr,
     tls: bool,
     token_file: Option<PathBuf>,
     address_file: PathBuf,
@@ -93,7 +95,7 @@ impl ControlPlane {
             "--address-file".into(),
             address_file.clone().into(),
         ];
-        for flag in ["--xds-address", "--admin-address"] {
+        for flag in ["--xds-address", "--admin-address", "--metrics-address"] {
             if !extra.contains(&flag) {
                 args.extend([flag.into(), "127.0.0.1:0".into()]);
             }
@@ -110,7 +112,9 @@ impl ControlPlane {
         loop {
             if let Ok(text) = std::fs::read_to_string(&address_file) {
                 let get = |name: &str| crate::process::address_in_file(&text, name);
-                if let (Some(xds), Some(admin)) = (get("xds"), get("admin")) {
+                if let (Some(xds), Some(admin), Some(metrics)) =
+                    (get("xds"), get("admin"), get("metrics"))
+                {
                     // A wildcard bind is reached through loopback.
                     let admin = if admin.ip().is_unspecified() {
                         SocketAddr::from(([127, 0, 0, 1], admin.port()))
@@ -121,6 +125,7 @@ impl ControlPlane {
                         proc,
                         xds,
                         admin,
+                        metrics,
                         tls,
                         token_file,
                         address_file,
@@ -143,6 +148,28 @@ impl ControlPlane {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// `GET /metrics` on the metrics listener, without credentials: the text, checked to be
+    /// a 200 with Prometheus' text format.
+    pub async fn metrics_text(&self) -> String {
+        let response = crate::client::get(&format!("http://{}/metrics", self.metrics)).await;
+        assert_eq!(
+            response.status,
+            200,
+            "legate-cp GET /metrics: {}",
+            response.describe()
+        );
+        assert_eq!(
+            response.header("content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+        response.text()
+    }
+
+    /// legate-cp's metrics, parsed.
+    pub async fn metrics(&self) -> crate::metrics::Metrics {
+        crate::metrics::Metrics::parse(&self.metrics_text().await)
     }
 
     /// The xDS server's URL.

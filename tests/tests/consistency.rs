@@ -338,6 +338,8 @@ fn legate_and_legate_cp_write_the_same_address_file_format() {
         "127.0.0.1:0",
         "--admin-address",
         "127.0.0.1:0",
+        "--metrics-address",
+        "127.0.0.1:0",
         "--address-file",
         &cp_file.to_string_lossy(),
     ];
@@ -349,9 +351,16 @@ fn legate_and_legate_cp_write_the_same_address_file_format() {
         .into_iter()
         .map(|(name, _)| name)
         .collect();
-    assert_eq!(names, ["xds", "admin"], "{text:?}");
-    let (xds, admin) = (address(&text, "xds"), address(&text, "admin"));
-    assert!(answers(xds) && answers(admin), "{text:?}");
+    assert_eq!(names, ["xds", "admin", "metrics"], "{text:?}");
+    let (xds, admin, metrics) = (
+        address(&text, "xds"),
+        address(&text, "admin"),
+        address(&text, "metrics"),
+    );
+    assert!(
+        answers(xds) && answers(admin) && answers(metrics),
+        "{text:?}"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -376,6 +385,8 @@ async fn logs_on_a_pipe_have_no_colour_and_json_logs_parse() {
             &mesh,
             "--admin-address",
             "127.0.0.1:0",
+            "--metrics-address",
+            "127.0.0.1:0",
             "--address-file",
             &file.to_string_lossy(),
             "--log-format",
@@ -397,6 +408,8 @@ async fn logs_on_a_pipe_have_no_colour_and_json_logs_parse() {
             "--xds-address",
             "127.0.0.1:0",
             "--admin-address",
+            "127.0.0.1:0",
+            "--metrics-address",
             "127.0.0.1:0",
             "--address-file",
             &file.to_string_lossy(),

@@ -42,6 +42,11 @@ struct Args {
     /// Admin API address (gRPC for legatectl, JSON under /v1/).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15011")]
     admin_address: SocketAddr,
+    /// Prometheus metrics (`GET /metrics`), served without authentication as Envoy's and
+    /// istiod's are: bind a loopback address (the default) or one only your scraper
+    /// reaches. The admin API's authentication is unaffected.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15014")]
+    metrics_address: SocketAddr,
     /// Bearer tokens accepted by the admin API, one per line (re-read when it changes).
     /// Without it and without --admin-client-ca, DATA-DIR/admin.token is used, created
     /// with a random token when missing.
@@ -96,8 +101,8 @@ struct Args {
     /// Nodes of this cluster are gRPC xDS clients and get one API listener per service.
     #[arg(long, value_name = "NAME", default_value = "grpc")]
     grpc_cluster: String,
-    /// Once both listen, write `xds=ADDR` and `admin=ADDR` lines to this file (useful with
-    /// port 0); legate's --address-file writes the same format.
+    /// Once they listen, write `xds=ADDR`, `admin=ADDR` and `metrics=ADDR` lines to this file
+    /// (useful with port 0); legate's --address-file writes the same format.
     #[arg(long, value_name = "FILE")]
     address_file: Option<PathBuf>,
     #[command(flatten)]
@@ -314,8 +319,12 @@ async fn run(args: Args) -> Result<(), String> {
     let admin_listener = bind(args.admin_address)
         .await
         .map_err(|e| format!("cannot bind admin address {}: {e}", args.admin_address))?;
+    let metrics_listener = bind(args.metrics_address)
+        .await
+        .map_err(|e| format!("cannot bind metrics address {}: {e}", args.metrics_address))?;
     let xds_addr = xds_listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    let metrics_addr = metrics_listener.local_addr().map_err(|e| e.to_string())?;
     let security = match (&tls, &node_auth) {
         (Some(_), Some(auth)) => format!("mtls, trust domain {}", auth.trust_domain()),
         (Some(_), None) => "tls".to_owned(),
@@ -324,6 +333,7 @@ async fn run(args: Args) -> Result<(), String> {
     tracing::info!(
         xds = %xds_addr,
         admin = %admin_addr,
+        metrics = %metrics_addr,
         xds_security = security,
         admin_tls = admin.tls(),
         data_dir = %data_dir(&args).display(),
@@ -332,7 +342,11 @@ async fn run(args: Args) -> Result<(), String> {
     if let Some(path) = &args.address_file {
         legate_telemetry::cli::write_address_file(
             path,
-            &[("xds", xds_addr), ("admin", admin_addr)],
+            &[
+                ("xds", xds_addr),
+                ("admin", admin_addr),
+                ("metrics", metrics_addr),
+            ],
         )
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
@@ -355,6 +369,10 @@ async fn run(args: Args) -> Result<(), String> {
         None => tokio::spawn(server.serve(xds_listener, stop.clone().cancelled_owned())),
     };
     let admin = tokio::spawn(admin.serve(cp.clone(), admin_listener));
+    tokio::spawn(legate_cp::metrics::serve(
+        metrics_listener,
+        cp.metrics.clone(),
+    ));
     let mut signals = Signals::new()?;
     let signal = tokio::select! {
         r = &mut xds => {
