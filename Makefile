@@ -78,9 +78,11 @@ bench: peers bench-tools
 	$(CARGO) build $(CARGO_FLAGS) --release -p legate -p legate-cp -p legate-tests --bins
 	python3 bench/run.py
 
-## Tools the tests call: promtool (Debian's prometheus package) checks /stats/prometheus.
+## Tools the tests call, both from Debian's prometheus package: promtool checks
+## /stats/prometheus and legate-cp's /metrics; the prometheus server scrapes legate and
+## legate-cp in tests/tests/prometheus.rs.
 test-tools:
-	@command -v promtool >/dev/null || { \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; }
 

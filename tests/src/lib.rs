@@ -25,6 +25,7 @@ pub mod demo;
 pub mod metrics;
 pub mod peers;
 pub mod process;
+pub mod prometheus;
 pub mod raw;
 pub mod resilience;
 pub mod tls;
