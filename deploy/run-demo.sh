@@ -14,6 +14,7 @@
 #   DEMO_STATE_DIR     state directory (.demo)
 #   DEMO_PROXY_PORT    the proxy's listener (15001)       DEMO_ADMIN_PORT     legate's admin (15000)
 #   DEMO_CP_XDS_PORT   legate-cp's xDS (15010)             DEMO_CP_ADMIN_PORT  legate-cp's admin (15011)
+#   DEMO_CP_METRICS_PORT  legate-cp's /metrics (15014)
 #   DEMO_UPSTREAM_PORTS  five ports: payments v1, payments v1, payments v2, inventory, ledger
 #                      (18081 18082 18083 18084 18085)
 # With other ports or another state directory, the mesh legate-cp serves is a copy of
@@ -37,6 +38,7 @@ PROXY_PORT=${DEMO_PROXY_PORT:-15001}
 ADMIN_PORT=${DEMO_ADMIN_PORT:-15000}
 CP_XDS_PORT=${DEMO_CP_XDS_PORT:-15010}
 CP_ADMIN_PORT=${DEMO_CP_ADMIN_PORT:-15011}
+CP_METRICS_PORT=${DEMO_CP_METRICS_PORT:-15014}
 read -r -a UP_PORTS <<<"${DEMO_UPSTREAM_PORTS:-18081 18082 18083 18084 18085}"
 if [ "${#UP_PORTS[@]}" -ne 5 ]; then
   echo "run-demo.sh: DEMO_UPSTREAM_PORTS needs five ports, got '${DEMO_UPSTREAM_PORTS:-}'" >&2
@@ -63,6 +65,7 @@ check_free "$PROXY_PORT" "the proxy's listener" DEMO_PROXY_PORT
 check_free "$ADMIN_PORT" "legate's admin" DEMO_ADMIN_PORT
 check_free "$CP_XDS_PORT" "legate-cp's xDS" DEMO_CP_XDS_PORT
 check_free "$CP_ADMIN_PORT" "legate-cp's admin" DEMO_CP_ADMIN_PORT
+check_free "$CP_METRICS_PORT" "legate-cp's metrics" DEMO_CP_METRICS_PORT
 for port in "${UP_PORTS[@]}"; do check_free "$port" "a demo upstream" DEMO_UPSTREAM_PORTS; done
 
 # Only what this script creates is removed, never the directory itself: DEMO_STATE_DIR may name
@@ -163,7 +166,7 @@ start_upstream ledger v1 "${UP_PORTS[4]}" \
 # so the proxy's first connection succeeds instead of logging a failure.
 "$BIN/legate-cp" --config "$MESH" --data-dir "$STATE/cp-data" \
   --xds-address "127.0.0.1:$CP_XDS_PORT" --admin-address "127.0.0.1:$CP_ADMIN_PORT" \
-  --address-file "$STATE/cp.addr" \
+  --metrics-address "127.0.0.1:$CP_METRICS_PORT" --address-file "$STATE/cp.addr" \
   --xds-tls-cert "$PKI/localhost.pem" --xds-tls-key "$PKI/localhost.key" \
   --xds-client-ca "$PKI/ca.pem" \
   --admin-token-file "$TOKEN_FILE" &
@@ -195,7 +198,8 @@ cat <<MSG
 
 legate-cp: mesh $MESH, xDS over mTLS on 127.0.0.1:$CP_XDS_PORT (certificates in $PKI),
            admin on 127.0.0.1:$CP_ADMIN_PORT, admin token in $TOKEN_FILE
-           (legatectl --token-file, or LEGATE_CP_TOKEN_FILE).
+           (legatectl --token-file, or LEGATE_CP_TOKEN_FILE),
+           Prometheus metrics on http://127.0.0.1:$CP_METRICS_PORT/metrics.
 legate:    proxy on 127.0.0.1:$PROXY_PORT, admin on 127.0.0.1:$ADMIN_PORT, configured over xDS.
 state:     $STATE, $state_note.
 try: curl http://127.0.0.1:$PROXY_PORT/payments/charge

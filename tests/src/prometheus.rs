@@ -173,13 +173,11 @@ async fn wait_ready(proc: &ChildProcess, addr: SocketAddr) -> Result<(), String>
         if let Some(status) = proc.try_wait() {
             return Err(format!("exited with {status}\n{}", proc.output()));
         }
-        if let Ok(r) = crate::client::HttpClient::http1()
+        let answer = crate::client::HttpClient::http1()
             .try_request("GET", &url, &[], crate::client::empty())
-            .await
-        {
-            if r.status == 200 {
-                return Ok(());
-            }
+            .await;
+        if answer.is_ok_and(|r| r.status == 200) {
+            return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(format!(

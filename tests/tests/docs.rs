@@ -4,7 +4,7 @@
 //! The demo is started on free ports with a state directory of its own (the script's `DEMO_*`
 //! variables), so a developer's running `make run` and parallel tests are left alone. README
 //! commands run in a sandbox directory holding a copy of `examples/` with the README's fixed
-//! ports (15000, 15001, 15010, 15011) replaced by free ones, the same replacement applied to
+//! ports (15000, 15001, 15010, 15011, 15014) replaced by free ones, the same replacement applied to
 //! each command. Every README command must be listed in [`README_COMMANDS`] with how it is
 //! checked (run, or not run and why): a command added to the README without a check, or a
 //! check whose command left the README, fails the test with the list to reconcile.
@@ -168,23 +168,31 @@ struct DemoPorts {
     admin: u16,
     cp_xds: u16,
     cp_admin: u16,
+    cp_metrics: u16,
     upstreams: [u16; 5],
 }
 
 impl DemoPorts {
     fn free() -> DemoPorts {
-        let [proxy, admin, cp_xds, cp_admin, a, b, c, d, e] = free_ports::<9>();
+        let [proxy, admin, cp_xds, cp_admin, cp_metrics, a, b, c, d, e] = free_ports::<10>();
         DemoPorts {
             proxy,
             admin,
             cp_xds,
             cp_admin,
+            cp_metrics,
             upstreams: [a, b, c, d, e],
         }
     }
 
     fn all(&self) -> Vec<u16> {
-        let mut all = vec![self.proxy, self.admin, self.cp_xds, self.cp_admin];
+        let mut all = vec![
+            self.proxy,
+            self.admin,
+            self.cp_xds,
+            self.cp_admin,
+            self.cp_metrics,
+        ];
         all.extend(self.upstreams);
         all
     }
@@ -196,6 +204,7 @@ impl DemoPorts {
             ("DEMO_ADMIN_PORT", self.admin.to_string()),
             ("DEMO_CP_XDS_PORT", self.cp_xds.to_string()),
             ("DEMO_CP_ADMIN_PORT", self.cp_admin.to_string()),
+            ("DEMO_CP_METRICS_PORT", self.cp_metrics.to_string()),
             ("DEMO_UPSTREAM_PORTS", upstreams),
         ]
     }
@@ -665,7 +674,7 @@ const README_COMMANDS: &[(&str, Check)] = &[
         Check::Exits0,
     ),
     (
-        "legate-cp --config examples/cp-demo.yaml --xds-address 127.0.0.1:15010 --admin-address 127.0.0.1:15011 --data-dir /var/lib/legate-cp",
+        "legate-cp --config examples/cp-demo.yaml --xds-address 127.0.0.1:15010 --admin-address 127.0.0.1:15011 --metrics-address 127.0.0.1:15014 --data-dir /var/lib/legate-cp",
         Check::Serves {
             url: "http://127.0.0.1:15011/v1/nodes",
             status: 401,
@@ -818,13 +827,14 @@ struct Sandbox {
 impl Sandbox {
     fn new() -> Sandbox {
         let dir = TempDir::new("legate-readme");
-        let [admin, proxy, xds, cp_admin] = free_ports::<4>();
+        let [admin, proxy, xds, cp_admin, cp_metrics] = free_ports::<5>();
         let mut replacements = Vec::new();
         for (from, to) in [
             (15000, admin),
             (15001, proxy),
             (15010, xds),
             (15011, cp_admin),
+            (15014, cp_metrics),
         ] {
             for host in ["127.0.0.1", "0.0.0.0", "localhost"] {
                 replacements.push((format!("{host}:{from}"), format!("{host}:{to}")));

@@ -270,3 +270,133 @@ async fn every_dashboard_query_reads_metrics_that_legate_and_legate_cp_expose() 
         assert!(read.contains(needed), "no panel reads {needed}");
     }
 }
+
+/// legate-cp's counters of admin changes, admin refusals and mesh file reloads, read from
+/// its `/metrics` (which needs no credentials, and serves nothing else).
+#[tokio::test(flavor = "multi_thread")]
+async fn legate_cp_counts_admin_changes_refusals_and_mesh_reloads() {
+    let dir = TempDir::new("cp-metrics-counts");
+    let text = mesh("127.0.0.1:18099".parse().expect("addr"));
+    let config = dir.write("mesh.yaml", &text);
+    let cp = Cp::start_with(
+        &config,
+        &dir.path().join("data"),
+        &["--mesh-settle", "100ms"],
+    )
+    .await;
+    let value = |m: &legate_tests::Metrics, name: &str, labels: &[(&str, &str)]| {
+        m.get_or_zero(name, labels)
+    };
+
+    // Refused at the authorization point: a wrong token, then no credentials.
+    let r = cp
+        .json(
+            "GET",
+            "/v1/nodes",
+            &[("authorization", "Bearer not-the-token")],
+            legate_tests::client::empty(),
+        )
+        .await;
+    assert_eq!(r.status, 401, "{}", r.describe());
+    let r = cp
+        .json("GET", "/v1/nodes", &[], legate_tests::client::empty())
+        .await;
+    assert_eq!(r.status, 401, "{}", r.describe());
+    // An admin change refused (no such service), one applied.
+    let (ok, _, _) = cp.ctl(&["set-weights", "nosuch", "v1=100"]);
+    assert!(!ok, "set-weights of an unknown service succeeded");
+    let doc = dir.write(
+        "orders.yaml",
+        "services:\n  - name: orders\n    endpoints: [{address: 127.0.0.1:18098}]\n    route: {prefix: /orders/}\n",
+    );
+    let (ok, out, err) = cp.ctl(&["apply", "-f", &doc.to_string_lossy()]);
+    assert!(ok, "apply: {out}{err}");
+    // A mesh file that does not parse is refused; a comment changes nothing served.
+    std::fs::write(&config, "services: [").expect("write");
+    eventually(
+        Duration::from_secs(10),
+        "refused reload counted",
+        || async {
+            let m = cp.metrics().await;
+            let n = value(
+                &m,
+                "legate_cp_mesh_reloads_total",
+                &[("outcome", "refused")],
+            );
+            (n == 1.0).then_some(()).ok_or_else(|| format!("{n}"))
+        },
+    )
+    .await;
+    std::fs::write(&config, format!("# a comment\n{text}")).expect("write");
+    eventually(
+        Duration::from_secs(10),
+        "unchanged reload counted",
+        || async {
+            let m = cp.metrics().await;
+            let n = value(
+                &m,
+                "legate_cp_mesh_reloads_total",
+                &[("outcome", "unchanged")],
+            );
+            (n == 1.0).then_some(()).ok_or_else(|| format!("{n}"))
+        },
+    )
+    .await;
+
+    let m = cp.metrics().await;
+    assert_eq!(
+        value(
+            &m,
+            "legate_cp_admin_refusals_total",
+            &[("reason", "wrong-token")]
+        ),
+        1.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        value(
+            &m,
+            "legate_cp_admin_refusals_total",
+            &[("reason", "no-credentials")]
+        ),
+        1.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        value(
+            &m,
+            "legate_cp_admin_changes_total",
+            &[("operation", "set_weights"), ("outcome", "unknown_service")]
+        ),
+        1.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        value(
+            &m,
+            "legate_cp_admin_changes_total",
+            &[("operation", "apply"), ("outcome", "ok")]
+        ),
+        1.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        value(
+            &m,
+            "legate_cp_mesh_reloads_total",
+            &[("outcome", "applied")]
+        ),
+        0.0
+    );
+    // Nothing else is served there, and only GET and HEAD.
+    let base = format!("http://{}", cp.metrics);
+    let r = legate_tests::get(&format!("{base}/v1/nodes")).await;
+    assert_eq!(r.status, 404);
+    let r = legate_tests::request("POST", &format!("{base}/metrics"), &[], "x").await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+}
