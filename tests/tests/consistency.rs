@@ -385,8 +385,6 @@ async fn logs_on_a_pipe_have_no_colour_and_json_logs_parse() {
             &mesh,
             "--admin-address",
             "127.0.0.1:0",
-            "--metrics-address",
-            "127.0.0.1:0",
             "--address-file",
             &file.to_string_lossy(),
             "--log-format",
