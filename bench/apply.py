@@ -105,7 +105,8 @@ def one(ctx, push, rnd):
         with open(mesh_path, "w") as f:
             f.write(scale.mesh(1, listener, first_endpoint=f"127.0.0.1:{up}"))
         procs.start(f"{label}-cp", [
-            os.path.join(ctx["bin"], "legate-cp"), "--config", mesh_path, "--xds-address",
+            os.path.join(ctx["bin"], "legate-cp"), "--metrics-address", "127.0.0.1:0",
+            "--config", mesh_path, "--xds-address",
             f"127.0.0.1:{xds}", "--admin-address", f"127.0.0.1:{admin}", "--data-dir",
             os.path.join(wd, "cp-data")], cpu=LOAD_CPU)
         lib.wait_port(xds)

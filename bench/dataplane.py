@@ -426,7 +426,8 @@ def hot_swap(ctx):
         mesh = os.path.join(ctx["workdir"], "hotswap-mesh.yaml")
         with open(mesh, "w") as f:
             f.write(HOTSWAP_MESH.format(port=port, upstream=up_port))
-        procs.start("hs-legate-cp", [os.path.join(ctx["bin"], "legate-cp"), "--config", mesh,
+        procs.start("hs-legate-cp", [os.path.join(ctx["bin"], "legate-cp"), "--metrics-address", "127.0.0.1:0",
+            "--config", mesh,
                                      "--xds-address", f"127.0.0.1:{xds}", "--admin-address",
                                      f"127.0.0.1:{admin}", "--data-dir",
                                      os.path.join(ctx["workdir"], "hs-cp-data")], cpu=LOAD_CPU)

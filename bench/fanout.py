@@ -49,7 +49,8 @@ def one(ctx, n, mode):
         with open(mesh_path, "w") as f:
             f.write(mesh())
         cp = procs.start(f"fanout-cp-{n}-{mode}", [
-            os.path.join(ctx["bin"], "legate-cp"), "--config", mesh_path, "--xds-address",
+            os.path.join(ctx["bin"], "legate-cp"), "--metrics-address", "127.0.0.1:0",
+            "--config", mesh_path, "--xds-address",
             f"127.0.0.1:{xds}", "--admin-address", f"127.0.0.1:{admin}", "--data-dir",
             os.path.join(wd, "cp-data")], cpu=0)
         lib.wait_port(xds)

@@ -127,7 +127,8 @@ def one(ctx, contender, n, rnd):
         with open(mesh_path, "w") as f:
             f.write(mesh(1, listener))
         procs.start(f"scale-cp-{contender}-{n}", [
-            os.path.join(ctx["bin"], "legate-cp"), "--config", mesh_path, "--xds-address",
+            os.path.join(ctx["bin"], "legate-cp"), "--metrics-address", "127.0.0.1:0",
+            "--config", mesh_path, "--xds-address",
             f"127.0.0.1:{xds}", "--admin-address", f"127.0.0.1:{admin}", "--data-dir",
             os.path.join(wd, "cp-data")], cpu=1)
         lib.wait_port(xds)
