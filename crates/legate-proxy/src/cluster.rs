@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::body::Overflow;
 use crate::lb::{Host, HostSet, HostState, flag};
+use crate::load::{ClusterLoad, LoadCounts};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, Settings};
 use crate::resilience::breaker::ClassicBreakerState;
@@ -47,6 +48,8 @@ pub(crate) struct ClusterStats {
     pub(crate) hedges: Arc<Counter>,
     /// `legate_retry_buffer_overflow_total`, in [`Overflow::ALL`] order.
     pub(crate) buffer_overflow: [Arc<Counter>; 3],
+    /// Load-report counters (LRS).
+    pub(crate) load: Arc<ClusterLoad>,
 }
 
 impl ClusterStats {
@@ -69,6 +72,7 @@ impl ClusterStats {
                     .retry_buffer_overflow
                     .get_or_create(&[name, why.label()])
             }),
+            load: Arc::new(ClusterLoad::default()),
         }
     }
 }
@@ -276,6 +280,21 @@ impl ClusterRuntime {
     /// The classic breaker's state (`closed`, `open`, `half_open`), when it has one.
     pub fn breaker_state(&self) -> Option<&'static str> {
         self.classic.as_ref().map(|b| b.state().as_str())
+    }
+
+    /// The cluster's load-report counters as of now (see [`crate::load`]).
+    pub fn load_counts(&self) -> LoadCounts {
+        let (issued, succeeded, errored, in_progress, dropped) = self.stats.load.read();
+        let (latency_buckets, latency_sum_nanos) = self.stats.latency.buckets();
+        LoadCounts {
+            issued,
+            succeeded,
+            errored,
+            in_progress,
+            dropped,
+            latency_buckets,
+            latency_sum_nanos,
+        }
     }
 
     /// The current host set (a cheap `Arc` clone).

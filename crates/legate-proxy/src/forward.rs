@@ -25,6 +25,7 @@ use crate::cluster::ClusterRuntime;
 use crate::deadline;
 use crate::error::ProxyError;
 use crate::lb::{ActiveRequest, Host};
+use crate::load::{self, Attempt};
 use crate::pool::UpstreamBody;
 use crate::resilience::limits::{LimitGuard, Resource};
 use crate::resilience::{hooks, retry};
@@ -44,6 +45,17 @@ pub(crate) struct Request<'a> {
 }
 
 pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, ProxyError> {
+    let cluster = r.cluster;
+    let res = forward_inner(r).await;
+    if let Err(e) = &res
+        && load::refused_unsent(*e)
+    {
+        cluster.stats.load.dropped();
+    }
+    res
+}
+
+async fn forward_inner(r: Request<'_>) -> Result<Response<ResponseBody>, ProxyError> {
     let start = Instant::now();
     let deadline = r.fwd.timeout.map(|t| deadline::after(start, t));
     let breaker = hooks::breaker_acquire(r.cluster)?;
@@ -127,13 +139,14 @@ async fn single(
         .ok_or(ProxyError::OverflowMaxRequests)?;
     let active = host.start_request();
     let req = tpl.build(&host, body, true)?;
+    let attempt = cluster.stats.load.begin();
     let started = Instant::now();
     let limit = earliest(
         deadline.map(|at| (at, ProxyError::UpstreamTimeout)),
         stream_idle.map(|d| (started + d, ProxyError::StreamIdleTimeout)),
     );
     let result = send_until(cluster, host.addr, req, limit).await;
-    let res = observe(cluster, &host, started, result)?;
+    let res = observe(cluster, &host, started, attempt, result)?;
     let timers = BodyTimers::new(
         deadline.map(|at| (at, ProxyError::UpstreamTimeout)),
         stream_idle.map(|d| (d, ProxyError::StreamIdleTimeout)),
@@ -160,8 +173,10 @@ fn observe(
     cluster: &ClusterRuntime,
     host: &Arc<Host>,
     started: Instant,
+    attempt: Attempt,
     result: Result<Response<UpstreamBody>, ProxyError>,
 ) -> Result<Response<UpstreamBody>, ProxyError> {
+    attempt.finish(matches!(&result, Ok(res) if res.status().as_u16() < 500));
     match &result {
         Ok(res) => {
             let status = res.status().as_u16();
@@ -220,6 +235,8 @@ struct Done {
     active: ActiveRequest,
     slot: LimitGuard,
     started: Instant,
+    /// Its load-report entry, finished when it is observed.
+    attempt: Attempt,
     /// This attempt's per-try deadline, which keeps running over the response body.
     per_try_deadline: Option<Instant>,
     result: Result<Response<UpstreamBody>, ProxyError>,
@@ -401,6 +418,7 @@ impl<'a> Driver<'a> {
         self.attempts += 1;
         self.tried.push(host.addr);
         let active = host.start_request();
+        let attempt = self.cluster.stats.load.begin();
         let started = Instant::now();
         let per_try_deadline = self
             .policy
@@ -427,6 +445,7 @@ impl<'a> Driver<'a> {
                 active,
                 slot,
                 started,
+                attempt,
                 per_try_deadline: if hedge { None } else { per_try_deadline },
                 result,
             }
@@ -450,10 +469,11 @@ impl<'a> Driver<'a> {
             active,
             slot,
             started,
+            attempt,
             per_try_deadline,
             result,
         } = done;
-        match observe(self.cluster, &host, started, result) {
+        match observe(self.cluster, &host, started, attempt, result) {
             Ok(res) => {
                 let meta = Meta {
                     active,

@@ -16,6 +16,7 @@ mod forward;
 mod headers;
 pub mod lb;
 mod listener;
+mod load;
 mod metrics;
 mod pool;
 mod resilience;
@@ -35,6 +36,7 @@ use legate_telemetry::{ByCodeClass, Counter, Registry};
 pub use body::{BodyTimeout, BoxError, Held, RequestBody, ResponseBody};
 pub use cluster::ClusterRuntime;
 pub use error::ProxyError;
+pub use load::LoadCounts;
 pub use metrics::Metrics;
 
 use listener::{ConnLimit, ListenerHandle};

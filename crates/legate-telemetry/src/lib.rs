@@ -12,6 +12,7 @@
 //! file they write once they listen.
 
 pub mod cli;
+pub mod load;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -72,6 +73,10 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Buckets of a latency [`Histogram`]: one per bound of [`LATENCY_BUCKETS`] and the overflow
+/// bucket.
+pub const LATENCY_BUCKET_COUNT: usize = LATENCY_BUCKETS.len() + 1;
+
 /// Bucket bounds in nanoseconds, to compare without floating point on the hot path.
 const LATENCY_BUCKETS_NANOS: [u64; 14] = [
     500_000,
@@ -94,7 +99,7 @@ const LATENCY_BUCKETS_NANOS: [u64; 14] = [
 #[derive(Debug, Default)]
 pub struct Histogram {
     /// Non-cumulative counts; index `LATENCY_BUCKETS.len()` is the overflow bucket.
-    buckets: [AtomicU64; 15],
+    buckets: [AtomicU64; LATENCY_BUCKET_COUNT],
     sum_nanos: AtomicU64,
 }
 
@@ -104,6 +109,15 @@ impl Histogram {
         let idx = LATENCY_BUCKETS_NANOS.partition_point(|&b| b < nanos);
         self.buckets[idx].fetch_add(1, Ordering::Relaxed);
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Observations per bucket (not cumulative; the overflow bucket last) and the sum of the
+    /// observed durations in nanoseconds, for readers that send differences (load reports).
+    pub fn buckets(&self) -> ([u64; LATENCY_BUCKET_COUNT], u64) {
+        (
+            std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            self.sum_nanos.load(Ordering::Relaxed),
+        )
     }
 
     /// Total number of observations.
