@@ -2,18 +2,23 @@
 //! reads them, and how upstream latency travels in Envoy's `load_metric_stats`.
 //!
 //! Latency scheme: every report carries, per locality, one `EndpointLoadMetricStats` per
-//! bucket of [`LATENCY_BUCKETS`](crate::LATENCY_BUCKETS), named `legate.latency_ms.le_<bound
-//! in ms>` (the overflow bucket `legate.latency_ms.le_inf`). Its
-//! `num_requests_finished_with_metric` is the number of attempts completed in the interval
-//! whose latency fell in that bucket and above the previous bound (per-bucket counts, not
-//! cumulative), and `total_metric_value` the sum of those attempts' latencies in
-//! milliseconds. Buckets without an observation are left out. A percentile is therefore
-//! known to the precision of the bucket it falls in ([`quantile_ms`] interpolates linearly
-//! inside it, as Prometheus' `histogram_quantile` does).
+//! bucket of [`LATENCY_BUCKETS`](crate::LATENCY_BUCKETS) that had an observation in the
+//! interval, named `legate.latency_ms.le_<bound in ms>` (`le_0.5` ... `le_10000`, and
+//! `le_inf` for the overflow bucket). Both its `num_requests_finished_with_metric` and its
+//! `total_metric_value` are the number of attempts completed in the interval whose latency
+//! fell in that bucket, above the previous bound: per-bucket counts, not cumulative. One more
+//! metric, `legate.latency_ms` ([`LATENCY_SUM_METRIC`]), carries all completed attempts in
+//! `num_requests_finished_with_metric` and the sum of their latencies in milliseconds in
+//! `total_metric_value`, so the mean is exact. A percentile is known to the precision of the
+//! bucket it falls in ([`quantile_ms`] interpolates linearly inside it, as Prometheus'
+//! `histogram_quantile` does).
 
 use crate::{LATENCY_BUCKET_COUNT, LATENCY_BUCKETS};
 
-/// Prefix of the latency metrics' names.
+/// The metric that carries the count and the sum (ms) of the completed attempts' latencies.
+pub const LATENCY_SUM_METRIC: &str = "legate.latency_ms";
+
+/// Prefix of the latency bucket metrics' names.
 pub const LATENCY_METRIC_PREFIX: &str = "legate.latency_ms.le_";
 
 /// A reading of one cluster's load counters: cumulative since the cluster was created,

@@ -629,27 +629,46 @@ fn stream_failed(shared: &Shared, url: &str, error: &StreamError) {
     });
 }
 
+/// A channel to the control plane at `url` with the xDS client's settings: connect timeout,
+/// keepalive, and for `https://` its TLS (client certificate and CA), so every stream to a
+/// control plane (ADS, load reports) speaks with the same identity.
+pub(crate) async fn dial(opts: &XdsOptions, url: &str) -> Result<Channel, StreamError> {
+    let endpoint = Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(opts.keepalive_interval)
+        .keep_alive_timeout(opts.keepalive_interval.max(Duration::from_secs(1)))
+        .keep_alive_while_idle(true);
+    if endpoint.uri().scheme_str() == Some("https") {
+        let connector = opts.tls.clone().ok_or(StreamError::NoTls)?;
+        // Only failures of this session's connection explain its end.
+        drop(connector.take_failure());
+        return Ok(endpoint.connect_with_connector(connector).await?);
+    }
+    Ok(endpoint.connect().await?)
+}
+
 /// Reconnection back-off: legate's one exponential back-off with full jitter
 /// ([`legate_snapshot::RetryBackOff::delay`]), counting attempts since the last stream that
 /// worked.
-struct Backoff {
+pub(crate) struct Backoff {
     policy: legate_snapshot::RetryBackOff,
     attempt: u32,
 }
 
 impl Backoff {
-    fn new(base: Duration, max: Duration) -> Self {
+    pub(crate) fn new(base: Duration, max: Duration) -> Self {
         Backoff {
             policy: legate_snapshot::RetryBackOff { base, max },
             attempt: 0,
         }
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.attempt = 0;
     }
 
-    fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let wait = self.policy.delay(self.attempt);
         self.attempt = self.attempt.saturating_add(1);
         wait
@@ -657,7 +676,7 @@ impl Backoff {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum StreamError {
+pub(crate) enum StreamError {
     #[error("cannot connect: {0}")]
     Connect(#[from] tonic::transport::Error),
     // The status itself is shown as the next link of the chain (`tls::error_chain`).
@@ -709,20 +728,7 @@ struct Session<'a> {
 
 impl Session<'_> {
     async fn channel(&self) -> Result<Channel, StreamError> {
-        let opts = &self.shared.options;
-        let endpoint = Endpoint::from_shared(self.url.clone())?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(opts.keepalive_interval)
-            .keep_alive_timeout(opts.keepalive_interval.max(Duration::from_secs(1)))
-            .keep_alive_while_idle(true);
-        if endpoint.uri().scheme_str() == Some("https") {
-            let connector = opts.tls.clone().ok_or(StreamError::NoTls)?;
-            // Only failures of this session's connection explain its end.
-            drop(connector.take_failure());
-            return Ok(endpoint.connect_with_connector(connector).await?);
-        }
-        Ok(endpoint.connect().await?)
+        dial(&self.shared.options, &self.url).await
     }
 
     fn connected(&self) {

@@ -11,6 +11,7 @@
 
 pub mod cache;
 mod client;
+pub mod lrs;
 pub mod error;
 pub mod state;
 pub mod tls;

@@ -30,10 +30,26 @@ impl SnapshotSink for DataplaneSink {
     }
 }
 
+/// The data plane's clusters as the load-report client reads them: their atomics, no lock.
+struct DataplaneLoad(Arc<Dataplane>);
+
+impl legate_xds::lrs::LoadSource for DataplaneLoad {
+    fn load(&self) -> Vec<(Arc<str>, legate_proxy::LoadCounts)> {
+        self.0
+            .active()
+            .clusters
+            .iter()
+            .map(|(name, cluster)| (name.clone(), cluster.load_counts()))
+            .collect()
+    }
+}
+
 /// Capabilities legate announces to control planes.
 const CLIENT_FEATURES: &[&str] = &[
     // Accepts resources wrapped in discovery.v3.Resource in state-of-the-world responses.
     "xds.config.resource-in-sotw",
+    // Load reports honour `send_all_clusters`, as Envoy announces it.
+    "envoy.lrs.supports_send_all_clusters",
 ];
 
 /// The node identity sent on every ADS stream.
@@ -138,6 +154,14 @@ pub async fn build(bootstrap: Bootstrap) -> anyhow::Result<App> {
                 client_certificate = x.tls.as_ref().is_some_and(|t| t.files.identity.is_some()),
                 "starting the xDS client"
             );
+            if !x.lrs_servers.is_empty() {
+                tracing::info!(servers = ?x.lrs_servers, "starting the load report client");
+                legate_xds::lrs::start(
+                    options.clone(),
+                    x.lrs_servers.clone(),
+                    Arc::new(DataplaneLoad(dataplane.clone())),
+                );
+            }
             Some(legate_xds::start(
                 options,
                 Arc::new(DataplaneSink(dataplane.clone())),

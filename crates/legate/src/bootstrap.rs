@@ -78,6 +78,13 @@ pub struct Args {
     #[arg(long = "xds-server", value_name = "URL")]
     pub xds_servers: Vec<String>,
 
+    /// Load-report (LRS) server: where legate sends per-cluster load
+    /// (`envoy.service.load_stats.v3.LoadReportingService`), with the xDS client's TLS and
+    /// node; repeat for failover (overrides `xds.lrs_servers`; default: the xDS servers).
+    /// `none` turns load reports off.
+    #[arg(long = "lrs-server", value_name = "URL")]
+    pub lrs_servers: Vec<String>,
+
     /// CA bundle (PEM) that https:// control planes' certificates must chain to (overrides
     /// `xds.ca`; default: Mozilla's root CAs).
     #[arg(long, value_name = "FILE")]
@@ -194,6 +201,9 @@ pub struct BootstrapFile {
 pub struct XdsFile {
     #[serde(default)]
     pub servers: Vec<String>,
+    /// Load-report servers; default: `servers`; `[none]`: no load reports.
+    #[serde(default)]
+    pub lrs_servers: Option<Vec<String>>,
     pub mode: Option<legate_xds::Mode>,
     pub cache_dir: Option<PathBuf>,
     #[serde(default, with = "legate_model::units::option")]
@@ -272,6 +282,8 @@ pub struct Node {
 #[derive(Clone, Debug)]
 pub struct XdsBootstrap {
     pub servers: Vec<String>,
+    /// Load-report (LRS) servers, tried in order; empty: no load reports.
+    pub lrs_servers: Vec<String>,
     pub mode: legate_xds::Mode,
     pub cache_dir: Option<PathBuf>,
     pub initial_fetch_timeout: Duration,
@@ -371,24 +383,46 @@ impl Bootstrap {
             (args.xds_servers.clone(), true)
         };
         for (i, s) in servers.iter().enumerate() {
-            let ok = s.parse::<http::Uri>().ok().is_some_and(|u| {
-                matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
-            });
-            if !ok {
-                let setting = if servers_from_flags {
-                    Setting::Flag("--xds-server")
+            let setting = if servers_from_flags {
+                Setting::Flag("--xds-server")
+            } else {
+                Setting::File(format!("xds.servers[{i}]"))
+            };
+            check_server_url(s, &setting, doc.as_ref())?;
+        }
+        let (lrs_servers, lrs_setting) = match (&args.lrs_servers[..], xds_file.lrs_servers.take()) {
+            ([], None) => (servers.clone(), None),
+            ([], Some(file)) => (file, Some(false)),
+            (flags, _) => (flags.to_vec(), Some(true)),
+        };
+        let lrs_servers = if lrs_servers.iter().any(|s| s == "none") {
+            Vec::new()
+        } else {
+            lrs_servers
+        };
+        if let Some(from_flags) = lrs_setting {
+            for (i, s) in lrs_servers.iter().enumerate() {
+                let setting = if from_flags {
+                    Setting::Flag("--lrs-server")
                 } else {
-                    Setting::File(format!("xds.servers[{i}]"))
+                    Setting::File(format!("xds.lrs_servers[{i}]"))
                 };
-                return Err(setting.error(
-                    doc.as_ref(),
-                    format!("'{s}' is not a control plane URL: expected http://host:port or https://host:port"),
-                ));
+                if servers.is_empty() {
+                    return Err(setting.error(
+                        doc.as_ref(),
+                        "load reports need a control plane (--xds-server or xds.servers), \
+                         whose TLS and node they share"
+                            .to_owned(),
+                    ));
+                }
+                check_server_url(s, &setting, doc.as_ref())?;
             }
         }
-        let tls = xds_tls(args, &mut xds_file, doc.as_ref(), &servers)?;
+        let dialled: Vec<String> = servers.iter().chain(&lrs_servers).cloned().collect();
+        let tls = xds_tls(args, &mut xds_file, doc.as_ref(), &dialled)?;
         let xds = (!servers.is_empty()).then(|| XdsBootstrap {
             servers,
+            lrs_servers,
             mode: args
                 .xds_mode
                 .or(xds_file.mode)
@@ -593,6 +627,24 @@ fn path_setting(
 }
 
 /// The TLS settings for https:// control planes, each file read and checked now so
+/// A control plane URL: `http://host:port` or `https://host:port`.
+fn check_server_url(
+    s: &str,
+    setting: &Setting,
+    doc: Option<&Document>,
+) -> Result<(), BootstrapError> {
+    let ok = s.parse::<http::Uri>().ok().is_some_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+    });
+    if ok {
+        return Ok(());
+    }
+    Err(setting.error(
+        doc,
+        format!("'{s}' is not a control plane URL: expected http://host:port or https://host:port"),
+    ))
+}
+
 /// `--validate` and start-up report a bad one with its flag or its line in the file.
 fn xds_tls(
     args: &Args,
