@@ -221,6 +221,7 @@ where
                 }),
             )
         }
+        ("GET", ["v1", "load"]) => load(&cp, &query),
         ("GET", ["v1", "mesh"]) => json(
             200,
             &serde_json::to_value(cp.mesh_status()).unwrap_or(serde_json::Value::Null),
@@ -303,6 +304,47 @@ where
             ),
         ),
     }
+}
+
+/// `GET /v1/load[?service=NAME][&window=DURATION]`: reported load per service version over
+/// the window (default and at most the store's, `--lrs-window`).
+fn load(cp: &ControlPlane, query: &str) -> Resp {
+    let mut service = None;
+    let mut window = cp.load.window();
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k {
+            "service" => service = Some(v.to_owned()),
+            "window" => match legate_model::parse_duration(v) {
+                Ok(d) => window = d,
+                Err(e) => return error(400, &format!("window: {e}")),
+            },
+            _ => {
+                return error(
+                    400,
+                    &format!(
+                        "unknown parameter '{}', expected service or window",
+                        k.chars().take(100).collect::<String>()
+                    ),
+                );
+            }
+        }
+    }
+    let services = match service {
+        Some(s) => vec![s],
+        None => cp.load.services(),
+    };
+    let list: Vec<_> = services
+        .iter()
+        .map(|s| cp.load.service_window(s, window))
+        .collect();
+    json(
+        200,
+        &serde_json::json!({
+            "services": list,
+            "reports_received": cp.load.reports_received(),
+        }),
+    )
 }
 
 /// Weights from a YAML mapping of version to weight.

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::{AdminOperation, CpMetrics, MeshReload};
+use crate::load_report::LoadStore;
 use crate::secrets::SecretFiles;
 use crate::store::{self, Change, MeshFiles, Overlay, OverlayConflict, StoreError, Warning};
 use crate::watch::{Settle, Verdict, Watcher};
@@ -180,10 +181,13 @@ pub struct CpOptions {
     /// How often the files are read even without a change notification (inotify can miss
     /// changes: queue overflow, network filesystems, a watched directory replaced).
     pub recheck_interval: Duration,
+    /// How much reported load is kept ([`crate::load_report::LoadStore`]).
+    pub load_window: Duration,
 }
 
 impl CpOptions {
-    /// The defaults of the `legate-cp` flags: settle 1 s, re-check every 30 s.
+    /// The defaults of the `legate-cp` flags: settle 1 s, re-check every 30 s, load kept
+    /// 60 s.
     pub fn new(config: PathBuf, data_dir: PathBuf, grpc_cluster: String) -> CpOptions {
         CpOptions {
             config,
@@ -191,6 +195,7 @@ impl CpOptions {
             grpc_cluster,
             settle: Duration::from_secs(1),
             recheck_interval: Duration::from_secs(30),
+            load_window: crate::load_report::DEFAULT_WINDOW,
         }
     }
 }
@@ -269,6 +274,8 @@ pub struct ControlPlane {
     pub registry: Arc<NodeRegistry>,
     /// What `/metrics` serves; the registry counts into it too.
     pub metrics: Arc<CpMetrics>,
+    /// The fleet's load reports, with the published mesh's cluster → service version map.
+    pub load: Arc<LoadStore>,
     commands: mpsc::Sender<Command>,
     status: Arc<Mutex<MeshStatus>>,
     /// Cancelled by [`ControlPlane::shut_down`]: the owner stops, changes are refused.
@@ -300,6 +307,7 @@ struct State {
 struct Owner {
     options: CpOptions,
     cache: Arc<SnapshotCache>,
+    load: Arc<LoadStore>,
     status: Arc<Mutex<MeshStatus>>,
     state: State,
     settle: Settle,
@@ -351,6 +359,7 @@ impl ControlPlane {
         let warnings = store::warnings(&effective.mesh, &sources, &overlay);
         let cache = Arc::new(SnapshotCache::new());
         let metrics = Arc::new(CpMetrics::new());
+        let load = Arc::new(LoadStore::new(options.load_window));
         let wake = Arc::new(Notify::new());
         let watcher = Watcher::new(wake.clone());
         let status = Arc::new(Mutex::new(MeshStatus {
@@ -374,6 +383,7 @@ impl ControlPlane {
             settle: Settle::new(options.settle),
             options,
             cache: cache.clone(),
+            load: load.clone(),
             status: status.clone(),
             state: State {
                 base,
@@ -426,6 +436,8 @@ impl ControlPlane {
             cache,
             registry: Arc::new(NodeRegistry::with_metrics(metrics.clone())),
             metrics,
+            registry: Arc::new(NodeRegistry::new()),
+            load,
             commands,
             status,
             stopping,
@@ -1229,6 +1241,15 @@ impl Owner {
                 "serving no listeners and no services: every proxy is sent an empty configuration"
             );
         }
+        self.load.set_versions(mesh.services.iter().flat_map(|svc| {
+            svc.versions.iter().map(|v| {
+                (
+                    svc.version_cluster(&v.name),
+                    svc.name.clone(),
+                    v.name.clone(),
+                )
+            })
+        }));
         self.cache.update(|s| {
             // Node clusters a rule named before and no longer does fall back to the default.
             s.by_cluster.retain(|nc, _| nc == grpc_cluster);

@@ -37,6 +37,7 @@ pub mod cache;
 pub mod certs;
 pub mod load;
 pub mod metrics;
+pub mod load_report;
 pub mod registry;
 pub mod resources;
 pub mod secrets;

@@ -26,6 +26,7 @@
 
 mod delta;
 pub mod identity;
+mod lrs;
 mod sotw;
 pub mod tls;
 
@@ -129,6 +130,9 @@ struct Shared {
     streams: Arc<tokio::sync::Semaphore>,
     /// Cancelled once the server is told to stop: every stream ends, new ones are refused.
     stopping: CancellationToken,
+    /// Where load reports go, and the interval asked of every node (LRS is served only when
+    /// set).
+    load: Option<(Arc<crate::load_report::LoadStore>, std::time::Duration)>,
 }
 
 /// The response body of every streaming method.
@@ -155,6 +159,7 @@ impl XdsServer {
                 streams: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
                 limits,
                 stopping: CancellationToken::new(),
+                load: None,
             }),
         }
     }
@@ -170,6 +175,7 @@ impl XdsServer {
                 streams: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
                 limits,
                 stopping: self.shared.stopping.clone(),
+                load: self.shared.load.clone(),
             }),
         }
     }
@@ -186,6 +192,29 @@ impl XdsServer {
                 limits: self.shared.limits,
                 streams: self.shared.streams.clone(),
                 stopping: self.shared.stopping.clone(),
+                load: self.shared.load.clone(),
+            }),
+        }
+    }
+
+    /// Serve Envoy's `LoadReportingService` on the same port, with the same limits and node
+    /// checks as xDS: every node is asked for all its clusters every `interval`, and what it
+    /// reports goes to `store`.
+    pub fn with_load_reports(
+        self,
+        store: Arc<crate::load_report::LoadStore>,
+        interval: std::time::Duration,
+    ) -> Self {
+        XdsServer {
+            shared: Arc::new(Shared {
+                cache: self.shared.cache.clone(),
+                registry: self.shared.registry.clone(),
+                identifier: self.shared.identifier.clone(),
+                node_auth: self.shared.node_auth.clone(),
+                limits: self.shared.limits,
+                streams: self.shared.streams.clone(),
+                stopping: self.shared.stopping.clone(),
+                load: Some((store, interval)),
             }),
         }
     }
@@ -230,6 +259,7 @@ impl XdsServer {
 
     /// Adds ADS and the five per-type services to a tonic server.
     pub fn add_services(&self, builder: &mut tonic::transport::Server) -> Router {
+        let lrs = self.shared.load.is_some().then(|| self.lrs_service());
         builder
             .add_service(self.ads_service())
             .add_service(self.lds_service())
@@ -237,6 +267,7 @@ impl XdsServer {
             .add_service(self.cds_service())
             .add_service(self.eds_service())
             .add_service(self.sds_service())
+            .add_optional_service(lrs)
     }
 
     /// Serves every xDS service on `listener` until `shutdown` completes; then every stream

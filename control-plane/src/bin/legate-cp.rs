@@ -93,6 +93,14 @@ struct Args {
     /// (a safety net for changes inotify does not report, e.g. on network filesystems).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     mesh_recheck: Duration,
+    /// How often every node is asked to report its load (LRS,
+    /// `envoy.service.load_stats.v3.LoadReportingService` on the xDS port); 1s at least.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    lrs_interval: Duration,
+    /// How much reported load is kept per node and cluster, for `GET /v1/load` and
+    /// `legatectl top` (memory grows with nodes × clusters × this, in seconds).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    lrs_window: Duration,
     /// Where admin changes (overlay.yaml) and the generated admin.token are kept; created
     /// when missing. Default: $STATE_DIRECTORY (set by systemd's StateDirectory=) when set,
     /// else ./legate-cp-data, relative to the working directory.
@@ -310,6 +318,9 @@ async fn run(args: Args) -> Result<(), String> {
     let cp = ControlPlane::load(CpOptions {
         settle: args.mesh_settle,
         recheck_interval: args.mesh_recheck.max(Duration::from_millis(100)),
+        load_window: args
+            .lrs_window
+            .clamp(Duration::from_secs(1), Duration::from_secs(3600)),
         ..cp_options(&args)
     })
     .map_err(|e| e.to_string())?;
@@ -357,7 +368,12 @@ async fn run(args: Args) -> Result<(), String> {
         max_names_per_stream: args.xds_max_names_per_stream,
         max_request_size: args.xds_max_request_size,
         max_name_length: args.xds_max_name_length,
-    });
+    })
+    .with_load_reports(
+        cp.load.clone(),
+        args.lrs_interval
+            .clamp(Duration::from_secs(1), Duration::from_secs(3600)),
+    );
     if let Some(auth) = node_auth {
         server = server.with_node_auth(auth);
     }
