@@ -243,7 +243,7 @@ pub enum Access {
 
 /// The gRPC methods of `legate.admin.v1.Admin` that only read. Every other method, including
 /// ones added later, needs write access.
-const GRPC_READS: [&str; 3] = ["ListNodes", "GetNode", "GetService"];
+const GRPC_READS: [&str; 4] = ["ListNodes", "GetNode", "GetService", "GetLoad"];
 
 /// The access a gRPC call at `path` (`/package.Service/Method`) needs.
 pub fn grpc_access(path: &str) -> Access {

@@ -1519,6 +1519,57 @@ impl Admin for AdminService {
         Ok(Response::new(outcome.into()))
     }
 
+    async fn get_load(
+        &self,
+        req: Request<legate_proto::admin::GetLoadRequest>,
+    ) -> Result<Response<legate_proto::admin::GetLoadResponse>, Status> {
+        use legate_proto::admin as pb;
+        let req = req.into_inner();
+        let store = &self.0.load;
+        let window = match req.window_ms {
+            0 => store.window(),
+            ms => Duration::from_millis(ms),
+        };
+        let services = if req.service.is_empty() {
+            store.services()
+        } else {
+            vec![req.service]
+        };
+        let services = services
+            .iter()
+            .map(|s| {
+                let l = store.service_window(s, window);
+                pb::ServiceLoad {
+                    service: l.service,
+                    window_seconds: l.window_seconds,
+                    versions: l
+                        .versions
+                        .into_iter()
+                        .map(|v| pb::VersionLoad {
+                            version: v.version,
+                            cluster: v.cluster,
+                            issued: v.load.issued,
+                            succeeded: v.load.succeeded,
+                            errored: v.load.errored,
+                            dropped: v.load.dropped,
+                            in_progress: v.in_progress,
+                            requests_per_second: v.requests_per_second,
+                            error_percent: v.error_percent,
+                            p50_ms: v.p50_ms,
+                            p99_ms: v.p99_ms,
+                            nodes_reporting: u32::try_from(v.nodes_reporting)
+                                .unwrap_or(u32::MAX),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GetLoadResponse {
+            services,
+            reports_received: store.reports_received(),
+        }))
+    }
+
     async fn get_service(
         &self,
         req: Request<ServiceRequest>,

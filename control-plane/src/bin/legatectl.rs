@@ -86,6 +86,16 @@ enum Command {
         #[arg(required = true, value_name = "VERSION=WEIGHT", value_parser = version_weight)]
         weights: Vec<(String, u32)>,
     },
+    /// Load the fleet reports (LRS), per service and version: requests per second, error
+    /// percentage, p50/p99 latency (from legate's buckets; `-` for Envoy, which sends none),
+    /// nodes reporting.
+    Top {
+        /// One service (default: every service).
+        service: Option<String>,
+        /// How far back to look (default and at most: legate-cp's --lrs-window).
+        #[arg(long, value_name = "DURATION", value_parser = legate_model::parse_duration)]
+        window: Option<std::time::Duration>,
+    },
     /// Drop a service's admin changes (apply, set-weights): the mesh files' values serve
     /// again.
     Reset { service: String },
@@ -228,6 +238,22 @@ async fn run(cli: Cli) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let status = |s: tonic::Status| admin_client::explain(&s);
     match cli.command {
+        Command::Top { service, window } => {
+            let res = client
+                .get_load(legate_proto::admin::GetLoadRequest {
+                    service: service.unwrap_or_default(),
+                    window_ms: window
+                        .map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX).max(1))
+                        .unwrap_or(0),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            match cli.output {
+                Output::Json => print_json(&top_json(&res)),
+                Output::Table => print_top(&res),
+            }
+        }
         Command::Status => {
             let list = client
                 .list_nodes(ListNodesRequest {})
@@ -459,6 +485,50 @@ fn service_json(res: &GetServiceResponse) -> serde_json::Value {
 /// `CDS`, `EDS`, ... for the five types legate uses; other type URLs as they are.
 fn short_type(type_url: &str) -> &str {
     ResourceKind::from_type_url(type_url).map_or(type_url, |kind| kind.service())
+}
+
+fn top_json(res: &legate_proto::admin::GetLoadResponse) -> serde_json::Value {
+    serde_json::json!({
+        "reports_received": res.reports_received,
+        "services": res.services.iter().map(|s| serde_json::json!({
+            "service": s.service,
+            "window_seconds": s.window_seconds,
+            "versions": s.versions.iter().map(|v| serde_json::json!({
+                "version": v.version, "cluster": v.cluster, "issued": v.issued,
+                "succeeded": v.succeeded, "errored": v.errored, "dropped": v.dropped,
+                "in_progress": v.in_progress, "requests_per_second": v.requests_per_second,
+                "error_percent": v.error_percent, "p50_ms": v.p50_ms, "p99_ms": v.p99_ms,
+                "nodes_reporting": v.nodes_reporting,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_top(res: &legate_proto::admin::GetLoadResponse) {
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    let rows: Vec<Vec<String>> = res
+        .services
+        .iter()
+        .flat_map(|s| {
+            s.versions.iter().map(|v| {
+                vec![
+                    s.service.clone(),
+                    v.version.clone(),
+                    format!("{:.2}", v.requests_per_second),
+                    v.error_percent
+                        .map_or_else(|| "-".to_owned(), |e| format!("{e:.1}")),
+                    ms(v.p50_ms),
+                    ms(v.p99_ms),
+                    v.nodes_reporting.to_string(),
+                    format!("{:.0}s", s.window_seconds),
+                ]
+            })
+        })
+        .collect();
+    print_table(
+        &["SERVICE", "VERSION", "REQ/S", "ERROR%", "P50(ms)", "P99(ms)", "NODES", "WINDOW"],
+        &rows,
+    );
 }
 
 fn print_status(nodes: &[NodeStatus]) {
