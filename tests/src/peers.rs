@@ -117,6 +117,16 @@ impl Envoy {
         Envoy::start(&ads_bootstrap(xds, mode, id, cluster, None)).await
     }
 
+    /// [`start_ads`](Self::start_ads), also reporting load (LRS) to the same server through
+    /// `cluster_manager.load_stats_config`, as an Envoy fleet reports to its control plane.
+    pub async fn start_ads_lrs(xds: SocketAddr, mode: EnvoyAds, id: &str, cluster: &str) -> Envoy {
+        let bootstrap = ads_bootstrap(xds, mode, id, cluster, None);
+        let lrs = "cluster_manager:\n  load_stats_config:\n    api_type: GRPC\n    \
+                   transport_api_version: V3\n    \
+                   grpc_services: [{envoy_grpc: {cluster_name: xds}}]\n";
+        Envoy::start(&format!("{lrs}{bootstrap}")).await
+    }
+
     /// [`start_ads`](Self::start_ads) over mTLS: the `xds` cluster has an
     /// `UpstreamTlsContext` with Envoy's client certificate.
     pub async fn start_ads_tls(

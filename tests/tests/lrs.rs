@@ -1,0 +1,156 @@
+//! Load reports (LRS) end to end: real legate and a real Envoy report to the real legate-cp,
+//! which aggregates per service version; the totals must match the traffic sent.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use legate_tests::client::HttpClient;
+use legate_tests::cp::ControlPlane as Cp;
+use legate_tests::peers::{Envoy, EnvoyAds};
+use legate_tests::process::TempDir;
+use legate_tests::xds_server::Mode;
+use legate_tests::{Legate, Protocol, Upstream, XdsFlags, eventually};
+
+/// What the demo upstream is told to do for the successful requests: 60 ms, which falls in
+/// legate's (50 ms, 100 ms] latency bucket.
+const DELAY: &str = "delay=60ms";
+const OK: u64 = 40;
+const ERRORS: u64 = 10;
+
+fn mesh(v1: SocketAddr) -> String {
+    format!(
+        r#"
+proxy:
+  listener: {{name: outbound, address: 127.0.0.1:0, protocol: auto}}
+services:
+  - name: payments
+    versions:
+      - {{name: v1, weight: 100, endpoints: [{{address: {v1}}}]}}
+    route: {{prefix: /payments/, rewrite: /, timeout: 5s}}
+"#
+    )
+}
+
+/// `OK` requests answered after [`DELAY`], then `ERRORS` answered 503.
+async fn send_traffic(base: &str) {
+    let http = HttpClient::http1();
+    for (n, query, want) in [(OK, DELAY, 200), (ERRORS, "status=503", 503)] {
+        for _ in 0..n {
+            let url = format!("{base}?{query}");
+            let r = http
+                .try_request("GET", &url, &[], legate_tests::client::empty())
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(r.status.as_u16(), want, "{url}");
+        }
+    }
+}
+
+async fn load(cp: &Cp) -> serde_json::Value {
+    cp.get_json("/v1/load?service=payments")
+        .await
+        .unwrap_or_else(|e| panic!("GET /v1/load: {e}"))
+}
+
+fn v1(load: &serde_json::Value) -> serde_json::Value {
+    load["services"][0]["versions"][0].clone()
+}
+
+/// Waits until legate-cp's aggregate for payments v1 shows `issued`, then checks it stays so
+/// over two more reports (nothing counted twice).
+async fn wait_totals(cp: &Cp, issued: u64) -> serde_json::Value {
+    let got = eventually(Duration::from_secs(15), "load totals", || async {
+        let l = load(cp).await;
+        let v = v1(&l);
+        if v["issued"].as_u64() == Some(issued) {
+            Ok(l)
+        } else {
+            Err(format!("{v}"))
+        }
+    })
+    .await;
+    let seen = got["reports_received"].as_u64().unwrap_or(0);
+    eventually(Duration::from_secs(10), "two more reports", || async {
+        let l = load(cp).await;
+        if l["reports_received"].as_u64().unwrap_or(0) >= seen + 2 {
+            Ok(())
+        } else {
+            Err(format!("{l}"))
+        }
+    })
+    .await;
+    let later = load(cp).await;
+    assert_eq!(v1(&later)["issued"].as_u64(), Some(issued), "{later}");
+    later
+}
+
+#[tokio::test]
+async fn legate_reports_match_the_traffic_sent() {
+    let up = Upstream::start("payments", "v1", Protocol::Auto).await;
+    let dir = TempDir::new("lrs");
+    let config = dir.write("mesh.yaml", &mesh(up.addr()));
+    let cp = Cp::start_with(&config, &dir.path().join("data"), &["--lrs-interval", "1s"]).await;
+    let legate =
+        Legate::start_xds(&XdsFlags::new(&cp.url(), Mode::Sotw).node("proxy-1", "web")).await;
+    let url = legate.url("outbound", "/payments/charge").await;
+    send_traffic(&url).await;
+
+    let l = wait_totals(&cp, OK + ERRORS).await;
+    let v = v1(&l);
+    assert_eq!(v["version"], "v1", "{l}");
+    assert_eq!(v["succeeded"].as_u64(), Some(OK), "{l}");
+    assert_eq!(v["errored"].as_u64(), Some(ERRORS), "{l}");
+    assert_eq!(v["in_progress"].as_u64(), Some(0), "{l}");
+    assert_eq!(v["nodes_reporting"].as_u64(), Some(1), "{l}");
+    let error_percent = v["error_percent"].as_f64().expect("error percent");
+    assert!((error_percent - 20.0).abs() < 1e-9, "{l}");
+    // 40 of 50 answers took 60 ms: the median and p99 fall in (50, 100] ms... the p99 too,
+    // since the ten 503s answered at once sit in the lowest buckets, below the median.
+    let p50 = v["p50_ms"].as_f64().expect("p50");
+    let p99 = v["p99_ms"].as_f64().expect("p99");
+    assert!(p50 > 50.0 && p50 <= 100.0, "p50 {p50}: {l}");
+    assert!(p99 > 50.0 && p99 <= 100.0, "p99 {p99}: {l}");
+
+    let (ok, out, err) = cp.ctl(&["top", "payments"]);
+    assert!(ok, "legatectl top: {err}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("payments"))
+        .unwrap_or_else(|| panic!("no payments row in:\n{out}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1], "v1", "{out}");
+    assert_eq!(cells[3], "20.0", "{out}");
+    assert_eq!(cells[6], "1", "{out}");
+    assert!(out.starts_with("SERVICE"), "{out}");
+}
+
+#[tokio::test]
+async fn envoy_reports_to_legate_cp() {
+    let up = Upstream::start("payments", "v1", Protocol::Auto).await;
+    let dir = TempDir::new("lrs-envoy");
+    let config = dir.write("mesh.yaml", &mesh(up.addr()));
+    let cp = Cp::start_with(&config, &dir.path().join("data"), &["--lrs-interval", "1s"]).await;
+    let envoy = Envoy::start_ads_lrs(cp.xds, EnvoyAds::Sotw, "envoy-1", "web").await;
+    let url = eventually(Duration::from_secs(30), "Envoy listener", || async {
+        if envoy.stat("listener_manager.total_listeners_active").await != Some(1) {
+            return Err("not active".to_owned());
+        }
+        let (_, body) = envoy.admin_get("/listeners?format=json").await;
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        let sa = &v["listener_statuses"][0]["local_address"]["socket_address"];
+        Ok(format!(
+            "http://{}:{}/payments/charge",
+            sa["address"].as_str().unwrap_or("127.0.0.1"),
+            sa["port_value"].as_u64().unwrap_or(0)
+        ))
+    })
+    .await;
+    send_traffic(&url).await;
+    let l = wait_totals(&cp, OK + ERRORS).await;
+    let v = v1(&l);
+    assert_eq!(v["succeeded"].as_u64(), Some(OK), "{l}");
+    assert_eq!(v["errored"].as_u64(), Some(ERRORS), "{l}");
+    assert_eq!(v["nodes_reporting"].as_u64(), Some(1), "{l}");
+    // Envoy sends no latency in legate's scheme.
+    assert!(v["p50_ms"].is_null(), "{l}");
+}
