@@ -1557,8 +1557,7 @@ impl Admin for AdminService {
                             error_percent: v.error_percent,
                             p50_ms: v.p50_ms,
                             p99_ms: v.p99_ms,
-                            nodes_reporting: u32::try_from(v.nodes_reporting)
-                                .unwrap_or(u32::MAX),
+                            nodes_reporting: u32::try_from(v.nodes_reporting).unwrap_or(u32::MAX),
                         })
                         .collect(),
                 }

@@ -157,7 +157,7 @@ impl LoadStore {
         self.window
     }
 
-    /// Load reports received (one per `LoadStatsRequest` with cluster stats): the hook for
+    /// Load reports received (one per `LoadStatsRequest` after a stream's first): the hook for
     /// legate-cp's `/metrics`.
     pub fn reports_received(&self) -> u64 {
         self.reports.load(Ordering::Relaxed)
@@ -171,10 +171,7 @@ impl LoadStore {
     /// Which service and version each cluster serves: `(cluster, service, version)`,
     /// replacing the previous mapping (the published mesh's clusters `<service>-<version>`).
     pub fn set_versions(&self, clusters: impl IntoIterator<Item = (String, String, String)>) {
-        let map = clusters
-            .into_iter()
-            .map(|(c, s, v)| (c, (s, v)))
-            .collect();
+        let map = clusters.into_iter().map(|(c, s, v)| (c, (s, v))).collect();
         self.lock().versions = map;
     }
 
@@ -192,18 +189,18 @@ impl LoadStore {
     }
 
     pub fn record_at(&self, node: &str, stats: &[ClusterStats], at: Instant) {
+        // Every report counts, an empty one too (a node with no traffic still reports).
+        self.reports.fetch_add(1, Ordering::Relaxed);
         if stats.is_empty() {
             return;
         }
-        self.reports.fetch_add(1, Ordering::Relaxed);
         let now = self.second(at);
         let oldest = now.saturating_sub(self.window.as_secs());
         let mut ignored = stats.len().saturating_sub(MAX_CLUSTERS_PER_REPORT) as u64;
         let mut inner = self.lock();
         let clusters = inner.nodes.entry(node.to_owned()).or_default();
         for s in stats.iter().take(MAX_CLUSTERS_PER_REPORT) {
-            if !clusters.contains_key(&s.cluster_name) && clusters.len() >= MAX_CLUSTERS_PER_NODE
-            {
+            if !clusters.contains_key(&s.cluster_name) && clusters.len() >= MAX_CLUSTERS_PER_NODE {
                 ignored += 1;
                 continue;
             }
@@ -309,7 +306,12 @@ impl LoadStore {
 
     /// The services with at least one version, in name order.
     pub fn services(&self) -> Vec<String> {
-        let mut s: Vec<String> = self.lock().versions.values().map(|(s, _)| s.clone()).collect();
+        let mut s: Vec<String> = self
+            .lock()
+            .versions
+            .values()
+            .map(|(s, _)| s.clone())
+            .collect();
         s.sort();
         s.dedup();
         s
@@ -358,14 +360,34 @@ mod tests {
             ("a-v2".into(), "a".into(), "v2".into()),
         ]);
         let t0 = store.start;
-        store.record_at("n1", &[report("a-v1", 90, 10, Some(("legate.latency_ms.le_100", 100)))], t0);
-        store.record_at("n2", &[report("a-v1", 10, 0, None)], t0 + Duration::from_secs(1));
-        store.record_at("n2", &[report("a-v2", 5, 5, None)], t0 + Duration::from_secs(30));
+        store.record_at(
+            "n1",
+            &[report(
+                "a-v1",
+                90,
+                10,
+                Some(("legate.latency_ms.le_100", 100)),
+            )],
+            t0,
+        );
+        store.record_at(
+            "n2",
+            &[report("a-v1", 10, 0, None)],
+            t0 + Duration::from_secs(1),
+        );
+        store.record_at(
+            "n2",
+            &[report("a-v2", 5, 5, None)],
+            t0 + Duration::from_secs(30),
+        );
         let at = t0 + Duration::from_secs(30);
         let load = store.service_window_at("a", Duration::from_secs(60), at);
         assert_eq!(load.versions.len(), 2);
         let v1 = &load.versions[0];
-        assert_eq!((v1.load.issued, v1.load.succeeded, v1.load.errored), (110, 100, 10));
+        assert_eq!(
+            (v1.load.issued, v1.load.succeeded, v1.load.errored),
+            (110, 100, 10)
+        );
         assert_eq!(v1.nodes_reporting, 2);
         let p50 = v1.p50_ms.unwrap();
         assert!(p50 > 50.0 && p50 <= 100.0, "{p50}");
@@ -375,7 +397,8 @@ mod tests {
         assert_eq!(recent.versions[0].load.issued, 0);
         assert_eq!(recent.versions[1].load.issued, 10);
         // Past the window, everything is gone, and so is the memory.
-        let later = store.service_window_at("a", Duration::from_secs(60), t0 + Duration::from_secs(200));
+        let later =
+            store.service_window_at("a", Duration::from_secs(60), t0 + Duration::from_secs(200));
         assert!(later.versions.iter().all(|v| v.load.issued == 0));
         assert!(store.lock().nodes.is_empty());
     }
@@ -385,7 +408,14 @@ mod tests {
         let store = LoadStore::new(Duration::from_secs(60));
         let t0 = store.start;
         let many: Vec<ClusterStats> = (0..MAX_CLUSTERS_PER_REPORT + 5)
-            .map(|i| report(&format!("c{i}"), u64::MAX, u64::MAX, Some(("legate.latency_ms.le_inf", u64::MAX))))
+            .map(|i| {
+                report(
+                    &format!("c{i}"),
+                    u64::MAX,
+                    u64::MAX,
+                    Some(("legate.latency_ms.le_inf", u64::MAX)),
+                )
+            })
             .collect();
         store.record_at("n", &many, t0);
         store.record_at("n", &many[..2], t0);
@@ -400,11 +430,13 @@ mod tests {
         assert_eq!(c0.issued, u64::MAX);
         // Nonsense metric values are ignored.
         let mut bad = report("x", 1, 0, None);
-        bad.upstream_locality_stats[0].load_metric_stats.push(EndpointLoadMetricStats {
-            metric_name: LATENCY_SUM_METRIC.to_owned(),
-            num_requests_finished_with_metric: 1,
-            total_metric_value: f64::NAN,
-        });
+        bad.upstream_locality_stats[0]
+            .load_metric_stats
+            .push(EndpointLoadMetricStats {
+                metric_name: LATENCY_SUM_METRIC.to_owned(),
+                num_requests_finished_with_metric: 1,
+                total_metric_value: f64::NAN,
+            });
         assert_eq!(Load::from_report(&bad).latency_sum_ms, 0.0);
     }
 }

@@ -363,17 +363,18 @@ async fn run(args: Args) -> Result<(), String> {
     }
     cp.registry
         .set_nack_message_limit(args.xds_max_nack_message);
-    let mut server = XdsServer::new(cp.cache.clone(), cp.registry.clone()).with_limits(XdsLimits {
-        max_streams: args.xds_max_streams,
-        max_names_per_stream: args.xds_max_names_per_stream,
-        max_request_size: args.xds_max_request_size,
-        max_name_length: args.xds_max_name_length,
-    })
-    .with_load_reports(
-        cp.load.clone(),
-        args.lrs_interval
-            .clamp(Duration::from_secs(1), Duration::from_secs(3600)),
-    );
+    let mut server = XdsServer::new(cp.cache.clone(), cp.registry.clone())
+        .with_limits(XdsLimits {
+            max_streams: args.xds_max_streams,
+            max_names_per_stream: args.xds_max_names_per_stream,
+            max_request_size: args.xds_max_request_size,
+            max_name_length: args.xds_max_name_length,
+        })
+        .with_load_reports(
+            cp.load.clone(),
+            args.lrs_interval
+                .clamp(Duration::from_secs(1), Duration::from_secs(3600)),
+        );
     if let Some(auth) = node_auth {
         server = server.with_node_auth(auth);
     }

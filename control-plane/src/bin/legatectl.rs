@@ -526,7 +526,9 @@ fn print_top(res: &legate_proto::admin::GetLoadResponse) {
         })
         .collect();
     print_table(
-        &["SERVICE", "VERSION", "REQ/S", "ERROR%", "P50(ms)", "P99(ms)", "NODES", "WINDOW"],
+        &[
+            "SERVICE", "VERSION", "REQ/S", "ERROR%", "P50(ms)", "P99(ms)", "NODES", "WINDOW",
+        ],
         &rows,
     );
 }

@@ -136,7 +136,9 @@ impl Stream<'_> {
         if self.tx.send(Ok(settings)).await.is_err() {
             return;
         }
-        self.store.record(&node.id, &first.cluster_stats);
+        if !first.cluster_stats.is_empty() {
+            self.store.record(&node.id, &first.cluster_stats);
+        }
         while let Some(request) = self.next(requests).await {
             if self.shared.node_auth.is_some()
                 && let Err(refusal) = identity::check_unchanged(&node, request.node.as_ref())

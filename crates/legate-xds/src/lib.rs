@@ -11,8 +11,8 @@
 
 pub mod cache;
 mod client;
-pub mod lrs;
 pub mod error;
+pub mod lrs;
 pub mod state;
 pub mod tls;
 

@@ -217,7 +217,8 @@ impl Reporter {
     }
 
     /// The wanted clusters' load since the previous reading (a cluster first seen counts from
-    /// zero: it is new), leaving out clusters with nothing to say. Clusters that are gone are
+    /// zero: it is new), leaving out clusters with nothing to say (the report itself is sent
+    /// every interval, empty or not, as Envoy does). Clusters that are gone are
     /// forgotten.
     pub fn report(
         &mut self,
@@ -236,7 +237,11 @@ impl Reporter {
             if settings.wants(&name) {
                 let delta = counts.since(&earlier);
                 if delta != LoadCounts::default() {
-                    out.push(cluster_stats(&name, &delta, now.saturating_duration_since(since)));
+                    out.push(cluster_stats(
+                        &name,
+                        &delta,
+                        now.saturating_duration_since(since),
+                    ));
                 }
             }
             next.insert(name, (counts, now));
@@ -249,7 +254,10 @@ impl Reporter {
 /// One cluster's report, as one locality.
 pub fn cluster_stats(name: &str, delta: &LoadCounts, interval: Duration) -> ClusterStats {
     let mut load_metric_stats = Vec::new();
-    let completed: u64 = delta.latency_buckets.iter().fold(0, |a, b| a.saturating_add(*b));
+    let completed: u64 = delta
+        .latency_buckets
+        .iter()
+        .fold(0, |a, b| a.saturating_add(*b));
     if completed > 0 {
         load_metric_stats.push(EndpointLoadMetricStats {
             metric_name: LATENCY_SUM_METRIC.to_owned(),
@@ -343,10 +351,16 @@ mod tests {
             ..LoadCounts::default()
         };
         r.reset(vec![("a".into(), counts(5)), ("b".into(), counts(5))]);
-        let report = r.report(vec![("a".into(), counts(8)), ("b".into(), counts(9))], &settings);
+        let report = r.report(
+            vec![("a".into(), counts(8)), ("b".into(), counts(9))],
+            &settings,
+        );
         assert_eq!(report.len(), 1);
         assert_eq!(report[0].cluster_name, "a");
-        assert_eq!(report[0].upstream_locality_stats[0].total_issued_requests, 3);
+        assert_eq!(
+            report[0].upstream_locality_stats[0].total_issued_requests,
+            3
+        );
         // Nothing new: nothing sent.
         let report = r.report(vec![("a".into(), counts(8))], &settings);
         assert!(report.is_empty());

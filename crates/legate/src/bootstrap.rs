@@ -390,7 +390,8 @@ impl Bootstrap {
             };
             check_server_url(s, &setting, doc.as_ref())?;
         }
-        let (lrs_servers, lrs_setting) = match (&args.lrs_servers[..], xds_file.lrs_servers.take()) {
+        let (lrs_servers, lrs_setting) = match (&args.lrs_servers[..], xds_file.lrs_servers.take())
+        {
             ([], None) => (servers.clone(), None),
             ([], Some(file)) => (file, Some(false)),
             (flags, _) => (flags.to_vec(), Some(true)),
