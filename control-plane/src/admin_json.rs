@@ -342,7 +342,7 @@ fn load(cp: &ControlPlane, query: &str) -> Resp {
         200,
         &serde_json::json!({
             "services": list,
-            "reports_received": cp.load.reports_received(),
+            "reports_received": cp.metrics.lrs_reports_received(),
         }),
     )
 }

@@ -28,8 +28,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::metrics::{AdminOperation, CpMetrics, MeshReload};
 use crate::load_report::LoadStore;
+use crate::metrics::{AdminOperation, CpMetrics, MeshReload};
 use crate::secrets::SecretFiles;
 use crate::store::{self, Change, MeshFiles, Overlay, OverlayConflict, StoreError, Warning};
 use crate::watch::{Settle, Verdict, Watcher};
@@ -436,7 +436,6 @@ impl ControlPlane {
             cache,
             registry: Arc::new(NodeRegistry::with_metrics(metrics.clone())),
             metrics,
-            registry: Arc::new(NodeRegistry::new()),
             load,
             commands,
             status,
@@ -1565,7 +1564,7 @@ impl Admin for AdminService {
             .collect();
         Ok(Response::new(pb::GetLoadResponse {
             services,
-            reports_received: store.reports_received(),
+            reports_received: self.0.metrics.lrs_reports_received(),
         }))
     }
 

@@ -137,7 +137,6 @@ pub struct LoadStore {
     start: Instant,
     window: Duration,
     inner: Mutex<Inner>,
-    reports: AtomicU64,
     ignored: AtomicU64,
 }
 
@@ -147,7 +146,6 @@ impl LoadStore {
             start: Instant::now(),
             window: window.max(Duration::from_secs(1)),
             inner: Mutex::default(),
-            reports: AtomicU64::new(0),
             ignored: AtomicU64::new(0),
         }
     }
@@ -155,12 +153,6 @@ impl LoadStore {
     /// The longest window kept.
     pub fn window(&self) -> Duration {
         self.window
-    }
-
-    /// Load reports received (one per `LoadStatsRequest` after a stream's first): the hook for
-    /// legate-cp's `/metrics`.
-    pub fn reports_received(&self) -> u64 {
-        self.reports.load(Ordering::Relaxed)
     }
 
     /// Cluster entries ignored because a report or a node named too many clusters.
@@ -189,8 +181,6 @@ impl LoadStore {
     }
 
     pub fn record_at(&self, node: &str, stats: &[ClusterStats], at: Instant) {
-        // Every report counts, an empty one too (a node with no traffic still reports).
-        self.reports.fetch_add(1, Ordering::Relaxed);
         if stats.is_empty() {
             return;
         }

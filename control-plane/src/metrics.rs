@@ -300,6 +300,12 @@ impl CpMetrics {
     pub fn lrs_report_received(&self) {
         self.lrs_reports.inc();
     }
+
+    /// Load reports counted by [`lrs_report_received`](Self::lrs_report_received) so far
+    /// (what `GET /v1/load` and `GetLoad` show as `reports_received`).
+    pub fn lrs_reports_received(&self) -> u64 {
+        self.lrs_reports.get()
+    }
 }
 
 /// Most connections served at once on the metrics listener; more wait in the backlog.

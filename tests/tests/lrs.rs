@@ -145,12 +145,67 @@ async fn envoy_reports_to_legate_cp() {
         ))
     })
     .await;
+    // Envoy's reporter picks up a cluster it did not have at the start of a reporting period
+    // only at the start of the next one, and then resets the cluster's counters: requests
+    // sent before that are never reported (load_stats_reporter.cc says so of every new
+    // cluster). So wait until a report names payments-v1 (nodes_reporting counts a node
+    // whose report names the cluster, load or none); from then on nothing may go missing.
+    eventually(
+        Duration::from_secs(15),
+        "Envoy reporting payments-v1",
+        || async {
+            let l = load(&cp).await;
+            if v1(&l)["nodes_reporting"].as_u64() == Some(1) {
+                Ok(())
+            } else {
+                Err(format!("{l}"))
+            }
+        },
+    )
+    .await;
     send_traffic(&url).await;
+    // Envoy's own count of what it sent, next to what it reported.
+    assert_eq!(
+        envoy.stat("cluster.payments-v1.upstream_rq_total").await,
+        Some(OK + ERRORS)
+    );
     let l = wait_totals(&cp, OK + ERRORS).await;
     let v = v1(&l);
+    assert_eq!(v["issued"].as_u64(), Some(OK + ERRORS), "{l}");
     assert_eq!(v["succeeded"].as_u64(), Some(OK), "{l}");
     assert_eq!(v["errored"].as_u64(), Some(ERRORS), "{l}");
     assert_eq!(v["nodes_reporting"].as_u64(), Some(1), "{l}");
     // Envoy sends no latency in legate's scheme.
     assert!(v["p50_ms"].is_null(), "{l}");
+}
+
+/// Traffic sent before any load report server answered is reported once one does: legate
+/// reports from its last report, not from the server's answer.
+#[tokio::test]
+async fn load_sent_before_the_server_answers_is_reported() {
+    let up = Upstream::start("payments", "v1", Protocol::Auto).await;
+    let dir = TempDir::new("lrs-late");
+    let config = dir.write("mesh.yaml", &mesh(up.addr()));
+    let xds = Cp::start(&config, &dir.path().join("data")).await;
+    // The load report server is not up yet: its address is only reserved.
+    let lrs_addr = legate_tests::process::free_port();
+    let lrs_url = format!("http://{lrs_addr}");
+    let mut flags = XdsFlags::new(&xds.url(), Mode::Sotw).node("proxy-1", "web");
+    flags.extra.extend(["--lrs-server".to_owned(), lrs_url]);
+    let legate = Legate::start_xds(&flags).await;
+    let url = legate.url("outbound", "/payments/charge").await;
+    send_traffic(&url).await;
+
+    let lrs_address = lrs_addr.to_string();
+    let cp = Cp::start_with(
+        &config,
+        &dir.path().join("data-lrs"),
+        &["--xds-address", &lrs_address, "--lrs-interval", "1s"],
+    )
+    .await;
+    let l = wait_totals(&cp, OK + ERRORS).await;
+    let v = v1(&l);
+    assert_eq!(v["succeeded"].as_u64(), Some(OK), "{l}");
+    assert_eq!(v["errored"].as_u64(), Some(ERRORS), "{l}");
+    assert_eq!(v["nodes_reporting"].as_u64(), Some(1), "{l}");
 }

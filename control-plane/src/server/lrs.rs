@@ -80,7 +80,12 @@ impl Stream<'_> {
     async fn next(&self, requests: &mut Streaming<LoadStatsRequest>) -> Option<LoadStatsRequest> {
         tokio::select! {
             message = requests.message() => match message {
-                Ok(m) => m,
+                Ok(Some(m)) => {
+                    // Every message read counts, the first and refused ones too.
+                    self.shared.registry.metrics().lrs_report_received();
+                    Some(m)
+                }
+                Ok(None) => None,
                 Err(status) => {
                     tracing::debug!(%status, "load report stream failed");
                     None

@@ -4,7 +4,10 @@
 //! clusters, or all of them; the interval) and the proxy then sends, every interval, each
 //! wanted cluster's load since the previous report: attempts issued, succeeded, errored, in
 //! progress, requests dropped, and latency in the bucket scheme of
-//! [`legate_telemetry::load`]. A later answer replaces the settings. Everything here reads
+//! [`legate_telemetry::load`]. A later answer replaces the settings. Counting never restarts
+//! (Envoy's does, at every answer): load sent before a server answered, or while none was
+//! reachable, goes in the next report, whose `load_report_interval` says how long it covers,
+//! so the totals a server sees match the traffic. Everything here reads
 //! counters the request path keeps as atomics ([`LoadSource`]); nothing here is on the
 //! request path.
 //!
@@ -119,10 +122,14 @@ async fn run(options: XdsOptions, servers: Vec<String>, source: Arc<dyn LoadSour
     }
     let mut backoff = Backoff::new(options.backoff_base, options.backoff_max);
     let mut idx = 0usize;
+    // Kept across streams and servers: what was not reported yet (no server was reachable,
+    // or the server's answer came after the traffic) goes in the next stream's first report,
+    // with its longer measured interval, instead of being dropped.
+    let mut reporter = Reporter::default();
     loop {
         let url = &servers[idx % servers.len()];
         let mut answered = false;
-        match stream(&options, url, source.as_ref(), &mut answered).await {
+        match stream(&options, url, source.as_ref(), &mut reporter, &mut answered).await {
             Ok(()) => tracing::info!(server = %url, "load report stream closed by the server"),
             Err(error) => {
                 let message = crate::tls::error_chain(&error);
@@ -143,6 +150,7 @@ async fn stream(
     options: &XdsOptions,
     url: &str,
     source: &dyn LoadSource,
+    reporter: &mut Reporter,
     answered: &mut bool,
 ) -> Result<(), StreamError> {
     let channel = dial(options, url).await?;
@@ -162,7 +170,6 @@ async fn stream(
         .await?
         .into_inner();
     let mut settings: Option<Settings> = None;
-    let mut reporter = Reporter::default();
     let mut next = Instant::now();
     loop {
         let due = settings.as_ref().map(|_| next);
@@ -172,8 +179,8 @@ async fn stream(
                 *answered = true;
                 let new = Settings::from_response(response);
                 tracing::debug!(interval = ?new.interval, "load report settings");
-                // Envoy starts counting afresh from each answer.
-                reporter.reset(source.load());
+                // Unlike Envoy, which starts counting afresh from each answer (and so loses
+                // what came before it), counting goes on from the last report sent.
                 next = Instant::now() + new.interval;
                 settings = Some(new);
             }
@@ -210,12 +217,6 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Start every cluster's interval now, at `readings`.
-    pub fn reset(&mut self, readings: Vec<(Arc<str>, LoadCounts)>) {
-        let now = Instant::now();
-        self.last = readings.into_iter().map(|(n, c)| (n, (c, now))).collect();
-    }
-
     /// The wanted clusters' load since the previous reading (a cluster first seen counts from
     /// zero: it is new), leaving out clusters with nothing to say (the report itself is sent
     /// every interval, empty or not, as Envoy does). Clusters that are gone are
@@ -350,7 +351,13 @@ mod tests {
             succeeded: issued,
             ..LoadCounts::default()
         };
-        r.reset(vec![("a".into(), counts(5)), ("b".into(), counts(5))]);
+        // A cluster first seen counts from zero.
+        let first = r.report(
+            vec![("a".into(), counts(5)), ("b".into(), counts(5))],
+            &settings,
+        );
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].upstream_locality_stats[0].total_issued_requests, 5);
         let report = r.report(
             vec![("a".into(), counts(8)), ("b".into(), counts(9))],
             &settings,
