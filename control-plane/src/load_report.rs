@@ -379,7 +379,7 @@ mod tests {
             (110, 100, 10)
         );
         assert_eq!(v1.nodes_reporting, 2);
-        let p50 = v1.p50_ms.unwrap();
+        let p50 = v1.p50_ms.expect("a p50");
         assert!(p50 > 50.0 && p50 <= 100.0, "{p50}");
         assert_eq!(load.versions[1].error_percent, Some(50.0));
         // A 10 s window holds only the latest report.

@@ -694,6 +694,7 @@ const README_COMMANDS: &[(&str, Check)] = &[
     ("legatectl get service payments", Check::Exits0),
     ("legatectl reset payments", Check::Exits0),
     ("legatectl delete extra", Check::Exits0),
+    ("legatectl top payments", Check::Exits0),
     (
         "legatectl certs --out pki --host cp.internal --admin alice",
         Check::Exits0,

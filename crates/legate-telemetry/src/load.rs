@@ -135,11 +135,11 @@ mod tests {
         // 99 in (50, 100] ms, 1 in (250, 500] ms.
         b[7] = 99;
         b[9] = 1;
-        let p50 = quantile_ms(&b, 0.5).unwrap();
+        let p50 = quantile_ms(&b, 0.5).expect("a quantile");
         assert!(p50 > 50.0 && p50 <= 100.0, "{p50}");
-        let p99 = quantile_ms(&b, 0.99).unwrap();
+        let p99 = quantile_ms(&b, 0.99).expect("a quantile");
         assert!(p99 > 50.0 && p99 <= 100.0, "{p99}");
-        let p999 = quantile_ms(&b, 0.999).unwrap();
+        let p999 = quantile_ms(&b, 0.999).expect("a quantile");
         assert!(p999 > 250.0 && p999 <= 500.0, "{p999}");
         b[14] = 1000;
         assert_eq!(quantile_ms(&b, 0.99), Some(10_000.0));
