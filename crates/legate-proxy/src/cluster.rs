@@ -282,7 +282,7 @@ impl ClusterRuntime {
         self.classic.as_ref().map(|b| b.state().as_str())
     }
 
-    /// The cluster's load-report counters as of now (see [`crate::load`]).
+    /// The cluster's load-report counters as of now (see `load.rs`).
     pub fn load_counts(&self) -> LoadCounts {
         let (issued, succeeded, errored, in_progress, dropped) = self.stats.load.read();
         let (latency_buckets, latency_sum_nanos) = self.stats.latency.buckets();

@@ -2,7 +2,7 @@
 //! reads them, and how upstream latency travels in Envoy's `load_metric_stats`.
 //!
 //! Latency scheme: every report carries, per locality, one `EndpointLoadMetricStats` per
-//! bucket of [`LATENCY_BUCKETS`](crate::LATENCY_BUCKETS) that had an observation in the
+//! bucket of [`LATENCY_BUCKETS`] that had an observation in the
 //! interval, named `legate.latency_ms.le_<bound in ms>` (`le_0.5` ... `le_10000`, and
 //! `le_inf` for the overflow bucket). Both its `num_requests_finished_with_metric` and its
 //! `total_metric_value` are the number of attempts completed in the interval whose latency

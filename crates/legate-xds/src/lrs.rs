@@ -14,7 +14,7 @@
 //! The server is hostile input like any other: its interval is held within
 //! [`MIN_INTERVAL`]..=[`MAX_INTERVAL`], its cluster list within [`MAX_CLUSTERS`] names, and
 //! its answers within the xDS client's message size. The stream dials the same servers, with
-//! the same TLS and node, as the xDS client ([`crate::client::dial`]), and reconnects with
+//! the same TLS and node, as the xDS client (`client::dial`), and reconnects with
 //! the same back-off. `report_endpoint_granularity` is accepted and not honoured: load is
 //! reported per cluster, as one locality (the cluster's), without per-endpoint stats.
 
