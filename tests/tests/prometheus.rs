@@ -271,6 +271,20 @@ async fn every_dashboard_query_reads_metrics_that_legate_and_legate_cp_expose() 
     }
 }
 
+/// Wait until legate-cp has counted exactly one mesh reload with this outcome.
+async fn one_reload(cp: &Cp, outcome: &str) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("one {outcome} reload counted"),
+        || async {
+            let m = cp.metrics().await;
+            let n = m.get_or_zero("legate_cp_mesh_reloads_total", &[("outcome", outcome)]);
+            (n == 1.0).then_some(()).ok_or_else(|| format!("{n}"))
+        },
+    )
+    .await;
+}
+
 /// legate-cp's counters of admin changes, admin refusals and mesh file reloads, read from
 /// its `/metrics` (which needs no credentials, and serves nothing else).
 #[tokio::test(flavor = "multi_thread")]
@@ -313,35 +327,9 @@ async fn legate_cp_counts_admin_changes_refusals_and_mesh_reloads() {
     assert!(ok, "apply: {out}{err}");
     // A mesh file that does not parse is refused; a comment changes nothing served.
     std::fs::write(&config, "services: [").expect("write");
-    eventually(
-        Duration::from_secs(10),
-        "refused reload counted",
-        || async {
-            let m = cp.metrics().await;
-            let n = value(
-                &m,
-                "legate_cp_mesh_reloads_total",
-                &[("outcome", "refused")],
-            );
-            (n == 1.0).then_some(()).ok_or_else(|| format!("{n}"))
-        },
-    )
-    .await;
+    one_reload(&cp, "refused").await;
     std::fs::write(&config, format!("# a comment\n{text}")).expect("write");
-    eventually(
-        Duration::from_secs(10),
-        "unchanged reload counted",
-        || async {
-            let m = cp.metrics().await;
-            let n = value(
-                &m,
-                "legate_cp_mesh_reloads_total",
-                &[("outcome", "unchanged")],
-            );
-            (n == 1.0).then_some(()).ok_or_else(|| format!("{n}"))
-        },
-    )
-    .await;
+    one_reload(&cp, "unchanged").await;
 
     let m = cp.metrics().await;
     assert_eq!(
