@@ -16,6 +16,9 @@ pub use types::*;
 mod tls;
 pub use tls::*;
 
+pub mod access_log;
+pub use access_log::AccessLog;
+
 mod backoff;
 
 mod error;
@@ -53,4 +56,6 @@ pub mod type_url {
         "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
     pub const HTTP_PROTOCOL_OPTIONS: &str =
         "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    pub const FILE_ACCESS_LOG: &str =
+        "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
 }

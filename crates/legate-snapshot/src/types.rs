@@ -85,6 +85,8 @@ pub struct Listener {
     /// TLS termination, when the filter chains carry a `DownstreamTlsContext`; `None`:
     /// plaintext.
     pub tls: Option<Arc<ListenerTls>>,
+    /// From HCM `access_log`: file loggers, formats compiled.
+    pub access_logs: Vec<Arc<crate::AccessLog>>,
 }
 
 impl Listener {
@@ -672,7 +674,7 @@ pub(crate) mod http_serde {
     use http::{HeaderName, HeaderValue};
     use serde::Serializer;
 
-    pub(super) fn name<S: Serializer>(n: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn name<S: Serializer>(n: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(n.as_str())
     }
 

@@ -19,6 +19,7 @@
 // Deprecated Envoy fields must still be read, to honour or refuse them.
 #![allow(deprecated)]
 
+mod access_log;
 mod cluster;
 mod common;
 mod endpoint;

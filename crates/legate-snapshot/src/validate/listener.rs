@@ -167,6 +167,7 @@ pub(super) fn listener(x: &XdsListener) -> Result<ConvertedListener, Vec<Resourc
         generate_request_id: hcm.generate_request_id,
         append_x_forwarded_for: hcm.append_x_forwarded_for,
         tls: tls.map(Arc::new),
+        access_logs: hcm.access_logs,
     };
     cx.finish(ConvertedListener {
         listener,
@@ -713,6 +714,7 @@ struct Hcm {
     append_x_forwarded_for: bool,
     rds: Option<(String, Arc<str>)>,
     cluster_refs: Vec<ClusterRef>,
+    access_logs: Vec<Arc<crate::AccessLog>>,
 }
 
 fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManager) -> Hcm {
@@ -739,11 +741,10 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
         drain_timeout,
         drain_timeout_jitter,
         delayed_close_timeout,
-        // Ignored: access logging is configured in legate's bootstrap, not per listener.
-        access_log: _,
-        access_log_flush_interval: _,
-        flush_access_log_on_new_request: _,
-        access_log_options: _,
+        access_log,
+        access_log_flush_interval,
+        flush_access_log_on_new_request,
+        access_log_options,
         use_remote_address,
         // Accepted: legate does not derive a trusted client address from x-forwarded-for.
         xff_num_trusted_hops: _,
@@ -794,7 +795,8 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
         stream_error_on_invalid_http_message, path_normalization_options,
         strip_trailing_host_dot, proxy_status_config, typed_header_validation_config,
         append_x_forwarded_port, append_local_overload, add_proxy_protocol_connection_state,
-        forward_proto_config,
+        forward_proto_config, access_log_flush_interval, flush_access_log_on_new_request,
+        access_log_options,
     );
     refuse_true(cx, field, "add_user_agent", add_user_agent);
     refuse_true(cx, field, "normalize_path", normalize_path);
@@ -915,6 +917,7 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
             && !*skip_xff_append,
         rds,
         cluster_refs,
+        access_logs: super::access_log::access_logs(cx, field, access_log),
     }
 }
 

@@ -75,6 +75,7 @@ use prost::Message;
 
 use super::{Resources, build};
 
+mod access_log;
 mod resilience;
 mod tls;
 use crate::{
@@ -432,6 +433,7 @@ fn base_set_converts() {
         generate_request_id: true,
         append_x_forwarded_for: false,
         tls: None,
+        access_logs: Vec::new(),
     };
     assert_eq!(**l, expected);
 
@@ -578,7 +580,6 @@ fn listener_options_convert() {
         h.http_filters.insert(0, optional);
         h.http_filters.insert(0, disabled);
         // No-traffic fields are accepted and ignored.
-        h.access_log = vec![Default::default()];
         h.tracing = Some(Default::default());
     });
     // An empty filter chain match matches everything: accepted.
