@@ -20,10 +20,12 @@ use hyper::body::Incoming;
 use legate_snapshot::{ForwardAction, RetryPolicy};
 use tokio::time::Instant;
 
+use crate::access_log::Trail;
 use crate::body::{self, BodyTimers, Budgets, Buffered, Held, RequestBody, ResponseBody};
 use crate::cluster::ClusterRuntime;
 use crate::deadline;
 use crate::error::ProxyError;
+use crate::error::ResponseFlags;
 use crate::lb::{ActiveRequest, Host};
 use crate::pool::UpstreamBody;
 use crate::resilience::limits::{LimitGuard, Resource};
@@ -41,6 +43,8 @@ pub(crate) struct Request<'a> {
     pub(crate) upgrade: bool,
     /// The stream idle timeout in force (route `idle_timeout`, else the listener's).
     pub(crate) stream_idle: Option<Duration>,
+    /// What the access log learns: the host, the attempts, retry exhaustion.
+    pub(crate) trail: &'a mut Trail,
 }
 
 pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, ProxyError> {
@@ -62,6 +66,7 @@ pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, Pr
         tpl,
         body,
         stream_idle,
+        trail,
         ..
     } = r;
     let buffering = body::buffer_request(body, fwd.retry_buffer_limit, budgets);
@@ -96,6 +101,7 @@ pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, Pr
         tried: Vec::new(),
         attempts: 0,
         max_attempts: policy.num_retries.saturating_add(1),
+        trail,
     };
     let res = driver.run().await;
     hooks::breaker_record(breaker, &res);
@@ -113,6 +119,7 @@ async fn single(
         body,
         upgrade,
         stream_idle,
+        trail,
         ..
     } = r;
     let body = if upgrade {
@@ -121,6 +128,8 @@ async fn single(
         RequestBody::Incoming(body)
     };
     let host = cluster.pick().ok_or(ProxyError::NoHealthyUpstream)?;
+    trail.upstream_host = Some(host.addr);
+    trail.attempts = 1;
     let slot = cluster
         .limits
         .try_acquire(Resource::Requests)
@@ -187,6 +196,7 @@ fn wrap(
             _request_slot: Some(slot),
             timers,
             open: None,
+            log: None,
         },
     })
 }
@@ -265,6 +275,7 @@ struct Driver<'a> {
     tried: Vec<SocketAddr>,
     attempts: u32,
     max_attempts: u32,
+    trail: &'a mut Trail,
 }
 
 impl<'a> Driver<'a> {
@@ -399,6 +410,8 @@ impl<'a> Driver<'a> {
             self.cluster.stats.retries.inc();
         }
         self.attempts += 1;
+        self.trail.attempts = self.attempts;
+        self.trail.upstream_host = Some(host.addr);
         self.tried.push(host.addr);
         let active = host.start_request();
         let started = Instant::now();
@@ -431,6 +444,13 @@ impl<'a> Driver<'a> {
                 result,
             }
         }))
+    }
+
+    /// A retriable outcome with no attempt left: Envoy's URX.
+    fn note_exhausted(&mut self) {
+        if self.attempts >= self.max_attempts {
+            self.trail.flags.insert(ResponseFlags::URX);
+        }
     }
 
     /// Whether an attempt after the one being started could still happen, i.e. whether
@@ -468,6 +488,7 @@ impl<'a> Driver<'a> {
                     return Settled::Keep(Last::Response(Box::new((meta, res))));
                 }
                 if !self.can_retry(false) {
+                    self.note_exhausted();
                     return if others_in_flight {
                         Settled::Keep(Last::Response(Box::new((meta, res))))
                     } else {
@@ -490,6 +511,7 @@ impl<'a> Driver<'a> {
                         Settled::Keep(Last::Response(Box::new((meta, res))))
                     }
                     None => {
+                        self.trail.flags.insert(ResponseFlags::UO);
                         let mut won = self.win(meta, res);
                         won.headers_mut().insert(
                             "x-legate-error",
@@ -509,6 +531,7 @@ impl<'a> Driver<'a> {
                     };
                 }
                 if !self.can_retry(e.never_sent()) {
+                    self.note_exhausted();
                     return if others_in_flight {
                         Settled::Keep(Last::Error(e))
                     } else {

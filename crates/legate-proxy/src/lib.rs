@@ -7,6 +7,7 @@
 //! `ArcSwap`. A request loads that view once and keeps it to its end. Listeners that
 //! disappear or move stop accepting and drain their connections in the background.
 
+mod access_log;
 mod body;
 mod cluster;
 mod connector;
@@ -45,6 +46,8 @@ pub(crate) struct ListenerView {
     pub(crate) config: Arc<Listener>,
     pub(crate) routes: Arc<RouteConfig>,
     pub(crate) requests: ByCodeClass,
+    /// The listener's access logs with their writers; empty when it logs nothing.
+    pub(crate) logs: access_log::Logs,
 }
 
 /// Everything a request needs, swapped as one unit.
@@ -69,6 +72,8 @@ pub(crate) struct Shared {
     pub(crate) connections: Arc<ConnLimit>,
     /// Set when the process starts draining: answers tell clients to reconnect elsewhere.
     pub(crate) draining: AtomicBool,
+    /// Access log files and their writer threads.
+    pub(crate) access_logs: access_log::Sinks,
 }
 
 impl Shared {
@@ -158,6 +163,7 @@ impl Dataplane {
             clusters: HashMap::new(),
             listeners: HashMap::new(),
         };
+        let metrics_dropped = metrics.access_log_dropped.clone();
         let expiry = tls::expiry::Expiry::new(metrics.tls_certificate_expiry.clone());
         let retry_buffers = body::BufferBudget::new(
             options.retry_buffer_limit,
@@ -173,6 +179,7 @@ impl Dataplane {
                 expiry,
                 connections: Arc::new(ConnLimit::new(options.max_connections)),
                 draining: AtomicBool::new(false),
+                access_logs: access_log::Sinks::new(metrics_dropped),
             }),
             options,
             listeners: tokio::sync::Mutex::new(HashMap::new()),
@@ -204,6 +211,12 @@ impl Dataplane {
         for h in self.listeners.lock().await.values() {
             h.drain();
         }
+    }
+
+    /// Reopen every access log file before its next line (SIGUSR1, after logrotate moved
+    /// the files).
+    pub fn reopen_access_logs(&self) {
+        self.shared.access_logs.reopen();
     }
 
     /// Bound addresses of the live listeners, by name.
@@ -242,6 +255,7 @@ impl Dataplane {
                     config: l.clone(),
                     routes,
                     requests,
+                    logs: self.shared.access_logs.resolve(&l.access_logs),
                 }),
             );
         }
