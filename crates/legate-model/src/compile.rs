@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog as XdsAccessLog, access_log as xds_access_log};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy as XdsLbPolicy,
@@ -82,6 +83,7 @@ pub(crate) mod names {
     pub(crate) const HTTP_CONNECTION_MANAGER: &str =
         "envoy.filters.network.http_connection_manager";
     pub(crate) const CONNECTION_LIMIT: &str = "envoy.filters.network.connection_limit";
+    pub(crate) const FILE_ACCESS_LOG: &str = "envoy.access_loggers.file";
     pub(crate) const ROUTER: &str = "envoy.filters.http.router";
     pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -121,7 +123,7 @@ fn compile_for(mesh: &Mesh, node_cluster: Option<&str>) -> Resources {
             .listeners
             .iter()
             .chain(&generated.listener)
-            .map(listener)
+            .map(|l| listener(l, mesh.telemetry.as_ref()))
             .collect(),
         route_configs: mesh
             .route_configs
@@ -205,8 +207,59 @@ pub(crate) fn router_filter() -> HttpFilter {
     }
 }
 
-fn listener(l: &Listener) -> XdsListener {
+/// `telemetry.access_log` as Envoy's file logger.
+fn access_logs(t: Option<&crate::Telemetry>) -> Vec<XdsAccessLog> {
+    use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format;
+    use envoy_types::pb::envoy::config::core::v3::{
+        DataSource, SubstitutionFormatString, data_source,
+    };
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::file_access_log::AccessLogFormat;
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let Some(a) = t.and_then(|t| t.access_log.as_ref()) else {
+        return Vec::new();
+    };
+    let format = match (&a.json, &a.format) {
+        (Some(j), _) => Some(Format::JsonFormat(Struct {
+            fields: j
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        Value {
+                            kind: Some(Kind::StringValue(v.clone())),
+                        },
+                    )
+                })
+                .collect(),
+        })),
+        (None, Some(f)) => Some(Format::TextFormatSource(DataSource {
+            specifier: Some(data_source::Specifier::InlineString(f.clone())),
+            ..Default::default()
+        })),
+        (None, None) => None,
+    };
+    vec![XdsAccessLog {
+        name: names::FILE_ACCESS_LOG.to_owned(),
+        filter: None,
+        config_type: Some(xds_access_log::ConfigType::TypedConfig(any(
+            type_url::FILE_ACCESS_LOG,
+            &FileAccessLog {
+                path: a.path.clone(),
+                access_log_format: format.map(|format| {
+                    AccessLogFormat::LogFormat(SubstitutionFormatString {
+                        format: Some(format),
+                        ..Default::default()
+                    })
+                }),
+            },
+        ))),
+    }]
+}
+
+fn listener(l: &Listener, telemetry: Option<&crate::Telemetry>) -> XdsListener {
     let hcm = HttpConnectionManager {
+        access_log: access_logs(telemetry),
         stat_prefix: l.name.clone(),
         codec_type: match l.protocol {
             ListenerProtocol::Auto => CodecType::Auto,

@@ -184,6 +184,9 @@ pub(crate) struct Pending {
     logs: Logs,
     pub(crate) record: Record,
     pub(crate) completed: bool,
+    /// The body's exact length when known: sending that many bytes completes it (hyper
+    /// stops polling a body once its length is reached).
+    pub(crate) expected: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -215,6 +218,7 @@ impl Pending {
             logs,
             record,
             completed: false,
+            expected: None,
         }
     }
 }
@@ -222,7 +226,7 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         let duration = self.record.start.elapsed();
-        if !self.completed {
+        if !self.completed && self.expected != Some(self.record.bytes_sent) {
             // The client went away before the response ended (Envoy's DC).
             self.record.trail.flags.insert(ResponseFlags::DC);
         }

@@ -467,7 +467,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ResponseBody::Upstream { body, held } => {
-                let res = Pin::new(body).poll_frame(cx);
+                let res = Pin::new(&mut *body).poll_frame(cx);
                 match res {
                     Poll::Ready(None) => {
                         if let Some(l) = &mut held.log {
@@ -484,9 +484,16 @@ impl Body for ResponseBody {
                         if let Some(t) = &mut held.timers {
                             t.activity();
                         }
-                        if let (Some(l), Some(data)) = (&mut held.log, frame.data_ref()) {
-                            l.record.bytes_sent =
-                                l.record.bytes_sent.saturating_add(data.len() as u64);
+                        if let Some(l) = &mut held.log {
+                            if let Some(data) = frame.data_ref() {
+                                l.record.bytes_sent =
+                                    l.record.bytes_sent.saturating_add(data.len() as u64);
+                            }
+                            // hyper stops polling a body that says it ended (a known length
+                            // fully sent), so the last frame is where it completes.
+                            if body.is_end_stream() {
+                                l.completed = true;
+                            }
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }

@@ -141,7 +141,8 @@ async fn handle_logged(
     };
     let mut pending = Box::new(Pending::new(view.logs.clone(), record));
     match res.body_mut() {
-        ResponseBody::Upstream { held, .. } => {
+        ResponseBody::Upstream { held, body } => {
+            pending.expected = http_body::Body::size_hint(body).exact();
             held.open = Some(open);
             held.log = Some(pending);
         }
