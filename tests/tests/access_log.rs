@@ -223,10 +223,8 @@ async fn unsupported_operator_is_nacked() {
 fn json_bootstrap(upstream: &Upstream, log: &Path) -> String {
     let mut b = bootstrap(
         "- {name: outbound, address: 127.0.0.1:0, route_config: rc}",
-        &format!(
-            "- name: rc\n  virtual_hosts:\n  - name: all\n    domains: ['*']\n    routes:\n    \
-             - match: {{prefix: /}}\n      forward: {{cluster: svc, timeout: 5s}}"
-        ),
+        "- name: rc\n  virtual_hosts:\n  - name: all\n    domains: ['*']\n    routes:\n    \
+         - match: {prefix: /}\n      forward: {cluster: svc, timeout: 5s}",
         &[cluster(SVC, &[upstream.addr()])],
     );
     b.push_str(&format!(

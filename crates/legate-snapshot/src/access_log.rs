@@ -497,7 +497,7 @@ mod tests {
 
     fn ops(s: &str) -> Vec<OpKind> {
         parse_format(s)
-            .unwrap()
+            .expect("parses")
             .into_iter()
             .filter_map(|p| match p {
                 Piece::Op(o) => Some(o.kind),
@@ -521,9 +521,9 @@ mod tests {
 
     #[test]
     fn operators_and_errors() {
-        let p = parse_format("a %REQ(USER-AGENT):5% b %% c").unwrap_err();
+        let p = parse_format("a %REQ(USER-AGENT):5% b %% c").expect_err("refused");
         assert_eq!(p, FormatError::Malformed(24));
-        let p = parse_format("x %REQ(USER-AGENT):5%").unwrap();
+        let p = parse_format("x %REQ(USER-AGENT):5%").expect("parses");
         assert_eq!(
             p[1],
             Piece::Op(Operator {
@@ -533,7 +533,7 @@ mod tests {
         );
         assert_eq!(
             parse_format("%DYNAMIC_METADATA(a:b)%")
-                .unwrap_err()
+                .expect_err("refused")
                 .to_string(),
             "position 0: command operator %DYNAMIC_METADATA% is not supported by legate"
         );
@@ -547,7 +547,9 @@ mod tests {
         ));
         assert_eq!(parse_format("100%"), Err(FormatError::Malformed(3)));
         assert_eq!(
-            parse_format("%START_TIME(%Q)%").unwrap_err().to_string(),
+            parse_format("%START_TIME(%Q)%")
+                .expect_err("refused")
+                .to_string(),
             "position 0: %START_TIME% uses %Q, which legate does not support"
         );
         assert_eq!(
@@ -562,7 +564,7 @@ mod tests {
         let mut s = String::new();
         TimeFormat::default_format().render(t, &mut s);
         assert_eq!(s, "2016-04-15T20:17:00.310Z");
-        let f = TimeFormat::parse("%F %T %s %6f %j %z").unwrap();
+        let f = TimeFormat::parse("%F %T %s %6f %j %z").expect("parses");
         let mut s = String::new();
         f.render(t, &mut s);
         assert_eq!(s, "2016-04-15 20:17:00 1460751420 310000 106 +0000");

@@ -79,11 +79,11 @@ fn file_logger_formats_compile() {
     assert_eq!(&*logs[0].path, "/dev/stdout");
     assert_eq!(
         logs[0].format,
-        LogFormat::Text(parse_format(DEFAULT_FORMAT).unwrap())
+        LogFormat::Text(parse_format(DEFAULT_FORMAT).expect("parses"))
     );
     assert_eq!(
         logs[1].format,
-        LogFormat::Text(parse_format("%RESPONSE_FLAGS% %DURATION%\n").unwrap())
+        LogFormat::Text(parse_format("%RESPONSE_FLAGS% %DURATION%\n").expect("parses"))
     );
     let LogFormat::Json(fields) = &logs[2].format else {
         panic!("json format expected");
