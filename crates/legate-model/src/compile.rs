@@ -777,6 +777,33 @@ mod tests {
     }
 
     #[test]
+    fn telemetry_access_log_compiles_to_the_file_logger_legate_accepts() {
+        let text = format!(
+            "{REFERENCE}\ntelemetry:\n  access_log:\n    path: /dev/stdout\n    \
+             json: {{code: '%RESPONSE_CODE%', flags: '%RESPONSE_FLAGS%'}}\n"
+        );
+        let mesh = crate::load(&text, "mesh.yaml").expect("mesh loads");
+        let r = compile(&mesh);
+        for l in &r.listeners {
+            assert_eq!(hcm(l).access_log.len(), 1, "every listener logs");
+        }
+        let s = legate_snapshot::build("v", &r).expect("legate accepts it");
+        let log = &s.listeners[0].access_logs[0];
+        assert_eq!(&*log.path, "/dev/stdout");
+        assert!(matches!(
+            &log.format,
+            legate_snapshot::access_log::LogFormat::Json(f) if f.len() == 2
+        ));
+        // Without telemetry, nothing is logged.
+        assert!(
+            reference()
+                .listeners
+                .iter()
+                .all(|l| hcm(l).access_log.is_empty())
+        );
+    }
+
+    #[test]
     fn listener_runs_an_hcm_over_rds() {
         let r = reference();
         let l = &r.listeners[0];
