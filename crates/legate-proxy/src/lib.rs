@@ -21,6 +21,7 @@ mod pool;
 mod resilience;
 mod service;
 mod tls;
+mod trace;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,6 +46,8 @@ pub(crate) struct ListenerView {
     pub(crate) config: Arc<Listener>,
     pub(crate) routes: Arc<RouteConfig>,
     pub(crate) requests: ByCodeClass,
+    /// The HCM's tracing, when configured and its collector cluster is known.
+    pub(crate) tracer: Option<Arc<trace::Tracer>>,
 }
 
 /// Everything a request needs, swapped as one unit.
@@ -138,6 +141,9 @@ pub struct Dataplane {
     options: DataplaneOptions,
     listeners: tokio::sync::Mutex<HashMap<Arc<str>, ListenerHandle>>,
     applied: AtomicBool,
+    /// Export pipelines for traces, reused across snapshots while their collector holds.
+    tracers: std::sync::Mutex<trace::Tracers>,
+    span_stats: trace::SpanStats,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -159,6 +165,7 @@ impl Dataplane {
             listeners: HashMap::new(),
         };
         let expiry = tls::expiry::Expiry::new(metrics.tls_certificate_expiry.clone());
+        let span_stats = trace::SpanStats::new(&metrics.tracing_spans);
         let retry_buffers = body::BufferBudget::new(
             options.retry_buffer_limit,
             Some(metrics.retry_buffer_bytes.get_or_create(&[])),
@@ -177,6 +184,8 @@ impl Dataplane {
             options,
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             applied: AtomicBool::new(false),
+            tracers: std::sync::Mutex::new(trace::Tracers::default()),
+            span_stats,
         }
     }
 
@@ -222,6 +231,12 @@ impl Dataplane {
         let mut listeners = self.listeners.lock().await;
         let old = self.shared.active.load_full();
 
+        // Tracers first: a listener's view holds its own.
+        let mut tracers = self
+            .tracers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .update(&snapshot, &self.span_stats);
         // Resolve every listener's routes before touching anything.
         let mut views = HashMap::new();
         for l in &snapshot.listeners {
@@ -242,6 +257,7 @@ impl Dataplane {
                     config: l.clone(),
                     routes,
                     requests,
+                    tracer: tracers.remove(&l.name),
                 }),
             );
         }

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub upstream_tls_handshake_failures: Arc<Family<Counter>>,
     pub downstream_tls_handshake_failures: Arc<Family<Counter>>,
     pub tls_certificate_expiry: Arc<Family<Gauge>>,
+    pub tracing_spans: Arc<Family<Counter>>,
 }
 
 impl Metrics {
@@ -169,6 +170,13 @@ impl Metrics {
                 "Seconds until a certificate legate presents expires (negative once expired): \
                  client certificates of clusters, server certificates of listener chains.",
                 &["owner", "name", "role"],
+            ),
+            tracing_spans: registry.family(
+                "legate_tracing_spans_total",
+                "Finished trace spans by outcome: exported (accepted by the collector), \
+                 export_failed (the collector refused them, was unreachable or too slow), \
+                 dropped_queue_full (the bounded export queue was full).",
+                &["outcome"],
             ),
             registry,
         }

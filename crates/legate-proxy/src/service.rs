@@ -53,7 +53,9 @@ pub(crate) async fn handle(
         .filter(|v| v.config.address == ctx.listener.config.address)
         .unwrap_or(&ctx.listener)
         .clone();
-    let res = match route_and_forward(&ctx, &active, &view, req).await {
+    // Sampled or not is decided here, before anything is allocated for the trace.
+    let span = view.tracer.as_ref().and_then(|t| t.start(&req));
+    let res = match route_and_forward(&ctx, &active, &view, req, span.as_ref()).await {
         Ok(mut res) => {
             // An upstream body keeps the request open until it ends.
             if let ResponseBody::Upstream { held, .. } = res.body_mut() {
@@ -67,6 +69,9 @@ pub(crate) async fn handle(
         }
     };
     view.requests.record(res.status().as_u16());
+    if let Some(span) = span {
+        span.end(res.status(), res.headers());
+    }
     Ok(res)
 }
 
@@ -75,6 +80,7 @@ async fn route_and_forward(
     active: &Active,
     view: &ListenerView,
     mut req: Request<Incoming>,
+    trace: Option<&crate::trace::ServerSpan>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // Owned (a reference-counted copy), so the request can be taken apart later.
     let host_value = request_host(&req).ok_or(ProxyError::BadRequest)?;
@@ -134,6 +140,7 @@ async fn route_and_forward(
                 body,
                 upgrade,
                 stream_idle,
+                trace,
             })
             .await?;
 

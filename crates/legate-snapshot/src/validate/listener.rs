@@ -167,6 +167,7 @@ pub(super) fn listener(x: &XdsListener) -> Result<ConvertedListener, Vec<Resourc
         generate_request_id: hcm.generate_request_id,
         append_x_forwarded_for: hcm.append_x_forwarded_for,
         tls: tls.map(Arc::new),
+        tracing: hcm.tracing,
     };
     cx.finish(ConvertedListener {
         listener,
@@ -713,6 +714,7 @@ struct Hcm {
     append_x_forwarded_for: bool,
     rds: Option<(String, Arc<str>)>,
     cluster_refs: Vec<ClusterRef>,
+    tracing: Option<Arc<crate::Tracing>>,
 }
 
 fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManager) -> Hcm {
@@ -721,8 +723,7 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
         stat_prefix,
         http_filters,
         add_user_agent,
-        // Ignored: tracing is configured in legate's bootstrap (telemetry), not per listener.
-        tracing: _,
+        tracing,
         common_http_protocol_options,
         http1_safe_max_connection_duration,
         http_protocol_options,
@@ -830,7 +831,7 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
     }
     http_filter_chain(cx, field, http_filters);
 
-    let (routes, rds, cluster_refs) = match route_specifier {
+    let (routes, rds, mut cluster_refs) = match route_specifier {
         Some(RouteSpecifier::Rds(XdsRds {
             config_source,
             route_config_name,
@@ -914,6 +915,9 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
         append_x_forwarded_for: matches!(use_remote_address, Some(BoolValue { value: true }))
             && !*skip_xff_append,
         rds,
+        tracing: tracing
+            .as_ref()
+            .and_then(|t| super::trace::tracing(cx, &join(field, "tracing"), t, &mut cluster_refs)),
         cluster_refs,
     }
 }
