@@ -47,7 +47,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
-    CodecType, RouteSpecifier, StripPortMode, UpgradeConfig,
+    CodecType, RouteSpecifier, StripPortMode, Tracing, UpgradeConfig,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_filter,
@@ -75,6 +75,7 @@ use crate::{
 
 mod policies;
 pub(crate) use policies::{circuit_breakers, outlier_detection};
+mod telemetry;
 mod tls;
 
 /// Well-known extension names.
@@ -116,12 +117,15 @@ pub fn compile_for_node_cluster(mesh: &Mesh, node_cluster: &str) -> Resources {
 
 fn compile_for(mesh: &Mesh, node_cluster: Option<&str>) -> Resources {
     let generated = crate::services::generate(mesh);
+    let tracing_spec = mesh.telemetry.as_ref().and_then(|t| t.tracing.as_ref());
+    let tracing = tracing_spec.map(telemetry::hcm_tracing);
+    let collector = tracing_spec.map(telemetry::collector_cluster);
     let mut out = Resources {
         listeners: mesh
             .listeners
             .iter()
             .chain(&generated.listener)
-            .map(listener)
+            .map(|l| listener(l, tracing.as_ref()))
             .collect(),
         route_configs: mesh
             .route_configs
@@ -133,7 +137,12 @@ fn compile_for(mesh: &Mesh, node_cluster: Option<&str>) -> Resources {
         load_assignments: Vec::new(),
         secrets: Vec::new(),
     };
-    for c in mesh.clusters.iter().chain(&generated.clusters) {
+    for c in mesh
+        .clusters
+        .iter()
+        .chain(&generated.clusters)
+        .chain(&collector)
+    {
         let (xds, cla) = cluster(c, node_cluster);
         out.clusters.push(xds);
         out.load_assignments.extend(cla);
@@ -205,8 +214,9 @@ pub(crate) fn router_filter() -> HttpFilter {
     }
 }
 
-fn listener(l: &Listener) -> XdsListener {
+fn listener(l: &Listener, tracing: Option<&Tracing>) -> XdsListener {
     let hcm = HttpConnectionManager {
+        tracing: tracing.cloned(),
         stat_prefix: l.name.clone(),
         codec_type: match l.protocol {
             ListenerProtocol::Auto => CodecType::Auto,
