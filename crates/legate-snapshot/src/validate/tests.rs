@@ -77,6 +77,7 @@ use super::{Resources, build};
 
 mod resilience;
 mod tls;
+mod trace;
 use crate::{
     Cluster, ClusterTarget, Codec, Discovery, DnsFamily, Endpoint, EndpointAddress, HeaderAppend,
     HeaderMatchRule, HeaderMatcher, HeaderValueOption as Hvo, HealthStatus, HostRewrite, LbPolicy,
