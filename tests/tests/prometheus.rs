@@ -332,54 +332,42 @@ async fn legate_cp_counts_admin_changes_refusals_and_mesh_reloads() {
     one_reload(&cp, "unchanged").await;
 
     let m = cp.metrics().await;
-    assert_eq!(
-        value(
-            &m,
+    type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+    let expected: &[Expected] = &[
+        (
             "legate_cp_admin_refusals_total",
-            &[("reason", "wrong-token")]
+            &[("reason", "wrong-token")],
+            1.0,
         ),
-        1.0,
-        "{}",
-        m.text
-    );
-    assert_eq!(
-        value(
-            &m,
+        (
             "legate_cp_admin_refusals_total",
-            &[("reason", "no-credentials")]
+            &[("reason", "no-credentials")],
+            1.0,
         ),
-        1.0,
-        "{}",
-        m.text
-    );
-    assert_eq!(
-        value(
-            &m,
+        (
             "legate_cp_admin_changes_total",
-            &[("operation", "set_weights"), ("outcome", "unknown_service")]
+            &[("operation", "set_weights"), ("outcome", "unknown_service")],
+            1.0,
         ),
-        1.0,
-        "{}",
-        m.text
-    );
-    assert_eq!(
-        value(
-            &m,
+        (
             "legate_cp_admin_changes_total",
-            &[("operation", "apply"), ("outcome", "ok")]
+            &[("operation", "apply"), ("outcome", "ok")],
+            1.0,
         ),
-        1.0,
-        "{}",
-        m.text
-    );
-    assert_eq!(
-        value(
-            &m,
+        (
             "legate_cp_mesh_reloads_total",
-            &[("outcome", "applied")]
+            &[("outcome", "applied")],
+            0.0,
         ),
-        0.0
-    );
+    ];
+    for (name, labels, want) in expected {
+        assert_eq!(
+            value(&m, name, labels),
+            *want,
+            "{name} {labels:?}\n{}",
+            m.text
+        );
+    }
     // Nothing else is served there, and only GET and HEAD.
     let base = format!("http://{}", cp.metrics);
     let r = legate_tests::get(&format!("{base}/v1/nodes")).await;

@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog as XdsAccessLog, access_log as xds_access_log};
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog as XdsAccessLog;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy as XdsLbPolicy,
@@ -48,7 +48,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
-    CodecType, RouteSpecifier, StripPortMode, UpgradeConfig,
+    CodecType, RouteSpecifier, StripPortMode, Tracing, UpgradeConfig,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_filter,
@@ -76,6 +76,7 @@ use crate::{
 
 mod policies;
 pub(crate) use policies::{circuit_breakers, outlier_detection};
+mod telemetry;
 mod tls;
 
 /// Well-known extension names.
@@ -118,12 +119,16 @@ pub fn compile_for_node_cluster(mesh: &Mesh, node_cluster: &str) -> Resources {
 
 fn compile_for(mesh: &Mesh, node_cluster: Option<&str>) -> Resources {
     let generated = crate::services::generate(mesh);
+    let tracing_spec = mesh.telemetry.as_ref().and_then(|t| t.tracing.as_ref());
+    let tracing = tracing_spec.map(telemetry::hcm_tracing);
+    let collector = tracing_spec.map(telemetry::collector_cluster);
+    let access_log = telemetry::access_logs(mesh.telemetry.as_ref());
     let mut out = Resources {
         listeners: mesh
             .listeners
             .iter()
             .chain(&generated.listener)
-            .map(|l| listener(l, mesh.telemetry.as_ref()))
+            .map(|l| listener(l, tracing.as_ref(), &access_log))
             .collect(),
         route_configs: mesh
             .route_configs
@@ -135,7 +140,12 @@ fn compile_for(mesh: &Mesh, node_cluster: Option<&str>) -> Resources {
         load_assignments: Vec::new(),
         secrets: Vec::new(),
     };
-    for c in mesh.clusters.iter().chain(&generated.clusters) {
+    for c in mesh
+        .clusters
+        .iter()
+        .chain(&generated.clusters)
+        .chain(&collector)
+    {
         let (xds, cla) = cluster(c, node_cluster);
         out.clusters.push(xds);
         out.load_assignments.extend(cla);
@@ -207,59 +217,10 @@ pub(crate) fn router_filter() -> HttpFilter {
     }
 }
 
-/// `telemetry.access_log` as Envoy's file logger.
-fn access_logs(t: Option<&crate::Telemetry>) -> Vec<XdsAccessLog> {
-    use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format;
-    use envoy_types::pb::envoy::config::core::v3::{
-        DataSource, SubstitutionFormatString, data_source,
-    };
-    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
-    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::file_access_log::AccessLogFormat;
-    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
-    let Some(a) = t.and_then(|t| t.access_log.as_ref()) else {
-        return Vec::new();
-    };
-    let format = match (&a.json, &a.format) {
-        (Some(j), _) => Some(Format::JsonFormat(Struct {
-            fields: j
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        Value {
-                            kind: Some(Kind::StringValue(v.clone())),
-                        },
-                    )
-                })
-                .collect(),
-        })),
-        (None, Some(f)) => Some(Format::TextFormatSource(DataSource {
-            specifier: Some(data_source::Specifier::InlineString(f.clone())),
-            ..Default::default()
-        })),
-        (None, None) => None,
-    };
-    vec![XdsAccessLog {
-        name: names::FILE_ACCESS_LOG.to_owned(),
-        filter: None,
-        config_type: Some(xds_access_log::ConfigType::TypedConfig(any(
-            type_url::FILE_ACCESS_LOG,
-            &FileAccessLog {
-                path: a.path.clone(),
-                access_log_format: format.map(|format| {
-                    AccessLogFormat::LogFormat(SubstitutionFormatString {
-                        format: Some(format),
-                        ..Default::default()
-                    })
-                }),
-            },
-        ))),
-    }]
-}
-
-fn listener(l: &Listener, telemetry: Option<&crate::Telemetry>) -> XdsListener {
+fn listener(l: &Listener, tracing: Option<&Tracing>, access_log: &[XdsAccessLog]) -> XdsListener {
     let hcm = HttpConnectionManager {
-        access_log: access_logs(telemetry),
+        tracing: tracing.cloned(),
+        access_log: access_log.to_vec(),
         stat_prefix: l.name.clone(),
         codec_type: match l.protocol {
             ListenerProtocol::Auto => CodecType::Auto,

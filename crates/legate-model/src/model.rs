@@ -52,7 +52,7 @@ pub struct Mesh {
     /// Certificate files that `tls` settings name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<Secret>,
-    /// Access logs (and tracing) for every listener.
+    /// Traces and access logs for every listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<Telemetry>,
 }

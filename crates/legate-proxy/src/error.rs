@@ -4,6 +4,9 @@ use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::ResponseBody;
 
+/// The header of a local reply that names its cause ([`ProxyError::code`]).
+pub(crate) const LEGATE_ERROR: http::HeaderName = http::HeaderName::from_static("x-legate-error");
+
 /// A local failure, in the spirit of Envoy's response flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
@@ -170,7 +173,7 @@ impl ProxyError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        h.insert("x-legate-error", HeaderValue::from_static(self.code()));
+        h.insert(LEGATE_ERROR, HeaderValue::from_static(self.code()));
         if self == ProxyError::BadRequest {
             // A client that sent a request legate cannot make sense of is not trusted with
             // the rest of its connection (HTTP/1.1; hyper drops the header on HTTP/2).

@@ -45,6 +45,8 @@ pub(crate) struct Request<'a> {
     pub(crate) stream_idle: Option<Duration>,
     /// What the access log learns: the host, the attempts, retry exhaustion.
     pub(crate) trail: &'a mut Trail,
+    /// The request's server span, when it is sampled.
+    pub(crate) trace: Option<&'a crate::trace::ServerSpan>,
 }
 
 pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, ProxyError> {
@@ -67,6 +69,7 @@ pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, Pr
         body,
         stream_idle,
         trail,
+        trace,
         ..
     } = r;
     let buffering = body::buffer_request(body, fwd.retry_buffer_limit, budgets);
@@ -99,6 +102,7 @@ pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, Pr
         deadline,
         stream_idle,
         tried: Vec::new(),
+        trace,
         attempts: 0,
         max_attempts: policy.num_retries.saturating_add(1),
         trail,
@@ -120,6 +124,7 @@ async fn single(
         upgrade,
         stream_idle,
         trail,
+        trace,
         ..
     } = r;
     let body = if upgrade {
@@ -135,13 +140,17 @@ async fn single(
         .try_acquire(Resource::Requests)
         .ok_or(ProxyError::OverflowMaxRequests)?;
     let active = host.start_request();
-    let req = tpl.build(&host, body, true)?;
+    let mut req = tpl.build(&host, body, true)?;
+    let span = trace.and_then(|t| t.attempt(&mut req, host.addr, 1));
     let started = Instant::now();
     let limit = earliest(
         deadline.map(|at| (at, ProxyError::UpstreamTimeout)),
         stream_idle.map(|d| (started + d, ProxyError::StreamIdleTimeout)),
     );
     let result = send_until(cluster, host.addr, req, limit).await;
+    if let Some(span) = span {
+        span.end(&result);
+    }
     let res = observe(cluster, &host, started, result)?;
     let timers = BodyTimers::new(
         deadline.map(|at| (at, ProxyError::UpstreamTimeout)),
@@ -273,6 +282,7 @@ struct Driver<'a> {
     stream_idle: Option<Duration>,
     /// Hosts already tried, for the previous-hosts predicate.
     tried: Vec<SocketAddr>,
+    trace: Option<&'a crate::trace::ServerSpan>,
     attempts: u32,
     max_attempts: u32,
     trail: &'a mut Trail,
@@ -405,13 +415,16 @@ impl<'a> Driver<'a> {
             self.body.as_ref().and_then(RequestBody::try_clone)
         }
         .ok_or(ProxyError::BadRequest)?;
-        let req = self.tpl.build(&host, body, last)?;
+        let mut req = self.tpl.build(&host, body, last)?;
         if self.attempts > 0 {
             self.cluster.stats.retries.inc();
         }
         self.attempts += 1;
         self.trail.attempts = self.attempts;
         self.trail.upstream_host = Some(host.addr);
+        let span = self
+            .trace
+            .and_then(|t| t.attempt(&mut req, host.addr, self.attempts));
         self.tried.push(host.addr);
         let active = host.start_request();
         let started = Instant::now();
@@ -435,6 +448,9 @@ impl<'a> Driver<'a> {
         let hedge = self.hedge;
         Ok(Box::pin(async move {
             let result = send_until(cluster, host.addr, req, limit).await;
+            if let Some(span) = span {
+                span.end(&result);
+            }
             Done {
                 host,
                 active,

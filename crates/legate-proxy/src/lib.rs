@@ -22,6 +22,7 @@ mod pool;
 mod resilience;
 mod service;
 mod tls;
+mod trace;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,6 +49,8 @@ pub(crate) struct ListenerView {
     pub(crate) requests: ByCodeClass,
     /// The listener's access logs with their writers; empty when it logs nothing.
     pub(crate) logs: access_log::Logs,
+    /// The HCM's tracing, when configured and its collector cluster is known.
+    pub(crate) tracer: Option<Arc<trace::Tracer>>,
 }
 
 /// Everything a request needs, swapped as one unit.
@@ -143,6 +146,9 @@ pub struct Dataplane {
     options: DataplaneOptions,
     listeners: tokio::sync::Mutex<HashMap<Arc<str>, ListenerHandle>>,
     applied: AtomicBool,
+    /// Export pipelines for traces, reused across snapshots while their collector holds.
+    tracers: std::sync::Mutex<trace::Tracers>,
+    span_stats: trace::SpanStats,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -165,6 +171,7 @@ impl Dataplane {
         };
         let metrics_dropped = metrics.access_log_dropped.clone();
         let expiry = tls::expiry::Expiry::new(metrics.tls_certificate_expiry.clone());
+        let span_stats = trace::SpanStats::new(&metrics.tracing_spans);
         let retry_buffers = body::BufferBudget::new(
             options.retry_buffer_limit,
             Some(metrics.retry_buffer_bytes.get_or_create(&[])),
@@ -184,6 +191,8 @@ impl Dataplane {
             options,
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             applied: AtomicBool::new(false),
+            tracers: std::sync::Mutex::new(trace::Tracers::default()),
+            span_stats,
         }
     }
 
@@ -235,6 +244,12 @@ impl Dataplane {
         let mut listeners = self.listeners.lock().await;
         let old = self.shared.active.load_full();
 
+        // Tracers first: a listener's view holds its own.
+        let mut tracers = self
+            .tracers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .update(&snapshot, &self.span_stats);
         // Resolve every listener's routes before touching anything.
         let mut views = HashMap::new();
         for l in &snapshot.listeners {
@@ -256,6 +271,7 @@ impl Dataplane {
                     routes,
                     requests,
                     logs: self.shared.access_logs.resolve(&l.access_logs),
+                    tracer: tracers.remove(&l.name),
                 }),
             );
         }

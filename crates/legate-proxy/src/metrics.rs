@@ -33,6 +33,7 @@ pub struct Metrics {
     pub downstream_tls_handshake_failures: Arc<Family<Counter>>,
     pub tls_certificate_expiry: Arc<Family<Gauge>>,
     pub access_log_dropped: Arc<Family<Counter>>,
+    pub tracing_spans: Arc<Family<Counter>>,
 }
 
 impl Metrics {
@@ -176,6 +177,13 @@ impl Metrics {
                 "Access log lines dropped because the file's writer queue was full (or the \
                  file could not be opened), by path.",
                 &["path"],
+            ),
+            tracing_spans: registry.family(
+                "legate_tracing_spans_total",
+                "Finished trace spans by outcome: exported (accepted by the collector), \
+                 export_failed (the collector refused them, was unreachable or too slow), \
+                 dropped_queue_full (the bounded export queue was full).",
+                &["outcome"],
             ),
             registry,
         }

@@ -57,11 +57,17 @@ pub(crate) async fn handle(
         .filter(|v| v.config.address == ctx.listener.config.address)
         .unwrap_or(&ctx.listener)
         .clone();
+    // Sampled or not is decided here, before anything is allocated for the trace.
+    let span = view.tracer.as_ref().and_then(|t| t.start(&req));
     let mut trail = Trail::default();
     if !view.logs.is_empty() {
-        return Ok(handle_logged(&ctx, &active, &view, req, open, trail).await);
+        let res = handle_logged(&ctx, &active, &view, req, open, trail, span.as_ref()).await;
+        if let Some(span) = span {
+            span.end(res.status(), res.headers());
+        }
+        return Ok(res);
     }
-    let res = match route_and_forward(&ctx, &active, &view, req, &mut trail).await {
+    let res = match route_and_forward(&ctx, &active, &view, req, &mut trail, span.as_ref()).await {
         Ok(mut res) => {
             // An upstream body keeps the request open until it ends.
             if let ResponseBody::Upstream { held, .. } = res.body_mut() {
@@ -75,6 +81,9 @@ pub(crate) async fn handle(
         }
     };
     view.requests.record(res.status().as_u16());
+    if let Some(span) = span {
+        span.end(res.status(), res.headers());
+    }
     Ok(res)
 }
 
@@ -87,6 +96,7 @@ async fn handle_logged(
     req: Request<Incoming>,
     open: crate::listener::OpenRequest,
     mut trail: Trail,
+    trace: Option<&crate::trace::ServerSpan>,
 ) -> Response<ResponseBody> {
     let wall = std::time::SystemTime::now();
     let start = tokio::time::Instant::now();
@@ -99,7 +109,7 @@ async fn handle_logged(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let request_done = http_body::Body::is_end_stream(req.body()).then(Duration::default);
-    let result = route_and_forward(ctx, active, view, req, &mut trail).await;
+    let result = route_and_forward(ctx, active, view, req, &mut trail, trace).await;
     let (mut res, cause, transport_failure, response_start) = match result {
         Ok(res) => {
             let cause = res
@@ -162,6 +172,7 @@ async fn route_and_forward(
     view: &ListenerView,
     mut req: Request<Incoming>,
     trail: &mut Trail,
+    trace: Option<&crate::trace::ServerSpan>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // Owned (a reference-counted copy), so the request can be taken apart later.
     let host_value = request_host(&req).ok_or(ProxyError::BadRequest)?;
@@ -224,6 +235,7 @@ async fn route_and_forward(
                 upgrade,
                 stream_idle,
                 trail,
+                trace,
             })
             .await?;
 

@@ -49,6 +49,9 @@ pub mod type_url {
     pub const HTTP_CONNECTION_MANAGER: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
     pub const CONNECTION_LIMIT: &str =
         "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
+    /// The one HCM tracing provider legate implements (`envoy.tracers.opentelemetry`).
+    pub const OPENTELEMETRY_CONFIG: &str =
+        "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig";
     pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
     pub const UPSTREAM_TLS_CONTEXT: &str =
         "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";

@@ -27,6 +27,7 @@ mod listener;
 mod route;
 pub use route::{DEFAULT_ROUTE_TIMEOUT, MAX_RETRY_BUFFER_LIMIT};
 mod tls;
+mod trace;
 
 #[cfg(test)]
 mod tests;

@@ -168,6 +168,7 @@ pub(super) fn listener(x: &XdsListener) -> Result<ConvertedListener, Vec<Resourc
         append_x_forwarded_for: hcm.append_x_forwarded_for,
         tls: tls.map(Arc::new),
         access_logs: hcm.access_logs,
+        tracing: hcm.tracing,
     };
     cx.finish(ConvertedListener {
         listener,
@@ -715,6 +716,7 @@ struct Hcm {
     rds: Option<(String, Arc<str>)>,
     cluster_refs: Vec<ClusterRef>,
     access_logs: Vec<Arc<crate::AccessLog>>,
+    tracing: Option<Arc<crate::Tracing>>,
 }
 
 fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManager) -> Hcm {
@@ -723,8 +725,7 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
         stat_prefix,
         http_filters,
         add_user_agent,
-        // Ignored: tracing is configured in legate's bootstrap (telemetry), not per listener.
-        tracing: _,
+        tracing,
         common_http_protocol_options,
         http1_safe_max_connection_duration,
         http_protocol_options,
@@ -832,7 +833,7 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
     }
     http_filter_chain(cx, field, http_filters);
 
-    let (routes, rds, cluster_refs) = match route_specifier {
+    let (routes, rds, mut cluster_refs) = match route_specifier {
         Some(RouteSpecifier::Rds(XdsRds {
             config_source,
             route_config_name,
@@ -916,6 +917,9 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
         append_x_forwarded_for: matches!(use_remote_address, Some(BoolValue { value: true }))
             && !*skip_xff_append,
         rds,
+        tracing: tracing
+            .as_ref()
+            .and_then(|t| super::trace::tracing(cx, &join(field, "tracing"), t, &mut cluster_refs)),
         cluster_refs,
         access_logs: super::access_log::access_logs(cx, field, access_log),
     }
