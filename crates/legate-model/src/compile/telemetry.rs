@@ -115,7 +115,7 @@ pub(crate) fn access_logs(t: Option<&Telemetry>) -> Vec<XdsAccessLog> {
         name: super::names::FILE_ACCESS_LOG.to_owned(),
         filter: None,
         config_type: Some(xds_access_log::ConfigType::TypedConfig(super::any(
-            type_url::FILE_ACCESS_LOG,
+            legate_snapshot::type_url::FILE_ACCESS_LOG,
             &FileAccessLog {
                 path: a.path.clone(),
                 access_log_format: format.map(|format| {
