@@ -272,3 +272,49 @@ async fn a_collector_that_is_down_changes_nothing_for_requests() {
     })
     .await;
 }
+
+/// Tracing and an access log on the same listener: the request is traced as without the
+/// log, and its line carries the trace id (`%TRACE_ID%`) its spans have; an unsampled
+/// request's line has `-`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_request_is_traced_and_its_line_names_the_trace() {
+    let up = Upstream::start("a", "v1", Protocol::Http1).await;
+    let otlp = OtlpReceiver::start().await.expect("receiver");
+    let dir = legate_tests::process::TempDir::new("legate-trace-log");
+    let log = dir.path().join("access.log");
+    let mut mesh = traced_mesh(up.addr(), &otlp.addr.to_string(), "100%");
+    mesh.push_str(&format!(
+        "  access_log: {{path: \"{}\", format: \"%REQ(:PATH)%|%TRACE_ID%\\n\"}}\n",
+        log.display()
+    ));
+    let (_legate, base) = start_static(&mesh).await;
+    let client = HttpClient::http1().with_timeout(WAIT);
+
+    let r = client.get(&format!("{base}/logged")).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+    let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let r = client
+        .get_with(&format!("{base}/unsampled"), &[("traceparent", unsampled)])
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+
+    let spans = otlp
+        .wait_for(WAIT, "the logged request's spans", |s| {
+            servers(s).len() == 1 && clients(s).len() == 1
+        })
+        .await;
+    let trace_id = servers(&spans)[0].trace_id.clone();
+    assert_eq!(clients(&spans)[0].trace_id, trace_id);
+    let lines = legate_tests::eventually(WAIT, "both access log lines", || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() == 2 {
+            Ok(lines)
+        } else {
+            Err(format!("{lines:?}"))
+        }
+    })
+    .await;
+    assert_eq!(lines[0], format!("/logged|{trace_id}"));
+    assert_eq!(lines[1], "/unsampled|-");
+}

@@ -210,6 +210,8 @@ pub(crate) struct Record {
     pub(crate) bytes_sent: u64,
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
+    /// The trace id of a sampled request.
+    pub(crate) trace_id: Option<String>,
 }
 
 impl Pending {
@@ -373,6 +375,7 @@ fn value(out: &mut String, op: &Operator, r: &Record, duration: Duration) -> boo
             .is_some_and(|n| !n.is_empty() && push(out, n)),
         OpKind::UpstreamRequestAttemptCount => push(out, &r.trail.attempts.to_string()),
         OpKind::Hostname => push(out, hostname()),
+        OpKind::TraceId => r.trace_id.as_deref().is_some_and(|t| push(out, t)),
     };
     if wrote && let Some(max) = op.max_len {
         // Truncate on a character boundary at most `max` bytes in.

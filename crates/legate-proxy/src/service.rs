@@ -148,6 +148,7 @@ async fn handle_logged(
         bytes_sent: 0,
         peer: ctx.peer,
         local: ctx.local,
+        trace_id: trace.map(crate::trace::ServerSpan::trace_id),
     };
     let mut pending = Box::new(Pending::new(view.logs.clone(), record));
     match res.body_mut() {

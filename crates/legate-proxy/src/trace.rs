@@ -542,6 +542,11 @@ impl ServerSpan {
         Some(AttemptSpan { span })
     }
 
+    /// The trace's id as 32 lowercase hex digits (`%TRACE_ID%` in access logs).
+    pub(crate) fn trace_id(&self) -> String {
+        self.span.span_context().trace_id().to_string()
+    }
+
     /// End the span with the response's status and legate's cause, if any.
     pub(crate) fn end(mut self, status: http::StatusCode, headers: &HeaderMap) {
         self.span.set_attribute(KeyValue::new(

@@ -84,6 +84,8 @@ pub enum OpKind {
     RouteName,
     UpstreamRequestAttemptCount,
     Hostname,
+    /// The request's trace id when it is traced (sampled), 32 hex digits.
+    TraceId,
 }
 
 impl OpKind {
@@ -137,6 +139,7 @@ pub const SUPPORTED: &[&str] = &[
     "ROUTE_NAME",
     "UPSTREAM_REQUEST_ATTEMPT_COUNT",
     "HOSTNAME",
+    "TRACE_ID",
 ];
 
 /// Why a format string was refused; the position is a byte offset into it.
@@ -270,6 +273,7 @@ fn parse_operator(s: &str, pos: usize) -> Result<(Operator, usize), FormatError>
         "ROUTE_NAME" => no_arg(OpKind::RouteName)?,
         "UPSTREAM_REQUEST_ATTEMPT_COUNT" => no_arg(OpKind::UpstreamRequestAttemptCount)?,
         "HOSTNAME" => no_arg(OpKind::Hostname)?,
+        "TRACE_ID" => no_arg(OpKind::TraceId)?,
         other => {
             return Err(FormatError::Unsupported {
                 pos,
