@@ -4,12 +4,12 @@ CARGO_FLAGS ?= --locked
 
 VENV ?= .venv
 
-.PHONY: run test test-tools test-interop test-unit test-e2e build build-release lint fmt bench bench-tools clean peers fuzz envoy-descriptors
+.PHONY: run run-tools test test-tools test-interop test-unit test-e2e build build-release lint fmt bench bench-tools clean peers fuzz envoy-descriptors
 
 ## Build everything and start the demo (deploy/run-demo.sh): legate-cp on examples/cp-demo.yaml,
 ## five demo upstreams and a legate proxy that legate-cp configures over mTLS xDS. Each run
 ## starts clean; KEEP_STATE=1 keeps .demo/ (admin changes, the proxy's cache) from the last run.
-run: build
+run: build run-tools
 	@BIN="$(or $(CARGO_TARGET_DIR),target)/debug" deploy/run-demo.sh $(if $(filter-out 0,$(KEEP_STATE)),--keep-state)
 
 ## Every test: unit tests and the end-to-end tests against real processes and real peers.
@@ -77,6 +77,12 @@ fmt:
 bench: peers bench-tools
 	$(CARGO) build $(CARGO_FLAGS) --release -p legate -p legate-cp -p legate-tests --bins
 	python3 bench/run.py
+
+## Tools make run's demo script calls: curl (its readiness checks and the try: lines).
+run-tools:
+	@command -v curl >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq curl >/dev/null; }
 
 ## Tools the tests call, both from Debian's prometheus package: promtool checks
 ## /stats/prometheus and legate-cp's /metrics; the prometheus server scrapes legate and

@@ -23,6 +23,7 @@ pub mod config;
 pub mod cp;
 pub mod demo;
 pub mod metrics;
+pub mod otlp;
 pub mod peers;
 pub mod process;
 pub mod prometheus;

@@ -271,6 +271,20 @@ async fn every_dashboard_query_reads_metrics_that_legate_and_legate_cp_expose() 
     }
 }
 
+/// Wait until legate-cp has counted exactly one mesh reload with this outcome.
+async fn one_reload(cp: &Cp, outcome: &str) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("one {outcome} reload counted"),
+        || async {
+            let m = cp.metrics().await;
+            let n = m.get_or_zero("legate_cp_mesh_reloads_total", &[("outcome", outcome)]);
+            (n == 1.0).then_some(()).ok_or_else(|| format!("{n}"))
+        },
+    )
+    .await;
+}
+
 /// legate-cp's counters of admin changes, admin refusals and mesh file reloads, read from
 /// its `/metrics` (which needs no credentials, and serves nothing else).
 #[tokio::test(flavor = "multi_thread")]
@@ -313,85 +327,47 @@ async fn legate_cp_counts_admin_changes_refusals_and_mesh_reloads() {
     assert!(ok, "apply: {out}{err}");
     // A mesh file that does not parse is refused; a comment changes nothing served.
     std::fs::write(&config, "services: [").expect("write");
-    eventually(
-        Duration::from_secs(10),
-        "refused reload counted",
-        || async {
-            let m = cp.metrics().await;
-            let n = value(
-                &m,
-                "legate_cp_mesh_reloads_total",
-                &[("outcome", "refused")],
-            );
-            (n == 1.0).then_some(()).ok_or_else(|| format!("{n}"))
-        },
-    )
-    .await;
+    one_reload(&cp, "refused").await;
     std::fs::write(&config, format!("# a comment\n{text}")).expect("write");
-    eventually(
-        Duration::from_secs(10),
-        "unchanged reload counted",
-        || async {
-            let m = cp.metrics().await;
-            let n = value(
-                &m,
-                "legate_cp_mesh_reloads_total",
-                &[("outcome", "unchanged")],
-            );
-            (n == 1.0).then_some(()).ok_or_else(|| format!("{n}"))
-        },
-    )
-    .await;
+    one_reload(&cp, "unchanged").await;
 
     let m = cp.metrics().await;
-    assert_eq!(
-        value(
-            &m,
+    type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+    let expected: &[Expected] = &[
+        (
             "legate_cp_admin_refusals_total",
-            &[("reason", "wrong-token")]
+            &[("reason", "wrong-token")],
+            1.0,
         ),
-        1.0,
-        "{}",
-        m.text
-    );
-    assert_eq!(
-        value(
-            &m,
+        (
             "legate_cp_admin_refusals_total",
-            &[("reason", "no-credentials")]
+            &[("reason", "no-credentials")],
+            1.0,
         ),
-        1.0,
-        "{}",
-        m.text
-    );
-    assert_eq!(
-        value(
-            &m,
+        (
             "legate_cp_admin_changes_total",
-            &[("operation", "set_weights"), ("outcome", "unknown_service")]
+            &[("operation", "set_weights"), ("outcome", "unknown_service")],
+            1.0,
         ),
-        1.0,
-        "{}",
-        m.text
-    );
-    assert_eq!(
-        value(
-            &m,
+        (
             "legate_cp_admin_changes_total",
-            &[("operation", "apply"), ("outcome", "ok")]
+            &[("operation", "apply"), ("outcome", "ok")],
+            1.0,
         ),
-        1.0,
-        "{}",
-        m.text
-    );
-    assert_eq!(
-        value(
-            &m,
+        (
             "legate_cp_mesh_reloads_total",
-            &[("outcome", "applied")]
+            &[("outcome", "applied")],
+            0.0,
         ),
-        0.0
-    );
+    ];
+    for (name, labels, want) in expected {
+        assert_eq!(
+            value(&m, name, labels),
+            *want,
+            "{name} {labels:?}\n{}",
+            m.text
+        );
+    }
     // Nothing else is served there, and only GET and HEAD.
     let base = format!("http://{}", cp.metrics);
     let r = legate_tests::get(&format!("{base}/v1/nodes")).await;

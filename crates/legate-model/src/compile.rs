@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog as XdsAccessLog;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy as XdsLbPolicy,
@@ -47,7 +48,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
-    CodecType, RouteSpecifier, StripPortMode, UpgradeConfig,
+    CodecType, RouteSpecifier, StripPortMode, Tracing, UpgradeConfig,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_filter,
@@ -75,6 +76,7 @@ use crate::{
 
 mod policies;
 pub(crate) use policies::{circuit_breakers, outlier_detection};
+mod telemetry;
 mod tls;
 
 /// Well-known extension names.
@@ -82,6 +84,7 @@ pub(crate) mod names {
     pub(crate) const HTTP_CONNECTION_MANAGER: &str =
         "envoy.filters.network.http_connection_manager";
     pub(crate) const CONNECTION_LIMIT: &str = "envoy.filters.network.connection_limit";
+    pub(crate) const FILE_ACCESS_LOG: &str = "envoy.access_loggers.file";
     pub(crate) const ROUTER: &str = "envoy.filters.http.router";
     pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -116,12 +119,16 @@ pub fn compile_for_node_cluster(mesh: &Mesh, node_cluster: &str) -> Resources {
 
 fn compile_for(mesh: &Mesh, node_cluster: Option<&str>) -> Resources {
     let generated = crate::services::generate(mesh);
+    let tracing_spec = mesh.telemetry.as_ref().and_then(|t| t.tracing.as_ref());
+    let tracing = tracing_spec.map(telemetry::hcm_tracing);
+    let collector = tracing_spec.map(telemetry::collector_cluster);
+    let access_log = telemetry::access_logs(mesh.telemetry.as_ref());
     let mut out = Resources {
         listeners: mesh
             .listeners
             .iter()
             .chain(&generated.listener)
-            .map(listener)
+            .map(|l| listener(l, tracing.as_ref(), &access_log))
             .collect(),
         route_configs: mesh
             .route_configs
@@ -133,7 +140,12 @@ fn compile_for(mesh: &Mesh, node_cluster: Option<&str>) -> Resources {
         load_assignments: Vec::new(),
         secrets: Vec::new(),
     };
-    for c in mesh.clusters.iter().chain(&generated.clusters) {
+    for c in mesh
+        .clusters
+        .iter()
+        .chain(&generated.clusters)
+        .chain(&collector)
+    {
         let (xds, cla) = cluster(c, node_cluster);
         out.clusters.push(xds);
         out.load_assignments.extend(cla);
@@ -205,8 +217,10 @@ pub(crate) fn router_filter() -> HttpFilter {
     }
 }
 
-fn listener(l: &Listener) -> XdsListener {
+fn listener(l: &Listener, tracing: Option<&Tracing>, access_log: &[XdsAccessLog]) -> XdsListener {
     let hcm = HttpConnectionManager {
+        tracing: tracing.cloned(),
+        access_log: access_log.to_vec(),
         stat_prefix: l.name.clone(),
         codec_type: match l.protocol {
             ListenerProtocol::Auto => CodecType::Auto,
@@ -720,6 +734,33 @@ mod tests {
         assert_eq!(
             names(r.secrets.iter().map(|s| &s.name[..]).collect()),
             "internal-ca,proxy-client"
+        );
+    }
+
+    #[test]
+    fn telemetry_access_log_compiles_to_the_file_logger_legate_accepts() {
+        let text = format!(
+            "{REFERENCE}\ntelemetry:\n  access_log:\n    path: /dev/stdout\n    \
+             json: {{code: '%RESPONSE_CODE%', flags: '%RESPONSE_FLAGS%'}}\n"
+        );
+        let mesh = crate::load(&text, "mesh.yaml").expect("mesh loads");
+        let r = compile(&mesh);
+        for l in &r.listeners {
+            assert_eq!(hcm(l).access_log.len(), 1, "every listener logs");
+        }
+        let s = legate_snapshot::build("v", &r).expect("legate accepts it");
+        let log = &s.listeners[0].access_logs[0];
+        assert_eq!(&*log.path, "/dev/stdout");
+        assert!(matches!(
+            &log.format,
+            legate_snapshot::access_log::LogFormat::Json(f) if f.len() == 2
+        ));
+        // Without telemetry, nothing is logged.
+        assert!(
+            reference()
+                .listeners
+                .iter()
+                .all(|l| hcm(l).access_log.is_empty())
         );
     }
 

@@ -258,6 +258,7 @@ fn merge_parts(parts: Vec<(String, Mesh)>) -> Merged {
     let mut mesh = Mesh::default();
     let mut origins = HashMap::new();
     let mut proxy: Option<usize> = None;
+    let mut telemetry: Option<usize> = None;
     let mut services: Option<usize> = None;
     let mut lists = Lists {
         sources: &sources,
@@ -308,6 +309,26 @@ fn merge_parts(parts: Vec<(String, Mesh)>) -> Merged {
             &mut mesh.secrets,
             |s| &s.name,
         );
+        if let Some(t) = m.telemetry {
+            match telemetry {
+                Some(first) => lists.conflicts.push(Conflict {
+                    conflict: MergeConflict {
+                        kind: "telemetry",
+                        name: String::new(),
+                        first_source: sources[first].clone(),
+                        first_path: "telemetry".into(),
+                        source: sources[part].clone(),
+                        path: "telemetry".into(),
+                    },
+                    part,
+                    first_part: first,
+                }),
+                None => {
+                    telemetry = Some(part);
+                    mesh.telemetry = Some(t);
+                }
+            }
+        }
         if let Some(p) = m.proxy {
             match proxy {
                 Some(first) => lists.conflicts.push(Conflict {

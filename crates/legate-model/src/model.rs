@@ -14,6 +14,8 @@ mod policies;
 pub use policies::*;
 mod tls;
 pub use tls::*;
+mod telemetry;
+pub use telemetry::*;
 
 /// Upstream connect timeout when a cluster does not set one.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,6 +52,9 @@ pub struct Mesh {
     /// Certificate files that `tls` settings name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<Secret>,
+    /// Traces and access logs for every listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<Telemetry>,
 }
 
 /// A TCP listener serving HTTP with the routes of one route config.

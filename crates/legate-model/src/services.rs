@@ -195,6 +195,7 @@ impl Mesh {
             services: Vec::new(),
             proxy: None,
             secrets: self.secrets.clone(),
+            telemetry: self.telemetry.clone(),
         };
         out.listeners.extend(g.listener);
         out.route_configs.extend(g.route_config);

@@ -426,6 +426,8 @@ pub struct Held {
     pub(crate) timers: Option<BodyTimers>,
     /// The downstream connection's count of open requests.
     pub(crate) open: Option<crate::listener::OpenRequest>,
+    /// The access log line, written when the body ends or is dropped.
+    pub(crate) log: Option<Box<crate::access_log::Pending>>,
 }
 
 /// The error a response body ends with when a deadline fires mid-stream.
@@ -465,9 +467,12 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ResponseBody::Upstream { body, held } => {
-                let res = Pin::new(body).poll_frame(cx);
+                let res = Pin::new(&mut *body).poll_frame(cx);
                 match res {
                     Poll::Ready(None) => {
+                        if let Some(l) = &mut held.log {
+                            l.completed = true;
+                        }
                         *held = Held::default();
                         Poll::Ready(None)
                     }
@@ -478,6 +483,17 @@ impl Body for ResponseBody {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(t) = &mut held.timers {
                             t.activity();
+                        }
+                        if let Some(l) = &mut held.log {
+                            if let Some(data) = frame.data_ref() {
+                                l.record.bytes_sent =
+                                    l.record.bytes_sent.saturating_add(data.len() as u64);
+                            }
+                            // hyper stops polling a body that says it ended (a known length
+                            // fully sent), so the last frame is where it completes.
+                            if body.is_end_stream() {
+                                l.completed = true;
+                            }
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }

@@ -4,6 +4,9 @@ use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::ResponseBody;
 
+/// The header of a local reply that names its cause ([`ProxyError::code`]).
+pub(crate) const LEGATE_ERROR: http::HeaderName = http::HeaderName::from_static("x-legate-error");
+
 /// A local failure, in the spirit of Envoy's response flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
@@ -170,12 +173,137 @@ impl ProxyError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        h.insert("x-legate-error", HeaderValue::from_static(self.code()));
+        h.insert(LEGATE_ERROR, HeaderValue::from_static(self.code()));
         if self == ProxyError::BadRequest {
             // A client that sent a request legate cannot make sense of is not trusted with
             // the rest of its connection (HTTP/1.1; hyper drops the header on HTTP/2).
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         res
+    }
+}
+
+/// Envoy's response flags (`%RESPONSE_FLAGS%`), as a set. Printed comma-separated in the
+/// order Envoy prints them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResponseFlags(u32);
+
+impl ResponseFlags {
+    pub const UH: Self = Self(1 << 1);
+    pub const UT: Self = Self(1 << 2);
+    pub const UR: Self = Self(1 << 4);
+    pub const UF: Self = Self(1 << 5);
+    pub const UC: Self = Self(1 << 6);
+    pub const UO: Self = Self(1 << 7);
+    pub const NR: Self = Self(1 << 8);
+    pub const DC: Self = Self(1 << 14);
+    pub const URX: Self = Self(1 << 15);
+    pub const SI: Self = Self(1 << 16);
+    pub const DPE: Self = Self(1 << 18);
+    pub const UPE: Self = Self(1 << 23);
+    pub const NC: Self = Self(1 << 24);
+
+    /// Envoy's order (its `CoreResponseFlag` enum) and short codes.
+    const CODES: [(Self, &'static str); 13] = [
+        (Self::UH, "UH"),
+        (Self::UT, "UT"),
+        (Self::UR, "UR"),
+        (Self::UF, "UF"),
+        (Self::UC, "UC"),
+        (Self::UO, "UO"),
+        (Self::NR, "NR"),
+        (Self::DC, "DC"),
+        (Self::URX, "URX"),
+        (Self::SI, "SI"),
+        (Self::DPE, "DPE"),
+        (Self::UPE, "UPE"),
+        (Self::NC, "NC"),
+    ];
+
+    pub fn insert(&mut self, other: Self) {
+        self.0 |= other.0;
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The codes, comma-separated.
+    pub fn write(self, out: &mut String) {
+        let mut first = true;
+        for (flag, code) in Self::CODES {
+            if self.0 & flag.0 != 0 {
+                if !first {
+                    out.push(',');
+                }
+                out.push_str(code);
+                first = false;
+            }
+        }
+    }
+}
+
+impl ProxyError {
+    /// The Envoy response flag a failure stands for: the one mapping from legate's causes
+    /// (`x-legate-error`) to Envoy's codes (table in `docs/access-log.md`).
+    pub fn response_flag(self) -> ResponseFlags {
+        match self {
+            ProxyError::NoRoute => ResponseFlags::NR,
+            ProxyError::ClusterNotFound => ResponseFlags::NC,
+            ProxyError::NoHealthyUpstream => ResponseFlags::UH,
+            ProxyError::ConnectFailure
+            | ProxyError::ConnectTimeout
+            | ProxyError::UpstreamTlsHandshake
+            | ProxyError::UpstreamTlsCertificate => ResponseFlags::UF,
+            ProxyError::UpstreamTimeout
+            | ProxyError::PerTryTimeout
+            | ProxyError::PerTryIdleTimeout => ResponseFlags::UT,
+            ProxyError::StreamIdleTimeout => ResponseFlags::SI,
+            ProxyError::UpstreamReset | ProxyError::ResetBeforeRequest => ResponseFlags::UC,
+            ProxyError::RefusedStream => ResponseFlags::UR,
+            ProxyError::OverflowMaxConnections
+            | ProxyError::OverflowMaxPendingRequests
+            | ProxyError::OverflowMaxRequests
+            | ProxyError::OverflowMaxRetries
+            | ProxyError::CircuitOpen => ResponseFlags::UO,
+            ProxyError::ProtocolError => ResponseFlags::UPE,
+            ProxyError::BadRequest => ResponseFlags::DPE,
+            ProxyError::UpgradeNotAllowed => ResponseFlags::default(),
+        }
+    }
+
+    /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`: the cause of a failed upstream connection.
+    pub fn transport_failure(self) -> Option<&'static str> {
+        matches!(
+            self,
+            ProxyError::ConnectFailure
+                | ProxyError::ConnectTimeout
+                | ProxyError::UpstreamTlsHandshake
+                | ProxyError::UpstreamTlsCertificate
+        )
+        .then(|| self.code())
+    }
+}
+
+#[cfg(test)]
+mod flag_tests {
+    use super::*;
+
+    #[test]
+    fn flags_print_in_envoys_order() {
+        let mut f = ResponseFlags::default();
+        f.insert(ResponseFlags::URX);
+        f.insert(ResponseFlags::UT);
+        let mut s = String::new();
+        f.write(&mut s);
+        assert_eq!(s, "UT,URX");
+        for e in ProxyError::ALL {
+            // Every cause but a refused upgrade maps to a flag.
+            assert_eq!(
+                e.response_flag().is_empty(),
+                e == ProxyError::UpgradeNotAllowed,
+                "{e:?}"
+            );
+        }
     }
 }

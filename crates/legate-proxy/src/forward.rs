@@ -20,10 +20,12 @@ use hyper::body::Incoming;
 use legate_snapshot::{ForwardAction, RetryPolicy};
 use tokio::time::Instant;
 
+use crate::access_log::Trail;
 use crate::body::{self, BodyTimers, Budgets, Buffered, Held, RequestBody, ResponseBody};
 use crate::cluster::ClusterRuntime;
 use crate::deadline;
 use crate::error::ProxyError;
+use crate::error::ResponseFlags;
 use crate::lb::{ActiveRequest, Host};
 use crate::load::{self, Attempt};
 use crate::pool::UpstreamBody;
@@ -42,6 +44,10 @@ pub(crate) struct Request<'a> {
     pub(crate) upgrade: bool,
     /// The stream idle timeout in force (route `idle_timeout`, else the listener's).
     pub(crate) stream_idle: Option<Duration>,
+    /// What the access log learns: the host, the attempts, retry exhaustion.
+    pub(crate) trail: &'a mut Trail,
+    /// The request's server span, when it is sampled.
+    pub(crate) trace: Option<&'a crate::trace::ServerSpan>,
 }
 
 pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, ProxyError> {
@@ -74,6 +80,8 @@ async fn forward_inner(r: Request<'_>) -> Result<Response<ResponseBody>, ProxyEr
         tpl,
         body,
         stream_idle,
+        trail,
+        trace,
         ..
     } = r;
     let buffering = body::buffer_request(body, fwd.retry_buffer_limit, budgets);
@@ -106,8 +114,10 @@ async fn forward_inner(r: Request<'_>) -> Result<Response<ResponseBody>, ProxyEr
         deadline,
         stream_idle,
         tried: Vec::new(),
+        trace,
         attempts: 0,
         max_attempts: policy.num_retries.saturating_add(1),
+        trail,
     };
     let res = driver.run().await;
     hooks::breaker_record(breaker, &res);
@@ -125,6 +135,8 @@ async fn single(
         body,
         upgrade,
         stream_idle,
+        trail,
+        trace,
         ..
     } = r;
     let body = if upgrade {
@@ -133,12 +145,15 @@ async fn single(
         RequestBody::Incoming(body)
     };
     let host = cluster.pick().ok_or(ProxyError::NoHealthyUpstream)?;
+    trail.upstream_host = Some(host.addr);
+    trail.attempts = 1;
     let slot = cluster
         .limits
         .try_acquire(Resource::Requests)
         .ok_or(ProxyError::OverflowMaxRequests)?;
     let active = host.start_request();
-    let req = tpl.build(&host, body, true)?;
+    let mut req = tpl.build(&host, body, true)?;
+    let span = trace.and_then(|t| t.attempt(&mut req, host.addr, 1));
     let attempt = cluster.stats.load.begin();
     let started = Instant::now();
     let limit = earliest(
@@ -146,6 +161,9 @@ async fn single(
         stream_idle.map(|d| (started + d, ProxyError::StreamIdleTimeout)),
     );
     let result = send_until(cluster, host.addr, req, limit).await;
+    if let Some(span) = span {
+        span.end(&result);
+    }
     let res = observe(cluster, &host, started, attempt, result)?;
     let timers = BodyTimers::new(
         deadline.map(|at| (at, ProxyError::UpstreamTimeout)),
@@ -202,6 +220,7 @@ fn wrap(
             _request_slot: Some(slot),
             timers,
             open: None,
+            log: None,
         },
     })
 }
@@ -280,8 +299,10 @@ struct Driver<'a> {
     stream_idle: Option<Duration>,
     /// Hosts already tried, for the previous-hosts predicate.
     tried: Vec<SocketAddr>,
+    trace: Option<&'a crate::trace::ServerSpan>,
     attempts: u32,
     max_attempts: u32,
+    trail: &'a mut Trail,
 }
 
 impl<'a> Driver<'a> {
@@ -411,11 +432,16 @@ impl<'a> Driver<'a> {
             self.body.as_ref().and_then(RequestBody::try_clone)
         }
         .ok_or(ProxyError::BadRequest)?;
-        let req = self.tpl.build(&host, body, last)?;
+        let mut req = self.tpl.build(&host, body, last)?;
         if self.attempts > 0 {
             self.cluster.stats.retries.inc();
         }
         self.attempts += 1;
+        self.trail.attempts = self.attempts;
+        self.trail.upstream_host = Some(host.addr);
+        let span = self
+            .trace
+            .and_then(|t| t.attempt(&mut req, host.addr, self.attempts));
         self.tried.push(host.addr);
         let active = host.start_request();
         let attempt = self.cluster.stats.load.begin();
@@ -440,6 +466,9 @@ impl<'a> Driver<'a> {
         let hedge = self.hedge;
         Ok(Box::pin(async move {
             let result = send_until(cluster, host.addr, req, limit).await;
+            if let Some(span) = span {
+                span.end(&result);
+            }
             Done {
                 host,
                 active,
@@ -450,6 +479,13 @@ impl<'a> Driver<'a> {
                 result,
             }
         }))
+    }
+
+    /// A retriable outcome with no attempt left: Envoy's URX.
+    fn note_exhausted(&mut self) {
+        if self.attempts >= self.max_attempts {
+            self.trail.flags.insert(ResponseFlags::URX);
+        }
     }
 
     /// Whether an attempt after the one being started could still happen, i.e. whether
@@ -488,6 +524,7 @@ impl<'a> Driver<'a> {
                     return Settled::Keep(Last::Response(Box::new((meta, res))));
                 }
                 if !self.can_retry(false) {
+                    self.note_exhausted();
                     return if others_in_flight {
                         Settled::Keep(Last::Response(Box::new((meta, res))))
                     } else {
@@ -510,6 +547,7 @@ impl<'a> Driver<'a> {
                         Settled::Keep(Last::Response(Box::new((meta, res))))
                     }
                     None => {
+                        self.trail.flags.insert(ResponseFlags::UO);
                         let mut won = self.win(meta, res);
                         won.headers_mut().insert(
                             "x-legate-error",
@@ -529,6 +567,7 @@ impl<'a> Driver<'a> {
                     };
                 }
                 if !self.can_retry(e.never_sent()) {
+                    self.note_exhausted();
                     return if others_in_flight {
                         Settled::Keep(Last::Error(e))
                     } else {

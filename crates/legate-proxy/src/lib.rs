@@ -7,6 +7,7 @@
 //! `ArcSwap`. A request loads that view once and keeps it to its end. Listeners that
 //! disappear or move stop accepting and drain their connections in the background.
 
+mod access_log;
 mod body;
 mod cluster;
 mod connector;
@@ -22,6 +23,7 @@ mod pool;
 mod resilience;
 mod service;
 mod tls;
+mod trace;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -47,6 +49,10 @@ pub(crate) struct ListenerView {
     pub(crate) config: Arc<Listener>,
     pub(crate) routes: Arc<RouteConfig>,
     pub(crate) requests: ByCodeClass,
+    /// The listener's access logs with their writers; empty when it logs nothing.
+    pub(crate) logs: access_log::Logs,
+    /// The HCM's tracing, when configured and its collector cluster is known.
+    pub(crate) tracer: Option<Arc<trace::Tracer>>,
 }
 
 /// Everything a request needs, swapped as one unit.
@@ -71,6 +77,8 @@ pub(crate) struct Shared {
     pub(crate) connections: Arc<ConnLimit>,
     /// Set when the process starts draining: answers tell clients to reconnect elsewhere.
     pub(crate) draining: AtomicBool,
+    /// Access log files and their writer threads.
+    pub(crate) access_logs: access_log::Sinks,
 }
 
 impl Shared {
@@ -140,6 +148,9 @@ pub struct Dataplane {
     options: DataplaneOptions,
     listeners: tokio::sync::Mutex<HashMap<Arc<str>, ListenerHandle>>,
     applied: AtomicBool,
+    /// Export pipelines for traces, reused across snapshots while their collector holds.
+    tracers: std::sync::Mutex<trace::Tracers>,
+    span_stats: trace::SpanStats,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -160,7 +171,9 @@ impl Dataplane {
             clusters: HashMap::new(),
             listeners: HashMap::new(),
         };
+        let metrics_dropped = metrics.access_log_dropped.clone();
         let expiry = tls::expiry::Expiry::new(metrics.tls_certificate_expiry.clone());
+        let span_stats = trace::SpanStats::new(&metrics.tracing_spans);
         let retry_buffers = body::BufferBudget::new(
             options.retry_buffer_limit,
             Some(metrics.retry_buffer_bytes.get_or_create(&[])),
@@ -175,10 +188,13 @@ impl Dataplane {
                 expiry,
                 connections: Arc::new(ConnLimit::new(options.max_connections)),
                 draining: AtomicBool::new(false),
+                access_logs: access_log::Sinks::new(metrics_dropped),
             }),
             options,
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             applied: AtomicBool::new(false),
+            tracers: std::sync::Mutex::new(trace::Tracers::default()),
+            span_stats,
         }
     }
 
@@ -208,6 +224,12 @@ impl Dataplane {
         }
     }
 
+    /// Reopen every access log file before its next line (SIGUSR1, after logrotate moved
+    /// the files).
+    pub fn reopen_access_logs(&self) {
+        self.shared.access_logs.reopen();
+    }
+
     /// Bound addresses of the live listeners, by name.
     pub async fn listener_addresses(&self) -> Vec<(Arc<str>, SocketAddr)> {
         let listeners = self.listeners.lock().await;
@@ -224,6 +246,12 @@ impl Dataplane {
         let mut listeners = self.listeners.lock().await;
         let old = self.shared.active.load_full();
 
+        // Tracers first: a listener's view holds its own.
+        let mut tracers = self
+            .tracers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .update(&snapshot, &self.span_stats);
         // Resolve every listener's routes before touching anything.
         let mut views = HashMap::new();
         for l in &snapshot.listeners {
@@ -244,6 +272,8 @@ impl Dataplane {
                     config: l.clone(),
                     routes,
                     requests,
+                    logs: self.shared.access_logs.resolve(&l.access_logs),
+                    tracer: tracers.remove(&l.name),
                 }),
             );
         }

@@ -697,6 +697,7 @@ async fn accept_loop(
     let mut phase = phase_tx.subscribe();
     let name = view.config.name.clone();
     let server = Arc::new(Server::new(view.config.codec));
+    let local = socket.local_addr().unwrap_or(view.config.address);
     let m = &shared.metrics;
     let active_gauge = m.downstream_connections_active.get_or_create(&[&name]);
     let accepted = m.downstream_connections_total.get_or_create(&[&name]);
@@ -749,6 +750,7 @@ async fn accept_loop(
                     shared: shared.clone(),
                     listener: view.clone(),
                     peer,
+                    local,
                     peer_ip: crate::headers::peer_value(peer.ip()),
                     activity: Arc::default(),
                     tls: tls.is_some(),

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub upstream_tls_handshake_failures: Arc<Family<Counter>>,
     pub downstream_tls_handshake_failures: Arc<Family<Counter>>,
     pub tls_certificate_expiry: Arc<Family<Gauge>>,
+    pub access_log_dropped: Arc<Family<Counter>>,
+    pub tracing_spans: Arc<Family<Counter>>,
 }
 
 impl Metrics {
@@ -169,6 +171,19 @@ impl Metrics {
                 "Seconds until a certificate legate presents expires (negative once expired): \
                  client certificates of clusters, server certificates of listener chains.",
                 &["owner", "name", "role"],
+            ),
+            access_log_dropped: registry.family(
+                "legate_access_log_dropped_total",
+                "Access log lines dropped because the file's writer queue was full (or the \
+                 file could not be opened), by path.",
+                &["path"],
+            ),
+            tracing_spans: registry.family(
+                "legate_tracing_spans_total",
+                "Finished trace spans by outcome: exported (accepted by the collector), \
+                 export_failed (the collector refused them, was unreachable or too slow), \
+                 dropped_queue_full (the bounded export queue was full).",
+                &["outcome"],
             ),
             registry,
         }

@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -19,6 +20,7 @@ use legate_snapshot::{
     UpstreamProtocol, VirtualHost,
 };
 
+use crate::access_log::{Pending, Record, Trail};
 use crate::body::{RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::forward;
@@ -30,6 +32,8 @@ pub(crate) struct ConnCtx {
     pub(crate) shared: Arc<Shared>,
     pub(crate) listener: Arc<ListenerView>,
     pub(crate) peer: SocketAddr,
+    /// The listening socket's address.
+    pub(crate) local: SocketAddr,
     /// The peer's address as an `x-forwarded-for` entry.
     pub(crate) peer_ip: HeaderValue,
     /// Requests on the connection, for its idle timeout.
@@ -53,7 +57,17 @@ pub(crate) async fn handle(
         .filter(|v| v.config.address == ctx.listener.config.address)
         .unwrap_or(&ctx.listener)
         .clone();
-    let res = match route_and_forward(&ctx, &active, &view, req).await {
+    // Sampled or not is decided here, before anything is allocated for the trace.
+    let span = view.tracer.as_ref().and_then(|t| t.start(&req));
+    let mut trail = Trail::default();
+    if !view.logs.is_empty() {
+        let res = handle_logged(&ctx, &active, &view, req, open, trail, span.as_ref()).await;
+        if let Some(span) = span {
+            span.end(res.status(), res.headers());
+        }
+        return Ok(res);
+    }
+    let res = match route_and_forward(&ctx, &active, &view, req, &mut trail, span.as_ref()).await {
         Ok(mut res) => {
             // An upstream body keeps the request open until it ends.
             if let ResponseBody::Upstream { held, .. } = res.body_mut() {
@@ -67,7 +81,90 @@ pub(crate) async fn handle(
         }
     };
     view.requests.record(res.status().as_u16());
+    if let Some(span) = span {
+        span.end(res.status(), res.headers());
+    }
     Ok(res)
+}
+
+/// [`handle`] on a listener with access logs: the same, plus a [`Record`] of the request
+/// whose line is written when the response ends.
+async fn handle_logged(
+    ctx: &ConnCtx,
+    active: &Active,
+    view: &ListenerView,
+    req: Request<Incoming>,
+    open: crate::listener::OpenRequest,
+    mut trail: Trail,
+    trace: Option<&crate::trace::ServerSpan>,
+) -> Response<ResponseBody> {
+    let wall = std::time::SystemTime::now();
+    let start = tokio::time::Instant::now();
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let version = req.version();
+    let req_headers = req.headers().clone();
+    let bytes_received = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let request_done = http_body::Body::is_end_stream(req.body()).then(Duration::default);
+    let result = route_and_forward(ctx, active, view, req, &mut trail, trace).await;
+    let (mut res, cause, transport_failure, response_start) = match result {
+        Ok(res) => {
+            let cause = res
+                .headers()
+                .get("x-legate-error")
+                .and_then(|v| {
+                    ProxyError::ALL
+                        .into_iter()
+                        .find(|e| e.code().as_bytes() == v.as_bytes())
+                })
+                .map(ProxyError::code);
+            (res, cause, None, Some(start.elapsed()))
+        }
+        Err(e) => {
+            ctx.shared.local_reply(e).inc();
+            trail.flags.insert(e.response_flag());
+            (e.response(), Some(e.code()), e.transport_failure(), None)
+        }
+    };
+    view.requests.record(res.status().as_u16());
+    let record = Record {
+        wall,
+        start,
+        method,
+        uri,
+        version,
+        req_headers,
+        status: res.status().as_u16(),
+        resp_headers: res.headers().clone(),
+        cause,
+        transport_failure,
+        request_done: request_done.or(bytes_received.filter(|n| *n == 0).map(|_| Duration::ZERO)),
+        response_start,
+        trail,
+        bytes_received,
+        bytes_sent: 0,
+        peer: ctx.peer,
+        local: ctx.local,
+        trace_id: trace.map(crate::trace::ServerSpan::trace_id),
+    };
+    let mut pending = Box::new(Pending::new(view.logs.clone(), record));
+    match res.body_mut() {
+        ResponseBody::Upstream { held, body } => {
+            pending.expected = http_body::Body::size_hint(body).exact();
+            held.open = Some(open);
+            held.log = Some(pending);
+        }
+        ResponseBody::Full(b) => {
+            // A local reply is written whole: its line goes now.
+            pending.record.bytes_sent = b.as_ref().map_or(0, |b| b.len() as u64);
+            pending.completed = true;
+            drop(pending);
+        }
+    }
+    res
 }
 
 async fn route_and_forward(
@@ -75,6 +172,8 @@ async fn route_and_forward(
     active: &Active,
     view: &ListenerView,
     mut req: Request<Incoming>,
+    trail: &mut Trail,
+    trace: Option<&crate::trace::ServerSpan>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // Owned (a reference-counted copy), so the request can be taken apart later.
     let host_value = request_host(&req).ok_or(ProxyError::BadRequest)?;
@@ -93,6 +192,7 @@ async fn route_and_forward(
     let route = vhost
         .select_route(&request_view)
         .ok_or(ProxyError::NoRoute)?;
+    trail.route = Some(route.name.clone());
     match &route.action {
         RouteAction::Direct { status, body } => {
             let mut res = Response::new(ResponseBody::full(body.clone()));
@@ -108,6 +208,7 @@ async fn route_and_forward(
             };
             let picked = fwd.target.pick(random).ok_or(ProxyError::ClusterNotFound)?;
             let (cluster_name, weighted) = (picked.name, picked.weighted);
+            trail.cluster = Some(cluster_name.clone());
             let cluster = active
                 .clusters
                 .get(cluster_name)
@@ -134,6 +235,8 @@ async fn route_and_forward(
                 body,
                 upgrade,
                 stream_idle,
+                trail,
+                trace,
             })
             .await?;
 

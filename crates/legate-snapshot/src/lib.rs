@@ -16,6 +16,9 @@ pub use types::*;
 mod tls;
 pub use tls::*;
 
+pub mod access_log;
+pub use access_log::AccessLog;
+
 mod backoff;
 
 mod error;
@@ -46,6 +49,9 @@ pub mod type_url {
     pub const HTTP_CONNECTION_MANAGER: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
     pub const CONNECTION_LIMIT: &str =
         "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
+    /// The one HCM tracing provider legate implements (`envoy.tracers.opentelemetry`).
+    pub const OPENTELEMETRY_CONFIG: &str =
+        "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig";
     pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
     pub const UPSTREAM_TLS_CONTEXT: &str =
         "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
@@ -53,4 +59,6 @@ pub mod type_url {
         "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
     pub const HTTP_PROTOCOL_OPTIONS: &str =
         "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    pub const FILE_ACCESS_LOG: &str =
+        "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
 }

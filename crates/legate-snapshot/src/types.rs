@@ -85,6 +85,61 @@ pub struct Listener {
     /// TLS termination, when the filter chains carry a `DownstreamTlsContext`; `None`:
     /// plaintext.
     pub tls: Option<Arc<ListenerTls>>,
+    /// From HCM `access_log`: file loggers, formats compiled.
+    pub access_logs: Vec<Arc<crate::AccessLog>>,
+    /// From HCM `tracing` (provider `envoy.tracers.opentelemetry`); `None`: not traced.
+    pub tracing: Option<Arc<Tracing>>,
+}
+
+/// HCM `tracing` with the OpenTelemetry provider: where spans go and which requests make
+/// them. Percentages are parts per million (100% = 1,000,000).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Tracing {
+    /// `grpc_service.envoy_grpc.cluster_name`: the OTLP/gRPC collector's cluster.
+    pub collector_cluster: Arc<str>,
+    /// `grpc_service.timeout`: bound on one export call; `None`: legate's default.
+    pub export_timeout: Option<Duration>,
+    /// `service_name`, the `service.name` resource attribute.
+    pub service_name: Arc<str>,
+    /// `random_sampling`: requests without a parent decision that are traced.
+    pub random_sampling_ppm: u32,
+    /// `client_sampling`: requests with `x-client-trace-id` that are traced.
+    pub client_sampling_ppm: u32,
+    /// `overall_sampling`: applied after the other two.
+    pub overall_sampling_ppm: u32,
+    /// `custom_tags`: attributes added to every server span.
+    pub custom_tags: Vec<CustomTag>,
+    /// `spawn_upstream_span`: one CLIENT span per upstream attempt, whose context goes
+    /// upstream; otherwise the server span's context does.
+    pub spawn_upstream_span: bool,
+}
+
+/// One HCM `tracing.custom_tags` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct CustomTag {
+    pub tag: Arc<str>,
+    pub value: CustomTagValue,
+}
+
+/// Where a custom tag's value comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CustomTagValue {
+    Literal(Arc<str>),
+    /// Read from the process environment when the configuration is applied.
+    Environment {
+        name: Arc<str>,
+        default_value: Arc<str>,
+    },
+    RequestHeader {
+        #[serde(serialize_with = "crate::types::ser_header_name")]
+        name: http::HeaderName,
+        default_value: Arc<str>,
+    },
+}
+
+fn ser_header_name<S: serde::Serializer>(n: &http::HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(n.as_str())
 }
 
 impl Listener {
@@ -672,7 +727,7 @@ pub(crate) mod http_serde {
     use http::{HeaderName, HeaderValue};
     use serde::Serializer;
 
-    pub(super) fn name<S: Serializer>(n: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn name<S: Serializer>(n: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(n.as_str())
     }
 

@@ -19,6 +19,7 @@
 // Deprecated Envoy fields must still be read, to honour or refuse them.
 #![allow(deprecated)]
 
+mod access_log;
 mod cluster;
 mod common;
 mod endpoint;
@@ -26,6 +27,7 @@ mod listener;
 mod route;
 pub use route::{DEFAULT_ROUTE_TIMEOUT, MAX_RETRY_BUFFER_LIMIT};
 mod tls;
+mod trace;
 
 #[cfg(test)]
 mod tests;

@@ -117,6 +117,18 @@ pub async fn build(bootstrap: Bootstrap) -> anyhow::Result<App> {
             max_connections: Some(bootstrap.max_connections),
         },
     ));
+    // SIGUSR1 reopens the access log files (logrotate's postrotate), as Envoy's admin
+    // `/reopen_logs` does. Installed before anything listens: SIGUSR1's default action
+    // would end the process.
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .context("cannot install the SIGUSR1 handler")?;
+    let reopen = dataplane.clone();
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            tracing::info!("SIGUSR1: reopening access logs");
+            reopen.reopen_access_logs();
+        }
+    });
     let admin_listener = admin::bind(bootstrap.admin_address)
         .await
         .with_context(|| format!("cannot bind admin address {}", bootstrap.admin_address))?;

@@ -32,27 +32,33 @@ impl StaticDump {
         let s = &b.static_resources;
         let at = Some(loaded);
         let mut resources = Vec::new();
-        resources.extend(
-            s.listeners
-                .iter()
-                .map(|r| Resource::from_message(ResourceKind::Listener, Origin::Static, at, r)),
+        // Every static list, each message as a resource of its kind.
+        fn add<M: prost::Message>(
+            out: &mut Vec<Resource>,
+            kind: ResourceKind,
+            at: Option<SystemTime>,
+            list: &[M],
+        ) {
+            out.extend(
+                list.iter()
+                    .map(|r| Resource::from_message(kind, Origin::Static, at, r)),
+            );
+        }
+        add(&mut resources, ResourceKind::Listener, at, &s.listeners);
+        add(
+            &mut resources,
+            ResourceKind::RouteConfiguration,
+            at,
+            &s.route_configs,
         );
-        resources.extend(s.route_configs.iter().map(|r| {
-            Resource::from_message(ResourceKind::RouteConfiguration, Origin::Static, at, r)
-        }));
-        resources.extend(
-            s.clusters
-                .iter()
-                .map(|r| Resource::from_message(ResourceKind::Cluster, Origin::Static, at, r)),
+        add(&mut resources, ResourceKind::Cluster, at, &s.clusters);
+        add(
+            &mut resources,
+            ResourceKind::ClusterLoadAssignment,
+            at,
+            &s.load_assignments,
         );
-        resources.extend(s.load_assignments.iter().map(|r| {
-            Resource::from_message(ResourceKind::ClusterLoadAssignment, Origin::Static, at, r)
-        }));
-        resources.extend(
-            s.secrets
-                .iter()
-                .map(|r| Resource::from_message(ResourceKind::Secret, Origin::Static, at, r)),
-        );
+        add(&mut resources, ResourceKind::Secret, at, &s.secrets);
         let ads = || ConfigSource {
             config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
                 AggregatedConfigSource {},

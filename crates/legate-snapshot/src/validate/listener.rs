@@ -167,6 +167,8 @@ pub(super) fn listener(x: &XdsListener) -> Result<ConvertedListener, Vec<Resourc
         generate_request_id: hcm.generate_request_id,
         append_x_forwarded_for: hcm.append_x_forwarded_for,
         tls: tls.map(Arc::new),
+        access_logs: hcm.access_logs,
+        tracing: hcm.tracing,
     };
     cx.finish(ConvertedListener {
         listener,
@@ -713,6 +715,8 @@ struct Hcm {
     append_x_forwarded_for: bool,
     rds: Option<(String, Arc<str>)>,
     cluster_refs: Vec<ClusterRef>,
+    access_logs: Vec<Arc<crate::AccessLog>>,
+    tracing: Option<Arc<crate::Tracing>>,
 }
 
 fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManager) -> Hcm {
@@ -721,8 +725,7 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
         stat_prefix,
         http_filters,
         add_user_agent,
-        // Ignored: tracing is configured in legate's bootstrap (telemetry), not per listener.
-        tracing: _,
+        tracing,
         common_http_protocol_options,
         http1_safe_max_connection_duration,
         http_protocol_options,
@@ -739,11 +742,10 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
         drain_timeout,
         drain_timeout_jitter,
         delayed_close_timeout,
-        // Ignored: access logging is configured in legate's bootstrap, not per listener.
-        access_log: _,
-        access_log_flush_interval: _,
-        flush_access_log_on_new_request: _,
-        access_log_options: _,
+        access_log,
+        access_log_flush_interval,
+        flush_access_log_on_new_request,
+        access_log_options,
         use_remote_address,
         // Accepted: legate does not derive a trusted client address from x-forwarded-for.
         xff_num_trusted_hops: _,
@@ -794,7 +796,8 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
         stream_error_on_invalid_http_message, path_normalization_options,
         strip_trailing_host_dot, proxy_status_config, typed_header_validation_config,
         append_x_forwarded_port, append_local_overload, add_proxy_protocol_connection_state,
-        forward_proto_config,
+        forward_proto_config, access_log_flush_interval, flush_access_log_on_new_request,
+        access_log_options,
     );
     refuse_true(cx, field, "add_user_agent", add_user_agent);
     refuse_true(cx, field, "normalize_path", normalize_path);
@@ -830,7 +833,7 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
     }
     http_filter_chain(cx, field, http_filters);
 
-    let (routes, rds, cluster_refs) = match route_specifier {
+    let (routes, rds, mut cluster_refs) = match route_specifier {
         Some(RouteSpecifier::Rds(XdsRds {
             config_source,
             route_config_name,
@@ -914,7 +917,11 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
         append_x_forwarded_for: matches!(use_remote_address, Some(BoolValue { value: true }))
             && !*skip_xff_append,
         rds,
+        tracing: tracing
+            .as_ref()
+            .and_then(|t| super::trace::tracing(cx, &join(field, "tracing"), t, &mut cluster_refs)),
         cluster_refs,
+        access_logs: super::access_log::access_logs(cx, field, access_log),
     }
 }
 

@@ -75,8 +75,10 @@ use prost::Message;
 
 use super::{Resources, build};
 
+mod access_log;
 mod resilience;
 mod tls;
+mod trace;
 use crate::{
     Cluster, ClusterTarget, Codec, Discovery, DnsFamily, Endpoint, EndpointAddress, HeaderAppend,
     HeaderMatchRule, HeaderMatcher, HeaderValueOption as Hvo, HealthStatus, HostRewrite, LbPolicy,
@@ -417,6 +419,7 @@ fn base_set_converts() {
 
     let l = &s.listeners[0];
     let expected = Listener {
+        tracing: None,
         name: Arc::from("l1"),
         address: "127.0.0.1:10000".parse::<SocketAddr>().expect("addr"),
         stat_prefix: Arc::from("ingress"),
@@ -432,6 +435,7 @@ fn base_set_converts() {
         generate_request_id: true,
         append_x_forwarded_for: false,
         tls: None,
+        access_logs: Vec::new(),
     };
     assert_eq!(**l, expected);
 
@@ -577,9 +581,6 @@ fn listener_options_convert() {
         disabled.disabled = true;
         h.http_filters.insert(0, optional);
         h.http_filters.insert(0, disabled);
-        // No-traffic fields are accepted and ignored.
-        h.access_log = vec![Default::default()];
-        h.tracing = Some(Default::default());
     });
     // An empty filter chain match matches everything: accepted.
     r.listeners[0].filter_chains[0].filter_chain_match = Some(FilterChainMatch::default());

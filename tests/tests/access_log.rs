@@ -1,0 +1,318 @@
+//! Access logs end to end: Envoy's HCM `access_log` (file logger) pushed over ADS and set
+//! by the static mesh's `telemetry.access_log`, the real `legate` binary and real demo
+//! upstreams. Every line is parsed and checked field by field, response flags included
+//! (UF, UH, UT, URX, UO); SIGUSR1 reopens a file moved away as logrotate does.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
+use envoy_types::pb::envoy::config::core::v3::HealthStatus;
+use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format;
+use envoy_types::pb::envoy::config::core::v3::{DataSource, SubstitutionFormatString, data_source};
+use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+use envoy_types::pb::envoy::extensions::access_loggers::file::v3::file_access_log::AccessLogFormat;
+use envoy_types::pb::google::protobuf::Any;
+use legate_tests::client::HttpClient;
+use legate_tests::config::{bootstrap, cluster};
+use legate_tests::process::TempDir;
+use legate_tests::resilience::{
+    Rig, SVC, edit_hcm, ms, outcome, retry, route_action, set_endpoint_health, set_panic_threshold,
+    set_thresholds, svc_mesh, thresholds, u32v,
+};
+use legate_tests::{Legate, Protocol, Upstream, closed_port, eventually};
+use prost::Message;
+
+const FILE_ACCESS_LOG: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
+
+/// Fields separated by `|`, one line per request.
+const FORMAT: &str = "%RESPONSE_CODE%|%RESPONSE_FLAGS%|%UPSTREAM_CLUSTER%|%UPSTREAM_HOST%|\
+%REQ(:METHOD)%|%REQ(:PATH)%|%PROTOCOL%|%BYTES_SENT%|%UPSTREAM_REQUEST_ATTEMPT_COUNT%|\
+%RESPONSE_CODE_DETAILS%|%REQ(X-TEST-ID)%|%UPSTREAM_TRANSPORT_FAILURE_REASON%|%DURATION%\n";
+
+fn file_log(path: &Path, format: &str) -> AccessLog {
+    AccessLog {
+        name: "envoy.access_loggers.file".to_owned(),
+        filter: None,
+        config_type: Some(access_log::ConfigType::TypedConfig(Any {
+            type_url: FILE_ACCESS_LOG.to_owned(),
+            value: FileAccessLog {
+                path: path.display().to_string(),
+                access_log_format: Some(AccessLogFormat::LogFormat(SubstitutionFormatString {
+                    format: Some(Format::TextFormatSource(DataSource {
+                        specifier: Some(data_source::Specifier::InlineString(format.to_owned())),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })),
+            }
+            .encode_to_vec(),
+        })),
+    }
+}
+
+/// The line whose `x-test-id` field is `id`, split into fields, once it is written.
+async fn line_for(path: &Path, id: &str) -> Vec<String> {
+    eventually(Duration::from_secs(10), "the access log line", || async {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .map(|l| l.split('|').map(str::to_owned).collect::<Vec<_>>())
+            .find(|f| f.get(10).map(String::as_str) == Some(id))
+            .ok_or_else(|| format!("no line with id {id} in {text:?}"))
+    })
+    .await
+}
+
+async fn get_id(rig: &Rig, path: &str, id: &str) -> u16 {
+    let r = HttpClient::http1()
+        .get_with(&rig.url(path), &[("x-test-id", id)])
+        .await;
+    r.status.as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xds_text_lines_carry_envoy_fields_and_flags() {
+    let a = Upstream::start("a", "v1", Protocol::Http1).await;
+    let dir = TempDir::new("alog");
+    let log = dir.path().join("access.log");
+    let mut res = svc_mesh(&[a.addr()]);
+    let l = file_log(&log, FORMAT);
+    edit_hcm(&mut res, |h| h.access_log = vec![l.clone()]);
+    let rig = Rig::start(&res).await;
+
+    // A plain answer from the upstream.
+    assert_eq!(get_id(&rig, "/hello?size=10", "ok").await, 200);
+    let f = line_for(&log, "ok").await;
+    assert_eq!(f[0], "200");
+    assert_eq!(f[1], "-", "no flags");
+    assert_eq!(f[2], SVC);
+    assert_eq!(f[3], a.addr().to_string());
+    assert_eq!(f[4], "GET");
+    assert_eq!(f[5], "/hello?size=10");
+    assert_eq!(f[6], "HTTP/1.1");
+    assert_eq!(f[7], "10", "bytes sent is the body");
+    assert_eq!(f[8], "1");
+    assert_eq!(f[9], "via_upstream");
+    assert_eq!(f[11], "-");
+    assert!(f[12].parse::<u64>().is_ok(), "duration in ms: {f:?}");
+
+    // The route timeout: UT.
+    route_action(&mut res).timeout = Some(ms(300));
+    rig.apply(&res).await;
+    assert_eq!(get_id(&rig, "/?delay=3s", "ut").await, 504);
+    let f = line_for(&log, "ut").await;
+    assert_eq!((&*f[0], &*f[1], &*f[9]), ("504", "UT", "upstream-timeout"));
+
+    // Retries exhausted on 503s: the upstream's answer with URX, after two attempts.
+    route_action(&mut res).timeout = Some(ms(5000));
+    route_action(&mut res).retry_policy = Some(retry("5xx", 1));
+    rig.apply(&res).await;
+    assert_eq!(get_id(&rig, "/?status=503", "urx").await, 503);
+    let f = line_for(&log, "urx").await;
+    assert_eq!(
+        (&*f[0], &*f[1], &*f[8], &*f[9]),
+        ("503", "URX", "2", "via_upstream")
+    );
+
+    // A per-try timeout on the last attempt: UT, and URX since no retry was left.
+    let mut p = retry("5xx", 1);
+    p.per_try_timeout = Some(ms(200));
+    route_action(&mut res).retry_policy = Some(p);
+    rig.apply(&res).await;
+    assert_eq!(get_id(&rig, "/?delay=3s", "perytry").await, 504);
+    let f = line_for(&log, "perytry").await;
+    assert_eq!(
+        (&*f[0], &*f[1], &*f[8], &*f[9]),
+        ("504", "UT,URX", "2", "per-try-timeout")
+    );
+
+    // No healthy host: UH, no upstream host.
+    route_action(&mut res).retry_policy = None;
+    set_endpoint_health(&mut res, SVC, 0, HealthStatus::Unhealthy);
+    // Without this, the lone unhealthy host would still be used (panic mode).
+    set_panic_threshold(&mut res, SVC, 0.0);
+    rig.apply(&res).await;
+    assert_eq!(get_id(&rig, "/", "uh").await, 503);
+    let f = line_for(&log, "uh").await;
+    assert_eq!(
+        (&*f[0], &*f[1], &*f[3], &*f[9]),
+        ("503", "UH", "-", "no-healthy-upstream")
+    );
+
+    // Nothing listening: UF with the transport failure reason.
+    let mut res = svc_mesh(&[closed_port()]);
+    edit_hcm(&mut res, |h| h.access_log = vec![l.clone()]);
+    rig.apply(&res).await;
+    assert_eq!(get_id(&rig, "/", "uf").await, 503);
+    let f = line_for(&log, "uf").await;
+    assert_eq!((&*f[0], &*f[1], &*f[11]), ("503", "UF", "connect-failure"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_overflow_is_uo() {
+    let a = Upstream::start("a", "v1", Protocol::Http1).await;
+    let dir = TempDir::new("alog");
+    let log = dir.path().join("access.log");
+    let mut res = svc_mesh(&[a.addr()]);
+    let mut t = thresholds();
+    t.max_requests = u32v(1);
+    set_thresholds(&mut res, SVC, t);
+    let l = file_log(&log, FORMAT);
+    edit_hcm(&mut res, |h| h.access_log = vec![l.clone()]);
+    let rig = Rig::start(&res).await;
+    let slow_url = rig.url("/?delay=1500ms");
+    let slow = tokio::spawn(async move {
+        HttpClient::http1()
+            .get_with(&slow_url, &[("x-test-id", "slow")])
+            .await
+    });
+    // Once the slow request holds the only slot, the next one overflows.
+    eventually(Duration::from_secs(5), "one request in flight", || async {
+        let v = rig
+            .metric(
+                "legate_circuit_breaker_remaining",
+                &[("cluster", SVC), ("resource", "requests")],
+            )
+            .await;
+        if v == 0.0 {
+            Ok(())
+        } else {
+            Err(format!("remaining requests = {v}"))
+        }
+    })
+    .await;
+    let r = HttpClient::http1()
+        .get_with(&rig.url("/"), &[("x-test-id", "over")])
+        .await;
+    assert_eq!(outcome(&r), (503, Some("overflow-max-requests".to_owned())));
+    let f = line_for(&log, "over").await;
+    assert_eq!(
+        (&*f[0], &*f[1], &*f[9]),
+        ("503", "UO", "overflow-max-requests")
+    );
+    assert_eq!(slow.await.expect("slow request").status.as_u16(), 200);
+    let f = line_for(&log, "slow").await;
+    assert_eq!(f[1], "-");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_operator_is_nacked() {
+    let a = Upstream::start("a", "v1", Protocol::Http1).await;
+    let dir = TempDir::new("alog");
+    let mut res = svc_mesh(&[a.addr()]);
+    let rig = Rig::start(&res).await;
+    let l = file_log(&dir.path().join("x.log"), "%DYNAMIC_METADATA(a:b)%\n");
+    edit_hcm(&mut res, |h| h.access_log = vec![l.clone()]);
+    let pushes = rig.server.set_resources(&res);
+    let nack = rig
+        .server
+        .wait_nacked(&pushes[0], Duration::from_secs(10))
+        .await
+        .remove(0);
+    let message = nack.error.clone().expect("error_detail").message;
+    assert!(
+        message.contains(
+            "access_log[0].typed_config.log_format.text_format_source: position 0: \
+             command operator %DYNAMIC_METADATA% is not supported by legate"
+        ),
+        "{message}"
+    );
+}
+
+fn json_bootstrap(upstream: &Upstream, log: &Path) -> String {
+    let mut b = bootstrap(
+        "- {name: outbound, address: 127.0.0.1:0, route_config: rc}",
+        "- name: rc\n  virtual_hosts:\n  - name: all\n    domains: ['*']\n    routes:\n    \
+         - match: {prefix: /}\n      forward: {cluster: svc, timeout: 5s}",
+        &[cluster(SVC, &[upstream.addr()])],
+    );
+    b.push_str(&format!(
+        "  telemetry:\n    access_log:\n      path: {}\n      json:\n        code: '%RESPONSE_CODE%'\n        \
+         flags: '%RESPONSE_FLAGS%'\n        method: '%REQ(:METHOD)%'\n        id: '%REQ(X-TEST-ID)%'\n        \
+         missing: '%REQ(X-NOT-THERE)%'\n        bytes: '%BYTES_SENT%'\n        line: '%REQ(:METHOD)% %REQ(:PATH)%'\n        \
+         start: '%START_TIME%'\n",
+        log.display()
+    ));
+    b
+}
+
+async fn json_line(path: &Path, id: &str) -> serde_json::Value {
+    eventually(
+        Duration::from_secs(10),
+        "the JSON access log line",
+        || async {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["id"] == id)
+                .ok_or_else(|| format!("no line with id {id} in {text:?}"))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_json_lines_and_sigusr1_reopen() {
+    let a = Upstream::start("a", "v1", Protocol::Http1).await;
+    let dir = TempDir::new("alog");
+    let log: PathBuf = dir.path().join("access.json");
+    let legate = Legate::start(&json_bootstrap(&a, &log)).await;
+    let url = legate.url("outbound", "/x?size=5").await;
+    let r = HttpClient::http1()
+        .get_with(&url, &[("x-test-id", "one")])
+        .await;
+    assert_eq!(r.status.as_u16(), 200);
+    let v = json_line(&log, "one").await;
+    assert_eq!(v["code"], 200, "typed: a number");
+    assert_eq!(v["flags"], serde_json::Value::Null, "no flags: null");
+    assert_eq!(v["missing"], serde_json::Value::Null);
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["bytes"], 5);
+    assert_eq!(v["line"], "GET /x?size=5");
+    let start = v["start"].as_str().expect("start time");
+    assert!(
+        start.len() == 24 && start.ends_with('Z') && start.as_bytes()[10] == b'T',
+        "{start}"
+    );
+
+    // logrotate: move the file, signal, and the next line goes to a new file.
+    let rotated = dir.path().join("access.json.1");
+    std::fs::rename(&log, &rotated).expect("rename");
+    let status = std::process::Command::new("kill")
+        .args(["-USR1", &legate.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    eventually(Duration::from_secs(10), "the log reopened", || async {
+        let r = HttpClient::http1()
+            .get_with(&url, &[("x-test-id", "probe")])
+            .await;
+        if r.status.as_u16() != 200 {
+            return Err(format!("status {}", r.status));
+        }
+        if log.exists() {
+            Ok(())
+        } else {
+            Err("no new file yet".to_owned())
+        }
+    })
+    .await;
+    let r = HttpClient::http1()
+        .get_with(&url, &[("x-test-id", "two")])
+        .await;
+    assert_eq!(r.status.as_u16(), 200);
+    json_line(&log, "two").await;
+    let old = std::fs::read_to_string(&rotated).expect("rotated file");
+    assert!(
+        old.contains("\"id\":\"one\"") && !old.contains("\"id\":\"two\""),
+        "{old}"
+    );
+    assert_eq!(
+        legate
+            .metrics()
+            .await
+            .get_or_zero("legate_access_log_dropped_total", &[]),
+        0.0
+    );
+}

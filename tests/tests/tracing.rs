@@ -1,0 +1,320 @@
+//! Traces (issue 15 item 1), end to end: the real `legate`, real demo upstreams and a test
+//! OTLP/gRPC receiver on the official protos. Tracing is configured by the mesh's
+//! `telemetry.tracing`, which compiles to Envoy's HCM `tracing` (OpenTelemetry provider over
+//! a collector cluster): once as a static bootstrap, once served over xDS.
+
+use std::time::Duration;
+
+use legate_tests::client::HttpClient;
+use legate_tests::config::{self, indent};
+use legate_tests::otlp::{OtlpReceiver, ReceivedSpan};
+use legate_tests::resilience::{Rig, SVC, retry, route_action};
+use legate_tests::xds_server::mesh_resources;
+use legate_tests::{Legate, Protocol, Upstream, closed_port};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A mesh forwarding everything to cluster `svc`, traced to `collector` at `sampling`.
+fn traced_mesh(upstream: std::net::SocketAddr, collector: &str, sampling: &str) -> String {
+    let mut mesh = config::single_vhost_mesh(
+        &format!("- match: {{prefix: /}}\n  forward: {{cluster: {SVC}, timeout: 10s}}"),
+        &[config::cluster(SVC, &[upstream])],
+    );
+    mesh.push_str(&format!(
+        "telemetry:\n  tracing: {{collector: \"{collector}\", sampling: \"{sampling}\", service_name: tests}}\n"
+    ));
+    mesh
+}
+
+fn bootstrap(mesh: &str) -> String {
+    format!(
+        "node: {{id: test, cluster: tests}}\nadmin: {{address: 127.0.0.1:0}}\ndrain_timeout: 1s\nmesh:\n{}",
+        indent(mesh, 2)
+    )
+}
+
+async fn start_static(mesh: &str) -> (Legate, String) {
+    let legate = Legate::start(&bootstrap(mesh)).await;
+    let addr = legate.listener_addr("outbound").await;
+    (legate, format!("http://{addr}"))
+}
+
+fn servers(spans: &[ReceivedSpan]) -> Vec<&ReceivedSpan> {
+    spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Server)
+        .collect()
+}
+
+fn clients(spans: &[ReceivedSpan]) -> Vec<&ReceivedSpan> {
+    spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_is_one_server_span_with_two_attempt_spans_over_xds() {
+    let up = Upstream::start("a", "v1", Protocol::Http1).await;
+    let otlp = OtlpReceiver::start().await.expect("receiver");
+    let mut res = mesh_resources(&traced_mesh(up.addr(), &otlp.addr.to_string(), "100%"));
+    route_action(&mut res).retry_policy = Some(retry("5xx", 1));
+    let rig = Rig::start(&res).await;
+
+    let r = HttpClient::http1()
+        .with_timeout(WAIT)
+        .get(&rig.url("/retried?status=503"))
+        .await;
+    assert_eq!(r.status.as_u16(), 503, "{}", r.describe());
+    let spans = otlp
+        .wait_for(WAIT, "one server and two client spans", |s| {
+            servers(s).len() == 1 && clients(s).len() == 2
+        })
+        .await;
+    let server = servers(&spans)[0];
+    assert_eq!(server.service_name, "tests");
+    assert_eq!(server.parent_span_id, "", "a root span");
+    assert_eq!(server.attributes["http.request.method"], "GET");
+    assert_eq!(server.attributes["url.path"], "/retried");
+    assert_eq!(server.attributes["http.response.status_code"], "503");
+    assert_eq!(server.attributes["network.protocol.version"], "1.1");
+    for c in clients(&spans) {
+        assert_eq!(c.trace_id, server.trace_id, "same trace");
+        assert_eq!(c.parent_span_id, server.span_id, "child of the server span");
+        assert_eq!(c.attributes["http.response.status_code"], "503");
+    }
+    let resends: Vec<_> = clients(&spans)
+        .iter()
+        .map(|c| c.attributes.get("http.request.resend_count").cloned())
+        .collect();
+    assert!(
+        resends.contains(&None) && resends.contains(&Some("1".to_owned())),
+        "{resends:?}"
+    );
+
+    // The upstream sees the same trace in traceparent, and the attempt span as parent.
+    otlp.clear();
+    let r = HttpClient::http1()
+        .with_timeout(WAIT)
+        .get(&rig.url("/echo"))
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+    let echo = r.echo();
+    let tp = echo
+        .headers
+        .get("traceparent")
+        .expect("traceparent upstream")
+        .clone();
+    let spans = otlp
+        .wait_for(WAIT, "server and client span", |s| {
+            servers(s).len() == 1 && clients(s).len() == 1
+        })
+        .await;
+    let client = clients(&spans)[0];
+    assert_eq!(tp, format!("00-{}-{}-01", client.trace_id, client.span_id));
+    assert_eq!(client.trace_id, servers(&spans)[0].trace_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parents_are_honoured_and_b3_goes_out_as_it_came_with_a_static_bootstrap() {
+    let up = Upstream::start("a", "v1", Protocol::Http1).await;
+    let otlp = OtlpReceiver::start().await.expect("receiver");
+    let (_legate, base) =
+        start_static(&traced_mesh(up.addr(), &otlp.addr.to_string(), "100%")).await;
+    let client = HttpClient::http1().with_timeout(WAIT);
+
+    // A parent that says "not sampled": no spans, and its header goes upstream untouched.
+    let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let r = client
+        .get_with(&format!("{base}/unsampled"), &[("traceparent", unsampled)])
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+    assert_eq!(
+        r.echo().headers.get("traceparent").map(String::as_str),
+        Some(unsampled)
+    );
+
+    // A sampled W3C parent: the trace continues under it. Its spans arriving also shows
+    // the unsampled request's would have arrived by now (one queue, in order).
+    let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = client
+        .get_with(
+            &format!("{base}/sampled"),
+            &[("traceparent", sampled), ("x-request-id", "rid-1")],
+        )
+        .await;
+    assert_eq!(
+        r.echo().headers.get("x-request-id").map(String::as_str),
+        Some("rid-1")
+    );
+    let spans = otlp
+        .wait_for(WAIT, "the sampled request's spans", |s| {
+            servers(s).len() == 1
+        })
+        .await;
+    assert!(
+        spans.iter().all(|s| s
+            .attributes
+            .get("url.path")
+            .is_none_or(|p| p != "/unsampled")),
+        "no span for the unsampled request: {spans:#?}"
+    );
+    let server = servers(&spans)[0];
+    assert_eq!(server.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(server.parent_span_id, "00f067aa0ba902b7");
+
+    // B3 multi in: B3 multi and traceparent out, same trace.
+    otlp.clear();
+    let r = client
+        .get_with(
+            &format!("{base}/b3multi"),
+            &[
+                ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+                ("x-b3-spanid", "e457b5a2e4d86bd1"),
+                ("x-b3-sampled", "1"),
+            ],
+        )
+        .await;
+    let h = r.echo().headers;
+    assert_eq!(h["x-b3-traceid"], "80f198ee56343ba864fe8b2a57d3eff7");
+    assert_eq!(h["x-b3-sampled"], "1");
+    assert_ne!(
+        h["x-b3-spanid"], "e457b5a2e4d86bd1",
+        "the attempt's own span"
+    );
+    assert!(
+        h["traceparent"].starts_with("00-80f198ee56343ba864fe8b2a57d3eff7-"),
+        "{h:?}"
+    );
+
+    // B3 single in: b3 and traceparent out.
+    let r = client
+        .get_with(
+            &format!("{base}/b3single"),
+            &[("b3", "a3ce929d0e0e4736a3ce929d0e0e4736-e457b5a2e4d86bd1-1")],
+        )
+        .await;
+    let h = r.echo().headers;
+    assert!(
+        h["b3"].starts_with("a3ce929d0e0e4736a3ce929d0e0e4736-"),
+        "{h:?}"
+    );
+    assert!(
+        h["b3"].contains("-1-"),
+        "sampled, with the server span as parent: {h:?}"
+    );
+    assert!(h["traceparent"].starts_with("00-a3ce929d0e0e4736a3ce929d0e0e4736-"));
+    otlp.wait_for(WAIT, "spans of both B3 requests", |s| servers(s).len() == 2)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_percent_sampling_holds_within_binomial_bounds() {
+    let up = Upstream::start("a", "v1", Protocol::Http1).await;
+    let otlp = OtlpReceiver::start().await.expect("receiver");
+    let (legate, base) = start_static(&traced_mesh(up.addr(), &otlp.addr.to_string(), "10%")).await;
+    let client = HttpClient::http1().with_timeout(WAIT);
+    const N: usize = 1000;
+    for i in 0..N {
+        let r = client.get(&format!("{base}/n{i}")).await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+    }
+    // Everything sampled is exported, so wait for the exporter's count to settle.
+    let exported = legate_tests::eventually(WAIT, "exports settle", || async {
+        let m = legate.metrics().await;
+        let exported = m.get_or_zero("legate_tracing_spans_total", &[("outcome", "exported")]);
+        let received = otlp.spans().len() as f64;
+        if exported > 0.0 && exported == received {
+            Ok(exported)
+        } else {
+            Err(format!("exported {exported}, received {received}"))
+        }
+    })
+    .await;
+    let servers = servers(&otlp.spans()).len();
+    // Binomial(1000, 0.1): mean 100, sd 9.5; ±5 sd.
+    assert!(
+        (52..=148).contains(&servers),
+        "{servers} of {N} sampled ({exported} spans)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_changes_nothing_for_requests() {
+    let up = Upstream::start("a", "v1", Protocol::Http1).await;
+    let down = closed_port();
+    let (legate, base) = start_static(&traced_mesh(up.addr(), &down.to_string(), "100%")).await;
+    let client = HttpClient::http1().with_timeout(WAIT);
+    let started = std::time::Instant::now();
+    for i in 0..200 {
+        let r = client.get(&format!("{base}/n{i}")).await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+        assert_eq!(r.legate_error(), None);
+    }
+    // 200 local requests, each well under a collector's connect attempt.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    legate_tests::eventually(WAIT, "failed exports are counted", || async {
+        let m = legate.metrics().await;
+        let failed = m.get_or_zero(
+            "legate_tracing_spans_total",
+            &[("outcome", "export_failed")],
+        );
+        if failed > 0.0 {
+            Ok(())
+        } else {
+            Err(format!("export_failed {failed}"))
+        }
+    })
+    .await;
+}
+
+/// Tracing and an access log on the same listener: the request is traced as without the
+/// log, and its line carries the trace id (`%TRACE_ID%`) its spans have; an unsampled
+/// request's line has `-`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_request_is_traced_and_its_line_names_the_trace() {
+    let up = Upstream::start("a", "v1", Protocol::Http1).await;
+    let otlp = OtlpReceiver::start().await.expect("receiver");
+    let dir = legate_tests::process::TempDir::new("legate-trace-log");
+    let log = dir.path().join("access.log");
+    let mut mesh = traced_mesh(up.addr(), &otlp.addr.to_string(), "100%");
+    mesh.push_str(&format!(
+        "  access_log: {{path: \"{}\", format: \"%REQ(:PATH)%|%TRACE_ID%\\n\"}}\n",
+        log.display()
+    ));
+    let (_legate, base) = start_static(&mesh).await;
+    let client = HttpClient::http1().with_timeout(WAIT);
+
+    let r = client.get(&format!("{base}/logged")).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+    let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let r = client
+        .get_with(&format!("{base}/unsampled"), &[("traceparent", unsampled)])
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+
+    let spans = otlp
+        .wait_for(WAIT, "the logged request's spans", |s| {
+            servers(s).len() == 1 && clients(s).len() == 1
+        })
+        .await;
+    let trace_id = servers(&spans)[0].trace_id.clone();
+    assert_eq!(clients(&spans)[0].trace_id, trace_id);
+    let lines = legate_tests::eventually(WAIT, "both access log lines", || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() == 2 {
+            Ok(lines)
+        } else {
+            Err(format!("{lines:?}"))
+        }
+    })
+    .await;
+    assert_eq!(lines[0], format!("/logged|{trace_id}"));
+    assert_eq!(lines[1], "/unsampled|-");
+}
