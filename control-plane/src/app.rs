@@ -359,7 +359,10 @@ impl ControlPlane {
         let warnings = store::warnings(&effective.mesh, &sources, &overlay);
         let cache = Arc::new(SnapshotCache::new());
         let metrics = Arc::new(CpMetrics::new());
-        let load = Arc::new(LoadStore::new(options.load_window));
+        let load = Arc::new(LoadStore::with_metrics(
+            options.load_window,
+            metrics.load_metrics(),
+        ));
         let wake = Arc::new(Notify::new());
         let watcher = Watcher::new(wake.clone());
         let status = Arc::new(Mutex::new(MeshStatus {

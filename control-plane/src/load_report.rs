@@ -2,36 +2,105 @@
 //! aggregated per service version: what `GET /v1/load`, `legatectl top` and the canary judge
 //! read.
 //!
-//! Reports are hostile input. Each is folded into one-second slots per (node, cluster), so a
-//! node reporting faster than asked costs no more memory; slots older than the window are
-//! dropped on every write and read. A report names at most [`MAX_CLUSTERS_PER_REPORT`]
-//! clusters and a node at most [`MAX_CLUSTERS_PER_NODE`]; more are ignored and counted. All
-//! sums saturate. Memory is bounded by nodes × clusters per node × window seconds.
+//! Reports are hostile input. Only clusters of the published mesh are kept (a report names
+//! every cluster its sender has; the rest say nothing about a service version); at most
+//! [`MAX_CLUSTERS_PER_REPORT`] entries of one report are looked at, at most [`MAX_SERIES`]
+//! (node, cluster) series are kept in all, and an entry whose counts no proxy could have
+//! produced in the time it covers ([`MAX_REQUESTS_PER_SECOND`], [`MAX_LATENCY_MS`]) is
+//! refused whole. Every entry left out is counted by reason ([`Ignored`]). All sums saturate.
+//!
+//! Each kept entry covers the `load_report_interval` it states, ending when it arrives: its
+//! load is spread evenly over those seconds, so a report arriving after an outage (a long
+//! interval) counts in proportion to how much of it lies inside a window, rather than all in
+//! the second it arrived. Entries arriving in the same second for the same series are merged,
+//! and a series keeps at most [`MAX_ENTRIES_PER_SERIES`] (the oldest are merged, spread over
+//! the union of what they covered), so memory is bounded by `MAX_SERIES` ×
+//! `MAX_ENTRIES_PER_SERIES` entries whatever the nodes send and how fast.
 //!
 //! Latency arrives in legate's bucket scheme ([`legate_telemetry::load`]); a report without
 //! it (Envoy's) still counts requests, and its latency is simply unknown.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterStats;
-use legate_telemetry::LATENCY_BUCKET_COUNT;
 use legate_telemetry::load::{LATENCY_SUM_METRIC, latency_bucket_of, quantile_ms};
+use legate_telemetry::{Counter, Gauge, LATENCY_BUCKET_COUNT};
 
-/// Clusters read from one report; the rest are ignored.
+/// Entries read from one report; the rest are ignored ([`Ignored::TooManyClusters`]).
 pub const MAX_CLUSTERS_PER_REPORT: usize = 10_000;
-/// Distinct clusters kept per node.
-pub const MAX_CLUSTERS_PER_NODE: usize = 10_000;
+/// (node, cluster) series kept in all; an entry that would start another is ignored
+/// ([`Ignored::SeriesLimit`]) until old ones leave the window.
+pub const MAX_SERIES: usize = 50_000;
+/// Entries (reports, merged per second) kept per series.
+pub const MAX_ENTRIES_PER_SERIES: usize = 64;
 /// Localities read per cluster of a report.
 pub const MAX_LOCALITIES: usize = 1_000;
 /// Load metrics read per locality.
 pub const MAX_METRICS: usize = 100;
+/// Requests (issued, completed, dropped, in progress) one node may report for one cluster per
+/// second of the interval a report covers; more is not a proxy's load.
+pub const MAX_REQUESTS_PER_SECOND: u64 = 1_000_000;
+/// The longest mean latency a report may state (one day, in ms).
+pub const MAX_LATENCY_MS: f64 = 86_400_000.0;
+/// The longest `load_report_interval` a report may state (30 days); whatever such a report
+/// says lies almost all before any window.
+pub const MAX_COVERED: Duration = Duration::from_secs(30 * 86_400);
+/// The version shown for a service with `endpoints` and no versions.
+pub const NO_VERSION: &str = "-";
 /// The window kept unless told otherwise.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 /// The reporting interval legate-cp asks for unless told otherwise (`--lrs-interval`).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why a cluster entry of a report was not kept (the `reason` of
+/// `legate_cp_lrs_ignored_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ignored {
+    /// Not a cluster of the published mesh.
+    UnknownCluster,
+    /// Past [`MAX_CLUSTERS_PER_REPORT`] in its report.
+    TooManyClusters,
+    /// Counts, latencies or interval beyond [`MAX_REQUESTS_PER_SECOND`], [`MAX_LATENCY_MS`]
+    /// or [`MAX_COVERED`].
+    Implausible,
+    /// It would have started a series past [`MAX_SERIES`].
+    SeriesLimit,
+}
+
+impl Ignored {
+    pub const ALL: [Ignored; 4] = [
+        Ignored::UnknownCluster,
+        Ignored::TooManyClusters,
+        Ignored::Implausible,
+        Ignored::SeriesLimit,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ignored::UnknownCluster => "unknown_cluster",
+            Ignored::TooManyClusters => "too_many_clusters",
+            Ignored::Implausible => "implausible",
+            Ignored::SeriesLimit => "series_limit",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Where the store counts what it keeps and leaves out (legate-cp's Prometheus metrics, or
+/// counters of its own).
+#[derive(Clone, Debug, Default)]
+pub struct LoadMetrics {
+    /// (node, cluster) series held (`legate_cp_lrs_series`).
+    pub series: Arc<Gauge>,
+    /// Entries ignored, per [`Ignored`] in [`Ignored::ALL`]'s order
+    /// (`legate_cp_lrs_ignored_total`).
+    pub ignored: [Arc<Counter>; 4],
+}
 
 /// Load over some time: sums of what reports said.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -60,38 +129,89 @@ impl Load {
         self.latency_sum_ms += other.latency_sum_ms;
     }
 
-    /// One cluster's report, whatever its values say.
-    fn from_report(stats: &ClusterStats) -> Load {
+    /// `part / whole` of this load (counts rounded down).
+    fn share(&self, part: u64, whole: u64) -> Load {
+        let whole = whole.max(1);
+        let part = part.min(whole);
+        let f = |n: u64| {
+            u64::try_from(u128::from(n) * u128::from(part) / u128::from(whole)).unwrap_or(n)
+        };
+        Load {
+            issued: f(self.issued),
+            succeeded: f(self.succeeded),
+            errored: f(self.errored),
+            dropped: f(self.dropped),
+            latency_buckets: self.latency_buckets.map(f),
+            latency_count: f(self.latency_count),
+            latency_sum_ms: self.latency_sum_ms * part as f64 / whole as f64,
+        }
+    }
+
+    /// One cluster's entry of a report, covering `seconds`; `None` when its counts could not
+    /// be a proxy's (see [`MAX_REQUESTS_PER_SECOND`], [`MAX_LATENCY_MS`], [`MAX_COVERED`]).
+    fn from_report(stats: &ClusterStats, seconds: u64) -> Option<(Load, u64)> {
         let mut load = Load {
             dropped: stats.total_dropped_requests,
             ..Load::default()
         };
+        let mut in_progress = 0u64;
         for locality in stats.upstream_locality_stats.iter().take(MAX_LOCALITIES) {
             load.issued = load.issued.saturating_add(locality.total_issued_requests);
             load.succeeded = load
                 .succeeded
                 .saturating_add(locality.total_successful_requests);
             load.errored = load.errored.saturating_add(locality.total_error_requests);
+            in_progress = in_progress.saturating_add(locality.total_requests_in_progress);
             for metric in locality.load_metric_stats.iter().take(MAX_METRICS) {
                 let n = metric.num_requests_finished_with_metric;
                 if metric.metric_name == LATENCY_SUM_METRIC {
-                    load.latency_count = load.latency_count.saturating_add(n);
                     let v = metric.total_metric_value;
-                    if v.is_finite() && v >= 0.0 {
-                        load.latency_sum_ms += v;
+                    if !(v.is_finite() && v >= 0.0) {
+                        return None;
                     }
+                    load.latency_count = load.latency_count.saturating_add(n);
+                    load.latency_sum_ms += v;
                 } else if let Some(i) = latency_bucket_of(&metric.metric_name) {
                     load.latency_buckets[i] = load.latency_buckets[i].saturating_add(n);
                 }
             }
         }
-        load
+        let most = MAX_REQUESTS_PER_SECOND.saturating_mul(seconds);
+        let bucketed = load
+            .latency_buckets
+            .iter()
+            .fold(0u64, |a, b| a.saturating_add(*b));
+        let counts = [
+            load.issued,
+            load.succeeded,
+            load.errored,
+            load.dropped,
+            load.latency_count,
+            bucketed,
+        ];
+        let plausible = seconds <= MAX_COVERED.as_secs()
+            && counts.iter().all(|&n| n <= most)
+            && in_progress <= MAX_REQUESTS_PER_SECOND
+            && load.latency_sum_ms <= load.latency_count as f64 * MAX_LATENCY_MS;
+        plausible.then_some((load, in_progress))
     }
+}
+
+/// The whole seconds a report's `load_report_interval` covers: at least one (a missing,
+/// negative or sub-second interval is the second it arrived in), rounded to the nearest.
+fn covered_seconds(stats: &ClusterStats) -> u64 {
+    let Some(d) = &stats.load_report_interval else {
+        return 1;
+    };
+    let secs = u64::try_from(d.seconds).unwrap_or(0);
+    let half_up = u64::from(d.nanos >= 500_000_000);
+    secs.saturating_add(half_up).max(1)
 }
 
 /// One version of a service over a window.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct VersionLoad {
+    /// The version's name; `-` for a service with `endpoints` and no versions.
     pub version: String,
     pub cluster: String,
     #[serde(flatten)]
@@ -116,17 +236,81 @@ pub struct ServiceLoad {
     pub versions: Vec<VersionLoad>,
 }
 
+/// What one report said for one cluster, spread over the seconds `to - len + 1 ..= to`
+/// (seconds since the store's start; the first may lie before it).
+#[derive(Debug)]
+struct Entry {
+    to: u64,
+    len: u64,
+    load: Load,
+}
+
+impl Entry {
+    /// The share of this entry's load in seconds `from..=to` (`None`: no overlap).
+    fn within(&self, from: u64, to: u64) -> Option<Load> {
+        let first = i128::from(self.to) - i128::from(self.len) + 1;
+        let lo = first.max(i128::from(from));
+        let hi = i128::from(self.to.min(to));
+        if hi < lo {
+            return None;
+        }
+        let overlap = u64::try_from(hi - lo + 1).unwrap_or(u64::MAX);
+        Some(if overlap >= self.len {
+            self.load.clone()
+        } else {
+            self.load.share(overlap, self.len)
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 struct Series {
-    /// (second since the store's start, load in it), oldest first.
-    slots: VecDeque<(u64, Load)>,
+    /// Oldest first, by `to`.
+    entries: VecDeque<Entry>,
     in_progress: u64,
+}
+
+impl Series {
+    fn push(&mut self, entry: Entry) {
+        match self.entries.back_mut() {
+            Some(last) if last.to == entry.to => {
+                last.load.add(&entry.load);
+                last.len = last.len.max(entry.len);
+            }
+            _ => self.entries.push_back(entry),
+        }
+        if self.entries.len() > MAX_ENTRIES_PER_SERIES
+            && let (Some(a), Some(b)) = (self.entries.pop_front(), self.entries.pop_front())
+        {
+            // One entry spread over what both covered.
+            let start =
+                (i128::from(a.to) - i128::from(a.len)).min(i128::from(b.to) - i128::from(b.len));
+            let len = u64::try_from(i128::from(b.to) - start).unwrap_or(b.len);
+            let mut load = a.load;
+            load.add(&b.load);
+            self.entries.push_front(Entry {
+                to: b.to,
+                len,
+                load,
+            });
+        }
+    }
+
+    /// Drops entries that end before second `oldest`; `true` when nothing is left.
+    fn prune(&mut self, oldest: u64) -> bool {
+        while self.entries.front().is_some_and(|e| e.to < oldest) {
+            self.entries.pop_front();
+        }
+        self.entries.is_empty()
+    }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     /// node id → cluster → series.
     nodes: HashMap<String, HashMap<String, Series>>,
+    /// Series in `nodes`.
+    series: usize,
     /// cluster → (service, version), from the published mesh.
     versions: HashMap<String, (String, String)>,
 }
@@ -137,16 +321,21 @@ pub struct LoadStore {
     start: Instant,
     window: Duration,
     inner: Mutex<Inner>,
-    ignored: AtomicU64,
+    metrics: LoadMetrics,
 }
 
 impl LoadStore {
     pub fn new(window: Duration) -> LoadStore {
+        LoadStore::with_metrics(window, LoadMetrics::default())
+    }
+
+    /// A store that counts in `metrics`.
+    pub fn with_metrics(window: Duration, metrics: LoadMetrics) -> LoadStore {
         LoadStore {
             start: Instant::now(),
             window: window.max(Duration::from_secs(1)),
             inner: Mutex::default(),
-            ignored: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -155,13 +344,19 @@ impl LoadStore {
         self.window
     }
 
-    /// Cluster entries ignored because a report or a node named too many clusters.
-    pub fn clusters_ignored(&self) -> u64 {
-        self.ignored.load(Ordering::Relaxed)
+    /// Cluster entries ignored for `reason` so far.
+    pub fn ignored(&self, reason: Ignored) -> u64 {
+        self.metrics.ignored[reason.index()].get()
+    }
+
+    /// (node, cluster) series held.
+    pub fn series(&self) -> usize {
+        self.lock().series
     }
 
     /// Which service and version each cluster serves: `(cluster, service, version)`,
-    /// replacing the previous mapping (the published mesh's clusters `<service>-<version>`).
+    /// replacing the previous mapping (the published mesh's clusters: `<service>-<version>`,
+    /// and a service's own name, version `-`, when it has no versions).
     pub fn set_versions(&self, clusters: impl IntoIterator<Item = (String, String, String)>) {
         let map = clusters.into_iter().map(|(c, s, v)| (c, (s, v))).collect();
         self.lock().versions = map;
@@ -175,6 +370,12 @@ impl LoadStore {
         at.saturating_duration_since(self.start).as_secs()
     }
 
+    fn count(&self, reason: Ignored, n: u64) {
+        if n > 0 {
+            self.metrics.ignored[reason.index()].add(n);
+        }
+    }
+
     /// Record one report from `node`.
     pub fn record(&self, node: &str, stats: &[ClusterStats]) {
         self.record_at(node, stats, Instant::now());
@@ -186,30 +387,46 @@ impl LoadStore {
         }
         let now = self.second(at);
         let oldest = now.saturating_sub(self.window.as_secs());
-        let mut ignored = stats.len().saturating_sub(MAX_CLUSTERS_PER_REPORT) as u64;
-        let mut inner = self.lock();
-        let clusters = inner.nodes.entry(node.to_owned()).or_default();
+        let mut ignored = [0u64; 4];
+        ignored[Ignored::TooManyClusters.index()] =
+            stats.len().saturating_sub(MAX_CLUSTERS_PER_REPORT) as u64;
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         for s in stats.iter().take(MAX_CLUSTERS_PER_REPORT) {
-            if !clusters.contains_key(&s.cluster_name) && clusters.len() >= MAX_CLUSTERS_PER_NODE {
-                ignored += 1;
+            if !inner.versions.contains_key(&s.cluster_name) {
+                ignored[Ignored::UnknownCluster.index()] += 1;
                 continue;
             }
-            let series = clusters.entry(s.cluster_name.clone()).or_default();
-            let load = Load::from_report(s);
-            series.in_progress = s
-                .upstream_locality_stats
-                .iter()
-                .take(MAX_LOCALITIES)
-                .fold(0u64, |a, l| a.saturating_add(l.total_requests_in_progress));
-            match series.slots.back_mut() {
-                Some((sec, slot)) if *sec == now => slot.add(&load),
-                _ => series.slots.push_back((now, load)),
-            }
-            prune(series, oldest);
+            let len = covered_seconds(s);
+            let Some((load, in_progress)) = Load::from_report(s, len) else {
+                ignored[Ignored::Implausible.index()] += 1;
+                continue;
+            };
+            let clusters = inner.nodes.entry(node.to_owned()).or_default();
+            let series = match clusters.get_mut(&s.cluster_name) {
+                Some(series) => series,
+                None if inner.series >= MAX_SERIES => {
+                    ignored[Ignored::SeriesLimit.index()] += 1;
+                    continue;
+                }
+                None => {
+                    inner.series += 1;
+                    clusters.entry(s.cluster_name.clone()).or_default()
+                }
+            };
+            series.in_progress = in_progress;
+            series.push(Entry { to: now, len, load });
+            series.prune(oldest);
         }
-        clusters.retain(|_, s| !s.slots.is_empty());
-        if ignored > 0 {
-            self.ignored.fetch_add(ignored, Ordering::Relaxed);
+        if inner.nodes.get(node).is_some_and(HashMap::is_empty) {
+            inner.nodes.remove(node);
+        }
+        self.metrics
+            .series
+            .set(i64::try_from(inner.series).unwrap_or(i64::MAX));
+        drop(guard);
+        for reason in Ignored::ALL {
+            self.count(reason, ignored[reason.index()]);
         }
     }
 
@@ -222,18 +439,23 @@ impl LoadStore {
         let now = self.second(at);
         let keep = self.window.as_secs();
         let span = window.min(self.window).as_secs().max(1);
-        // A slot is inside when it is less than `span` seconds old.
+        // The window is the `span` seconds ending with the current one.
         let from = now.saturating_add(1).saturating_sub(span);
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let mut removed = 0usize;
         let mut out: BTreeMap<String, (Load, u64, usize)> = BTreeMap::new();
         inner.nodes.retain(|_, clusters| {
             clusters.retain(|name, series| {
-                prune(series, now.saturating_sub(keep));
+                if series.prune(now.saturating_sub(keep)) {
+                    removed += 1;
+                    return false;
+                }
                 let mut load = Load::default();
                 let mut any = false;
-                for (sec, slot) in &series.slots {
-                    if *sec >= from {
-                        load.add(slot);
+                for entry in &series.entries {
+                    if let Some(part) = entry.within(from, now) {
+                        load.add(&part);
                         any = true;
                     }
                 }
@@ -243,10 +465,14 @@ impl LoadStore {
                     entry.1 = entry.1.saturating_add(series.in_progress);
                     entry.2 += 1;
                 }
-                !series.slots.is_empty()
+                true
             });
             !clusters.is_empty()
         });
+        inner.series = inner.series.saturating_sub(removed);
+        self.metrics
+            .series
+            .set(i64::try_from(inner.series).unwrap_or(i64::MAX));
         out
     }
 
@@ -305,12 +531,6 @@ impl LoadStore {
         s.sort();
         s.dedup();
         s
-    }
-}
-
-fn prune(series: &mut Series, oldest: u64) {
-    while series.slots.front().is_some_and(|(sec, _)| *sec < oldest) {
-        series.slots.pop_front();
     }
 }
 
@@ -393,40 +613,157 @@ mod tests {
         assert!(store.lock().nodes.is_empty());
     }
 
+    fn interval(mut stats: ClusterStats, seconds: i64, nanos: i32) -> ClusterStats {
+        stats.load_report_interval =
+            Some(envoy_types::pb::google::protobuf::Duration { seconds, nanos });
+        stats
+    }
+
+    fn known(store: &LoadStore, n: usize) {
+        store.set_versions((0..n).map(|i| (format!("c{i}"), format!("c{i}"), "-".to_owned())));
+    }
+
     #[test]
     fn hostile_reports_are_bounded() {
         let store = LoadStore::new(Duration::from_secs(60));
+        known(&store, 10);
         let t0 = store.start;
+        // A huge list: only the mesh's clusters are kept, only the first
+        // MAX_CLUSTERS_PER_REPORT entries are looked at.
         let many: Vec<ClusterStats> = (0..MAX_CLUSTERS_PER_REPORT + 5)
-            .map(|i| {
-                report(
-                    &format!("c{i}"),
-                    u64::MAX,
-                    u64::MAX,
-                    Some(("legate.latency_ms.le_inf", u64::MAX)),
-                )
-            })
+            .map(|i| report(&format!("c{i}"), 1, 0, None))
             .collect();
         store.record_at("n", &many, t0);
-        store.record_at("n", &many[..2], t0);
-        assert_eq!(store.lock().nodes["n"].len(), MAX_CLUSTERS_PER_NODE);
-        assert_eq!(store.clusters_ignored(), 5);
-        // Reports faster than once a second share a slot.
-        for _ in 0..1000 {
-            store.record_at("n", &many[..1], t0);
-        }
-        assert_eq!(store.lock().nodes["n"]["c0"].slots.len(), 1);
-        let c0 = &store.clusters_at(Duration::from_secs(60), t0)["c0"].0;
-        assert_eq!(c0.issued, u64::MAX);
-        // Nonsense metric values are ignored.
-        let mut bad = report("x", 1, 0, None);
-        bad.upstream_locality_stats[0]
+        assert_eq!(store.series(), 10);
+        assert_eq!(store.ignored(Ignored::TooManyClusters), 5);
+        assert_eq!(
+            store.ignored(Ignored::UnknownCluster),
+            (MAX_CLUSTERS_PER_REPORT - 10) as u64
+        );
+        // Absurd counts are refused whole, whatever interval they claim to cover.
+        let absurd = [
+            report("c0", u64::MAX, 0, None),
+            report("c0", 0, 0, Some(("legate.latency_ms.le_inf", u64::MAX))),
+            interval(report("c0", u64::MAX / 2, 0, None), i64::MAX / 2, 0),
+        ];
+        let mut nan = report("c1", 1, 0, None);
+        nan.upstream_locality_stats[0]
             .load_metric_stats
             .push(EndpointLoadMetricStats {
                 metric_name: LATENCY_SUM_METRIC.to_owned(),
                 num_requests_finished_with_metric: 1,
                 total_metric_value: f64::NAN,
             });
-        assert_eq!(Load::from_report(&bad).latency_sum_ms, 0.0);
+        let mut slow = report("c1", 1, 0, None);
+        slow.upstream_locality_stats[0]
+            .load_metric_stats
+            .push(EndpointLoadMetricStats {
+                metric_name: LATENCY_SUM_METRIC.to_owned(),
+                num_requests_finished_with_metric: 1,
+                total_metric_value: 1e300,
+            });
+        let mut busy = report("c1", 1, 0, None);
+        busy.upstream_locality_stats[0].total_requests_in_progress = u64::MAX;
+        store.record_at("n", &absurd, t0);
+        store.record_at("n", &[nan, slow, busy], t0);
+        assert_eq!(store.ignored(Ignored::Implausible), 6);
+        let c0 = &store.clusters_at(Duration::from_secs(60), t0)["c0"];
+        assert_eq!(c0.0.issued, 1, "{c0:?}");
+        // Reports faster than once a second share an entry; a series keeps a bounded number.
+        for _ in 0..1000 {
+            store.record_at("n", &many[..1], t0);
+        }
+        assert_eq!(store.lock().nodes["n"]["c0"].entries.len(), 1);
+        for s in 1..1000 {
+            store.record_at("n", &many[..1], t0 + Duration::from_secs(s));
+        }
+        let c0 = &store.clusters_at(Duration::from_secs(60), t0 + Duration::from_secs(999));
+        assert_eq!(c0["c0"].0.issued, 60, "{c0:?}");
+        // With a window longer than a series' entries, the oldest are merged: totals stay.
+        let hour = LoadStore::new(Duration::from_secs(3600));
+        known(&hour, 1);
+        for s in 0..1000 {
+            hour.record_at("n", &many[..1], hour.start + Duration::from_secs(s));
+        }
+        assert_eq!(
+            hour.lock().nodes["n"]["c0"].entries.len(),
+            MAX_ENTRIES_PER_SERIES
+        );
+        let end = hour.start + Duration::from_secs(999);
+        assert_eq!(
+            hour.clusters_at(Duration::from_secs(3600), end)["c0"]
+                .0
+                .issued,
+            1000
+        );
+        assert_eq!(
+            hour.clusters_at(Duration::from_secs(10), end)["c0"]
+                .0
+                .issued,
+            10
+        );
+    }
+
+    #[test]
+    fn series_are_bounded_across_nodes() {
+        let store = LoadStore::new(Duration::from_secs(60));
+        known(&store, 10);
+        let t0 = store.start;
+        let all: Vec<ClusterStats> = (0..10)
+            .map(|i| report(&format!("c{i}"), 1, 0, None))
+            .collect();
+        let nodes = MAX_SERIES / 10 + 1;
+        for n in 0..nodes {
+            store.record_at(&format!("node-{n}"), &all, t0);
+        }
+        assert_eq!(store.series(), MAX_SERIES);
+        assert_eq!(store.ignored(Ignored::SeriesLimit), 10);
+        // A node that has its series keeps reporting; past the window they are freed.
+        store.record_at("node-0", &all, t0 + Duration::from_secs(1));
+        assert_eq!(store.ignored(Ignored::SeriesLimit), 10);
+        let later = t0 + Duration::from_secs(120);
+        assert!(store.clusters_at(Duration::from_secs(60), later).is_empty());
+        assert_eq!(store.series(), 0);
+        store.record_at(&format!("node-{}", nodes - 1), &all, later);
+        assert_eq!(store.series(), 10);
+    }
+
+    #[test]
+    fn a_report_after_an_outage_is_spread_over_the_time_it_covers() {
+        let store = LoadStore::new(Duration::from_secs(60));
+        known(&store, 2);
+        let t0 = store.start;
+        let at = t0 + Duration::from_secs(100);
+        // 100 requests over the last 50 s, then 3,600 over the last hour.
+        store.record_at("n", &[interval(report("c0", 100, 0, None), 50, 0)], at);
+        store.record_at("n", &[interval(report("c1", 3600, 0, None), 3600, 0)], at);
+        let ten = store.clusters_at(Duration::from_secs(10), at);
+        assert_eq!(ten["c0"].0.issued, 20, "{ten:?}");
+        assert_eq!(ten["c1"].0.issued, 10, "{ten:?}");
+        let minute = store.clusters_at(Duration::from_secs(60), at);
+        assert_eq!(minute["c0"].0.issued, 100, "{minute:?}");
+        assert_eq!(minute["c1"].0.issued, 60, "{minute:?}");
+        // The per-version view has the same rate over any window.
+        store.set_versions([("c0".to_owned(), "s".to_owned(), "v1".to_owned())]);
+        for w in [10, 25, 50] {
+            let v = &store
+                .service_window_at("s", Duration::from_secs(w), at)
+                .versions[0];
+            assert!((v.requests_per_second - 2.0).abs() < 1e-9, "{w}s: {v:?}");
+        }
+        // Sub-second and missing intervals are the second the report arrived in.
+        assert_eq!(covered_seconds(&report("c0", 1, 0, None)), 1);
+        assert_eq!(
+            covered_seconds(&interval(report("c0", 1, 0, None), 0, 1)),
+            1
+        );
+        assert_eq!(
+            covered_seconds(&interval(report("c0", 1, 0, None), -9, -1)),
+            1
+        );
+        assert_eq!(
+            covered_seconds(&interval(report("c0", 1, 0, None), 4, 600_000_000)),
+            5
+        );
     }
 }

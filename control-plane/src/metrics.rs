@@ -14,6 +14,8 @@
 //! | `legate_cp_admin_refusals_total` | counter | `reason` | the admin API's authorization point and TLS handshakes |
 //! | `legate_cp_mesh_reloads_total` | counter | `outcome` | a settled version of the mesh files: applied, unchanged or refused |
 //! | `legate_cp_lrs_reports_total` | counter | none | [`CpMetrics::lrs_report_received`] |
+//! | `legate_cp_lrs_series` | gauge | none | [`crate::load_report::LoadStore`]: (node, cluster) series held |
+//! | `legate_cp_lrs_ignored_total` | counter | `reason` | [`crate::load_report::LoadStore`]: report entries left out |
 //!
 //! **Bounded labels.** Node ids are not labels: a fleet's node ids (pod names) grow without
 //! bound over time. Streams and NACKs are labelled with the node's *cluster* instead, and
@@ -107,6 +109,7 @@ pub struct CpMetrics {
     admin_refusals: Arc<Family<Counter>>,
     mesh_reloads: Arc<Family<Counter>>,
     lrs_reports: Arc<Counter>,
+    lrs_load: crate::load_report::LoadMetrics,
     /// Node clusters given a label value of their own, at most [`MAX_NODE_CLUSTER_LABELS`].
     node_clusters: Mutex<BTreeSet<String>>,
 }
@@ -208,6 +211,23 @@ impl CpMetrics {
                 &[],
             )
             .get_or_create(&[]);
+        let lrs_series = registry
+            .family::<Gauge>(
+                "legate_cp_lrs_series",
+                "Load report series (node, cluster) legate-cp holds.",
+                &[],
+            )
+            .get_or_create(&[]);
+        let lrs_ignored = registry.family::<Counter>(
+            "legate_cp_lrs_ignored_total",
+            "Cluster entries of load reports left out, by reason.",
+            &["reason"],
+        );
+        let lrs_load = crate::load_report::LoadMetrics {
+            series: lrs_series,
+            ignored: crate::load_report::Ignored::ALL
+                .map(|reason| lrs_ignored.get_or_create(&[reason.as_str()])),
+        };
         CpMetrics {
             registry,
             streams,
@@ -219,6 +239,7 @@ impl CpMetrics {
             admin_refusals,
             mesh_reloads,
             lrs_reports,
+            lrs_load,
             node_clusters: Mutex::new(BTreeSet::new()),
         }
     }
@@ -305,6 +326,11 @@ impl CpMetrics {
     /// (what `GET /v1/load` and `GetLoad` show as `reports_received`).
     pub fn lrs_reports_received(&self) -> u64 {
         self.lrs_reports.get()
+    }
+
+    /// Where the load store counts its series and what it leaves out.
+    pub fn load_metrics(&self) -> crate::load_report::LoadMetrics {
+        self.lrs_load.clone()
     }
 }
 

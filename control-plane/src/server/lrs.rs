@@ -2,7 +2,8 @@
 //! limit, shutdown and node identity rules as xDS.
 //!
 //! The first request names the node (checked against the connection's certificate when
-//! client certificates are required); legate-cp answers once, asking for all clusters
+//! client certificates are required), within two reporting intervals of the stream opening
+//! (`DEADLINE_EXCEEDED` otherwise); legate-cp answers once, asking for all clusters
 //! (`send_all_clusters`) every `--lrs-interval`, and then only reads: every later request's
 //! cluster stats go to the [`LoadStore`](crate::load_report::LoadStore). A later request
 //! naming another node ends the stream, as on xDS.
@@ -69,6 +70,15 @@ impl LoadReportingService for XdsServer {
     }
 }
 
+/// How long a new stream may take to send its first request (its node): two reporting
+/// intervals, and at least [`MIN_FIRST_REQUEST_TIMEOUT`].
+fn first_request_timeout(interval: std::time::Duration) -> std::time::Duration {
+    interval.saturating_mul(2).max(MIN_FIRST_REQUEST_TIMEOUT)
+}
+
+/// The shortest wait for a stream's first request.
+const MIN_FIRST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 struct Stream<'a> {
     shared: &'a Shared,
     store: &'a crate::load_report::LoadStore,
@@ -87,7 +97,10 @@ impl Stream<'_> {
                 }
                 Ok(None) => None,
                 Err(status) => {
+                    // A message past --xds-max-request-size, or one that does not decode:
+                    // the client is told why.
                     tracing::debug!(%status, "load report stream failed");
+                    let _ = self.tx.try_send(Err(status));
                     None
                 }
             },
@@ -100,7 +113,20 @@ impl Stream<'_> {
     }
 
     async fn run(&self, peer: &XdsPeer, requests: &mut Streaming<LoadStatsRequest>) {
-        let Some(first) = self.next(requests).await else {
+        // Proxies name their node as soon as the stream opens; a stream that says nothing
+        // would hold one of the `--xds-max-streams` permits for ever.
+        let wait = first_request_timeout(self.interval);
+        let Ok(first) = tokio::time::timeout(wait, self.next(requests)).await else {
+            let _ = self
+                .tx
+                .send(Err(Status::deadline_exceeded(format!(
+                    "the first load report must name its node within {}s",
+                    wait.as_secs()
+                ))))
+                .await;
+            return;
+        };
+        let Some(first) = first else {
             return;
         };
         let node = first.node.clone().unwrap_or_default();
