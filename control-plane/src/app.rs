@@ -1243,14 +1243,18 @@ impl Owner {
                 "serving no listeners and no services: every proxy is sent an empty configuration"
             );
         }
+        // A service with `endpoints` and no versions is one cluster named after it: its
+        // version shows as `-`.
         self.load.set_versions(mesh.services.iter().flat_map(|svc| {
-            svc.versions.iter().map(|v| {
-                (
-                    svc.version_cluster(&v.name),
-                    svc.name.clone(),
-                    v.name.clone(),
-                )
-            })
+            let names: Vec<String> = if svc.versions.is_empty() {
+                vec![crate::load_report::NO_VERSION.to_owned()]
+            } else {
+                svc.versions.iter().map(|v| v.name.clone()).collect()
+            };
+            svc.cluster_names()
+                .into_iter()
+                .zip(names)
+                .map(|(cluster, version)| (cluster, svc.name.clone(), version))
         }));
         self.cache.update(|s| {
             // Node clusters a rule named before and no longer does fall back to the default.

@@ -209,3 +209,63 @@ async fn load_sent_before_the_server_answers_is_reported() {
     assert_eq!(v["errored"].as_u64(), Some(ERRORS), "{l}");
     assert_eq!(v["nodes_reporting"].as_u64(), Some(1), "{l}");
 }
+
+/// A service with `endpoints` and no `versions` is one cluster named after it: its load is
+/// shown per service with version `-`, in `GET /v1/load` and `legatectl top`.
+#[tokio::test]
+async fn services_without_versions_are_shown_with_version_dash() {
+    let up = Upstream::start("ledger", "v1", Protocol::Auto).await;
+    let dir = TempDir::new("lrs-endpoints");
+    let config = dir.write(
+        "mesh.yaml",
+        &format!(
+            r#"
+proxy:
+  listener: {{name: outbound, address: 127.0.0.1:0, protocol: auto}}
+services:
+  - name: ledger
+    endpoints: [{{address: {}}}]
+    route: {{prefix: /ledger/, rewrite: /, timeout: 5s}}
+"#,
+            up.addr()
+        ),
+    );
+    let cp = Cp::start_with(&config, &dir.path().join("data"), &["--lrs-interval", "1s"]).await;
+    let legate =
+        Legate::start_xds(&XdsFlags::new(&cp.url(), Mode::Sotw).node("proxy-1", "web")).await;
+    let url = legate.url("outbound", "/ledger/entries").await;
+    let http = HttpClient::http1();
+    for _ in 0..7 {
+        http.get(&url).await.assert_status(200);
+    }
+    let l = eventually(Duration::from_secs(15), "ledger load", || async {
+        let l = cp
+            .get_json("/v1/load")
+            .await
+            .unwrap_or_else(|e| panic!("GET /v1/load: {e}"));
+        if l["services"][0]["versions"][0]["issued"].as_u64() == Some(7) {
+            Ok(l)
+        } else {
+            Err(l.to_string())
+        }
+    })
+    .await;
+    let s = &l["services"][0];
+    assert_eq!(s["service"], "ledger", "{l}");
+    assert_eq!(s["versions"].as_array().map(Vec::len), Some(1), "{l}");
+    assert_eq!(s["versions"][0]["version"], "-", "{l}");
+    assert_eq!(s["versions"][0]["cluster"], "ledger", "{l}");
+    assert_eq!(s["versions"][0]["succeeded"].as_u64(), Some(7), "{l}");
+    assert_eq!(s["versions"][0]["nodes_reporting"].as_u64(), Some(1), "{l}");
+
+    let (ok, out, err) = cp.ctl(&["top", "ledger"]);
+    assert!(ok, "legatectl top: {err}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("ledger"))
+        .unwrap_or_else(|| panic!("no ledger row in:\n{out}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1], "-", "{out}");
+    assert_eq!(cells[3], "0.0", "{out}");
+    assert_eq!(cells[6], "1", "{out}");
+}

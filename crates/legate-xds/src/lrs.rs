@@ -16,7 +16,9 @@
 //! its answers within the xDS client's message size. The stream dials the same servers, with
 //! the same TLS and node, as the xDS client (`client::dial`), and reconnects with
 //! the same back-off. `report_endpoint_granularity` is accepted and not honoured: load is
-//! reported per cluster, as one locality (the cluster's), without per-endpoint stats.
+//! counted per cluster on the request path, so it is reported as one locality (the
+//! cluster's) without per-endpoint stats, which in Envoy's scheme only break the locality's
+//! counts down (docs/load-reports.md says why).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
