@@ -921,3 +921,173 @@ xds:
         .unwrap_or_else(|| panic!("proxy-9 missing: {status}"));
     assert_eq!(n["identity"], "spiffe://legate.local/node/proxy-9", "{n}");
 }
+
+/// Opens a load report (LRS) stream whose first request names `first`; once answered, sends
+/// a report for `cluster` (three requests) naming `later` as its node. Returns the status the
+/// stream ends with, or `Ok` when the report was taken and the stream stays open.
+async fn lrs_as(
+    channel: Channel,
+    first: Node,
+    later: Option<Node>,
+    cluster: &str,
+) -> Result<(), tonic::Status> {
+    use envoy_types::pb::envoy::config::endpoint::v3::{ClusterStats, UpstreamLocalityStats};
+    use envoy_types::pb::envoy::service::load_stats::v3::LoadStatsRequest;
+    use envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_client::LoadReportingServiceClient;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(LoadStatsRequest {
+        node: Some(first),
+        cluster_stats: Vec::new(),
+    })
+    .await
+    .expect("queue a request");
+    let mut responses = LoadReportingServiceClient::new(channel)
+        .stream_load_stats(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    tokio::time::timeout(PATIENCE, responses.message())
+        .await
+        .expect("an answer in time")?
+        .expect("settings before the end of the stream");
+    tx.send(LoadStatsRequest {
+        node: later,
+        cluster_stats: vec![ClusterStats {
+            cluster_name: cluster.to_owned(),
+            upstream_locality_stats: vec![UpstreamLocalityStats {
+                total_issued_requests: 3,
+                total_successful_requests: 3,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    })
+    .await
+    .expect("queue a report");
+    // legate-cp answers an LRS stream once; the next thing on it is its end, if any.
+    match tokio::time::timeout(Duration::from_secs(3), responses.message()).await {
+        Err(_) | Ok(Ok(None)) => Ok(()),
+        Ok(Ok(Some(m))) => panic!("a second answer: {m:?}"),
+        Ok(Err(status)) => Err(status),
+    }
+}
+
+async fn payments_load(cp: &Cp) -> serde_json::Value {
+    let l = cp
+        .get_json("/v1/load?service=payments")
+        .await
+        .unwrap_or_else(|e| panic!("GET /v1/load: {e}"));
+    l["services"][0]["versions"][0].clone()
+}
+
+/// The load report stream (LRS) obeys the same node identity as xDS: a certificate for node A
+/// opening it as node B, or switching to node B within it, is refused with PermissionDenied
+/// (listed by legatectl status); as node A its reports are taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lrs_stream_claiming_another_node_is_refused() {
+    let s = Setup::start_with("lrs-mtls-steal", &["--lrs-interval", "1s"]).await;
+    let node_a = s.pki.node("node-a", "node-a");
+    let channel = || async {
+        tls_channel(&s.cp, &s.pki.ca_path(), Some(&node_a))
+            .await
+            .expect("TLS channel")
+    };
+
+    let status = lrs_as(channel().await, node("node-b", "web"), None, "payments")
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "xds stream refused: identity 'spiffe://legate.local/node/node-a' may claim node id \
+         'node-a' only, not 'node-b'"
+    );
+    let status = lrs_as(
+        channel().await,
+        node("node-a", "web"),
+        Some(node("node-b", "web")),
+        "payments",
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "xds stream refused: the node changed within the stream, from 'node-a/web' to 'node-b/web'"
+    );
+    // Neither refused stream's report was kept.
+    assert_eq!(payments_load(&s.cp).await["issued"].as_u64(), Some(0));
+    let refused = s.cp.status_json()["refused"].clone();
+    assert!(
+        refused
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["node_id"] == "node-b" && r["reason"] == "node-id"),
+        "{refused}"
+    );
+
+    // As itself, node A reports (its later requests may repeat its node or leave it out).
+    lrs_as(
+        channel().await,
+        node("node-a", "web"),
+        Some(node("node-a", "web")),
+        "payments",
+    )
+    .await
+    .expect("node-a reports");
+    let v = payments_load(&s.cp).await;
+    assert_eq!(v["issued"].as_u64(), Some(3), "{v}");
+    assert_eq!(v["nodes_reporting"].as_u64(), Some(1), "{v}");
+}
+
+/// legate's load reports go over the xDS channel's TLS, with its client certificate and
+/// node: legate-cp (client certificates required) takes them as that identity, and a legate
+/// whose certificate may not speak for its node is refused on LRS as on xDS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legate_reports_load_over_mtls_with_its_xds_identity() {
+    let s = Setup::start_with("lrs-mtls", &["--lrs-interval", "1s"]).await;
+    let proxy1 = s.pki.node("proxy-1", "proxy-1");
+    let legate = Legate::start_xds(&s.legate(Mode::Sotw, "proxy-1", "web", Some(&proxy1))).await;
+    let url = legate.url("outbound", "/payments/charge").await;
+    let http = HttpClient::http1();
+    for _ in 0..5 {
+        http.get(&url).await.assert_status(200);
+    }
+    let v = eventually(PATIENCE, "legate's load at legate-cp", || async {
+        let v = payments_load(&s.cp).await;
+        if v["issued"].as_u64() == Some(5) {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    assert_eq!(v["nodes_reporting"].as_u64(), Some(1), "{v}");
+    let log = s.cp.log();
+    assert!(
+        log.lines().any(|l| l.contains("load report stream opened")
+            && l.contains("proxy-1")
+            && l.contains("spiffe://legate.local/node/proxy-1")),
+        "{log}"
+    );
+
+    // proxy-1's certificate does not let another node report.
+    let thief = Legate::spawn_xds(&s.legate(Mode::Sotw, "proxy-2", "web", Some(&proxy1))).await;
+    eventually(PATIENCE, "legate's load report stream refused", || async {
+        let out = thief.output();
+        let refused = out.lines().any(|l| {
+            l.contains("load report stream failed")
+                && l.contains("may claim node id 'proxy-1' only, not 'proxy-2'")
+        });
+        if refused { Ok(()) } else { Err(out) }
+    })
+    .await;
+    assert!(
+        !s.cp
+            .log()
+            .lines()
+            .any(|l| l.contains("load report stream opened") && l.contains("proxy-2")),
+        "{}",
+        s.cp.log()
+    );
+}

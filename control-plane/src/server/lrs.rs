@@ -130,11 +130,13 @@ impl Stream<'_> {
             return;
         };
         let node = first.node.clone().unwrap_or_default();
-        if let Some(auth) = &self.shared.node_auth
-            && let Err(refusal) = auth.check(peer.certificate.as_deref(), first.node.as_ref())
-        {
-            return refuse(self.shared, peer, &node, &refusal, self.tx).await;
-        }
+        let identity = match &self.shared.node_auth {
+            Some(auth) => match auth.check(peer.certificate.as_deref(), first.node.as_ref()) {
+                Ok(identity) => Some(identity),
+                Err(refusal) => return refuse(self.shared, peer, &node, &refusal, self.tx).await,
+            },
+            None => None,
+        };
         if node.id.is_empty() {
             let _ = self
                 .tx
@@ -154,7 +156,12 @@ impl Stream<'_> {
                 .await;
             return;
         }
-        tracing::info!(node.id = %node.id, node.cluster = %node.cluster, "load report stream opened");
+        tracing::info!(
+            node.id = %node.id,
+            node.cluster = %node.cluster,
+            identity = identity.as_deref().unwrap_or("-"),
+            "load report stream opened"
+        );
         let settings = LoadStatsResponse {
             clusters: Vec::new(),
             send_all_clusters: true,
