@@ -246,10 +246,11 @@ struct Entry {
 }
 
 impl Entry {
-    /// The share of this entry's load in seconds `from..=to` (`None`: no overlap).
-    fn within(&self, from: u64, to: u64) -> Option<Load> {
+    /// The share of this entry's load in seconds `from..=to` (`None`: no overlap); `from`
+    /// is before the store's start when the window reaches back further.
+    fn within(&self, from: i128, to: u64) -> Option<Load> {
         let first = i128::from(self.to) - i128::from(self.len) + 1;
-        let lo = first.max(i128::from(from));
+        let lo = first.max(from);
         let hi = i128::from(self.to.min(to));
         if hi < lo {
             return None;
@@ -439,8 +440,9 @@ impl LoadStore {
         let now = self.second(at);
         let keep = self.window.as_secs();
         let span = window.min(self.window).as_secs().max(1);
-        // The window is the `span` seconds ending with the current one.
-        let from = now.saturating_add(1).saturating_sub(span);
+        // The window is the `span` seconds ending with the current one, some of which may be
+        // before the store started (an entry can cover them).
+        let from = i128::from(now) + 1 - i128::from(span);
         let mut guard = self.lock();
         let inner = &mut *guard;
         let mut removed = 0usize;
@@ -751,6 +753,23 @@ mod tests {
                 .versions[0];
             assert!((v.requests_per_second - 2.0).abs() < 1e-9, "{w}s: {v:?}");
         }
+        // Just after legate-cp started, a window still reaches back its whole length.
+        let fresh = LoadStore::new(Duration::from_secs(60));
+        known(&fresh, 1);
+        let one = fresh.start + Duration::from_secs(1);
+        fresh.record_at("n", &[interval(report("c0", 100, 0, None), 20, 0)], one);
+        assert_eq!(
+            fresh.clusters_at(Duration::from_secs(60), one)["c0"]
+                .0
+                .issued,
+            100
+        );
+        assert_eq!(
+            fresh.clusters_at(Duration::from_secs(10), one)["c0"]
+                .0
+                .issued,
+            50
+        );
         // Sub-second and missing intervals are the second the report arrived in.
         assert_eq!(covered_seconds(&report("c0", 1, 0, None)), 1);
         assert_eq!(

@@ -127,7 +127,7 @@ async fn run(options: XdsOptions, servers: Vec<String>, source: Arc<dyn LoadSour
     // Kept across streams and servers: what was not reported yet (no server was reachable,
     // or the server's answer came after the traffic) goes in the next stream's first report,
     // with its longer measured interval, instead of being dropped.
-    let mut reporter = Reporter::default();
+    let mut reporter = Reporter::new();
     loop {
         let url = &servers[idx % servers.len()];
         let mut answered = false;
@@ -213,22 +213,42 @@ fn send(tx: &mpsc::Sender<LoadStatsRequest>, req: LoadStatsRequest) -> Result<()
 }
 
 /// The previous reading of every cluster, and when it was taken.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Reporter {
     last: HashMap<Arc<str>, (LoadCounts, Instant)>,
+    /// When the previous reading was taken, or the reporter made: a cluster first seen now
+    /// was created since then.
+    previous: Instant,
+}
+
+impl Default for Reporter {
+    fn default() -> Self {
+        Reporter::new()
+    }
 }
 
 impl Reporter {
-    /// The wanted clusters' load since the previous reading (a cluster first seen counts from
-    /// zero: it is new), leaving out clusters with nothing to say (the report itself is sent
-    /// every interval, empty or not, as Envoy does). Clusters that are gone are
-    /// forgotten.
+    /// A reporter counting from now (the proxy's start: no cluster has load before it).
+    pub fn new() -> Reporter {
+        Reporter {
+            last: HashMap::new(),
+            previous: Instant::now(),
+        }
+    }
+
+    /// The wanted clusters' load since the previous reading, leaving out clusters with
+    /// nothing to say (the report itself is sent every interval, empty or not, as Envoy
+    /// does). A cluster first seen counts from zero (it is new) and covers the time since the
+    /// previous reading, or since the reporter was made: its load may be from any moment of
+    /// that time, for example from before a server could be reached, and the server spreads
+    /// it over that interval. Clusters that are gone are forgotten.
     pub fn report(
         &mut self,
         readings: Vec<(Arc<str>, LoadCounts)>,
         settings: &Settings,
     ) -> Vec<ClusterStats> {
         let now = Instant::now();
+        let previous = std::mem::replace(&mut self.previous, now);
         let mut out = Vec::new();
         let mut next = HashMap::with_capacity(readings.len());
         for (name, counts) in readings {
@@ -236,7 +256,7 @@ impl Reporter {
                 .last
                 .get(&name)
                 .copied()
-                .unwrap_or((LoadCounts::default(), now));
+                .unwrap_or((LoadCounts::default(), previous));
             if settings.wants(&name) {
                 let delta = counts.since(&earlier);
                 if delta != LoadCounts::default() {
@@ -341,13 +361,51 @@ mod tests {
         assert_eq!(names.len(), MAX_CLUSTERS);
     }
 
+    fn covered(stats: &ClusterStats) -> Duration {
+        let d = stats.load_report_interval.expect("an interval");
+        Duration::new(
+            u64::try_from(d.seconds).expect("seconds"),
+            u32::try_from(d.nanos).expect("nanos"),
+        )
+    }
+
+    /// Load sent while no server could be reached (ten minutes from the start) is reported
+    /// as covering those ten minutes, so the server spreads it over them; a cluster that
+    /// appears later covers the time since the previous reading.
+    #[tokio::test(start_paused = true)]
+    async fn a_cluster_first_seen_covers_the_time_since_the_previous_reading() {
+        let settings = Settings {
+            clusters: Wanted::All,
+            interval: MIN_INTERVAL,
+        };
+        let counts = |issued| LoadCounts {
+            issued,
+            succeeded: issued,
+            ..LoadCounts::default()
+        };
+        let mut r = Reporter::new();
+        tokio::time::advance(Duration::from_secs(600)).await;
+        let first = r.report(vec![("a".into(), counts(50))], &settings);
+        assert_eq!(covered(&first[0]), Duration::from_secs(600));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let next = r.report(
+            vec![("a".into(), counts(60)), ("b".into(), counts(1))],
+            &settings,
+        );
+        assert_eq!(next.len(), 2);
+        assert!(
+            next.iter().all(|c| covered(c) == Duration::from_secs(5)),
+            "{next:?}"
+        );
+    }
+
     #[test]
     fn reports_carry_differences_of_wanted_clusters() {
         let settings = Settings {
             clusters: Wanted::Named(["a".to_owned()].into()),
             interval: MIN_INTERVAL,
         };
-        let mut r = Reporter::default();
+        let mut r = Reporter::new();
         let counts = |issued| LoadCounts {
             issued,
             succeeded: issued,
