@@ -98,7 +98,7 @@ struct Args {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     lrs_interval: Duration,
     /// How much reported load is kept per node and cluster, for `GET /v1/load` and
-    /// `legatectl top` (memory grows with nodes × clusters × this, in seconds).
+    /// `legatectl top` (at most 50,000 node and cluster series of 64 reports each).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     lrs_window: Duration,
     /// Where admin changes (overlay.yaml) and the generated admin.token are kept; created
