@@ -176,24 +176,29 @@ impl Load {
                 }
             }
         }
+        let plausible = load.plausible(seconds) && in_progress <= MAX_REQUESTS_PER_SECOND;
+        plausible.then_some((load, in_progress))
+    }
+
+    /// Whether a proxy could have sent this much to one cluster in `seconds`
+    /// ([`MAX_REQUESTS_PER_SECOND`], [`MAX_LATENCY_MS`], [`MAX_COVERED`]).
+    fn plausible(&self, seconds: u64) -> bool {
         let most = MAX_REQUESTS_PER_SECOND.saturating_mul(seconds);
-        let bucketed = load
+        let bucketed = self
             .latency_buckets
             .iter()
             .fold(0u64, |a, b| a.saturating_add(*b));
         let counts = [
-            load.issued,
-            load.succeeded,
-            load.errored,
-            load.dropped,
-            load.latency_count,
+            self.issued,
+            self.succeeded,
+            self.errored,
+            self.dropped,
+            self.latency_count,
             bucketed,
         ];
-        let plausible = seconds <= MAX_COVERED.as_secs()
+        seconds <= MAX_COVERED.as_secs()
             && counts.iter().all(|&n| n <= most)
-            && in_progress <= MAX_REQUESTS_PER_SECOND
-            && load.latency_sum_ms <= load.latency_count as f64 * MAX_LATENCY_MS;
-        plausible.then_some((load, in_progress))
+            && self.latency_sum_ms <= self.latency_count as f64 * MAX_LATENCY_MS
     }
 }
 
@@ -272,11 +277,20 @@ struct Series {
 }
 
 impl Series {
-    fn push(&mut self, entry: Entry) {
+    /// Adds `entry`, merged into the last one when it arrived in the same second; `false`
+    /// (and nothing changes) when the merged entry would not be plausible: many entries for
+    /// one cluster in one report or one second are held to the bound of one.
+    fn push(&mut self, entry: Entry) -> bool {
         match self.entries.back_mut() {
             Some(last) if last.to == entry.to => {
-                last.load.add(&entry.load);
-                last.len = last.len.max(entry.len);
+                let mut merged = last.load.clone();
+                merged.add(&entry.load);
+                let len = last.len.max(entry.len);
+                if !merged.plausible(len) {
+                    return false;
+                }
+                last.load = merged;
+                last.len = len;
             }
             _ => self.entries.push_back(entry),
         }
@@ -295,6 +309,7 @@ impl Series {
                 load,
             });
         }
+        true
     }
 
     /// Drops entries that end before second `oldest`; `true` when nothing is left.
@@ -415,8 +430,11 @@ impl LoadStore {
                     clusters.entry(s.cluster_name.clone()).or_default()
                 }
             };
+            if !series.push(Entry { to: now, len, load }) {
+                ignored[Ignored::Implausible.index()] += 1;
+                continue;
+            }
             series.in_progress = in_progress;
-            series.push(Entry { to: now, len, load });
             series.prune(oldest);
         }
         if inner.nodes.get(node).is_some_and(HashMap::is_empty) {
@@ -669,6 +687,13 @@ mod tests {
         store.record_at("n", &absurd, t0);
         store.record_at("n", &[nan, slow, busy], t0);
         assert_eq!(store.ignored(Ignored::Implausible), 6);
+        // Many entries for one cluster in a second are held to the bound of one.
+        let full = report("c2", MAX_REQUESTS_PER_SECOND / 2, 0, None);
+        store.record_at("n", &vec![full; 10], t0);
+        // (c2 already had 1 in that second: one more half fits, the other nine do not.)
+        assert_eq!(store.ignored(Ignored::Implausible), 6 + 9);
+        let c2 = &store.clusters_at(Duration::from_secs(60), t0)["c2"];
+        assert_eq!(c2.0.issued, 1 + MAX_REQUESTS_PER_SECOND / 2, "{c2:?}");
         let c0 = &store.clusters_at(Duration::from_secs(60), t0)["c0"];
         assert_eq!(c0.0.issued, 1, "{c0:?}");
         // Reports faster than once a second share an entry; a series keeps a bounded number.
