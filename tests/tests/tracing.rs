@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use legate_tests::client::HttpClient;
 use legate_tests::config::{self, indent};
+use legate_tests::cp::ControlPlane as Cp;
 use legate_tests::otlp::{OtlpReceiver, ReceivedSpan};
+use legate_tests::peers::{Envoy, EnvoyAds};
 use legate_tests::resilience::{Rig, SVC, retry, route_action};
+use legate_tests::xds_server::Mode;
 use legate_tests::xds_server::mesh_resources;
-use legate_tests::{Legate, Protocol, Upstream, closed_port};
+use legate_tests::{Legate, Protocol, Upstream, XdsFlags, closed_port};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -317,4 +320,171 @@ async fn a_logged_request_is_traced_and_its_line_names_the_trace() {
     .await;
     assert_eq!(lines[0], format!("/logged|{trace_id}"));
     assert_eq!(lines[1], "/unsampled|-");
+}
+
+/// A mesh file for legate-cp: one service `payments` at `endpoint`, traced to `collector`
+/// under `service_name`.
+fn cp_mesh(
+    endpoint: std::net::SocketAddr,
+    collector: std::net::SocketAddr,
+    service_name: &str,
+) -> String {
+    format!(
+        r#"
+proxy:
+  listener: {{name: outbound, address: 127.0.0.1:0, protocol: auto}}
+services:
+  - name: payments
+    endpoints: [{{address: {endpoint}}}]
+    # Kept whole, so the next proxy on the path routes it the same way.
+    route: {{prefix: /payments/, rewrite: /payments/, timeout: 10s}}
+telemetry:
+  tracing: {{collector: "{collector}", service_name: {service_name}}}
+"#
+    )
+}
+
+/// legate-cp serving `mesh` from a file in `dir`.
+async fn control_plane(dir: &legate_tests::process::TempDir, name: &str, mesh: &str) -> Cp {
+    let config = dir.write(&format!("{name}.yaml"), mesh);
+    Cp::start(&config, &dir.path().join(format!("{name}-data"))).await
+}
+
+fn of_service<'a>(spans: &'a [ReceivedSpan], service: &str) -> Vec<&'a ReceivedSpan> {
+    spans.iter().filter(|s| s.service_name == service).collect()
+}
+
+/// The whole path users run: a mesh file with `telemetry.tracing`, compiled and served by
+/// the real legate-cp, applied by legate over ADS; its spans reach the collector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_file_served_by_legate_cp_traces_legate() {
+    let up = Upstream::start("payments", "v1", Protocol::Http1).await;
+    let otlp = OtlpReceiver::start().await.expect("receiver");
+    let dir = legate_tests::process::TempDir::new("trace-cp");
+    let cp = control_plane(&dir, "mesh", &cp_mesh(up.addr(), otlp.addr, "from-cp")).await;
+    let legate =
+        Legate::start_xds(&XdsFlags::new(&cp.url(), Mode::Sotw).node("proxy-1", "web")).await;
+    let url = legate.url("outbound", "/payments/charge").await;
+
+    let r = HttpClient::http1().with_timeout(WAIT).get(&url).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+    let tp = r
+        .echo()
+        .headers
+        .get("traceparent")
+        .cloned()
+        .expect("traceparent upstream");
+    let spans = otlp
+        .wait_for(WAIT, "legate's server and attempt spans", |s| {
+            servers(s).len() == 1 && clients(s).len() == 1
+        })
+        .await;
+    let (server, client) = (servers(&spans)[0], clients(&spans)[0]);
+    assert_eq!(server.service_name, "from-cp");
+    assert_eq!(server.attributes["url.path"], "/payments/charge");
+    assert_eq!(client.parent_span_id, server.span_id);
+    assert_eq!(tp, format!("00-{}-{}-01", client.trace_id, client.span_id));
+}
+
+/// Interop with Envoy 1.40: legate-cp serves Envoy the listener and collector cluster
+/// legate-model compiles from `telemetry.tracing`; Envoy accepts them, its spans reach the
+/// same OTLP receiver under the configured service name, and a request through Envoy, then
+/// legate (each configured by its own legate-cp), is one trace: legate's server span is a
+/// child of Envoy's span for the hop, and the upstream sees that trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_then_legate_continue_one_trace() {
+    const ENVOY_WAIT: Duration = Duration::from_secs(30);
+    let up = Upstream::start("payments", "v1", Protocol::Http1).await;
+    let otlp = OtlpReceiver::start().await.expect("receiver");
+    let dir = legate_tests::process::TempDir::new("trace-envoy");
+
+    let inner = control_plane(
+        &dir,
+        "inner",
+        &cp_mesh(up.addr(), otlp.addr, "legate-inner"),
+    )
+    .await;
+    let legate =
+        Legate::start_xds(&XdsFlags::new(&inner.url(), Mode::Sotw).node("proxy-1", "web")).await;
+    let legate_addr = legate.listener_addr("outbound").await;
+
+    let edge = control_plane(&dir, "edge", &cp_mesh(legate_addr, otlp.addr, "envoy-edge")).await;
+    let envoy = Envoy::start_ads(edge.xds, EnvoyAds::Sotw, "envoy-1", "edge").await;
+    let envoy_addr = envoy.listener("outbound").await;
+    for stat in [
+        "cluster_manager.cds.update_rejected",
+        "listener_manager.lds.update_rejected",
+    ] {
+        assert_eq!(envoy.stat(stat).await, Some(0), "{stat}");
+    }
+
+    // Envoy reports the listener active a moment before its worker accepts on it.
+    let url = format!("http://{envoy_addr}/payments/through");
+    let r = legate_tests::eventually(WAIT, "Envoy accepting", || async {
+        HttpClient::http1()
+            .with_timeout(WAIT)
+            .try_request("GET", &url, &[], legate_tests::client::empty())
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+    let tp = r
+        .echo()
+        .headers
+        .get("traceparent")
+        .cloned()
+        .expect("traceparent upstream");
+
+    // Envoy batches its spans (flushed every 5 s by default).
+    let spans = otlp
+        .wait_for(ENVOY_WAIT, "Envoy's and legate's spans", |s| {
+            of_service(s, "envoy-edge").len() >= 2 && of_service(s, "legate-inner").len() == 2
+        })
+        .await;
+    let envoy_spans = of_service(&spans, "envoy-edge");
+    let legate_spans = of_service(&spans, "legate-inner");
+    let trace_id = &envoy_spans[0].trace_id;
+    for s in spans.iter() {
+        assert_eq!(
+            &s.trace_id, trace_id,
+            "one trace across both proxies: {spans:#?}"
+        );
+    }
+    let root = envoy_spans
+        .iter()
+        .find(|s| s.parent_span_id.is_empty())
+        .unwrap_or_else(|| panic!("Envoy starts the trace: {spans:#?}"));
+    let hop = envoy_spans
+        .iter()
+        .find(|s| s.parent_span_id == root.span_id)
+        .unwrap_or_else(|| panic!("Envoy's upstream span: {spans:#?}"));
+    let server = legate_spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server)
+        .expect("legate's server span");
+    let client = legate_spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Client)
+        .expect("legate's attempt span");
+    // Envoy's OpenTelemetry tracer: a SERVER span for the downstream request (`ingress`)
+    // and, with spawn_upstream_span, a CLIENT span for its upstream request.
+    assert_eq!(root.kind, SpanKind::Server, "{spans:#?}");
+    assert_eq!(hop.kind, SpanKind::Client, "{spans:#?}");
+    assert_eq!(
+        server.parent_span_id, hop.span_id,
+        "legate continues under Envoy's upstream span: {spans:#?}"
+    );
+    // The request id Envoy made is kept by legate.
+    assert_eq!(
+        server.attributes.get("guid:x-request-id"),
+        root.attributes.get("guid:x-request-id"),
+        "{spans:#?}"
+    );
+    assert!(
+        root.attributes.contains_key("guid:x-request-id"),
+        "{spans:#?}"
+    );
+    assert_eq!(client.parent_span_id, server.span_id);
+    assert_eq!(tp, format!("00-{trace_id}-{}-01", client.span_id));
 }
