@@ -488,3 +488,49 @@ async fn envoy_then_legate_continue_one_trace() {
     assert_eq!(client.parent_span_id, server.span_id);
     assert_eq!(tp, format!("00-{trace_id}-{}-01", client.span_id));
 }
+
+/// legate-cp refuses, at start, mesh files whose `telemetry` is wrong, each error placed in
+/// the file that wrote it: a collector that is not `host:port`, the collector's reserved
+/// cluster name taken by a service, and `telemetry` set in two files.
+#[tokio::test]
+async fn legate_cp_refuses_bad_telemetry_with_file_positions() {
+    let dir = legate_tests::process::TempDir::new("trace-cp-refused");
+    let mesh = dir.path().join("mesh");
+    std::fs::create_dir_all(&mesh).expect("mkdir");
+    let write = |name: &str, text: &str| std::fs::write(mesh.join(name), text).expect("write");
+    write(
+        "a.yaml",
+        "services:\n  - name: legate-trace-collector\n    endpoints: [{address: 127.0.0.1:1}]\n",
+    );
+    write(
+        "b.yaml",
+        "telemetry:\n  tracing: {collector: collector:99999}\n",
+    );
+    write(
+        "c.yaml",
+        "\ntelemetry:\n  access_log: {path: /dev/stdout}\n",
+    );
+    let out = match Cp::try_start(&mesh, &dir.path().join("data"), &[]).await {
+        Ok(cp) => panic!("legate-cp started\n{}", cp.log()),
+        Err(out) => out,
+    };
+    let at = |file: &str| mesh.join(file).display().to_string();
+    for expected in [
+        format!(
+            "{}:2:11: services[0].name: service name `legate-trace-collector` is reserved",
+            at("a.yaml")
+        ),
+        format!(
+            "{}:2:24: telemetry.tracing.collector: `collector:99999` does not end with a port \
+             1-65535",
+            at("b.yaml")
+        ),
+        format!(
+            "{}:2:1: telemetry: `telemetry` is set in more than one file (first in {}:1:1)",
+            at("c.yaml"),
+            at("b.yaml")
+        ),
+    ] {
+        assert!(out.contains(&expected), "{expected}\nnot in:\n{out}");
+    }
+}

@@ -11,16 +11,17 @@ use crate::locate::Locator;
 use crate::{ConfigError, Mesh, parse_mesh};
 
 /// A name defined twice among the meshes given to [`Mesh::merge`] (in two parts, or twice in
-/// one), or a second `proxy` section.
+/// one), or a second `proxy` or `telemetry` section (the whole section: tracing in one file
+/// and an access log in another is a conflict too).
 ///
 /// Displays as `{source}: {path}: duplicate cluster name `payments` (first in {first_source}
 /// at {first_path})`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MergeConflict {
-    /// What is defined twice: `listener`, `route config`, `cluster`, `service`, `secret` or
-    /// `proxy`.
+    /// What is defined twice: `listener`, `route config`, `cluster`, `service`, `secret`, or
+    /// one of the sections `proxy` and `telemetry`.
     pub kind: &'static str,
-    /// The name defined twice; empty for `proxy`.
+    /// The name defined twice; empty for a section.
     pub name: String,
     /// The part (file) of the first definition, and its field path there.
     pub first_source: String,
@@ -32,8 +33,12 @@ pub struct MergeConflict {
 
 impl MergeConflict {
     fn message(&self, first: &str) -> String {
-        if self.kind == "proxy" {
-            format!("`proxy` is set in more than one file (first in {first})")
+        if self.name.is_empty() {
+            // A section rather than a named item: `proxy` or `telemetry`.
+            format!(
+                "`{}` is set in more than one file (first in {first})",
+                self.kind
+            )
         } else {
             format!(
                 "duplicate {} name `{}` (first in {first})",
@@ -64,7 +69,7 @@ impl Mesh {
     /// one; lists are concatenated in the order given.
     ///
     /// Every conflict is reported: a listener, route config, cluster, service or secret name
-    /// defined twice (across parts or within one), or `proxy` set in more than one part. Give the
+    /// defined twice (across parts or within one), or `proxy` or `telemetry` set in more than one part. Give the
     /// parts in a stable order (file names sorted) so the merged mesh, and the resources
     /// compiled from it, do not depend on directory listing order. The result still needs
     /// [`Mesh::check`]; [`load_files`] parses, merges and validates with positions.
@@ -225,6 +230,8 @@ struct Merged {
 struct Origins {
     lists: HashMap<&'static str, Vec<(usize, usize)>>,
     proxy: Option<usize>,
+    /// The part that set `telemetry`.
+    telemetry: Option<usize>,
     /// Where the services layer's implicit proxy section is attributed when no part sets
     /// one: the first part with services.
     services: Option<usize>,
@@ -241,6 +248,9 @@ impl Origins {
     fn find(&self, path: &str) -> Option<(usize, String)> {
         if path.starts_with("proxy") {
             return Some((self.proxy.or(self.services).unwrap_or(0), path.to_owned()));
+        }
+        if path.starts_with("telemetry") {
+            return Some((self.telemetry.unwrap_or(0), path.to_owned()));
         }
         let Some((list, rest)) = path.split_once('[') else {
             return Some((0, path.to_owned()));
@@ -359,6 +369,7 @@ fn merge_parts(parts: Vec<(String, Mesh)>) -> Merged {
         origins: Origins {
             lists: origins,
             proxy,
+            telemetry,
             services,
         },
     }
@@ -558,6 +569,29 @@ route_configs:
                  would get traffic",
             ]
         );
+    }
+
+    #[test]
+    fn telemetry_is_one_section_set_in_one_file() {
+        let a = "services:\n  - name: web\n    endpoints: [{address: 127.0.0.1:80}]\n";
+        let tracing = "telemetry:\n  tracing: {collector: '127.0.0.1:4317'}\n";
+        let access_log = "\n\ntelemetry:\n  access_log: {path: /dev/stdout}\n";
+        // Tracing in one file and an access log in another is still two `telemetry`s.
+        assert_eq!(
+            errors(&[("a.yaml", a), ("b.yaml", tracing), ("c.yaml", access_log)]),
+            [
+                "c.yaml:3:1: telemetry: `telemetry` is set in more than one file (first in \
+              b.yaml:1:1)"
+            ]
+        );
+        // A problem inside the section is placed in the file that wrote it.
+        let bad = "\n\ntelemetry:\n  tracing: {collector: nowhere}\n";
+        assert_eq!(
+            errors(&[("a.yaml", a), ("b.yaml", bad)]),
+            ["b.yaml:4:24: telemetry.tracing.collector: `nowhere` is not a host:port address"]
+        );
+        let merged = load_files([("a.yaml", a), ("b.yaml", tracing)]).expect("one telemetry");
+        assert!(merged.telemetry.is_some_and(|t| t.tracing.is_some()));
     }
 
     #[test]

@@ -15,9 +15,9 @@ use policies::ClusterPolicies;
 mod policies;
 mod tls;
 use crate::{
-    ConfigError, DirectResponse, Discovery, Endpoint, Forward, HeaderMatch, HeaderToAdd, Listener,
-    ListenerProtocol, Mesh, Problem, QueryMatch, Redirect, Route, RouteConfig, RouteMatch, Service,
-    VirtualHost,
+    COLLECTOR_CLUSTER, ConfigError, DirectResponse, Discovery, Endpoint, Forward, HeaderMatch,
+    HeaderToAdd, Listener, ListenerProtocol, Mesh, Problem, QueryMatch, Redirect, Route,
+    RouteConfig, RouteMatch, Service, VirtualHost,
 };
 
 /// Envoy's default `max_direct_response_body_size_bytes`.
@@ -128,11 +128,31 @@ impl<'m> Checker<'m> {
             mesh.clusters.iter().map(|c| &c.name[..]),
         );
         for (i, c) in mesh.clusters.iter().enumerate() {
+            if c.name == COLLECTOR_CLUSTER {
+                self.report(format!("clusters[{i}].name"), reserved("cluster"));
+            }
             self.cluster(&format!("clusters[{i}]"), c);
         }
         self.services();
         self.secrets();
         self.proxy(&bound);
+        self.telemetry();
+    }
+
+    /// `telemetry.tracing`: the collector is a `host:port` (it becomes the endpoint of the
+    /// collector's cluster, static for an `ip:port`, re-resolved for a name).
+    fn telemetry(&mut self) {
+        let Some(t) = self
+            .mesh
+            .telemetry
+            .as_ref()
+            .and_then(|t| t.tracing.as_ref())
+        else {
+            return;
+        };
+        if let Err(m) = check_dns_address(&t.collector) {
+            self.report("telemetry.tracing.collector", m);
+        }
     }
 
     /// Names must be non-empty and unique; the duplicate is reported, naming the first.
@@ -729,12 +749,19 @@ impl<'m> Checker<'m> {
                 )
             })
             .collect();
+        clusters
+            .entry(COLLECTOR_CLUSTER.to_owned())
+            .or_insert_with(|| "reserved for the trace collector (`telemetry.tracing`)".to_owned());
         let mut prefixes: HashMap<String, &str> = HashMap::new();
         let mut names = HashSet::new();
         for (i, s) in mesh.services.iter().enumerate() {
             let path = format!("services[{i}]");
             let owned = self.service(&path, s);
             if s.name.is_empty() || !names.insert(&s.name[..]) {
+                continue;
+            }
+            if s.name == COLLECTOR_CLUSTER {
+                self.report(format!("{path}.name"), reserved("service"));
                 continue;
             }
             for (name_path, cluster) in owned {
@@ -1024,6 +1051,14 @@ pub(crate) fn backticked(names: &[&str]) -> String {
 
 /// Service and version names become cluster names, gRPC targets (`xds:///<name>`) and stat
 /// names: a DNS label keeps them valid in all three.
+/// What a cluster or service named [`COLLECTOR_CLUSTER`] is told.
+fn reserved(what: &str) -> String {
+    format!(
+        "{what} name `{COLLECTOR_CLUSTER}` is reserved for the trace collector's cluster \
+         (`telemetry.tracing`)"
+    )
+}
+
 fn check_label(what: &str, name: &str) -> Result<(), String> {
     let valid = name.len() <= 63
         && !name.starts_with('-')
@@ -1160,6 +1195,69 @@ clusters:
     #[test]
     fn good_mesh_passes() {
         assert_eq!(problems(GOOD), Vec::<String>::new());
+    }
+
+    #[test]
+    fn trace_collector_is_host_port_and_its_cluster_name_is_reserved() {
+        let text = |collector: &str| {
+            format!("{GOOD}telemetry:\n  tracing: {{collector: '{collector}'}}\n")
+        };
+        for ok in [
+            "127.0.0.1:4317",
+            "otel-collector.observability:4317",
+            "[::1]:4317",
+        ] {
+            assert_eq!(problems(&text(ok)), Vec::<String>::new(), "{ok}");
+        }
+        for (bad, message) in [
+            ("127.0.0.1", "`127.0.0.1` is not a host:port address"),
+            (
+                "collector:0",
+                "`collector:0` does not end with a port 1-65535",
+            ),
+            (
+                "collector:65536",
+                "`collector:65536` does not end with a port 1-65535",
+            ),
+            ("127.0.0.1:0", "`127.0.0.1:0` has port 0"),
+            ("bad host:4317", "`bad host` is not a valid DNS name"),
+            ("", "`` is not a host:port address"),
+        ] {
+            assert_eq!(
+                problems(&text(bad)),
+                [format!("16:24: telemetry.tracing.collector: {message}")],
+                "{bad}"
+            );
+        }
+
+        // The name is reserved whether or not tracing is on: a cluster, a service, and a
+        // service version whose generated cluster would take it.
+        assert_eq!(
+            problems("clusters:\n  - name: legate-trace-collector\n    endpoints: []\n"),
+            [
+                "2:11: clusters[0].name: cluster name `legate-trace-collector` is reserved for the \
+              trace collector's cluster (`telemetry.tracing`)"
+            ]
+        );
+        let text = "\
+services:
+  - name: legate-trace-collector
+    endpoints: [{address: 127.0.0.1:8081}]
+    route: {prefix: /a/}
+  - name: legate-trace
+    versions:
+      - {name: collector, weight: 1, endpoints: [{address: 127.0.0.1:8082}]}
+    route: {prefix: /b/}
+";
+        assert_eq!(
+            problems(text),
+            [
+                "2:11: services[0].name: service name `legate-trace-collector` is reserved for \
+                 the trace collector's cluster (`telemetry.tracing`)",
+                "7:16: services[1].versions[0].name: cluster name `legate-trace-collector` is \
+                 also reserved for the trace collector (`telemetry.tracing`)",
+            ]
+        );
     }
 
     #[test]
