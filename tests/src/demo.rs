@@ -10,9 +10,10 @@
 //! Every request is answered with a JSON echo ([`Echo`]) unless the query asks otherwise:
 //! `delay=250ms`, `status=503`, `fail=0.5` (random, answers 500), `size=N` (a body of N
 //! bytes), `reset=1` (no answer: HTTP/1.1 drops the connection, HTTP/2 resets the stream),
-//! `hang=1` (never answers), and `reset_after=N` (the head and the first N body bytes, then
+//! `hang=1` (never answers), `reset_after=N` (the head and the first N body bytes, then
 //! the same abort as `reset=1`; the announced length is the full one, so the client sees an
-//! incomplete body). A malformed control answers 400.
+//! incomplete body), and `body_delay=300ms` (the head at once, the body that much later). A
+//! malformed control answers 400.
 //!
 //! # Endpoints
 //!
@@ -974,6 +975,7 @@ struct Controls {
     reset: bool,
     hang: bool,
     reset_after: Option<u64>,
+    body_delay: Option<Duration>,
     fail_after_charge: bool,
     reset_after_charge: bool,
 }
@@ -1019,6 +1021,10 @@ impl Controls {
                             .parse()
                             .map_err(|_| format!("reset_after={value}: not a byte count"))?,
                     );
+                }
+                "body_delay" => {
+                    controls.body_delay =
+                        Some(parse_duration(value).map_err(|error| format!("body_delay={error}"))?);
                 }
                 "reset" => controls.reset = parse_flag(key, value)?,
                 "hang" => controls.hang = parse_flag(key, value)?,
@@ -1299,6 +1305,16 @@ async fn answer(state: &State, req: Request<Incoming>) -> Result<Response<RespBo
         state.resets.fetch_add(1, Ordering::SeqCst);
         response = response.map(|body| ResetAfter::new(body, n).boxed());
     }
+    if let Some(delay) = controls.body_delay {
+        response = response.map(|body| {
+            DelayedBody {
+                inner: body,
+                pause: Box::pin(tokio::time::sleep(delay)),
+                waited: false,
+            }
+            .boxed()
+        });
+    }
     Ok(response)
 }
 
@@ -1333,6 +1349,40 @@ fn echo(state: &State, parts: &http::request::Parts, body_bytes: u64) -> Echo {
         authority,
         protocol: format!("{:?}", parts.version),
         body_bytes,
+    }
+}
+
+/// `body_delay=D`: the head goes at once, the body's first frame `D` later (a slow
+/// streaming body).
+struct DelayedBody {
+    inner: RespBody,
+    pause: Pin<Box<Sleep>>,
+    waited: bool,
+}
+
+impl Body for DelayedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.waited {
+            if self.pause.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.waited = true;
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.waited && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -30,6 +30,8 @@ pub struct ReceivedSpan {
     /// Empty for a root span.
     pub parent_span_id: String,
     pub attributes: BTreeMap<String, String>,
+    /// From its start to its end (zero when the end is before the start).
+    pub duration: Duration,
 }
 
 #[derive(Clone, Default)]
@@ -58,6 +60,9 @@ impl TraceService for Store {
                         span_id: hex(&s.span_id),
                         parent_span_id: hex(&s.parent_span_id),
                         attributes: attributes(&s.attributes),
+                        duration: Duration::from_nanos(
+                            s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano),
+                        ),
                     });
                 }
             }

@@ -534,3 +534,110 @@ async fn legate_cp_refuses_bad_telemetry_with_file_positions() {
         assert!(out.contains(&expected), "{expected}\nnot in:\n{out}");
     }
 }
+
+/// The server span lasts as long as the request's stream, as Envoy's downstream span does:
+/// it ends when the response body has been sent, not when the response headers are ready;
+/// and a client that goes away mid-body ends it then. The attempt span whose response is
+/// sent ends with that body too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_span_ends_with_the_response_body() {
+    const BODY_DELAY: Duration = Duration::from_millis(800);
+    let up = Upstream::start("a", "v1", Protocol::Http1).await;
+    let otlp = OtlpReceiver::start().await.expect("receiver");
+    let (_legate, base) =
+        start_static(&traced_mesh(up.addr(), &otlp.addr.to_string(), "100%")).await;
+
+    let r = HttpClient::http1()
+        .with_timeout(WAIT)
+        .get(&format!("{base}/slow?body_delay=800ms"))
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+    let spans = otlp
+        .wait_for(WAIT, "the slow request's spans", |s| {
+            servers(s).len() == 1 && clients(s).len() == 1
+        })
+        .await;
+    // The attempt's span too, as Envoy's upstream span ends when its request completes.
+    for span in [servers(&spans)[0], clients(&spans)[0]] {
+        assert!(
+            span.duration >= BODY_DELAY,
+            "the {:?} span ({:?}) covers the body's {BODY_DELAY:?}",
+            span.kind,
+            span.duration
+        );
+    }
+
+    // A client that gives up on a body that would take 20 s: the span ends when it leaves.
+    otlp.clear();
+    let gave_up = HttpClient::http1()
+        .with_timeout(Duration::from_millis(300))
+        .try_request(
+            "GET",
+            &format!("{base}/abandoned?body_delay=20s"),
+            &[],
+            legate_tests::client::empty(),
+        )
+        .await;
+    assert!(gave_up.is_err(), "the client timed out");
+    let spans = otlp
+        .wait_for(WAIT, "the abandoned request's span", |s| {
+            servers(s).len() == 1
+        })
+        .await;
+    let server = servers(&spans)[0];
+    assert_eq!(server.attributes["url.path"], "/abandoned");
+    assert!(
+        server.duration < Duration::from_secs(10),
+        "ended when the client left: {:?}",
+        server.duration
+    );
+}
+
+/// A parent's decision wins over the sampling percentages, as Envoy's OpenTelemetry tracer
+/// follows a `traceparent`'s sampled flag: at 0 % nothing else is traced, but a sampled
+/// W3C parent is continued, and B3's decision alone (`b3: 1` or `b3: d`, no ids) starts a
+/// new sampled trace that goes upstream in the same form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parents_decision_wins_over_zero_percent_sampling() {
+    let up = Upstream::start("a", "v1", Protocol::Http1).await;
+    let otlp = OtlpReceiver::start().await.expect("receiver");
+    let (_legate, base) = start_static(&traced_mesh(up.addr(), &otlp.addr.to_string(), "0%")).await;
+    let client = HttpClient::http1().with_timeout(WAIT);
+
+    let r = client.get(&format!("{base}/plain")).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+    let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = client
+        .get_with(&format!("{base}/w3c"), &[("traceparent", sampled)])
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+    for forced in ["1", "d"] {
+        let r = client
+            .get_with(&format!("{base}/b3-{forced}"), &[("b3", forced)])
+            .await;
+        let b3 = r.echo().headers.get("b3").cloned().unwrap_or_default();
+        let parts: Vec<&str> = b3.split('-').collect();
+        assert!(
+            parts.len() == 4 && parts[0].len() == 32 && parts[2] == "1",
+            "a new sampled trace goes upstream: b3 {b3:?}"
+        );
+    }
+    let spans = otlp
+        .wait_for(WAIT, "the three decided requests' server spans", |s| {
+            servers(s).len() == 3
+        })
+        .await;
+    let mut paths: Vec<&str> = servers(&spans)
+        .iter()
+        .map(|s| s.attributes["url.path"].as_str())
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(paths, ["/b3-1", "/b3-d", "/w3c"], "not /plain: {spans:#?}");
+    for s in servers(&spans) {
+        if s.attributes["url.path"] == "/w3c" {
+            assert_eq!(s.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        } else {
+            assert_eq!(s.parent_span_id, "", "a new root: {s:#?}");
+        }
+    }
+}

@@ -426,8 +426,41 @@ pub struct Held {
     pub(crate) timers: Option<BodyTimers>,
     /// The downstream connection's count of open requests.
     pub(crate) open: Option<crate::listener::OpenRequest>,
-    /// The access log line, written when the body ends or is dropped.
-    pub(crate) log: Option<Box<crate::access_log::Pending>>,
+    /// The access log line and the spans, when the request is logged or traced.
+    pub(crate) tail: Option<Box<Tail>>,
+}
+
+/// What happens when a response body ends or is dropped, in this order: its access log line
+/// is written, the CLIENT span of the attempt whose response it is ends, then the request's
+/// server span. Boxed in [`Held`]: spans are large and only logged or sampled requests
+/// have any of this.
+#[derive(Debug, Default)]
+pub(crate) struct Tail {
+    pub(crate) log: Option<crate::access_log::Pending>,
+    pub(crate) attempt_span: Option<crate::trace::AttemptSpan>,
+    pub(crate) span: Option<crate::trace::ServerSpan>,
+}
+
+impl Held {
+    /// The [`Tail`], made on first use.
+    pub(crate) fn tail(&mut self) -> &mut Tail {
+        self.tail.get_or_insert_with(Box::default)
+    }
+
+    fn log(&mut self) -> Option<&mut crate::access_log::Pending> {
+        self.tail.as_mut().and_then(|t| t.log.as_mut())
+    }
+
+    /// The body failed after the headers went out: the spans say why.
+    fn body_failed(&mut self, cause: ProxyError) {
+        let Some(t) = &mut self.tail else { return };
+        if let Some(s) = &mut t.attempt_span {
+            s.body_failed(cause);
+        }
+        if let Some(s) = &mut t.span {
+            s.body_failed(cause);
+        }
+    }
 }
 
 /// The error a response body ends with when a deadline fires mid-stream.
@@ -470,13 +503,14 @@ impl Body for ResponseBody {
                 let res = Pin::new(&mut *body).poll_frame(cx);
                 match res {
                     Poll::Ready(None) => {
-                        if let Some(l) = &mut held.log {
+                        if let Some(l) = held.log() {
                             l.completed = true;
                         }
                         *held = Held::default();
                         Poll::Ready(None)
                     }
                     Poll::Ready(Some(Err(e))) => {
+                        held.body_failed(ProxyError::UpstreamReset);
                         *held = Held::default();
                         Poll::Ready(Some(Err(e.into())))
                     }
@@ -484,7 +518,7 @@ impl Body for ResponseBody {
                         if let Some(t) = &mut held.timers {
                             t.activity();
                         }
-                        if let Some(l) = &mut held.log {
+                        if let Some(l) = held.log() {
                             if let Some(data) = frame.data_ref() {
                                 l.record.bytes_sent =
                                     l.record.bytes_sent.saturating_add(data.len() as u64);
@@ -501,6 +535,7 @@ impl Body for ResponseBody {
                         if let Some(t) = &mut held.timers
                             && let Some(e) = t.poll_expired(cx)
                         {
+                            held.body_failed(e);
                             *held = Held::default();
                             return Poll::Ready(Some(Err(Box::new(BodyTimeout(e)))));
                         }

@@ -21,7 +21,7 @@ use legate_snapshot::{ForwardAction, RetryPolicy};
 use tokio::time::Instant;
 
 use crate::access_log::Trail;
-use crate::body::{self, BodyTimers, Budgets, Buffered, Held, RequestBody, ResponseBody};
+use crate::body::{self, BodyTimers, Budgets, Buffered, Held, RequestBody, ResponseBody, Tail};
 use crate::cluster::ClusterRuntime;
 use crate::deadline;
 use crate::error::ProxyError;
@@ -32,6 +32,7 @@ use crate::pool::UpstreamBody;
 use crate::resilience::limits::{LimitGuard, Resource};
 use crate::resilience::{hooks, retry};
 use crate::service::Template;
+use crate::trace::AttemptSpan;
 
 /// A routed request ready to go upstream.
 pub(crate) struct Request<'a> {
@@ -161,15 +162,16 @@ async fn single(
         stream_idle.map(|d| (started + d, ProxyError::StreamIdleTimeout)),
     );
     let result = send_until(cluster, host.addr, req, limit).await;
-    if let Some(span) = span {
-        span.end(&result);
-    }
+    let span = span.map(|mut s| {
+        s.record(&result);
+        s
+    });
     let res = observe(cluster, &host, started, attempt, result)?;
     let timers = BodyTimers::new(
         deadline.map(|at| (at, ProxyError::UpstreamTimeout)),
         stream_idle.map(|d| (d, ProxyError::StreamIdleTimeout)),
     );
-    Ok(wrap(res, active, slot, timers))
+    Ok(wrap(res, active, slot, timers, span))
 }
 
 async fn send_until(
@@ -212,6 +214,7 @@ fn wrap(
     active: ActiveRequest,
     slot: LimitGuard,
     timers: Option<BodyTimers>,
+    attempt_span: Option<AttemptSpan>,
 ) -> Response<ResponseBody> {
     res.map(|body| ResponseBody::Upstream {
         body,
@@ -220,7 +223,12 @@ fn wrap(
             _request_slot: Some(slot),
             timers,
             open: None,
-            log: None,
+            tail: attempt_span.map(|s| {
+                Box::new(Tail {
+                    attempt_span: Some(s),
+                    ..Tail::default()
+                })
+            }),
         },
     })
 }
@@ -259,6 +267,8 @@ struct Done {
     /// This attempt's per-try deadline, which keeps running over the response body.
     per_try_deadline: Option<Instant>,
     result: Result<Response<UpstreamBody>, ProxyError>,
+    /// Its CLIENT span, when traced; it ends with the response body of this attempt.
+    span: Option<AttemptSpan>,
 }
 
 /// What a response keeps of its attempt until its body ends.
@@ -266,6 +276,7 @@ struct Meta {
     active: ActiveRequest,
     slot: LimitGuard,
     per_try_deadline: Option<Instant>,
+    span: Option<AttemptSpan>,
 }
 
 type AttemptFuture<'a> = Pin<Box<dyn Future<Output = Done> + Send + 'a>>;
@@ -466,9 +477,10 @@ impl<'a> Driver<'a> {
         let hedge = self.hedge;
         Ok(Box::pin(async move {
             let result = send_until(cluster, host.addr, req, limit).await;
-            if let Some(span) = span {
-                span.end(&result);
-            }
+            let span = span.map(|mut s| {
+                s.record(&result);
+                s
+            });
             Done {
                 host,
                 active,
@@ -477,6 +489,7 @@ impl<'a> Driver<'a> {
                 attempt,
                 per_try_deadline: if hedge { None } else { per_try_deadline },
                 result,
+                span,
             }
         }))
     }
@@ -508,6 +521,7 @@ impl<'a> Driver<'a> {
             attempt,
             per_try_deadline,
             result,
+            span,
         } = done;
         match observe(self.cluster, &host, started, attempt, result) {
             Ok(res) => {
@@ -515,18 +529,19 @@ impl<'a> Driver<'a> {
                     active,
                     slot,
                     per_try_deadline,
+                    span,
                 };
                 if !retry::retriable_response(self.policy, res.status().as_u16(), res.headers()) {
                     return Settled::Win(self.win(meta, res));
                 }
                 if pending.is_some() {
                     // A retry is already scheduled (hedging): keep this as the fallback.
-                    return Settled::Keep(Last::Response(Box::new((meta, res))));
+                    return keep(meta, res);
                 }
                 if !self.can_retry(false) {
                     self.note_exhausted();
                     return if others_in_flight {
-                        Settled::Keep(Last::Response(Box::new((meta, res))))
+                        keep(meta, res)
                     } else {
                         Settled::Win(self.win(meta, res))
                     };
@@ -541,11 +556,9 @@ impl<'a> Driver<'a> {
                 match self.retry_slot() {
                     Some(slot) => {
                         *pending = Some(PendingRetry { at, _slot: slot });
-                        Settled::Keep(Last::Response(Box::new((meta, res))))
+                        keep(meta, res)
                     }
-                    None if others_in_flight => {
-                        Settled::Keep(Last::Response(Box::new((meta, res))))
-                    }
+                    None if others_in_flight => keep(meta, res),
                     None => {
                         self.trail.flags.insert(ResponseFlags::UO);
                         let mut won = self.win(meta, res);
@@ -558,7 +571,7 @@ impl<'a> Driver<'a> {
                 }
             }
             Err(e) => {
-                drop((active, slot));
+                drop((active, slot, span));
                 if pending.is_some() || !retry::retriable_error(self.policy, e) {
                     return if others_in_flight || pending.is_some() {
                         Settled::Keep(Last::Error(e))
@@ -625,8 +638,22 @@ impl<'a> Driver<'a> {
                 .map(|d| (d, ProxyError::PerTryIdleTimeout)),
             self.stream_idle.map(|d| (d, ProxyError::StreamIdleTimeout)),
         );
-        wrap(res, meta.active, meta.slot, BodyTimers::new(deadline, idle))
+        wrap(
+            res,
+            meta.active,
+            meta.slot,
+            BodyTimers::new(deadline, idle),
+            meta.span,
+        )
     }
+}
+
+/// A response kept as the fallback while another attempt runs: its attempt is over for
+/// tracing (its span ends now, as Envoy's does when it moves on to a retry), and a
+/// fallback that wins later is sent without one.
+fn keep(mut meta: Meta, res: Response<UpstreamBody>) -> Settled {
+    meta.span = None;
+    Settled::Keep(Last::Response(Box::new((meta, res))))
 }
 
 /// Settling is per attempt, not per request, so the size of `Win` is not worth a box.

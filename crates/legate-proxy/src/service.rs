@@ -61,30 +61,37 @@ pub(crate) async fn handle(
     let span = view.tracer.as_ref().and_then(|t| t.start(&req));
     let mut trail = Trail::default();
     if !view.logs.is_empty() {
-        let res = handle_logged(&ctx, &active, &view, req, open, trail, span.as_ref()).await;
-        if let Some(span) = span {
-            span.end(res.status(), res.headers());
-        }
+        let mut res = handle_logged(&ctx, &active, &view, req, open, trail, span.as_ref()).await;
+        end_span_with_body(span, &mut res);
         return Ok(res);
     }
-    let res = match route_and_forward(&ctx, &active, &view, req, &mut trail, span.as_ref()).await {
-        Ok(mut res) => {
-            // An upstream body keeps the request open until it ends.
-            if let ResponseBody::Upstream { held, .. } = res.body_mut() {
-                held.open = Some(open);
+    let mut res =
+        match route_and_forward(&ctx, &active, &view, req, &mut trail, span.as_ref()).await {
+            Ok(mut res) => {
+                // An upstream body keeps the request open until it ends.
+                if let ResponseBody::Upstream { held, .. } = res.body_mut() {
+                    held.open = Some(open);
+                }
+                res
             }
-            res
-        }
-        Err(e) => {
-            ctx.shared.local_reply(e).inc();
-            e.response()
-        }
-    };
+            Err(e) => {
+                ctx.shared.local_reply(e).inc();
+                e.response()
+            }
+        };
     view.requests.record(res.status().as_u16());
-    if let Some(span) = span {
-        span.end(res.status(), res.headers());
-    }
+    end_span_with_body(span, &mut res);
     Ok(res)
+}
+
+/// The server span takes the response's status now and ends with its body: an upstream
+/// body carries it to its end (or until the client leaves), a local reply ends it here.
+fn end_span_with_body(span: Option<crate::trace::ServerSpan>, res: &mut Response<ResponseBody>) {
+    let Some(mut span) = span else { return };
+    span.respond(res.status(), res.headers());
+    if let ResponseBody::Upstream { held, .. } = res.body_mut() {
+        held.tail().span = Some(span);
+    }
 }
 
 /// [`handle`] on a listener with access logs: the same, plus a [`Record`] of the request
@@ -150,12 +157,12 @@ async fn handle_logged(
         local: ctx.local,
         trace_id: trace.map(crate::trace::ServerSpan::trace_id),
     };
-    let mut pending = Box::new(Pending::new(view.logs.clone(), record));
+    let mut pending = Pending::new(view.logs.clone(), record);
     match res.body_mut() {
         ResponseBody::Upstream { held, body } => {
             pending.expected = http_body::Body::size_hint(body).exact();
             held.open = Some(open);
-            held.log = Some(pending);
+            held.tail().log = Some(pending);
         }
         ResponseBody::Full(b) => {
             // A local reply is written whole: its line goes now.

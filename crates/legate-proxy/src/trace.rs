@@ -278,21 +278,20 @@ impl Tracer {
         let parent = Parent::read(headers);
         let sampled = match parent.as_ref().and_then(|p| p.sampled) {
             Some(s) => s,
-            None => {
-                let first = if headers.contains_key(CLIENT_TRACE_ID) {
-                    self.cfg.client_sampling_ppm
-                } else {
-                    self.cfg.random_sampling_ppm
-                };
-                roll(first) && roll(self.cfg.overall_sampling_ppm)
-            }
+            None => decide(
+                &self.cfg,
+                headers.contains_key(CLIENT_TRACE_ID),
+                fastrand::u32(..PPM),
+                fastrand::u32(..PPM),
+            ),
         };
         if !sampled {
             return None;
         }
         let format = parent.as_ref().map_or(Format::W3c, |p| p.format);
         let cx = match &parent {
-            Some(p) => {
+            // `b3: 1` or `b3: d` decides without naming a trace: a new sampled root.
+            Some(p) if p.trace_id != TraceId::INVALID => {
                 let state = headers
                     .get(TRACESTATE)
                     .and_then(|v| v.to_str().ok())
@@ -306,7 +305,7 @@ impl Tracer {
                     state,
                 ))
             }
-            None => Context::new(),
+            _ => Context::new(),
         };
         let method = req.method();
         let host = headers
@@ -355,8 +354,20 @@ impl Tracer {
     }
 }
 
-fn roll(ppm: u32) -> bool {
-    ppm >= 1_000_000 || fastrand::u32(..1_000_000) < ppm
+/// One million: sampling shares are parts per million.
+const PPM: u32 = 1_000_000;
+
+/// The decision for a request no parent decided, as Envoy's HCM makes it: a request with
+/// `x-client-trace-id` is traced at `client_sampling` (its own draw, `client_draw`); one
+/// that is not (or has no such header) at `random_sampling`; and `overall_sampling` then
+/// caps both. `random_sampling` and `overall_sampling` read the same draw (`draw`), as
+/// Envoy reads both from the one number it takes from the request, so `overall_sampling`
+/// is an upper limit (random 50 % and overall 10 % trace 10 % of requests, not 5 %).
+/// Draws are below [`PPM`].
+fn decide(cfg: &Tracing, client_trace_id: bool, draw: u32, client_draw: u32) -> bool {
+    let chosen = (client_trace_id && client_draw < cfg.client_sampling_ppm)
+        || draw < cfg.random_sampling_ppm;
+    chosen && draw < cfg.overall_sampling_ppm
 }
 
 fn protocol(v: http::Version) -> &'static str {
@@ -443,14 +454,14 @@ fn parse_b3_single(v: &str) -> Option<Parent> {
     let mut parts = v.trim().split('-');
     let first = parts.next()?;
     let Some(span) = parts.next() else {
-        // A sampling state alone: no parent, but its decision holds. "0" means not sampled.
+        // A sampling state alone (`0`, `1`, `d`): no parent, but its decision holds; a
+        // sampled request starts a new trace.
         return Some(Parent {
             trace_id: TraceId::INVALID,
             span_id: SpanId::INVALID,
-            sampled: b3_sampled(first),
+            sampled: Some(b3_sampled(first)?),
             format: Format::B3Single,
-        })
-        .filter(|p| p.sampled == Some(false));
+        });
     };
     let sampled = match parts.next() {
         Some(s) => Some(b3_sampled(s)?),
@@ -496,7 +507,11 @@ fn hex_span_id(v: &str) -> Option<SpanId> {
     (id != 0).then(|| SpanId::from_bytes(id.to_be_bytes()))
 }
 
-/// A sampled request's SERVER span, ended when its response headers are ready.
+/// A sampled request's SERVER span. It ends when it is dropped: with the response's
+/// body (its end, an error, or the client going away), which a response from upstream
+/// carries in its [`Held`](crate::body::Held), as Envoy ends its downstream span when the
+/// stream completes; or at once for a local reply.
+#[derive(Debug)]
 pub(crate) struct ServerSpan {
     tracer: Arc<Tracer>,
     format: Format,
@@ -547,8 +562,9 @@ impl ServerSpan {
         self.span.span_context().trace_id().to_string()
     }
 
-    /// End the span with the response's status and legate's cause, if any.
-    pub(crate) fn end(mut self, status: http::StatusCode, headers: &HeaderMap) {
+    /// Record the response's status and legate's cause, if any, when its headers are ready;
+    /// the span goes on until it is dropped.
+    pub(crate) fn respond(&mut self, status: http::StatusCode, headers: &HeaderMap) {
         self.span.set_attribute(KeyValue::new(
             "http.response.status_code",
             i64::from(status.as_u16()),
@@ -563,17 +579,27 @@ impl ServerSpan {
         if status.is_server_error() {
             self.span.set_status(Status::error(""));
         }
-        self.span.end();
+    }
+
+    /// The response body failed after its headers were sent (an upstream reset, a
+    /// deadline): the span says why, as an error.
+    pub(crate) fn body_failed(&mut self, cause: ProxyError) {
+        body_failed(&mut self.span, cause);
     }
 }
 
-/// An upstream attempt's CLIENT span.
+/// An upstream attempt's CLIENT span. It ends when dropped: with the response body of its
+/// attempt when that response is the one sent downstream, else when the attempt is
+/// settled (an error, or a response a retry replaces), as Envoy ends an upstream request's
+/// span when that request completes.
+#[derive(Debug)]
 pub(crate) struct AttemptSpan {
     span: Span,
 }
 
 impl AttemptSpan {
-    pub(crate) fn end<B>(mut self, result: &Result<http::Response<B>, ProxyError>) {
+    /// Record the attempt's outcome once its response headers (or its failure) are in.
+    pub(crate) fn record<B>(&mut self, result: &Result<http::Response<B>, ProxyError>) {
         match result {
             Ok(res) => {
                 let status = res.status();
@@ -593,8 +619,18 @@ impl AttemptSpan {
                 self.span.set_status(Status::error(""));
             }
         }
-        self.span.end();
     }
+
+    /// The response body failed after its headers were in.
+    pub(crate) fn body_failed(&mut self, cause: ProxyError) {
+        body_failed(&mut self.span, cause);
+    }
+}
+
+/// A span whose response body failed after its headers: legate's cause, as an error.
+fn body_failed(span: &mut Span, cause: ProxyError) {
+    span.set_attribute(KeyValue::new("legate.error", cause.code()));
+    span.set_status(Status::error(""));
 }
 
 /// Write `cx` upstream: `traceparent` always, and B3 in the format the request came with.
@@ -670,6 +706,53 @@ mod tests {
     }
 
     #[test]
+    fn sampling_decisions_follow_envoys_hcm() {
+        let cfg = |random: u32, client: u32, overall: u32| Tracing {
+            random_sampling_ppm: random,
+            client_sampling_ppm: client,
+            overall_sampling_ppm: overall,
+            ..test_tracing()
+        };
+        // Every draw, counted: the share traced is exact.
+        let share = |cfg: &Tracing, client: bool| {
+            let step = 1000;
+            let mut traced = 0u64;
+            let mut total = 0u64;
+            for draw in (0..PPM).step_by(step) {
+                for client_draw in (0..PPM).step_by(step * 100) {
+                    total += 1;
+                    traced += u64::from(decide(cfg, client, draw, client_draw));
+                }
+            }
+            traced as f64 / total as f64
+        };
+        // overall_sampling caps random_sampling: the smaller of the two, not their product.
+        assert_eq!(share(&cfg(500_000, PPM, 100_000), false), 0.1);
+        assert_eq!(share(&cfg(100_000, PPM, 500_000), false), 0.1);
+        assert_eq!(share(&cfg(PPM, PPM, PPM), false), 1.0);
+        assert_eq!(share(&cfg(0, PPM, PPM), false), 0.0);
+        // x-client-trace-id: client_sampling first; a request it does not pick still gets
+        // random_sampling's chance; overall_sampling caps the whole.
+        assert_eq!(share(&cfg(0, 500_000, PPM), true), 0.5);
+        assert_eq!(share(&cfg(0, PPM, 100_000), true), 0.1);
+        let mixed = share(&cfg(200_000, 500_000, PPM), true);
+        assert!((mixed - 0.6).abs() < 1e-9, "{mixed}");
+    }
+
+    fn test_tracing() -> Tracing {
+        Tracing {
+            collector_cluster: Arc::from("c"),
+            export_timeout: None,
+            service_name: Arc::from("s"),
+            random_sampling_ppm: PPM,
+            client_sampling_ppm: PPM,
+            overall_sampling_ppm: PPM,
+            custom_tags: Vec::new(),
+            spawn_upstream_span: true,
+        }
+    }
+
+    #[test]
     fn b3() {
         let p =
             parse_b3_single("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90")
@@ -680,7 +763,11 @@ mod tests {
         assert_eq!(p.trace_id.to_string(), "0000000000000000a3ce929d0e0e4736");
         assert_eq!(p.sampled, None);
         assert_eq!(parse_b3_single("0").map(|p| p.sampled), Some(Some(false)));
-        assert!(parse_b3_single("1").is_none());
+        for forced in ["1", "d"] {
+            let p = parse_b3_single(forced).expect("a decision alone");
+            assert_eq!((p.sampled, p.trace_id), (Some(true), TraceId::INVALID));
+        }
+        assert!(parse_b3_single("x").is_none());
         assert!(parse_b3_single("xyz-e457b5a2e4d86bd1").is_none());
     }
 }
