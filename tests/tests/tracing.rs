@@ -421,41 +421,48 @@ async fn a_mesh_file_served_by_legate_cp_traces_legate() {
     assert_eq!(tp, format!("00-{}-{}-01", client.trace_id, client.span_id));
 }
 
-/// Interop with Envoy 1.40: legate-cp serves Envoy the listener and collector cluster
-/// legate-model compiles from `telemetry.tracing`; Envoy accepts them, its spans reach the
-/// same OTLP receiver under the configured service name, and a request through Envoy, then
-/// legate (each configured by its own legate-cp), is one trace: legate's server span is a
-/// child of Envoy's span for the hop, and the upstream sees that trace.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn envoy_then_legate_continue_one_trace() {
-    const ENVOY_WAIT: Duration = Duration::from_secs(30);
-    let up = Upstream::start("payments", "v1", Protocol::Http1).await;
-    let otlp = OtlpReceiver::start().await.expect("receiver");
-    let dir = legate_tests::process::TempDir::new("trace-envoy");
-
-    let inner = control_plane(
-        &dir,
-        "inner",
-        &cp_mesh(up.addr(), otlp.addr, "legate-inner"),
-    )
-    .await;
-    let legate =
-        Legate::start_xds(&XdsFlags::new(&inner.url(), Mode::Sotw).node("proxy-1", "web")).await;
-    let legate_addr = legate.listener_addr("outbound").await;
-
-    let edge = control_plane(&dir, "edge", &cp_mesh(legate_addr, otlp.addr, "envoy-edge")).await;
-    let envoy = Envoy::start_ads(edge.xds, EnvoyAds::Sotw, "envoy-1", "edge").await;
-    let envoy_addr = envoy.listener("outbound").await;
+/// Envoy 1.40 configured by its own legate-cp from [`cp_mesh`] (service `payments` at
+/// `endpoint`, traced to `collector` as `service`): the listener and collector cluster
+/// legate-model compiles are accepted (no CDS or LDS rejection). Returns the address of
+/// Envoy's listener.
+async fn envoy_hop(
+    dir: &legate_tests::process::TempDir,
+    endpoint: std::net::SocketAddr,
+    collector: std::net::SocketAddr,
+    service: &str,
+) -> (Cp, Envoy, std::net::SocketAddr) {
+    let cp = control_plane(dir, service, &cp_mesh(endpoint, collector, service)).await;
+    let envoy = Envoy::start_ads(cp.xds, EnvoyAds::Sotw, service, "envoys").await;
+    let addr = envoy.listener("outbound").await;
     for stat in [
         "cluster_manager.cds.update_rejected",
         "listener_manager.lds.update_rejected",
     ] {
         assert_eq!(envoy.stat(stat).await, Some(0), "{stat}");
     }
+    (cp, envoy, addr)
+}
 
-    // Envoy reports the listener active a moment before its worker accepts on it.
-    let url = format!("http://{envoy_addr}/payments/through");
-    let r = legate_tests::eventually(WAIT, "Envoy accepting", || async {
+/// legate configured the same way as [`envoy_hop`], over ADS from its own legate-cp.
+async fn legate_hop(
+    dir: &legate_tests::process::TempDir,
+    endpoint: std::net::SocketAddr,
+    collector: std::net::SocketAddr,
+    service: &str,
+) -> (Cp, Legate, std::net::SocketAddr) {
+    let cp = control_plane(dir, service, &cp_mesh(endpoint, collector, service)).await;
+    let legate =
+        Legate::start_xds(&XdsFlags::new(&cp.url(), Mode::Sotw).node(service, "legates")).await;
+    let addr = legate.listener_addr("outbound").await;
+    (cp, legate, addr)
+}
+
+/// `GET http://{addr}/payments/through`, answered 200: the `traceparent` the upstream saw.
+/// Retried while refused: Envoy reports a listener active a moment before its worker
+/// accepts on it.
+async fn traceparent_through(addr: std::net::SocketAddr) -> String {
+    let url = format!("http://{addr}/payments/through");
+    let r = legate_tests::eventually(WAIT, "the first proxy accepting", || async {
         HttpClient::http1()
             .with_timeout(WAIT)
             .try_request("GET", &url, &[], legate_tests::client::empty())
@@ -464,64 +471,99 @@ async fn envoy_then_legate_continue_one_trace() {
     })
     .await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
-    let tp = r
-        .echo()
+    r.echo()
         .headers
         .get("traceparent")
         .cloned()
-        .expect("traceparent upstream");
+        .expect("traceparent upstream")
+}
 
-    // Envoy batches its spans (flushed every 5 s by default).
+/// The spans of one request through proxy `first`, then proxy `second` (by service name),
+/// checked to be one trace: each proxy's SERVER span with its CLIENT span under it, the
+/// first's SERVER span the root, the second's SERVER span under the first's CLIENT span.
+/// Envoy's span for the request it received is `ingress` and its upstream span comes from
+/// `spawn_upstream_span`. Waits for them (Envoy flushes every 5 s by default); returns the
+/// four spans in path order.
+async fn one_trace(otlp: &OtlpReceiver, first: &str, second: &str) -> [ReceivedSpan; 4] {
     let spans = otlp
-        .wait_for(ENVOY_WAIT, "Envoy's and legate's spans", |s| {
-            of_service(s, "envoy-edge").len() >= 2 && of_service(s, "legate-inner").len() == 2
+        .wait_for(Duration::from_secs(30), "both proxies' spans", |s| {
+            of_service(s, first).len() == 2 && of_service(s, second).len() == 2
         })
         .await;
-    let envoy_spans = of_service(&spans, "envoy-edge");
-    let legate_spans = of_service(&spans, "legate-inner");
-    let trace_id = &envoy_spans[0].trace_id;
-    for s in spans.iter() {
+    let of_kind = |service: &str, kind: SpanKind| {
+        of_service(&spans, service)
+            .into_iter()
+            .find(|s| s.kind == kind)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind:?} span of {service}: {spans:#?}"))
+    };
+    let path = [
+        of_kind(first, SpanKind::Server),
+        of_kind(first, SpanKind::Client),
+        of_kind(second, SpanKind::Server),
+        of_kind(second, SpanKind::Client),
+    ];
+    assert_eq!(path[0].parent_span_id, "", "a root: {spans:#?}");
+    for pair in path.windows(2) {
+        assert_eq!(pair[1].trace_id, pair[0].trace_id, "one trace: {spans:#?}");
         assert_eq!(
-            &s.trace_id, trace_id,
-            "one trace across both proxies: {spans:#?}"
+            pair[1].parent_span_id, pair[0].span_id,
+            "each span under the one before: {spans:#?}"
         );
     }
-    let root = envoy_spans
-        .iter()
-        .find(|s| s.parent_span_id.is_empty())
-        .unwrap_or_else(|| panic!("Envoy starts the trace: {spans:#?}"));
-    let hop = envoy_spans
-        .iter()
-        .find(|s| s.parent_span_id == root.span_id)
-        .unwrap_or_else(|| panic!("Envoy's upstream span: {spans:#?}"));
-    let server = legate_spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Server)
-        .expect("legate's server span");
-    let client = legate_spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Client)
-        .expect("legate's attempt span");
-    // Envoy's OpenTelemetry tracer: a SERVER span for the downstream request (`ingress`)
-    // and, with spawn_upstream_span, a CLIENT span for its upstream request.
-    assert_eq!(root.kind, SpanKind::Server, "{spans:#?}");
-    assert_eq!(hop.kind, SpanKind::Client, "{spans:#?}");
+    // A request id the first proxy made (Envoy does, legate does not) is kept by the second.
+    if let Some(id) = path[0].attributes.get("guid:x-request-id") {
+        assert_eq!(
+            path[2].attributes.get("guid:x-request-id"),
+            Some(id),
+            "{spans:#?}"
+        );
+    }
+    path
+}
+
+/// Interop with Envoy 1.40: legate-cp serves Envoy the listener and collector cluster
+/// legate-model compiles from `telemetry.tracing`; Envoy accepts them, its spans reach the
+/// same OTLP receiver under the configured service name, and a request through Envoy, then
+/// legate (each configured by its own legate-cp), is one trace: legate's server span is a
+/// child of Envoy's upstream span, and the upstream sees legate's attempt span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_then_legate_continue_one_trace() {
+    let up = Upstream::start("payments", "v1", Protocol::Http1).await;
+    let otlp = OtlpReceiver::start().await.expect("receiver");
+    let dir = legate_tests::process::TempDir::new("trace-envoy");
+    let (_cp_l, _legate, legate_addr) =
+        legate_hop(&dir, up.addr(), otlp.addr, "legate-inner").await;
+    let (_cp_e, _envoy, envoy_addr) = envoy_hop(&dir, legate_addr, otlp.addr, "envoy-edge").await;
+
+    let tp = traceparent_through(envoy_addr).await;
+    let [envoy_server, _, _, legate_client] = one_trace(&otlp, "envoy-edge", "legate-inner").await;
+    assert_eq!(envoy_server.name, "ingress");
+    assert!(envoy_server.attributes.contains_key("guid:x-request-id"));
     assert_eq!(
-        server.parent_span_id, hop.span_id,
-        "legate continues under Envoy's upstream span: {spans:#?}"
+        tp,
+        format!("00-{}-{}-01", legate_client.trace_id, legate_client.span_id)
     );
-    // The request id Envoy made is kept by legate.
+}
+
+/// The other way round: legate, then Envoy. Envoy continues the trace legate's attempt span
+/// sends in `traceparent`, and the upstream sees Envoy's upstream span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legate_then_envoy_continue_one_trace() {
+    let up = Upstream::start("payments", "v1", Protocol::Http1).await;
+    let otlp = OtlpReceiver::start().await.expect("receiver");
+    let dir = legate_tests::process::TempDir::new("trace-envoy-2");
+    let (_cp_e, _envoy, envoy_addr) = envoy_hop(&dir, up.addr(), otlp.addr, "envoy-inner").await;
+    let (_cp_l, _legate, legate_addr) =
+        legate_hop(&dir, envoy_addr, otlp.addr, "legate-edge").await;
+
+    let tp = traceparent_through(legate_addr).await;
+    let [_, _, envoy_server, envoy_client] = one_trace(&otlp, "legate-edge", "envoy-inner").await;
+    assert_eq!(envoy_server.name, "ingress");
     assert_eq!(
-        server.attributes.get("guid:x-request-id"),
-        root.attributes.get("guid:x-request-id"),
-        "{spans:#?}"
+        tp,
+        format!("00-{}-{}-01", envoy_client.trace_id, envoy_client.span_id)
     );
-    assert!(
-        root.attributes.contains_key("guid:x-request-id"),
-        "{spans:#?}"
-    );
-    assert_eq!(client.parent_span_id, server.span_id);
-    assert_eq!(tp, format!("00-{trace_id}-{}-01", client.span_id));
 }
 
 /// legate-cp refuses, at start, mesh files whose `telemetry` is wrong, each error placed in
