@@ -10,7 +10,7 @@ use legate_tests::config::{self, indent};
 use legate_tests::cp::ControlPlane as Cp;
 use legate_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use legate_tests::peers::{Envoy, EnvoyAds};
-use legate_tests::resilience::{Rig, SVC, retry, route_action};
+use legate_tests::resilience::{Rig, SVC, Unaccepting, edit_hcm, retry, route_action};
 use legate_tests::xds_server::Mode;
 use legate_tests::xds_server::mesh_resources;
 use legate_tests::{Legate, Protocol, Upstream, XdsFlags, closed_port};
@@ -248,17 +248,75 @@ async fn ten_percent_sampling_holds_within_binomial_bounds() {
     );
 }
 
+/// `overall_sampling` and `client_sampling` as Envoy's HCM applies them, set on the HCM that
+/// legate gets over xDS: with `random_sampling` 20 % and `overall_sampling` 10 %, 10 % of
+/// requests are traced (the cap, not 2 %, the product); a request with `x-client-trace-id`
+/// that `client_sampling` (0 %) does not pick still gets `random_sampling`'s chance, capped
+/// the same way (10 %, not 0 %).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overall_sampling_caps_random_and_client_sampling_over_xds() {
+    use envoy_types::pb::envoy::r#type::v3::Percent;
+    let up = Upstream::start("a", "v1", Protocol::Http1).await;
+    let otlp = OtlpReceiver::start().await.expect("receiver");
+    let mut res = mesh_resources(&traced_mesh(up.addr(), &otlp.addr.to_string(), "20%"));
+    edit_hcm(&mut res, |hcm| {
+        let tracing = hcm.tracing.as_mut().expect("the mesh's tracing");
+        tracing.overall_sampling = Some(Percent { value: 10.0 });
+        tracing.client_sampling = Some(Percent { value: 0.0 });
+    });
+    let rig = Rig::start(&res).await;
+    let client = HttpClient::http1().with_timeout(WAIT);
+    const N: usize = 1000;
+    for i in 0..N {
+        let r = client.get(&rig.url(&format!("/random/{i}"))).await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+        let r = client
+            .get_with(
+                &rig.url(&format!("/client/{i}")),
+                &[("x-client-trace-id", "e2e")],
+            )
+            .await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+    }
+    legate_tests::eventually(WAIT, "exports settle", || async {
+        let exported = rig
+            .metric("legate_tracing_spans_total", &[("outcome", "exported")])
+            .await;
+        let received = otlp.spans().len() as f64;
+        if exported > 0.0 && exported == received {
+            Ok(())
+        } else {
+            Err(format!("exported {exported}, received {received}"))
+        }
+    })
+    .await;
+    let spans = otlp.spans();
+    for prefix in ["/random/", "/client/"] {
+        let traced = servers(&spans)
+            .iter()
+            .filter(|s| s.attributes["url.path"].starts_with(prefix))
+            .count();
+        // Binomial(1000, 0.1): mean 100, sd 9.5; ±5 sd. 2 % would be 20, 0 % none.
+        assert!(
+            (52..=148).contains(&traced),
+            "{prefix}: {traced} of {N} traced"
+        );
+    }
+}
+
 /// With the collector down or hung, requests still succeed and take what they take without
 /// tracing: the same requests, alternated between a legate without tracing and legates
-/// tracing everything to a closed port and to a collector that accepts connections and
-/// never answers, have the same latency within noise.
+/// tracing everything to a closed port and to a collector that never completes a TCP
+/// handshake, have the same latency within noise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_down_changes_nothing_for_requests() {
     let up = Upstream::start("a", "v1", Protocol::Http1).await;
     let down = closed_port();
-    // Connections complete in the backlog; nothing ever reads them.
-    let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let hung_addr = hung.local_addr().expect("address").to_string();
+    // Its accept queue is full: a connection attempt hangs until the connect timeout.
+    let hung = Unaccepting::start()
+        .await
+        .expect("a listener whose accept queue fills (the kernel accepted beyond it)");
+    let hung_addr = hung.addr.to_string();
     let (legate, to_down) = start_static(&traced_mesh(up.addr(), &down.to_string(), "100%")).await;
     let (_hung_legate, to_hung) = start_static(&traced_mesh(up.addr(), &hung_addr, "100%")).await;
     let (_plain_legate, plain) = start_static(&plain_mesh(up.addr())).await;
