@@ -278,12 +278,12 @@ impl Tracer {
         let parent = Parent::read(headers);
         let sampled = match parent.as_ref().and_then(|p| p.sampled) {
             Some(s) => s,
-            None => decide(
-                &self.cfg,
-                headers.contains_key(CLIENT_TRACE_ID),
-                fastrand::u32(..PPM),
-                fastrand::u32(..PPM),
-            ),
+            None => {
+                let client_draw = headers
+                    .contains_key(CLIENT_TRACE_ID)
+                    .then(|| fastrand::u32(..PPM));
+                decide(&self.cfg, fastrand::u32(..PPM), client_draw)
+            }
         };
         if !sampled {
             return None;
@@ -358,15 +358,15 @@ impl Tracer {
 const PPM: u32 = 1_000_000;
 
 /// The decision for a request no parent decided, as Envoy's HCM makes it: a request with
-/// `x-client-trace-id` is traced at `client_sampling` (its own draw, `client_draw`); one
-/// that is not (or has no such header) at `random_sampling`; and `overall_sampling` then
-/// caps both. `random_sampling` and `overall_sampling` read the same draw (`draw`), as
-/// Envoy reads both from the one number it takes from the request, so `overall_sampling`
-/// is an upper limit (random 50 % and overall 10 % trace 10 % of requests, not 5 %).
-/// Draws are below [`PPM`].
-fn decide(cfg: &Tracing, client_trace_id: bool, draw: u32, client_draw: u32) -> bool {
-    let chosen = (client_trace_id && client_draw < cfg.client_sampling_ppm)
-        || draw < cfg.random_sampling_ppm;
+/// `x-client-trace-id` is traced at `client_sampling` (its own draw, `client_draw`, present
+/// only for such a request); one that is not (or has no such header) at `random_sampling`;
+/// and `overall_sampling` then caps both. `random_sampling` and `overall_sampling` read the
+/// same draw (`draw`), as Envoy reads both from the one number it takes from the request,
+/// so `overall_sampling` is an upper limit (random 50 % and overall 10 % trace 10 % of
+/// requests, not 5 %). Draws are below [`PPM`].
+fn decide(cfg: &Tracing, draw: u32, client_draw: Option<u32>) -> bool {
+    let chosen =
+        client_draw.is_some_and(|d| d < cfg.client_sampling_ppm) || draw < cfg.random_sampling_ppm;
     chosen && draw < cfg.overall_sampling_ppm
 }
 
@@ -721,7 +721,7 @@ mod tests {
             for draw in (0..PPM).step_by(step) {
                 for client_draw in (0..PPM).step_by(step * 100) {
                     total += 1;
-                    traced += u64::from(decide(cfg, client, draw, client_draw));
+                    traced += u64::from(decide(cfg, draw, client.then_some(client_draw)));
                 }
             }
             traced as f64 / total as f64
