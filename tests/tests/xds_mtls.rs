@@ -656,11 +656,15 @@ async fn server_certificate_rotation_applies_to_new_connections() {
         },
     )
     .await;
-    assert!(
-        s.cp.log().contains("reloaded changed TLS files"),
-        "{}",
-        s.cp.log()
-    );
+    // The reload is logged after the new files are in use: wait for the line.
+    eventually(PATIENCE, "legate-cp logs the reload", || async {
+        if s.cp.log().contains("reloaded changed TLS files") {
+            Ok(())
+        } else {
+            Err(s.cp.log())
+        }
+    })
+    .await;
 
     // The proxy's stream, opened before the rotation, is still the one it had.
     let status = s.cp.status_json();
