@@ -55,6 +55,31 @@ fn servers(spans: &[ReceivedSpan]) -> Vec<&ReceivedSpan> {
         .collect()
 }
 
+/// Sends one request that a parent forces into the trace and waits until its server span
+/// has arrived. Spans leave in the order they end, through one queue and one export at a
+/// time, and every earlier request had ended before this one was sent, so once it is in,
+/// everything sampled before it is in too. (Waiting until "exported equals received" does
+/// not do that: with a batch still waiting for its delay, both are equal and short.)
+async fn flush_through(client: &HttpClient, url: &str, otlp: &OtlpReceiver) {
+    const FORCED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let r = client.get_with(url, &[("traceparent", FORCED)]).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = after_scheme[after_scheme.find('/').expect("a path in the URL")..].to_string();
+    legate_tests::eventually(WAIT, "the marker's span arrives", || async {
+        let spans = otlp.spans();
+        if servers(&spans)
+            .iter()
+            .any(|s| s.attributes["url.path"] == path)
+        {
+            Ok(())
+        } else {
+            Err(format!("{} spans so far, not {path}", spans.len()))
+        }
+    })
+    .await;
+}
+
 fn clients(spans: &[ReceivedSpan]) -> Vec<&ReceivedSpan> {
     spans
         .iter()
@@ -228,19 +253,18 @@ async fn ten_percent_sampling_holds_within_binomial_bounds() {
         let r = client.get(&format!("{base}/n{i}")).await;
         assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
     }
-    // Everything sampled is exported, so wait for the exporter's count to settle.
-    let exported = legate_tests::eventually(WAIT, "exports settle", || async {
-        let m = legate.metrics().await;
-        let exported = m.get_or_zero("legate_tracing_spans_total", &[("outcome", "exported")]);
-        let received = otlp.spans().len() as f64;
-        if exported > 0.0 && exported == received {
-            Ok(exported)
-        } else {
-            Err(format!("exported {exported}, received {received}"))
-        }
-    })
-    .await;
-    let servers = servers(&otlp.spans()).len();
+    flush_through(&client, &format!("{base}/marker"), &otlp).await;
+    let m = legate.metrics().await;
+    for outcome in ["dropped_queue_full", "export_failed"] {
+        let n = m.get_or_zero("legate_tracing_spans_total", &[("outcome", outcome)]);
+        assert_eq!(n, 0.0, "{outcome}: every sampled span is exported");
+    }
+    let spans = otlp.spans();
+    let exported = spans.len();
+    let servers = servers(&spans)
+        .iter()
+        .filter(|s| s.attributes["url.path"].starts_with("/n"))
+        .count();
     // Binomial(1000, 0.1): mean 100, sd 9.5; ±5 sd.
     assert!(
         (52..=148).contains(&servers),
@@ -278,18 +302,13 @@ async fn overall_sampling_caps_random_and_client_sampling_over_xds() {
             .await;
         assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
     }
-    legate_tests::eventually(WAIT, "exports settle", || async {
-        let exported = rig
-            .metric("legate_tracing_spans_total", &[("outcome", "exported")])
+    flush_through(&client, &rig.url("/marker"), &otlp).await;
+    for outcome in ["dropped_queue_full", "export_failed"] {
+        let n = rig
+            .metric("legate_tracing_spans_total", &[("outcome", outcome)])
             .await;
-        let received = otlp.spans().len() as f64;
-        if exported > 0.0 && exported == received {
-            Ok(())
-        } else {
-            Err(format!("exported {exported}, received {received}"))
-        }
-    })
-    .await;
+        assert_eq!(n, 0.0, "{outcome}: every sampled span is exported");
+    }
     let spans = otlp.spans();
     for prefix in ["/random/", "/client/"] {
         let traced = servers(&spans)
