@@ -316,3 +316,105 @@ async fn static_json_lines_and_sigusr1_reopen() {
         0.0
     );
 }
+
+/// The next message, or `None` after 30 s.
+async fn recv_within<T>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>) -> Option<T> {
+    tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A named pipe at `path` (`mkfifo`).
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("run mkfifo");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_cannot_keep_up_drops_lines_and_never_slows_requests() {
+    let a = Upstream::start("a", "v1", Protocol::Http1).await;
+    let dir = TempDir::new("alog");
+    // Nobody reads the pipe yet: its writer cannot even open it.
+    let fifo = dir.path().join("access.fifo");
+    mkfifo(&fifo);
+    let fifo_label = fifo.display().to_string();
+    // Long lines (about 15 KB each) fill the queue's byte budget in a few hundred requests.
+    let format = format!("%REQ(X-TEST-ID)% {}\n", "x".repeat(15_000));
+    let mut res = svc_mesh(&[a.addr()]);
+    edit_hcm(&mut res, |h| h.access_log = vec![file_log(&fifo, &format)]);
+    let rig = Rig::start(&res).await;
+    let dropped = || async {
+        rig.metric(
+            "legate_access_log_dropped_total",
+            &[("path", fifo_label.as_str())],
+        )
+        .await as u64
+    };
+
+    // Bounded: at most 3000 requests and 60 s, whichever comes first.
+    let client = HttpClient::http1();
+    let url = rig.url("/");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut sent = 0u64;
+    let mut slowest = Duration::ZERO;
+    while dropped().await == 0 {
+        assert!(
+            sent < 3000 && std::time::Instant::now() < deadline,
+            "no line dropped after {sent} requests: {}",
+            rig.describe()
+        );
+        for _ in 0..50 {
+            let id = format!("n{sent}");
+            let (r, took) =
+                legate_tests::resilience::timed(client.get_with(&url, &[("x-test-id", &id)])).await;
+            assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+            slowest = slowest.max(took);
+            sent += 1;
+        }
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a request waited for the log: {slowest:?}"
+    );
+    let lost = dropped().await;
+    assert!(lost > 0 && lost < sent, "dropped {lost} of {sent}");
+
+    // A reader drains the pipe: every line that was not dropped arrives, then new ones.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader_path = fifo.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        let Ok(f) = std::fs::File::open(&reader_path) else {
+            return;
+        };
+        for line in std::io::BufReader::new(f).lines() {
+            let Ok(line) = line else { return };
+            let id = line.split(' ').next().unwrap_or_default().to_owned();
+            if tx.send(id).is_err() {
+                return;
+            }
+        }
+    });
+    let written = sent - lost;
+    let mut ids = Vec::new();
+    while (ids.len() as u64) < written {
+        let id = recv_within(&mut rx).await;
+        let Some(id) = id else {
+            panic!("{} of {written} lines read, then nothing", ids.len());
+        };
+        ids.push(id);
+    }
+    // Every request was either written or counted as dropped, and what was written is the
+    // oldest requests, in order (the queue held them while the pipe had no reader).
+    let expected: Vec<String> = (0..written).map(|i| format!("n{i}")).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(dropped().await, lost, "nothing more was dropped");
+    // The queue has room again: a new request's line arrives.
+    let r = client.get_with(&url, &[("x-test-id", "after")]).await;
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(recv_within(&mut rx).await.as_deref(), Some("after"));
+}

@@ -1,8 +1,8 @@
 //! Access logs: what a request leaves behind ([`Record`]), rendered with the listener's
 //! compiled formats when its response ends, and handed to one writer thread per file.
 //!
-//! The request path never waits for a disk: lines go into a bounded channel with
-//! `try_send`; a full channel drops the line and counts it
+//! The request path never waits for a disk: lines go into a queue bounded in lines and in
+//! bytes with `try_send`; a full queue drops the line and counts it
 //! (`legate_access_log_dropped_total`). Each file's writer thread reopens it when
 //! [`Sinks::reopen`] is called (SIGUSR1, for logrotate).
 
@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -25,19 +25,37 @@ use crate::error::ResponseFlags;
 
 /// Lines waiting for a file's writer before new ones are dropped.
 const QUEUE: usize = 16 * 1024;
+/// Bytes those lines may hold together: a line can carry request headers, so a count of
+/// lines alone does not bound the memory a stuck file holds.
+const QUEUE_BYTES: usize = 8 * 1024 * 1024;
 
-/// One file's writer: the channel to its thread and its drop counter.
+/// One file's writer: the channel to its thread, the bytes in it, and its drop counter.
 #[derive(Debug)]
 pub(crate) struct Sink {
     tx: SyncSender<String>,
+    queued: Arc<AtomicUsize>,
     dropped: Arc<Counter>,
 }
 
 impl Sink {
     fn send(&self, line: String) {
+        let len = line.len();
+        let fits = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                q.checked_add(len).filter(|total| *total <= QUEUE_BYTES)
+            })
+            .is_ok();
+        if !fits {
+            self.dropped.inc();
+            return;
+        }
         match self.tx.try_send(line) {
             Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(len, Ordering::AcqRel);
+                self.dropped.inc();
+            }
         }
     }
 }
@@ -84,15 +102,18 @@ impl Sinks {
     fn start(&self, path: Arc<str>) -> Arc<Sink> {
         let (tx, rx) = sync_channel(QUEUE);
         let generation = self.generation.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
         let thread_path = path.clone();
+        let thread_queued = queued.clone();
         let spawned = std::thread::Builder::new()
             .name("legate-access-log".to_owned())
-            .spawn(move || write_loop(&thread_path, &rx, &generation));
+            .spawn(move || write_loop(&thread_path, &rx, &generation, &thread_queued));
         if let Err(error) = spawned {
             tracing::warn!(%path, %error, "cannot start the access log writer");
         }
         Arc::new(Sink {
             tx,
+            queued,
             dropped: self.dropped.get_or_create(&[&path]),
         })
     }
@@ -126,7 +147,7 @@ fn open(path: &str) -> Option<Box<dyn std::io::Write + Send>> {
     }
 }
 
-fn write_loop(path: &str, rx: &Receiver<String>, generation: &AtomicU64) {
+fn write_loop(path: &str, rx: &Receiver<String>, generation: &AtomicU64, queued: &AtomicUsize) {
     let mut seen = generation.load(Ordering::Acquire);
     let mut out = open(path);
     while let Ok(line) = rx.recv() {
@@ -138,11 +159,16 @@ fn write_loop(path: &str, rx: &Receiver<String>, generation: &AtomicU64) {
             }
             out = open(path);
         }
-        let Some(o) = out.as_mut() else { continue };
+        let Some(o) = out.as_mut() else {
+            queued.fetch_sub(line.len(), Ordering::AcqRel);
+            continue;
+        };
         let mut write = |l: &str| {
             if let Err(error) = o.write_all(l.as_bytes()) {
                 tracing::warn!(%path, %error, "access log write failed");
             }
+            // Written (or lost with its file): the queue has room for it again.
+            queued.fetch_sub(l.len(), Ordering::AcqRel);
         };
         write(&line);
         // Drain what is queued, then flush once.
