@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
 use envoy_types::pb::envoy::config::core::v3::HealthStatus;
 use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format;
@@ -13,7 +14,9 @@ use envoy_types::pb::envoy::config::core::v3::{DataSource, SubstitutionFormatStr
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::file_access_log::AccessLogFormat;
 use envoy_types::pb::google::protobuf::Any;
-use legate_tests::client::HttpClient;
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use legate_tests::client::{HttpClient, ReqBody};
 use legate_tests::config::{bootstrap, cluster};
 use legate_tests::process::TempDir;
 use legate_tests::resilience::{
@@ -54,11 +57,16 @@ fn file_log(path: &Path, format: &str) -> AccessLog {
 
 /// The line whose `x-test-id` field is `id`, split into fields, once it is written.
 async fn line_for(path: &Path, id: &str) -> Vec<String> {
+    line_with(path, 10, id).await
+}
+
+/// The line whose field `index` is `id`, split at `|`, once it is written.
+async fn line_with(path: &Path, index: usize, id: &str) -> Vec<String> {
     eventually(Duration::from_secs(10), "the access log line", || async {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         text.lines()
             .map(|l| l.split('|').map(str::to_owned).collect::<Vec<_>>())
-            .find(|f| f.get(10).map(String::as_str) == Some(id))
+            .find(|f| f.get(index).map(String::as_str) == Some(id))
             .ok_or_else(|| format!("no line with id {id} in {text:?}"))
     })
     .await
@@ -417,4 +425,97 @@ async fn a_writer_that_cannot_keep_up_drops_lines_and_never_slows_requests() {
     let r = client.get_with(&url, &[("x-test-id", "after")]).await;
     assert_eq!(r.status.as_u16(), 200);
     assert_eq!(recv_within(&mut rx).await.as_deref(), Some("after"));
+}
+
+/// A chunked request body: `chunks` chunks of `size` bytes, `gap` apart.
+fn slow_chunked(chunks: usize, size: usize, gap: Duration) -> ReqBody {
+    let stream = futures_util::stream::unfold(0usize, move |sent| async move {
+        if sent == chunks {
+            return None;
+        }
+        if sent > 0 {
+            tokio::time::sleep(gap).await;
+        }
+        let frame = Frame::data(Bytes::from(vec![b'u'; size]));
+        Some((Ok::<_, legate_tests::client::BoxError>(frame), sent + 1))
+    });
+    StreamBody::new(stream).boxed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_received_and_request_duration_count_the_body_read() {
+    let a = Upstream::start("a", "v1", Protocol::Http1).await;
+    let dir = TempDir::new("alog");
+    let log = dir.path().join("access.log");
+    let format = "%REQ(X-TEST-ID)%|%BYTES_RECEIVED%|%REQUEST_DURATION%|%DURATION%|%RESPONSE_CODE%|\
+%UPSTREAM_REQUEST_ATTEMPT_COUNT%\n";
+    let mut res = svc_mesh(&[a.addr()]);
+    let l = file_log(&log, format);
+    edit_hcm(&mut res, |h| h.access_log = vec![l.clone()]);
+    let rig = Rig::start(&res).await;
+    let send = |method: &'static str, id: &'static str, path: &'static str, body: ReqBody| {
+        let url = rig.url(path);
+        async move {
+            HttpClient::http1()
+                .request(method, &url, &[("x-test-id", id)], body)
+                .await
+        }
+    };
+    let ms = |f: &str| -> u64 {
+        f.parse()
+            .unwrap_or_else(|_| panic!("not a duration: {f:?}"))
+    };
+
+    // Streamed through (no retry policy): four chunks of 10,000 bytes, 200 ms apart.
+    let gap = Duration::from_millis(200);
+    let r = send("POST", "streamed", "/", slow_chunked(4, 10_000, gap)).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+    assert_eq!(
+        r.echo().body_bytes,
+        40_000,
+        "the upstream read the whole body"
+    );
+    let f = line_with(&log, 0, "streamed").await;
+    assert_eq!(f[1], "40000", "{f:?}");
+    let (request_ms, total_ms) = (ms(&f[2]), ms(&f[3]));
+    assert!(
+        request_ms >= 600 && request_ms <= total_ms,
+        "the body ended after its three gaps, before the response: {f:?}"
+    );
+
+    // Kept for a retry and sent twice: counted once, as read from the client.
+    route_action(&mut res).retry_policy = Some(retry("5xx", 1));
+    rig.apply(&res).await;
+    // (PUT: idempotent, so it may be sent again.)
+    let r = send(
+        "PUT",
+        "retried",
+        "/?status=503",
+        slow_chunked(3, 5_000, gap),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 503);
+    let f = line_with(&log, 0, "retried").await;
+    assert_eq!((&*f[1], &*f[5]), ("15000", "2"), "{f:?}");
+    assert!(ms(&f[2]) >= 400, "{f:?}");
+
+    // A declared length, and no body at all.
+    let r = send(
+        "POST",
+        "sized",
+        "/",
+        legate_tests::client::full(vec![b'z'; 1234]),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200);
+    let f = line_with(&log, 0, "sized").await;
+    assert_eq!(f[1], "1234");
+    ms(&f[2]);
+    let r = HttpClient::http1()
+        .get_with(&rig.url("/"), &[("x-test-id", "bodiless")])
+        .await;
+    assert_eq!(r.status.as_u16(), 200);
+    let f = line_with(&log, 0, "bodiless").await;
+    assert_eq!(f[1], "0");
+    assert!(ms(&f[2]) <= ms(&f[3]), "{f:?}");
 }

@@ -229,10 +229,10 @@ pub(crate) struct Record {
     pub(crate) cause: Option<&'static str>,
     /// Why the connection to the upstream failed, when it did.
     pub(crate) transport_failure: Option<&'static str>,
-    pub(crate) request_done: Option<Duration>,
+    /// The request body's bytes and end, as it is read.
+    pub(crate) request_body: Arc<crate::body::BodyMeter>,
     pub(crate) response_start: Option<Duration>,
     pub(crate) trail: Trail,
-    pub(crate) bytes_received: Option<u64>,
     pub(crate) bytes_sent: u64,
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
@@ -372,14 +372,14 @@ fn value(out: &mut String, op: &Operator, r: &Record, duration: Duration) -> boo
         }
         OpKind::ResponseCodeDetails => push(out, r.cause.unwrap_or("via_upstream")),
         OpKind::Duration => push(out, &ms(duration)),
-        OpKind::RequestDuration => r.request_done.is_some_and(|d| push(out, &ms(d))),
+        OpKind::RequestDuration => r.request_body.ended().is_some_and(|d| push(out, &ms(d))),
         OpKind::ResponseDuration => r.response_start.is_some_and(|d| push(out, &ms(d))),
         OpKind::UpstreamHost => r
             .trail
             .upstream_host
             .is_some_and(|h| push(out, &h.to_string())),
         OpKind::UpstreamCluster => r.trail.cluster.as_deref().is_some_and(|c| push(out, c)),
-        OpKind::BytesReceived => push(out, &r.bytes_received.unwrap_or(0).to_string()),
+        OpKind::BytesReceived => push(out, &r.request_body.bytes().to_string()),
         OpKind::BytesSent => push(out, &r.bytes_sent.to_string()),
         OpKind::Protocol => push(
             out,

@@ -16,7 +16,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::{HeaderValue, Response};
-use hyper::body::Incoming;
 use legate_snapshot::{ForwardAction, RetryPolicy};
 use tokio::time::Instant;
 
@@ -41,7 +40,7 @@ pub(crate) struct Request<'a> {
     pub(crate) cluster: &'a Arc<ClusterRuntime>,
     pub(crate) fwd: &'a ForwardAction,
     pub(crate) tpl: Template,
-    pub(crate) body: Incoming,
+    pub(crate) body: body::Downstream,
     pub(crate) upgrade: bool,
     /// The stream idle timeout in force (route `idle_timeout`, else the listener's).
     pub(crate) stream_idle: Option<Duration>,

@@ -35,7 +35,7 @@ use arc_swap::ArcSwap;
 use legate_snapshot::{Listener, RouteConfig, Snapshot};
 use legate_telemetry::{ByCodeClass, Counter, Registry};
 
-pub use body::{BodyTimeout, BoxError, Held, RequestBody, ResponseBody};
+pub use body::{BodyTimeout, BoxError, Downstream, Held, RequestBody, ResponseBody};
 pub use cluster::ClusterRuntime;
 pub use error::ProxyError;
 pub use load::LoadCounts;

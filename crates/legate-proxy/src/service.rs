@@ -7,7 +7,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -21,7 +20,7 @@ use legate_snapshot::{
 };
 
 use crate::access_log::{Pending, Record, Trail};
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{BodyMeter, Downstream, RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::forward;
 use crate::headers;
@@ -65,20 +64,20 @@ pub(crate) async fn handle(
         end_span_with_body(span, &mut res);
         return Ok(res);
     }
-    let mut res =
-        match route_and_forward(&ctx, &active, &view, req, &mut trail, span.as_ref()).await {
-            Ok(mut res) => {
-                // An upstream body keeps the request open until it ends.
-                if let ResponseBody::Upstream { held, .. } = res.body_mut() {
-                    held.open = Some(open);
-                }
-                res
+    let forwarded = route_and_forward(&ctx, &active, &view, req, None, &mut trail, span.as_ref());
+    let mut res = match forwarded.await {
+        Ok(mut res) => {
+            // An upstream body keeps the request open until it ends.
+            if let ResponseBody::Upstream { held, .. } = res.body_mut() {
+                held.open = Some(open);
             }
-            Err(e) => {
-                ctx.shared.local_reply(e).inc();
-                e.response()
-            }
-        };
+            res
+        }
+        Err(e) => {
+            ctx.shared.local_reply(e).inc();
+            e.response()
+        }
+    };
     view.requests.record(res.status().as_u16());
     end_span_with_body(span, &mut res);
     Ok(res)
@@ -111,12 +110,20 @@ async fn handle_logged(
     let uri = req.uri().clone();
     let version = req.version();
     let req_headers = req.headers().clone();
-    let bytes_received = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let request_done = http_body::Body::is_end_stream(req.body()).then(Duration::default);
-    let result = route_and_forward(ctx, active, view, req, &mut trail, trace).await;
+    let meter = BodyMeter::new(start);
+    if http_body::Body::is_end_stream(req.body()) {
+        meter.end();
+    }
+    let result = route_and_forward(
+        ctx,
+        active,
+        view,
+        req,
+        Some(meter.clone()),
+        &mut trail,
+        trace,
+    )
+    .await;
     let (mut res, cause, transport_failure, response_start) = match result {
         Ok(res) => {
             let cause = res
@@ -148,10 +155,9 @@ async fn handle_logged(
         resp_headers: res.headers().clone(),
         cause,
         transport_failure,
-        request_done: request_done.or(bytes_received.filter(|n| *n == 0).map(|_| Duration::ZERO)),
+        request_body: meter,
         response_start,
         trail,
-        bytes_received,
         bytes_sent: 0,
         peer: ctx.peer,
         local: ctx.local,
@@ -179,6 +185,7 @@ async fn route_and_forward(
     active: &Active,
     view: &ListenerView,
     mut req: Request<Incoming>,
+    meter: Option<Arc<BodyMeter>>,
     trail: &mut Trail,
     trace: Option<&crate::trace::ServerSpan>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -239,7 +246,7 @@ async fn route_and_forward(
                 cluster,
                 fwd,
                 tpl,
-                body,
+                body: Downstream::new(body, meter),
                 upgrade,
                 stream_idle,
                 trail,
