@@ -519,3 +519,63 @@ async fn bytes_received_and_request_duration_count_the_body_read() {
     assert_eq!(f[1], "0");
     assert!(ms(&f[2]) <= ms(&f[3]), "{f:?}");
 }
+
+/// `GET path` on a raw HTTP/1.1 connection with `x-test-id: id`.
+fn raw_get(path: &str, id: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nhost: svc\r\nx-test-id: {id}\r\n\r\n").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_upstream_is_uc_a_timer_ut_and_a_client_leaving_dc() {
+    use tokio::io::AsyncWriteExt as _;
+    let a = Upstream::start("a", "v1", Protocol::Http1).await;
+    let dir = TempDir::new("alog");
+    let log = dir.path().join("access.log");
+    let mut res = svc_mesh(&[a.addr()]);
+    let l = file_log(&log, FORMAT);
+    edit_hcm(&mut res, |h| h.access_log = vec![l.clone()]);
+    let rig = Rig::start(&res).await;
+    let wait = Duration::from_secs(10);
+
+    // The upstream sends the head and 1,000 of 100,000 bytes, then drops its connection.
+    let reply = legate_tests::raw::exchange(
+        rig.addr(),
+        &raw_get("/?size=100000&reset_after=1000", "uc"),
+        wait,
+    )
+    .await;
+    assert_eq!(reply.statuses(), [200]);
+    assert!(reply.closed, "legate closes a response it cannot finish");
+    let f = line_for(&log, "uc").await;
+    assert_eq!((&*f[0], &*f[1], &*f[7]), ("200", "UC", "1000"), "{f:?}");
+
+    // The client reads the head and some of a 50 MB body, then closes its socket.
+    let mut s = tokio::net::TcpStream::connect(rig.addr())
+        .await
+        .expect("connect");
+    s.write_all(&raw_get("/?size=50000000", "dc"))
+        .await
+        .expect("write");
+    let got = legate_tests::raw::read_until(&mut s, wait, |b| b.len() > 100_000).await;
+    assert!(
+        got.bytes.len() > 100_000 && !got.closed,
+        "{} bytes",
+        got.bytes.len()
+    );
+    drop(s);
+    let f = line_for(&log, "dc").await;
+    assert_eq!((&*f[0], &*f[1]), ("200", "DC"), "{f:?}");
+    let sent: u64 = f[7].parse().expect("bytes sent");
+    assert!(sent < 50_000_000, "{f:?}");
+
+    // The route timeout fires while the body is stalled: UT, not DC.
+    let stalling = legate_tests::resilience::StallingUpstream::start(100_000, 500).await;
+    let mut res = svc_mesh(&[stalling.addr]);
+    edit_hcm(&mut res, |h| h.access_log = vec![l.clone()]);
+    route_action(&mut res).timeout = Some(ms(500));
+    rig.apply(&res).await;
+    let reply = legate_tests::raw::exchange(rig.addr(), &raw_get("/", "ut"), wait).await;
+    assert_eq!(reply.statuses(), [200]);
+    let f = line_for(&log, "ut").await;
+    assert_eq!((&*f[0], &*f[1], &*f[7]), ("200", "UT", "500"), "{f:?}");
+}

@@ -209,6 +209,8 @@ pub(crate) struct Trail {
 pub(crate) struct Pending {
     logs: Logs,
     pub(crate) record: Record,
+    /// The response ended on legate's or the upstream's side: sent whole, or cut by the
+    /// upstream or a timer (whose flag says so). Dropped otherwise, the client left (DC).
     pub(crate) completed: bool,
     /// The body's exact length when known: sending that many bytes completes it (hyper
     /// stops polling a body once its length is reached).
@@ -248,6 +250,12 @@ impl Pending {
             completed: false,
             expected: None,
         }
+    }
+
+    /// The response body was cut for the reason `flag` names (not by the client).
+    pub(crate) fn ended_by(&mut self, flag: ResponseFlags) {
+        self.record.trail.flags.insert(flag);
+        self.completed = true;
     }
 }
 

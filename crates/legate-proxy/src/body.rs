@@ -551,9 +551,13 @@ impl Held {
         self.tail.as_mut().and_then(|t| t.log.as_mut())
     }
 
-    /// The body failed after the headers went out: the spans say why.
+    /// The body failed after the headers went out (not by the client leaving): the log line
+    /// and the spans say why.
     fn body_failed(&mut self, cause: ProxyError) {
         let Some(t) = &mut self.tail else { return };
+        if let Some(l) = &mut t.log {
+            l.ended_by(cause.response_flag());
+        }
         if let Some(s) = &mut t.attempt_span {
             s.body_failed(cause);
         }
@@ -610,7 +614,9 @@ impl Body for ResponseBody {
                         Poll::Ready(None)
                     }
                     Poll::Ready(Some(Err(e))) => {
-                        held.body_failed(ProxyError::UpstreamReset);
+                        // The upstream cut its body (a reset, a closed connection, a broken
+                        // encoding): the log's flag says so, not the client's DC.
+                        held.body_failed(crate::pool::classify(&e));
                         *held = Held::default();
                         Poll::Ready(Some(Err(e.into())))
                     }
