@@ -579,3 +579,74 @@ async fn a_body_cut_upstream_is_uc_a_timer_ut_and_a_client_leaving_dc() {
     let f = line_for(&log, "ut").await;
     assert_eq!((&*f[0], &*f[1], &*f[7]), ("200", "UT", "500"), "{f:?}");
 }
+
+/// Whether process `pid` has `path` open (a link in `/proc/<pid>/fd`).
+fn has_open(pid: u32, path: &Path) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/<pid>/fd")
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .any(|target| target == path)
+}
+
+async fn wait_closed(pid: u32, path: &Path) {
+    eventually(Duration::from_secs(10), "the log file closed", || async {
+        if has_open(pid, path) {
+            Err(format!("{} is still open", path.display()))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_no_longer_configured_are_closed() {
+    let a = Upstream::start("a", "v1", Protocol::Http1).await;
+    let dir = TempDir::new("alog");
+    let (first, second) = (dir.path().join("first.log"), dir.path().join("second.log"));
+    let mut res = svc_mesh(&[a.addr()]);
+    edit_hcm(&mut res, |h| h.access_log = vec![file_log(&first, FORMAT)]);
+    let rig = Rig::start(&res).await;
+    let pid = rig.legate.pid();
+    // One keep-alive connection for the whole test: a connection accepted under the first
+    // configuration must not keep its file open.
+    let client = HttpClient::http1();
+    let get = |id: &'static str| {
+        let (client, url) = (client.clone(), rig.url("/"));
+        async move {
+            let r = client.get_with(&url, &[("x-test-id", id)]).await;
+            assert_eq!(r.status.as_u16(), 200, "{}", r.describe());
+        }
+    };
+    get("one").await;
+    line_for(&first, "one").await;
+    assert!(has_open(pid, &first));
+
+    // The path changes: the new file gets the lines, the old one is closed.
+    edit_hcm(&mut res, |h| h.access_log = vec![file_log(&second, FORMAT)]);
+    rig.apply(&res).await;
+    get("two").await;
+    line_for(&second, "two").await;
+    wait_closed(pid, &first).await;
+    let old = std::fs::read_to_string(&first).expect("first.log");
+    assert!(old.contains("|one|") && !old.contains("|two|"), "{old}");
+
+    // No access log any more: the last file is closed too.
+    edit_hcm(&mut res, |h| h.access_log = vec![]);
+    rig.apply(&res).await;
+    get("three").await;
+    wait_closed(pid, &second).await;
+    assert!(
+        !std::fs::read_to_string(&second)
+            .expect("second.log")
+            .contains("|three|")
+    );
+
+    // Named again: a new writer opens it and appends.
+    edit_hcm(&mut res, |h| h.access_log = vec![file_log(&first, FORMAT)]);
+    rig.apply(&res).await;
+    get("four").await;
+    line_for(&first, "four").await;
+    assert!(has_open(pid, &first));
+}

@@ -60,8 +60,10 @@ impl Sink {
     }
 }
 
-/// Every file the configuration has named, each with its writer; kept for the process's
-/// life (a file a later configuration names again reuses its writer).
+/// Every file the live configuration names, each with its writer. A file no longer named
+/// leaves the map; its writer thread writes what is queued, closes the file and ends once
+/// the last [`Sink`] handle (held by views of draining listeners and by requests still in
+/// flight) is dropped.
 #[derive(Debug)]
 pub(crate) struct Sinks {
     files: Mutex<HashMap<Arc<str>, Arc<Sink>>>,
@@ -116,6 +118,16 @@ impl Sinks {
             queued,
             dropped: self.dropped.get_or_create(&[&path]),
         })
+    }
+
+    /// Forget the files that none of `listeners` names.
+    pub(crate) fn retain(&self, listeners: &[Arc<legate_snapshot::Listener>]) {
+        let named: std::collections::HashSet<&str> = listeners
+            .iter()
+            .flat_map(|l| l.access_logs.iter().map(|a| &*a.path))
+            .collect();
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        files.retain(|path, _| named.contains(&**path));
     }
 
     /// Reopen every file before its next line (logrotate's `postrotate` sends SIGUSR1).

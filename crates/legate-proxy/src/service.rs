@@ -29,7 +29,9 @@ use crate::{Active, ListenerView, Shared};
 /// What a connection knows about where it was accepted.
 pub(crate) struct ConnCtx {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) listener: Arc<ListenerView>,
+    /// The listener's own view: what a request uses once the live configuration no longer
+    /// has the listener (it is draining).
+    pub(crate) listener: Arc<arc_swap::ArcSwap<ListenerView>>,
     pub(crate) peer: SocketAddr,
     /// The listening socket's address.
     pub(crate) local: SocketAddr,
@@ -49,13 +51,17 @@ pub(crate) async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let open = ctx.activity.begin();
     let active = ctx.shared.active.load_full();
-    // Prefer the listener's current routes; a listener being drained keeps the view it had.
-    let view = active
+    // Prefer the live configuration's view (loaded with its clusters, in one piece); a
+    // listener being drained keeps the view it had last.
+    let own = ctx.listener.load();
+    let view = match active
         .listeners
-        .get(&ctx.listener.config.name)
-        .filter(|v| v.config.address == ctx.listener.config.address)
-        .unwrap_or(&ctx.listener)
-        .clone();
+        .get(&own.config.name)
+        .filter(|v| v.config.address == own.config.address)
+    {
+        Some(v) => v.clone(),
+        None => arc_swap::Guard::into_inner(own),
+    };
     // Sampled or not is decided here, before anything is allocated for the trace.
     let span = view.tracer.as_ref().and_then(|t| t.start(&req));
     let mut trail = Trail::default();
