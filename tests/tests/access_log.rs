@@ -7,15 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
 use envoy_types::pb::envoy::config::core::v3::HealthStatus;
-use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format;
-use envoy_types::pb::envoy::config::core::v3::{DataSource, SubstitutionFormatString, data_source};
-use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
-use envoy_types::pb::envoy::extensions::access_loggers::file::v3::file_access_log::AccessLogFormat;
-use envoy_types::pb::google::protobuf::Any;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
+use legate_tests::access_log::{file_log, line_where};
 use legate_tests::client::{HttpClient, ReqBody};
 use legate_tests::config::{bootstrap, cluster};
 use legate_tests::process::TempDir;
@@ -24,36 +19,11 @@ use legate_tests::resilience::{
     set_thresholds, svc_mesh, thresholds, u32v,
 };
 use legate_tests::{Legate, Protocol, Upstream, closed_port, eventually};
-use prost::Message;
-
-const FILE_ACCESS_LOG: &str =
-    "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
 
 /// Fields separated by `|`, one line per request.
 const FORMAT: &str = "%RESPONSE_CODE%|%RESPONSE_FLAGS%|%UPSTREAM_CLUSTER%|%UPSTREAM_HOST%|\
 %REQ(:METHOD)%|%REQ(:PATH)%|%PROTOCOL%|%BYTES_SENT%|%UPSTREAM_REQUEST_ATTEMPT_COUNT%|\
 %RESPONSE_CODE_DETAILS%|%REQ(X-TEST-ID)%|%UPSTREAM_TRANSPORT_FAILURE_REASON%|%DURATION%\n";
-
-fn file_log(path: &Path, format: &str) -> AccessLog {
-    AccessLog {
-        name: "envoy.access_loggers.file".to_owned(),
-        filter: None,
-        config_type: Some(access_log::ConfigType::TypedConfig(Any {
-            type_url: FILE_ACCESS_LOG.to_owned(),
-            value: FileAccessLog {
-                path: path.display().to_string(),
-                access_log_format: Some(AccessLogFormat::LogFormat(SubstitutionFormatString {
-                    format: Some(Format::TextFormatSource(DataSource {
-                        specifier: Some(data_source::Specifier::InlineString(format.to_owned())),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                })),
-            }
-            .encode_to_vec(),
-        })),
-    }
-}
 
 /// The line whose `x-test-id` field is `id`, split into fields, once it is written.
 async fn line_for(path: &Path, id: &str) -> Vec<String> {
@@ -62,14 +32,13 @@ async fn line_for(path: &Path, id: &str) -> Vec<String> {
 
 /// The line whose field `index` is `id`, split at `|`, once it is written.
 async fn line_with(path: &Path, index: usize, id: &str) -> Vec<String> {
-    eventually(Duration::from_secs(10), "the access log line", || async {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        text.lines()
-            .map(|l| l.split('|').map(str::to_owned).collect::<Vec<_>>())
-            .find(|f| f.get(index).map(String::as_str) == Some(id))
-            .ok_or_else(|| format!("no line with id {id} in {text:?}"))
+    line_where(path, "the access log line", |l| {
+        l.split('|').nth(index) == Some(id)
     })
     .await
+    .split('|')
+    .map(str::to_owned)
+    .collect()
 }
 
 async fn get_id(rig: &Rig, path: &str, id: &str) -> u16 {

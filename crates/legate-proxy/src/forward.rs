@@ -51,6 +51,10 @@ pub(crate) struct Request<'a> {
 }
 
 pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, ProxyError> {
+    // As Envoy counts (%UPSTREAM_REQUEST_ATTEMPT_COUNT%): the first attempt exists once the
+    // request is forwarded to a cluster, even when no host can be picked or a breaker
+    // refuses it.
+    r.trail.attempts = 1;
     let cluster = r.cluster;
     let res = forward_inner(r).await;
     if let Err(e) = &res
