@@ -150,7 +150,6 @@ async fn single(
     };
     let host = cluster.pick().ok_or(ProxyError::NoHealthyUpstream)?;
     trail.upstream_host = Some(host.addr);
-    trail.attempts = 1;
     let slot = cluster
         .limits
         .try_acquire(Resource::Requests)
