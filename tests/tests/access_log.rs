@@ -619,3 +619,35 @@ async fn files_no_longer_configured_are_closed() {
     line_for(&first, "four").await;
     assert!(has_open(pid, &first));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_id_logged_is_the_one_sent_upstream() {
+    let a = Upstream::start("a", "v1", Protocol::Http1).await;
+    let dir = TempDir::new("alog");
+    let log = dir.path().join("access.log");
+    let mut res = svc_mesh(&[a.addr()]);
+    let l = file_log(&log, "%REQ(X-TEST-ID)%|%REQ(X-REQUEST-ID)%\n");
+    edit_hcm(&mut res, |h| h.access_log = vec![l.clone()]);
+    let rig = Rig::start(&res).await;
+
+    // legate generates one: the upstream's and the log's are the same.
+    let r = HttpClient::http1()
+        .get_with(&rig.url("/"), &[("x-test-id", "generated")])
+        .await;
+    let sent = r.echo().headers.get("x-request-id").cloned();
+    let sent = sent.unwrap_or_else(|| panic!("no x-request-id upstream: {}", r.describe()));
+    assert_eq!(sent.len(), 36, "a UUID: {sent}");
+    let f = line_with(&log, 0, "generated").await;
+    assert_eq!(f[1], sent);
+
+    // The client's own is kept, and logged.
+    let r = HttpClient::http1()
+        .get_with(
+            &rig.url("/"),
+            &[("x-test-id", "client"), ("x-request-id", "client-id-1")],
+        )
+        .await;
+    assert_eq!(r.echo().headers["x-request-id"], "client-id-1");
+    let f = line_with(&log, 0, "client").await;
+    assert_eq!(f[1], "client-id-1");
+}

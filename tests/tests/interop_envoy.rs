@@ -312,5 +312,9 @@ async fn access_logs_agree_with_envoy() {
         if via_upstream {
             assert_eq!(e[5], l[5], "default bytes sent of {id}: {e:?} / {l:?}");
         }
+        // Each logs the request id its connection manager set (generated: a UUID).
+        for f in [&e, &l] {
+            assert_eq!(f[10].len(), 36, "x-request-id of {id}: {f:?}");
+        }
     }
 }

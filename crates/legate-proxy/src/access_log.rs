@@ -213,6 +213,8 @@ pub(crate) struct Trail {
     pub(crate) upstream_host: Option<SocketAddr>,
     pub(crate) attempts: u32,
     pub(crate) flags: ResponseFlags,
+    /// The `x-request-id` sent upstream (set only when the request is logged).
+    pub(crate) request_id: Option<http::HeaderValue>,
 }
 
 /// A request being logged; the line is written when this is dropped (when the response

@@ -115,7 +115,7 @@ async fn handle_logged(
     let method = req.method().clone();
     let uri = req.uri().clone();
     let version = req.version();
-    let req_headers = req.headers().clone();
+    let mut req_headers = req.headers().clone();
     let meter = BodyMeter::new(start);
     if http_body::Body::is_end_stream(req.body()) {
         meter.end();
@@ -150,6 +150,11 @@ async fn handle_logged(
         }
     };
     view.requests.record(res.status().as_u16());
+    // The request id sent upstream, generated here or the client's: the one the upstream
+    // logs too (Envoy logs the one its connection manager set).
+    if let Some(id) = trail.request_id.take() {
+        req_headers.insert(&headers::X_REQUEST_ID, id);
+    }
     let record = Record {
         wall,
         start,
@@ -239,6 +244,9 @@ async fn route_and_forward(
             let tpl = Template::new(
                 ctx, view, vhost, route, fwd, weighted, host_value, parts, upgrade, cluster,
             )?;
+            if !view.logs.is_empty() {
+                trail.request_id = tpl.headers().get(&headers::X_REQUEST_ID).cloned();
+            }
             let stream_idle = match fwd.idle_timeout {
                 Some(d) if d.is_zero() => None,
                 Some(d) => Some(d),
