@@ -18,6 +18,7 @@
 //! Every child is killed by its own PID when its handle drops, and its captured output is
 //! printed if the test is failing. Everything binds `127.0.0.1:0`, so tests run in parallel.
 
+pub mod access_log;
 pub mod client;
 pub mod config;
 pub mod cp;

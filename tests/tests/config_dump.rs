@@ -6,12 +6,14 @@
 
 use std::time::Duration;
 
+use legate_tests::access_log::{FILE_ACCESS_LOG, file_log, file_log_with};
 use legate_tests::config::{cluster, single_vhost};
 use legate_tests::cp::ControlPlane;
 use legate_tests::peers::{Envoy, EnvoyAds};
 use legate_tests::process::TempDir;
+use legate_tests::resilience::{Rig, edit_hcm, svc_mesh};
 use legate_tests::xds_server::Mode;
-use legate_tests::{Legate, XdsFlags, eventually};
+use legate_tests::{Legate, XdsFlags, closed_port, eventually};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -237,5 +239,58 @@ async fn legate_envoy_and_legatectl_print_the_same_resources() {
         served(".RouteConfiguration", route_name),
         envoy_routes,
         "legatectl vs Envoy"
+    );
+}
+
+/// The HCM's file access logger prints as Envoy's JSON, not as a type legate cannot show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dump_shows_the_file_access_log() {
+    let dir = TempDir::new("alog-dump");
+    let path = dir.path().join("access.log");
+    let mut res = svc_mesh(&[closed_port()]);
+    edit_hcm(&mut res, |h| {
+        h.access_log = vec![
+            file_log(&path, "%RESPONSE_CODE% %RESPONSE_FLAGS%\n"),
+            file_log_with(&path, None),
+        ];
+    });
+    let rig = Rig::start(&res).await;
+    let dump = rig.legate.admin_json("/config_dump").await;
+    let text = dump.to_string();
+    assert!(!text.contains("not shown"), "{dump:#}");
+    let listener = config(&dump, "ListenersConfigDump").and_then(|l| {
+        l["dynamic_listeners"]
+            .as_array()?
+            .iter()
+            .find(|d| d["name"] == "outbound")
+    });
+    let listener = listener.unwrap_or_else(|| panic!("no dynamic listener outbound: {dump:#}"));
+    let hcm =
+        &listener["active_state"]["listener"]["filter_chains"][0]["filters"][0]["typed_config"];
+    assert_eq!(
+        hcm["@type"],
+        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "{listener:#}"
+    );
+    let logs = &hcm["access_log"];
+    let file = path.display().to_string();
+    assert_eq!(
+        logs[0],
+        serde_json::json!({
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": FILE_ACCESS_LOG,
+                "path": file,
+                "log_format": {
+                    "text_format_source": {"inline_string": "%RESPONSE_CODE% %RESPONSE_FLAGS%\n"}
+                }
+            }
+        }),
+        "{hcm:#}"
+    );
+    assert_eq!(
+        logs[1]["typed_config"],
+        serde_json::json!({"@type": FILE_ACCESS_LOG, "path": file}),
+        "Envoy's default format: no log_format"
     );
 }

@@ -4,12 +4,20 @@
 //! Envoy's traffic. Fails (never skips) when Envoy is missing: run `make peers`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use legate_tests::client::HttpClient;
+use envoy_types::pb::envoy::config::core::v3::HealthStatus;
+use legate_snapshot::Resources;
+use legate_tests::access_log::{default_format_fields, file_log, file_log_with, line_where};
+use legate_tests::client::{HttpClient, ReqBody, empty, generated_chunked};
 use legate_tests::peers::{Envoy, EnvoyAds};
+use legate_tests::process::TempDir;
+use legate_tests::resilience::{
+    SVC, edit_hcm, retry, route_action, set_endpoint_health, set_panic_threshold, svc_mesh,
+};
 use legate_tests::xds_server::{ALL_TYPES, CDS, LDS, XdsServer};
-use legate_tests::{Protocol, Upstream, eventually};
+use legate_tests::{Legate, Mode, Protocol, Upstream, XdsFlags, eventually};
 
 fn mesh(v1: SocketAddr, v2: SocketAddr, w1: u32, w2: u32) -> String {
     format!(
@@ -103,4 +111,210 @@ async fn envoy_accepts_compiled_resources_sotw() {
 #[tokio::test]
 async fn envoy_accepts_compiled_resources_delta() {
     envoy_accepts_and_routes(EnvoyAds::Delta).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Access logs: the same HCM access_log on Envoy and on legate
+
+/// One field per value both proxies must agree on (and the request's id first).
+const CUSTOM_FORMAT: &str = "%REQ(X-TEST-ID)%|%RESPONSE_CODE%|%RESPONSE_FLAGS%|\
+%UPSTREAM_CLUSTER%|%UPSTREAM_HOST%|%BYTES_RECEIVED%|%BYTES_SENT%|%UPSTREAM_REQUEST_ATTEMPT_COUNT%|\
+%REQ(:METHOD)%|%REQ(:PATH)%|%PROTOCOL%|%RESPONSE_CODE_DETAILS%|%REQ(:AUTHORITY)%\n";
+
+/// A proxy under test: Envoy or legate, on its own control plane, logging to its own files.
+struct Side {
+    name: &'static str,
+    xds: XdsServer,
+    dir: TempDir,
+    addr: SocketAddr,
+}
+
+impl Side {
+    async fn new(name: &'static str) -> Side {
+        Side {
+            name,
+            xds: XdsServer::start().await,
+            dir: TempDir::new(&format!("alog-{name}")),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
+    }
+
+    /// `res` with this side's two access logs: Envoy's default format and [`CUSTOM_FORMAT`].
+    fn resources(&self, res: &Resources) -> Resources {
+        let mut res = res.clone();
+        let (default, custom) = (self.default_log(), self.custom_log());
+        edit_hcm(&mut res, |h| {
+            h.access_log = vec![
+                file_log_with(&default, None),
+                file_log(&custom, CUSTOM_FORMAT),
+            ];
+        });
+        res
+    }
+
+    fn default_log(&self) -> PathBuf {
+        self.dir.path().join("default.log")
+    }
+
+    fn custom_log(&self) -> PathBuf {
+        self.dir.path().join("custom.log")
+    }
+
+    async fn apply(&self, res: &Resources) {
+        let pushes = self.xds.set_resources(&self.resources(res));
+        self.xds
+            .wait_all_acked(&pushes, Duration::from_secs(30))
+            .await;
+    }
+
+    /// Sends the request with `x-test-id: id` and a fixed `Host` (the listeners' ports
+    /// differ), returning the status.
+    async fn send(&self, method: &str, path: &str, id: &str, body: ReqBody) -> u16 {
+        let url = format!("http://{}{path}", self.addr);
+        let headers = [("x-test-id", id), ("host", "svc.test")];
+        let r = HttpClient::http1()
+            .request(method, &url, &headers, body)
+            .await;
+        r.status.as_u16()
+    }
+
+    /// The custom-format line of request `id`, split into fields.
+    async fn custom_line(&self, id: &str) -> Vec<String> {
+        let what = format!("{}'s line for {id}", self.name);
+        line_where(&self.custom_log(), &what, |l| {
+            l.split('|').next() == Some(id)
+        })
+        .await
+        .split('|')
+        .map(str::to_owned)
+        .collect()
+    }
+
+    /// The default-format line of the request for `path`, split into fields.
+    async fn default_line(&self, path: &str) -> Vec<String> {
+        let what = format!("{}'s default line for {path}", self.name);
+        let needle = format!(" {path} ");
+        default_format_fields(
+            &line_where(&self.default_log(), &what, |l| l.contains(&needle)).await,
+        )
+    }
+}
+
+/// A request both proxies get.
+struct Case {
+    id: &'static str,
+    method: &'static str,
+    path: &'static str,
+    /// Bytes of a chunked request body; 0: none.
+    body: u64,
+    status: u16,
+}
+
+impl Case {
+    async fn send_to(&self, sides: &[&Side]) {
+        for s in sides {
+            let body = if self.body > 0 {
+                generated_chunked(self.body, 1000)
+            } else {
+                empty()
+            };
+            let status = s.send(self.method, self.path, self.id, body).await;
+            assert_eq!(status, self.status, "{}: {}", s.name, self.id);
+        }
+    }
+}
+
+#[tokio::test]
+async fn access_logs_agree_with_envoy() {
+    let a = Upstream::start("a", "v1", Protocol::Http1).await;
+    let mut res = svc_mesh(&[a.addr()]);
+    let mut legate = Side::new("legate").await;
+    let mut envoy = Side::new("envoy").await;
+
+    let pushes = legate.xds.set_resources(&legate.resources(&res));
+    let legate_process = Legate::start_xds(&XdsFlags::new(&legate.xds.url(), Mode::Sotw)).await;
+    legate
+        .xds
+        .wait_all_acked(&pushes, Duration::from_secs(30))
+        .await;
+    legate.addr = legate_process.listener_addr("outbound").await;
+
+    let pushes = envoy.xds.set_resources(&envoy.resources(&res));
+    let envoy_process =
+        Envoy::start_ads(envoy.xds.addr(), EnvoyAds::Sotw, "envoy-1", "envoys").await;
+    envoy
+        .xds
+        .wait_all_acked(&pushes, Duration::from_secs(30))
+        .await;
+    envoy.addr = envoy_process.listener("outbound").await;
+    let sides = [&envoy, &legate];
+
+    let case = |id, method, path, body, status| Case {
+        id,
+        method,
+        path,
+        body,
+        status,
+    };
+    let cases = [
+        case("ok", "GET", "/ok?size=10", 0, 200),
+        case("upload", "PUT", "/upload?size=20", 3000, 200),
+        // With a retry policy: retries exhausted on the upstream's 503s.
+        case("retry", "GET", "/retry?status=503&size=30", 0, 503),
+        // The only host unhealthy, no panic mode: no healthy upstream.
+        case("uh", "GET", "/uh", 0, 503),
+    ];
+    for c in &cases[..2] {
+        c.send_to(&sides).await;
+    }
+    route_action(&mut res).retry_policy = Some(retry("5xx", 1));
+    for s in sides {
+        s.apply(&res).await;
+    }
+    cases[2].send_to(&sides).await;
+    route_action(&mut res).retry_policy = None;
+    set_endpoint_health(&mut res, SVC, 0, HealthStatus::Unhealthy);
+    set_panic_threshold(&mut res, SVC, 0.0);
+    for s in sides {
+        s.apply(&res).await;
+    }
+    cases[3].send_to(&sides).await;
+
+    for Case { id, path, .. } in &cases {
+        let e = envoy.custom_line(id).await;
+        let l = legate.custom_line(id).await;
+        assert_eq!(e.len(), l.len(), "envoy {e:?}\nlegate {l:?}");
+        // Code, flags, cluster, host, bytes received, attempts, method, path, protocol,
+        // authority.
+        for i in [1, 2, 3, 4, 5, 7, 8, 9, 10, 12] {
+            assert_eq!(e[i], l[i], "field {i} of {id}:\nenvoy  {e:?}\nlegate {l:?}");
+        }
+        // An upstream's answer: the same body, and Envoy's detail.
+        let via_upstream = e[11] == "via_upstream";
+        assert_eq!(via_upstream, l[11] == "via_upstream", "{id}: {e:?} / {l:?}");
+        if via_upstream {
+            assert_eq!(e[6], l[6], "bytes sent of {id}: {e:?} / {l:?}");
+        }
+
+        let e = envoy.default_line(path).await;
+        let l = legate.default_line(path).await;
+        assert_eq!((e.len(), l.len()), (13, 13), "envoy {e:?}\nlegate {l:?}");
+        for f in [&e, &l] {
+            assert!(f[0].len() == 24 && f[0].ends_with('Z'), "start time {f:?}");
+        }
+        // Request line, code, flags, bytes received, user agent, authority, upstream host.
+        for i in [1, 2, 3, 4, 9, 11, 12] {
+            assert_eq!(
+                e[i], l[i],
+                "default field {i} of {id}:\nenvoy  {e:?}\nlegate {l:?}"
+            );
+        }
+        if via_upstream {
+            assert_eq!(e[5], l[5], "default bytes sent of {id}: {e:?} / {l:?}");
+        }
+        // Each logs the request id its connection manager set (generated: a UUID).
+        for f in [&e, &l] {
+            assert_eq!(f[10].len(), 36, "x-request-id of {id}: {f:?}");
+        }
+    }
 }

@@ -70,6 +70,7 @@ pub const ROOT_MESSAGES: &[&str] = &[
     "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
     "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
     "envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig",
+    "envoy.extensions.access_loggers.file.v3.FileAccessLog",
     "google.protobuf.Struct",
     "google.protobuf.StringValue",
 ];

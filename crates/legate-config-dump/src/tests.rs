@@ -140,6 +140,7 @@ fn descriptors_hold_every_type_legate_accepts() {
         type_url::UPSTREAM_TLS_CONTEXT,
         type_url::DOWNSTREAM_TLS_CONTEXT,
         type_url::HTTP_PROTOCOL_OPTIONS,
+        type_url::FILE_ACCESS_LOG,
     ];
     for url in accepted {
         let name = url.trim_start_matches("type.googleapis.com/");

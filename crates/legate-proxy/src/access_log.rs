@@ -1,8 +1,8 @@
 //! Access logs: what a request leaves behind ([`Record`]), rendered with the listener's
 //! compiled formats when its response ends, and handed to one writer thread per file.
 //!
-//! The request path never waits for a disk: lines go into a bounded channel with
-//! `try_send`; a full channel drops the line and counts it
+//! The request path never waits for a disk: lines go into a queue bounded in lines and in
+//! bytes with `try_send`; a full queue drops the line and counts it
 //! (`legate_access_log_dropped_total`). Each file's writer thread reopens it when
 //! [`Sinks::reopen`] is called (SIGUSR1, for logrotate).
 
@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -25,25 +25,45 @@ use crate::error::ResponseFlags;
 
 /// Lines waiting for a file's writer before new ones are dropped.
 const QUEUE: usize = 16 * 1024;
+/// Bytes those lines may hold together: a line can carry request headers, so a count of
+/// lines alone does not bound the memory a stuck file holds.
+const QUEUE_BYTES: usize = 8 * 1024 * 1024;
 
-/// One file's writer: the channel to its thread and its drop counter.
+/// One file's writer: the channel to its thread, the bytes in it, and its drop counter.
 #[derive(Debug)]
 pub(crate) struct Sink {
     tx: SyncSender<String>,
+    queued: Arc<AtomicUsize>,
     dropped: Arc<Counter>,
 }
 
 impl Sink {
     fn send(&self, line: String) {
+        let len = line.len();
+        let fits = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                q.checked_add(len).filter(|total| *total <= QUEUE_BYTES)
+            })
+            .is_ok();
+        if !fits {
+            self.dropped.inc();
+            return;
+        }
         match self.tx.try_send(line) {
             Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(len, Ordering::AcqRel);
+                self.dropped.inc();
+            }
         }
     }
 }
 
-/// Every file the configuration has named, each with its writer; kept for the process's
-/// life (a file a later configuration names again reuses its writer).
+/// Every file the live configuration names, each with its writer. A file no longer named
+/// leaves the map; its writer thread writes what is queued, closes the file and ends once
+/// the last [`Sink`] handle (held by views of draining listeners and by requests still in
+/// flight) is dropped.
 #[derive(Debug)]
 pub(crate) struct Sinks {
     files: Mutex<HashMap<Arc<str>, Arc<Sink>>>,
@@ -84,17 +104,30 @@ impl Sinks {
     fn start(&self, path: Arc<str>) -> Arc<Sink> {
         let (tx, rx) = sync_channel(QUEUE);
         let generation = self.generation.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
         let thread_path = path.clone();
+        let thread_queued = queued.clone();
         let spawned = std::thread::Builder::new()
             .name("legate-access-log".to_owned())
-            .spawn(move || write_loop(&thread_path, &rx, &generation));
+            .spawn(move || write_loop(&thread_path, &rx, &generation, &thread_queued));
         if let Err(error) = spawned {
             tracing::warn!(%path, %error, "cannot start the access log writer");
         }
         Arc::new(Sink {
             tx,
+            queued,
             dropped: self.dropped.get_or_create(&[&path]),
         })
+    }
+
+    /// Forget the files that none of `listeners` names.
+    pub(crate) fn retain(&self, listeners: &[Arc<legate_snapshot::Listener>]) {
+        let named: std::collections::HashSet<&str> = listeners
+            .iter()
+            .flat_map(|l| l.access_logs.iter().map(|a| &*a.path))
+            .collect();
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        files.retain(|path, _| named.contains(&**path));
     }
 
     /// Reopen every file before its next line (logrotate's `postrotate` sends SIGUSR1).
@@ -126,7 +159,7 @@ fn open(path: &str) -> Option<Box<dyn std::io::Write + Send>> {
     }
 }
 
-fn write_loop(path: &str, rx: &Receiver<String>, generation: &AtomicU64) {
+fn write_loop(path: &str, rx: &Receiver<String>, generation: &AtomicU64, queued: &AtomicUsize) {
     let mut seen = generation.load(Ordering::Acquire);
     let mut out = open(path);
     while let Ok(line) = rx.recv() {
@@ -138,11 +171,16 @@ fn write_loop(path: &str, rx: &Receiver<String>, generation: &AtomicU64) {
             }
             out = open(path);
         }
-        let Some(o) = out.as_mut() else { continue };
+        let Some(o) = out.as_mut() else {
+            queued.fetch_sub(line.len(), Ordering::AcqRel);
+            continue;
+        };
         let mut write = |l: &str| {
             if let Err(error) = o.write_all(l.as_bytes()) {
                 tracing::warn!(%path, %error, "access log write failed");
             }
+            // Written (or lost with its file): the queue has room for it again.
+            queued.fetch_sub(l.len(), Ordering::AcqRel);
         };
         write(&line);
         // Drain what is queued, then flush once.
@@ -175,6 +213,8 @@ pub(crate) struct Trail {
     pub(crate) upstream_host: Option<SocketAddr>,
     pub(crate) attempts: u32,
     pub(crate) flags: ResponseFlags,
+    /// The `x-request-id` sent upstream (set only when the request is logged).
+    pub(crate) request_id: Option<http::HeaderValue>,
 }
 
 /// A request being logged; the line is written when this is dropped (when the response
@@ -183,6 +223,8 @@ pub(crate) struct Trail {
 pub(crate) struct Pending {
     logs: Logs,
     pub(crate) record: Record,
+    /// The response ended on legate's or the upstream's side: sent whole, or cut by the
+    /// upstream or a timer (whose flag says so). Dropped otherwise, the client left (DC).
     pub(crate) completed: bool,
     /// The body's exact length when known: sending that many bytes completes it (hyper
     /// stops polling a body once its length is reached).
@@ -203,10 +245,10 @@ pub(crate) struct Record {
     pub(crate) cause: Option<&'static str>,
     /// Why the connection to the upstream failed, when it did.
     pub(crate) transport_failure: Option<&'static str>,
-    pub(crate) request_done: Option<Duration>,
+    /// The request body's bytes and end, as it is read.
+    pub(crate) request_body: Arc<crate::body::BodyMeter>,
     pub(crate) response_start: Option<Duration>,
     pub(crate) trail: Trail,
-    pub(crate) bytes_received: Option<u64>,
     pub(crate) bytes_sent: u64,
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
@@ -222,6 +264,12 @@ impl Pending {
             completed: false,
             expected: None,
         }
+    }
+
+    /// The response body was cut for the reason `flag` names (not by the client).
+    pub(crate) fn ended_by(&mut self, flag: ResponseFlags) {
+        self.record.trail.flags.insert(flag);
+        self.completed = true;
     }
 }
 
@@ -346,14 +394,14 @@ fn value(out: &mut String, op: &Operator, r: &Record, duration: Duration) -> boo
         }
         OpKind::ResponseCodeDetails => push(out, r.cause.unwrap_or("via_upstream")),
         OpKind::Duration => push(out, &ms(duration)),
-        OpKind::RequestDuration => r.request_done.is_some_and(|d| push(out, &ms(d))),
+        OpKind::RequestDuration => r.request_body.ended().is_some_and(|d| push(out, &ms(d))),
         OpKind::ResponseDuration => r.response_start.is_some_and(|d| push(out, &ms(d))),
         OpKind::UpstreamHost => r
             .trail
             .upstream_host
             .is_some_and(|h| push(out, &h.to_string())),
         OpKind::UpstreamCluster => r.trail.cluster.as_deref().is_some_and(|c| push(out, c)),
-        OpKind::BytesReceived => push(out, &r.bytes_received.unwrap_or(0).to_string()),
+        OpKind::BytesReceived => push(out, &r.request_body.bytes().to_string()),
         OpKind::BytesSent => push(out, &r.bytes_sent.to_string()),
         OpKind::Protocol => push(
             out,

@@ -27,18 +27,118 @@ use crate::lb::ActiveRequest;
 use crate::pool::UpstreamBody;
 use crate::resilience::limits::LimitGuard;
 
+/// What an access log learns of a request body as it is read: its bytes and when it
+/// ended. Shared by the body, which can still be streaming after the response head came
+/// back, and the request's log line; one per logged request, updated without a lock.
+#[derive(Debug)]
+pub(crate) struct BodyMeter {
+    start: Instant,
+    bytes: AtomicU64,
+    /// Nanoseconds from `start` to the body's end, plus one; 0 until it ended.
+    ended: AtomicU64,
+}
+
+impl BodyMeter {
+    pub(crate) fn new(start: Instant) -> Arc<Self> {
+        Arc::new(BodyMeter {
+            start,
+            bytes: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+        })
+    }
+
+    fn count(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The body ended now (the first call counts).
+    pub(crate) fn end(&self) {
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let _ = self.ended.compare_exchange(
+            0,
+            nanos.saturating_add(1).max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Body bytes read from the client so far.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// When the body ended, from the request's start; `None` while it has not.
+    pub(crate) fn ended(&self) -> Option<Duration> {
+        match self.ended.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_nanos(n - 1)),
+        }
+    }
+}
+
+/// The downstream request body as read off the client's connection, metered for the
+/// access log when the request is logged.
+#[derive(Debug)]
+pub struct Downstream {
+    inner: Incoming,
+    meter: Option<Arc<BodyMeter>>,
+}
+
+impl Downstream {
+    pub(crate) fn new(inner: Incoming, meter: Option<Arc<BodyMeter>>) -> Self {
+        Downstream { inner, meter }
+    }
+}
+
+impl Body for Downstream {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(m) = &this.meter {
+            match &res {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        m.count(data.len());
+                    }
+                    // A reader may stop at a known length without polling the end.
+                    if this.inner.is_end_stream() {
+                        m.end();
+                    }
+                }
+                Poll::Ready(None) => m.end(),
+                Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+            }
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// What the proxy sends upstream.
 #[derive(Debug)]
 pub enum RequestBody {
     /// The downstream request body, streamed through (not replayable).
-    Incoming(Incoming),
+    Incoming(Downstream),
     Empty,
     /// A buffered body, sent again on each attempt.
     Replay(ReplayBody),
     /// A body that could not be kept whole: the part already read, then the rest streamed.
     Tail {
         head: VecDeque<Bytes>,
-        rest: Incoming,
+        rest: Downstream,
         /// What `head` holds of the budgets, given back once it has been sent.
         reserved: Option<Reservation>,
     },
@@ -195,7 +295,7 @@ pub(crate) enum Buffered {
 /// Read `body` into memory, up to `limit` bytes and what `budgets` allow, so it can be sent
 /// more than once. A body with a declared length that does not fit is not read at all.
 pub(crate) async fn buffer_request(
-    mut body: Incoming,
+    mut body: Downstream,
     limit: u64,
     budgets: Budgets<'_>,
 ) -> Result<Buffered, ProxyError> {
@@ -451,9 +551,13 @@ impl Held {
         self.tail.as_mut().and_then(|t| t.log.as_mut())
     }
 
-    /// The body failed after the headers went out: the spans say why.
+    /// The body failed after the headers went out (not by the client leaving): the log line
+    /// and the spans say why.
     fn body_failed(&mut self, cause: ProxyError) {
         let Some(t) = &mut self.tail else { return };
+        if let Some(l) = &mut t.log {
+            l.ended_by(cause.response_flag());
+        }
         if let Some(s) = &mut t.attempt_span {
             s.body_failed(cause);
         }
@@ -510,7 +614,9 @@ impl Body for ResponseBody {
                         Poll::Ready(None)
                     }
                     Poll::Ready(Some(Err(e))) => {
-                        held.body_failed(ProxyError::UpstreamReset);
+                        // The upstream cut its body (a reset, a closed connection, a broken
+                        // encoding): the log's flag says so, not the client's DC.
+                        held.body_failed(crate::pool::classify(&e));
                         *held = Held::default();
                         Poll::Ready(Some(Err(e.into())))
                     }

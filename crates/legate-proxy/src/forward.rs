@@ -16,7 +16,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::{HeaderValue, Response};
-use hyper::body::Incoming;
 use legate_snapshot::{ForwardAction, RetryPolicy};
 use tokio::time::Instant;
 
@@ -41,7 +40,7 @@ pub(crate) struct Request<'a> {
     pub(crate) cluster: &'a Arc<ClusterRuntime>,
     pub(crate) fwd: &'a ForwardAction,
     pub(crate) tpl: Template,
-    pub(crate) body: Incoming,
+    pub(crate) body: body::Downstream,
     pub(crate) upgrade: bool,
     /// The stream idle timeout in force (route `idle_timeout`, else the listener's).
     pub(crate) stream_idle: Option<Duration>,
@@ -52,6 +51,10 @@ pub(crate) struct Request<'a> {
 }
 
 pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, ProxyError> {
+    // As Envoy counts (%UPSTREAM_REQUEST_ATTEMPT_COUNT%): the first attempt exists once the
+    // request is forwarded to a cluster, even when no host can be picked or a breaker
+    // refuses it.
+    r.trail.attempts = 1;
     let cluster = r.cluster;
     let res = forward_inner(r).await;
     if let Err(e) = &res
@@ -147,7 +150,6 @@ async fn single(
     };
     let host = cluster.pick().ok_or(ProxyError::NoHealthyUpstream)?;
     trail.upstream_host = Some(host.addr);
-    trail.attempts = 1;
     let slot = cluster
         .limits
         .try_acquire(Resource::Requests)

@@ -35,7 +35,7 @@ use arc_swap::ArcSwap;
 use legate_snapshot::{Listener, RouteConfig, Snapshot};
 use legate_telemetry::{ByCodeClass, Counter, Registry};
 
-pub use body::{BodyTimeout, BoxError, Held, RequestBody, ResponseBody};
+pub use body::{BodyTimeout, BoxError, Downstream, Held, RequestBody, ResponseBody};
 pub use cluster::ClusterRuntime;
 pub use error::ProxyError;
 pub use load::LoadCounts;
@@ -397,11 +397,15 @@ impl Dataplane {
         // use the new TLS configuration.
         for (name, h) in listeners.iter_mut() {
             if let Some(v) = views.get(name) {
+                h.view.store(v.clone());
                 h.config = v.config.clone();
                 h.limit.set_max(v.config.max_connections);
             }
             h.tls.store(listener_tls.get(name).cloned());
         }
+        // Files no longer named: their writers stop once the last view and request using
+        // them (a draining listener's) are gone.
+        self.shared.access_logs.retain(&snapshot.listeners);
         // Forget the certificates of what went away.
         self.shared.expiry.retain("cluster", |n| {
             snapshot

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use futures_util::task::AtomicWaker;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
@@ -33,6 +33,10 @@ use crate::{ListenerView, Shared};
 
 pub(crate) struct ListenerHandle {
     pub(crate) config: Arc<Listener>,
+    /// What the listener's connections fall back to when the live configuration no longer
+    /// has this listener (it is draining): kept current while it is live, so a connection
+    /// never pins an old view (and with it, say, an access log file no longer named).
+    pub(crate) view: Arc<ArcSwap<ListenerView>>,
     pub(crate) local_addr: SocketAddr,
     /// TLS for the next connections accepted; `None`: plaintext.
     pub(crate) tls: Arc<ArcSwapOption<ListenerTlsRuntime>>,
@@ -152,11 +156,12 @@ pub(crate) fn spawn(
         Phase::Serving
     }));
     let config = view.config.clone();
+    let view = Arc::new(ArcSwap::new(view));
     let tls = Arc::new(ArcSwapOption::new(tls));
     let limit = Arc::new(ConnLimit::new(config.max_connections));
     let task = tokio::spawn(accept_loop(
         shared,
-        view,
+        view.clone(),
         socket.clone(),
         tls.clone(),
         limit.clone(),
@@ -164,6 +169,7 @@ pub(crate) fn spawn(
     ));
     ListenerHandle {
         config,
+        view,
         local_addr,
         tls,
         socket,
@@ -281,10 +287,12 @@ impl Server {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let peer = ctx.peer;
-        let config = &ctx.listener.config;
-        let limits = ConnLimits {
-            idle: config.idle_timeout.filter(|d| !d.is_zero()),
-            head: config.request_headers_timeout.filter(|d| !d.is_zero()),
+        let limits = {
+            let view = ctx.listener.load();
+            ConnLimits {
+                idle: view.config.idle_timeout.filter(|d| !d.is_zero()),
+                head: view.config.request_headers_timeout.filter(|d| !d.is_zero()),
+            }
         };
         let activity = ctx.activity.clone();
         let svc = {
@@ -688,16 +696,20 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 async fn accept_loop(
     shared: Arc<Shared>,
-    view: Arc<ListenerView>,
+    view: Arc<ArcSwap<ListenerView>>,
     socket: Arc<TcpListener>,
     tls: Arc<ArcSwapOption<ListenerTlsRuntime>>,
     limit: Arc<ConnLimit>,
     phase_tx: Arc<watch::Sender<Phase>>,
 ) {
     let mut phase = phase_tx.subscribe();
-    let name = view.config.name.clone();
-    let server = Arc::new(Server::new(view.config.codec));
-    let local = socket.local_addr().unwrap_or(view.config.address);
+    // Name, codec and address never change for a listener (a change re-creates it).
+    let (name, codec, address) = {
+        let v = view.load();
+        (v.config.name.clone(), v.config.codec, v.config.address)
+    };
+    let server = Arc::new(Server::new(codec));
+    let local = socket.local_addr().unwrap_or(address);
     let m = &shared.metrics;
     let active_gauge = m.downstream_connections_active.get_or_create(&[&name]);
     let accepted = m.downstream_connections_total.get_or_create(&[&name]);

@@ -278,8 +278,9 @@ impl http_body::Body for UpstreamBody {
     }
 }
 
-/// Classify a request that failed after it may have been written.
-fn classify(e: &hyper::Error) -> ProxyError {
+/// Classify a request that failed after it may have been written (or a response body
+/// that failed part way).
+pub(crate) fn classify(e: &hyper::Error) -> ProxyError {
     if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
         return ProxyError::ProtocolError;
     }

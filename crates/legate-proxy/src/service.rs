@@ -7,7 +7,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -21,7 +20,7 @@ use legate_snapshot::{
 };
 
 use crate::access_log::{Pending, Record, Trail};
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{BodyMeter, Downstream, RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::forward;
 use crate::headers;
@@ -30,7 +29,9 @@ use crate::{Active, ListenerView, Shared};
 /// What a connection knows about where it was accepted.
 pub(crate) struct ConnCtx {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) listener: Arc<ListenerView>,
+    /// The listener's own view: what a request uses once the live configuration no longer
+    /// has the listener (it is draining).
+    pub(crate) listener: Arc<arc_swap::ArcSwap<ListenerView>>,
     pub(crate) peer: SocketAddr,
     /// The listening socket's address.
     pub(crate) local: SocketAddr,
@@ -50,13 +51,17 @@ pub(crate) async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let open = ctx.activity.begin();
     let active = ctx.shared.active.load_full();
-    // Prefer the listener's current routes; a listener being drained keeps the view it had.
-    let view = active
+    // Prefer the live configuration's view (loaded with its clusters, in one piece); a
+    // listener being drained keeps the view it had last.
+    let own = ctx.listener.load();
+    let view = match active
         .listeners
-        .get(&ctx.listener.config.name)
-        .filter(|v| v.config.address == ctx.listener.config.address)
-        .unwrap_or(&ctx.listener)
-        .clone();
+        .get(&own.config.name)
+        .filter(|v| v.config.address == own.config.address)
+    {
+        Some(v) => v.clone(),
+        None => arc_swap::Guard::into_inner(own),
+    };
     // Sampled or not is decided here, before anything is allocated for the trace.
     let span = view.tracer.as_ref().and_then(|t| t.start(&req));
     let mut trail = Trail::default();
@@ -65,20 +70,20 @@ pub(crate) async fn handle(
         end_span_with_body(span, &mut res);
         return Ok(res);
     }
-    let mut res =
-        match route_and_forward(&ctx, &active, &view, req, &mut trail, span.as_ref()).await {
-            Ok(mut res) => {
-                // An upstream body keeps the request open until it ends.
-                if let ResponseBody::Upstream { held, .. } = res.body_mut() {
-                    held.open = Some(open);
-                }
-                res
+    let forwarded = route_and_forward(&ctx, &active, &view, req, None, &mut trail, span.as_ref());
+    let mut res = match forwarded.await {
+        Ok(mut res) => {
+            // An upstream body keeps the request open until it ends.
+            if let ResponseBody::Upstream { held, .. } = res.body_mut() {
+                held.open = Some(open);
             }
-            Err(e) => {
-                ctx.shared.local_reply(e).inc();
-                e.response()
-            }
-        };
+            res
+        }
+        Err(e) => {
+            ctx.shared.local_reply(e).inc();
+            e.response()
+        }
+    };
     view.requests.record(res.status().as_u16());
     end_span_with_body(span, &mut res);
     Ok(res)
@@ -110,13 +115,21 @@ async fn handle_logged(
     let method = req.method().clone();
     let uri = req.uri().clone();
     let version = req.version();
-    let req_headers = req.headers().clone();
-    let bytes_received = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let request_done = http_body::Body::is_end_stream(req.body()).then(Duration::default);
-    let result = route_and_forward(ctx, active, view, req, &mut trail, trace).await;
+    let mut req_headers = req.headers().clone();
+    let meter = BodyMeter::new(start);
+    if http_body::Body::is_end_stream(req.body()) {
+        meter.end();
+    }
+    let result = route_and_forward(
+        ctx,
+        active,
+        view,
+        req,
+        Some(meter.clone()),
+        &mut trail,
+        trace,
+    )
+    .await;
     let (mut res, cause, transport_failure, response_start) = match result {
         Ok(res) => {
             let cause = res
@@ -137,6 +150,11 @@ async fn handle_logged(
         }
     };
     view.requests.record(res.status().as_u16());
+    // The request id sent upstream, generated here or the client's: the one the upstream
+    // logs too (Envoy logs the one its connection manager set).
+    if let Some(id) = trail.request_id.take() {
+        req_headers.insert(&headers::X_REQUEST_ID, id);
+    }
     let record = Record {
         wall,
         start,
@@ -148,10 +166,9 @@ async fn handle_logged(
         resp_headers: res.headers().clone(),
         cause,
         transport_failure,
-        request_done: request_done.or(bytes_received.filter(|n| *n == 0).map(|_| Duration::ZERO)),
+        request_body: meter,
         response_start,
         trail,
-        bytes_received,
         bytes_sent: 0,
         peer: ctx.peer,
         local: ctx.local,
@@ -179,6 +196,7 @@ async fn route_and_forward(
     active: &Active,
     view: &ListenerView,
     mut req: Request<Incoming>,
+    meter: Option<Arc<BodyMeter>>,
     trail: &mut Trail,
     trace: Option<&crate::trace::ServerSpan>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -226,6 +244,9 @@ async fn route_and_forward(
             let tpl = Template::new(
                 ctx, view, vhost, route, fwd, weighted, host_value, parts, upgrade, cluster,
             )?;
+            if !view.logs.is_empty() {
+                trail.request_id = tpl.headers().get(&headers::X_REQUEST_ID).cloned();
+            }
             let stream_idle = match fwd.idle_timeout {
                 Some(d) if d.is_zero() => None,
                 Some(d) => Some(d),
@@ -239,7 +260,7 @@ async fn route_and_forward(
                 cluster,
                 fwd,
                 tpl,
-                body,
+                body: Downstream::new(body, meter),
                 upgrade,
                 stream_idle,
                 trail,
