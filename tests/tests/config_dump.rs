@@ -294,3 +294,48 @@ async fn dump_shows_the_file_access_log() {
         "Envoy's default format: no log_format"
     );
 }
+
+/// The HCM's OpenTelemetry tracer prints as Envoy's JSON too: provider, collector cluster,
+/// service name and sampling, as the mesh's `telemetry.tracing` compiled them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dump_shows_the_opentelemetry_tracer() {
+    let mut mesh = legate_tests::config::single_vhost_mesh(
+        "- match: {prefix: /}\n  forward: {cluster: svc, timeout: 10s}",
+        &[cluster("svc", &[closed_port()])],
+    );
+    mesh.push_str(&format!(
+        "telemetry:\n  tracing: {{collector: \"{}\", sampling: \"25%\", service_name: dumped}}\n",
+        closed_port()
+    ));
+    let rig = Rig::start(&legate_tests::xds_server::mesh_resources(&mesh)).await;
+    let dump = rig.legate.admin_json("/config_dump").await;
+    assert!(!dump.to_string().contains("not shown"), "{dump:#}");
+    let listener = config(&dump, "ListenersConfigDump")
+        .and_then(|l| {
+            l["dynamic_listeners"]
+                .as_array()?
+                .iter()
+                .find(|d| d["name"] == "outbound")
+        })
+        .unwrap_or_else(|| panic!("no dynamic listener outbound: {dump:#}"));
+    let tracing = &listener["active_state"]["listener"]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["tracing"];
+    assert_eq!(tracing["random_sampling"]["value"], 25.0, "{tracing:#}");
+    let provider = &tracing["provider"];
+    assert_eq!(
+        provider["name"], "envoy.tracers.opentelemetry",
+        "{tracing:#}"
+    );
+    let otel = &provider["typed_config"];
+    assert_eq!(
+        otel["@type"], "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+        "{tracing:#}"
+    );
+    assert_eq!(otel["service_name"], "dumped", "{tracing:#}");
+    assert!(
+        otel["grpc_service"]["envoy_grpc"]["cluster_name"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty()),
+        "the collector's cluster: {tracing:#}"
+    );
+}

@@ -71,6 +71,7 @@ pub const ROOT_MESSAGES: &[&str] = &[
     "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
     "envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig",
     "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+    "envoy.config.trace.v3.OpenTelemetryConfig",
     "google.protobuf.Struct",
     "google.protobuf.StringValue",
 ];
