@@ -23,7 +23,7 @@ sys.path.insert(0, HERE)
 import lib  # noqa: E402
 import report  # noqa: E402
 
-SCENARIO_MODULES = ["dataplane", "scale", "fanout", "apply"]
+SCENARIO_MODULES = ["dataplane", "observability", "scale", "fanout", "apply"]
 
 
 def machine():
@@ -41,7 +41,7 @@ def machine():
         "cpu_model": model,
         "kernel": platform.release(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "envoy": subprocess.run([os.path.join(ROOT, ".venv/bin/envoy"), "--version"],
+        "envoy": subprocess.run([lib.envoy_bin(ROOT), "--version"],
                                 capture_output=True, text=True).stdout.strip().splitlines()[-1:],
     }
 
@@ -52,8 +52,8 @@ def main():
     logdir = os.path.join(workdir, "logs")
     os.makedirs(logdir)
     target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
-    ctx = {"root": ROOT, "bin": os.path.join(target, "release"),
-           "envoy": os.path.join(ROOT, ".venv/bin/envoy"), "quick": quick,
+    ctx = {"root": ROOT, "bin": lib.bin_dir(target),
+           "envoy": lib.envoy_bin(ROOT), "quick": quick,
            "workdir": workdir, "logdir": logdir}
     print(f"bench: {'quick' if quick else 'full'} run; logs in {logdir}", flush=True)
     results, targets, context, skipped = [], [], [], []
