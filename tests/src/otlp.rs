@@ -71,9 +71,10 @@ impl TraceService for Store {
             .map(|ss| ss.spans.len())
             .sum();
         self.counts.exports.fetch_add(1, Ordering::Relaxed);
-        self.counts
-            .spans
-            .fetch_add(u64::try_from(received).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.counts.spans.fetch_add(
+            u64::try_from(received).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         if self.keep == Keep::CountOnly {
             return Ok(tonic::Response::new(ExportTraceServiceResponse {
                 partial_success: None,
