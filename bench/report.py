@@ -177,6 +177,17 @@ def svg(doc):
     return "\n".join(parts) + "\n"
 
 
+def module_dates(doc):
+    """When the figures come from runs of different modules (`BENCH_MODULES`), each module's
+    run date."""
+    runs = doc.get("module_runs") or {}
+    if len({r.get("date") for r in runs.values()}) <= 1:
+        return ""
+    return " Figures by module, from separate runs: " + "; ".join(
+        f"{name} {r.get('date')}{' (quick)' if r.get('quick') else ''}"
+        for name, r in runs.items()) + "."
+
+
 def write_docs(doc, docs_dir):
     path = os.path.join(docs_dir, "benchmarks.md")
     kept = f"{MARK_BEGIN}\n## What we changed and its effect\n\n(nothing recorded yet)\n{MARK_END}"
@@ -193,7 +204,7 @@ def write_docs(doc, docs_dir):
           "generator and the upstream to CPU 1. Targets are ratios from the same run.", "",
           f"Machine: {m['nproc']} CPUs, {m['cpu_model']}, Linux {m['kernel']}, "
           f"{' '.join(m.get('envoy') or [])}; run {m['date']}"
-          f"{' (quick smoke run)' if doc.get('quick') else ''}.", "",
+          f"{' (quick smoke run)' if doc.get('quick') else ''}.{module_dates(doc)}", "",
           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows(doc):
         md.append("| " + " | ".join(r) + " |")
