@@ -220,6 +220,19 @@ def dump_json(path, obj):
     os.replace(tmp, path)
 
 
+def bin_dir(target):
+    """The binaries under test: `$CARGO_TARGET_DIR/release`, or `BENCH_BIN_DIR` to try a
+    scenario against another build (a debug build's figures are not results)."""
+    return os.environ.get("BENCH_BIN_DIR") or os.path.join(target, "release")
+
+
+def envoy_bin(root):
+    """Envoy as the tests find it: `$ENVOY_BIN`, else the peers' virtualenv
+    (`$LEGATE_PEERS_VENV`, default `<root>/.venv`)."""
+    venv = os.environ.get("LEGATE_PEERS_VENV") or os.path.join(root, ".venv")
+    return os.environ.get("ENVOY_BIN") or os.path.join(venv, "bin", "envoy")
+
+
 def run_alone(run, name):
     """Runs one scenario module by itself (`python3 bench/<name>.py`) and prints its targets;
     BENCH_QUICK=1 as for `make bench`."""
@@ -228,8 +241,8 @@ def run_alone(run, name):
     wd = tempfile.mkdtemp(prefix=f"legate-{name}-")
     os.makedirs(os.path.join(wd, "logs"))
     target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(root, "target")
-    out = run({"root": root, "bin": os.path.join(target, "release"),
-               "envoy": os.path.join(root, ".venv/bin/envoy"),
+    out = run({"root": root, "bin": bin_dir(target),
+               "envoy": envoy_bin(root),
                "quick": os.environ.get("BENCH_QUICK") == "1", "workdir": wd,
                "logdir": os.path.join(wd, "logs")})
     print(json.dumps(out["targets"], indent=2))

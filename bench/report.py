@@ -26,7 +26,7 @@ def rows(doc):
     out = []
     for r in doc["results"]:
         m = r["median"]
-        if not any(m.get(k) is not None for k, _, _ in COLUMNS):
+        if not any(m.get(k) is not None for k, _, _ in COLUMNS) or is_observability(r):
             continue
         out.append([r["scenario"], r["contender"]] + [_fmt(m.get(k), f) for k, _, f in COLUMNS])
     return out
@@ -44,16 +44,81 @@ def other_results(doc):
     return out
 
 
-def table(doc):
-    head = ["scenario", "contender"] + [h for _, h, _ in COLUMNS]
-    body = rows(doc)
+# What observability costs (bench/observability.py): one row per feature, legate beside Envoy.
+OBS_FEATURES = [
+    ("trace_100", "tracing, 100% sampled"),
+    ("trace_1", "tracing, 1% sampled"),
+    ("access_log", "access log (file, default format)"),
+    ("lrs_on", "load reports (LRS, 1 s)"),
+]
+OBS_HEAD = ["feature", "legate µs/req", "legate vs plain", "legate added µs",
+            "envoy µs/req", "envoy vs plain", "envoy added µs", "legate / envoy CPU",
+            "legate / envoy req/s", "p99 ms legate / envoy", "delivered"]
+
+
+def is_observability(r):
+    return r["scenario"].startswith("obs_")
+
+
+def _delivered(m):
+    """What a feature produced per request: spans at the collector, log lines, reports."""
+    if m.get("collector_spans_per_request") is not None:
+        return f"{m['collector_spans_per_request']:.3f} spans/req"
+    if m.get("log_lines_per_request") is not None:
+        return f"{m['log_lines_per_request']:.3f} lines/req"
+    if m.get("lrs_reports_received") is not None:
+        return f"{m['lrs_reports_received']:.0f} reports"
+    return ""
+
+
+def observability_rows(doc):
+    by = {(r["scenario"], r["contender"]): r["median"] for r in doc["results"]}
+    out = []
+    for base_label, base in (("plain", "obs_plain"), ("plain, configured over xDS", "obs_lrs_off")):
+        lg, ev = by.get((base, "legate")), by.get((base, "envoy"))
+        if lg and ev:
+            out.append([base_label, _fmt(lg.get("cpu_us_per_request"), "{:.1f}"), "1", "0",
+                        _fmt(ev.get("cpu_us_per_request"), "{:.1f}"), "1", "0",
+                        _fmt(lg.get("cpu_vs_envoy"), "{:.2f}"),
+                        _fmt(lg.get("rps_vs_envoy"), "{:.2f}"),
+                        f"{_fmt(lg.get('p99_ms'), '{:.2f}')} / {_fmt(ev.get('p99_ms'), '{:.2f}')}",
+                        ""])
+    for feature, label in OBS_FEATURES:
+        lg, ev = by.get((f"obs_{feature}", "legate")), by.get((f"obs_{feature}", "envoy"))
+        if not (lg and ev):
+            continue
+        out.append([label, _fmt(lg.get("cpu_us_per_request"), "{:.1f}"),
+                    _fmt(lg.get("cpu_vs_plain"), "x{:.2f}"),
+                    _fmt(lg.get("added_cpu_us"), "{:+.1f}"),
+                    _fmt(ev.get("cpu_us_per_request"), "{:.1f}"),
+                    _fmt(ev.get("cpu_vs_plain"), "x{:.2f}"),
+                    _fmt(ev.get("added_cpu_us"), "{:+.1f}"),
+                    _fmt(lg.get("cpu_vs_envoy"), "{:.2f}"),
+                    _fmt(lg.get("rps_vs_envoy"), "{:.2f}"),
+                    f"{_fmt(lg.get('p99_ms'), '{:.2f}')} / {_fmt(ev.get('p99_ms'), '{:.2f}')}",
+                    f"{_delivered(lg)} / {_delivered(ev)}"])
+    return out
+
+
+def _text_table(head, body):
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)] if body else []
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths))]
     for r in body:
         lines.append("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))
+    return lines
+
+
+def table(doc):
+    head = ["scenario", "contender"] + [h for _, h, _ in COLUMNS]
+    lines = _text_table(head, rows(doc))
     for scenario, contender, extra in other_results(doc):
         lines.append(f"{scenario} {contender}: " + ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(extra.items())))
+    obs = observability_rows(doc)
+    if obs:
+        lines += ["", "observability (http1_small, CPU per request against the same proxy "
+                      "without the feature):"]
+        lines += _text_table(OBS_HEAD, obs)
     lines.append("")
     for t in doc["targets"]:
         lines.append(f"{'PASS' if t['pass'] else 'MISS'}  {t['name']}: {t['value']} "
@@ -69,7 +134,8 @@ def svg(doc):
     """Grouped bars of p50 and p99 latency per contender, one group per scenario."""
     data = [(r["scenario"], r["contender"], r["median"].get("p50_ms"), r["median"].get("p99_ms"))
             for r in doc["results"]
-            if r["median"].get("p99_ms") is not None and r["contender"] in ("direct", "legate", "envoy")]
+            if r["median"].get("p99_ms") is not None and r["contender"] in ("direct", "legate", "envoy")
+            and not is_observability(r)]
     scenarios = sorted({d[0] for d in data})
     contenders = ["direct", "legate", "envoy"]
     colors = {"direct": "#8c8c8c", "legate": "#2a7ab9", "envoy": "#d9822b"}
@@ -111,6 +177,17 @@ def svg(doc):
     return "\n".join(parts) + "\n"
 
 
+def module_dates(doc):
+    """When the figures come from runs of different modules (`BENCH_MODULES`), each module's
+    run date."""
+    runs = doc.get("module_runs") or {}
+    if len({r.get("date") for r in runs.values()}) <= 1:
+        return ""
+    return " Figures by module, from separate runs: " + "; ".join(
+        f"{name} {r.get('date')}{' (quick)' if r.get('quick') else ''}"
+        for name, r in runs.items()) + "."
+
+
 def write_docs(doc, docs_dir):
     path = os.path.join(docs_dir, "benchmarks.md")
     kept = f"{MARK_BEGIN}\n## What we changed and its effect\n\n(nothing recorded yet)\n{MARK_END}"
@@ -127,7 +204,7 @@ def write_docs(doc, docs_dir):
           "generator and the upstream to CPU 1. Targets are ratios from the same run.", "",
           f"Machine: {m['nproc']} CPUs, {m['cpu_model']}, Linux {m['kernel']}, "
           f"{' '.join(m.get('envoy') or [])}; run {m['date']}"
-          f"{' (quick smoke run)' if doc.get('quick') else ''}.", "",
+          f"{' (quick smoke run)' if doc.get('quick') else ''}.{module_dates(doc)}", "",
           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows(doc):
         md.append("| " + " | ".join(r) + " |")
@@ -139,6 +216,22 @@ def write_docs(doc, docs_dir):
             md.append(f"| {scenario} | {contender} | " + ", ".join(
                 f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                 for k, v in sorted(extra.items())) + " |")
+        md.append("")
+    obs = observability_rows(doc)
+    if obs:
+        md += ["## What observability costs", "",
+               "`bench/observability.py`: the `http1_small` load against legate and Envoy "
+               "each with one feature on, beside the same proxy without it, in interleaved "
+               "rounds. Tracing is HCM `tracing` with `envoy.tracers.opentelemetry` "
+               "(`spawn_upstream_span`, so two spans per sampled request) to its own "
+               "`legate-otlp-sink`, a real OTLP/gRPC server that decodes and drops; the access "
+               "log is the file logger with Envoy's default format; load reports go to "
+               "legate-cp every second, both proxies configured by it over ADS (so their "
+               "baseline is the xDS-configured run). \"vs plain\" is CPU per request with the "
+               "feature over without it; \"delivered\" is what reached the collector, the "
+               "file or legate-cp, legate / Envoy.", "",
+               "| " + " | ".join(OBS_HEAD) + " |", "|" + "---|" * len(OBS_HEAD)]
+        md += ["| " + " | ".join(r) + " |" for r in obs]
         md.append("")
     md += ["## Targets", ""]
     for t in doc["targets"]:

@@ -1,8 +1,10 @@
 //! A test OTLP/gRPC trace receiver on the official protos (`opentelemetry-proto`'s tonic
-//! server): it keeps every span it is sent, flattened for assertions.
+//! server): it keeps every span it is sent, flattened for assertions, or (for the bench's
+//! `legate-otlp-sink`) only counts them.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -34,8 +36,28 @@ pub struct ReceivedSpan {
     pub duration: Duration,
 }
 
-#[derive(Clone, Default)]
-struct Store(Arc<Mutex<Vec<ReceivedSpan>>>);
+/// What the receiver does with the spans it is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Keep every span for [`OtlpReceiver::spans`].
+    Spans,
+    /// Count them and drop them: a collector that costs its clients what a real one does
+    /// (a gRPC server decoding every request) and holds no memory.
+    CountOnly,
+}
+
+#[derive(Clone)]
+struct Store {
+    keep: Keep,
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    counts: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    exports: AtomicU64,
+    spans: AtomicU64,
+}
 
 #[tonic::async_trait]
 impl TraceService for Store {
@@ -43,8 +65,25 @@ impl TraceService for Store {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let received: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum();
+        self.counts.exports.fetch_add(1, Ordering::Relaxed);
+        self.counts.spans.fetch_add(
+            u64::try_from(received).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        if self.keep == Keep::CountOnly {
+            return Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }));
+        }
         let mut out = Vec::new();
-        for rs in request.into_inner().resource_spans {
+        for rs in request.resource_spans {
             let resource = rs
                 .resource
                 .map(|r| attributes(&r.attributes))
@@ -67,7 +106,7 @@ impl TraceService for Store {
                 }
             }
         }
-        self.0
+        self.spans
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .extend(out);
@@ -107,11 +146,19 @@ pub struct OtlpReceiver {
 }
 
 impl OtlpReceiver {
-    /// Bind `127.0.0.1:0` and serve.
+    /// Bind `127.0.0.1:0` and serve, keeping every span.
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::serve(TcpListener::bind("127.0.0.1:0").await?, Keep::Spans)
+    }
+
+    /// Serve OTLP/gRPC on `listener` until dropped.
+    pub fn serve(listener: TcpListener, keep: Keep) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
-        let store = Store::default();
+        let store = Store {
+            keep,
+            spans: Arc::default(),
+            counts: Arc::default(),
+        };
         let (stop, stop_rx) = oneshot::channel::<()>();
         let service = TraceServiceServer::new(store.clone());
         tokio::spawn(async move {
@@ -132,19 +179,27 @@ impl OtlpReceiver {
         })
     }
 
-    /// Every span received so far.
+    /// Every span received so far (none with [`Keep::CountOnly`]).
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.store
-            .0
+            .spans
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    /// Forget what was received.
+    /// How many export calls and spans were received so far, kept or not.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.store.counts.exports.load(Ordering::Relaxed),
+            self.store.counts.spans.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Forget the spans kept (the counts go on).
     pub fn clear(&self) {
         self.store
-            .0
+            .spans
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();

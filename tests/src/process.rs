@@ -571,6 +571,21 @@ impl ListeningProcess {
     pub fn output(&self) -> String {
         self.process.output()
     }
+
+    pub fn sigterm(&self) {
+        self.process.sigterm();
+    }
+
+    /// Waits for the process to exit; panics (showing its output) after `timeout`.
+    pub async fn wait_exit(&self, timeout: Duration) -> ExitStatus {
+        match self.process.wait_exit(timeout).await {
+            Some(status) => status,
+            None => panic!(
+                "the process did not exit within {timeout:?}\n{}",
+                self.process.describe()
+            ),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

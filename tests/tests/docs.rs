@@ -738,11 +738,11 @@ const README_COMMANDS: &[(&str, Check)] = &[
     ),
     (
         "make bench",
-        Check::NotRun("takes ~25 minutes on release builds"),
+        Check::NotRun("takes ~30 minutes on release builds"),
     ),
     (
         "BENCH_QUICK=1 make bench",
-        Check::NotRun("takes ~4 minutes on release builds"),
+        Check::NotRun("takes ~5 minutes on release builds"),
     ),
     (
         "export LEGATE_CP_TOKEN_FILE=legate-cp-data/admin.token",
