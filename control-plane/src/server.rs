@@ -118,7 +118,7 @@ pub struct XdsServer {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Shared {
     cache: Arc<SnapshotCache>,
     registry: Arc<NodeRegistry>,
@@ -166,35 +166,16 @@ impl XdsServer {
 
     /// Serve with these limits instead of [`XdsLimits::default`].
     pub fn with_limits(self, limits: XdsLimits) -> Self {
-        XdsServer {
-            shared: Arc::new(Shared {
-                cache: self.shared.cache.clone(),
-                registry: self.shared.registry.clone(),
-                identifier: self.shared.identifier.clone(),
-                node_auth: self.shared.node_auth.clone(),
-                streams: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
-                limits,
-                stopping: self.shared.stopping.clone(),
-                load: self.shared.load.clone(),
-            }),
-        }
+        self.with_shared(|s| {
+            s.streams = Arc::new(tokio::sync::Semaphore::new(limits.max_streams));
+            s.limits = limits;
+        })
     }
 
     /// Check every stream's node against its client certificate. Only meaningful with
     /// [`serve_tls`](Self::serve_tls) and a client CA: any other stream is refused.
     pub fn with_node_auth(self, node_auth: NodeAuth) -> Self {
-        XdsServer {
-            shared: Arc::new(Shared {
-                cache: self.shared.cache.clone(),
-                registry: self.shared.registry.clone(),
-                identifier: self.shared.identifier.clone(),
-                node_auth: Some(node_auth),
-                limits: self.shared.limits,
-                streams: self.shared.streams.clone(),
-                stopping: self.shared.stopping.clone(),
-                load: self.shared.load.clone(),
-            }),
-        }
+        self.with_shared(|s| s.node_auth = Some(node_auth))
     }
 
     /// Serve Envoy's `LoadReportingService` on the same port, with the same limits and node
@@ -205,17 +186,16 @@ impl XdsServer {
         store: Arc<crate::load_report::LoadStore>,
         interval: std::time::Duration,
     ) -> Self {
+        self.with_shared(|s| s.load = Some((store, interval)))
+    }
+
+    /// A server like this one with `edit` applied to a copy of its shared state (builders
+    /// run before serving, so nothing holds the old state but `self`).
+    fn with_shared(self, edit: impl FnOnce(&mut Shared)) -> Self {
+        let mut shared = (*self.shared).clone();
+        edit(&mut shared);
         XdsServer {
-            shared: Arc::new(Shared {
-                cache: self.shared.cache.clone(),
-                registry: self.shared.registry.clone(),
-                identifier: self.shared.identifier.clone(),
-                node_auth: self.shared.node_auth.clone(),
-                limits: self.shared.limits,
-                streams: self.shared.streams.clone(),
-                stopping: self.shared.stopping.clone(),
-                load: Some((store, interval)),
-            }),
+            shared: Arc::new(shared),
         }
     }
 
@@ -340,16 +320,17 @@ impl XdsServer {
         })
     }
 
-    fn spawn<P: Protocol>(
+    /// Whether a new stream (xDS or LRS) may start: not while stopping, and not beyond
+    /// `--xds-max-streams` open at once. The permit is held by the stream's task until it
+    /// ends; the peer is who opened it.
+    fn admit<T>(
         &self,
-        protocol: P,
-        request: Request<Streaming<P::Request>>,
-    ) -> Result<ResponseStream<P::Response>, Status> {
+        request: &Request<T>,
+    ) -> Result<(tokio::sync::OwnedSemaphorePermit, XdsPeer), Status> {
         // Between the signal and the listener's closing, and on connections still open.
         if self.shared.stopping.is_cancelled() {
             return Err(Status::unavailable(crate::SHUTTING_DOWN));
         }
-        // Held by the stream's task until it ends.
         let Ok(permit) = Arc::clone(&self.shared.streams).try_acquire_owned() else {
             let max = self.shared.limits.max_streams;
             tracing::warn!(
@@ -371,6 +352,15 @@ impl XdsServer {
                 remote: request.remote_addr(),
                 ..XdsPeer::default()
             });
+        Ok((permit, peer))
+    }
+
+    fn spawn<P: Protocol>(
+        &self,
+        protocol: P,
+        request: Request<Streaming<P::Request>>,
+    ) -> Result<ResponseStream<P::Response>, Status> {
+        let (permit, peer) = self.admit(&request)?;
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {

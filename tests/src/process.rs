@@ -328,6 +328,14 @@ impl ChildProcess {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// [`wait_exit`](Self::wait_exit), panicking (with `who` and the output) after `timeout`.
+    pub(crate) async fn exited_within(&self, timeout: Duration, who: &str) -> ExitStatus {
+        match self.wait_exit(timeout).await {
+            Some(status) => status,
+            None => panic!("{who} did not exit within {timeout:?}\n{}", self.describe()),
+        }
+    }
 }
 
 impl Drop for ChildProcess {
@@ -503,13 +511,7 @@ impl Upstream {
 
     /// Waits for the process to exit; panics (showing its output) after `timeout`.
     pub async fn wait_exit(&self, timeout: Duration) -> ExitStatus {
-        match self.process.wait_exit(timeout).await {
-            Some(status) => status,
-            None => panic!(
-                "demo upstream did not exit within {timeout:?}\n{}",
-                self.process.describe()
-            ),
-        }
+        self.process.exited_within(timeout, "demo upstream").await
     }
 
     /// Peak resident memory (`VmHWM`) in bytes.
@@ -578,13 +580,7 @@ impl ListeningProcess {
 
     /// Waits for the process to exit; panics (showing its output) after `timeout`.
     pub async fn wait_exit(&self, timeout: Duration) -> ExitStatus {
-        match self.process.wait_exit(timeout).await {
-            Some(status) => status,
-            None => panic!(
-                "the process did not exit within {timeout:?}\n{}",
-                self.process.describe()
-            ),
-        }
+        self.process.exited_within(timeout, "the process").await
     }
 }
 
@@ -884,13 +880,7 @@ impl Legate {
 
     /// Waits for legate to exit; panics (showing its output) after `timeout`.
     pub async fn wait_exit(&self, timeout: Duration) -> ExitStatus {
-        match self.process.wait_exit(timeout).await {
-            Some(status) => status,
-            None => panic!(
-                "legate did not exit within {timeout:?}\n{}",
-                self.process.describe()
-            ),
-        }
+        self.process.exited_within(timeout, "legate").await
     }
 
     /// Peak resident memory (`VmHWM` from `/proc/PID/status`) in bytes.

@@ -48,14 +48,24 @@ async fn get_id(rig: &Rig, path: &str, id: &str) -> u16 {
     r.status.as_u16()
 }
 
+/// [`svc_mesh`] over `endpoints` whose HCM logs every request to `log` in `format`.
+fn logged_mesh(
+    endpoints: &[std::net::SocketAddr],
+    log: &std::path::Path,
+    format: &str,
+) -> legate_snapshot::Resources {
+    let mut res = svc_mesh(endpoints);
+    let l = file_log(log, format);
+    edit_hcm(&mut res, |h| h.access_log = vec![l.clone()]);
+    res
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xds_text_lines_carry_envoy_fields_and_flags() {
     let a = Upstream::start("a", "v1", Protocol::Http1).await;
     let dir = TempDir::new("alog");
     let log = dir.path().join("access.log");
-    let mut res = svc_mesh(&[a.addr()]);
-    let l = file_log(&log, FORMAT);
-    edit_hcm(&mut res, |h| h.access_log = vec![l.clone()]);
+    let mut res = logged_mesh(&[a.addr()], &log, FORMAT);
     let rig = Rig::start(&res).await;
 
     // A plain answer from the upstream.
@@ -118,8 +128,7 @@ async fn xds_text_lines_carry_envoy_fields_and_flags() {
     );
 
     // Nothing listening: UF with the transport failure reason.
-    let mut res = svc_mesh(&[closed_port()]);
-    edit_hcm(&mut res, |h| h.access_log = vec![l.clone()]);
+    let res = logged_mesh(&[closed_port()], &log, FORMAT);
     rig.apply(&res).await;
     assert_eq!(get_id(&rig, "/", "uf").await, 503);
     let f = line_for(&log, "uf").await;
@@ -131,12 +140,10 @@ async fn circuit_breaker_overflow_is_uo() {
     let a = Upstream::start("a", "v1", Protocol::Http1).await;
     let dir = TempDir::new("alog");
     let log = dir.path().join("access.log");
-    let mut res = svc_mesh(&[a.addr()]);
+    let mut res = logged_mesh(&[a.addr()], &log, FORMAT);
     let mut t = thresholds();
     t.max_requests = u32v(1);
     set_thresholds(&mut res, SVC, t);
-    let l = file_log(&log, FORMAT);
-    edit_hcm(&mut res, |h| h.access_log = vec![l.clone()]);
     let rig = Rig::start(&res).await;
     let slow_url = rig.url("/?delay=1500ms");
     let slow = tokio::spawn(async move {
@@ -418,9 +425,7 @@ async fn bytes_received_and_request_duration_count_the_body_read() {
     let log = dir.path().join("access.log");
     let format = "%REQ(X-TEST-ID)%|%BYTES_RECEIVED%|%REQUEST_DURATION%|%DURATION%|%RESPONSE_CODE%|\
 %UPSTREAM_REQUEST_ATTEMPT_COUNT%\n";
-    let mut res = svc_mesh(&[a.addr()]);
-    let l = file_log(&log, format);
-    edit_hcm(&mut res, |h| h.access_log = vec![l.clone()]);
+    let mut res = logged_mesh(&[a.addr()], &log, format);
     let rig = Rig::start(&res).await;
     let send = |method: &'static str, id: &'static str, path: &'static str, body: ReqBody| {
         let url = rig.url(path);
@@ -500,9 +505,7 @@ async fn a_body_cut_upstream_is_uc_a_timer_ut_and_a_client_leaving_dc() {
     let a = Upstream::start("a", "v1", Protocol::Http1).await;
     let dir = TempDir::new("alog");
     let log = dir.path().join("access.log");
-    let mut res = svc_mesh(&[a.addr()]);
-    let l = file_log(&log, FORMAT);
-    edit_hcm(&mut res, |h| h.access_log = vec![l.clone()]);
+    let res = logged_mesh(&[a.addr()], &log, FORMAT);
     let rig = Rig::start(&res).await;
     let wait = Duration::from_secs(10);
 
@@ -539,8 +542,7 @@ async fn a_body_cut_upstream_is_uc_a_timer_ut_and_a_client_leaving_dc() {
 
     // The route timeout fires while the body is stalled: UT, not DC.
     let stalling = legate_tests::resilience::StallingUpstream::start(100_000, 500).await;
-    let mut res = svc_mesh(&[stalling.addr]);
-    edit_hcm(&mut res, |h| h.access_log = vec![l.clone()]);
+    let mut res = logged_mesh(&[stalling.addr], &log, FORMAT);
     route_action(&mut res).timeout = Some(ms(500));
     rig.apply(&res).await;
     let reply = legate_tests::raw::exchange(rig.addr(), &raw_get("/", "ut"), wait).await;
@@ -625,9 +627,7 @@ async fn the_request_id_logged_is_the_one_sent_upstream() {
     let a = Upstream::start("a", "v1", Protocol::Http1).await;
     let dir = TempDir::new("alog");
     let log = dir.path().join("access.log");
-    let mut res = svc_mesh(&[a.addr()]);
-    let l = file_log(&log, "%REQ(X-TEST-ID)%|%REQ(X-REQUEST-ID)%\n");
-    edit_hcm(&mut res, |h| h.access_log = vec![l.clone()]);
+    let res = logged_mesh(&[a.addr()], &log, "%REQ(X-TEST-ID)%|%REQ(X-REQUEST-ID)%\n");
     let rig = Rig::start(&res).await;
 
     // legate generates one: the upstream's and the log's are the same.

@@ -33,26 +33,10 @@ impl LoadReportingService for XdsServer {
         &self,
         request: Request<Streaming<LoadStatsRequest>>,
     ) -> Result<Response<Self::StreamLoadStatsStream>, Status> {
-        if self.shared.stopping.is_cancelled() {
-            return Err(Status::unavailable(crate::SHUTTING_DOWN));
-        }
         let Some((store, interval)) = self.shared.load.clone() else {
             return Err(Status::unimplemented("load reports are not served"));
         };
-        let Ok(permit) = std::sync::Arc::clone(&self.shared.streams).try_acquire_owned() else {
-            let max = self.shared.limits.max_streams;
-            return Err(Status::resource_exhausted(format!(
-                "legate-cp serves at most {max} xDS streams at once (--xds-max-streams)"
-            )));
-        };
-        let peer = request
-            .extensions()
-            .get::<XdsPeer>()
-            .cloned()
-            .unwrap_or_else(|| XdsPeer {
-                remote: request.remote_addr(),
-                ..XdsPeer::default()
-            });
+        let (permit, peer) = self.admit(&request)?;
         let (tx, rx) = mpsc::channel(1);
         let shared = std::sync::Arc::clone(&self.shared);
         let mut requests = request.into_inner();
