@@ -3,15 +3,17 @@
 //!
 //! The request path never waits for a disk: lines go into a queue bounded in lines and in
 //! bytes with `try_send`; a full queue drops the line and counts it
-//! (`legate_access_log_dropped_total`). Each file's writer thread reopens it when
-//! [`Sinks::reopen`] is called (SIGUSR1, for logrotate).
+//! (`legate_access_log_dropped_total`). Nor does it wake the writer for each line: the
+//! writer wakes every [`WRITE_INTERVAL`] and writes what has queued up in one go, or sooner
+//! when the queue is half full. Each file's writer thread reopens it when [`Sinks::reopen`]
+//! is called (SIGUSR1, for logrotate).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -28,34 +30,68 @@ const QUEUE: usize = 16 * 1024;
 /// Bytes those lines may hold together: a line can carry request headers, so a count of
 /// lines alone does not bound the memory a stuck file holds.
 const QUEUE_BYTES: usize = 8 * 1024 * 1024;
+/// How long a line may wait before its writer wakes and writes everything queued. Envoy
+/// flushes its access log files every second; a tenth of that keeps a busy proxy from
+/// filling [`QUEUE`] between two wakes (a half-full queue wakes the writer anyway).
+const WRITE_INTERVAL: Duration = Duration::from_millis(100);
+/// The buffer between the writer and its file: one `write` per this many bytes at most.
+const FILE_BUFFER: usize = 64 * 1024;
 
-/// One file's writer: the channel to its thread, the bytes in it, and its drop counter.
+/// What a file's queue holds: lines and their bytes.
+#[derive(Debug, Default)]
+struct Queued {
+    lines: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Queued {
+    /// A line was written (or lost with its file): the queue has room for it again.
+    fn taken(&self, len: usize) {
+        self.lines.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(len, Ordering::AcqRel);
+    }
+}
+
+/// One file's writer: the channel to its thread, what is in it, and its drop counter.
 #[derive(Debug)]
 pub(crate) struct Sink {
     tx: SyncSender<String>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
+    /// The writer thread, woken early when the queue is half full or the file is reopened.
+    writer: Option<std::thread::Thread>,
     dropped: Arc<Counter>,
 }
 
 impl Sink {
     fn send(&self, line: String) {
         let len = line.len();
-        let fits = self
+        let bytes = self
             .queued
+            .bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
                 q.checked_add(len).filter(|total| *total <= QUEUE_BYTES)
-            })
-            .is_ok();
-        if !fits {
+            });
+        let Ok(bytes) = bytes else {
             self.dropped.inc();
             return;
-        }
+        };
         match self.tx.try_send(line) {
-            Ok(()) => {}
+            Ok(()) => {
+                let lines = self.queued.lines.fetch_add(1, Ordering::AcqRel) + 1;
+                if lines >= QUEUE / 2 || bytes + len >= QUEUE_BYTES / 2 {
+                    self.wake();
+                }
+            }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.queued.fetch_sub(len, Ordering::AcqRel);
+                self.queued.bytes.fetch_sub(len, Ordering::AcqRel);
                 self.dropped.inc();
             }
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(w) = &self.writer {
+            w.unpark();
         }
     }
 }
@@ -104,18 +140,23 @@ impl Sinks {
     fn start(&self, path: Arc<str>) -> Arc<Sink> {
         let (tx, rx) = sync_channel(QUEUE);
         let generation = self.generation.clone();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queued = Arc::new(Queued::default());
         let thread_path = path.clone();
         let thread_queued = queued.clone();
         let spawned = std::thread::Builder::new()
             .name("legate-access-log".to_owned())
             .spawn(move || write_loop(&thread_path, &rx, &generation, &thread_queued));
-        if let Err(error) = spawned {
-            tracing::warn!(%path, %error, "cannot start the access log writer");
-        }
+        let writer = match spawned {
+            Ok(handle) => Some(handle.thread().clone()),
+            Err(error) => {
+                tracing::warn!(%path, %error, "cannot start the access log writer");
+                None
+            }
+        };
         Arc::new(Sink {
             tx,
             queued,
+            writer,
             dropped: self.dropped.get_or_create(&[&path]),
         })
     }
@@ -135,8 +176,7 @@ impl Sinks {
         self.generation.fetch_add(1, Ordering::AcqRel);
         let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         for sink in files.values() {
-            // An empty line wakes the writer so it reopens now; a full queue wakes it anyway.
-            let _ = sink.tx.try_send(String::new());
+            sink.wake();
         }
     }
 }
@@ -150,7 +190,7 @@ fn open(path: &str) -> Option<Box<dyn std::io::Write + Send>> {
             .append(true)
             .open(path)
         {
-            Ok(f) => Some(Box::new(std::io::BufWriter::new(f))),
+            Ok(f) => Some(Box::new(std::io::BufWriter::with_capacity(FILE_BUFFER, f))),
             Err(error) => {
                 tracing::warn!(%path, %error, "cannot open access log; its lines are dropped");
                 None
@@ -159,10 +199,14 @@ fn open(path: &str) -> Option<Box<dyn std::io::Write + Send>> {
     }
 }
 
-fn write_loop(path: &str, rx: &Receiver<String>, generation: &AtomicU64, queued: &AtomicUsize) {
+/// A file's writer: wakes every [`WRITE_INTERVAL`] (or when woken), reopens the file if
+/// [`Sinks::reopen`] was called since, writes every queued line and flushes. Ends, after
+/// writing what was queued, once every [`Sink`] handle is gone; the file closes with it.
+fn write_loop(path: &str, rx: &Receiver<String>, generation: &AtomicU64, queued: &Queued) {
     let mut seen = generation.load(Ordering::Acquire);
     let mut out = open(path);
-    while let Ok(line) = rx.recv() {
+    loop {
+        std::thread::park_timeout(WRITE_INTERVAL);
         let now = generation.load(Ordering::Acquire);
         if now != seen {
             seen = now;
@@ -171,23 +215,37 @@ fn write_loop(path: &str, rx: &Receiver<String>, generation: &AtomicU64, queued:
             }
             out = open(path);
         }
-        let Some(o) = out.as_mut() else {
-            queued.fetch_sub(line.len(), Ordering::AcqRel);
-            continue;
-        };
-        let mut write = |l: &str| {
-            if let Err(error) = o.write_all(l.as_bytes()) {
-                tracing::warn!(%path, %error, "access log write failed");
+        let mut wrote = false;
+        // One warning per wake, not one per line, when the file refuses writes.
+        let mut failed: Option<(std::io::Error, u64)> = None;
+        let closed = loop {
+            let line = match rx.try_recv() {
+                Ok(line) => line,
+                Err(TryRecvError::Empty) => break false,
+                Err(TryRecvError::Disconnected) => break true,
+            };
+            if let Some(o) = out.as_mut()
+                && let Err(error) = o.write_all(line.as_bytes())
+            {
+                let lost = failed.take().map_or(0, |(_, n)| n);
+                failed = Some((error, lost + 1));
             }
-            // Written (or lost with its file): the queue has room for it again.
-            queued.fetch_sub(l.len(), Ordering::AcqRel);
+            queued.taken(line.len());
+            wrote = true;
         };
-        write(&line);
-        // Drain what is queued, then flush once.
-        while let Ok(more) = rx.try_recv() {
-            write(&more);
+        if wrote
+            && let Some(o) = out.as_mut()
+            && let Err(error) = o.flush()
+        {
+            let lost = failed.take().map_or(0, |(_, n)| n);
+            failed = Some((error, lost));
         }
-        let _ = o.flush();
+        if let Some((error, lines)) = failed {
+            tracing::warn!(%path, %error, lines, "access log write failed");
+        }
+        if closed {
+            return;
+        }
     }
 }
 
