@@ -237,6 +237,10 @@ fn listener(l: &Listener, tracing: Option<&Tracing>, access_log: &[XdsAccessLog]
         // The ambassador is the first proxy the request meets: the peer is the client, so
         // it is appended to x-forwarded-for (Envoy does this only with use_remote_address).
         use_remote_address: Some(BoolValue { value: true }),
+        // With use_remote_address, Envoy replaces the request id of a client it deems
+        // external (loopback included, unless internal_address_config says otherwise); in a
+        // mesh the id the first hop made or received is kept, so hops' logs and spans agree.
+        preserve_external_request_id: true,
         // Domains are written without ports; clients send `Host: name:port`.
         strip_port_mode: Some(StripPortMode::StripAnyHostPort(true)),
         upgrade_configs: if l.websocket {

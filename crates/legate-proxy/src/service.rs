@@ -47,7 +47,7 @@ pub(crate) struct ConnCtx {
 
 pub(crate) async fn handle(
     ctx: Arc<ConnCtx>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let open = ctx.activity.begin();
     let active = ctx.shared.active.load_full();
@@ -62,6 +62,11 @@ pub(crate) async fn handle(
         Some(v) => v.clone(),
         None => arc_swap::Guard::into_inner(own),
     };
+    // The request id first, as Envoy's connection manager sets it before tracing: the span,
+    // the access log line and the upstream all see the same one.
+    if view.config.generate_request_id {
+        headers::ensure_request_id(req.headers_mut());
+    }
     // Sampled or not is decided here, before anything is allocated for the trace.
     let span = view.tracer.as_ref().and_then(|t| t.start(&req));
     let mut trail = Trail::default();

@@ -781,6 +781,10 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
         route_specifier,
         strip_port_mode,
     } = h;
+    // legate never replaces a request id it receives: `preserve_external_request_id: true`
+    // is what it does; with the default (false) Envoy would replace the id of a client it deems
+    // external, and legate, whose clients are the applications beside it, keeps it as well.
+    let _ = preserve_external_request_id;
     // `server_header_transformation` (OVERWRITE) and `forward_client_cert_details` (SANITIZE)
     // are enums whose default is what legate does; other values are refused.
     refuse!(cx, field;
@@ -788,8 +792,7 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
         server_header_transformation, scheme_header_transformation, max_request_headers_kb,
         stream_flush_timeout, drain_timeout, drain_timeout_jitter, delayed_close_timeout,
         original_ip_detection_extensions, early_header_mutation_extensions,
-        internal_address_config, via, preserve_external_request_id,
-        always_set_request_id_in_response, forward_client_cert_details,
+        internal_address_config, via, always_set_request_id_in_response, forward_client_cert_details,
         set_current_client_cert_details, forward_client_cert_matcher, proxy_100_continue,
         represent_ipv4_remote_address_as_ipv4_mapped_ipv6, merge_slashes,
         request_id_extension, local_reply_config, strip_matching_host_port,
