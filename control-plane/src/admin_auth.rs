@@ -243,7 +243,13 @@ pub enum Access {
 
 /// The gRPC methods of `legate.admin.v1.Admin` that only read. Every other method, including
 /// ones added later, needs write access.
-const GRPC_READS: [&str; 4] = ["ListNodes", "GetNode", "GetService", "GetLoad"];
+const GRPC_READS: [&str; 5] = [
+    "ListNodes",
+    "GetNode",
+    "GetService",
+    "GetLoad",
+    "GetRollouts",
+];
 
 /// The access a gRPC call at `path` (`/package.Service/Method`) needs.
 pub fn grpc_access(path: &str) -> Access {

@@ -11,13 +11,17 @@
 //! | `GET /v1/services/{name}` | the service's fields, each with its source (file:line:col or admin change) |
 //! | `POST /v1/services/{name}/reset` | drop the service's admin changes (body: empty or `{}`) |
 //! | `DELETE /v1/services/{name}` | remove a service an apply created |
+//! | `POST /v1/rollouts/{service}` | start a canary rollout (body: `{"to": "v2", "steps": [5, 25, 50, 100], ...}`, see docs/canary.md) |
+//! | `GET /v1/rollouts[/{service}]` | rollouts: state, step, weights, figures, decisions |
+//! | `POST /v1/rollouts/{service}/{pause,resume,abort,promote}` | steer a rollout |
 //!
 //! A change needs a `content-type` of JSON or YAML (415 otherwise: a browser can send
 //! `text/plain` or a form anywhere without asking, but not these) and a body within the
 //! limit (413). Errors answer with `{"error": "..."}`: 400 (bad input), 401 (no or bad
 //! credentials, with `www-authenticate: Bearer`), 403 (not allowed, or another origin), 404
-//! (unknown node or service), 408 (too slow), 409 (reset of a service only an apply
-//! created, delete of one the mesh files define), 413, 415, and 503 for a change asked for
+//! (unknown node, service or rollout), 408 (too slow), 409 (reset of a service only an
+//! apply created, delete of one the mesh files define, a weight change to a service that is
+//! rolling out, a rollout action its state does not allow), 413, 415, and 503 for a change asked for
 //! once legate-cp is shutting down (reads are answered until it exits).
 
 use std::sync::Arc;
@@ -28,6 +32,7 @@ use tonic::body::Body;
 
 use crate::admin_auth::{Refusal, RefusalKind};
 use crate::app::{ChangeError, ControlPlane, Outcome, parse_weights};
+use crate::rollout::{Action, StartRequest};
 
 type Resp = http::Response<Body>;
 
@@ -158,10 +163,34 @@ fn changed(result: Result<Outcome, ChangeError>) -> Resp {
             200,
             &serde_json::to_value(outcome).unwrap_or(serde_json::Value::Null),
         ),
-        Err(e @ ChangeError::UnknownService(_)) => error(404, &e.to_string()),
-        Err(e @ ChangeError::Invalid(_)) => error(400, &e.to_string()),
-        Err(e @ ChangeError::Precondition(_)) => error(409, &e.to_string()),
-        Err(e @ ChangeError::Stopped) => error(503, &e.to_string()),
+        Err(e) => change_error(&e),
+    }
+}
+
+/// The answer to a refused change.
+fn change_error(e: &ChangeError) -> Resp {
+    let status = match e {
+        ChangeError::UnknownService(_) | ChangeError::NotFound(_) => 404,
+        ChangeError::Invalid(_) => 400,
+        ChangeError::Precondition(_) => 409,
+        ChangeError::Stopped => 503,
+    };
+    error(status, &e.to_string())
+}
+
+/// The answer to a rollout call: its status (or every rollout's, `list`).
+fn rollout_answer(result: Result<serde_json::Value, ChangeError>) -> Resp {
+    match result {
+        Ok(v) => json(200, &v),
+        Err(e) => change_error(&e),
+    }
+}
+
+/// `POST /v1/rollouts/{service}`: the body read as JSON (or YAML) into a start request.
+fn start_request(format: Format, body: &[u8]) -> Result<StartRequest, String> {
+    match format {
+        Format::Json => serde_json::from_slice(body).map_err(|e| format!("body: {e}")),
+        Format::Yaml => serde_yaml_ng::from_slice(body).map_err(|e| format!("body: {e}")),
     }
 }
 
@@ -284,6 +313,29 @@ where
             changed(cp.set_weights(name, &weights, caller).await)
         }
         ("POST", ["v1", "services", name, "reset"]) => changed(cp.reset(name).await),
+        ("GET", ["v1", "rollouts"]) => match cp.rollouts(None).await {
+            Ok(list) => json(200, &serde_json::json!({ "rollouts": list })),
+            Err(e) => change_error(&e),
+        },
+        ("GET", ["v1", "rollouts", service]) => rollout_answer(
+            cp.rollouts(Some(service))
+                .await
+                .map(|mut list| list.pop().unwrap_or_default()),
+        ),
+        ("POST", ["v1", "rollouts", service]) => match start_request(format, &body) {
+            Ok(request) => rollout_answer(cp.start_rollout(service, request, caller).await),
+            Err(e) => error(400, &e),
+        },
+        ("POST", ["v1", "rollouts", service, action]) => match Action::parse(action) {
+            Some(action) => rollout_answer(cp.steer_rollout(service, action, caller).await),
+            None => error(
+                404,
+                &format!(
+                    "no such endpoint: POST {}: a rollout takes pause, resume, abort or promote",
+                    path.chars().take(200).collect::<String>()
+                ),
+            ),
+        },
         ("DELETE", ["v1", "services", name]) => changed(cp.delete(name).await),
         ("GET", ["v1", "services", name]) => match cp.service(name).await {
             Ok(Some(view)) => json(

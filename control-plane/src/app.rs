@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::load_report::LoadStore;
+use crate::rollout::{self, Fleet, NodeAck, Rollouts, StartRequest};
 use crate::metrics::{AdminOperation, CpMetrics, MeshReload};
 use crate::secrets::SecretFiles;
 use crate::store::{self, Change, MeshFiles, Overlay, OverlayConflict, StoreError, Warning};
@@ -43,9 +44,13 @@ pub enum ChangeError {
     /// The change does not fit the service, or the result does not validate.
     #[error("{0}")]
     Invalid(String),
-    /// Valid, but not for this service as it stands (deleting a service the files define).
+    /// Valid, but not for this service as it stands (deleting a service the files define,
+    /// changing the weights of one that is rolling out).
     #[error("{0}")]
     Precondition(String),
+    /// Nothing of that name (a rollout of a service that has none).
+    #[error("{0}")]
+    NotFound(String),
     /// The state's owner is gone (it panicked, or legate-cp is stopping).
     #[error("{STOPPED}")]
     Stopped,
@@ -60,6 +65,7 @@ impl ChangeError {
             ChangeError::UnknownService(_) => "unknown_service",
             ChangeError::Invalid(_) => "invalid",
             ChangeError::Precondition(_) => "precondition",
+            ChangeError::NotFound(_) => "not_found",
             ChangeError::Stopped => "stopped",
         }
     }
@@ -74,7 +80,9 @@ impl From<String> for ChangeError {
 impl From<ChangeError> for Status {
     fn from(e: ChangeError) -> Status {
         match e {
-            ChangeError::UnknownService(_) => Status::not_found(e.to_string()),
+            ChangeError::UnknownService(_) | ChangeError::NotFound(_) => {
+                Status::not_found(e.to_string())
+            }
             ChangeError::Invalid(_) => Status::invalid_argument(e.to_string()),
             ChangeError::Precondition(_) => Status::failed_precondition(e.to_string()),
             ChangeError::Stopped => Status::unavailable(e.to_string()),
@@ -263,6 +271,23 @@ enum Command {
         service: String,
         reply: oneshot::Sender<Option<ServiceView>>,
     },
+    StartRollout {
+        service: String,
+        request: StartRequest,
+        caller: Option<String>,
+        reply: oneshot::Sender<Result<serde_json::Value, ChangeError>>,
+    },
+    SteerRollout {
+        service: String,
+        action: rollout::Action,
+        caller: Option<String>,
+        reply: oneshot::Sender<Result<serde_json::Value, ChangeError>>,
+    },
+    Rollouts {
+        /// `None`: every rollout.
+        service: Option<String>,
+        reply: oneshot::Sender<Result<Vec<serde_json::Value>, ChangeError>>,
+    },
 }
 
 /// Admin commands waiting for the owner; a caller past this waits for room.
@@ -316,6 +341,10 @@ struct Owner {
     /// The last file or certificate error logged, to log each one once.
     last_error: Option<String>,
     metrics: Arc<CpMetrics>,
+    /// Who ACKed what: a rollout step waits for every node's ACK.
+    registry: Arc<NodeRegistry>,
+    /// The canary rollouts, driven by this owner ([`crate::rollout`]).
+    rollouts: Rollouts,
 }
 
 fn hex(digest: &[u8; 32]) -> String {
@@ -357,8 +386,10 @@ impl ControlPlane {
             Err(e) => return Err(StoreError::Other(e.to_string())),
         };
         let warnings = store::warnings(&effective.mesh, &sources, &overlay);
+        let rollouts = Rollouts::load(&options.data_dir)?;
         let cache = Arc::new(SnapshotCache::new());
         let metrics = Arc::new(CpMetrics::new());
+        let registry = Arc::new(NodeRegistry::with_metrics(metrics.clone()));
         let load = Arc::new(LoadStore::with_metrics(
             options.load_window,
             metrics.load_metrics(),
@@ -402,6 +433,8 @@ impl ControlPlane {
             wake,
             last_error: None,
             metrics: metrics.clone(),
+            registry: registry.clone(),
+            rollouts,
         };
         if let Err(e) = owner.publish(&effective.mesh, &secrets) {
             if owner.state.overlay.services.is_empty() {
@@ -437,7 +470,7 @@ impl ControlPlane {
             .map_err(|e| StoreError::Other(format!("cannot start the state owner: {e}")))?;
         Ok(Arc::new(ControlPlane {
             cache,
-            registry: Arc::new(NodeRegistry::with_metrics(metrics.clone())),
+            registry,
             metrics,
             load,
             commands,
@@ -543,6 +576,66 @@ impl ControlPlane {
         self.counted(AdminOperation::Delete, changed)
     }
 
+    /// Start a canary rollout of `service`; its status once the first step's weights are
+    /// set.
+    pub async fn start_rollout(
+        &self,
+        service: &str,
+        request: StartRequest,
+        caller: Option<String>,
+    ) -> Result<serde_json::Value, ChangeError> {
+        let changed = self
+            .ask(|reply| Command::StartRollout {
+                service: service.to_owned(),
+                request,
+                caller,
+                reply,
+            })
+            .await
+            .unwrap_or(Err(ChangeError::Stopped));
+        self.metrics.admin_change(
+            AdminOperation::Rollout,
+            changed.as_ref().map_or_else(ChangeError::outcome, |_| "ok"),
+        );
+        changed
+    }
+
+    /// Pause, resume, abort or promote the rollout of `service`; its status after.
+    pub async fn steer_rollout(
+        &self,
+        service: &str,
+        action: rollout::Action,
+        caller: Option<String>,
+    ) -> Result<serde_json::Value, ChangeError> {
+        let changed = self
+            .ask(|reply| Command::SteerRollout {
+                service: service.to_owned(),
+                action,
+                caller,
+                reply,
+            })
+            .await
+            .unwrap_or(Err(ChangeError::Stopped));
+        self.metrics.admin_change(
+            AdminOperation::Rollout,
+            changed.as_ref().map_or_else(ChangeError::outcome, |_| "ok"),
+        );
+        changed
+    }
+
+    /// The status of the rollout of `service`, or of every rollout.
+    pub async fn rollouts(
+        &self,
+        service: Option<&str>,
+    ) -> Result<Vec<serde_json::Value>, ChangeError> {
+        self.ask(|reply| Command::Rollouts {
+            service: service.map(str::to_owned),
+            reply,
+        })
+        .await
+        .unwrap_or(Err(ChangeError::Stopped))
+    }
+
     /// A service with where each value comes from; `None` for an unknown one.
     pub async fn service(&self, service: &str) -> Result<Option<ServiceView>, ChangeError> {
         self.ask(|reply| Command::GetService {
@@ -637,8 +730,12 @@ impl Owner {
         };
         let mut recheck = Instant::now() + poll;
         let mut settle_at: Option<Instant> = None;
+        let (load, registry) = (self.load.clone(), self.registry.clone());
+        self.drive_rollouts();
         loop {
             let deadline = settle_at.map_or(recheck, |at| at.min(recheck));
+            let watching = self.rollouts.is_watching();
+            let rollout_at = self.rollouts.next_deadline();
             tokio::select! {
                 // Before anything else: nothing is applied once legate-cp is stopping.
                 biased;
@@ -646,6 +743,11 @@ impl Owner {
                     tracing::info!("configuration state closed: mesh files no longer watched, admin changes refused");
                     return;
                 }
+                // Then the rollouts, ahead of queued commands and file changes: a failing
+                // report rolls back at once.
+                () = load.reported().notified(), if watching => self.drive_rollouts(),
+                () = registry.changed().notified(), if watching => self.drive_rollouts(),
+                () = sleep_until_opt(rollout_at), if rollout_at.is_some() => self.drive_rollouts(),
                 command = commands.recv() => match command {
                     Some(command) => self.handle(command),
                     None => return,
@@ -678,18 +780,118 @@ impl Owner {
                 caller,
                 reply,
             } => {
-                let _ = reply.send(self.set_weights(&service, &weights, caller.as_deref()));
+                let changed = match self.rollouts.refuse_manual(&service) {
+                    Some(refusal) => Err(ChangeError::Precondition(refusal)),
+                    None => self.set_weights(&service, &weights, caller.as_deref(), "set-weights"),
+                };
+                let _ = reply.send(changed);
             }
             Command::Reset { service, reply } => {
-                let _ = reply.send(self.reset(&service));
+                let changed = match self.rollouts.refuse_manual(&service) {
+                    Some(refusal) => Err(ChangeError::Precondition(refusal)),
+                    None => self.reset(&service),
+                };
+                let _ = reply.send(changed);
             }
             Command::Delete { service, reply } => {
-                let _ = reply.send(self.delete(&service));
+                let changed = match self.rollouts.refuse_manual(&service) {
+                    Some(refusal) => Err(ChangeError::Precondition(refusal)),
+                    None => self.delete(&service),
+                };
+                let _ = reply.send(changed);
             }
             Command::GetService { service, reply } => {
                 let _ = reply.send(self.service_view(&service));
             }
+            Command::StartRollout {
+                service,
+                request,
+                caller,
+                reply,
+            } => {
+                let _ = reply.send(self.start_rollout(&service, request, caller.as_deref()));
+            }
+            Command::SteerRollout {
+                service,
+                action,
+                caller,
+                reply,
+            } => {
+                let mut rollouts = std::mem::take(&mut self.rollouts);
+                let steered =
+                    rollouts.steer(&service, action, self, caller.as_deref(), Instant::now());
+                self.rollouts = rollouts;
+                let saved = self.save_rollouts();
+                let _ = reply.send(
+                    steered
+                        .and(saved)
+                        .map(|()| self.rollouts.view(&service, self).unwrap_or_default()),
+                );
+            }
+            Command::Rollouts { service, reply } => {
+                let views = match service {
+                    Some(s) => match self.rollouts.view(&s, self) {
+                        Some(v) => Ok(vec![v]),
+                        None => Err(ChangeError::NotFound(format!("service {s} has no rollout"))),
+                    },
+                    None => Ok(self
+                        .rollouts
+                        .services()
+                        .filter_map(|s| self.rollouts.view(s, self))
+                        .collect()),
+                };
+                let _ = reply.send(views);
+            }
         }
+    }
+
+    /// Move the rollouts on (set weights, see ACKs in, judge) and persist what changed.
+    fn drive_rollouts(&mut self) {
+        let mut rollouts = std::mem::take(&mut self.rollouts);
+        rollouts.tick(self, Instant::now());
+        self.rollouts = rollouts;
+        if let Err(e) = self.save_rollouts() {
+            tracing::error!(error = %e, "cannot persist the rollouts");
+        }
+    }
+
+    fn save_rollouts(&mut self) -> Result<(), ChangeError> {
+        self.rollouts
+            .save(&self.options.data_dir)
+            .map_err(|e| ChangeError::Invalid(format!("cannot persist the rollout: {e}")))
+    }
+
+    fn start_rollout(
+        &mut self,
+        service: &str,
+        request: StartRequest,
+        caller: Option<&str>,
+    ) -> Result<serde_json::Value, ChangeError> {
+        let Some(weights) = Fleet::weights(self, service) else {
+            return if self.state.effective.services.iter().any(|s| s.name == service) {
+                Err(ChangeError::Invalid(format!(
+                    "service `{service}` has a single version (`endpoints`): a rollout needs                      `versions`"
+                )))
+            } else {
+                Err(ChangeError::UnknownService(service.to_owned()))
+            };
+        };
+        let definition = request
+            .definition(service, &weights)
+            .map_err(ChangeError::Invalid)?;
+        if definition.interval() > self.options.load_window {
+            return Err(ChangeError::Invalid(format!(
+                "interval: {} is longer than the load legate-cp keeps (--lrs-window {})",
+                humantime::format_duration(definition.interval()),
+                humantime::format_duration(self.options.load_window)
+            )));
+        }
+        let mut rollouts = std::mem::take(&mut self.rollouts);
+        let started = rollouts.start(definition, self, caller, Instant::now());
+        self.rollouts = rollouts;
+        started?;
+        self.save_rollouts()?;
+        Ok(self.rollouts.view(service, self).unwrap_or_default())
     }
 
     /// Read the mesh files and decide: unchanged (then look at the certificate files), still
@@ -981,6 +1183,25 @@ impl Owner {
                 twice.name
             )));
         }
+        for svc in &doc.services {
+            let Some(refusal) = self.rollouts.refuse_manual(&svc.name) else {
+                continue;
+            };
+            let weights = |s: &legate_model::Service| -> Vec<(String, u32)> {
+                s.versions.iter().map(|v| (v.name.clone(), v.weight)).collect()
+            };
+            let current = self
+                .state
+                .effective
+                .services
+                .iter()
+                .find(|s| s.name == svc.name);
+            if current.map(weights) != Some(weights(svc)) {
+                return Err(ChangeError::Precondition(format!(
+                    "{source}: {refusal} (the document changes its weights; nothing was applied)"
+                )));
+            }
+        }
         let change = Change::now("apply", caller);
         let mut overlay = self.state.overlay.clone();
         let (mut touched, mut changes) = (Vec::new(), Vec::new());
@@ -1026,6 +1247,7 @@ impl Owner {
         service: &str,
         weights: &[(String, u32)],
         caller: Option<&str>,
+        op: &str,
     ) -> Changed {
         // A service whose stored changes conflict is changed as stored (not as served), so
         // the conflict is reported rather than its other overrides silently dropped.
@@ -1067,7 +1289,7 @@ impl Owner {
                 )],
             );
         }
-        let change = Change::now("set-weights", caller);
+        let change = Change::now(op, caller);
         let file = self.state.base.services.iter().find(|s| s.name == service);
         let mut overlay = self.state.overlay.clone();
         match store::diff_service(file, &wanted, overlay.services.get(service), &change) {
@@ -1174,7 +1396,11 @@ impl Owner {
                 fields.push(FieldView {
                     field: (*field).to_owned(),
                     value: o.value.clone().unwrap_or(serde_json::Value::Null),
-                    source: "admin",
+                    source: if o.change.op == rollout::OP {
+                        "rollout"
+                    } else {
+                        "admin"
+                    },
                     location: None,
                     change: Some((&o.change).into()),
                     served: conflict.is_none(),
@@ -1269,6 +1495,77 @@ impl Owner {
             }
         });
         Ok(())
+    }
+}
+
+/// Sleep until `at`; forever when there is none (the branch is disabled then anyway).
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Fleet for Owner {
+    fn weights(&self, service: &str) -> Option<Vec<(String, u32)>> {
+        let svc = self
+            .state
+            .effective
+            .services
+            .iter()
+            .find(|s| s.name == service)?;
+        (!svc.versions.is_empty())
+            .then(|| svc.versions.iter().map(|v| (v.name.clone(), v.weight)).collect())
+    }
+
+    fn set_weights(&mut self, service: &str, weights: &[(String, u32)]) -> Result<(), ChangeError> {
+        Owner::set_weights(self, service, weights, None, rollout::OP).map(|_| ())
+    }
+
+    /// The route configuration carries the weights: a node has them once it ACKed the
+    /// route configuration version it is served now. Nodes whose snapshot has none of the
+    /// service's clusters do not serve it.
+    fn acks(&self, service: &str) -> std::collections::BTreeMap<String, NodeAck> {
+        use legate_snapshot::ResourceKind;
+        let clusters = self
+            .state
+            .effective
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .map(legate_model::Service::cluster_names)
+            .unwrap_or_default();
+        self.registry
+            .acked(ResourceKind::RouteConfiguration)
+            .into_iter()
+            .filter_map(|(id, (cluster, acked))| {
+                let node = envoy_types::pb::envoy::config::core::v3::Node {
+                    id: id.clone(),
+                    cluster,
+                    ..Default::default()
+                };
+                let snapshot = self.cache.snapshot_for(&node)?;
+                let served = snapshot.get(ResourceKind::Cluster);
+                if !clusters.iter().any(|c| served.contains(c)) {
+                    return None;
+                }
+                let routes = snapshot.get(ResourceKind::RouteConfiguration).version_info();
+                let current = acked.as_deref() == Some(routes);
+                Some((id, NodeAck { acked, current }))
+            })
+            .collect()
+    }
+
+    fn load_since(&self, service: &str, since: Instant) -> crate::load_report::ServiceLoad {
+        self.load.service_since(service, since)
+    }
+
+    fn rolled_back(&self, latency: Duration) {
+        self.metrics.rollback_latency(latency);
+    }
+
+    fn decided(&self, verdict: rollout::Verdict) {
+        self.metrics.rollout_decision(verdict);
     }
 }
 
@@ -1611,6 +1908,60 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn start_rollout(
+        &self,
+        req: Request<legate_proto::admin::StartRolloutRequest>,
+    ) -> Result<Response<legate_proto::admin::RolloutResponse>, Status> {
+        let caller = caller_of(&req);
+        let req = req.into_inner();
+        let nonempty = |s: String| (!s.is_empty()).then_some(s);
+        let request = StartRequest {
+            to: req.to,
+            from: nonempty(req.from),
+            steps: req.steps,
+            interval: req.interval,
+            max_error_rate: rollout::Rate(req.max_error_rate),
+            max_p99: nonempty(req.max_p99),
+            min_requests: req.min_requests,
+        };
+        let status = self.0.start_rollout(&req.service, request, caller).await?;
+        Ok(Response::new(legate_proto::admin::RolloutResponse {
+            rollout: Some(pb_rollout(status)),
+        }))
+    }
+
+    async fn steer_rollout(
+        &self,
+        req: Request<legate_proto::admin::SteerRolloutRequest>,
+    ) -> Result<Response<legate_proto::admin::RolloutResponse>, Status> {
+        let caller = caller_of(&req);
+        let req = req.into_inner();
+        let action = rollout::Action::parse(&req.action).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "action '{}': expected pause, resume, abort or promote",
+                req.action.chars().take(100).collect::<String>()
+            ))
+        })?;
+        let status = self.0.steer_rollout(&req.service, action, caller).await?;
+        Ok(Response::new(legate_proto::admin::RolloutResponse {
+            rollout: Some(pb_rollout(status)),
+        }))
+    }
+
+    async fn get_rollouts(
+        &self,
+        req: Request<legate_proto::admin::GetRolloutsRequest>,
+    ) -> Result<Response<legate_proto::admin::GetRolloutsResponse>, Status> {
+        let service = req.into_inner().service;
+        let list = self
+            .0
+            .rollouts((!service.is_empty()).then_some(service.as_str()))
+            .await?;
+        Ok(Response::new(legate_proto::admin::GetRolloutsResponse {
+            rollouts: list.into_iter().map(pb_rollout).collect(),
+        }))
+    }
+
     async fn reset_service(
         &self,
         req: Request<ServiceRequest>,
@@ -1625,6 +1976,19 @@ impl Admin for AdminService {
     ) -> Result<Response<ApplyResponse>, Status> {
         let outcome = self.0.delete(&req.into_inner().name).await?;
         Ok(Response::new(outcome.into()))
+    }
+}
+
+/// A rollout's status for the gRPC API: the key fields, and the whole as JSON.
+fn pb_rollout(status: serde_json::Value) -> legate_proto::admin::Rollout {
+    legate_proto::admin::Rollout {
+        service: status["service"].as_str().unwrap_or_default().to_owned(),
+        state: status["state"].as_str().unwrap_or_default().to_owned(),
+        step: status["step"]
+            .as_u64()
+            .and_then(|s| u32::try_from(s).ok())
+            .unwrap_or(0),
+        status_json: status.to_string(),
     }
 }
 

@@ -20,6 +20,9 @@
 //! - [`app`], [`store`], [`watch`]: the configuration state (mesh files plus persisted admin
 //!   changes) and its one owner, which applies file changes and admin changes in order;
 //!   mesh files are watched (inotify) and applied once stable.
+//! - [`rollout`]: canary rollouts, driven by the state's owner: stepwise weight shifts,
+//!   each step judged on the fleet's load reports once every node ACKed its weights,
+//!   promoted, held or rolled back at once; persisted in the data directory.
 //! - [`metrics`]: legate-cp's Prometheus metrics (streams, pushes, ACK latency, NACKs, admin
 //!   changes and refusals, mesh reloads, LRS reports) and the unauthenticated `/metrics`
 //!   listener that serves them.
@@ -40,6 +43,7 @@ pub mod load_report;
 pub mod metrics;
 pub mod registry;
 pub mod resources;
+pub mod rollout;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -20,13 +20,14 @@
 //! Latency arrives in legate's bucket scheme ([`legate_telemetry::load`]); a report without
 //! it (Envoy's) still counts requests, and its latency is simply unknown.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterStats;
 use legate_telemetry::load::{LATENCY_SUM_METRIC, latency_bucket_of, quantile_ms};
 use legate_telemetry::{Counter, Gauge, LATENCY_BUCKET_COUNT};
+use tokio::sync::Notify;
 
 /// Entries read from one report; the rest are ignored ([`Ignored::TooManyClusters`]).
 pub const MAX_CLUSTERS_PER_REPORT: usize = 10_000;
@@ -231,6 +232,9 @@ pub struct VersionLoad {
     pub p99_ms: Option<f64>,
     /// Nodes that reported load for this version within the window.
     pub nodes_reporting: usize,
+    /// Their ids.
+    #[serde(skip)]
+    pub nodes: BTreeSet<String>,
 }
 
 /// A service's versions over a window.
@@ -338,7 +342,13 @@ pub struct LoadStore {
     window: Duration,
     inner: Mutex<Inner>,
     metrics: LoadMetrics,
+    /// Woken after every report kept: the rollout controller judges on arrival.
+    reported: Notify,
 }
+
+/// A cluster's load summed over nodes: the load, attempts in progress at each node's latest
+/// report, and the nodes that reported.
+pub type ClusterLoad = (Load, u64, BTreeSet<String>);
 
 impl LoadStore {
     pub fn new(window: Duration) -> LoadStore {
@@ -352,7 +362,14 @@ impl LoadStore {
             window: window.max(Duration::from_secs(1)),
             inner: Mutex::default(),
             metrics,
+            reported: Notify::new(),
         }
+    }
+
+    /// Notified (one permit, see [`Notify::notify_one`]) after each report that kept
+    /// something: whoever judges on fresh load waits on it.
+    pub fn reported(&self) -> &Notify {
+        &self.reported
     }
 
     /// The longest window kept.
@@ -447,25 +464,31 @@ impl LoadStore {
         for reason in Ignored::ALL {
             self.count(reason, ignored[reason.index()]);
         }
+        self.reported.notify_one();
     }
 
     /// Every node's load per cluster over the last `window` (at most the store's window).
-    pub fn clusters(&self, window: Duration) -> BTreeMap<String, (Load, u64, usize)> {
+    pub fn clusters(&self, window: Duration) -> BTreeMap<String, ClusterLoad> {
         self.clusters_at(window, Instant::now())
     }
 
-    fn clusters_at(&self, window: Duration, at: Instant) -> BTreeMap<String, (Load, u64, usize)> {
+    fn clusters_at(&self, window: Duration, at: Instant) -> BTreeMap<String, ClusterLoad> {
         let now = self.second(at);
-        let keep = self.window.as_secs();
         let span = window.min(self.window).as_secs().max(1);
         // The window is the `span` seconds ending with the current one, some of which may be
         // before the store started (an entry can cover them).
         let from = i128::from(now) + 1 - i128::from(span);
+        self.clusters_from(from, now)
+    }
+
+    /// Every node's load per cluster in seconds `from..=now` (since the store's start).
+    fn clusters_from(&self, from: i128, now: u64) -> BTreeMap<String, ClusterLoad> {
+        let keep = self.window.as_secs();
         let mut guard = self.lock();
         let inner = &mut *guard;
         let mut removed = 0usize;
-        let mut out: BTreeMap<String, (Load, u64, usize)> = BTreeMap::new();
-        inner.nodes.retain(|_, clusters| {
+        let mut out: BTreeMap<String, ClusterLoad> = BTreeMap::new();
+        inner.nodes.retain(|node, clusters| {
             clusters.retain(|name, series| {
                 if series.prune(now.saturating_sub(keep)) {
                     removed += 1;
@@ -483,7 +506,7 @@ impl LoadStore {
                     let entry = out.entry(name.clone()).or_default();
                     entry.0.add(&load);
                     entry.1 = entry.1.saturating_add(series.in_progress);
-                    entry.2 += 1;
+                    entry.2.insert(node.clone());
                 }
                 true
             });
@@ -505,6 +528,36 @@ impl LoadStore {
     pub fn service_window_at(&self, service: &str, window: Duration, at: Instant) -> ServiceLoad {
         let span = window.min(self.window).max(Duration::from_secs(1));
         let clusters = self.clusters_at(span, at);
+        self.service_load(service, &clusters, span)
+    }
+
+    /// A service's load per version since `since`: the whole seconds after the one `since`
+    /// falls in, up to the current one (a report's load is spread over the seconds it
+    /// covers, so load from before `since` is left out to the second). Bounded by the
+    /// store's window: what is older is gone. Empty until a second has passed.
+    pub fn service_since(&self, service: &str, since: Instant) -> ServiceLoad {
+        self.service_since_at(service, since, Instant::now())
+    }
+
+    pub fn service_since_at(&self, service: &str, since: Instant, at: Instant) -> ServiceLoad {
+        let now = self.second(at);
+        let first = self.second(since).saturating_add(1);
+        let seconds = now.saturating_add(1).saturating_sub(first);
+        let clusters = if seconds == 0 {
+            BTreeMap::new()
+        } else {
+            self.clusters_from(i128::from(first), now)
+        };
+        let span = Duration::from_secs(seconds.min(self.window.as_secs()));
+        self.service_load(service, &clusters, span)
+    }
+
+    fn service_load(
+        &self,
+        service: &str,
+        clusters: &BTreeMap<String, ClusterLoad>,
+        span: Duration,
+    ) -> ServiceLoad {
         let mut wanted: Vec<(String, String)> = self
             .lock()
             .versions
@@ -520,12 +573,13 @@ impl LoadStore {
                     clusters.get(&cluster).cloned().unwrap_or_default();
                 let completed = load.succeeded.saturating_add(load.errored);
                 VersionLoad {
-                    requests_per_second: load.issued as f64 / span.as_secs_f64(),
+                    requests_per_second: load.issued as f64 / span.as_secs_f64().max(1.0),
                     error_percent: (completed > 0)
                         .then(|| load.errored as f64 * 100.0 / completed as f64),
                     p50_ms: quantile_ms(&load.latency_buckets, 0.5),
                     p99_ms: quantile_ms(&load.latency_buckets, 0.99),
-                    nodes_reporting: nodes,
+                    nodes_reporting: nodes.len(),
+                    nodes,
                     in_progress,
                     version,
                     cluster,

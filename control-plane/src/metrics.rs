@@ -61,6 +61,8 @@ pub enum AdminOperation {
     SetWeights,
     Reset,
     Delete,
+    /// Starting or steering a canary rollout.
+    Rollout,
 }
 
 impl AdminOperation {
@@ -70,6 +72,7 @@ impl AdminOperation {
             AdminOperation::SetWeights => "set_weights",
             AdminOperation::Reset => "reset",
             AdminOperation::Delete => "delete",
+            AdminOperation::Rollout => "rollout",
         }
     }
 }
@@ -110,6 +113,8 @@ pub struct CpMetrics {
     mesh_reloads: Arc<Family<Counter>>,
     lrs_reports: Arc<Counter>,
     lrs_load: crate::load_report::LoadMetrics,
+    rollback_latency: Arc<Histogram>,
+    rollout_decisions: Arc<Family<Counter>>,
     /// Node clusters given a label value of their own, at most [`MAX_NODE_CLUSTER_LABELS`].
     node_clusters: Mutex<BTreeSet<String>>,
 }
@@ -182,6 +187,7 @@ impl CpMetrics {
             AdminOperation::SetWeights,
             AdminOperation::Reset,
             AdminOperation::Delete,
+            AdminOperation::Rollout,
         ] {
             admin_changes.get_or_create(&[op.as_str(), "ok"]);
         }
@@ -228,7 +234,25 @@ impl CpMetrics {
             ignored: crate::load_report::Ignored::ALL
                 .map(|reason| lrs_ignored.get_or_create(&[reason.as_str()])),
         };
+        let rollback_latency = registry
+            .family::<Histogram>(
+                "legate_cp_rollout_rollback_seconds",
+                "Canary rollbacks: time from the load report that failed a step (or the abort) \
+                 to every node serving the service having ACKed the rollback's weights.",
+                &[],
+            )
+            .get_or_create(&[]);
+        let rollout_decisions = registry.family::<Counter>(
+            "legate_cp_rollout_decisions_total",
+            "Canary rollout decisions recorded, by verdict (pass, fail, inconclusive, manual).",
+            &["verdict"],
+        );
+        for verdict in ["pass", "fail", "inconclusive", "manual"] {
+            rollout_decisions.get_or_create(&[verdict]);
+        }
         CpMetrics {
+            rollback_latency,
+            rollout_decisions,
             registry,
             streams,
             pushes,
@@ -326,6 +350,22 @@ impl CpMetrics {
     /// (what `GET /v1/load` and `GetLoad` show as `reports_received`).
     pub fn lrs_reports_received(&self) -> u64 {
         self.lrs_reports.get()
+    }
+
+    /// A rollback took this long to be ACKed everywhere.
+    pub fn rollback_latency(&self, latency: std::time::Duration) {
+        self.rollback_latency.observe(latency);
+    }
+
+    /// A rollout decision was recorded.
+    pub fn rollout_decision(&self, verdict: crate::rollout::Verdict) {
+        let label = match verdict {
+            crate::rollout::Verdict::Pass => "pass",
+            crate::rollout::Verdict::Fail => "fail",
+            crate::rollout::Verdict::Inconclusive => "inconclusive",
+            crate::rollout::Verdict::Manual => "manual",
+        };
+        self.rollout_decisions.get_or_create(&[label]).inc();
     }
 
     /// Where the load store counts its series and what it leaves out.

@@ -170,6 +170,9 @@ pub struct NodeRegistry {
     inner: Mutex<Inner>,
     /// Streams, pushes, ACK latency, NACKs and refusals are counted here as they happen.
     metrics: Arc<CpMetrics>,
+    /// Notified (one permit) when a stream ACKs, opens or ends: the rollout controller waits
+    /// on it for every node to have ACKed new weights.
+    changed: tokio::sync::Notify,
 }
 
 impl Default for NodeRegistry {
@@ -209,7 +212,33 @@ impl NodeRegistry {
             nack_message_limit: AtomicUsize::new(DEFAULT_NACK_MESSAGE_LIMIT),
             inner: Mutex::new(Inner::default()),
             metrics,
+            changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Notified after an ACK, a new stream or a stream's end.
+    pub fn changed(&self) -> &tokio::sync::Notify {
+        &self.changed
+    }
+
+    /// Per connected node id: the version of `kind` its newest stream ACKed last (`None`:
+    /// none yet), with the node's cluster.
+    pub fn acked(&self, kind: ResourceKind) -> BTreeMap<String, (String, Option<String>)> {
+        let inner = self.lock();
+        let mut newest: BTreeMap<&str, &Entry> = BTreeMap::new();
+        for entry in inner.streams.values() {
+            let e = newest.entry(&entry.node_id).or_insert(entry);
+            if entry.status.stream_id > e.status.stream_id {
+                *e = entry;
+            }
+        }
+        newest
+            .into_iter()
+            .map(|(id, e)| {
+                let acked = e.types.get(&kind).and_then(|t| t.acked_version.clone());
+                (id.to_owned(), (e.node_cluster.clone(), acked))
+            })
+            .collect()
     }
 
     /// Where this registry counts.
@@ -331,6 +360,7 @@ impl NodeRegistry {
         let open = self.metrics.stream_gauge(mode, &node_cluster_label);
         open.inc();
         self.lock().streams.insert(id, entry);
+        self.changed.notify_one();
         StreamHandle {
             registry: Arc::clone(self),
             id,
@@ -421,6 +451,7 @@ impl StreamHandle {
             t.acked_version = Some(version.to_owned());
             t.acked_at_unix_ms = Some(now_unix_ms());
         });
+        self.registry.changed.notify_one();
     }
 
     /// Records a NACK; returns its message as kept (cut to the registry's limit), which is
@@ -467,6 +498,7 @@ impl Drop for StreamHandle {
     fn drop(&mut self) {
         self.registry.lock().streams.remove(&self.id);
         self.open.dec();
+        self.registry.changed.notify_one();
     }
 }
 

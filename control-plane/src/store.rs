@@ -827,16 +827,23 @@ pub fn load_overlay(data_dir: &Path, base: &Mesh) -> Result<(Overlay, Option<Str
 
 /// Persist the overlay atomically: temporary file, fsync, rename, directory fsync.
 pub fn save_overlay(data_dir: &Path, overlay: &Overlay) -> Result<(), StoreError> {
+    let text = serde_yaml_ng::to_string(overlay).map_err(|e| StoreError::Other(e.to_string()))?;
+    write_atomic(data_dir, OVERLAY_FILE, text.as_bytes())
+}
+
+/// Write `name` in the data directory atomically (temporary file, fsync, rename, directory
+/// fsync): a crash leaves the old contents or the new, never a mix. Every file legate-cp
+/// keeps in its data directory is written this way.
+pub fn write_atomic(data_dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
     let io = |p: &Path, e| StoreError::Io {
         path: p.display().to_string(),
         source: e,
     };
     std::fs::create_dir_all(data_dir).map_err(|e| io(data_dir, e))?;
-    let text = serde_yaml_ng::to_string(overlay).map_err(|e| StoreError::Other(e.to_string()))?;
-    let target = data_dir.join(OVERLAY_FILE);
-    let tmp = data_dir.join(format!(".{OVERLAY_FILE}.{}.tmp", std::process::id()));
+    let target = data_dir.join(name);
+    let tmp = data_dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    f.write_all(text.as_bytes()).map_err(|e| io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| io(&tmp, e))?;
     f.sync_all().map_err(|e| io(&tmp, e))?;
     drop(f);
     std::fs::rename(&tmp, &target).map_err(|e| io(&target, e))?;
