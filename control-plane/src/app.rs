@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::load_report::LoadStore;
-use crate::rollout::{self, Fleet, NodeAck, Rollouts, StartRequest};
 use crate::metrics::{AdminOperation, CpMetrics, MeshReload};
+use crate::rollout::{self, Fleet, NodeAck, Rollouts, StartRequest};
 use crate::secrets::SecretFiles;
 use crate::store::{self, Change, MeshFiles, Overlay, OverlayConflict, StoreError, Warning};
 use crate::watch::{Settle, Verdict, Watcher};
@@ -747,11 +747,12 @@ impl Owner {
                 // report rolls back at once.
                 () = load.reported().notified(), if watching => self.drive_rollouts(),
                 () = registry.changed().notified(), if watching => self.drive_rollouts(),
-                () = sleep_until_opt(rollout_at), if rollout_at.is_some() => self.drive_rollouts(),
                 command = commands.recv() => match command {
                     Some(command) => self.handle(command),
                     None => return,
                 },
+                // After commands: a deadline that keeps firing must not starve them.
+                () = sleep_until_opt(rollout_at), if rollout_at.is_some() => self.drive_rollouts(),
                 () = self.wake.notified() => settle_at = self.check_files(),
                 () = tokio::time::sleep_until(deadline.into()) => {
                     if Instant::now() >= recheck {
@@ -868,7 +869,13 @@ impl Owner {
         caller: Option<&str>,
     ) -> Result<serde_json::Value, ChangeError> {
         let Some(weights) = Fleet::weights(self, service) else {
-            return if self.state.effective.services.iter().any(|s| s.name == service) {
+            return if self
+                .state
+                .effective
+                .services
+                .iter()
+                .any(|s| s.name == service)
+            {
                 Err(ChangeError::Invalid(format!(
                     "service `{service}` has a single version (`endpoints`): a rollout needs                      `versions`"
                 )))
@@ -1188,7 +1195,10 @@ impl Owner {
                 continue;
             };
             let weights = |s: &legate_model::Service| -> Vec<(String, u32)> {
-                s.versions.iter().map(|v| (v.name.clone(), v.weight)).collect()
+                s.versions
+                    .iter()
+                    .map(|v| (v.name.clone(), v.weight))
+                    .collect()
             };
             let current = self
                 .state
@@ -1514,8 +1524,12 @@ impl Fleet for Owner {
             .services
             .iter()
             .find(|s| s.name == service)?;
-        (!svc.versions.is_empty())
-            .then(|| svc.versions.iter().map(|v| (v.name.clone(), v.weight)).collect())
+        (!svc.versions.is_empty()).then(|| {
+            svc.versions
+                .iter()
+                .map(|v| (v.name.clone(), v.weight))
+                .collect()
+        })
     }
 
     fn set_weights(&mut self, service: &str, weights: &[(String, u32)]) -> Result<(), ChangeError> {
@@ -1549,7 +1563,9 @@ impl Fleet for Owner {
                 if !clusters.iter().any(|c| served.contains(c)) {
                     return None;
                 }
-                let routes = snapshot.get(ResourceKind::RouteConfiguration).version_info();
+                let routes = snapshot
+                    .get(ResourceKind::RouteConfiguration)
+                    .version_info();
                 let current = acked.as_deref() == Some(routes);
                 Some((id, NodeAck { acked, current }))
             })

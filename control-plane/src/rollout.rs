@@ -309,8 +309,8 @@ impl StartRequest {
                     format!("service `{service}` has no other version to roll out from")
                 })?,
         };
-        let interval = legate_model::parse_duration(&self.interval)
-            .map_err(|e| format!("interval: {e}"))?;
+        let interval =
+            legate_model::parse_duration(&self.interval).map_err(|e| format!("interval: {e}"))?;
         let max_error_percent =
             parse_percent(&self.max_error_rate.0).map_err(|e| format!("max_error_rate: {e}"))?;
         let max_p99_ms = match &self.max_p99 {
@@ -455,6 +455,8 @@ pub fn judge(def: &Definition, from: &Figures, to: &Figures, elapsed: Duration) 
 pub struct Decision {
     /// RFC 3339.
     pub time: String,
+    /// The same, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
     /// The step, from 1.
     pub step: usize,
     /// `to`'s percentage at that step.
@@ -506,6 +508,9 @@ pub struct Rollout {
     /// The figures judged last.
     #[serde(skip)]
     figures: BTreeMap<String, Figures>,
+    /// When this legate-cp took over the rollout after a restart (wall time).
+    #[serde(skip)]
+    resumed_unix_ms: Option<u64>,
 }
 
 impl Rollout {
@@ -523,6 +528,7 @@ impl Rollout {
             rollback_since: None,
             not_reporting: Vec::new(),
             figures: BTreeMap::new(),
+            resumed_unix_ms: None,
         }
     }
 
@@ -532,11 +538,7 @@ impl Rollout {
 
     /// `step 2 of 4`.
     pub fn position(&self) -> String {
-        format!(
-            "step {} of {}",
-            self.step + 1,
-            self.definition.steps.len()
-        )
+        format!("step {} of {}", self.step + 1, self.definition.steps.len())
     }
 
     fn record(&mut self, fleet: &dyn Fleet, verdict: Verdict, reason: String) {
@@ -549,8 +551,10 @@ impl Rollout {
             self.decisions.pop_front();
         }
         fleet.decided(verdict);
+        let at_unix_ms = unix_ms();
         self.decisions.push_back(Decision {
-            time: rfc3339(unix_ms()),
+            time: rfc3339(at_unix_ms),
+            at_unix_ms,
             step: self.step + 1,
             weight: self.weight(),
             figures: self.figures.clone(),
@@ -688,6 +692,7 @@ impl Rollouts {
                     "legate-cp restarted: {} is set again and judged from now",
                     r.position()
                 );
+                r.resumed_unix_ms = Some(unix_ms());
             }
             if by_service.insert(name.clone(), r).is_some() {
                 return Err(stored_error(
@@ -821,7 +826,10 @@ impl Rollouts {
                 }
                 r.state = RolloutState::Progressing;
                 r.phase = Phase::Apply;
-                r.reason = format!("resumed{by}: {} is set again and judged from now", r.position());
+                r.reason = format!(
+                    "resumed{by}: {} is set again and judged from now",
+                    r.position()
+                );
                 let reason = r.reason.clone();
                 r.record(fleet, Verdict::Manual, reason);
                 self.dirty = true;
@@ -869,7 +877,11 @@ impl Rollouts {
             .values()
             .filter(|r| r.state.in_charge())
             .filter_map(|r| match r.phase {
-                Phase::Judging(since) => Some(since + r.definition.interval()),
+                // Once over, the step passes or holds; a held one is judged on reports.
+                Phase::Judging(since) if r.state == RolloutState::Progressing => {
+                    Some(since + r.definition.interval())
+                }
+                Phase::Judging(_) => None,
                 Phase::Retry(at) => Some(at),
                 Phase::Apply => Some(Instant::now()),
                 Phase::Acking => None,
@@ -942,6 +954,7 @@ impl Rollouts {
                 "min_requests": def.min_requests,
             },
             "reason": r.reason,
+            "resumed": r.resumed_unix_ms.map(rfc3339),
             "figures": r.figures,
             "not_reporting": r.not_reporting,
             "rollback_ms": r.rollback_ms,
@@ -1092,8 +1105,12 @@ fn step(r: &mut Rollout, fleet: &mut dyn Fleet, now: Instant) {
                 }
                 Judgement::Inconclusive(mut reason) => {
                     if !r.not_reporting.is_empty() {
-                        let names: Vec<&str> =
-                            r.not_reporting.iter().take(10).map(String::as_str).collect();
+                        let names: Vec<&str> = r
+                            .not_reporting
+                            .iter()
+                            .take(10)
+                            .map(String::as_str)
+                            .collect();
                         reason.push_str(&format!("; not reporting: {}", names.join(", ")));
                     }
                     if r.state != RolloutState::Holding {
@@ -1155,7 +1172,12 @@ mod tests {
         let table = [
             // Too few requests: wait, then inconclusive; never a pass on silence.
             (healthy.clone(), figures(99, 0, Some(10.0)), EARLY, "wait"),
-            (healthy.clone(), figures(99, 0, Some(10.0)), OVER, "inconclusive"),
+            (
+                healthy.clone(),
+                figures(99, 0, Some(10.0)),
+                OVER,
+                "inconclusive",
+            ),
             (healthy.clone(), figures(0, 0, None), OVER, "inconclusive"),
             // Too few requests: even many errors do not fail (the sample guards).
             (healthy.clone(), figures(50, 50, None), EARLY, "wait"),
@@ -1169,15 +1191,45 @@ mod tests {
             (healthy.clone(), figures(100, 0, Some(300.0)), EARLY, "fail"),
             (healthy.clone(), figures(100, 0, None), OVER, "pass"),
             // The stable version fails as much (enough requests): not the canary's fault.
-            (figures(1000, 50, Some(10.0)), figures(100, 5, Some(10.0)), EARLY, "wait"),
-            (figures(1000, 50, Some(10.0)), figures(100, 5, Some(10.0)), OVER, "inconclusive"),
+            (
+                figures(1000, 50, Some(10.0)),
+                figures(100, 5, Some(10.0)),
+                EARLY,
+                "wait",
+            ),
+            (
+                figures(1000, 50, Some(10.0)),
+                figures(100, 5, Some(10.0)),
+                OVER,
+                "inconclusive",
+            ),
             // ...but with too few requests to the stable one, the canary fails.
-            (figures(10, 5, Some(10.0)), figures(100, 5, Some(10.0)), EARLY, "fail"),
+            (
+                figures(10, 5, Some(10.0)),
+                figures(100, 5, Some(10.0)),
+                EARLY,
+                "fail",
+            ),
             // Stable fails less: fail.
-            (figures(1000, 10, Some(10.0)), figures(100, 5, Some(10.0)), EARLY, "fail"),
+            (
+                figures(1000, 10, Some(10.0)),
+                figures(100, 5, Some(10.0)),
+                EARLY,
+                "fail",
+            ),
             // The same for latency.
-            (figures(1000, 0, Some(400.0)), figures(100, 0, Some(300.0)), OVER, "inconclusive"),
-            (figures(1000, 0, Some(200.0)), figures(100, 0, Some(300.0)), OVER, "fail"),
+            (
+                figures(1000, 0, Some(400.0)),
+                figures(100, 0, Some(300.0)),
+                OVER,
+                "inconclusive",
+            ),
+            (
+                figures(1000, 0, Some(200.0)),
+                figures(100, 0, Some(300.0)),
+                OVER,
+                "fail",
+            ),
         ];
         for (i, (from, to, elapsed, want)) in table.iter().enumerate() {
             let got = judge(&d, from, to, *elapsed);
@@ -1191,7 +1243,11 @@ mod tests {
 
     #[test]
     fn requests_are_validated() {
-        let weights = vec![("v1".to_owned(), 90), ("v2".to_owned(), 10), ("v3".to_owned(), 0)];
+        let weights = vec![
+            ("v1".to_owned(), 90),
+            ("v2".to_owned(), 10),
+            ("v3".to_owned(), 0),
+        ];
         let req = || StartRequest {
             to: "v2".into(),
             from: None,
@@ -1209,31 +1265,128 @@ mod tests {
             vec![("v1".into(), 75), ("v2".into(), 25), ("v3".into(), 0)]
         );
         let bad: Vec<(StartRequest, &str)> = vec![
-            (StartRequest { to: "v9".into(), ..req() }, "no version `v9`"),
-            (StartRequest { from: Some("v2".into()), ..req() }, "the same version"),
-            (StartRequest { from: Some("v0".into()), ..req() }, "no version `v0`"),
-            (StartRequest { steps: vec![], ..req() }, "steps"),
-            (StartRequest { steps: vec![50, 25, 100], ..req() }, "ascending"),
-            (StartRequest { steps: vec![0, 100], ..req() }, "above 0"),
-            (StartRequest { steps: vec![5, 50], ..req() }, "last step must be 100"),
-            (StartRequest { steps: vec![5, 101], ..req() }, "last step must be 100"),
-            (StartRequest { interval: "0s".into(), ..req() }, "interval"),
-            (StartRequest { interval: "2d".into(), ..req() }, "interval"),
-            (StartRequest { interval: "soon".into(), ..req() }, "interval"),
-            (StartRequest { max_error_rate: Rate("101%".into()), ..req() }, "max_error_rate"),
-            (StartRequest { max_error_rate: Rate("NaN".into()), ..req() }, "max_error_rate"),
-            (StartRequest { max_p99: Some("fast".into()), ..req() }, "max_p99"),
-            (StartRequest { min_requests: 0, ..req() }, "never promotes on silence"),
+            (
+                StartRequest {
+                    to: "v9".into(),
+                    ..req()
+                },
+                "no version `v9`",
+            ),
+            (
+                StartRequest {
+                    from: Some("v2".into()),
+                    ..req()
+                },
+                "the same version",
+            ),
+            (
+                StartRequest {
+                    from: Some("v0".into()),
+                    ..req()
+                },
+                "no version `v0`",
+            ),
+            (
+                StartRequest {
+                    steps: vec![],
+                    ..req()
+                },
+                "steps",
+            ),
+            (
+                StartRequest {
+                    steps: vec![50, 25, 100],
+                    ..req()
+                },
+                "ascending",
+            ),
+            (
+                StartRequest {
+                    steps: vec![0, 100],
+                    ..req()
+                },
+                "above 0",
+            ),
+            (
+                StartRequest {
+                    steps: vec![5, 50],
+                    ..req()
+                },
+                "last step must be 100",
+            ),
+            (
+                StartRequest {
+                    steps: vec![5, 101],
+                    ..req()
+                },
+                "last step must be 100",
+            ),
+            (
+                StartRequest {
+                    interval: "0s".into(),
+                    ..req()
+                },
+                "interval",
+            ),
+            (
+                StartRequest {
+                    interval: "2d".into(),
+                    ..req()
+                },
+                "interval",
+            ),
+            (
+                StartRequest {
+                    interval: "soon".into(),
+                    ..req()
+                },
+                "interval",
+            ),
+            (
+                StartRequest {
+                    max_error_rate: Rate("101%".into()),
+                    ..req()
+                },
+                "max_error_rate",
+            ),
+            (
+                StartRequest {
+                    max_error_rate: Rate("NaN".into()),
+                    ..req()
+                },
+                "max_error_rate",
+            ),
+            (
+                StartRequest {
+                    max_p99: Some("fast".into()),
+                    ..req()
+                },
+                "max_p99",
+            ),
+            (
+                StartRequest {
+                    min_requests: 0,
+                    ..req()
+                },
+                "never promotes on silence",
+            ),
         ];
         for (r, want) in bad {
             let e = r.definition("payments", &weights).expect_err(want);
             assert!(e.contains(want), "{e:?} should say {want:?}");
         }
         // The default `from` is the heaviest version other than `to`; ties go by name.
-        let tie = vec![("b".to_owned(), 50), ("a".to_owned(), 50), ("c".to_owned(), 0)];
-        let d = StartRequest { to: "c".into(), ..req() }
-            .definition("s", &tie)
-            .expect("valid");
+        let tie = vec![
+            ("b".to_owned(), 50),
+            ("a".to_owned(), 50),
+            ("c".to_owned(), 0),
+        ];
+        let d = StartRequest {
+            to: "c".into(),
+            ..req()
+        }
+        .definition("s", &tie)
+        .expect("valid");
         assert_eq!(d.from, "a");
         // Rates as JSON: a string with or without `%`, or a number.
         for body in [r#""1%""#, r#""1""#, "1", "1.0"] {
@@ -1324,18 +1477,32 @@ mod tests {
         d.steps = vec![10, 100];
         let mut rollouts = Rollouts::default();
         let t0 = Instant::now();
-        rollouts.start(d.clone(), &mut fleet, Some("test"), t0).expect("started");
+        rollouts
+            .start(d.clone(), &mut fleet, Some("test"), t0)
+            .expect("started");
         assert_eq!(fleet.weights, vec![("v1".into(), 90), ("v2".into(), 10)]);
-        assert!(rollouts.refuse_manual("payments").expect("refused").contains("step 1 of 2"));
+        assert!(
+            rollouts
+                .refuse_manual("payments")
+                .expect("refused")
+                .contains("step 1 of 2")
+        );
         // A second start is refused while it runs.
         let again = rollouts.start(d.clone(), &mut fleet, None, t0);
-        assert!(matches!(again, Err(ChangeError::Precondition(_))), "{again:?}");
+        assert!(
+            matches!(again, Err(ChangeError::Precondition(_))),
+            "{again:?}"
+        );
         // Healthy load, but the nodes have not ACKed: nothing is judged.
         fleet.load.insert("v1".into(), figures(900, 0, Some(10.0)));
         fleet.load.insert("v2".into(), figures(200, 0, Some(10.0)));
         rollouts.tick(&mut fleet, t0 + OVER * 2);
         assert_eq!(rollouts.get("payments").map(|r| r.step), Some(0));
-        assert!(rollouts.get("payments").is_some_and(|r| r.reason.contains("waiting for 2")));
+        assert!(
+            rollouts
+                .get("payments")
+                .is_some_and(|r| r.reason.contains("waiting for 2"))
+        );
         ack_all(&mut fleet);
         let acked = t0 + OVER * 2;
         rollouts.tick(&mut fleet, acked);
@@ -1365,7 +1532,9 @@ mod tests {
         assert_eq!(r.rollback_ms, Some(300));
         assert!(rollouts.refuse_manual("payments").is_none());
         // Finished: a new rollout may start.
-        rollouts.start(d, &mut fleet, None, acked + OVER).expect("a new rollout");
+        rollouts
+            .start(d, &mut fleet, None, acked + OVER)
+            .expect("a new rollout");
     }
 
     #[test]
@@ -1377,7 +1546,9 @@ mod tests {
         };
         let mut rollouts = Rollouts::default();
         let t0 = Instant::now();
-        rollouts.start(def(), &mut fleet, None, t0).expect("started");
+        rollouts
+            .start(def(), &mut fleet, None, t0)
+            .expect("started");
         ack_all(&mut fleet);
         rollouts.tick(&mut fleet, t0);
         fleet.load.insert("v1".into(), figures(500, 0, None));
@@ -1393,8 +1564,13 @@ mod tests {
         }
         let r = rollouts.get("payments").expect("rollout");
         assert_eq!((r.state, r.step), (RolloutState::Holding, 1));
-        assert_eq!(r.decisions.back().map(|d| d.verdict), Some(Verdict::Inconclusive));
+        assert_eq!(
+            r.decisions.back().map(|d| d.verdict),
+            Some(Verdict::Inconclusive)
+        );
         assert!(r.reason.contains("too few requests"), "{}", r.reason);
+        // Held, it waits for reports: no deadline keeps waking the owner.
+        assert_eq!(rollouts.next_deadline(), None);
         // Saved and loaded: the same step, set again.
         let dir = std::env::temp_dir().join(format!("legate-rollouts-{}", fastrand::u64(..)));
         rollouts.save(&dir).expect("saved");
@@ -1408,7 +1584,10 @@ mod tests {
         // A corrupt file is refused, naming the file.
         std::fs::write(dir.join(ROLLOUTS_FILE), "{\"format\": 1, \"rollouts\": [").expect("write");
         let e = Rollouts::load(&dir).expect_err("corrupt").to_string();
-        assert!(e.contains(ROLLOUTS_FILE) && e.contains("does not start"), "{e}");
+        assert!(
+            e.contains(ROLLOUTS_FILE) && e.contains("does not start"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

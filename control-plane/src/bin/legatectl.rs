@@ -96,6 +96,12 @@ enum Command {
         #[arg(long, value_name = "DURATION", value_parser = legate_model::parse_duration)]
         window: Option<std::time::Duration>,
     },
+    /// Canary rollouts: shift a service's traffic to a new version in steps, each judged on
+    /// the fleet's load reports, promoted or rolled back by legate-cp (docs/canary.md).
+    Canary {
+        #[command(subcommand)]
+        what: Canary,
+    },
     /// Drop a service's admin changes (apply, set-weights): the mesh files' values serve
     /// again.
     Reset { service: String },
@@ -127,6 +133,48 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = legate_model::parse_duration)]
         validity: std::time::Duration,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum Canary {
+    /// Start a rollout, e.g. `canary start payments --to v2 --steps 5,25,50,100 --interval 30s
+    /// --max-error-rate 1% --max-p99 250ms --min-requests 100`.
+    Start {
+        service: String,
+        /// The new version.
+        #[arg(long)]
+        to: String,
+        /// The version it replaces (default: the one with the highest weight now).
+        #[arg(long)]
+        from: Option<String>,
+        /// Percent of traffic to the new version at each step, ascending, the last 100.
+        #[arg(long, value_delimiter = ',', required = true)]
+        steps: Vec<u32>,
+        /// How long each step is judged (a duration: 30s).
+        #[arg(long)]
+        interval: String,
+        /// The new version's error rate above which a step fails (a percentage: 1%).
+        #[arg(long)]
+        max_error_rate: String,
+        /// The new version's p99 latency above which a step fails (a duration: 250ms;
+        /// default: latency is not judged).
+        #[arg(long)]
+        max_p99: Option<String>,
+        /// Requests to the new version a step needs before it can pass or fail; fewer hold
+        /// the rollout.
+        #[arg(long)]
+        min_requests: u64,
+    },
+    /// One rollout (or every one): state, step, weights, figures per version, last decisions.
+    Status { service: Option<String> },
+    /// Stop at the current step: its weights stay, manual weight changes are allowed.
+    Pause { service: String },
+    /// Go on from a pause: the step's weights are set again and the step judged afresh.
+    Resume { service: String },
+    /// Roll back: the old version gets all traffic again.
+    Abort { service: String },
+    /// Give the new version all traffic now.
+    Promote { service: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -373,10 +421,200 @@ async fn run(cli: Cli) -> Result<(), String> {
                 Output::Table => print_service(&res),
             }
         }
+        Command::Canary { what } => canary(&mut client, cli.output, what).await?,
         // Handled above, before connecting.
         Command::Certs { .. } => {}
     }
     Ok(())
+}
+
+async fn canary(
+    client: &mut admin_client::Client,
+    output: Output,
+    what: Canary,
+) -> Result<(), String> {
+    use legate_proto::admin::{GetRolloutsRequest, StartRolloutRequest, SteerRolloutRequest};
+    let status = |s: tonic::Status| admin_client::explain(&s);
+    let steer = |service: String, action: &str| SteerRolloutRequest {
+        service,
+        action: action.to_owned(),
+    };
+    let (one, list) = match what {
+        Canary::Start {
+            service,
+            to,
+            from,
+            steps,
+            interval,
+            max_error_rate,
+            max_p99,
+            min_requests,
+        } => {
+            let req = StartRolloutRequest {
+                service,
+                to,
+                from: from.unwrap_or_default(),
+                steps,
+                interval,
+                max_error_rate,
+                max_p99: max_p99.unwrap_or_default(),
+                min_requests,
+            };
+            let res = client.start_rollout(req).await.map_err(status)?;
+            (true, res.into_inner().rollout.into_iter().collect())
+        }
+        Canary::Pause { service } => {
+            let res = client.steer_rollout(steer(service, "pause")).await;
+            (
+                true,
+                res.map_err(status)?
+                    .into_inner()
+                    .rollout
+                    .into_iter()
+                    .collect(),
+            )
+        }
+        Canary::Resume { service } => {
+            let res = client.steer_rollout(steer(service, "resume")).await;
+            (
+                true,
+                res.map_err(status)?
+                    .into_inner()
+                    .rollout
+                    .into_iter()
+                    .collect(),
+            )
+        }
+        Canary::Abort { service } => {
+            let res = client.steer_rollout(steer(service, "abort")).await;
+            (
+                true,
+                res.map_err(status)?
+                    .into_inner()
+                    .rollout
+                    .into_iter()
+                    .collect(),
+            )
+        }
+        Canary::Promote { service } => {
+            let res = client.steer_rollout(steer(service, "promote")).await;
+            (
+                true,
+                res.map_err(status)?
+                    .into_inner()
+                    .rollout
+                    .into_iter()
+                    .collect(),
+            )
+        }
+        Canary::Status { service } => {
+            let one = service.is_some();
+            let res = client
+                .get_rollouts(GetRolloutsRequest {
+                    service: service.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?;
+            (one, res.into_inner().rollouts)
+        }
+    };
+    let statuses: Vec<serde_json::Value> = list
+        .iter()
+        .map(|r: &legate_proto::admin::Rollout| {
+            serde_json::from_str(&r.status_json).unwrap_or(serde_json::Value::Null)
+        })
+        .collect();
+    match output {
+        // As the JSON API answers: one rollout's status, or `{"rollouts": [...]}`.
+        Output::Json if one => print_json(statuses.first().unwrap_or(&serde_json::Value::Null)),
+        Output::Json => print_json(&serde_json::json!({ "rollouts": statuses })),
+        Output::Table => print_rollouts(&statuses),
+    }
+    Ok(())
+}
+
+/// `1.23% 45.0ms 1200`: a version's error rate, p99 and requests in a rollout's figures.
+fn rollout_figures(status: &serde_json::Value, version: &serde_json::Value) -> String {
+    let f = &status["figures"][version.as_str().unwrap_or_default()];
+    let err = f["error_percent"]
+        .as_f64()
+        .map_or_else(|| "-".to_owned(), |e| format!("{e:.2}%"));
+    let p99 = f["p99_ms"]
+        .as_f64()
+        .map_or_else(|| "-".to_owned(), |p| format!("{p:.1}ms"));
+    format!("{err} {p99} {}", f["requests"].as_u64().unwrap_or(0))
+}
+
+/// One line per rollout, then each one's reason and last decisions.
+fn print_rollouts(statuses: &[serde_json::Value]) {
+    if statuses.is_empty() {
+        out!("no rollouts");
+        return;
+    }
+    let rows: Vec<Vec<String>> = statuses
+        .iter()
+        .map(|s| {
+            let weights = s["weights"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(v, w)| format!("{v}={w}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            let steps = s["steps"].as_array().map_or(0, Vec::len);
+            vec![
+                s["service"].as_str().unwrap_or_default().to_owned(),
+                s["state"].as_str().unwrap_or_default().to_owned(),
+                format!("{}/{steps}", s["step"]),
+                weights,
+                format!(
+                    "{} {}",
+                    s["to"].as_str().unwrap_or_default(),
+                    rollout_figures(s, &s["to"])
+                ),
+                format!(
+                    "{} {}",
+                    s["from"].as_str().unwrap_or_default(),
+                    rollout_figures(s, &s["from"])
+                ),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "SERVICE",
+            "STATE",
+            "STEP",
+            "WEIGHTS",
+            "TO (ERR P99 REQS)",
+            "FROM (ERR P99 REQS)",
+        ],
+        &rows,
+    );
+    for s in statuses {
+        out!("");
+        out!(
+            "{}: {}",
+            s["service"].as_str().unwrap_or_default(),
+            s["reason"].as_str().unwrap_or_default()
+        );
+        if let Some(ms) = s["rollback_ms"].as_u64() {
+            out!("  rolled back everywhere in {ms} ms");
+        }
+        let decisions = s["decisions"].as_array().map_or(&[][..], Vec::as_slice);
+        for d in &decisions[decisions.len().saturating_sub(5)..] {
+            out!(
+                "  {} step {} ({}%) {}: {}",
+                d["time"].as_str().unwrap_or_default(),
+                d["step"],
+                d["weight"],
+                d["verdict"].as_str().unwrap_or_default(),
+                d["reason"].as_str().unwrap_or_default()
+            );
+        }
+    }
 }
 
 fn print_change(output: Output, res: &ApplyResponse) {
