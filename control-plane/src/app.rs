@@ -345,6 +345,8 @@ struct Owner {
     registry: Arc<NodeRegistry>,
     /// The canary rollouts, driven by this owner ([`crate::rollout`]).
     rollouts: Rollouts,
+    /// Fingerprints of declared rollouts not started, already logged (once each).
+    declared_logged: BTreeSet<String>,
 }
 
 fn hex(digest: &[u8; 32]) -> String {
@@ -435,6 +437,7 @@ impl ControlPlane {
             metrics: metrics.clone(),
             registry: registry.clone(),
             rollouts,
+            declared_logged: BTreeSet::new(),
         };
         if let Err(e) = owner.publish(&effective.mesh, &secrets) {
             if owner.state.overlay.services.is_empty() {
@@ -732,6 +735,7 @@ impl Owner {
         let mut settle_at: Option<Instant> = None;
         let (load, registry) = (self.load.clone(), self.registry.clone());
         self.drive_rollouts();
+        self.start_declared_rollouts();
         loop {
             let deadline = settle_at.map_or(recheck, |at| at.min(recheck));
             let watching = self.rollouts.is_watching();
@@ -753,12 +757,16 @@ impl Owner {
                 },
                 // After commands: a deadline that keeps firing must not starve them.
                 () = sleep_until_opt(rollout_at), if rollout_at.is_some() => self.drive_rollouts(),
-                () = self.wake.notified() => settle_at = self.check_files(),
+                () = self.wake.notified() => {
+                    settle_at = self.check_files();
+                    self.start_declared_rollouts();
+                }
                 () = tokio::time::sleep_until(deadline.into()) => {
                     if Instant::now() >= recheck {
                         recheck = Instant::now() + poll;
                     }
                     settle_at = self.check_files();
+                    self.start_declared_rollouts();
                 }
             }
         }
@@ -774,6 +782,7 @@ impl Owner {
                 reply,
             } => {
                 let _ = reply.send(self.apply(&document, &source, caller.as_deref()));
+                self.start_declared_rollouts();
             }
             Command::SetWeights {
                 service,
@@ -810,7 +819,8 @@ impl Owner {
                 caller,
                 reply,
             } => {
-                let _ = reply.send(self.start_rollout(&service, request, caller.as_deref()));
+                let _ =
+                    reply.send(self.start_rollout(&service, request, caller.as_deref(), None));
             }
             Command::SteerRollout {
                 service,
@@ -862,11 +872,52 @@ impl Owner {
             .map_err(|e| ChangeError::Invalid(format!("cannot persist the rollout: {e}")))
     }
 
+    /// Start the rollouts the served mesh declares (`rollout:` on a service) that have not
+    /// run yet: each block once, known by its fingerprint, so a finished rollout is not
+    /// started again by the same block, and a changed block starts a new one (once the
+    /// previous has finished).
+    fn start_declared_rollouts(&mut self) {
+        let declared: Vec<(String, legate_model::ServiceRollout)> = self
+            .state
+            .effective
+            .services
+            .iter()
+            .filter_map(|s| s.rollout.clone().map(|r| (s.name.clone(), r)))
+            .collect();
+        for (service, block) in declared {
+            let text = serde_json::to_vec(&(&service, &block)).unwrap_or_default();
+            let fingerprint = hex(&Sha256::digest(&text).into())[..16].to_owned();
+            if self.rollouts.declared_started(&service, &fingerprint) {
+                continue;
+            }
+            if let Some(r) = self.rollouts.get(&service) {
+                if r.state.is_active() {
+                    if self.declared_logged.insert(fingerprint) {
+                        tracing::warn!(service, "the mesh files declare a rollout, but another rollout of the service is {}: not started", r.state.as_str());
+                    }
+                    continue;
+                }
+            }
+            let request = StartRequest::from(&block);
+            let started =
+                self.start_rollout(&service, request, Some("mesh files"), Some(fingerprint.clone()));
+            match started {
+                Ok(_) => tracing::info!(service, "rollout declared in the mesh files started"),
+                Err(error) => {
+                    if self.declared_logged.insert(fingerprint) {
+                        tracing::error!(service, %error, "the rollout the mesh files declare was not started");
+                    }
+                }
+            }
+        }
+    }
+
     fn start_rollout(
         &mut self,
         service: &str,
         request: StartRequest,
         caller: Option<&str>,
+        declared: Option<String>,
     ) -> Result<serde_json::Value, ChangeError> {
         let Some(weights) = Fleet::weights(self, service) else {
             return if self
@@ -894,7 +945,7 @@ impl Owner {
             )));
         }
         let mut rollouts = std::mem::take(&mut self.rollouts);
-        let started = rollouts.start(definition, self, caller, Instant::now());
+        let started = rollouts.start(definition, declared, self, caller, Instant::now());
         self.rollouts = rollouts;
         started?;
         self.save_rollouts()?;

@@ -37,10 +37,7 @@ pub const ROLLOUTS_FILE: &str = "rollouts.json";
 pub const ROLLOUTS_FORMAT: u32 = 1;
 /// Decisions kept per rollout; older ones are dropped.
 pub const MAX_DECISIONS: usize = 200;
-/// Steps a rollout may have.
-pub const MAX_STEPS: usize = 100;
-/// The longest step interval.
-pub const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
+pub use legate_model::rollout::{MAX_INTERVAL, MAX_STEPS, parse_percent};
 /// How long a step whose weights could not be set waits before trying again.
 const RETRY: Duration = Duration::from_secs(1);
 /// The op recorded with the weight changes a rollout makes (the source `get service` shows).
@@ -157,26 +154,11 @@ impl Definition {
                 self.to
             ));
         }
-        if self.steps.is_empty() || self.steps.len() > MAX_STEPS {
-            return Err(format!("steps: give 1 to {MAX_STEPS} percentages"));
+        if let Some(m) = legate_model::rollout::steps_problem(&self.steps) {
+            return Err(format!("steps: {m}"));
         }
-        if self.steps.windows(2).any(|w| w[0] >= w[1]) || self.steps[0] == 0 {
-            return Err(format!(
-                "steps: percentages must be ascending and above 0, got {:?}",
-                self.steps
-            ));
-        }
-        if self.steps.last() != Some(&100) {
-            return Err(format!(
-                "steps: the last step must be 100, got {:?}",
-                self.steps
-            ));
-        }
-        if self.interval_ms == 0 || self.interval() > MAX_INTERVAL {
-            return Err(format!(
-                "interval: must be above 0 and at most {}",
-                humantime::format_duration(MAX_INTERVAL)
-            ));
+        if let Some(m) = legate_model::rollout::interval_problem(self.interval()) {
+            return Err(format!("interval: {m}"));
         }
         if !(self.max_error_percent.is_finite() && (0.0..=100.0).contains(&self.max_error_percent))
         {
@@ -258,15 +240,21 @@ impl<'de> Deserialize<'de> for Rate {
     }
 }
 
-/// `1%`, `0.5 %` or `1` → 1.0, 0.5, 1.0.
-pub fn parse_percent(s: &str) -> Result<f64, String> {
-    let t = s.trim();
-    let number = t.strip_suffix('%').unwrap_or(t).trim();
-    number
-        .parse::<f64>()
-        .ok()
-        .filter(|n| n.is_finite() && (0.0..=100.0).contains(n))
-        .ok_or_else(|| format!("'{s}' is not a percentage from 0% to 100%"))
+impl From<&legate_model::ServiceRollout> for StartRequest {
+    fn from(r: &legate_model::ServiceRollout) -> Self {
+        StartRequest {
+            to: r.to.clone(),
+            from: r.from.clone(),
+            steps: r.steps.clone(),
+            interval: r
+                .interval
+                .map(legate_model::units::format_duration)
+                .unwrap_or_default(),
+            max_error_rate: Rate(r.max_error_rate.clone()),
+            max_p99: r.max_p99.map(legate_model::units::format_duration),
+            min_requests: r.min_requests,
+        }
+    }
 }
 
 impl StartRequest {
@@ -498,6 +486,10 @@ pub struct Rollout {
     /// From the failing report (or the abort) to every node having ACKed the rollback.
     pub rollback_ms: Option<u64>,
     pub decisions: VecDeque<Decision>,
+    /// For a rollout a mesh file's `rollout:` block declared: that block's fingerprint, so
+    /// the same block does not start it again once it has finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared: Option<String>,
     #[serde(skip)]
     phase: Phase,
     /// The failing report's arrival (or the abort), until every node ACKed the rollback.
@@ -524,6 +516,7 @@ impl Rollout {
             reason: "starting".to_owned(),
             rollback_ms: None,
             decisions: VecDeque::new(),
+            declared: None,
             phase: Phase::Apply,
             rollback_since: None,
             not_reporting: Vec::new(),
@@ -627,12 +620,18 @@ impl Action {
 struct Stored {
     format: u32,
     rollouts: Vec<Rollout>,
+    /// Per service, the fingerprint of the last mesh `rollout:` block started.
+    #[serde(default)]
+    declared: BTreeMap<String, String>,
 }
 
 /// Every rollout, by service (one per service: a new one replaces a finished one).
 #[derive(Debug, Default)]
 pub struct Rollouts {
     by_service: BTreeMap<String, Rollout>,
+    /// Per service, the fingerprint of the last mesh `rollout:` block started (kept when a
+    /// rollout started otherwise replaces it, so the block does not start again).
+    declared: BTreeMap<String, String>,
     /// Changed since the last [`save`](Self::save).
     dirty: bool,
 }
@@ -703,6 +702,7 @@ impl Rollouts {
         }
         Ok(Rollouts {
             by_service,
+            declared: stored.declared,
             dirty: false,
         })
     }
@@ -715,12 +715,18 @@ impl Rollouts {
         let stored = Stored {
             format: ROLLOUTS_FORMAT,
             rollouts: self.by_service.values().cloned().collect(),
+            declared: self.declared.clone(),
         };
         let text =
             serde_json::to_vec_pretty(&stored).map_err(|e| StoreError::Other(e.to_string()))?;
         store::write_atomic(data_dir, ROLLOUTS_FILE, &text)?;
         self.dirty = false;
         Ok(())
+    }
+
+    /// Whether the mesh block with this fingerprint already started a rollout of `service`.
+    pub fn declared_started(&self, service: &str, fingerprint: &str) -> bool {
+        self.declared.get(service).map(String::as_str) == Some(fingerprint)
     }
 
     pub fn get(&self, service: &str) -> Option<&Rollout> {
@@ -744,10 +750,11 @@ impl Rollouts {
     }
 
     /// Start a rollout of `definition.service` (replacing a finished one) and set its first
-    /// step's weights.
+    /// step's weights; `declared`: the fingerprint of the mesh block that asks for it.
     pub fn start(
         &mut self,
         definition: Definition,
+        declared: Option<String>,
         fleet: &mut dyn Fleet,
         caller: Option<&str>,
         now: Instant,
@@ -763,6 +770,10 @@ impl Rollouts {
             )));
         }
         let mut r = Rollout::new(definition);
+        if let Some(fingerprint) = &declared {
+            self.declared.insert(service.clone(), fingerprint.clone());
+        }
+        r.declared = declared;
         let by = caller.map_or_else(String::new, |c| format!(" by {c}"));
         r.record(
             fleet,
@@ -1478,7 +1489,7 @@ mod tests {
         let mut rollouts = Rollouts::default();
         let t0 = Instant::now();
         rollouts
-            .start(d.clone(), &mut fleet, Some("test"), t0)
+            .start(d.clone(), None, &mut fleet, Some("test"), t0)
             .expect("started");
         assert_eq!(fleet.weights, vec![("v1".into(), 90), ("v2".into(), 10)]);
         assert!(
@@ -1488,7 +1499,7 @@ mod tests {
                 .contains("step 1 of 2")
         );
         // A second start is refused while it runs.
-        let again = rollouts.start(d.clone(), &mut fleet, None, t0);
+        let again = rollouts.start(d.clone(), None, &mut fleet, None, t0);
         assert!(
             matches!(again, Err(ChangeError::Precondition(_))),
             "{again:?}"
@@ -1533,7 +1544,7 @@ mod tests {
         assert!(rollouts.refuse_manual("payments").is_none());
         // Finished: a new rollout may start.
         rollouts
-            .start(d, &mut fleet, None, acked + OVER)
+            .start(d, None, &mut fleet, None, acked + OVER)
             .expect("a new rollout");
     }
 
@@ -1547,7 +1558,7 @@ mod tests {
         let mut rollouts = Rollouts::default();
         let t0 = Instant::now();
         rollouts
-            .start(def(), &mut fleet, None, t0)
+            .start(def(), None, &mut fleet, None, t0)
             .expect("started");
         ack_all(&mut fleet);
         rollouts.tick(&mut fleet, t0);

@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn mesh(v1: SocketAddr, v2: SocketAddr) -> String {
+/// The mesh: payments v1 at 100 %, v2 at 0; `extra` goes under the service (`rollout:`).
+fn mesh(v1: SocketAddr, v2: SocketAddr, extra: &str) -> String {
     format!(
         r#"
 proxy:
@@ -28,7 +29,7 @@ services:
       - {{name: v1, weight: 100, endpoints: [{{address: {v1}}}]}}
       - {{name: v2, weight: 0, endpoints: [{{address: {v2}}}]}}
     route: {{prefix: /payments/, rewrite: /, timeout: 5s}}
-"#
+{extra}"#
     )
 }
 
@@ -45,10 +46,15 @@ struct Rig {
 
 impl Rig {
     async fn start(n: usize) -> Rig {
+        Rig::start_with(n, "").await
+    }
+
+    /// With `extra` under the service in the mesh file.
+    async fn start_with(n: usize, extra: &str) -> Rig {
         let v1 = Upstream::start("payments-v1", "v1", Protocol::Auto).await;
         let v2 = Upstream::start("payments-v2", "v2", Protocol::Auto).await;
         let dir = TempDir::new("canary");
-        let config = dir.write("mesh.yaml", &mesh(v1.addr(), v2.addr()));
+        let config = dir.write("mesh.yaml", &mesh(v1.addr(), v2.addr(), extra));
         let cp = start_cp(&config, &dir.path().join("data"), None).await;
         let mut proxies = Vec::new();
         for i in 1..=n {
@@ -612,4 +618,40 @@ async fn manual_weights_are_refused_while_rolling_out() {
     assert_eq!(v["weights"], json!({"v1": 50, "v2": 50}), "{v}");
     let (code, v) = post(cp, "/v1/rollouts/payments/launch", &json!({})).await;
     assert_eq!(code, 404, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollout_declared_in_the_mesh_runs_once() {
+    let block = "    rollout: {to: v2, steps: [50, 100], interval: 1s, max_error_rate: 5%, \
+                 min_requests: 10}\n";
+    let rig = Rig::start_with(2, block).await;
+    let traffic = Traffic::start(rig.urls().await);
+    let done = wait_for(rig.cp(), "the declared rollout promoted", WAIT, |s| {
+        s["state"] == "promoted"
+    })
+    .await;
+    traffic.stop().await;
+    let first = &done["decisions"][0];
+    assert_eq!(first["verdict"], "manual", "{done:#}");
+    assert!(
+        first["reason"].as_str().unwrap_or_default().contains("by mesh files"),
+        "{done:#}"
+    );
+    // The files change (not the block): the finished rollout is not started again.
+    let before = rig.cp().get_json("/v1/mesh").await.expect("mesh")["digest"].clone();
+    let text = std::fs::read_to_string(&rig.config).expect("mesh file");
+    std::fs::write(&rig.config, format!("# edited\n{text}")).expect("write mesh file");
+    eventually(WAIT, "the edited files applied", || async {
+        let m = rig.cp().get_json("/v1/mesh").await?;
+        if m["digest"] != before && m["refused"].is_null() {
+            Ok(())
+        } else {
+            Err(format!("{m}"))
+        }
+    })
+    .await;
+    let after = status(rig.cp()).await;
+    assert_eq!(after["state"], "promoted", "{after:#}");
+    assert_eq!(after["started"], done["started"], "{after:#}");
+    assert_eq!(after["decisions"], done["decisions"], "{after:#}");
 }

@@ -61,6 +61,7 @@ mod model;
 mod parse;
 mod services;
 mod size;
+pub mod rollout;
 pub mod units;
 mod validate;
 

@@ -606,7 +606,7 @@ route_configs:
                 "a.yaml:1:22: services[0].colour: unknown field `colour`, expected one of \
                  `name`, `protocol`, `lb_policy`, `connect_timeout`, `idle_timeout`, \
                  `max_requests_per_connection`, `discovery`, `dns_refresh_rate`, `endpoints`, \
-                 `versions`, `route`, `policies`, `tls`",
+                 `versions`, `route`, `policies`, `tls`, `rollout`",
                 "c.yaml:1:33: proxy.extra: unknown field `extra`, expected `listener` or \
                  `route_config`",
             ]

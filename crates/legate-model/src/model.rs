@@ -494,6 +494,41 @@ pub struct Service {
     /// TLS to every version's endpoints, as on a [`Cluster`]; plaintext when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
+    /// A canary rollout legate-cp runs when this block appears, and not again once that
+    /// same block's rollout has finished (docs/canary.md). Compiles to nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<ServiceRollout>,
+}
+
+/// A service's `rollout:` block: the values `legatectl canary start` takes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRollout {
+    /// The new version.
+    pub to: String,
+    /// The version it replaces; the one with the highest weight when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Percent of traffic to `to` at each step, ascending, the last 100.
+    pub steps: Vec<u32>,
+    /// How long each step is judged (required).
+    #[serde(
+        default,
+        with = "crate::units::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<Duration>,
+    /// `to`'s error rate above which a step fails: `1%`.
+    pub max_error_rate: String,
+    /// `to`'s p99 latency above which a step fails; latency is not judged when unset.
+    #[serde(
+        default,
+        with = "crate::units::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_p99: Option<Duration>,
+    /// Completed requests to `to` a step needs to pass or fail.
+    pub min_requests: u64,
 }
 
 /// One version of a service, with its share of the traffic.

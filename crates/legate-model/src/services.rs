@@ -941,6 +941,7 @@ services:
             route: crate::ServiceRoute::default(),
             policies: crate::Policies::default(),
             tls: None,
+            rollout: None,
         }
     }
 

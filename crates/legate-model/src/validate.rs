@@ -846,7 +846,62 @@ impl<'m> Checker<'m> {
         if let Some(tls) = &s.tls {
             self.upstream_tls(&format!("{path}.tls"), tls);
         }
+        if let Some(r) = &s.rollout {
+            self.service_rollout(&format!("{path}.rollout"), s, r);
+        }
         owned
+    }
+
+    /// A `rollout:` block, by the rules legate-cp's admin API applies ([`crate::rollout`]).
+    fn service_rollout(&mut self, path: &str, s: &Service, r: &crate::ServiceRollout) {
+        if s.versions.is_empty() {
+            self.report(path, "a rollout needs `versions`");
+            return;
+        }
+        let names: Vec<&str> = s.versions.iter().map(|v| &v.name[..]).collect();
+        for (field, version) in [("to", Some(&r.to)), ("from", r.from.as_ref())] {
+            if let Some(v) = version
+                && !names.contains(&v.as_str())
+            {
+                self.report(
+                    format!("{path}.{field}"),
+                    format!(
+                        "service `{}` has no version `{v}` (it has {})",
+                        s.name,
+                        backticked(&names)
+                    ),
+                );
+            }
+        }
+        if r.from.as_ref() == Some(&r.to) {
+            self.report(
+                format!("{path}.from"),
+                format!("from and to are the same version `{}`", r.to),
+            );
+        }
+        if let Some(m) = crate::rollout::steps_problem(&r.steps) {
+            self.report(format!("{path}.steps"), m);
+        }
+        match r.interval {
+            None => self.report(format!("{path}.interval"), "required: how long each step is judged"),
+            Some(i) => {
+                if let Some(m) = crate::rollout::interval_problem(i) {
+                    self.report(format!("{path}.interval"), m);
+                }
+            }
+        }
+        if let Err(m) = crate::rollout::parse_percent(&r.max_error_rate) {
+            self.report(format!("{path}.max_error_rate"), m);
+        }
+        if r.max_p99.is_some_and(|d| d.is_zero()) {
+            self.report(format!("{path}.max_p99"), "must be above 0");
+        }
+        if r.min_requests == 0 {
+            self.report(
+                format!("{path}.min_requests"),
+                "must be at least 1 (a rollout never promotes on silence)",
+            );
+        }
     }
 
     fn service_policies(&mut self, path: &str, s: &Service) {
