@@ -819,8 +819,7 @@ impl Owner {
                 caller,
                 reply,
             } => {
-                let _ =
-                    reply.send(self.start_rollout(&service, request, caller.as_deref(), None));
+                let _ = reply.send(self.start_rollout(&service, request, caller.as_deref(), None));
             }
             Command::SteerRollout {
                 service,
@@ -890,17 +889,25 @@ impl Owner {
             if self.rollouts.declared_started(&service, &fingerprint) {
                 continue;
             }
-            if let Some(r) = self.rollouts.get(&service) {
-                if r.state.is_active() {
-                    if self.declared_logged.insert(fingerprint) {
-                        tracing::warn!(service, "the mesh files declare a rollout, but another rollout of the service is {}: not started", r.state.as_str());
-                    }
-                    continue;
+            if let Some(r) = self.rollouts.get(&service)
+                && r.state.is_active()
+            {
+                if self.declared_logged.insert(fingerprint) {
+                    tracing::warn!(
+                        service,
+                        "the mesh files declare a rollout, but another rollout of the service is {}: not started",
+                        r.state.as_str()
+                    );
                 }
+                continue;
             }
             let request = StartRequest::from(&block);
-            let started =
-                self.start_rollout(&service, request, Some("mesh files"), Some(fingerprint.clone()));
+            let started = self.start_rollout(
+                &service,
+                request,
+                Some("mesh files"),
+                Some(fingerprint.clone()),
+            );
             match started {
                 Ok(_) => tracing::info!(service, "rollout declared in the mesh files started"),
                 Err(error) => {

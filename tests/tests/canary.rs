@@ -634,7 +634,10 @@ async fn a_rollout_declared_in_the_mesh_runs_once() {
     let first = &done["decisions"][0];
     assert_eq!(first["verdict"], "manual", "{done:#}");
     assert!(
-        first["reason"].as_str().unwrap_or_default().contains("by mesh files"),
+        first["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("by mesh files"),
         "{done:#}"
     );
     // The files change (not the block): the finished rollout is not started again.

@@ -59,9 +59,9 @@ mod locate;
 mod merge;
 mod model;
 mod parse;
+pub mod rollout;
 mod services;
 mod size;
-pub mod rollout;
 pub mod units;
 mod validate;
 

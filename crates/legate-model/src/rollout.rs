@@ -55,7 +55,14 @@ mod tests {
     fn rules() {
         assert_eq!(steps_problem(&[5, 25, 50, 100]), None);
         assert_eq!(steps_problem(&[100]), None);
-        for bad in [&[][..], &[50, 25, 100], &[0, 100], &[5, 50], &[5, 101], &[5, 5, 100]] {
+        for bad in [
+            &[][..],
+            &[50, 25, 100],
+            &[0, 100],
+            &[5, 50],
+            &[5, 101],
+            &[5, 5, 100],
+        ] {
             assert!(steps_problem(bad).is_some(), "{bad:?}");
         }
         assert_eq!(interval_problem(Duration::from_secs(30)), None);
@@ -88,10 +95,12 @@ mod tests {
         );
         let m = crate::load_files([("mesh.yaml", good.as_str())]).expect("valid");
         let r = m.services[0].rollout.as_ref().expect("the block");
-        assert_eq!((r.to.as_str(), r.interval), ("v2", Some(Duration::from_secs(30))));
-        let bad = mesh(
-            "{to: v3, from: v1, steps: [50, 25], max_error_rate: lots, min_requests: 0}",
+        assert_eq!(
+            (r.to.as_str(), r.interval),
+            ("v2", Some(Duration::from_secs(30)))
         );
+        let bad =
+            mesh("{to: v3, from: v1, steps: [50, 25], max_error_rate: lots, min_requests: 0}");
         let errors: Vec<String> = crate::load_files([("mesh.yaml", bad.as_str())])
             .expect_err("invalid")
             .iter()
@@ -106,11 +115,15 @@ mod tests {
         ];
         for w in want {
             assert!(
-                errors.iter().any(|e| e.starts_with("mesh.yaml:6:") && e.contains(w)),
+                errors
+                    .iter()
+                    .any(|e| e.starts_with("mesh.yaml:6:") && e.contains(w)),
                 "{w} in {errors:#?}"
             );
         }
-        let unknown = mesh("{to: v2, steps: [100], interval: 1s, max_error_rate: 1%, min_requests: 1, when: now}");
+        let unknown = mesh(
+            "{to: v2, steps: [100], interval: 1s, max_error_rate: 1%, min_requests: 1, when: now}",
+        );
         let e = crate::load_files([("mesh.yaml", unknown.as_str())]).expect_err("unknown field");
         assert!(e[0].to_string().contains("when"), "{e:?}");
     }

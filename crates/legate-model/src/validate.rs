@@ -883,7 +883,10 @@ impl<'m> Checker<'m> {
             self.report(format!("{path}.steps"), m);
         }
         match r.interval {
-            None => self.report(format!("{path}.interval"), "required: how long each step is judged"),
+            None => self.report(
+                format!("{path}.interval"),
+                "required: how long each step is judged",
+            ),
             Some(i) => {
                 if let Some(m) = crate::rollout::interval_problem(i) {
                     self.report(format!("{path}.interval"), m);
