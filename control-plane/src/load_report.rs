@@ -687,6 +687,29 @@ mod tests {
         assert!(store.lock().nodes.is_empty());
     }
 
+    #[test]
+    fn load_since_an_instant_leaves_out_what_came_before_it() {
+        let store = LoadStore::new(Duration::from_secs(60));
+        store.set_versions([("a-v2".into(), "a".into(), "v2".into())]);
+        let t0 = store.start;
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        store.record_at("n1", &[report("a-v2", 10, 0, None)], s(1));
+        store.record_at("n1", &[report("a-v2", 5, 5, None)], s(3));
+        store.record_at("n2", &[report("a-v2", 1, 0, None)], s(3));
+        // Since 2.5 s: the reports of second 3 only, from both nodes.
+        let since = t0 + Duration::from_millis(2500);
+        let v = &store.service_since_at("a", since, s(3)).versions[0];
+        assert_eq!((v.load.succeeded, v.load.errored), (6, 5), "{v:?}");
+        assert_eq!(v.nodes, BTreeSet::from(["n1".to_owned(), "n2".to_owned()]));
+        assert_eq!(v.nodes_reporting, 2);
+        // Nothing yet within the second `since` falls in.
+        let v = &store.service_since_at("a", s(3), s(3)).versions[0];
+        assert_eq!((v.load.issued, v.nodes_reporting), (0, 0), "{v:?}");
+        // Since the store's start: every report after its first second.
+        let v = &store.service_since_at("a", t0, s(3)).versions[0];
+        assert_eq!(v.load.issued, 21, "{v:?}");
+    }
+
     fn interval(mut stats: ClusterStats, seconds: i64, nanos: i32) -> ClusterStats {
         stats.load_report_interval =
             Some(envoy_types::pb::google::protobuf::Duration { seconds, nanos });
