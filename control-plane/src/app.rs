@@ -1735,7 +1735,8 @@ pub struct Validated {
 
 impl ControlPlane {
     /// Everything [`ControlPlane::load`] checks, without starting, binding or writing
-    /// anything: read, merge and validate the mesh files, put the stored admin changes on
+    /// anything: read, merge and validate the mesh files, read the stored rollouts, put the
+    /// stored admin changes on
     /// top (in memory: a migration or rebase is reported, not saved), read the certificate
     /// files, and compile every snapshot. As at a start, stored admin changes that do not
     /// fit are reported in [`Validated::conflicts`] rather than failing.
@@ -1743,6 +1744,8 @@ impl ControlPlane {
         let files = store::read_mesh_files(&options.config)?;
         let (base, sources) = store::load_mesh(&files.files)?;
         let (mut overlay, migrated) = store::load_overlay(&options.data_dir, &base)?;
+        // A rollout file a start would refuse is refused here too.
+        Rollouts::load(&options.data_dir)?;
         let mut notes: Vec<String> = migrated.into_iter().collect();
         notes.extend(
             store::rebase(&mut overlay, &base)

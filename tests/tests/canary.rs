@@ -582,6 +582,36 @@ async fn manual_weights_are_refused_while_rolling_out() {
     )
     .await;
     assert_eq!((code, v["error"].as_str()), (409, Some(want)), "{v}");
+    let mut grpc = cp.grpc().await;
+    let mut req = tonic::Request::new(legate_proto::admin::SetWeightsRequest {
+        service: "payments".into(),
+        weights: [("v1".to_owned(), 100), ("v2".to_owned(), 0)].into(),
+    });
+    let bearer = cp.bearer();
+    req.metadata_mut()
+        .insert("authorization", bearer.parse().expect("metadata"));
+    let e = grpc.set_weights(req).await.expect_err("refused over gRPC");
+    assert_eq!(
+        (e.code(), e.message()),
+        (tonic::Code::FailedPrecondition, want)
+    );
+    let mut req = tonic::Request::new(legate_proto::admin::GetRolloutsRequest {
+        service: "payments".into(),
+    });
+    req.metadata_mut()
+        .insert("authorization", bearer.parse().expect("metadata"));
+    let listed = grpc
+        .get_rollouts(req)
+        .await
+        .expect("GetRollouts")
+        .into_inner();
+    let r = &listed.rollouts[0];
+    assert_eq!(
+        (r.service.as_str(), r.state.as_str(), r.step),
+        ("payments", "progressing", 1)
+    );
+    let json: Value = serde_json::from_str(&r.status_json).expect("status json");
+    assert_eq!(json["weights"], json!({"v1": 50, "v2": 50}), "{json:#}");
     let doc = rig.dir.write(
         "change.yaml",
         &std::fs::read_to_string(&rig.config)
@@ -657,4 +687,32 @@ async fn a_rollout_declared_in_the_mesh_runs_once() {
     assert_eq!(after["state"], "promoted", "{after:#}");
     assert_eq!(after["started"], done["started"], "{after:#}");
     assert_eq!(after["decisions"], done["decisions"], "{after:#}");
+}
+
+#[tokio::test]
+async fn a_corrupt_rollout_file_is_refused_at_start() {
+    let dir = TempDir::new("canary-corrupt");
+    let config = dir.write(
+        "mesh.yaml",
+        &mesh(
+            "127.0.0.1:1".parse().expect("addr"),
+            "127.0.0.1:2".parse().expect("addr"),
+            "",
+        ),
+    );
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    std::fs::write(
+        data.join("rollouts.json"),
+        r#"{"format": 1, "rollouts": [{"#,
+    )
+    .expect("write");
+    let output = Cp::try_start(&config, &data, &[])
+        .await
+        .err()
+        .expect("legate-cp must refuse to start");
+    assert!(
+        output.contains("rollouts.json") && output.contains("does not start on rollout state"),
+        "{output}"
+    );
 }
