@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the demo that `make run` runs: legate-cp on examples/cp-demo.yaml, five demo upstreams
-# (payments v1 twice, payments v2, inventory over HTTP/2, ledger over mTLS) and a legate proxy
-# that legate-cp configures over xDS (mTLS). Ctrl-C (or SIGTERM) stops every process this script
+# (payments v1 twice, payments v2 at 0 % for a canary rollout, inventory over HTTP/2, ledger
+# over mTLS) and a legate proxy that legate-cp configures over xDS (mTLS) and that reports its
+# load to legate-cp every second. Ctrl-C (or SIGTERM) stops every process this script
 # started, by PID, and nothing else.
 #
 # Usage: deploy/run-demo.sh [--keep-state]
@@ -169,13 +170,15 @@ start_upstream ledger v1 "${UP_PORTS[4]}" \
   --metrics-address "127.0.0.1:$CP_METRICS_PORT" --address-file "$STATE/cp.addr" \
   --xds-tls-cert "$PKI/localhost.pem" --xds-tls-key "$PKI/localhost.key" \
   --xds-client-ca "$PKI/ca.pem" \
-  --admin-token-file "$TOKEN_FILE" &
+  --admin-token-file "$TOKEN_FILE" --lrs-interval 1s &
 started legate-cp $!
 wait_until legate-cp $! "listen on 127.0.0.1:$CP_XDS_PORT and 127.0.0.1:$CP_ADMIN_PORT" \
   file_has "$STATE/cp.addr" "admin=127.0.0.1:$CP_ADMIN_PORT"
 file_has "$STATE/cp.addr" "xds=127.0.0.1:$CP_XDS_PORT" ||
   fail "legate-cp listens elsewhere than 127.0.0.1:$CP_XDS_PORT: $(cat "$STATE/cp.addr")"
 
+# Proxies report their load every second (--lrs-interval 1s, the least legate-cp allows; 5s
+# by default), so that a canary rollout's steps are judged within seconds of the traffic.
 # A demo has no remote load balancer to tell about a shutdown: a short drain stops it quickly.
 "$BIN/legate" --node-id demo-proxy --node-cluster demo \
   --admin-address "127.0.0.1:$ADMIN_PORT" --admin-address-path "$STATE/legate.addr" \
@@ -209,6 +212,15 @@ try: curl -i http://127.0.0.1:$PROXY_PORT/ledger/entries   # mTLS upstream: see 
 try: $CTL set-weights payments v1=0 v2=100   # then curl payments again: all v2
 try: $CTL status
 try: curl http://127.0.0.1:$ADMIN_PORT/config_dump
+
+canary: payments v2 serves 0 % (the x-canary header reaches it). Send traffic in a second
+        terminal, roll v2 out and watch it promoted (about 30 s); then make v2 fail a fifth of
+        its requests and start again: the rollout rolls back at its first step.
+try: for i in \$(seq 3000); do curl -s -o /dev/null http://127.0.0.1:$PROXY_PORT/payments/charge; sleep 0.01; done   # about a minute of traffic
+try: $CTL canary start payments --to v2 --steps 10,50,100 --interval 10s --max-error-rate 1% --min-requests 20
+try: $CTL canary status payments --watch   # until the rollout ends; Ctrl-C stops watching
+try: curl -X POST http://127.0.0.1:${UP_PORTS[2]}/control -d '{"fail_ratio":0.2}'   # v2 fails 20 %: start the rollout again
+try: curl -X POST http://127.0.0.1:${UP_PORTS[2]}/control -d '{"fail_ratio":0}'   # v2 heals
 Press Ctrl-C to stop.
 MSG
 

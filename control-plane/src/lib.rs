@@ -23,6 +23,7 @@
 //! - [`rollout`]: canary rollouts, driven by the state's owner: stepwise weight shifts,
 //!   each step judged on the fleet's load reports once every node ACKed its weights,
 //!   promoted, held or rolled back at once; persisted in the data directory.
+//!   [`rollout_view`] draws a rollout's status for `legatectl canary status --watch`.
 //! - [`metrics`]: legate-cp's Prometheus metrics (streams, pushes, ACK latency, NACKs, admin
 //!   changes and refusals, mesh reloads, LRS reports) and the unauthenticated `/metrics`
 //!   listener that serves them.
@@ -44,6 +45,7 @@ pub mod metrics;
 pub mod registry;
 pub mod resources;
 pub mod rollout;
+pub mod rollout_view;
 pub mod secrets;
 pub mod server;
 pub mod store;

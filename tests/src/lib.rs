@@ -19,6 +19,7 @@
 //! printed if the test is failing. Everything binds `127.0.0.1:0`, so tests run in parallel.
 
 pub mod access_log;
+pub mod canary;
 pub mod client;
 pub mod config;
 pub mod cp;

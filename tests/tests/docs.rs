@@ -73,6 +73,7 @@ struct Ran {
     status: Option<ExitStatus>,
     stdout: String,
     stderr: String,
+    timeout: Duration,
 }
 
 impl Ran {
@@ -83,7 +84,7 @@ impl Ran {
     fn describe(&self) -> String {
         let status = match self.status {
             Some(s) => s.to_string(),
-            None => format!("still running after {COMMAND_TIMEOUT:?}, killed"),
+            None => format!("still running after {:?}, killed", self.timeout),
         };
         format!(
             "status: {status}\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -104,6 +105,11 @@ fn drain(reader: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<
 
 /// Runs `command` to completion, for at most [`COMMAND_TIMEOUT`] (then kills it by its PID).
 fn run(command: &mut Command) -> Ran {
+    run_within(command, COMMAND_TIMEOUT)
+}
+
+/// [`run`] with another timeout.
+fn run_within(command: &mut Command, timeout: Duration) -> Ran {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -112,7 +118,7 @@ fn run(command: &mut Command) -> Ran {
         .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().ok().flatten() {
             break Some(status);
@@ -128,6 +134,7 @@ fn run(command: &mut Command) -> Ran {
         status,
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
+        timeout,
     }
 }
 
@@ -395,6 +402,7 @@ fn try_lines(banner: &str, ports: &DemoPorts, state: &Path) -> Vec<(String, Stri
                 .replace(&state, "{state}")
                 .replace(&format!(":{}/", ports.proxy), ":{proxy}/")
                 .replace(&format!(":{}/", ports.admin), ":{admin}/")
+                .replace(&format!(":{}/control", ports.upstreams[2]), ":{v2}/control")
                 .replace(&format!("127.0.0.1:{} ", ports.cp_admin), "{cp_admin} ");
             (generic, line.to_owned())
         })
@@ -432,7 +440,211 @@ const TRY_LINES: &[(&str, &[&str])] = &[
         &["demo-proxy"],
     ),
     ("curl http://127.0.0.1:{admin}/config_dump", &["payments"]),
+    // The canary lines: run by `canary_lines_promote_then_roll_back`, in the order a
+    // newcomer runs them (the traffic in the background), not one after the other.
+    (CANARY_TRAFFIC, &[]),
+    (CANARY_START, &[]),
+    (CANARY_WATCH, &["promoted"]),
+    (CANARY_FAIL, &[r#""fail_ratio":0.2"#]),
+    (CANARY_HEAL, &[r#""fail_ratio":0"#]),
 ];
+
+const CANARY_TRAFFIC: &str = "for i in $(seq 3000); do curl -s -o /dev/null http://127.0.0.1:{proxy}/payments/charge; sleep 0.01; done   # about a minute of traffic";
+const CANARY_START: &str = "{bin}/legatectl --server {cp_admin} --token-file {state}/admin.token canary start payments --to v2 --steps 10,50,100 --interval 10s --max-error-rate 1% --min-requests 20";
+const CANARY_WATCH: &str = "{bin}/legatectl --server {cp_admin} --token-file {state}/admin.token canary status payments --watch   # until the rollout ends; Ctrl-C stops watching";
+const CANARY_FAIL: &str = r#"curl -X POST http://127.0.0.1:{v2}/control -d '{"fail_ratio":0.2}'   # v2 fails 20 %: start the rollout again"#;
+const CANARY_HEAL: &str =
+    r#"curl -X POST http://127.0.0.1:{v2}/control -d '{"fail_ratio":0}'   # v2 heals"#;
+const CANARY_LINES: [&str; 5] = [
+    CANARY_TRAFFIC,
+    CANARY_START,
+    CANARY_WATCH,
+    CANARY_FAIL,
+    CANARY_HEAL,
+];
+
+/// How long `canary status --watch` may take to see a rollout end: three 10 s steps, each
+/// judged once every node ACKed its weights and reported (every second).
+const CANARY_WATCH_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// The banner's traffic line, run in the background as in a second terminal, again whenever
+/// it ends, until stopped (at most [`CANARY_TRAFFIC_TIMEOUT`] in all).
+struct BackgroundTraffic {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Ran>>,
+}
+
+const CANARY_TRAFFIC_TIMEOUT: Duration = Duration::from_secs(180);
+
+impl BackgroundTraffic {
+    fn start(line: &str) -> BackgroundTraffic {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let line = line.to_owned();
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + CANARY_TRAFFIC_TIMEOUT;
+            let mut runs = Vec::new();
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let mut child = shell(&line, &repo_root())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap_or_else(|error| panic!("cannot start {line}: {error}"));
+                let stdout = drain(child.stdout.take());
+                let stderr = drain(child.stderr.take());
+                let status = loop {
+                    if let Some(status) = child.try_wait().ok().flatten() {
+                        break Some(status);
+                    }
+                    if flag.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                        // Our own bash, by its PID: the loop ends after its current curl.
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break None;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                };
+                runs.push(Ran {
+                    status,
+                    stdout: stdout.join().unwrap_or_default(),
+                    stderr: stderr.join().unwrap_or_default(),
+                    timeout: CANARY_TRAFFIC_TIMEOUT,
+                });
+            }
+            runs
+        });
+        BackgroundTraffic { stop, thread }
+    }
+
+    /// Stops the traffic; the runs that ended on their own must have succeeded.
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let runs = self
+            .thread
+            .join()
+            .unwrap_or_else(|_| panic!("the traffic thread panicked"));
+        for ran in runs.iter().filter(|r| r.status.is_some()) {
+            assert!(ran.ok(), "the traffic line failed:
+{}", ran.describe());
+        }
+    }
+}
+
+/// The rollout's status through legatectl (`canary status payments -o json`).
+fn canary_status(ctl: &str) -> serde_json::Value {
+    let ran = run(&mut shell(
+        &format!("{ctl} canary status payments -o json"),
+        &repo_root(),
+    ));
+    assert!(ran.ok(), "canary status -o json: {}", ran.describe());
+    serde_json::from_str(&ran.stdout).unwrap_or_else(|error| {
+        panic!(
+            "canary status -o json is not JSON ({error}): {}",
+            ran.describe()
+        )
+    })
+}
+
+/// The banner's canary lines as a newcomer runs them: traffic in a second terminal; the
+/// rollout started and watched until promoted; v2 made to fail, the rollout started again
+/// and watched until it rolls back; v2 healed. All within a minute and a half (the banner
+/// promises a promotion in about 30 s; the rollback comes at the first step).
+fn canary_lines_promote_then_roll_back(lines: &[(String, String)], ctl: &str) {
+    let line = |generic: &str| {
+        lines
+            .iter()
+            .find(|(g, _)| g == generic)
+            .map(|(_, l)| l.clone())
+            .unwrap_or_else(|| panic!("the banner has no line {generic:?}"))
+    };
+    let expected = |generic: &str| -> &'static [&'static str] {
+        TRY_LINES
+            .iter()
+            .find(|(l, _)| *l == generic)
+            .map(|(_, e)| *e)
+            .unwrap_or_default()
+    };
+    let check = |generic: &str, ran: &Ran, also: &[&str]| {
+        let line = line(generic);
+        assert!(ran.ok(), "try: {line}
+{}", ran.describe());
+        let output = format!("{}{}", ran.stdout, ran.stderr);
+        for needle in expected(generic).iter().chain(also) {
+            assert!(
+                output.contains(needle),
+                "try: {line}
+expected {needle:?} in its output:
+{}",
+                ran.describe()
+            );
+        }
+    };
+    let traffic = BackgroundTraffic::start(&line(CANARY_TRAFFIC));
+    let started = Instant::now();
+
+    check(
+        CANARY_START,
+        &run(&mut shell(&line(CANARY_START), &repo_root())),
+        &[],
+    );
+    let watch = run_within(
+        &mut shell(&line(CANARY_WATCH), &repo_root()),
+        CANARY_WATCH_TIMEOUT,
+    );
+    check(CANARY_WATCH, &watch, &["step 1/3", "step 3/3"]);
+    let status = canary_status(ctl);
+    assert_eq!(status["state"], "promoted", "{status:#}");
+    assert_eq!(status["weights"]["v2"], 100, "{status:#}");
+    let promoted_after = started.elapsed();
+
+    check(
+        CANARY_FAIL,
+        &run(&mut shell(&line(CANARY_FAIL), &repo_root())),
+        &[],
+    );
+    let rollback_started = Instant::now();
+    check(
+        CANARY_START,
+        &run(&mut shell(&line(CANARY_START), &repo_root())),
+        &[],
+    );
+    let watch = run_within(
+        &mut shell(&line(CANARY_WATCH), &repo_root()),
+        CANARY_WATCH_TIMEOUT,
+    );
+    // The watch ends with the rollout; its last frame says how.
+    let ran_ok = watch.ok();
+    assert!(ran_ok, "try: {}
+{}", line(CANARY_WATCH), watch.describe());
+    assert!(
+        watch.stdout.contains("rolled_back"),
+        "the second watch did not end rolled back:
+{}",
+        watch.describe()
+    );
+    let status = canary_status(ctl);
+    assert_eq!(status["state"], "rolled_back", "{status:#}");
+    assert_eq!(status["weights"]["v2"], 0, "{status:#}");
+    let rolled_back_after = rollback_started.elapsed();
+
+    check(
+        CANARY_HEAL,
+        &run(&mut shell(&line(CANARY_HEAL), &repo_root())),
+        &[],
+    );
+    traffic.stop();
+    eprintln!(
+        "demo canary: promoted {promoted_after:?} after the start, rolled back \
+         {rolled_back_after:?} after v2 began failing"
+    );
+    assert!(
+        promoted_after < Duration::from_secs(60) && rolled_back_after < Duration::from_secs(30),
+        "the demo promised a promotion in about 30 s and a rollback at the first step: \
+         promoted after {promoted_after:?}, rolled back after {rolled_back_after:?}"
+    );
+}
 
 /// Starts the demo as `make run` does (on free ports) and runs every `try:` line of its banner.
 #[test]
@@ -479,11 +691,11 @@ fn demo_try_lines_work() {
         file!()
     );
 
-    // Before the weights change: the clean start serves v1 (90 %) as well as v2.
+    // Before the weights change: the clean start serves v1 only, v2 waits for a rollout.
     let before = payments_versions(ports.proxy, 20);
     assert!(
-        before.contains_key("v1"),
-        "a clean demo serves payments v1 90% of the time; 20 requests got {before:?}"
+        before.keys().eq(["v1"].iter()),
+        "a clean demo serves payments v1 only (v2 at 0 %); 20 requests got {before:?}"
     );
 
     // examples/cp-demo.yaml's header: `?delay=2s` outlasts the 1500ms per-try timeout of all
@@ -507,6 +719,9 @@ fn demo_try_lines_work() {
     );
 
     for (generic, line) in &lines {
+        if CANARY_LINES.contains(&generic.as_str()) {
+            continue;
+        }
         let ran = run(&mut shell(line, &repo_root()));
         assert!(ran.ok(), "try: {line}\n{}", ran.describe());
         let output = format!("{}{}", ran.stdout, ran.stderr);
@@ -527,6 +742,13 @@ fn demo_try_lines_work() {
             wait_all_v2(ports.proxy);
         }
     }
+
+    let ctl = format!(
+        "legatectl --server 127.0.0.1:{} --token-file {}",
+        ports.cp_admin,
+        state.path().join("admin.token").display()
+    );
+    canary_lines_promote_then_roll_back(&lines, &ctl);
 
     demo.stop();
     for port in ports.all() {
