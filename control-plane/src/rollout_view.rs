@@ -417,7 +417,7 @@ decisions (1 of 1, latest last)
         // A step beyond the list has no weight to show.
         let frame = render(&json!({"step": 9, "steps": [10, 100]}));
         assert!(frame.contains("step 9/2   "), "{frame}");
-        assert_eq!(render(&Value::Null).lines().count(), 13);
+        assert_eq!(render(&Value::Null).lines().count(), 10);
     }
 
     #[derive(Debug, thiserror::Error)]

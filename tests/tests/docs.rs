@@ -877,6 +877,10 @@ enum Check {
     NotRun(&'static str),
 }
 
+/// Why the README's canary commands are not run on their own.
+const DEMO_CANARY: &str = "needs the demo running with traffic; the demo's banner prints the same \
+                           lines, which demo_try_lines_work runs (a promotion, then a rollback)";
+
 /// Every command of README.md's `sh` blocks (continuation lines joined, comments removed,
 /// spaces collapsed), in the order they appear, with its check.
 const README_COMMANDS: &[(&str, Check)] = &[
@@ -890,6 +894,22 @@ const README_COMMANDS: &[(&str, Check)] = &[
     (
         "make test",
         Check::NotRun("runs this test, among all the others"),
+    ),
+    (
+        "legatectl canary start payments --to v2 --steps 10,50,100 --interval 10s --max-error-rate 1% --min-requests 20",
+        Check::NotRun(DEMO_CANARY),
+    ),
+    (
+        "legatectl canary status payments --watch",
+        Check::NotRun(DEMO_CANARY),
+    ),
+    (
+        r#"curl -X POST http://127.0.0.1:18083/control -d '{"fail_ratio":0.2}'"#,
+        Check::NotRun(DEMO_CANARY),
+    ),
+    (
+        r#"curl -X POST http://127.0.0.1:18083/control -d '{"fail_ratio":0}'"#,
+        Check::NotRun(DEMO_CANARY),
     ),
     (
         "legatectl certs --out .demo/pki --host localhost --host ledger --node demo-proxy --cluster demo",
