@@ -166,7 +166,13 @@ enum Canary {
         min_requests: u64,
     },
     /// One rollout (or every one): state, step, weights, figures per version, last decisions.
-    Status { service: Option<String> },
+    Status {
+        service: Option<String>,
+        /// Redraw every second until the rollout ends (Ctrl-C stops watching); when stdout
+        /// is not a terminal, print a frame each time it changes.
+        #[arg(long, requires = "service")]
+        watch: bool,
+    },
     /// Stop at the current step: its weights stay, manual weight changes are allowed.
     Pause { service: String },
     /// Go on from a pause: the step's weights are set again and the step judged afresh.
@@ -439,6 +445,13 @@ async fn canary(
         service,
         action: action.to_owned(),
     };
+    if let Canary::Status {
+        service: Some(service),
+        watch: true,
+    } = &what
+    {
+        return watch_rollout(client, service).await;
+    }
     let (one, list) = match what {
         Canary::Start {
             service,
@@ -507,7 +520,7 @@ async fn canary(
                     .collect(),
             )
         }
-        Canary::Status { service } => {
+        Canary::Status { service, .. } => {
             let one = service.is_some();
             let res = client
                 .get_rollouts(GetRolloutsRequest {
@@ -531,6 +544,30 @@ async fn canary(
         Output::Table => print_rollouts(&statuses),
     }
     Ok(())
+}
+
+/// `canary status SERVICE --watch`, drawn by [`legate_cp::rollout_view`].
+async fn watch_rollout(client: &admin_client::Client, service: &str) -> Result<(), String> {
+    use legate_cp::rollout_view::{WatchError, watch};
+    use std::io::IsTerminal;
+    let fetch = || {
+        let (mut client, service) = (client.clone(), service.to_owned());
+        async move {
+            let req = legate_proto::admin::GetRolloutsRequest { service };
+            let res = client.get_rollouts(req).await?.into_inner();
+            res.rollouts
+                .first()
+                .and_then(|r| serde_json::from_str(&r.status_json).ok())
+                .ok_or_else(|| tonic::Status::internal("the rollout's status is not JSON"))
+        }
+    };
+    let (stdout, period) = (std::io::stdout(), std::time::Duration::from_secs(1));
+    let terminal = stdout.is_terminal();
+    match watch(fetch, &mut stdout.lock(), terminal, period).await {
+        Ok(_) => Ok(()),
+        Err(WatchError::Fetch(status)) => Err(admin_client::explain(&status)),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// `1.23% 45.0ms 1200`: a version's error rate, p99 and requests in a rollout's figures.
