@@ -97,7 +97,11 @@ pub fn render(status: &Value) -> String {
     }
 
     // The figures judged last: the status's own, else the last decision's.
-    let decisions: Vec<&Value> = status["decisions"].as_array().into_iter().flatten().collect();
+    let decisions: Vec<&Value> = status["decisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
     let figures = status["figures"]
         .as_object()
         .filter(|f| !f.is_empty())
@@ -165,7 +169,12 @@ fn ordered_versions(status: &Value, from: &str, to: &str) -> Vec<String> {
         .as_object()
         .into_iter()
         .flat_map(|w| w.keys())
-        .chain(status["figures"].as_object().into_iter().flat_map(|f| f.keys()));
+        .chain(
+            status["figures"]
+                .as_object()
+                .into_iter()
+                .flat_map(|f| f.keys()),
+        );
     for v in others {
         if !versions.contains(v) {
             versions.push(v.clone());
@@ -200,7 +209,8 @@ fn fixed(v: &Value, decimals: usize) -> String {
 }
 
 fn percent(v: &Value) -> String {
-    v.as_f64().map_or_else(|| "-".to_owned(), |f| format!("{f} %"))
+    v.as_f64()
+        .map_or_else(|| "-".to_owned(), |f| format!("{f} %"))
 }
 
 fn millis(v: &Value) -> String {
@@ -209,7 +219,8 @@ fn millis(v: &Value) -> String {
 }
 
 fn seconds(v: &Value) -> String {
-    v.as_f64().map_or_else(|| "-".to_owned(), |f| format!("{f}s"))
+    v.as_f64()
+        .map_or_else(|| "-".to_owned(), |f| format!("{f}s"))
 }
 
 /// `HH:MM:SS` of an RFC 3339 time (UTC as the control plane writes it); other text as is.
@@ -378,7 +389,10 @@ decisions (1 of 1, latest last)
             frame.contains("rollback: every node ACKed it 840 ms after the failing report"),
             "{frame}"
         );
-        assert!(frame.contains("  v2       [--------------------]   0 %"), "{frame}");
+        assert!(
+            frame.contains("  v2       [--------------------]   0 %"),
+            "{frame}"
+        );
         assert!(frame.contains("  not reporting: envoy-2\n"), "{frame}");
         assert!(is_final(&s));
         assert!(!is_final(&status()));
@@ -400,19 +414,30 @@ decisions (1 of 1, latest last)
         let frame = render(&s);
         assert!(frame.contains("decisions (5 of 8, latest last)"), "{frame}");
         assert!(!frame.contains("decision 3\n"), "{frame}");
-        assert!(frame.contains("decision 4\n") && frame.contains("decision 8\n"), "{frame}");
+        assert!(
+            frame.contains("decision 4\n") && frame.contains("decision 8\n"),
+            "{frame}"
+        );
         // The figures fall back to the last decision's.
         assert!(frame.contains("  v2               8       -"), "{frame}");
     }
 
     #[test]
     fn odd_or_missing_fields_render_as_dashes() {
-        let frame = render(&json!({"service": "payments", "step": "two", "steps": [1, -5],
+        let frame = render(
+            &json!({"service": "payments", "step": "two", "steps": [1, -5],
                                    "weights": [1, 2], "decisions": {"x": 1},
-                                   "reason": "r".repeat(1000)}));
-        assert!(frame.starts_with("payments: - -> -   -   step -   every -\n"), "{frame}");
+                                   "reason": "r".repeat(1000)}),
+        );
+        assert!(
+            frame.starts_with("payments: - -> -   -   step -   every -\n"),
+            "{frame}"
+        );
         assert!(frame.contains("decisions (0 of 0, latest last)"), "{frame}");
-        let reason = frame.lines().find(|l| l.starts_with("reason: ")).unwrap_or_default();
+        let reason = frame
+            .lines()
+            .find(|l| l.starts_with("reason: "))
+            .unwrap_or_default();
         assert_eq!(reason.len(), "reason: ".len() + REASON_CHARS + 3, "{frame}");
         // A step beyond the list has no weight to show.
         let frame = render(&json!({"step": 9, "steps": [10, 100]}));

@@ -98,12 +98,9 @@ impl Fleet {
         let v2 = Upstream::start_with_control(SERVICE, "v2", Protocol::Auto).await;
         let dir = TempDir::new("canary-fleet");
         let config = dir.write("mesh.yaml", &mesh(v1.addr(), v2.addr()));
-        let cp = ControlPlane::start_with(
-            &config,
-            &dir.path().join("data"),
-            &["--lrs-interval", "1s"],
-        )
-        .await;
+        let cp =
+            ControlPlane::start_with(&config, &dir.path().join("data"), &["--lrs-interval", "1s"])
+                .await;
         let mut proxies = Vec::new();
         for id in legates {
             let flags = XdsFlags::new(&cp.url(), Mode::Sotw).node(id, "web");
@@ -218,7 +215,10 @@ impl Fleet {
 
     /// `POST /v1/rollouts/payments` with `body` (`{"to": "v2", "steps": [...], ...}`): the
     /// status of the rollout started, or the answer's status and body.
-    pub async fn start_rollout(&self, body: &serde_json::Value) -> Result<serde_json::Value, String> {
+    pub async fn start_rollout(
+        &self,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
         let r = self
             .cp
             .json(
@@ -363,10 +363,7 @@ pub struct Tally {
 impl Tally {
     /// Answers from `who` (a version, or `status 503`) over every URL.
     pub fn count(&self, who: &str) -> u64 {
-        self.per_url
-            .values()
-            .filter_map(|m| m.get(who))
-            .sum()
+        self.per_url.values().filter_map(|m| m.get(who)).sum()
     }
 }
 

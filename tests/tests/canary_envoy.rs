@@ -86,7 +86,10 @@ async fn healthy_v2_is_promoted_on_a_mixed_fleet() {
     let traffic = Traffic::start(fleet.urls(), TRAFFIC);
     start_rollout(&fleet).await;
     let status = fleet.wait_state(&["promoted"], ROLLOUT_TIMEOUT).await;
-    assert!(traffic.running(), "the traffic stopped before the promotion");
+    assert!(
+        traffic.running(),
+        "the traffic stopped before the promotion"
+    );
     let tally = traffic.stop().await;
 
     let w = weights(&status);
@@ -104,7 +107,10 @@ async fn healthy_v2_is_promoted_on_a_mixed_fleet() {
             .unwrap_or_else(|| panic!("no pass decision at step {step}: {status:#}"));
         assert_eq!(d["weight"].as_u64(), Some(weight), "{d:#}");
         let requests = d["figures"]["v2"]["requests"].as_u64().unwrap_or(0);
-        assert!(requests >= 20, "step {step} passed on {requests} requests: {d:#}");
+        assert!(
+            requests >= 20,
+            "step {step} passed on {requests} requests: {d:#}"
+        );
         assert_eq!(d["figures"]["v2"]["errors"].as_u64(), Some(0), "{d:#}");
     }
     assert!(decisions(&status, "fail").is_empty(), "{status:#}");
@@ -129,18 +135,14 @@ async fn failing_v2_is_rolled_back_on_a_mixed_fleet() {
     start_rollout(&fleet).await;
     fleet.wait_state(&["rolled_back"], ROLLOUT_TIMEOUT).await;
     // The rollback is ACKed by every node before rollback_ms is set.
-    let status = legate_tests::eventually(
-        Duration::from_secs(10),
-        "rollback_ms set",
-        || async {
-            let s = fleet.rollout().await?;
-            if s["rollback_ms"].is_u64() {
-                Ok(s)
-            } else {
-                Err(format!("{s}"))
-            }
-        },
-    )
+    let status = legate_tests::eventually(Duration::from_secs(10), "rollback_ms set", || async {
+        let s = fleet.rollout().await?;
+        if s["rollback_ms"].is_u64() {
+            Ok(s)
+        } else {
+            Err(format!("{s}"))
+        }
+    })
     .await;
     let tally = traffic.stop().await;
 

@@ -526,8 +526,12 @@ impl BackgroundTraffic {
             .join()
             .unwrap_or_else(|_| panic!("the traffic thread panicked"));
         for ran in runs.iter().filter(|r| r.status.is_some()) {
-            assert!(ran.ok(), "the traffic line failed:
-{}", ran.describe());
+            assert!(
+                ran.ok(),
+                "the traffic line failed:
+{}",
+                ran.describe()
+            );
         }
     }
 }
@@ -568,8 +572,12 @@ fn canary_lines_promote_then_roll_back(lines: &[(String, String)], ctl: &str) {
     };
     let check = |generic: &str, ran: &Ran, also: &[&str]| {
         let line = line(generic);
-        assert!(ran.ok(), "try: {line}
-{}", ran.describe());
+        assert!(
+            ran.ok(),
+            "try: {line}
+{}",
+            ran.describe()
+        );
         let output = format!("{}{}", ran.stdout, ran.stderr);
         for needle in expected(generic).iter().chain(also) {
             assert!(
@@ -616,8 +624,13 @@ expected {needle:?} in its output:
     );
     // The watch ends with the rollout; its last frame says how.
     let ran_ok = watch.ok();
-    assert!(ran_ok, "try: {}
-{}", line(CANARY_WATCH), watch.describe());
+    assert!(
+        ran_ok,
+        "try: {}
+{}",
+        line(CANARY_WATCH),
+        watch.describe()
+    );
     assert!(
         watch.stdout.contains("rolled_back"),
         "the second watch did not end rolled back:
