@@ -278,6 +278,78 @@ impl Fleet {
     }
 }
 
+/// `legatectl canary status payments --watch` running with its output piped (not a
+/// terminal: one frame per change), killed by its PID if it is still running on drop.
+pub struct Watch {
+    child: std::process::Child,
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Fleet {
+    /// Starts `legatectl canary status payments --watch` against this legate-cp.
+    pub fn watch(&self) -> Watch {
+        let mut command = std::process::Command::new(crate::cp::bin("legatectl"));
+        command
+            .env_remove("LEGATE_CP_TOKEN")
+            .env_remove("LEGATE_CP_TOKEN_FILE")
+            .env_remove("LEGATE_CP_ADMIN")
+            .arg("--server")
+            .arg(self.cp.admin_url());
+        if let Some(file) = self.cp.token_file() {
+            command.arg("--token-file").arg(file);
+        }
+        let mut child = command
+            .args(["canary", "status", SERVICE, "--watch"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start legatectl: {error}"));
+        let stdout = child.stdout.take().map(|mut out| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut out, &mut text);
+                text
+            })
+        });
+        Watch { child, stdout }
+    }
+}
+
+impl Watch {
+    /// Waits (polling, at most `timeout`) for the watch to end on its own; returns whether it
+    /// exited successfully and what it printed. Killed by its PID at the deadline.
+    pub async fn finish(mut self, timeout: Duration) -> (Option<bool>, String) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().ok().flatten() {
+                break Some(status.success());
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let out = self
+            .stdout
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
+        (status, out)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// `progressing`, `paused` and `holding` are not final; the others are.
 pub fn is_final(state: &str) -> bool {
     matches!(state, "promoted" | "rolled_back" | "aborted")

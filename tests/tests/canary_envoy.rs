@@ -85,12 +85,45 @@ async fn healthy_v2_is_promoted_on_a_mixed_fleet() {
     let fleet = Fleet::start(&[LEGATE], &[ENVOY]).await;
     let traffic = Traffic::start(fleet.urls(), TRAFFIC);
     start_rollout(&fleet).await;
+    let watch = fleet.watch();
     let status = fleet.wait_state(&["promoted"], ROLLOUT_TIMEOUT).await;
     assert!(
         traffic.running(),
         "the traffic stopped before the promotion"
     );
     let tally = traffic.stop().await;
+
+    // `canary status --watch`, piped: one frame per change, ending with the promotion.
+    let (exited, frames) = watch.finish(Duration::from_secs(10)).await;
+    assert_eq!(
+        exited,
+        Some(true),
+        "the watch did not end with the rollout:\n{frames}"
+    );
+    for needle in [
+        "step 1/3 (v2 at 10 %)",
+        "step 2/3 (v2 at 50 %)",
+        "  NODES\n",
+    ] {
+        assert!(
+            frames.contains(needle),
+            "no {needle:?} in the frames:\n{frames}"
+        );
+    }
+    let last = frames
+        .rsplit("payments: v1 -> v2")
+        .next()
+        .unwrap_or_default();
+    assert!(
+        last.starts_with("   promoted   step 3/3") && last.contains("[####################] 100 %"),
+        "the last frame is not the promotion:\n{last}"
+    );
+    assert!(
+        last.contains(&format!("{LEGATE}=")) && last.contains(&format!("{ENVOY}=")),
+        "the last frame does not show both nodes' ACKs:\n{last}"
+    );
+    let frame_count = frames.matches("payments: v1 -> v2").count();
+    eprintln!("--watch printed {frame_count} frames; the last one:\npayments: v1 -> v2{last}");
 
     let w = weights(&status);
     assert_eq!(
