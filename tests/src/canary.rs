@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -25,8 +26,9 @@ pub const SERVICE: &str = "payments";
 const FLEET_READY_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// The mesh: payments v1 at 100 %, v2 at 0 % (its cluster exists, so every proxy reports
-/// it from the start), no retries, so what a proxy reports is what the client sees.
-pub fn mesh(v1: SocketAddr, v2: SocketAddr) -> String {
+/// it from the start), no retries, so what a proxy reports is what the client sees. `extra`
+/// (indented lines ending in a newline, or empty) goes under the service: a `rollout:` block.
+pub fn mesh(v1: SocketAddr, v2: SocketAddr, extra: &str) -> String {
     format!(
         r#"
 proxy:
@@ -37,8 +39,18 @@ services:
       - {{name: v1, weight: 100, endpoints: [{{address: {v1}}}]}}
       - {{name: v2, weight: 0, endpoints: [{{address: {v2}}}]}}
     route: {{prefix: /{SERVICE}/, rewrite: /, timeout: 5s}}
-"#
+{extra}"#
     )
+}
+
+/// legate-cp on `config` and `data`, load reports every second; on `xds` when given.
+async fn start_cp(config: &Path, data: &Path, xds: Option<SocketAddr>) -> ControlPlane {
+    let xds = xds.map(|a| a.to_string());
+    let mut args = vec!["--lrs-interval", "1s"];
+    if let Some(xds) = &xds {
+        args.extend(["--xds-address", xds.as_str()]);
+    }
+    ControlPlane::start_with(config, data, &args).await
 }
 
 /// One proxy of the fleet.
@@ -77,12 +89,16 @@ impl Proxy {
 
 /// legate-cp, payments v1 and v2, and the proxies, each known by its node id.
 pub struct Fleet {
-    pub cp: ControlPlane,
+    /// Always set; taken only while [`restart_cp`](Self::restart_cp) replaces it.
+    cp: Option<ControlPlane>,
     pub v1: Upstream,
     pub v2: Upstream,
     /// Node id, proxy, and the URL of `/payments/charge` through it.
     pub proxies: Vec<(String, Proxy, String)>,
-    _dir: TempDir,
+    /// Holds the mesh file and legate-cp's data directory (`data`).
+    pub dir: TempDir,
+    /// The mesh file legate-cp watches.
+    pub config: PathBuf,
 }
 
 impl Fleet {
@@ -94,13 +110,16 @@ impl Fleet {
     /// traffic sent before then would never be reported. legate needs no such wait: it
     /// reports what was sent since its last report, even from before its stream was up.
     pub async fn start(legates: &[&str], envoys: &[&str]) -> Fleet {
+        Fleet::start_with(legates, envoys, "").await
+    }
+
+    /// [`start`](Self::start) with `extra` under the service in the mesh file (see [`mesh`]).
+    pub async fn start_with(legates: &[&str], envoys: &[&str], extra: &str) -> Fleet {
         let v1 = Upstream::start_with_control(SERVICE, "v1", Protocol::Auto).await;
         let v2 = Upstream::start_with_control(SERVICE, "v2", Protocol::Auto).await;
         let dir = TempDir::new("canary-fleet");
-        let config = dir.write("mesh.yaml", &mesh(v1.addr(), v2.addr()));
-        let cp =
-            ControlPlane::start_with(&config, &dir.path().join("data"), &["--lrs-interval", "1s"])
-                .await;
+        let config = dir.write("mesh.yaml", &mesh(v1.addr(), v2.addr(), extra));
+        let cp = start_cp(&config, &dir.path().join("data"), None).await;
         let mut proxies = Vec::new();
         for id in legates {
             let flags = XdsFlags::new(&cp.url(), Mode::Sotw).node(id, "web");
@@ -115,14 +134,40 @@ impl Fleet {
             proxies.push(((*id).to_owned(), Proxy::Envoy(envoy), url));
         }
         let fleet = Fleet {
-            cp,
+            cp: Some(cp),
             v1,
             v2,
             proxies,
-            _dir: dir,
+            dir,
+            config,
         };
         fleet.wait_reporting(FLEET_READY_TIMEOUT).await;
         fleet
+    }
+
+    /// The fleet's legate-cp.
+    pub fn cp(&self) -> &ControlPlane {
+        self.cp.as_ref().expect("legate-cp is running")
+    }
+
+    /// SIGKILLs legate-cp (by its PID: dropping the handle kills it) and starts it again on
+    /// the same mesh file, data directory and xDS address, so the proxies reconnect to it.
+    pub async fn restart_cp(&mut self) {
+        let old = self.cp.take().expect("legate-cp is running");
+        let xds = old.xds;
+        drop(old);
+        self.cp = Some(start_cp(&self.config, &self.dir.path().join("data"), Some(xds)).await);
+    }
+
+    /// The legate proxies of the fleet, in start order.
+    pub fn legates(&self) -> Vec<&Legate> {
+        self.proxies
+            .iter()
+            .filter_map(|(_, p, _)| match p {
+                Proxy::Legate(legate) => Some(legate),
+                Proxy::Envoy(_) => None,
+            })
+            .collect()
     }
 
     /// The node ids, sorted.
@@ -149,7 +194,7 @@ impl Fleet {
             "every Envoy reporting payments v1 and v2",
             || async {
                 let load = self
-                    .cp
+                    .cp()
                     .get_json(&format!("/v1/load?service={SERVICE}"))
                     .await?;
                 let reporting: BTreeMap<String, u64> = load["services"][0]["versions"]
@@ -210,7 +255,26 @@ impl Fleet {
     pub fn canary(&self, args: &[&str]) -> (bool, String, String) {
         let mut full = vec!["canary"];
         full.extend_from_slice(args);
-        self.cp.ctl(&full)
+        self.cp().ctl(&full)
+    }
+
+    /// `POST path` on legate-cp's admin API with a JSON `body` and the bearer token: the
+    /// answer's status and JSON body (`null` when it is not JSON).
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let cp = self.cp();
+        let r = cp
+            .json(
+                "POST",
+                path,
+                &[
+                    ("authorization", &cp.bearer()),
+                    ("content-type", "application/json"),
+                ],
+                crate::client::full(body.to_string()),
+            )
+            .await;
+        let v = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
+        (r.status.as_u16(), v)
     }
 
     /// `POST /v1/rollouts/payments` with `body` (`{"to": "v2", "steps": [...], ...}`): the
@@ -219,52 +283,49 @@ impl Fleet {
         &self,
         body: &serde_json::Value,
     ) -> Result<serde_json::Value, String> {
-        let r = self
-            .cp
-            .json(
-                "POST",
-                &format!("/v1/rollouts/{SERVICE}"),
-                &[
-                    ("authorization", &self.cp.bearer()),
-                    ("content-type", "application/json"),
-                ],
-                crate::client::full(body.to_string()),
-            )
-            .await;
-        if r.status.as_u16() != 200 {
-            return Err(format!(
-                "POST /v1/rollouts/{SERVICE} {body}: {} {}",
-                r.status,
-                String::from_utf8_lossy(&r.body)
-            ));
+        let path = format!("/v1/rollouts/{SERVICE}");
+        match self.post(&path, body).await {
+            (200, v) if v.is_object() => Ok(v),
+            (status, v) => Err(format!("POST {path} {body}: {status} {v}")),
         }
-        serde_json::from_slice(&r.body).map_err(|e| format!("POST /v1/rollouts/{SERVICE}: {e}"))
     }
 
     /// `GET /v1/rollouts/payments`.
     pub async fn rollout(&self) -> Result<serde_json::Value, String> {
-        self.cp.get_json(&format!("/v1/rollouts/{SERVICE}")).await
+        self.cp().get_json(&format!("/v1/rollouts/{SERVICE}")).await
+    }
+
+    /// Polls the rollout's status until `check` says yes and returns that status; panics
+    /// with the last status after `timeout` (`what` names the wait).
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        eventually(timeout, what, || async {
+            let status = self.rollout().await?;
+            if check(&status) {
+                Ok(status)
+            } else {
+                Err(format!("{status:#}"))
+            }
+        })
+        .await
     }
 
     /// Polls the rollout's status until it has one of `states`; panics with the last status
     /// after `timeout`, or at once when it reaches another final state.
     pub async fn wait_state(&self, states: &[&str], timeout: Duration) -> serde_json::Value {
-        eventually(
-            timeout,
-            &format!("rollout of {SERVICE} in state {states:?}"),
-            || async {
-                let status = self.rollout().await?;
-                let state = status["state"].as_str().unwrap_or_default();
-                if states.contains(&state) {
-                    return Ok(status);
-                }
-                assert!(
-                    !is_final(state),
-                    "the rollout ended {state}, not {states:?}: {status:#}"
-                );
-                Err(format!("{state}: {status}"))
-            },
-        )
+        let what = format!("rollout of {SERVICE} in state {states:?}");
+        self.wait_for(&what, timeout, |status| {
+            let state = status["state"].as_str().unwrap_or_default();
+            assert!(
+                states.contains(&state) || !is_final(state),
+                "the rollout ended {state}, not {states:?}: {status:#}"
+            );
+            states.contains(&state)
+        })
         .await
     }
 
@@ -294,8 +355,8 @@ impl Fleet {
             .env_remove("LEGATE_CP_TOKEN_FILE")
             .env_remove("LEGATE_CP_ADMIN")
             .arg("--server")
-            .arg(self.cp.admin_url());
-        if let Some(file) = self.cp.token_file() {
+            .arg(self.cp().admin_url());
+        if let Some(file) = self.cp().token_file() {
             command.arg("--token-file").arg(file);
         }
         let mut child = command
@@ -382,6 +443,55 @@ async fn answered_by(http: &HttpClient, url: &str) -> String {
     }
 }
 
+/// The weight of `payments-VERSION` in the route a legate proxy runs now (its
+/// `/config_dump`), out of 100: a route to one cluster alone (one version at 100 %, the
+/// others at 0) is 100 or 0. `None` when the dump has no payments route.
+pub async fn served_weight(legate: &Legate, version: &str) -> Option<u64> {
+    fn find(v: &serde_json::Value, cluster: &str) -> Option<u64> {
+        use serde_json::Value;
+        match v {
+            Value::Object(m) => {
+                if let Some(route) = m.get("route").filter(|r| r.is_object()) {
+                    if let Some(clusters) = route["weighted_clusters"]["clusters"].as_array() {
+                        let w = clusters
+                            .iter()
+                            .find(|c| c["name"] == cluster)
+                            .map_or(0, |c| c["weight"].as_u64().unwrap_or(0));
+                        return Some(w);
+                    }
+                    if let Some(c) = route["cluster"].as_str()
+                        && c.starts_with(&format!("{SERVICE}-"))
+                    {
+                        return Some(if c == cluster { 100 } else { 0 });
+                    }
+                }
+                m.values().find_map(|v| find(v, cluster))
+            }
+            Value::Array(a) => a.iter().find_map(|v| find(v, cluster)),
+            _ => None,
+        }
+    }
+    find(
+        &legate.admin_json("/config_dump").await,
+        &format!("{SERVICE}-{version}"),
+    )
+}
+
+/// Every decision of a status, in order: (step, verdict).
+pub fn verdicts(status: &serde_json::Value) -> Vec<(u64, String)> {
+    status["decisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            (
+                d["step"].as_u64().unwrap_or(0),
+                d["verdict"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// The weights of a status: version to percent.
 pub fn weights(status: &serde_json::Value) -> BTreeMap<String, u64> {
     status["weights"]
@@ -419,8 +529,18 @@ pub struct TrafficLimits {
     /// Requests in all, over every URL.
     pub max_requests: u64,
     pub max_duration: Duration,
-    /// The pause after each round (one request per URL): the pace, not a synchronisation.
-    pub pause: Duration,
+    /// How fast it sends: the pace, not a synchronisation.
+    pub pace: Pace,
+}
+
+/// The pace of a traffic loop.
+#[derive(Clone, Copy, Debug)]
+pub enum Pace {
+    /// A round of one request per URL, then this pause.
+    PauseAfterRound(Duration),
+    /// One request per tick of this period, to the URLs in turn (a fixed rate in all, as
+    /// long as an answer takes less than a period).
+    RequestEvery(Duration),
 }
 
 /// What a traffic loop saw: per URL, answers per version (or `status N`, `error: ...`).
@@ -428,7 +548,7 @@ pub struct TrafficLimits {
 pub struct Tally {
     pub sent: u64,
     pub per_url: BTreeMap<String, BTreeMap<String, u64>>,
-    /// Why the loop ended: `stopped`, `max requests`, `max duration`.
+    /// Why the loop ended: `stopped`, `max requests`, `max duration`, `no URLs`.
     pub ended: &'static str,
 }
 
@@ -452,6 +572,11 @@ impl Traffic {
         let task = tokio::spawn(async move {
             let http = HttpClient::http1().with_timeout(Duration::from_secs(5));
             let started = Instant::now();
+            let mut tick = match limits.pace {
+                Pace::RequestEvery(period) => Some(tokio::time::interval(period)),
+                Pace::PauseAfterRound(_) => None,
+            };
+            let mut next = 0usize;
             let mut tally = Tally::default();
             tally.ended = loop {
                 if flag.load(Ordering::Relaxed) {
@@ -463,7 +588,18 @@ impl Traffic {
                 if tally.sent >= limits.max_requests {
                     break "max requests";
                 }
-                for url in &urls {
+                let round = match &mut tick {
+                    Some(tick) => {
+                        tick.tick().await;
+                        let Some(url) = urls.get(next % urls.len().max(1)) else {
+                            break "no URLs";
+                        };
+                        next = next.wrapping_add(1);
+                        std::slice::from_ref(url)
+                    }
+                    None => &urls[..],
+                };
+                for url in round {
                     let who = answered_by(&http, url).await;
                     *tally
                         .per_url
@@ -473,7 +609,9 @@ impl Traffic {
                         .or_insert(0) += 1;
                     tally.sent += 1;
                 }
-                tokio::time::sleep(limits.pause).await;
+                if let Pace::PauseAfterRound(pause) = limits.pace {
+                    tokio::time::sleep(pause).await;
+                }
             };
             tally
         });

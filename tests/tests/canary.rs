@@ -1,220 +1,68 @@
 //! Canary rollouts end to end: a real legate-cp drives real legate proxies, which send real
 //! traffic to demo upstreams (v1, v2) and report their load (LRS, every second); v2's failure
-//! ratio is set at runtime through the upstream's `POST /control`.
+//! ratio is set at runtime through the upstream's `POST /control`. The fleet, traffic and
+//! status readers are tests/src/canary.rs.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use legate_tests::client::HttpClient;
+use legate_tests::canary::{
+    Fleet, Pace, Traffic, TrafficLimits, decisions, mesh, served_weight, verdicts,
+};
 use legate_tests::cp::ControlPlane as Cp;
+use legate_tests::eventually;
 use legate_tests::process::TempDir;
-use legate_tests::resilience::control;
-use legate_tests::xds_server::Mode;
-use legate_tests::{Legate, Protocol, Upstream, XdsFlags, eventually};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The mesh: payments v1 at 100 %, v2 at 0; `extra` goes under the service (`rollout:`).
-fn mesh(v1: SocketAddr, v2: SocketAddr, extra: &str) -> String {
-    format!(
-        r#"
-proxy:
-  listener: {{name: outbound, address: 127.0.0.1:0, protocol: auto}}
-services:
-  - name: payments
-    versions:
-      - {{name: v1, weight: 100, endpoints: [{{address: {v1}}}]}}
-      - {{name: v2, weight: 0, endpoints: [{{address: {v2}}}]}}
-    route: {{prefix: /payments/, rewrite: /, timeout: 5s}}
-{extra}"#
-    )
+/// About 100 requests a second over every proxy, at most 40 000 or two minutes.
+const TRAFFIC: TrafficLimits = TrafficLimits {
+    max_requests: 40_000,
+    max_duration: Duration::from_secs(120),
+    pace: Pace::RequestEvery(Duration::from_millis(10)),
+};
+
+/// legate-cp, legate proxies `proxy-1` to `proxy-N` and the two upstreams; `extra` goes
+/// under the service in the mesh file.
+async fn fleet(n: usize, extra: &str) -> Fleet {
+    let ids: Vec<String> = (1..=n).map(|i| format!("proxy-{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    Fleet::start_with(&ids, &[], extra).await
 }
 
-/// legate-cp, `n` proxies and the two upstreams.
-struct Rig {
-    dir: TempDir,
-    config: std::path::PathBuf,
-    /// Always set; taken only to restart it.
-    cp: Option<Cp>,
-    proxies: Vec<Legate>,
-    v2: Upstream,
-    _v1: Upstream,
+/// `GET /v1/rollouts/payments`, which must answer.
+async fn status(fleet: &Fleet) -> Value {
+    fleet.rollout().await.unwrap_or_else(|e| panic!("{e}"))
 }
 
-impl Rig {
-    async fn start(n: usize) -> Rig {
-        Rig::start_with(n, "").await
-    }
-
-    /// With `extra` under the service in the mesh file.
-    async fn start_with(n: usize, extra: &str) -> Rig {
-        let v1 = Upstream::start("payments-v1", "v1", Protocol::Auto).await;
-        let v2 = Upstream::start("payments-v2", "v2", Protocol::Auto).await;
-        let dir = TempDir::new("canary");
-        let config = dir.write("mesh.yaml", &mesh(v1.addr(), v2.addr(), extra));
-        let cp = start_cp(&config, &dir.path().join("data"), None).await;
-        let mut proxies = Vec::new();
-        for i in 1..=n {
-            let flags = XdsFlags::new(&cp.url(), Mode::Sotw).node(&format!("proxy-{i}"), "web");
-            proxies.push(Legate::start_xds(&flags).await);
-        }
-        Rig {
-            dir,
-            config,
-            cp: Some(cp),
-            proxies,
-            v2,
-            _v1: v1,
-        }
-    }
-
-    fn cp(&self) -> &Cp {
-        self.cp.as_ref().expect("legate-cp")
-    }
-
-    /// SIGKILL legate-cp (by PID: dropping the handle kills it) and start it again on the
-    /// same xDS address and data directory.
-    async fn restart_cp(&mut self) {
-        let old = self.cp.take().expect("legate-cp");
-        let xds = old.xds;
-        drop(old);
-        let data = self.dir.path().join("data");
-        self.cp = Some(start_cp(&self.config, &data, Some(xds)).await);
-    }
-
-    async fn urls(&self) -> Vec<String> {
-        let mut urls = Vec::new();
-        for p in &self.proxies {
-            urls.push(p.url("outbound", "/payments/pay").await);
-        }
-        urls
-    }
-}
-
-async fn start_cp(config: &std::path::Path, data: &std::path::Path, xds: Option<SocketAddr>) -> Cp {
-    let mut args = vec!["--lrs-interval", "1s"];
-    let addr = xds.map(|a| a.to_string());
-    if let Some(addr) = &addr {
-        args.extend(["--xds-address", addr]);
-    }
-    Cp::start_with(config, data, &args).await
-}
-
-/// Requests spread over the proxies until stopped, at most `MAX_REQUESTS` or `MAX_TIME`.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-const MAX_REQUESTS: u64 = 40_000;
-const MAX_TIME: Duration = Duration::from_secs(120);
-
-impl Traffic {
-    fn start(urls: Vec<String>) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let (s, n) = (stop.clone(), sent.clone());
-        let task = tokio::spawn(async move {
-            let http = HttpClient::http1().with_timeout(Duration::from_secs(5));
-            let end = Instant::now() + MAX_TIME;
-            // About 100 requests a second in all: a pace, not a synchronisation.
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            let mut i = 0usize;
-            while !s.load(Ordering::Relaxed)
-                && Instant::now() < end
-                && n.load(Ordering::Relaxed) < MAX_REQUESTS
-            {
-                tick.tick().await;
-                let url = &urls[i % urls.len()];
-                i += 1;
-                let _ = http
-                    .try_request("GET", url, &[], legate_tests::client::empty())
-                    .await;
-                n.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        Traffic { stop, sent, task }
-    }
-
-    async fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        self.sent.load(Ordering::Relaxed)
-    }
-}
-
-async fn post(cp: &Cp, path: &str, body: &Value) -> (u16, Value) {
-    let r = cp
-        .json(
-            "POST",
-            path,
-            &[
-                ("authorization", &cp.bearer()),
-                ("content-type", "application/json"),
-            ],
-            legate_tests::client::full(body.to_string()),
-        )
-        .await;
-    let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-    (r.status.as_u16(), v)
-}
-
-async fn start_rollout(cp: &Cp, body: Value) -> Value {
-    let (status, v) = post(cp, "/v1/rollouts/payments", &body).await;
-    assert_eq!(status, 200, "start: {v}");
-    v
-}
-
-async fn status(cp: &Cp) -> Value {
-    cp.get_json("/v1/rollouts/payments")
+/// `POST /v1/rollouts/payments`, which must start it.
+async fn start_rollout(fleet: &Fleet, body: Value) -> Value {
+    fleet
+        .start_rollout(&body)
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("start: {e}"))
 }
 
-/// Polls the rollout until `check` says yes.
-async fn wait_for(cp: &Cp, what: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
-    eventually(timeout, what, || async {
-        let s = status(cp).await;
-        if check(&s) {
-            Ok(s)
-        } else {
-            Err(format!("{s:#}"))
-        }
-    })
-    .await
+/// The steps of the `pass` decisions, in order.
+fn passes(status: &Value) -> Vec<u64> {
+    decisions(status, "pass")
+        .iter()
+        .map(|d| d["step"].as_u64().unwrap_or(0))
+        .collect()
 }
 
-/// The weight of `payments-v2` in the route a proxy runs now (its `/config_dump`), out of
-/// 100: a route to one cluster alone (a version at 100 %, the others at 0) is 100 or 0.
-async fn v2_weight(proxy: &Legate) -> Option<u64> {
-    fn find(v: &Value) -> Option<u64> {
-        match v {
-            Value::Object(m) => {
-                if let Some(route) = m.get("route").filter(|r| r.is_object()) {
-                    if let Some(clusters) = route["weighted_clusters"]["clusters"].as_array() {
-                        let w = clusters
-                            .iter()
-                            .find(|c| c["name"] == "payments-v2")
-                            .map_or(0, |c| c["weight"].as_u64().unwrap_or(0));
-                        return Some(w);
-                    }
-                    if let Some(c) = route["cluster"].as_str()
-                        && c.starts_with("payments-")
-                    {
-                        return Some(if c == "payments-v2" { 100 } else { 0 });
-                    }
-                }
-                m.values().find_map(find)
+/// Waits until every legate proxy serves `percent` % v2.
+async fn wait_every_v2_weight(fleet: &Fleet, percent: u64, what: &str) {
+    eventually(WAIT, what, || async {
+        for p in fleet.legates() {
+            let w = served_weight(p, "v2").await;
+            if w != Some(percent) {
+                return Err(format!("{w:?}"));
             }
-            Value::Array(a) => a.iter().find_map(find),
-            _ => None,
         }
-    }
-    find(&proxy.admin_json("/config_dump").await)
+        Ok(())
+    })
+    .await;
 }
 
 fn now_ms() -> u64 {
@@ -223,28 +71,12 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn verdicts(s: &Value) -> Vec<(u64, String)> {
-    s["decisions"]
-        .as_array()
-        .map(|d| {
-            d.iter()
-                .map(|d| {
-                    (
-                        d["step"].as_u64().unwrap_or(0),
-                        d["verdict"].as_str().unwrap_or_default().to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_healthy_v2_is_promoted_through_every_step() {
-    let rig = Rig::start(2).await;
-    let traffic = Traffic::start(rig.urls().await);
+    let rig = fleet(2, "").await;
+    let traffic = Traffic::start(rig.urls(), TRAFFIC);
     let started = start_rollout(
-        rig.cp(),
+        &rig,
         json!({"to": "v2", "steps": [25, 50, 100], "interval": "1s",
                "max_error_rate": "5%", "max_p99": "2s", "min_requests": 10}),
     )
@@ -256,16 +88,13 @@ async fn a_healthy_v2_is_promoted_through_every_step() {
         json!({"v1": 75, "v2": 25}),
         "{started:#}"
     );
-    let done = wait_for(rig.cp(), "promoted", WAIT, |s| s["state"] == "promoted").await;
-    let sent = traffic.stop().await;
+    let done = rig
+        .wait_for("promoted", WAIT, |s| s["state"] == "promoted")
+        .await;
+    let sent = traffic.stop().await.sent;
     assert!(sent > 0);
     assert_eq!(done["weights"], json!({"v1": 0, "v2": 100}), "{done:#}");
-    let passes: Vec<u64> = verdicts(&done)
-        .into_iter()
-        .filter(|(_, v)| v == "pass")
-        .map(|(s, _)| s)
-        .collect();
-    assert_eq!(passes, [1, 2, 3], "{done:#}");
+    assert_eq!(passes(&done), [1, 2, 3], "{done:#}");
     // Every pass was judged on load of both versions, with every node's ACK recorded.
     for d in done["decisions"].as_array().expect("decisions") {
         if d["verdict"] == "pass" {
@@ -273,8 +102,8 @@ async fn a_healthy_v2_is_promoted_through_every_step() {
             assert_eq!(d["acked"].as_object().map(|a| a.len()), Some(2), "{d:#}");
         }
     }
-    for p in &rig.proxies {
-        assert_eq!(v2_weight(p).await, Some(100));
+    for p in rig.legates() {
+        assert_eq!(served_weight(p, "v2").await, Some(100));
     }
     // The weights' provenance names the rollout.
     let svc = rig
@@ -308,36 +137,38 @@ async fn a_healthy_v2_is_promoted_through_every_step() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_v2_failing_at_step_2_is_rolled_back_within_seconds() {
-    let rig = Rig::start(3).await;
-    let traffic = Traffic::start(rig.urls().await);
+    let rig = fleet(3, "").await;
+    let traffic = Traffic::start(rig.urls(), TRAFFIC);
     start_rollout(
-        rig.cp(),
+        &rig,
         json!({"to": "v2", "from": "v1", "steps": [10, 25, 50, 100], "interval": "2s",
                "max_error_rate": "5%", "min_requests": 20}),
     )
     .await;
-    wait_for(rig.cp(), "step 2", WAIT, |s| s["step"] == 2).await;
-    control(&rig.v2, json!({"fail_ratio": 0.2})).await;
+    rig.wait_for("step 2", WAIT, |s| s["step"] == 2).await;
+    rig.v2_fails(0.2).await;
     // When each proxy is first seen running 0 % v2.
-    let mut back: Vec<Option<u64>> = vec![None; rig.proxies.len()];
+    let legates = rig.legates();
+    let mut back: Vec<Option<u64>> = vec![None; legates.len()];
     let deadline = Instant::now() + WAIT;
     while back.iter().any(Option::is_none) {
         assert!(
             Instant::now() < deadline,
             "not rolled back everywhere: {back:?}"
         );
-        for (i, p) in rig.proxies.iter().enumerate() {
-            if back[i].is_none() && v2_weight(p).await == Some(0) {
+        for (i, p) in legates.iter().enumerate() {
+            if back[i].is_none() && served_weight(p, "v2").await == Some(0) {
                 back[i] = Some(now_ms());
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     traffic.stop().await;
-    let s = wait_for(rig.cp(), "rolled back, measured", WAIT, |s| {
-        s["state"] == "rolled_back" && !s["rollback_ms"].is_null()
-    })
-    .await;
+    let s = rig
+        .wait_for("rolled back, measured", WAIT, |s| {
+            s["state"] == "rolled_back" && !s["rollback_ms"].is_null()
+        })
+        .await;
     let fail = s["decisions"]
         .as_array()
         .and_then(|d| d.iter().find(|d| d["verdict"] == "fail"))
@@ -378,14 +209,16 @@ async fn a_v2_failing_at_step_2_is_rolled_back_within_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_traffic_a_rollout_holds_and_never_promotes() {
-    let rig = Rig::start(2).await;
+    let rig = fleet(2, "").await;
     start_rollout(
-        rig.cp(),
+        &rig,
         json!({"to": "v2", "steps": [50, 100], "interval": "1s",
                "max_error_rate": "1%", "min_requests": 10}),
     )
     .await;
-    let held = wait_for(rig.cp(), "holding", WAIT, |s| s["state"] == "holding").await;
+    let held = rig
+        .wait_for("holding", WAIT, |s| s["state"] == "holding")
+        .await;
     assert!(
         held["reason"]
             .as_str()
@@ -406,7 +239,7 @@ async fn without_traffic_a_rollout_holds_and_never_promotes() {
     // progress), with no further decision.
     let watch_until = Instant::now() + Duration::from_secs(4);
     while Instant::now() < watch_until {
-        let s = status(rig.cp()).await;
+        let s = status(&rig).await;
         assert_eq!(
             (s["state"].as_str(), s["step"].as_u64()),
             (Some("holding"), Some(1)),
@@ -415,23 +248,23 @@ async fn without_traffic_a_rollout_holds_and_never_promotes() {
         assert_eq!(s["weights"], json!({"v1": 50, "v2": 50}), "{s:#}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(verdicts(&status(rig.cp()).await).len(), 2);
+    assert_eq!(verdicts(&status(&rig).await).len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_control_plane_resumes_at_the_same_step() {
-    let mut rig = Rig::start(2).await;
-    let traffic = Traffic::start(rig.urls().await);
+    let mut rig = fleet(2, "").await;
+    let traffic = Traffic::start(rig.urls(), TRAFFIC);
     start_rollout(
-        rig.cp(),
+        &rig,
         json!({"to": "v2", "steps": [10, 50, 100], "interval": "2s",
                "max_error_rate": "5%", "min_requests": 10}),
     )
     .await;
-    let before = wait_for(rig.cp(), "step 2", WAIT, |s| s["step"] == 2).await;
+    let before = rig.wait_for("step 2", WAIT, |s| s["step"] == 2).await;
     rig.restart_cp().await;
     // At once, before anything else is judged: the same step, set again, in charge.
-    let after = status(rig.cp()).await;
+    let after = status(&rig).await;
     assert_eq!(after["step"], 2, "{after:#}");
     assert_eq!(after["weights"], json!({"v1": 50, "v2": 50}), "{after:#}");
     assert!(after["resumed"].is_string(), "{after:#}");
@@ -443,64 +276,41 @@ async fn a_restarted_control_plane_resumes_at_the_same_step() {
     // Manual weights are still refused: someone is in charge.
     let (ok, _, err) = rig.cp().ctl(&["set-weights", "payments", "v1=100", "v2=0"]);
     assert!(!ok && err.contains("rolling out"), "{err}");
-    let done = wait_for(rig.cp(), "promoted after the restart", WAIT, |s| {
-        s["state"] == "promoted"
-    })
-    .await;
+    let done = rig
+        .wait_for("promoted after the restart", WAIT, |s| {
+            s["state"] == "promoted"
+        })
+        .await;
     traffic.stop().await;
-    let passes: Vec<u64> = verdicts(&done)
-        .into_iter()
-        .filter(|(_, v)| v == "pass")
-        .map(|(s, _)| s)
-        .collect();
     // Step 1 passed once, before the restart; never again from the first step.
-    assert_eq!(passes, [1, 2, 3], "{done:#}");
-    for p in &rig.proxies {
-        assert_eq!(v2_weight(p).await, Some(100));
+    assert_eq!(passes(&done), [1, 2, 3], "{done:#}");
+    for p in rig.legates() {
+        assert_eq!(served_weight(p, "v2").await, Some(100));
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn abort_rolls_back() {
-    let rig = Rig::start(2).await;
+    let rig = fleet(2, "").await;
     start_rollout(
-        rig.cp(),
+        &rig,
         json!({"to": "v2", "steps": [50, 100], "interval": "30s",
                "max_error_rate": "1%", "min_requests": 10}),
     )
     .await;
-    eventually(WAIT, "every proxy at 50 % v2", || async {
-        for p in &rig.proxies {
-            let w = v2_weight(p).await;
-            if w != Some(50) {
-                return Err(format!("{w:?}"));
-            }
-        }
-        Ok(())
-    })
-    .await;
+    wait_every_v2_weight(&rig, 50, "every proxy at 50 % v2").await;
     let (ok, out, err) = rig.cp().ctl(&["canary", "abort", "payments"]);
     assert!(ok, "{err}");
     assert!(out.contains("aborted"), "{out}");
-    eventually(WAIT, "every proxy back at 0 % v2", || async {
-        for p in &rig.proxies {
-            let w = v2_weight(p).await;
-            if w != Some(0) {
-                return Err(format!("{w:?}"));
-            }
-        }
-        Ok(())
-    })
-    .await;
-    let s = wait_for(rig.cp(), "abort measured", WAIT, |s| {
-        !s["rollback_ms"].is_null()
-    })
-    .await;
+    wait_every_v2_weight(&rig, 0, "every proxy back at 0 % v2").await;
+    let s = rig
+        .wait_for("abort measured", WAIT, |s| !s["rollback_ms"].is_null())
+        .await;
     assert_eq!(s["state"], "aborted", "{s:#}");
     assert_eq!(s["weights"], json!({"v1": 100, "v2": 0}), "{s:#}");
     assert_eq!(verdicts(&s).last().map(|(_, v)| v.as_str()), Some("manual"));
     // Finished: nothing left to steer, manual weights are allowed again.
-    let (status_code, v) = post(rig.cp(), "/v1/rollouts/payments/abort", &json!({})).await;
+    let (status_code, v) = rig.post("/v1/rollouts/payments/abort", &json!({})).await;
     assert_eq!(status_code, 409, "{v}");
     let (ok, _, err) = rig.cp().ctl(&["set-weights", "payments", "v1=90", "v2=10"]);
     assert!(ok, "{err}");
@@ -508,16 +318,16 @@ async fn abort_rolls_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn manual_weights_are_refused_while_rolling_out() {
-    let rig = Rig::start(2).await;
+    let rig = fleet(2, "").await;
     let cp = rig.cp();
     // Invalid requests: 400, unknown service or rollout: 404.
-    let (code, v) = post(
-        cp,
-        "/v1/rollouts/payments",
-        &json!({"to": "v9", "steps": [100],
+    let (code, v) = rig
+        .post(
+            "/v1/rollouts/payments",
+            &json!({"to": "v9", "steps": [100],
         "interval": "1s", "max_error_rate": "1%", "min_requests": 1}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(code, 400, "{v}");
     assert!(
         v["error"]
@@ -526,21 +336,21 @@ async fn manual_weights_are_refused_while_rolling_out() {
             .contains("no version `v9`"),
         "{v}"
     );
-    let (code, v) = post(
-        cp,
-        "/v1/rollouts/payments",
-        &json!({"to": "v2", "steps": [100],
+    let (code, v) = rig
+        .post(
+            "/v1/rollouts/payments",
+            &json!({"to": "v2", "steps": [100],
         "interval": "1s", "max_error_rate": "1%", "min_requests": 1, "extra": 1}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(code, 400, "{v}");
-    let (code, v) = post(
-        cp,
-        "/v1/rollouts/nope",
-        &json!({"to": "v2", "steps": [100],
+    let (code, v) = rig
+        .post(
+            "/v1/rollouts/nope",
+            &json!({"to": "v2", "steps": [100],
         "interval": "1s", "max_error_rate": "1%", "min_requests": 1}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(code, 404, "{v}");
     let missing = cp
         .get_json("/v1/rollouts/payments")
@@ -575,12 +385,12 @@ async fn manual_weights_are_refused_while_rolling_out() {
     // the weights.
     let (ok, _, err) = cp.ctl(&["set-weights", "payments", "v1=100", "v2=0"]);
     assert!(!ok && err.contains(want), "{err}");
-    let (code, v) = post(
-        cp,
-        "/v1/services/payments/weights",
-        &json!({"v1": 100, "v2": 0}),
-    )
-    .await;
+    let (code, v) = rig
+        .post(
+            "/v1/services/payments/weights",
+            &json!({"v1": 100, "v2": 0}),
+        )
+        .await;
     assert_eq!((code, v["error"].as_str()), (409, Some(want)), "{v}");
     let mut grpc = cp.grpc().await;
     let mut req = tonic::Request::new(legate_proto::admin::SetWeightsRequest {
@@ -626,27 +436,27 @@ async fn manual_weights_are_refused_while_rolling_out() {
     let (ok, _, err) = cp.ctl(&["apply", "-f", &doc.display().to_string()]);
     assert!(!ok && err.contains(want), "{err}");
     // A second rollout of the same service: 409.
-    let (code, v) = post(
-        cp,
-        "/v1/rollouts/payments",
-        &json!({"to": "v2", "steps": [100],
+    let (code, v) = rig
+        .post(
+            "/v1/rollouts/payments",
+            &json!({"to": "v2", "steps": [100],
         "interval": "1s", "max_error_rate": "1%", "min_requests": 1}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(code, 409, "{v}");
     // Paused, the weights are the operator's again (documented).
-    let (code, v) = post(cp, "/v1/rollouts/payments/pause", &json!({})).await;
+    let (code, v) = rig.post("/v1/rollouts/payments/pause", &json!({})).await;
     assert_eq!((code, v["state"].as_str()), (200, Some("paused")), "{v}");
     let (ok, _, err) = cp.ctl(&["set-weights", "payments", "v1=60", "v2=40"]);
     assert!(ok, "{err}");
-    let (code, v) = post(cp, "/v1/rollouts/payments/resume", &json!({})).await;
+    let (code, v) = rig.post("/v1/rollouts/payments/resume", &json!({})).await;
     assert_eq!(
         (code, v["state"].as_str()),
         (200, Some("progressing")),
         "{v}"
     );
     assert_eq!(v["weights"], json!({"v1": 50, "v2": 50}), "{v}");
-    let (code, v) = post(cp, "/v1/rollouts/payments/launch", &json!({})).await;
+    let (code, v) = rig.post("/v1/rollouts/payments/launch", &json!({})).await;
     assert_eq!(code, 404, "{v}");
 }
 
@@ -654,12 +464,13 @@ async fn manual_weights_are_refused_while_rolling_out() {
 async fn a_rollout_declared_in_the_mesh_runs_once() {
     let block = "    rollout: {to: v2, steps: [50, 100], interval: 1s, max_error_rate: 5%, \
                  min_requests: 10}\n";
-    let rig = Rig::start_with(2, block).await;
-    let traffic = Traffic::start(rig.urls().await);
-    let done = wait_for(rig.cp(), "the declared rollout promoted", WAIT, |s| {
-        s["state"] == "promoted"
-    })
-    .await;
+    let rig = fleet(2, block).await;
+    let traffic = Traffic::start(rig.urls(), TRAFFIC);
+    let done = rig
+        .wait_for("the declared rollout promoted", WAIT, |s| {
+            s["state"] == "promoted"
+        })
+        .await;
     traffic.stop().await;
     let first = &done["decisions"][0];
     assert_eq!(first["verdict"], "manual", "{done:#}");
@@ -683,7 +494,7 @@ async fn a_rollout_declared_in_the_mesh_runs_once() {
         }
     })
     .await;
-    let after = status(rig.cp()).await;
+    let after = status(&rig).await;
     assert_eq!(after["state"], "promoted", "{after:#}");
     assert_eq!(after["started"], done["started"], "{after:#}");
     assert_eq!(after["decisions"], done["decisions"], "{after:#}");

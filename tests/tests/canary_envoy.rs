@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use legate_tests::canary::{Fleet, Traffic, TrafficLimits, acked_nodes, decisions, weights};
+use legate_tests::canary::{Fleet, Pace, Traffic, TrafficLimits, acked_nodes, decisions, weights};
 
 const LEGATE: &str = "legate-1";
 const ENVOY: &str = "envoy-1";
@@ -34,7 +34,7 @@ fn start_body() -> serde_json::Value {
 const TRAFFIC: TrafficLimits = TrafficLimits {
     max_requests: 12_000,
     max_duration: Duration::from_secs(60),
-    pause: Duration::from_millis(10),
+    pace: Pace::PauseAfterRound(Duration::from_millis(10)),
 };
 
 /// How long a rollout of three 3 s steps gets to end (ACKs and 1 s reports included).

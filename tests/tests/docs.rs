@@ -589,39 +589,30 @@ expected {needle:?} in its output:
             );
         }
     };
+    // A try: line run to its end, checked; the watch line, run within its own bound.
+    let run_line =
+        |generic: &str| check(generic, &run(&mut shell(&line(generic), &repo_root())), &[]);
+    let run_watch = || {
+        run_within(
+            &mut shell(&line(CANARY_WATCH), &repo_root()),
+            CANARY_WATCH_TIMEOUT,
+        )
+    };
     let traffic = BackgroundTraffic::start(&line(CANARY_TRAFFIC));
     let started = Instant::now();
 
-    check(
-        CANARY_START,
-        &run(&mut shell(&line(CANARY_START), &repo_root())),
-        &[],
-    );
-    let watch = run_within(
-        &mut shell(&line(CANARY_WATCH), &repo_root()),
-        CANARY_WATCH_TIMEOUT,
-    );
+    run_line(CANARY_START);
+    let watch = run_watch();
     check(CANARY_WATCH, &watch, &["step 1/3", "step 3/3"]);
     let status = canary_status(ctl);
     assert_eq!(status["state"], "promoted", "{status:#}");
     assert_eq!(status["weights"]["v2"], 100, "{status:#}");
     let promoted_after = started.elapsed();
 
-    check(
-        CANARY_FAIL,
-        &run(&mut shell(&line(CANARY_FAIL), &repo_root())),
-        &[],
-    );
+    run_line(CANARY_FAIL);
     let rollback_started = Instant::now();
-    check(
-        CANARY_START,
-        &run(&mut shell(&line(CANARY_START), &repo_root())),
-        &[],
-    );
-    let watch = run_within(
-        &mut shell(&line(CANARY_WATCH), &repo_root()),
-        CANARY_WATCH_TIMEOUT,
-    );
+    run_line(CANARY_START);
+    let watch = run_watch();
     // The watch ends with the rollout; its last frame says how.
     let ran_ok = watch.ok();
     assert!(
@@ -642,11 +633,7 @@ expected {needle:?} in its output:
     assert_eq!(status["weights"]["v2"], 0, "{status:#}");
     let rolled_back_after = rollback_started.elapsed();
 
-    check(
-        CANARY_HEAL,
-        &run(&mut shell(&line(CANARY_HEAL), &repo_root())),
-        &[],
-    );
+    run_line(CANARY_HEAL);
     traffic.stop();
     eprintln!(
         "demo canary: promoted {promoted_after:?} after the start, rolled back \

@@ -439,12 +439,8 @@ async fn canary(
     output: Output,
     what: Canary,
 ) -> Result<(), String> {
-    use legate_proto::admin::{GetRolloutsRequest, StartRolloutRequest, SteerRolloutRequest};
+    use legate_proto::admin::{GetRolloutsRequest, StartRolloutRequest};
     let status = |s: tonic::Status| admin_client::explain(&s);
-    let steer = |service: String, action: &str| SteerRolloutRequest {
-        service,
-        action: action.to_owned(),
-    };
     if let Canary::Status {
         service: Some(service),
         watch: true,
@@ -476,50 +472,10 @@ async fn canary(
             let res = client.start_rollout(req).await.map_err(status)?;
             (true, res.into_inner().rollout.into_iter().collect())
         }
-        Canary::Pause { service } => {
-            let res = client.steer_rollout(steer(service, "pause")).await;
-            (
-                true,
-                res.map_err(status)?
-                    .into_inner()
-                    .rollout
-                    .into_iter()
-                    .collect(),
-            )
-        }
-        Canary::Resume { service } => {
-            let res = client.steer_rollout(steer(service, "resume")).await;
-            (
-                true,
-                res.map_err(status)?
-                    .into_inner()
-                    .rollout
-                    .into_iter()
-                    .collect(),
-            )
-        }
-        Canary::Abort { service } => {
-            let res = client.steer_rollout(steer(service, "abort")).await;
-            (
-                true,
-                res.map_err(status)?
-                    .into_inner()
-                    .rollout
-                    .into_iter()
-                    .collect(),
-            )
-        }
-        Canary::Promote { service } => {
-            let res = client.steer_rollout(steer(service, "promote")).await;
-            (
-                true,
-                res.map_err(status)?
-                    .into_inner()
-                    .rollout
-                    .into_iter()
-                    .collect(),
-            )
-        }
+        Canary::Pause { service } => steered(client, service, "pause").await?,
+        Canary::Resume { service } => steered(client, service, "resume").await?,
+        Canary::Abort { service } => steered(client, service, "abort").await?,
+        Canary::Promote { service } => steered(client, service, "promote").await?,
         Canary::Status { service, .. } => {
             let one = service.is_some();
             let res = client
@@ -544,6 +500,23 @@ async fn canary(
         Output::Table => print_rollouts(&statuses),
     }
     Ok(())
+}
+
+/// `canary pause|resume|abort|promote SERVICE`: (one rollout, the rollout the action left).
+async fn steered(
+    client: &mut admin_client::Client,
+    service: String,
+    action: &str,
+) -> Result<(bool, Vec<legate_proto::admin::Rollout>), String> {
+    let req = legate_proto::admin::SteerRolloutRequest {
+        service,
+        action: action.to_owned(),
+    };
+    let res = client
+        .steer_rollout(req)
+        .await
+        .map_err(|s| admin_client::explain(&s))?;
+    Ok((true, res.into_inner().rollout.into_iter().collect()))
 }
 
 /// `canary status SERVICE --watch`, drawn by [`legate_cp::rollout_view`].
