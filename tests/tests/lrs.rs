@@ -134,8 +134,14 @@ async fn legate_reports_match_the_traffic_sent() {
         .map_or(f64::INFINITY, |&bound| (bound * 1000.0).max(100.0));
     let p50 = v["p50_ms"].as_f64().expect("p50");
     let p99 = v["p99_ms"].as_f64().expect("p99");
-    assert!(p50 > 50.0 && p50 <= ceiling_ms, "p50 {p50} (ceiling {ceiling_ms}): {l}");
-    assert!(p99 > 50.0 && p99 <= ceiling_ms, "p99 {p99} (ceiling {ceiling_ms}): {l}");
+    assert!(
+        p50 > 50.0 && p50 <= ceiling_ms,
+        "p50 {p50} (ceiling {ceiling_ms}): {l}"
+    );
+    assert!(
+        p99 > 50.0 && p99 <= ceiling_ms,
+        "p99 {p99} (ceiling {ceiling_ms}): {l}"
+    );
 
     let (ok, out, err) = cp.ctl(&["top", "payments"]);
     assert!(ok, "legatectl top: {err}");

@@ -51,13 +51,17 @@ async fn the_sink_answers_exports_and_reports_their_spans_when_stopped() {
     let status = sink.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "sink exit: {status:?}\n{}", sink.output());
     // The process has exited; its last line may still be on its way through the reader.
-    legate_tests::eventually(Duration::from_secs(10), "the sink's summary line", || async {
-        let out = sink.output();
-        if out.contains("received exports=2 spans=8") {
-            Ok(())
-        } else {
-            Err(format!("sink output: {out}"))
-        }
-    })
+    legate_tests::eventually(
+        Duration::from_secs(10),
+        "the sink's summary line",
+        || async {
+            let out = sink.output();
+            if out.contains("received exports=2 spans=8") {
+                Ok(())
+            } else {
+                Err(format!("sink output: {out}"))
+            }
+        },
+    )
     .await;
 }
