@@ -527,3 +527,25 @@ async fn a_corrupt_rollout_file_is_refused_at_start() {
         "{output}"
     );
 }
+
+/// A proxy that reads a mesh with a `rollout:` block itself (no legate-cp) serves the weights
+/// as written and says that the block is legate-cp's to run, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_legate_says_it_does_not_run_a_rollout() {
+    let block = "    rollout: {to: v2, steps: [50, 100], interval: 1s, max_error_rate: 5%, min_requests: 5}\n";
+    let mesh = legate_tests::canary::mesh(
+        legate_tests::closed_port(),
+        legate_tests::closed_port(),
+        block,
+    );
+    let legate = legate_tests::Legate::start(&mesh).await;
+    eventually(WAIT, "the rollout warning", || async {
+        let out = legate.output();
+        if out.contains("a rollout is run by legate-cp") && out.contains("services[0].rollout") {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    })
+    .await;
+}

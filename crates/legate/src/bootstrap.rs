@@ -353,6 +353,9 @@ impl Bootstrap {
                     legate_model::parse_yaml(&text, &source)
                         .map_err(|e| BootstrapError::Config(vec![e]))?
                 };
+                if let Some(mesh) = &file.mesh {
+                    warn_rollouts_need_legate_cp(mesh, mesh_document);
+                }
                 let resources = match &file.mesh {
                     // Validated by `load` above, with the mesh's own paths.
                     Some(mesh) if mesh_document => legate_model::compile(mesh),
@@ -562,6 +565,21 @@ const BOOTSTRAP_KEYS: [&str; 7] = [
 /// `services`, `proxy`, ... at the top level) rather than a bootstrap file (the mesh under
 /// `mesh:`): a mapping none of whose keys is a bootstrap key. A document that mixes them is
 /// read as a bootstrap file, whose error then names the mesh key out of place.
+/// A `rollout:` block is run by legate-cp's rollout controller; a proxy reading the mesh
+/// itself serves the weights as written and says so, rather than ignoring the block silently.
+fn warn_rollouts_need_legate_cp(mesh: &legate_model::Mesh, mesh_document: bool) {
+    let prefix = if mesh_document { "" } else { "mesh." };
+    for (i, s) in mesh.services.iter().enumerate() {
+        if s.rollout.is_some() {
+            tracing::warn!(
+                field = %format!("{prefix}services[{i}].rollout"),
+                service = %s.name,
+                "a rollout is run by legate-cp; this proxy serves the service's weights as written"
+            );
+        }
+    }
+}
+
 fn is_mesh_document(text: &str) -> bool {
     match serde_yaml_ng::from_str::<serde_yaml_ng::Mapping>(text) {
         Ok(map) => {
