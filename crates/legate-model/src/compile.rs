@@ -86,6 +86,7 @@ pub(crate) mod names {
     pub(crate) const CONNECTION_LIMIT: &str = "envoy.filters.network.connection_limit";
     pub(crate) const FILE_ACCESS_LOG: &str = "envoy.access_loggers.file";
     pub(crate) const ROUTER: &str = "envoy.filters.http.router";
+    pub(crate) const LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";
     pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 }
@@ -123,12 +124,28 @@ fn compile_for(mesh: &Mesh, node_cluster: Option<&str>) -> Resources {
     let tracing = tracing_spec.map(telemetry::hcm_tracing);
     let collector = tracing_spec.map(telemetry::collector_cluster);
     let access_log = telemetry::access_logs(mesh.telemetry.as_ref());
+    // Listeners whose routes limit their rate get the local rate limit filter.
+    let limited: BTreeSet<&str> = mesh
+        .route_configs
+        .iter()
+        .chain(&generated.route_config)
+        .filter(|rc| {
+            rc.virtual_hosts
+                .iter()
+                .flat_map(|vh| &vh.routes)
+                .any(|r| r.rate_limit.is_some())
+        })
+        .map(|rc| rc.name.as_str())
+        .collect();
     let mut out = Resources {
         listeners: mesh
             .listeners
             .iter()
             .chain(&generated.listener)
-            .map(|l| listener(l, tracing.as_ref(), &access_log))
+            .map(|l| {
+                let rate_limited = limited.contains(l.route_config.as_str());
+                listener(l, tracing.as_ref(), &access_log, rate_limited)
+            })
             .collect(),
         route_configs: mesh
             .route_configs
@@ -217,7 +234,12 @@ pub(crate) fn router_filter() -> HttpFilter {
     }
 }
 
-fn listener(l: &Listener, tracing: Option<&Tracing>, access_log: &[XdsAccessLog]) -> XdsListener {
+fn listener(
+    l: &Listener,
+    tracing: Option<&Tracing>,
+    access_log: &[XdsAccessLog],
+    rate_limited: bool,
+) -> XdsListener {
     let hcm = HttpConnectionManager {
         tracing: tracing.cloned(),
         access_log: access_log.to_vec(),
@@ -233,7 +255,11 @@ fn listener(l: &Listener, tracing: Option<&Tracing>, access_log: &[XdsAccessLog]
             route_config_name: l.route_config.clone(),
         })),
         // Envoy requires the router, with its typed config, as the last filter.
-        http_filters: vec![router_filter()],
+        http_filters: if rate_limited {
+            vec![policies::local_rate_limit_filter(&l.name), router_filter()]
+        } else {
+            vec![router_filter()]
+        },
         // The ambassador is the first proxy the request meets: the peer is the client, so
         // it is appended to x-forwarded-for (Envoy does this only with use_remote_address).
         use_remote_address: Some(BoolValue { value: true }),
@@ -386,6 +412,16 @@ pub(crate) fn route(r: &Route) -> XdsRoute {
             .and_then(|r| r.buffer_limit)
             .map(|value| UInt64Value { value }),
         metadata: retries.and_then(policies::route_metadata),
+        typed_per_filter_config: r
+            .rate_limit
+            .iter()
+            .map(|rl| {
+                (
+                    names::LOCAL_RATE_LIMIT.to_owned(),
+                    policies::local_rate_limit(rl),
+                )
+            })
+            .collect(),
         ..Default::default()
     }
 }
@@ -1348,6 +1384,102 @@ clusters:
         assert_eq!(
             snapshot.listeners[0].stream_idle_timeout, None,
             "0s disables"
+        );
+    }
+
+    /// `policies.rate_limit` compiles to the local rate limit filter on the listener (no
+    /// bucket of its own) and a per-route configuration on each of the service's routes,
+    /// which legate's snapshot reads back; a mesh without one gets no such filter.
+    #[test]
+    fn rate_limit_policy_compiles_to_local_ratelimit() {
+        use legate_snapshot::filter::{FilterKind, PerFilterConfig, TokenBucket};
+        let text = "\
+services:
+  - name: pay
+    endpoints: [{address: '127.0.0.1:8080'}]
+    policies:
+      rate_limit: {requests: 100, per: 1s, burst: 20}
+  - name: other
+    endpoints: [{address: '127.0.0.1:8081'}]
+";
+        let mesh = match crate::load(text, "rl.yaml") {
+            Ok(m) => m,
+            Err(errors) => panic!("{errors:?}"),
+        };
+        let snapshot = match legate_snapshot::build("v1", &compile(&mesh)) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        let filters = &snapshot.listeners[0].http_filters;
+        assert_eq!(filters.len(), 1);
+        assert_eq!(&*filters[0].name, names::LOCAL_RATE_LIMIT);
+        let FilterKind::LocalRateLimit(l) = &filters[0].config;
+        assert_eq!(
+            l.token_bucket, None,
+            "the listener's filter limits nothing itself"
+        );
+        let rc = snapshot
+            .route_configs
+            .values()
+            .next()
+            .expect("route config");
+        let routes = &rc.virtual_hosts[0].routes;
+        let pay = routes
+            .iter()
+            .find(|r| &*r.name == "pay")
+            .expect("pay route");
+        let [(name, PerFilterConfig::Config(FilterKind::LocalRateLimit(l)))] = &*pay.per_filter
+        else {
+            panic!("one override: {:?}", pay.per_filter);
+        };
+        assert_eq!(&**name, names::LOCAL_RATE_LIMIT);
+        assert_eq!(
+            l.token_bucket,
+            Some(TokenBucket {
+                max_tokens: 20,
+                tokens_per_fill: 100,
+                fill_interval: Duration::from_secs(1),
+            })
+        );
+        assert_eq!((l.enabled_ppm, l.enforced_ppm), (1_000_000, 1_000_000));
+        assert!(l.x_ratelimit_headers);
+        let other = routes
+            .iter()
+            .find(|r| &*r.name == "other")
+            .expect("other route");
+        assert!(other.per_filter.is_empty());
+
+        let plain = crate::load(
+            "services: [{name: web, endpoints: [{address: '127.0.0.1:8080'}]}]",
+            "p.yaml",
+        )
+        .expect("loads");
+        let r = compile(&plain);
+        let snapshot = legate_snapshot::build("v1", &r).expect("legate accepts it");
+        assert!(snapshot.listeners[0].http_filters.is_empty());
+    }
+
+    /// `rate_limit` is checked where it is written.
+    #[test]
+    fn rate_limit_policy_is_checked() {
+        let text = "\
+services:
+  - name: pay
+    endpoints: [{address: '127.0.0.1:8080'}]
+    policies:
+      rate_limit: {requests: 0, per: 10ms, burst: 0}
+";
+        let errors = match crate::load(text, "rl.yaml") {
+            Ok(_) => panic!("accepted"),
+            Err(errors) => errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        };
+        assert_eq!(
+            errors,
+            vec![
+                "rl.yaml:5:30: services[0].policies.rate_limit.requests: `requests` must be at least 1",
+                "rl.yaml:5:51: services[0].policies.rate_limit.burst: `burst` must be at least 1",
+                "rl.yaml:5:38: services[0].policies.rate_limit.per: `per` must be at least 50ms (Envoy's shortest refill interval); found 10ms",
+            ]
         );
     }
 

@@ -152,6 +152,9 @@ pub struct Route {
     /// Headers added to requests this route forwards, after the virtual host's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub request_headers_to_add: Vec<HeaderToAdd>,
+    /// A token bucket of this route's own on each proxy (Envoy's local rate limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// At most one of `prefix`, `path`, `regex`, `separated_prefix`; none means `prefix: /`.
@@ -620,6 +623,9 @@ pub struct Policies {
     pub panic_threshold: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<Breaker>,
+    /// On every route of the service (each canary rule's route has a bucket of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// The outbound listener every proxy node gets, serving the services' routes.

@@ -144,6 +144,7 @@ impl Service {
                     ..Forward::default()
                 })),
                 request_headers_to_add: headers_to_add.clone(),
+                rate_limit: self.policies.rate_limit.filter(|_| http),
                 ..Route::default()
             })
             .collect();
@@ -155,6 +156,7 @@ impl Service {
             },
             forward: Some(finish(self.split())),
             request_headers_to_add: headers_to_add,
+            rate_limit: self.policies.rate_limit.filter(|_| http),
             ..Route::default()
         });
         routes

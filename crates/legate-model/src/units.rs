@@ -63,6 +63,17 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// serde adapter for required `Duration` mesh fields (`#[serde(with = "crate::units")]`),
+/// read and written as [`option`] does.
+pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*value))
+}
+
+/// See [`serialize`].
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    option::deserialize(d)?.ok_or_else(|| de::Error::custom("a duration is required"))
+}
+
 /// serde adapter for `Option<Duration>` mesh fields
 /// (`#[serde(default, with = "crate::units::option")]`): written by [`format_duration`];
 /// read with [`parse_duration`], so a file reports the same message a flag does.

@@ -293,6 +293,9 @@ impl<'m> Checker<'m> {
         if let Some(f) = &r.forward {
             self.forward(&format!("{path}.forward"), f, is_regex);
         }
+        if let Some(rl) = &r.rate_limit {
+            self.rate_limit(&format!("{path}.rate_limit"), rl);
+        }
         if let Some(d) = &r.direct_response {
             self.direct_response(&format!("{path}.direct_response"), d);
         }
@@ -923,6 +926,9 @@ impl<'m> Checker<'m> {
         self.duration(&format!("{path}.idle_timeout"), p.idle_timeout);
         if let Some(r) = &p.retries {
             self.retries(&format!("{path}.retries"), r);
+        }
+        if let Some(rl) = &p.rate_limit {
+            self.rate_limit(&format!("{path}.rate_limit"), rl);
         }
         self.cluster_policies(
             path,
@@ -1889,7 +1895,7 @@ proxy:
                 "m.yaml:5:7: services[0].policies.retry: unknown field `retry`, expected one of \
                  `request_headers_to_add`, `timeout`, `idle_timeout`, `retries`, \
                  `circuit_breakers`, `outlier_detection`, `health_check`, `panic_threshold`, \
-                 `breaker`",
+                 `breaker`, `rate_limit`",
             ),
             (
                 "services:\n  - name: a\n    endpoints: []\n    policies:\n      retries: 3\n",

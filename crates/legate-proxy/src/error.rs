@@ -63,6 +63,10 @@ pub enum ProxyError {
     BadRequest,
     #[error("this upgrade is not enabled on the route")]
     UpgradeNotAllowed,
+    /// `envoy.filters.http.local_ratelimit` found its bucket empty (status: the filter's,
+    /// 429 by default).
+    #[error("local rate limit exceeded")]
+    RateLimited,
 }
 
 impl ProxyError {
@@ -91,6 +95,7 @@ impl ProxyError {
             ProxyError::ProtocolError => "protocol-error",
             ProxyError::BadRequest => "bad-request",
             ProxyError::UpgradeNotAllowed => "upgrade-not-allowed",
+            ProxyError::RateLimited => "rate-limited",
         }
     }
 
@@ -99,6 +104,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::UpgradeNotAllowed => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::ClusterNotFound
             | ProxyError::NoHealthyUpstream
             | ProxyError::ConnectFailure
@@ -122,7 +128,7 @@ impl ProxyError {
     }
 
     /// Every variant, for metric pre-registration.
-    pub const ALL: [ProxyError; 22] = [
+    pub const ALL: [ProxyError; 23] = [
         ProxyError::NoRoute,
         ProxyError::ClusterNotFound,
         ProxyError::NoHealthyUpstream,
@@ -145,6 +151,7 @@ impl ProxyError {
         ProxyError::ProtocolError,
         ProxyError::BadRequest,
         ProxyError::UpgradeNotAllowed,
+        ProxyError::RateLimited,
     ];
 
     /// Whether the upstream provably never received the request, so even a
@@ -196,6 +203,7 @@ impl ResponseFlags {
     pub const UC: Self = Self(1 << 6);
     pub const UO: Self = Self(1 << 7);
     pub const NR: Self = Self(1 << 8);
+    pub const RL: Self = Self(1 << 11);
     pub const DC: Self = Self(1 << 14);
     pub const URX: Self = Self(1 << 15);
     pub const SI: Self = Self(1 << 16);
@@ -204,7 +212,7 @@ impl ResponseFlags {
     pub const NC: Self = Self(1 << 24);
 
     /// Envoy's order (its `CoreResponseFlag` enum) and short codes.
-    const CODES: [(Self, &'static str); 13] = [
+    const CODES: [(Self, &'static str); 14] = [
         (Self::UH, "UH"),
         (Self::UT, "UT"),
         (Self::UR, "UR"),
@@ -212,6 +220,7 @@ impl ResponseFlags {
         (Self::UC, "UC"),
         (Self::UO, "UO"),
         (Self::NR, "NR"),
+        (Self::RL, "RL"),
         (Self::DC, "DC"),
         (Self::URX, "URX"),
         (Self::SI, "SI"),
@@ -269,6 +278,7 @@ impl ProxyError {
             ProxyError::ProtocolError => ResponseFlags::UPE,
             ProxyError::BadRequest => ResponseFlags::DPE,
             ProxyError::UpgradeNotAllowed => ResponseFlags::default(),
+            ProxyError::RateLimited => ResponseFlags::RL,
         }
     }
 

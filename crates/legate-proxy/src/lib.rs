@@ -13,6 +13,7 @@ mod cluster;
 mod connector;
 mod deadline;
 mod error;
+mod filters;
 mod forward;
 mod headers;
 pub mod lb;
@@ -53,6 +54,8 @@ pub(crate) struct ListenerView {
     pub(crate) logs: access_log::Logs,
     /// The HCM's tracing, when configured and its collector cluster is known.
     pub(crate) tracer: Option<Arc<trace::Tracer>>,
+    /// The HTTP filters before the router, resolved against `routes`.
+    pub(crate) filters: filters::Chain,
 }
 
 /// Everything a request needs, swapped as one unit.
@@ -151,6 +154,8 @@ pub struct Dataplane {
     /// Export pipelines for traces, reused across snapshots while their collector holds.
     tracers: std::sync::Mutex<trace::Tracers>,
     span_stats: trace::SpanStats,
+    /// Token buckets of the live configuration, kept across snapshots that keep them.
+    buckets: std::sync::Mutex<filters::Buckets>,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -194,6 +199,7 @@ impl Dataplane {
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             applied: AtomicBool::new(false),
             tracers: std::sync::Mutex::new(trace::Tracers::default()),
+            buckets: std::sync::Mutex::new(filters::Buckets::default()),
             span_stats,
         }
     }
@@ -253,6 +259,12 @@ impl Dataplane {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .update(&snapshot, &self.span_stats);
         // Resolve every listener's routes before touching anything.
+        let mut chains = filters::Builder::new(
+            &self
+                .buckets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let mut views = HashMap::new();
         for l in &snapshot.listeners {
             let routes = snapshot
@@ -266,6 +278,12 @@ impl Dataplane {
                 })?
                 .clone();
             let requests = ByCodeClass::new(&self.shared.metrics.downstream_requests, &[&l.name]);
+            let rate_limited = self
+                .shared
+                .metrics
+                .local_rate_limited
+                .get_or_create(&[&l.name]);
+            let filters = chains.chain(l, &routes, &rate_limited);
             views.insert(
                 l.name.clone(),
                 Arc::new(ListenerView {
@@ -274,6 +292,7 @@ impl Dataplane {
                     requests,
                     logs: self.shared.access_logs.resolve(&l.access_logs),
                     tracer: tracers.remove(&l.name),
+                    filters,
                 }),
             );
         }
@@ -369,6 +388,12 @@ impl Dataplane {
             clusters,
             listeners: views.clone(),
         }));
+        chains.finish(
+            &mut self
+                .buckets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
 
         // Retire listeners that went away or are replaced by a new bind.
         let replaced: Vec<Arc<str>> = bound.iter().map(|(l, _)| l.name.clone()).collect();

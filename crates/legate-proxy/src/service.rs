@@ -210,19 +210,61 @@ async fn route_and_forward(
     let host = host_value.to_str().map_err(|_| ProxyError::BadRequest)?;
     let vhost = view
         .routes
-        .select_virtual_host(host, view.config.strip_any_host_port)
-        .ok_or(ProxyError::NoRoute)?;
-    let path = req.uri().path();
-    let request_view = RequestView {
-        host,
-        path,
-        query: req.uri().query(),
-        headers: req.headers(),
+        .select_virtual_host(host, view.config.strip_any_host_port);
+    let route = vhost.and_then(|vhost| {
+        vhost.select_route(&RequestView {
+            host,
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+        })
+    });
+    // The HTTP filters run before the router, as in Envoy: also for a request no route
+    // matched (then with their listener configuration).
+    let mut added = crate::filters::ResponseHeaders::default();
+    if !view.filters.is_empty() {
+        let decision = view.filters.decode(
+            crate::filters::Request {
+                headers: req.headers_mut(),
+                vhost,
+                route,
+            },
+            &mut added,
+            &mut trail.flags,
+        );
+        if let crate::filters::Decision::Reply(cause, res) = decision {
+            ctx.shared.local_reply(cause).inc();
+            trail.route = route.map(|r| r.name.clone());
+            return Ok(res);
+        }
+    }
+    let (Some(vhost), Some(route)) = (vhost, route) else {
+        return Err(ProxyError::NoRoute);
     };
-    let route = vhost
-        .select_route(&request_view)
-        .ok_or(ProxyError::NoRoute)?;
     trail.route = Some(route.name.clone());
+    let mut res = dispatch(
+        ctx, active, view, vhost, route, req, host_value, meter, trail, trace,
+    )
+    .await?;
+    added.apply(res.headers_mut());
+    Ok(res)
+}
+
+/// The router: the matched route's action.
+#[allow(clippy::too_many_arguments)]
+async fn dispatch(
+    ctx: &ConnCtx,
+    active: &Active,
+    view: &ListenerView,
+    vhost: &VirtualHost,
+    route: &Route,
+    mut req: Request<Incoming>,
+    host_value: HeaderValue,
+    meter: Option<Arc<BodyMeter>>,
+    trail: &mut Trail,
+    trace: Option<&crate::trace::ServerSpan>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let host = host_value.to_str().map_err(|_| ProxyError::BadRequest)?;
     match &route.action {
         RouteAction::Direct { status, body } => {
             let mut res = Response::new(ResponseBody::full(body.clone()));

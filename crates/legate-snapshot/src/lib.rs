@@ -13,6 +13,8 @@
 mod types;
 pub use types::*;
 
+pub mod filter;
+
 mod tls;
 pub use tls::*;
 
@@ -53,6 +55,10 @@ pub mod type_url {
     pub const OPENTELEMETRY_CONFIG: &str =
         "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig";
     pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+    pub const LOCAL_RATE_LIMIT: &str =
+        "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+    /// The wrapper a `typed_per_filter_config` entry may use to disable or enable a filter.
+    pub const FILTER_CONFIG: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
     pub const UPSTREAM_TLS_CONTEXT: &str =
         "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
     pub const DOWNSTREAM_TLS_CONTEXT: &str =

@@ -89,6 +89,9 @@ pub struct Listener {
     pub access_logs: Vec<Arc<crate::AccessLog>>,
     /// From HCM `tracing` (provider `envoy.tracers.opentelemetry`); `None`: not traced.
     pub tracing: Option<Arc<Tracing>>,
+    /// From HCM `http_filters`: the filters legate runs before the router, in order
+    /// (optional filters legate does not implement are left out).
+    pub http_filters: Arc<[crate::filter::HttpFilter]>,
 }
 
 /// HCM `tracing` with the OpenTelemetry provider: where spans go and which requests make
@@ -202,6 +205,8 @@ pub struct VirtualHost {
     pub request_headers_to_remove: Vec<HeaderName>,
     #[serde(serialize_with = "http_serde::names")]
     pub response_headers_to_remove: Vec<HeaderName>,
+    /// `typed_per_filter_config`: overrides of the listener's HTTP filters, by name.
+    pub per_filter: crate::filter::PerFilterConfigs,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -215,6 +220,8 @@ pub struct Route {
     pub request_headers_to_remove: Vec<HeaderName>,
     #[serde(serialize_with = "http_serde::names")]
     pub response_headers_to_remove: Vec<HeaderName>,
+    /// `typed_per_filter_config`: overrides of the listener's HTTP filters, by name.
+    pub per_filter: crate::filter::PerFilterConfigs,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -23,6 +23,7 @@ mod access_log;
 mod cluster;
 mod common;
 mod endpoint;
+mod filter;
 mod listener;
 mod route;
 pub use route::{DEFAULT_ROUTE_TIMEOUT, MAX_RETRY_BUFFER_LIMIT};

@@ -31,13 +31,23 @@ use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::Previou
 use envoy_types::pb::envoy::r#type::v3::{CodecClientType, Int64Range, Percent};
 use envoy_types::pb::google::protobuf::{BoolValue, Struct, UInt32Value, Value, value};
 
+use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::XRateLimitHeadersRfcVersion;
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as XdsLocalRateLimit;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpFilter, http_filter,
+};
+use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
+use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket};
+use envoy_types::pb::google::protobuf::Any;
+
 use super::{any, duration, header_matcher};
 use crate::{
     Breaker, CircuitBreakers, Cluster, DEFAULT_BACKOFF_BASE, DEFAULT_BREAKER_FAILURE_RATIO,
     DEFAULT_BREAKER_HALF_OPEN_MAX_REQUESTS, DEFAULT_BREAKER_MINIMUM_REQUESTS,
     DEFAULT_BREAKER_OPEN_TIMEOUT, DEFAULT_BREAKER_WINDOW, DEFAULT_HEALTH_CHECK_INTERVAL,
     DEFAULT_HEALTH_CHECK_TIMEOUT, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_UNHEALTHY_THRESHOLD,
-    HealthCheck, OutlierDetection, Retries, UpstreamProtocol,
+    HealthCheck, OutlierDetection, RateLimit, Retries, UpstreamProtocol,
 };
 
 /// Extension and metadata names.
@@ -312,6 +322,50 @@ pub(crate) fn duration_text(d: Duration) -> String {
     } else {
         format!("{secs}.{nanos:09}s")
     }
+}
+
+/// The listener's `envoy.filters.http.local_ratelimit`: no bucket of its own, so it limits
+/// only the routes that carry a configuration (`typed_per_filter_config`).
+pub(crate) fn local_rate_limit_filter(listener: &str) -> HttpFilter {
+    let config = XdsLocalRateLimit {
+        stat_prefix: format!("{listener}_local_rate_limit"),
+        ..Default::default()
+    };
+    HttpFilter {
+        name: super::names::LOCAL_RATE_LIMIT.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(
+            legate_snapshot::type_url::LOCAL_RATE_LIMIT,
+            &config,
+        ))),
+        ..Default::default()
+    }
+}
+
+/// A route's rate limit as the filter's per-route configuration: always enabled and
+/// enforced (Envoy's defaults are 0 %), with the `x-ratelimit-*` headers.
+pub(crate) fn local_rate_limit(rl: &RateLimit) -> Any {
+    let all = || {
+        Some(RuntimeFractionalPercent {
+            default_value: Some(FractionalPercent {
+                numerator: 100,
+                denominator: DenominatorType::Hundred.into(),
+            }),
+            runtime_key: String::new(),
+        })
+    };
+    let config = XdsLocalRateLimit {
+        stat_prefix: "route_local_rate_limit".to_owned(),
+        token_bucket: Some(TokenBucket {
+            max_tokens: rl.max_tokens(),
+            tokens_per_fill: Some(UInt32Value { value: rl.requests }),
+            fill_interval: Some(duration(rl.per)),
+        }),
+        filter_enabled: all(),
+        filter_enforced: all(),
+        enable_x_ratelimit_headers: XRateLimitHeadersRfcVersion::DraftVersion03.into(),
+        ..Default::default()
+    };
+    any(legate_snapshot::type_url::LOCAL_RATE_LIMIT, &config)
 }
 
 #[cfg(test)]

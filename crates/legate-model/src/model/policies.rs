@@ -526,3 +526,29 @@ pub struct Breaker {
 fn is_false(b: &bool) -> bool {
     !*b
 }
+
+/// A local rate limit: a token bucket that refills `requests` tokens every `per` and holds at
+/// most `burst` (default: `requests`). A request takes one token; without one it is answered
+/// 429 by the proxy with `x-legate-error: rate-limited`, and every answer carries
+/// `x-ratelimit-limit`/`-remaining`/`-reset`. Compiled to Envoy's
+/// `envoy.filters.http.local_ratelimit`, configured per route; each route has its own bucket
+/// on each proxy (a service's canary rules each have one too).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// At least 1.
+    pub requests: u32,
+    /// At least 50 ms (Envoy's shortest fill interval).
+    #[serde(with = "crate::units")]
+    pub per: Duration,
+    /// At least 1; `requests` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl RateLimit {
+    /// The bucket's size, default applied.
+    pub fn max_tokens(&self) -> u32 {
+        self.burst.unwrap_or(self.requests)
+    }
+}

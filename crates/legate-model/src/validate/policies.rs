@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{Checker, check_value};
 use crate::{
     Breaker, CircuitBreakers, DEFAULT_BACKOFF_BASE, HealthCheck, OutlierDetection,
-    RETRY_CONDITIONS, Retries,
+    RETRY_CONDITIONS, RateLimit, Retries,
 };
 
 /// Envoy retry conditions legate does not implement, refused by name rather than as typos.
@@ -21,6 +21,9 @@ const UNSUPPORTED_RETRY_CONDITIONS: [&str; 7] = [
     "resource-exhausted",
     "unavailable",
 ];
+
+/// Envoy's shortest `fill_interval` for a local rate limit.
+const MIN_RATE_LIMIT_PER: Duration = Duration::from_millis(50);
 
 /// Envoy's `base_ejection_time` when unset.
 const ENVOY_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
@@ -400,6 +403,24 @@ impl Checker<'_> {
             &format!("{path}.unhealthy_threshold"),
             h.unhealthy_threshold,
         );
+    }
+
+    /// A rate limit: Envoy refuses a bucket refilled more often than every 50 ms, or with
+    /// no tokens.
+    pub(super) fn rate_limit(&mut self, path: &str, rl: &RateLimit) {
+        self.at_least_one(&format!("{path}.requests"), Some(rl.requests));
+        self.at_least_one(&format!("{path}.burst"), rl.burst);
+        if rl.per < MIN_RATE_LIMIT_PER {
+            self.report(
+                format!("{path}.per"),
+                format!(
+                    "`per` must be at least 50ms (Envoy's shortest refill interval); found {}",
+                    crate::units::format_duration(rl.per)
+                ),
+            );
+        } else {
+            self.duration(&format!("{path}.per"), Some(rl.per));
+        }
     }
 
     fn breaker(&mut self, path: &str, b: &Breaker) {

@@ -17,6 +17,7 @@ fn vhost(name: &str, domains: &[&str], routes: Vec<Route>) -> VirtualHost {
         response_headers_to_add: Vec::new(),
         request_headers_to_remove: Vec::new(),
         response_headers_to_remove: Vec::new(),
+        per_filter: std::sync::Arc::from([]),
     }
 }
 
@@ -45,6 +46,7 @@ fn route(name: &str, matcher: RouteMatch) -> Route {
         response_headers_to_add: Vec::new(),
         request_headers_to_remove: Vec::new(),
         response_headers_to_remove: Vec::new(),
+        per_filter: std::sync::Arc::from([]),
     }
 }
 

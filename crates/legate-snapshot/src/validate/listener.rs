@@ -17,8 +17,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     UpgradeConfig as XdsUpgradeConfig,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager as XdsHttpConnectionManager, HttpFilter as XdsHttpFilter,
-    Rds as XdsRds, http_filter,
+    HttpConnectionManager as XdsHttpConnectionManager, Rds as XdsRds,
 };
 use envoy_types::pb::google::protobuf::{Any, BoolValue, UInt64Value};
 use prost::Message;
@@ -169,6 +168,7 @@ pub(super) fn listener(x: &XdsListener) -> Result<ConvertedListener, Vec<Resourc
         tls: tls.map(Arc::new),
         access_logs: hcm.access_logs,
         tracing: hcm.tracing,
+        http_filters: hcm.http_filters,
     };
     cx.finish(ConvertedListener {
         listener,
@@ -702,6 +702,7 @@ fn network_filter(cx: &mut Ctx, field: &str, f: &XdsFilter) -> Option<Hcm> {
 
 /// What the listener takes from its HTTP connection manager.
 struct Hcm {
+    http_filters: Arc<[crate::filter::HttpFilter]>,
     stat_prefix: Arc<str>,
     codec: Codec,
     routes: RouteSource,
@@ -834,7 +835,7 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
     if stat_prefix.is_empty() {
         cx.err(join(field, "stat_prefix"), "must not be empty");
     }
-    http_filter_chain(cx, field, http_filters);
+    let http_filters = super::filter::http_filters(cx, field, http_filters);
 
     let (routes, rds, mut cluster_refs) = match route_specifier {
         Some(RouteSpecifier::Rds(XdsRds {
@@ -885,6 +886,7 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
         false,
     );
     Hcm {
+        http_filters: Arc::from(http_filters),
         stat_prefix: Arc::from(stat_prefix.as_str()),
         codec,
         routes,
@@ -928,66 +930,7 @@ fn http_connection_manager(cx: &mut Ctx, field: &str, h: &XdsHttpConnectionManag
     }
 }
 
-/// `http_filters`: the router last; other filters only when optional or disabled (then
-/// they never run in legate, as Envoy skips an optional filter it does not know).
-fn http_filter_chain(cx: &mut Ctx, field: &str, filters: &[XdsHttpFilter]) {
-    let last = filters.len().saturating_sub(1);
-    let mut router_seen = false;
-    for (i, f) in filters.iter().enumerate() {
-        let ff = at(field, "http_filters", i);
-        let XdsHttpFilter {
-            name,
-            is_optional,
-            disabled,
-            config_type,
-        } = f;
-        let typed = match config_type {
-            Some(http_filter::ConfigType::TypedConfig(any)) => Some(any),
-            _ => None,
-        };
-        if let Some(Any { type_url, value }) = typed
-            && type_url == type_url::ROUTER
-        {
-            router_seen = true;
-            if *disabled {
-                cx.err(
-                    join(&ff, "disabled"),
-                    "the router filter cannot be disabled",
-                );
-            }
-            if i != last {
-                cx.err(&ff, "the router filter must be the last http filter");
-            }
-            match XdsRouter::decode(value.as_slice()) {
-                Ok(router) => router_filter(cx, &join(&ff, "typed_config"), &router),
-                Err(e) => cx.err(
-                    join(&ff, "typed_config"),
-                    format!("cannot decode Router: {e}"),
-                ),
-            }
-        } else if !*is_optional && !*disabled {
-            let kind = match (typed, config_type) {
-                (Some(any), _) => any.type_url.clone(),
-                (None, Some(http_filter::ConfigType::ConfigDiscovery(_))) => {
-                    "config_discovery".to_owned()
-                }
-                _ => "no typed_config".to_owned(),
-            };
-            cx.err(
-                &ff,
-                format!("http filter '{name}' ({kind}) is not supported by legate"),
-            );
-        }
-    }
-    if !router_seen {
-        cx.err(
-            join(field, "http_filters"),
-            "must end with the router filter (envoy.filters.http.router)",
-        );
-    }
-}
-
-fn router_filter(cx: &mut Ctx, field: &str, r: &XdsRouter) {
+pub(super) fn router_filter(cx: &mut Ctx, field: &str, r: &XdsRouter) {
     let XdsRouter {
         // Ignored: statistics, tracing and logging only.
         dynamic_stats: _,

@@ -226,7 +226,7 @@ fn virtual_host(
     } = v;
     let before = cx.error_count();
     refuse!(cx, field;
-        matcher, require_tls, rate_limits, cors, typed_per_filter_config,
+        matcher, require_tls, rate_limits, cors,
         include_request_attempt_count, include_attempt_count_in_response,
         retry_policy_typed_config, include_is_timeout_retry_header, request_mirror_policies,
         route_specifiers,
@@ -267,6 +267,7 @@ fn virtual_host(
         })
         .collect();
     let vhost = VirtualHost {
+        per_filter: super::filter::per_filter_configs(cx, field, typed_per_filter_config),
         name: Arc::from(name.as_str()),
         domains,
         routes,
@@ -365,7 +366,8 @@ fn route(
         action,
     } = r;
     let before = cx.error_count();
-    refuse!(cx, field; typed_per_filter_config, route_specifiers);
+    refuse!(cx, field; route_specifiers);
+    let per_filter = super::filter::per_filter_configs(cx, field, typed_per_filter_config);
     let inherited = retry::route(
         cx,
         field,
@@ -438,6 +440,7 @@ fn route(
         response_headers_to_add,
         request_headers_to_remove,
         response_headers_to_remove,
+        per_filter,
     })
 }
 

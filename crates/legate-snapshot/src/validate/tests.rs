@@ -76,6 +76,7 @@ use prost::Message;
 use super::{Resources, build};
 
 mod access_log;
+mod filters;
 mod resilience;
 mod tls;
 mod trace;
@@ -436,6 +437,7 @@ fn base_set_converts() {
         append_x_forwarded_for: false,
         tls: None,
         access_logs: Vec::new(),
+        http_filters: Arc::from([]),
     };
     assert_eq!(**l, expected);
 
@@ -1517,7 +1519,7 @@ fn route_configuration_fields_refused() {
                     .typed_per_filter_config
                     .insert("envoy.filters.http.cors".to_owned(), Any::default());
             },
-            "route configuration 'rc1': virtual_hosts[0].typed_per_filter_config: not supported by legate",
+            "route configuration 'rc1': virtual_hosts[0].typed_per_filter_config[\"envoy.filters.http.cors\"]: filter type '' is not supported by legate",
         ),
         (
             |r| {
@@ -1550,7 +1552,7 @@ fn route_configuration_fields_refused() {
                     .insert("x".to_owned(), Any::default())
                     .map_or((), drop)
             },
-            "route configuration 'rc1': virtual_hosts[0].routes[0].typed_per_filter_config: not supported by legate",
+            "route configuration 'rc1': virtual_hosts[0].routes[0].typed_per_filter_config[\"x\"]: filter type '' is not supported by legate",
         ),
         (
             |r| rmatch(r).runtime_fraction = Some(Default::default()),

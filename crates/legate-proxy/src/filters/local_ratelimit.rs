@@ -1,0 +1,92 @@
+//! `envoy.filters.http.local_ratelimit`: a token bucket per listener, virtual host or route.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use legate_snapshot::filter::LocalRateLimit;
+use legate_telemetry::Counter;
+
+use super::{Bucket, Decision, ResponseHeaders};
+use crate::error::ProxyError;
+
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// Parts per million: 100 %.
+const ALL: u32 = 1_000_000;
+
+#[derive(Debug)]
+pub(super) struct RateLimiter {
+    config: Arc<LocalRateLimit>,
+    /// `None`: a listener-level filter without a bucket, which limits nothing itself.
+    bucket: Option<Arc<Bucket>>,
+    status: StatusCode,
+    limited: Arc<Counter>,
+}
+
+impl RateLimiter {
+    pub(super) fn new(
+        config: Arc<LocalRateLimit>,
+        bucket: Option<Arc<Bucket>>,
+        limited: Arc<Counter>,
+    ) -> Self {
+        RateLimiter {
+            status: StatusCode::from_u16(config.status).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+            config,
+            bucket,
+            limited,
+        }
+    }
+
+    /// Envoy's order: not enabled for this request → continue without taking a token;
+    /// otherwise take one; without one, answer when enforced, else mark the request and
+    /// let it through.
+    pub(super) fn decode(&self, headers: &mut HeaderMap, out: &mut ResponseHeaders) -> Decision {
+        let Some(bucket) = &self.bucket else {
+            return Decision::Continue;
+        };
+        if !chance(self.config.enabled_ppm) {
+            return Decision::Continue;
+        }
+        let taken = bucket.take();
+        if self.config.x_ratelimit_headers {
+            out.push(
+                X_RATELIMIT_LIMIT,
+                HeaderValue::from(bucket.config().max_tokens),
+            );
+            out.push(X_RATELIMIT_REMAINING, HeaderValue::from(taken.remaining));
+            // Whole seconds until the next token, rounded up (at least 1 s while empty).
+            let nanos = taken.next_token.as_nanos();
+            let secs = u64::try_from(nanos.div_ceil(1_000_000_000)).unwrap_or(u64::MAX);
+            out.push(X_RATELIMIT_RESET, HeaderValue::from(secs));
+        }
+        if taken.allowed {
+            return Decision::Continue;
+        }
+        if !chance(self.config.enforced_ppm) {
+            crate::headers::apply(
+                headers,
+                &[],
+                &self.config.request_headers_to_add_when_not_enforced,
+            );
+            return Decision::Continue;
+        }
+        self.limited.inc();
+        super::local_reply(
+            ProxyError::RateLimited,
+            self.status,
+            &self.config.response_headers_to_add,
+            out,
+        )
+    }
+}
+
+/// Whether this request falls in a fraction of `ppm` parts per million.
+fn chance(ppm: u32) -> bool {
+    match ppm {
+        0 => false,
+        p if p >= ALL => true,
+        p => fastrand::u32(..ALL) < p,
+    }
+}

@@ -1,0 +1,270 @@
+//! The HTTP filters a listener runs before the router: the one place where they run, in
+//! order, each either answering the request itself or letting it continue.
+//!
+//! A filter's configuration comes from the listener, or from the matched route's or virtual
+//! host's `typed_per_filter_config` (the route's wins). Long-lived state (token buckets) is
+//! made when a snapshot is applied and kept across snapshots that do not change it
+//! ([`Buckets`]); the request path only reads what was resolved then.
+
+mod bucket;
+mod local_ratelimit;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Response};
+use legate_snapshot::filter::{FilterKind, HttpFilter, PerFilterConfig, per_filter};
+use legate_snapshot::{Listener, Route, RouteConfig, VirtualHost};
+use legate_telemetry::Counter;
+
+use crate::body::ResponseBody;
+use crate::error::{ProxyError, ResponseFlags};
+
+pub(crate) use bucket::Bucket;
+use local_ratelimit::RateLimiter;
+
+/// A listener's filters, resolved against its route configuration.
+#[derive(Debug, Default)]
+pub(crate) struct Chain {
+    filters: Vec<Filter>,
+}
+
+#[derive(Debug)]
+struct Filter {
+    name: Arc<str>,
+    disabled: bool,
+    /// The listener's own configuration.
+    listener: Runtime,
+    /// Per-route and per-virtual-host configurations, by the address of their configuration
+    /// in the route configuration the listener's view holds (so stable while it is used).
+    overrides: HashMap<usize, Runtime>,
+}
+
+#[derive(Debug)]
+enum Runtime {
+    LocalRateLimit(RateLimiter),
+}
+
+/// Where a filter's decision leaves the request.
+pub(crate) enum Decision {
+    Continue,
+    /// Answered here, for this cause (also in `x-legate-error` and the access log flags).
+    Reply(ProxyError, Response<ResponseBody>),
+}
+
+/// Headers filters add to the response once it is there (the router's or a local one).
+#[derive(Debug, Default)]
+pub(crate) struct ResponseHeaders(Vec<(HeaderName, HeaderValue)>);
+
+impl ResponseHeaders {
+    pub(crate) fn push(&mut self, name: HeaderName, value: HeaderValue) {
+        self.0.push((name, value));
+    }
+
+    pub(crate) fn apply(self, headers: &mut HeaderMap) {
+        for (n, v) in self.0 {
+            headers.insert(n, v);
+        }
+    }
+}
+
+/// What a request's filters see of it.
+pub(crate) struct Request<'a> {
+    pub(crate) headers: &'a mut HeaderMap,
+    pub(crate) vhost: Option<&'a VirtualHost>,
+    pub(crate) route: Option<&'a Route>,
+}
+
+impl Chain {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+
+    /// Run the filters in order until one answers.
+    pub(crate) fn decode(
+        &self,
+        req: Request<'_>,
+        out: &mut ResponseHeaders,
+        flags: &mut ResponseFlags,
+    ) -> Decision {
+        for f in &self.filters {
+            let Some(runtime) = f.pick(req.vhost, req.route) else {
+                continue;
+            };
+            let decision = match runtime {
+                Runtime::LocalRateLimit(r) => r.decode(req.headers, out),
+            };
+            if let Decision::Reply(cause, _) = &decision {
+                flags.insert(cause.response_flag());
+                return decision;
+            }
+        }
+        Decision::Continue
+    }
+}
+
+impl Filter {
+    /// The configuration in force for this request: the route's, else the virtual host's,
+    /// else the listener's unless the listener disables the filter.
+    fn pick(&self, vhost: Option<&VirtualHost>, route: Option<&Route>) -> Option<&Runtime> {
+        let specific = route
+            .and_then(|r| per_filter(&r.per_filter, &self.name))
+            .or_else(|| vhost.and_then(|v| per_filter(&v.per_filter, &self.name)));
+        match specific {
+            Some(PerFilterConfig::Disabled) => None,
+            Some(PerFilterConfig::Enabled) => Some(&self.listener),
+            Some(PerFilterConfig::Config(kind)) => self.overrides.get(&kind_key(kind)),
+            None if self.disabled => None,
+            None => Some(&self.listener),
+        }
+    }
+}
+
+fn kind_key(kind: &FilterKind) -> usize {
+    match kind {
+        FilterKind::LocalRateLimit(c) => Arc::as_ptr(c) as usize,
+    }
+}
+
+/// Token buckets by where they are configured and how, kept across snapshots: a push that
+/// leaves a bucket's place and configuration alone keeps its tokens.
+#[derive(Debug, Default)]
+pub(crate) struct Buckets {
+    live: HashMap<BucketKey, Arc<Bucket>>,
+}
+
+/// A bucket's place (listener, filter name, and `vhost/route` for an override) and its
+/// configuration. Envoy gives every route with its own configuration its own bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BucketKey {
+    listener: Arc<str>,
+    filter: Arc<str>,
+    scope: String,
+    config: legate_snapshot::filter::TokenBucket,
+}
+
+/// Makes [`Chain`]s for one snapshot; [`Builder::finish`] keeps the buckets in use.
+pub(crate) struct Builder {
+    old: HashMap<BucketKey, Arc<Bucket>>,
+    next: HashMap<BucketKey, Arc<Bucket>>,
+}
+
+impl Builder {
+    /// Start from the buckets live now (copied: the lock is not held while building).
+    pub(crate) fn new(old: &Buckets) -> Self {
+        Builder {
+            old: old.live.clone(),
+            next: HashMap::new(),
+        }
+    }
+
+    fn bucket(&mut self, key: BucketKey) -> Arc<Bucket> {
+        if let Some(b) = self.next.get(&key) {
+            return b.clone();
+        }
+        let b = self
+            .old
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Bucket::new(key.config)));
+        self.next.insert(key, b.clone());
+        b
+    }
+
+    /// The chain of `listener` over `routes`; `rate_limited` counts its limited requests.
+    pub(crate) fn chain(
+        &mut self,
+        listener: &Listener,
+        routes: &RouteConfig,
+        rate_limited: &Arc<Counter>,
+    ) -> Chain {
+        let mut filters = Vec::with_capacity(listener.http_filters.len());
+        for f in listener.http_filters.iter() {
+            let HttpFilter {
+                name,
+                disabled,
+                config,
+            } = f;
+            let runtime = self.runtime(listener, name, "", config, rate_limited);
+            let mut overrides = HashMap::new();
+            for vh in &routes.virtual_hosts {
+                if let Some(PerFilterConfig::Config(kind)) = per_filter(&vh.per_filter, name) {
+                    let scope = format!("vhost:{}", vh.name);
+                    let rt = self.runtime(listener, name, &scope, kind, rate_limited);
+                    overrides.insert(kind_key(kind), rt);
+                }
+                for (i, r) in vh.routes.iter().enumerate() {
+                    if let Some(PerFilterConfig::Config(kind)) = per_filter(&r.per_filter, name) {
+                        let scope = if r.name.is_empty() {
+                            format!("route:{}/#{i}", vh.name)
+                        } else {
+                            format!("route:{}/{}", vh.name, r.name)
+                        };
+                        let rt = self.runtime(listener, name, &scope, kind, rate_limited);
+                        overrides.insert(kind_key(kind), rt);
+                    }
+                }
+            }
+            filters.push(Filter {
+                name: name.clone(),
+                disabled: *disabled,
+                listener: runtime,
+                overrides,
+            });
+        }
+        Chain { filters }
+    }
+
+    fn runtime(
+        &mut self,
+        listener: &Listener,
+        filter: &Arc<str>,
+        scope: &str,
+        kind: &FilterKind,
+        rate_limited: &Arc<Counter>,
+    ) -> Runtime {
+        match kind {
+            FilterKind::LocalRateLimit(config) => {
+                let bucket = config.token_bucket.map(|tb| {
+                    self.bucket(BucketKey {
+                        listener: listener.name.clone(),
+                        filter: filter.clone(),
+                        scope: format!("{}/{scope}", routes_name(listener)),
+                        config: tb,
+                    })
+                });
+                Runtime::LocalRateLimit(RateLimiter::new(
+                    config.clone(),
+                    bucket,
+                    rate_limited.clone(),
+                ))
+            }
+        }
+    }
+
+    /// Keep only the buckets this snapshot uses: call once the snapshot is live.
+    pub(crate) fn finish(self, into: &mut Buckets) {
+        into.live = self.next;
+    }
+}
+
+fn routes_name(listener: &Listener) -> &str {
+    match &listener.routes {
+        legate_snapshot::RouteSource::Rds(n) => n,
+        legate_snapshot::RouteSource::Inline(rc) => &rc.name,
+    }
+}
+
+/// A local reply from a filter: the error's response with the filter's status and headers.
+pub(crate) fn local_reply(
+    cause: ProxyError,
+    status: http::StatusCode,
+    add: &[legate_snapshot::HeaderValueOption],
+    out: &mut ResponseHeaders,
+) -> Decision {
+    let mut res = cause.response();
+    *res.status_mut() = status;
+    crate::headers::apply(res.headers_mut(), &[], add);
+    std::mem::take(out).apply(res.headers_mut());
+    Decision::Reply(cause, res)
+}

@@ -1,0 +1,92 @@
+//! The HCM's HTTP filters before the router, validated, and their per-route overrides
+//! (`typed_per_filter_config` on virtual hosts and routes).
+//!
+//! A listener keeps its filters in order ([`HttpFilter`]); a virtual host or route keeps a
+//! small table from filter name to [`PerFilterConfig`]. The request path looks a filter's
+//! name up in the route's table, then the virtual host's (Envoy: the most specific wins),
+//! so nothing decodes an `Any` per request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::HeaderValueOption;
+
+/// One HTTP filter of a listener, in chain order. The router is not one of them: it is
+/// what runs after the last.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HttpFilter {
+    /// The filter's `name`: the key of its per-route overrides.
+    pub name: Arc<str>,
+    /// `disabled`: the filter runs only on routes or virtual hosts whose
+    /// `typed_per_filter_config` names it (with a configuration, or a `FilterConfig` that
+    /// does not disable it).
+    pub disabled: bool,
+    pub config: FilterKind,
+}
+
+/// A filter's validated configuration, at listener level or as a per-route override.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum FilterKind {
+    /// `envoy.filters.http.local_ratelimit`.
+    LocalRateLimit(Arc<LocalRateLimit>),
+}
+
+/// One `typed_per_filter_config` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum PerFilterConfig {
+    /// A `FilterConfig` with `disabled: true`: the filter does not run here.
+    Disabled,
+    /// A `FilterConfig` without a config and not disabled: the filter runs here with its
+    /// listener configuration, even when the listener disables it.
+    Enabled,
+    /// A configuration that replaces the listener's here.
+    Config(FilterKind),
+}
+
+/// The per-filter overrides of a virtual host or route, by filter name. Few entries: a
+/// linear scan beats hashing.
+pub type PerFilterConfigs = Arc<[(Arc<str>, PerFilterConfig)]>;
+
+/// Find `name` in a per-filter table.
+pub fn per_filter<'a>(
+    table: &'a [(Arc<str>, PerFilterConfig)],
+    name: &str,
+) -> Option<&'a PerFilterConfig> {
+    table.iter().find(|(n, _)| **n == *name).map(|(_, c)| c)
+}
+
+/// `envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LocalRateLimit {
+    /// `stat_prefix`.
+    pub stat_prefix: Arc<str>,
+    /// `status`: the status of a limited request (Envoy: 429, and 429 for anything below
+    /// 400).
+    pub status: u16,
+    /// `token_bucket`; `None` only at listener level, where the filter then limits nothing
+    /// and only routes or virtual hosts with their own configuration are limited.
+    pub token_bucket: Option<TokenBucket>,
+    /// `filter_enabled.default_value` in parts per million (Envoy's default: 0).
+    pub enabled_ppm: u32,
+    /// `filter_enforced.default_value` in parts per million (Envoy's default: 0).
+    pub enforced_ppm: u32,
+    /// `request_headers_to_add_when_not_enforced`.
+    pub request_headers_to_add_when_not_enforced: Vec<HeaderValueOption>,
+    /// `response_headers_to_add`: on a limited request's reply.
+    pub response_headers_to_add: Vec<HeaderValueOption>,
+    /// `enable_x_ratelimit_headers: DRAFT_VERSION_03`: `x-ratelimit-limit`,
+    /// `x-ratelimit-remaining` and `x-ratelimit-reset` on every response of a request the
+    /// filter saw.
+    pub x_ratelimit_headers: bool,
+}
+
+/// `type.v3.TokenBucket`: `max_tokens` held at most, `tokens_per_fill` added every
+/// `fill_interval`. The bucket starts full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct TokenBucket {
+    pub max_tokens: u32,
+    pub tokens_per_fill: u32,
+    pub fill_interval: Duration,
+}

@@ -1,0 +1,257 @@
+//! HCM `http_filters` and `typed_per_filter_config`: what legate keeps, in which order, and
+//! the exact NACK text of what it refuses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+use envoy_types::pb::envoy::config::route::v3::FilterConfig;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::LocalRateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as XdsLocalRateLimit;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpFilter, http_filter,
+};
+use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, HttpStatus, TokenBucket};
+use envoy_types::pb::google::protobuf::{Any, Duration as XdsDuration, UInt32Value};
+
+use super::{any, base, cors_filter, edit_hcm, errors, ok, rt, vh};
+use crate::filter::{FilterKind, LocalRateLimit, PerFilterConfig, TokenBucket as Bucket};
+use crate::type_url;
+
+fn bucket(max: u32, per_fill: u32, ms: i64) -> Option<TokenBucket> {
+    Some(TokenBucket {
+        max_tokens: max,
+        tokens_per_fill: Some(UInt32Value { value: per_fill }),
+        fill_interval: Some(XdsDuration {
+            seconds: ms / 1000,
+            nanos: i32::try_from((ms % 1000) * 1_000_000).expect("nanos"),
+        }),
+    })
+}
+
+fn percent(p: u32) -> Option<RuntimeFractionalPercent> {
+    Some(RuntimeFractionalPercent {
+        default_value: Some(FractionalPercent {
+            numerator: p,
+            denominator: 0,
+        }),
+        runtime_key: "rl".to_owned(),
+    })
+}
+
+fn limit(max: u32) -> XdsLocalRateLimit {
+    XdsLocalRateLimit {
+        stat_prefix: "rl".to_owned(),
+        token_bucket: bucket(max, 1, 1000),
+        filter_enabled: percent(100),
+        filter_enforced: percent(100),
+        ..Default::default()
+    }
+}
+
+fn rl_filter(name: &str, l: &XdsLocalRateLimit) -> HttpFilter {
+    HttpFilter {
+        name: name.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(
+            type_url::LOCAL_RATE_LIMIT,
+            l,
+        ))),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn local_rate_limit_is_kept_in_order_before_the_router() {
+    let mut r = base();
+    edit_hcm(&mut r, |h| {
+        let mut disabled = rl_filter("second", &limit(5));
+        disabled.disabled = true;
+        h.http_filters.insert(0, disabled);
+        let mut l = limit(3);
+        l.status = Some(HttpStatus { code: 503 });
+        l.enable_x_ratelimit_headers = 1;
+        h.http_filters.insert(0, rl_filter("first", &l));
+        let mut optional = cors_filter();
+        optional.is_optional = true;
+        h.http_filters.insert(1, optional);
+    });
+    let s = ok(&r);
+    let f = &s.listeners[0].http_filters;
+    assert_eq!(f.len(), 2);
+    assert_eq!(&*f[0].name, "first");
+    assert!(!f[0].disabled);
+    let FilterKind::LocalRateLimit(l) = &f[0].config;
+    assert_eq!(
+        **l,
+        LocalRateLimit {
+            stat_prefix: Arc::from("rl"),
+            status: 503,
+            token_bucket: Some(Bucket {
+                max_tokens: 3,
+                tokens_per_fill: 1,
+                fill_interval: Duration::from_secs(1),
+            }),
+            enabled_ppm: 1_000_000,
+            enforced_ppm: 1_000_000,
+            request_headers_to_add_when_not_enforced: Vec::new(),
+            response_headers_to_add: Vec::new(),
+            x_ratelimit_headers: true,
+        }
+    );
+    assert_eq!(&*f[1].name, "second");
+    assert!(f[1].disabled);
+}
+
+#[test]
+fn local_rate_limit_defaults_are_envoys() {
+    let mut r = base();
+    edit_hcm(&mut r, |h| {
+        let l = XdsLocalRateLimit {
+            stat_prefix: "rl".to_owned(),
+            // Below 400: Envoy answers 429.
+            status: Some(HttpStatus { code: 200 }),
+            ..Default::default()
+        };
+        h.http_filters.insert(0, rl_filter("rl", &l));
+    });
+    let s = ok(&r);
+    let FilterKind::LocalRateLimit(l) = &s.listeners[0].http_filters[0].config;
+    assert_eq!(l.status, 429);
+    assert_eq!(l.token_bucket, None);
+    // filter_enabled and filter_enforced: 0 % unless set.
+    assert_eq!((l.enabled_ppm, l.enforced_ppm), (0, 0));
+    assert!(!l.x_ratelimit_headers);
+}
+
+#[test]
+fn per_filter_configs_on_virtual_hosts_and_routes() {
+    let mut r = base();
+    vh(&mut r)
+        .typed_per_filter_config
+        .insert("rl".to_owned(), any(type_url::LOCAL_RATE_LIMIT, &limit(7)));
+    let disable = FilterConfig {
+        config: None,
+        is_optional: false,
+        disabled: true,
+    };
+    rt(&mut r, 0)
+        .typed_per_filter_config
+        .insert("rl".to_owned(), any(type_url::FILTER_CONFIG, &disable));
+    rt(&mut r, 0).typed_per_filter_config.insert(
+        "other".to_owned(),
+        any(type_url::FILTER_CONFIG, &FilterConfig::default()),
+    );
+    // An optional override legate does not know is left out.
+    let optional = FilterConfig {
+        config: Some(Any {
+            type_url: "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+                .to_owned(),
+            value: Vec::new(),
+        }),
+        is_optional: true,
+        disabled: false,
+    };
+    rt(&mut r, 0)
+        .typed_per_filter_config
+        .insert("cors".to_owned(), any(type_url::FILTER_CONFIG, &optional));
+    let s = ok(&r);
+    let vhost = &s.route_configs["rc1"].virtual_hosts[0];
+    let [(name, PerFilterConfig::Config(FilterKind::LocalRateLimit(l)))] = &*vhost.per_filter
+    else {
+        panic!("one override: {:?}", vhost.per_filter);
+    };
+    assert_eq!(&**name, "rl");
+    assert_eq!(l.token_bucket.map(|b| b.max_tokens), Some(7));
+    let route = &vhost.routes[0];
+    assert_eq!(
+        route
+            .per_filter
+            .iter()
+            .map(|(n, c)| (&**n, c.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            ("other", PerFilterConfig::Enabled),
+            ("rl", PerFilterConfig::Disabled)
+        ]
+    );
+}
+
+#[test]
+fn refused_with_their_paths() {
+    let hcm = "listener 'l1': filter_chains[0].filters[0].typed_config.http_filters[0]";
+    let cases: Vec<(XdsLocalRateLimit, String)> = vec![
+        (
+            XdsLocalRateLimit {
+                descriptors: vec![LocalRateLimitDescriptor::default()],
+                ..limit(1)
+            },
+            format!("{hcm}.typed_config.descriptors: not supported by legate"),
+        ),
+        (
+            XdsLocalRateLimit {
+                local_rate_limit_per_downstream_connection: true,
+                ..limit(1)
+            },
+            format!(
+                "{hcm}.typed_config.local_rate_limit_per_downstream_connection: not supported by legate"
+            ),
+        ),
+        (
+            XdsLocalRateLimit {
+                token_bucket: bucket(1, 1, 10),
+                ..limit(1)
+            },
+            format!(
+                "{hcm}.typed_config.token_bucket.fill_interval: must be at least 50 ms (Envoy's limit for local rate limits)"
+            ),
+        ),
+        (
+            XdsLocalRateLimit {
+                token_bucket: bucket(0, 1, 1000),
+                ..limit(1)
+            },
+            format!("{hcm}.typed_config.token_bucket.max_tokens: must be greater than zero"),
+        ),
+        (
+            XdsLocalRateLimit {
+                stat_prefix: String::new(),
+                ..limit(1)
+            },
+            format!("{hcm}.typed_config.stat_prefix: must not be empty"),
+        ),
+    ];
+    for (l, expected) in cases {
+        let mut r = base();
+        edit_hcm(&mut r, |h| h.http_filters.insert(0, rl_filter("rl", &l)));
+        assert_eq!(errors(&r), vec![expected]);
+    }
+
+    // A per-route configuration needs its own bucket.
+    let mut r = base();
+    let no_bucket = XdsLocalRateLimit {
+        token_bucket: None,
+        ..limit(1)
+    };
+    rt(&mut r, 0)
+        .typed_per_filter_config
+        .insert("rl".to_owned(), any(type_url::LOCAL_RATE_LIMIT, &no_bucket));
+    assert_eq!(
+        errors(&r),
+        vec![
+            "route configuration 'rc1': virtual_hosts[0].routes[0].typed_per_filter_config[\"rl\"].token_bucket: required in a per-route configuration"
+        ]
+    );
+
+    // Two filters with one name could not be told apart by per-route overrides.
+    let mut r = base();
+    edit_hcm(&mut r, |h| {
+        h.http_filters.insert(0, rl_filter("rl", &limit(1)));
+        h.http_filters.insert(0, rl_filter("rl", &limit(2)));
+    });
+    assert_eq!(
+        errors(&r),
+        vec![
+            "listener 'l1': filter_chains[0].filters[0].typed_config.http_filters[1].name: duplicate http filter name 'rl'"
+        ]
+    );
+}
