@@ -235,7 +235,7 @@ async fn route_and_forward(
         if let crate::filters::Decision::Reply(cause, res) = decision {
             ctx.shared.local_reply(cause).inc();
             trail.route = route.map(|r| r.name.clone());
-            return Ok(res);
+            return Ok(*res);
         }
     }
     let (Some(vhost), Some(route)) = (vhost, route) else {

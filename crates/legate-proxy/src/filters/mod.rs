@@ -49,7 +49,7 @@ enum Runtime {
 pub(crate) enum Decision {
     Continue,
     /// Answered here, for this cause (also in `x-legate-error` and the access log flags).
-    Reply(ProxyError, Response<ResponseBody>),
+    Reply(ProxyError, Box<Response<ResponseBody>>),
 }
 
 /// Headers filters add to the response once it is there (the router's or a local one).
@@ -266,5 +266,5 @@ pub(crate) fn local_reply(
     *res.status_mut() = status;
     crate::headers::apply(res.headers_mut(), &[], add);
     std::mem::take(out).apply(res.headers_mut());
-    Decision::Reply(cause, res)
+    Decision::Reply(cause, Box::new(res))
 }
