@@ -318,3 +318,74 @@ async fn access_logs_agree_with_envoy() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Local rate limiting: the mesh's `policies.rate_limit` on Envoy and on legate
+
+/// What each of `n` requests got: status, `x-ratelimit-limit`, `x-ratelimit-remaining` and
+/// `x-ratelimit-reset`.
+async fn rate_limited_answers(
+    addr: SocketAddr,
+    n: usize,
+) -> Vec<(u16, Option<String>, Option<String>, Option<String>)> {
+    let http = HttpClient::http1();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let r = http.get(&format!("http://{addr}/payments/x")).await;
+        let h = |name: &str| r.header(name).map(str::to_owned);
+        out.push((
+            r.status.as_u16(),
+            h("x-ratelimit-limit"),
+            h("x-ratelimit-remaining"),
+            h("x-ratelimit-reset"),
+        ));
+    }
+    out
+}
+
+#[tokio::test]
+async fn rate_limit_policy_limits_the_same_on_envoy_and_legate() {
+    let v1 = Upstream::start("payments", "v1", Protocol::Http1).await;
+    let mesh = format!(
+        r#"
+proxy:
+  listener: {{name: outbound, address: 127.0.0.1:0}}
+services:
+  - name: payments
+    endpoints: [{{address: {}}}]
+    route: {{prefix: /payments/, rewrite: /}}
+    policies:
+      # Three at once, then one a minute: the test never sees a refill.
+      rate_limit: {{requests: 1, per: 60s, burst: 3}}
+"#,
+        v1.addr()
+    );
+    let envoy_xds = XdsServer::start().await;
+    let pushes = envoy_xds.set_mesh(&mesh);
+    let envoy = Envoy::start_ads(envoy_xds.addr(), EnvoyAds::Sotw, "envoy-1", "envoys").await;
+    envoy_xds
+        .wait_all_acked(&pushes, Duration::from_secs(30))
+        .await;
+    for t in ALL_TYPES {
+        let nacks = envoy_xds.nacks_for(t);
+        assert!(nacks.is_empty(), "Envoy NACKed {t}: {nacks:?}");
+    }
+    let legate_xds = XdsServer::start().await;
+    let pushes = legate_xds.set_mesh(&mesh);
+    let legate = Legate::start_xds(&XdsFlags::new(&legate_xds.url(), Mode::Sotw)).await;
+    legate_xds
+        .wait_all_acked(&pushes, Duration::from_secs(30))
+        .await;
+
+    let e = rate_limited_answers(envoy.listener("outbound").await, 5).await;
+    let l = rate_limited_answers(legate.listener_addr("outbound").await, 5).await;
+    let statuses = |v: &[(u16, Option<String>, Option<String>, Option<String>)]| {
+        v.iter().map(|a| a.0).collect::<Vec<_>>()
+    };
+    assert_eq!(statuses(&e), vec![200, 200, 200, 429, 429], "envoy {e:?}");
+    assert_eq!(statuses(&l), statuses(&e), "legate {l:?}\nenvoy {e:?}");
+    // The same headers too: the reset is 0 while a token is left, else the seconds until
+    // the next one (60, rounded up, on both within the test's first second).
+    assert_eq!(l, e, "legate {l:?}\nenvoy  {e:?}");
+    assert_eq!(v1.requests().await, 6, "three from each proxy");
+}

@@ -108,6 +108,9 @@ async fn burst_then_429_with_headers_then_refill() {
         assert_eq!(outcome(&r), (200, None), "{}", rig.describe());
         assert_eq!(r.header("x-ratelimit-limit"), Some("3"));
         assert_eq!(r.header("x-ratelimit-remaining"), Some(remaining));
+        // As Envoy: 0 while a token is left, else the seconds until the next one.
+        let reset = r.header("x-ratelimit-reset").expect("x-ratelimit-reset");
+        assert_eq!(reset == "0", remaining != "0", "reset {reset}");
         assert_eq!(r.header("x-limited"), None);
     }
     let (r, _) = rig.get("/").await;

@@ -56,9 +56,14 @@ impl RateLimiter {
                 HeaderValue::from(bucket.config().max_tokens),
             );
             out.push(X_RATELIMIT_REMAINING, HeaderValue::from(taken.remaining));
-            // Whole seconds until the next token, rounded up (at least 1 s while empty).
-            let nanos = taken.next_token.as_nanos();
-            let secs = u64::try_from(nanos.div_ceil(1_000_000_000)).unwrap_or(u64::MAX);
+            // As Envoy: 0 while a token is left, else whole seconds until the next one,
+            // rounded up.
+            let secs = if taken.remaining > 0 {
+                0
+            } else {
+                u64::try_from(taken.next_token.as_nanos().div_ceil(1_000_000_000))
+                    .unwrap_or(u64::MAX)
+            };
             out.push(X_RATELIMIT_RESET, HeaderValue::from(secs));
         }
         if taken.allowed {
