@@ -225,7 +225,14 @@ async fn per_route_override_and_disable() {
             },
         ),
     );
-    let routes = &mut res.route_configs[0].virtual_hosts[0].routes;
+    let rc = &mut res.route_configs[0];
+    // The route configuration's own limit replaces the listener's where nothing more
+    // specific says otherwise.
+    rc.typed_per_filter_config.insert(
+        FILTER.to_owned(),
+        any(type_url::LOCAL_RATE_LIMIT, &limit(50, 60_000)),
+    );
+    let routes = &mut rc.virtual_hosts[0].routes;
     routes.insert(0, free);
     routes.insert(0, strict);
     let rig = Rig::start(&res).await;
@@ -244,11 +251,11 @@ async fn per_route_override_and_disable() {
             "the filter is disabled here"
         );
     }
-    // Other routes use the listener's bucket, which /strict did not take from.
+    // Other routes use the route configuration's bucket, which /strict did not take from.
     let (r, _) = rig.get("/other").await;
     assert_eq!(outcome(&r), (200, None));
-    assert_eq!(r.header("x-ratelimit-limit"), Some("100"));
-    assert_eq!(r.header("x-ratelimit-remaining"), Some("99"));
+    assert_eq!(r.header("x-ratelimit-limit"), Some("50"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("49"));
     assert_eq!(a.requests().await, 7);
 }
 

@@ -226,6 +226,7 @@ async fn route_and_forward(
         let decision = view.filters.decode(
             crate::filters::Request {
                 headers: req.headers_mut(),
+                routes: &view.routes,
                 vhost,
                 route,
             },

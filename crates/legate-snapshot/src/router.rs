@@ -48,6 +48,7 @@ impl RouteConfig {
             request_headers_to_add: Vec::new(),
             request_headers_to_remove: Vec::new(),
             response_headers_to_remove: Vec::new(),
+            per_filter: Arc::from([]),
             domain_index,
         }
     }

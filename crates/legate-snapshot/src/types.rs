@@ -185,6 +185,9 @@ pub struct RouteConfig {
     pub request_headers_to_remove: Vec<HeaderName>,
     #[serde(serialize_with = "http_serde::names")]
     pub response_headers_to_remove: Vec<HeaderName>,
+    /// `typed_per_filter_config`: overrides of the listener's HTTP filters for every
+    /// virtual host that has none of its own.
+    pub per_filter: crate::filter::PerFilterConfigs,
     /// Domain lookup table derived from `virtual_hosts` (see [`crate::router::DomainIndex`]):
     /// built by [`RouteConfig::new`], or on first lookup when the struct is written out by
     /// hand. Never compared nor serialized; rebuild it (`DomainIndex::default()`) after

@@ -71,6 +71,7 @@ impl ResponseHeaders {
 /// What a request's filters see of it.
 pub(crate) struct Request<'a> {
     pub(crate) headers: &'a mut HeaderMap,
+    pub(crate) routes: &'a RouteConfig,
     pub(crate) vhost: Option<&'a VirtualHost>,
     pub(crate) route: Option<&'a Route>,
 }
@@ -88,7 +89,7 @@ impl Chain {
         flags: &mut ResponseFlags,
     ) -> Decision {
         for f in &self.filters {
-            let Some(runtime) = f.pick(req.vhost, req.route) else {
+            let Some(runtime) = f.pick(req.routes, req.vhost, req.route) else {
                 continue;
             };
             let decision = match runtime {
@@ -105,11 +106,18 @@ impl Chain {
 
 impl Filter {
     /// The configuration in force for this request: the route's, else the virtual host's,
-    /// else the listener's unless the listener disables the filter.
-    fn pick(&self, vhost: Option<&VirtualHost>, route: Option<&Route>) -> Option<&Runtime> {
+    /// else the route configuration's, else the listener's unless the listener disables
+    /// the filter.
+    fn pick(
+        &self,
+        routes: &RouteConfig,
+        vhost: Option<&VirtualHost>,
+        route: Option<&Route>,
+    ) -> Option<&Runtime> {
         let specific = route
             .and_then(|r| per_filter(&r.per_filter, &self.name))
-            .or_else(|| vhost.and_then(|v| per_filter(&v.per_filter, &self.name)));
+            .or_else(|| vhost.and_then(|v| per_filter(&v.per_filter, &self.name)))
+            .or_else(|| per_filter(&routes.per_filter, &self.name));
         match specific {
             Some(PerFilterConfig::Disabled) => None,
             Some(PerFilterConfig::Enabled) => Some(&self.listener),
@@ -187,6 +195,10 @@ impl Builder {
             } = f;
             let runtime = self.runtime(listener, name, "", config, rate_limited);
             let mut overrides = HashMap::new();
+            if let Some(PerFilterConfig::Config(kind)) = per_filter(&routes.per_filter, name) {
+                let rt = self.runtime(listener, name, "routes", kind, rate_limited);
+                overrides.insert(kind_key(kind), rt);
+            }
             for vh in &routes.virtual_hosts {
                 if let Some(PerFilterConfig::Config(kind)) = per_filter(&vh.per_filter, name) {
                     let scope = format!("vhost:{}", vh.name);

@@ -184,6 +184,7 @@ fn domain_index_builds_lazily_for_hand_built_configs() {
         request_headers_to_add: Vec::new(),
         request_headers_to_remove: Vec::new(),
         response_headers_to_remove: Vec::new(),
+        per_filter: Arc::from([]),
         domain_index: DomainIndex::default(),
     };
     assert!(!rc.domain_index.is_built());

@@ -111,8 +111,7 @@ pub(super) fn route_config_in(
     refuse!(cx, base;
         vhds, internal_only_headers, most_specific_header_mutations_wins,
         cluster_specifier_plugins, request_mirror_policies, ignore_port_in_host_matching,
-        vhost_header, ignore_path_parameters_in_path_matching, typed_per_filter_config,
-        route_specifiers,
+        vhost_header, ignore_path_parameters_in_path_matching, route_specifiers,
     );
     let max_body = max_direct_response_body_size_bytes
         .map_or(DEFAULT_MAX_DIRECT_RESPONSE_BODY, |UInt32Value { value }| {
@@ -136,6 +135,7 @@ pub(super) fn route_config_in(
         .collect();
 
     let mut config = RouteConfig::new(name.as_str(), vhosts);
+    config.per_filter = super::filter::per_filter_configs(cx, base, typed_per_filter_config);
     config.request_headers_to_add =
         headers_to_add(cx, base, "request_headers_to_add", request_headers_to_add);
     config.response_headers_to_add =

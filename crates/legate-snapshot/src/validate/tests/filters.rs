@@ -226,6 +226,18 @@ fn refused_with_their_paths() {
         assert_eq!(errors(&r), vec![expected]);
     }
 
+    // So is a route configuration's entry, at its own path.
+    let mut r = base();
+    r.route_configs[0]
+        .typed_per_filter_config
+        .insert("cors".to_owned(), Any::default());
+    assert_eq!(
+        errors(&r),
+        vec![
+            "route configuration 'rc1': typed_per_filter_config[\"cors\"]: filter type '' is not supported by legate"
+        ]
+    );
+
     // A per-route configuration needs its own bucket.
     let mut r = base();
     let no_bucket = XdsLocalRateLimit {
