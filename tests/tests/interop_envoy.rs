@@ -324,10 +324,9 @@ async fn access_logs_agree_with_envoy() {
 
 /// What each of `n` requests got: status, `x-ratelimit-limit`, `x-ratelimit-remaining` and
 /// `x-ratelimit-reset`.
-async fn rate_limited_answers(
-    addr: SocketAddr,
-    n: usize,
-) -> Vec<(u16, Option<String>, Option<String>, Option<String>)> {
+type RateLimitAnswer = (u16, Option<String>, Option<String>, Option<String>);
+
+async fn rate_limited_answers(addr: SocketAddr, n: usize) -> Vec<RateLimitAnswer> {
     let http = HttpClient::http1();
     let mut out = Vec::new();
     for _ in 0..n {
@@ -379,9 +378,7 @@ services:
 
     let e = rate_limited_answers(envoy.listener("outbound").await, 5).await;
     let l = rate_limited_answers(legate.listener_addr("outbound").await, 5).await;
-    let statuses = |v: &[(u16, Option<String>, Option<String>, Option<String>)]| {
-        v.iter().map(|a| a.0).collect::<Vec<_>>()
-    };
+    let statuses = |v: &[RateLimitAnswer]| v.iter().map(|a| a.0).collect::<Vec<_>>();
     assert_eq!(statuses(&e), vec![200, 200, 200, 429, 429], "envoy {e:?}");
     assert_eq!(statuses(&l), statuses(&e), "legate {l:?}\nenvoy {e:?}");
     // The same headers too: the reset is 0 while a token is left, else the seconds until

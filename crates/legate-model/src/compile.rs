@@ -1413,7 +1413,9 @@ services:
         let filters = &snapshot.listeners[0].http_filters;
         assert_eq!(filters.len(), 1);
         assert_eq!(&*filters[0].name, names::LOCAL_RATE_LIMIT);
-        let FilterKind::LocalRateLimit(l) = &filters[0].config;
+        let FilterKind::LocalRateLimit(l) = &filters[0].config else {
+            panic!("a local rate limit");
+        };
         assert_eq!(
             l.token_bucket, None,
             "the listener's filter limits nothing itself"

@@ -67,6 +67,9 @@ pub enum ProxyError {
     /// 429 by default).
     #[error("local rate limit exceeded")]
     RateLimited,
+    /// `envoy.filters.http.fault` aborted the request (status: the fault's).
+    #[error("fault filter abort")]
+    FaultAbort,
 }
 
 impl ProxyError {
@@ -96,6 +99,7 @@ impl ProxyError {
             ProxyError::BadRequest => "bad-request",
             ProxyError::UpgradeNotAllowed => "upgrade-not-allowed",
             ProxyError::RateLimited => "rate-limited",
+            ProxyError::FaultAbort => "fault-abort",
         }
     }
 
@@ -105,6 +109,7 @@ impl ProxyError {
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::UpgradeNotAllowed => StatusCode::FORBIDDEN,
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::FaultAbort => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ClusterNotFound
             | ProxyError::NoHealthyUpstream
             | ProxyError::ConnectFailure
@@ -128,7 +133,7 @@ impl ProxyError {
     }
 
     /// Every variant, for metric pre-registration.
-    pub const ALL: [ProxyError; 23] = [
+    pub const ALL: [ProxyError; 24] = [
         ProxyError::NoRoute,
         ProxyError::ClusterNotFound,
         ProxyError::NoHealthyUpstream,
@@ -152,6 +157,7 @@ impl ProxyError {
         ProxyError::BadRequest,
         ProxyError::UpgradeNotAllowed,
         ProxyError::RateLimited,
+        ProxyError::FaultAbort,
     ];
 
     /// Whether the upstream provably never received the request, so even a
@@ -203,6 +209,8 @@ impl ResponseFlags {
     pub const UC: Self = Self(1 << 6);
     pub const UO: Self = Self(1 << 7);
     pub const NR: Self = Self(1 << 8);
+    pub const DI: Self = Self(1 << 9);
+    pub const FI: Self = Self(1 << 10);
     pub const RL: Self = Self(1 << 11);
     pub const DC: Self = Self(1 << 14);
     pub const URX: Self = Self(1 << 15);
@@ -212,7 +220,7 @@ impl ResponseFlags {
     pub const NC: Self = Self(1 << 24);
 
     /// Envoy's order (its `CoreResponseFlag` enum) and short codes.
-    const CODES: [(Self, &'static str); 14] = [
+    const CODES: [(Self, &'static str); 16] = [
         (Self::UH, "UH"),
         (Self::UT, "UT"),
         (Self::UR, "UR"),
@@ -220,6 +228,8 @@ impl ResponseFlags {
         (Self::UC, "UC"),
         (Self::UO, "UO"),
         (Self::NR, "NR"),
+        (Self::DI, "DI"),
+        (Self::FI, "FI"),
         (Self::RL, "RL"),
         (Self::DC, "DC"),
         (Self::URX, "URX"),
@@ -279,6 +289,7 @@ impl ProxyError {
             ProxyError::BadRequest => ResponseFlags::DPE,
             ProxyError::UpgradeNotAllowed => ResponseFlags::default(),
             ProxyError::RateLimited => ResponseFlags::RL,
+            ProxyError::FaultAbort => ResponseFlags::FI,
         }
     }
 

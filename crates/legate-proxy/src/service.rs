@@ -223,16 +223,19 @@ async fn route_and_forward(
     // matched (then with their listener configuration).
     let mut added = crate::filters::ResponseHeaders::default();
     if !view.filters.is_empty() {
-        let decision = view.filters.decode(
-            crate::filters::Request {
-                headers: req.headers_mut(),
-                routes: &view.routes,
-                vhost,
-                route,
-            },
-            &mut added,
-            &mut trail.flags,
-        );
+        let decision = view
+            .filters
+            .decode(
+                crate::filters::Request {
+                    headers: req.headers_mut(),
+                    routes: &view.routes,
+                    vhost,
+                    route,
+                },
+                &mut added,
+                &mut trail.flags,
+            )
+            .await;
         if let crate::filters::Decision::Reply(cause, res) = decision {
             ctx.shared.local_reply(cause).inc();
             trail.route = route.map(|r| r.name.clone());

@@ -31,6 +31,8 @@ pub struct HttpFilter {
 pub enum FilterKind {
     /// `envoy.filters.http.local_ratelimit`.
     LocalRateLimit(Arc<LocalRateLimit>),
+    /// `envoy.filters.http.fault`.
+    Fault(Arc<Fault>),
 }
 
 /// One `typed_per_filter_config` entry.
@@ -80,6 +82,49 @@ pub struct LocalRateLimit {
     /// `x-ratelimit-remaining` and `x-ratelimit-reset` on every response of a request the
     /// filter saw.
     pub x_ratelimit_headers: bool,
+}
+
+/// `envoy.extensions.filters.http.fault.v3.HTTPFault`: delay, then abort, a fraction of
+/// requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Fault {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+    /// `max_active_faults`: no new fault while this many are in progress; `None`: no limit.
+    pub max_active_faults: Option<u32>,
+}
+
+/// `FaultDelay`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FaultDelay {
+    /// `fixed_delay`, or `None` for `header_delay` (`x-envoy-fault-delay-request`, in ms).
+    pub fixed: Option<Duration>,
+    pub percentage: Fraction,
+}
+
+/// `FaultAbort`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FaultAbort {
+    /// `http_status`, or `None` for `header_abort` (`x-envoy-fault-abort-request`).
+    pub http_status: Option<u16>,
+    pub percentage: Fraction,
+}
+
+/// A `FractionalPercent` kept as written: a header-controlled fault's percentage header
+/// is a numerator over the configured denominator, capped at the configured numerator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Fraction {
+    pub numerator: u32,
+    /// 100, 10 000 or 1 000 000.
+    pub denominator: u32,
+}
+
+impl Fraction {
+    /// Parts per million, at most 1 000 000.
+    pub fn ppm(self) -> u32 {
+        let scale = 1_000_000 / self.denominator.max(1);
+        self.numerator.saturating_mul(scale).min(1_000_000)
+    }
 }
 
 /// `type.v3.TokenBucket`: `max_tokens` held at most, `tokens_per_fill` added every

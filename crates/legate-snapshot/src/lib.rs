@@ -57,6 +57,7 @@ pub mod type_url {
     pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
     pub const LOCAL_RATE_LIMIT: &str =
         "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+    pub const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
     /// The wrapper a `typed_per_filter_config` entry may use to disable or enable a filter.
     pub const FILTER_CONFIG: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
     pub const UPSTREAM_TLS_CONTEXT: &str =

@@ -6,15 +6,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use legate_snapshot::filter::LocalRateLimit;
 use legate_telemetry::Counter;
 
-use super::{Bucket, Decision, ResponseHeaders};
+use super::{Bucket, Decision, ResponseHeaders, chance};
 use crate::error::ProxyError;
 
 const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-
-/// Parts per million: 100 %.
-const ALL: u32 = 1_000_000;
 
 #[derive(Debug)]
 pub(super) struct RateLimiter {
@@ -84,14 +81,5 @@ impl RateLimiter {
             &self.config.response_headers_to_add,
             out,
         )
-    }
-}
-
-/// Whether this request falls in a fraction of `ppm` parts per million.
-fn chance(ppm: u32) -> bool {
-    match ppm {
-        0 => false,
-        p if p >= ALL => true,
-        p => fastrand::u32(..ALL) < p,
     }
 }

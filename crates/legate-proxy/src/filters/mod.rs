@@ -7,6 +7,7 @@
 //! ([`Buckets`]); the request path only reads what was resolved then.
 
 mod bucket;
+mod fault;
 mod local_ratelimit;
 
 use std::collections::HashMap;
@@ -43,6 +44,17 @@ struct Filter {
 #[derive(Debug)]
 enum Runtime {
     LocalRateLimit(RateLimiter),
+    Fault(fault::Injector),
+}
+
+/// Whether this request falls in a fraction of `ppm` parts per million.
+fn chance(ppm: u32) -> bool {
+    const ALL: u32 = 1_000_000;
+    match ppm {
+        0 => false,
+        p if p >= ALL => true,
+        p => fastrand::u32(..ALL) < p,
+    }
 }
 
 /// Where a filter's decision leaves the request.
@@ -82,7 +94,7 @@ impl Chain {
     }
 
     /// Run the filters in order until one answers.
-    pub(crate) fn decode(
+    pub(crate) async fn decode(
         &self,
         req: Request<'_>,
         out: &mut ResponseHeaders,
@@ -94,6 +106,7 @@ impl Chain {
             };
             let decision = match runtime {
                 Runtime::LocalRateLimit(r) => r.decode(req.headers, out),
+                Runtime::Fault(f) => f.decode(req.headers, out, flags).await,
             };
             if let Decision::Reply(cause, _) = &decision {
                 flags.insert(cause.response_flag());
@@ -131,6 +144,7 @@ impl Filter {
 fn kind_key(kind: &FilterKind) -> usize {
     match kind {
         FilterKind::LocalRateLimit(c) => Arc::as_ptr(c) as usize,
+        FilterKind::Fault(c) => Arc::as_ptr(c) as usize,
     }
 }
 
@@ -251,6 +265,7 @@ impl Builder {
                     rate_limited.clone(),
                 ))
             }
+            FilterKind::Fault(config) => Runtime::Fault(fault::Injector::new(config.clone())),
         }
     }
 

@@ -21,9 +21,16 @@ use prost::Message;
 
 use super::common::{Ctx, at, duration, enum_value, headers_to_add, join, refuse};
 use crate::filter::{
-    FilterKind, HttpFilter, LocalRateLimit, PerFilterConfig, PerFilterConfigs, TokenBucket,
+    Fault, FaultAbort, FaultDelay, FilterKind, Fraction, HttpFilter, LocalRateLimit,
+    PerFilterConfig, PerFilterConfigs, TokenBucket,
 };
 use crate::type_url;
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::FaultDelay as XdsFaultDelay;
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+    FaultAbort as XdsFaultAbort, HttpFault as XdsHttpFault,
+};
 
 /// Envoy refuses a local rate limit bucket that refills more often than this.
 const MIN_FILL_INTERVAL: Duration = Duration::from_millis(50);
@@ -150,8 +157,126 @@ fn filter_kind(
                 None
             }
         }),
+        type_url::FAULT => Some(match XdsHttpFault::decode(value.as_slice()) {
+            Ok(f) => fault(cx, field, &f).map(|f| FilterKind::Fault(Arc::new(f))),
+            Err(e) => {
+                cx.err(field, format!("cannot decode HTTPFault: {e}"));
+                None
+            }
+        }),
         _ => None,
     }
+}
+
+fn fault(cx: &mut Ctx, field: &str, f: &XdsHttpFault) -> Option<Fault> {
+    let XdsHttpFault {
+        delay,
+        abort,
+        upstream_cluster,
+        headers,
+        downstream_nodes,
+        max_active_faults,
+        response_rate_limit,
+        // Ignored: legate has no runtime layer; Envoy without a value for the key uses the
+        // configured one too.
+        delay_percent_runtime: _,
+        abort_percent_runtime: _,
+        delay_duration_runtime: _,
+        abort_http_status_runtime: _,
+        max_active_faults_runtime: _,
+        response_rate_limit_percent_runtime: _,
+        abort_grpc_status_runtime: _,
+        // Ignored: statistics only.
+        disable_downstream_cluster_stats: _,
+        filter_metadata,
+    } = f;
+    let before = cx.error_count();
+    refuse!(cx, field; upstream_cluster, headers, downstream_nodes, response_rate_limit, filter_metadata);
+    let delay = delay.as_ref().and_then(|d| {
+        let f = join(field, "delay");
+        let XdsFaultDelay {
+            percentage,
+            fault_delay_secifier,
+        } = d;
+        let fixed = match fault_delay_secifier {
+            Some(FaultDelaySecifier::FixedDelay(d)) => {
+                Some(duration(cx, &join(&f, "fixed_delay"), d)?)
+            }
+            Some(FaultDelaySecifier::HeaderDelay(_)) => None,
+            None => {
+                cx.err(&f, "one of fixed_delay or header_delay is required");
+                return None;
+            }
+        };
+        Some(FaultDelay {
+            fixed,
+            percentage: fraction(cx, &join(&f, "percentage"), percentage.as_ref())?,
+        })
+    });
+    let abort = abort.as_ref().and_then(|a| {
+        let f = join(field, "abort");
+        let XdsFaultAbort {
+            percentage,
+            response_body,
+            error_type,
+        } = a;
+        refuse!(cx, &f; response_body);
+        let http_status = match error_type {
+            Some(ErrorType::HttpStatus(code)) => match u16::try_from(*code) {
+                Ok(c) if (200..600).contains(&c) => Some(c),
+                _ => {
+                    cx.err(
+                        join(&f, "http_status"),
+                        format!("{code} is not in 200..600"),
+                    );
+                    return None;
+                }
+            },
+            Some(ErrorType::HeaderAbort(_)) => None,
+            Some(ErrorType::GrpcStatus(_)) => {
+                cx.unsupported(&f, "grpc_status");
+                return None;
+            }
+            None => {
+                cx.err(&f, "one of http_status or header_abort is required");
+                return None;
+            }
+        };
+        Some(FaultAbort {
+            http_status,
+            percentage: fraction(cx, &join(&f, "percentage"), percentage.as_ref())?,
+        })
+    });
+    let out = Fault {
+        delay,
+        abort,
+        max_active_faults: max_active_faults.map(|UInt32Value { value }| value),
+    };
+    (cx.error_count() == before).then_some(out)
+}
+
+/// A `FractionalPercent` as written; unset is 0 %, as in Envoy.
+fn fraction(cx: &mut Ctx, field: &str, p: Option<&FractionalPercent>) -> Option<Fraction> {
+    let Some(FractionalPercent {
+        numerator,
+        denominator,
+    }) = p.copied()
+    else {
+        return Some(Fraction {
+            numerator: 0,
+            denominator: 100,
+        });
+    };
+    let denominator =
+        match enum_value::<DenominatorType>(cx, &join(field, "denominator"), denominator)? {
+            DenominatorType::Hundred => 100,
+            DenominatorType::TenThousand => 10_000,
+            DenominatorType::Million => 1_000_000,
+        };
+    Some(Fraction {
+        numerator: numerator.min(denominator),
+        denominator,
+    })
 }
 
 /// `typed_per_filter_config` of a virtual host or route. Entries are sorted by name so the

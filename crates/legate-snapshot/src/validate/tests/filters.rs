@@ -80,7 +80,9 @@ fn local_rate_limit_is_kept_in_order_before_the_router() {
     assert_eq!(f.len(), 2);
     assert_eq!(&*f[0].name, "first");
     assert!(!f[0].disabled);
-    let FilterKind::LocalRateLimit(l) = &f[0].config;
+    let FilterKind::LocalRateLimit(l) = &f[0].config else {
+        panic!("a local rate limit");
+    };
     assert_eq!(
         **l,
         LocalRateLimit {
@@ -115,7 +117,9 @@ fn local_rate_limit_defaults_are_envoys() {
         h.http_filters.insert(0, rl_filter("rl", &l));
     });
     let s = ok(&r);
-    let FilterKind::LocalRateLimit(l) = &s.listeners[0].http_filters[0].config;
+    let FilterKind::LocalRateLimit(l) = &s.listeners[0].http_filters[0].config else {
+        panic!("a local rate limit");
+    };
     assert_eq!(l.status, 429);
     assert_eq!(l.token_bucket, None);
     // filter_enabled and filter_enforced: 0 % unless set.
@@ -266,4 +270,127 @@ fn refused_with_their_paths() {
             "listener 'l1': filter_chains[0].filters[0].typed_config.http_filters[1].name: duplicate http filter name 'rl'"
         ]
     );
+}
+
+mod fault {
+    use envoy_types::pb::envoy::config::route::v3::HeaderMatcher;
+    use envoy_types::pb::envoy::extensions::filters::common::fault::v3::FaultDelay as XdsDelay;
+    use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::{
+        FaultDelaySecifier, HeaderDelay,
+    };
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+        FaultAbort as XdsAbort, HttpFault,
+    };
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpFilter, http_filter,
+    };
+    use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+
+    use super::super::{any, base, edit_hcm, errors, ok};
+    use crate::filter::{Fault, FaultAbort, FaultDelay, FilterKind, Fraction};
+    use crate::type_url;
+
+    fn filter(f: &HttpFault) -> HttpFilter {
+        HttpFilter {
+            name: "envoy.filters.http.fault".to_owned(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                type_url::FAULT,
+                f,
+            ))),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn delay_abort_and_max_active_faults() {
+        let mut r = base();
+        let f = HttpFault {
+            delay: Some(XdsDelay {
+                percentage: Some(FractionalPercent {
+                    numerator: 5,
+                    denominator: 1,
+                }),
+                fault_delay_secifier: Some(FaultDelaySecifier::HeaderDelay(HeaderDelay {})),
+            }),
+            abort: Some(XdsAbort {
+                // Above the denominator: 100 %.
+                percentage: Some(FractionalPercent {
+                    numerator: 150,
+                    denominator: 0,
+                }),
+                error_type: Some(ErrorType::HttpStatus(503)),
+                ..Default::default()
+            }),
+            max_active_faults: Some(UInt32Value { value: 2 }),
+            ..Default::default()
+        };
+        edit_hcm(&mut r, |h| h.http_filters.insert(0, filter(&f)));
+        let s = ok(&r);
+        let FilterKind::Fault(f) = &s.listeners[0].http_filters[0].config else {
+            panic!("a fault filter");
+        };
+        assert_eq!(
+            **f,
+            Fault {
+                delay: Some(FaultDelay {
+                    fixed: None,
+                    percentage: Fraction {
+                        numerator: 5,
+                        denominator: 10_000
+                    },
+                }),
+                abort: Some(FaultAbort {
+                    http_status: Some(503),
+                    percentage: Fraction {
+                        numerator: 100,
+                        denominator: 100
+                    },
+                }),
+                max_active_faults: Some(2),
+            }
+        );
+        assert_eq!(f.delay.as_ref().map(|d| d.percentage.ppm()), Some(500));
+    }
+
+    #[test]
+    fn refused_with_their_paths() {
+        let at =
+            "listener 'l1': filter_chains[0].filters[0].typed_config.http_filters[0].typed_config";
+        let cases = [
+            (
+                HttpFault {
+                    headers: vec![HeaderMatcher::default()],
+                    ..Default::default()
+                },
+                format!("{at}.headers: not supported by legate"),
+            ),
+            (
+                HttpFault {
+                    abort: Some(XdsAbort {
+                        error_type: Some(ErrorType::GrpcStatus(14)),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                format!("{at}.abort.grpc_status: not supported by legate"),
+            ),
+            (
+                HttpFault {
+                    abort: Some(XdsAbort {
+                        error_type: Some(ErrorType::HttpStatus(700)),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                format!("{at}.abort.http_status: 700 is not in 200..600"),
+            ),
+        ];
+        for (f, expected) in cases {
+            let mut r = base();
+            edit_hcm(&mut r, |h| h.http_filters.insert(0, filter(&f)));
+            assert_eq!(errors(&r), vec![expected]);
+        }
+    }
 }
