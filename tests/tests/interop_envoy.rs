@@ -320,7 +320,8 @@ async fn access_logs_agree_with_envoy() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Local rate limiting: the mesh's `policies.rate_limit` on Envoy and on legate
+// Local rate limiting and fault injection: the mesh's `policies.rate_limit` and
+// `policies.fault` on Envoy and on legate
 
 /// What each of `n` requests got: status, `x-ratelimit-limit`, `x-ratelimit-remaining` and
 /// `x-ratelimit-reset`.
@@ -343,7 +344,7 @@ async fn rate_limited_answers(addr: SocketAddr, n: usize) -> Vec<RateLimitAnswer
 }
 
 #[tokio::test]
-async fn rate_limit_policy_limits_the_same_on_envoy_and_legate() {
+async fn rate_limit_and_fault_policies_act_the_same_on_envoy_and_legate() {
     let v1 = Upstream::start("payments", "v1", Protocol::Http1).await;
     let mesh = format!(
         r#"
@@ -356,7 +357,13 @@ services:
     policies:
       # Three at once, then one a minute: the test never sees a refill.
       rate_limit: {{requests: 1, per: 60s, burst: 3}}
+  - name: chaos
+    endpoints: [{{address: {}}}]
+    route: {{prefix: /chaos/, rewrite: /}}
+    policies:
+      fault: {{delay: {{duration: 200ms}}, abort: {{status: 418}}}}
 "#,
+        v1.addr(),
         v1.addr()
     );
     let envoy_xds = XdsServer::start().await;
@@ -385,4 +392,25 @@ services:
     // the next one (60, rounded up, on both within the test's first second).
     assert_eq!(l, e, "legate {l:?}\nenvoy  {e:?}");
     assert_eq!(v1.requests().await, 6, "three from each proxy");
+
+    // policies.fault: delayed, then aborted with the configured status, on both.
+    for addr in [
+        envoy.listener("outbound").await,
+        legate.listener_addr("outbound").await,
+    ] {
+        let start = std::time::Instant::now();
+        let r = HttpClient::http1()
+            .get(&format!("http://{addr}/chaos/x"))
+            .await;
+        assert_eq!(r.status.as_u16(), 418, "{addr}: {}", r.text());
+        assert!(
+            start.elapsed() >= Duration::from_millis(200),
+            "{addr} delayed"
+        );
+    }
+    assert_eq!(
+        v1.requests().await,
+        6,
+        "aborted requests never reach the upstream"
+    );
 }

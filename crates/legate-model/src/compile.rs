@@ -87,6 +87,7 @@ pub(crate) mod names {
     pub(crate) const FILE_ACCESS_LOG: &str = "envoy.access_loggers.file";
     pub(crate) const ROUTER: &str = "envoy.filters.http.router";
     pub(crate) const LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";
+    pub(crate) const FAULT: &str = "envoy.filters.http.fault";
     pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 }
@@ -124,27 +125,28 @@ fn compile_for(mesh: &Mesh, node_cluster: Option<&str>) -> Resources {
     let tracing = tracing_spec.map(telemetry::hcm_tracing);
     let collector = tracing_spec.map(telemetry::collector_cluster);
     let access_log = telemetry::access_logs(mesh.telemetry.as_ref());
-    // Listeners whose routes limit their rate get the local rate limit filter.
-    let limited: BTreeSet<&str> = mesh
-        .route_configs
-        .iter()
-        .chain(&generated.route_config)
-        .filter(|rc| {
-            rc.virtual_hosts
-                .iter()
-                .flat_map(|vh| &vh.routes)
-                .any(|r| r.rate_limit.is_some())
-        })
-        .map(|rc| rc.name.as_str())
-        .collect();
+    // Listeners whose routes limit their rate or inject faults get those filters.
+    let with = |pick: fn(&Route) -> bool| -> BTreeSet<&str> {
+        mesh.route_configs
+            .iter()
+            .chain(&generated.route_config)
+            .filter(|rc| rc.virtual_hosts.iter().flat_map(|vh| &vh.routes).any(pick))
+            .map(|rc| rc.name.as_str())
+            .collect()
+    };
+    let limited = with(|r| r.rate_limit.is_some());
+    let faulty = with(|r| r.fault.is_some());
     let mut out = Resources {
         listeners: mesh
             .listeners
             .iter()
             .chain(&generated.listener)
             .map(|l| {
-                let rate_limited = limited.contains(l.route_config.as_str());
-                listener(l, tracing.as_ref(), &access_log, rate_limited)
+                let filters = HttpFilters {
+                    fault: faulty.contains(l.route_config.as_str()),
+                    rate_limit: limited.contains(l.route_config.as_str()),
+                };
+                listener(l, tracing.as_ref(), &access_log, filters)
             })
             .collect(),
         route_configs: mesh
@@ -222,6 +224,13 @@ pub(crate) fn split_address(a: &str) -> (String, u16) {
     }
 }
 
+/// The HTTP filters a listener needs before the router.
+#[derive(Clone, Copy)]
+struct HttpFilters {
+    fault: bool,
+    rate_limit: bool,
+}
+
 /// The router, typed config included: Envoy and gRPC both want it as the last HTTP filter.
 pub(crate) fn router_filter() -> HttpFilter {
     HttpFilter {
@@ -238,7 +247,7 @@ fn listener(
     l: &Listener,
     tracing: Option<&Tracing>,
     access_log: &[XdsAccessLog],
-    rate_limited: bool,
+    filters: HttpFilters,
 ) -> XdsListener {
     let hcm = HttpConnectionManager {
         tracing: tracing.cloned(),
@@ -255,11 +264,17 @@ fn listener(
             route_config_name: l.route_config.clone(),
         })),
         // Envoy requires the router, with its typed config, as the last filter.
-        http_filters: if rate_limited {
-            vec![policies::local_rate_limit_filter(&l.name), router_filter()]
-        } else {
-            vec![router_filter()]
-        },
+        // Faults first (Envoy's advice), then the rate limit, then the router.
+        http_filters: [
+            filters.fault.then(policies::fault_filter),
+            filters
+                .rate_limit
+                .then(|| policies::local_rate_limit_filter(&l.name)),
+            Some(router_filter()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
         // The ambassador is the first proxy the request meets: the peer is the client, so
         // it is appended to x-forwarded-for (Envoy does this only with use_remote_address).
         use_remote_address: Some(BoolValue { value: true }),
@@ -421,6 +436,11 @@ pub(crate) fn route(r: &Route) -> XdsRoute {
                     policies::local_rate_limit(rl),
                 )
             })
+            .chain(
+                r.fault
+                    .iter()
+                    .map(|f| (names::FAULT.to_owned(), policies::fault(f))),
+            )
             .collect(),
         ..Default::default()
     }
@@ -1459,6 +1479,62 @@ services:
         let r = compile(&plain);
         let snapshot = legate_snapshot::build("v1", &r).expect("legate accepts it");
         assert!(snapshot.listeners[0].http_filters.is_empty());
+    }
+
+    /// `policies.fault` compiles to the fault filter on the listener (first, without faults
+    /// of its own) and a per-route `HTTPFault`, which legate's snapshot reads back.
+    #[test]
+    fn fault_policy_compiles_to_the_fault_filter() {
+        use legate_snapshot::filter::{FilterKind, Fraction, PerFilterConfig};
+        let text = "\
+services:
+  - name: pay
+    endpoints: [{address: '127.0.0.1:8080'}]
+    policies:
+      rate_limit: {requests: 100, per: 1s}
+      fault:
+        delay: {duration: 50ms, percent: 12.5}
+        abort: {status: 503}
+        max_active: 4
+";
+        let mesh = match crate::load(text, "f.yaml") {
+            Ok(m) => m,
+            Err(errors) => panic!("{errors:?}"),
+        };
+        let snapshot = match legate_snapshot::build("v1", &compile(&mesh)) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        let names: Vec<&str> = snapshot.listeners[0]
+            .http_filters
+            .iter()
+            .map(|f| &*f.name)
+            .collect();
+        assert_eq!(names, vec![names::FAULT, names::LOCAL_RATE_LIMIT]);
+        let rc = snapshot
+            .route_configs
+            .values()
+            .next()
+            .expect("route config");
+        let pay = &rc.virtual_hosts[0].routes[0];
+        let Some((_, PerFilterConfig::Config(FilterKind::Fault(f)))) =
+            pay.per_filter.iter().find(|(n, _)| &**n == names::FAULT)
+        else {
+            panic!("a fault override: {:?}", pay.per_filter);
+        };
+        let delay = f.delay.as_ref().expect("delay");
+        assert_eq!(delay.fixed, Some(Duration::from_millis(50)));
+        assert_eq!(delay.percentage.ppm(), 125_000);
+        let abort = f.abort.as_ref().expect("abort");
+        assert_eq!(abort.http_status, Some(503));
+        assert_eq!(
+            abort.percentage,
+            Fraction {
+                numerator: 1_000_000,
+                denominator: 1_000_000
+            }
+        );
+        assert_eq!(f.max_active_faults, Some(4));
     }
 
     /// `rate_limit` is checked where it is written.

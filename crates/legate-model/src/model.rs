@@ -155,6 +155,9 @@ pub struct Route {
     /// A token bucket of this route's own on each proxy (Envoy's local rate limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Delays and aborts injected on purpose (Envoy's fault filter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
 }
 
 /// At most one of `prefix`, `path`, `regex`, `separated_prefix`; none means `prefix: /`.
@@ -626,6 +629,9 @@ pub struct Policies {
     /// On every route of the service (each canary rule's route has a bucket of its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// On every route of the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
 }
 
 /// The outbound listener every proxy node gets, serving the services' routes.

@@ -145,6 +145,7 @@ impl Service {
                 })),
                 request_headers_to_add: headers_to_add.clone(),
                 rate_limit: self.policies.rate_limit.filter(|_| http),
+                fault: self.policies.fault.filter(|_| http),
                 ..Route::default()
             })
             .collect();
@@ -157,6 +158,7 @@ impl Service {
             forward: Some(finish(self.split())),
             request_headers_to_add: headers_to_add,
             rate_limit: self.policies.rate_limit.filter(|_| http),
+            fault: self.policies.fault.filter(|_| http),
             ..Route::default()
         });
         routes

@@ -296,6 +296,9 @@ impl<'m> Checker<'m> {
         if let Some(rl) = &r.rate_limit {
             self.rate_limit(&format!("{path}.rate_limit"), rl);
         }
+        if let Some(f) = &r.fault {
+            self.fault(&format!("{path}.fault"), f);
+        }
         if let Some(d) = &r.direct_response {
             self.direct_response(&format!("{path}.direct_response"), d);
         }
@@ -929,6 +932,9 @@ impl<'m> Checker<'m> {
         }
         if let Some(rl) = &p.rate_limit {
             self.rate_limit(&format!("{path}.rate_limit"), rl);
+        }
+        if let Some(f) = &p.fault {
+            self.fault(&format!("{path}.fault"), f);
         }
         self.cluster_policies(
             path,
@@ -1895,7 +1901,7 @@ proxy:
                 "m.yaml:5:7: services[0].policies.retry: unknown field `retry`, expected one of \
                  `request_headers_to_add`, `timeout`, `idle_timeout`, `retries`, \
                  `circuit_breakers`, `outlier_detection`, `health_check`, `panic_threshold`, \
-                 `breaker`, `rate_limit`",
+                 `breaker`, `rate_limit`, `fault`",
             ),
             (
                 "services:\n  - name: a\n    endpoints: []\n    policies:\n      retries: 3\n",

@@ -41,12 +41,19 @@ use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
 use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket};
 use envoy_types::pb::google::protobuf::Any;
 
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::FaultDelay as XdsFaultDelay;
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+    FaultAbort as XdsFaultAbort, HttpFault as XdsHttpFault,
+};
+
 use super::{any, duration, header_matcher};
 use crate::{
     Breaker, CircuitBreakers, Cluster, DEFAULT_BACKOFF_BASE, DEFAULT_BREAKER_FAILURE_RATIO,
     DEFAULT_BREAKER_HALF_OPEN_MAX_REQUESTS, DEFAULT_BREAKER_MINIMUM_REQUESTS,
     DEFAULT_BREAKER_OPEN_TIMEOUT, DEFAULT_BREAKER_WINDOW, DEFAULT_HEALTH_CHECK_INTERVAL,
-    DEFAULT_HEALTH_CHECK_TIMEOUT, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_UNHEALTHY_THRESHOLD,
+    DEFAULT_HEALTH_CHECK_TIMEOUT, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_UNHEALTHY_THRESHOLD, Fault,
     HealthCheck, OutlierDetection, RateLimit, Retries, UpstreamProtocol,
 };
 
@@ -366,6 +373,47 @@ pub(crate) fn local_rate_limit(rl: &RateLimit) -> Any {
         ..Default::default()
     };
     any(legate_snapshot::type_url::LOCAL_RATE_LIMIT, &config)
+}
+
+/// The listener's `envoy.filters.http.fault`: no fault of its own, so only routes that carry
+/// a configuration (`typed_per_filter_config`) see faults.
+pub(crate) fn fault_filter() -> HttpFilter {
+    HttpFilter {
+        name: super::names::FAULT.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(
+            legate_snapshot::type_url::FAULT,
+            &XdsHttpFault::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// A percentage (0 to 100, validated) in millionths, Envoy's finest denominator.
+fn per_million(percent: Option<f64>) -> Option<FractionalPercent> {
+    let p = percent.unwrap_or(100.0).clamp(0.0, 100.0);
+    Some(FractionalPercent {
+        // In 0..=1_000_000 by the clamp.
+        numerator: (p * 10_000.0).round() as u32,
+        denominator: DenominatorType::Million.into(),
+    })
+}
+
+/// A route's faults as the filter's per-route configuration.
+pub(crate) fn fault(f: &Fault) -> Any {
+    let config = XdsHttpFault {
+        delay: f.delay.map(|d| XdsFaultDelay {
+            percentage: per_million(d.percent),
+            fault_delay_secifier: Some(FaultDelaySecifier::FixedDelay(duration(d.duration))),
+        }),
+        abort: f.abort.map(|a| XdsFaultAbort {
+            percentage: per_million(a.percent),
+            error_type: Some(ErrorType::HttpStatus(u32::from(a.status))),
+            ..Default::default()
+        }),
+        max_active_faults: f.max_active.map(|value| UInt32Value { value }),
+        ..Default::default()
+    };
+    any(legate_snapshot::type_url::FAULT, &config)
 }
 
 #[cfg(test)]

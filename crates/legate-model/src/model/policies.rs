@@ -527,6 +527,43 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// Faults injected on purpose, for chaos testing: a delay and an abort, each for a
+/// percentage of requests (the delay first). Compiled to Envoy's `envoy.filters.http.fault`,
+/// configured per route.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+    /// No new fault while this many are in progress; no limit when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_active: Option<u32>,
+}
+
+/// Delay `percent` of requests by `duration`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelay {
+    #[serde(with = "crate::units")]
+    pub duration: Duration,
+    /// 0 to 100; default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+}
+
+/// Answer `percent` of requests with `status` instead of forwarding them.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbort {
+    /// 200 to 599.
+    pub status: u16,
+    /// 0 to 100; default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+}
+
 /// A local rate limit: a token bucket that refills `requests` tokens every `per` and holds at
 /// most `burst` (default: `requests`). A request takes one token; without one it is answered
 /// 429 by the proxy with `x-legate-error: rate-limited`, and every answer carries

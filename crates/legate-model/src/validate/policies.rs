@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{Checker, check_value};
 use crate::{
-    Breaker, CircuitBreakers, DEFAULT_BACKOFF_BASE, HealthCheck, OutlierDetection,
+    Breaker, CircuitBreakers, DEFAULT_BACKOFF_BASE, Fault, HealthCheck, OutlierDetection,
     RETRY_CONDITIONS, RateLimit, Retries,
 };
 
@@ -421,6 +421,27 @@ impl Checker<'_> {
         } else {
             self.duration(&format!("{path}.per"), Some(rl.per));
         }
+    }
+
+    /// Faults: a status Envoy can send, percentages from 0 to 100, at least one fault.
+    pub(super) fn fault(&mut self, path: &str, f: &Fault) {
+        if f.delay.is_none() && f.abort.is_none() {
+            self.report(path, "a fault needs `delay` or `abort`");
+        }
+        if let Some(d) = &f.delay {
+            self.duration(&format!("{path}.delay.duration"), Some(d.duration));
+            self.percent_f64(&format!("{path}.delay.percent"), d.percent);
+        }
+        if let Some(a) = &f.abort {
+            if !(200..600).contains(&a.status) {
+                self.report(
+                    format!("{path}.abort.status"),
+                    format!("`status` must be from 200 to 599; found {}", a.status),
+                );
+            }
+            self.percent_f64(&format!("{path}.abort.percent"), a.percent);
+        }
+        self.at_least_one(&format!("{path}.max_active"), f.max_active);
     }
 
     fn breaker(&mut self, path: &str, b: &Breaker) {
