@@ -21,7 +21,10 @@ use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use legate_snapshot::{Resources, type_url};
 use legate_tests::client::{HttpClient, empty};
-use legate_tests::resilience::{Rig, edit_hcm, ms, outcome, route, svc_mesh, timed};
+use legate_tests::resilience::{
+    Rig, SVC, cluster_mut, edit_hcm, ms, outcome, outlier, retry, route, route_action, svc_mesh,
+    timed, u32v,
+};
 use legate_tests::{Protocol, Upstream};
 use prost::Message;
 
@@ -267,4 +270,54 @@ async fn per_route_overrides() {
     assert_eq!(get_with(&rig, "/teapot", &[]).await, (418, fault_abort()));
     assert_eq!(get_with(&rig, "/other", &[]).await, (503, fault_abort()));
     assert_eq!(a.requests().await, 1);
+}
+
+/// Chaos testing: a legate injecting aborts in front of one of two hosts; the client-side
+/// legate retries the injected 503s on the other host and ejects the faulty one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_outlier_ejection_react_to_injected_faults() {
+    let a = Upstream::start("a", "v1", Protocol::Http1).await;
+    let b = Upstream::start("b", "v1", Protocol::Http1).await;
+    // The chaos proxy: every request to `a` through it is aborted with 503.
+    let mut chaos = svc_mesh(&[a.addr()]);
+    with_filter(
+        &mut chaos,
+        &HttpFault {
+            abort: abort(503),
+            ..Default::default()
+        },
+    );
+    let chaos = Rig::start(&chaos).await;
+    // The client's proxy: hosts `chaos` and `b`, one retry on 5xx, ejection after three
+    // 5xx in a row.
+    let mut res = svc_mesh(&[chaos.addr(), b.addr()]);
+    route_action(&mut res).retry_policy = Some(retry("5xx", 1));
+    let mut od = outlier();
+    od.consecutive_5xx = u32v(3);
+    od.enforcing_consecutive_5xx = u32v(100);
+    od.base_ejection_time = Some(ms(60_000));
+    cluster_mut(&mut res, SVC).outlier_detection = Some(od);
+    let rig = Rig::start(&res).await;
+
+    for i in 0..12 {
+        let (r, _) = rig.get("/").await;
+        assert_eq!(outcome(&r), (200, None), "request {i}: {}", rig.describe());
+        assert_eq!(r.upstream(), Some("b"), "request {i}");
+    }
+    assert_eq!(a.requests().await, 0, "the chaos proxy aborted everything");
+    assert_eq!(b.requests().await, 12);
+    // Three injected faults, each retried on b; then the chaos host is ejected and sees
+    // nothing more.
+    assert_eq!(
+        chaos
+            .metric("legate_local_replies_total", &[("reason", "fault-abort")])
+            .await,
+        3.0
+    );
+    assert_eq!(rig.retries().await, 3);
+    assert_eq!(
+        rig.metric("legate_outlier_ejected_hosts", &[("cluster", SVC)])
+            .await,
+        1.0
+    );
 }
