@@ -103,11 +103,16 @@ started() { # name pid
 
 # Polls `check` (a command) every 0.1s until it succeeds, for at most 20s, failing early when
 # process PID exits: only a process this script started may satisfy it.
+# LOG, when set, is the process's log: its first lines (where the error is) are printed when it
+# exits early.
 wait_until() { # name pid what check...
   local name=$1 pid=$2 what=$3
   shift 3
   for _ in $(seq 1 200); do
-    kill -0 "$pid" 2>/dev/null || fail "$name (pid $pid) exited before $what"
+    if ! kill -0 "$pid" 2>/dev/null; then
+      [ -n "${LOG:-}" ] && [ -s "$LOG" ] && head -n 5 "$LOG" | sed 's/^/  | /' >&2
+      fail "$name (pid $pid) exited before $what${LOG:+ (log: $LOG)}"
+    fi
     if "$@"; then return 0; fi
     sleep 0.1
   done
@@ -153,7 +158,7 @@ start_upstream() { # name version port [flags...]
   "$BIN/legate-demo-upstream" --name "$name" --version "$version" --listen "127.0.0.1:$port" \
     "$@" >"$log" 2>&1 &
   started "upstream $name $version" $!
-  wait_until "upstream $name $version" $! "listen on 127.0.0.1:$port" \
+  LOG=$log wait_until "upstream $name $version" $! "listen on 127.0.0.1:$port" \
     file_has "$log" "listening on 127.0.0.1:$port"
 }
 start_upstream payments v1 "${UP_PORTS[0]}"

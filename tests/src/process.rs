@@ -1061,13 +1061,58 @@ pub fn address_in_file(text: &str, name: &str) -> Option<SocketAddr> {
 }
 
 /// A 127.0.0.1 address free at the time of the call (bound, then released), for a process
-/// to bind next. Unlike [`closed_port`] nothing keeps it reserved.
+/// to bind next. Unlike [`closed_port`] nothing keeps it reserved; see [`free_ports`].
 pub fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap_or_else(|error| panic!("cannot bind 127.0.0.1:0: {error}"));
-    listener
-        .local_addr()
-        .unwrap_or_else(|error| panic!("cannot read a bound address: {error}"))
+    let [port] = free_ports::<1>();
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// `N` distinct 127.0.0.1 ports, each free when checked, for processes under test to bind
+/// later. They are taken from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`): a port the kernel picked for a `:0` bind is handed out
+/// again to the next `:0` bind or outgoing connection of any parallel test once released,
+/// which once made a demo upstream fail to listen. Ports below the range are only ever taken
+/// by explicit choice; a counter keeps this process from choosing one twice.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = ephemeral_low().clamp(LOW_PORT + 1024, 65535) as u32;
+    let span = low - LOW_PORT as u32;
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        // Spread parallel test processes over the span.
+        let seed = std::process::id().wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+        let _ = NEXT.compare_exchange(0, seed % span + 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    let mut ports = [0u16; N];
+    let mut found = 0;
+    for _ in 0..span {
+        if found == N {
+            break;
+        }
+        let candidate = (LOW_PORT as u32 + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            ports[found] = candidate;
+            found += 1;
+        }
+    }
+    assert_eq!(found, N, "fewer than {N} free ports below {low}");
+    ports
+}
+
+/// The first port of tests' explicit choices: above the well-known ports and the demo's own
+/// defaults (15001, 18081-18085, ...).
+const LOW_PORT: u16 = 20000;
+
+/// The lowest port of the kernel's ephemeral range (32768 when it cannot be read).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
 }
 
 /// An address on 127.0.0.1 where nothing listens: a socket bound but never listening, kept

@@ -13,13 +13,13 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use legate_tests::process::{TempDir, bin_dir};
+use legate_tests::process::{TempDir, bin_dir, free_ports};
 
 /// How long the demo gets to print its banner (it builds nothing: binaries exist).
 const DEMO_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,28 +33,6 @@ fn repo_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| panic!("the tests crate has no parent directory"))
-}
-
-/// `n` distinct 127.0.0.1 ports free at the time of the call: all bound at once (so no two
-/// are equal), then released for the processes under test to bind.
-fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| {
-            TcpListener::bind("127.0.0.1:0")
-                .unwrap_or_else(|error| panic!("cannot bind 127.0.0.1:0: {error}"))
-        })
-        .collect();
-    let ports: Vec<u16> = listeners
-        .iter()
-        .map(|l| {
-            l.local_addr()
-                .unwrap_or_else(|error| panic!("cannot read a bound address: {error}"))
-                .port()
-        })
-        .collect();
-    ports
-        .try_into()
-        .unwrap_or_else(|_| panic!("{N} ports expected"))
 }
 
 fn port_answers(port: u16) -> bool {
