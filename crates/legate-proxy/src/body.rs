@@ -528,6 +528,8 @@ pub struct Held {
     pub(crate) open: Option<crate::listener::OpenRequest>,
     /// The access log line and the spans, when the request is logged or traced.
     pub(crate) tail: Option<Box<Tail>>,
+    /// A gRPC response's count by status, taken from its trailers.
+    pub(crate) grpc: Option<crate::grpc::Tally>,
 }
 
 /// What happens when a response body ends or is dropped, in this order: its access log line
@@ -623,6 +625,11 @@ impl Body for ResponseBody {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(t) = &mut held.timers {
                             t.activity();
+                        }
+                        if let Some(g) = &mut held.grpc
+                            && let Some(trailers) = frame.trailers_ref()
+                        {
+                            g.trailers(trailers);
                         }
                         if let Some(l) = held.log() {
                             if let Some(data) = frame.data_ref() {

@@ -42,6 +42,9 @@ pub(crate) struct Request<'a> {
     pub(crate) tpl: Template,
     pub(crate) body: body::Downstream,
     pub(crate) upgrade: bool,
+    /// The whole-request timeout: the route's, or what a gRPC request's `grpc-timeout`
+    /// makes of it ([`crate::grpc::request_timeout`]).
+    pub(crate) timeout: Option<Duration>,
     /// The stream idle timeout in force (route `idle_timeout`, else the listener's).
     pub(crate) stream_idle: Option<Duration>,
     /// What the access log learns: the host, the attempts, retry exhaustion.
@@ -67,7 +70,7 @@ pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, Pr
 
 async fn forward_inner(r: Request<'_>) -> Result<Response<ResponseBody>, ProxyError> {
     let start = Instant::now();
-    let deadline = r.fwd.timeout.map(|t| deadline::after(start, t));
+    let deadline = r.timeout.map(|t| deadline::after(start, t));
     let breaker = hooks::breaker_acquire(r.cluster)?;
     let policy = match r.fwd.retry_policy.as_deref() {
         Some(p) if !r.upgrade => p,
@@ -231,6 +234,7 @@ fn wrap(
                     ..Tail::default()
                 })
             }),
+            grpc: None,
         },
     })
 }
