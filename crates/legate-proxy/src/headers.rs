@@ -46,10 +46,22 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
+    // `te: trailers` is end to end in practice: gRPC servers refuse a request without it
+    // (HTTP/2 allows `te` with that one value). As Envoy does, it is kept and every other
+    // `te` token dropped.
+    let te_trailers = h.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     h.remove(&KEEP_ALIVE);
     h.remove(&PROXY_CONNECTION);
     h.remove(header::TRANSFER_ENCODING);
     h.remove(header::TE);
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     h.remove(header::TRAILER);
     if keep_upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -161,12 +173,33 @@ mod tests {
         );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-keep", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-keep"]);
+    }
+
+    /// gRPC needs `te: trailers` to reach the upstream; other `te` tokens go.
+    #[test]
+    fn te_trailers_survives_alone() {
+        for (sent, kept) in [
+            ("trailers", Some("trailers")),
+            ("gzip, Trailers", Some("trailers")),
+            ("trailers;q=0.5", Some("trailers")),
+            ("gzip", None),
+            ("trailersx", None),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::TE, HeaderValue::from_static(sent));
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(
+                h.get(header::TE).map(|v| v.to_str().unwrap_or("?")),
+                kept,
+                "{sent}"
+            );
+        }
     }
 
     #[test]
