@@ -189,7 +189,10 @@ impl ProxyError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        h.insert(crate::grpc::GRPC_STATUS, HeaderValue::from(self.grpc_status()));
+        h.insert(
+            crate::grpc::GRPC_STATUS,
+            HeaderValue::from(self.grpc_status()),
+        );
         h.insert(
             crate::grpc::GRPC_MESSAGE,
             crate::grpc::encode_message(&self.to_string()),

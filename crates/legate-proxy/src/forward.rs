@@ -234,7 +234,6 @@ fn wrap(
                     ..Tail::default()
                 })
             }),
-            grpc: None,
         },
     })
 }

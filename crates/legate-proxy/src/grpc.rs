@@ -248,10 +248,12 @@ mod tests {
             hedge_on_per_try_timeout: false,
             retry_buffer_limit: 0,
             retry_non_idempotent: false,
-            grpc_timeout: g.map(|(max, replaces_route_timeout)| legate_snapshot::GrpcTimeout {
-                max,
-                replaces_route_timeout,
-            }),
+            grpc_timeout: g.map(
+                |(max, replaces_route_timeout)| legate_snapshot::GrpcTimeout {
+                    max,
+                    replaces_route_timeout,
+                },
+            ),
         }
     }
 
@@ -307,10 +309,16 @@ mod tests {
         check("-1", None);
         check("99999999999", None);
         assert_eq!(status(&HeaderMap::new()), None);
-        assert_eq!(status_for_http(StatusCode::SERVICE_UNAVAILABLE), UNAVAILABLE);
+        assert_eq!(
+            status_for_http(StatusCode::SERVICE_UNAVAILABLE),
+            UNAVAILABLE
+        );
         assert_eq!(status_for_http(StatusCode::TOO_MANY_REQUESTS), UNAVAILABLE);
         assert_eq!(status_for_http(StatusCode::BAD_GATEWAY), UNAVAILABLE);
-        assert_eq!(status_for_http(StatusCode::GATEWAY_TIMEOUT), DEADLINE_EXCEEDED);
+        assert_eq!(
+            status_for_http(StatusCode::GATEWAY_TIMEOUT),
+            DEADLINE_EXCEEDED
+        );
         assert_eq!(status_for_http(StatusCode::NOT_FOUND), 12);
         assert_eq!(status_for_http(StatusCode::BAD_REQUEST), INTERNAL);
         assert_eq!(status_for_http(StatusCode::FORBIDDEN), 7);
@@ -339,8 +347,17 @@ mod tests {
         }
         drop(Tally::new(c.clone()));
         let text = r.render();
-        assert!(text.contains("g_total{listener=\"l\",grpc_status=\"14\"} 1\n"), "{text}");
-        assert!(text.contains("g_total{listener=\"l\",grpc_status=\"2\"} 2\n"), "{text}");
-        assert!(text.contains("g_total{listener=\"l\",grpc_status=\"0\"} 1\n"), "{text}");
+        assert!(
+            text.contains("g_total{listener=\"l\",grpc_status=\"14\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("g_total{listener=\"l\",grpc_status=\"2\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("g_total{listener=\"l\",grpc_status=\"0\"} 1\n"),
+            "{text}"
+        );
     }
 }

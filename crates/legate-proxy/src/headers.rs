@@ -51,8 +51,13 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     // `te` token dropped.
     let te_trailers = h.get_all(header::TE).iter().any(|v| {
         v.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("trailers"))
+            v.split(',').any(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("trailers")
+            })
         })
     });
     h.remove(&KEEP_ALIVE);

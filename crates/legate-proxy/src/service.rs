@@ -72,17 +72,8 @@ pub(crate) async fn handle(
     let mut trail = Trail::default();
     let grpc = crate::grpc::is_grpc(req.headers());
     if !view.logs.is_empty() {
-        let mut res = handle_logged(
-            &ctx,
-            &active,
-            &view,
-            req,
-            open,
-            trail,
-            span.as_ref(),
-            grpc,
-        )
-        .await;
+        let mut res =
+            handle_logged(&ctx, &active, &view, req, open, trail, span.as_ref(), grpc).await;
         end_span_with_body(span, &mut res);
         return Ok(res);
     }
@@ -119,7 +110,7 @@ fn count_grpc(view: &ListenerView, res: &mut Response<ResponseBody>) {
     let status = res.status();
     match res.body_mut() {
         ResponseBody::Upstream { held, .. } if status == StatusCode::OK => {
-            held.grpc = Some(crate::grpc::Tally::new(view.grpc_requests.clone()));
+            held.tail().grpc = Some(crate::grpc::Tally::new(view.grpc_requests.clone()));
         }
         _ => view
             .grpc_requests

@@ -41,10 +41,10 @@ use super::common::{
     join, refuse, regex, regex_pattern, string_matcher, timeout,
 };
 use crate::{
-    ClusterTarget, ForwardAction, GrpcTimeout, HeaderMatchName, HeaderMatchRule, HeaderMatcher, HostRewrite,
-    PathMatch, QueryParameterMatcher, RedirectAction, RegexRewrite, ResourceError, ResourceKind,
-    Route, RouteAction, RouteConfig, RouteMatch, StringMatcher, StringPattern, UnanchoredRegex,
-    VirtualHost, WeightedCluster,
+    ClusterTarget, ForwardAction, GrpcTimeout, HeaderMatchName, HeaderMatchRule, HeaderMatcher,
+    HostRewrite, PathMatch, QueryParameterMatcher, RedirectAction, RegexRewrite, ResourceError,
+    ResourceKind, Route, RouteAction, RouteConfig, RouteMatch, StringMatcher, StringPattern,
+    UnanchoredRegex, VirtualHost, WeightedCluster,
 };
 
 /// Envoy's default for a route's `timeout`.
@@ -797,12 +797,12 @@ fn grpc_timeout(
             } = m;
             refuse!(cx, &f; max_stream_duration, grpc_timeout_header_offset);
             match grpc_timeout_header_max {
-                Some(d) => duration(cx, &join(&f, "grpc_timeout_header_max"), d).map(|d| {
-                    GrpcTimeout {
+                Some(d) => {
+                    duration(cx, &join(&f, "grpc_timeout_header_max"), d).map(|d| GrpcTimeout {
                         max: (!d.is_zero()).then_some(d),
                         replaces_route_timeout: false,
-                    }
-                }),
+                    })
+                }
                 None => {
                     cx.err(
                         f,

@@ -819,13 +819,11 @@ fn route_matchers_convert() {
 /// `grpc-timeout` header set the deadline; zero means uncapped.
 #[test]
 fn grpc_timeout_fields_convert() {
-    let forward_of = |s: &Snapshot, i: usize| match &s.route_configs["rc1"].virtual_hosts[0].routes
-        [i]
-        .action
-    {
-        RouteAction::Forward(f) => f.grpc_timeout,
-        other => panic!("{other:?}"),
-    };
+    let forward_of =
+        |s: &Snapshot, i: usize| match &s.route_configs["rc1"].virtual_hosts[0].routes[i].action {
+            RouteAction::Forward(f) => f.grpc_timeout,
+            other => panic!("{other:?}"),
+        };
     let mut r = base();
     ra(&mut r, 0).max_stream_duration = Some(MaxStreamDuration {
         max_stream_duration: None,
@@ -1769,8 +1767,14 @@ fn route_action_fields_refused() {
         (
             |r| {
                 ra(r, 0).max_stream_duration = Some(MaxStreamDuration {
-                    max_stream_duration: Some(XdsDuration { seconds: 5, nanos: 0 }),
-                    grpc_timeout_header_max: Some(XdsDuration { seconds: 5, nanos: 0 }),
+                    max_stream_duration: Some(XdsDuration {
+                        seconds: 5,
+                        nanos: 0,
+                    }),
+                    grpc_timeout_header_max: Some(XdsDuration {
+                        seconds: 5,
+                        nanos: 0,
+                    }),
                     grpc_timeout_header_offset: None,
                 })
             },
@@ -1780,12 +1784,18 @@ fn route_action_fields_refused() {
             |r| {
                 ra(r, 0).max_stream_duration = Some(MaxStreamDuration {
                     max_stream_duration: None,
-                    grpc_timeout_header_max: Some(XdsDuration { seconds: 5, nanos: 0 }),
+                    grpc_timeout_header_max: Some(XdsDuration {
+                        seconds: 5,
+                        nanos: 0,
+                    }),
                     grpc_timeout_header_offset: None,
                 });
                 #[allow(deprecated)]
                 {
-                    ra(r, 0).max_grpc_timeout = Some(XdsDuration { seconds: 5, nanos: 0 });
+                    ra(r, 0).max_grpc_timeout = Some(XdsDuration {
+                        seconds: 5,
+                        nanos: 0,
+                    });
                 }
             },
             "route configuration 'rc1': virtual_hosts[0].routes[0].route.max_grpc_timeout: cannot be combined with max_stream_duration.grpc_timeout_header_max (its replacement)",
