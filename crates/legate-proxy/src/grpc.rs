@@ -235,7 +235,10 @@ mod tests {
         check("", None);
     }
 
-    fn fwd(timeout: Option<Duration>, g: Option<(Option<Duration>, bool)>) -> ForwardAction {
+    pub(super) fn fwd(
+        timeout: Option<Duration>,
+        g: Option<(Option<Duration>, bool)>,
+    ) -> ForwardAction {
         ForwardAction {
             target: legate_snapshot::ClusterTarget::Single(Arc::from("c")),
             prefix_rewrite: None,
@@ -359,5 +362,78 @@ mod tests {
             text.contains("g_total{listener=\"l\",grpc_status=\"0\"} 1\n"),
             "{text}"
         );
+    }
+}
+
+/// Property tests: `make test` runs proptest's default case count (256, well under a
+/// second); `make fuzz` sets `PROPTEST_CASES` much higher.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever a client sends as `grpc-timeout`, parsing neither panics nor accepts
+        /// anything but 1-8 digits and a known unit, and reads those exactly.
+        #[test]
+        fn timeouts_parse_exactly(bytes in proptest::collection::vec(any::<u8>(), 0..12)) {
+            let Ok(value) = HeaderValue::from_bytes(&bytes) else { return Ok(()) };
+            let parsed = parse_timeout(&value);
+            let valid = bytes.len() >= 2
+                && bytes.len() <= 9
+                && bytes[..bytes.len() - 1].iter().all(u8::is_ascii_digit)
+                && b"HMSmun".contains(&bytes[bytes.len() - 1]);
+            prop_assert_eq!(parsed.is_some(), valid, "{:?}", bytes);
+            if let Some(d) = parsed {
+                let n: u128 = std::str::from_utf8(&bytes[..bytes.len() - 1])
+                    .expect("digits")
+                    .parse()
+                    .expect("number");
+                let nanos = n * match bytes[bytes.len() - 1] {
+                    b'H' => 3_600_000_000_000,
+                    b'M' => 60_000_000_000,
+                    b'S' => 1_000_000_000,
+                    b'm' => 1_000_000,
+                    b'u' => 1_000,
+                    _ => 1,
+                };
+                prop_assert_eq!(d.as_nanos(), nanos);
+            }
+        }
+
+        /// `grpc-status` from anything: no panic, and a number only from digits.
+        #[test]
+        fn statuses_parse_from_digits_only(bytes in proptest::collection::vec(any::<u8>(), 0..14)) {
+            let Ok(value) = HeaderValue::from_bytes(&bytes) else { return Ok(()) };
+            let mut h = HeaderMap::new();
+            h.insert(GRPC_STATUS, value);
+            if status(&h).is_some() {
+                prop_assert!(!bytes.is_empty() && bytes.iter().all(u8::is_ascii_digit));
+            }
+        }
+
+        /// With `grpc_timeout_header_max`, the deadline is never later than the route's
+        /// timeout or the cap, whatever the header says.
+        #[test]
+        fn header_max_never_extends(
+            route_ms in proptest::option::of(1u64..100_000),
+            cap_ms in proptest::option::of(1u64..100_000),
+            header in "[0-9]{1,8}[HMSmun]",
+        ) {
+            let fwd = tests::fwd(
+                route_ms.map(Duration::from_millis),
+                Some((cap_ms.map(Duration::from_millis), false)),
+            );
+            let mut h = HeaderMap::new();
+            h.insert(GRPC_TIMEOUT, HeaderValue::from_str(&header).expect("value"));
+            let got = request_timeout(&fwd, true, &h);
+            if let Some(r) = route_ms {
+                prop_assert!(got.is_some_and(|g| g <= Duration::from_millis(r)));
+            }
+            if let (Some(c), Some(g)) = (cap_ms, got) {
+                prop_assert!(g <= Duration::from_millis(c));
+            }
+        }
     }
 }
