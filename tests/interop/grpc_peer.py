@@ -13,7 +13,8 @@ Methods:
                arrives in trailers after a message
 Every call prints `call METHOD key=K attempt=N` on stdout.
 
-Server: `grpc_peer.py serve` prints `listening on 127.0.0.1:PORT`; exits on SIGTERM.
+Server: `grpc_peer.py serve [--fail-all CODE]` prints `listening on 127.0.0.1:PORT`; exits on
+SIGTERM. With --fail-all every Unary call fails with CODE (trailers-only), whatever it asks.
 Client: `grpc_peer.py call --target HOST:PORT --method Unary --payload CMD [--timeout S]`
 prints one JSON line: {"code": NAME, "details": TEXT, "messages": [TEXT...], "seconds": F}.
 """
@@ -41,9 +42,10 @@ def parse(payload):
 
 
 class Probe:
-    def __init__(self):
+    def __init__(self, fail_all=None):
         self.lock = threading.Lock()
         self.counts = {}
+        self.fail_all = fail_all
 
     def attempt(self, method, cmd):
         key = (method, cmd.get("key", ""))
@@ -64,6 +66,8 @@ class Probe:
         n = self.attempt("Unary", cmd)
         time.sleep(float(cmd.get("sleep", "0")))
         code = self.failure(cmd, n)
+        if self.fail_all:
+            code = getattr(grpc.StatusCode, self.fail_all)
         if code is not None:
             context.abort(code, f"probe failure {n}")
         return f"ok attempt={n}".encode()
@@ -78,8 +82,8 @@ class Probe:
             context.abort(code, f"probe failure {n}")
 
 
-def serve():
-    probe = Probe()
+def serve(fail_all):
+    probe = Probe(fail_all)
     handlers = grpc.method_handlers_generic_handler(
         SERVICE,
         {
@@ -122,7 +126,8 @@ def call(args):
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("serve")
+    s = sub.add_parser("serve")
+    s.add_argument("--fail-all", default=None)
     c = sub.add_parser("call")
     c.add_argument("--target", required=True)
     c.add_argument("--method", default="Unary", choices=["Unary", "Stream"])
@@ -130,7 +135,7 @@ def main():
     c.add_argument("--timeout", type=float, default=None)
     args = p.parse_args()
     if args.cmd == "serve":
-        serve()
+        serve(args.fail_all)
     else:
         call(args)
 

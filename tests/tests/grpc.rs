@@ -13,7 +13,8 @@ use legate_tests::ListeningProcess;
 use legate_tests::config::cluster;
 use legate_tests::peers::{peers_python, repo_root};
 use legate_tests::resilience::{
-    Rig, SVC, ms, retry, retry_non_idempotent, route, route_action, svc_mesh_with,
+    Rig, SVC, cluster_mut, ms, outlier, retry, retry_non_idempotent, route, route_action,
+    svc_mesh_with, u32v,
 };
 use serde_json::Value;
 
@@ -30,6 +31,26 @@ fn script() -> String {
 async fn grpc_server() -> ListeningProcess {
     let python = peers_python();
     ListeningProcess::start("grpc peer", &python, &[&script(), "serve"]).await
+}
+
+/// A server whose every unary call fails with `code` in a trailers-only response.
+async fn failing_grpc_server(code: &str) -> ListeningProcess {
+    let python = peers_python();
+    ListeningProcess::start(
+        "failing grpc peer",
+        &python,
+        &[&script(), "serve", "--fail-all", code],
+    )
+    .await
+}
+
+/// Calls of any method and key the server received.
+fn all_calls(server: &ListeningProcess) -> usize {
+    server
+        .output()
+        .lines()
+        .filter(|l| l.starts_with("call "))
+        .count()
 }
 
 /// What the grpcio client saw.
@@ -239,4 +260,45 @@ async fn no_healthy_upstream_is_unavailable_with_a_message() {
     // A plain HTTP request still gets the text reply.
     let (r, _) = rig.get("/").await;
     assert_eq!(r.status, 503, "{}", r.describe());
+}
+
+/// A host that answers every call with a trailers-only UNAVAILABLE is a failing host to
+/// outlier detection (HTTP 200 on the wire, judged as the 503 it stands for, as in Envoy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_only_failures_eject_the_host() {
+    let good = grpc_server().await;
+    let bad = failing_grpc_server("UNAVAILABLE").await;
+    let mut res = svc_mesh_with(cluster(SVC, &[good.addr(), bad.addr()]).protocol("http2"));
+    let mut od = outlier();
+    od.consecutive_5xx = u32v(3);
+    od.enforcing_consecutive_5xx = u32v(100);
+    od.base_ejection_time = Some(ms(60_000));
+    cluster_mut(&mut res, SVC).outlier_detection = Some(od);
+    let rig = Rig::start(&res).await;
+
+    // Round robin: the bad host fails three times within the first few calls (bounded).
+    let mut failures = 0;
+    for i in 0..20 {
+        let c = call(&rig, "Unary", &format!("key=e{i}"), Some(10.0)).await;
+        if c.code != "OK" {
+            assert_eq!(c.code, "UNAVAILABLE", "{c:?}");
+            failures += 1;
+            if failures == 3 {
+                break;
+            }
+        }
+    }
+    assert_eq!(failures, 3, "{}", bad.output());
+    assert_eq!(
+        rig.metric("legate_outlier_ejected_hosts", &[("cluster", SVC)])
+            .await,
+        1.0
+    );
+    // Ejected for a minute: every call now reaches the good host.
+    let before = all_calls(&bad);
+    for i in 0..6 {
+        let c = call(&rig, "Unary", &format!("key=after{i}"), Some(10.0)).await;
+        assert_eq!(c.code, "OK", "{c:?}");
+    }
+    assert_eq!(all_calls(&bad), before, "{}", bad.output());
 }

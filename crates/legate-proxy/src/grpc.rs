@@ -121,6 +121,28 @@ pub(crate) fn status_for_http(status: StatusCode) -> u32 {
     }
 }
 
+/// The HTTP status a gRPC status stands for when outlier detection and load reports judge
+/// an attempt (Envoy's `grpcToHttpStatus`): UNAVAILABLE is a 503, INTERNAL, UNKNOWN and
+/// DATA_LOSS are 500, DEADLINE_EXCEEDED a 504, UNIMPLEMENTED a 501; client-side statuses
+/// map to 4xx, so they never count as an upstream failure.
+pub(crate) fn http_status_for(code: u32) -> u16 {
+    match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        // UNKNOWN (2), INTERNAL (13), DATA_LOSS (15), and anything gRPC does not define.
+        _ => 500,
+    }
+}
+
 /// `grpc-message` is percent-encoded: bytes outside printable ASCII and `%` itself.
 pub(crate) fn encode_message(message: &str) -> HeaderValue {
     let mut out = String::with_capacity(message.len());
@@ -326,6 +348,32 @@ mod tests {
         assert_eq!(status_for_http(StatusCode::BAD_REQUEST), INTERNAL);
         assert_eq!(status_for_http(StatusCode::FORBIDDEN), 7);
         assert_eq!(status_for_http(StatusCode::IM_A_TEAPOT), UNKNOWN);
+    }
+
+    #[test]
+    fn statuses_as_http_for_judging() {
+        for (code, http) in [
+            (0, 200),
+            (1, 499),
+            (2, 500),
+            (3, 400),
+            (4, 504),
+            (5, 404),
+            (6, 409),
+            (7, 403),
+            (8, 429),
+            (9, 400),
+            (10, 409),
+            (11, 400),
+            (12, 501),
+            (13, 500),
+            (14, 503),
+            (15, 500),
+            (16, 401),
+            (17, 500),
+        ] {
+            assert_eq!(http_status_for(code), http, "{code}");
+        }
     }
 
     #[test]
