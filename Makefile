@@ -39,6 +39,7 @@ FRONTEND_FUZZ_CASES ?= 2000
 fuzz: build
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test $(CARGO_FLAGS) -p legate-xds --lib cache::properties
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test $(CARGO_FLAGS) -p legate-model --test props
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test $(CARGO_FLAGS) -p legate-proxy --lib grpc::properties
 	LEGATE_FUZZ_CASES=$(FRONTEND_FUZZ_CASES) $(CARGO) test $(CARGO_FLAGS) -p legate-tests --test abuse fuzzed
 
 ## Independent xDS peers for the interop tests: real Envoy 1.40 and gRPC's xDS client.

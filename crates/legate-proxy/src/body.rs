@@ -526,19 +526,22 @@ pub struct Held {
     pub(crate) timers: Option<BodyTimers>,
     /// The downstream connection's count of open requests.
     pub(crate) open: Option<crate::listener::OpenRequest>,
-    /// The access log line and the spans, when the request is logged or traced.
+    /// The access log line, the spans and the gRPC status count, when the request is
+    /// logged, traced or gRPC.
     pub(crate) tail: Option<Box<Tail>>,
 }
 
 /// What happens when a response body ends or is dropped, in this order: its access log line
 /// is written, the CLIENT span of the attempt whose response it is ends, then the request's
-/// server span. Boxed in [`Held`]: spans are large and only logged or sampled requests
-/// have any of this.
+/// server span, then a gRPC response is counted by its status. Boxed in [`Held`]: spans are
+/// large and only logged, sampled or gRPC requests have any of this.
 #[derive(Debug, Default)]
 pub(crate) struct Tail {
     pub(crate) log: Option<crate::access_log::Pending>,
     pub(crate) attempt_span: Option<crate::trace::AttemptSpan>,
     pub(crate) span: Option<crate::trace::ServerSpan>,
+    /// A gRPC response's count by status, taken from its trailers.
+    pub(crate) grpc: Option<crate::grpc::Tally>,
 }
 
 impl Held {
@@ -623,6 +626,11 @@ impl Body for ResponseBody {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(t) = &mut held.timers {
                             t.activity();
+                        }
+                        if let Some(g) = held.tail.as_mut().and_then(|t| t.grpc.as_mut())
+                            && let Some(trailers) = frame.trailers_ref()
+                        {
+                            g.trailers(trailers);
                         }
                         if let Some(l) = held.log() {
                             if let Some(data) = frame.data_ref() {

@@ -177,6 +177,43 @@ impl ProxyError {
         )
     }
 
+    /// The local reply to a request: a trailers-only gRPC status for a gRPC request, else
+    /// [`ProxyError::response`].
+    pub(crate) fn response_for(self, grpc: bool) -> Response<ResponseBody> {
+        if grpc {
+            self.grpc_response()
+        } else {
+            self.response()
+        }
+    }
+
+    /// The gRPC status a local reply to a gRPC request carries.
+    pub(crate) fn grpc_status(self) -> u32 {
+        crate::grpc::status_for_http(self.status())
+    }
+
+    /// The local reply to a gRPC request: a trailers-only response (HTTP 200, one HEADERS
+    /// frame that ends the stream) with `grpc-status`, `grpc-message` naming the cause and
+    /// `x-legate-error`; no body, which a gRPC client could not read.
+    pub(crate) fn grpc_response(self) -> Response<ResponseBody> {
+        let mut res = Response::new(ResponseBody::empty());
+        let h = res.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(
+            crate::grpc::GRPC_STATUS,
+            HeaderValue::from(self.grpc_status()),
+        );
+        h.insert(
+            crate::grpc::GRPC_MESSAGE,
+            crate::grpc::encode_message(&self.to_string()),
+        );
+        h.insert(LEGATE_ERROR, HeaderValue::from_static(self.code()));
+        res
+    }
+
     /// The local reply: status, a one-line body and `x-legate-error`.
     pub fn response(self) -> Response<ResponseBody> {
         let mut res = Response::new(ResponseBody::full(format!("{self}\n")));
@@ -309,6 +346,31 @@ impl ProxyError {
 #[cfg(test)]
 mod flag_tests {
     use super::*;
+
+    #[test]
+    fn grpc_local_replies_are_trailers_only() {
+        let check = |e: ProxyError, status: &str| {
+            let res = e.response_for(true);
+            assert_eq!(res.status(), StatusCode::OK, "{e:?}");
+            let h = res.headers();
+            assert_eq!(h["content-type"], "application/grpc");
+            assert_eq!(h["grpc-status"], status, "{e:?}");
+            assert_eq!(h["grpc-message"], e.to_string().as_str());
+            assert_eq!(h["x-legate-error"], e.code());
+            assert!(http_body::Body::is_end_stream(res.body()), "{e:?}");
+        };
+        check(ProxyError::NoHealthyUpstream, "14");
+        check(ProxyError::OverflowMaxRequests, "14");
+        check(ProxyError::UpstreamTimeout, "4");
+        check(ProxyError::PerTryTimeout, "4");
+        check(ProxyError::ProtocolError, "14");
+        check(ProxyError::NoRoute, "12");
+        check(ProxyError::BadRequest, "13");
+        check(ProxyError::UpgradeNotAllowed, "7");
+        // Not gRPC: the text reply.
+        let res = ProxyError::NoHealthyUpstream.response_for(false);
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
 
     #[test]
     fn flags_print_in_envoys_order() {

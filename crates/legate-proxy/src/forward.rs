@@ -42,6 +42,9 @@ pub(crate) struct Request<'a> {
     pub(crate) tpl: Template,
     pub(crate) body: body::Downstream,
     pub(crate) upgrade: bool,
+    /// The whole-request timeout: the route's, or what a gRPC request's `grpc-timeout`
+    /// makes of it ([`crate::grpc::request_timeout`]).
+    pub(crate) timeout: Option<Duration>,
     /// The stream idle timeout in force (route `idle_timeout`, else the listener's).
     pub(crate) stream_idle: Option<Duration>,
     /// What the access log learns: the host, the attempts, retry exhaustion.
@@ -67,7 +70,7 @@ pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, Pr
 
 async fn forward_inner(r: Request<'_>) -> Result<Response<ResponseBody>, ProxyError> {
     let start = Instant::now();
-    let deadline = r.fwd.timeout.map(|t| deadline::after(start, t));
+    let deadline = r.timeout.map(|t| deadline::after(start, t));
     let breaker = hooks::breaker_acquire(r.cluster)?;
     let policy = match r.fwd.retry_policy.as_deref() {
         Some(p) if !r.upgrade => p,
@@ -106,7 +109,9 @@ async fn forward_inner(r: Request<'_>) -> Result<Response<ResponseBody>, ProxyEr
         || fwd.retry_non_idempotent
         || tpl.headers().contains_key(retry::IDEMPOTENCY_KEY);
     let request_ok = retry::request_allows_retry(policy, tpl.headers());
+    let grpc = crate::grpc::is_grpc(tpl.headers());
     let driver = Driver {
+        grpc,
         cluster,
         policy,
         tpl,
@@ -155,6 +160,7 @@ async fn single(
         .try_acquire(Resource::Requests)
         .ok_or(ProxyError::OverflowMaxRequests)?;
     let active = host.start_request();
+    let grpc = crate::grpc::is_grpc(tpl.headers());
     let mut req = tpl.build(&host, body, true)?;
     let span = trace.and_then(|t| t.attempt(&mut req, host.addr, 1));
     let attempt = cluster.stats.load.begin();
@@ -168,7 +174,7 @@ async fn single(
         s.record(&result);
         s
     });
-    let res = observe(cluster, &host, started, attempt, result)?;
+    let res = observe(cluster, &host, started, attempt, grpc, result)?;
     let timers = BodyTimers::new(
         deadline.map(|at| (at, ProxyError::UpstreamTimeout)),
         stream_idle.map(|d| (d, ProxyError::StreamIdleTimeout)),
@@ -190,21 +196,31 @@ async fn send_until(
     }
 }
 
-/// Record an attempt's outcome (stats, outlier detection) and pass it on.
+/// Record an attempt's outcome (stats, outlier detection, load report) and pass it on.
+/// For a gRPC request whose response headers carry `grpc-status` (trailers-only), outlier
+/// detection and the load report judge the HTTP status that status stands for, as Envoy's
+/// router does; the per-cluster response counts keep the HTTP status.
 fn observe(
     cluster: &ClusterRuntime,
     host: &Arc<Host>,
     started: Instant,
     attempt: Attempt,
+    grpc: bool,
     result: Result<Response<UpstreamBody>, ProxyError>,
 ) -> Result<Response<UpstreamBody>, ProxyError> {
-    attempt.finish(matches!(&result, Ok(res) if res.status().as_u16() < 500));
+    let judged = |res: &Response<UpstreamBody>| {
+        let status = res.status().as_u16();
+        match grpc.then(|| crate::grpc::status(res.headers())).flatten() {
+            Some(code) if status == 200 => crate::grpc::http_status_for(code),
+            _ => status,
+        }
+    };
+    attempt.finish(matches!(&result, Ok(res) if judged(res) < 500));
     match &result {
         Ok(res) => {
-            let status = res.status().as_u16();
             cluster.stats.latency.observe(started.elapsed());
-            cluster.stats.requests.record(status);
-            hooks::outlier_response(cluster, host, status);
+            cluster.stats.requests.record(res.status().as_u16());
+            hooks::outlier_response(cluster, host, judged(res));
         }
         Err(e) => hooks::outlier_failure(cluster, host, *e),
     }
@@ -307,6 +323,8 @@ struct Driver<'a> {
     may_resend: bool,
     /// `retriable_request_headers` admit this request.
     request_ok: bool,
+    /// The request is gRPC: a trailers-only `grpc-status` is judged as an HTTP status.
+    grpc: bool,
     hedge: bool,
     deadline: Option<Instant>,
     stream_idle: Option<Duration>,
@@ -525,7 +543,7 @@ impl<'a> Driver<'a> {
             result,
             span,
         } = done;
-        match observe(self.cluster, &host, started, attempt, result) {
+        match observe(self.cluster, &host, started, attempt, self.grpc, result) {
             Ok(res) => {
                 let meta = Meta {
                     active,

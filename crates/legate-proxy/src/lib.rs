@@ -15,6 +15,7 @@ mod deadline;
 mod error;
 mod filters;
 mod forward;
+mod grpc;
 mod headers;
 pub mod lb;
 mod listener;
@@ -50,6 +51,8 @@ pub(crate) struct ListenerView {
     pub(crate) config: Arc<Listener>,
     pub(crate) routes: Arc<RouteConfig>,
     pub(crate) requests: ByCodeClass,
+    /// gRPC requests by `grpc-status`.
+    pub(crate) grpc_requests: Arc<grpc::ByGrpcStatus>,
     /// The listener's access logs with their writers; empty when it logs nothing.
     pub(crate) logs: access_log::Logs,
     /// The HCM's tracing, when configured and its collector cluster is known.
@@ -290,6 +293,10 @@ impl Dataplane {
                     config: l.clone(),
                     routes,
                     requests,
+                    grpc_requests: Arc::new(grpc::ByGrpcStatus::new(
+                        &self.shared.metrics.grpc_requests,
+                        &l.name,
+                    )),
                     logs: self.shared.access_logs.resolve(&l.access_logs),
                     tracer: tracers.remove(&l.name),
                     filters,

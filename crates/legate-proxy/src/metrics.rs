@@ -9,6 +9,7 @@ use legate_telemetry::{Counter, Family, Gauge, Histogram, Registry};
 pub struct Metrics {
     pub registry: Arc<Registry>,
     pub downstream_requests: Arc<Family<Counter>>,
+    pub grpc_requests: Arc<Family<Counter>>,
     pub downstream_connections_active: Arc<Family<Gauge>>,
     pub downstream_connections_total: Arc<Family<Counter>>,
     pub downstream_connections_refused: Arc<Family<Counter>>,
@@ -44,6 +45,13 @@ impl Metrics {
                 "legate_downstream_requests_total",
                 "Requests received on a listener, by response code class.",
                 &["listener", "code_class"],
+            ),
+            grpc_requests: registry.family(
+                "legate_downstream_grpc_requests_total",
+                "gRPC requests (content-type application/grpc) received on a listener, by the \
+                 grpc-status they ended with (0-16; a response without one, or one gRPC does \
+                 not define, counts as 2, UNKNOWN).",
+                &["listener", "grpc_status"],
             ),
             downstream_connections_active: registry.family(
                 "legate_downstream_connections_active",

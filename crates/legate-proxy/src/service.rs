@@ -70,8 +70,10 @@ pub(crate) async fn handle(
     // Sampled or not is decided here, before anything is allocated for the trace.
     let span = view.tracer.as_ref().and_then(|t| t.start(&req));
     let mut trail = Trail::default();
+    let grpc = crate::grpc::is_grpc(req.headers());
     if !view.logs.is_empty() {
-        let mut res = handle_logged(&ctx, &active, &view, req, open, trail, span.as_ref()).await;
+        let mut res =
+            handle_logged(&ctx, &active, &view, req, open, trail, span.as_ref(), grpc).await;
         end_span_with_body(span, &mut res);
         return Ok(res);
     }
@@ -86,12 +88,34 @@ pub(crate) async fn handle(
         }
         Err(e) => {
             ctx.shared.local_reply(e).inc();
-            e.response()
+            e.response_for(grpc)
         }
     };
     view.requests.record(res.status().as_u16());
+    if grpc {
+        count_grpc(&view, &mut res);
+    }
     end_span_with_body(span, &mut res);
     Ok(res)
+}
+
+/// Count a gRPC request by its status: now, when the response headers carry it (a
+/// trailers-only response, a local reply) or the response is not gRPC at all (then the
+/// status a client reads from its HTTP status); else when its trailers pass.
+fn count_grpc(view: &ListenerView, res: &mut Response<ResponseBody>) {
+    if let Some(status) = crate::grpc::status(res.headers()) {
+        view.grpc_requests.record(status);
+        return;
+    }
+    let status = res.status();
+    match res.body_mut() {
+        ResponseBody::Upstream { held, .. } if status == StatusCode::OK => {
+            held.tail().grpc = Some(crate::grpc::Tally::new(view.grpc_requests.clone()));
+        }
+        _ => view
+            .grpc_requests
+            .record(crate::grpc::status_for_http(status)),
+    }
 }
 
 /// The server span takes the response's status now and ends with its body: an upstream
@@ -106,6 +130,7 @@ fn end_span_with_body(span: Option<crate::trace::ServerSpan>, res: &mut Response
 
 /// [`handle`] on a listener with access logs: the same, plus a [`Record`] of the request
 /// whose line is written when the response ends.
+#[allow(clippy::too_many_arguments)]
 async fn handle_logged(
     ctx: &ConnCtx,
     active: &Active,
@@ -114,6 +139,7 @@ async fn handle_logged(
     open: crate::listener::OpenRequest,
     mut trail: Trail,
     trace: Option<&crate::trace::ServerSpan>,
+    grpc: bool,
 ) -> Response<ResponseBody> {
     let wall = std::time::SystemTime::now();
     let start = tokio::time::Instant::now();
@@ -151,10 +177,18 @@ async fn handle_logged(
         Err(e) => {
             ctx.shared.local_reply(e).inc();
             trail.flags.insert(e.response_flag());
-            (e.response(), Some(e.code()), e.transport_failure(), None)
+            (
+                e.response_for(grpc),
+                Some(e.code()),
+                e.transport_failure(),
+                None,
+            )
         }
     };
     view.requests.record(res.status().as_u16());
+    if grpc {
+        count_grpc(view, &mut res);
+    }
     // The request id sent upstream, generated here or the client's: the one the upstream
     // logs too (Envoy logs the one its connection manager set).
     if let Some(id) = trail.request_id.take() {
@@ -303,6 +337,11 @@ async fn dispatch(
                 Some(d) => Some(d),
                 None => view.config.stream_idle_timeout,
             };
+            let timeout = crate::grpc::request_timeout(
+                fwd,
+                crate::grpc::is_grpc(tpl.headers()),
+                tpl.headers(),
+            );
             let mut res = forward::forward(forward::Request {
                 budgets: crate::body::Budgets {
                     global: &ctx.shared.retry_buffers,
@@ -313,6 +352,7 @@ async fn dispatch(
                 tpl,
                 body: Downstream::new(body, meter),
                 upgrade,
+                timeout,
                 stream_idle,
                 trail,
                 trace,

@@ -508,6 +508,22 @@ pub struct ForwardAction {
     /// upstream. Default false: such a request is retried only when it provably was not
     /// sent, or carries an `Idempotency-Key` header.
     pub retry_non_idempotent: bool,
+    /// How a gRPC request's `grpc-timeout` header bounds it; `None`: the header is not read
+    /// and a gRPC request times out like any other (Envoy's behaviour when neither
+    /// `max_stream_duration.grpc_timeout_header_max` nor `max_grpc_timeout` is set).
+    pub grpc_timeout: Option<GrpcTimeout>,
+}
+
+/// Where a route lets a gRPC request's `grpc-timeout` header set its deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct GrpcTimeout {
+    /// The cap on the header's value; `None` when the field is 0 (the header is used as is).
+    pub max: Option<Duration>,
+    /// `true` for the deprecated `max_grpc_timeout`: the header's value (or no deadline at
+    /// all when it is absent) replaces the route's `timeout`. `false` for
+    /// `max_stream_duration.grpc_timeout_header_max`: the header's value is an extra bound
+    /// next to the route's `timeout`, the earlier one applies.
+    pub replaces_route_timeout: bool,
 }
 
 /// Default of [`ForwardAction::retry_buffer_limit`]: 1 MiB, Envoy's default connection buffer.
@@ -564,6 +580,39 @@ pub struct RetryOn {
     pub retriable_status_codes: bool,
     /// `retriable-headers`.
     pub retriable_headers: bool,
+    /// `cancelled`: `grpc-status` 1 in the response headers.
+    pub grpc_cancelled: bool,
+    /// `deadline-exceeded`: `grpc-status` 4 in the response headers.
+    pub grpc_deadline_exceeded: bool,
+    /// `resource-exhausted`: `grpc-status` 8 in the response headers.
+    pub grpc_resource_exhausted: bool,
+    /// `internal`: `grpc-status` 13 in the response headers.
+    pub grpc_internal: bool,
+    /// `unavailable`: `grpc-status` 14 in the response headers.
+    pub grpc_unavailable: bool,
+}
+
+impl RetryOn {
+    /// Whether a `grpc-status` read from response headers is one of the gRPC conditions.
+    pub fn grpc_status(&self, code: u32) -> bool {
+        match code {
+            1 => self.grpc_cancelled,
+            4 => self.grpc_deadline_exceeded,
+            8 => self.grpc_resource_exhausted,
+            13 => self.grpc_internal,
+            14 => self.grpc_unavailable,
+            _ => false,
+        }
+    }
+
+    /// Whether any gRPC condition is set.
+    pub fn any_grpc(&self) -> bool {
+        self.grpc_cancelled
+            || self.grpc_deadline_exceeded
+            || self.grpc_resource_exhausted
+            || self.grpc_internal
+            || self.grpc_unavailable
+    }
 }
 
 /// `retry_back_off`: full-jitter exponential back-off between attempts

@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::{HeaderMatch, UpstreamProtocol};
 
 /// The retry conditions legate implements, by their names in Envoy's `retry_on`.
-pub const RETRY_CONDITIONS: [&str; 9] = [
+pub const RETRY_CONDITIONS: [&str; 14] = [
     "5xx",
     "gateway-error",
     "reset",
@@ -25,6 +25,11 @@ pub const RETRY_CONDITIONS: [&str; 9] = [
     "retriable-4xx",
     "retriable-status-codes",
     "retriable-headers",
+    "cancelled",
+    "deadline-exceeded",
+    "resource-exhausted",
+    "internal",
+    "unavailable",
 ];
 
 /// Back-off base interval when `backoff.base` is not set (Envoy's default).

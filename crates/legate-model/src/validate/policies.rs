@@ -12,15 +12,7 @@ use crate::{
 };
 
 /// Envoy retry conditions legate does not implement, refused by name rather than as typos.
-const UNSUPPORTED_RETRY_CONDITIONS: [&str; 7] = [
-    "envoy-ratelimited",
-    "http3-post-connect-failure",
-    "cancelled",
-    "deadline-exceeded",
-    "internal",
-    "resource-exhausted",
-    "unavailable",
-];
+const UNSUPPORTED_RETRY_CONDITIONS: [&str; 2] = ["envoy-ratelimited", "http3-post-connect-failure"];
 
 /// Envoy's shortest `fill_interval` for a local rate limit.
 const MIN_RATE_LIMIT_PER: Duration = Duration::from_millis(50);
@@ -546,7 +538,8 @@ services:
                 "8:19: services[0].policies.retries.on[1]: unknown retry condition `x`, \
                  expected one of `5xx`, `gateway-error`, `reset`, `reset-before-request`, \
                  `connect-failure`, `refused-stream`, `retriable-4xx`, \
-                 `retriable-status-codes`, `retriable-headers`",
+                 `retriable-status-codes`, `retriable-headers`, `cancelled`, \
+                 `deadline-exceeded`, `resource-exhausted`, `internal`, `unavailable`",
                 "8:22: services[0].policies.retries.on[2]: retry condition `5xx` is listed \
                  twice",
                 "8:27: services[0].policies.retries.on[3]: retry condition \
@@ -569,7 +562,8 @@ services:
                 "18:13: services[1].policies.retries.on: name at least one retry condition: \
                  `5xx`, `gateway-error`, `reset`, `reset-before-request`, `connect-failure`, \
                  `refused-stream`, `retriable-4xx`, `retriable-status-codes`, \
-                 `retriable-headers`",
+                 `retriable-headers`, `cancelled`, `deadline-exceeded`, \
+                 `resource-exhausted`, `internal`, `unavailable`",
                 "19:24: services[1].policies.retries.backoff.max: `max` (10ms) is less than \
                  `base` (25ms, the default)",
                 "20:32: services[1].policies.retries.retry_after.headers: name at least one \

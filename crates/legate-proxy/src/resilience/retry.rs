@@ -22,10 +22,14 @@ pub(crate) fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// Whether a response with this status and headers is retried under `policy`.
+/// Whether a response with this status and headers is retried under `policy`. The gRPC
+/// conditions read `grpc-status` from the response headers only (a trailers-only
+/// response), as Envoy does: a status in trailers comes after the headers and body went
+/// downstream, too late to retry.
 pub(crate) fn retriable_response(policy: &RetryPolicy, status: u16, headers: &HeaderMap) -> bool {
     let on = &policy.retry_on;
-    (on.five_xx && (500..600).contains(&status))
+    (on.any_grpc() && crate::grpc::status(headers).is_some_and(|c| on.grpc_status(c)))
+        || (on.five_xx && (500..600).contains(&status))
         || (on.gateway_error && (502..=504).contains(&status))
         || (on.retriable_4xx && status == 409)
         || (on.retriable_status_codes && policy.retriable_status_codes.contains(&status))
@@ -170,6 +174,75 @@ mod tests {
         h.insert("x-retry", HeaderValue::from_static("yes"));
         assert!(retriable_response(&hdr, 200, &h));
         assert!(!retriable_response(&hdr, 200, &empty));
+    }
+
+    #[test]
+    fn grpc_conditions_read_headers() {
+        let on = RetryOn {
+            grpc_unavailable: true,
+            grpc_cancelled: true,
+            ..RetryOn::default()
+        };
+        let p = policy(on);
+        let with = |s: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-status", HeaderValue::from_static(s));
+            h
+        };
+        assert!(retriable_response(&p, 200, &with("14")));
+        assert!(retriable_response(&p, 200, &with("1")));
+        assert!(!retriable_response(&p, 200, &with("4")));
+        assert!(!retriable_response(&p, 200, &with("0")));
+        assert!(!retriable_response(&p, 200, &with("x")));
+        assert!(!retriable_response(&p, 200, &HeaderMap::new()));
+        // Every condition maps to its own code.
+        for (on, code) in [
+            (
+                RetryOn {
+                    grpc_cancelled: true,
+                    ..RetryOn::default()
+                },
+                "1",
+            ),
+            (
+                RetryOn {
+                    grpc_deadline_exceeded: true,
+                    ..RetryOn::default()
+                },
+                "4",
+            ),
+            (
+                RetryOn {
+                    grpc_resource_exhausted: true,
+                    ..RetryOn::default()
+                },
+                "8",
+            ),
+            (
+                RetryOn {
+                    grpc_internal: true,
+                    ..RetryOn::default()
+                },
+                "13",
+            ),
+            (
+                RetryOn {
+                    grpc_unavailable: true,
+                    ..RetryOn::default()
+                },
+                "14",
+            ),
+        ] {
+            let p = policy(on);
+            assert!(retriable_response(&p, 200, &with(code)), "{code}");
+            assert!(!retriable_response(&p, 200, &with("2")), "{code}");
+        }
+        // 5xx does not cover gRPC statuses on a 200.
+        let five = policy(RetryOn {
+            five_xx: true,
+            ..RetryOn::default()
+        });
+        assert!(!retriable_response(&five, 200, &with("14")));
     }
 
     #[test]

@@ -34,6 +34,7 @@ fn forward(cluster: &str) -> ForwardAction {
         hedge_on_per_try_timeout: false,
         retry_buffer_limit: crate::DEFAULT_RETRY_BUFFER_LIMIT,
         retry_non_idempotent: false,
+        grpc_timeout: None,
     }
 }
 

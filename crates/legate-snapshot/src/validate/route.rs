@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::config::route::v3::redirect_action::{
 };
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::{
-    ClusterSpecifier, HostRewriteSpecifier, UpgradeConfig as XdsUpgradeConfig,
+    ClusterSpecifier, HostRewriteSpecifier, MaxStreamDuration, UpgradeConfig as XdsUpgradeConfig,
 };
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
@@ -32,7 +32,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatchAndSubstitute;
 use envoy_types::pb::envoy::r#type::v3::Int64Range;
-use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+use envoy_types::pb::google::protobuf::{BoolValue, Duration as XdsDuration, UInt32Value};
 
 use http::HeaderValue;
 
@@ -41,10 +41,10 @@ use super::common::{
     join, refuse, regex, regex_pattern, string_matcher, timeout,
 };
 use crate::{
-    ClusterTarget, ForwardAction, HeaderMatchName, HeaderMatchRule, HeaderMatcher, HostRewrite,
-    PathMatch, QueryParameterMatcher, RedirectAction, RegexRewrite, ResourceError, ResourceKind,
-    Route, RouteAction, RouteConfig, RouteMatch, StringMatcher, StringPattern, UnanchoredRegex,
-    VirtualHost, WeightedCluster,
+    ClusterTarget, ForwardAction, GrpcTimeout, HeaderMatchName, HeaderMatchRule, HeaderMatcher,
+    HostRewrite, PathMatch, QueryParameterMatcher, RedirectAction, RegexRewrite, ResourceError,
+    ResourceKind, Route, RouteAction, RouteConfig, RouteMatch, StringMatcher, StringPattern,
+    UnanchoredRegex, VirtualHost, WeightedCluster,
 };
 
 /// Envoy's default for a route's `timeout`.
@@ -669,9 +669,10 @@ fn forward(
         cluster_not_found_response_code, metadata_match, path_rewrite_policy, path_rewrite,
         append_x_forwarded_host, flush_timeout, early_data_policy, retry_policy_typed_config,
         request_mirror_policies, priority, rate_limits, include_vh_rate_limits, hash_policy,
-        cors, max_grpc_timeout, grpc_timeout_offset, internal_redirect_policy,
-        internal_redirect_action, max_internal_redirects, max_stream_duration,
+        cors, grpc_timeout_offset, internal_redirect_policy, internal_redirect_action,
+        max_internal_redirects,
     );
+    let grpc_timeout = grpc_timeout(cx, field, max_grpc_timeout, max_stream_duration);
     let resilience = retry::route_action(
         cx,
         field,
@@ -774,7 +775,64 @@ fn forward(
         retry_policy: resilience.retry_policy,
         hedge_on_per_try_timeout: resilience.hedge_on_per_try_timeout,
         retry_non_idempotent: resilience.retry_non_idempotent,
+        grpc_timeout,
     })
+}
+
+/// `max_stream_duration.grpc_timeout_header_max` (Envoy v3's field) or the deprecated
+/// `max_grpc_timeout`: whether, and up to what, a gRPC request's `grpc-timeout` header sets
+/// its deadline. Zero means "the header's value, uncapped". The other fields of
+/// `max_stream_duration` are refused.
+fn grpc_timeout(
+    cx: &mut Ctx,
+    field: &str,
+    max_grpc_timeout: &Option<XdsDuration>,
+    max_stream_duration: &Option<MaxStreamDuration>,
+) -> Option<GrpcTimeout> {
+    let from_header_max = match max_stream_duration {
+        None => None,
+        Some(m) => {
+            let f = join(field, "max_stream_duration");
+            let MaxStreamDuration {
+                max_stream_duration,
+                grpc_timeout_header_max,
+                grpc_timeout_header_offset,
+            } = m;
+            refuse!(cx, &f; max_stream_duration, grpc_timeout_header_offset);
+            match grpc_timeout_header_max {
+                Some(d) => {
+                    duration(cx, &join(&f, "grpc_timeout_header_max"), d).map(|d| GrpcTimeout {
+                        max: (!d.is_zero()).then_some(d),
+                        replaces_route_timeout: false,
+                    })
+                }
+                None => {
+                    cx.err(
+                        f,
+                        "only grpc_timeout_header_max is supported by legate; it must be set",
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let from_max_grpc = max_grpc_timeout.as_ref().and_then(|d| {
+        duration(cx, &join(field, "max_grpc_timeout"), d).map(|d| GrpcTimeout {
+            max: (!d.is_zero()).then_some(d),
+            replaces_route_timeout: true,
+        })
+    });
+    match (from_header_max, from_max_grpc) {
+        (Some(_), Some(_)) => {
+            cx.err(
+                join(field, "max_grpc_timeout"),
+                "cannot be combined with max_stream_duration.grpc_timeout_header_max \
+                 (its replacement)",
+            );
+            None
+        }
+        (a, b) => a.or(b),
+    }
 }
 
 fn route_upgrades(

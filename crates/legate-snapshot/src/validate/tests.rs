@@ -817,6 +817,56 @@ fn route_matchers_convert() {
     );
 }
 
+/// `grpc_timeout_header_max` (v3) and the deprecated `max_grpc_timeout` both let the
+/// `grpc-timeout` header set the deadline; zero means uncapped.
+#[test]
+fn grpc_timeout_fields_convert() {
+    let forward_of =
+        |s: &Snapshot, i: usize| match &s.route_configs["rc1"].virtual_hosts[0].routes[i].action {
+            RouteAction::Forward(f) => f.grpc_timeout,
+            other => panic!("{other:?}"),
+        };
+    let mut r = base();
+    ra(&mut r, 0).max_stream_duration = Some(MaxStreamDuration {
+        max_stream_duration: None,
+        grpc_timeout_header_max: dur(3),
+        grpc_timeout_header_offset: None,
+    });
+    #[allow(deprecated)]
+    {
+        ra(&mut r, 1).max_grpc_timeout = dur(0);
+    }
+    let s = ok(&r);
+    assert_eq!(
+        forward_of(&s, 0),
+        Some(crate::GrpcTimeout {
+            max: Some(Duration::from_secs(3)),
+            replaces_route_timeout: false,
+        })
+    );
+    assert_eq!(
+        forward_of(&s, 1),
+        Some(crate::GrpcTimeout {
+            max: None,
+            replaces_route_timeout: true,
+        })
+    );
+    let mut r = base();
+    ra(&mut r, 0).max_stream_duration = Some(MaxStreamDuration {
+        max_stream_duration: None,
+        grpc_timeout_header_max: dur(0),
+        grpc_timeout_header_offset: None,
+    });
+    assert_eq!(
+        forward_of(&ok(&r), 0),
+        Some(crate::GrpcTimeout {
+            max: None,
+            replaces_route_timeout: false,
+        })
+    );
+    assert_eq!(forward_of(&ok(&base()), 0), None);
+}
+
 #[test]
 fn forward_options_convert() {
     let mut r = base();
@@ -1714,7 +1764,43 @@ fn route_action_fields_refused() {
         ),
         (
             |r| ra(r, 0).max_stream_duration = Some(MaxStreamDuration::default()),
-            "route configuration 'rc1': virtual_hosts[0].routes[0].route.max_stream_duration: not supported by legate",
+            "route configuration 'rc1': virtual_hosts[0].routes[0].route.max_stream_duration: only grpc_timeout_header_max is supported by legate; it must be set",
+        ),
+        (
+            |r| {
+                ra(r, 0).max_stream_duration = Some(MaxStreamDuration {
+                    max_stream_duration: Some(XdsDuration {
+                        seconds: 5,
+                        nanos: 0,
+                    }),
+                    grpc_timeout_header_max: Some(XdsDuration {
+                        seconds: 5,
+                        nanos: 0,
+                    }),
+                    grpc_timeout_header_offset: None,
+                })
+            },
+            "route configuration 'rc1': virtual_hosts[0].routes[0].route.max_stream_duration.max_stream_duration: not supported by legate",
+        ),
+        (
+            |r| {
+                ra(r, 0).max_stream_duration = Some(MaxStreamDuration {
+                    max_stream_duration: None,
+                    grpc_timeout_header_max: Some(XdsDuration {
+                        seconds: 5,
+                        nanos: 0,
+                    }),
+                    grpc_timeout_header_offset: None,
+                });
+                #[allow(deprecated)]
+                {
+                    ra(r, 0).max_grpc_timeout = Some(XdsDuration {
+                        seconds: 5,
+                        nanos: 0,
+                    });
+                }
+            },
+            "route configuration 'rc1': virtual_hosts[0].routes[0].route.max_grpc_timeout: cannot be combined with max_stream_duration.grpc_timeout_header_max (its replacement)",
         ),
         (
             |r| ra(r, 0).priority = 1,

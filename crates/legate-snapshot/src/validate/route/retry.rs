@@ -323,14 +323,14 @@ fn condition(name: &str) -> Option<Condition> {
         "retriable-4xx" => Supported(|r| r.retriable_4xx = true),
         "retriable-status-codes" => Supported(|r| r.retriable_status_codes = true),
         "retriable-headers" => Supported(|r| r.retriable_headers = true),
-        // Envoy's gRPC conditions (x-envoy-retry-grpc-on) and the Envoy-specific ones.
-        "envoy-ratelimited"
-        | "http3-post-connect-failure"
-        | "cancelled"
-        | "deadline-exceeded"
-        | "internal"
-        | "resource-exhausted"
-        | "unavailable" => Unsupported,
+        // Envoy's gRPC conditions (as in x-envoy-retry-grpc-on): `grpc-status` in the
+        // response headers.
+        "cancelled" => Supported(|r| r.grpc_cancelled = true),
+        "deadline-exceeded" => Supported(|r| r.grpc_deadline_exceeded = true),
+        "resource-exhausted" => Supported(|r| r.grpc_resource_exhausted = true),
+        "internal" => Supported(|r| r.grpc_internal = true),
+        "unavailable" => Supported(|r| r.grpc_unavailable = true),
+        "envoy-ratelimited" | "http3-post-connect-failure" => Unsupported,
         _ => return None,
     })
 }
@@ -496,7 +496,8 @@ mod tests {
             &mut cx,
             "f",
             "5xx, gateway-error,reset,reset-before-request,connect-failure,refused-stream,\
-             retriable-4xx,retriable-status-codes,retriable-headers,,",
+             retriable-4xx,retriable-status-codes,retriable-headers,,cancelled, \
+             deadline-exceeded,resource-exhausted,internal,unavailable",
         );
         assert_eq!(cx.error_count(), 0);
         assert_eq!(
@@ -511,6 +512,11 @@ mod tests {
                 retriable_4xx: true,
                 retriable_status_codes: true,
                 retriable_headers: true,
+                grpc_cancelled: true,
+                grpc_deadline_exceeded: true,
+                grpc_resource_exhausted: true,
+                grpc_internal: true,
+                grpc_unavailable: true,
             }
         );
     }

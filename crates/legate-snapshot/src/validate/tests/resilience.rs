@@ -229,7 +229,8 @@ fn every_retry_policy_field_converts() {
     let mut r = base();
     ra(&mut r, 0).retry_policy = Some(XdsRetryPolicy {
         retry_on: "5xx, gateway-error,reset,reset-before-request,connect-failure,refused-stream,\
-                   retriable-4xx,retriable-status-codes,retriable-headers"
+                   retriable-4xx,retriable-status-codes,retriable-headers,cancelled,\
+                   deadline-exceeded,resource-exhausted,internal,unavailable"
             .to_owned(),
         num_retries: u32v(4),
         per_try_timeout: xms(750),
@@ -294,6 +295,11 @@ fn every_retry_policy_field_converts() {
                 retriable_4xx: true,
                 retriable_status_codes: true,
                 retriable_headers: true,
+                grpc_cancelled: true,
+                grpc_deadline_exceeded: true,
+                grpc_resource_exhausted: true,
+                grpc_internal: true,
+                grpc_unavailable: true,
             },
             num_retries: 4,
             per_try_timeout: Some(ms(750)),
@@ -598,14 +604,6 @@ fn retry_policy_fields_refused() {
         (
             |r| ra(r, 0).retry_policy = Some(policy("5xx,grpc-cancelled")),
             "route configuration 'rc1': virtual_hosts[0].routes[0].route.retry_policy.retry_on: unknown retry condition 'grpc-cancelled'",
-        ),
-        (
-            |r| ra(r, 0).retry_policy = Some(policy("cancelled")),
-            "route configuration 'rc1': virtual_hosts[0].routes[0].route.retry_policy.retry_on: 'cancelled' is not supported by legate",
-        ),
-        (
-            |r| ra(r, 0).retry_policy = Some(policy("reset,unavailable")),
-            "route configuration 'rc1': virtual_hosts[0].routes[0].route.retry_policy.retry_on: 'unavailable' is not supported by legate",
         ),
         (
             |r| ra(r, 0).retry_policy = Some(policy("envoy-ratelimited")),

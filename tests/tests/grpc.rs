@@ -1,0 +1,304 @@
+//! gRPC as gRPC, end to end: a real grpcio server behind legate (h2c upstream) and a real
+//! grpcio client in front of it (h2c downstream), configured over ADS with Envoy's fields
+//! (`retry_policy.retry_on` gRPC conditions, `max_stream_duration.grpc_timeout_header_max`).
+//!
+//! The peer is `tests/interop/grpc_peer.py` in the venv of `make peers`
+//! (`$LEGATE_PEERS_VENV`); a missing venv fails the test with instructions. The server
+//! prints one line per call it received, so a test counts attempts from the upstream's side.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::route::v3::route_action::MaxStreamDuration;
+use legate_tests::ListeningProcess;
+use legate_tests::config::cluster;
+use legate_tests::peers::{peers_python, repo_root};
+use legate_tests::resilience::{
+    Rig, SVC, cluster_mut, ms, outlier, retry, retry_non_idempotent, route, route_action,
+    svc_mesh_with, u32v,
+};
+use serde_json::Value;
+
+/// Bound on one client call (process start, import of grpcio, the call).
+const CALL_LIMIT: Duration = Duration::from_secs(30);
+
+fn script() -> String {
+    repo_root()
+        .join("tests/interop/grpc_peer.py")
+        .display()
+        .to_string()
+}
+
+async fn grpc_server() -> ListeningProcess {
+    let python = peers_python();
+    ListeningProcess::start("grpc peer", &python, &[&script(), "serve"]).await
+}
+
+/// A server whose every unary call fails with `code` in a trailers-only response.
+async fn failing_grpc_server(code: &str) -> ListeningProcess {
+    let python = peers_python();
+    ListeningProcess::start(
+        "failing grpc peer",
+        &python,
+        &[&script(), "serve", "--fail-all", code],
+    )
+    .await
+}
+
+/// Calls of any method and key the server received.
+fn all_calls(server: &ListeningProcess) -> usize {
+    server
+        .output()
+        .lines()
+        .filter(|l| l.starts_with("call "))
+        .count()
+}
+
+/// What the grpcio client saw.
+#[derive(Debug)]
+struct Call {
+    code: String,
+    details: String,
+    messages: Vec<String>,
+    seconds: f64,
+}
+
+/// One call through `rig` with the grpcio client; `timeout` becomes its deadline (sent as
+/// `grpc-timeout`).
+async fn call(rig: &Rig, method: &str, payload: &str, timeout: Option<f64>) -> Call {
+    let mut cmd = std::process::Command::new(peers_python());
+    cmd.arg(script())
+        .args(["call", "--target", &rig.addr().to_string()])
+        .args(["--method", method, "--payload", payload])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(t) = timeout {
+        cmd.args(["--timeout", &t.to_string()]);
+    }
+    let mut child = cmd.spawn().expect("start the grpc client");
+    // Its output is one short line, so the pipes cannot fill before it exits.
+    let limit = tokio::time::Instant::now() + CALL_LIMIT;
+    loop {
+        if child.try_wait().expect("poll the grpc client").is_some() {
+            break;
+        }
+        if tokio::time::Instant::now() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the grpc client did not finish within {CALL_LIMIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = child.wait_with_output().expect("grpc client output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "grpc client output is not JSON ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    Call {
+        code: v["code"].as_str().unwrap_or_default().to_owned(),
+        details: v["details"].as_str().unwrap_or_default().to_owned(),
+        messages: v["messages"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        seconds: v["seconds"].as_f64().unwrap_or(f64::MAX),
+    }
+}
+
+/// How many calls of `method` with `key` the server received.
+fn calls(server: &ListeningProcess, method: &str, key: &str) -> usize {
+    let prefix = format!("call {method} key={key} ");
+    server
+        .output()
+        .lines()
+        .filter(|l| l.contains(&prefix))
+        .count()
+}
+
+/// The listener's gRPC request count with `grpc_status`.
+async fn by_status(rig: &Rig, status: &str) -> f64 {
+    rig.metric(
+        "legate_downstream_grpc_requests_total",
+        &[("listener", "outbound"), ("grpc_status", status)],
+    )
+    .await
+}
+
+fn h2_mesh(server: &ListeningProcess) -> legate_snapshot::Resources {
+    svc_mesh_with(cluster(SVC, &[server.addr()]).protocol("http2"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_in_headers_is_retried() {
+    let server = grpc_server().await;
+    let mut res = h2_mesh(&server);
+    route_action(&mut res).retry_policy = Some(retry("unavailable,cancelled", 2));
+    // gRPC is POST: legate resends a request that reached the upstream only when the route
+    // opts in (or the request carries Idempotency-Key), stricter than Envoy.
+    route(&mut res).metadata = Some(retry_non_idempotent());
+    let rig = Rig::start(&res).await;
+
+    let c = call(&rig, "Unary", "key=r;fail=1", Some(10.0)).await;
+    assert_eq!(c.code, "OK", "{c:?}\n{}", rig.describe());
+    assert_eq!(c.messages, ["ok attempt=2"], "{c:?}");
+    assert_eq!(calls(&server, "Unary", "r"), 2, "{}", server.output());
+    assert_eq!(rig.retries().await, 1);
+
+    // A status that is not among the conditions is answered as is, once.
+    let c = call(&rig, "Unary", "key=i;fail=1;code=INTERNAL", Some(10.0)).await;
+    assert_eq!(c.code, "INTERNAL", "{c:?}");
+    assert_eq!(c.details, "probe failure 1", "{c:?}");
+    assert_eq!(calls(&server, "Unary", "i"), 1, "{}", server.output());
+
+    // Exhausted: three attempts, the last status goes to the client.
+    let c = call(&rig, "Unary", "key=x;fail=5", Some(10.0)).await;
+    assert_eq!(c.code, "UNAVAILABLE", "{c:?}");
+    assert_eq!(c.details, "probe failure 3", "{c:?}");
+    assert_eq!(calls(&server, "Unary", "x"), 3, "{}", server.output());
+    assert_eq!(rig.retries().await, 3);
+
+    // Without the opt-in, the same failure is not sent again.
+    route(&mut res).metadata = None;
+    rig.apply(&res).await;
+    let c = call(&rig, "Unary", "key=n;fail=1", Some(10.0)).await;
+    assert_eq!(c.code, "UNAVAILABLE", "{c:?}");
+    assert_eq!(calls(&server, "Unary", "n"), 1, "{}", server.output());
+    assert_eq!(rig.retries().await, 3);
+
+    // Counted by the status the client got: one OK, one INTERNAL, two UNAVAILABLE.
+    assert_eq!(by_status(&rig, "0").await, 1.0);
+    assert_eq!(by_status(&rig, "13").await, 1.0);
+    assert_eq!(by_status(&rig, "14").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_in_trailers_is_not_retried() {
+    let server = grpc_server().await;
+    let mut res = h2_mesh(&server);
+    route_action(&mut res).retry_policy = Some(retry("unavailable", 2));
+    route(&mut res).metadata = Some(retry_non_idempotent());
+    let rig = Rig::start(&res).await;
+
+    // The message went downstream before the status: too late to retry, as in Envoy.
+    let c = call(&rig, "Stream", "key=t;fail=1", Some(10.0)).await;
+    assert_eq!(c.code, "UNAVAILABLE", "{c:?}");
+    assert_eq!(c.messages, ["first attempt=1"], "{c:?}");
+    assert_eq!(calls(&server, "Stream", "t"), 1, "{}", server.output());
+    assert_eq!(rig.retries().await, 0);
+
+    let c = call(&rig, "Stream", "key=ok", Some(10.0)).await;
+    assert_eq!(c.code, "OK", "{c:?}");
+
+    // Counted from the trailers, once each, after the body ended.
+    legate_tests::eventually(Duration::from_secs(5), "trailers counted", || async {
+        let (ok, unavailable) = (by_status(&rig, "0").await, by_status(&rig, "14").await);
+        if (ok, unavailable) == (1.0, 1.0) {
+            Ok(())
+        } else {
+            Err(format!("OK {ok}, UNAVAILABLE {unavailable}"))
+        }
+    })
+    .await;
+    assert_eq!(by_status(&rig, "2").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_timeout_is_honoured_and_capped() {
+    let server = grpc_server().await;
+    let mut res = h2_mesh(&server);
+    route_action(&mut res).timeout = Some(ms(10_000));
+    route_action(&mut res).max_stream_duration = Some(MaxStreamDuration {
+        max_stream_duration: None,
+        grpc_timeout_header_max: Some(ms(300)),
+        grpc_timeout_header_offset: None,
+    });
+    let rig = Rig::start(&res).await;
+
+    // The client allows 5 s; the route caps it at 300 ms: legate answers, not the client.
+    let c = call(&rig, "Unary", "key=slow;sleep=3", Some(5.0)).await;
+    assert_eq!(c.code, "DEADLINE_EXCEEDED", "{c:?}");
+    assert_eq!(c.details, "upstream request timeout", "{c:?}");
+    assert!(c.seconds < 2.5, "{c:?}");
+    assert_eq!(
+        rig.metric(
+            "legate_local_replies_total",
+            &[("reason", "upstream-timeout")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(by_status(&rig, "4").await, 1.0);
+
+    // Without a deadline the header is absent: only the route's 10 s applies.
+    let c = call(&rig, "Unary", "key=calm;sleep=0.5", None).await;
+    assert_eq!(c.code, "OK", "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_healthy_upstream_is_unavailable_with_a_message() {
+    let res = svc_mesh_with(cluster(SVC, &[]).protocol("http2"));
+    let rig = Rig::start(&res).await;
+
+    let c = call(&rig, "Unary", "key=none", Some(10.0)).await;
+    assert_eq!(c.code, "UNAVAILABLE", "{c:?}");
+    assert_eq!(c.details, "no healthy upstream host", "{c:?}");
+    assert_eq!(by_status(&rig, "14").await, 1.0);
+    assert_eq!(
+        rig.metric(
+            "legate_local_replies_total",
+            &[("reason", "no-healthy-upstream")]
+        )
+        .await,
+        1.0
+    );
+    // A plain HTTP request still gets the text reply.
+    let (r, _) = rig.get("/").await;
+    assert_eq!(r.status, 503, "{}", r.describe());
+}
+
+/// A host that answers every call with a trailers-only UNAVAILABLE is a failing host to
+/// outlier detection (HTTP 200 on the wire, judged as the 503 it stands for, as in Envoy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_only_failures_eject_the_host() {
+    let good = grpc_server().await;
+    let bad = failing_grpc_server("UNAVAILABLE").await;
+    let mut res = svc_mesh_with(cluster(SVC, &[good.addr(), bad.addr()]).protocol("http2"));
+    let mut od = outlier();
+    od.consecutive_5xx = u32v(3);
+    od.enforcing_consecutive_5xx = u32v(100);
+    od.base_ejection_time = Some(ms(60_000));
+    cluster_mut(&mut res, SVC).outlier_detection = Some(od);
+    let rig = Rig::start(&res).await;
+
+    // Round robin: the bad host fails three times within the first few calls (bounded).
+    let mut failures = 0;
+    for i in 0..20 {
+        let c = call(&rig, "Unary", &format!("key=e{i}"), Some(10.0)).await;
+        if c.code != "OK" {
+            assert_eq!(c.code, "UNAVAILABLE", "{c:?}");
+            failures += 1;
+            if failures == 3 {
+                break;
+            }
+        }
+    }
+    assert_eq!(failures, 3, "{}", bad.output());
+    assert_eq!(
+        rig.metric("legate_outlier_ejected_hosts", &[("cluster", SVC)])
+            .await,
+        1.0
+    );
+    // Ejected for a minute: every call now reaches the good host.
+    let before = all_calls(&bad);
+    for i in 0..6 {
+        let c = call(&rig, "Unary", &format!("key=after{i}"), Some(10.0)).await;
+        assert_eq!(c.code, "OK", "{c:?}");
+    }
+    assert_eq!(all_calls(&bad), before, "{}", bad.output());
+}
