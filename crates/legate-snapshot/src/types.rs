@@ -512,6 +512,9 @@ pub struct ForwardAction {
     /// and a gRPC request times out like any other (Envoy's behaviour when neither
     /// `max_stream_duration.grpc_timeout_header_max` nor `max_grpc_timeout` is set).
     pub grpc_timeout: Option<GrpcTimeout>,
+    /// `hash_policy`, in order; empty when unset. Read only when the picked cluster's
+    /// policy hashes (RING_HASH, MAGLEV).
+    pub hash_policy: Arc<[HashPolicy]>,
 }
 
 /// Where a route lets a gRPC request's `grpc-timeout` header set its deadline.
@@ -910,6 +913,72 @@ pub enum LbPolicy {
         active_request_bias_milli: u32,
     },
     Random,
+    /// `RING_HASH` (ketama ring, xxHash64 as Envoy's default): each host gets ring entries in
+    /// proportion to its weight; a request's hash picks the first entry at or after it.
+    RingHash {
+        /// `minimum_ring_size` (default 1024), at most [`MAX_RING_SIZE`].
+        min_ring_size: u64,
+        /// `maximum_ring_size` (default and at most [`MAX_RING_SIZE`]).
+        max_ring_size: u64,
+    },
+    /// `MAGLEV`: a lookup table of `table_size` entries (a prime, default 65537).
+    Maglev {
+        table_size: u64,
+    },
+}
+
+impl LbPolicy {
+    /// Whether the policy picks hosts by a request's hash (the route's `hash_policy`).
+    pub fn is_hashing(&self) -> bool {
+        matches!(self, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
+    }
+}
+
+/// Envoy's default `ring_hash_lb_config.minimum_ring_size`.
+pub const DEFAULT_MIN_RING_SIZE: u64 = 1024;
+/// Envoy's largest ring (and default `maximum_ring_size`): 8M entries.
+pub const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
+/// Envoy's default Maglev table size (a prime).
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
+/// Envoy's largest Maglev table (a prime).
+pub const MAX_MAGLEV_TABLE_SIZE: u64 = 5_000_011;
+
+/// One entry of a route's `hash_policy`, validated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HashPolicy {
+    pub method: HashMethod,
+    /// `terminal`: when this entry yields a hash, the entries after it are not evaluated.
+    pub terminal: bool,
+}
+
+/// What a [`HashPolicy`] hashes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashMethod {
+    /// The values of a request header (lowercase name); no hash when it is absent.
+    Header {
+        #[serde(serialize_with = "ser_header_name")]
+        name: HeaderName,
+    },
+    /// A cookie's value. When the request has none and `ttl` is set, legate makes one and
+    /// returns it in `Set-Cookie` (a session cookie when the ttl is zero).
+    Cookie(CookieHash),
+    /// The downstream connection's source IP address.
+    SourceIp,
+    /// The first value of a query parameter; no hash when it is absent.
+    QueryParameter { name: Arc<str> },
+}
+
+/// `hash_policy.cookie`, validated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CookieHash {
+    pub name: Arc<str>,
+    /// `ttl`: `None` never generates a cookie; zero generates a session cookie.
+    pub ttl: Option<Duration>,
+    /// `path` of a generated cookie; `None` when empty.
+    pub path: Option<Arc<str>>,
+    /// `attributes` of a generated cookie, `name` or `name=value`, in configuration order.
+    pub attributes: Vec<(Arc<str>, Arc<str>)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

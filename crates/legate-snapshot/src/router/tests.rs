@@ -35,6 +35,7 @@ fn forward(cluster: &str) -> ForwardAction {
         retry_buffer_limit: crate::DEFAULT_RETRY_BUFFER_LIMIT,
         retry_non_idempotent: false,
         grpc_timeout: None,
+        hash_policy: Arc::from([]),
     }
 }
 

@@ -13,8 +13,9 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, CommonLbConfig, DiscoveryType,
     DnsLookupFamily, EdsClusterConfig, LbConfig, LbPolicy as XdsLbPolicy, LeastRequestLbConfig,
-    RoundRobinLbConfig,
+    MaglevLbConfig, RingHashLbConfig, RoundRobinLbConfig,
 };
+use envoy_types::pb::envoy::config::cluster::v3::cluster::ring_hash_lb_config::HashFunction as RingHashFunction;
 use envoy_types::pb::envoy::config::cluster::v3::load_balancing_policy::Policy;
 use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster as XdsCluster, LoadBalancingPolicy as XdsLoadBalancingPolicy,
@@ -33,7 +34,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
     AutoHttpConfig, ExplicitHttpConfig, UpstreamProtocolOptions,
 };
-use envoy_types::pb::google::protobuf::{Any, Duration as XdsDuration, UInt32Value};
+use envoy_types::pb::google::protobuf::{Any, Duration as XdsDuration, UInt32Value, UInt64Value};
 use prost::Message;
 
 use super::common::{
@@ -43,7 +44,8 @@ use super::common::{
 use super::endpoint::load_assignment_in;
 use super::tls::{self as tls_ctx, AutoSni, Transport};
 use crate::{
-    Cluster, Discovery, DnsFamily, LbPolicy, LoadAssignment, ResourceError, ResourceKind,
+    Cluster, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MIN_RING_SIZE, Discovery, DnsFamily, LbPolicy,
+    LoadAssignment, MAX_MAGLEV_TABLE_SIZE, MAX_RING_SIZE, ResourceError, ResourceKind,
     UpstreamProtocol, type_url,
 };
 
@@ -450,6 +452,40 @@ fn lb(
             mismatched_lb_config(cx, config_name, "RANDOM");
             LbPolicy::Random
         }
+        Some(XdsLbPolicy::RingHash) => match lb_config {
+            Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
+                minimum_ring_size,
+                hash_function,
+                maximum_ring_size,
+            })) => {
+                let field = "ring_hash_lb_config";
+                let f = join(field, "hash_function");
+                if let Some(RingHashFunction::MurmurHash2) =
+                    enum_value::<RingHashFunction>(cx, &f, *hash_function)
+                {
+                    cx.err(f, "not supported by legate: MURMUR_HASH_2 (XX_HASH is)");
+                }
+                ring_hash(
+                    cx,
+                    field,
+                    minimum_ring_size.as_ref(),
+                    maximum_ring_size.as_ref(),
+                )
+            }
+            _ => {
+                mismatched_lb_config(cx, config_name, "RING_HASH");
+                ring_hash(cx, "ring_hash_lb_config", None, None)
+            }
+        },
+        Some(XdsLbPolicy::Maglev) => match lb_config {
+            Some(LbConfig::MaglevLbConfig(MaglevLbConfig { table_size })) => {
+                maglev(cx, "maglev_lb_config", table_size.as_ref())
+            }
+            _ => {
+                mismatched_lb_config(cx, config_name, "MAGLEV");
+                maglev(cx, "maglev_lb_config", None)
+            }
+        },
         Some(XdsLbPolicy::LoadBalancingPolicyConfig) => {
             cx.err(
                 "lb_policy",
@@ -518,6 +554,81 @@ fn least_request(
         choice_count,
         active_request_bias_milli,
     }
+}
+
+/// Ring hash sizes: both at most [`MAX_RING_SIZE`] (Envoy's bound; a larger ring is memory a
+/// control plane could make legate spend per cluster), the minimum at least 1 and not above
+/// the maximum.
+fn ring_hash(
+    cx: &mut Ctx,
+    field: &str,
+    min: Option<&UInt64Value>,
+    max: Option<&UInt64Value>,
+) -> LbPolicy {
+    let mut size = |name: &str, v: Option<&UInt64Value>, default: u64| match v {
+        None => default,
+        Some(UInt64Value { value }) if *value > MAX_RING_SIZE => {
+            cx.err(
+                join(field, name),
+                format!("{value} is above the largest ring, {MAX_RING_SIZE}"),
+            );
+            default
+        }
+        Some(UInt64Value { value: 0 }) => {
+            cx.err(join(field, name), "must be at least 1");
+            default
+        }
+        Some(UInt64Value { value }) => *value,
+    };
+    let min_ring_size = size("minimum_ring_size", min, DEFAULT_MIN_RING_SIZE);
+    let max_ring_size = size("maximum_ring_size", max, MAX_RING_SIZE);
+    if min_ring_size > max_ring_size {
+        cx.err(
+            join(field, "minimum_ring_size"),
+            format!("{min_ring_size} is above maximum_ring_size ({max_ring_size})"),
+        );
+    }
+    LbPolicy::RingHash {
+        min_ring_size: min_ring_size.min(max_ring_size),
+        max_ring_size,
+    }
+}
+
+/// Maglev's table size: a prime (the table is built from permutations modulo it), at most
+/// [`MAX_MAGLEV_TABLE_SIZE`] as in Envoy.
+fn maglev(cx: &mut Ctx, field: &str, size: Option<&UInt64Value>) -> LbPolicy {
+    let table_size = match size {
+        None => DEFAULT_MAGLEV_TABLE_SIZE,
+        Some(UInt64Value { value }) if *value > MAX_MAGLEV_TABLE_SIZE => {
+            cx.err(
+                join(field, "table_size"),
+                format!("{value} is above the largest table, {MAX_MAGLEV_TABLE_SIZE}"),
+            );
+            DEFAULT_MAGLEV_TABLE_SIZE
+        }
+        Some(UInt64Value { value }) if !is_prime(*value) => {
+            cx.err(join(field, "table_size"), format!("{value} is not a prime"));
+            DEFAULT_MAGLEV_TABLE_SIZE
+        }
+        Some(UInt64Value { value }) => *value,
+    };
+    LbPolicy::Maglev { table_size }
+}
+
+/// Trial division: the values are bounded by [`MAX_MAGLEV_TABLE_SIZE`], so at most ~1,100
+/// divisions.
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2u64;
+    while d.saturating_mul(d) <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 1 + u64::from(d > 2);
+    }
+    true
 }
 
 /// `load_balancing_policy`: as Envoy does, the first policy legate implements wins and the

@@ -1,6 +1,7 @@
 //! `RouteConfiguration` → [`RouteConfig`], standalone (RDS) or inline in an HTTP connection
 //! manager, in which case errors belong to the listener and carry the HCM's field path.
 
+mod hash;
 mod retry;
 pub use retry::MAX_RETRY_BUFFER_LIMIT;
 
@@ -668,11 +669,11 @@ fn forward(
     refuse!(cx, field;
         cluster_not_found_response_code, metadata_match, path_rewrite_policy, path_rewrite,
         append_x_forwarded_host, flush_timeout, early_data_policy, retry_policy_typed_config,
-        request_mirror_policies, priority, rate_limits, include_vh_rate_limits, hash_policy,
-        cors, grpc_timeout_offset, internal_redirect_policy, internal_redirect_action,
+        request_mirror_policies, priority, rate_limits, include_vh_rate_limits, cors, grpc_timeout_offset, internal_redirect_policy, internal_redirect_action,
         max_internal_redirects,
     );
     let grpc_timeout = grpc_timeout(cx, field, max_grpc_timeout, max_stream_duration);
+    let hash_policy = hash::hash_policies(cx, field, hash_policy);
     let resilience = retry::route_action(
         cx,
         field,
@@ -776,6 +777,7 @@ fn forward(
         hedge_on_per_try_timeout: resilience.hedge_on_per_try_timeout,
         retry_non_idempotent: resilience.retry_non_idempotent,
         grpc_timeout,
+        hash_policy,
     })
 }
 

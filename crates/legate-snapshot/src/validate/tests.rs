@@ -77,6 +77,7 @@ use super::{Resources, build};
 
 mod access_log;
 mod filters;
+mod hashing;
 mod resilience;
 mod tls;
 mod trace;
@@ -1747,7 +1748,7 @@ fn route_action_fields_refused() {
         ),
         (
             |r| ra(r, 0).hash_policy = vec![HashPolicy::default()],
-            "route configuration 'rc1': virtual_hosts[0].routes[0].route.hash_policy: not supported by legate",
+            "route configuration 'rc1': virtual_hosts[0].routes[0].route.hash_policy[0]: one of header, cookie, connection_properties or query_parameter is required",
         ),
         (
             |r| ra(r, 0).request_mirror_policies = vec![Default::default()],
@@ -2068,8 +2069,8 @@ fn cluster_fields_refused() {
             "cluster 'static': transport_socket.typed_config: transport socket type 'type.googleapis.com/envoy.extensions.transport_sockets.alts.v3.Alts' is not supported by legate (expected UpstreamTlsContext or RawBuffer)",
         ),
         (
-            |r| cl(r, "static").lb_policy = XdsLbPolicy::RingHash as i32,
-            "cluster 'static': lb_policy: not supported by legate: RING_HASH",
+            |r| cl(r, "static").lb_policy = XdsLbPolicy::ClusterProvided as i32,
+            "cluster 'static': lb_policy: not supported by legate: CLUSTER_PROVIDED",
         ),
         (
             |r| cl(r, "static").lb_policy = XdsLbPolicy::LoadBalancingPolicyConfig as i32,
@@ -2483,7 +2484,7 @@ fn every_error_is_reported() {
         ..Default::default()
     });
     cl(&mut r, "static").health_checks = vec![HealthCheck::default()];
-    cl(&mut r, "static").lb_policy = XdsLbPolicy::Maglev as i32;
+    cl(&mut r, "static").lb_policy = XdsLbPolicy::ClusterProvided as i32;
     lb_ep(&mut r).load_balancing_weight = u32v(0);
     let got = build("v1", &r).expect_err("invalid");
     assert_eq!(
@@ -2509,7 +2510,9 @@ fn every_error_is_reported() {
     );
     assert_eq!(got.for_kind(crate::ResourceKind::Cluster).count(), 6);
     let text = got.to_string();
-    assert!(text.contains("; cluster 'static': lb_policy: not supported by legate: MAGLEV;"));
+    assert!(
+        text.contains("; cluster 'static': lb_policy: not supported by legate: CLUSTER_PROVIDED;")
+    );
 }
 
 #[test]
