@@ -180,7 +180,10 @@ impl ClusterHosts {
     /// Store a set built from `hosts` (their current state) and publish its gauges. Call
     /// with the update lock held.
     fn store(&self, hosts: Vec<Arc<Host>>) {
-        let set = HostSet::new(hosts, self.panic_permille.load(Ordering::Relaxed));
+        // The hash table is rebuilt only when the membership (or a weight) changed, which
+        // is never on the request path; a state change reuses the previous one.
+        let set = HostSet::new(hosts, self.panic_permille.load(Ordering::Relaxed))
+            .with_table(&self.config.load().lb_policy, Some(&self.hosts.load()));
         let counts = set.counts();
         for (g, (_, n)) in self.metrics.by_state.iter().zip(counts.by_label()) {
             g.set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -302,10 +305,14 @@ impl ClusterRuntime {
         self.shared.current()
     }
 
-    /// Pick a host by the cluster's load-balancing policy.
-    pub(crate) fn pick(&self) -> Option<Arc<Host>> {
+    /// Pick a host by the cluster's load-balancing policy; `hash` is the request's hash
+    /// for RING_HASH and MAGLEV (`None`: a random point of the table).
+    pub(crate) fn pick(&self, hash: Option<u64>) -> Option<Arc<Host>> {
         let set = self.shared.hosts.load();
-        let host = set.pick(&self.config.lb_policy, &self.shared.cursor)?;
+        let host = match hash {
+            Some(h) if self.config.lb_policy.is_hashing() => set.pick_hashed(h, &[])?,
+            _ => set.pick(&self.config.lb_policy, &self.shared.cursor)?,
+        };
         if set.in_panic() {
             self.shared.metrics.panic_picks.inc();
         }
@@ -315,9 +322,24 @@ impl ClusterRuntime {
     /// Pick a host, picking again up to `attempts` more times while the pick is one of
     /// `avoid` (Envoy's `previous_hosts` retry predicate with
     /// `host_selection_retry_max_attempts`). When every pick is avoided, the last stands.
-    pub(crate) fn pick_avoiding(&self, avoid: &[SocketAddr], attempts: u32) -> Option<Arc<Host>> {
+    /// A hashing cluster walks its table from the request's hash to the next host not
+    /// avoided instead (Envoy also walks the ring), so where a key's retry goes is
+    /// deterministic and spends no attempts.
+    pub(crate) fn pick_avoiding(
+        &self,
+        avoid: &[SocketAddr],
+        attempts: u32,
+        hash: Option<u64>,
+    ) -> Option<Arc<Host>> {
         let set = self.shared.hosts.load();
         let policy = &self.config.lb_policy;
+        if policy.is_hashing() {
+            let host = set.pick_hashed(hash.unwrap_or_else(|| fastrand::u64(..)), avoid)?;
+            if set.in_panic() {
+                self.shared.metrics.panic_picks.inc();
+            }
+            return Some(host.clone());
+        }
         let mut host = set.pick(policy, &self.shared.cursor)?;
         for _ in 0..attempts {
             if !avoid.contains(&host.addr) {
@@ -896,13 +918,13 @@ mod tests {
         let rt = ClusterRuntime::new(Arc::new(cluster("c", &addrs(3))), &m, None);
         let a = addrs(3);
         // Round robin: two avoided hosts need up to two more picks.
-        let c = port_counts(&rt, 30, || rt.pick_avoiding(&a[..2], 2));
+        let c = port_counts(&rt, 30, || rt.pick_avoiding(&a[..2], 2, None));
         assert_eq!(c, vec![0, 0, 30]);
         // No extra attempts: a plain pick.
-        let c = port_counts(&rt, 30, || rt.pick_avoiding(&a[..2], 0));
+        let c = port_counts(&rt, 30, || rt.pick_avoiding(&a[..2], 0, None));
         assert_eq!(c, vec![10, 10, 10]);
         // Everything avoided: the last pick stands.
-        let c = port_counts(&rt, 30, || rt.pick_avoiding(&a, 5));
+        let c = port_counts(&rt, 30, || rt.pick_avoiding(&a, 5, None));
         assert_eq!(c.iter().sum::<usize>(), 30);
     }
 
@@ -931,7 +953,7 @@ mod tests {
         assert!(!h0.is_ejected());
         rt.report(&h0, Outcome::Response(503));
         assert!(h0.is_ejected());
-        assert_eq!(port_counts(&rt, 20, || rt.pick()), vec![0, 10, 10]);
+        assert_eq!(port_counts(&rt, 20, || rt.pick(None)), vec![0, 10, 10]);
         let gauge = |state: &str| m.cluster_hosts.get_or_create(&["c", state]).get();
         assert_eq!(gauge("ejected"), 1);
         assert_eq!(gauge("healthy"), 2);
@@ -943,7 +965,7 @@ mod tests {
             1
         );
         until(Duration::from_secs(3), "unejected", || !h0.is_ejected()).await;
-        assert_eq!(port_counts(&rt, 30, || rt.pick()), vec![10, 10, 10]);
+        assert_eq!(port_counts(&rt, 30, || rt.pick(None)), vec![10, 10, 10]);
         assert_eq!(gauge("ejected"), 0);
     }
 
@@ -973,14 +995,14 @@ mod tests {
         }
         // One of two left is 50%: not panic.
         assert!(!rt.hosts().in_panic());
-        assert_eq!(port_counts(&rt, 10, || rt.pick()), vec![0, 10]);
+        assert_eq!(port_counts(&rt, 10, || rt.pick(None)), vec![0, 10]);
         let h1 = rt.hosts().hosts[1].clone();
         for _ in 0..5 {
             rt.report(&h1, Outcome::Response(500));
         }
         assert!(h1.is_ejected());
         assert!(rt.hosts().in_panic());
-        assert_eq!(port_counts(&rt, 10, || rt.pick()), vec![5, 5]);
+        assert_eq!(port_counts(&rt, 10, || rt.pick(None)), vec![5, 5]);
         assert_eq!(m.cluster_panic.get_or_create(&["c"]).get(), 1);
         assert_eq!(m.lb_panic.get_or_create(&["c"]).get(), 10);
     }
@@ -1022,7 +1044,7 @@ mod tests {
         let mut c4 = c3.clone();
         c4.healthy_panic_threshold_permille = 0;
         let rt4 = rt3.with_config(Arc::new(c4.clone()), &m, None);
-        assert!(rt4.pick().is_none());
+        assert!(rt4.pick(None).is_none());
 
         // Outlier detection removed: the ejection is lifted and reports are ignored.
         let mut c5 = c4.clone();
@@ -1036,7 +1058,9 @@ mod tests {
         }
         assert!(!h.is_ejected());
         assert_eq!(
-            port_counts(&rt5, 12, || rt5.pick()).iter().sum::<usize>(),
+            port_counts(&rt5, 12, || rt5.pick(None))
+                .iter()
+                .sum::<usize>(),
             12
         );
     }

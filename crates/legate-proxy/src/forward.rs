@@ -51,6 +51,8 @@ pub(crate) struct Request<'a> {
     pub(crate) trail: &'a mut Trail,
     /// The request's server span, when it is sampled.
     pub(crate) trace: Option<&'a crate::trace::ServerSpan>,
+    /// The request's hash from its route's `hash_policy`, for RING_HASH and MAGLEV.
+    pub(crate) hash: Option<u64>,
 }
 
 pub(crate) async fn forward(r: Request<'_>) -> Result<Response<ResponseBody>, ProxyError> {
@@ -89,6 +91,7 @@ async fn forward_inner(r: Request<'_>) -> Result<Response<ResponseBody>, ProxyEr
         stream_idle,
         trail,
         trace,
+        hash,
         ..
     } = r;
     let buffering = body::buffer_request(body, fwd.retry_buffer_limit, budgets);
@@ -127,6 +130,7 @@ async fn forward_inner(r: Request<'_>) -> Result<Response<ResponseBody>, ProxyEr
         attempts: 0,
         max_attempts: policy.num_retries.saturating_add(1),
         trail,
+        hash,
     };
     let res = driver.run().await;
     hooks::breaker_record(breaker, &res);
@@ -146,6 +150,7 @@ async fn single(
         stream_idle,
         trail,
         trace,
+        hash,
         ..
     } = r;
     let body = if upgrade {
@@ -153,7 +158,7 @@ async fn single(
     } else {
         RequestBody::Incoming(body)
     };
-    let host = cluster.pick().ok_or(ProxyError::NoHealthyUpstream)?;
+    let host = cluster.pick(hash).ok_or(ProxyError::NoHealthyUpstream)?;
     trail.upstream_host = Some(host.addr);
     let slot = cluster
         .limits
@@ -334,6 +339,8 @@ struct Driver<'a> {
     attempts: u32,
     max_attempts: u32,
     trail: &'a mut Trail,
+    /// The request's hash (RING_HASH, MAGLEV): every attempt starts from it.
+    hash: Option<u64>,
 }
 
 impl<'a> Driver<'a> {
@@ -446,9 +453,10 @@ impl<'a> Driver<'a> {
                 self.cluster,
                 &self.tried,
                 self.policy.host_selection_retry_max_attempts,
+                self.hash,
             )
         } else {
-            self.cluster.pick()
+            self.cluster.pick(self.hash)
         }
         .ok_or(ProxyError::NoHealthyUpstream)?;
         let slot = self

@@ -279,6 +279,7 @@ mod tests {
                     replaces_route_timeout,
                 },
             ),
+            hash_policy: Arc::from([]),
         }
     }
 

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use http::uri::Authority;
 use legate_snapshot::{HealthStatus, LbPolicy};
 
+use crate::hash::HashTable;
 use crate::resilience::outlier::HostOutlier;
 
 /// One upstream host. Kept across endpoint updates while its address stays, so its active
@@ -259,7 +260,18 @@ pub struct HostSet {
     equal_weights: bool,
     panic: bool,
     counts: HostCounts,
+    /// By index into `hosts`: whether the host is eligible (for hash-based picks, which
+    /// walk the table past the others).
+    eligible_mask: Vec<bool>,
+    /// The ring or Maglev table over `hosts` (RING_HASH and MAGLEV clusters), built when
+    /// the membership changes and carried over when only host states do.
+    table: Option<Arc<HashTable>>,
 }
+
+/// How far a hash-based pick walks the table looking for an eligible host before it
+/// gives up on the table (a host too light to own a nearby entry): bounds the work of one
+/// pick whatever the table size.
+const MAX_TABLE_WALK: usize = 65_536;
 
 impl HostSet {
     /// Precompute the eligible hosts from each host's current state. Panic mode (every
@@ -310,6 +322,10 @@ impl HostSet {
         } else {
             smooth_schedule(&weights)
         };
+        let mut eligible_mask = vec![false; hosts.len()];
+        for &i in &eligible {
+            eligible_mask[i] = true;
+        }
         HostSet {
             hosts,
             eligible,
@@ -318,7 +334,71 @@ impl HostSet {
             equal_weights,
             panic,
             counts,
+            eligible_mask,
+            table: None,
         }
+    }
+
+    /// The set with its hash table: built from `hosts` for a hashing `policy`, unless
+    /// `previous` holds one for the same hosts and policy, which is reused.
+    pub(crate) fn with_table(mut self, policy: &LbPolicy, previous: Option<&HostSet>) -> Self {
+        if !policy.is_hashing() {
+            return self;
+        }
+        let reusable = previous.and_then(|p| {
+            let t = p.table.as_ref()?;
+            let same_hosts = p.hosts.len() == self.hosts.len()
+                && p.hosts
+                    .iter()
+                    .zip(&self.hosts)
+                    .all(|(a, b)| Arc::ptr_eq(a, b));
+            (same_hosts && t.policy() == policy).then(|| t.clone())
+        });
+        self.table = reusable.or_else(|| HashTable::build(policy, &self.hosts).map(Arc::new));
+        self
+    }
+
+    /// The hash table, for tests.
+    #[cfg(test)]
+    pub(crate) fn table(&self) -> Option<&Arc<HashTable>> {
+        self.table.as_ref()
+    }
+
+    /// Pick by `hash` on the cluster's table: the host owning the hash's entry, or the
+    /// next one around the table that is eligible and, when some eligible host is not in
+    /// `avoid` (a retry's `previous_hosts`), not in `avoid`. Deterministic for a given
+    /// hash, host set and `avoid`. Without a table (not built, no host) or when the bounded
+    /// walk finds nothing, an eligible host chosen by the hash itself.
+    pub fn pick_hashed(&self, hash: u64, avoid: &[SocketAddr]) -> Option<&Arc<Host>> {
+        if self.eligible.is_empty() {
+            return None;
+        }
+        let avoiding = !avoid.is_empty()
+            && self
+                .eligible
+                .iter()
+                .any(|&i| !avoid.contains(&self.hosts[i].addr));
+        let usable = |i: usize| {
+            self.eligible_mask.get(i).copied().unwrap_or(false)
+                && !(avoiding && avoid.contains(&self.hosts[i].addr))
+        };
+        if let Some(t) = &self.table
+            && let Some(i) = t.walk(hash, MAX_TABLE_WALK).find(|&i| usable(i))
+        {
+            return Some(&self.hosts[i]);
+        }
+        let candidates: Vec<usize> = self
+            .eligible
+            .iter()
+            .copied()
+            .filter(|&i| usable(i))
+            .collect();
+        let pool = if candidates.is_empty() {
+            &self.eligible
+        } else {
+            &candidates
+        };
+        Some(&self.hosts[pool[(hash % pool.len() as u64) as usize]])
     }
 
     pub fn is_empty(&self) -> bool {
@@ -357,6 +437,10 @@ impl HostSet {
                 choice_count,
                 active_request_bias_milli,
             } => self.least_request(choice_count.max(2), active_request_bias_milli),
+            // A request without a hash lands on a random point of the table, as in Envoy.
+            LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => {
+                return self.pick_hashed(fastrand::u64(..), &[]);
+            }
         };
         Some(&self.hosts[self.eligible[slot]])
     }

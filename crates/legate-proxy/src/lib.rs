@@ -16,6 +16,7 @@ mod error;
 mod filters;
 mod forward;
 mod grpc;
+mod hash;
 mod headers;
 pub mod lb;
 mod listener;

@@ -323,6 +323,21 @@ async fn dispatch(
                 .clusters
                 .get(cluster_name)
                 .ok_or(ProxyError::ClusterNotFound)?;
+            // Only a hashing cluster asks for the hash (and so for a generated cookie), as
+            // in Envoy, where the load balancer computes it.
+            let hashed = if cluster.config().lb_policy.is_hashing() && !fwd.hash_policy.is_empty() {
+                crate::hash::request_hash(
+                    &fwd.hash_policy,
+                    req.headers(),
+                    req.uri().query(),
+                    &crate::hash::Conn {
+                        peer: ctx.peer,
+                        local: ctx.local,
+                    },
+                )
+            } else {
+                crate::hash::RequestHash::default()
+            };
             let upgrade = upgrade_type(&req, view, fwd)?;
             let on_downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
             let (parts, body) = req.into_parts();
@@ -356,6 +371,7 @@ async fn dispatch(
                 stream_idle,
                 trail,
                 trace,
+                hash: hashed.hash,
             })
             .await?;
 
@@ -387,6 +403,9 @@ async fn dispatch(
             let (mut parts, body) = res.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers, false);
             finish_response_headers(&mut parts.headers, view, vhost, route, weighted);
+            if let Some(cookie) = hashed.set_cookie {
+                parts.headers.append(header::SET_COOKIE, cookie);
+            }
             parts.version = Version::HTTP_11;
             Ok(Response::from_parts(parts, body))
         }

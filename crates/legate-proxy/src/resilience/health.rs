@@ -701,7 +701,7 @@ mod tests {
             h.effective_health(),
             legate_snapshot::HealthStatus::Degraded
         );
-        assert!(rt.pick().is_some());
+        assert!(rt.pick(None).is_some());
     }
 
     #[tokio::test]
@@ -759,14 +759,14 @@ mod tests {
         let rt = ClusterRuntime::new(Arc::new(c), &m, None);
         let h = host(&rt, addr);
         assert!(
-            rt.pick().is_none(),
+            rt.pick(None).is_none(),
             "no host before its first check without panic mode"
         );
         until(WAIT, "timed out", || {
             h.active_health() == ActiveHealth::Failed
         })
         .await;
-        assert!(rt.pick().is_none());
+        assert!(rt.pick(None).is_none());
         hold.abort();
     }
 
@@ -835,7 +835,7 @@ mod tests {
         let rt2 = rt.with_config(Arc::new(def2), &m, None);
         let h = host(&rt2, up.addr);
         assert!(h.is_available());
-        assert!(rt2.pick().is_some());
+        assert!(rt2.pick(None).is_some());
         until(WAIT, "checked", || up.hits() == 1).await;
         until(WAIT, "passed", || h.active_health() == ActiveHealth::Passed).await;
     }

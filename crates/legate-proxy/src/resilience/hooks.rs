@@ -53,6 +53,7 @@ pub(crate) fn pick_avoiding(
     cluster: &ClusterRuntime,
     avoid: &[SocketAddr],
     attempts: u32,
+    hash: Option<u64>,
 ) -> Option<Arc<Host>> {
-    cluster.pick_avoiding(avoid, attempts)
+    cluster.pick_avoiding(avoid, attempts, hash)
 }
