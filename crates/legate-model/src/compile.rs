@@ -557,6 +557,7 @@ fn forward(f: &Forward) -> RouteAction {
         idle_timeout: f.idle_timeout.map(duration),
         retry_policy: f.retries.as_ref().map(policies::retry_policy),
         hedge_policy: f.retries.as_ref().and_then(policies::hedge_policy),
+        hash_policy: f.hash.iter().map(policies::hash_policy).collect(),
         ..Default::default()
     }
 }
@@ -625,6 +626,8 @@ fn cluster(
             LbPolicy::RoundRobin => XdsLbPolicy::RoundRobin,
             LbPolicy::LeastRequest => XdsLbPolicy::LeastRequest,
             LbPolicy::Random => XdsLbPolicy::Random,
+            LbPolicy::RingHash => XdsLbPolicy::RingHash,
+            LbPolicy::Maglev => XdsLbPolicy::Maglev,
         }
         .into(),
         typed_extension_protocol_options: HashMap::from([(

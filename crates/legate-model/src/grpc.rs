@@ -8,9 +8,12 @@
 //! ignores such listeners with a warning.
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::ring_hash_lb_config::HashFunction as RingHashFunction;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy as XdsLbPolicy,
+    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy as XdsLbPolicy,
+    RingHashLbConfig,
 };
+use envoy_types::pb::google::protobuf::UInt64Value;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as XdsClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener as XdsListener};
 use envoy_types::pb::envoy::config::route::v3::{
@@ -164,11 +167,27 @@ fn cluster(
         connect_timeout: Some(duration(
             s.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         )),
-        // gRPC takes ROUND_ROBIN and RING_HASH; it NACKs LEAST_REQUEST and MAGLEV and has no
-        // RANDOM. So every `lb_policy` is round robin for gRPC clients, the nearest to what
-        // the service asks for. Protocol options are left out too: gRPC always speaks
-        // HTTP/2, with its own keepalive and idle settings.
-        lb_policy: XdsLbPolicy::RoundRobin.into(),
+        // gRPC takes ROUND_ROBIN and RING_HASH (gRFC A42); it NACKs LEAST_REQUEST and
+        // MAGLEV and has no RANDOM. So a hashing service is RING_HASH (with Envoy's default
+        // sizes, written out; gRPC caps the ring at 4096 entries itself) and every other
+        // `lb_policy` round robin, the nearest to what the service asks for. Protocol options
+        // are left out too: gRPC always speaks HTTP/2, with its own keepalive and idle
+        // settings.
+        lb_policy: if s.lb_policy.is_hashing() {
+            XdsLbPolicy::RingHash
+        } else {
+            XdsLbPolicy::RoundRobin
+        }
+        .into(),
+        lb_config: s.lb_policy.is_hashing().then(|| {
+            LbConfig::RingHashLbConfig(RingHashLbConfig {
+                minimum_ring_size: Some(UInt64Value { value: 1024 }),
+                maximum_ring_size: Some(UInt64Value {
+                    value: 8 * 1024 * 1024,
+                }),
+                hash_function: RingHashFunction::XxHash.into(),
+            })
+        }),
         name,
         // gRPC honours both (gRFCs A32 and A50): `max_requests` of the DEFAULT thresholds,
         // and success-rate and failure-percentage ejection counting failed RPCs. Health

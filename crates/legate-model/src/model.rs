@@ -275,6 +275,9 @@ pub struct Forward {
     /// No retries when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<Retries>,
+    /// What requests are hashed on, for `ring_hash` and `maglev` clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<Hash>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -409,6 +412,19 @@ pub enum LbPolicy {
     /// The less loaded of two random endpoints.
     LeastRequest,
     Random,
+    /// Consistent hashing on a ring (Envoy's RING_HASH, default sizes): requests with the
+    /// same key (the route's or service's `hash`) reach the same endpoint, and adding or
+    /// removing an endpoint moves about 1/N of the keys.
+    RingHash,
+    /// Consistent hashing with a Maglev table (Envoy's MAGLEV, 65537 entries).
+    Maglev,
+}
+
+impl LbPolicy {
+    /// Whether requests are placed by their `hash`.
+    pub fn is_hashing(self) -> bool {
+        matches!(self, LbPolicy::RingHash | LbPolicy::Maglev)
+    }
 }
 
 /// The HTTP version spoken to a cluster's endpoints.
@@ -632,6 +648,9 @@ pub struct Policies {
     /// On every route of the service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+    /// What requests are hashed on; needs `lb_policy: ring_hash` or `maglev`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<Hash>,
 }
 
 /// The outbound listener every proxy node gets, serving the services' routes.

@@ -141,7 +141,7 @@ clusters:
         assert_eq!(
             e.to_string(),
             "mesh.yaml:3:16: clusters[0].lb_policy: unknown variant `rr`, expected one of \
-             `round_robin`, `least_request`, `random`"
+             `round_robin`, `least_request`, `random`, `ring_hash`, `maglev`"
         );
     }
 

@@ -119,6 +119,10 @@ impl Service {
                 forward.timeout = self.timeout();
                 forward.idle_timeout = self.policies.idle_timeout;
                 forward.retries = self.policies.retries.clone();
+                forward.hash = self.policies.hash.clone();
+            } else if let Some(h @ crate::Hash::Header(_)) = &self.policies.hash {
+                // gRPC hashes on headers only (gRFC A42) and ignores other policies.
+                forward.hash = Some(h.clone());
             }
             forward
         };

@@ -493,6 +493,9 @@ impl<'m> Checker<'m> {
                 }
             }
         }
+        if let Some(h) = &f.hash {
+            self.hash(&format!("{path}.hash"), h);
+        }
         if let Some(rewrite) = &f.prefix_rewrite {
             let field = format!("{path}.prefix_rewrite");
             if is_regex {
@@ -935,6 +938,15 @@ impl<'m> Checker<'m> {
         }
         if let Some(f) = &p.fault {
             self.fault(&format!("{path}.fault"), f);
+        }
+        if let Some(h) = &p.hash {
+            self.hash(&format!("{path}.hash"), h);
+            if !s.lb_policy.is_hashing() {
+                self.report(
+                    format!("{path}.hash"),
+                    "a hash needs `lb_policy: ring_hash` or `maglev` (other policies ignore it)",
+                );
+            }
         }
         self.cluster_policies(
             path,
@@ -1901,7 +1913,7 @@ proxy:
                 "m.yaml:5:7: services[0].policies.retry: unknown field `retry`, expected one of \
                  `request_headers_to_add`, `timeout`, `idle_timeout`, `retries`, \
                  `circuit_breakers`, `outlier_detection`, `health_check`, `panic_threshold`, \
-                 `breaker`, `rate_limit`, `fault`",
+                 `breaker`, `rate_limit`, `fault`, `hash`",
             ),
             (
                 "services:\n  - name: a\n    endpoints: []\n    policies:\n      retries: 3\n",

@@ -48,6 +48,12 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
     FaultAbort as XdsFaultAbort, HttpFault as XdsHttpFault,
 };
 
+use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy as XdsHashPolicy;
+use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
+    ConnectionProperties, Cookie as HashCookie, Header as HashHeader, PolicySpecifier,
+    QueryParameter as HashQuery,
+};
+
 use super::{any, duration, header_matcher};
 use crate::{
     Breaker, CircuitBreakers, Cluster, DEFAULT_BACKOFF_BASE, DEFAULT_BREAKER_FAILURE_RATIO,
@@ -414,6 +420,32 @@ pub(crate) fn fault(f: &Fault) -> Any {
         ..Default::default()
     };
     any(legate_snapshot::type_url::FAULT, &config)
+}
+
+/// A mesh `hash` as one Envoy `hash_policy` entry.
+pub(crate) fn hash_policy(h: &crate::Hash) -> XdsHashPolicy {
+    let spec = match h {
+        crate::Hash::Header(name) => PolicySpecifier::Header(HashHeader {
+            header_name: name.clone(),
+            regex_rewrite: None,
+        }),
+        crate::Hash::Cookie(c) => PolicySpecifier::Cookie(HashCookie {
+            name: c.name.clone(),
+            ttl: c.ttl.map(duration),
+            path: c.path.clone().unwrap_or_default(),
+            attributes: Vec::new(),
+        }),
+        crate::Hash::SourceIp => {
+            PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true })
+        }
+        crate::Hash::Query(name) => {
+            PolicySpecifier::QueryParameter(HashQuery { name: name.clone() })
+        }
+    };
+    XdsHashPolicy {
+        terminal: false,
+        policy_specifier: Some(spec),
+    }
 }
 
 #[cfg(test)]
@@ -889,7 +921,7 @@ clusters:
 
     #[test]
     fn policies_round_trip_through_yaml() {
-        for text in [SERVICES, LOW_LEVEL] {
+        for text in [SERVICES, LOW_LEVEL, HASHED] {
             let mesh = load(text);
             let written = serde_yaml_ng::to_string(&mesh).expect("serializes");
             assert_eq!(load(&written), mesh, "{written}");
@@ -1241,5 +1273,114 @@ clusters: [{name: web}]
         assert_eq!(p.per_try_timeout, Some(Duration::from_secs(1)));
         assert!(inherited.hedge_on_per_try_timeout && inherited.retry_non_idempotent);
         assert_eq!(inherited.retry_buffer_limit, 4096);
+    }
+
+    /// Hashing services: RING_HASH / MAGLEV clusters and one `hash_policy` entry on every
+    /// route, read back by legate as written; gRPC nodes get RING_HASH and header hashes only.
+    const HASHED: &str = "\
+services:
+  - name: carts
+    lb_policy: ring_hash
+    versions:
+      - {name: v1, weight: 90, endpoints: [{address: 127.0.0.1:18081}]}
+      - {name: v2, weight: 10, endpoints: [{address: 127.0.0.1:18083}]}
+    route:
+      canary:
+        - {version: v2, headers: [{name: x-canary, exact: '1'}]}
+    policies:
+      hash: {header: x-user}
+  - name: sessions
+    lb_policy: maglev
+    endpoints: [{address: 127.0.0.1:18082}]
+    policies:
+      hash: {cookie: {name: sticky, ttl: 1h, path: /}}
+  - name: by-ip
+    lb_policy: ring_hash
+    endpoints: [{address: 127.0.0.1:18084}]
+    policies:
+      hash: source_ip
+  - name: by-query
+    lb_policy: maglev
+    endpoints: [{address: 127.0.0.1:18085}]
+    policies:
+      hash: {query: user}
+";
+
+    #[test]
+    fn hash_policies_compile_and_are_read_back() {
+        let s = build(HASHED);
+        for name in ["carts-v1", "carts-v2", "by-ip"] {
+            assert_eq!(
+                s.clusters[name].lb_policy,
+                snap::LbPolicy::RingHash {
+                    min_ring_size: 1024,
+                    max_ring_size: 8 * 1024 * 1024
+                },
+                "{name}"
+            );
+        }
+        for name in ["sessions", "by-query"] {
+            assert_eq!(
+                s.clusters[name].lb_policy,
+                snap::LbPolicy::Maglev { table_size: 65537 }
+            );
+        }
+        let mut seen = Vec::new();
+        for route in outbound_routes(&s) {
+            let f = forward(route);
+            assert_eq!(f.hash_policy.len(), 1, "{}", route.name);
+            seen.push((route.name.to_string(), f.hash_policy[0].method.clone()));
+        }
+        let header = snap::HashMethod::Header {
+            name: http::HeaderName::from_static("x-user"),
+        };
+        assert!(
+            seen.contains(&("carts-canary-0".to_owned(), header.clone())),
+            "{seen:?}"
+        );
+        assert!(seen.contains(&("carts".to_owned(), header)), "{seen:?}");
+        assert!(
+            seen.contains(&(
+                "sessions".to_owned(),
+                snap::HashMethod::Cookie(snap::CookieHash {
+                    name: "sticky".into(),
+                    ttl: Some(Duration::from_secs(3600)),
+                    path: Some("/".into()),
+                    attributes: Vec::new(),
+                })
+            )),
+            "{seen:?}"
+        );
+        assert!(seen.contains(&("by-ip".to_owned(), snap::HashMethod::SourceIp)));
+        assert!(seen.contains(&(
+            "by-query".to_owned(),
+            snap::HashMethod::QueryParameter {
+                name: "user".into()
+            }
+        )));
+    }
+
+    #[test]
+    fn grpc_nodes_get_ring_hash_and_header_hashes_only() {
+        use envoy_types::pb::envoy::config::cluster::v3::cluster::{LbConfig, LbPolicy};
+        let r: Resources = compile_for_grpc(&load(HASHED));
+        {
+            for c in &r.clusters {
+                assert_eq!(c.lb_policy, i32::from(LbPolicy::RingHash), "{}", c.name);
+                let Some(LbConfig::RingHashLbConfig(rh)) = &c.lb_config else {
+                    panic!("{}: ring_hash_lb_config expected", c.name);
+                };
+                assert_eq!(rh.minimum_ring_size, Some(UInt64Value { value: 1024 }));
+            }
+            for rc in &r.route_configs {
+                for route in rc.virtual_hosts.iter().flat_map(|v| &v.routes) {
+                    let Some(Action::Route(a)) = &route.action else {
+                        continue;
+                    };
+                    let carts = route.name.starts_with("carts");
+                    assert_eq!(a.hash_policy.len(), usize::from(carts), "{}", route.name);
+                }
+            }
+        }
     }
 }

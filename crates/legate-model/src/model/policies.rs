@@ -594,3 +594,110 @@ impl RateLimit {
         self.burst.unwrap_or(self.requests)
     }
 }
+
+/// What the requests of a route or service are hashed on, so that a `ring_hash` or `maglev`
+/// cluster sends the same key to the same endpoint (Envoy's route `hash_policy`).
+///
+/// ```yaml
+/// hash: {header: x-user}
+/// hash: {cookie: {name: sticky, ttl: 1h, path: /}}
+/// hash: source_ip
+/// hash: {query: user}
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hash {
+    /// A request header's value (all of its values when repeated).
+    Header(String),
+    /// A cookie's value; with `ttl`, a client without the cookie is given one.
+    Cookie(HashCookie),
+    /// The client's IP address.
+    SourceIp,
+    /// A query parameter's (first, raw) value.
+    Query(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashCookie {
+    pub name: String,
+    /// When set, a request without the cookie gets one (`Set-Cookie` with this `Max-Age`;
+    /// `0s` makes a session cookie). Unset: such a request is not hashed.
+    #[serde(
+        default,
+        with = "crate::units::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ttl: Option<Duration>,
+    /// The generated cookie's `Path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// The keys of a [`Hash`] written as a map.
+const HASH_KEYS: &[&str] = &["header", "cookie", "source_ip", "query"];
+
+impl Serialize for Hash {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if let Hash::SourceIp = self {
+            return s.serialize_str("source_ip");
+        }
+        let mut m = s.serialize_map(Some(1))?;
+        match self {
+            Hash::Header(h) => m.serialize_entry("header", h)?,
+            Hash::Cookie(c) => m.serialize_entry("cookie", c)?,
+            Hash::Query(q) => m.serialize_entry("query", q)?,
+            Hash::SourceIp => {}
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Hash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Hash;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "`source_ip` or one of {header: NAME}, {cookie: {name: NAME}}, {query: NAME}",
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Hash, E> {
+                match v {
+                    "source_ip" => Ok(Hash::SourceIp),
+                    other => Err(E::unknown_variant(other, &["source_ip"])),
+                }
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Hash, A::Error> {
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(de::Error::invalid_length(0, &self));
+                };
+                let hash = match key.as_str() {
+                    "header" => Hash::Header(map.next_value()?),
+                    "cookie" => Hash::Cookie(map.next_value()?),
+                    "query" => Hash::Query(map.next_value()?),
+                    "source_ip" => {
+                        if !map.next_value::<bool>()? {
+                            return Err(de::Error::custom(
+                                "`source_ip: false` hashes nothing; leave `hash` out",
+                            ));
+                        }
+                        Hash::SourceIp
+                    }
+                    other => return Err(de::Error::unknown_variant(other, HASH_KEYS)),
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(de::Error::custom(format!(
+                        "a hash has one key, found `{key}` and `{extra}`"
+                    )));
+                }
+                Ok(hash)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{Checker, check_value};
 use crate::{
-    Breaker, CircuitBreakers, DEFAULT_BACKOFF_BASE, Fault, HealthCheck, OutlierDetection,
+    Breaker, CircuitBreakers, DEFAULT_BACKOFF_BASE, Fault, Hash, HealthCheck, OutlierDetection,
     RETRY_CONDITIONS, RateLimit, Retries,
 };
 
@@ -415,6 +415,55 @@ impl Checker<'_> {
         }
     }
 
+    /// A hash key: a valid header name, a cookie name that is an RFC 6265 token and a path
+    /// that fits in `Set-Cookie`, a query parameter name.
+    pub(super) fn hash(&mut self, path: &str, h: &Hash) {
+        match h {
+            Hash::Header(name) => {
+                if name.starts_with(':') || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    self.report(
+                        format!("{path}.header"),
+                        format!("`{name}` is not a valid header name"),
+                    );
+                }
+            }
+            Hash::Cookie(c) => {
+                let token = |s: &str| {
+                    !s.is_empty()
+                        && s.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+                };
+                if !token(&c.name) {
+                    self.report(
+                        format!("{path}.cookie.name"),
+                        format!(
+                            "`{}` is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+                            c.name
+                        ),
+                    );
+                }
+                self.duration(&format!("{path}.cookie.ttl"), c.ttl);
+                if let Some(p) = &c.path
+                    && (p.contains(';') || check_value(p).is_err())
+                {
+                    self.report(
+                        format!("{path}.cookie.path"),
+                        format!("{p:?} cannot be a cookie path (`;` or control characters)"),
+                    );
+                }
+            }
+            Hash::SourceIp => {}
+            Hash::Query(name) => {
+                if name.is_empty() || name.contains(['&', '=', '#']) {
+                    self.report(
+                        format!("{path}.query"),
+                        format!("`{name}` is not a query parameter name"),
+                    );
+                }
+            }
+        }
+    }
+
     /// Faults: a status Envoy can send, percentages from 0 to 100, at least one fault.
     pub(super) fn fault(&mut self, path: &str, f: &Fault) {
         if f.delay.is_none() && f.abort.is_none() {
@@ -807,5 +856,48 @@ services:
         ] {
             assert_eq!(parse_error(text), expected, "{text}");
         }
+    }
+
+    #[test]
+    fn hash_keys_and_their_lb_policy() {
+        let text = "\
+services:
+  - name: a
+    lb_policy: ring_hash
+    endpoints: []
+    policies: {hash: {header: 'bad name'}}
+  - name: b
+    endpoints: []
+    policies: {hash: {query: user}}
+  - name: c
+    lb_policy: maglev
+    endpoints: []
+    policies: {hash: {cookie: {name: 'a;b', path: '/x;Domain=evil'}}}
+  - name: d
+    lb_policy: maglev
+    endpoints: []
+    policies: {hash: {query: 'a=b'}}
+  - name: e
+    lb_policy: ring_hash
+    endpoints: []
+    policies: {hash: source_ip}
+";
+        assert_eq!(
+            problems(text),
+            [
+                "5:31: services[0].policies.hash.header: `bad name` is not a valid header name",
+                "8:22: services[1].policies.hash: a hash needs `lb_policy: ring_hash` or \
+                 `maglev` (other policies ignore it)",
+                "12:38: services[2].policies.hash.cookie.name: `a;b` is not a valid cookie name \
+                 (letters, digits and !#$%&'*+-.^_`|~)",
+                "12:51: services[2].policies.hash.cookie.path: \"/x;Domain=evil\" cannot be a \
+                 cookie path (`;` or control characters)",
+                "16:30: services[3].policies.hash.query: `a=b` is not a query parameter name",
+            ]
+        );
+        assert!(
+            parse_error("services: [{name: a, endpoints: [], policies: {hash: {ip: x}}}]")
+                .contains("unknown variant `ip`"),
+        );
     }
 }
