@@ -414,3 +414,145 @@ services:
         "aborted requests never reach the upstream"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Consistent hashing: the mesh's `lb_policy: ring_hash | maglev` and `policies.hash` on Envoy
+// and on legate
+
+/// Who answers each of `keys` (header `x-user`) at `addr`, asked three times each; panics
+/// when a key is answered by two upstreams.
+async fn sticky_hosts(addr: SocketAddr, prefix: &str, keys: usize) -> Vec<String> {
+    let http = HttpClient::http1();
+    let mut out = Vec::new();
+    for k in 0..keys {
+        let key = format!("user-{k}");
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..3 {
+            let r = http
+                .request(
+                    "GET",
+                    &format!("http://{addr}{prefix}x"),
+                    &[("x-user", &key)],
+                    empty(),
+                )
+                .await;
+            assert_eq!(r.status.as_u16(), 200, "{addr}: {}", r.describe());
+            seen.insert(r.upstream().unwrap_or_default().to_owned());
+        }
+        assert_eq!(
+            seen.len(),
+            1,
+            "{addr}{prefix}: key {key} answered by {seen:?}"
+        );
+        out.extend(seen);
+    }
+    out
+}
+
+#[tokio::test]
+async fn hash_policies_keep_keys_on_one_host_on_envoy_and_legate() {
+    let mut ups = Vec::new();
+    for name in ["c0", "c1", "c2"] {
+        ups.push(Upstream::start(name, "v1", Protocol::Http1).await);
+    }
+    let endpoints = ups
+        .iter()
+        .map(|u| format!("{{address: {}}}", u.addr()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mesh = format!(
+        r#"
+proxy:
+  listener: {{name: outbound, address: 127.0.0.1:0}}
+services:
+  - name: carts
+    lb_policy: ring_hash
+    endpoints: [{endpoints}]
+    route: {{prefix: /carts/, rewrite: /}}
+    policies:
+      hash: {{header: x-user}}
+  - name: sessions
+    lb_policy: maglev
+    endpoints: [{endpoints}]
+    route: {{prefix: /sessions/, rewrite: /}}
+    policies:
+      hash: {{header: x-user}}
+  - name: sticky
+    lb_policy: ring_hash
+    endpoints: [{endpoints}]
+    route: {{prefix: /sticky/, rewrite: /}}
+    policies:
+      hash: {{cookie: {{name: sticky, ttl: 1h, path: /}}}}
+"#
+    );
+    let envoy_xds = XdsServer::start().await;
+    let pushes = envoy_xds.set_mesh(&mesh);
+    let envoy = Envoy::start_ads(envoy_xds.addr(), EnvoyAds::Sotw, "envoy-1", "envoys").await;
+    envoy_xds
+        .wait_all_acked(&pushes, Duration::from_secs(30))
+        .await;
+    for t in ALL_TYPES {
+        let nacks = envoy_xds.nacks_for(t);
+        assert!(nacks.is_empty(), "Envoy NACKed {t}: {nacks:?}");
+    }
+    let legate_xds = XdsServer::start().await;
+    let pushes = legate_xds.set_mesh(&mesh);
+    let legate = Legate::start_xds(&XdsFlags::new(&legate_xds.url(), Mode::Sotw)).await;
+    legate_xds
+        .wait_all_acked(&pushes, Duration::from_secs(30))
+        .await;
+    let (e, l) = (
+        envoy.listener("outbound").await,
+        legate.listener_addr("outbound").await,
+    );
+
+    // Ring hash: each proxy keeps every key on one host and spreads the keys.
+    for addr in [e, l] {
+        let hosts = sticky_hosts(addr, "/carts/", 24).await;
+        let used: std::collections::BTreeSet<&String> = hosts.iter().collect();
+        assert!(used.len() >= 2, "{addr}: 24 keys on {used:?}");
+    }
+    // Maglev is built as Envoy builds it (same hash function, keys, order and weighting),
+    // so a key lands on the same host behind both proxies.
+    assert_eq!(
+        sticky_hosts(l, "/sessions/", 24).await,
+        sticky_hosts(e, "/sessions/", 24).await,
+        "legate's Maglev placement differs from Envoy's"
+    );
+
+    // A generated cookie: the same attributes from both, and it keeps the client where its
+    // first request went.
+    for addr in [e, l] {
+        let http = HttpClient::http1();
+        let first = http.get(&format!("http://{addr}/sticky/x")).await;
+        assert_eq!(first.status.as_u16(), 200, "{addr}: {}", first.describe());
+        let set = first
+            .header("set-cookie")
+            .unwrap_or_else(|| panic!("{addr}: no set-cookie: {}", first.describe()))
+            .to_owned();
+        let (pair, attributes) = set.split_once("; ").expect("attributes");
+        assert_eq!(
+            attributes, "Max-Age=3600; Path=/; HttpOnly",
+            "{addr}: {set}"
+        );
+        assert!(pair.starts_with("sticky=\""), "{addr}: {set}");
+        let host = first.upstream().unwrap_or_default().to_owned();
+        for _ in 0..5 {
+            let r = http
+                .request(
+                    "GET",
+                    &format!("http://{addr}/sticky/x"),
+                    &[("cookie", pair)],
+                    empty(),
+                )
+                .await;
+            assert_eq!(
+                r.upstream(),
+                Some(host.as_str()),
+                "{addr}: {}",
+                r.describe()
+            );
+            assert!(r.header("set-cookie").is_none(), "{addr}: {}", r.describe());
+        }
+    }
+}
