@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::body::Overflow;
+use crate::hash::HashTable;
 use crate::lb::{Host, HostSet, HostState, flag};
 use crate::load::{ClusterLoad, LoadCounts};
 use crate::metrics::Metrics;
@@ -143,6 +144,8 @@ pub(crate) struct ClusterHosts {
     pub(crate) tls: ArcSwapOption<ClusterTls>,
     pub(crate) metrics: HostMetrics,
     tasks: Mutex<Tasks>,
+    /// Itself, for the background builds of large hash tables.
+    me: Weak<ClusterHosts>,
 }
 
 impl Drop for ClusterHosts {
@@ -181,9 +184,49 @@ impl ClusterHosts {
     /// with the update lock held.
     fn store(&self, hosts: Vec<Arc<Host>>) {
         // The hash table is rebuilt only when the membership (or a weight) changed, which
-        // is never on the request path; a state change reuses the previous one.
-        let set = HostSet::new(hosts, self.panic_permille.load(Ordering::Relaxed))
-            .with_table(&self.config.load().lb_policy, Some(&self.hosts.load()));
+        // is never on the request path; a state change reuses the previous one. A large
+        // table (a hostile or generous ring size) is built on the blocking pool, so that
+        // the thread applying the change (on `--concurrency 1` the only one) keeps serving;
+        // until it is in place picks use the hash directly (`HostSet::pick_hashed`).
+        let policy = self.config.load().lb_policy;
+        let mut set = HostSet::new(hosts, self.panic_permille.load(Ordering::Relaxed));
+        let set = match set.reuse_table(&policy, &self.hosts.load()) {
+            true => set,
+            false if !HashTable::is_large(&policy, &set.hosts) => set.with_table(&policy),
+            false => match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let (me, hosts) = (self.me.clone(), set.hosts.clone());
+                    rt.spawn_blocking(move || {
+                        let table = HashTable::build(&policy, &hosts).map(Arc::new);
+                        if let (Some(shared), Some(table)) = (me.upgrade(), table) {
+                            shared.install_table(&hosts, table);
+                        }
+                    });
+                    set
+                }
+                Err(_) => set.with_table(&policy),
+            },
+        };
+        self.publish(set);
+    }
+
+    /// Put a table built in the background in place, if the hosts it was built for are
+    /// still the cluster's.
+    fn install_table(&self, built_for: &[Arc<Host>], table: Arc<HashTable>) {
+        let _g = self.lock();
+        let current = self.hosts.load_full();
+        if same_hosts(&current.hosts, built_for) {
+            let set = HostSet::new(
+                current.hosts.clone(),
+                self.panic_permille.load(Ordering::Relaxed),
+            )
+            .with_built_table(table);
+            self.publish(set);
+        }
+    }
+
+    /// Store `set` and publish its gauges. Call with the update lock held.
+    fn publish(&self, set: HostSet) {
         let counts = set.counts();
         for (g, (_, n)) in self.metrics.by_state.iter().zip(counts.by_label()) {
             g.set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -207,11 +250,7 @@ impl ClusterHosts {
         let _g = self.lock();
         let old = self.hosts.load_full();
         let new = f(&old);
-        let changed = new.len() != old.hosts.len()
-            || new
-                .iter()
-                .zip(old.hosts.iter())
-                .any(|(a, b)| !Arc::ptr_eq(a, b));
+        let changed = !same_hosts(&new, &old.hosts);
         // Always rebuilt: the panic threshold may have changed with the definition.
         self.store(new);
         if changed {
@@ -249,6 +288,11 @@ impl ClusterHosts {
             changed
         });
     }
+}
+
+/// The same host values (not only addresses) in the same order.
+fn same_hosts(a: &[Arc<Host>], b: &[Arc<Host>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
 /// Runtime state of one cluster.
@@ -388,7 +432,8 @@ impl ClusterRuntime {
             .outlier_detection
             .clone()
             .map(|o| Arc::new(Detector::new(o, &metrics.outlier_ejections, name)));
-        let shared = Arc::new(ClusterHosts {
+        let shared = Arc::new_cyclic(|me| ClusterHosts {
+            me: me.clone(),
             name: config.name.clone(),
             config: ArcSwap::new(config.clone()),
             hosts: ArcSwap::from_pointee(HostSet::default()),
@@ -779,6 +824,7 @@ pub(crate) async fn reconcile(
                 let rt = ClusterRuntime::new(config.clone(), metrics, tls);
                 if matches!(config.discovery, Discovery::StrictDns { .. })
                     || !config.health_checks.is_empty()
+                    || config.lb_policy.is_hashing()
                 {
                     fresh.push(rt.clone());
                 }
@@ -807,6 +853,11 @@ pub(crate) async fn reconcile(
 fn is_warm(rt: &ClusterRuntime) -> bool {
     let set = rt.shared.hosts.load();
     if matches!(rt.config.discovery, Discovery::StrictDns { .. }) && set.hosts.is_empty() {
+        return false;
+    }
+    // A large hash table is built in the background; requests wait for it (bounded, as
+    // for the rest of warming) so that the first ones already land where later ones will.
+    if rt.config.lb_policy.is_hashing() && !set.hosts.is_empty() && set.table().is_none() {
         return false;
     }
     !set.hosts.iter().any(|h| h.state.has(flag::HC_PENDING))
@@ -887,7 +938,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use legate_snapshot::{HealthStatus, OutlierDetection};
+    use legate_snapshot::{HealthStatus, LbPolicy, OutlierDetection};
 
     use super::testing::{cluster, metrics, until};
     use super::*;
@@ -897,6 +948,38 @@ mod tests {
         (0..n)
             .map(|i| SocketAddr::from(([127, 0, 0, 1], 7000 + i)))
             .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_hash_table_is_built_in_the_background() {
+        let ring = |min| LbPolicy::RingHash {
+            min_ring_size: min,
+            max_ring_size: legate_snapshot::MAX_RING_SIZE,
+        };
+        // Small: built at once, where the hosts were stored.
+        let mut c = cluster("small", &addrs(3));
+        c.lb_policy = ring(1024);
+        let rt = ClusterRuntime::new(Arc::new(c), &metrics(), None);
+        assert_eq!(rt.hosts().table().map(|t| t.len()), Some(3 * 1024));
+
+        // Large: picks work before it is in place (by the hash alone), and it arrives.
+        let mut c = cluster("large", &addrs(3));
+        c.lb_policy = ring(100_000);
+        let rt = ClusterRuntime::new(Arc::new(c), &metrics(), None);
+        assert!(rt.pick(Some(42)).is_some());
+        until(Duration::from_secs(20), "the ring is installed", || {
+            rt.hosts().table().is_some()
+        })
+        .await;
+        let table = rt.hosts().table().cloned().expect("table");
+        assert_eq!(table.len(), 300_000);
+        let first = rt.pick(Some(42)).expect("host");
+        // A state change (an ejection) keeps the same table.
+        rt.shared.modify(|hosts| hosts[0].state.set(flag::EJECTED));
+        assert!(Arc::ptr_eq(rt.hosts().table().expect("table"), &table));
+        if first.addr != rt.hosts().hosts[0].addr {
+            assert_eq!(rt.pick(Some(42)).expect("host").addr, first.addr);
+        }
     }
 
     fn port_counts(

@@ -22,6 +22,11 @@ use xxhash_rust::xxh64::xxh64;
 
 use crate::lb::Host;
 
+/// The largest table built where the host set changes (about a millisecond of work);
+/// larger ones go to the blocking pool. Envoy's default Maglev table (65537) and rings of up
+/// to 128 equal hosts stay inline.
+pub(crate) const INLINE_ENTRIES: u128 = 131_072;
+
 /// A ring or Maglev table over a host list, as indices into that list.
 #[derive(Debug)]
 pub(crate) struct HashTable {
@@ -61,6 +66,28 @@ impl HashTable {
             policy: *policy,
             kind,
         })
+    }
+
+    /// Whether the table `policy` asks for over `hosts` is large enough (more than
+    /// [`INLINE_ENTRIES`]) to be built on the blocking pool rather than where the host
+    /// set changes.
+    pub(crate) fn is_large(policy: &LbPolicy, hosts: &[Arc<Host>]) -> bool {
+        let entries = match *policy {
+            LbPolicy::RingHash {
+                min_ring_size,
+                max_ring_size,
+            } => {
+                let w_min = u128::from(hosts.iter().map(|h| h.weight).min().unwrap_or(1).max(1));
+                let wanted: u128 = hosts
+                    .iter()
+                    .map(|h| (u128::from(min_ring_size) * u128::from(h.weight)).div_ceil(w_min))
+                    .sum();
+                wanted.min(u128::from(max_ring_size))
+            }
+            LbPolicy::Maglev { table_size } => u128::from(table_size),
+            _ => 0,
+        };
+        entries > INLINE_ENTRIES
     }
 
     /// The policy the table was built for.

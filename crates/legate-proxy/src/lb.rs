@@ -339,27 +339,44 @@ impl HostSet {
         }
     }
 
-    /// The set with its hash table: built from `hosts` for a hashing `policy`, unless
-    /// `previous` holds one for the same hosts and policy, which is reused.
-    pub(crate) fn with_table(mut self, policy: &LbPolicy, previous: Option<&HostSet>) -> Self {
+    /// Take `previous`'s hash table when it was built for the same hosts and policy.
+    /// Whether the set needs no other table: it took one, or the policy does not hash;
+    /// `false` leaves it to [`with_table`](Self::with_table) or
+    /// [`with_built_table`](Self::with_built_table).
+    pub(crate) fn reuse_table(&mut self, policy: &LbPolicy, previous: &HostSet) -> bool {
         if !policy.is_hashing() {
-            return self;
+            return true;
         }
-        let reusable = previous.and_then(|p| {
-            let t = p.table.as_ref()?;
-            let same_hosts = p.hosts.len() == self.hosts.len()
-                && p.hosts
-                    .iter()
-                    .zip(&self.hosts)
-                    .all(|(a, b)| Arc::ptr_eq(a, b));
-            (same_hosts && t.policy() == policy).then(|| t.clone())
-        });
-        self.table = reusable.or_else(|| HashTable::build(policy, &self.hosts).map(Arc::new));
+        match &previous.table {
+            Some(t)
+                if t.policy() == policy
+                    && previous.hosts.len() == self.hosts.len()
+                    && previous
+                        .hosts
+                        .iter()
+                        .zip(&self.hosts)
+                        .all(|(a, b)| Arc::ptr_eq(a, b)) =>
+            {
+                self.table = Some(t.clone());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The set with a table built now from its hosts for `policy`.
+    pub(crate) fn with_table(mut self, policy: &LbPolicy) -> Self {
+        self.table = HashTable::build(policy, &self.hosts).map(Arc::new);
         self
     }
 
-    /// The hash table, for tests.
-    #[cfg(test)]
+    /// The set with a table built elsewhere for exactly these hosts.
+    pub(crate) fn with_built_table(mut self, table: Arc<HashTable>) -> Self {
+        self.table = Some(table);
+        self
+    }
+
+    /// The hash table (RING_HASH and MAGLEV), once built.
     pub(crate) fn table(&self) -> Option<&Arc<HashTable>> {
         self.table.as_ref()
     }

@@ -30,7 +30,7 @@ fn hosts(n: u16) -> Vec<Arc<Host>> {
 }
 
 fn set(policy: &LbPolicy, hosts: Vec<Arc<Host>>) -> HostSet {
-    HostSet::new(hosts, 500).with_table(policy, None)
+    HostSet::new(hosts, 500).with_table(policy)
 }
 
 /// The port each of `KEYS` keys lands on.
@@ -140,7 +140,8 @@ fn an_unavailable_host_moves_only_its_own_keys_to_the_next_on_the_ring() {
         hs[2].state.set(flag::EJECTED);
         // Same hosts: the table is reused, only eligibility changed.
         let first = set(&policy, hs.clone());
-        let again = HostSet::new(hs.clone(), 500).with_table(&policy, Some(&first));
+        let mut again = HostSet::new(hs.clone(), 500);
+        assert!(again.reuse_table(&policy, &first));
         assert!(Arc::ptr_eq(
             first.table().expect("table"),
             again.table().expect("table")
@@ -157,7 +158,8 @@ fn an_unavailable_host_moves_only_its_own_keys_to_the_next_on_the_ring() {
         for h in &hs[..3] {
             h.state.set(flag::EJECTED);
         }
-        let panic = HostSet::new(hs.clone(), 500).with_table(&policy, Some(&again));
+        let mut panic = HostSet::new(hs.clone(), 500);
+        assert!(panic.reuse_table(&policy, &again));
         assert!(panic.in_panic());
         assert_eq!(assignment(&panic), before);
     }

@@ -16,6 +16,9 @@ use envoy_types::pb::google::protobuf::{Duration as XdsDuration, UInt64Value};
 use super::{Resources, base, cl, errors, ok, ra};
 use crate::{CookieHash, HashMethod, HashPolicy, LbPolicy, RouteAction, Snapshot};
 
+/// An edit of the base resources.
+type Edit = Box<dyn Fn(&mut Resources)>;
+
 fn u64v(value: u64) -> Option<UInt64Value> {
     Some(UInt64Value { value })
 }
@@ -87,7 +90,7 @@ fn ring_hash_and_maglev_convert_with_envoy_defaults() {
 
 #[test]
 fn hostile_or_wrong_sizes_are_refused() {
-    let cases: Vec<(Box<dyn Fn(&mut Resources)>, &str)> = vec![
+    let cases: Vec<(Edit, &str)> = vec![
         (
             Box::new(ring(Some(8 * 1024 * 1024 + 1), None)),
             "cluster 'static': ring_hash_lb_config.minimum_ring_size: 8388609 is above the largest ring, 8388608",
