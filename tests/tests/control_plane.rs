@@ -329,6 +329,95 @@ services:
     );
 }
 
+/// A hashing service reaches gRPC's xDS client as RING_HASH with its header hash (gRFC
+/// A42): grpcio accepts it (no NACK) and keeps each key on one of three servers.
+#[tokio::test]
+async fn grpc_xds_client_gets_ring_hash_and_keeps_keys_on_one_server() {
+    let python = legate_tests::peers::peers_python();
+    let ports = legate_tests::process::free_ports::<3>();
+    let dir = TempDir::new("cp-grpc-hash");
+    let endpoints = ports
+        .iter()
+        .map(|p| format!("{{address: 127.0.0.1:{p}}}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let config = dir.write(
+        "mesh.yaml",
+        &format!(
+            r#"
+proxy:
+  listener: {{name: outbound, address: 127.0.0.1:0}}
+services:
+  - name: carts
+    protocol: http2
+    lb_policy: maglev
+    endpoints: [{endpoints}]
+    policies:
+      hash: {{header: x-user}}
+"#
+        ),
+    );
+    let cp = Cp::start(&config, &dir.path().join("data")).await;
+    let bootstrap = dir.write(
+        "grpc-bootstrap.json",
+        &serde_json::json!({
+            "xds_servers": [{
+                "server_uri": cp.xds.to_string(),
+                "channel_creds": [{"type": "insecure"}],
+                "server_features": ["xds_v3"],
+            }],
+            "node": {"id": "grpc-client-hash", "cluster": "grpc"},
+        })
+        .to_string(),
+    );
+    let script = legate_tests::peers::repo_root().join("tests/interop/grpc_xds_client.py");
+    let more = format!("s1={},s2={}", ports[1], ports[2]);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args([
+                "--server-port",
+                &ports[0].to_string(),
+                "--server-name",
+                "s0",
+            ])
+            .args(["--more-servers", &more, "--target", "xds:///carts"])
+            .args(["--hash-header", "x-user", "--keys", "16"])
+            .args(["--calls", "4", "--timeout", "60"])
+            .env("GRPC_XDS_BOOTSTRAP", bootstrap)
+            .output()
+            .expect("run the grpcio client")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "grpcio client failed:\n{stdout}\n{stderr}\n{}",
+        cp.log()
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json line");
+    let by_key = v["by_key"].as_object().expect("by_key");
+    assert_eq!(by_key.len(), 16, "{v}");
+    let mut used = std::collections::BTreeSet::new();
+    for (key, servers) in by_key {
+        let servers = servers.as_array().expect("servers");
+        assert_eq!(servers.len(), 1, "key {key} answered by {servers:?}: {v}");
+        used.insert(servers[0].to_string());
+    }
+    assert!(used.len() >= 2, "16 keys all on {used:?}: {v}");
+    let log = cp.log();
+    assert!(
+        log.contains("grpc-client-hash"),
+        "the gRPC node never connected:\n{log}"
+    );
+    assert!(
+        !log.contains("rejected a response"),
+        "the gRPC client NACKed:\n{log}"
+    );
+}
+
 /// Runs `legate-cp-load` against `cp` with `streams` simulated proxies and the given
 /// triggers (one change each); returns the child and a reader of its JSON events.
 fn start_load(
