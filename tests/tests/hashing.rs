@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{LbConfig, LbPolicy, RingHashLbConfig};
+use envoy_types::pb::envoy::config::core::v3::HealthStatus;
 use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy;
 use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
     ConnectionProperties, Cookie, Header, PolicySpecifier, QueryParameter,
@@ -15,7 +16,8 @@ use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt64Value};
 use legate_snapshot::Resources;
 use legate_tests::config::cluster;
 use legate_tests::resilience::{
-    Rig, SVC, cluster_mut, control, retry, retry_other_hosts, route_action, svc_mesh_with,
+    Rig, SVC, cluster_mut, control, retry, retry_other_hosts, route_action, set_endpoint_health,
+    svc_mesh_with,
 };
 use legate_tests::{HttpClient, Protocol, Upstream};
 use serde_json::json;
@@ -282,6 +284,45 @@ async fn removing_a_host_by_xds_moves_only_its_keys() {
         before,
         "the host's keys come back"
     );
+}
+
+/// A host EDS marks unhealthy is walked past on the table: its keys go to other hosts, no
+/// other key moves, and they come back when it is healthy again (RING_HASH and MAGLEV).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_host_gives_up_only_its_own_keys() {
+    let ups = upstreams(5).await;
+    let policy = vec![on(header("x-user"), false)];
+    for lb in [LbPolicy::RingHash, LbPolicy::Maglev] {
+        let healthy = hashed(&addrs(&ups), lb, policy.clone());
+        let rig = Rig::start(&healthy).await;
+        let keys = || (0..200).map(|i| format!("k{i}"));
+        let before = by_user(&rig, keys(), 1).await;
+        let sick = ups[1].name().to_owned();
+        assert!(
+            before.values().any(|h| *h == sick),
+            "{lb:?}: no key on {sick}"
+        );
+        let mut res = healthy.clone();
+        set_endpoint_health(&mut res, SVC, 1, HealthStatus::Unhealthy);
+        rig.apply(&res).await;
+        let after = by_user(&rig, keys(), 1).await;
+        for (k, h) in &before {
+            if *h == sick {
+                assert_ne!(
+                    after[k], sick,
+                    "{lb:?}: key {k} still on the unhealthy host"
+                );
+            } else {
+                assert_eq!(after[k], *h, "{lb:?}: key {k} moved from a healthy host");
+            }
+        }
+        rig.apply(&healthy).await;
+        assert_eq!(
+            by_user(&rig, keys(), 1).await,
+            before,
+            "{lb:?}: keys come back"
+        );
+    }
 }
 
 /// A retry with `previous_hosts` goes to another host, always the same one for a key (the
