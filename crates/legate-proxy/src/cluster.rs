@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -146,6 +146,8 @@ pub(crate) struct ClusterHosts {
     tasks: Mutex<Tasks>,
     /// Itself, for the background builds of large hash tables.
     me: Weak<ClusterHosts>,
+    /// A background build of a large hash table is running (`build_tables`).
+    building: AtomicBool,
 }
 
 impl Drop for ClusterHosts {
@@ -195,34 +197,19 @@ impl ClusterHosts {
             false if !HashTable::is_large(&policy, &set.hosts) => set.with_table(&policy),
             false => match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
-                    let (me, hosts) = (self.me.clone(), set.hosts.clone());
-                    rt.spawn_blocking(move || {
-                        let table = HashTable::build(&policy, &hosts).map(Arc::new);
-                        if let (Some(shared), Some(table)) = (me.upgrade(), table) {
-                            shared.install_table(&hosts, table);
-                        }
-                    });
+                    // One build at a time per cluster: a membership change while one runs
+                    // is picked up when it ends, so a burst of updates never holds several
+                    // large tables in memory at once.
+                    if !self.building.swap(true, Ordering::AcqRel) {
+                        let me = self.me.clone();
+                        rt.spawn_blocking(move || build_tables(&me, &policy));
+                    }
                     set
                 }
                 Err(_) => set.with_table(&policy),
             },
         };
         self.publish(set);
-    }
-
-    /// Put a table built in the background in place, if the hosts it was built for are
-    /// still the cluster's.
-    fn install_table(&self, built_for: &[Arc<Host>], table: Arc<HashTable>) {
-        let _g = self.lock();
-        let current = self.hosts.load_full();
-        if same_hosts(&current.hosts, built_for) {
-            let set = HostSet::new(
-                current.hosts.clone(),
-                self.panic_permille.load(Ordering::Relaxed),
-            )
-            .with_built_table(table);
-            self.publish(set);
-        }
     }
 
     /// Store `set` and publish its gauges. Call with the update lock held.
@@ -287,6 +274,35 @@ impl ClusterHosts {
             }
             changed
         });
+    }
+}
+
+/// The background builder of large hash tables: builds one for the cluster's current
+/// hosts and puts it in place if they are still the cluster's; otherwise (they changed while
+/// it ran) starts over with the new ones, until the current set has its table.
+fn build_tables(me: &Weak<ClusterHosts>, policy: &legate_snapshot::LbPolicy) {
+    loop {
+        let Some(shared) = me.upgrade() else { return };
+        // Read under the lock: the change that asked for this build is stored by then.
+        let hosts = {
+            let _g = shared.lock();
+            shared.hosts.load().hosts.clone()
+        };
+        let table = HashTable::build(policy, &hosts).map(Arc::new);
+        let _g = shared.lock();
+        let current = shared.hosts.load_full();
+        if same_hosts(&current.hosts, &hosts) || current.table().is_some() {
+            if let Some(table) = table.filter(|_| same_hosts(&current.hosts, &hosts)) {
+                let set = HostSet::new(
+                    current.hosts.clone(),
+                    shared.panic_permille.load(Ordering::Relaxed),
+                )
+                .with_built_table(table);
+                shared.publish(set);
+            }
+            shared.building.store(false, Ordering::Release);
+            return;
+        }
     }
 }
 
@@ -434,6 +450,7 @@ impl ClusterRuntime {
             .map(|o| Arc::new(Detector::new(o, &metrics.outlier_ejections, name)));
         let shared = Arc::new_cyclic(|me| ClusterHosts {
             me: me.clone(),
+            building: AtomicBool::new(false),
             name: config.name.clone(),
             config: ArcSwap::new(config.clone()),
             hosts: ArcSwap::from_pointee(HostSet::default()),
@@ -980,6 +997,23 @@ mod tests {
         if first.addr != rt.hosts().hosts[0].addr {
             assert_eq!(rt.pick(Some(42)).expect("host").addr, first.addr);
         }
+
+        // Membership changes in a burst: one build at a time, and the last hosts get theirs.
+        let m = metrics();
+        let mut current = rt.clone();
+        for n in [4, 5, 6] {
+            let mut c = cluster("large", &addrs(n));
+            c.lb_policy = ring(100_000);
+            current = current.with_config(Arc::new(c), &m, None);
+        }
+        until(Duration::from_secs(30), "the last hosts' ring", || {
+            current.hosts().table().map(|t| t.len()) == Some(600_000)
+        })
+        .await;
+        until(Duration::from_secs(5), "the builder is done", || {
+            !current.shared.building.load(Ordering::Acquire)
+        })
+        .await;
     }
 
     fn port_counts(
