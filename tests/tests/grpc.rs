@@ -8,14 +8,25 @@
 
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
 use envoy_types::pb::envoy::config::route::v3::route_action::MaxStreamDuration;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{FaultAbort, HttpFault};
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpFilter, http_filter,
+};
+use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket};
+use envoy_types::pb::google::protobuf::Any;
+use legate_snapshot::type_url;
 use legate_tests::ListeningProcess;
 use legate_tests::config::cluster;
 use legate_tests::peers::{peers_python, repo_root};
 use legate_tests::resilience::{
-    Rig, SVC, cluster_mut, ms, outlier, retry, retry_non_idempotent, route, route_action,
+    Rig, SVC, cluster_mut, edit_hcm, ms, outlier, retry, retry_non_idempotent, route, route_action,
     svc_mesh_with, u32v,
 };
+use prost::Message;
 use serde_json::Value;
 
 /// Bound on one client call (process start, import of grpcio, the call).
@@ -301,4 +312,107 @@ async fn trailers_only_failures_eject_the_host() {
         assert_eq!(c.code, "OK", "{c:?}");
     }
     assert_eq!(all_calls(&bad), before, "{}", bad.output());
+}
+
+/// An HTTP filter ahead of the router (`filter` at `type_url`), first in the chain.
+fn with_filter(
+    res: &mut legate_snapshot::Resources,
+    name: &str,
+    type_url: &str,
+    filter: &impl Message,
+) {
+    let filter = HttpFilter {
+        name: name.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(Any {
+            type_url: type_url.to_owned(),
+            value: filter.encode_to_vec(),
+        })),
+        ..Default::default()
+    };
+    edit_hcm(res, |h| {
+        h.http_filters.retain(|f| f.name != filter.name);
+        h.http_filters.insert(0, filter.clone());
+    });
+}
+
+/// A rate limit or a fault answering a gRPC call answers in gRPC (trailers-only, the
+/// status Envoy gives), never with an HTTP error the client cannot read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_replies_are_grpc_statuses() {
+    let server = grpc_server().await;
+    let mut res = h2_mesh(&server);
+    // One token, refilled once an hour: the second call is limited.
+    let mut limit = LocalRateLimit {
+        stat_prefix: "rl".to_owned(),
+        token_bucket: Some(TokenBucket {
+            max_tokens: 1,
+            tokens_per_fill: u32v(1),
+            fill_interval: Some(ms(3_600_000)),
+        }),
+        filter_enabled: all_of_them(),
+        filter_enforced: all_of_them(),
+        ..Default::default()
+    };
+    let rl = (
+        "envoy.filters.http.local_ratelimit",
+        type_url::LOCAL_RATE_LIMIT,
+    );
+    with_filter(&mut res, rl.0, rl.1, &limit);
+    let rig = Rig::start(&res).await;
+
+    let c = call(&rig, "Unary", "key=a", Some(10.0)).await;
+    assert_eq!(c.code, "OK", "{c:?}\n{}", rig.describe());
+    // 429 reads UNAVAILABLE, Envoy's mapping.
+    let c = call(&rig, "Unary", "key=b", Some(10.0)).await;
+    assert_eq!(c.code, "UNAVAILABLE", "{c:?}");
+    assert!(c.details.contains("rate"), "{c:?}");
+    assert_eq!(calls(&server, "Unary", "b"), 0, "{}", server.output());
+
+    // rate_limited_as_resource_exhausted: RESOURCE_EXHAUSTED instead (the bucket is the
+    // same, so it stays empty across the push).
+    limit.rate_limited_as_resource_exhausted = true;
+    with_filter(&mut res, rl.0, rl.1, &limit);
+    rig.apply(&res).await;
+    let c = call(&rig, "Unary", "key=d", Some(10.0)).await;
+    assert_eq!(c.code, "RESOURCE_EXHAUSTED", "{c:?}");
+
+    // A fault abort with a gRPC status, ahead of the rate limit: that status, as is.
+    edit_hcm(&mut res, |h| h.http_filters.retain(|f| f.name != rl.0));
+    let fault = HttpFault {
+        abort: Some(FaultAbort {
+            percentage: Some(FractionalPercent {
+                numerator: 100,
+                denominator: 0,
+            }),
+            error_type: Some(ErrorType::GrpcStatus(9)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    with_filter(
+        &mut res,
+        "envoy.filters.http.fault",
+        type_url::FAULT,
+        &fault,
+    );
+    rig.apply(&res).await;
+    let c = call(&rig, "Unary", "key=e", Some(10.0)).await;
+    assert_eq!(c.code, "FAILED_PRECONDITION", "{c:?}");
+    assert_eq!(calls(&server, "Unary", "e"), 0, "{}", server.output());
+
+    // Counted by the status the client read.
+    assert_eq!(by_status(&rig, "0").await, 1.0);
+    assert_eq!(by_status(&rig, "14").await, 1.0);
+    assert_eq!(by_status(&rig, "8").await, 1.0);
+    assert_eq!(by_status(&rig, "9").await, 1.0);
+}
+
+fn all_of_them() -> Option<RuntimeFractionalPercent> {
+    Some(RuntimeFractionalPercent {
+        default_value: Some(FractionalPercent {
+            numerator: 100,
+            denominator: 0,
+        }),
+        runtime_key: "rl".to_owned(),
+    })
 }

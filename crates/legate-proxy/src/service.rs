@@ -261,6 +261,7 @@ async fn route_and_forward(
             .filters
             .decode(
                 crate::filters::Request {
+                    grpc: crate::grpc::is_grpc(req.headers()),
                     headers: req.headers_mut(),
                     routes: &view.routes,
                     vhost,

@@ -82,6 +82,10 @@ pub struct LocalRateLimit {
     /// `x-ratelimit-remaining` and `x-ratelimit-reset` on every response of a request the
     /// filter saw.
     pub x_ratelimit_headers: bool,
+    /// `rate_limited_as_resource_exhausted`: a limited gRPC request reads
+    /// RESOURCE_EXHAUSTED (8) instead of the status mapped from `status` (UNAVAILABLE for
+    /// 429).
+    pub grpc_resource_exhausted: bool,
 }
 
 /// `envoy.extensions.filters.http.fault.v3.HTTPFault`: delay, then abort, a fraction of
@@ -105,8 +109,12 @@ pub struct FaultDelay {
 /// `FaultAbort`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FaultAbort {
-    /// `http_status`, or `None` for `header_abort` (`x-envoy-fault-abort-request`).
+    /// `http_status`; `None` with `grpc_status` also `None` for `header_abort`
+    /// (`x-envoy-fault-abort-request`, `x-envoy-fault-abort-grpc-request`).
     pub http_status: Option<u16>,
+    /// `grpc_status`: a gRPC request is answered with this status (trailers-only), any
+    /// other with HTTP 200, as Envoy does.
+    pub grpc_status: Option<u32>,
     pub percentage: Fraction,
 }
 

@@ -39,7 +39,12 @@ impl RateLimiter {
     /// Envoy's order: not enabled for this request → continue without taking a token;
     /// otherwise take one; without one, answer when enforced, else mark the request and
     /// let it through.
-    pub(super) fn decode(&self, headers: &mut HeaderMap, out: &mut ResponseHeaders) -> Decision {
+    pub(super) fn decode(
+        &self,
+        headers: &mut HeaderMap,
+        grpc: bool,
+        out: &mut ResponseHeaders,
+    ) -> Decision {
         let Some(bucket) = &self.bucket else {
             return Decision::Continue;
         };
@@ -75,9 +80,19 @@ impl RateLimiter {
             return Decision::Continue;
         }
         self.limited.inc();
+        // Envoy's mapping of the status (429 reads UNAVAILABLE), unless told to say
+        // RESOURCE_EXHAUSTED.
+        let grpc = grpc.then(|| {
+            if self.config.grpc_resource_exhausted {
+                crate::grpc::RESOURCE_EXHAUSTED
+            } else {
+                crate::grpc::status_for_http(self.status)
+            }
+        });
         super::local_reply(
             ProxyError::RateLimited,
             self.status,
+            grpc,
             &self.config.response_headers_to_add,
             out,
         )

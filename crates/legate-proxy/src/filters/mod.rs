@@ -86,6 +86,8 @@ pub(crate) struct Request<'a> {
     pub(crate) routes: &'a RouteConfig,
     pub(crate) vhost: Option<&'a VirtualHost>,
     pub(crate) route: Option<&'a Route>,
+    /// A gRPC request (`content-type: application/grpc`): local replies are trailers-only.
+    pub(crate) grpc: bool,
 }
 
 impl Chain {
@@ -105,8 +107,8 @@ impl Chain {
                 continue;
             };
             let decision = match runtime {
-                Runtime::LocalRateLimit(r) => r.decode(req.headers, out),
-                Runtime::Fault(f) => f.decode(req.headers, out, flags).await,
+                Runtime::LocalRateLimit(r) => r.decode(req.headers, req.grpc, out),
+                Runtime::Fault(f) => f.decode(req.headers, req.grpc, out, flags).await,
             };
             if let Decision::Reply(cause, _) = &decision {
                 flags.insert(cause.response_flag());
@@ -283,14 +285,28 @@ fn routes_name(listener: &Listener) -> &str {
 }
 
 /// A local reply from a filter: the error's response with the filter's status and headers.
+/// To a gRPC request (`grpc` is then the status it reads) it is trailers-only, as every local
+/// reply legate makes to one.
 pub(crate) fn local_reply(
     cause: ProxyError,
     status: http::StatusCode,
+    grpc: Option<u32>,
     add: &[legate_snapshot::HeaderValueOption],
     out: &mut ResponseHeaders,
 ) -> Decision {
-    let mut res = cause.response();
-    *res.status_mut() = status;
+    let mut res = match grpc {
+        Some(code) => {
+            let mut res = cause.grpc_response();
+            res.headers_mut()
+                .insert(crate::grpc::GRPC_STATUS, http::HeaderValue::from(code));
+            res
+        }
+        None => {
+            let mut res = cause.response();
+            *res.status_mut() = status;
+            res
+        }
+    };
     crate::headers::apply(res.headers_mut(), &[], add);
     std::mem::take(out).apply(res.headers_mut());
     Decision::Reply(cause, Box::new(res))

@@ -221,9 +221,9 @@ fn fault(cx: &mut Ctx, field: &str, f: &XdsHttpFault) -> Option<Fault> {
             error_type,
         } = a;
         refuse!(cx, &f; response_body);
-        let http_status = match error_type {
+        let (http_status, grpc_status) = match error_type {
             Some(ErrorType::HttpStatus(code)) => match u16::try_from(*code) {
-                Ok(c) if (200..600).contains(&c) => Some(c),
+                Ok(c) if (200..600).contains(&c) => (Some(c), None),
                 _ => {
                     cx.err(
                         join(&f, "http_status"),
@@ -232,18 +232,28 @@ fn fault(cx: &mut Ctx, field: &str, f: &XdsHttpFault) -> Option<Fault> {
                     return None;
                 }
             },
-            Some(ErrorType::HeaderAbort(_)) => None,
-            Some(ErrorType::GrpcStatus(_)) => {
-                cx.unsupported(&f, "grpc_status");
+            Some(ErrorType::HeaderAbort(_)) => (None, None),
+            // gRPC's codes are 0..=16; Envoy takes any number and sends it as is, legate
+            // refuses what no gRPC client understands.
+            Some(ErrorType::GrpcStatus(code)) if *code <= 16 => (None, Some(*code)),
+            Some(ErrorType::GrpcStatus(code)) => {
+                cx.err(
+                    join(&f, "grpc_status"),
+                    format!("{code} is not a gRPC status code (0..=16)"),
+                );
                 return None;
             }
             None => {
-                cx.err(&f, "one of http_status or header_abort is required");
+                cx.err(
+                    &f,
+                    "one of http_status, grpc_status or header_abort is required",
+                );
                 return None;
             }
         };
         Some(FaultAbort {
             http_status,
+            grpc_status,
             percentage: fraction(cx, &join(&f, "percentage"), percentage.as_ref())?,
         })
     });
@@ -389,7 +399,7 @@ fn local_rate_limit(
     // yet, so both are refused rather than silently never matching.
     refuse!(cx, field;
         descriptors, stage, local_rate_limit_per_downstream_connection, vh_rate_limits,
-        rate_limited_as_resource_exhausted, rate_limits, enable_retry_after_header,
+        rate_limits, enable_retry_after_header,
     );
     if local_cluster_rate_limit.is_some() {
         cx.unsupported(field, "local_cluster_rate_limit");
@@ -464,6 +474,7 @@ fn local_rate_limit(
             response_headers_to_add,
         ),
         x_ratelimit_headers,
+        grpc_resource_exhausted: *rate_limited_as_resource_exhausted,
     };
     (cx.error_count() == before).then_some(out)
 }

@@ -98,6 +98,7 @@ fn local_rate_limit_is_kept_in_order_before_the_router() {
             request_headers_to_add_when_not_enforced: Vec::new(),
             response_headers_to_add: Vec::new(),
             x_ratelimit_headers: true,
+            grpc_resource_exhausted: false,
         }
     );
     assert_eq!(&*f[1].name, "second");
@@ -343,6 +344,7 @@ mod fault {
                 }),
                 abort: Some(FaultAbort {
                     http_status: Some(503),
+                    grpc_status: None,
                     percentage: Fraction {
                         numerator: 100,
                         denominator: 100
@@ -352,6 +354,25 @@ mod fault {
             }
         );
         assert_eq!(f.delay.as_ref().map(|d| d.percentage.ppm()), Some(500));
+    }
+
+    #[test]
+    fn grpc_status_abort_is_kept() {
+        let mut r = base();
+        let f = HttpFault {
+            abort: Some(XdsAbort {
+                error_type: Some(ErrorType::GrpcStatus(8)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        edit_hcm(&mut r, |h| h.http_filters.insert(0, filter(&f)));
+        let s = ok(&r);
+        let FilterKind::Fault(f) = &s.listeners[0].http_filters[0].config else {
+            panic!("a fault filter");
+        };
+        let abort = f.abort.as_ref().map(|a| (a.http_status, a.grpc_status));
+        assert_eq!(abort, Some((None, Some(8))));
     }
 
     #[test]
@@ -369,12 +390,12 @@ mod fault {
             (
                 HttpFault {
                     abort: Some(XdsAbort {
-                        error_type: Some(ErrorType::GrpcStatus(14)),
+                        error_type: Some(ErrorType::GrpcStatus(17)),
                         ..Default::default()
                     }),
                     ..Default::default()
                 },
-                format!("{at}.abort.grpc_status: not supported by legate"),
+                format!("{at}.abort.grpc_status: 17 is not a gRPC status code (0..=16)"),
             ),
             (
                 HttpFault {
