@@ -53,8 +53,9 @@ use crate::{
     Breaker, CircuitBreakers, Cluster, DEFAULT_BACKOFF_BASE, DEFAULT_BREAKER_FAILURE_RATIO,
     DEFAULT_BREAKER_HALF_OPEN_MAX_REQUESTS, DEFAULT_BREAKER_MINIMUM_REQUESTS,
     DEFAULT_BREAKER_OPEN_TIMEOUT, DEFAULT_BREAKER_WINDOW, DEFAULT_HEALTH_CHECK_INTERVAL,
-    DEFAULT_HEALTH_CHECK_TIMEOUT, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_UNHEALTHY_THRESHOLD, Fault,
-    HealthCheck, OutlierDetection, RateLimit, Retries, UpstreamProtocol,
+    DEFAULT_HEALTH_CHECK_TIMEOUT, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_RETRY_BUDGET,
+    DEFAULT_UNHEALTHY_THRESHOLD, Fault, HealthCheck, OutlierDetection, RateLimit, Retries,
+    UpstreamProtocol,
 };
 
 /// Extension and metadata names.
@@ -139,7 +140,11 @@ fn legate_metadata(key: &str, kind: value::Kind) -> Metadata {
 
 /// Set the cluster's policy fields on `xds`.
 pub(crate) fn cluster_policies(c: &Cluster, xds: &mut XdsCluster) {
-    xds.circuit_breakers = c.circuit_breakers.as_ref().map(circuit_breakers);
+    let mut limits = c.circuit_breakers.clone().unwrap_or_default();
+    if limits.max_retries.is_none() && limits.retry_budget.is_none() {
+        limits.retry_budget = Some(DEFAULT_RETRY_BUDGET);
+    }
+    xds.circuit_breakers = Some(circuit_breakers(&limits));
     xds.outlier_detection = c.outlier_detection.as_ref().map(outlier_detection);
     xds.health_checks = c
         .health_check
@@ -836,10 +841,24 @@ clusters:
     }
 
     #[test]
-    fn clusters_without_policies_set_no_policy_field() {
+    fn clusters_without_policies_set_only_the_default_retry_budget() {
         let r = compile(&load("clusters: [{name: c}]"));
         let c = &r.clusters[0];
-        assert_eq!(c.circuit_breakers, None);
+        let budget = XdsRetryBudget {
+            budget_percent: Some(Percent { value: 20.0 }),
+            min_retry_concurrency: u32v(3),
+            budget_interval: None,
+        };
+        let thresholds = &c.circuit_breakers.as_ref().expect("limits").thresholds;
+        assert_eq!(thresholds.len(), 1);
+        assert_eq!(thresholds[0].retry_budget, Some(budget));
+        assert_eq!(
+            thresholds[0],
+            Thresholds {
+                retry_budget: thresholds[0].retry_budget,
+                ..Default::default()
+            }
+        );
         assert_eq!(c.outlier_detection, None);
         assert!(c.health_checks.is_empty());
         assert_eq!(c.common_lb_config, None);
@@ -1150,13 +1169,41 @@ clusters:
     }
 
     #[test]
+    fn max_retries_or_a_budget_of_its_own_replace_the_default_budget() {
+        let s = build(
+            "services:
+  - {name: a, endpoints: [{address: 127.0.0.1:8080}], policies: {circuit_breakers: {max_retries: 7}}}
+  - name: b
+    endpoints: [{address: 127.0.0.1:8081}]
+    policies: {circuit_breakers: {retry_budget: {percent: 50, min_concurrency: 1}}}
+",
+        );
+        let a = &s.clusters["a"].circuit_breakers.default;
+        assert_eq!((a.max_retries, a.retry_budget), (7, None));
+        let b = &s.clusters["b"].circuit_breakers.default;
+        assert_eq!(
+            b.retry_budget,
+            Some(snap::RetryBudget {
+                budget_permille: 500,
+                min_retry_concurrency: 1,
+            })
+        );
+    }
+
+    #[test]
     fn snapshot_defaults_without_policies() {
         let s = build("services: [{name: web, endpoints: [{address: 127.0.0.1:8080}]}]");
         let f = forward(&outbound_routes(&s)[0]);
         assert_eq!(f.retry_policy, None);
         assert_eq!(f.idle_timeout, None);
         let c = &s.clusters["web"];
-        assert_eq!(c.circuit_breakers, snap::CircuitBreakers::default());
+        // Envoy's limits, with legate-cp's retry budget in place of `max_retries`.
+        let mut limits = snap::CircuitBreakers::default();
+        limits.default.retry_budget = Some(snap::RetryBudget {
+            budget_permille: 200,
+            min_retry_concurrency: 3,
+        });
+        assert_eq!(c.circuit_breakers, limits);
         assert_eq!(c.outlier_detection, None);
         assert!(c.health_checks.is_empty());
         assert_eq!(c.healthy_panic_threshold_permille, 500);

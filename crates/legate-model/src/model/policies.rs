@@ -248,6 +248,18 @@ pub struct CircuitBreakers {
     pub retry_budget: Option<RetryBudget>,
 }
 
+/// The retry budget of a cluster whose policies limit retries neither way (no
+/// `circuit_breakers.retry_budget`, no `circuit_breakers.max_retries`): retries in flight at
+/// most 20 % of the requests in flight, and 3 whatever the load, as Linkerd and Envoy's
+/// own budget defaults. It scales with the load, unlike a fixed `max_retries`: a busy
+/// cluster keeps retrying its occasional failures, while an outage cannot make the fleet
+/// send much more than 1.2 attempts per request. Resources written by hand (xDS from any
+/// server, a bootstrap) keep Envoy's semantics: `max_retries` 3 when unset.
+pub const DEFAULT_RETRY_BUDGET: RetryBudget = RetryBudget {
+    percent: Some(20.0),
+    min_concurrency: Some(3),
+};
+
 /// Retries in flight limited to a share of the requests in flight.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
