@@ -35,6 +35,7 @@ use envoy_types::pb::envoy::config::route::v3::redirect_action::{
     PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier,
 };
 use envoy_types::pb::envoy::config::route::v3::route_action::{
+    MaxStreamDuration,
     ClusterSpecifier, HostRewriteSpecifier,
 };
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
@@ -555,6 +556,10 @@ fn forward(f: &Forward) -> RouteAction {
         host_rewrite_specifier: host_rewrite,
         timeout: f.timeout.map(duration),
         idle_timeout: f.idle_timeout.map(duration),
+        max_stream_duration: f.grpc_timeout_max.map(|max| MaxStreamDuration {
+            grpc_timeout_header_max: Some(duration(max)),
+            ..Default::default()
+        }),
         retry_policy: f.retries.as_ref().map(policies::retry_policy),
         hedge_policy: f.retries.as_ref().and_then(policies::hedge_policy),
         ..Default::default()

@@ -118,6 +118,7 @@ impl Service {
                 );
                 forward.timeout = self.timeout();
                 forward.idle_timeout = self.policies.idle_timeout;
+                forward.grpc_timeout_max = self.policies.grpc_timeout_max;
                 forward.retries = self.policies.retries.clone();
             }
             forward

@@ -941,6 +941,34 @@ clusters:
     }
 
     #[test]
+    fn grpc_timeout_max_compiles_to_the_header_cap() {
+        let s = build(
+            "services:
+  - {name: a, endpoints: [{address: 127.0.0.1:8080}], policies: {grpc_timeout_max: 30s}}
+  - {name: b, endpoints: [{address: 127.0.0.1:8081}], policies: {grpc_timeout_max: 0s}}
+  - {name: c, endpoints: [{address: 127.0.0.1:8082}]}
+",
+        );
+        let by_cluster = |name: &str| {
+            outbound_routes(&s)
+                .into_iter()
+                .map(forward)
+                .find(|f| format!("{:?}", f.target).contains(&format!("{name:?}")))
+                .unwrap_or_else(|| panic!("a route to {name}"))
+                .grpc_timeout
+        };
+        let capped = |max| {
+            Some(snap::GrpcTimeout {
+                max,
+                replaces_route_timeout: false,
+            })
+        };
+        assert_eq!(by_cluster("a"), capped(Some(Duration::from_secs(30))));
+        assert_eq!(by_cluster("b"), capped(None), "0s: no cap");
+        assert_eq!(by_cluster("c"), None, "unset: grpc-timeout is not read");
+    }
+
+    #[test]
     fn snapshot_reads_service_retries() {
         let s = build(SERVICES);
         let routes = outbound_routes(&s);
