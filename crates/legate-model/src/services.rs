@@ -145,7 +145,7 @@ impl Service {
                     ..Forward::default()
                 })),
                 request_headers_to_add: headers_to_add.clone(),
-                rate_limit: self.policies.rate_limit.filter(|_| http),
+                rate_limit: self.policies.rate_limit.clone().filter(|_| http),
                 fault: self.policies.fault.filter(|_| http),
                 ..Route::default()
             })
@@ -158,7 +158,7 @@ impl Service {
             },
             forward: Some(finish(self.split())),
             request_headers_to_add: headers_to_add,
-            rate_limit: self.policies.rate_limit.filter(|_| http),
+            rate_limit: self.policies.rate_limit.clone().filter(|_| http),
             fault: self.policies.fault.filter(|_| http),
             ..Route::default()
         });

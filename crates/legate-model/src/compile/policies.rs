@@ -32,7 +32,14 @@ use envoy_types::pb::envoy::r#type::v3::{CodecClientType, Int64Range, Percent};
 use envoy_types::pb::google::protobuf::{BoolValue, Struct, UInt32Value, Value, value};
 
 use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+use envoy_types::pb::envoy::config::route::v3::RateLimit as XdsRouteRateLimit;
+use envoy_types::pb::envoy::config::route::v3::rate_limit::Action;
+use envoy_types::pb::envoy::config::route::v3::rate_limit::action::{
+    ActionSpecifier, RequestHeaders,
+};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::LocalRateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::XRateLimitHeadersRfcVersion;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as XdsLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpFilter, http_filter,
@@ -365,20 +372,50 @@ pub(crate) fn local_rate_limit(rl: &RateLimit) -> Any {
             runtime_key: String::new(),
         })
     };
-    let config = XdsLocalRateLimit {
+    let bucket = TokenBucket {
+        max_tokens: rl.max_tokens(),
+        tokens_per_fill: Some(UInt32Value { value: rl.requests }),
+        fill_interval: Some(duration(rl.per)),
+    };
+    let mut config = XdsLocalRateLimit {
         stat_prefix: "route_local_rate_limit".to_owned(),
-        token_bucket: Some(TokenBucket {
-            max_tokens: rl.max_tokens(),
-            tokens_per_fill: Some(UInt32Value { value: rl.requests }),
-            fill_interval: Some(duration(rl.per)),
-        }),
+        token_bucket: Some(bucket),
         filter_enabled: all(),
         filter_enforced: all(),
         enable_x_ratelimit_headers: XRateLimitHeadersRfcVersion::DraftVersion03.into(),
         ..Default::default()
     };
+    if let Some(header) = &rl.per_header {
+        // One bucket per value (a descriptor whose value is left out), the default bucket
+        // only for requests without the header.
+        config.descriptors = vec![LocalRateLimitDescriptor {
+            entries: vec![Entry {
+                key: PER_HEADER_KEY.to_owned(),
+                value: String::new(),
+            }],
+            token_bucket: Some(bucket),
+            shadow_mode: false,
+        }];
+        config.rate_limits = vec![XdsRouteRateLimit {
+            actions: vec![Action {
+                action_specifier: Some(ActionSpecifier::RequestHeaders(RequestHeaders {
+                    header_name: header.clone(),
+                    descriptor_key: PER_HEADER_KEY.to_owned(),
+                    skip_if_absent: false,
+                })),
+            }],
+            ..Default::default()
+        }];
+        config.always_consume_default_token_bucket = Some(BoolValue { value: false });
+        config.max_dynamic_descriptors = Some(UInt32Value {
+            value: rl.max_keys.unwrap_or(crate::DEFAULT_RATE_LIMIT_MAX_KEYS),
+        });
+    }
     any(legate_snapshot::type_url::LOCAL_RATE_LIMIT, &config)
 }
+
+/// The descriptor key of `rate_limit.per_header`'s values.
+const PER_HEADER_KEY: &str = "per_header";
 
 /// The listener's `envoy.filters.http.fault`: no fault of its own, so only routes that carry
 /// a configuration (`typed_per_filter_config`) see faults.
@@ -951,7 +988,7 @@ clusters:
         );
         let by_cluster = |name: &str| {
             outbound_routes(&s)
-                .into_iter()
+                .iter()
                 .map(forward)
                 .find(|f| format!("{:?}", f.target).contains(&format!("{name:?}")))
                 .unwrap_or_else(|| panic!("a route to {name}"))

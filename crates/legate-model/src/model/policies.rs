@@ -587,7 +587,7 @@ pub struct FaultAbort {
 /// `x-ratelimit-limit`/`-remaining`/`-reset`. Compiled to Envoy's
 /// `envoy.filters.http.local_ratelimit`, configured per route; each route has its own bucket
 /// on each proxy (a service's canary rules each have one too).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// At least 1.
@@ -598,7 +598,20 @@ pub struct RateLimit {
     /// At least 1; `requests` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+    /// A bucket of this size per value of this request header (an API key, a user id)
+    /// instead of one for all; requests without the header share one. Compiles to a
+    /// wildcard descriptor with a `request_headers` action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_header: Option<String>,
+    /// With `per_header`: values kept at once, least recently used out
+    /// ([`DEFAULT_RATE_LIMIT_MAX_KEYS`] when unset; 1 to 100000). Envoy's
+    /// `max_dynamic_descriptors`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_keys: Option<u32>,
 }
+
+/// [`RateLimit::max_keys`] when unset.
+pub const DEFAULT_RATE_LIMIT_MAX_KEYS: u32 = 1000;
 
 impl RateLimit {
     /// The bucket's size, default applied.
