@@ -1490,10 +1490,10 @@ services:
     /// action, the default bucket only for requests without the header.
     #[test]
     fn per_header_rate_limit_compiles_to_a_wildcard_descriptor() {
-        use std::sync::Arc;
         use legate_snapshot::filter::{
             DescriptorAction, DescriptorEntry, FilterKind, PerFilterConfig,
         };
+        use std::sync::Arc;
         let text = "\
 services:
   - name: pay
