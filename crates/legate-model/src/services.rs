@@ -118,6 +118,7 @@ impl Service {
                 );
                 forward.timeout = self.timeout();
                 forward.idle_timeout = self.policies.idle_timeout;
+                forward.grpc_timeout_max = self.policies.grpc_timeout_max;
                 forward.retries = self.policies.retries.clone();
                 forward.hash = self.policies.hash.clone();
             } else if let Some(h @ crate::Hash::Header(_)) = &self.policies.hash {
@@ -148,7 +149,7 @@ impl Service {
                     ..Forward::default()
                 })),
                 request_headers_to_add: headers_to_add.clone(),
-                rate_limit: self.policies.rate_limit.filter(|_| http),
+                rate_limit: self.policies.rate_limit.clone().filter(|_| http),
                 fault: self.policies.fault.filter(|_| http),
                 ..Route::default()
             })
@@ -161,7 +162,7 @@ impl Service {
             },
             forward: Some(finish(self.split())),
             request_headers_to_add: headers_to_add,
-            rate_limit: self.policies.rate_limit.filter(|_| http),
+            rate_limit: self.policies.rate_limit.clone().filter(|_| http),
             fault: self.policies.fault.filter(|_| http),
             ..Route::default()
         });
