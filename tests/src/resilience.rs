@@ -146,6 +146,31 @@ pub fn edit_hcm(res: &mut Resources, edit: impl Fn(&mut HttpConnectionManager)) 
     }
 }
 
+/// `m` packed as an `Any` of `type_url`.
+pub fn any<M: Message>(type_url: &str, m: &M) -> Any {
+    Any {
+        type_url: type_url.to_owned(),
+        value: m.encode_to_vec(),
+    }
+}
+
+/// Puts an HTTP filter named `name` (its configuration `config` of `type_url`) first in
+/// every listener's chain, replacing a filter of that name.
+pub fn set_http_filter<M: Message>(res: &mut Resources, name: &str, type_url: &str, config: &M) {
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpFilter, http_filter,
+    };
+    let filter = HttpFilter {
+        name: name.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(type_url, config))),
+        ..Default::default()
+    };
+    edit_hcm(res, |h| {
+        h.http_filters.retain(|f| f.name != name);
+        h.http_filters.insert(0, filter.clone());
+    });
+}
+
 /// A protobuf duration of `ms` milliseconds.
 pub fn ms(ms: u64) -> PbDuration {
     let d = Duration::from_millis(ms);

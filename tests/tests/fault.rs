@@ -14,19 +14,15 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::{
     ErrorType, HeaderAbort,
 };
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{FaultAbort, HttpFault};
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpFilter, http_filter,
-};
 use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
-use envoy_types::pb::google::protobuf::{Any, UInt32Value};
+use envoy_types::pb::google::protobuf::UInt32Value;
 use legate_snapshot::{Resources, type_url};
 use legate_tests::client::{HttpClient, empty};
 use legate_tests::resilience::{
-    Rig, SVC, cluster_mut, edit_hcm, ms, outcome, outlier, retry, route, route_action, svc_mesh,
-    timed, u32v,
+    Rig, SVC, any, cluster_mut, edit_hcm, ms, outcome, outlier, retry, route, route_action,
+    set_http_filter, svc_mesh, timed, u32v,
 };
 use legate_tests::{Protocol, Upstream};
-use prost::Message;
 
 const FILTER: &str = "envoy.filters.http.fault";
 
@@ -52,26 +48,8 @@ fn delay(delay_ms: u64) -> Option<FaultDelay> {
     })
 }
 
-fn any<M: Message>(type_url: &str, m: &M) -> Any {
-    Any {
-        type_url: type_url.to_owned(),
-        value: m.encode_to_vec(),
-    }
-}
-
 fn with_filter(res: &mut Resources, f: &HttpFault) {
-    let filter = HttpFilter {
-        name: FILTER.to_owned(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(any(
-            type_url::FAULT,
-            f,
-        ))),
-        ..Default::default()
-    };
-    edit_hcm(res, |h| {
-        h.http_filters.retain(|f| f.name != FILTER);
-        h.http_filters.insert(0, filter.clone());
-    });
+    set_http_filter(res, FILTER, type_url::FAULT, f);
 }
 
 async fn upstream() -> Upstream {
@@ -377,18 +355,16 @@ async fn access_log_flags_name_the_filters() {
         ),
         ..Default::default()
     };
+    // The rate limit second, after the fault filter.
+    set_http_filter(
+        &mut res,
+        "envoy.filters.http.local_ratelimit",
+        type_url::LOCAL_RATE_LIMIT,
+        &limit,
+    );
     edit_hcm(&mut res, |h| {
-        h.http_filters.insert(
-            1,
-            HttpFilter {
-                name: "envoy.filters.http.local_ratelimit".to_owned(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(any(
-                    type_url::LOCAL_RATE_LIMIT,
-                    &limit,
-                ))),
-                ..Default::default()
-            },
-        )
+        let rl = h.http_filters.remove(0);
+        h.http_filters.insert(1, rl);
     });
     let rig = Rig::start(&res).await;
 

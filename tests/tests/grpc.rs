@@ -13,20 +13,15 @@ use envoy_types::pb::envoy::config::route::v3::route_action::MaxStreamDuration;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{FaultAbort, HttpFault};
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpFilter, http_filter,
-};
 use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket};
-use envoy_types::pb::google::protobuf::Any;
 use legate_snapshot::type_url;
 use legate_tests::ListeningProcess;
 use legate_tests::config::cluster;
 use legate_tests::grpc::{all_calls, call, calls, failing_grpc_server, grpc_server};
 use legate_tests::resilience::{
     Rig, SVC, cluster_mut, edit_hcm, ms, outlier, retry, retry_non_idempotent, route, route_action,
-    svc_mesh_with, u32v,
+    set_http_filter, svc_mesh_with, u32v,
 };
-use prost::Message;
 
 /// The listener's gRPC request count with `grpc_status`.
 async fn by_status(rig: &Rig, status: &str) -> f64 {
@@ -216,27 +211,6 @@ async fn trailers_only_failures_eject_the_host() {
     assert_eq!(all_calls(&bad), before, "{}", bad.output());
 }
 
-/// An HTTP filter ahead of the router (`filter` at `type_url`), first in the chain.
-fn with_filter(
-    res: &mut legate_snapshot::Resources,
-    name: &str,
-    type_url: &str,
-    filter: &impl Message,
-) {
-    let filter = HttpFilter {
-        name: name.to_owned(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(Any {
-            type_url: type_url.to_owned(),
-            value: filter.encode_to_vec(),
-        })),
-        ..Default::default()
-    };
-    edit_hcm(res, |h| {
-        h.http_filters.retain(|f| f.name != filter.name);
-        h.http_filters.insert(0, filter.clone());
-    });
-}
-
 /// A rate limit or a fault answering a gRPC call answers in gRPC (trailers-only, the
 /// status Envoy gives), never with an HTTP error the client cannot read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +233,7 @@ async fn filter_replies_are_grpc_statuses() {
         "envoy.filters.http.local_ratelimit",
         type_url::LOCAL_RATE_LIMIT,
     );
-    with_filter(&mut res, rl.0, rl.1, &limit);
+    set_http_filter(&mut res, rl.0, rl.1, &limit);
     let rig = Rig::start(&res).await;
 
     let c = call(rig.addr(), "Unary", "key=a", Some(10.0)).await;
@@ -273,7 +247,7 @@ async fn filter_replies_are_grpc_statuses() {
     // rate_limited_as_resource_exhausted: RESOURCE_EXHAUSTED instead (the bucket is the
     // same, so it stays empty across the push).
     limit.rate_limited_as_resource_exhausted = true;
-    with_filter(&mut res, rl.0, rl.1, &limit);
+    set_http_filter(&mut res, rl.0, rl.1, &limit);
     rig.apply(&res).await;
     let c = call(rig.addr(), "Unary", "key=d", Some(10.0)).await;
     assert_eq!(c.code, "RESOURCE_EXHAUSTED", "{c:?}");
@@ -291,7 +265,7 @@ async fn filter_replies_are_grpc_statuses() {
         }),
         ..Default::default()
     };
-    with_filter(
+    set_http_filter(
         &mut res,
         "envoy.filters.http.fault",
         type_url::FAULT,

@@ -103,6 +103,39 @@ async fn envoy_accepts_and_routes(mode: EnvoyAds) {
     );
 }
 
+/// Real Envoy and legate, each fed `mesh` (compiled by legate-cp's compiler) by an ADS server
+/// of its own, once both have ACKed everything, Envoy without a NACK.
+struct Pair {
+    envoy: Envoy,
+    legate: Legate,
+    /// The servers, kept for the proxies' lifetime.
+    _xds: (XdsServer, XdsServer),
+}
+
+async fn envoy_and_legate(mesh: &str) -> Pair {
+    let envoy_xds = XdsServer::start().await;
+    let pushes = envoy_xds.set_mesh(mesh);
+    let envoy = Envoy::start_ads(envoy_xds.addr(), EnvoyAds::Sotw, "envoy-1", "envoys").await;
+    envoy_xds
+        .wait_all_acked(&pushes, Duration::from_secs(30))
+        .await;
+    for t in ALL_TYPES {
+        let nacks = envoy_xds.nacks_for(t);
+        assert!(nacks.is_empty(), "Envoy NACKed {t}: {nacks:?}");
+    }
+    let legate_xds = XdsServer::start().await;
+    let pushes = legate_xds.set_mesh(mesh);
+    let legate = Legate::start_xds(&XdsFlags::new(&legate_xds.url(), Mode::Sotw)).await;
+    legate_xds
+        .wait_all_acked(&pushes, Duration::from_secs(30))
+        .await;
+    Pair {
+        envoy,
+        legate,
+        _xds: (envoy_xds, legate_xds),
+    }
+}
+
 #[tokio::test]
 async fn envoy_accepts_compiled_resources_sotw() {
     envoy_accepts_and_routes(EnvoyAds::Sotw).await;
@@ -372,22 +405,7 @@ services:
         v1.addr(),
         v1.addr()
     );
-    let envoy_xds = XdsServer::start().await;
-    let pushes = envoy_xds.set_mesh(&mesh);
-    let envoy = Envoy::start_ads(envoy_xds.addr(), EnvoyAds::Sotw, "envoy-1", "envoys").await;
-    envoy_xds
-        .wait_all_acked(&pushes, Duration::from_secs(30))
-        .await;
-    for t in ALL_TYPES {
-        let nacks = envoy_xds.nacks_for(t);
-        assert!(nacks.is_empty(), "Envoy NACKed {t}: {nacks:?}");
-    }
-    let legate_xds = XdsServer::start().await;
-    let pushes = legate_xds.set_mesh(&mesh);
-    let legate = Legate::start_xds(&XdsFlags::new(&legate_xds.url(), Mode::Sotw)).await;
-    legate_xds
-        .wait_all_acked(&pushes, Duration::from_secs(30))
-        .await;
+    let Pair { envoy, legate, .. } = envoy_and_legate(&mesh).await;
 
     let e = rate_limited_answers(envoy.listener("outbound").await, 5).await;
     let l = rate_limited_answers(legate.listener_addr("outbound").await, 5).await;
@@ -473,22 +491,7 @@ services:
 "#,
         server.addr()
     );
-    let envoy_xds = XdsServer::start().await;
-    let pushes = envoy_xds.set_mesh(&mesh);
-    let envoy = Envoy::start_ads(envoy_xds.addr(), EnvoyAds::Sotw, "envoy-1", "envoys").await;
-    envoy_xds
-        .wait_all_acked(&pushes, Duration::from_secs(30))
-        .await;
-    for t in ALL_TYPES {
-        let nacks = envoy_xds.nacks_for(t);
-        assert!(nacks.is_empty(), "Envoy NACKed {t}: {nacks:?}");
-    }
-    let legate_xds = XdsServer::start().await;
-    let pushes = legate_xds.set_mesh(&mesh);
-    let legate = Legate::start_xds(&XdsFlags::new(&legate_xds.url(), Mode::Sotw)).await;
-    legate_xds
-        .wait_all_acked(&pushes, Duration::from_secs(30))
-        .await;
+    let Pair { envoy, legate, .. } = envoy_and_legate(&mesh).await;
 
     use legate_tests::grpc::{call, calls};
     for (who, addr) in [
@@ -583,22 +586,7 @@ services:
       hash: {{cookie: {{name: sticky, ttl: 1h, path: /}}}}
 "#
     );
-    let envoy_xds = XdsServer::start().await;
-    let pushes = envoy_xds.set_mesh(&mesh);
-    let envoy = Envoy::start_ads(envoy_xds.addr(), EnvoyAds::Sotw, "envoy-1", "envoys").await;
-    envoy_xds
-        .wait_all_acked(&pushes, Duration::from_secs(30))
-        .await;
-    for t in ALL_TYPES {
-        let nacks = envoy_xds.nacks_for(t);
-        assert!(nacks.is_empty(), "Envoy NACKed {t}: {nacks:?}");
-    }
-    let legate_xds = XdsServer::start().await;
-    let pushes = legate_xds.set_mesh(&mesh);
-    let legate = Legate::start_xds(&XdsFlags::new(&legate_xds.url(), Mode::Sotw)).await;
-    legate_xds
-        .wait_all_acked(&pushes, Duration::from_secs(30))
-        .await;
+    let Pair { envoy, legate, .. } = envoy_and_legate(&mesh).await;
     let (e, l) = (
         envoy.listener("outbound").await,
         legate.listener_addr("outbound").await,

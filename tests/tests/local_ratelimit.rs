@@ -12,15 +12,11 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::{FilterConfig, Route};
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpFilter, http_filter,
-};
 use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket};
-use envoy_types::pb::google::protobuf::{Any, UInt32Value};
+use envoy_types::pb::google::protobuf::UInt32Value;
 use legate_snapshot::{Resources, type_url};
-use legate_tests::resilience::{Rig, edit_hcm, ms, outcome, route, svc_mesh};
+use legate_tests::resilience::{Rig, any, ms, outcome, route, set_http_filter, svc_mesh};
 use legate_tests::{Protocol, Upstream};
-use prost::Message;
 
 const FILTER: &str = "envoy.filters.http.local_ratelimit";
 
@@ -60,27 +56,9 @@ fn limit(max: u32, refill_ms: u64) -> LocalRateLimit {
     }
 }
 
-fn any<M: Message>(type_url: &str, m: &M) -> Any {
-    Any {
-        type_url: type_url.to_owned(),
-        value: m.encode_to_vec(),
-    }
-}
-
 /// Puts the filter, configured with `l`, before the router of every listener.
 fn with_filter(res: &mut Resources, l: &LocalRateLimit) {
-    let filter = HttpFilter {
-        name: FILTER.to_owned(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(any(
-            type_url::LOCAL_RATE_LIMIT,
-            l,
-        ))),
-        ..Default::default()
-    };
-    edit_hcm(res, |h| {
-        h.http_filters.retain(|f| f.name != FILTER);
-        h.http_filters.insert(0, filter.clone());
-    });
+    set_http_filter(res, FILTER, type_url::LOCAL_RATE_LIMIT, l);
 }
 
 async fn upstream() -> Upstream {
