@@ -40,7 +40,8 @@ pub struct References {
     /// the cluster's own name when that is empty.
     pub load_assignment: Option<String>,
     /// Secrets loaded over SDS through ADS: TLS certificates and validation contexts named in
-    /// the resource's TLS transport sockets.
+    /// the resource's TLS transport sockets, and generic secrets named by a listener's
+    /// credential injectors.
     pub secrets: Vec<String>,
 }
 
@@ -60,8 +61,8 @@ impl References {
 }
 
 /// What a listener names: the RDS route configurations of its HTTP connection managers (every
-/// filter chain, the default chain and an `api_listener`) and the SDS secrets of its filter
-/// chains' TLS transport sockets.
+/// filter chain, the default chain and an `api_listener`), the SDS secrets of its filter
+/// chains' TLS transport sockets and the generic secrets its credential injectors name.
 pub fn listener_references(listener: &XdsListener) -> References {
     let chains = || {
         listener
@@ -79,16 +80,22 @@ pub fn listener_references(listener: &XdsListener) -> References {
         .api_listener
         .as_ref()
         .and_then(|api| api.api_listener.as_ref());
-    let route_configs = filters
+    let hcms: Vec<XdsHttpConnectionManager> = filters
         .chain(api)
         .filter(|any| any.type_url == type_url::HTTP_CONNECTION_MANAGER)
         .filter_map(|any| XdsHttpConnectionManager::decode(any.value.as_slice()).ok())
+        .collect();
+    let mut secrets = Vec::new();
+    for hcm in &hcms {
+        credential_secrets(hcm, &mut secrets);
+    }
+    let route_configs = hcms
+        .into_iter()
         .filter_map(|hcm| match hcm.route_specifier {
             Some(RouteSpecifier::Rds(rds)) => Some(rds.route_config_name),
             _ => None,
         })
         .collect();
-    let mut secrets = Vec::new();
     for socket in chains().filter_map(|chain| chain.transport_socket.as_ref()) {
         if let Some(common) = downstream_context(socket).and_then(|c| c.common_tls_context) {
             ads_secrets(&common, &mut secrets);
@@ -206,6 +213,46 @@ fn ads_secrets(common: &CommonTlsContext, out: &mut Vec<String>) {
             .filter(|sds| over_ads(sds))
             .map(|sds| sds.name.clone()),
     );
+}
+
+/// The generic secrets over ADS that an HCM's credential injectors name (the generic
+/// credential's, OAuth2's client secret).
+fn credential_secrets(hcm: &XdsHttpConnectionManager, out: &mut Vec<String>) {
+    use envoy_types::pb::envoy::extensions::filters::http::credential_injector::v3::CredentialInjector;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
+    use envoy_types::pb::envoy::extensions::http::injected_credentials::generic::v3::Generic;
+    use envoy_types::pb::envoy::extensions::http::injected_credentials::oauth2::v3::OAuth2;
+    use envoy_types::pb::envoy::extensions::http::injected_credentials::oauth2::v3::o_auth2::FlowType;
+    for f in &hcm.http_filters {
+        let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
+            continue;
+        };
+        if any.type_url != type_url::CREDENTIAL_INJECTOR {
+            continue;
+        }
+        let Some(cred) = CredentialInjector::decode(any.value.as_slice())
+            .ok()
+            .and_then(|c| c.credential)
+            .and_then(|c| c.typed_config)
+        else {
+            continue;
+        };
+        let sds = match cred.type_url.as_str() {
+            type_url::GENERIC_CREDENTIAL => Generic::decode(cred.value.as_slice())
+                .ok()
+                .and_then(|g| g.credential),
+            type_url::OAUTH2_CREDENTIAL => {
+                OAuth2::decode(cred.value.as_slice())
+                    .ok()
+                    .and_then(|o| match o.flow_type {
+                        Some(FlowType::ClientCredentials(c)) => c.client_secret,
+                        None => None,
+                    })
+            }
+            _ => None,
+        };
+        out.extend(sds.filter(over_ads).map(|s| s.name));
+    }
 }
 
 fn over_ads(sds: &SdsSecretConfig) -> bool {

@@ -7,11 +7,12 @@
 //! ([`Buckets`]); the request path only reads what was resolved then.
 
 mod bucket;
+mod credential;
 mod fault;
 mod local_ratelimit;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 use legate_snapshot::filter::{FilterKind, HttpFilter, PerFilterConfig, per_filter};
@@ -22,6 +23,7 @@ use crate::body::ResponseBody;
 use crate::error::{ProxyError, ResponseFlags};
 
 pub(crate) use bucket::Bucket;
+use credential::TokenSource;
 use local_ratelimit::RateLimiter;
 
 /// A listener's filters, resolved against its route configuration.
@@ -45,6 +47,7 @@ struct Filter {
 enum Runtime {
     LocalRateLimit(RateLimiter),
     Fault(fault::Injector),
+    Credential(credential::Injector),
 }
 
 /// Whether this request falls in a fraction of `ppm` parts per million.
@@ -107,6 +110,7 @@ impl Chain {
             let decision = match runtime {
                 Runtime::LocalRateLimit(r) => r.decode(req.headers, out),
                 Runtime::Fault(f) => f.decode(req.headers, out, flags).await,
+                Runtime::Credential(c) => c.decode(req.headers, out).await,
             };
             if let Decision::Reply(cause, _) = &decision {
                 flags.insert(cause.response_flag());
@@ -145,14 +149,26 @@ fn kind_key(kind: &FilterKind) -> usize {
     match kind {
         FilterKind::LocalRateLimit(c) => Arc::as_ptr(c) as usize,
         FilterKind::Fault(c) => Arc::as_ptr(c) as usize,
+        FilterKind::CredentialInjector(c) => Arc::as_ptr(c) as usize,
     }
 }
 
 /// Token buckets by where they are configured and how, kept across snapshots: a push that
-/// leaves a bucket's place and configuration alone keeps its tokens.
+/// leaves a bucket's place and configuration alone keeps its tokens. OAuth2 token sources
+/// are kept the same way (their token and their background task).
 #[derive(Debug, Default)]
 pub(crate) struct Buckets {
     live: HashMap<BucketKey, Arc<Bucket>>,
+    tokens: HashMap<TokenKey, Arc<TokenSource>>,
+}
+
+/// An OAuth2 token source's place (listener and filter name) and configuration, its client
+/// secret's source included.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct TokenKey {
+    listener: Arc<str>,
+    filter: Arc<str>,
+    config: Arc<legate_snapshot::filter::OAuth2Credential>,
 }
 
 /// A bucket's place (listener, filter name, and `vhost/route` for an override) and its
@@ -169,15 +185,50 @@ struct BucketKey {
 pub(crate) struct Builder {
     old: HashMap<BucketKey, Arc<Bucket>>,
     next: HashMap<BucketKey, Arc<Bucket>>,
+    old_tokens: HashMap<TokenKey, Arc<TokenSource>>,
+    next_tokens: HashMap<TokenKey, Arc<TokenSource>>,
+    /// What token sources send their requests through (the live clusters).
+    shared: Weak<crate::Shared>,
+    /// `legate_oauth2_token_fetches_total`.
+    fetches: Arc<legate_telemetry::Family<Counter>>,
 }
 
 impl Builder {
-    /// Start from the buckets live now (copied: the lock is not held while building).
-    pub(crate) fn new(old: &Buckets) -> Self {
+    /// Start from the buckets and token sources live now (copied: the lock is not held
+    /// while building).
+    pub(crate) fn new(
+        old: &Buckets,
+        shared: Weak<crate::Shared>,
+        fetches: Arc<legate_telemetry::Family<Counter>>,
+    ) -> Self {
         Builder {
             old: old.live.clone(),
             next: HashMap::new(),
+            old_tokens: old.tokens.clone(),
+            next_tokens: HashMap::new(),
+            shared,
+            fetches,
         }
+    }
+
+    fn token_source(&mut self, key: TokenKey) -> Arc<TokenSource> {
+        if let Some(t) = self.next_tokens.get(&key) {
+            return t.clone();
+        }
+        let t = self.old_tokens.get(&key).cloned().unwrap_or_else(|| {
+            let cluster = &*key.config.cluster;
+            let fetches = &self.fetches;
+            TokenSource::start(
+                key.config.clone(),
+                self.shared.clone(),
+                credential::Fetches {
+                    ok: fetches.get_or_create(&[cluster, "ok"]),
+                    failed: fetches.get_or_create(&[cluster, "failed"]),
+                },
+            )
+        });
+        self.next_tokens.insert(key, t.clone());
+        t
     }
 
     fn bucket(&mut self, key: BucketKey) -> Arc<Bucket> {
@@ -266,12 +317,26 @@ impl Builder {
                 ))
             }
             FilterKind::Fault(config) => Runtime::Fault(fault::Injector::new(config.clone())),
+            FilterKind::CredentialInjector(config) => {
+                let token = match &config.credential {
+                    legate_snapshot::filter::Credential::Oauth2(o) => {
+                        Some(self.token_source(TokenKey {
+                            listener: listener.name.clone(),
+                            filter: filter.clone(),
+                            config: Arc::new(o.clone()),
+                        }))
+                    }
+                    legate_snapshot::filter::Credential::Generic(_) => None,
+                };
+                Runtime::Credential(credential::Injector::new(config.clone(), token))
+            }
         }
     }
 
     /// Keep only the buckets this snapshot uses: call once the snapshot is live.
     pub(crate) fn finish(self, into: &mut Buckets) {
         into.live = self.next;
+        into.tokens = self.next_tokens;
     }
 }
 
