@@ -25,6 +25,7 @@ pub mod config;
 pub mod cp;
 pub mod demo;
 pub mod metrics;
+pub mod oauth;
 pub mod otlp;
 pub mod peers;
 pub mod process;
