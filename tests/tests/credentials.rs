@@ -451,7 +451,9 @@ async fn oauth2_endpoint_outage_answers_401_at_once_and_fetches_only_at_the_retr
     });
     let (a, rig) = oauth_rig(&idp, &["read"], 1000).await;
     eventually(WAIT, "the first fetch failed", || async {
-        (idp.requests() >= 1).then_some(()).ok_or_else(|| "no fetch yet".to_owned())
+        (idp.requests() >= 1)
+            .then_some(())
+            .ok_or_else(|| "no fetch yet".to_owned())
     })
     .await;
     // Keep requests coming for 3 s: each fails fast, none triggers a fetch.

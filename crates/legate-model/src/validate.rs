@@ -299,6 +299,9 @@ impl<'m> Checker<'m> {
         if let Some(f) = &r.fault {
             self.fault(&format!("{path}.fault"), f);
         }
+        if let Some(c) = &r.credentials {
+            self.credentials(&format!("{path}.credentials"), c);
+        }
         if let Some(d) = &r.direct_response {
             self.direct_response(&format!("{path}.direct_response"), d);
         }
@@ -935,6 +938,9 @@ impl<'m> Checker<'m> {
         }
         if let Some(f) = &p.fault {
             self.fault(&format!("{path}.fault"), f);
+        }
+        if let Some(c) = &p.credentials {
+            self.credentials(&format!("{path}.credentials"), c);
         }
         self.cluster_policies(
             path,
@@ -1901,7 +1907,7 @@ proxy:
                 "m.yaml:5:7: services[0].policies.retry: unknown field `retry`, expected one of \
                  `request_headers_to_add`, `timeout`, `idle_timeout`, `retries`, \
                  `circuit_breakers`, `outlier_detection`, `health_check`, `panic_threshold`, \
-                 `breaker`, `rate_limit`, `fault`",
+                 `breaker`, `rate_limit`, `fault`, `credentials`",
             ),
             (
                 "services:\n  - name: a\n    endpoints: []\n    policies:\n      retries: 3\n",
