@@ -2,8 +2,9 @@
 //! served over HTTP/1.1 on 127.0.0.1 by this process.
 //!
 //! It checks what a client must send (POST, `application/x-www-form-urlencoded` body with
-//! `grant_type=client_credentials` and the expected `scope`, HTTP Basic client
-//! authentication with the form-encoded id and secret) and answers 400/401 with an RFC 6749
+//! `grant_type=client_credentials` and the expected `scope`, client authentication with HTTP
+//! Basic over the form-encoded id and secret, or `client_id`/`client_secret` in the body,
+//! which it counts apart) and answers 400/401 with an RFC 6749
 //! §5.2 error otherwise. A good request gets `{"access_token": "tok-N", "token_type":
 //! "Bearer", "expires_in": E}` where N counts the tokens issued. The test can make it fail
 //! (any status), delay its answer, or change `expires_in`, and reads how many token requests
@@ -53,6 +54,9 @@ struct State {
     /// Token requests that broke RFC 6749 §4.4.2 or carried the wrong client credentials.
     malformed: AtomicUsize,
     issued: AtomicUsize,
+    /// Good requests that sent the client credentials in the body rather than with Basic
+    /// (RFC 6749 §2.3.1 allows it, not recommended).
+    body_auth: AtomicUsize,
     /// Why the last malformed request was refused.
     last_error: Mutex<Option<String>>,
 }
@@ -86,6 +90,7 @@ impl TokenEndpoint {
             requests: AtomicUsize::new(0),
             malformed: AtomicUsize::new(0),
             issued: AtomicUsize::new(0),
+            body_auth: AtomicUsize::new(0),
             last_error: Mutex::new(None),
         });
         let st = state.clone();
@@ -124,6 +129,11 @@ impl TokenEndpoint {
     /// Token requests received so far.
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// Good token requests that authenticated the client in the form body, not with Basic.
+    pub fn body_auth(&self) -> usize {
+        self.state.body_auth.load(Ordering::SeqCst)
     }
 
     /// Token requests refused as malformed, and the last reason.
@@ -204,11 +214,15 @@ async fn answer(st: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let body = String::from_utf8_lossy(&body).into_owned();
     let mut grant = None;
     let mut scope = None;
+    let mut body_id = None;
+    let mut body_secret = None;
     for pair in body.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match (k, form_decode(v)) {
             ("grant_type", v) => grant = v,
             ("scope", v) => scope = v,
+            ("client_id", v) => body_id = v,
+            ("client_secret", v) => body_secret = v,
             _ => {}
         }
     }
@@ -231,19 +245,27 @@ async fn answer(st: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let pair = basic
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
         .and_then(|b| String::from_utf8(b).ok());
-    let creds = pair
-        .as_deref()
-        .and_then(|p| p.split_once(':'))
-        .and_then(|(i, s)| Some((form_decode(i)?, form_decode(s)?)));
+    let in_body = pair.is_none() && body_id.is_some();
+    let creds = match (pair.as_deref(), body_id, body_secret) {
+        (Some(p), None, None) => p
+            .split_once(':')
+            .and_then(|(i, s)| Some((form_decode(i)?, form_decode(s)?))),
+        (None, Some(i), Some(s)) => Some((i, s)),
+        // Both ways at once, or neither: RFC 6749 §2.3 allows one.
+        _ => None,
+    };
     match creds {
         Some((id, secret)) if id == st.client_id && secret == st.client_secret => {}
         _ => {
             return refuse(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
-                "wrong or missing basic client authentication".to_owned(),
+                format!("wrong or missing basic client authentication: {pair:?} in {body:?}"),
             );
         }
+    }
+    if in_body {
+        st.body_auth.fetch_add(1, Ordering::SeqCst);
     }
     let n = st.issued.fetch_add(1, Ordering::SeqCst) + 1;
     json(

@@ -380,6 +380,11 @@ async fn oauth2_cold_start_with_50_parallel_requests_fetches_one_token() {
         assert_eq!(bearer(r).as_deref(), Some("Bearer tok-1"));
     }
     assert_eq!(idp.malformed(), (0, None), "RFC 6749 §4.4.2 request");
+    assert_eq!(
+        idp.body_auth(),
+        0,
+        "the client authenticates with HTTP Basic"
+    );
     assert_eq!(idp.requests(), 1, "one fetch for 50 requests and the start");
     assert_eq!(
         rig.metric(

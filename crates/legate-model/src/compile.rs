@@ -177,7 +177,11 @@ fn compile_for(mesh: &Mesh, node_cluster: Option<&str>) -> Resources {
             .route_configs
             .iter()
             .chain(&generated.route_config)
-            .map(route_config)
+            .map(|rc| {
+                let mut out = route_config(rc);
+                disable_other_credentials(rc, &credentials_of(&rc.name), &mut out);
+                out
+            })
             .collect(),
         clusters: Vec::with_capacity(mesh.clusters.len() + generated.clusters.len()),
         load_assignments: Vec::new(),
@@ -368,6 +372,35 @@ fn listener(
     }
 }
 
+/// Envoy cannot enable a listener's filter on one route without a per-route configuration,
+/// which the credential injector does not have; it can disable one. So each credential's
+/// filter runs on the listener, and every route disables the credential filters that are
+/// not its own (`FilterConfig {disabled: true}`).
+fn disable_other_credentials(
+    rc: &RouteConfig,
+    credentials: &[&crate::Credentials],
+    out: &mut XdsRouteConfiguration,
+) {
+    if credentials.is_empty() {
+        return;
+    }
+    let names: Vec<String> = credentials
+        .iter()
+        .map(|c| policies::credential_filter_name(c))
+        .collect();
+    for (vh, xvh) in rc.virtual_hosts.iter().zip(&mut out.virtual_hosts) {
+        for (r, xr) in vh.routes.iter().zip(&mut xvh.routes) {
+            let own = r.credentials.as_ref().map(policies::credential_filter_name);
+            for n in &names {
+                if own.as_ref() != Some(n) {
+                    xr.typed_per_filter_config
+                        .insert(n.clone(), policies::credential_disabled());
+                }
+            }
+        }
+    }
+}
+
 fn route_config(rc: &RouteConfig) -> XdsRouteConfiguration {
     XdsRouteConfiguration {
         name: rc.name.clone(),
@@ -479,12 +512,6 @@ pub(crate) fn route(r: &Route) -> XdsRoute {
                     .iter()
                     .map(|f| (names::FAULT.to_owned(), policies::fault(f))),
             )
-            .chain(r.credentials.iter().map(|c| {
-                (
-                    policies::credential_filter_name(c),
-                    policies::credential_enabled(),
-                )
-            }))
             .collect(),
         ..Default::default()
     }
@@ -1644,7 +1671,7 @@ services:
         };
         let filters = &snapshot.listeners[0].http_filters;
         assert_eq!(filters.len(), 2, "{filters:?}");
-        assert!(filters.iter().all(|f| f.disabled));
+        assert!(filters.iter().all(|f| !f.disabled));
         let rc = snapshot
             .route_configs
             .values()
@@ -1653,12 +1680,13 @@ services:
         let routes = &rc.virtual_hosts[0].routes;
         for (service, generic) in [("pay", true), ("ledger", false)] {
             let route = routes.iter().find(|r| &*r.name == service).expect("route");
-            let [(name, PerFilterConfig::Enabled)] = &*route.per_filter else {
+            // Each route disables the other credential's filter.
+            let [(other, PerFilterConfig::Disabled)] = &*route.per_filter else {
                 panic!("{service}: {:?}", route.per_filter);
             };
             let f = filters
                 .iter()
-                .find(|f| f.name == *name)
+                .find(|f| f.name != *other)
                 .expect("its filter");
             let FilterKind::CredentialInjector(c) = &f.config else {
                 panic!("a credential injector");
@@ -1684,7 +1712,13 @@ services:
             }
         }
         let other = routes.iter().find(|r| &*r.name == "other").expect("other");
-        assert!(other.per_filter.is_empty());
+        assert_eq!(other.per_filter.len(), 2, "both disabled");
+        assert!(
+            other
+                .per_filter
+                .iter()
+                .all(|(_, c)| *c == PerFilterConfig::Disabled)
+        );
     }
 
     /// `credentials` is checked where it is written.

@@ -1257,9 +1257,9 @@ pub(crate) fn credential_filter_name(c: &crate::Credentials) -> String {
     format!("{}.{hash:016x}", super::names::CREDENTIAL_INJECTOR)
 }
 
-/// A credential's `envoy.filters.http.credential_injector`, disabled on the listener: the
-/// routes that use it enable it ([`credential_enabled`]). Its secrets are SDS generic
-/// secrets over ADS.
+/// A credential's `envoy.filters.http.credential_injector` on the listener; the routes that
+/// do not use it disable it ([`credential_disabled`]). Its secrets are SDS generic secrets
+/// over ADS.
 pub(crate) fn credential_filter(c: &crate::Credentials) -> HttpFilter {
     use envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType;
     use envoy_types::pb::envoy::config::core::v3::{HttpUri, TypedExtensionConfig};
@@ -1321,7 +1321,6 @@ pub(crate) fn credential_filter(c: &crate::Credentials) -> HttpFilter {
     };
     HttpFilter {
         name: credential_filter_name(c),
-        disabled: true,
         config_type: Some(http_filter::ConfigType::TypedConfig(any(
             type_url::CREDENTIAL_INJECTOR,
             &config,
@@ -1330,11 +1329,14 @@ pub(crate) fn credential_filter(c: &crate::Credentials) -> HttpFilter {
     }
 }
 
-/// What turns a listener's disabled filter on for one route: an empty `FilterConfig`.
-pub(crate) fn credential_enabled() -> Any {
+/// What turns a listener's credential filter off for one route.
+pub(crate) fn credential_disabled() -> Any {
     use envoy_types::pb::envoy::config::route::v3::FilterConfig;
     any(
         legate_snapshot::type_url::FILTER_CONFIG,
-        &FilterConfig::default(),
+        &FilterConfig {
+            disabled: true,
+            ..Default::default()
+        },
     )
 }

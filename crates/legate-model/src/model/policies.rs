@@ -599,8 +599,9 @@ impl RateLimit {
 /// sees: a `secrets` entry with `value` put in a header (an API key, a fixed bearer token),
 /// or an OAuth2 access token obtained with client credentials (RFC 6749 §4.4) and renewed
 /// before it expires. Compiled to Envoy's `envoy.filters.http.credential_injector` (one per
-/// distinct credential on the listener, disabled there and enabled by the routes that use
-/// it) and an SDS generic secret.
+/// distinct credential on the listener, disabled by the routes that do not use it) and an
+/// SDS generic secret. A request that matches no route passes every credential filter of
+/// the listener before its 404 (it is never forwarded).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
