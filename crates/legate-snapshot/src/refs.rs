@@ -502,4 +502,60 @@ mod tests {
         )));
         assert!(secret_is_private(&XdsSecret::default()));
     }
+
+    #[test]
+    fn listener_names_the_ads_secrets_of_its_credential_injectors() {
+        use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+        use envoy_types::pb::envoy::extensions::filters::http::credential_injector::v3::CredentialInjector;
+        use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+            HttpFilter, http_filter,
+        };
+        use envoy_types::pb::envoy::extensions::http::injected_credentials::generic::v3::Generic;
+        let injector = |secret: SdsSecretConfig| HttpFilter {
+            name: format!("cred-{}", secret.name),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                type_url::CREDENTIAL_INJECTOR,
+                &CredentialInjector {
+                    credential: Some(TypedExtensionConfig {
+                        name: "generic".to_owned(),
+                        typed_config: Some(any(
+                            type_url::GENERIC_CREDENTIAL,
+                            &Generic {
+                                credential: Some(secret),
+                                ..Generic::default()
+                            },
+                        )),
+                    }),
+                    ..CredentialInjector::default()
+                },
+            ))),
+            ..HttpFilter::default()
+        };
+        let hcm = XdsHttpConnectionManager {
+            http_filters: vec![
+                injector(sds("api-key", true)),
+                injector(sds("static", false)),
+            ],
+            ..XdsHttpConnectionManager::default()
+        };
+        let listener = XdsListener {
+            name: "l".to_owned(),
+            filter_chains: vec![FilterChain {
+                filters: vec![Filter {
+                    name: "hcm".to_owned(),
+                    config_type: Some(FilterConfigType::TypedConfig(any(
+                        type_url::HTTP_CONNECTION_MANAGER,
+                        &hcm,
+                    ))),
+                }],
+                ..FilterChain::default()
+            }],
+            ..XdsListener::default()
+        };
+        // Only the one delivered over ADS is fetched; the other is a bootstrap secret.
+        assert_eq!(
+            listener_references(&listener).secrets,
+            vec!["api-key".to_owned()]
+        );
+    }
 }
