@@ -552,3 +552,80 @@ async fn oauth2_token_is_kept_across_a_push_that_leaves_the_filter_alone() {
     })
     .await;
 }
+
+/// The real control plane: a mesh file's `policies.credentials` and `secrets` entry with
+/// `value` are compiled, the file is read and served over SDS as a generic secret, and a
+/// rotated file reaches the proxy without a restart. Neither process shows the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legate_cp_serves_the_credential_of_a_mesh_policy() {
+    use legate_tests::cp::ControlPlane;
+    use legate_tests::process::TempDir;
+    use legate_tests::{Legate, Mode, XdsFlags};
+    let up = Upstream::start("api", "v1", Protocol::Http1).await;
+    let dir = TempDir::new("cred-cp");
+    dir.write("api-key", "cp-key-0a9f\n");
+    let mesh = format!(
+        r#"
+proxy:
+  listener: {{name: outbound, address: 127.0.0.1:0}}
+secrets:
+  - {{name: api-key, value: api-key}}
+services:
+  - name: keyed
+    endpoints: [{{address: {up}}}]
+    route: {{prefix: /keyed/, rewrite: /}}
+    policies:
+      credentials: {{header: x-api-key, secret: api-key}}
+  - name: plain
+    endpoints: [{{address: {up}}}]
+    route: {{prefix: /plain/, rewrite: /}}
+"#,
+        up = up.addr()
+    );
+    let config = dir.write("mesh.yaml", &mesh);
+    let cp = ControlPlane::start(&config, &dir.path().join("data")).await;
+    let legate =
+        Legate::start_xds(&XdsFlags::new(&cp.url(), Mode::Sotw).initial_fetch_timeout("5s")).await;
+    let key_of = |path: &'static str| {
+        let legate = &legate;
+        async move {
+            let r = HttpClient::http1()
+                .get(&legate.url("outbound", path).await)
+                .await;
+            (
+                r.status.as_u16(),
+                (r.status == 200)
+                    .then(|| r.echo().headers.get("x-api-key").cloned())
+                    .flatten(),
+            )
+        }
+    };
+    eventually(WAIT, "the key is injected", || async {
+        match key_of("/keyed/x").await {
+            (200, Some(k)) if k == "cp-key-0a9f" => Ok(()),
+            other => Err(format!("{other:?}\n{}", legate.describe())),
+        }
+    })
+    .await;
+    assert_eq!(
+        key_of("/plain/x").await,
+        (200, None),
+        "only on its own service"
+    );
+
+    // Rotated on disk: legate-cp re-reads it and pushes the new secret.
+    dir.write("api-key", "cp-key-1b7c\n");
+    eventually(WAIT, "the rotated key is injected", || async {
+        match key_of("/keyed/x").await {
+            (200, Some(k)) if k == "cp-key-1b7c" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    for secret in ["cp-key-0a9f", "cp-key-1b7c"] {
+        let dump = legate.admin_get("/config_dump").await.text();
+        assert!(!dump.contains(secret), "{dump}");
+        assert!(!legate.output().contains(secret), "{}", legate.output());
+        assert!(!cp.log().contains(secret), "{}", cp.log());
+    }
+}
