@@ -30,7 +30,7 @@ const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(2);
 const MIN_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// A token request that may take longer than this is refused: requests wait for it.
 const MAX_TOKEN_TIMEOUT: Duration = Duration::from_secs(60);
-/// Envoy's `HttpUri.timeout` is required; legate uses this when it is zero.
+/// Scopes one token request may ask for.
 const MAX_SCOPES: usize = 64;
 
 pub(super) fn credential_injector(
@@ -223,7 +223,12 @@ fn oauth2(cx: &mut Ctx, field: &str, o: &XdsOAuth2) -> Option<OAuth2Credential> 
             return None;
         }
     };
-    let (cluster, authority, path, timeout) = endpoint?;
+    let Endpoint {
+        cluster,
+        authority,
+        path,
+        timeout,
+    } = endpoint?;
     let out = OAuth2Credential {
         cluster,
         authority,
@@ -238,13 +243,17 @@ fn oauth2(cx: &mut Ctx, field: &str, o: &XdsOAuth2) -> Option<OAuth2Credential> 
     (cx.error_count() == before).then_some(out)
 }
 
-/// `HttpUri` → (cluster, authority, path, timeout). The scheme, when written, is not used:
-/// the cluster's transport socket decides TLS, as in Envoy.
-fn http_uri(
-    cx: &mut Ctx,
-    field: &str,
-    u: &HttpUri,
-) -> Option<(Arc<str>, Arc<str>, Arc<str>, Duration)> {
+/// A validated `HttpUri`.
+struct Endpoint {
+    cluster: Arc<str>,
+    authority: Arc<str>,
+    path: Arc<str>,
+    timeout: Duration,
+}
+
+/// `HttpUri` → [`Endpoint`]. The scheme, when written, is not used: the cluster's transport
+/// socket decides TLS, as in Envoy.
+fn http_uri(cx: &mut Ctx, field: &str, u: &HttpUri) -> Option<Endpoint> {
     let HttpUri {
         uri,
         timeout,
@@ -296,7 +305,12 @@ fn http_uri(
     if cx.error_count() != before {
         return None;
     }
-    Some((cluster?, Arc::from(authority), Arc::from(path), timeout?))
+    Some(Endpoint {
+        cluster: cluster?,
+        authority: Arc::from(authority),
+        path: Arc::from(path),
+        timeout: timeout?,
+    })
 }
 
 /// An `SdsSecretConfig` naming a generic secret: over ADS, or (without `sds_config`) a
