@@ -627,3 +627,53 @@ services:
         assert!(!cp.log().contains(secret), "{}", cp.log());
     }
 }
+
+/// Without a control plane: a bootstrap's mesh with a `secrets` entry (`value` file) and a
+/// route's `credentials`. The proxy reads the file itself and follows its rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_secret_file_is_injected_and_followed() {
+    use legate_tests::Legate;
+    use legate_tests::config::{bootstrap, indent};
+    let up = Upstream::start("api", "v1", Protocol::Http1).await;
+    let dir = tmp_dir("bootstrap");
+    let key = dir.join("key");
+    std::fs::write(&key, "b-key-3e1f\n").expect("write key");
+    let routes = format!(
+        "- name: outbound\n  virtual_hosts:\n    - name: all\n      domains: [\"*\"]\n      routes:\n        - match: {{prefix: /}}\n          forward: {{cluster: {SVC}}}\n          credentials: {{header: x-api-key, secret: key}}\n"
+    );
+    let mut config = bootstrap(
+        "- {name: outbound, address: 127.0.0.1:0, route_config: outbound}",
+        &routes,
+        &[cluster(SVC, &[up.addr()])],
+    );
+    config.push_str(&indent(
+        &format!("secrets:\n  - {{name: key, value: {}}}\n", key.display()),
+        2,
+    ));
+    let legate = Legate::start(&config).await;
+    let key_seen = || async {
+        let r = HttpClient::http1()
+            .get(&legate.url("outbound", "/").await)
+            .await;
+        (r.status == 200)
+            .then(|| r.echo().headers.get("x-api-key").cloned())
+            .flatten()
+    };
+    assert_eq!(
+        key_seen().await.as_deref(),
+        Some("b-key-3e1f"),
+        "{}",
+        legate.describe()
+    );
+    std::fs::write(&key, "b-key-9a0c\n").expect("rotate key");
+    eventually(WAIT, "the rotated key is injected", || async {
+        match key_seen().await {
+            Some(k) if k == "b-key-9a0c" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let dump = legate.admin_get("/config_dump").await.text();
+    assert!(!dump.contains("b-key-"), "{dump}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
