@@ -400,10 +400,16 @@ mod flag_tests {
         f.write(&mut s);
         assert_eq!(s, "UT,URX");
         for e in ProxyError::ALL {
-            // Every cause but a refused upgrade maps to a flag.
+            // Every cause but a refused upgrade and a missing credential (Envoy sets no
+            // flag for its credential injector) maps to a flag.
             assert_eq!(
                 e.response_flag().is_empty(),
-                e == ProxyError::UpgradeNotAllowed,
+                matches!(
+                    e,
+                    ProxyError::UpgradeNotAllowed
+                        | ProxyError::CredentialUnavailable
+                        | ProxyError::TokenUnavailable
+                ),
                 "{e:?}"
             );
         }
