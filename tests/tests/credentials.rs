@@ -677,3 +677,42 @@ async fn a_bootstrap_secret_file_is_injected_and_followed() {
     assert!(!dump.contains("b-key-"), "{dump}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A generic secret over SDS that has not arrived: legate subscribes to it, waits the
+/// initial fetch timeout, then serves the listener with the credential unavailable (401),
+/// as Envoy does, and injects it from the push that brings it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_that_has_not_arrived_answers_401_until_it_does() {
+    let a = Upstream::start("a", "v1", Protocol::Http1).await;
+    let mut res = mesh(&a, None);
+    with_injector(&mut res, true, false, generic("x-api-key", "", "late-key"));
+    // The listener comes up once the initial fetch timeout (1 s) for the secret passed.
+    let rig = Rig::start(&res).await;
+    let subscribed = rig
+        .server
+        .requests()
+        .iter()
+        .any(|r| r.type_url.ends_with("Secret") && r.names().contains("late-key"));
+    assert!(
+        subscribed,
+        "legate asked for the secret\n{}",
+        rig.describe()
+    );
+    let (status, cause, _) = seen(&rig, "x-api-key", &[]).await;
+    assert_eq!(
+        (status, cause.as_deref()),
+        (401, Some("credential-unavailable")),
+        "{}",
+        rig.describe()
+    );
+    assert_eq!(a.requests().await, 0);
+
+    let mut with_secret = res.clone();
+    with_secret.secrets.push(generic_secret(
+        "late-key",
+        Specifier::InlineString("late-5c2b".to_owned()),
+    ));
+    rig.apply(&with_secret).await;
+    let (status, _, value) = seen(&rig, "x-api-key", &[]).await;
+    assert_eq!((status, value.as_deref()), (200, Some("late-5c2b")));
+}

@@ -206,7 +206,7 @@ fn compile_for(mesh: &Mesh, node_cluster: Option<&str>) -> Resources {
                 .iter()
                 .map(legate_snapshot::refs::listener_references),
         )
-        .flat_map(|r| r.secrets)
+        .flat_map(|r| r.all_secrets().cloned().collect::<Vec<_>>())
         .collect();
     out.secrets = tls::secrets(&mesh.secrets, &named);
     out

@@ -40,15 +40,26 @@ pub struct References {
     /// the cluster's own name when that is empty.
     pub load_assignment: Option<String>,
     /// Secrets loaded over SDS through ADS: TLS certificates and validation contexts named in
-    /// the resource's TLS transport sockets, and generic secrets named by a listener's
-    /// credential injectors.
+    /// the resource's TLS transport sockets. The resource cannot work without them.
     pub secrets: Vec<String>,
+    /// Generic secrets over ADS that a listener's credential injectors name. Fetched like
+    /// [`Self::secrets`], but a listener does not depend on them: until one arrives, its
+    /// credential is unavailable (the filter answers 401), as in Envoy.
+    pub credential_secrets: Vec<String>,
 }
 
 impl References {
     /// Whether the resource names nothing.
     pub fn is_empty(&self) -> bool {
-        self.route_configs.is_empty() && self.load_assignment.is_none() && self.secrets.is_empty()
+        self.route_configs.is_empty()
+            && self.load_assignment.is_none()
+            && self.secrets.is_empty()
+            && self.credential_secrets.is_empty()
+    }
+
+    /// Every secret to fetch: [`Self::secrets`] then [`Self::credential_secrets`].
+    pub fn all_secrets(&self) -> impl Iterator<Item = &String> {
+        self.secrets.iter().chain(&self.credential_secrets)
     }
 
     fn finish(mut self) -> Self {
@@ -56,6 +67,8 @@ impl References {
         self.route_configs.dedup();
         self.secrets.sort();
         self.secrets.dedup();
+        self.credential_secrets.sort();
+        self.credential_secrets.dedup();
         self
     }
 }
@@ -85,10 +98,11 @@ pub fn listener_references(listener: &XdsListener) -> References {
         .filter(|any| any.type_url == type_url::HTTP_CONNECTION_MANAGER)
         .filter_map(|any| XdsHttpConnectionManager::decode(any.value.as_slice()).ok())
         .collect();
-    let mut secrets = Vec::new();
+    let mut credentials = Vec::new();
     for hcm in &hcms {
-        credential_secrets(hcm, &mut secrets);
+        credential_secrets(hcm, &mut credentials);
     }
+    let mut secrets = Vec::new();
     let route_configs = hcms
         .into_iter()
         .filter_map(|hcm| match hcm.route_specifier {
@@ -105,6 +119,7 @@ pub fn listener_references(listener: &XdsListener) -> References {
         route_configs,
         load_assignment: None,
         secrets,
+        credential_secrets: credentials,
     }
     .finish()
 }
@@ -135,6 +150,7 @@ pub fn cluster_references(cluster: &XdsCluster) -> References {
         route_configs: Vec::new(),
         load_assignment,
         secrets,
+        credential_secrets: Vec::new(),
     }
     .finish()
 }
@@ -553,9 +569,8 @@ mod tests {
             ..XdsListener::default()
         };
         // Only the one delivered over ADS is fetched; the other is a bootstrap secret.
-        assert_eq!(
-            listener_references(&listener).secrets,
-            vec!["api-key".to_owned()]
-        );
+        let r = listener_references(&listener);
+        assert_eq!(r.credential_secrets, vec!["api-key".to_owned()]);
+        assert!(r.secrets.is_empty(), "the listener does not depend on it");
     }
 }
