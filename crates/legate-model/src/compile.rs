@@ -1749,6 +1749,7 @@ services:
                 "cred.yaml:11:98: services[1].policies.credentials.oauth2.client_secret: unknown secret `nope`",
                 "cred.yaml:11:41: services[1].policies.credentials.oauth2.token_url: `idp/token` is not an http:// or https:// URL with a host",
                 "cred.yaml:11:79: services[1].policies.credentials.oauth2.client_id: must not be empty",
+                "cred.yaml:11:63: services[1].policies.credentials.oauth2.cluster: unknown cluster `idp`",
                 "cred.yaml:11:113: services[1].policies.credentials.oauth2.scopes[0]: `a b` is not an OAuth2 scope (RFC 6749 §3.3)",
             ]
         );

@@ -529,7 +529,7 @@ impl<'m> Checker<'m> {
         }
     }
 
-    fn cluster_ref(&mut self, path: &str, name: &str) {
+    pub(super) fn cluster_ref(&mut self, path: &str, name: &str) {
         if !self.mesh.clusters.iter().any(|c| c.name == name)
             && !self.generated_clusters.contains(name)
         {

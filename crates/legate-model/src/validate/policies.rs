@@ -489,6 +489,8 @@ impl Checker<'_> {
                 }
                 if o.cluster.is_empty() {
                     self.report(format!("{o_path}.cluster"), "must not be empty");
+                } else {
+                    self.cluster_ref(&format!("{o_path}.cluster"), &o.cluster);
                 }
                 for (i, scope) in o.scopes.iter().enumerate() {
                     let ok = !scope.is_empty()
