@@ -65,26 +65,26 @@ pub(super) struct Injector {
     source: Source,
 }
 
+/// Where an injector's value comes from.
 #[derive(Debug)]
-enum Source {
+pub(super) enum Source {
     /// An inline generic secret (or `None`: the secret has not arrived).
     Fixed(Option<HeaderValue>),
-    /// A generic secret in a file, re-read when it changes.
-    File(legate_tls::reload::Current<Option<HeaderValue>>),
+    /// A generic secret in a file, re-read when it changes (kept across snapshots).
+    File(FileSecret),
     Token(Arc<TokenSource>),
 }
 
+/// A generic secret file's current header value.
+pub(crate) type FileSecret = legate_tls::reload::Current<Option<HeaderValue>>;
+
 impl Injector {
-    /// `token` is the filter's token source when its credential is OAuth2.
-    pub(super) fn new(config: Arc<CredentialInjector>, token: Option<Arc<TokenSource>>) -> Self {
-        let (header, source) = match (&config.credential, token) {
-            (Credential::Generic(g), _) => {
-                let header = HeaderName::from_bytes(g.header.as_bytes()).unwrap_or(AUTHORIZATION);
-                (header, generic_source(&g.header_value_prefix, &g.secret))
+    pub(super) fn new(config: Arc<CredentialInjector>, source: Source) -> Self {
+        let header = match &config.credential {
+            Credential::Generic(g) => {
+                HeaderName::from_bytes(g.header.as_bytes()).unwrap_or(AUTHORIZATION)
             }
-            (Credential::Oauth2(_), Some(t)) => (AUTHORIZATION, Source::Token(t)),
-            // Not reached: the builder gives every OAuth2 filter its source.
-            (Credential::Oauth2(_), None) => (AUTHORIZATION, Source::Fixed(None)),
+            Credential::Oauth2(_) => AUTHORIZATION,
         };
         Injector {
             config,
@@ -143,9 +143,9 @@ fn header_value(prefix: &str, secret: &[u8]) -> Option<HeaderValue> {
     Some(v)
 }
 
-fn generic_source(prefix: &Arc<str>, secret: &SecretRef) -> Source {
+/// The source of a generic secret that is inline, or has not arrived.
+pub(super) fn fixed_source(prefix: &str, secret: &SecretRef) -> Source {
     match &secret.value {
-        None => Source::Fixed(None),
         Some(DataSource::Inline(bytes)) => {
             let v = header_value(prefix, bytes);
             if v.is_none() {
@@ -156,35 +156,39 @@ fn generic_source(prefix: &Arc<str>, secret: &SecretRef) -> Source {
             }
             Source::Fixed(v)
         }
-        Some(DataSource::Filename(path)) => {
-            let path = std::path::PathBuf::from(&**path);
-            let (prefix, name, p) = (prefix.clone(), secret.name.clone(), path.clone());
-            let read = move || -> Result<Option<HeaderValue>, std::convert::Infallible> {
-                Ok(match read_secret_file(&p) {
-                    Ok(bytes) => {
-                        let v = header_value(&prefix, &bytes);
-                        if v.is_none() {
-                            tracing::warn!(secret = %name, file = %p.display(),
-                                "generic secret file is empty or not a valid header value");
-                        }
-                        v
-                    }
-                    Err(error) => {
-                        tracing::warn!(secret = %name, %error, "generic secret file not read");
-                        None
-                    }
-                })
-            };
-            match legate_tls::reload::watch_with(
-                "generic secret file",
-                vec![path],
-                FILE_RELOAD_INTERVAL,
-                read,
-            ) {
-                Ok(current) => Source::File(current),
-                Err(never) => match never {},
+        _ => Source::Fixed(None),
+    }
+}
+
+/// Read a generic secret file now (blocking, once, when a snapshot first names it) and
+/// again whenever it changes, in the background.
+pub(super) fn watch_file(prefix: Arc<str>, name: Arc<str>, path: &str) -> FileSecret {
+    let path = std::path::PathBuf::from(path);
+    let p = path.clone();
+    let read = move || -> Result<Option<HeaderValue>, std::convert::Infallible> {
+        Ok(match read_secret_file(&p) {
+            Ok(bytes) => {
+                let v = header_value(&prefix, &bytes);
+                if v.is_none() {
+                    tracing::warn!(secret = %name, file = %p.display(),
+                        "generic secret file is empty or not a valid header value");
+                }
+                v
             }
-        }
+            Err(error) => {
+                tracing::warn!(secret = %name, %error, "generic secret file not read");
+                None
+            }
+        })
+    };
+    match legate_tls::reload::watch_with(
+        "generic secret file",
+        vec![path],
+        FILE_RELOAD_INTERVAL,
+        read,
+    ) {
+        Ok(current) => current,
+        Err(never) => match never {},
     }
 }
 

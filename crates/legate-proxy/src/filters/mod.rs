@@ -160,6 +160,15 @@ fn kind_key(kind: &FilterKind) -> usize {
 pub(crate) struct Buckets {
     live: HashMap<BucketKey, Arc<Bucket>>,
     tokens: HashMap<TokenKey, Arc<TokenSource>>,
+    files: HashMap<FileKey, credential::FileSecret>,
+}
+
+/// A generic secret file and the prefix its value is sent with: one watcher each, kept
+/// across snapshots that still name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileKey {
+    prefix: Arc<str>,
+    path: Arc<str>,
 }
 
 /// An OAuth2 token source's place (listener and filter name) and configuration, its client
@@ -187,6 +196,8 @@ pub(crate) struct Builder {
     next: HashMap<BucketKey, Arc<Bucket>>,
     old_tokens: HashMap<TokenKey, Arc<TokenSource>>,
     next_tokens: HashMap<TokenKey, Arc<TokenSource>>,
+    old_files: HashMap<FileKey, credential::FileSecret>,
+    next_files: HashMap<FileKey, credential::FileSecret>,
     /// What token sources send their requests through (the live clusters).
     shared: Weak<crate::Shared>,
     /// `legate_oauth2_token_fetches_total`.
@@ -206,9 +217,23 @@ impl Builder {
             next: HashMap::new(),
             old_tokens: old.tokens.clone(),
             next_tokens: HashMap::new(),
+            old_files: old.files.clone(),
+            next_files: HashMap::new(),
             shared,
             fetches,
         }
+    }
+
+    fn secret_file(&mut self, key: FileKey, name: &Arc<str>) -> credential::FileSecret {
+        if let Some(f) = self.next_files.get(&key) {
+            return f.clone();
+        }
+        let f =
+            self.old_files.get(&key).cloned().unwrap_or_else(|| {
+                credential::watch_file(key.prefix.clone(), name.clone(), &key.path)
+            });
+        self.next_files.insert(key, f.clone());
+        f
     }
 
     fn token_source(&mut self, key: TokenKey) -> Arc<TokenSource> {
@@ -318,17 +343,29 @@ impl Builder {
             }
             FilterKind::Fault(config) => Runtime::Fault(fault::Injector::new(config.clone())),
             FilterKind::CredentialInjector(config) => {
-                let token = match &config.credential {
-                    legate_snapshot::filter::Credential::Oauth2(o) => {
-                        Some(self.token_source(TokenKey {
+                use legate_snapshot::filter::Credential;
+                let source = match &config.credential {
+                    Credential::Oauth2(o) => {
+                        credential::Source::Token(self.token_source(TokenKey {
                             listener: listener.name.clone(),
                             filter: filter.clone(),
                             config: Arc::new(o.clone()),
                         }))
                     }
-                    legate_snapshot::filter::Credential::Generic(_) => None,
+                    Credential::Generic(g) => match &g.secret.value {
+                        Some(legate_snapshot::DataSource::Filename(path)) => {
+                            credential::Source::File(self.secret_file(
+                                FileKey {
+                                    prefix: g.header_value_prefix.clone(),
+                                    path: path.clone(),
+                                },
+                                &g.secret.name,
+                            ))
+                        }
+                        _ => credential::fixed_source(&g.header_value_prefix, &g.secret),
+                    },
                 };
-                Runtime::Credential(credential::Injector::new(config.clone(), token))
+                Runtime::Credential(credential::Injector::new(config.clone(), source))
             }
         }
     }
@@ -337,6 +374,7 @@ impl Builder {
     pub(crate) fn finish(self, into: &mut Buckets) {
         into.live = self.next;
         into.tokens = self.next_tokens;
+        into.files = self.next_files;
     }
 }
 
