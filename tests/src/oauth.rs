@@ -31,6 +31,9 @@ pub struct Behaviour {
     pub delay: Duration,
     /// `expires_in` of issued tokens.
     pub expires_in: u64,
+    /// Hold every answer until this is set back to false (checked every 10 ms, for at most
+    /// 10 s).
+    pub hold: bool,
 }
 
 impl Default for Behaviour {
@@ -39,6 +42,7 @@ impl Default for Behaviour {
             fail: None,
             delay: Duration::ZERO,
             expires_in: 3600,
+            hold: false,
         }
     }
 }
@@ -168,6 +172,12 @@ async fn answer(st: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let behaviour = st.behaviour.lock().expect("lock").clone();
     if !behaviour.delay.is_zero() {
         tokio::time::sleep(behaviour.delay).await;
+    }
+    for _ in 0..1000 {
+        if !st.behaviour.lock().expect("lock").hold {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     if let Some(status) = behaviour.fail {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -88,12 +88,17 @@ fn generic(header: &str, prefix: &str, secret: &str) -> Any {
 }
 
 fn oauth2(scopes: &[&str], retry_ms: u64) -> Any {
+    oauth2_with(scopes, retry_ms, 1000)
+}
+
+/// [`oauth2`] with the token request's timeout.
+fn oauth2_with(scopes: &[&str], retry_ms: u64, timeout_ms: u64) -> Any {
     any(
         type_url::OAUTH2_CREDENTIAL,
         &OAuth2 {
             token_endpoint: Some(HttpUri {
                 uri: "http://idp.test/oauth/token".to_owned(),
-                timeout: Some(ms(1000)),
+                timeout: Some(ms(timeout_ms)),
                 http_upstream_type: Some(HttpUpstreamType::Cluster(IDP.to_owned())),
             }),
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
@@ -351,9 +356,9 @@ fn bearer(r: &legate_tests::client::HttpResponse) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oauth2_cold_start_with_50_parallel_requests_fetches_one_token() {
     let idp = TokenEndpoint::start(CLIENT_ID, CLIENT_SECRET, "read write").await;
-    // The first answer takes a while, so requests pile up behind the one fetch.
+    // The first answer is held until 50 requests wait behind the one fetch.
     idp.set(Behaviour {
-        delay: Duration::from_millis(300),
+        hold: true,
         ..Behaviour::default()
     });
     let a = Upstream::start("a", "v1", Protocol::Http1).await;
@@ -362,10 +367,37 @@ async fn oauth2_cold_start_with_50_parallel_requests_fetches_one_token() {
         "oauth-client",
         Specifier::InlineString(CLIENT_SECRET.to_owned()),
     ));
-    with_injector(&mut res, true, false, oauth2(&["read", "write"], 1000));
+    with_injector(
+        &mut res,
+        true,
+        false,
+        oauth2_with(&["read", "write"], 1000, 5000),
+    );
     let rig = Rig::start(&res).await;
-
-    let answers = concurrent_gets(&rig.url("/"), 50).await;
+    eventually(WAIT, "the token request is in flight", || async {
+        (idp.requests() == 1)
+            .then_some(())
+            .ok_or_else(|| format!("{} token requests", idp.requests()))
+    })
+    .await;
+    let url = rig.url("/");
+    let batch = tokio::spawn(async move { concurrent_gets(&url, 50).await });
+    eventually(WAIT, "50 clients connected and waiting", || async {
+        let open = rig
+            .metric("legate_downstream_connections_active", &[])
+            .await;
+        (open >= 50.0)
+            .then_some(())
+            .ok_or_else(|| format!("{open} connections"))
+    })
+    .await;
+    assert_eq!(
+        idp.requests(),
+        1,
+        "waiting requests start no fetch of their own"
+    );
+    idp.set(Behaviour::default());
+    let answers = batch.await.expect("requests");
     for r in &answers {
         let r = r.as_ref().expect("answered");
         assert_eq!(
