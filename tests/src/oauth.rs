@@ -58,6 +58,8 @@ struct State {
     /// Token requests that broke RFC 6749 §4.4.2 or carried the wrong client credentials.
     malformed: AtomicUsize,
     issued: AtomicUsize,
+    /// When each token was issued, in order.
+    issued_at: Mutex<Vec<std::time::Instant>>,
     /// Good requests that sent the client credentials in the body rather than with Basic
     /// (RFC 6749 §2.3.1 allows it, not recommended).
     body_auth: AtomicUsize,
@@ -94,6 +96,7 @@ impl TokenEndpoint {
             requests: AtomicUsize::new(0),
             malformed: AtomicUsize::new(0),
             issued: AtomicUsize::new(0),
+            issued_at: Mutex::new(Vec::new()),
             body_auth: AtomicUsize::new(0),
             last_error: Mutex::new(None),
         });
@@ -133,6 +136,11 @@ impl TokenEndpoint {
     /// Token requests received so far.
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// When each token (`tok-1`, `tok-2`, ...) was issued.
+    pub fn issued_at(&self) -> Vec<std::time::Instant> {
+        self.state.issued_at.lock().expect("lock").clone()
     }
 
     /// Good token requests that authenticated the client in the form body, not with Basic.
@@ -277,6 +285,10 @@ async fn answer(st: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if in_body {
         st.body_auth.fetch_add(1, Ordering::SeqCst);
     }
+    st.issued_at
+        .lock()
+        .expect("lock")
+        .push(std::time::Instant::now());
     let n = st.issued.fetch_add(1, Ordering::SeqCst) + 1;
     json(
         StatusCode::OK,

@@ -462,11 +462,20 @@ async fn oauth2_token_is_renewed_before_it_expires_without_failing_a_request() {
         names.len() >= 3 && names[..3] == ["Bearer tok-1", "Bearer tok-2", "Bearer tok-3"],
         "tokens in order: {seen_tokens:?}"
     );
-    // tok-2 replaced tok-1 before tok-1's two seconds were over (and not long before).
-    let second = seen_tokens[1].1;
+    // tok-2 was fetched at 80 % of tok-1's two seconds (as the endpoint's clock saw it),
+    // and replaced tok-1 before tok-1 expired.
+    let issued = idp.issued_at();
+    let renewal = issued[1].duration_since(issued[0]);
     assert!(
-        second > Duration::from_millis(1200) && second < Duration::from_millis(2000),
-        "renewed at {second:?}"
+        renewal > Duration::from_millis(1450) && renewal < Duration::from_millis(1900),
+        "renewed {renewal:?} after the first token"
+    );
+    // An upper bound: the answer carrying tok-2 came back then.
+    let tok2_seen = start + seen_tokens[1].1;
+    assert!(
+        tok2_seen < issued[0] + Duration::from_secs(2),
+        "tok-2 in use {:?} after tok-1 was issued",
+        tok2_seen.duration_since(issued[0])
     );
     // One fetch per renewal, no more: about 4.5 s / 1.6 s.
     assert!(
