@@ -218,6 +218,8 @@ pub(crate) enum CredentialError {
     Json,
     #[error("access token is empty, longer than {MAX_TOKEN_LEN} bytes or not a valid header value")]
     BadToken,
+    #[error("cannot build the token request from the token endpoint's uri")]
+    Request,
     #[error("token endpoint is stopping")]
     Stopped,
 }
@@ -402,7 +404,7 @@ async fn fetch(
         pair.push_str(&form_encode(&secret));
         let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
         let mut v = HeaderValue::from_str(&format!("Basic {encoded}"))
-            .map_err(|_| CredentialError::BadToken)?;
+            .map_err(|_| CredentialError::Request)?;
         v.set_sensitive(true);
         req = req.header(AUTHORIZATION, v);
     } else {
@@ -415,7 +417,7 @@ async fn fetch(
     let req = req
         .header(http::header::CONTENT_LENGTH, body.len())
         .body(RequestBody::Full(Some(body)))
-        .map_err(|_| CredentialError::Json)?;
+        .map_err(|_| CredentialError::Request)?;
     let exchange = async {
         let cluster = {
             let shared = shared.upgrade().ok_or(CredentialError::Stopped)?;
