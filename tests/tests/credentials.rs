@@ -603,23 +603,35 @@ async fn legate_cp_serves_the_credential_of_a_mesh_policy() {
     let up = Upstream::start("api", "v1", Protocol::Http1).await;
     let dir = TempDir::new("cred-cp");
     dir.write("api-key", "cp-key-0a9f\n");
+    dir.write("client-secret", &format!("{CLIENT_SECRET}\n"));
+    let idp = TokenEndpoint::start(CLIENT_ID, CLIENT_SECRET, "read").await;
     let mesh = format!(
         r#"
 proxy:
   listener: {{name: outbound, address: 127.0.0.1:0}}
 secrets:
   - {{name: api-key, value: api-key}}
+  - {{name: idp-client, value: client-secret}}
+clusters:
+  - {{name: idp, endpoints: [{{address: {idp}}}]}}
 services:
   - name: keyed
     endpoints: [{{address: {up}}}]
     route: {{prefix: /keyed/, rewrite: /}}
     policies:
       credentials: {{header: x-api-key, secret: api-key}}
+  - name: tokened
+    endpoints: [{{address: {up}}}]
+    route: {{prefix: /tokened/, rewrite: /}}
+    policies:
+      credentials:
+        oauth2: {{token_url: 'http://idp.test/token', cluster: idp, client_id: '{CLIENT_ID}', client_secret: idp-client, scopes: [read]}}
   - name: plain
     endpoints: [{{address: {up}}}]
     route: {{prefix: /plain/, rewrite: /}}
 "#,
-        up = up.addr()
+        up = up.addr(),
+        idp = idp.addr(),
     );
     let config = dir.write("mesh.yaml", &mesh);
     let cp = ControlPlane::start(&config, &dir.path().join("data")).await;
@@ -661,7 +673,7 @@ services:
         }
     })
     .await;
-    for secret in ["cp-key-0a9f", "cp-key-1b7c"] {
+    for secret in ["cp-key-0a9f", "cp-key-1b7c", "s3cr:t", "tok-1"] {
         let dump = legate.admin_get("/config_dump").await.text();
         assert!(!dump.contains(secret), "{dump}");
         assert!(!legate.output().contains(secret), "{}", legate.output());
