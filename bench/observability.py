@@ -295,71 +295,72 @@ services:
   - name: svc
     endpoints: [{{address: 127.0.0.1:{upstream}}}]
     route: {{prefix: /, timeout: 5s}}
-"""
+{policies}"""
+
+ENVOY_LOAD_STATS = ("cluster_manager:\n  load_stats_config:\n"
+                    "    api_type: GRPC\n    transport_api_version: V3\n"
+                    "    grpc_services: [{envoy_grpc: {cluster_name: xds}}]\n")
 
 
-def lrs(ctx):
-    """legate and Envoy configured by legate-cp, reporting load to it or not."""
+def cp_configured(ctx, tag, features, policies=lambda f: "", legate_flags=lambda f: [],
+                  envoy_bootstrap=lambda f: "", extra=None, base_id=20):
+    """legate and Envoy configured over ADS by a legate-cp of their own (the mesh names the
+    listener's port) from a one-service mesh, once per feature: `policies(feature)` is the
+    service's `policies:` block (indented under the service), `legate_flags` extra legate
+    flags, `envoy_bootstrap` text put before Envoy's ADS bootstrap. `extra(feature, proxy,
+    key, cp_admin)` adds figures after the load. Scenarios are named `{tag}{feature}`."""
     procs = lib.Procs(ctx["logdir"])
     rounds = 1 if ctx["quick"] else 3
     info = {}
     try:
         up_port = lib.free_port()
-        procs.start("lrs-upstream", [os.path.join(ctx["bin"], "legate-demo-upstream"),
-                                     "--listen", f"127.0.0.1:{up_port}", "--name", "up",
-                                     "--protocol", "auto"], cpu=LOAD_CPU)
+        procs.start(f"{tag}upstream", [os.path.join(ctx["bin"], "legate-demo-upstream"),
+                                       "--listen", f"127.0.0.1:{up_port}", "--name", "up",
+                                       "--protocol", "auto"], cpu=LOAD_CPU)
         lib.wait_port(up_port)
         contenders, started = [], []
-        for i, feature in enumerate(LRS_FEATURES):
+        for i, feature in enumerate(features):
             for proxy in ("legate", "envoy"):
-                key = f"{proxy}-{feature}"
+                key = f"{tag}{proxy}-{feature}"
                 port, xds, cp_admin, admin = (lib.free_port() for _ in range(4))
-                mesh = os.path.join(ctx["workdir"], f"lrs-{key}-mesh.yaml")
+                mesh = os.path.join(ctx["workdir"], f"{key}-mesh.yaml")
                 with open(mesh, "w") as f:
-                    f.write(LRS_MESH.format(port=port, upstream=up_port))
-                procs.start(f"lrs-cp-{key}", [
+                    f.write(LRS_MESH.format(port=port, upstream=up_port,
+                                            policies=policies(feature)))
+                procs.start(f"{key}-cp", [
                     os.path.join(ctx["bin"], "legate-cp"), "--config", mesh,
                     "--xds-address", f"127.0.0.1:{xds}", "--admin-address",
                     f"127.0.0.1:{cp_admin}", "--metrics-address", "127.0.0.1:0",
-                    "--data-dir", os.path.join(ctx["workdir"], f"lrs-cp-{key}"),
+                    "--data-dir", os.path.join(ctx["workdir"], f"{key}-cp"),
                     "--lrs-interval", LRS_INTERVAL], cpu=LOAD_CPU)
                 lib.wait_port(xds)
                 if proxy == "legate":
                     argv = [os.path.join(ctx["bin"], "legate"), "--xds-server",
                             f"http://127.0.0.1:{xds}", "--node-id", f"bench-{key}",
                             "--admin-address", f"127.0.0.1:{admin}", "--concurrency", "1",
-                            "--log-level", "warn"]
-                    if feature == "lrs_off":
-                        argv += ["--lrs-server", "none"]
+                            "--log-level", "warn"] + legate_flags(feature)
                 else:
-                    cfg = os.path.join(ctx["workdir"], f"lrs-{key}.yaml")
+                    cfg = os.path.join(ctx["workdir"], f"{key}.yaml")
                     bootstrap = scale.ENVOY_BOOTSTRAP.format(node=f"bench-{key}", admin=admin,
                                                              xds=xds)
-                    if feature == "lrs_on":
-                        bootstrap = ("cluster_manager:\n  load_stats_config:\n"
-                                     "    api_type: GRPC\n    transport_api_version: V3\n"
-                                     "    grpc_services: [{envoy_grpc: {cluster_name: xds}}]\n"
-                                     + bootstrap)
                     with open(cfg, "w") as f:
-                        f.write(bootstrap)
+                        f.write(envoy_bootstrap(feature) + bootstrap)
                     argv = [ctx["envoy"], "-c", cfg, "--concurrency", "1", "-l", "warn",
-                            "--base-id", str((os.getpid() + 20 + i) % 60000)]
-                p = procs.start(f"lrs-{key}", argv, cpu=PROXY_CPU)
+                            "--base-id", str((os.getpid() + base_id + i) % 60000)]
+                p = procs.start(key, argv, cpu=PROXY_CPU)
                 started.append((feature, proxy, port, cp_admin, key))
-                contenders.append((f"obs_{feature}", proxy, port, p.pid))
+                contenders.append((f"{tag}{feature}", proxy, port, p.pid))
         for _, _, port, _, _ in started:
             lib.wait_http(f"http://127.0.0.1:{port}/?size=10")
         time.sleep(1.0)
         results = run_rounds(ctx, contenders, rounds)
         time.sleep(2.5)  # one more report interval, so the last load is reported
         for feature, proxy, port, cp_admin, key in started:
-            sent = sum(r["requests"] for r in results[(f"obs_{feature}", proxy)])
-            extra = {"requests_sent": sent}
-            if feature == "lrs_on":
-                reports = cp_reports(ctx, cp_admin, key)
-                if reports is not None:
-                    extra["lrs_reports_received"] = reports
-            info[(f"obs_{feature}", proxy)] = extra
+            sent = sum(r["requests"] for r in results[(f"{tag}{feature}", proxy)])
+            figures = {"requests_sent": sent}
+            if extra:
+                figures.update(extra(feature, proxy, key, cp_admin))
+            info[(f"{tag}{feature}", proxy)] = figures
     finally:
         procs.stop_all()
     out = summarize(results)
@@ -368,11 +369,23 @@ def lrs(ctx):
     return out
 
 
+def lrs(ctx):
+    """legate and Envoy configured by legate-cp, reporting load to it or not."""
+    def reports(feature, proxy, key, cp_admin):
+        n = cp_reports(ctx, cp_admin, key) if feature == "lrs_on" else None
+        return {} if n is None else {"lrs_reports_received": n}
+    return cp_configured(
+        ctx, "obs_", LRS_FEATURES,
+        legate_flags=lambda f: ["--lrs-server", "none"] if f == "lrs_off" else [],
+        envoy_bootstrap=lambda f: ENVOY_LOAD_STATS if f == "lrs_on" else "",
+        extra=reports)
+
+
 def cp_reports(ctx, cp_admin, key):
     """`reports_received` from legate-cp's `GET /v1/load` (None when it cannot be read)."""
     import json
     import urllib.request
-    token_file = os.path.join(ctx["workdir"], f"lrs-cp-{key}", "admin.token")
+    token_file = os.path.join(ctx["workdir"], f"{key}-cp", "admin.token")
     try:
         token = open(token_file).read().strip()
         req = urllib.request.Request(f"http://127.0.0.1:{cp_admin}/v1/load",
@@ -384,14 +397,17 @@ def cp_reports(ctx, cp_admin, key):
     return doc.get("reports_received")
 
 
-def add_ratios(out):
-    """Each feature against the same proxy's plain run, and legate against Envoy."""
+def add_ratios(out, tag="obs_", base_of=lambda feature: (
+        "lrs_off" if feature.startswith("lrs_") else "plain")):
+    """Each `{tag}` feature against the same proxy's base run (`base_of(feature)`), and
+    legate against Envoy."""
     by = {(o["scenario"], o["contender"]): o["median"] for o in out}
     for o in out:
+        if not o["scenario"].startswith(tag):
+            continue
         m = o["median"]
-        feature = o["scenario"][len("obs_"):]
-        base_scenario = "obs_lrs_off" if feature.startswith("lrs_") else "obs_plain"
-        base = by.get((base_scenario, o["contender"]))
+        feature = o["scenario"][len(tag):]
+        base = by.get((tag + base_of(feature), o["contender"]))
         cpu = m.get("cpu_us_per_request")
         if base and cpu and base.get("cpu_us_per_request"):
             m["cpu_vs_plain"] = cpu / base["cpu_us_per_request"]

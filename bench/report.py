@@ -56,8 +56,15 @@ OBS_HEAD = ["feature", "legate µs/req", "legate vs plain", "legate added µs",
             "legate / envoy req/s", "p99 ms legate / envoy", "delivered"]
 
 
+# What the HTTP filters cost (bench/filters.py), the same table.
+FILTER_FEATURES = [
+    ("rate_limit", "local rate limit (token taken, never refused)"),
+]
+
+
 def is_observability(r):
-    return r["scenario"].startswith("obs_")
+    """A feature-cost result (observability or filters): in its own table, not the main one."""
+    return r["scenario"].startswith(("obs_", "flt_"))
 
 
 def _delivered(m):
@@ -71,10 +78,14 @@ def _delivered(m):
     return ""
 
 
-def observability_rows(doc):
+def observability_rows(doc, tag="obs_", features=None, bases=None):
+    """One row per feature (`tag` + name) with legate beside Envoy, after the base rows."""
+    features = OBS_FEATURES if features is None else features
+    bases = (("plain", "obs_plain"), ("plain, configured over xDS", "obs_lrs_off")) \
+        if bases is None else bases
     by = {(r["scenario"], r["contender"]): r["median"] for r in doc["results"]}
     out = []
-    for base_label, base in (("plain", "obs_plain"), ("plain, configured over xDS", "obs_lrs_off")):
+    for base_label, base in bases:
         lg, ev = by.get((base, "legate")), by.get((base, "envoy"))
         if lg and ev:
             out.append([base_label, _fmt(lg.get("cpu_us_per_request"), "{:.1f}"), "1", "0",
@@ -83,8 +94,8 @@ def observability_rows(doc):
                         _fmt(lg.get("rps_vs_envoy"), "{:.2f}"),
                         f"{_fmt(lg.get('p99_ms'), '{:.2f}')} / {_fmt(ev.get('p99_ms'), '{:.2f}')}",
                         ""])
-    for feature, label in OBS_FEATURES:
-        lg, ev = by.get((f"obs_{feature}", "legate")), by.get((f"obs_{feature}", "envoy"))
+    for feature, label in features:
+        lg, ev = by.get((f"{tag}{feature}", "legate")), by.get((f"{tag}{feature}", "envoy"))
         if not (lg and ev):
             continue
         out.append([label, _fmt(lg.get("cpu_us_per_request"), "{:.1f}"),
@@ -98,6 +109,11 @@ def observability_rows(doc):
                     f"{_fmt(lg.get('p99_ms'), '{:.2f}')} / {_fmt(ev.get('p99_ms'), '{:.2f}')}",
                     f"{_delivered(lg)} / {_delivered(ev)}"])
     return out
+
+
+def filter_rows(doc):
+    return observability_rows(doc, "flt_", FILTER_FEATURES,
+                              (("plain, configured over xDS", "flt_plain"),))
 
 
 def _text_table(head, body):
@@ -119,6 +135,11 @@ def table(doc):
         lines += ["", "observability (http1_small, CPU per request against the same proxy "
                       "without the feature):"]
         lines += _text_table(OBS_HEAD, obs)
+    flt = filter_rows(doc)
+    if flt:
+        lines += ["", "HTTP filters (http1_small, configured by legate-cp, CPU per request "
+                      "against the same proxy without the policy):"]
+        lines += _text_table(OBS_HEAD, flt)
     lines.append("")
     for t in doc["targets"]:
         lines.append(f"{'PASS' if t['pass'] else 'MISS'}  {t['name']}: {t['value']} "
@@ -232,6 +253,17 @@ def write_docs(doc, docs_dir):
                "file or legate-cp, legate / Envoy.", "",
                "| " + " | ".join(OBS_HEAD) + " |", "|" + "---|" * len(OBS_HEAD)]
         md += ["| " + " | ".join(r) + " |" for r in obs]
+        md.append("")
+    flt = filter_rows(doc)
+    if flt:
+        md += ["## What the HTTP filters cost", "",
+               "`bench/filters.py`: the `http1_small` load against legate and Envoy, both "
+               "configured over ADS by legate-cp from a one-service mesh with the policy on, "
+               "beside the same mesh without it, in interleaved rounds. The rate limit's "
+               "bucket is never emptied by the load, so every request takes a token and "
+               "passes.", "",
+               "| " + " | ".join(OBS_HEAD) + " |", "|" + "---|" * len(OBS_HEAD)]
+        md += ["| " + " | ".join(r) + " |" for r in flt]
         md.append("")
     md += ["## Targets", ""]
     for t in doc["targets"]:

@@ -25,7 +25,7 @@ sys.path.insert(0, HERE)
 import lib  # noqa: E402
 import report  # noqa: E402
 
-SCENARIO_MODULES = ["dataplane", "observability", "scale", "fanout", "apply"]
+SCENARIO_MODULES = ["dataplane", "observability", "filters", "scale", "fanout", "apply"]
 
 
 def machine():

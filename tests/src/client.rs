@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
@@ -182,15 +182,27 @@ impl HttpClient {
     /// Sends `req` and returns once the response head arrived; the body is left to stream.
     /// Only the head is bounded by the timeout.
     pub async fn try_send(&self, req: Request<ReqBody>) -> anyhow::Result<Response<Incoming>> {
+        self.send_by(req, tokio::time::Instant::now() + self.timeout)
+            .await
+    }
+
+    /// Sends `req`; fails unless the response head arrives by `deadline`.
+    async fn send_by(
+        &self,
+        req: Request<ReqBody>,
+        deadline: tokio::time::Instant,
+    ) -> anyhow::Result<Response<Incoming>> {
         let what = format!("{} {} ({})", req.method(), req.uri(), self.label);
-        match tokio::time::timeout(self.timeout, self.inner.request(req)).await {
+        match tokio::time::timeout_at(deadline, self.inner.request(req)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(anyhow::Error::from(error).context(what)),
             Err(_) => bail!("{what}: no response head within {:?}", self.timeout),
         }
     }
 
-    /// Sends a request and reads the whole response, all within the timeout.
+    /// Sends a request and reads the whole response, all within the timeout. One deadline
+    /// bounds both parts, so a missing head always reads "no response head" (two timers of
+    /// the same length once raced under load and named the body instead).
     pub async fn try_request(
         &self,
         method: &str,
@@ -200,28 +212,21 @@ impl HttpClient {
     ) -> anyhow::Result<HttpResponse> {
         let req = build_request(method, url, headers, body)?;
         let what = format!("{method} {url} ({})", self.label);
-        let exchange = async {
-            let response = self.try_send(req).await?;
-            let (parts, body) = response.into_parts();
-            let body = body
-                .collect()
-                .await
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response = self.send_by(req, deadline).await?;
+        let (parts, body) = response.into_parts();
+        let body = match tokio::time::timeout_at(deadline, body.collect()).await {
+            Ok(body) => body
                 .with_context(|| format!("{what}: reading the response body"))?
-                .to_bytes();
-            Ok::<_, anyhow::Error>(HttpResponse {
-                status: parts.status,
-                version: parts.version,
-                headers: parts.headers,
-                body,
-            })
+                .to_bytes(),
+            Err(_) => bail!("{what}: no complete response within {:?}", self.timeout),
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(anyhow!(
-                "{what}: no complete response within {:?}",
-                self.timeout
-            )),
-        }
+        Ok(HttpResponse {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        })
     }
 
     /// [`try_request`](Self::try_request), panicking with the full error chain.

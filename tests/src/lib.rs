@@ -24,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod cp;
 pub mod demo;
+pub mod grpc;
 pub mod metrics;
 pub mod oauth;
 pub mod otlp;

@@ -321,3 +321,95 @@ async fn retries_and_outlier_ejection_react_to_injected_faults() {
         1.0
     );
 }
+
+/// The access log says what the filters did: `DI` on a delayed request, `FI` on an aborted
+/// one, `RL` on one the local rate limit refused, with the status each got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_flags_name_the_filters() {
+    use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+    use envoy_types::pb::envoy::r#type::v3::TokenBucket;
+    use legate_tests::access_log::{file_log, line_where};
+
+    let a = upstream().await;
+    let dir = legate_tests::process::TempDir::new("filter-flags");
+    let log = dir.path().join("access.log");
+    let mut res = svc_mesh(&[a.addr()]);
+    edit_hcm(&mut res, |h| {
+        h.access_log = vec![file_log(
+            &log,
+            "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS%\n",
+        )]
+    });
+    // Faults by header only; then a rate limit of one token an hour.
+    with_filter(
+        &mut res,
+        &HttpFault {
+            delay: Some(FaultDelay {
+                percentage: all(),
+                fault_delay_secifier: Some(FaultDelaySecifier::HeaderDelay(HeaderDelay {})),
+            }),
+            abort: Some(FaultAbort {
+                percentage: all(),
+                error_type: Some(ErrorType::HeaderAbort(HeaderAbort {})),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    let limit = LocalRateLimit {
+        stat_prefix: "rl".to_owned(),
+        token_bucket: Some(TokenBucket {
+            max_tokens: 1,
+            tokens_per_fill: u32v(1),
+            fill_interval: Some(ms(3_600_000)),
+        }),
+        filter_enabled: Some(
+            envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent {
+                default_value: all(),
+                runtime_key: "rl".to_owned(),
+            },
+        ),
+        filter_enforced: Some(
+            envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent {
+                default_value: all(),
+                runtime_key: "rl".to_owned(),
+            },
+        ),
+        ..Default::default()
+    };
+    edit_hcm(&mut res, |h| {
+        h.http_filters.insert(
+            1,
+            HttpFilter {
+                name: "envoy.filters.http.local_ratelimit".to_owned(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                    type_url::LOCAL_RATE_LIMIT,
+                    &limit,
+                ))),
+                ..Default::default()
+            },
+        )
+    });
+    let rig = Rig::start(&res).await;
+
+    assert_eq!(
+        get_with(&rig, "/delayed", &[("x-envoy-fault-delay-request", "10")]).await,
+        (200, None)
+    );
+    assert_eq!(
+        get_with(&rig, "/aborted", &[("x-envoy-fault-abort-request", "503")]).await,
+        (503, fault_abort())
+    );
+    assert_eq!(
+        get_with(&rig, "/limited", &[]).await,
+        (429, Some("rate-limited".to_owned()))
+    );
+    for (path, want) in [
+        ("/delayed", "/delayed 200 DI"),
+        ("/aborted", "/aborted 503 FI"),
+        ("/limited", "/limited 429 RL"),
+    ] {
+        let line = line_where(&log, path, |l| l.starts_with(&format!("{path} "))).await;
+        assert_eq!(line, want);
+    }
+}

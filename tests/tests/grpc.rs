@@ -8,118 +8,25 @@
 
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
 use envoy_types::pb::envoy::config::route::v3::route_action::MaxStreamDuration;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{FaultAbort, HttpFault};
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpFilter, http_filter,
+};
+use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket};
+use envoy_types::pb::google::protobuf::Any;
+use legate_snapshot::type_url;
 use legate_tests::ListeningProcess;
 use legate_tests::config::cluster;
-use legate_tests::peers::{peers_python, repo_root};
+use legate_tests::grpc::{all_calls, call, calls, failing_grpc_server, grpc_server};
 use legate_tests::resilience::{
-    Rig, SVC, cluster_mut, ms, outlier, retry, retry_non_idempotent, route, route_action,
+    Rig, SVC, cluster_mut, edit_hcm, ms, outlier, retry, retry_non_idempotent, route, route_action,
     svc_mesh_with, u32v,
 };
-use serde_json::Value;
-
-/// Bound on one client call (process start, import of grpcio, the call).
-const CALL_LIMIT: Duration = Duration::from_secs(30);
-
-fn script() -> String {
-    repo_root()
-        .join("tests/interop/grpc_peer.py")
-        .display()
-        .to_string()
-}
-
-async fn grpc_server() -> ListeningProcess {
-    let python = peers_python();
-    ListeningProcess::start("grpc peer", &python, &[&script(), "serve"]).await
-}
-
-/// A server whose every unary call fails with `code` in a trailers-only response.
-async fn failing_grpc_server(code: &str) -> ListeningProcess {
-    let python = peers_python();
-    ListeningProcess::start(
-        "failing grpc peer",
-        &python,
-        &[&script(), "serve", "--fail-all", code],
-    )
-    .await
-}
-
-/// Calls of any method and key the server received.
-fn all_calls(server: &ListeningProcess) -> usize {
-    server
-        .output()
-        .lines()
-        .filter(|l| l.starts_with("call "))
-        .count()
-}
-
-/// What the grpcio client saw.
-#[derive(Debug)]
-struct Call {
-    code: String,
-    details: String,
-    messages: Vec<String>,
-    seconds: f64,
-}
-
-/// One call through `rig` with the grpcio client; `timeout` becomes its deadline (sent as
-/// `grpc-timeout`).
-async fn call(rig: &Rig, method: &str, payload: &str, timeout: Option<f64>) -> Call {
-    let mut cmd = std::process::Command::new(peers_python());
-    cmd.arg(script())
-        .args(["call", "--target", &rig.addr().to_string()])
-        .args(["--method", method, "--payload", payload])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    if let Some(t) = timeout {
-        cmd.args(["--timeout", &t.to_string()]);
-    }
-    let mut child = cmd.spawn().expect("start the grpc client");
-    // Its output is one short line, so the pipes cannot fill before it exits.
-    let limit = tokio::time::Instant::now() + CALL_LIMIT;
-    loop {
-        if child.try_wait().expect("poll the grpc client").is_some() {
-            break;
-        }
-        if tokio::time::Instant::now() >= limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the grpc client did not finish within {CALL_LIMIT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let out = child.wait_with_output().expect("grpc client output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "grpc client output is not JSON ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    Call {
-        code: v["code"].as_str().unwrap_or_default().to_owned(),
-        details: v["details"].as_str().unwrap_or_default().to_owned(),
-        messages: v["messages"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|m| m.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        seconds: v["seconds"].as_f64().unwrap_or(f64::MAX),
-    }
-}
-
-/// How many calls of `method` with `key` the server received.
-fn calls(server: &ListeningProcess, method: &str, key: &str) -> usize {
-    let prefix = format!("call {method} key={key} ");
-    server
-        .output()
-        .lines()
-        .filter(|l| l.contains(&prefix))
-        .count()
-}
+use prost::Message;
 
 /// The listener's gRPC request count with `grpc_status`.
 async fn by_status(rig: &Rig, status: &str) -> f64 {
@@ -144,20 +51,26 @@ async fn unavailable_in_headers_is_retried() {
     route(&mut res).metadata = Some(retry_non_idempotent());
     let rig = Rig::start(&res).await;
 
-    let c = call(&rig, "Unary", "key=r;fail=1", Some(10.0)).await;
+    let c = call(rig.addr(), "Unary", "key=r;fail=1", Some(10.0)).await;
     assert_eq!(c.code, "OK", "{c:?}\n{}", rig.describe());
     assert_eq!(c.messages, ["ok attempt=2"], "{c:?}");
     assert_eq!(calls(&server, "Unary", "r"), 2, "{}", server.output());
     assert_eq!(rig.retries().await, 1);
 
     // A status that is not among the conditions is answered as is, once.
-    let c = call(&rig, "Unary", "key=i;fail=1;code=INTERNAL", Some(10.0)).await;
+    let c = call(
+        rig.addr(),
+        "Unary",
+        "key=i;fail=1;code=INTERNAL",
+        Some(10.0),
+    )
+    .await;
     assert_eq!(c.code, "INTERNAL", "{c:?}");
     assert_eq!(c.details, "probe failure 1", "{c:?}");
     assert_eq!(calls(&server, "Unary", "i"), 1, "{}", server.output());
 
     // Exhausted: three attempts, the last status goes to the client.
-    let c = call(&rig, "Unary", "key=x;fail=5", Some(10.0)).await;
+    let c = call(rig.addr(), "Unary", "key=x;fail=5", Some(10.0)).await;
     assert_eq!(c.code, "UNAVAILABLE", "{c:?}");
     assert_eq!(c.details, "probe failure 3", "{c:?}");
     assert_eq!(calls(&server, "Unary", "x"), 3, "{}", server.output());
@@ -166,7 +79,7 @@ async fn unavailable_in_headers_is_retried() {
     // Without the opt-in, the same failure is not sent again.
     route(&mut res).metadata = None;
     rig.apply(&res).await;
-    let c = call(&rig, "Unary", "key=n;fail=1", Some(10.0)).await;
+    let c = call(rig.addr(), "Unary", "key=n;fail=1", Some(10.0)).await;
     assert_eq!(c.code, "UNAVAILABLE", "{c:?}");
     assert_eq!(calls(&server, "Unary", "n"), 1, "{}", server.output());
     assert_eq!(rig.retries().await, 3);
@@ -186,13 +99,13 @@ async fn status_in_trailers_is_not_retried() {
     let rig = Rig::start(&res).await;
 
     // The message went downstream before the status: too late to retry, as in Envoy.
-    let c = call(&rig, "Stream", "key=t;fail=1", Some(10.0)).await;
+    let c = call(rig.addr(), "Stream", "key=t;fail=1", Some(10.0)).await;
     assert_eq!(c.code, "UNAVAILABLE", "{c:?}");
     assert_eq!(c.messages, ["first attempt=1"], "{c:?}");
     assert_eq!(calls(&server, "Stream", "t"), 1, "{}", server.output());
     assert_eq!(rig.retries().await, 0);
 
-    let c = call(&rig, "Stream", "key=ok", Some(10.0)).await;
+    let c = call(rig.addr(), "Stream", "key=ok", Some(10.0)).await;
     assert_eq!(c.code, "OK", "{c:?}");
 
     // Counted from the trailers, once each, after the body ended.
@@ -221,7 +134,7 @@ async fn grpc_timeout_is_honoured_and_capped() {
     let rig = Rig::start(&res).await;
 
     // The client allows 5 s; the route caps it at 300 ms: legate answers, not the client.
-    let c = call(&rig, "Unary", "key=slow;sleep=3", Some(5.0)).await;
+    let c = call(rig.addr(), "Unary", "key=slow;sleep=3", Some(5.0)).await;
     assert_eq!(c.code, "DEADLINE_EXCEEDED", "{c:?}");
     assert_eq!(c.details, "upstream request timeout", "{c:?}");
     assert!(c.seconds < 2.5, "{c:?}");
@@ -236,7 +149,7 @@ async fn grpc_timeout_is_honoured_and_capped() {
     assert_eq!(by_status(&rig, "4").await, 1.0);
 
     // Without a deadline the header is absent: only the route's 10 s applies.
-    let c = call(&rig, "Unary", "key=calm;sleep=0.5", None).await;
+    let c = call(rig.addr(), "Unary", "key=calm;sleep=0.5", None).await;
     assert_eq!(c.code, "OK", "{c:?}");
 }
 
@@ -245,7 +158,7 @@ async fn no_healthy_upstream_is_unavailable_with_a_message() {
     let res = svc_mesh_with(cluster(SVC, &[]).protocol("http2"));
     let rig = Rig::start(&res).await;
 
-    let c = call(&rig, "Unary", "key=none", Some(10.0)).await;
+    let c = call(rig.addr(), "Unary", "key=none", Some(10.0)).await;
     assert_eq!(c.code, "UNAVAILABLE", "{c:?}");
     assert_eq!(c.details, "no healthy upstream host", "{c:?}");
     assert_eq!(by_status(&rig, "14").await, 1.0);
@@ -279,7 +192,7 @@ async fn trailers_only_failures_eject_the_host() {
     // Round robin: the bad host fails three times within the first few calls (bounded).
     let mut failures = 0;
     for i in 0..20 {
-        let c = call(&rig, "Unary", &format!("key=e{i}"), Some(10.0)).await;
+        let c = call(rig.addr(), "Unary", &format!("key=e{i}"), Some(10.0)).await;
         if c.code != "OK" {
             assert_eq!(c.code, "UNAVAILABLE", "{c:?}");
             failures += 1;
@@ -297,8 +210,111 @@ async fn trailers_only_failures_eject_the_host() {
     // Ejected for a minute: every call now reaches the good host.
     let before = all_calls(&bad);
     for i in 0..6 {
-        let c = call(&rig, "Unary", &format!("key=after{i}"), Some(10.0)).await;
+        let c = call(rig.addr(), "Unary", &format!("key=after{i}"), Some(10.0)).await;
         assert_eq!(c.code, "OK", "{c:?}");
     }
     assert_eq!(all_calls(&bad), before, "{}", bad.output());
+}
+
+/// An HTTP filter ahead of the router (`filter` at `type_url`), first in the chain.
+fn with_filter(
+    res: &mut legate_snapshot::Resources,
+    name: &str,
+    type_url: &str,
+    filter: &impl Message,
+) {
+    let filter = HttpFilter {
+        name: name.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(Any {
+            type_url: type_url.to_owned(),
+            value: filter.encode_to_vec(),
+        })),
+        ..Default::default()
+    };
+    edit_hcm(res, |h| {
+        h.http_filters.retain(|f| f.name != filter.name);
+        h.http_filters.insert(0, filter.clone());
+    });
+}
+
+/// A rate limit or a fault answering a gRPC call answers in gRPC (trailers-only, the
+/// status Envoy gives), never with an HTTP error the client cannot read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_replies_are_grpc_statuses() {
+    let server = grpc_server().await;
+    let mut res = h2_mesh(&server);
+    // One token, refilled once an hour: the second call is limited.
+    let mut limit = LocalRateLimit {
+        stat_prefix: "rl".to_owned(),
+        token_bucket: Some(TokenBucket {
+            max_tokens: 1,
+            tokens_per_fill: u32v(1),
+            fill_interval: Some(ms(3_600_000)),
+        }),
+        filter_enabled: all_of_them(),
+        filter_enforced: all_of_them(),
+        ..Default::default()
+    };
+    let rl = (
+        "envoy.filters.http.local_ratelimit",
+        type_url::LOCAL_RATE_LIMIT,
+    );
+    with_filter(&mut res, rl.0, rl.1, &limit);
+    let rig = Rig::start(&res).await;
+
+    let c = call(rig.addr(), "Unary", "key=a", Some(10.0)).await;
+    assert_eq!(c.code, "OK", "{c:?}\n{}", rig.describe());
+    // 429 reads UNAVAILABLE, Envoy's mapping.
+    let c = call(rig.addr(), "Unary", "key=b", Some(10.0)).await;
+    assert_eq!(c.code, "UNAVAILABLE", "{c:?}");
+    assert!(c.details.contains("rate"), "{c:?}");
+    assert_eq!(calls(&server, "Unary", "b"), 0, "{}", server.output());
+
+    // rate_limited_as_resource_exhausted: RESOURCE_EXHAUSTED instead (the bucket is the
+    // same, so it stays empty across the push).
+    limit.rate_limited_as_resource_exhausted = true;
+    with_filter(&mut res, rl.0, rl.1, &limit);
+    rig.apply(&res).await;
+    let c = call(rig.addr(), "Unary", "key=d", Some(10.0)).await;
+    assert_eq!(c.code, "RESOURCE_EXHAUSTED", "{c:?}");
+
+    // A fault abort with a gRPC status, ahead of the rate limit: that status, as is.
+    edit_hcm(&mut res, |h| h.http_filters.retain(|f| f.name != rl.0));
+    let fault = HttpFault {
+        abort: Some(FaultAbort {
+            percentage: Some(FractionalPercent {
+                numerator: 100,
+                denominator: 0,
+            }),
+            error_type: Some(ErrorType::GrpcStatus(9)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    with_filter(
+        &mut res,
+        "envoy.filters.http.fault",
+        type_url::FAULT,
+        &fault,
+    );
+    rig.apply(&res).await;
+    let c = call(rig.addr(), "Unary", "key=e", Some(10.0)).await;
+    assert_eq!(c.code, "FAILED_PRECONDITION", "{c:?}");
+    assert_eq!(calls(&server, "Unary", "e"), 0, "{}", server.output());
+
+    // Counted by the status the client read.
+    assert_eq!(by_status(&rig, "0").await, 1.0);
+    assert_eq!(by_status(&rig, "14").await, 1.0);
+    assert_eq!(by_status(&rig, "8").await, 1.0);
+    assert_eq!(by_status(&rig, "9").await, 1.0);
+}
+
+fn all_of_them() -> Option<RuntimeFractionalPercent> {
+    Some(RuntimeFractionalPercent {
+        default_value: Some(FractionalPercent {
+            numerator: 100,
+            denominator: 0,
+        }),
+        runtime_key: "rl".to_owned(),
+    })
 }

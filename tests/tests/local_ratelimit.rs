@@ -285,3 +285,92 @@ async fn filter_enabled_zero_never_limits() {
     assert_eq!(a.requests().await, 8);
     assert_eq!(limited_metric(&rig).await, 0.0);
 }
+
+/// Descriptors: a bucket per value of `x-client` (a wildcard descriptor, at most two kept),
+/// a bigger one for `gold`, and the default bucket only for requests no descriptor matched
+/// (`always_consume_default_token_bucket: false`). Limited answers carry `retry-after`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptors_give_each_client_its_own_bucket() {
+    use envoy_types::pb::envoy::config::route::v3::RateLimit as XdsRateLimit;
+    use envoy_types::pb::envoy::config::route::v3::rate_limit::Action;
+    use envoy_types::pb::envoy::config::route::v3::rate_limit::action::{
+        ActionSpecifier, RequestHeaders,
+    };
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::LocalRateLimitDescriptor;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::google::protobuf::BoolValue;
+
+    let a = upstream().await;
+    let mut res = svc_mesh(&[a.addr()]);
+    let hour = 3_600_000;
+    let descriptor = |value: &str, max: u32| LocalRateLimitDescriptor {
+        entries: vec![Entry {
+            key: "client".to_owned(),
+            value: value.to_owned(),
+        }],
+        token_bucket: limit(max, hour).token_bucket,
+        shadow_mode: false,
+    };
+    let l = LocalRateLimit {
+        descriptors: vec![descriptor("gold", 5), descriptor("", 2)],
+        rate_limits: vec![XdsRateLimit {
+            actions: vec![Action {
+                action_specifier: Some(ActionSpecifier::RequestHeaders(RequestHeaders {
+                    header_name: "x-client".to_owned(),
+                    descriptor_key: "client".to_owned(),
+                    skip_if_absent: false,
+                })),
+            }],
+            ..Default::default()
+        }],
+        always_consume_default_token_bucket: Some(BoolValue { value: false }),
+        max_dynamic_descriptors: Some(UInt32Value { value: 2 }),
+        enable_retry_after_header: true,
+        response_headers_to_add: Vec::new(),
+        ..limit(1, hour)
+    };
+    with_filter(&mut res, &l);
+    let rig = Rig::start(&res).await;
+    let http = legate_tests::HttpClient::http1();
+    let url = rig.url("/");
+    let status = |client: Option<&'static str>| {
+        let (http, url) = (&http, &url);
+        async move {
+            let headers: Vec<(&str, &str)> = client.map(|c| ("x-client", c)).into_iter().collect();
+            http.request("GET", url, &headers, legate_tests::client::empty())
+                .await
+        }
+    };
+    // Each client its own two tokens.
+    for client in ["a", "b"] {
+        for _ in 0..2 {
+            assert_eq!(status(Some(client)).await.status, 200, "{client}");
+        }
+        let r = status(Some(client)).await;
+        assert_eq!(
+            outcome(&r),
+            (429, Some("rate-limited".to_owned())),
+            "{client}"
+        );
+        assert_eq!(r.header("x-ratelimit-limit"), Some("2"), "{client}");
+        let retry_after: u64 = r
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("retry-after");
+        assert!((1..=3600).contains(&retry_after), "{retry_after}");
+    }
+    // gold matches its own descriptor first: five.
+    for _ in 0..5 {
+        assert_eq!(status(Some("gold")).await.status, 200);
+    }
+    assert_eq!(status(Some("gold")).await.status, 429);
+    // No header, no descriptor: the default bucket's one token.
+    assert_eq!(status(None).await.status, 200);
+    assert_eq!(status(None).await.status, 429);
+    // At most two values kept: c pushes out a, the least recently used, whose next
+    // request starts a full bucket again; b, used since, is still empty.
+    assert_eq!(status(Some("c")).await.status, 200);
+    assert_eq!(status(Some("b")).await.status, 429);
+    assert_eq!(status(Some("a")).await.status, 200);
+    assert_eq!(a.requests().await, 2 + 2 + 5 + 1 + 1 + 1);
+}

@@ -35,6 +35,7 @@ use envoy_types::pb::envoy::config::route::v3::redirect_action::{
     PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier,
 };
 use envoy_types::pb::envoy::config::route::v3::route_action::{
+    MaxStreamDuration,
     ClusterSpecifier, HostRewriteSpecifier,
 };
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
@@ -626,6 +627,10 @@ fn forward(f: &Forward) -> RouteAction {
         host_rewrite_specifier: host_rewrite,
         timeout: f.timeout.map(duration),
         idle_timeout: f.idle_timeout.map(duration),
+        max_stream_duration: f.grpc_timeout_max.map(|max| MaxStreamDuration {
+            grpc_timeout_header_max: Some(duration(max)),
+            ..Default::default()
+        }),
         retry_policy: f.retries.as_ref().map(policies::retry_policy),
         hedge_policy: f.retries.as_ref().and_then(policies::hedge_policy),
         ..Default::default()
@@ -1550,6 +1555,62 @@ services:
         let r = compile(&plain);
         let snapshot = legate_snapshot::build("v1", &r).expect("legate accepts it");
         assert!(snapshot.listeners[0].http_filters.is_empty());
+    }
+
+    /// `rate_limit.per_header` compiles to a wildcard descriptor fed by a `request_headers`
+    /// action, the default bucket only for requests without the header.
+    #[test]
+    fn per_header_rate_limit_compiles_to_a_wildcard_descriptor() {
+        use legate_snapshot::filter::{
+            DescriptorAction, DescriptorEntry, FilterKind, PerFilterConfig,
+        };
+        use std::sync::Arc;
+        let text = "\
+services:
+  - name: pay
+    endpoints: [{address: '127.0.0.1:8080'}]
+    policies:
+      rate_limit: {requests: 10, per: 1s, per_header: X-Api-Key, max_keys: 50}
+";
+        let mesh = crate::load(text, "rl.yaml").unwrap_or_else(|e| panic!("{e:?}"));
+        let snapshot = legate_snapshot::build("v1", &compile(&mesh)).expect("legate accepts it");
+        let rc = snapshot
+            .route_configs
+            .values()
+            .next()
+            .expect("route config");
+        let route = &rc.virtual_hosts[0].routes[0];
+        let [(_, PerFilterConfig::Config(FilterKind::LocalRateLimit(l)))] = &*route.per_filter
+        else {
+            panic!("one override: {:?}", route.per_filter);
+        };
+        assert_eq!(l.descriptors.len(), 1);
+        assert_eq!(
+            l.descriptors[0].entries,
+            vec![DescriptorEntry {
+                key: Arc::from("per_header"),
+                value: None
+            }]
+        );
+        assert_eq!(Some(l.descriptors[0].token_bucket), l.token_bucket);
+        assert_eq!(
+            l.rate_limits[0].actions,
+            vec![DescriptorAction::RequestHeader {
+                header: Arc::from("x-api-key"),
+                key: Arc::from("per_header"),
+                skip_if_absent: false,
+            }]
+        );
+        assert!(!l.always_consume_default);
+        assert_eq!(l.max_dynamic_descriptors, 50);
+
+        let bad = "services:\n  - name: pay\n    endpoints: []\n    policies:\n      \
+                   rate_limit: {requests: 1, per: 1s, max_keys: 5}\n";
+        let errors = crate::load(bad, "bad.yaml").expect_err("max_keys without per_header");
+        assert!(
+            format!("{errors:?}").contains("`max_keys` counts `per_header` values"),
+            "{errors:?}"
+        );
     }
 
     /// `policies.fault` compiles to the fault filter on the listener (first, without faults

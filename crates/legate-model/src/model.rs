@@ -275,6 +275,15 @@ pub struct Forward {
         skip_serializing_if = "Option::is_none"
     )]
     pub idle_timeout: Option<Duration>,
+    /// Honour a gRPC client's `grpc-timeout` as the request's deadline, capped at this
+    /// (`0s`: no cap); the route's `timeout` still applies when shorter. Unset: the header is
+    /// ignored, as in Envoy. Compiles to `max_stream_duration.grpc_timeout_header_max`.
+    #[serde(
+        default,
+        with = "crate::units::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub grpc_timeout_max: Option<Duration>,
     /// No retries when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<Retries>,
@@ -616,6 +625,15 @@ pub struct Policies {
         skip_serializing_if = "Option::is_none"
     )]
     pub idle_timeout: Option<Duration>,
+    /// Honour a gRPC client's `grpc-timeout` as the request's deadline, capped at this
+    /// (`0s`: no cap); the route's `timeout` still applies when shorter. Unset: the header is
+    /// ignored, as in Envoy. Compiles to `max_stream_duration.grpc_timeout_header_max`.
+    #[serde(
+        default,
+        with = "crate::units::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub grpc_timeout_max: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<Retries>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

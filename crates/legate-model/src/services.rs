@@ -118,6 +118,7 @@ impl Service {
                 );
                 forward.timeout = self.timeout();
                 forward.idle_timeout = self.policies.idle_timeout;
+                forward.grpc_timeout_max = self.policies.grpc_timeout_max;
                 forward.retries = self.policies.retries.clone();
             }
             forward
@@ -144,7 +145,7 @@ impl Service {
                     ..Forward::default()
                 })),
                 request_headers_to_add: headers_to_add.clone(),
-                rate_limit: self.policies.rate_limit.filter(|_| http),
+                rate_limit: self.policies.rate_limit.clone().filter(|_| http),
                 fault: self.policies.fault.filter(|_| http),
                 credentials: self.policies.credentials.clone().filter(|_| http),
                 ..Route::default()
@@ -158,7 +159,7 @@ impl Service {
             },
             forward: Some(finish(self.split())),
             request_headers_to_add: headers_to_add,
-            rate_limit: self.policies.rate_limit.filter(|_| http),
+            rate_limit: self.policies.rate_limit.clone().filter(|_| http),
             fault: self.policies.fault.filter(|_| http),
             credentials: self.policies.credentials.clone().filter(|_| http),
             ..Route::default()

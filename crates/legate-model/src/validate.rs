@@ -524,6 +524,7 @@ impl<'m> Checker<'m> {
         }
         self.duration(&format!("{path}.timeout"), f.timeout);
         self.duration(&format!("{path}.idle_timeout"), f.idle_timeout);
+        self.duration(&format!("{path}.grpc_timeout_max"), f.grpc_timeout_max);
         if let Some(r) = &f.retries {
             self.retries(&format!("{path}.retries"), r);
         }
@@ -930,6 +931,7 @@ impl<'m> Checker<'m> {
             );
         }
         self.duration(&format!("{path}.idle_timeout"), p.idle_timeout);
+        self.duration(&format!("{path}.grpc_timeout_max"), p.grpc_timeout_max);
         if let Some(r) = &p.retries {
             self.retries(&format!("{path}.retries"), r);
         }
@@ -1905,7 +1907,8 @@ proxy:
             (
                 "services:\n  - name: a\n    endpoints: []\n    policies:\n      retry: {}\n",
                 "m.yaml:5:7: services[0].policies.retry: unknown field `retry`, expected one of \
-                 `request_headers_to_add`, `timeout`, `idle_timeout`, `retries`, \
+                 `request_headers_to_add`, `timeout`, `idle_timeout`, `grpc_timeout_max`, \
+                 `retries`, \
                  `circuit_breakers`, `outlier_detection`, `health_check`, `panic_threshold`, \
                  `breaker`, `rate_limit`, `fault`, `credentials`",
             ),

@@ -308,7 +308,7 @@ enum Last {
 /// A retry waiting for its back-off to pass, holding its circuit-breaker retry slot.
 struct PendingRetry {
     at: Instant,
-    _slot: LimitGuard,
+    slot: LimitGuard,
 }
 
 struct Driver<'a> {
@@ -341,13 +341,21 @@ impl<'a> Driver<'a> {
         let mut in_flight: FuturesUnordered<AttemptFuture<'a>> = FuturesUnordered::new();
         let mut last: Option<Last> = None;
         let mut pending: Option<PendingRetry> = None;
+        // The slot of the retry last started, held until an attempt's outcome is known, as
+        // Envoy holds it (from scheduling the retry to judging the next answer): a retry
+        // counts against `max_retries` or the budget for its back-off *and* its attempt, so
+        // a budget of P % of the requests in flight bounds the retries per request by
+        // P/(100-P) whatever the timings.
+        let mut retrying: Option<LimitGuard> = None;
         let mut start_now = true;
         let mut hedge_at: Option<Instant> = None;
         let mut idle_at = self.stream_idle.map(|d| deadline::after(Instant::now(), d));
         loop {
             let now = Instant::now();
             if pending.as_ref().is_some_and(|p| p.at <= now) {
-                pending = None;
+                if let Some(p) = pending.take() {
+                    retrying.replace(p.slot);
+                }
                 start_now = true;
             }
             if start_now {
@@ -388,6 +396,7 @@ impl<'a> Driver<'a> {
             };
             tokio::select! {
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    drop(retrying.take());
                     idle_at = self.stream_idle.map(|d| deadline::after(Instant::now(), d));
                     match self.settle(done, &mut pending, !in_flight.is_empty()) {
                         Settled::Win(res) => return Ok(res),
@@ -414,7 +423,7 @@ impl<'a> Driver<'a> {
                             && let Some(slot) = self.retry_slot()
                         {
                             self.cluster.stats.hedges.inc();
-                            pending = Some(PendingRetry { at: now, _slot: slot });
+                            pending = Some(PendingRetry { at: now, slot });
                         }
                     }
                 }
@@ -575,7 +584,7 @@ impl<'a> Driver<'a> {
                 }
                 match self.retry_slot() {
                     Some(slot) => {
-                        *pending = Some(PendingRetry { at, _slot: slot });
+                        *pending = Some(PendingRetry { at, slot });
                         keep(meta, res)
                     }
                     None if others_in_flight => keep(meta, res),
@@ -620,7 +629,7 @@ impl<'a> Driver<'a> {
                 }
                 match self.retry_slot() {
                     Some(slot) => {
-                        *pending = Some(PendingRetry { at, _slot: slot });
+                        *pending = Some(PendingRetry { at, slot });
                         Settled::Keep(Last::Error(e))
                     }
                     None if others_in_flight => Settled::Keep(Last::Error(e)),

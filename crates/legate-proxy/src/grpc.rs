@@ -19,6 +19,7 @@ pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeou
 pub(crate) const MAX_STATUS: u32 = 16;
 pub(crate) const UNKNOWN: u32 = 2;
 pub(crate) const DEADLINE_EXCEEDED: u32 = 4;
+pub(crate) const RESOURCE_EXHAUSTED: u32 = 8;
 pub(crate) const INTERNAL: u32 = 13;
 pub(crate) const UNAVAILABLE: u32 = 14;
 

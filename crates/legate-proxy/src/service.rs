@@ -261,6 +261,10 @@ async fn route_and_forward(
             .filters
             .decode(
                 crate::filters::Request {
+                    grpc: crate::grpc::is_grpc(req.headers()),
+                    origin: crate::filters::Origin {
+                        remote: ctx.peer.ip(),
+                    },
                     headers: req.headers_mut(),
                     routes: &view.routes,
                     vhost,

@@ -85,6 +85,62 @@ pub struct LocalRateLimit {
     /// `x-ratelimit-remaining` and `x-ratelimit-reset` on every response of a request the
     /// filter saw.
     pub x_ratelimit_headers: bool,
+    /// `rate_limited_as_resource_exhausted`: a limited gRPC request reads
+    /// RESOURCE_EXHAUSTED (8) instead of the status mapped from `status` (UNAVAILABLE for
+    /// 429).
+    pub grpc_resource_exhausted: bool,
+    /// `descriptors`: buckets of their own for requests whose generated descriptor matches
+    /// one of these entirely.
+    pub descriptors: Vec<LocalDescriptor>,
+    /// `rate_limits`: the actions that make a request's descriptors.
+    pub rate_limits: Vec<DescriptorActions>,
+    /// `always_consume_default_token_bucket` (default true): the default bucket is taken
+    /// from even when a descriptor matched.
+    pub always_consume_default: bool,
+    /// `max_dynamic_descriptors` (default 20): distinct values kept per wildcard
+    /// descriptor, least recently used first out.
+    pub max_dynamic_descriptors: u32,
+    /// `enable_retry_after_header`: `retry-after` on a limited 429.
+    pub retry_after_header: bool,
+}
+
+/// `common.ratelimit.v3.LocalRateLimitDescriptor`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct LocalDescriptor {
+    /// Matched in order against a generated descriptor's entries, all of them.
+    pub entries: Vec<DescriptorEntry>,
+    pub token_bucket: TokenBucket,
+}
+
+/// One entry of a configured descriptor: a key and its value, or any value (`None`: a
+/// wildcard, Envoy's entry with the value left out; each distinct value gets a bucket).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct DescriptorEntry {
+    pub key: Arc<str>,
+    pub value: Option<Arc<str>>,
+}
+
+/// `config.route.v3.RateLimit`: one descriptor made of its actions' entries. A descriptor
+/// any of whose actions yields nothing (a header absent without `skip_if_absent`) is not
+/// made at all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DescriptorActions {
+    pub actions: Vec<DescriptorAction>,
+}
+
+/// `RateLimit.Action`, the kinds legate implements.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum DescriptorAction {
+    /// `request_headers`: the header's value under `key`.
+    RequestHeader {
+        header: Arc<str>,
+        key: Arc<str>,
+        skip_if_absent: bool,
+    },
+    /// `remote_address`: the client's address, under `remote_address`.
+    RemoteAddress,
+    /// `generic_key`: a fixed entry (key `generic_key` unless set).
+    GenericKey { key: Arc<str>, value: Arc<str> },
 }
 
 /// `envoy.extensions.filters.http.fault.v3.HTTPFault`: delay, then abort, a fraction of
@@ -108,8 +164,12 @@ pub struct FaultDelay {
 /// `FaultAbort`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FaultAbort {
-    /// `http_status`, or `None` for `header_abort` (`x-envoy-fault-abort-request`).
+    /// `http_status`; `None` with `grpc_status` also `None` for `header_abort`
+    /// (`x-envoy-fault-abort-request`, `x-envoy-fault-abort-grpc-request`).
     pub http_status: Option<u16>,
+    /// `grpc_status`: a gRPC request is answered with this status (trailers-only), any
+    /// other with HTTP 200, as Envoy does.
+    pub grpc_status: Option<u32>,
     pub percentage: Fraction,
 }
 

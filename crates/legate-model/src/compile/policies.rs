@@ -32,7 +32,14 @@ use envoy_types::pb::envoy::r#type::v3::{CodecClientType, Int64Range, Percent};
 use envoy_types::pb::google::protobuf::{BoolValue, Struct, UInt32Value, Value, value};
 
 use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+use envoy_types::pb::envoy::config::route::v3::RateLimit as XdsRouteRateLimit;
+use envoy_types::pb::envoy::config::route::v3::rate_limit::Action;
+use envoy_types::pb::envoy::config::route::v3::rate_limit::action::{
+    ActionSpecifier, RequestHeaders,
+};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::LocalRateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::XRateLimitHeadersRfcVersion;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as XdsLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpFilter, http_filter,
@@ -53,8 +60,9 @@ use crate::{
     Breaker, CircuitBreakers, Cluster, DEFAULT_BACKOFF_BASE, DEFAULT_BREAKER_FAILURE_RATIO,
     DEFAULT_BREAKER_HALF_OPEN_MAX_REQUESTS, DEFAULT_BREAKER_MINIMUM_REQUESTS,
     DEFAULT_BREAKER_OPEN_TIMEOUT, DEFAULT_BREAKER_WINDOW, DEFAULT_HEALTH_CHECK_INTERVAL,
-    DEFAULT_HEALTH_CHECK_TIMEOUT, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_UNHEALTHY_THRESHOLD, Fault,
-    HealthCheck, OutlierDetection, RateLimit, Retries, UpstreamProtocol,
+    DEFAULT_HEALTH_CHECK_TIMEOUT, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_RETRY_BUDGET,
+    DEFAULT_UNHEALTHY_THRESHOLD, Fault, HealthCheck, OutlierDetection, RateLimit, Retries,
+    UpstreamProtocol,
 };
 
 /// Extension and metadata names.
@@ -139,7 +147,11 @@ fn legate_metadata(key: &str, kind: value::Kind) -> Metadata {
 
 /// Set the cluster's policy fields on `xds`.
 pub(crate) fn cluster_policies(c: &Cluster, xds: &mut XdsCluster) {
-    xds.circuit_breakers = c.circuit_breakers.as_ref().map(circuit_breakers);
+    let mut limits = c.circuit_breakers.clone().unwrap_or_default();
+    if limits.max_retries.is_none() && limits.retry_budget.is_none() {
+        limits.retry_budget = Some(DEFAULT_RETRY_BUDGET);
+    }
+    xds.circuit_breakers = Some(circuit_breakers(&limits));
     xds.outlier_detection = c.outlier_detection.as_ref().map(outlier_detection);
     xds.health_checks = c
         .health_check
@@ -360,20 +372,50 @@ pub(crate) fn local_rate_limit(rl: &RateLimit) -> Any {
             runtime_key: String::new(),
         })
     };
-    let config = XdsLocalRateLimit {
+    let bucket = TokenBucket {
+        max_tokens: rl.max_tokens(),
+        tokens_per_fill: Some(UInt32Value { value: rl.requests }),
+        fill_interval: Some(duration(rl.per)),
+    };
+    let mut config = XdsLocalRateLimit {
         stat_prefix: "route_local_rate_limit".to_owned(),
-        token_bucket: Some(TokenBucket {
-            max_tokens: rl.max_tokens(),
-            tokens_per_fill: Some(UInt32Value { value: rl.requests }),
-            fill_interval: Some(duration(rl.per)),
-        }),
+        token_bucket: Some(bucket),
         filter_enabled: all(),
         filter_enforced: all(),
         enable_x_ratelimit_headers: XRateLimitHeadersRfcVersion::DraftVersion03.into(),
         ..Default::default()
     };
+    if let Some(header) = &rl.per_header {
+        // One bucket per value (a descriptor whose value is left out), the default bucket
+        // only for requests without the header.
+        config.descriptors = vec![LocalRateLimitDescriptor {
+            entries: vec![Entry {
+                key: PER_HEADER_KEY.to_owned(),
+                value: String::new(),
+            }],
+            token_bucket: Some(bucket),
+            shadow_mode: false,
+        }];
+        config.rate_limits = vec![XdsRouteRateLimit {
+            actions: vec![Action {
+                action_specifier: Some(ActionSpecifier::RequestHeaders(RequestHeaders {
+                    header_name: header.clone(),
+                    descriptor_key: PER_HEADER_KEY.to_owned(),
+                    skip_if_absent: false,
+                })),
+            }],
+            ..Default::default()
+        }];
+        config.always_consume_default_token_bucket = Some(BoolValue { value: false });
+        config.max_dynamic_descriptors = Some(UInt32Value {
+            value: rl.max_keys.unwrap_or(crate::DEFAULT_RATE_LIMIT_MAX_KEYS),
+        });
+    }
     any(legate_snapshot::type_url::LOCAL_RATE_LIMIT, &config)
 }
+
+/// The descriptor key of `rate_limit.per_header`'s values.
+const PER_HEADER_KEY: &str = "per_header";
 
 /// The listener's `envoy.filters.http.fault`: no fault of its own, so only routes that carry
 /// a configuration (`typed_per_filter_config`) see faults.
@@ -933,10 +975,24 @@ clusters:
     }
 
     #[test]
-    fn clusters_without_policies_set_no_policy_field() {
+    fn clusters_without_policies_set_only_the_default_retry_budget() {
         let r = compile(&load("clusters: [{name: c}]"));
         let c = &r.clusters[0];
-        assert_eq!(c.circuit_breakers, None);
+        let budget = XdsRetryBudget {
+            budget_percent: Some(Percent { value: 20.0 }),
+            min_retry_concurrency: u32v(3),
+            budget_interval: None,
+        };
+        let thresholds = &c.circuit_breakers.as_ref().expect("limits").thresholds;
+        assert_eq!(thresholds.len(), 1);
+        assert_eq!(thresholds[0].retry_budget, Some(budget));
+        assert_eq!(
+            thresholds[0],
+            Thresholds {
+                retry_budget: thresholds[0].retry_budget,
+                ..Default::default()
+            }
+        );
         assert_eq!(c.outlier_detection, None);
         assert!(c.health_checks.is_empty());
         assert_eq!(c.common_lb_config, None);
@@ -1016,6 +1072,34 @@ clusters:
     fn outbound_routes(s: &snap::Snapshot) -> &[snap::Route] {
         let l = &s.listeners[0];
         &s.route_config_for(l).expect("route config").virtual_hosts[0].routes
+    }
+
+    #[test]
+    fn grpc_timeout_max_compiles_to_the_header_cap() {
+        let s = build(
+            "services:
+  - {name: a, endpoints: [{address: 127.0.0.1:8080}], policies: {grpc_timeout_max: 30s}}
+  - {name: b, endpoints: [{address: 127.0.0.1:8081}], policies: {grpc_timeout_max: 0s}}
+  - {name: c, endpoints: [{address: 127.0.0.1:8082}]}
+",
+        );
+        let by_cluster = |name: &str| {
+            outbound_routes(&s)
+                .iter()
+                .map(forward)
+                .find(|f| format!("{:?}", f.target).contains(&format!("{name:?}")))
+                .unwrap_or_else(|| panic!("a route to {name}"))
+                .grpc_timeout
+        };
+        let capped = |max| {
+            Some(snap::GrpcTimeout {
+                max,
+                replaces_route_timeout: false,
+            })
+        };
+        assert_eq!(by_cluster("a"), capped(Some(Duration::from_secs(30))));
+        assert_eq!(by_cluster("b"), capped(None), "0s: no cap");
+        assert_eq!(by_cluster("c"), None, "unset: grpc-timeout is not read");
     }
 
     #[test]
@@ -1247,13 +1331,41 @@ clusters:
     }
 
     #[test]
+    fn max_retries_or_a_budget_of_its_own_replace_the_default_budget() {
+        let s = build(
+            "services:
+  - {name: a, endpoints: [{address: 127.0.0.1:8080}], policies: {circuit_breakers: {max_retries: 7}}}
+  - name: b
+    endpoints: [{address: 127.0.0.1:8081}]
+    policies: {circuit_breakers: {retry_budget: {percent: 50, min_concurrency: 1}}}
+",
+        );
+        let a = &s.clusters["a"].circuit_breakers.default;
+        assert_eq!((a.max_retries, a.retry_budget), (7, None));
+        let b = &s.clusters["b"].circuit_breakers.default;
+        assert_eq!(
+            b.retry_budget,
+            Some(snap::RetryBudget {
+                budget_permille: 500,
+                min_retry_concurrency: 1,
+            })
+        );
+    }
+
+    #[test]
     fn snapshot_defaults_without_policies() {
         let s = build("services: [{name: web, endpoints: [{address: 127.0.0.1:8080}]}]");
         let f = forward(&outbound_routes(&s)[0]);
         assert_eq!(f.retry_policy, None);
         assert_eq!(f.idle_timeout, None);
         let c = &s.clusters["web"];
-        assert_eq!(c.circuit_breakers, snap::CircuitBreakers::default());
+        // Envoy's limits, with legate-cp's retry budget in place of `max_retries`.
+        let mut limits = snap::CircuitBreakers::default();
+        limits.default.retry_budget = Some(snap::RetryBudget {
+            budget_permille: 200,
+            min_retry_concurrency: 3,
+        });
+        assert_eq!(c.circuit_breakers, limits);
         assert_eq!(c.outlier_detection, None);
         assert!(c.health_checks.is_empty());
         assert_eq!(c.healthy_panic_threshold_permille, 500);

@@ -248,6 +248,18 @@ pub struct CircuitBreakers {
     pub retry_budget: Option<RetryBudget>,
 }
 
+/// The retry budget of a cluster whose policies limit retries neither way (no
+/// `circuit_breakers.retry_budget`, no `circuit_breakers.max_retries`): retries in flight at
+/// most 20 % of the requests in flight, and 3 whatever the load, as Linkerd and Envoy's
+/// own budget defaults. It scales with the load, unlike a fixed `max_retries`: a busy
+/// cluster keeps retrying its occasional failures, while an outage cannot make the fleet
+/// send much more than 1.2 attempts per request. Resources written by hand (xDS from any
+/// server, a bootstrap) keep Envoy's semantics: `max_retries` 3 when unset.
+pub const DEFAULT_RETRY_BUDGET: RetryBudget = RetryBudget {
+    percent: Some(20.0),
+    min_concurrency: Some(3),
+};
+
 /// Retries in flight limited to a share of the requests in flight.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -575,7 +587,7 @@ pub struct FaultAbort {
 /// `x-ratelimit-limit`/`-remaining`/`-reset`. Compiled to Envoy's
 /// `envoy.filters.http.local_ratelimit`, configured per route; each route has its own bucket
 /// on each proxy (a service's canary rules each have one too).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// At least 1.
@@ -586,7 +598,20 @@ pub struct RateLimit {
     /// At least 1; `requests` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+    /// A bucket of this size per value of this request header (an API key, a user id)
+    /// instead of one for all; requests without the header share one. Compiles to a
+    /// wildcard descriptor with a `request_headers` action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_header: Option<String>,
+    /// With `per_header`: values kept at once, least recently used out
+    /// ([`DEFAULT_RATE_LIMIT_MAX_KEYS`] when unset; 1 to 100000). Envoy's
+    /// `max_dynamic_descriptors`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_keys: Option<u32>,
 }
+
+/// [`RateLimit::max_keys`] when unset.
+pub const DEFAULT_RATE_LIMIT_MAX_KEYS: u32 = 1000;
 
 impl RateLimit {
     /// The bucket's size, default applied.

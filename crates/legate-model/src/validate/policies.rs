@@ -413,6 +413,27 @@ impl Checker<'_> {
         } else {
             self.duration(&format!("{path}.per"), Some(rl.per));
         }
+        if let Some(h) = &rl.per_header
+            && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            self.report(
+                format!("{path}.per_header"),
+                format!("`per_header` must be a header name; found {h:?}"),
+            );
+        }
+        if let Some(n) = rl.max_keys {
+            if rl.per_header.is_none() {
+                self.report(
+                    format!("{path}.max_keys"),
+                    "`max_keys` counts `per_header` values; set `per_header` too",
+                );
+            } else if !(1..=100_000).contains(&n) {
+                self.report(
+                    format!("{path}.max_keys"),
+                    format!("`max_keys` must be from 1 to 100000; found {n}"),
+                );
+            }
+        }
     }
 
     /// Faults: a status Envoy can send, percentages from 0 to 100, at least one fault.

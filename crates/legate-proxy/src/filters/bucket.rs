@@ -53,6 +53,11 @@ impl Bucket {
         self.config
     }
 
+    /// Tokens per second, for ordering buckets from the most restrictive.
+    pub(crate) fn fill_rate(&self) -> f64 {
+        1e9 / self.per_token as f64
+    }
+
     /// Nanoseconds from the epoch to `at`, shifted by `full_span` so that a new bucket is
     /// full without a negative instant.
     fn offset(&self, at: Instant) -> u64 {

@@ -93,9 +93,12 @@ impl Injector {
         }
     }
 
+    /// `grpc`: the request is gRPC, so a refusal is a trailers-only status (UNAUTHENTICATED,
+    /// what a 401 stands for).
     pub(super) async fn decode(
         &self,
         headers: &mut HeaderMap,
+        grpc: bool,
         out: &mut ResponseHeaders,
     ) -> Decision {
         // Envoy: a header already there is kept unless `overwrite`, and then nothing is
@@ -123,7 +126,13 @@ impl Injector {
                 }
                 Decision::Continue
             }
-            None => super::local_reply(cause, StatusCode::UNAUTHORIZED, &[], out),
+            None => super::local_reply(
+                cause,
+                StatusCode::UNAUTHORIZED,
+                grpc.then(|| crate::grpc::status_for_http(StatusCode::UNAUTHORIZED)),
+                &[],
+                out,
+            ),
         }
     }
 }

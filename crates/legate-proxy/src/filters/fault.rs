@@ -16,6 +16,15 @@ const DELAY_PERCENTAGE: HeaderName =
 const ABORT: HeaderName = HeaderName::from_static("x-envoy-fault-abort-request");
 const ABORT_PERCENTAGE: HeaderName =
     HeaderName::from_static("x-envoy-fault-abort-request-percentage");
+const ABORT_GRPC: HeaderName = HeaderName::from_static("x-envoy-fault-abort-grpc-request");
+
+/// What an abort answers: an HTTP status, or a gRPC status (HTTP 200 to a request that is
+/// not gRPC), as Envoy's fault filter does.
+#[derive(Clone, Copy)]
+enum Abort {
+    Http(u16),
+    Grpc(u32),
+}
 
 #[derive(Debug)]
 pub(super) struct Injector {
@@ -55,6 +64,7 @@ impl Injector {
     pub(super) async fn decode(
         &self,
         headers: &HeaderMap,
+        grpc: bool,
         out: &mut ResponseHeaders,
         flags: &mut ResponseFlags,
     ) -> Decision {
@@ -67,11 +77,19 @@ impl Injector {
             injected(d.percentage, headers, &DELAY_PERCENTAGE).then_some(by)
         });
         let abort = self.config.abort.as_ref().and_then(|a| {
-            let status = match a.http_status {
-                Some(s) => s,
-                None => number::<u16>(headers, &ABORT).filter(|s| (200..600).contains(s))?,
+            let with = match (a.http_status, a.grpc_status) {
+                (Some(s), _) => Abort::Http(s),
+                (None, Some(g)) => Abort::Grpc(g),
+                // The caller says; an HTTP status wins over a gRPC one, as in Envoy.
+                (None, None) => match number::<u16>(headers, &ABORT) {
+                    Some(s) if (200..600).contains(&s) => Abort::Http(s),
+                    _ => Abort::Grpc(
+                        number::<u32>(headers, &ABORT_GRPC)
+                            .filter(|g| *g <= crate::grpc::MAX_STATUS)?,
+                    ),
+                },
             };
-            injected(a.percentage, headers, &ABORT_PERCENTAGE).then_some(status)
+            injected(a.percentage, headers, &ABORT_PERCENTAGE).then_some(with)
         });
         if delay.is_none() && abort.is_none() {
             return Decision::Continue;
@@ -83,10 +101,17 @@ impl Injector {
             flags.insert(ResponseFlags::DI);
             tokio::time::sleep(by).await;
         }
-        match abort.and_then(|s| StatusCode::from_u16(s).ok()) {
-            Some(status) => super::local_reply(ProxyError::FaultAbort, status, &[], out),
-            None => Decision::Continue,
-        }
+        let (status, grpc) = match abort {
+            None => return Decision::Continue,
+            Some(Abort::Http(s)) => {
+                let Ok(status) = StatusCode::from_u16(s) else {
+                    return Decision::Continue;
+                };
+                (status, grpc.then(|| crate::grpc::status_for_http(status)))
+            }
+            Some(Abort::Grpc(g)) => (StatusCode::OK, grpc.then_some(g)),
+        };
+        super::local_reply(ProxyError::FaultAbort, status, grpc, &[], out)
     }
 }
 

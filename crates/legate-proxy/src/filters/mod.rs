@@ -11,6 +11,8 @@ mod credential;
 mod fault;
 mod local_ratelimit;
 
+pub(crate) use local_ratelimit::Origin;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
@@ -89,6 +91,9 @@ pub(crate) struct Request<'a> {
     pub(crate) routes: &'a RouteConfig,
     pub(crate) vhost: Option<&'a VirtualHost>,
     pub(crate) route: Option<&'a Route>,
+    /// A gRPC request (`content-type: application/grpc`): local replies are trailers-only.
+    pub(crate) grpc: bool,
+    pub(crate) origin: local_ratelimit::Origin,
 }
 
 impl Chain {
@@ -108,9 +113,9 @@ impl Chain {
                 continue;
             };
             let decision = match runtime {
-                Runtime::LocalRateLimit(r) => r.decode(req.headers, out),
-                Runtime::Fault(f) => f.decode(req.headers, out, flags).await,
-                Runtime::Credential(c) => c.decode(req.headers, out).await,
+                Runtime::LocalRateLimit(r) => r.decode(req.headers, &req.origin, req.grpc, out),
+                Runtime::Fault(f) => f.decode(req.headers, req.grpc, out, flags).await,
+                Runtime::Credential(c) => c.decode(req.headers, req.grpc, out).await,
             };
             if let Decision::Reply(cause, _) = &decision {
                 flags.insert(cause.response_flag());
@@ -159,6 +164,7 @@ fn kind_key(kind: &FilterKind) -> usize {
 #[derive(Debug, Default)]
 pub(crate) struct Buckets {
     live: HashMap<BucketKey, Arc<Bucket>>,
+    dynamic: HashMap<BucketKey, Arc<local_ratelimit::DynamicBuckets>>,
     tokens: HashMap<TokenKey, Arc<TokenSource>>,
     files: HashMap<FileKey, credential::FileSecret>,
 }
@@ -188,6 +194,10 @@ struct BucketKey {
     filter: Arc<str>,
     scope: String,
     config: legate_snapshot::filter::TokenBucket,
+    /// The descriptor's entries (none for the default bucket) and, for a wildcard one, its
+    /// `max_dynamic_descriptors`.
+    descriptor: Vec<legate_snapshot::filter::DescriptorEntry>,
+    max_dynamic: u32,
 }
 
 /// Makes [`Chain`]s for one snapshot; [`Builder::finish`] keeps the buckets in use.
@@ -202,6 +212,8 @@ pub(crate) struct Builder {
     shared: Weak<crate::Shared>,
     /// `legate_oauth2_token_fetches_total`.
     fetches: Arc<legate_telemetry::Family<Counter>>,
+    old_dynamic: HashMap<BucketKey, Arc<local_ratelimit::DynamicBuckets>>,
+    next_dynamic: HashMap<BucketKey, Arc<local_ratelimit::DynamicBuckets>>,
 }
 
 impl Builder {
@@ -221,6 +233,8 @@ impl Builder {
             next_files: HashMap::new(),
             shared,
             fetches,
+            old_dynamic: old.dynamic.clone(),
+            next_dynamic: HashMap::new(),
         }
     }
 
@@ -254,6 +268,20 @@ impl Builder {
         });
         self.next_tokens.insert(key, t.clone());
         t
+    }
+
+    fn dynamic(&mut self, key: BucketKey) -> Arc<local_ratelimit::DynamicBuckets> {
+        if let Some(b) = self.next_dynamic.get(&key) {
+            return b.clone();
+        }
+        let b = self.old_dynamic.get(&key).cloned().unwrap_or_else(|| {
+            Arc::new(local_ratelimit::DynamicBuckets::new(
+                key.config,
+                key.max_dynamic,
+            ))
+        });
+        self.next_dynamic.insert(key, b.clone());
+        b
     }
 
     fn bucket(&mut self, key: BucketKey) -> Arc<Bucket> {
@@ -327,17 +355,38 @@ impl Builder {
     ) -> Runtime {
         match kind {
             FilterKind::LocalRateLimit(config) => {
-                let bucket = config.token_bucket.map(|tb| {
-                    self.bucket(BucketKey {
-                        listener: listener.name.clone(),
-                        filter: filter.clone(),
-                        scope: format!("{}/{scope}", routes_name(listener)),
-                        config: tb,
+                let key = |config, descriptor, max_dynamic| BucketKey {
+                    listener: listener.name.clone(),
+                    filter: filter.clone(),
+                    scope: format!("{}/{scope}", routes_name(listener)),
+                    config,
+                    descriptor,
+                    max_dynamic,
+                };
+                let bucket = config
+                    .token_bucket
+                    .map(|tb| self.bucket(key(tb, Vec::new(), 0)));
+                let descriptors = config
+                    .descriptors
+                    .iter()
+                    .map(|d| {
+                        if d.entries.iter().any(|e| e.value.is_none()) {
+                            let k = key(
+                                d.token_bucket,
+                                d.entries.clone(),
+                                config.max_dynamic_descriptors,
+                            );
+                            local_ratelimit::DescriptorBucket::Dynamic(self.dynamic(k))
+                        } else {
+                            let k = key(d.token_bucket, d.entries.clone(), 0);
+                            local_ratelimit::DescriptorBucket::Fixed(self.bucket(k))
+                        }
                     })
-                });
+                    .collect();
                 Runtime::LocalRateLimit(RateLimiter::new(
                     config.clone(),
                     bucket,
+                    descriptors,
                     rate_limited.clone(),
                 ))
             }
@@ -375,6 +424,7 @@ impl Builder {
         into.live = self.next;
         into.tokens = self.next_tokens;
         into.files = self.next_files;
+        into.dynamic = self.next_dynamic;
     }
 }
 
@@ -386,14 +436,28 @@ fn routes_name(listener: &Listener) -> &str {
 }
 
 /// A local reply from a filter: the error's response with the filter's status and headers.
+/// To a gRPC request (`grpc` is then the status it reads) it is trailers-only, as every local
+/// reply legate makes to one.
 pub(crate) fn local_reply(
     cause: ProxyError,
     status: http::StatusCode,
+    grpc: Option<u32>,
     add: &[legate_snapshot::HeaderValueOption],
     out: &mut ResponseHeaders,
 ) -> Decision {
-    let mut res = cause.response();
-    *res.status_mut() = status;
+    let mut res = match grpc {
+        Some(code) => {
+            let mut res = cause.grpc_response();
+            res.headers_mut()
+                .insert(crate::grpc::GRPC_STATUS, http::HeaderValue::from(code));
+            res
+        }
+        None => {
+            let mut res = cause.response();
+            *res.status_mut() = status;
+            res
+        }
+    };
     crate::headers::apply(res.headers_mut(), &[], add);
     std::mem::take(out).apply(res.headers_mut());
     Decision::Reply(cause, Box::new(res))

@@ -16,13 +16,14 @@ use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
 use envoy_types::pb::envoy::r#type::v3::{
     FractionalPercent, HttpStatus, TokenBucket as XdsTokenBucket,
 };
-use envoy_types::pb::google::protobuf::{Any, BoolValue, UInt32Value};
+use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use prost::Message;
 
 use super::common::{Ctx, at, duration, enum_value, headers_to_add, join, refuse};
 use crate::filter::{
-    Fault, FaultAbort, FaultDelay, FilterKind, Fraction, HttpFilter, LocalRateLimit,
-    PerFilterConfig, PerFilterConfigs, TokenBucket,
+    DescriptorAction, DescriptorActions, DescriptorEntry, Fault, FaultAbort, FaultDelay,
+    FilterKind, Fraction, HttpFilter, LocalDescriptor, LocalRateLimit, PerFilterConfig,
+    PerFilterConfigs, TokenBucket,
 };
 use crate::type_url;
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::FaultDelay as XdsFaultDelay;
@@ -225,9 +226,9 @@ fn fault(cx: &mut Ctx, field: &str, f: &XdsHttpFault) -> Option<Fault> {
             error_type,
         } = a;
         refuse!(cx, &f; response_body);
-        let http_status = match error_type {
+        let (http_status, grpc_status) = match error_type {
             Some(ErrorType::HttpStatus(code)) => match u16::try_from(*code) {
-                Ok(c) if (200..600).contains(&c) => Some(c),
+                Ok(c) if (200..600).contains(&c) => (Some(c), None),
                 _ => {
                     cx.err(
                         join(&f, "http_status"),
@@ -236,18 +237,28 @@ fn fault(cx: &mut Ctx, field: &str, f: &XdsHttpFault) -> Option<Fault> {
                     return None;
                 }
             },
-            Some(ErrorType::HeaderAbort(_)) => None,
-            Some(ErrorType::GrpcStatus(_)) => {
-                cx.unsupported(&f, "grpc_status");
+            Some(ErrorType::HeaderAbort(_)) => (None, None),
+            // gRPC's codes are 0..=16; Envoy takes any number and sends it as is, legate
+            // refuses what no gRPC client understands.
+            Some(ErrorType::GrpcStatus(code)) if *code <= 16 => (None, Some(*code)),
+            Some(ErrorType::GrpcStatus(code)) => {
+                cx.err(
+                    join(&f, "grpc_status"),
+                    format!("{code} is not a gRPC status code (0..=16)"),
+                );
                 return None;
             }
             None => {
-                cx.err(&f, "one of http_status or header_abort is required");
+                cx.err(
+                    &f,
+                    "one of http_status, grpc_status or header_abort is required",
+                );
                 return None;
             }
         };
         Some(FaultAbort {
             http_status,
+            grpc_status,
             percentage: fraction(cx, &join(&f, "percentage"), percentage.as_ref())?,
         })
     });
@@ -389,25 +400,25 @@ fn local_rate_limit(
         enable_retry_after_header,
     } = l;
     let before = cx.error_count();
-    // Descriptors match the entries that rate limit actions produce; legate has neither
-    // yet, so both are refused rather than silently never matching.
-    refuse!(cx, field;
-        descriptors, stage, local_rate_limit_per_downstream_connection, vh_rate_limits,
-        rate_limited_as_resource_exhausted, rate_limits, enable_retry_after_header,
-    );
+    // The route's and virtual host's `rate_limits` are not read: descriptors come from the
+    // filter's own `rate_limits` (which Envoy prefers when both are set).
+    refuse!(cx, field; stage, local_rate_limit_per_downstream_connection, vh_rate_limits);
     if local_cluster_rate_limit.is_some() {
         cx.unsupported(field, "local_cluster_rate_limit");
     }
-    if max_dynamic_descriptors.is_some() {
-        cx.unsupported(field, "max_dynamic_descriptors");
-    }
-    // Only matters with descriptors; the default (true) is what legate does.
-    if matches!(
-        always_consume_default_token_bucket,
-        Some(BoolValue { value: false })
-    ) {
-        cx.unsupported(field, "always_consume_default_token_bucket");
-    }
+    let max_dynamic_descriptors = match max_dynamic_descriptors {
+        None => DEFAULT_MAX_DYNAMIC_DESCRIPTORS,
+        Some(UInt32Value { value }) if (1..=MAX_DYNAMIC_DESCRIPTORS).contains(value) => *value,
+        Some(UInt32Value { value }) => {
+            cx.err(
+                join(field, "max_dynamic_descriptors"),
+                format!("{value} is not within 1..={MAX_DYNAMIC_DESCRIPTORS}"),
+            );
+            DEFAULT_MAX_DYNAMIC_DESCRIPTORS
+        }
+    };
+    let descriptors = local_descriptors(cx, field, descriptors);
+    let rate_limits = descriptor_actions(cx, field, rate_limits);
     if stat_prefix.is_empty() {
         cx.err(join(field, "stat_prefix"), "must not be empty");
     }
@@ -468,8 +479,179 @@ fn local_rate_limit(
             response_headers_to_add,
         ),
         x_ratelimit_headers,
+        grpc_resource_exhausted: *rate_limited_as_resource_exhausted,
+        descriptors,
+        rate_limits,
+        always_consume_default: always_consume_default_token_bucket.is_none_or(|b| b.value),
+        max_dynamic_descriptors,
+        retry_after_header: *enable_retry_after_header,
     };
     (cx.error_count() == before).then_some(out)
+}
+
+/// Envoy's default `max_dynamic_descriptors`.
+const DEFAULT_MAX_DYNAMIC_DESCRIPTORS: u32 = 20;
+/// legate's bound on it: each distinct value is a bucket held in memory.
+const MAX_DYNAMIC_DESCRIPTORS: u32 = 100_000;
+/// Bounds on the descriptor configuration a request is checked against.
+const MAX_DESCRIPTORS: usize = 64;
+const MAX_ENTRIES: usize = 16;
+
+fn local_descriptors(
+    cx: &mut Ctx,
+    field: &str,
+    list: &[envoy_types::pb::envoy::extensions::common::ratelimit::v3::LocalRateLimitDescriptor],
+) -> Vec<LocalDescriptor> {
+    if list.len() > MAX_DESCRIPTORS {
+        cx.err(
+            join(field, "descriptors"),
+            format!(
+                "{} descriptors is more than legate's limit of {MAX_DESCRIPTORS}",
+                list.len()
+            ),
+        );
+        return Vec::new();
+    }
+    let mut out: Vec<LocalDescriptor> = Vec::with_capacity(list.len());
+    for (i, d) in list.iter().enumerate() {
+        let f = at(field, "descriptors", i);
+        if d.shadow_mode {
+            cx.unsupported(&f, "shadow_mode");
+        }
+        if d.entries.is_empty() || d.entries.len() > MAX_ENTRIES {
+            cx.err(
+                join(&f, "entries"),
+                format!("needs 1 to {MAX_ENTRIES} entries, has {}", d.entries.len()),
+            );
+            continue;
+        }
+        let mut entries = Vec::with_capacity(d.entries.len());
+        for (j, e) in d.entries.iter().enumerate() {
+            if e.key.is_empty() {
+                cx.err(join(&at(&f, "entries", j), "key"), "must not be empty");
+            }
+            entries.push(DescriptorEntry {
+                key: Arc::from(e.key.as_str()),
+                value: (!e.value.is_empty()).then(|| Arc::from(e.value.as_str())),
+            });
+        }
+        let Some(token_bucket) = d
+            .token_bucket
+            .as_ref()
+            .and_then(|b| token_bucket_of(cx, &join(&f, "token_bucket"), b))
+        else {
+            if d.token_bucket.is_none() {
+                cx.err(join(&f, "token_bucket"), "required");
+            }
+            continue;
+        };
+        if out.iter().any(|o| o.entries == entries) {
+            cx.err(&f, "the same entries as an earlier descriptor");
+            continue;
+        }
+        out.push(LocalDescriptor {
+            entries,
+            token_bucket,
+        });
+    }
+    out
+}
+
+fn descriptor_actions(
+    cx: &mut Ctx,
+    base: &str,
+    list: &[envoy_types::pb::envoy::config::route::v3::RateLimit],
+) -> Vec<DescriptorActions> {
+    use envoy_types::pb::envoy::config::route::v3::RateLimit as XdsRateLimit;
+    use envoy_types::pb::envoy::config::route::v3::rate_limit::action::ActionSpecifier;
+    if list.len() > MAX_DESCRIPTORS {
+        cx.err(
+            join(base, "rate_limits"),
+            format!(
+                "{} entries is more than legate's limit of {MAX_DESCRIPTORS}",
+                list.len()
+            ),
+        );
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, r) in list.iter().enumerate() {
+        let f = at(base, "rate_limits", i);
+        let XdsRateLimit {
+            stage,
+            disable_key,
+            actions,
+            limit,
+            hits_addend,
+            apply_on_stream_done,
+            x_ratelimit_option,
+        } = r;
+        if stage.is_some_and(|s| s.value != 0) {
+            cx.unsupported(&f, "stage");
+        }
+        refuse!(cx, &f; disable_key, limit, hits_addend, apply_on_stream_done, x_ratelimit_option);
+        if actions.is_empty() || actions.len() > MAX_ENTRIES {
+            cx.err(
+                join(&f, "actions"),
+                format!("needs 1 to {MAX_ENTRIES} actions, has {}", actions.len()),
+            );
+            continue;
+        }
+        let mut kept = Vec::with_capacity(actions.len());
+        for (j, a) in actions.iter().enumerate() {
+            let af = at(&f, "actions", j);
+            match &a.action_specifier {
+                Some(ActionSpecifier::RequestHeaders(h)) => {
+                    if http::HeaderName::from_bytes(h.header_name.as_bytes()).is_err() {
+                        cx.err(
+                            join(&af, "request_headers.header_name"),
+                            format!("{:?} is not a header name", h.header_name),
+                        );
+                        continue;
+                    }
+                    if h.descriptor_key.is_empty() {
+                        cx.err(
+                            join(&af, "request_headers.descriptor_key"),
+                            "must not be empty",
+                        );
+                        continue;
+                    }
+                    kept.push(DescriptorAction::RequestHeader {
+                        header: Arc::from(h.header_name.to_ascii_lowercase().as_str()),
+                        key: Arc::from(h.descriptor_key.as_str()),
+                        skip_if_absent: h.skip_if_absent,
+                    });
+                }
+                Some(ActionSpecifier::RemoteAddress(_)) => {
+                    kept.push(DescriptorAction::RemoteAddress);
+                }
+                Some(ActionSpecifier::GenericKey(g)) => {
+                    if !g.default_value.is_empty() {
+                        cx.unsupported(&join(&af, "generic_key"), "default_value");
+                    }
+                    let key = if g.descriptor_key.is_empty() {
+                        "generic_key"
+                    } else {
+                        g.descriptor_key.as_str()
+                    };
+                    kept.push(DescriptorAction::GenericKey {
+                        key: Arc::from(key),
+                        value: Arc::from(g.descriptor_value.as_str()),
+                    });
+                }
+                Some(_) => {
+                    cx.err(
+                        &af,
+                        "not supported by legate (request_headers, remote_address and \
+                         generic_key are)",
+                    );
+                }
+                None => cx.err(&af, "an action is required"),
+            }
+        }
+        out.push(DescriptorActions { actions: kept });
+    }
+    out
 }
 
 fn token_bucket_of(cx: &mut Ctx, field: &str, b: &XdsTokenBucket) -> Option<TokenBucket> {

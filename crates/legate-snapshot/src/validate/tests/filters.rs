@@ -15,7 +15,17 @@ use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, HttpStatus, TokenBuc
 use envoy_types::pb::google::protobuf::{Any, Duration as XdsDuration, UInt32Value};
 
 use super::{any, base, cors_filter, edit_hcm, errors, ok, rt, vh};
-use crate::filter::{FilterKind, LocalRateLimit, PerFilterConfig, TokenBucket as Bucket};
+use envoy_types::pb::envoy::config::route::v3::RateLimit as XdsRateLimit;
+use envoy_types::pb::envoy::config::route::v3::rate_limit::Action;
+use envoy_types::pb::envoy::config::route::v3::rate_limit::action::{
+    ActionSpecifier, GenericKey, RequestHeaders,
+};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+
+use crate::filter::{
+    DescriptorAction, DescriptorEntry, FilterKind, LocalRateLimit, PerFilterConfig,
+    TokenBucket as Bucket,
+};
 use crate::type_url;
 
 fn bucket(max: u32, per_fill: u32, ms: i64) -> Option<TokenBucket> {
@@ -98,6 +108,12 @@ fn local_rate_limit_is_kept_in_order_before_the_router() {
             request_headers_to_add_when_not_enforced: Vec::new(),
             response_headers_to_add: Vec::new(),
             x_ratelimit_headers: true,
+            grpc_resource_exhausted: false,
+            descriptors: Vec::new(),
+            rate_limits: Vec::new(),
+            always_consume_default: true,
+            max_dynamic_descriptors: 20,
+            retry_after_header: false,
         }
     );
     assert_eq!(&*f[1].name, "second");
@@ -180,6 +196,90 @@ fn per_filter_configs_on_virtual_hosts_and_routes() {
     );
 }
 
+fn entry(key: &str, value: &str) -> Entry {
+    Entry {
+        key: key.to_owned(),
+        value: value.to_owned(),
+    }
+}
+
+#[test]
+fn descriptors_and_their_actions_are_kept() {
+    let mut r = base();
+    let l = XdsLocalRateLimit {
+        descriptors: vec![
+            LocalRateLimitDescriptor {
+                entries: vec![entry("client", "gold")],
+                token_bucket: bucket(100, 1, 1000),
+                shadow_mode: false,
+            },
+            LocalRateLimitDescriptor {
+                entries: vec![entry("client", "")],
+                token_bucket: bucket(2, 1, 1000),
+                shadow_mode: false,
+            },
+        ],
+        rate_limits: vec![XdsRateLimit {
+            actions: vec![
+                Action {
+                    action_specifier: Some(ActionSpecifier::RequestHeaders(RequestHeaders {
+                        header_name: "X-Client".to_owned(),
+                        descriptor_key: "client".to_owned(),
+                        skip_if_absent: false,
+                    })),
+                },
+                Action {
+                    action_specifier: Some(ActionSpecifier::RemoteAddress(Default::default())),
+                },
+                Action {
+                    action_specifier: Some(ActionSpecifier::GenericKey(GenericKey {
+                        descriptor_value: "v".to_owned(),
+                        ..Default::default()
+                    })),
+                },
+            ],
+            ..Default::default()
+        }],
+        max_dynamic_descriptors: Some(UInt32Value { value: 500 }),
+        enable_retry_after_header: true,
+        ..limit(3)
+    };
+    edit_hcm(&mut r, |h| h.http_filters.insert(0, rl_filter("rl", &l)));
+    let s = ok(&r);
+    let FilterKind::LocalRateLimit(got) = &s.listeners[0].http_filters[0].config else {
+        panic!("a local rate limit");
+    };
+    let e = |k: &str, v: Option<&str>| DescriptorEntry {
+        key: Arc::from(k),
+        value: v.map(Arc::from),
+    };
+    assert_eq!(got.descriptors.len(), 2);
+    assert_eq!(got.descriptors[0].entries, vec![e("client", Some("gold"))]);
+    assert_eq!(
+        got.descriptors[1].entries,
+        vec![e("client", None)],
+        "empty: any value"
+    );
+    assert_eq!(got.descriptors[1].token_bucket.max_tokens, 2);
+    assert_eq!(
+        got.rate_limits[0].actions,
+        vec![
+            DescriptorAction::RequestHeader {
+                header: Arc::from("x-client"),
+                key: Arc::from("client"),
+                skip_if_absent: false,
+            },
+            DescriptorAction::RemoteAddress,
+            DescriptorAction::GenericKey {
+                key: Arc::from("generic_key"),
+                value: Arc::from("v"),
+            },
+        ]
+    );
+    assert_eq!(got.max_dynamic_descriptors, 500);
+    assert!(got.retry_after_header);
+}
+
 #[test]
 fn refused_with_their_paths() {
     let hcm = "listener 'l1': filter_chains[0].filters[0].typed_config.http_filters[0]";
@@ -189,7 +289,42 @@ fn refused_with_their_paths() {
                 descriptors: vec![LocalRateLimitDescriptor::default()],
                 ..limit(1)
             },
-            format!("{hcm}.typed_config.descriptors: not supported by legate"),
+            format!("{hcm}.typed_config.descriptors[0].entries: needs 1 to 16 entries, has 0"),
+        ),
+        (
+            XdsLocalRateLimit {
+                descriptors: vec![LocalRateLimitDescriptor {
+                    entries: vec![entry("user", "")],
+                    token_bucket: None,
+                    shadow_mode: false,
+                }],
+                ..limit(1)
+            },
+            format!("{hcm}.typed_config.descriptors[0].token_bucket: required"),
+        ),
+        (
+            XdsLocalRateLimit {
+                rate_limits: vec![XdsRateLimit {
+                    actions: vec![Action {
+                        action_specifier: Some(ActionSpecifier::DestinationCluster(
+                            Default::default(),
+                        )),
+                    }],
+                    ..Default::default()
+                }],
+                ..limit(1)
+            },
+            format!(
+                "{hcm}.typed_config.rate_limits[0].actions[0]: not supported by legate \
+                 (request_headers, remote_address and generic_key are)"
+            ),
+        ),
+        (
+            XdsLocalRateLimit {
+                max_dynamic_descriptors: Some(UInt32Value { value: 0 }),
+                ..limit(1)
+            },
+            format!("{hcm}.typed_config.max_dynamic_descriptors: 0 is not within 1..=100000"),
         ),
         (
             XdsLocalRateLimit {
@@ -343,6 +478,7 @@ mod fault {
                 }),
                 abort: Some(FaultAbort {
                     http_status: Some(503),
+                    grpc_status: None,
                     percentage: Fraction {
                         numerator: 100,
                         denominator: 100
@@ -352,6 +488,25 @@ mod fault {
             }
         );
         assert_eq!(f.delay.as_ref().map(|d| d.percentage.ppm()), Some(500));
+    }
+
+    #[test]
+    fn grpc_status_abort_is_kept() {
+        let mut r = base();
+        let f = HttpFault {
+            abort: Some(XdsAbort {
+                error_type: Some(ErrorType::GrpcStatus(8)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        edit_hcm(&mut r, |h| h.http_filters.insert(0, filter(&f)));
+        let s = ok(&r);
+        let FilterKind::Fault(f) = &s.listeners[0].http_filters[0].config else {
+            panic!("a fault filter");
+        };
+        let abort = f.abort.as_ref().map(|a| (a.http_status, a.grpc_status));
+        assert_eq!(abort, Some((None, Some(8))));
     }
 
     #[test]
@@ -369,12 +524,12 @@ mod fault {
             (
                 HttpFault {
                     abort: Some(XdsAbort {
-                        error_type: Some(ErrorType::GrpcStatus(14)),
+                        error_type: Some(ErrorType::GrpcStatus(17)),
                         ..Default::default()
                     }),
                     ..Default::default()
                 },
-                format!("{at}.abort.grpc_status: not supported by legate"),
+                format!("{at}.abort.grpc_status: 17 is not a gRPC status code (0..=16)"),
             ),
             (
                 HttpFault {
