@@ -323,6 +323,21 @@ async fn without_credential_401_unless_allowed() {
         0,
         "a refused request never reaches the upstream"
     );
+    // To a gRPC request: a trailers-only UNAUTHENTICATED, as Envoy maps its 401.
+    let g = HttpClient::h2c()
+        .request(
+            "POST",
+            &rig.url("/pkg.Svc/Call"),
+            &[("content-type", "application/grpc"), ("te", "trailers")],
+            legate_tests::client::empty(),
+        )
+        .await;
+    assert_eq!(
+        (g.status.as_u16(), g.header("grpc-status"), g.legate_error()),
+        (200, Some("16"), Some("credential-unavailable")),
+        "{}",
+        g.describe()
+    );
     // overwrite false: a client's own header is kept and nothing is required.
     let (status, _, value) = seen(&rig, "x-api-key", &[("x-api-key", "mine")]).await;
     assert_eq!((status, value.as_deref()), (200, Some("mine")));
