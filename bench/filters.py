@@ -9,6 +9,9 @@ round. The figure that matters is the proxy's CPU time per request against plain
 - `flt_plain`: no policy.
 - `flt_rate_limit`: `policies.rate_limit` with a bucket the load never empties, so every
   request takes a token and passes: the cost of the check, not of refusals.
+- `flt_credential`: `policies.credentials` with a generic secret (a `secrets` entry with a
+  `value` file legate-cp serves over SDS) put in `x-api-key`: the cost of injecting a
+  credential. (OAuth2 costs the same per request: the token is fetched in the background.)
 
 Ratios (`cpu_vs_plain`, `added_cpu_us`, `cpu_vs_envoy`) are added to each result's median.
 """
@@ -29,7 +32,21 @@ POLICIES = {
                   "      rate_limit: {requests: 1000000000, per: 1s}\n",
 }
 
-LABELS = {"rate_limit": "local rate limit (a token taken, never refused)"}
+LABELS = {"rate_limit": "local rate limit (a token taken, never refused)",
+          "credential": "credential injection (a generic secret in a header)"}
+
+
+def with_credential(workdir):
+    """POLICIES plus `credential`, whose secret file is written in `workdir` (the mesh's
+    top-level `secrets:` follows the service's policies)."""
+    key = os.path.join(workdir, "flt-api-key")
+    with open(key, "w") as f:
+        f.write("bench-api-key\n")
+    out = dict(POLICIES)
+    out["credential"] = ("    policies:\n"
+                         "      credentials: {header: x-api-key, secret: api-key}\n"
+                         f"secrets:\n  - {{name: api-key, value: {key}}}\n")
+    return out
 
 
 def context(out):
@@ -47,7 +64,8 @@ def context(out):
 
 
 def run(ctx):
-    out = observability.cp_configured(ctx, TAG, list(POLICIES), policies=POLICIES.get,
+    policies = with_credential(ctx["workdir"])
+    out = observability.cp_configured(ctx, TAG, list(policies), policies=policies.get,
                                       base_id=30)
     observability.add_ratios(out, TAG, lambda feature: "plain")
     return {"results": out, "targets": [], "context": context(out)}

@@ -123,7 +123,7 @@ impl NodeSnapshot {
             .iter()
             .map(cluster_references)
             .chain(listeners.iter().map(listener_references))
-            .flat_map(|r| r.secrets)
+            .flat_map(|r| r.all_secrets().cloned().collect::<Vec<_>>())
             .collect();
         let entitled: Vec<_> = secrets
             .iter()

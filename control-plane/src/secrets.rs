@@ -41,6 +41,9 @@ pub enum SecretError {
     /// in how they were put together, not an operator error).
     #[error("secret '{name}': file '{}' was not read", path.display())]
     NotRead { name: String, path: PathBuf },
+    /// A credential `value` file holds nothing but white space.
+    #[error("secret '{name}': the value file is empty")]
+    EmptyValue { name: String },
 }
 
 /// The contents of every file the mesh's `secrets` name, read and checked.
@@ -86,7 +89,12 @@ impl SecretFiles {
     pub fn read_unchecked(mesh: &Mesh, base: &Path) -> Result<SecretFiles, SecretError> {
         let mut contents = BTreeMap::new();
         for s in &mesh.secrets {
-            for (path, what) in [(&s.cert, "cert"), (&s.key, "key"), (&s.ca, "ca")] {
+            for (path, what) in [
+                (&s.cert, "cert"),
+                (&s.key, "key"),
+                (&s.ca, "ca"),
+                (&s.value, "value"),
+            ] {
                 let Some(path) = path else { continue };
                 if contents.contains_key(path) {
                     continue;
@@ -123,6 +131,14 @@ impl SecretFiles {
                 name: s.name.clone(),
                 source,
             };
+            if let Some(bytes) = file(&s.value) {
+                if bytes.trim_ascii().is_empty() {
+                    return Err(SecretError::EmptyValue {
+                        name: s.name.clone(),
+                    });
+                }
+                continue;
+            }
             match (file(&s.cert), file(&s.key), file(&s.ca)) {
                 (Some(chain), Some(key), _) => {
                     CertifiedKey::from_pem(chain, key, "cert and key")
@@ -154,6 +170,7 @@ impl SecretFiles {
                     vec![&mut c.certificate_chain, &mut c.private_key]
                 }
                 Some(secret::Type::ValidationContext(v)) => vec![&mut v.trusted_ca],
+                Some(secret::Type::GenericSecret(g)) => vec![&mut g.secret],
                 _ => Vec::new(),
             };
             for source in sources.into_iter().flatten() {

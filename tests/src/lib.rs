@@ -26,6 +26,7 @@ pub mod cp;
 pub mod demo;
 pub mod grpc;
 pub mod metrics;
+pub mod oauth;
 pub mod otlp;
 pub mod peers;
 pub mod process;

@@ -642,3 +642,105 @@ services:
         }
     }
 }
+
+/// `policies.credentials` compiled by legate's model: real Envoy 1.40 accepts the credential
+/// injectors (generic over SDS, and OAuth2 client credentials against a real token
+/// endpoint) and both proxies inject the same headers.
+#[tokio::test]
+async fn credential_policies_inject_the_same_headers_on_envoy_and_legate() {
+    use legate_tests::oauth::TokenEndpoint;
+    let up = Upstream::start("api", "v1", Protocol::Http1).await;
+    let dir = TempDir::new("cred-interop");
+    let key = dir.path().join("api-key");
+    let client = dir.path().join("client-secret");
+    // Without a final line end: Envoy sends a file's bytes as they are (legate drops a
+    // trailing line end).
+    std::fs::write(&key, "k-7d2e").expect("write key");
+    std::fs::write(&client, "cs-1").expect("write client secret");
+    let idp = TokenEndpoint::start("legate", "cs-1", "read").await;
+    let mesh = format!(
+        r#"
+proxy:
+  listener: {{name: outbound, address: 127.0.0.1:0}}
+secrets:
+  - {{name: api-key, value: {key}}}
+  - {{name: idp-client, value: {client}}}
+clusters:
+  - {{name: idp, endpoints: [{{address: {idp}}}]}}
+services:
+  - name: keyed
+    endpoints: [{{address: {up}}}]
+    route: {{prefix: /keyed/, rewrite: /}}
+    policies:
+      credentials: {{header: x-api-key, secret: api-key, overwrite: false}}
+  - name: tokened
+    endpoints: [{{address: {up}}}]
+    route: {{prefix: /tokened/, rewrite: /}}
+    policies:
+      credentials:
+        oauth2: {{token_url: 'http://idp.test/oauth/token', cluster: idp, client_id: legate, client_secret: idp-client, scopes: [read]}}
+  - name: plain
+    endpoints: [{{address: {up}}}]
+    route: {{prefix: /plain/, rewrite: /}}
+"#,
+        key = key.display(),
+        client = client.display(),
+        idp = idp.addr(),
+        up = up.addr(),
+    );
+    let Pair { envoy, legate, .. } = envoy_and_legate(&mesh).await;
+
+    let mut answers = Vec::new();
+    for addr in [
+        envoy.listener("outbound").await,
+        legate.listener_addr("outbound").await,
+    ] {
+        let http = HttpClient::http1();
+        let seen = |r: &legate_tests::client::HttpResponse, h: &str| {
+            assert_eq!(r.status.as_u16(), 200, "{addr}: {}", r.describe());
+            r.echo().headers.get(h).cloned()
+        };
+        let keyed = http.get(&format!("http://{addr}/keyed/x")).await;
+        let kept = http
+            .get_with(&format!("http://{addr}/keyed/x"), &[("x-api-key", "mine")])
+            .await;
+        // The token may still be on its way when the listener comes up: Envoy then
+        // answers 401, so ask until a token is there.
+        let tokened = eventually(Duration::from_secs(10), "a token is injected", || async {
+            let r = http.get(&format!("http://{addr}/tokened/x")).await;
+            match r.status.as_u16() {
+                200 => Ok(r),
+                _ => Err(format!(
+                    "{}\ntoken endpoint: {} requests, malformed {:?}",
+                    r.describe(),
+                    idp.requests(),
+                    idp.malformed()
+                )),
+            }
+        })
+        .await;
+        let plain = http.get(&format!("http://{addr}/plain/x")).await;
+        answers.push((
+            seen(&keyed, "x-api-key"),
+            seen(&kept, "x-api-key"),
+            seen(&tokened, "authorization").map(|t| t.starts_with("Bearer tok-")),
+            seen(&plain, "x-api-key").or(seen(&plain, "authorization")),
+        ));
+    }
+    assert_eq!(
+        answers[0],
+        (
+            Some("k-7d2e".to_owned()),
+            Some("mine".to_owned()),
+            Some(true),
+            None
+        ),
+        "envoy"
+    );
+    assert_eq!(answers[1], answers[0], "legate like envoy");
+    assert_eq!(idp.malformed(), (0, None), "both speak RFC 6749 §4.4");
+    // Envoy 1.40 sends the client credentials in the form body whatever `auth_type` says;
+    // legate uses HTTP Basic (`auth_type: BASIC_AUTH`, the default), as RFC 6749 §2.3.1
+    // recommends. One token each.
+    assert_eq!((idp.requests(), idp.body_auth()), (2, 1));
+}

@@ -89,6 +89,7 @@ pub(crate) mod names {
     pub(crate) const ROUTER: &str = "envoy.filters.http.router";
     pub(crate) const LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";
     pub(crate) const FAULT: &str = "envoy.filters.http.fault";
+    pub(crate) const CREDENTIAL_INJECTOR: &str = "envoy.filters.http.credential_injector";
     pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 }
@@ -137,6 +138,28 @@ fn compile_for(mesh: &Mesh, node_cluster: Option<&str>) -> Resources {
     };
     let limited = with(|r| r.rate_limit.is_some());
     let faulty = with(|r| r.fault.is_some());
+    // The distinct credentials of each route configuration's routes, in first-use order.
+    let credentials_of = |rc_name: &str| -> Vec<&crate::Credentials> {
+        let mut out: Vec<&crate::Credentials> = Vec::new();
+        for rc in mesh
+            .route_configs
+            .iter()
+            .chain(&generated.route_config)
+            .filter(|rc| rc.name == rc_name)
+        {
+            for c in rc
+                .virtual_hosts
+                .iter()
+                .flat_map(|vh| &vh.routes)
+                .filter_map(|r| r.credentials.as_ref())
+            {
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+        }
+        out
+    };
     let mut out = Resources {
         listeners: mesh
             .listeners
@@ -146,6 +169,7 @@ fn compile_for(mesh: &Mesh, node_cluster: Option<&str>) -> Resources {
                 let filters = HttpFilters {
                     fault: faulty.contains(l.route_config.as_str()),
                     rate_limit: limited.contains(l.route_config.as_str()),
+                    credentials: credentials_of(&l.route_config),
                 };
                 listener(l, tracing.as_ref(), &access_log, filters)
             })
@@ -154,7 +178,11 @@ fn compile_for(mesh: &Mesh, node_cluster: Option<&str>) -> Resources {
             .route_configs
             .iter()
             .chain(&generated.route_config)
-            .map(route_config)
+            .map(|rc| {
+                let mut out = route_config(rc);
+                disable_other_credentials(rc, &credentials_of(&rc.name), &mut out);
+                out
+            })
             .collect(),
         clusters: Vec::with_capacity(mesh.clusters.len() + generated.clusters.len()),
         load_assignments: Vec::new(),
@@ -173,7 +201,13 @@ fn compile_for(mesh: &Mesh, node_cluster: Option<&str>) -> Resources {
     let named: BTreeSet<String> = out
         .clusters
         .iter()
-        .flat_map(|c| legate_snapshot::refs::cluster_references(c).secrets)
+        .map(legate_snapshot::refs::cluster_references)
+        .chain(
+            out.listeners
+                .iter()
+                .map(legate_snapshot::refs::listener_references),
+        )
+        .flat_map(|r| r.all_secrets().cloned().collect::<Vec<_>>())
         .collect();
     out.secrets = tls::secrets(&mesh.secrets, &named);
     out
@@ -226,10 +260,11 @@ pub(crate) fn split_address(a: &str) -> (String, u16) {
 }
 
 /// The HTTP filters a listener needs before the router.
-#[derive(Clone, Copy)]
-struct HttpFilters {
+struct HttpFilters<'m> {
     fault: bool,
     rate_limit: bool,
+    /// One credential injector each, disabled until a route enables it.
+    credentials: Vec<&'m crate::Credentials>,
 }
 
 /// The router, typed config included: Envoy and gRPC both want it as the last HTTP filter.
@@ -248,7 +283,7 @@ fn listener(
     l: &Listener,
     tracing: Option<&Tracing>,
     access_log: &[XdsAccessLog],
-    filters: HttpFilters,
+    filters: HttpFilters<'_>,
 ) -> XdsListener {
     let hcm = HttpConnectionManager {
         tracing: tracing.cloned(),
@@ -265,16 +300,23 @@ fn listener(
             route_config_name: l.route_config.clone(),
         })),
         // Envoy requires the router, with its typed config, as the last filter.
-        // Faults first (Envoy's advice), then the rate limit, then the router.
+        // Faults first (Envoy's advice), then the rate limit, then credentials (a limited
+        // request waits for no token), then the router.
         http_filters: [
             filters.fault.then(policies::fault_filter),
             filters
                 .rate_limit
                 .then(|| policies::local_rate_limit_filter(&l.name)),
-            Some(router_filter()),
         ]
         .into_iter()
         .flatten()
+        .chain(
+            filters
+                .credentials
+                .iter()
+                .map(|c| policies::credential_filter(c)),
+        )
+        .chain([router_filter()])
         .collect(),
         // The ambassador is the first proxy the request meets: the peer is the client, so
         // it is appended to x-forwarded-for (Envoy does this only with use_remote_address).
@@ -328,6 +370,35 @@ fn listener(
             ..Default::default()
         }],
         ..Default::default()
+    }
+}
+
+/// Envoy cannot enable a listener's filter on one route without a per-route configuration,
+/// which the credential injector does not have; it can disable one. So each credential's
+/// filter runs on the listener, and every route disables the credential filters that are
+/// not its own (`FilterConfig {disabled: true}`).
+fn disable_other_credentials(
+    rc: &RouteConfig,
+    credentials: &[&crate::Credentials],
+    out: &mut XdsRouteConfiguration,
+) {
+    if credentials.is_empty() {
+        return;
+    }
+    let names: Vec<String> = credentials
+        .iter()
+        .map(|c| policies::credential_filter_name(c))
+        .collect();
+    for (vh, xvh) in rc.virtual_hosts.iter().zip(&mut out.virtual_hosts) {
+        for (r, xr) in vh.routes.iter().zip(&mut xvh.routes) {
+            let own = r.credentials.as_ref().map(policies::credential_filter_name);
+            for n in &names {
+                if own.as_ref() != Some(n) {
+                    xr.typed_per_filter_config
+                        .insert(n.clone(), policies::credential_disabled());
+                }
+            }
+        }
     }
 }
 
@@ -1621,6 +1692,129 @@ services:
                 "rl.yaml:5:30: services[0].policies.rate_limit.requests: `requests` must be at least 1",
                 "rl.yaml:5:51: services[0].policies.rate_limit.burst: `burst` must be at least 1",
                 "rl.yaml:5:38: services[0].policies.rate_limit.per: `per` must be at least 50ms (Envoy's shortest refill interval); found 10ms",
+            ]
+        );
+    }
+
+    /// `policies.credentials` compiles to one disabled credential injector per distinct
+    /// credential on the listener, enabled by the routes that use it, and SDS generic
+    /// secrets; legate's snapshot reads them back.
+    #[test]
+    fn credentials_policy_compiles_to_credential_injectors() {
+        use legate_snapshot::filter::{Credential, FilterKind, PerFilterConfig};
+        let text = "\
+secrets:
+  - {name: pay-key, value: keys/pay}
+  - {name: idp-client, value: keys/idp}
+clusters:
+  - {name: idp, endpoints: [{address: '127.0.0.1:9000'}]}
+services:
+  - name: pay
+    endpoints: [{address: '127.0.0.1:8080'}]
+    policies:
+      credentials: {header: x-api-key, secret: pay-key, overwrite: false}
+  - name: ledger
+    endpoints: [{address: '127.0.0.1:8081'}]
+    policies:
+      credentials:
+        oauth2: {token_url: 'http://idp.example/oauth/token', cluster: idp, client_id: legate, client_secret: idp-client, scopes: [read, write]}
+  - name: other
+    endpoints: [{address: '127.0.0.1:8082'}]
+";
+        let mesh = match crate::load(text, "cred.yaml") {
+            Ok(m) => m,
+            Err(errors) => panic!("{errors:?}"),
+        };
+        let r = compile(&mesh);
+        let mut secrets: Vec<&str> = r.secrets.iter().map(|s| s.name.as_str()).collect();
+        secrets.sort();
+        assert_eq!(secrets, ["idp-client", "pay-key"]);
+        let snapshot = match legate_snapshot::build("v1", &r) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        let filters = &snapshot.listeners[0].http_filters;
+        assert_eq!(filters.len(), 2, "{filters:?}");
+        assert!(filters.iter().all(|f| !f.disabled));
+        let rc = snapshot
+            .route_configs
+            .values()
+            .next()
+            .expect("route config");
+        let routes = &rc.virtual_hosts[0].routes;
+        for (service, generic) in [("pay", true), ("ledger", false)] {
+            let route = routes.iter().find(|r| &*r.name == service).expect("route");
+            // Each route disables the other credential's filter.
+            let [(other, PerFilterConfig::Disabled)] = &*route.per_filter else {
+                panic!("{service}: {:?}", route.per_filter);
+            };
+            let f = filters
+                .iter()
+                .find(|f| f.name != *other)
+                .expect("its filter");
+            let FilterKind::CredentialInjector(c) = &f.config else {
+                panic!("a credential injector");
+            };
+            match &c.credential {
+                Credential::Generic(g) => {
+                    assert!(generic);
+                    assert!(!c.overwrite);
+                    assert_eq!(&*g.header, "x-api-key");
+                    assert_eq!(&*g.secret.name, "pay-key");
+                    assert!(g.secret.value.is_some(), "the secret is resolved");
+                }
+                Credential::Oauth2(o) => {
+                    assert!(!generic);
+                    assert!(c.overwrite);
+                    assert_eq!(
+                        (&*o.cluster, &*o.authority, &*o.path),
+                        ("idp", "idp.example", "/oauth/token")
+                    );
+                    assert_eq!(o.scopes.len(), 2);
+                    assert_eq!(&*o.client_secret.name, "idp-client");
+                }
+            }
+        }
+        let other = routes.iter().find(|r| &*r.name == "other").expect("other");
+        assert_eq!(other.per_filter.len(), 2, "both disabled");
+        assert!(
+            other
+                .per_filter
+                .iter()
+                .all(|(_, c)| *c == PerFilterConfig::Disabled)
+        );
+    }
+
+    /// `credentials` is checked where it is written.
+    #[test]
+    fn credentials_policy_is_checked() {
+        let text = "\
+secrets:
+  - {name: ca, ca: ca.pem}
+services:
+  - name: pay
+    endpoints: [{address: '127.0.0.1:8080'}]
+    policies:
+      credentials: {secret: ca, header: 'bad header'}
+  - name: ledger
+    endpoints: [{address: '127.0.0.1:8081'}]
+    policies:
+      credentials: {oauth2: {token_url: 'idp/token', cluster: idp, client_id: '', client_secret: nope, scopes: ['a b']}}
+";
+        let errors = match crate::load(text, "cred.yaml") {
+            Ok(_) => panic!("accepted"),
+            Err(errors) => errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        };
+        assert_eq!(
+            errors,
+            vec![
+                "cred.yaml:7:29: services[0].policies.credentials.secret: secret `ca` is not a credential: this takes a secret with `value`",
+                "cred.yaml:7:41: services[0].policies.credentials.header: `bad header` is not a valid header name",
+                "cred.yaml:11:98: services[1].policies.credentials.oauth2.client_secret: unknown secret `nope`",
+                "cred.yaml:11:41: services[1].policies.credentials.oauth2.token_url: `idp/token` is not an http:// or https:// URL with a host",
+                "cred.yaml:11:79: services[1].policies.credentials.oauth2.client_id: must not be empty",
+                "cred.yaml:11:63: services[1].policies.credentials.oauth2.cluster: unknown cluster `idp`",
+                "cred.yaml:11:113: services[1].policies.credentials.oauth2.scopes[0]: `a b` is not an OAuth2 scope (RFC 6749 §3.3)",
             ]
         );
     }

@@ -158,6 +158,9 @@ pub struct Route {
     /// Delays and aborts injected on purpose (Envoy's fault filter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+    /// A credential added to every request of the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Credentials>,
 }
 
 /// At most one of `prefix`, `path`, `regex`, `separated_prefix`; none means `prefix: /`.
@@ -669,6 +672,9 @@ pub struct Policies {
     /// What requests are hashed on; needs `lb_policy: ring_hash` or `maglev`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<Hash>,
+    /// On every route of the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Credentials>,
 }
 
 /// The outbound listener every proxy node gets, serving the services' routes.

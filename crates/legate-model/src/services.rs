@@ -151,6 +151,7 @@ impl Service {
                 request_headers_to_add: headers_to_add.clone(),
                 rate_limit: self.policies.rate_limit.clone().filter(|_| http),
                 fault: self.policies.fault.filter(|_| http),
+                credentials: self.policies.credentials.clone().filter(|_| http),
                 ..Route::default()
             })
             .collect();
@@ -164,6 +165,7 @@ impl Service {
             request_headers_to_add: headers_to_add,
             rate_limit: self.policies.rate_limit.clone().filter(|_| http),
             fault: self.policies.fault.filter(|_| http),
+            credentials: self.policies.credentials.clone().filter(|_| http),
             ..Route::default()
         });
         routes

@@ -299,6 +299,9 @@ impl<'m> Checker<'m> {
         if let Some(f) = &r.fault {
             self.fault(&format!("{path}.fault"), f);
         }
+        if let Some(c) = &r.credentials {
+            self.credentials(&format!("{path}.credentials"), c);
+        }
         if let Some(d) = &r.direct_response {
             self.direct_response(&format!("{path}.direct_response"), d);
         }
@@ -530,7 +533,7 @@ impl<'m> Checker<'m> {
         }
     }
 
-    fn cluster_ref(&mut self, path: &str, name: &str) {
+    pub(super) fn cluster_ref(&mut self, path: &str, name: &str) {
         if !self.mesh.clusters.iter().any(|c| c.name == name)
             && !self.generated_clusters.contains(name)
         {
@@ -949,6 +952,9 @@ impl<'m> Checker<'m> {
                     "a hash needs `lb_policy: ring_hash` or `maglev` (other policies ignore it)",
                 );
             }
+        }
+        if let Some(c) = &p.credentials {
+            self.credentials(&format!("{path}.credentials"), c);
         }
         self.cluster_policies(
             path,
@@ -1916,7 +1922,7 @@ proxy:
                  `request_headers_to_add`, `timeout`, `idle_timeout`, `grpc_timeout_max`, \
                  `retries`, \
                  `circuit_breakers`, `outlier_detection`, `health_check`, `panic_threshold`, \
-                 `breaker`, `rate_limit`, `fault`, `hash`",
+                 `breaker`, `rate_limit`, `fault`, `hash`, `credentials`",
             ),
             (
                 "services:\n  - name: a\n    endpoints: []\n    policies:\n      retries: 3\n",

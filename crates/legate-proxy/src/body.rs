@@ -133,6 +133,8 @@ pub enum RequestBody {
     /// The downstream request body, streamed through (not replayable).
     Incoming(Downstream),
     Empty,
+    /// A small body legate makes itself (a token request's form), sent once.
+    Full(Option<Bytes>),
     /// A buffered body, sent again on each attempt.
     Replay(ReplayBody),
     /// A body that could not be kept whole: the part already read, then the rest streamed.
@@ -361,6 +363,7 @@ impl RequestBody {
     pub(crate) fn try_clone(&self) -> Option<RequestBody> {
         match self {
             RequestBody::Empty => Some(RequestBody::Empty),
+            RequestBody::Full(b) => Some(RequestBody::Full(b.clone())),
             RequestBody::Replay(r) => Some(RequestBody::Replay(ReplayBody {
                 next: 0,
                 trailers_sent: false,
@@ -382,6 +385,7 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RequestBody::Replay(r) => {
                 if let Some(chunk) = r.kept.chunks.get(r.next) {
                     r.next += 1;
@@ -414,6 +418,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Incoming(b) => b.is_end_stream(),
             RequestBody::Empty => true,
+            RequestBody::Full(b) => b.is_none(),
             RequestBody::Replay(r) => {
                 r.next >= r.kept.chunks.len() && (r.trailers_sent || r.trailers.is_none())
             }
@@ -425,6 +430,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Incoming(b) => b.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             RequestBody::Replay(r) if r.next == 0 => SizeHint::with_exact(r.len()),
             RequestBody::Replay(_) => SizeHint::default(),
             RequestBody::Tail { head, rest, .. } => {

@@ -70,6 +70,14 @@ pub enum ProxyError {
     /// `envoy.filters.http.fault` aborted the request (status: the fault's).
     #[error("fault filter abort")]
     FaultAbort,
+    /// `envoy.filters.http.credential_injector`: the credential (a generic secret) is not
+    /// available and the filter does not allow requests without it (401, as Envoy).
+    #[error("credential not available")]
+    CredentialUnavailable,
+    /// `envoy.filters.http.credential_injector` with OAuth2: no valid access token (the
+    /// token endpoint failed or is failing; 401, as Envoy).
+    #[error("oauth2 access token not available")]
+    TokenUnavailable,
 }
 
 impl ProxyError {
@@ -100,6 +108,8 @@ impl ProxyError {
             ProxyError::UpgradeNotAllowed => "upgrade-not-allowed",
             ProxyError::RateLimited => "rate-limited",
             ProxyError::FaultAbort => "fault-abort",
+            ProxyError::CredentialUnavailable => "credential-unavailable",
+            ProxyError::TokenUnavailable => "token-unavailable",
         }
     }
 
@@ -110,6 +120,9 @@ impl ProxyError {
             ProxyError::UpgradeNotAllowed => StatusCode::FORBIDDEN,
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::FaultAbort => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::CredentialUnavailable | ProxyError::TokenUnavailable => {
+                StatusCode::UNAUTHORIZED
+            }
             ProxyError::ClusterNotFound
             | ProxyError::NoHealthyUpstream
             | ProxyError::ConnectFailure
@@ -133,7 +146,7 @@ impl ProxyError {
     }
 
     /// Every variant, for metric pre-registration.
-    pub const ALL: [ProxyError; 24] = [
+    pub const ALL: [ProxyError; 26] = [
         ProxyError::NoRoute,
         ProxyError::ClusterNotFound,
         ProxyError::NoHealthyUpstream,
@@ -158,6 +171,8 @@ impl ProxyError {
         ProxyError::UpgradeNotAllowed,
         ProxyError::RateLimited,
         ProxyError::FaultAbort,
+        ProxyError::CredentialUnavailable,
+        ProxyError::TokenUnavailable,
     ];
 
     /// Whether the upstream provably never received the request, so even a
@@ -327,6 +342,10 @@ impl ProxyError {
             ProxyError::UpgradeNotAllowed => ResponseFlags::default(),
             ProxyError::RateLimited => ResponseFlags::RL,
             ProxyError::FaultAbort => ResponseFlags::FI,
+            // Envoy sets no flag for its credential injector's 401.
+            ProxyError::CredentialUnavailable | ProxyError::TokenUnavailable => {
+                ResponseFlags::default()
+            }
         }
     }
 
@@ -381,10 +400,16 @@ mod flag_tests {
         f.write(&mut s);
         assert_eq!(s, "UT,URX");
         for e in ProxyError::ALL {
-            // Every cause but a refused upgrade maps to a flag.
+            // Every cause but a refused upgrade and a missing credential (Envoy sets no
+            // flag for its credential injector) maps to a flag.
             assert_eq!(
                 e.response_flag().is_empty(),
-                e == ProxyError::UpgradeNotAllowed,
+                matches!(
+                    e,
+                    ProxyError::UpgradeNotAllowed
+                        | ProxyError::CredentialUnavailable
+                        | ProxyError::TokenUnavailable
+                ),
                 "{e:?}"
             );
         }

@@ -268,6 +268,8 @@ impl Dataplane {
                 .buckets
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
+            Arc::downgrade(&self.shared),
+            self.shared.metrics.oauth2_token_fetches.clone(),
         );
         let mut views = HashMap::new();
         for l in &snapshot.listeners {

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub upstream_connections_open: Arc<Family<Gauge>>,
     pub local_replies: Arc<Family<Counter>>,
     pub local_rate_limited: Arc<Family<Counter>>,
+    pub oauth2_token_fetches: Arc<Family<Counter>>,
     pub circuit_breaker_remaining: Arc<Family<Gauge>>,
     pub upstream_retries: Arc<Family<Counter>>,
     pub upstream_retry_overflow: Arc<Family<Counter>>,
@@ -101,6 +102,12 @@ impl Metrics {
                 "Requests a listener's local rate limit answered itself (not counted: limited \
                  requests let through because the limit is not enforced).",
                 &["listener"],
+            ),
+            oauth2_token_fetches: registry.family(
+                "legate_oauth2_token_fetches_total",
+                "OAuth2 token requests credential injectors made, by token endpoint cluster and \
+                 result (ok, failed).",
+                &["cluster", "result"],
             ),
             circuit_breaker_remaining: registry.family(
                 "legate_circuit_breaker_remaining",

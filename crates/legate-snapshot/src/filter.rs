@@ -33,6 +33,9 @@ pub enum FilterKind {
     LocalRateLimit(Arc<LocalRateLimit>),
     /// `envoy.filters.http.fault`.
     Fault(Arc<Fault>),
+    /// `envoy.filters.http.credential_injector` (listener level only: Envoy has no
+    /// per-route configuration for it).
+    CredentialInjector(Arc<CredentialInjector>),
 }
 
 /// One `typed_per_filter_config` entry.
@@ -194,4 +197,71 @@ pub struct TokenBucket {
     pub max_tokens: u32,
     pub tokens_per_fill: u32,
     pub fill_interval: Duration,
+}
+
+/// `envoy.extensions.filters.http.credential_injector.v3.CredentialInjector`: puts a
+/// credential the application never sees into each request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CredentialInjector {
+    /// `overwrite`: replace a header the request already carries (otherwise keep it).
+    pub overwrite: bool,
+    /// `allow_request_without_credential`: when the credential is not available, send the
+    /// request without it instead of answering 401.
+    pub allow_request_without_credential: bool,
+    pub credential: Credential,
+}
+
+/// The `credential` extension of a [`CredentialInjector`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Credential {
+    /// `envoy.http.injected_credentials.generic`.
+    Generic(GenericCredential),
+    /// `envoy.http.injected_credentials.oauth2` (client credentials grant).
+    Oauth2(OAuth2Credential),
+}
+
+/// `injected_credentials.generic.v3.Generic`: a generic secret's value in a header.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GenericCredential {
+    /// `header`, lower case (Envoy's default: `authorization`).
+    pub header: Arc<str>,
+    /// `header_value_prefix`, put before the secret (e.g. `Bearer `).
+    pub header_value_prefix: Arc<str>,
+    pub secret: SecretRef,
+}
+
+/// A reference to a generic secret (`SdsSecretConfig`), with the secret's data source once
+/// the resource set delivered it. The data source never prints inline bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct SecretRef {
+    pub name: Arc<str>,
+    /// `sds_config: {ads: {}}`: the secret comes over ADS and may be missing for a while;
+    /// otherwise it is a static secret of the bootstrap and must exist.
+    pub over_ads: bool,
+    /// `generic_secret.secret` of the named secret; `None` until it arrives.
+    pub value: Option<crate::tls::DataSource>,
+}
+
+/// `injected_credentials.oauth2.v3.OAuth2` with `client_credentials` (RFC 6749 §4.4).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct OAuth2Credential {
+    /// `token_endpoint.cluster`: the cluster the token request goes to (its hosts, its TLS).
+    pub cluster: Arc<str>,
+    /// `token_endpoint.uri`'s authority: the token request's `Host`.
+    pub authority: Arc<str>,
+    /// `token_endpoint.uri`'s path and query (`/` when it has none).
+    pub path: Arc<str>,
+    /// `token_endpoint.timeout`: bounds one token request.
+    pub timeout: Duration,
+    /// `scopes`, sent space-separated in `scope`.
+    pub scopes: Vec<Arc<str>>,
+    /// `client_credentials.client_id`.
+    pub client_id: Arc<str>,
+    /// `client_credentials.client_secret`.
+    pub client_secret: SecretRef,
+    /// `client_credentials.auth_type`: HTTP Basic (the default) or the form body.
+    pub basic_auth: bool,
+    /// `token_fetch_retry_interval` (Envoy's default: 2 s, at least 1 s).
+    pub retry_interval: Duration,
 }

@@ -58,6 +58,11 @@ pub mod type_url {
     pub const LOCAL_RATE_LIMIT: &str =
         "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
     pub const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+    pub const CREDENTIAL_INJECTOR: &str = "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector";
+    pub const GENERIC_CREDENTIAL: &str =
+        "type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic";
+    pub const OAUTH2_CREDENTIAL: &str =
+        "type.googleapis.com/envoy.extensions.http.injected_credentials.oauth2.v3.OAuth2";
     /// The wrapper a `typed_per_filter_config` entry may use to disable or enable a filter.
     pub const FILTER_CONFIG: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
     pub const UPSTREAM_TLS_CONTEXT: &str =

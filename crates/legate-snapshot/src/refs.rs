@@ -40,14 +40,26 @@ pub struct References {
     /// the cluster's own name when that is empty.
     pub load_assignment: Option<String>,
     /// Secrets loaded over SDS through ADS: TLS certificates and validation contexts named in
-    /// the resource's TLS transport sockets.
+    /// the resource's TLS transport sockets. The resource cannot work without them.
     pub secrets: Vec<String>,
+    /// Generic secrets over ADS that a listener's credential injectors name. Fetched like
+    /// [`Self::secrets`], but a listener does not depend on them: until one arrives, its
+    /// credential is unavailable (the filter answers 401), as in Envoy.
+    pub credential_secrets: Vec<String>,
 }
 
 impl References {
     /// Whether the resource names nothing.
     pub fn is_empty(&self) -> bool {
-        self.route_configs.is_empty() && self.load_assignment.is_none() && self.secrets.is_empty()
+        self.route_configs.is_empty()
+            && self.load_assignment.is_none()
+            && self.secrets.is_empty()
+            && self.credential_secrets.is_empty()
+    }
+
+    /// Every secret to fetch: [`Self::secrets`] then [`Self::credential_secrets`].
+    pub fn all_secrets(&self) -> impl Iterator<Item = &String> {
+        self.secrets.iter().chain(&self.credential_secrets)
     }
 
     fn finish(mut self) -> Self {
@@ -55,13 +67,15 @@ impl References {
         self.route_configs.dedup();
         self.secrets.sort();
         self.secrets.dedup();
+        self.credential_secrets.sort();
+        self.credential_secrets.dedup();
         self
     }
 }
 
 /// What a listener names: the RDS route configurations of its HTTP connection managers (every
-/// filter chain, the default chain and an `api_listener`) and the SDS secrets of its filter
-/// chains' TLS transport sockets.
+/// filter chain, the default chain and an `api_listener`), the SDS secrets of its filter
+/// chains' TLS transport sockets and the generic secrets its credential injectors name.
 pub fn listener_references(listener: &XdsListener) -> References {
     let chains = || {
         listener
@@ -79,16 +93,23 @@ pub fn listener_references(listener: &XdsListener) -> References {
         .api_listener
         .as_ref()
         .and_then(|api| api.api_listener.as_ref());
-    let route_configs = filters
+    let hcms: Vec<XdsHttpConnectionManager> = filters
         .chain(api)
         .filter(|any| any.type_url == type_url::HTTP_CONNECTION_MANAGER)
         .filter_map(|any| XdsHttpConnectionManager::decode(any.value.as_slice()).ok())
+        .collect();
+    let mut credentials = Vec::new();
+    for hcm in &hcms {
+        credential_secrets(hcm, &mut credentials);
+    }
+    let mut secrets = Vec::new();
+    let route_configs = hcms
+        .into_iter()
         .filter_map(|hcm| match hcm.route_specifier {
             Some(RouteSpecifier::Rds(rds)) => Some(rds.route_config_name),
             _ => None,
         })
         .collect();
-    let mut secrets = Vec::new();
     for socket in chains().filter_map(|chain| chain.transport_socket.as_ref()) {
         if let Some(common) = downstream_context(socket).and_then(|c| c.common_tls_context) {
             ads_secrets(&common, &mut secrets);
@@ -98,6 +119,7 @@ pub fn listener_references(listener: &XdsListener) -> References {
         route_configs,
         load_assignment: None,
         secrets,
+        credential_secrets: credentials,
     }
     .finish()
 }
@@ -128,6 +150,7 @@ pub fn cluster_references(cluster: &XdsCluster) -> References {
         route_configs: Vec::new(),
         load_assignment,
         secrets,
+        credential_secrets: Vec::new(),
     }
     .finish()
 }
@@ -206,6 +229,46 @@ fn ads_secrets(common: &CommonTlsContext, out: &mut Vec<String>) {
             .filter(|sds| over_ads(sds))
             .map(|sds| sds.name.clone()),
     );
+}
+
+/// The generic secrets over ADS that an HCM's credential injectors name (the generic
+/// credential's, OAuth2's client secret).
+fn credential_secrets(hcm: &XdsHttpConnectionManager, out: &mut Vec<String>) {
+    use envoy_types::pb::envoy::extensions::filters::http::credential_injector::v3::CredentialInjector;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
+    use envoy_types::pb::envoy::extensions::http::injected_credentials::generic::v3::Generic;
+    use envoy_types::pb::envoy::extensions::http::injected_credentials::oauth2::v3::OAuth2;
+    use envoy_types::pb::envoy::extensions::http::injected_credentials::oauth2::v3::o_auth2::FlowType;
+    for f in &hcm.http_filters {
+        let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
+            continue;
+        };
+        if any.type_url != type_url::CREDENTIAL_INJECTOR {
+            continue;
+        }
+        let Some(cred) = CredentialInjector::decode(any.value.as_slice())
+            .ok()
+            .and_then(|c| c.credential)
+            .and_then(|c| c.typed_config)
+        else {
+            continue;
+        };
+        let sds = match cred.type_url.as_str() {
+            type_url::GENERIC_CREDENTIAL => Generic::decode(cred.value.as_slice())
+                .ok()
+                .and_then(|g| g.credential),
+            type_url::OAUTH2_CREDENTIAL => {
+                OAuth2::decode(cred.value.as_slice())
+                    .ok()
+                    .and_then(|o| match o.flow_type {
+                        Some(FlowType::ClientCredentials(c)) => c.client_secret,
+                        None => None,
+                    })
+            }
+            _ => None,
+        };
+        out.extend(sds.filter(over_ads).map(|s| s.name));
+    }
 }
 
 fn over_ads(sds: &SdsSecretConfig) -> bool {
@@ -454,5 +517,60 @@ mod tests {
             secret::Type::ValidationContext(Default::default())
         )));
         assert!(secret_is_private(&XdsSecret::default()));
+    }
+
+    #[test]
+    fn listener_names_the_ads_secrets_of_its_credential_injectors() {
+        use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+        use envoy_types::pb::envoy::extensions::filters::http::credential_injector::v3::CredentialInjector;
+        use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+            HttpFilter, http_filter,
+        };
+        use envoy_types::pb::envoy::extensions::http::injected_credentials::generic::v3::Generic;
+        let injector = |secret: SdsSecretConfig| HttpFilter {
+            name: format!("cred-{}", secret.name),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                type_url::CREDENTIAL_INJECTOR,
+                &CredentialInjector {
+                    credential: Some(TypedExtensionConfig {
+                        name: "generic".to_owned(),
+                        typed_config: Some(any(
+                            type_url::GENERIC_CREDENTIAL,
+                            &Generic {
+                                credential: Some(secret),
+                                ..Generic::default()
+                            },
+                        )),
+                    }),
+                    ..CredentialInjector::default()
+                },
+            ))),
+            ..HttpFilter::default()
+        };
+        let hcm = XdsHttpConnectionManager {
+            http_filters: vec![
+                injector(sds("api-key", true)),
+                injector(sds("static", false)),
+            ],
+            ..XdsHttpConnectionManager::default()
+        };
+        let listener = XdsListener {
+            name: "l".to_owned(),
+            filter_chains: vec![FilterChain {
+                filters: vec![Filter {
+                    name: "hcm".to_owned(),
+                    config_type: Some(FilterConfigType::TypedConfig(any(
+                        type_url::HTTP_CONNECTION_MANAGER,
+                        &hcm,
+                    ))),
+                }],
+                ..FilterChain::default()
+            }],
+            ..XdsListener::default()
+        };
+        // Only the one delivered over ADS is fetched; the other is a bootstrap secret.
+        let r = listener_references(&listener);
+        assert_eq!(r.credential_secrets, vec!["api-key".to_owned()]);
+        assert!(r.secrets.is_empty(), "the listener does not depend on it");
     }
 }

@@ -22,6 +22,7 @@
 mod access_log;
 mod cluster;
 mod common;
+mod credential;
 mod endpoint;
 mod filter;
 mod listener;
@@ -192,6 +193,10 @@ pub fn build(
         }
     }
 
+    for c in &mut listeners {
+        credential_secrets(&mut errors, &mut c.listener, &by_secret, &invalid_secrets);
+    }
+
     let mut addresses: HashMap<SocketAddr, &str> = HashMap::new();
     for c in &listeners {
         let name = &*c.listener.name;
@@ -285,6 +290,63 @@ pub fn build(
             .map(|c| (c.name.clone(), Arc::new(c)))
             .collect::<BTreeMap<_, _>>(),
     })
+}
+
+/// Join the generic secrets credential filters name into them. A secret over ADS that has
+/// not arrived leaves the credential unavailable (the filter answers 401, or lets the
+/// request through without it); a static secret must exist.
+fn credential_secrets(
+    errors: &mut Vec<ResourceError>,
+    listener: &mut Listener,
+    secrets: &tls::Secrets<'_>,
+    invalid: &HashSet<&str>,
+) {
+    use crate::filter::{Credential, FilterKind};
+    if !listener
+        .http_filters
+        .iter()
+        .any(|f| matches!(f.config, FilterKind::CredentialInjector(_)))
+    {
+        return;
+    }
+    let mut filters = listener.http_filters.to_vec();
+    for f in &mut filters {
+        let FilterKind::CredentialInjector(ci) = &mut f.config else {
+            continue;
+        };
+        let ci = Arc::make_mut(ci);
+        let field = format!(
+            "http_filters[\"{}\"].{}",
+            f.name,
+            credential::secret_field(&ci.credential)
+        );
+        let secret = match &mut ci.credential {
+            Credential::Generic(g) => &mut g.secret,
+            Credential::Oauth2(o) => &mut o.client_secret,
+        };
+        match secrets.get(&*secret.name) {
+            Some(tls::ConvertedSecret::Generic(d)) => secret.value = Some(d.clone()),
+            Some(_) => errors.push(ResourceError::new(
+                ResourceKind::Listener,
+                &*listener.name,
+                field,
+                format!("secret '{}' is not a generic_secret", secret.name),
+            )),
+            None if invalid.contains(&*secret.name) => {}
+            None if secret.over_ads => secret.value = None,
+            None => errors.push(ResourceError::new(
+                ResourceKind::Listener,
+                &*listener.name,
+                field,
+                format!(
+                    "static secret '{}' not found (a reference without sds_config names a \
+                     secret of the bootstrap's static_resources)",
+                    secret.name
+                ),
+            )),
+        }
+    }
+    listener.http_filters = Arc::from(filters);
 }
 
 fn convert_all<'a, X, T>(

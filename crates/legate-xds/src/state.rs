@@ -542,8 +542,8 @@ impl XdsState {
             ResourceKind::Secret => self
                 .referenced(ResourceKind::Cluster)
                 .chain(self.referenced(ResourceKind::Listener))
-                .flat_map(|r| r.secrets.clone())
-                .chain(static_refs().flat_map(|r| r.secrets))
+                .flat_map(|r| r.all_secrets().cloned().collect::<Vec<_>>())
+                .chain(static_refs().flat_map(|r| r.all_secrets().cloned().collect::<Vec<_>>()))
                 .filter(|n| !st.secrets.iter().any(|r| r.name == *n))
                 .collect(),
             ResourceKind::Listener | ResourceKind::Cluster => BTreeSet::new(),
@@ -650,6 +650,18 @@ impl XdsState {
                 warming.push((ResourceKind::Secret, name.clone()));
             } else {
                 gone.insert(name.clone());
+            }
+        }
+        // Missing credential secrets: warm, then serve without them (the credential is
+        // unavailable until they arrive, as in Envoy).
+        let missing_credentials: BTreeSet<&String> = listener_refs
+            .iter()
+            .flat_map(|x| &x.credential_secrets)
+            .filter(|name| !have_secrets.contains(name.as_str()))
+            .collect();
+        for name in missing_credentials {
+            if waits(ResourceKind::Secret, name) {
+                warming.push((ResourceKind::Secret, name.clone()));
             }
         }
         let mut left_out = Vec::new();

@@ -490,6 +490,103 @@ pub(crate) fn hash_policy(h: &crate::Hash) -> XdsHashPolicy {
     }
 }
 
+/// The listener filter name of a credential: Envoy's filter name, then a hash of the
+/// credential, so routes with the same credential share one filter (and one token).
+pub(crate) fn credential_filter_name(c: &crate::Credentials) -> String {
+    // FNV-1a over the credential's debug form: stable for a given configuration.
+    let text = format!("{c:?}");
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{}.{hash:016x}", super::names::CREDENTIAL_INJECTOR)
+}
+
+/// A credential's `envoy.filters.http.credential_injector` on the listener; the routes that
+/// do not use it disable it ([`credential_disabled`]). Its secrets are SDS generic secrets
+/// over ADS.
+pub(crate) fn credential_filter(c: &crate::Credentials) -> HttpFilter {
+    use envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType;
+    use envoy_types::pb::envoy::config::core::v3::{HttpUri, TypedExtensionConfig};
+    use envoy_types::pb::envoy::extensions::filters::http::credential_injector::v3::CredentialInjector;
+    use envoy_types::pb::envoy::extensions::http::injected_credentials::generic::v3::Generic;
+    use envoy_types::pb::envoy::extensions::http::injected_credentials::oauth2::v3::OAuth2 as XdsOAuth2;
+    use envoy_types::pb::envoy::extensions::http::injected_credentials::oauth2::v3::o_auth2::{
+        ClientCredentials, FlowType,
+    };
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SdsSecretConfig;
+    use legate_snapshot::type_url;
+    let sds = |name: &str| {
+        Some(SdsSecretConfig {
+            name: name.to_owned(),
+            sds_config: Some(super::ads()),
+        })
+    };
+    let (name, typed) = match (&c.secret, &c.oauth2) {
+        (_, Some(o)) => (
+            "envoy.http.injected_credentials.oauth2",
+            any(
+                type_url::OAUTH2_CREDENTIAL,
+                &XdsOAuth2 {
+                    token_endpoint: Some(HttpUri {
+                        uri: o.token_url.clone(),
+                        timeout: Some(duration(o.timeout.unwrap_or(Duration::from_secs(5)))),
+                        http_upstream_type: Some(HttpUpstreamType::Cluster(o.cluster.clone())),
+                    }),
+                    scopes: o.scopes.clone(),
+                    token_fetch_retry_interval: o.retry_interval.map(duration),
+                    flow_type: Some(FlowType::ClientCredentials(ClientCredentials {
+                        client_id: o.client_id.clone(),
+                        client_secret: sds(&o.client_secret),
+                        auth_type: 0,
+                    })),
+                    ..Default::default()
+                },
+            ),
+        ),
+        (secret, None) => (
+            "envoy.http.injected_credentials.generic",
+            any(
+                type_url::GENERIC_CREDENTIAL,
+                &Generic {
+                    credential: sds(secret.as_deref().unwrap_or_default()),
+                    header: c.header.clone().unwrap_or_default(),
+                    header_value_prefix: c.prefix.clone().unwrap_or_default(),
+                },
+            ),
+        ),
+    };
+    let config = CredentialInjector {
+        overwrite: c.overwrite.unwrap_or(true),
+        allow_request_without_credential: c.allow_without.unwrap_or(false),
+        credential: Some(TypedExtensionConfig {
+            name: name.to_owned(),
+            typed_config: Some(typed),
+        }),
+    };
+    HttpFilter {
+        name: credential_filter_name(c),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(
+            type_url::CREDENTIAL_INJECTOR,
+            &config,
+        ))),
+        ..Default::default()
+    }
+}
+
+/// What turns a listener's credential filter off for one route.
+pub(crate) fn credential_disabled() -> Any {
+    use envoy_types::pb::envoy::config::route::v3::FilterConfig;
+    any(
+        legate_snapshot::type_url::FILTER_CONFIG,
+        &FilterConfig {
+            disabled: true,
+            ..Default::default()
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;

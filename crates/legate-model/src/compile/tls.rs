@@ -139,7 +139,14 @@ pub(crate) fn secrets(all: &[Secret], wanted: &BTreeSet<String>) -> Vec<XdsSecre
 }
 
 fn secret(s: &Secret) -> XdsSecret {
-    let kind = if s.is_certificate() {
+    let kind = if let Some(value) = &s.value {
+        secret::Type::GenericSecret(
+            envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::GenericSecret {
+                secret: file(value),
+                ..Default::default()
+            },
+        )
+    } else if s.is_certificate() {
         secret::Type::TlsCertificate(TlsCertificate {
             certificate_chain: s.cert.as_deref().and_then(file),
             private_key: s.key.as_deref().and_then(file),

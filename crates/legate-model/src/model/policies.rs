@@ -726,3 +726,65 @@ impl<'de> Deserialize<'de> for Hash {
         d.deserialize_any(V)
     }
 }
+
+/// A credential the proxy adds to every request of a route, which the application never
+/// sees: a `secrets` entry with `value` put in a header (an API key, a fixed bearer token),
+/// or an OAuth2 access token obtained with client credentials (RFC 6749 §4.4) and renewed
+/// before it expires. Compiled to Envoy's `envoy.filters.http.credential_injector` (one per
+/// distinct credential on the listener, disabled by the routes that do not use it) and an
+/// SDS generic secret. A request that matches no route passes every credential filter of
+/// the listener before its 404 (it is never forwarded).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// The header that carries a `secret` (default `authorization`); an OAuth2 token always
+    /// goes in `authorization` as `Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Put before the secret's value (e.g. `"Bearer "`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// A `secrets` entry with `value`: the credential itself. One of `secret` or `oauth2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2>,
+    /// Replace the header when the application sent one (default true); false keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overwrite: Option<bool>,
+    /// Send the request without the credential when it is not available, instead of
+    /// answering 401 (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_without: Option<bool>,
+}
+
+/// OAuth2 client credentials: a token from `token_url`, reached through `cluster`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2 {
+    /// `http://host[:port]/path` or `https://...`: its host is the token request's `Host`,
+    /// its path where it is posted. TLS follows the cluster, as in Envoy.
+    pub token_url: String,
+    /// The cluster (a `clusters` entry or a service's version cluster) that reaches the
+    /// token endpoint.
+    pub cluster: String,
+    pub client_id: String,
+    /// A `secrets` entry with `value`: the client secret.
+    pub client_secret: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// Bound of one token request; default 5s.
+    #[serde(
+        default,
+        with = "crate::units::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Wait between failed token requests; default 2s (Envoy's), at least 1s.
+    #[serde(
+        default,
+        with = "crate::units::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_interval: Option<Duration>,
+}

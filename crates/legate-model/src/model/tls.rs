@@ -28,6 +28,10 @@ pub struct Secret {
     /// PEM CA certificates to trust; not with `cert` and `key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,
+    /// A file whose contents (without the final line end) are a credential: an API key, a
+    /// token, an OAuth2 client secret. Served as an SDS generic secret; alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 impl Secret {
@@ -36,9 +40,9 @@ impl Secret {
         self.cert.is_some() || self.key.is_some()
     }
 
-    /// The files it names, in the order `cert`, `key`, `ca`.
+    /// The files it names, in the order `cert`, `key`, `ca`, `value`.
     pub fn files(&self) -> impl Iterator<Item = &str> {
-        [&self.cert, &self.key, &self.ca]
+        [&self.cert, &self.key, &self.ca, &self.value]
             .into_iter()
             .filter_map(|f| f.as_deref())
     }

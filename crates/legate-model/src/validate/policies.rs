@@ -506,6 +506,91 @@ impl Checker<'_> {
         self.at_least_one(&format!("{path}.max_active"), f.max_active);
     }
 
+    /// Credentials: one of a secret or OAuth2, names of secrets that hold a `value`, a
+    /// header name, a token URL with a host, RFC 6749 scope tokens.
+    pub(super) fn credentials(&mut self, path: &str, c: &crate::Credentials) {
+        match (&c.secret, &c.oauth2) {
+            (Some(secret), None) => {
+                self.credential_secret_ref(&format!("{path}.secret"), secret);
+                if let Some(h) = &c.header {
+                    let ok = http::HeaderName::from_bytes(h.as_bytes()).is_ok();
+                    if !ok || h.starts_with(':') {
+                        self.report(
+                            format!("{path}.header"),
+                            format!("`{h}` is not a valid header name"),
+                        );
+                    }
+                }
+                if let Some(p) = &c.prefix
+                    && http::HeaderValue::from_str(p).is_err()
+                {
+                    self.report(format!("{path}.prefix"), "not a valid header value");
+                }
+            }
+            (None, Some(o)) => {
+                let o_path = format!("{path}.oauth2");
+                if c.header.is_some() || c.prefix.is_some() {
+                    self.report(
+                        path,
+                        "an OAuth2 token always goes in `authorization` as `Bearer <token>`: \
+                         leave `header` and `prefix` out",
+                    );
+                }
+                self.credential_secret_ref(&format!("{o_path}.client_secret"), &o.client_secret);
+                let rest = o
+                    .token_url
+                    .strip_prefix("http://")
+                    .or_else(|| o.token_url.strip_prefix("https://"));
+                let host_ok = rest.is_some_and(|r| {
+                    let host = r.split('/').next().unwrap_or("");
+                    !host.is_empty() && http::uri::Authority::try_from(host).is_ok()
+                });
+                if !host_ok {
+                    self.report(
+                        format!("{o_path}.token_url"),
+                        format!(
+                            "`{}` is not an http:// or https:// URL with a host",
+                            o.token_url
+                        ),
+                    );
+                }
+                if o.client_id.is_empty() {
+                    self.report(format!("{o_path}.client_id"), "must not be empty");
+                }
+                if o.cluster.is_empty() {
+                    self.report(format!("{o_path}.cluster"), "must not be empty");
+                } else {
+                    self.cluster_ref(&format!("{o_path}.cluster"), &o.cluster);
+                }
+                for (i, scope) in o.scopes.iter().enumerate() {
+                    let ok = !scope.is_empty()
+                        && scope.bytes().all(|b| {
+                            b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
+                        });
+                    if !ok {
+                        self.report(
+                            format!("{o_path}.scopes[{i}]"),
+                            format!("`{scope}` is not an OAuth2 scope (RFC 6749 §3.3)"),
+                        );
+                    }
+                }
+                self.positive(&format!("{o_path}.timeout"), o.timeout);
+                if let Some(r) = o.retry_interval
+                    && r < Duration::from_secs(1)
+                {
+                    self.report(
+                        format!("{o_path}.retry_interval"),
+                        "`retry_interval` must be at least 1s (as in Envoy)",
+                    );
+                }
+            }
+            (Some(_), Some(_)) => {
+                self.report(path, "credentials take `secret` or `oauth2`, not both")
+            }
+            (None, None) => self.report(path, "credentials need `secret` or `oauth2`"),
+        }
+    }
+
     fn breaker(&mut self, path: &str, b: &Breaker) {
         // Kept in thousandths: a smaller ratio would be 0.
         if let Some(r) = b.failure_ratio

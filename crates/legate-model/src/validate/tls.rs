@@ -40,6 +40,19 @@ impl Checker<'_> {
                 ),
             );
         }
+        if s.value.is_some() {
+            if s.cert.is_some() || s.key.is_some() || s.ca.is_some() {
+                self.report(
+                    format!("{path}.value"),
+                    "a credential `value` stands alone, without `cert`, `key` or `ca`: write \
+                     two secrets",
+                );
+            }
+            if s.value.as_deref().is_some_and(|p| p.trim().is_empty()) {
+                self.report(format!("{path}.value"), "file name is empty");
+            }
+            return;
+        }
         match (&s.cert, &s.key, &s.ca) {
             (Some(_), Some(_), None) | (None, None, Some(_)) => {}
             (Some(_), None, None) => {
@@ -50,7 +63,8 @@ impl Checker<'_> {
             }
             (None, None, None) => self.report(
                 path,
-                "a secret needs `cert` and `key` (a certificate) or `ca` (a trust bundle)",
+                "a secret needs `cert` and `key` (a certificate), `ca` (a trust bundle) or \
+                 `value` (a credential)",
             ),
             (_, _, Some(_)) => self.report(
                 format!("{path}.ca"),
@@ -131,9 +145,27 @@ impl Checker<'_> {
         };
         match found {
             None => self.report(path, format!("unknown secret `{name}`")),
+            Some(s) if s.value.is_some() => self.report(
+                path,
+                format!("secret `{name}` is a credential (`value`); this takes {want}"),
+            ),
             Some(s) if s.is_certificate() != certificate => self.report(
                 path,
                 format!("secret `{name}` is {other}; this takes {want}"),
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
+impl Checker<'_> {
+    /// `name` must be a `secrets` entry with `value` (a credential).
+    pub(super) fn credential_secret_ref(&mut self, path: &str, name: &str) {
+        match self.mesh.secrets.iter().find(|s| s.name == name) {
+            None => self.report(path, format!("unknown secret `{name}`")),
+            Some(s) if s.value.is_none() => self.report(
+                path,
+                format!("secret `{name}` is not a credential: this takes a secret with `value`"),
             ),
             Some(_) => {}
         }
@@ -286,8 +318,8 @@ secrets:
                 "7:12: secrets[5].name: duplicate secret name `a` (first at index 0)",
                 "2:5: secrets[0]: a certificate needs its private key: set `key`",
                 "3:5: secrets[1]: a private key needs its certificate: set `cert`",
-                "4:5: secrets[2]: a secret needs `cert` and `key` (a certificate) or `ca` (a \
-                 trust bundle)",
+                "4:5: secrets[2]: a secret needs `cert` and `key` (a certificate), `ca` (a \
+                 trust bundle) or `value` (a credential)",
                 "5:46: secrets[3].ca: a secret is a certificate (`cert` and `key`) or a trust \
                  bundle (`ca`), not both: write two secrets",
                 "6:12: secrets[4].name: `e e` is not a valid secret name (letters, digits, `-`, \

@@ -7,13 +7,14 @@
 //! ([`Buckets`]); the request path only reads what was resolved then.
 
 mod bucket;
+mod credential;
 mod fault;
 mod local_ratelimit;
 
 pub(crate) use local_ratelimit::Origin;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 use legate_snapshot::filter::{FilterKind, HttpFilter, PerFilterConfig, per_filter};
@@ -24,6 +25,7 @@ use crate::body::ResponseBody;
 use crate::error::{ProxyError, ResponseFlags};
 
 pub(crate) use bucket::Bucket;
+use credential::TokenSource;
 use local_ratelimit::RateLimiter;
 
 /// A listener's filters, resolved against its route configuration.
@@ -47,6 +49,7 @@ struct Filter {
 enum Runtime {
     LocalRateLimit(RateLimiter),
     Fault(fault::Injector),
+    Credential(credential::Injector),
 }
 
 /// Whether this request falls in a fraction of `ppm` parts per million.
@@ -112,6 +115,7 @@ impl Chain {
             let decision = match runtime {
                 Runtime::LocalRateLimit(r) => r.decode(req.headers, &req.origin, req.grpc, out),
                 Runtime::Fault(f) => f.decode(req.headers, req.grpc, out, flags).await,
+                Runtime::Credential(c) => c.decode(req.headers, req.grpc, out).await,
             };
             if let Decision::Reply(cause, _) = &decision {
                 flags.insert(cause.response_flag());
@@ -150,15 +154,36 @@ fn kind_key(kind: &FilterKind) -> usize {
     match kind {
         FilterKind::LocalRateLimit(c) => Arc::as_ptr(c) as usize,
         FilterKind::Fault(c) => Arc::as_ptr(c) as usize,
+        FilterKind::CredentialInjector(c) => Arc::as_ptr(c) as usize,
     }
 }
 
 /// Token buckets by where they are configured and how, kept across snapshots: a push that
-/// leaves a bucket's place and configuration alone keeps its tokens.
+/// leaves a bucket's place and configuration alone keeps its tokens. OAuth2 token sources
+/// are kept the same way (their token and their background task).
 #[derive(Debug, Default)]
 pub(crate) struct Buckets {
     live: HashMap<BucketKey, Arc<Bucket>>,
     dynamic: HashMap<BucketKey, Arc<local_ratelimit::DynamicBuckets>>,
+    tokens: HashMap<TokenKey, Arc<TokenSource>>,
+    files: HashMap<FileKey, credential::FileSecret>,
+}
+
+/// A generic secret file and the prefix its value is sent with: one watcher each, kept
+/// across snapshots that still name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileKey {
+    prefix: Arc<str>,
+    path: Arc<str>,
+}
+
+/// An OAuth2 token source's place (listener and filter name) and configuration, its client
+/// secret's source included.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct TokenKey {
+    listener: Arc<str>,
+    filter: Arc<str>,
+    config: Arc<legate_snapshot::filter::OAuth2Credential>,
 }
 
 /// A bucket's place (listener, filter name, and `vhost/route` for an override) and its
@@ -179,19 +204,70 @@ struct BucketKey {
 pub(crate) struct Builder {
     old: HashMap<BucketKey, Arc<Bucket>>,
     next: HashMap<BucketKey, Arc<Bucket>>,
+    old_tokens: HashMap<TokenKey, Arc<TokenSource>>,
+    next_tokens: HashMap<TokenKey, Arc<TokenSource>>,
+    old_files: HashMap<FileKey, credential::FileSecret>,
+    next_files: HashMap<FileKey, credential::FileSecret>,
+    /// What token sources send their requests through (the live clusters).
+    shared: Weak<crate::Shared>,
+    /// `legate_oauth2_token_fetches_total`.
+    fetches: Arc<legate_telemetry::Family<Counter>>,
     old_dynamic: HashMap<BucketKey, Arc<local_ratelimit::DynamicBuckets>>,
     next_dynamic: HashMap<BucketKey, Arc<local_ratelimit::DynamicBuckets>>,
 }
 
 impl Builder {
-    /// Start from the buckets live now (copied: the lock is not held while building).
-    pub(crate) fn new(old: &Buckets) -> Self {
+    /// Start from the buckets and token sources live now (copied: the lock is not held
+    /// while building).
+    pub(crate) fn new(
+        old: &Buckets,
+        shared: Weak<crate::Shared>,
+        fetches: Arc<legate_telemetry::Family<Counter>>,
+    ) -> Self {
         Builder {
             old: old.live.clone(),
             next: HashMap::new(),
+            old_tokens: old.tokens.clone(),
+            next_tokens: HashMap::new(),
+            old_files: old.files.clone(),
+            next_files: HashMap::new(),
+            shared,
+            fetches,
             old_dynamic: old.dynamic.clone(),
             next_dynamic: HashMap::new(),
         }
+    }
+
+    fn secret_file(&mut self, key: FileKey, name: &Arc<str>) -> credential::FileSecret {
+        if let Some(f) = self.next_files.get(&key) {
+            return f.clone();
+        }
+        let f =
+            self.old_files.get(&key).cloned().unwrap_or_else(|| {
+                credential::watch_file(key.prefix.clone(), name.clone(), &key.path)
+            });
+        self.next_files.insert(key, f.clone());
+        f
+    }
+
+    fn token_source(&mut self, key: TokenKey) -> Arc<TokenSource> {
+        if let Some(t) = self.next_tokens.get(&key) {
+            return t.clone();
+        }
+        let t = self.old_tokens.get(&key).cloned().unwrap_or_else(|| {
+            let cluster = &*key.config.cluster;
+            let fetches = &self.fetches;
+            TokenSource::start(
+                key.config.clone(),
+                self.shared.clone(),
+                credential::Fetches {
+                    ok: fetches.get_or_create(&[cluster, "ok"]),
+                    failed: fetches.get_or_create(&[cluster, "failed"]),
+                },
+            )
+        });
+        self.next_tokens.insert(key, t.clone());
+        t
     }
 
     fn dynamic(&mut self, key: BucketKey) -> Arc<local_ratelimit::DynamicBuckets> {
@@ -315,12 +391,39 @@ impl Builder {
                 ))
             }
             FilterKind::Fault(config) => Runtime::Fault(fault::Injector::new(config.clone())),
+            FilterKind::CredentialInjector(config) => {
+                use legate_snapshot::filter::Credential;
+                let source = match &config.credential {
+                    Credential::Oauth2(o) => {
+                        credential::Source::Token(self.token_source(TokenKey {
+                            listener: listener.name.clone(),
+                            filter: filter.clone(),
+                            config: Arc::new(o.clone()),
+                        }))
+                    }
+                    Credential::Generic(g) => match &g.secret.value {
+                        Some(legate_snapshot::DataSource::Filename(path)) => {
+                            credential::Source::File(self.secret_file(
+                                FileKey {
+                                    prefix: g.header_value_prefix.clone(),
+                                    path: path.clone(),
+                                },
+                                &g.secret.name,
+                            ))
+                        }
+                        _ => credential::fixed_source(&g.header_value_prefix, &g.secret),
+                    },
+                };
+                Runtime::Credential(credential::Injector::new(config.clone(), source))
+            }
         }
     }
 
     /// Keep only the buckets this snapshot uses: call once the snapshot is live.
     pub(crate) fn finish(self, into: &mut Buckets) {
         into.live = self.next;
+        into.tokens = self.next_tokens;
+        into.files = self.next_files;
         into.dynamic = self.next_dynamic;
     }
 }

@@ -165,6 +165,10 @@ fn filter_kind(
                 None
             }
         }),
+        type_url::CREDENTIAL_INJECTOR => Some(
+            super::credential::credential_injector(cx, field, any, per_route)
+                .map(|c| FilterKind::CredentialInjector(Arc::new(c))),
+        ),
         _ => None,
     }
 }

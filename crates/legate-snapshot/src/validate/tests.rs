@@ -76,6 +76,7 @@ use prost::Message;
 use super::{Resources, build};
 
 mod access_log;
+mod credentials;
 mod filters;
 mod hashing;
 mod resilience;

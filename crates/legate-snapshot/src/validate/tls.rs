@@ -27,7 +27,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::tls_paramete
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext as XdsCertificateValidationContext,
     CommonTlsContext as XdsCommonTlsContext, DownstreamTlsContext as XdsDownstreamTlsContext,
-    SdsSecretConfig, Secret as XdsSecret, SubjectAltNameMatcher, TlsCertificate as XdsTlsCertificate,
+    GenericSecret as XdsGenericSecret, SdsSecretConfig, Secret as XdsSecret, SubjectAltNameMatcher, TlsCertificate as XdsTlsCertificate,
     TlsParameters, UpstreamTlsContext as XdsUpstreamTlsContext, secret,
 };
 use envoy_types::pb::google::protobuf::{Any, BoolValue, UInt32Value};
@@ -562,7 +562,7 @@ fn tls_certificate(cx: &mut Ctx, field: &str, t: &XdsTlsCertificate) -> Option<T
 
 /// `core.v3.DataSource`: a file name or inline bytes (bounded). Environment variables are
 /// refused: secrets belong in files or SDS, not in the proxy's environment.
-fn data_source(cx: &mut Ctx, field: &str, d: &XdsDataSource) -> Option<DataSource> {
+pub(super) fn data_source(cx: &mut Ctx, field: &str, d: &XdsDataSource) -> Option<DataSource> {
     let XdsDataSource {
         // Ignored: legate notices changed file contents however they are written.
         watched_directory,
@@ -745,7 +745,11 @@ fn san_matcher(cx: &mut Ctx, field: &str, m: &SubjectAltNameMatcher) -> Option<S
 
 /// An SDS reference: a non-empty name and `sds_config: {ads: {}}` (legate receives secrets on
 /// its ADS stream only).
-fn sds_secret_config(cx: &mut Ctx, field: &str, s: &SdsSecretConfig) -> Option<Arc<str>> {
+pub(super) fn sds_secret_config(
+    cx: &mut Ctx,
+    field: &str,
+    s: &SdsSecretConfig,
+) -> Option<Arc<str>> {
     let SdsSecretConfig { name, sds_config } = s;
     let errors = cx.error_count();
     if name.is_empty() {
@@ -794,6 +798,8 @@ fn sds_secret_config(cx: &mut Ctx, field: &str, s: &SdsSecretConfig) -> Option<A
 pub(super) enum ConvertedSecret {
     Certificate(TlsCertificate),
     Validation(CertificateValidation),
+    /// `generic_secret.secret`: what credential filters inject.
+    Generic(DataSource),
 }
 
 /// `Secret` → a certificate or a validation context.
@@ -815,14 +821,23 @@ pub(super) fn secret(x: &XdsSecret) -> Result<(&str, ConvertedSecret), Vec<Resou
             cx.unsupported("", "session_ticket_keys");
             None
         }
-        Some(secret::Type::GenericSecret(_)) => {
-            cx.unsupported("", "generic_secret");
-            None
+        Some(secret::Type::GenericSecret(g)) => {
+            let XdsGenericSecret { secret, secrets } = g;
+            refuse!(cx, "generic_secret"; secrets);
+            match secret {
+                Some(d) => {
+                    data_source(&mut cx, "generic_secret.secret", d).map(ConvertedSecret::Generic)
+                }
+                None => {
+                    cx.err("generic_secret.secret", "required");
+                    None
+                }
+            }
         }
         None => {
             cx.err(
                 "",
-                "one of tls_certificate or validation_context is required",
+                "one of tls_certificate, validation_context or generic_secret is required",
             );
             None
         }

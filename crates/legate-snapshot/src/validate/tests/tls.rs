@@ -725,7 +725,7 @@ fn secrets_are_validated() {
                 }];
                 r
             },
-            "secret 'g': generic_secret: not supported by legate",
+            "secret 'g': generic_secret.secret: required",
         ),
         (
             || {
@@ -736,7 +736,7 @@ fn secrets_are_validated() {
                 }];
                 r
             },
-            "secret 'n': : one of tls_certificate or validation_context is required",
+            "secret 'n': : one of tls_certificate, validation_context or generic_secret is required",
         ),
         (
             || {
