@@ -263,11 +263,11 @@ async fn invalid_cluster_is_nacked_and_old_config_serves(mode: Mode) {
     let server = &s.server;
     let accepted = server.version(CDS).expect("CDS version");
     let good = server.resources(CDS);
-    // Not expressible in the authoring format: a MAGLEV cluster. Sent with an otherwise
+    // Not expressible in the authoring format: a CLUSTER_PROVIDED cluster. Sent with an otherwise
     // valid new cluster `c`, which must not be taken either (the whole response is refused).
     let mut bad: XdsCluster = good[0].decode();
     bad.name = "bad".to_owned();
-    bad.lb_policy = LbPolicy::Maglev.into();
+    bad.lb_policy = LbPolicy::ClusterProvided.into();
     let mut c: XdsCluster = good[0].decode();
     c.name = "c".to_owned();
     let mut resources = good.clone();
@@ -839,7 +839,7 @@ async fn config_dump_and_metrics_show_xds_state(mode: Mode) {
     // One NACK, to see it reported.
     let mut bad: XdsCluster = server.resources(CDS)[0].decode();
     bad.name = "bad".to_owned();
-    bad.lb_policy = LbPolicy::Maglev.into();
+    bad.lb_policy = LbPolicy::ClusterProvided.into();
     let mut resources = server.resources(CDS);
     resources.push(Resource::cluster(&bad));
     let push = server.set(CDS, resources);

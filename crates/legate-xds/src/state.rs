@@ -1016,7 +1016,7 @@ clusters:
     fn invalid_update_is_refused_with_resource_and_field() {
         let r = resources();
         let mut bad = r.clusters[0].clone();
-        bad.lb_policy = 5; // MAGLEV
+        bad.lb_policy = 6; // CLUSTER_PROVIDED
         let any = Any {
             type_url: ResourceKind::Cluster.type_url().to_owned(),
             value: bad.encode_to_vec(),
@@ -1025,7 +1025,7 @@ clusters:
         assert_eq!(received.name, "web");
         let err = received
             .check("2".to_owned())
-            .expect_err("maglev is refused");
+            .expect_err("CLUSTER_PROVIDED is refused");
         assert!(matches!(&err, ResourceError::Invalid(errors) if errors.len() == 1));
         let err = err.to_string();
         assert!(err.contains("cluster 'web'"), "{err}");
