@@ -59,6 +59,7 @@ OBS_HEAD = ["feature", "legate µs/req", "legate vs plain", "legate added µs",
 # What the HTTP filters cost (bench/filters.py), the same table.
 FILTER_FEATURES = [
     ("rate_limit", "local rate limit (token taken, never refused)"),
+    ("credential", "credential injection (generic secret in a header)"),
 ]
 
 
@@ -261,7 +262,7 @@ def write_docs(doc, docs_dir):
                "configured over ADS by legate-cp from a one-service mesh with the policy on, "
                "beside the same mesh without it, in interleaved rounds. The rate limit's "
                "bucket is never emptied by the load, so every request takes a token and "
-               "passes.", "",
+               "passes; the credential is a generic secret over SDS put in a header.", "",
                "| " + " | ".join(OBS_HEAD) + " |", "|" + "---|" * len(OBS_HEAD)]
         md += ["| " + " | ".join(r) + " |" for r in flt]
         md.append("")
