@@ -502,7 +502,7 @@ async fn oauth2_token_is_renewed_before_it_expires_without_failing_a_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oauth2_endpoint_outage_answers_401_at_once_and_fetches_only_at_the_retry_interval() {
+async fn oauth2_endpoint_outage_answers_503_at_once_and_fetches_only_at_the_retry_interval() {
     let idp = TokenEndpoint::start(CLIENT_ID, CLIENT_SECRET, "read").await;
     idp.set(Behaviour {
         fail: Some(503),
@@ -526,7 +526,7 @@ async fn oauth2_endpoint_outage_answers_401_at_once_and_fetches_only_at_the_retr
         if n > 1 || outcome(&r).0 != 200 {
             assert_eq!(
                 outcome(&r),
-                (401, Some("token-unavailable".to_owned())),
+                (503, Some("token-unavailable".to_owned())),
                 "{}\n{}",
                 r.describe(),
                 rig.describe()

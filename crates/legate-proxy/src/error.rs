@@ -75,7 +75,9 @@ pub enum ProxyError {
     #[error("credential not available")]
     CredentialUnavailable,
     /// `envoy.filters.http.credential_injector` with OAuth2: no valid access token (the
-    /// token endpoint failed or is failing; 401, as Envoy).
+    /// token endpoint failed or is failing). 503, where Envoy answers 401: the token
+    /// endpoint, a dependency, is down; the application is not unauthorised, and a 503 is
+    /// what its retries and breakers treat as a failure to try again.
     #[error("oauth2 access token not available")]
     TokenUnavailable,
 }
@@ -120,9 +122,8 @@ impl ProxyError {
             ProxyError::UpgradeNotAllowed => StatusCode::FORBIDDEN,
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::FaultAbort => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::CredentialUnavailable | ProxyError::TokenUnavailable => {
-                StatusCode::UNAUTHORIZED
-            }
+            ProxyError::CredentialUnavailable => StatusCode::UNAUTHORIZED,
+            ProxyError::TokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ClusterNotFound
             | ProxyError::NoHealthyUpstream
             | ProxyError::ConnectFailure

@@ -128,8 +128,8 @@ impl Injector {
             }
             None => super::local_reply(
                 cause,
-                StatusCode::UNAUTHORIZED,
-                grpc.then(|| crate::grpc::status_for_http(StatusCode::UNAUTHORIZED)),
+                cause.status(),
+                grpc.then(|| cause.grpc_status()),
                 &[],
                 out,
             ),
