@@ -171,6 +171,21 @@ pub fn set_http_filter<M: Message>(res: &mut Resources, name: &str, type_url: &s
     });
 }
 
+/// A runtime percentage of `p` % (the runtime key is never read by legate or Envoy here).
+pub fn runtime_percent(
+    p: u32,
+) -> Option<envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent> {
+    Some(
+        envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent {
+            default_value: Some(envoy_types::pb::envoy::r#type::v3::FractionalPercent {
+                numerator: p,
+                denominator: 0,
+            }),
+            runtime_key: "test".to_owned(),
+        },
+    )
+}
+
 /// A protobuf duration of `ms` milliseconds.
 pub fn ms(ms: u64) -> PbDuration {
     let d = Duration::from_millis(ms);

@@ -20,7 +20,7 @@ use legate_snapshot::{Resources, type_url};
 use legate_tests::client::{HttpClient, empty};
 use legate_tests::resilience::{
     Rig, SVC, any, cluster_mut, edit_hcm, ms, outcome, outlier, retry, route, route_action,
-    set_http_filter, svc_mesh, timed, u32v,
+    runtime_percent, set_http_filter, svc_mesh, timed, u32v,
 };
 use legate_tests::{Protocol, Upstream};
 
@@ -341,18 +341,8 @@ async fn access_log_flags_name_the_filters() {
             tokens_per_fill: u32v(1),
             fill_interval: Some(ms(3_600_000)),
         }),
-        filter_enabled: Some(
-            envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent {
-                default_value: all(),
-                runtime_key: "rl".to_owned(),
-            },
-        ),
-        filter_enforced: Some(
-            envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent {
-                default_value: all(),
-                runtime_key: "rl".to_owned(),
-            },
-        ),
+        filter_enabled: runtime_percent(100),
+        filter_enforced: runtime_percent(100),
         ..Default::default()
     };
     // The rate limit second, after the fault filter.

@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
 use envoy_types::pb::envoy::config::route::v3::route_action::MaxStreamDuration;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{FaultAbort, HttpFault};
@@ -20,7 +19,7 @@ use legate_tests::config::cluster;
 use legate_tests::grpc::{all_calls, call, calls, failing_grpc_server, grpc_server};
 use legate_tests::resilience::{
     Rig, SVC, cluster_mut, edit_hcm, ms, outlier, retry, retry_non_idempotent, route, route_action,
-    set_http_filter, svc_mesh_with, u32v,
+    runtime_percent, set_http_filter, svc_mesh_with, u32v,
 };
 
 /// The listener's gRPC request count with `grpc_status`.
@@ -225,8 +224,8 @@ async fn filter_replies_are_grpc_statuses() {
             tokens_per_fill: u32v(1),
             fill_interval: Some(ms(3_600_000)),
         }),
-        filter_enabled: all_of_them(),
-        filter_enforced: all_of_them(),
+        filter_enabled: runtime_percent(100),
+        filter_enforced: runtime_percent(100),
         ..Default::default()
     };
     let rl = (
@@ -281,14 +280,4 @@ async fn filter_replies_are_grpc_statuses() {
     assert_eq!(by_status(&rig, "14").await, 1.0);
     assert_eq!(by_status(&rig, "8").await, 1.0);
     assert_eq!(by_status(&rig, "9").await, 1.0);
-}
-
-fn all_of_them() -> Option<RuntimeFractionalPercent> {
-    Some(RuntimeFractionalPercent {
-        default_value: Some(FractionalPercent {
-            numerator: 100,
-            denominator: 0,
-        }),
-        runtime_key: "rl".to_owned(),
-    })
 }

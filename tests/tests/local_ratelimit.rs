@@ -6,29 +6,19 @@
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
-use envoy_types::pb::envoy::config::core::v3::{
-    HeaderValue, HeaderValueOption, RuntimeFractionalPercent,
-};
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::{FilterConfig, Route};
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
-use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket};
+use envoy_types::pb::envoy::r#type::v3::TokenBucket;
 use envoy_types::pb::google::protobuf::UInt32Value;
 use legate_snapshot::{Resources, type_url};
-use legate_tests::resilience::{Rig, any, ms, outcome, route, set_http_filter, svc_mesh};
+use legate_tests::resilience::{
+    Rig, any, ms, outcome, route, runtime_percent, set_http_filter, svc_mesh,
+};
 use legate_tests::{Protocol, Upstream};
 
 const FILTER: &str = "envoy.filters.http.local_ratelimit";
-
-fn percent(p: u32) -> Option<RuntimeFractionalPercent> {
-    Some(RuntimeFractionalPercent {
-        default_value: Some(FractionalPercent {
-            numerator: p,
-            denominator: 0,
-        }),
-        runtime_key: "local_rate_limit".to_owned(),
-    })
-}
 
 /// A limit of `max` tokens, one more every `refill_ms`; enabled and enforced for every
 /// request, with the `x-ratelimit-*` headers and `x-limited: yes` on limited answers.
@@ -40,8 +30,8 @@ fn limit(max: u32, refill_ms: u64) -> LocalRateLimit {
             tokens_per_fill: Some(UInt32Value { value: 1 }),
             fill_interval: Some(ms(refill_ms)),
         }),
-        filter_enabled: percent(100),
-        filter_enforced: percent(100),
+        filter_enabled: runtime_percent(100),
+        filter_enforced: runtime_percent(100),
         enable_x_ratelimit_headers: 1,
         response_headers_to_add: vec![HeaderValueOption {
             header: Some(HeaderValue {
@@ -242,7 +232,7 @@ async fn filter_enabled_zero_never_limits() {
     let a = upstream().await;
     let mut res = svc_mesh(&[a.addr()]);
     let mut l = limit(1, 60_000);
-    l.filter_enabled = percent(0);
+    l.filter_enabled = runtime_percent(0);
     with_filter(&mut res, &l);
     let rig = Rig::start(&res).await;
     for _ in 0..5 {
@@ -252,7 +242,7 @@ async fn filter_enabled_zero_never_limits() {
     }
     // Enabled but not enforced: the bucket runs dry, the requests still pass.
     let mut l = limit(1, 60_000);
-    l.filter_enforced = percent(0);
+    l.filter_enforced = runtime_percent(0);
     with_filter(&mut res, &l);
     rig.apply(&res).await;
     for remaining in ["0", "0", "0"] {
