@@ -53,7 +53,18 @@ fn with_built_binaries(text: &str) -> String {
 }
 
 fn systemd_analyze(args: &[&str]) -> Output {
-    Command::new("systemd-analyze")
+    systemd_analyze_in(args, None)
+}
+
+/// `systemd-analyze`, with `unit_dir` searched for units (and their `.d/` drop-ins) before
+/// the system's directories.
+fn systemd_analyze_in(args: &[&str], unit_dir: Option<&Path>) -> Output {
+    let mut command = Command::new("systemd-analyze");
+    if let Some(dir) = unit_dir {
+        // The trailing ':' keeps the built-in search path after it.
+        command.env("SYSTEMD_UNIT_PATH", format!("{}:", dir.display()));
+    }
+    command
         .args(args)
         .env("SYSTEMD_LOG_COLOR", "0")
         .env("SYSTEMD_PAGER", "")
@@ -84,6 +95,37 @@ fn units_pass_systemd_analyze_verify_without_warnings() {
         );
     }
 
+    // The README's drop-ins, each on the unit it names, found through SYSTEMD_UNIT_PATH as
+    // systemd finds /etc/systemd/system/UNIT.d/.
+    let drop_ins = readme_drop_ins();
+    assert!(!drop_ins.is_empty(), "README.md has no drop-in");
+    for (unit, name, text) in drop_ins {
+        let units = TempDir::new("legate-systemd-drop-in");
+        let file = UNITS
+            .iter()
+            .find(|(file, verified)| *file == unit || *verified == unit)
+            .map(|(file, _)| *file)
+            .unwrap_or_else(|| panic!("README.md: a drop-in for {unit}, which is not ours"));
+        units.write(file, &with_built_binaries(&unit_text(file)));
+        let dir = units.path().join(format!("{unit}.d"));
+        std::fs::create_dir_all(&dir).expect("create the drop-in directory");
+        std::fs::write(dir.join(&name), with_built_binaries(&text)).expect("write the drop-in");
+        let verified = UNITS
+            .iter()
+            .find(|(f, _)| *f == file)
+            .map(|(_, v)| *v)
+            .unwrap_or(file);
+        let out = systemd_analyze_in(&["verify", verified], Some(units.path()));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.trim().is_empty() && stderr.trim().is_empty(),
+            "systemd-analyze verify {verified} with README.md's {unit}.d/{name}: {}\n\
+             stdout:\n{stdout}\nstderr:\n{stderr}",
+            out.status
+        );
+    }
+
     // The check can fail: an unknown setting and a missing binary are both reported.
     let broken = with_built_binaries(&unit_text("legate-cp.service"))
         .replace(
@@ -101,6 +143,31 @@ fn units_pass_systemd_analyze_verify_without_warnings() {
         stderr.contains("NoSuchSetting") && stderr.contains("/nonexistent/legate-cp"),
         "systemd-analyze verify did not report a broken unit:\n{stderr}"
     );
+}
+
+/// The README's `ini` blocks: drop-ins whose first line names their path,
+/// `# /etc/systemd/system/UNIT.d/NAME.conf`. As (UNIT, NAME.conf, text).
+fn readme_drop_ins() -> Vec<(String, String, String)> {
+    let readme = read(&systemd_dir().join("README.md"));
+    let mut blocks = Vec::new();
+    let mut lines = readme.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != "```ini" {
+            continue;
+        }
+        let block: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+        let first = block.first().copied().unwrap_or_default();
+        let path = first
+            .strip_prefix("# /etc/systemd/system/")
+            .unwrap_or_else(|| {
+                panic!("README.md: an ini block starts with {first:?}, not its path")
+            });
+        let (unit, name) = path
+            .split_once(".d/")
+            .unwrap_or_else(|| panic!("README.md: {path} is not UNIT.d/NAME.conf"));
+        blocks.push((unit.to_owned(), name.to_owned(), block.join("\n") + "\n"));
+    }
+    blocks
 }
 
 /// The value of every `KEY=` line of a unit (or of the README's unit snippets).
