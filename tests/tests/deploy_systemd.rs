@@ -266,13 +266,21 @@ fn start(unit: &str, root: &Path, instance: &str, extra: &[String]) -> Running {
     let line = expand(settings(unit, "ExecStart")[0], root, instance);
     let mut words = line.split_whitespace();
     let program = words.next().unwrap_or_default().to_owned();
+    // Its log (stderr) beside the unit's directories: the temp dir is kept when a test fails.
+    let name = Path::new(&program)
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy();
+    let log_path = root.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path)
+        .unwrap_or_else(|error| panic!("cannot create {}: {error}", log_path.display()));
     let child = Command::new(&program)
         .args(words)
         .args(extra)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap_or_else(|error| panic!("cannot start {line}: {error}"));
     Running(child)
