@@ -85,13 +85,19 @@ run-tools:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq curl >/dev/null; }
 
-## Tools the tests call, both from Debian's prometheus package: promtool checks
-## /stats/prometheus and legate-cp's /metrics; the prometheus server scrapes legate and
-## legate-cp in tests/tests/prometheus.rs.
+## Tools the tests call. Debian's prometheus package: promtool checks /stats/prometheus and
+## legate-cp's /metrics; the prometheus server scrapes legate and legate-cp in
+## tests/tests/prometheus.rs. Debian's systemd package: systemd-analyze verifies
+## deploy/systemd/ (tests/tests/deploy_systemd.rs, which also runs the units' readiness
+## waits, and those call curl). Only what is missing is installed.
 test-tools:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	@pkgs=; \
+	{ command -v promtool >/dev/null && command -v prometheus >/dev/null; } || pkgs="$$pkgs prometheus"; \
+	command -v systemd-analyze >/dev/null || pkgs="$$pkgs systemd"; \
+	command -v curl >/dev/null || pkgs="$$pkgs curl"; \
+	[ -z "$$pkgs" ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$pkgs >/dev/null; }
 
 bench-tools:
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || { \
