@@ -172,8 +172,8 @@ fn change_error(e: &ChangeError) -> Resp {
     let status = match e {
         ChangeError::UnknownService(_) | ChangeError::NotFound(_) => 404,
         ChangeError::Invalid(_) => 400,
-        ChangeError::Precondition(_) => 409,
-        ChangeError::Stopped => 503,
+        ChangeError::Precondition(_) | ChangeError::Conflict(_) => 409,
+        ChangeError::Stopped | ChangeError::Unavailable(_) => 503,
     };
     error(status, &e.to_string())
 }

@@ -28,6 +28,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::etcd::{Etcd, EtcdError, SharedState, Stored, Term};
 use crate::load_report::LoadStore;
 use crate::metrics::{AdminOperation, CpMetrics, MeshReload};
 use crate::rollout::{self, Fleet, NodeAck, Rollouts, StartRequest};
@@ -54,6 +55,13 @@ pub enum ChangeError {
     /// The state's owner is gone (it panicked, or legate-cp is stopping).
     #[error("{STOPPED}")]
     Stopped,
+    /// Another replica changed the same service at the same time (`--store etcd://`):
+    /// nothing was applied.
+    #[error("{0}")]
+    Conflict(String),
+    /// The shared store (etcd) cannot be reached: nothing was applied.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 const STOPPED: &str = "the control plane's state owner has stopped";
@@ -67,6 +75,8 @@ impl ChangeError {
             ChangeError::Precondition(_) => "precondition",
             ChangeError::NotFound(_) => "not_found",
             ChangeError::Stopped => "stopped",
+            ChangeError::Conflict(_) => "conflict",
+            ChangeError::Unavailable(_) => "store_unavailable",
         }
     }
 }
@@ -85,7 +95,10 @@ impl From<ChangeError> for Status {
             }
             ChangeError::Invalid(_) => Status::invalid_argument(e.to_string()),
             ChangeError::Precondition(_) => Status::failed_precondition(e.to_string()),
-            ChangeError::Stopped => Status::unavailable(e.to_string()),
+            ChangeError::Stopped | ChangeError::Unavailable(_) => {
+                Status::unavailable(e.to_string())
+            }
+            ChangeError::Conflict(_) => Status::aborted(e.to_string()),
         }
     }
 }
@@ -191,6 +204,16 @@ pub struct CpOptions {
     pub recheck_interval: Duration,
     /// How much reported load is kept ([`crate::load_report::LoadStore`]).
     pub load_window: Duration,
+    /// `--store etcd://`: the connection and the shared state as read at start
+    /// ([`shared_state`]); `None`: the data directory holds the state.
+    pub shared: Option<SharedStart>,
+}
+
+/// What a replica sharing its state in etcd starts from.
+#[derive(Clone, Debug)]
+pub struct SharedStart {
+    pub etcd: Arc<Etcd>,
+    pub stored: Stored,
 }
 
 impl CpOptions {
@@ -204,6 +227,7 @@ impl CpOptions {
             settle: Duration::from_secs(1),
             recheck_interval: Duration::from_secs(30),
             load_window: crate::load_report::DEFAULT_WINDOW,
+            shared: None,
         }
     }
 }
@@ -307,6 +331,8 @@ pub struct ControlPlane {
     stopping: CancellationToken,
     /// Cancelled when the owner has stopped.
     owner_done: CancellationToken,
+    /// `--store etcd://`: the connection (health, leadership).
+    etcd: Option<Arc<Etcd>>,
 }
 
 /// The configuration state, owned by [`Owner`] alone.
@@ -347,6 +373,114 @@ struct Owner {
     rollouts: Rollouts,
     /// Fingerprints of declared rollouts not started, already logged (once each).
     declared_logged: BTreeSet<String>,
+    /// `--store etcd://`: the state shared with the other replicas.
+    shared: Option<Shared>,
+}
+
+/// The state a replica shares with the others through etcd ([`crate::etcd`]).
+struct Shared {
+    etcd: Arc<Etcd>,
+    /// The revision of the shared document this replica last read or wrote.
+    revision: i64,
+    /// The document's halves as at `revision`: a write changes one and keeps the other.
+    overlay: Overlay,
+    rollouts: serde_json::Value,
+    /// Newer revisions, as the follower reads them; taken by [`Owner::run`].
+    events: Option<mpsc::Receiver<Stored>>,
+    /// Writes are made as leader (the rollout controller's): fenced by the term.
+    fenced: bool,
+}
+
+/// Attempts of one admin change when other replicas keep changing the shared state.
+const MAX_SHARED_ATTEMPTS: usize = 5;
+
+impl Shared {
+    /// Write the overlay or the rollouts (the other half as last known), compare-and-swap
+    /// on the revision last read.
+    fn write(
+        &mut self,
+        overlay: Option<&Overlay>,
+        rollouts: Option<serde_json::Value>,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), ChangeError> {
+        let state = SharedState {
+            format: crate::etcd::STATE_FORMAT,
+            overlay: overlay.cloned().unwrap_or_else(|| self.overlay.clone()),
+            rollouts: rollouts.unwrap_or_else(|| self.rollouts.clone()),
+        };
+        let fence = if self.fenced {
+            match self.etcd.term() {
+                Some(term) => Some((term, what())),
+                None => {
+                    return Err(ChangeError::Conflict(
+                        "this replica is no longer the leader: the rollout controller runs on \
+                         the one that is"
+                            .to_owned(),
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        match self.etcd.write(&state, self.revision, fence) {
+            Ok(revision) => {
+                self.revision = revision;
+                self.overlay = state.overlay;
+                self.rollouts = state.rollouts;
+                Ok(())
+            }
+            Err(e @ (EtcdError::Conflict { .. } | EtcdError::NotLeader { .. })) => {
+                Err(ChangeError::Conflict(e.to_string()))
+            }
+            Err(e @ EtcdError::Unavailable(_)) => {
+                Err(ChangeError::Unavailable(unavailable(&e.to_string())))
+            }
+            Err(EtcdError::Invalid(e)) => Err(ChangeError::Invalid(e)),
+        }
+    }
+}
+
+/// The refusal of an admin change while etcd cannot be reached.
+fn unavailable(why: &str) -> String {
+    format!(
+        "{why}; admin changes are refused until it answers (nothing was applied; proxies keep \
+         being served the last configuration)"
+    )
+}
+
+/// The shared state to start a replica from: what etcd holds, or, when no replica wrote it
+/// yet, this replica's data directory (admin changes and rollouts of a single legate-cp that
+/// moves to etcd) or nothing, written as the first version.
+pub async fn shared_state(etcd: &Etcd, options: &CpOptions) -> Result<Stored, StoreError> {
+    loop {
+        if let Some(stored) = etcd.read_async().await? {
+            return Ok(stored);
+        }
+        let files = store::read_mesh_files(&options.config)?;
+        let (base, _) = store::load_mesh(&files.files)?;
+        let (overlay, _) = store::load_overlay(&options.data_dir, &base)?;
+        let rollouts = Rollouts::load(&options.data_dir)?;
+        let seeded = !overlay.services.is_empty() || rollouts.services().next().is_some();
+        let state = SharedState {
+            format: crate::etcd::STATE_FORMAT,
+            overlay,
+            rollouts: rollouts.to_value(),
+        };
+        match etcd.create_async(&state).await {
+            Ok(revision) => {
+                if seeded {
+                    tracing::info!(
+                        data_dir = %options.data_dir.display(),
+                        "etcd held no shared state: the admin changes and rollouts of the data directory are its first version"
+                    );
+                }
+                return Ok(Stored { revision, state });
+            }
+            // Another replica wrote the first version meanwhile: read it.
+            Err(EtcdError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn hex(digest: &[u8; 32]) -> String {
@@ -362,10 +496,33 @@ impl ControlPlane {
     pub fn load(options: CpOptions) -> Result<Arc<Self>, StoreError> {
         let files = store::read_mesh_files(&options.config)?;
         let (base, sources) = store::load_mesh(&files.files)?;
-        let (mut overlay, migrated) = store::load_overlay(&options.data_dir, &base)?;
-        if let Some(note) = migrated {
-            tracing::warn!("{note}");
-        }
+        let (mut overlay, rollouts, shared) = match &options.shared {
+            None => {
+                let (overlay, migrated) = store::load_overlay(&options.data_dir, &base)?;
+                if let Some(note) = migrated {
+                    tracing::warn!("{note}");
+                }
+                (overlay, Rollouts::load(&options.data_dir)?, None)
+            }
+            Some(start) => {
+                let rollouts =
+                    Rollouts::from_value(start.stored.state.rollouts.clone()).map_err(|e| {
+                        StoreError::Other(format!(
+                            "the rollouts in etcd do not check out ({e}): legate-cp does not \
+                             start on rollout state it cannot read"
+                        ))
+                    })?;
+                let shared = Shared {
+                    etcd: start.etcd.clone(),
+                    revision: start.stored.revision,
+                    overlay: start.stored.state.overlay.clone(),
+                    rollouts: start.stored.state.rollouts.clone(),
+                    events: None,
+                    fenced: false,
+                };
+                (start.stored.state.overlay.clone(), rollouts, Some(shared))
+            }
+        };
         // The files may have changed while legate-cp was down.
         let notes = store::rebase(&mut overlay, &base);
         for note in &notes {
@@ -373,7 +530,10 @@ impl ControlPlane {
         }
         if !notes.is_empty() {
             overlay.generation += 1;
-            store::save_overlay(&options.data_dir, &overlay)?;
+            // With etcd, the owner writes it once it runs.
+            if shared.is_none() {
+                store::save_overlay(&options.data_dir, &overlay)?;
+            }
         }
         let mut effective = store::effective(&base, &sources, &overlay);
         let base_dir = crate::secrets::base_dir(&options.config);
@@ -388,7 +548,7 @@ impl ControlPlane {
             Err(e) => return Err(StoreError::Other(e.to_string())),
         };
         let warnings = store::warnings(&effective.mesh, &sources, &overlay);
-        let rollouts = Rollouts::load(&options.data_dir)?;
+        let etcd = options.shared.as_ref().map(|s| s.etcd.clone());
         let cache = Arc::new(SnapshotCache::new());
         let metrics = Arc::new(CpMetrics::new());
         let registry = Arc::new(NodeRegistry::with_metrics(metrics.clone()));
@@ -438,6 +598,7 @@ impl ControlPlane {
             registry: registry.clone(),
             rollouts,
             declared_logged: BTreeSet::new(),
+            shared,
         };
         if let Err(e) = owner.publish(&effective.mesh, &secrets) {
             if owner.state.overlay.services.is_empty() {
@@ -456,6 +617,14 @@ impl ControlPlane {
         }
         owner.report(effective.conflicts, warnings);
         owner.watch_dirs();
+        if let Some(shared) = &mut owner.shared {
+            let (tx, rx) = mpsc::channel(16);
+            shared.etcd.spawn_follower(shared.revision, tx);
+            shared.events = Some(rx);
+            shared.etcd.spawn_election(metrics.leader_gauge());
+            shared.etcd.spawn_load_relay(load.clone());
+            metrics.watch_store(shared.etcd.health.clone());
+        }
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -480,7 +649,26 @@ impl ControlPlane {
             status,
             stopping,
             owner_done,
+            etcd,
         }))
+    }
+
+    /// Whether this replica should get new xDS streams (`/ready`): `Err` with the reason
+    /// when it is shutting down, or when etcd cannot be reached (`--store etcd://`: the
+    /// other replicas may have newer configuration).
+    pub fn ready(&self) -> Result<(), String> {
+        if self.is_shutting_down() {
+            return Err("legate-cp is shutting down".to_owned());
+        }
+        if let Some(why) = self.etcd.as_ref().and_then(|e| e.health.down_reason()) {
+            return Err(why);
+        }
+        Ok(())
+    }
+
+    /// `--store etcd://`: the connection.
+    pub fn etcd(&self) -> Option<&Arc<Etcd>> {
+        self.etcd.as_ref()
     }
 
     /// Stop taking changes, for good: admin changes are refused from now on (see
@@ -734,12 +922,25 @@ impl Owner {
         let mut recheck = Instant::now() + poll;
         let mut settle_at: Option<Instant> = None;
         let (load, registry) = (self.load.clone(), self.registry.clone());
+        let mut shared_events = self.shared.as_mut().and_then(|s| s.events.take());
+        let mut leadership = self.shared.as_ref().map(|s| s.etcd.leadership());
+        if let Some(shared) = &mut self.shared
+            && shared.overlay != self.state.overlay
+        {
+            // Overrides of fields the files changed while no replica ran were dropped at
+            // load: store that.
+            let overlay = self.state.overlay.clone();
+            if let Err(error) = shared.write(Some(&overlay), None, String::new) {
+                tracing::warn!(%error, "the rebased admin overlay was not written to etcd");
+            }
+        }
         self.drive_rollouts();
         self.start_declared_rollouts();
         loop {
             let deadline = settle_at.map_or(recheck, |at| at.min(recheck));
-            let watching = self.rollouts.is_watching();
-            let rollout_at = self.rollouts.next_deadline();
+            let leader = self.is_leader();
+            let watching = leader && self.rollouts.is_watching();
+            let rollout_at = self.rollouts.next_deadline().filter(|_| leader);
             tokio::select! {
                 // Before anything else: nothing is applied once legate-cp is stopping.
                 biased;
@@ -755,6 +956,12 @@ impl Owner {
                     Some(command) => self.handle(command),
                     None => return,
                 },
+                Some(stored) = recv_opt(&mut shared_events) => {
+                    self.apply_stored(stored);
+                    self.drive_rollouts();
+                    self.start_declared_rollouts();
+                }
+                Some(term) = leadership_changed(&mut leadership) => self.leadership_changed(term),
                 // After commands: a deadline that keeps firing must not starve them.
                 () = sleep_until_opt(rollout_at), if rollout_at.is_some() => self.drive_rollouts(),
                 () = self.wake.notified() => {
@@ -781,7 +988,13 @@ impl Owner {
                 caller,
                 reply,
             } => {
-                let _ = reply.send(self.apply(&document, &source, caller.as_deref()));
+                let services: Vec<String> = legate_model::parse_yaml::<Mesh>(&document, &source)
+                    .map(|doc| doc.services.into_iter().map(|s| s.name).collect())
+                    .unwrap_or_default();
+                let changed = self.shared_change(&services, |o| {
+                    o.apply(&document, &source, caller.as_deref())
+                });
+                let _ = reply.send(changed);
                 self.start_declared_rollouts();
             }
             Command::SetWeights {
@@ -790,24 +1003,30 @@ impl Owner {
                 caller,
                 reply,
             } => {
-                let changed = match self.rollouts.refuse_manual(&service) {
-                    Some(refusal) => Err(ChangeError::Precondition(refusal)),
-                    None => self.set_weights(&service, &weights, caller.as_deref(), "set-weights"),
-                };
+                let changed = self.shared_change(std::slice::from_ref(&service), |o| {
+                    match o.rollouts.refuse_manual(&service) {
+                        Some(refusal) => Err(ChangeError::Precondition(refusal)),
+                        None => o.set_weights(&service, &weights, caller.as_deref(), "set-weights"),
+                    }
+                });
                 let _ = reply.send(changed);
             }
             Command::Reset { service, reply } => {
-                let changed = match self.rollouts.refuse_manual(&service) {
-                    Some(refusal) => Err(ChangeError::Precondition(refusal)),
-                    None => self.reset(&service),
-                };
+                let changed = self.shared_change(std::slice::from_ref(&service), |o| {
+                    match o.rollouts.refuse_manual(&service) {
+                        Some(refusal) => Err(ChangeError::Precondition(refusal)),
+                        None => o.reset(&service),
+                    }
+                });
                 let _ = reply.send(changed);
             }
             Command::Delete { service, reply } => {
-                let changed = match self.rollouts.refuse_manual(&service) {
-                    Some(refusal) => Err(ChangeError::Precondition(refusal)),
-                    None => self.delete(&service),
-                };
+                let changed = self.shared_change(std::slice::from_ref(&service), |o| {
+                    match o.rollouts.refuse_manual(&service) {
+                        Some(refusal) => Err(ChangeError::Precondition(refusal)),
+                        None => o.delete(&service),
+                    }
+                });
                 let _ = reply.send(changed);
             }
             Command::GetService { service, reply } => {
@@ -819,7 +1038,10 @@ impl Owner {
                 caller,
                 reply,
             } => {
-                let _ = reply.send(self.start_rollout(&service, request, caller.as_deref(), None));
+                let changed = self.shared_change(std::slice::from_ref(&service), |o| {
+                    o.start_rollout(&service, request.clone(), caller.as_deref(), None)
+                });
+                let _ = reply.send(changed);
             }
             Command::SteerRollout {
                 service,
@@ -827,16 +1049,16 @@ impl Owner {
                 caller,
                 reply,
             } => {
-                let mut rollouts = std::mem::take(&mut self.rollouts);
-                let steered =
-                    rollouts.steer(&service, action, self, caller.as_deref(), Instant::now());
-                self.rollouts = rollouts;
-                let saved = self.save_rollouts();
-                let _ = reply.send(
-                    steered
-                        .and(saved)
-                        .map(|()| self.rollouts.view(&service, self).unwrap_or_default()),
-                );
+                let changed = self.shared_change(std::slice::from_ref(&service), |o| {
+                    let mut rollouts = std::mem::take(&mut o.rollouts);
+                    let steered =
+                        rollouts.steer(&service, action, o, caller.as_deref(), Instant::now());
+                    o.rollouts = rollouts;
+                    steered?;
+                    o.save_rollouts()?;
+                    Ok(o.rollouts.view(&service, o).unwrap_or_default())
+                });
+                let _ = reply.send(changed);
             }
             Command::Rollouts { service, reply } => {
                 let views = match service {
@@ -855,20 +1077,221 @@ impl Owner {
         }
     }
 
+    /// Run an admin change of `services`. With etcd, a change refused because another
+    /// replica wrote the shared state first is run again on what it wrote, unless that
+    /// write changed one of the same services: then it is refused, never applied over a
+    /// change its caller has not seen. Refused at once while etcd is unreachable.
+    fn shared_change<T>(
+        &mut self,
+        services: &[String],
+        mut change: impl FnMut(&mut Self) -> Result<T, ChangeError>,
+    ) -> Result<T, ChangeError> {
+        let Some(shared) = &self.shared else {
+            return change(self);
+        };
+        if let Some(why) = shared.etcd.health.down_reason() {
+            return Err(ChangeError::Unavailable(unavailable(&why)));
+        }
+        for _ in 0..MAX_SHARED_ATTEMPTS {
+            let before = self.stamp(services);
+            match change(self) {
+                Err(ChangeError::Conflict(why)) => {
+                    self.refresh_shared();
+                    if self.stamp(services) != before {
+                        return Err(ChangeError::Conflict(format!(
+                            "{} changed on another replica while this change was made ({why}): \
+                             nothing was applied; look at it (`legatectl get service`) and try \
+                             again",
+                            services.join(", ")
+                        )));
+                    }
+                }
+                other => return other,
+            }
+        }
+        Err(ChangeError::Conflict(format!(
+            "the shared state kept changing on other replicas: tried {MAX_SHARED_ATTEMPTS} \
+             times, nothing was applied; try again"
+        )))
+    }
+
+    /// What other replicas may have changed of `services`: their overrides and rollouts.
+    fn stamp(
+        &self,
+        services: &[String],
+    ) -> Vec<(Option<store::ServiceOverlay>, Option<serde_json::Value>)> {
+        services
+            .iter()
+            .map(|s| {
+                (
+                    self.state.overlay.services.get(s).cloned(),
+                    self.rollouts
+                        .get(s)
+                        .and_then(|r| serde_json::to_value(r).ok()),
+                )
+            })
+            .collect()
+    }
+
+    /// Whether this replica runs the singletons (the rollout controller): always without
+    /// etcd; with it, while it holds the leader lease.
+    fn is_leader(&self) -> bool {
+        self.shared.as_ref().is_none_or(|s| s.etcd.term().is_some())
+    }
+
+    /// This replica became the leader (`Some`) or stopped being it.
+    fn leadership_changed(&mut self, term: Option<Term>) {
+        if term.is_none() {
+            return;
+        }
+        // Take over from the newest state: the previous leader's last writes.
+        self.refresh_shared();
+        let replica = self
+            .shared
+            .as_ref()
+            .map(|s| s.etcd.options().replica.clone())
+            .unwrap_or_default();
+        self.rollouts
+            .take_over(&format!("replica {replica} took over as leader"));
+        self.drive_rollouts();
+        self.start_declared_rollouts();
+    }
+
+    /// Read the shared state now (after a write lost to another replica's).
+    fn refresh_shared(&mut self) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        match shared.etcd.read() {
+            Ok(Some(stored)) => self.apply_stored(stored),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "cannot read the shared state"),
+        }
+    }
+
+    /// Serve a newer revision of the shared state: the overlay on this replica's files,
+    /// and the rollouts. The same document and the same files compile to the same snapshots
+    /// on every replica.
+    fn apply_stored(&mut self, stored: Stored) {
+        let Some(shared) = &mut self.shared else {
+            return;
+        };
+        if stored.revision <= shared.revision {
+            return;
+        }
+        shared.revision = stored.revision;
+        shared.overlay = stored.state.overlay.clone();
+        shared.rollouts = stored.state.rollouts.clone();
+        match Rollouts::from_value(stored.state.rollouts) {
+            Ok(rollouts) => self.rollouts.adopt(rollouts),
+            Err(error) => {
+                tracing::error!(%error, revision = stored.revision, "the rollouts in etcd do not check out: kept the ones this replica had");
+            }
+        }
+        let mut overlay = stored.state.overlay;
+        let notes = store::rebase(&mut overlay, &self.state.base);
+        let effective = store::effective(&self.state.base, &self.state.sources, &overlay);
+        let published = self.read_secrets(&effective.mesh).and_then(|secrets| {
+            let changed = effective.mesh != self.state.effective
+                || secrets.fingerprint() != self.state.secrets;
+            if changed {
+                self.publish(&effective.mesh, &secrets)?;
+            }
+            Ok((secrets.fingerprint(), changed))
+        });
+        match published {
+            Ok((secrets, changed)) => {
+                let warnings = store::warnings(&effective.mesh, &self.state.sources, &overlay);
+                self.state.overlay = overlay;
+                self.state.effective = effective.mesh;
+                self.state.secrets = secrets;
+                let generation = self.state.overlay.generation;
+                self.status
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .generation = generation;
+                self.report(effective.conflicts, warnings);
+                self.watch_dirs();
+                if changed {
+                    tracing::info!(
+                        revision = stored.revision,
+                        generation,
+                        "shared state changed in etcd: new configuration pushed"
+                    );
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, revision = stored.revision, "the shared state in etcd does not compile with this replica's files: keeping the last good configuration");
+                return;
+            }
+        }
+        if !notes.is_empty() {
+            for note in &notes {
+                tracing::info!("{note}");
+            }
+            let mut overlay = self.state.overlay.clone();
+            overlay.generation += 1;
+            if let Some(shared) = &mut self.shared
+                && shared.write(Some(&overlay), None, String::new).is_ok()
+            {
+                self.state.overlay = overlay;
+            }
+        }
+    }
+
+    /// Persist the admin overlay: in the data directory, or etcd.
+    fn persist_overlay(&mut self, overlay: &Overlay) -> Result<(), ChangeError> {
+        match &mut self.shared {
+            None => store::save_overlay(&self.options.data_dir, overlay)
+                .map_err(|e| ChangeError::Invalid(e.to_string())),
+            Some(shared) => shared.write(Some(overlay), None, || {
+                format!("admin overlay generation {}", overlay.generation)
+            }),
+        }
+    }
+
     /// Move the rollouts on (set weights, see ACKs in, judge) and persist what changed.
+    /// Only the leader does, with its writes fenced by its term.
     fn drive_rollouts(&mut self) {
+        if !self.is_leader() {
+            return;
+        }
+        self.set_fenced(true);
         let mut rollouts = std::mem::take(&mut self.rollouts);
         rollouts.tick(self, Instant::now());
         self.rollouts = rollouts;
-        if let Err(e) = self.save_rollouts() {
+        let saved = self.save_rollouts();
+        self.set_fenced(false);
+        if let Err(e) = saved {
             tracing::error!(error = %e, "cannot persist the rollouts");
+            if matches!(e, ChangeError::Conflict(_)) {
+                // Another replica wrote first (a steer, say): go on from what it wrote.
+                self.refresh_shared();
+            }
+        }
+    }
+
+    /// Make the writes that follow the leader's (fenced), or anyone's.
+    fn set_fenced(&mut self, fenced: bool) {
+        if let Some(shared) = &mut self.shared {
+            shared.fenced = fenced;
         }
     }
 
     fn save_rollouts(&mut self) -> Result<(), ChangeError> {
-        self.rollouts
-            .save(&self.options.data_dir)
-            .map_err(|e| ChangeError::Invalid(format!("cannot persist the rollout: {e}")))
+        let Some(shared) = &mut self.shared else {
+            return self
+                .rollouts
+                .save(&self.options.data_dir)
+                .map_err(|e| ChangeError::Invalid(format!("cannot persist the rollout: {e}")));
+        };
+        if !self.rollouts.is_dirty() {
+            return Ok(());
+        }
+        let rollouts = &self.rollouts;
+        shared.write(None, Some(rollouts.to_value()), || rollouts.summary())?;
+        self.rollouts.saved();
+        Ok(())
     }
 
     /// Start the rollouts the served mesh declares (`rollout:` on a service) that have not
@@ -876,6 +1299,15 @@ impl Owner {
     /// started again by the same block, and a changed block starts a new one (once the
     /// previous has finished).
     fn start_declared_rollouts(&mut self) {
+        if !self.is_leader() {
+            return;
+        }
+        self.set_fenced(true);
+        self.start_declared();
+        self.set_fenced(false);
+    }
+
+    fn start_declared(&mut self) {
         let declared: Vec<(String, legate_model::ServiceRollout)> = self
             .state
             .effective
@@ -1020,7 +1452,7 @@ impl Owner {
                 }
                 if overlay != self.state.overlay {
                     overlay.generation += 1;
-                    if let Err(error) = store::save_overlay(&self.options.data_dir, &overlay) {
+                    if let Err(error) = self.persist_overlay(&overlay) {
                         // Served as computed; a restart computes the same from the files.
                         tracing::error!(%error, "cannot persist the admin overlay after a file change");
                     }
@@ -1173,7 +1605,7 @@ impl Owner {
         let secrets = self.read_secrets(&effective.mesh)?;
         Self::proxy_resources(&effective.mesh, None, &secrets)?;
         overlay.generation += 1;
-        store::save_overlay(&self.options.data_dir, &overlay).map_err(|e| e.to_string())?;
+        self.persist_overlay(&overlay)?;
         self.publish(&effective.mesh, &secrets)?;
         let warnings = store::warnings(&effective.mesh, &self.state.sources, &overlay);
         self.state.overlay = overlay;
@@ -1563,6 +1995,27 @@ impl Owner {
             }
         });
         Ok(())
+    }
+}
+
+/// The next revision of the shared state; never, without etcd.
+async fn recv_opt(events: &mut Option<mpsc::Receiver<Stored>>) -> Option<Stored> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next change of leadership; never, without etcd.
+async fn leadership_changed(
+    leadership: &mut Option<tokio::sync::watch::Receiver<Option<Term>>>,
+) -> Option<Option<Term>> {
+    match leadership {
+        Some(rx) => {
+            rx.changed().await.ok()?;
+            Some(*rx.borrow_and_update())
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -39,6 +39,7 @@ pub mod admin_server;
 pub mod app;
 pub mod cache;
 pub mod certs;
+pub mod etcd;
 pub mod load;
 pub mod load_report;
 pub mod metrics;

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterStats;
+use envoy_types::pb::envoy::service::load_stats::v3::LoadStatsRequest;
 use legate_telemetry::load::{LATENCY_SUM_METRIC, latency_bucket_of, quantile_ms};
 use legate_telemetry::{Counter, Gauge, LATENCY_BUCKET_COUNT};
 use tokio::sync::Notify;
@@ -344,6 +345,9 @@ pub struct LoadStore {
     metrics: LoadMetrics,
     /// Woken after every report kept: the rollout controller judges on arrival.
     reported: Notify,
+    /// Where reports received over LRS are also sent, for the other replicas
+    /// ([`crate::etcd::Etcd::spawn_load_relay`]); unset on a single legate-cp.
+    relay: std::sync::OnceLock<tokio::sync::mpsc::Sender<LoadStatsRequest>>,
 }
 
 /// A cluster's load summed over nodes: the load, attempts in progress at each node's latest
@@ -363,7 +367,14 @@ impl LoadStore {
             inner: Mutex::default(),
             metrics,
             reported: Notify::new(),
+            relay: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Send every report received over LRS from now on to `relay` too (dropped, not waited
+    /// for, when it is full: the request path of an LRS stream never waits on etcd).
+    pub fn relay_to(&self, relay: tokio::sync::mpsc::Sender<LoadStatsRequest>) {
+        let _ = self.relay.set(relay);
     }
 
     /// Notified (one permit, see [`Notify::notify_one`]) after each report that kept
@@ -409,8 +420,19 @@ impl LoadStore {
         }
     }
 
-    /// Record one report from `node`.
+    /// Record one report `node` sent this replica over LRS (and relay it, see
+    /// [`relay_to`](Self::relay_to)).
     pub fn record(&self, node: &str, stats: &[ClusterStats]) {
+        self.record_at(node, stats, Instant::now());
+        if let Some(relay) = self.relay.get()
+            && !stats.is_empty()
+        {
+            let _ = relay.try_send(crate::etcd::relayed_report(node, stats));
+        }
+    }
+
+    /// Record a report another replica received (not relayed again).
+    pub fn record_relayed(&self, node: &str, stats: &[ClusterStats]) {
         self.record_at(node, stats, Instant::now());
     }
 

@@ -16,6 +16,8 @@
 //! | `legate_cp_lrs_reports_total` | counter | none | [`CpMetrics::lrs_report_received`] |
 //! | `legate_cp_lrs_series` | gauge | none | [`crate::load_report::LoadStore`]: (node, cluster) series held |
 //! | `legate_cp_lrs_ignored_total` | counter | `reason` | [`crate::load_report::LoadStore`]: report entries left out |
+//! | `legate_cp_store_up` | gauge | none | [`crate::etcd::StoreHealth`]: etcd answers (always 1 with the data directory) |
+//! | `legate_cp_leader` | gauge | none | [`crate::etcd::Etcd::spawn_election`]: this replica runs the rollout controller |
 //!
 //! **Bounded labels.** Node ids are not labels: a fleet's node ids (pod names) grow without
 //! bound over time. Streams and NACKs are labelled with the node's *cluster* instead, and
@@ -115,6 +117,8 @@ pub struct CpMetrics {
     lrs_load: crate::load_report::LoadMetrics,
     rollback_latency: Arc<Histogram>,
     rollout_decisions: Arc<Family<Counter>>,
+    store_up: Arc<Gauge>,
+    leader: Arc<Gauge>,
     /// Node clusters given a label value of their own, at most [`MAX_NODE_CLUSTER_LABELS`].
     node_clusters: Mutex<BTreeSet<String>>,
 }
@@ -250,7 +254,27 @@ impl CpMetrics {
         for verdict in ["pass", "fail", "inconclusive", "manual"] {
             rollout_decisions.get_or_create(&[verdict]);
         }
+        let store_up = registry
+            .family::<Gauge>(
+                "legate_cp_store_up",
+                "1 while the store of admin changes and rollouts answers (the data directory \
+                 always; etcd with --store etcd://), 0 while admin changes are refused for it.",
+                &[],
+            )
+            .get_or_create(&[]);
+        store_up.set(1);
+        let leader = registry
+            .family::<Gauge>(
+                "legate_cp_leader",
+                "1 while this legate-cp runs the rollout controller: always on a single \
+                 legate-cp; with --store etcd://, on the replica holding the leader lease.",
+                &[],
+            )
+            .get_or_create(&[]);
+        leader.set(1);
         CpMetrics {
+            store_up,
+            leader,
             rollback_latency,
             rollout_decisions,
             registry,
@@ -266,6 +290,17 @@ impl CpMetrics {
             lrs_load,
             node_clusters: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// `legate_cp_leader`, for the election to keep (0 until it wins).
+    pub fn leader_gauge(&self) -> Arc<Gauge> {
+        self.leader.set(0);
+        self.leader.clone()
+    }
+
+    /// Keep `legate_cp_store_up` as `health` says.
+    pub fn watch_store(&self, health: Arc<crate::etcd::StoreHealth>) {
+        health.report_to(self.store_up.clone());
     }
 
     /// Prometheus text exposition format (version 0.0.4).
@@ -385,9 +420,13 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 /// Request line plus headers.
 const MAX_HEAD_BYTES: usize = 16 << 10;
 
-/// Serve `GET /metrics` (and `HEAD`) on `listener`, without authentication (see the module
-/// docs), until the task is dropped. HTTP/1.1 only; request bodies are never read.
-pub async fn serve(listener: TcpListener, metrics: Arc<CpMetrics>) {
+/// Whether legate-cp should get new xDS streams: `Err` names why not.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Serve `GET /metrics` and `GET /ready` (and `HEAD`) on `listener`, without authentication
+/// (see the module docs), until the task is dropped. HTTP/1.1 only; request bodies are never
+/// read. `/ready` answers 200 `ready`, or 503 with `ready`'s reason.
+pub async fn serve(listener: TcpListener, metrics: Arc<CpMetrics>, ready: Readiness) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -402,11 +441,11 @@ pub async fn serve(listener: TcpListener, metrics: Arc<CpMetrics>) {
                 continue;
             }
         };
-        let metrics = metrics.clone();
+        let (metrics, ready) = (metrics.clone(), ready.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(respond(&metrics, &req)) }
+                let (metrics, ready) = (metrics.clone(), ready.clone());
+                async move { Ok::<_, Infallible>(respond(&metrics, &*ready, &req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -421,7 +460,11 @@ pub async fn serve(listener: TcpListener, metrics: Arc<CpMetrics>) {
     }
 }
 
-fn respond(metrics: &CpMetrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(
+    metrics: &CpMetrics,
+    ready: &(dyn Fn() -> Result<(), String> + Send + Sync),
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, content_type: &'static str, body: String| {
         let mut res = Response::new(Full::new(Bytes::from(body)));
         *res.status_mut() = status;
@@ -431,11 +474,12 @@ fn respond(metrics: &CpMetrics, req: &Request<Incoming>) -> Response<Full<Bytes>
         );
         res
     };
-    if req.uri().path() != "/metrics" {
+    let path = req.uri().path();
+    if path != "/metrics" && path != "/ready" {
         return reply(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "legate-cp metrics: GET /metrics\n".to_owned(),
+            "legate-cp: GET /metrics, GET /ready\n".to_owned(),
         );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -447,6 +491,20 @@ fn respond(metrics: &CpMetrics, req: &Request<Incoming>) -> Response<Full<Bytes>
         res.headers_mut()
             .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
         return res;
+    }
+    if path == "/ready" {
+        return match ready() {
+            Ok(()) => reply(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                "ready\n".to_owned(),
+            ),
+            Err(why) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                format!("not ready: {why}\n"),
+            ),
+        };
     }
     reply(
         StatusCode::OK,

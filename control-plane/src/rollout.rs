@@ -660,14 +660,34 @@ impl Rollouts {
                 });
             }
         };
-        let stored: Stored = serde_json::from_str(&text).map_err(|e| stored_error(&path, e))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| stored_error(&path, e))?;
+        let mut rollouts = Rollouts::from_value(value).map_err(|e| stored_error(&path, e))?;
+        rollouts.take_over("legate-cp restarted");
+        Ok(rollouts)
+    }
+
+    /// The rollouts as persisted (in the data directory's file, or etcd's shared state).
+    pub fn to_value(&self) -> serde_json::Value {
+        let stored = Stored {
+            format: ROLLOUTS_FORMAT,
+            rollouts: self.by_service.values().cloned().collect(),
+            declared: self.declared.clone(),
+        };
+        serde_json::to_value(&stored).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Rollouts as [`to_value`](Self::to_value) wrote them (`null`: none), checked: one that
+    /// does not check out is refused whole. Steps start at setting their weights.
+    pub fn from_value(value: serde_json::Value) -> Result<Rollouts, String> {
+        if value.is_null() {
+            return Ok(Rollouts::default());
+        }
+        let stored: Stored = serde_json::from_value(value).map_err(|e| e.to_string())?;
         if stored.format != ROLLOUTS_FORMAT {
-            return Err(stored_error(
-                &path,
-                format!(
-                    "format {} is not one this release reads (it writes format {ROLLOUTS_FORMAT})",
-                    stored.format
-                ),
+            return Err(format!(
+                "format {} is not one this release reads (it writes format {ROLLOUTS_FORMAT})",
+                stored.format
             ));
         }
         let mut by_service = BTreeMap::new();
@@ -675,29 +695,19 @@ impl Rollouts {
             let name = r.definition.service.clone();
             r.definition
                 .check()
-                .map_err(|e| stored_error(&path, format!("rollout of `{name}`: {e}")))?;
+                .map_err(|e| format!("rollout of `{name}`: {e}"))?;
             if r.step >= r.definition.steps.len() {
-                return Err(stored_error(
-                    &path,
-                    format!("rollout of `{name}`: step {} does not exist", r.step + 1),
+                return Err(format!(
+                    "rollout of `{name}`: step {} does not exist",
+                    r.step + 1
                 ));
             }
             if r.decisions.len() > MAX_DECISIONS {
                 let extra = r.decisions.len() - MAX_DECISIONS;
                 r.decisions.drain(..extra);
             }
-            if r.state.in_charge() {
-                r.reason = format!(
-                    "legate-cp restarted: {} is set again and judged from now",
-                    r.position()
-                );
-                r.resumed_unix_ms = Some(unix_ms());
-            }
             if by_service.insert(name.clone(), r).is_some() {
-                return Err(stored_error(
-                    &path,
-                    format!("service `{name}` has two rollouts"),
-                ));
+                return Err(format!("service `{name}` has two rollouts"));
             }
         }
         Ok(Rollouts {
@@ -707,21 +717,69 @@ impl Rollouts {
         })
     }
 
+    /// Take charge of the rollouts as they were persisted (after a restart, or on becoming
+    /// the leader replica, `why`): each one in charge sets its step's weights again and
+    /// judges the step afresh.
+    pub fn take_over(&mut self, why: &str) {
+        for r in self.by_service.values_mut() {
+            if r.state.in_charge() {
+                r.reason = format!("{why}: {} is set again and judged from now", r.position());
+                r.resumed_unix_ms = Some(unix_ms());
+                r.phase = Phase::Apply;
+                r.rollback_since = None;
+            }
+        }
+    }
+
+    /// Adopt rollouts another replica persisted: a rollout persisted as this one holds it
+    /// keeps its place in memory (its step's phase); any other is taken as persisted.
+    pub fn adopt(&mut self, stored: Rollouts) {
+        let persisted = |r: &Rollout| serde_json::to_value(r).ok();
+        let mut by_service = stored.by_service;
+        for (service, r) in &mut by_service {
+            if let Some(mine) = self.by_service.remove(service)
+                && persisted(&mine) == persisted(r)
+            {
+                *r = mine;
+            }
+        }
+        self.by_service = by_service;
+        self.declared = stored.declared;
+        self.dirty = false;
+    }
+
     /// Persist, when anything changed since the last call.
     pub fn save(&mut self, data_dir: &Path) -> Result<(), StoreError> {
         if !self.dirty {
             return Ok(());
         }
-        let stored = Stored {
-            format: ROLLOUTS_FORMAT,
-            rollouts: self.by_service.values().cloned().collect(),
-            declared: self.declared.clone(),
-        };
-        let text =
-            serde_json::to_vec_pretty(&stored).map_err(|e| StoreError::Other(e.to_string()))?;
+        let text = serde_json::to_vec_pretty(&self.to_value())
+            .map_err(|e| StoreError::Other(e.to_string()))?;
         store::write_atomic(data_dir, ROLLOUTS_FILE, &text)?;
         self.dirty = false;
         Ok(())
+    }
+
+    /// Whether anything changed since the last [`save`](Self::save) or
+    /// [`saved`](Self::saved).
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Each rollout's state and step, for the audit trail: `payments progressing step 2 of
+    /// 3`.
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> = self
+            .by_service
+            .iter()
+            .map(|(service, r)| format!("{service} {} {}", r.state.as_str(), r.position()))
+            .collect();
+        format!("rollouts: {}", parts.join("; "))
+    }
+
+    /// The changes were persisted elsewhere (etcd).
+    pub fn saved(&mut self) {
+        self.dirty = false;
     }
 
     /// Whether the mesh block with this fingerprint already started a rollout of `service`.

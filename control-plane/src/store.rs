@@ -167,6 +167,9 @@ pub enum StoreError {
     Invalid(Vec<Problem>),
     #[error("{0}: no mesh files (*.yaml, *.yml) in the directory")]
     NoMeshFiles(String),
+    /// `--store etcd://`: etcd refused or did not answer.
+    #[error("--store etcd: {0}")]
+    Etcd(#[from] crate::etcd::EtcdError),
     #[error("{0}")]
     Other(String),
 }

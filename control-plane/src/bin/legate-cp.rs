@@ -5,13 +5,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use legate_cp::admin_server::{AdminApi, AdminOptions};
-use legate_cp::app::{ControlPlane, CpOptions, bind};
+use legate_cp::app::{ControlPlane, CpOptions, SharedStart, bind, shared_state};
+use legate_cp::etcd::{Etcd, EtcdError, EtcdOptions, EtcdTls, StoreUrl};
 use legate_cp::server::NodeAuth;
 use legate_cp::server::XdsLimits;
+use legate_cp::store::StoreError;
 use legate_cp::{NodeSnapshot, XdsServer};
 use legate_model::parse_duration;
 use legate_model::parse_size;
@@ -101,6 +104,32 @@ struct Args {
     /// `legatectl top` (at most 50,000 node and cluster series of 64 reports each).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     lrs_window: Duration,
+    /// Where admin changes and rollouts are kept: `dir` (files in --data-dir, for one
+    /// legate-cp), or `etcd://HOST:PORT[,HOST:PORT...]` (shared by every replica given the
+    /// same etcd and --etcd-prefix; see the README's "Several replicas").
+    #[arg(long, value_name = "URL", default_value = "dir")]
+    store: legate_cp::etcd::StoreUrl,
+    /// Connect to etcd over TLS, trusting this CA bundle (PEM).
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate for etcd (PEM), when etcd requires one; needs --etcd-ca.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_key", "etcd_ca"])]
+    etcd_cert: Option<PathBuf>,
+    /// The private key of --etcd-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// Every etcd key legate-cp uses starts with this: meshes sharing one etcd need
+    /// different prefixes.
+    #[arg(long, value_name = "PREFIX", default_value = "/legate/")]
+    etcd_prefix: String,
+    /// This replica's name in etcd (the leader key, the audit trail) and the logs.
+    /// Default: $HOSTNAME (a Kubernetes pod's name), else the host name.
+    #[arg(long, value_name = "NAME")]
+    replica_id: Option<String>,
+    /// With etcd, the rollout controller runs on one replica, elected with a lease of this
+    /// TTL (whole seconds, 2s at least): a leader that dies is replaced within it.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    leader_lease: Duration,
     /// Where admin changes (overlay.yaml) and the generated admin.token are kept; created
     /// when missing. Default: $STATE_DIRECTORY (set by systemd's StateDirectory=) when set,
     /// else ./legate-cp-data, relative to the working directory.
@@ -315,15 +344,18 @@ async fn run(args: Args) -> Result<(), String> {
         ..AdminOptions::new(args.admin_address, data_dir(&args))
     })
     .map_err(|e| e.to_string())?;
-    let cp = ControlPlane::load(CpOptions {
+    let mut options = CpOptions {
         settle: args.mesh_settle,
         recheck_interval: args.mesh_recheck.max(Duration::from_millis(100)),
         load_window: args
             .lrs_window
             .clamp(Duration::from_secs(1), Duration::from_secs(3600)),
         ..cp_options(&args)
-    })
-    .map_err(|e| e.to_string())?;
+    };
+    if let StoreUrl::Etcd(endpoints) = &args.store {
+        options.shared = Some(connect_etcd(&args, endpoints.clone(), &options).await?);
+    }
+    let cp = ControlPlane::load(options).map_err(|e| e.to_string())?;
     let xds_listener = bind(args.xds_address)
         .await
         .map_err(|e| format!("cannot bind xDS address {}: {e}", args.xds_address))?;
@@ -386,9 +418,11 @@ async fn run(args: Args) -> Result<(), String> {
         None => tokio::spawn(server.serve(xds_listener, stop.clone().cancelled_owned())),
     };
     let admin = tokio::spawn(admin.serve(cp.clone(), admin_listener));
+    let ready_cp = cp.clone();
     tokio::spawn(legate_cp::metrics::serve(
         metrics_listener,
         cp.metrics.clone(),
+        Arc::new(move || ready_cp.ready()),
     ));
     let mut signals = Signals::new()?;
     let signal = tokio::select! {
@@ -404,6 +438,90 @@ async fn run(args: Args) -> Result<(), String> {
     };
     shut_down(&cp, &stop, xds, signal, &mut signals, args.shutdown_timeout).await;
     Ok(())
+}
+
+/// How long a replica starting with `--store etcd://` waits for etcd before it gives up.
+const ETCD_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connect to etcd and read the shared state (or write its first version), retrying for
+/// [`ETCD_START_TIMEOUT`]: a replica serves nothing before it has the shared state, since
+/// the files alone would serve other proxies' configuration than its peers do.
+async fn connect_etcd(
+    args: &Args,
+    endpoints: Vec<String>,
+    options: &CpOptions,
+) -> Result<SharedStart, String> {
+    let lease = args.leader_lease;
+    if lease < legate_cp::etcd::MIN_LEASE || lease.subsec_nanos() != 0 {
+        return Err(format!(
+            "--leader-lease {}: whole seconds, 2s at least",
+            humantime::format_duration(lease)
+        ));
+    }
+    if args.etcd_prefix.is_empty() || args.etcd_prefix.len() > 256 {
+        return Err("--etcd-prefix: 1 to 256 bytes".to_owned());
+    }
+    let replica = replica_id(args);
+    let etcd_options = EtcdOptions {
+        endpoints,
+        tls: args.etcd_ca.clone().map(|ca| EtcdTls {
+            ca,
+            cert: args.etcd_cert.clone(),
+            key: args.etcd_key.clone(),
+        }),
+        prefix: args.etcd_prefix.clone(),
+        replica: replica.clone(),
+        lease,
+    };
+    let give_up = tokio::time::Instant::now() + ETCD_START_TIMEOUT;
+    let mut logged = false;
+    loop {
+        let attempt = async {
+            let etcd = Etcd::connect(etcd_options.clone()).await?;
+            let stored = shared_state(&etcd, options).await?;
+            Ok::<_, StoreError>(SharedStart { etcd, stored })
+        };
+        match attempt.await {
+            Ok(start) => {
+                tracing::info!(
+                    replica,
+                    endpoints = ?etcd_options.endpoints,
+                    prefix = etcd_options.prefix,
+                    revision = start.stored.revision,
+                    "shared state read from etcd"
+                );
+                return Ok(start);
+            }
+            // Only an unreachable etcd is waited for; anything else is wrong for good.
+            Err(StoreError::Etcd(EtcdError::Unavailable(e)))
+                if tokio::time::Instant::now() < give_up =>
+            {
+                if !logged {
+                    tracing::warn!(error = %e, "waiting for etcd");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// `--replica-id`, or $HOSTNAME (a pod's name), or the host name.
+fn replica_id(args: &Args) -> String {
+    if let Some(id) = &args.replica_id {
+        return id.clone();
+    }
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| format!("legate-cp-{}", std::process::id()))
 }
 
 /// Stop taking changes, end every xDS stream, and give what is running `timeout` to finish.
