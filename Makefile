@@ -89,14 +89,26 @@ run-tools:
 ## legate-cp's /metrics; the prometheus server scrapes legate and legate-cp in
 ## tests/tests/prometheus.rs. Debian's systemd package: systemd-analyze verifies
 ## deploy/systemd/ (tests/tests/deploy_systemd.rs, which also runs the units' readiness
-## waits, and those call curl). Only what is missing is installed.
+## waits, and those call curl). Debian's etcd-server and etcd-client: tests/src/etcd.rs runs
+## its own etcd clusters on free loopback ports. Only what is missing is installed.
+## etcd-server's install scripts would start a system etcd on 2379 (or fail where no init
+## system runs, PID 1 not being systemd): while it installs, a temporary policy-rc.d (the
+## Debian interface for this, honoured by invoke-rc.d and deb-systemd-invoke) refuses service
+## starts. One the machine already has is left as it is.
 test-tools:
 	@pkgs=; \
 	{ command -v promtool >/dev/null && command -v prometheus >/dev/null; } || pkgs="$$pkgs prometheus"; \
 	command -v systemd-analyze >/dev/null || pkgs="$$pkgs systemd"; \
 	command -v curl >/dev/null || pkgs="$$pkgs curl"; \
+	command -v etcd >/dev/null || pkgs="$$pkgs etcd-server"; \
+	command -v etcdctl >/dev/null || pkgs="$$pkgs etcd-client"; \
 	[ -z "$$pkgs" ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  policy=/usr/sbin/policy-rc.d; \
+	  if [ ! -e $$policy ]; then \
+	    trap "$$SUDO rm -f $$policy" EXIT; \
+	    printf '#!/bin/sh\n# make test-tools: no service starts while it installs\nexit 101\n' | $$SUDO tee $$policy >/dev/null && $$SUDO chmod 755 $$policy || exit 1; \
+	  fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$pkgs >/dev/null; }
 
 bench-tools:

@@ -10,6 +10,8 @@
 //! - [`cp::ControlPlane`] runs the `legate-cp` binary and drives its admin API (legatectl,
 //!   JSON over HTTP or HTTPS, gRPC) with the right credentials; [`cp::Pki`] issues test
 //!   certificates into files.
+//! - [`etcd::EtcdCluster`] runs a real etcd cluster (Debian's `etcd`) of N members on
+//!   loopback ports, freezes, kills and restarts members, and reads keys with `etcdctl`.
 //! - [`client`] is a bounded-time HTTP/1.1 and h2c client; [`metrics`] reads Prometheus text.
 //! - [`xds_server::XdsServer`] is a scriptable ADS control plane (SotW and delta) on a real
 //!   socket; [`XdsFlags`] starts `legate` against it without a bootstrap file, and
@@ -24,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod cp;
 pub mod demo;
+pub mod etcd;
 pub mod grpc;
 pub mod metrics;
 pub mod oauth;

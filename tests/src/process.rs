@@ -304,16 +304,7 @@ impl ChildProcess {
     }
 
     pub(crate) fn sigterm(&self) {
-        let pid = self.pid().to_string();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap_or_else(|error| panic!("cannot run `kill -TERM {pid}`: {error}"));
-        assert!(
-            status.success(),
-            "`kill -TERM {pid}` failed ({status}) for {}",
-            self.label
-        );
+        send_signal(self.pid(), "TERM", &self.label);
     }
 
     pub(crate) async fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
@@ -1007,14 +998,26 @@ pub struct Finished {
 
 /// Runs `legate ARGS` to completion (killing it and panicking after `timeout`).
 pub fn run_legate(args: &[&str], timeout: Duration) -> Finished {
-    let bin = legate_bin();
-    let mut child = Command::new(&bin)
-        .args(args)
+    let mut command = Command::new(legate_bin());
+    command.args(args);
+    let output = run_bounded(command, timeout);
+    Finished {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Runs `command` to completion with stdin closed and both output streams captured; kills it
+/// (by its PID) and panics, naming the command, when it has not finished after `timeout`.
+pub fn run_bounded(mut command: Command, timeout: Duration) -> std::process::Output {
+    let shown = format!("{command:?}");
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|error| panic!("cannot start {} {args:?}: {error}", bin.display()));
+        .unwrap_or_else(|error| panic!("cannot start {shown}: {error}"));
     let stdout = read_all_on_thread(child.stdout.take());
     let stderr = read_all_on_thread(child.stderr.take());
     let deadline = Instant::now() + timeout;
@@ -1025,14 +1028,11 @@ pub fn run_legate(args: &[&str], timeout: Duration) -> Finished {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "`legate {}` did not finish within {timeout:?}",
-                args.join(" ")
-            );
+            panic!("{shown} did not finish within {timeout:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Finished {
+    std::process::Output {
         status,
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
@@ -1041,14 +1041,28 @@ pub fn run_legate(args: &[&str], timeout: Duration) -> Finished {
 
 fn read_all_on_thread(
     reader: Option<impl Read + Send + 'static>,
-) -> std::thread::JoinHandle<String> {
+) -> std::thread::JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut bytes = Vec::new();
         if let Some(mut reader) = reader {
             let _ = reader.read_to_end(&mut bytes);
         }
-        String::from_utf8_lossy(&bytes).into_owned()
+        bytes
     })
+}
+
+/// Sends `SIGNAL` (`TERM`, `STOP`, `CONT`, ...) to `pid` with `kill(1)`, panicking (naming
+/// `who`) when that fails. Only ever called with the PID of a child a handle owns.
+pub fn send_signal(pid: u32, signal: &str, who: &str) {
+    let pid = pid.to_string();
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap_or_else(|error| panic!("cannot run `kill -{signal} {pid}`: {error}"));
+    assert!(
+        status.success(),
+        "`kill -{signal} {pid}` failed ({status}) for {who}"
+    );
 }
 
 /// The address named `name` in an address file (`--address-file` of legate and legate-cp:
