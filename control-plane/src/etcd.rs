@@ -634,6 +634,19 @@ impl Etcd {
                 tokio::time::sleep(tick).await;
                 continue;
             };
+            let audit_ttl = i64::try_from(AUDIT_RETENTION.as_secs()).unwrap_or(86_400);
+            let audit_lease =
+                match tokio::time::timeout(REQUEST_TIMEOUT, client.lease_grant(audit_ttl, None))
+                    .await
+                {
+                    Ok(Ok(lease)) => lease.id(),
+                    _ => {
+                        let _ =
+                            tokio::time::timeout(REQUEST_TIMEOUT, client.lease_revoke(lease)).await;
+                        tokio::time::sleep(tick).await;
+                        continue;
+                    }
+                };
             let mut valid_until = granted_at + ttl - margin;
             let mut unanswered: VecDeque<Instant> = VecDeque::new();
             let mut leading: Option<Term> = None;
@@ -646,7 +659,7 @@ impl Etcd {
                             unanswered.push_back(Instant::now());
                         }
                         if leading.is_none() {
-                            match self.campaign(&mut client, &leader_key, lease).await {
+                            match self.campaign(&mut client, &leader_key, lease, audit_lease).await {
                                 Ok(Some(term)) => {
                                     tracing::info!(replica = %self.options.replica, term = term.revision, "this replica is now the leader: it runs the rollouts");
                                     leading = Some(term);
@@ -687,12 +700,15 @@ impl Etcd {
         }
     }
 
-    /// One attempt to create the `leader` key; the term when it was created.
+    /// One attempt to create the `leader` key; the term when this replica holds it (also
+    /// when an earlier attempt created it and its answer was lost). `audit_lease`: the lease
+    /// for the term's audit entries, granted before.
     async fn campaign(
         &self,
         client: &mut Client,
         leader_key: &str,
         lease: i64,
+        audit_lease: i64,
     ) -> Result<Option<Term>, EtcdError> {
         let txn = Txn::new()
             .when(vec![Compare::version(leader_key, CompareOp::Equal, 0)])
@@ -700,30 +716,34 @@ impl Etcd {
                 leader_key,
                 self.options.replica.clone(),
                 Some(PutOptions::new().with_lease(lease)),
-            )]);
+            )])
+            .or_else(vec![TxnOp::get(leader_key, None)]);
         let response = tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn))
             .await
             .map_err(|_| EtcdError::Unavailable("no answer".to_owned()))??;
-        if !response.succeeded() {
-            return Ok(None);
-        }
-        let revision = response.header().map_or(0, |h| h.revision());
-        let audit_lease = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            client.lease_grant(
-                i64::try_from(AUDIT_RETENTION.as_secs()).unwrap_or(86_400),
-                None,
-            ),
-        )
-        .await
-        .map_err(|_| EtcdError::Unavailable("no answer".to_owned()))??
-        .id();
+        let revision = if response.succeeded() {
+            response.header().map_or(0, |h| h.revision())
+        } else {
+            let held = response.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .filter(|kv| kv.lease() == lease)
+                    .map(|kv| kv.create_revision()),
+                _ => None,
+            });
+            match held {
+                Some(revision) => revision,
+                None => return Ok(None),
+            }
+        };
         let term = Term {
             revision,
             lease,
             audit_lease,
         };
-        // The first entry of the term, fenced like every other.
+        // The first entry of the term, fenced like every other; the term is this replica's
+        // whether or not it is written.
         let audit = Txn::new()
             .when(vec![Compare::create_revision(
                 leader_key,
@@ -731,11 +751,12 @@ impl Etcd {
                 revision,
             )])
             .and_then(vec![self.audit_op(term, "elected".to_owned())?]);
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, client.txn(audit))
-            .await
-            .map_err(|_| EtcdError::Unavailable("no answer".to_owned()))??;
-        if !response.succeeded() {
-            return Ok(None);
+        match tokio::time::timeout(REQUEST_TIMEOUT, client.txn(audit)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "the election was not written to the audit trail")
+            }
+            Err(_) => tracing::warn!("the election was not written to the audit trail: no answer"),
         }
         Ok(Some(term))
     }

@@ -7,6 +7,7 @@
 //! |---|---|---|---|
 //! | `legate_cp_xds_streams` | gauge | `mode`, `node_cluster` | [`crate::registry`]: a stream registers / its handle drops |
 //! | `legate_cp_xds_pushes_total` | counter | `mode`, `type_url` | a response sent on a stream |
+//! | `legate_cp_xds_resources_sent_total` | counter | `mode`, `type_url` | the resources in those responses |
 //! | `legate_cp_xds_ack_latency_seconds` | histogram | `type_url` | the ACK of the version last pushed for that type on that stream |
 //! | `legate_cp_xds_nacks_total` | counter | `node_cluster`, `type_url` | a NACK |
 //! | `legate_cp_xds_refusals_total` | counter | `reason` | an xDS stream or TLS handshake refused for its identity |
@@ -107,6 +108,8 @@ pub struct CpMetrics {
     streams: Arc<Family<Gauge>>,
     /// By mode (SotW, delta), then by [`ResourceKind::index`].
     pushes: [[Arc<Counter>; 5]; 2],
+    /// Resources those responses carried, indexed the same way.
+    resources_sent: [[Arc<Counter>; 5]; 2],
     ack_latency: [Arc<Histogram>; 5],
     nacks: Arc<Family<Counter>>,
     xds_refusals: Arc<Family<Counter>>,
@@ -159,6 +162,16 @@ impl CpMetrics {
         let pushes = [StreamMode::Sotw, StreamMode::Delta].map(|mode| {
             ResourceKind::WARM_ORDER
                 .map(|kind| pushes_family.get_or_create(&[mode_label(mode), kind.type_url()]))
+        });
+        let resources_family = registry.family::<Counter>(
+            "legate_cp_xds_resources_sent_total",
+            "Resources sent in xDS responses, by stream mode and resource type (a delta \
+             response carries only what the client does not hold).",
+            &["mode", "type_url"],
+        );
+        let resources_sent = [StreamMode::Sotw, StreamMode::Delta].map(|mode| {
+            ResourceKind::WARM_ORDER
+                .map(|kind| resources_family.get_or_create(&[mode_label(mode), kind.type_url()]))
         });
         let ack_family = registry.family::<Histogram>(
             "legate_cp_xds_ack_latency_seconds",
@@ -280,6 +293,7 @@ impl CpMetrics {
             registry,
             streams,
             pushes,
+            resources_sent,
             ack_latency,
             nacks,
             xds_refusals,
@@ -335,12 +349,14 @@ impl CpMetrics {
             .get_or_create(&[mode_label(mode), node_cluster_label])
     }
 
-    pub(crate) fn pushed(&self, mode: StreamMode, kind: ResourceKind) {
-        let by_mode = match mode {
-            StreamMode::Sotw => &self.pushes[0],
-            StreamMode::Delta => &self.pushes[1],
+    /// A response of `resources` resources of `kind` was sent.
+    pub(crate) fn pushed(&self, mode: StreamMode, kind: ResourceKind, resources: usize) {
+        let m = match mode {
+            StreamMode::Sotw => 0,
+            StreamMode::Delta => 1,
         };
-        by_mode[kind.index()].inc();
+        self.pushes[m][kind.index()].inc();
+        self.resources_sent[m][kind.index()].add(u64::try_from(resources).unwrap_or(u64::MAX));
     }
 
     pub(crate) fn acked(&self, kind: ResourceKind, after: Duration) {

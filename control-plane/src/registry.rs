@@ -421,9 +421,10 @@ impl StreamHandle {
         }
     }
 
-    /// A response carrying `version` of this type was sent (a push).
-    pub fn sent(&self, kind: ResourceKind, version: &str) {
-        self.registry.metrics.pushed(self.mode, kind);
+    /// A response carrying `version` of this type, with `resources` resources, was sent (a
+    /// push).
+    pub fn sent(&self, kind: ResourceKind, version: &str, resources: usize) {
+        self.registry.metrics.pushed(self.mode, kind, resources);
         let mut inner = self.registry.lock();
         if let Some(entry) = inner.streams.get_mut(&self.id) {
             entry.pushed[kind.index()] = Some((version.to_owned(), Instant::now()));
@@ -554,7 +555,7 @@ mod tests {
         };
         let a = registry.register(&node, StreamMode::Sotw);
         let b = registry.register(&node, StreamMode::Delta);
-        a.sent(ResourceKind::Cluster, "v1");
+        a.sent(ResourceKind::Cluster, "v1", 1);
         a.acked(ResourceKind::Cluster, "v1");
         a.requested(ResourceKind::Listener);
         b.nacked(ResourceKind::Listener, "v2", "7", 13, "bad listener");
@@ -633,14 +634,14 @@ mod tests {
         let b = registry.register(&node("b"), StreamMode::Delta);
         let cds = ResourceKind::Cluster;
         let lds = ResourceKind::Listener;
-        a.sent(cds, "v1");
-        a.sent(cds, "v2");
+        a.sent(cds, "v1", 1);
+        a.sent(cds, "v2", 1);
         // An ACK of an older version is not timed; the one of the version last pushed is,
         // once.
         a.acked(cds, "v1");
         a.acked(cds, "v2");
         a.acked(cds, "v2");
-        b.sent(lds, "v1");
+        b.sent(lds, "v1", 1);
         b.nacked(lds, "v1", "1", 13, "bad");
         let text = registry.metrics().render();
         let cds_url = cds.type_url();

@@ -170,7 +170,7 @@ impl Delta {
             version: resources.version_info().to_owned(),
             resources: sent,
         });
-        stream.sent(kind, resources.version_info());
+        stream.sent(kind, resources.version_info(), xds_resources.len());
         let response = DeltaDiscoveryResponse {
             system_version_info: snapshot.version().to_owned(),
             resources: xds_resources,

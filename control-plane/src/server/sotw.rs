@@ -104,7 +104,7 @@ impl Sotw {
         if kind == ResourceKind::Secret {
             log_unserved_secrets(&subscription.names, snapshot, stream, &mut self.unserved);
         }
-        let anys = if subscription.wildcard {
+        let anys: Vec<_> = if subscription.wildcard {
             resources.iter().map(|(_, r)| r.any.clone()).collect()
         } else {
             subscription
@@ -123,7 +123,7 @@ impl Sotw {
         });
         state.nacked = false;
         state.resend = false;
-        stream.sent(kind, version);
+        stream.sent(kind, version, anys.len());
         Some(DiscoveryResponse {
             version_info: version.to_owned(),
             resources: anys,
