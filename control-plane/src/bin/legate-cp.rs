@@ -462,6 +462,16 @@ async fn connect_etcd(
         return Err("--etcd-prefix: 1 to 256 bytes".to_owned());
     }
     let replica = replica_id(args);
+    if replica.is_empty()
+        || replica.len() > 128
+        || !replica
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(format!(
+            "--replica-id `{replica}`: 1 to 128 letters, digits, `.`, `_` or `-` (a pod's name)"
+        ));
+    }
     let etcd_options = EtcdOptions {
         endpoints,
         tls: args.etcd_ca.clone().map(|ca| EtcdTls {
