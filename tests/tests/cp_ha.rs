@@ -757,3 +757,119 @@ async fn etcd_unreachable_keeps_serving_and_refuses_changes() {
     .await;
     ha.kill(1);
 }
+
+/// One etcd member serving TLS and requiring client certificates, killed by PID on drop.
+struct TlsEtcd {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for TlsEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--etcd-ca`, `--etcd-cert` and `--etcd-key`: legate-cp keeps its state in an etcd that
+/// serves TLS only and requires a client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_mutual_tls() {
+    let dir = TempDir::new("cp-ha-tls");
+    let pki = legate_tests::cp::Pki::new(dir.path(), "etcd");
+    let (server_cert, server_key) = pki.server("etcd-server");
+    let (client_cert, client_key) = pki.client("legate-cp", "spiffe://legate.local/cp");
+    let [client_port, peer_port] = legate_tests::process::free_ports::<2>();
+    let endpoint = format!("127.0.0.1:{client_port}");
+    let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
+    let child = std::process::Command::new("etcd")
+        .args(["--name", "tls0", "--data-dir"])
+        .arg(dir.path().join("etcd-data"))
+        .args([
+            "--listen-client-urls",
+            &format!("https://{endpoint}"),
+            "--advertise-client-urls",
+            &format!("https://{endpoint}"),
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{peer_port}"),
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer_port}"),
+            "--initial-cluster",
+            &format!("tls0=http://127.0.0.1:{peer_port}"),
+            "--client-cert-auth",
+        ])
+        .arg("--trusted-ca-file")
+        .arg(pki.ca_file())
+        .arg("--cert-file")
+        .arg(&server_cert)
+        .arg("--key-file")
+        .arg(&server_key)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start etcd");
+    let etcd = TlsEtcd { child, endpoint };
+    let v1 = Upstream::start("payments", "v1", Protocol::Auto).await;
+    let v2 = Upstream::start("payments", "v2", Protocol::Auto).await;
+    let config = dir.write("mesh.yaml", &mesh(&v1, &v2));
+    let token = dir.write("token", TOKEN);
+    set_private(&token);
+    let (store, ca, cert, key, token) = (
+        format!("etcd://{}", etcd.endpoint),
+        pki.ca_file().display().to_string(),
+        client_cert.display().to_string(),
+        client_key.display().to_string(),
+        token.display().to_string(),
+    );
+    let cp = ControlPlane::start_with(
+        &config,
+        &dir.path().join("data"),
+        &[
+            "--store",
+            &store,
+            "--etcd-ca",
+            &ca,
+            "--etcd-cert",
+            &cert,
+            "--etcd-key",
+            &key,
+            "--admin-token-file",
+            &token,
+        ],
+    )
+    .await;
+    let bearer = format!("Bearer {TOKEN}");
+    let r = cp
+        .json(
+            "POST",
+            "/v1/services/payments/weights",
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json"),
+            ],
+            full(r#"{"v1": 40, "v2": 60}"#),
+        )
+        .await;
+    assert_eq!(
+        r.status.as_u16(),
+        200,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    // The change is in etcd, read over TLS with the same client certificate.
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &format!("https://{}", etcd.endpoint)])
+        .args(["--cacert", &ca, "--cert", &cert, "--key", &key])
+        .args(["get", "/legate/state", "--print-value-only"])
+        .output()
+        .expect("etcdctl");
+    let stored = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stored.contains(r#""v2":60"#) || stored.contains(r#""v2": 60"#),
+        "etcd holds: {stored} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ready = legate_tests::get(&format!("http://{}/ready", cp.metrics)).await;
+    assert_eq!(ready.status.as_u16(), 200);
+}
