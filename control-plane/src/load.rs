@@ -3,7 +3,9 @@
 //!
 //! [`run`] opens `streams` ADS streams (state of the world or delta), each with its own node
 //! id, multiplexed over a few HTTP/2 connections, and waits until every one holds its initial
-//! configuration. Then, per change, it notes the time, runs the trigger command (e.g.
+//! configuration. Given several servers (replicas of one control plane), stream `i` goes to
+//! server `i mod k`, over connections of its own server; the report stays one report over
+//! every stream, with each server's share beside it. Then, per change, it notes the time, runs the trigger command (e.g.
 //! `legatectl set-weights ...`) and waits until every stream has ACKed something new and the
 //! fleet has been quiet for a moment. A stream's latency is the time from just before the
 //! trigger command starts to the last ACK it sent for the change; so it includes starting the
@@ -69,12 +71,13 @@ impl fmt::Display for Mode {
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// xDS server URL, `http://127.0.0.1:15010`.
-    pub server: String,
+    /// xDS server URLs, `http://127.0.0.1:15010`; stream `i` goes to server `i mod k`.
+    pub servers: Vec<String>,
     pub streams: usize,
     pub mode: Mode,
-    /// HTTP/2 connections the streams are spread over (round robin).
-    pub connections: usize,
+    /// HTTP/2 connections to each server, its streams spread over them (round robin);
+    /// `None`: [`default_connections`](Self::default_connections) of the server's streams.
+    pub connections: Option<usize>,
     /// Node ids are this prefix followed by the stream's index.
     pub node_prefix: String,
     pub node_cluster: String,
@@ -106,6 +109,47 @@ impl LoadOptions {
     pub fn default_connections(streams: usize) -> usize {
         streams.div_ceil(100).max(1)
     }
+
+    /// The server stream `i` goes to (an index into [`servers`](Self::servers)).
+    fn server_of(&self, stream: usize) -> usize {
+        stream % self.servers.len().max(1)
+    }
+
+    /// How many streams server `server` gets.
+    fn streams_of(&self, server: usize) -> usize {
+        let k = self.servers.len().max(1);
+        (self.streams + k - 1).saturating_sub(server) / k
+    }
+
+    /// HTTP/2 connections to server `server`.
+    fn connections_of(&self, server: usize) -> usize {
+        self.connections
+            .unwrap_or_else(|| Self::default_connections(self.streams_of(server)))
+    }
+}
+
+/// One server's share of the streams, reported beside the totals when there are several
+/// servers (with one, the event is exactly as it always was).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ServerShare {
+    pub server: String,
+    /// Streams sent to this server.
+    pub streams: usize,
+    /// HTTP/2 connections to it (`start`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
+    /// Of its streams, those holding their initial configuration (`ready`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready: Option<usize>,
+    /// Of its streams, those that ACKed the change (`change`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acked: Option<usize>,
+    /// Latency of its ACKing streams (`change`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Latency>,
+    /// Of its streams, those that ended (`done`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<usize>,
 }
 
 /// Readings of legate-cp (if its PID was given) and of this process.
@@ -156,8 +200,12 @@ pub enum Event {
     Start {
         mode: Mode,
         streams: usize,
+        /// Over every server.
         connections: usize,
         usage: Usage,
+        /// Each server's streams and connections (several servers only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        servers: Option<Vec<ServerShare>>,
     },
     /// Every stream (or as many as made it in time) holds its initial configuration.
     Ready {
@@ -167,6 +215,9 @@ pub enum Event {
         /// From the first connection attempt to the last stream ready.
         elapsed_ms: f64,
         usage: Usage,
+        /// Each server's streams and ready streams (several servers only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        servers: Option<Vec<ServerShare>>,
     },
     /// One change, from the trigger to every stream's ACK.
     Change {
@@ -191,6 +242,10 @@ pub enum Event {
         load_cpu_s: Option<f64>,
         usage: Usage,
         timed_out: bool,
+        /// Each server's streams, ACKs and latency (several servers only); the fields above
+        /// are over every stream.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        servers: Option<Vec<ServerShare>>,
     },
     /// The end: streams lost along the way and the first of their errors.
     Done {
@@ -200,6 +255,9 @@ pub enum Event {
         errors: usize,
         first_errors: Vec<String>,
         usage: Usage,
+        /// Each server's streams and ended streams (several servers only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        servers: Option<Vec<ServerShare>>,
     },
 }
 
@@ -240,17 +298,27 @@ pub async fn run(options: LoadOptions, emit: &mut dyn FnMut(Event)) -> Result<()
         cp: options.cp_pid.and_then(|pid| sample(&pid.to_string())),
         load: sample("self"),
     };
+    let k = options.servers.len();
     emit(Event::Start {
         mode,
         streams: n,
-        connections: options.connections,
+        connections: (0..k).map(|j| options.connections_of(j)).sum(),
         usage: usage(),
+        servers: per_server(&options, |j, share| {
+            share.connections = Some(options.connections_of(j))
+        }),
     });
 
     let started = Instant::now();
-    let mut channels = Vec::with_capacity(options.connections);
-    for _ in 0..options.connections {
-        channels.push(connect(&options.server).await?);
+    // Per server, its own connections.
+    let mut channels: Vec<Vec<Channel>> = Vec::with_capacity(k);
+    for (j, server) in options.servers.iter().enumerate() {
+        let count = options.connections_of(j);
+        let mut own = Vec::with_capacity(count);
+        for _ in 0..count {
+            own.push(connect(server).await?);
+        }
+        channels.push(own);
     }
     let shared = Arc::new(sim::Shared::new(n));
     let opening = Arc::new(Semaphore::new(options.open_concurrency));
@@ -262,7 +330,10 @@ pub async fn run(options: LoadOptions, emit: &mut dyn FnMut(Event)) -> Result<()
             user_agent_name: "legate-cp-load".to_owned(),
             ..Default::default()
         };
-        let channel = channels[i % channels.len()].clone();
+        // Stream i is the (i / k)-th stream of server i mod k (with one server: channel
+        // i mod connections, as always).
+        let own = &channels[options.server_of(i)];
+        let channel = own[(i / k) % own.len()].clone();
         let shared = Arc::clone(&shared);
         let opening = Arc::clone(&opening);
         tasks.spawn(async move {
@@ -289,6 +360,11 @@ pub async fn run(options: LoadOptions, emit: &mut dyn FnMut(Event)) -> Result<()
         ready,
         elapsed_ms: ms(started.elapsed()),
         usage: usage(),
+        servers: per_server(&options, |j, share| {
+            share.ready = Some(count_of(&options, &shared, j, |s| {
+                s.ready.load(Ordering::Relaxed)
+            }))
+        }),
     });
     if ready < n {
         emit(done(&options, &shared, usage()));
@@ -341,7 +417,13 @@ fn check(options: &LoadOptions) -> Result<(), LoadError> {
     if options.streams == 0 {
         return bad("--streams must be at least 1");
     }
-    if options.connections == 0 {
+    if options.servers.is_empty() {
+        return bad("--server must be given at least once");
+    }
+    if options.streams < options.servers.len() {
+        return bad("--streams must be at least the number of servers");
+    }
+    if options.connections == Some(0) {
         return bad("--connections must be at least 1");
     }
     if options.open_concurrency == 0 {
@@ -384,7 +466,55 @@ fn done(options: &LoadOptions, shared: &sim::Shared, usage: Usage) -> Event {
         errors: shared.error_count.load(Ordering::Relaxed),
         first_errors: shared.errors(),
         usage,
+        servers: per_server(options, |j, share| {
+            share.ended = Some(count_of(options, shared, j, |s| {
+                s.ended.load(Ordering::Relaxed)
+            }))
+        }),
     }
+}
+
+/// With several servers, one [`ServerShare`] per server (its URL and stream count), the rest
+/// filled in by `fill(server index, share)`; `None` with one server, so single-server output
+/// stays as it was.
+fn per_server(
+    options: &LoadOptions,
+    mut fill: impl FnMut(usize, &mut ServerShare),
+) -> Option<Vec<ServerShare>> {
+    if options.servers.len() < 2 {
+        return None;
+    }
+    Some(
+        options
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(j, server)| {
+                let mut share = ServerShare {
+                    server: server.clone(),
+                    streams: options.streams_of(j),
+                    ..ServerShare::default()
+                };
+                fill(j, &mut share);
+                share
+            })
+            .collect(),
+    )
+}
+
+/// Streams of server `server` for which `test` holds.
+fn count_of(
+    options: &LoadOptions,
+    shared: &sim::Shared,
+    server: usize,
+    test: impl Fn(&sim::StreamStats) -> bool,
+) -> usize {
+    shared
+        .streams
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| options.server_of(*i) == server && test(s))
+        .count()
 }
 
 /// One change: trigger, wait for every open stream to ACK it, measure.
@@ -455,13 +585,19 @@ async fn change(
     let usage_after = usage();
 
     let mut latencies = Vec::new();
+    // Per server, the latencies of its ACKing streams.
+    let mut server_latencies: Vec<Vec<u64>> = vec![Vec::new(); options.servers.len()];
     let mut fingerprints = Vec::new();
     let mut changed = 0;
-    for (s, (acks, fingerprint)) in shared.streams.iter().zip(&before) {
+    for (i, (s, (acks, fingerprint))) in shared.streams.iter().zip(&before).enumerate() {
         if s.acks.load(Ordering::Acquire) <= *acks {
             continue;
         }
-        latencies.push(s.last_ack_us.load(Ordering::Relaxed).saturating_sub(t0));
+        let latency = s.last_ack_us.load(Ordering::Relaxed).saturating_sub(t0);
+        latencies.push(latency);
+        if let Some(own) = server_latencies.get_mut(options.server_of(i)) {
+            own.push(latency);
+        }
         let now = s.fingerprint.load(Ordering::Relaxed);
         fingerprints.push(now);
         if now != *fingerprint {
@@ -488,6 +624,12 @@ async fn change(
         load_cpu_s: cpu(|u| u.load),
         usage: usage_after,
         timed_out,
+        servers: per_server(options, |j, share| {
+            if let Some(own) = server_latencies.get_mut(j) {
+                share.acked = Some(own.len());
+                share.latency = Latency::of(own);
+            }
+        }),
     })
 }
 
@@ -531,6 +673,93 @@ mod tests {
         let l = Latency::of(&mut [7000]).expect("one");
         assert_eq!((l.p50_ms, l.p99_ms), (7.0, 7.0));
         assert_eq!(Latency::of(&mut []), None);
+    }
+
+    fn options(servers: &[&str], streams: usize, connections: Option<usize>) -> LoadOptions {
+        LoadOptions {
+            servers: servers.iter().map(|s| s.to_string()).collect(),
+            streams,
+            mode: Mode::Sotw,
+            connections,
+            node_prefix: "sim-".into(),
+            node_cluster: "bench".into(),
+            changes: 0,
+            trigger_cmds: Vec::new(),
+            interval: Duration::ZERO,
+            duration: Duration::ZERO,
+            ready_timeout: Duration::ZERO,
+            change_timeout: Duration::ZERO,
+            quiet: Duration::ZERO,
+            open_concurrency: 1,
+            cp_pid: None,
+        }
+    }
+
+    #[test]
+    fn streams_are_spread_round_robin_over_servers() {
+        let o = options(&["a", "b", "c"], 1000, None);
+        assert_eq!((o.server_of(0), o.server_of(1), o.server_of(2)), (0, 1, 2));
+        assert_eq!((o.server_of(3), o.server_of(999)), (0, 0));
+        assert_eq!(
+            (0..3).map(|j| o.streams_of(j)).collect::<Vec<_>>(),
+            [334, 333, 333]
+        );
+        // Connections are per server: one per 100 of its streams, or as many as given.
+        assert_eq!(
+            (0..3).map(|j| o.connections_of(j)).collect::<Vec<_>>(),
+            [4, 4, 4]
+        );
+        let o = options(&["a", "b"], 3, Some(2));
+        assert_eq!((o.streams_of(0), o.streams_of(1)), (2, 1));
+        assert_eq!((o.connections_of(0), o.connections_of(1)), (2, 2));
+        // One server: every stream, connections as before.
+        let o = options(&["a"], 1000, None);
+        assert_eq!((o.streams_of(0), o.connections_of(0)), (1000, 10));
+        assert_eq!(per_server(&o, |_, _| {}), None);
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let refused = |o: LoadOptions| matches!(check(&o), Err(LoadError::Options(_)));
+        assert!(refused(options(&[], 10, None)));
+        assert!(refused(options(&["a", "b", "c"], 2, None)));
+        assert!(refused(options(&["a"], 10, Some(0))));
+        assert!(check(&options(&["a", "b"], 2, Some(1))).is_ok());
+    }
+
+    #[test]
+    fn one_server_reports_no_shares() {
+        // The single-server events are what they always were (bench/fanout.py reads them).
+        let usage = Usage {
+            cp: None,
+            load: None,
+        };
+        let start = Event::Start {
+            mode: Mode::Delta,
+            streams: 5,
+            connections: 1,
+            usage: usage.clone(),
+            servers: per_server(&options(&["a"], 5, None), |_, _| {}),
+        };
+        assert_eq!(
+            serde_json::to_string(&start).expect("json"),
+            r#"{"event":"start","mode":"delta","streams":5,"connections":1,"usage":{"cp":null,"load":null}}"#
+        );
+        let o = options(&["a", "b"], 5, None);
+        let start = Event::Start {
+            mode: Mode::Delta,
+            streams: 5,
+            connections: 2,
+            usage,
+            servers: per_server(&o, |j, share| share.connections = Some(o.connections_of(j))),
+        };
+        assert_eq!(
+            serde_json::to_value(&start).expect("json")["servers"],
+            serde_json::json!([
+                {"server": "a", "streams": 3, "connections": 1},
+                {"server": "b", "streams": 2, "connections": 1},
+            ])
+        );
     }
 
     #[test]

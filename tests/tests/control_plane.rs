@@ -430,29 +430,53 @@ fn start_load(
     Child,
     std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
 ) {
-    use std::io::BufRead;
     let ctl = bin("legatectl");
+    let triggers: Vec<String> = weights
+        .iter()
+        .map(|w| {
+            let (v1, v2) = w.split_once('/').expect("v1/v2");
+            format!(
+                "{} --server http://{} --token-file {} set-weights payments v1={v1} v2={v2}",
+                ctl.display(),
+                cp.admin,
+                cp.token_file().expect("token file").display()
+            )
+        })
+        .collect();
+    start_load_on(&[cp], mode, streams, &triggers, extra)
+}
+
+/// Runs `legate-cp-load` with `streams` simulated proxies spread over `servers` (one
+/// `--server` each; the first's PID is reported) and one change per trigger command.
+fn start_load_on(
+    servers: &[&Cp],
+    mode: &str,
+    streams: usize,
+    triggers: &[String],
+    extra: &[&str],
+) -> (
+    Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead;
     let mut cmd = Command::new(bin("legate-cp-load"));
-    cmd.args(["--server", &cp.url(), "--mode", mode])
+    for cp in servers {
+        cmd.args(["--server", &cp.url()]);
+    }
+    cmd.args(["--mode", mode])
         .args(["--streams", &streams.to_string(), "--connections", "3"])
         .args([
             "--changes",
-            &weights.len().to_string(),
+            &triggers.len().to_string(),
             "--interval",
             "200ms",
         ])
-        .args(["--cp-pid", &cp.pid().to_string(), "--threads", "2"])
+        .args(["--cp-pid", &servers[0].pid().to_string(), "--threads", "2"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for w in weights {
-        let (v1, v2) = w.split_once('/').expect("v1/v2");
-        cmd.arg("--trigger-cmd").arg(format!(
-            "{} --server http://{} --token-file {} set-weights payments v1={v1} v2={v2}",
-            ctl.display(),
-            cp.admin,
-            cp.token_file().expect("token file").display()
-        ));
+    for trigger in triggers {
+        cmd.arg("--trigger-cmd").arg(trigger);
     }
     let mut child = cmd.spawn().expect("start legate-cp-load");
     let out = child.stdout.take().expect("stdout");
@@ -568,4 +592,131 @@ async fn load_tool_measures_fan_out_sotw() {
 #[tokio::test]
 async fn load_tool_measures_fan_out_delta() {
     load_tool_measures_fan_out("delta").await;
+}
+
+/// With two `--server`s the load tool sends stream i to server i mod 2, each server over its
+/// own connections, and still reports each change once over every stream, with each
+/// server's share. The servers are two independent legate-cp processes (each its own data
+/// dir) on one mesh file; the change is an edit of that file, which both pick up.
+async fn load_tool_spreads_streams_over_servers(mode: &str) {
+    const STREAMS: usize = 61;
+    let dir = TempDir::new("cp-load-two");
+    let v1: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+    let mesh_dir = dir.path().join("mesh");
+    std::fs::create_dir(&mesh_dir).expect("mesh dir");
+    let config = mesh_dir.join("mesh.yaml");
+    let original = mesh(v1, v1);
+    let swapped = original
+        .replace("weight: 100", "weight: SWAP")
+        .replace("weight: 0", "weight: 100")
+        .replace("weight: SWAP", "weight: 0");
+    assert_ne!(original, swapped);
+    std::fs::write(&config, &original).expect("write mesh");
+    let a = dir.write("a.yaml", &original);
+    let b = dir.write("b.yaml", &swapped);
+    let cps = [
+        Cp::start(&config, &dir.path().join("data-0")).await,
+        Cp::start(&config, &dir.path().join("data-1")).await,
+    ];
+    // Each change replaces the mesh file in one rename, so neither legate-cp reads half a
+    // file: to the swapped weights, then back.
+    let staging = dir.path().join("staging.yaml");
+    let replace_with = |source: &std::path::Path| {
+        format!(
+            "cp {} {} && mv -f {} {}",
+            source.display(),
+            staging.display(),
+            staging.display(),
+            config.display()
+        )
+    };
+    let triggers = [replace_with(&b), replace_with(&a)];
+    let (mut child, mut events) = start_load_on(
+        &[&cps[0], &cps[1]],
+        mode,
+        STREAMS,
+        &triggers,
+        &["--duration", "60s", "--change-timeout", "20s"],
+    );
+    let urls = [cps[0].url(), cps[1].url()];
+    // Stream i goes to server i mod 2: 31 and 30 streams, 3 connections each.
+    let shares = [31, 30];
+
+    let start = next_event(&mut events);
+    assert_eq!(start["event"], "start", "{start}");
+    assert_eq!(start["streams"], STREAMS, "{start}");
+    assert_eq!(start["connections"], 6, "{start}");
+    let servers = start["servers"].as_array().expect("servers in start");
+    assert_eq!(servers.len(), 2, "{start}");
+    for (j, server) in servers.iter().enumerate() {
+        assert_eq!(server["server"], urls[j].as_str(), "{start}");
+        assert_eq!(server["streams"], shares[j], "{start}");
+        assert_eq!(server["connections"], 3, "{start}");
+    }
+
+    let ready = next_event(&mut events);
+    assert_eq!(ready["event"], "ready", "{ready}");
+    assert_eq!(ready["ready"], STREAMS, "{ready}");
+    for (j, server) in ready["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(server["ready"], shares[j], "{ready}");
+    }
+
+    for index in 0..2 {
+        let change = next_event(&mut events);
+        assert_eq!(change["event"], "change", "{change}");
+        assert_eq!(change["index"], index, "{change}");
+        // One report over every stream of both servers.
+        assert_eq!(change["streams"], STREAMS, "{change}");
+        assert_eq!(change["acked"], STREAMS, "{change}");
+        assert_eq!(change["changed"], STREAMS, "{change}");
+        assert_eq!(change["timed_out"], false, "{change}");
+        // Content-hash versions: both legate-cps serve the same configuration.
+        assert_eq!(change["consistent"], true, "{change}");
+        let max = change["latency"]["max_ms"].as_f64().expect("max");
+        let servers = change["servers"].as_array().expect("servers in change");
+        assert_eq!(servers.len(), 2, "{change}");
+        let mut server_max = 0.0f64;
+        for (j, server) in servers.iter().enumerate() {
+            assert_eq!(server["server"], urls[j].as_str(), "{change}");
+            assert_eq!(server["streams"], shares[j], "{change}");
+            assert_eq!(server["acked"], shares[j], "{change}");
+            server_max = server_max.max(server["latency"]["max_ms"].as_f64().expect("max"));
+        }
+        // The overall maximum is the larger of the servers' maxima.
+        assert_eq!(max, server_max, "{change}");
+    }
+
+    // Each legate-cp lists exactly its share of the simulated proxies: the even-numbered
+    // ones on the first, the odd-numbered on the second.
+    for (j, cp) in cps.iter().enumerate() {
+        let (ok, out, err) = cp.ctl(&["status", "-o", "json"]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("status json");
+        let mut sims: Vec<usize> = v["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .filter_map(|n| n["id"].as_str()?.strip_prefix("sim-")?.parse().ok())
+            .collect();
+        sims.sort_unstable();
+        let expected: Vec<usize> = (0..STREAMS).filter(|i| i % 2 == j).collect();
+        assert_eq!(sims, expected, "legate-cp {j}: {out}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn load_tool_spreads_streams_over_servers_sotw() {
+    load_tool_spreads_streams_over_servers("sotw").await;
+}
+
+#[tokio::test]
+async fn load_tool_spreads_streams_over_servers_delta() {
+    load_tool_spreads_streams_over_servers("delta").await;
 }

@@ -3,6 +3,10 @@
 //! `ready`, one `change` per change, `done`); exit status 1 if a stream never got ready or a
 //! change did not reach every stream in time.
 //!
+//! Several `--server`s (repeated, or comma-separated) are replicas of one control plane:
+//! stream `i` goes to server `i mod k`, each server over its own connections, and the
+//! events (still one report over every stream) gain a `servers` list with each one's share.
+//!
 //! ```text
 //! legate-cp-load --server http://127.0.0.1:15010 --streams 10000 --mode delta \
 //!   --changes 3 --cp-pid $(pidof legate-cp) \
@@ -23,16 +27,23 @@ use legate_model::parse_duration;
 #[derive(Debug, Parser)]
 #[command(name = "legate-cp-load", version)]
 struct Args {
-    /// legate-cp's xDS address.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:15010")]
-    server: String,
+    /// legate-cp's xDS address. Repeat it (or separate with commas) for replicas: stream i
+    /// goes to server i mod count.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:15010",
+        value_delimiter = ','
+    )]
+    server: Vec<String>,
     /// Simulated proxies (one ADS stream each).
     #[arg(long, short = 'n', value_name = "N", default_value_t = 100)]
     streams: usize,
     /// ADS variant: sotw (state of the world) or delta.
     #[arg(long, value_name = "MODE", default_value = "sotw")]
     mode: Mode,
-    /// HTTP/2 connections the streams share [default: one per 100 streams].
+    /// HTTP/2 connections to each server, shared by its streams [default: one per 100 of
+    /// its streams].
     #[arg(long, value_name = "C")]
     connections: Option<usize>,
     /// Node ids are this prefix and the stream's index.
@@ -89,10 +100,8 @@ fn main() -> ExitCode {
         }
     };
     let options = LoadOptions {
-        connections: args
-            .connections
-            .unwrap_or_else(|| LoadOptions::default_connections(args.streams)),
-        server: args.server,
+        connections: args.connections,
+        servers: args.server,
         streams: args.streams,
         mode: args.mode,
         node_prefix: args.node_prefix,
@@ -124,5 +133,30 @@ fn main() -> ExitCode {
             eprintln!("legate-cp-load: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_repeat_or_separate_with_commas() {
+        let servers = |argv: &[&str]| {
+            Args::try_parse_from(std::iter::once("legate-cp-load").chain(argv.iter().copied()))
+                .expect("parses")
+                .server
+        };
+        assert_eq!(servers(&[]), ["http://127.0.0.1:15010"]);
+        assert_eq!(servers(&["--server", "http://a:1"]), ["http://a:1"]);
+        assert_eq!(
+            servers(&[
+                "--server",
+                "http://a:1",
+                "--server",
+                "http://b:2,http://c:3"
+            ]),
+            ["http://a:1", "http://b:2", "http://c:3"]
+        );
     }
 }
