@@ -211,7 +211,7 @@ pub struct Term {
     pub revision: i64,
     /// The lease the `leader` key is attached to.
     pub lease: i64,
-    /// The lease audit entries of this term are attached to ([`AUDIT_RETENTION`]).
+    /// The lease audit entries of this term are attached to (kept 24 h).
     pub audit_lease: i64,
 }
 

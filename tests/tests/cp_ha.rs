@@ -873,3 +873,81 @@ async fn etcd_over_mutual_tls() {
     let ready = legate_tests::get(&format!("http://{}/ready", cp.metrics)).await;
     assert_eq!(ready.status.as_u16(), 200);
 }
+
+/// 1,000 simulated proxies (legate-cp-load's ADS streams) spread over three replicas: a
+/// change made on one replica reaches every stream, on every replica, within 2 s at p99.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_reaches_1000_proxies_on_three_replicas_within_2s_at_p99() {
+    use std::io::BufRead;
+    const STREAMS: usize = 1_000;
+    let ha = Ha::start(3).await;
+    let admin = format!("http://{}", ha.cp(1).admin);
+    let token = ha.token.display().to_string();
+    let set = |weights: &str| {
+        format!(
+            "{} --server {admin} --token-file {token} set-weights payments {weights} >/dev/null",
+            legate_tests::cp::bin("legatectl").display()
+        )
+    };
+    let mut cmd = std::process::Command::new(legate_tests::cp::bin("legate-cp-load"));
+    for i in 0..3 {
+        cmd.args(["--server", &ha.cp(i).url()]);
+    }
+    cmd.args(["--mode", "delta", "--streams", &STREAMS.to_string()])
+        .args(["--changes", "2", "--interval", "500ms", "--threads", "2"])
+        .args([
+            "--ready-timeout",
+            "90s",
+            "--change-timeout",
+            "20s",
+            "--duration",
+            "0s",
+        ])
+        .arg("--trigger-cmd")
+        .arg(set("v1=70 v2=30"))
+        .arg("--trigger-cmd")
+        .arg(set("v1=20 v2=80"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("start legate-cp-load");
+    let stdout = child.stdout.take().expect("stdout");
+    let events = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take(8)
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .collect::<Vec<_>>()
+    });
+    let events = tokio::time::timeout(Duration::from_secs(240), events)
+        .await
+        .unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("legate-cp-load did not finish within 240 s")
+        })
+        .expect("reader");
+    let _ = child.kill();
+    let _ = child.wait();
+    let changes: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["event"] == "change").collect();
+    assert_eq!(changes.len(), 2, "{events:#?}");
+    for change in changes {
+        assert_eq!(change["acked"], STREAMS, "{change}");
+        assert_eq!(change["timed_out"], false, "{change}");
+        assert_eq!(
+            change["consistent"], true,
+            "replicas served different versions: {change}"
+        );
+        let servers = change["servers"].as_array().expect("servers");
+        assert_eq!(servers.len(), 3, "{change}");
+        for s in servers {
+            assert!(s["acked"].as_u64() >= Some(333), "{change}");
+        }
+        let p99 = change["latency"]["p99_ms"].as_f64().expect("p99");
+        eprintln!(
+            "change {}: p99 {p99} ms over {STREAMS} streams on 3 replicas",
+            change["index"]
+        );
+        assert!(p99 <= 2_000.0, "p99 {p99} ms, over 2 s: {change}");
+    }
+}
