@@ -1201,17 +1201,7 @@ impl Owner {
         });
         match published {
             Ok((secrets, changed)) => {
-                let warnings = store::warnings(&effective.mesh, &self.state.sources, &overlay);
-                self.state.overlay = overlay;
-                self.state.effective = effective.mesh;
-                self.state.secrets = secrets;
-                let generation = self.state.overlay.generation;
-                self.status
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .generation = generation;
-                self.report(effective.conflicts, warnings);
-                self.watch_dirs();
+                let generation = self.serve_overlay(overlay, effective, secrets);
                 if changed {
                     tracing::info!(
                         revision = stored.revision,
@@ -1237,6 +1227,29 @@ impl Owner {
                 self.state.overlay = overlay;
             }
         }
+    }
+
+    /// Take `overlay` as the state, once its `effective` mesh (and certificate files with
+    /// fingerprint `secrets`) is published: conflicts and warnings reported, directories
+    /// watched. Returns its generation.
+    fn serve_overlay(
+        &mut self,
+        overlay: Overlay,
+        effective: store::Effective,
+        secrets: [u8; 32],
+    ) -> u64 {
+        let warnings = store::warnings(&effective.mesh, &self.state.sources, &overlay);
+        self.state.overlay = overlay;
+        self.state.effective = effective.mesh;
+        self.state.secrets = secrets;
+        let generation = self.state.overlay.generation;
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .generation = generation;
+        self.report(effective.conflicts, warnings);
+        self.watch_dirs();
+        generation
     }
 
     /// Persist the admin overlay: in the data directory, or etcd.
@@ -1607,17 +1620,7 @@ impl Owner {
         overlay.generation += 1;
         self.persist_overlay(&overlay)?;
         self.publish(&effective.mesh, &secrets)?;
-        let warnings = store::warnings(&effective.mesh, &self.state.sources, &overlay);
-        self.state.overlay = overlay;
-        self.state.effective = effective.mesh;
-        self.state.secrets = secrets.fingerprint();
-        let generation = self.state.overlay.generation;
-        self.status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .generation = generation;
-        self.report(effective.conflicts, warnings);
-        self.watch_dirs();
+        let generation = self.serve_overlay(overlay, effective, secrets.fingerprint());
         tracing::info!(generation, services = ?touched, "admin change: new configuration pushed");
         Ok(generation)
     }

@@ -509,14 +509,7 @@ async fn the_rollout_continues_on_another_replica_when_the_leader_dies() {
         .server(&ha.cp((leader + 2) % 3).url());
     let legate = Legate::start_xds(&flags).await;
     let url = legate.url("outbound", "/payments/charge").await;
-    let traffic = Traffic::start(
-        vec![url],
-        TrafficLimits {
-            max_requests: 20_000,
-            max_duration: Duration::from_secs(90),
-            pace: Pace::RequestEvery(Duration::from_millis(10)),
-        },
-    );
+    let traffic = rollout_traffic(url);
     let (status, body) = ha
         .post(
             other,
@@ -568,6 +561,18 @@ async fn the_rollout_continues_on_another_replica_when_the_leader_dies() {
     assert_terms_never_interleave(&audit);
 }
 
+/// Traffic through a proxy for the length of a rollout: 100 requests a second, bounded.
+fn rollout_traffic(url: String) -> Traffic {
+    Traffic::start(
+        vec![url],
+        TrafficLimits {
+            max_requests: 20_000,
+            max_duration: Duration::from_secs(90),
+            pace: Pace::RequestEvery(Duration::from_millis(10)),
+        },
+    )
+}
+
 /// Audit entries in revision order: terms only go up, and each term is one replica's.
 fn assert_terms_never_interleave(audit: &[(i64, String, i64, String)]) {
     let mut owner: BTreeMap<i64, &str> = BTreeMap::new();
@@ -596,14 +601,7 @@ async fn never_two_leaders_when_an_etcd_member_and_the_leader_freeze() {
     let flags = XdsFlags::new(&ha.cp((leader + 1) % 3).url(), Mode::Sotw).node("edge-1", "web");
     let legate = Legate::start_xds(&flags).await;
     let url = legate.url("outbound", "/payments/charge").await;
-    let traffic = Traffic::start(
-        vec![url],
-        TrafficLimits {
-            max_requests: 20_000,
-            max_duration: Duration::from_secs(90),
-            pace: Pace::RequestEvery(Duration::from_millis(10)),
-        },
-    );
+    let traffic = rollout_traffic(url);
     // A long rollout: the leader writes at every step.
     let (status, body) = ha
         .post(
