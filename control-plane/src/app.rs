@@ -256,6 +256,22 @@ pub struct MeshStatus {
     /// `inotify` (the platform's notifications) or `polling`.
     pub watch: &'static str,
     pub settle_ms: u64,
+    /// Where admin changes and rollouts are kept.
+    pub store: StoreStatus,
+}
+
+/// The store of admin changes and rollouts, for `GET /v1/mesh`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StoreStatus {
+    /// `dir` or `etcd`.
+    pub kind: &'static str,
+    /// etcd: this replica's name, whether it leads (runs the rollout controller), and why
+    /// etcd is unreachable, if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    pub leader: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<String>,
 }
 
 /// A version of the mesh files that was not applied.
@@ -574,6 +590,7 @@ impl ControlPlane {
                 "polling"
             },
             settle_ms: u64::try_from(options.settle.as_millis()).unwrap_or(u64::MAX),
+            store: StoreStatus::default(),
         }));
         let mut owner = Owner {
             settle: Settle::new(options.settle),
@@ -687,10 +704,26 @@ impl ControlPlane {
 
     /// Where the mesh files stand: applied, refused, how they are watched.
     pub fn mesh_status(&self) -> MeshStatus {
-        self.status
+        let mut status = self
+            .status
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .clone();
+        status.store = match &self.etcd {
+            None => StoreStatus {
+                kind: "dir",
+                replica: None,
+                leader: true,
+                unreachable: None,
+            },
+            Some(etcd) => StoreStatus {
+                kind: "etcd",
+                replica: Some(etcd.options().replica.clone()),
+                leader: etcd.term().is_some(),
+                unreachable: etcd.health.down_reason(),
+            },
+        };
+        status
     }
 
     /// Send a command to the owner and await its answer.

@@ -47,9 +47,11 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::load_stats::v3::LoadStatsRequest;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Channel, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn,
+    TxnOp, TxnOpResponse, WatchOptions,
 };
+use legate_tls::files::ClientFiles;
+use legate_xds::tls::{TlsConnector, XdsTls};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -314,30 +316,29 @@ impl Etcd {
     /// Connect (lazily: nothing is sent until the first request) on the current runtime,
     /// which runs every task and request of this connection.
     pub async fn connect(options: EtcdOptions) -> Result<Arc<Etcd>, EtcdError> {
-        let scheme = if options.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let endpoints: Vec<String> = options
-            .endpoints
-            .iter()
-            .map(|e| format!("{scheme}://{e}"))
-            .collect();
-        let mut connect = ConnectOptions::new()
+        // A member cut off from the others answers nothing rather than old data.
+        let connect = ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(2), REQUEST_TIMEOUT)
             .with_keep_alive_while_idle(true)
-            // A member cut off from the others answers nothing rather than old data.
             .with_require_leader(true);
-        if let Some(tls) = &options.tls {
-            connect = connect.with_tls(tls_options(tls)?);
-        }
-        let client =
-            tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(endpoints, Some(connect)))
-                .await
-                .map_err(|_| EtcdError::Unavailable("no endpoint answered".to_owned()))??;
+        let client = match &options.tls {
+            None => {
+                let endpoints: Vec<String> = options
+                    .endpoints
+                    .iter()
+                    .map(|e| format!("http://{e}"))
+                    .collect();
+                tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(endpoints, Some(connect)))
+                    .await
+                    .map_err(|_| EtcdError::Unavailable("no endpoint answered".to_owned()))??
+            }
+            Some(tls) => {
+                let channel = tls_channel(&options.endpoints, tls)?;
+                Client::from_channel(Channel::Tonic(channel), Some(connect)).await?
+            }
+        };
         let (leader_tx, leader) = watch::channel(None);
         Ok(Arc::new(Etcd {
             client,
@@ -899,23 +900,96 @@ async fn read_state(mut client: Client, key: String) -> Result<Option<Stored>, E
     }))
 }
 
-fn tls_options(tls: &EtcdTls) -> Result<TlsOptions, EtcdError> {
-    let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|e| EtcdError::Invalid(format!("{}: {e}", path.display())))
-    };
-    let mut options = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca)?));
-    match (&tls.cert, &tls.key) {
-        (Some(cert), Some(key)) => {
-            options = options.identity(Identity::from_pem(read(cert)?, read(key)?));
-        }
-        (None, None) => {}
+/// A channel to etcd over TLS: legate-xds's connector (tokio-rustls, the files re-read when
+/// they change), dialling the members in turn; a connection that fails or dies (HTTP/2
+/// keep-alive) is replaced by one to the next member.
+fn tls_channel(
+    endpoints: &[String],
+    tls: &EtcdTls,
+) -> Result<tonic::transport::Channel, EtcdError> {
+    let identity = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
         _ => {
             return Err(EtcdError::Invalid(
                 "--etcd-cert and --etcd-key go together".to_owned(),
             ));
         }
+    };
+    let settings = XdsTls {
+        files: ClientFiles {
+            ca: Some(tls.ca.clone()),
+            identity,
+            alpn: vec![b"h2".to_vec()],
+        },
+        server_name: None,
+    };
+    let connector = TlsConnector::from_settings(&settings)
+        .map_err(|e| EtcdError::Invalid(format!("etcd tls: {e}")))?;
+    let first = endpoints
+        .first()
+        .ok_or_else(|| EtcdError::Invalid("no etcd endpoint".to_owned()))?;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{first}"))
+        .map_err(|e| EtcdError::Invalid(format!("etcd endpoint {first}: {e}")))?
+        .connect_timeout(REQUEST_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(REQUEST_TIMEOUT)
+        .keep_alive_while_idle(true);
+    let members = Members {
+        endpoints: endpoints.to_vec().into(),
+        next: Arc::default(),
+        connector,
+    };
+    Ok(endpoint.connect_with_connector_lazy(members))
+}
+
+/// Dials the etcd members in turn, starting after the one dialled last.
+#[derive(Clone)]
+struct Members {
+    endpoints: Arc<[String]>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
+    connector: TlsConnector,
+}
+
+impl tower_service::Service<http::Uri> for Members {
+    type Response = <TlsConnector as tower_service::Service<http::Uri>>::Response;
+    type Error = EtcdError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, EtcdError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), EtcdError>> {
+        std::task::Poll::Ready(Ok(()))
     }
-    Ok(options)
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let n = this.endpoints.len();
+            let start = this.next.fetch_add(1, Ordering::Relaxed);
+            let mut errors = Vec::new();
+            for i in 0..n {
+                let endpoint = &this.endpoints[(start + i) % n];
+                let uri: http::Uri = format!("https://{endpoint}")
+                    .parse()
+                    .map_err(|e| EtcdError::Invalid(format!("etcd endpoint {endpoint}: {e}")))?;
+                let mut connector = this.connector.clone();
+                match tokio::time::timeout(REQUEST_TIMEOUT, connector.call(uri)).await {
+                    Ok(Ok(stream)) => return Ok(stream),
+                    Ok(Err(e)) => errors.push(e.to_string()),
+                    Err(_) => errors.push(format!(
+                        "{endpoint}: no handshake within {}s",
+                        REQUEST_TIMEOUT.as_secs()
+                    )),
+                }
+            }
+            Err(EtcdError::Unavailable(errors.join("; ")))
+        })
+    }
 }
 
 #[cfg(test)]

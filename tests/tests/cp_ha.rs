@@ -300,6 +300,24 @@ async fn a_change_on_one_replica_is_served_by_all_with_the_same_versions() {
             "replica r{i} serves other versions than r0"
         );
     }
+    // One leader, which every replica's status and metrics agree on.
+    let leader = ha.wait_leader(None, Duration::from_secs(10)).await;
+    let mut leaders = Vec::new();
+    for i in 0..3 {
+        let mesh = ha.get(i, "/v1/mesh").await.expect("GET /v1/mesh");
+        assert_eq!(mesh["store"]["kind"], "etcd", "{mesh}");
+        assert_eq!(mesh["store"]["replica"], format!("r{i}"), "{mesh}");
+        let metric = ha.cp(i).metrics().await.value("legate_cp_leader", &[]);
+        assert_eq!(
+            mesh["store"]["leader"] == true,
+            metric == 1.0,
+            "r{i}: {mesh} {metric}"
+        );
+        if metric == 1.0 {
+            leaders.push(i);
+        }
+    }
+    assert_eq!(leaders, vec![leader], "leaders: {leaders:?}");
     // The generation is the shared document's, the same everywhere.
     let generations: Vec<u64> = futures_gen(ha).await;
     assert!(
