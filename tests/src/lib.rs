@@ -22,6 +22,7 @@
 
 pub mod access_log;
 pub mod canary;
+pub mod cli_help;
 pub mod client;
 pub mod config;
 pub mod cp;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use legate_tests::cli_help::Help;
 use legate_tests::peers::repo_root;
 use legate_tests::process::{TempDir, bin_dir};
 
@@ -32,17 +33,6 @@ fn read(path: &Path) -> String {
 
 fn unit_text(file: &str) -> String {
     read(&systemd_dir().join(file))
-}
-
-/// A built binary of the workspace, by name.
-fn binary(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --workspace --bins` first (the Makefile does)",
-        path.display()
-    );
-    path
 }
 
 /// The unit with the binaries' install directory pointing at this build's binaries, so that
@@ -179,28 +169,6 @@ fn settings<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// `--help` of a binary, run once per name.
-fn help<'a>(cache: &'a mut BTreeMap<String, String>, name: &str) -> &'a str {
-    cache.entry(name.to_owned()).or_insert_with(|| {
-        let out = Command::new(binary(name))
-            .arg("--help")
-            .output()
-            .unwrap_or_else(|error| panic!("cannot run {name} --help: {error}"));
-        assert!(out.status.success(), "{name} --help: {}", out.status);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    })
-}
-
-/// Whether `help` documents `flag` (a whole word: `--cache-dir` is not `--cache`).
-fn documents(help: &str, flag: &str) -> bool {
-    help.match_indices(flag).any(|(at, _)| {
-        let after = help[at + flag.len()..].chars().next();
-        let before = help[..at].chars().next_back();
-        !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
-            && !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
-    })
-}
-
 /// Every `--flag` of every `ExecStart=` line, in the units and in the README's drop-ins,
 /// exists in that binary's `--help`.
 #[test]
@@ -227,10 +195,12 @@ fn exec_start_flags_exist_in_the_binaries_help() {
                 .map(|w| w.split('=').next().unwrap_or(w))
                 .collect();
             assert!(!flags.is_empty(), "{source}: ExecStart={line}: no flags");
-            let help = help(&mut cache, name);
+            let help = cache
+                .entry(name.to_owned())
+                .or_insert_with(|| Help::of(name));
             for flag in flags {
                 assert!(
-                    documents(help, flag),
+                    help.flag(flag).is_some(),
                     "{source}: ExecStart={line}: {name} --help has no {flag}"
                 );
             }
