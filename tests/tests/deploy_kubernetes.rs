@@ -1126,9 +1126,11 @@ fn proxies_dial_the_control_plane_service() {
     }
 }
 
-/// The README's `kubectl apply -k` lines name kustomizations that exist.
+/// The README's `kubectl apply -k` lines name kustomizations that exist, its Secrets are
+/// made of files its `legatectl certs` line writes, and every Secret a render mounts is
+/// created by one of its `kubectl create secret` lines.
 #[test]
-fn readme_applies_existing_kustomizations() {
+fn readme_commands_match_the_layout_and_legatectl_certs() {
     let readme = read(&kubernetes_dir().join("README.md"));
     let mut applied = 0;
     for line in readme.lines() {
@@ -1147,6 +1149,52 @@ fn readme_applies_existing_kustomizations() {
         applied += 1;
     }
     assert!(applied >= 2, "README.md shows no `kubectl apply -k`");
+
+    // The certificate files its Secrets are made of are the ones its `legatectl certs`
+    // writes (run here into a temp dir).
+    let joined = readme.replace("\\\n", " ");
+    let certs = joined
+        .lines()
+        .find(|l| l.trim_start().starts_with("legatectl certs "))
+        .expect("README.md runs `legatectl certs`");
+    let words: Vec<&str> = certs.split_whitespace().collect();
+    let out_at = words
+        .iter()
+        .position(|w| *w == "--out")
+        .expect("legatectl certs --out DIR");
+    let out_dir = words[out_at + 1];
+    let pki = TempDir::new("legate-k8s-pki");
+    let mut args: Vec<String> = words[2..].iter().map(|w| w.to_string()).collect();
+    args[out_at - 1] = pki.path().join(out_dir).display().to_string();
+    let status = Command::new(legate_tests::cli_help::binary("legatectl"))
+        .arg("certs")
+        .args(&args)
+        .output()
+        .expect("run legatectl certs");
+    assert!(
+        status.status.success(),
+        "README.md's `{certs}`: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let mut files = 0;
+    for word in joined.split_whitespace() {
+        let Some(file) = word
+            .strip_prefix("--from-file=")
+            .and_then(|v| v.split_once('=').map(|(_, f)| f))
+            .and_then(|f| f.strip_prefix(&format!("{out_dir}/")))
+        else {
+            continue;
+        };
+        assert!(
+            pki.path().join(out_dir).join(file).is_file(),
+            "README.md: --from-file {out_dir}/{file}, which `{certs}` does not write"
+        );
+        files += 1;
+    }
+    assert!(
+        files >= 6,
+        "README.md makes no Secret of `legatectl certs` files"
+    );
     // Every Secret a render mounts is created by the README.
     let secrets = readme_secrets();
     for r in renders() {
