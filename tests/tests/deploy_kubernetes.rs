@@ -1236,13 +1236,23 @@ async fn probe_paths_are_served_by_the_binaries() {
         .find(|o| kind(o) == "ConfigMap" && name(o) == "legate-cp-mesh")
         .expect("base has the legate-cp-mesh ConfigMap");
     let dir = TempDir::new("legate-k8s-mesh");
+    // Laid out as the kubelet mounts a ConfigMap: the files in a hidden timestamped
+    // directory, `..data` a symlink to it, and each key a symlink into `..data`.
     let mesh_dir = dir.path().join("mesh");
-    std::fs::create_dir_all(&mesh_dir).expect("create the mesh directory");
+    let version = mesh_dir.join("..2026_12_07_00_00_00.000000001");
+    std::fs::create_dir_all(&version).expect("create the mesh directory");
+    std::os::unix::fs::symlink(
+        version.file_name().expect("a name"),
+        mesh_dir.join("..data"),
+    )
+    .expect("link ..data");
     let files = mesh["data"].as_object().expect("the ConfigMap has data");
     assert!(!files.is_empty(), "the mesh ConfigMap is empty");
     for (file, text) in files {
-        std::fs::write(mesh_dir.join(file), text.as_str().unwrap_or_default())
+        std::fs::write(version.join(file), text.as_str().unwrap_or_default())
             .expect("write a mesh file");
+        std::os::unix::fs::symlink(format!("..data/{file}"), mesh_dir.join(file))
+            .expect("link a mesh file");
     }
     let data = dir.path().join("data");
     let cp = ControlPlane::start(&mesh_dir, &data).await;
