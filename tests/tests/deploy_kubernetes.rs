@@ -38,6 +38,9 @@ const KUSTOMIZATIONS: [&str; 6] = [
 /// kubernetes-validate ships.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
 
+/// Flags naming a directory the binary writes to (its data and cache).
+const WRITABLE_DIRECTORY_FLAGS: [&str; 2] = ["--data-dir", "--cache-dir"];
+
 /// Where our images live; the last path segment is the binary the image runs.
 const IMAGE_REPOSITORY: &str = "ghcr.io/legate-dev/";
 
@@ -650,25 +653,47 @@ impl Checks<'_> {
 
     /// A container running legate or legate-cp.
     fn ours(&mut self, render: &Render, at: &str, workload: &Value, template: &Value, c: &Value) {
+        let helps = self.helps;
+        let Some(help) = self
+            .image(render, at, c)
+            .and_then(|binary| helps.get(binary))
+        else {
+            return;
+        };
+        let Some(parsed) = self.arguments(render, at, template, c, help) else {
+            return;
+        };
+        self.addresses_and_probes(render, at, workload, c, help, &parsed);
+        for (flag, value) in &parsed {
+            if let (Some(value), Some(documented)) = (value, help.flag(flag))
+                && documented.takes_path()
+            {
+                let writable = WRITABLE_DIRECTORY_FLAGS.contains(&flag.as_str());
+                self.mounted(render, at, workload, c, flag, value, writable);
+            }
+        }
+    }
+
+    /// `ghcr.io/legate-dev/BINARY:VERSION`, run by the entrypoint of the Dockerfile's stage
+    /// BINARY. The binary's name, when the image names one of ours.
+    fn image<'c>(&mut self, render: &Render, at: &str, c: &'c Value) -> Option<&'c str> {
         let image = c["image"].as_str().unwrap_or_default();
         let (repository, tag) = image.rsplit_once(':').unwrap_or((image, ""));
         let binary = &repository[IMAGE_REPOSITORY.len()..];
-        let Some(help) = self.helps.get(binary) else {
+        if !self.helps.contains_key(binary) {
             self.error(
                 render,
                 at,
                 format!("image {image}: no binary named {binary}"),
             );
-            return;
-        };
+            return None;
+        }
         if tag != self.version {
+            let version = self.version;
             self.error(
                 render,
                 at,
-                format!(
-                    "image {image}: the tag is not the workspace version {}",
-                    self.version
-                ),
+                format!("image {image}: the tag is not the workspace version {version}"),
             );
         }
         let stage = format!(" AS {binary}\n");
@@ -692,10 +717,24 @@ impl Checks<'_> {
                 "command is set: the image's entrypoint runs the binary",
             );
         }
+        Some(binary)
+    }
 
+    /// The container's args, `$(VAR)`s expanded, as (flag, value) checked against the help.
+    fn arguments(
+        &mut self,
+        render: &Render,
+        at: &str,
+        template: &Value,
+        c: &Value,
+        help: &Help,
+    ) -> Option<Vec<(String, Option<String>)>> {
         let env = match env_values(c, template) {
             Ok(env) => env,
-            Err(error) => return self.error(render, at, error),
+            Err(error) => {
+                self.error(render, at, error);
+                return None;
+            }
         };
         let mut args = Vec::new();
         for arg in array(&c["args"]) {
@@ -704,29 +743,36 @@ impl Checks<'_> {
                 Err(error) => self.error(render, at, error),
             }
         }
-        let parsed = match parse_args(&args, help) {
-            Ok(parsed) => parsed,
+        match parse_args(&args, help) {
+            Ok(parsed) => Some(parsed),
             Err(errors) => {
                 for error in errors {
                     self.error(render, at, error);
                 }
-                return;
+                None
             }
-        };
-        let given: BTreeMap<&str, Option<&str>> = parsed
-            .iter()
-            .map(|(f, v)| (f.as_str(), v.as_deref()))
-            .collect();
-        let host_network = pod_spec(workload)["hostNetwork"] == true;
+        }
+    }
 
-        // Address flags: the port is the named containerPort; reachable by the kubelet.
+    /// The address flags' ports are the named containerPorts, reachable by the kubelet; the
+    /// probes target those ports, readiness `GET /ready` on the one that serves it.
+    fn addresses_and_probes(
+        &mut self,
+        render: &Render,
+        at: &str,
+        workload: &Value,
+        c: &Value,
+        help: &Help,
+        parsed: &[(String, Option<String>)],
+    ) {
+        let binary = help.binary.as_str();
+        let host_network = pod_spec(workload)["hostNetwork"] == true;
         let mut addresses = BTreeMap::new();
         for (flag, port_name) in address_flags(binary) {
-            let address = given
-                .get(flag)
-                .copied()
-                .flatten()
-                .map(str::to_owned)
+            let address = parsed
+                .iter()
+                .find(|(f, _)| f == flag)
+                .and_then(|(_, v)| v.clone())
                 .or_else(|| help.flag(flag).and_then(|f| f.default()));
             let Some(address) = address else {
                 self.error(
@@ -756,7 +802,6 @@ impl Checks<'_> {
             addresses.insert(*flag, address);
         }
 
-        // Probes: on an address flag's port, at a path the binary serves there.
         let mut readiness = None;
         for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
             // A startup probe is optional; readiness and liveness are not.
@@ -806,19 +851,12 @@ impl Checks<'_> {
                 ),
             );
         }
-
-        // Files and directories named by flags are mounted; writable ones on a volume that is.
-        for (flag, value) in &parsed {
-            let (Some(value), Some(documented)) = (value, help.flag(flag)) else {
-                continue;
-            };
-            if !documented.takes_path() {
-                continue;
-            }
-            self.mounted(render, at, workload, c, flag, value);
-        }
     }
 
+    /// The file or directory `path` that `flag` names is on a volumeMount: a key of the
+    /// ConfigMap or of the README's Secret mounted there, or an emptyDir (or a claim);
+    /// `writable` ones on a volume the binary can write to.
+    #[allow(clippy::too_many_arguments)]
     fn mounted(
         &mut self,
         render: &Render,
@@ -827,6 +865,7 @@ impl Checks<'_> {
         c: &Value,
         flag: &str,
         path: &str,
+        writable: bool,
     ) {
         let mount = array(&c["volumeMounts"])
             .iter()
@@ -841,6 +880,13 @@ impl Checks<'_> {
         let mount_path = mount["mountPath"].as_str().unwrap_or_default();
         let key = path[mount_path.len()..].trim_start_matches('/');
         let volume_name = mount["name"].as_str().unwrap_or_default();
+        if writable && mount["readOnly"] == true {
+            self.error(
+                render,
+                at,
+                format!("{flag} {path}: written to, on a readOnly mount"),
+            );
+        }
         let spec = pod_spec(workload);
         let claim = array(&workload["spec"]["volumeClaimTemplates"])
             .iter()
@@ -859,6 +905,14 @@ impl Checks<'_> {
             return;
         };
         let ns = namespace(workload);
+        if writable && volume["emptyDir"].is_null() && volume["persistentVolumeClaim"].is_null() {
+            self.error(
+                render,
+                at,
+                format!("{flag} {path}: written to, on volume {volume_name}, neither an emptyDir nor a claim"),
+            );
+            return;
+        }
         if let Some(map) = volume["configMap"]["name"].as_str() {
             let data = render
                 .objects
@@ -997,6 +1051,11 @@ fn containers_match_the_binaries_cli_ports_mounts_and_images() {
             "legate-cp:0.1.0",
             "legate-cp:0.0.9",
             "not the workspace version",
+        ),
+        (
+            "name: xds-cache\n",
+            "name: xds-tls\n",
+            "--cache-dir /var/cache/legate: written to, on volume xds-tls",
         ),
         (
             "targetPort: metrics",
