@@ -8,18 +8,20 @@
 //! containerPorts, probes and Services use, files and directories named by flags are
 //! mounted (keys of the ConfigMap, or of the Secrets the README creates), the images are
 //! named consistently with the workspace version and `deploy/Dockerfile`, and the pods'
-//! hardening is in place. Last, the probes' paths are asked of the real binaries, started on
-//! the mesh ConfigMap. Each check is also run on a broken copy, to show it can fail.
+//! hardening is in place. Each check is also run on broken copies, to show it can fail.
+//! Last, the manifests' own command lines are run (legate-cp on a real etcd, legate as
+//! sidecar and as DaemonSet over mTLS) and asked every probe path.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use legate_tests::cli_help::Help;
 use legate_tests::cp::ControlPlane;
 use legate_tests::peers::{peers_venv, repo_root};
 use legate_tests::process::TempDir;
-use legate_tests::{Legate, Mode, XdsFlags};
+use legate_tests::{Legate, WaitFor};
 use serde_json::Value;
 
 /// Every kustomization, relative to deploy/kubernetes/. A new one must be added here, so it
@@ -1274,65 +1276,281 @@ fn readme_commands_match_the_layout_and_legatectl_certs() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The probes against the real binaries
+// The manifests' command lines, run
 
-/// legate-cp started on the mesh ConfigMap's files (the way its Deployment mounts them,
-/// with the default data directory store instead of etcd) and legate configured by it: every
-/// probe path of the manifests answers 200 on the address its probe targets.
+/// What the kubelet would give a container, laid out under `root`: each volumeMount a
+/// directory at `root/MOUNT-PATH`, holding the ConfigMap's keys (as the kubelet mounts a
+/// ConfigMap: a hidden timestamped directory, `..data` linking to it, each key a link into
+/// `..data`), the files README.md's `kubectl create secret generic` line makes the Secret of
+/// (relative to `workdir`, where the README's commands ran), or nothing (emptyDir).
+fn mount_volumes(
+    root: &Path,
+    render: &Render,
+    workload: &Value,
+    container: &Value,
+    workdir: &Path,
+) {
+    let spec = pod_spec(workload);
+    let readme = read(&kubernetes_dir().join("README.md")).replace("\\\n", " ");
+    for mount in array(&container["volumeMounts"]) {
+        let target = root.join(
+            mount["mountPath"]
+                .as_str()
+                .unwrap_or_default()
+                .trim_start_matches('/'),
+        );
+        std::fs::create_dir_all(&target).expect("create a mount point");
+        let Some(volume) = array(&spec["volumes"])
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+        else {
+            continue;
+        };
+        if let Some(map) = volume["configMap"]["name"].as_str() {
+            let data = render
+                .objects
+                .iter()
+                .find(|o| kind(o) == "ConfigMap" && name(o) == map)
+                .and_then(|o| o["data"].as_object())
+                .unwrap_or_else(|| panic!("{}: no ConfigMap {map}", render.dir));
+            let version = target.join("..2026_12_07_00_00_00.000000001");
+            std::fs::create_dir_all(&version).expect("create the ConfigMap's directory");
+            std::os::unix::fs::symlink(version.file_name().expect("a name"), target.join("..data"))
+                .expect("link ..data");
+            for (key, text) in data {
+                std::fs::write(version.join(key), text.as_str().unwrap_or_default())
+                    .expect("write a ConfigMap key");
+                std::os::unix::fs::symlink(format!("..data/{key}"), target.join(key))
+                    .expect("link a ConfigMap key");
+            }
+        } else if let Some(secret) = volume["secret"]["secretName"].as_str() {
+            let line = readme
+                .lines()
+                .find(|l| l.contains(&format!("create secret generic {secret} ")))
+                .unwrap_or_else(|| panic!("README.md creates no Secret {secret}"));
+            for word in line.split_whitespace() {
+                let Some((key, file)) = word
+                    .strip_prefix("--from-file=")
+                    .and_then(|v| v.split_once('='))
+                else {
+                    continue;
+                };
+                let source = workdir.join(file);
+                std::fs::copy(&source, target.join(key)).unwrap_or_else(|error| {
+                    panic!("Secret {secret}: cannot copy {}: {error}", source.display())
+                });
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(target.join(key), std::fs::Permissions::from_mode(0o440))
+                    .expect("chmod a Secret file");
+            }
+        }
+    }
+}
+
+/// The container's args, `$(VAR)`s expanded, with the paths moved under `root` and the
+/// flags in `drop` (with their values) left out: the harness passes its own.
+fn local_args(
+    container: &Value,
+    template: &Value,
+    help: &Help,
+    root: &Path,
+    drop: &[&str],
+) -> Vec<(String, Option<String>)> {
+    let env = env_values(container, template).unwrap_or_else(|error| panic!("{error}"));
+    let args: Vec<String> = array(&container["args"])
+        .iter()
+        .map(|a| expand(a.as_str().unwrap_or_default(), &env).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let parsed = parse_args(&args, help).unwrap_or_else(|errors| panic!("{errors:?}"));
+    parsed
+        .into_iter()
+        .filter(|(flag, _)| !drop.contains(&flag.as_str()))
+        .map(|(flag, value)| {
+            let value = match (value, help.flag(&flag)) {
+                (Some(v), Some(f)) if f.takes_path() => {
+                    Some(root.join(v.trim_start_matches('/')).display().to_string())
+                }
+                (value, _) => value,
+            };
+            (flag, value)
+        })
+        .collect()
+}
+
+fn flatten(args: &[(String, Option<String>)]) -> Vec<String> {
+    args.iter()
+        .flat_map(|(flag, value)| std::iter::once(flag.clone()).chain(value.clone()))
+        .collect()
+}
+
+fn value_of<'a>(args: &'a [(String, Option<String>)], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .find(|(f, _)| f == flag)
+        .and_then(|(_, v)| v.as_deref())
+}
+
+/// The manifests' own command lines, run: legate-cp as its Deployment starts it (mesh
+/// ConfigMap, TLS and token Secrets made as README.md says, on a real etcd: Debian's, one
+/// member on loopback), then legate as the sample app's sidecar and as the DaemonSet start
+/// it, over mTLS with the README's certificates, each asked every probe path of its
+/// manifests on the address its probe targets (200).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn probe_paths_are_served_by_the_binaries() {
+async fn the_manifests_command_lines_serve_their_probes() {
     let renders = renders();
     let (errors, probes) = check(&renders);
     assert!(errors.is_empty(), "{}", errors.join("\n"));
+    let helps = helps();
+    let dir = TempDir::new("legate-k8s-run");
 
-    let base = renders
-        .iter()
-        .find(|r| r.dir == "base")
-        .expect("base is rendered");
-    let mesh = base
-        .objects
-        .iter()
-        .find(|o| kind(o) == "ConfigMap" && name(o) == "legate-cp-mesh")
-        .expect("base has the legate-cp-mesh ConfigMap");
-    let dir = TempDir::new("legate-k8s-mesh");
-    // Laid out as the kubelet mounts a ConfigMap: the files in a hidden timestamped
-    // directory, `..data` a symlink to it, and each key a symlink into `..data`.
-    let mesh_dir = dir.path().join("mesh");
-    let version = mesh_dir.join("..2026_12_07_00_00_00.000000001");
-    std::fs::create_dir_all(&version).expect("create the mesh directory");
-    std::os::unix::fs::symlink(
-        version.file_name().expect("a name"),
-        mesh_dir.join("..data"),
-    )
-    .expect("link ..data");
-    let files = mesh["data"].as_object().expect("the ConfigMap has data");
-    assert!(!files.is_empty(), "the mesh ConfigMap is empty");
-    for (file, text) in files {
-        std::fs::write(version.join(file), text.as_str().unwrap_or_default())
-            .expect("write a mesh file");
-        std::os::unix::fs::symlink(format!("..data/{file}"), mesh_dir.join(file))
-            .expect("link a mesh file");
-    }
-    let data = dir.path().join("data");
-    let cp = ControlPlane::start(&mesh_dir, &data).await;
-    let proxy = Legate::start_xds(
-        &XdsFlags::new(&format!("http://{}", cp.xds), Mode::Sotw).node("web-0", "shop"),
-    )
-    .await;
-
-    for (binary, path, flag) in &probes {
-        let address = match (binary.as_str(), flag.as_str()) {
-            ("legate-cp", "--metrics-address") => cp.metrics,
-            ("legate-cp", "--admin-address") => cp.admin,
-            ("legate", "--admin-address") => proxy.admin_addr(),
-            other => panic!("a probe on {other:?}, which this test does not start"),
-        };
-        let response = legate_tests::get(&format!("http://{address}{path}")).await;
-        assert_eq!(
-            response.status.as_u16(),
-            200,
-            "{binary}: GET {path} on {flag} ({address}): {}",
-            String::from_utf8_lossy(&response.body)
+    // The README's certificates and admin token, made by its own commands.
+    let readme = read(&kubernetes_dir().join("README.md")).replace("\\\n", " ");
+    let certs = readme
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("legatectl certs "))
+        .expect("README.md runs legatectl certs");
+    let token_line = readme
+        .lines()
+        .map(str::trim)
+        .find(|l| l.ends_with("> admin.token"))
+        .expect("README.md writes admin.token");
+    for line in [certs.to_owned(), token_line.to_owned()] {
+        let line = line.replacen(
+            "legatectl ",
+            &format!("{} ", legate_tests::cli_help::binary("legatectl").display()),
+            1,
+        );
+        let out = Command::new("/bin/sh")
+            .args(["-c", &line])
+            .current_dir(dir.path())
+            .output()
+            .expect("run a README command");
+        assert!(
+            out.status.success(),
+            "README.md's `{line}`: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
+
+    let etcd = tokio::task::spawn_blocking(|| legate_tests::etcd::EtcdCluster::start(1))
+        .await
+        .expect("etcd harness");
+
+    // legate-cp, with the dev overlay's arguments.
+    let dev = renders
+        .iter()
+        .find(|r| r.dir == "overlays/dev")
+        .expect("the dev render");
+    let cp_workload = dev
+        .objects
+        .iter()
+        .find(|o| kind(o) == "Deployment" && name(o) == "legate-cp")
+        .expect("the legate-cp Deployment");
+    let cp_container = containers(pod_spec(cp_workload))
+        .find(|c| c["name"] == "legate-cp")
+        .expect("the legate-cp container");
+    let cp_root = dir.path().join("legate-cp");
+    mount_volumes(&cp_root, dev, cp_workload, cp_container, dir.path());
+    let address_flags_cp = ["--xds-address", "--admin-address", "--metrics-address"];
+    let mut args = local_args(
+        cp_container,
+        &cp_workload["spec"]["template"],
+        &helps["legate-cp"],
+        &cp_root,
+        &address_flags_cp,
+    );
+    let config = value_of(&args, "--config").expect("--config").to_owned();
+    let data = value_of(&args, "--data-dir")
+        .expect("--data-dir")
+        .to_owned();
+    args.retain(|(f, _)| f != "--config" && f != "--data-dir");
+    for (flag, value) in args.iter_mut() {
+        if flag == "--store" {
+            *value = Some(etcd.url());
+        }
+    }
+    let extra = flatten(&args);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let cp = ControlPlane::start_with(Path::new(&config), Path::new(&data), &extra).await;
+    let cp_address = |flag: &str| match flag {
+        "--metrics-address" => cp.metrics,
+        "--admin-address" => cp.admin,
+        "--xds-address" => cp.xds,
+        other => panic!("legate-cp has no address flag {other}"),
+    };
+    for (_, path, flag) in probes.iter().filter(|(b, _, _)| b == "legate-cp") {
+        let url = format!("http://{}{path}", cp_address(flag));
+        legate_tests::eventually(
+            Duration::from_secs(30),
+            &format!("legate-cp GET {path}"),
+            || {
+                let url = url.clone();
+                async move {
+                    let r = legate_tests::get(&url).await;
+                    if r.status.as_u16() == 200 {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "{}: {}",
+                            r.status,
+                            String::from_utf8_lossy(&r.body)
+                        ))
+                    }
+                }
+            },
+        )
+        .await;
+    }
+
+    // Every legate container of the sidecar sample and the DaemonSet, on that legate-cp.
+    let mut proxies = 0;
+    for r in renders
+        .iter()
+        .filter(|r| r.dir == "overlays/dev" || r.dir == "host-proxy")
+    {
+        for workload in r.objects.iter().filter(|o| is_workload(o)) {
+            for container in containers(pod_spec(workload)).filter(|c| {
+                c["image"]
+                    .as_str()
+                    .is_some_and(|i| i.starts_with(&format!("{IMAGE_REPOSITORY}legate:")))
+            }) {
+                let root =
+                    dir.path()
+                        .join(format!("{}-{}", r.dir.replace('/', "-"), name(workload)));
+                mount_volumes(&root, r, workload, container, dir.path());
+                let mut args = local_args(
+                    container,
+                    &workload["spec"]["template"],
+                    &helps["legate"],
+                    &root,
+                    &["--admin-address"],
+                );
+                // The Service's name, here: legate-cp's certificate is valid for localhost.
+                for (flag, value) in args.iter_mut() {
+                    if flag == "--xds-server" {
+                        *value = Some(format!("https://localhost:{}", cp.xds.port()));
+                    }
+                }
+                let flat = flatten(&args);
+                let flat: Vec<&str> = flat.iter().map(String::as_str).collect();
+                let proxy = Legate::launch(None, &flat, WaitFor::Ready).await;
+                for (_, path, _) in probes.iter().filter(|(b, _, _)| b == "legate") {
+                    let r =
+                        legate_tests::get(&format!("http://{}{path}", proxy.admin_addr())).await;
+                    assert_eq!(
+                        r.status.as_u16(),
+                        200,
+                        "legate ({} {}): GET {path}: {}",
+                        kind(workload),
+                        name(workload),
+                        String::from_utf8_lossy(&r.body)
+                    );
+                }
+                proxies += 1;
+            }
+        }
+    }
+    assert_eq!(proxies, 2, "the sidecar and the DaemonSet");
+    drop(cp);
+    drop(etcd);
 }
