@@ -312,9 +312,13 @@ fn copy_tree(from: &Path, to: &Path) {
 // ---------------------------------------------------------------------------------------
 // Containers against the binaries' CLI
 
+/// A Secret's keys, each with the file it is made of (`--from-file`; `None` for
+/// `--from-literal`).
+type SecretKeys = BTreeMap<String, Option<String>>;
+
 /// The Secrets the README's `kubectl create secret generic NAME -n NAMESPACE --from-...`
-/// commands create: (namespace, name) -> keys.
-fn readme_secrets() -> BTreeMap<(String, String), BTreeSet<String>> {
+/// commands create, by (namespace, name).
+fn readme_secrets() -> BTreeMap<(String, String), SecretKeys> {
     let readme = read(&kubernetes_dir().join("README.md"));
     // Join continued lines.
     let joined = readme.replace("\\\n", " ");
@@ -331,18 +335,21 @@ fn readme_secrets() -> BTreeMap<(String, String), BTreeSet<String>> {
             continue;
         };
         let mut namespace = "default".to_owned();
-        let mut keys = BTreeSet::new();
+        let mut keys = SecretKeys::new();
         let mut rest = words.iter().skip(1);
         while let Some(word) = rest.next() {
             if *word == "-n" || *word == "--namespace" {
                 namespace = rest.next().map(|s| s.to_string()).unwrap_or_default();
             } else if let Some(value) = word.strip_prefix("--namespace=") {
                 namespace = value.to_owned();
-            } else if let Some(value) = word
-                .strip_prefix("--from-file=")
-                .or_else(|| word.strip_prefix("--from-literal="))
-            {
-                keys.insert(value.split('=').next().unwrap_or_default().to_owned());
+            } else if let Some(value) = word.strip_prefix("--from-file=") {
+                // KEY=FILE, or FILE alone (its name is the key).
+                let (key, file) = value
+                    .split_once('=')
+                    .unwrap_or_else(|| (value.rsplit('/').next().unwrap_or(value), value));
+                keys.insert(key.to_owned(), Some(file.to_owned()));
+            } else if let Some(value) = word.strip_prefix("--from-literal=") {
+                keys.insert(value.split('=').next().unwrap_or_default().to_owned(), None);
             }
         }
         secrets.insert((namespace, name.to_string()), keys);
@@ -484,7 +491,7 @@ type Probe = (String, String, String);
 /// Context shared by the checks of one render.
 struct Checks<'a> {
     helps: &'a BTreeMap<String, Help>,
-    secrets: &'a BTreeMap<(String, String), BTreeSet<String>>,
+    secrets: &'a BTreeMap<(String, String), SecretKeys>,
     version: &'a str,
     dockerfile: &'a str,
     errors: Vec<String>,
@@ -944,7 +951,7 @@ impl Checks<'_> {
                          `kubectl create secret generic` in README.md"
                     ),
                 ),
-                Some(keys) if !key.is_empty() && !keys.contains(key) => self.error(
+                Some(keys) if !key.is_empty() && !keys.contains_key(key) => self.error(
                     render,
                     at,
                     format!("{flag} {path}: README.md's Secret {ns}/{secret} has no key {key}"),
@@ -1238,12 +1245,11 @@ fn readme_commands_match_the_layout_and_legatectl_certs() {
         String::from_utf8_lossy(&status.stderr)
     );
     let mut files = 0;
-    for word in joined.split_whitespace() {
-        let Some(file) = word
-            .strip_prefix("--from-file=")
-            .and_then(|v| v.split_once('=').map(|(_, f)| f))
-            .and_then(|f| f.strip_prefix(&format!("{out_dir}/")))
-        else {
+    for file in readme_secrets()
+        .values()
+        .flat_map(|keys| keys.values().flatten())
+    {
+        let Some(file) = file.strip_prefix(&format!("{out_dir}/")) else {
             continue;
         };
         assert!(
@@ -1291,7 +1297,7 @@ fn mount_volumes(
     workdir: &Path,
 ) {
     let spec = pod_spec(workload);
-    let readme = read(&kubernetes_dir().join("README.md")).replace("\\\n", " ");
+    let secrets = readme_secrets();
     for mount in array(&container["volumeMounts"]) {
         let target = root.join(
             mount["mountPath"]
@@ -1324,15 +1330,11 @@ fn mount_volumes(
                     .expect("link a ConfigMap key");
             }
         } else if let Some(secret) = volume["secret"]["secretName"].as_str() {
-            let line = readme
-                .lines()
-                .find(|l| l.contains(&format!("create secret generic {secret} ")))
+            let keys = secrets
+                .get(&(namespace(workload).to_owned(), secret.to_owned()))
                 .unwrap_or_else(|| panic!("README.md creates no Secret {secret}"));
-            for word in line.split_whitespace() {
-                let Some((key, file)) = word
-                    .strip_prefix("--from-file=")
-                    .and_then(|v| v.split_once('='))
-                else {
+            for (key, file) in keys {
+                let Some(file) = file else {
                     continue;
                 };
                 let source = workdir.join(file);
