@@ -1394,8 +1394,9 @@ fn value_of<'a>(args: &'a [(String, Option<String>)], flag: &str) -> Option<&'a 
 /// The manifests' own command lines, run: legate-cp as its Deployment starts it (mesh
 /// ConfigMap, TLS and token Secrets made as README.md says, on a real etcd: Debian's, one
 /// member on loopback), then legate as the sample app's sidecar and as the DaemonSet start
-/// it, over mTLS with the README's certificates, each asked every probe path of its
-/// manifests on the address its probe targets (200).
+/// it, over mTLS with the README's certificates (legate-cp's checked against the Service
+/// name the manifests dial), each asked every probe path of its manifests on the address
+/// its probe targets (200).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_manifests_command_lines_serve_their_probes() {
     let renders = renders();
@@ -1527,12 +1528,26 @@ async fn the_manifests_command_lines_serve_their_probes() {
                     &root,
                     &["--admin-address"],
                 );
-                // The Service's name, here: legate-cp's certificate is valid for localhost.
+                // The Service's address is this legate-cp's; its name is still the one the
+                // certificate is checked against (and sent as SNI).
+                let mut server_name = None;
                 for (flag, value) in args.iter_mut() {
                     if flag == "--xds-server" {
-                        *value = Some(format!("https://localhost:{}", cp.xds.port()));
+                        let url = value.take().unwrap_or_default();
+                        let host = url
+                            .strip_prefix("https://")
+                            .and_then(|rest| rest.rsplit_once(':'))
+                            .map(|(host, _)| host.to_owned())
+                            .unwrap_or_else(|| panic!("--xds-server {url}: not https://HOST:PORT"));
+                        server_name = Some(host);
+                        *value = Some(format!("https://{}", cp.xds));
                     }
                 }
+                assert!(
+                    value_of(&args, "--xds-server-name").is_none(),
+                    "the manifests set --xds-server-name"
+                );
+                args.push(("--xds-server-name".to_owned(), server_name));
                 let flat = flatten(&args);
                 let flat: Vec<&str> = flat.iter().map(String::as_str).collect();
                 let proxy = Legate::launch(None, &flat, WaitFor::Ready).await;
