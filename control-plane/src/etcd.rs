@@ -792,7 +792,7 @@ impl Etcd {
     async fn send_load(
         self: Arc<Self>,
         mut rx: mpsc::Receiver<LoadStatsRequest>,
-        _load: Arc<LoadStore>,
+        load: Arc<LoadStore>,
     ) {
         let key = self.key(&format!("load/{}", self.options.replica));
         let mut client = self.client.clone();
@@ -804,17 +804,22 @@ impl Etcd {
                 reports: vec![first],
             };
             let until = tokio::time::Instant::now() + RELAY_INTERVAL;
+            let mut dropped = 0u64;
             while let Ok(Some(report)) = tokio::time::timeout_at(until, rx.recv()).await {
                 if batch.reports.len() < MAX_RELAYED_REPORTS {
                     batch.reports.push(report);
+                } else {
+                    dropped += 1;
                 }
             }
             let mut bytes = batch.encode_to_vec();
             while bytes.len() > MAX_VALUE_BYTES && batch.reports.len() > 1 {
                 let keep = batch.reports.len() / 2;
+                dropped += (batch.reports.len() - keep) as u64;
                 batch.reports.truncate(keep);
                 bytes = batch.encode_to_vec();
             }
+            load.relay_dropped(dropped);
             if let Err(error) =
                 tokio::time::timeout(REQUEST_TIMEOUT, client.put(key.clone(), bytes, None)).await
             {

@@ -102,6 +102,9 @@ pub struct LoadMetrics {
     /// Entries ignored, per [`Ignored`] in [`Ignored::ALL`]'s order
     /// (`legate_cp_lrs_ignored_total`).
     pub ignored: [Arc<Counter>; 4],
+    /// Reports received over LRS that were not relayed to the other replicas (the relay's
+    /// queue full, or over a batch's bound; `legate_cp_lrs_relay_dropped_total`).
+    pub relay_dropped: Arc<Counter>,
 }
 
 /// Load over some time: sums of what reports said.
@@ -426,9 +429,17 @@ impl LoadStore {
         self.record_at(node, stats, Instant::now());
         if let Some(relay) = self.relay.get()
             && !stats.is_empty()
+            && relay
+                .try_send(crate::etcd::relayed_report(node, stats))
+                .is_err()
         {
-            let _ = relay.try_send(crate::etcd::relayed_report(node, stats));
+            self.metrics.relay_dropped.inc();
         }
+    }
+
+    /// Count reports received here and not relayed to the other replicas.
+    pub fn relay_dropped(&self, n: u64) {
+        self.metrics.relay_dropped.add(n);
     }
 
     /// Record a report another replica received (not relayed again).
@@ -656,6 +667,22 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn reports_are_relayed_and_those_that_do_not_fit_are_counted() {
+        let metrics = LoadMetrics::default();
+        let store = LoadStore::with_metrics(Duration::from_secs(60), metrics.clone());
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        store.relay_to(tx);
+        store.record("n1", &[report("a-v1", 1, 0, None)]);
+        store.record("n2", &[report("a-v1", 2, 0, None)]);
+        // A relayed report is recorded, never relayed again.
+        store.record_relayed("n3", &[report("a-v1", 3, 0, None)]);
+        let relayed = rx.try_recv().expect("the first report is relayed");
+        assert_eq!(relayed.node.map(|n| n.id).as_deref(), Some("n1"));
+        assert!(rx.try_recv().is_err(), "only one fits the queue");
+        assert_eq!(metrics.relay_dropped.get(), 1);
     }
 
     #[test]

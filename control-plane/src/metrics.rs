@@ -17,6 +17,7 @@
 //! | `legate_cp_lrs_reports_total` | counter | none | [`CpMetrics::lrs_report_received`] |
 //! | `legate_cp_lrs_series` | gauge | none | [`crate::load_report::LoadStore`]: (node, cluster) series held |
 //! | `legate_cp_lrs_ignored_total` | counter | `reason` | [`crate::load_report::LoadStore`]: report entries left out |
+//! | `legate_cp_lrs_relay_dropped_total` | counter | none | [`crate::load_report::LoadStore`] and [`crate::etcd`]: reports not relayed to other replicas |
 //! | `legate_cp_store_up` | gauge | none | [`crate::etcd::StoreHealth`]: etcd answers (always 1 with the data directory) |
 //! | `legate_cp_leader` | gauge | none | [`crate::etcd::Etcd::spawn_election`]: this replica runs the rollout controller |
 //!
@@ -246,10 +247,20 @@ impl CpMetrics {
             "Cluster entries of load reports left out, by reason.",
             &["reason"],
         );
+        let relay_dropped = registry
+            .family::<Counter>(
+                "legate_cp_lrs_relay_dropped_total",
+                "Load reports received over LRS and not relayed to the other replicas \
+                 (--store etcd://): the relay's queue was full, or a half second held more \
+                 than a batch carries.",
+                &[],
+            )
+            .get_or_create(&[]);
         let lrs_load = crate::load_report::LoadMetrics {
             series: lrs_series,
             ignored: crate::load_report::Ignored::ALL
                 .map(|reason| lrs_ignored.get_or_create(&[reason.as_str()])),
+            relay_dropped,
         };
         let rollback_latency = registry
             .family::<Histogram>(
