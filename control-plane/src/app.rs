@@ -2232,9 +2232,20 @@ impl ControlPlane {
     pub fn validate(options: &CpOptions) -> Result<Validated, StoreError> {
         let files = store::read_mesh_files(&options.config)?;
         let (base, sources) = store::load_mesh(&files.files)?;
-        let (mut overlay, migrated) = store::load_overlay(&options.data_dir, &base)?;
-        // A rollout file a start would refuse is refused here too.
-        Rollouts::load(&options.data_dir)?;
+        let (mut overlay, migrated) = match &options.shared {
+            None => {
+                let loaded = store::load_overlay(&options.data_dir, &base)?;
+                // A rollout file a start would refuse is refused here too.
+                Rollouts::load(&options.data_dir)?;
+                loaded
+            }
+            Some(start) => {
+                Rollouts::from_value(start.stored.state.rollouts.clone()).map_err(|e| {
+                    StoreError::Other(format!("the rollouts in etcd do not check out: {e}"))
+                })?;
+                (start.stored.state.overlay.clone(), None)
+            }
+        };
         let mut notes: Vec<String> = migrated.into_iter().collect();
         notes.extend(
             store::rebase(&mut overlay, &base)

@@ -967,3 +967,62 @@ async fn a_change_reaches_1000_proxies_on_three_replicas_within_2s_at_p99() {
         assert!(p99 <= 2_000.0, "p99 {p99} ms, over 2 s: {change}");
     }
 }
+
+/// `legate-cp --validate --store etcd://...` checks the files with the admin changes etcd
+/// holds (not the data directory's), reading etcd once and writing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_checks_the_admin_changes_in_etcd() {
+    let ha = Ha::start(1).await;
+    let (status, body) = ha
+        .post(
+            0,
+            "/v1/services/payments/weights",
+            &serde_json::json!({"v1": 10, "v2": 90}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let before = ha.etcd.get_prefix_json(&format!("{}state", ha.prefix));
+    let empty_data = ha.dir.path().join("no-such-data-dir");
+    let out = std::process::Command::new(legate_tests::cp::bin("legate-cp"))
+        .arg("--validate")
+        .arg("--config")
+        .arg(&ha.config)
+        .arg("--data-dir")
+        .arg(&empty_data)
+        .args(["--store", &ha.etcd.url(), "--etcd-prefix", &ha.prefix])
+        .output()
+        .expect("legate-cp --validate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("1 with stored admin changes (generation 1)"),
+        "{stdout}"
+    );
+    assert!(
+        !empty_data.exists(),
+        "--validate created the data directory"
+    );
+    assert_eq!(
+        ha.etcd.get_prefix_json(&format!("{}state", ha.prefix)),
+        before,
+        "--validate wrote to etcd"
+    );
+    // An unreachable etcd is an error, not a pass on the files alone.
+    let out = std::process::Command::new(legate_tests::cp::bin("legate-cp"))
+        .arg("--validate")
+        .arg("--config")
+        .arg(&ha.config)
+        .args([
+            "--store",
+            &format!("etcd://{}", legate_tests::closed_port()),
+        ])
+        .output()
+        .expect("legate-cp --validate");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("etcd"), "{stderr}");
+}

@@ -11,10 +11,10 @@ use std::time::Duration;
 use clap::Parser;
 use legate_cp::admin_server::{AdminApi, AdminOptions};
 use legate_cp::app::{ControlPlane, CpOptions, SharedStart, bind, shared_state};
-use legate_cp::etcd::{Etcd, EtcdError, EtcdOptions, EtcdTls, StoreUrl};
+use legate_cp::etcd::{Etcd, EtcdError, EtcdOptions, EtcdTls, SharedState, StoreUrl, Stored};
 use legate_cp::server::NodeAuth;
 use legate_cp::server::XdsLimits;
-use legate_cp::store::StoreError;
+use legate_cp::store::{Overlay, StoreError};
 use legate_cp::{NodeSnapshot, XdsServer};
 use legate_model::parse_duration;
 use legate_model::parse_size;
@@ -238,9 +238,20 @@ fn cp_options(args: &Args) -> CpOptions {
     )
 }
 
-/// `--validate`: everything start-up checks, nothing bound or written.
+/// `--validate`: everything start-up checks, nothing bound or written. With `--store
+/// etcd://`, the admin changes and rollouts checked are etcd's (read once, never written).
 fn validate(args: &Args) -> ExitCode {
-    let validated = match ControlPlane::validate(&cp_options(args)) {
+    let mut options = cp_options(args);
+    if let StoreUrl::Etcd(endpoints) = &args.store {
+        match read_shared_once(args, endpoints.clone()) {
+            Ok(start) => options.shared = Some(start),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let validated = match ControlPlane::validate(&options) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("{e}");
@@ -451,38 +462,8 @@ async fn connect_etcd(
     endpoints: Vec<String>,
     options: &CpOptions,
 ) -> Result<SharedStart, String> {
-    let lease = args.leader_lease;
-    if lease < legate_cp::etcd::MIN_LEASE || lease.subsec_nanos() != 0 {
-        return Err(format!(
-            "--leader-lease {}: whole seconds, 2s at least",
-            humantime::format_duration(lease)
-        ));
-    }
-    if args.etcd_prefix.is_empty() || args.etcd_prefix.len() > 256 {
-        return Err("--etcd-prefix: 1 to 256 bytes".to_owned());
-    }
-    let replica = replica_id(args);
-    if replica.is_empty()
-        || replica.len() > 128
-        || !replica
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
-        return Err(format!(
-            "--replica-id `{replica}`: 1 to 128 letters, digits, `.`, `_` or `-` (a pod's name)"
-        ));
-    }
-    let etcd_options = EtcdOptions {
-        endpoints,
-        tls: args.etcd_ca.clone().map(|ca| EtcdTls {
-            ca,
-            cert: args.etcd_cert.clone(),
-            key: args.etcd_key.clone(),
-        }),
-        prefix: args.etcd_prefix.clone(),
-        replica: replica.clone(),
-        lease,
-    };
+    let etcd_options = etcd_options(args, endpoints)?;
+    let replica = etcd_options.replica.clone();
     let give_up = tokio::time::Instant::now() + ETCD_START_TIMEOUT;
     let mut logged = false;
     loop {
@@ -515,6 +496,70 @@ async fn connect_etcd(
             Err(e) => return Err(e.to_string()),
         }
     }
+}
+
+/// The etcd settings from the flags, checked.
+fn etcd_options(args: &Args, endpoints: Vec<String>) -> Result<EtcdOptions, String> {
+    let lease = args.leader_lease;
+    if lease < legate_cp::etcd::MIN_LEASE || lease.subsec_nanos() != 0 {
+        return Err(format!(
+            "--leader-lease {}: whole seconds, 2s at least",
+            humantime::format_duration(lease)
+        ));
+    }
+    if args.etcd_prefix.is_empty() || args.etcd_prefix.len() > 256 {
+        return Err("--etcd-prefix: 1 to 256 bytes".to_owned());
+    }
+    let replica = replica_id(args);
+    if replica.is_empty()
+        || replica.len() > 128
+        || !replica
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(format!(
+            "--replica-id `{replica}`: 1 to 128 letters, digits, `.`, `_` or `-` (a pod's name)"
+        ));
+    }
+    Ok(EtcdOptions {
+        endpoints,
+        tls: args.etcd_ca.clone().map(|ca| EtcdTls {
+            ca,
+            cert: args.etcd_cert.clone(),
+            key: args.etcd_key.clone(),
+        }),
+        prefix: args.etcd_prefix.clone(),
+        replica,
+        lease,
+    })
+}
+
+/// The shared state as etcd holds it now (empty when no replica wrote it yet), for
+/// `--validate`: one attempt, nothing written.
+fn read_shared_once(args: &Args, endpoints: Vec<String>) -> Result<SharedStart, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let options = etcd_options(args, endpoints)?;
+    runtime.block_on(async {
+        let etcd = Etcd::connect(options)
+            .await
+            .map_err(|e| format!("--store etcd: {e}"))?;
+        let stored = etcd
+            .read_async()
+            .await
+            .map_err(|e| format!("--store etcd: {e}"))?
+            .unwrap_or_else(|| Stored {
+                revision: 0,
+                state: SharedState {
+                    format: legate_cp::etcd::STATE_FORMAT,
+                    overlay: Overlay::default(),
+                    rollouts: serde_json::Value::Null,
+                },
+            });
+        Ok(SharedStart { etcd, stored })
+    })
 }
 
 /// `--replica-id`, or $HOSTNAME (a pod's name), or the host name.
