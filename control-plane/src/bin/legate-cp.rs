@@ -35,7 +35,8 @@ struct Args {
     #[arg(long, short = 'c', value_name = "PATH")]
     config: PathBuf,
     /// Check the configuration and exit, binding nothing: read, merge and validate the mesh
-    /// files, apply the admin changes stored in DATA-DIR, compile every snapshot. Prints a
+    /// files, apply the admin changes stored in DATA-DIR (in etcd with --store etcd://),
+    /// compile every snapshot. Prints a
     /// summary and exits 0, or prints the errors (file:line:col) and exits 1.
     #[arg(long)]
     validate: bool,
