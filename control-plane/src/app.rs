@@ -1021,9 +1021,14 @@ impl Owner {
                 caller,
                 reply,
             } => {
-                let services: Vec<String> = legate_model::parse_yaml::<Mesh>(&document, &source)
-                    .map(|doc| doc.services.into_iter().map(|s| s.name).collect())
-                    .unwrap_or_default();
+                // The services it names, for a lost race with another replica (etcd only:
+                // the document is parsed again by `apply`).
+                let services: Vec<String> = match &self.shared {
+                    Some(_) => legate_model::parse_yaml::<Mesh>(&document, &source)
+                        .map(|doc| doc.services.into_iter().map(|s| s.name).collect())
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                };
                 let changed = self.shared_change(&services, |o| {
                     o.apply(&document, &source, caller.as_deref())
                 });

@@ -330,13 +330,11 @@ impl Etcd {
                     .iter()
                     .map(|e| format!("http://{e}"))
                     .collect();
-                tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(endpoints, Some(connect)))
-                    .await
-                    .map_err(|_| EtcdError::Unavailable("no endpoint answered".to_owned()))??
+                timed(Client::connect(endpoints, Some(connect))).await?
             }
             Some(tls) => {
                 let channel = tls_channel(&options.endpoints, tls)?;
-                Client::from_channel(Channel::Tonic(channel), Some(connect)).await?
+                timed(Client::from_channel(Channel::Tonic(channel), Some(connect))).await?
             }
         };
         let (leader_tx, leader) = watch::channel(None);
@@ -377,13 +375,9 @@ impl Etcd {
     ) -> Result<T, EtcdError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.runtime.spawn(async move {
-            let result = match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
-                Ok(result) => result,
-                Err(_) => Err(EtcdError::Unavailable(format!(
-                    "no answer within {}s",
-                    REQUEST_TIMEOUT.as_secs()
-                ))),
-            };
+            let result = tokio::time::timeout(REQUEST_TIMEOUT, fut)
+                .await
+                .unwrap_or_else(|_| Err(no_answer()));
             let _ = tx.send(result);
         });
         rx.recv()
@@ -404,36 +398,46 @@ impl Etcd {
         result
     }
 
-    /// Write the first shared state, when there is none yet (from the state owner's
-    /// runtime-free start); `Conflict` when another replica was first.
+    /// Write the first shared state, when there is none yet (at start, before the state
+    /// owner runs); `Conflict` when another replica was first.
     pub async fn create_async(&self, state: &SharedState) -> Result<i64, EtcdError> {
-        let bytes = serde_json::to_vec(state).map_err(|e| EtcdError::Invalid(e.to_string()))?;
-        let key = self.key("state");
-        let txn = Txn::new()
-            .when(vec![Compare::version(key.clone(), CompareOp::Equal, 0)])
-            .and_then(vec![TxnOp::put(key, bytes, None)]);
-        let mut client = self.client.clone();
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn))
-            .await
-            .map_err(|_| EtcdError::Unavailable("no answer".to_owned()))??;
-        if !response.succeeded() {
-            return Err(EtcdError::Conflict {
-                expected: 0,
-                actual: -1,
-            });
-        }
-        Ok(response.header().map_or(0, |h| h.revision()))
+        let result = self.write_txn(state, 0, None)?.await;
+        self.note_write(&result);
+        result
     }
 
     /// Write `state` if the document is still at `expected` (0: absent). `fence`: the term
     /// this write is made under as leader, and what it is for the audit trail. Returns the
-    /// document's new revision.
+    /// document's new revision. From the state owner's thread.
     pub fn write(
         &self,
         state: &SharedState,
         expected: i64,
         fence: Option<(Term, String)>,
     ) -> Result<i64, EtcdError> {
+        let result = self.block(self.write_txn(state, expected, fence)?);
+        self.note_write(&result);
+        result
+    }
+
+    /// A lost race or a lost term is an answer: etcd is up.
+    fn note_write(&self, result: &Result<i64, EtcdError>) {
+        match result {
+            Ok(_) | Err(EtcdError::Conflict { .. } | EtcdError::NotLeader { .. }) => {
+                self.health.set(Ok(()));
+            }
+            Err(e) => self.health.set(Err(e)),
+        }
+    }
+
+    /// The compare-and-swap transaction of [`write`](Self::write), ready to run.
+    fn write_txn(
+        &self,
+        state: &SharedState,
+        expected: i64,
+        fence: Option<(Term, String)>,
+    ) -> Result<impl std::future::Future<Output = Result<i64, EtcdError>> + Send + 'static, EtcdError>
+    {
         let bytes = serde_json::to_vec(state).map_err(|e| EtcdError::Invalid(e.to_string()))?;
         if bytes.len() > MAX_VALUE_BYTES {
             return Err(EtcdError::Invalid(format!(
@@ -465,8 +469,8 @@ impl Etcd {
             TxnOp::get(leader_key, None),
         ]);
         let mut client = self.client.clone();
-        let result = self.block(async move {
-            let response = client.txn(txn).await?;
+        Ok(async move {
+            let response = timed(client.txn(txn)).await?;
             let revision = response.header().map_or(0, |h| h.revision());
             if response.succeeded() {
                 return Ok(revision);
@@ -489,14 +493,7 @@ impl Etcd {
                 expected,
                 actual: state.map_or(0, |(modified, _)| modified),
             })
-        });
-        match &result {
-            Ok(_) | Err(EtcdError::Conflict { .. } | EtcdError::NotLeader { .. }) => {
-                self.health.set(Ok(()));
-            }
-            Err(e) => self.health.set(Err(e)),
-        }
-        result
+        })
     }
 
     /// The put of one audit entry of `term`.
@@ -530,18 +527,8 @@ impl Etcd {
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut client = self.client.clone();
-            let watch = tokio::time::timeout(
-                REQUEST_TIMEOUT,
-                client.watch(
-                    key.clone(),
-                    Some(WatchOptions::new().with_start_revision(known.saturating_add(1))),
-                ),
-            )
-            .await;
-            let mut stream = match watch {
-                Ok(Ok(stream)) => Some(stream),
-                _ => None,
-            };
+            let from = WatchOptions::new().with_start_revision(known.saturating_add(1));
+            let mut stream = timed(client.watch(key.clone(), Some(from))).await.ok();
             loop {
                 let event = async {
                     match stream.as_mut() {
@@ -619,35 +606,22 @@ impl Etcd {
         let mut client = self.client.clone();
         loop {
             let granted_at = Instant::now();
-            let lease =
-                match tokio::time::timeout(REQUEST_TIMEOUT, client.lease_grant(ttl_secs, None))
-                    .await
-                {
-                    Ok(Ok(lease)) => lease.id(),
-                    _ => {
-                        tokio::time::sleep(tick).await;
-                        continue;
-                    }
-                };
-            let Ok(Ok((mut keeper, mut answers))) =
-                tokio::time::timeout(REQUEST_TIMEOUT, client.lease_keep_alive(lease)).await
-            else {
+            let Ok(lease) = timed(client.lease_grant(ttl_secs, None)).await else {
+                tokio::time::sleep(tick).await;
+                continue;
+            };
+            let lease = lease.id();
+            let Ok((mut keeper, mut answers)) = timed(client.lease_keep_alive(lease)).await else {
                 tokio::time::sleep(tick).await;
                 continue;
             };
             let audit_ttl = i64::try_from(AUDIT_RETENTION.as_secs()).unwrap_or(86_400);
-            let audit_lease =
-                match tokio::time::timeout(REQUEST_TIMEOUT, client.lease_grant(audit_ttl, None))
-                    .await
-                {
-                    Ok(Ok(lease)) => lease.id(),
-                    _ => {
-                        let _ =
-                            tokio::time::timeout(REQUEST_TIMEOUT, client.lease_revoke(lease)).await;
-                        tokio::time::sleep(tick).await;
-                        continue;
-                    }
-                };
+            let Ok(audit_lease) = timed(client.lease_grant(audit_ttl, None)).await else {
+                let _ = timed(client.lease_revoke(lease)).await;
+                tokio::time::sleep(tick).await;
+                continue;
+            };
+            let audit_lease = audit_lease.id();
             let mut valid_until = granted_at + ttl - margin;
             let mut unanswered: VecDeque<Instant> = VecDeque::new();
             let mut leading: Option<Term> = None;
@@ -697,7 +671,7 @@ impl Etcd {
             }
             // Let another replica take over now rather than at the lease's end, if etcd
             // can be told.
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, client.lease_revoke(lease)).await;
+            let _ = timed(client.lease_revoke(lease)).await;
         }
     }
 
@@ -719,9 +693,7 @@ impl Etcd {
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else(vec![TxnOp::get(leader_key, None)]);
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn))
-            .await
-            .map_err(|_| EtcdError::Unavailable("no answer".to_owned()))??;
+        let response = timed(client.txn(txn)).await?;
         let revision = if response.succeeded() {
             response.header().map_or(0, |h| h.revision())
         } else {
@@ -752,26 +724,10 @@ impl Etcd {
                 revision,
             )])
             .and_then(vec![self.audit_op(term, "elected".to_owned())?]);
-        match tokio::time::timeout(REQUEST_TIMEOUT, client.txn(audit)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "the election was not written to the audit trail")
-            }
-            Err(_) => tracing::warn!("the election was not written to the audit trail: no answer"),
+        if let Err(error) = timed(client.txn(audit)).await {
+            tracing::warn!(%error, "the election was not written to the audit trail");
         }
         Ok(Some(term))
-    }
-
-    /// The replica that leads now, if any (for status).
-    pub async fn leader_name(&self) -> Result<Option<String>, EtcdError> {
-        let mut client = self.client.clone();
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, client.get(self.key("leader"), None))
-            .await
-            .map_err(|_| EtcdError::Unavailable("no answer".to_owned()))??;
-        Ok(response
-            .kvs()
-            .first()
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
     /// Share the load reports this replica receives with the others, and record theirs in
@@ -820,9 +776,7 @@ impl Etcd {
                 bytes = batch.encode_to_vec();
             }
             load.relay_dropped(dropped);
-            if let Err(error) =
-                tokio::time::timeout(REQUEST_TIMEOUT, client.put(key.clone(), bytes, None)).await
-            {
+            if let Err(error) = timed(client.put(key.clone(), bytes, None)).await {
                 tracing::debug!(%error, "load reports not relayed");
             }
         }
@@ -833,12 +787,9 @@ impl Etcd {
         let own = self.key(&format!("load/{}", self.options.replica));
         loop {
             let mut client = self.client.clone();
-            let watch = tokio::time::timeout(
-                REQUEST_TIMEOUT,
-                client.watch(prefix.clone(), Some(WatchOptions::new().with_prefix())),
-            )
-            .await;
-            let Ok(Ok(mut stream)) = watch else {
+            let watch =
+                timed(client.watch(prefix.clone(), Some(WatchOptions::new().with_prefix())));
+            let Ok(mut stream) = watch.await else {
                 tokio::time::sleep(PROBE_INTERVAL).await;
                 continue;
             };
@@ -890,12 +841,23 @@ pub fn relayed_report(
     }
 }
 
-async fn read_state(mut client: Client, key: String) -> Result<Option<Stored>, EtcdError> {
-    let response = tokio::time::timeout(REQUEST_TIMEOUT, client.get(key, None::<GetOptions>))
+/// Why a request got no answer in time.
+fn no_answer() -> EtcdError {
+    EtcdError::Unavailable(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()))
+}
+
+/// One etcd request, bounded by [`REQUEST_TIMEOUT`].
+async fn timed<T>(
+    request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, EtcdError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, request)
         .await
-        .map_err(|_| {
-            EtcdError::Unavailable(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()))
-        })??;
+        .map_err(|_| no_answer())?
+        .map_err(EtcdError::from)
+}
+
+async fn read_state(mut client: Client, key: String) -> Result<Option<Stored>, EtcdError> {
+    let response = timed(client.get(key, None::<GetOptions>)).await?;
     let Some(kv) = response.kvs().first() else {
         return Ok(None);
     };

@@ -171,6 +171,23 @@ pub fn set_http_filter<M: Message>(res: &mut Resources, name: &str, type_url: &s
     });
 }
 
+/// A local rate limit (`envoy.filters.http.local_ratelimit`) of one token refilled once an
+/// hour, enabled and enforced for every request: the second request is limited.
+pub fn one_token_an_hour()
+-> envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit {
+    envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit {
+        stat_prefix: "rl".to_owned(),
+        token_bucket: Some(envoy_types::pb::envoy::r#type::v3::TokenBucket {
+            max_tokens: 1,
+            tokens_per_fill: u32v(1),
+            fill_interval: Some(ms(3_600_000)),
+        }),
+        filter_enabled: runtime_percent(100),
+        filter_enforced: runtime_percent(100),
+        ..Default::default()
+    }
+}
+
 /// A runtime percentage of `p` % (the runtime key is never read by legate or Envoy here).
 pub fn runtime_percent(
     p: u32,

@@ -257,7 +257,6 @@ async fn mesh_edits_bad_input_and_persistence() {
 /// completes RPCs to a local gRPC server.
 #[tokio::test]
 async fn grpc_xds_client_resolves_through_legate_cp() {
-    let python = legate_tests::peers::peers_python();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         l.local_addr().expect("addr").port()
@@ -277,43 +276,22 @@ services:
         ),
     );
     let cp = Cp::start(&config, &dir.path().join("data")).await;
-    let bootstrap = dir.write(
-        "grpc-bootstrap.json",
-        &serde_json::json!({
-            "xds_servers": [{
-                "server_uri": cp.xds.to_string(),
-                "channel_creds": [{"type": "insecure"}],
-                "server_features": ["xds_v3"],
-            }],
-            "node": {"id": "grpc-client-1", "cluster": "grpc"},
-        })
-        .to_string(),
-    );
-    let script = legate_tests::peers::repo_root().join("tests/interop/grpc_xds_client.py");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .args([
-                "--server-port",
-                &port.to_string(),
-                "--target",
-                "xds:///payments",
-            ])
-            .args(["--calls", "10", "--timeout", "30"])
-            .env("GRPC_XDS_BOOTSTRAP", bootstrap)
-            .output()
-            .expect("run the grpcio client")
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "grpcio client failed:\n{stdout}\n{stderr}\n{}",
-        cp.log()
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json line");
+    let v = run_grpc_xds_client(
+        &cp,
+        &dir,
+        "grpc-client-1",
+        vec![
+            "--server-port".to_owned(),
+            port.to_string(),
+            "--target".to_owned(),
+            "xds:///payments".to_owned(),
+            "--calls".to_owned(),
+            "10".to_owned(),
+            "--timeout".to_owned(),
+            "30".to_owned(),
+        ],
+    )
+    .await;
     let replies = v["replies"].as_array().expect("replies");
     assert_eq!(replies.len(), 10, "{v}");
     assert!(replies.iter().all(|r| r == "payments-v1:hello"), "{v}");
@@ -333,7 +311,6 @@ services:
 /// A42): grpcio accepts it (no NACK) and keeps each key on one of three servers.
 #[tokio::test]
 async fn grpc_xds_client_gets_ring_hash_and_keeps_keys_on_one_server() {
-    let python = legate_tests::peers::peers_python();
     let ports = legate_tests::process::free_ports::<3>();
     let dir = TempDir::new("cp-grpc-hash");
     let endpoints = ports
@@ -358,46 +335,32 @@ services:
         ),
     );
     let cp = Cp::start(&config, &dir.path().join("data")).await;
-    let bootstrap = dir.write(
-        "grpc-bootstrap.json",
-        &serde_json::json!({
-            "xds_servers": [{
-                "server_uri": cp.xds.to_string(),
-                "channel_creds": [{"type": "insecure"}],
-                "server_features": ["xds_v3"],
-            }],
-            "node": {"id": "grpc-client-hash", "cluster": "grpc"},
-        })
-        .to_string(),
-    );
-    let script = legate_tests::peers::repo_root().join("tests/interop/grpc_xds_client.py");
     let more = format!("s1={},s2={}", ports[1], ports[2]);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .args([
-                "--server-port",
-                &ports[0].to_string(),
-                "--server-name",
-                "s0",
-            ])
-            .args(["--more-servers", &more, "--target", "xds:///carts"])
-            .args(["--hash-header", "x-user", "--keys", "16"])
-            .args(["--calls", "4", "--timeout", "60"])
-            .env("GRPC_XDS_BOOTSTRAP", bootstrap)
-            .output()
-            .expect("run the grpcio client")
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "grpcio client failed:\n{stdout}\n{stderr}\n{}",
-        cp.log()
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json line");
+    let args = [
+        "--server-port",
+        &ports[0].to_string(),
+        "--server-name",
+        "s0",
+        "--more-servers",
+        &more,
+        "--target",
+        "xds:///carts",
+        "--hash-header",
+        "x-user",
+        "--keys",
+        "16",
+        "--calls",
+        "4",
+        "--timeout",
+        "60",
+    ];
+    let v = run_grpc_xds_client(
+        &cp,
+        &dir,
+        "grpc-client-hash",
+        args.iter().map(|a| (*a).to_owned()).collect(),
+    )
+    .await;
     let by_key = v["by_key"].as_object().expect("by_key");
     assert_eq!(by_key.len(), 16, "{v}");
     let mut used = std::collections::BTreeSet::new();
@@ -416,6 +379,49 @@ services:
         !log.contains("rejected a response"),
         "the gRPC client NACKed:\n{log}"
     );
+}
+
+/// Runs gRPC's own xDS client (tests/interop/grpc_xds_client.py, grpcio) with `args`, as node
+/// `node_id` of cluster `grpc` bootstrapped on `cp`'s xDS address; checks it succeeded and
+/// returns the JSON line it printed.
+async fn run_grpc_xds_client(
+    cp: &Cp,
+    dir: &TempDir,
+    node_id: &str,
+    args: Vec<String>,
+) -> serde_json::Value {
+    let python = legate_tests::peers::peers_python();
+    let bootstrap = dir.write(
+        "grpc-bootstrap.json",
+        &serde_json::json!({
+            "xds_servers": [{
+                "server_uri": cp.xds.to_string(),
+                "channel_creds": [{"type": "insecure"}],
+                "server_features": ["xds_v3"],
+            }],
+            "node": {"id": node_id, "cluster": "grpc"},
+        })
+        .to_string(),
+    );
+    let script = legate_tests::peers::repo_root().join("tests/interop/grpc_xds_client.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args(args)
+            .env("GRPC_XDS_BOOTSTRAP", bootstrap)
+            .output()
+            .expect("run the grpcio client")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "grpcio client failed:\n{stdout}\n{stderr}\n{}",
+        cp.log()
+    );
+    serde_json::from_str(stdout.trim()).expect("json line")
 }
 
 /// Runs `legate-cp-load` against `cp` with `streams` simulated proxies and the given

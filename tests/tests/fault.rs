@@ -19,8 +19,8 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 use legate_snapshot::{Resources, type_url};
 use legate_tests::client::{HttpClient, empty};
 use legate_tests::resilience::{
-    Rig, SVC, any, cluster_mut, edit_hcm, ms, outcome, outlier, retry, route, route_action,
-    runtime_percent, set_http_filter, svc_mesh, timed, u32v,
+    Rig, SVC, any, cluster_mut, edit_hcm, ms, one_token_an_hour, outcome, outlier, retry, route,
+    route_action, set_http_filter, svc_mesh, timed, u32v,
 };
 use legate_tests::{Protocol, Upstream};
 
@@ -304,8 +304,6 @@ async fn retries_and_outlier_ejection_react_to_injected_faults() {
 /// one, `RL` on one the local rate limit refused, with the status each got.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_flags_name_the_filters() {
-    use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
-    use envoy_types::pb::envoy::r#type::v3::TokenBucket;
     use legate_tests::access_log::{file_log, line_where};
 
     let a = upstream().await;
@@ -334,17 +332,7 @@ async fn access_log_flags_name_the_filters() {
             ..Default::default()
         },
     );
-    let limit = LocalRateLimit {
-        stat_prefix: "rl".to_owned(),
-        token_bucket: Some(TokenBucket {
-            max_tokens: 1,
-            tokens_per_fill: u32v(1),
-            fill_interval: Some(ms(3_600_000)),
-        }),
-        filter_enabled: runtime_percent(100),
-        filter_enforced: runtime_percent(100),
-        ..Default::default()
-    };
+    let limit = one_token_an_hour();
     // The rate limit second, after the fault filter.
     set_http_filter(
         &mut res,

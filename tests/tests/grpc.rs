@@ -11,15 +11,14 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::route::v3::route_action::MaxStreamDuration;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{FaultAbort, HttpFault};
-use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
-use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket};
+use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use legate_snapshot::type_url;
 use legate_tests::ListeningProcess;
 use legate_tests::config::cluster;
 use legate_tests::grpc::{all_calls, call, calls, failing_grpc_server, grpc_server};
 use legate_tests::resilience::{
-    Rig, SVC, cluster_mut, edit_hcm, ms, outlier, retry, retry_non_idempotent, route, route_action,
-    runtime_percent, set_http_filter, svc_mesh_with, u32v,
+    Rig, SVC, cluster_mut, edit_hcm, ms, one_token_an_hour, outlier, retry, retry_non_idempotent,
+    route, route_action, set_http_filter, svc_mesh_with, u32v,
 };
 
 /// The listener's gRPC request count with `grpc_status`.
@@ -217,17 +216,7 @@ async fn filter_replies_are_grpc_statuses() {
     let server = grpc_server().await;
     let mut res = h2_mesh(&server);
     // One token, refilled once an hour: the second call is limited.
-    let mut limit = LocalRateLimit {
-        stat_prefix: "rl".to_owned(),
-        token_bucket: Some(TokenBucket {
-            max_tokens: 1,
-            tokens_per_fill: u32v(1),
-            fill_interval: Some(ms(3_600_000)),
-        }),
-        filter_enabled: runtime_percent(100),
-        filter_enforced: runtime_percent(100),
-        ..Default::default()
-    };
+    let mut limit = one_token_an_hour();
     let rl = (
         "envoy.filters.http.local_ratelimit",
         type_url::LOCAL_RATE_LIMIT,
