@@ -13,7 +13,7 @@ use legate_tests::canary::{Pace, Traffic, TrafficLimits};
 use legate_tests::client::full;
 use legate_tests::cp::ControlPlane;
 use legate_tests::etcd::EtcdCluster;
-use legate_tests::process::TempDir;
+use legate_tests::process::{TempDir, send_signal};
 use legate_tests::{Legate, Mode, Protocol, Upstream, XdsFlags, eventually};
 
 /// The leader's lease: long enough that a loaded CI machine does not lose it by accident,
@@ -641,7 +641,7 @@ async fn never_two_leaders_when_an_etcd_member_and_the_leader_freeze() {
     // Freeze an etcd member (not necessarily raft's leader), then the leader replica.
     ha.etcd.stop_member(1);
     let frozen = ha.cp(leader).pid();
-    signal(frozen, "STOP");
+    send_signal(frozen, "STOP", "the leader replica");
     let next = ha.wait_leader(Some(leader), Duration::from_secs(20)).await;
     // The new leader moves the rollout on.
     let step_at_takeover = ha.get(next, "/v1/rollouts/payments").await.expect("status")["step"]
@@ -659,7 +659,7 @@ async fn never_two_leaders_when_an_etcd_member_and_the_leader_freeze() {
     )
     .await;
     // Wake both: the old leader finds its term over.
-    signal(frozen, "CONT");
+    send_signal(frozen, "CONT", "the leader replica");
     ha.etcd.cont_member(1);
     eventually(
         Duration::from_secs(15),
@@ -696,14 +696,6 @@ async fn never_two_leaders_when_an_etcd_member_and_the_leader_freeze() {
             .all(|e| e.0 < new_term_began || e.1 != old_name),
         "the old leader wrote after the new term began: {audit:#?}"
     );
-}
-
-fn signal(pid: u32, name: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill -{name} {pid}");
 }
 
 /// etcd unreachable: every replica keeps serving the last configuration, refuses admin
